@@ -1,0 +1,18 @@
+import os
+
+import pytest
+
+from hypothesis import settings
+
+# Property tests: a fixed, CI-sized budget; `--hypothesis-profile=thorough` draws more.
+settings.register_profile("ci", max_examples=25, deadline=None, print_blob=True)
+settings.register_profile("thorough", max_examples=300, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(scope="session")
+def default_model_path():
+    """The default model (SmolLM2-135M-Instruct GGUF), fetched into the cache on first use."""
+    from refspec.default_model import default_model_path as find
+
+    return find(fetch=True)

@@ -3,9 +3,6 @@ refspec.spec, with a faster but bit-identical GEMV); the GPU backend (refspec/gp
 kernels_raw/. Both offer the same methods, which is all refspec/forward.py uses."""
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
 from refspec import spec
@@ -16,28 +13,29 @@ F32 = np.float32
 
 
 class CpuQ8:
-    """A Q8Matrix laid out for the CPU GEMV: quants block-major, int8 [nb, N, 32], and the scales as
-    float32 [nb, N] (fp16 -> fp32 is exact)."""
+    """A Q8Matrix laid out for the CPU GEMV: quants block-major [nb, N, 32], either as float32 (`wf`, when
+    the backend keeps them resident) or int8 (`qb`, converted a slab at a time), and the scales as float32
+    [nb, N]. fp16 -> fp32 and int8 -> fp32 are exact."""
 
-    def __init__(self, w: Q8Matrix):
+    def __init__(self, w: Q8Matrix, resident: bool):
         n, k = w.q.shape
         self.n, self.nb = n, k // QK8_0
-        self.qb = np.ascontiguousarray(w.q.reshape(n, self.nb, QK8_0).transpose(1, 0, 2))
+        qb = w.q.reshape(n, self.nb, QK8_0).transpose(1, 0, 2)
+        self.wf = qb.astype(F32, order="C") if resident else None
+        self.qb = None if resident else np.ascontiguousarray(qb)
         self.d_t = np.ascontiguousarray(w.d.astype(F32).T)
         self.source = w  # embedding lookups read the original rows
 
 
 class CpuBackend:
     """NumPy on the CPU: every operation is its refspec.spec twin. The GEMV computes the exact int8 block
-    dot products with BLAS in binary32, converting the weights a slab at a time (small enough to stay in
-    cache), then spec.scale_and_reduce_f32 applies the scales in the canonical order."""
+    dot products with BLAS in binary32 (exact: integers below 2**24), then spec.scale_and_reduce_f32
+    applies the scales and sums the blocks in the canonical order. Weights are kept as float32 when they fit
+    in RESIDENT_BYTES (fastest: one pass over memory), else converted from int8 a slab at a time."""
 
     name = "cpu"
-    SLAB_BYTES = 1 << 20  # float32 weight bytes converted per BLAS call: stays in a core's L2 cache
-
-    def __init__(self, threads: int | None = None):
-        self.threads = max(1, min(os.cpu_count() or 1, 8) if threads is None else threads)
-        self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+    RESIDENT_BYTES = 4 << 30  # float32 copies of the quants up to this size (the default model needs 0.5 GB)
+    SLAB_BYTES = 1 << 20  # float32 weight bytes converted per BLAS call otherwise: stays in a core's L2
 
     # ---- memory
     def asarray(self, a):
@@ -53,17 +51,14 @@ class CpuBackend:
         pass
 
     def upload_weights(self, weights: ModelWeights) -> ModelWeights:
-        prepared = {}
+        matrices = {id(w): w for w in _q8_matrices(weights)}  # a tied head is one matrix
+        resident = 4 * sum(w.q.size for w in matrices.values()) <= self.RESIDENT_BYTES
+        prepared = {key: CpuQ8(w, resident) for key, w in matrices.items()}
 
-        def prep(w: Q8Matrix) -> CpuQ8:
-            if id(w) not in prepared:  # a tied head shares the embedding's copy
-                prepared[id(w)] = CpuQ8(w)
-            return prepared[id(w)]
+        def prep(value):
+            return prepared[id(value)] if isinstance(value, Q8Matrix) else value
 
-        layers = [
-            LayerWeights(**{f: prep(v) if isinstance(v, Q8Matrix) else v for f, v in vars(lw).items()})
-            for lw in weights.layers
-        ]
+        layers = [LayerWeights(**{f: prep(v) for f, v in vars(lw).items()}) for lw in weights.layers]
         return ModelWeights(prep(weights.tok_embd), layers, weights.output_norm, prep(weights.output))
 
     # ---- operations (each is its spec twin)
@@ -92,22 +87,24 @@ class CpuBackend:
     def q8_gemv(self, w: CpuQ8, xq: np.ndarray, xd: np.ndarray) -> np.ndarray:
         rows = xq.shape[0]
         x = xq.reshape(rows, w.nb, QK8_0).transpose(1, 2, 0).astype(F32)  # [nb, 32, R]
-        dots = np.empty((w.nb, w.n, rows), F32)
-        n_step = max(1, min(w.n, self.SLAB_BYTES // (4 * QK8_0)))
-        b_step = max(1, self.SLAB_BYTES // (4 * QK8_0 * n_step))
-        slabs = [(b, n) for n in range(0, w.n, n_step) for b in range(0, w.nb, b_step)]
-
-        def run(part):
-            for b, n in part:
-                wf = w.qb[b : b + b_step, n : n + n_step].astype(F32)  # [b', n', 32]
-                np.matmul(wf, x[b : b + b_step], out=dots[b : b + b_step, n : n + n_step])
-
-        if self._pool is None or len(slabs) < 2:
-            run(slabs)
-        else:  # NumPy releases the GIL in astype and matmul: one contiguous share of slabs per thread
-            share = -(-len(slabs) // self.threads)
-            list(self._pool.map(run, [slabs[i : i + share] for i in range(0, len(slabs), share)]))
+        if w.wf is not None:
+            dots = np.matmul(w.wf, x)  # [nb, N, 32] @ [nb, 32, R] -> [nb, N, R], exact integers
+        else:
+            dots = np.empty((w.nb, w.n, rows), F32)
+            n_step = max(1, min(w.n, self.SLAB_BYTES // (4 * QK8_0)))
+            b_step = max(1, self.SLAB_BYTES // (4 * QK8_0 * n_step))
+            for n in range(0, w.n, n_step):
+                for b in range(0, w.nb, b_step):
+                    wf = w.qb[b : b + b_step, n : n + n_step].astype(F32)  # [b', n', 32]
+                    np.matmul(wf, x[b : b + b_step], out=dots[b : b + b_step, n : n + n_step])
         return spec.scale_and_reduce_f32(dots.transpose(0, 2, 1), w.d_t, xd)  # [nb, R, N] -> [R, N]
+
+
+def _q8_matrices(weights: ModelWeights):
+    yield weights.tok_embd
+    yield weights.output
+    for lw in weights.layers:
+        yield from (v for v in vars(lw).values() if isinstance(v, Q8Matrix))
 
 
 def make_backend(device: str = "auto"):

@@ -21,19 +21,23 @@ ATTN_CHUNK = 256  # positions per attention chunk (SPEC.md, "Attention")
 
 
 # --------------------------------------------------------------------------------------------- reductions
-def _tree(acc: np.ndarray) -> np.ndarray:
-    """[m, ...] lane values (m <= 32; lanes m..31 hold +0.0) -> [...]: add the upper half of the lanes onto
-    the lower half, 16, 8, 4, 2, 1 apart. A lane without a partner keeps its value (v + 0.0 == v, since a
-    lane value is never -0.0), so absent lanes need no padding."""
-    m = acc.shape[0]
+def _lanes(axis: int, start: int, stop: int) -> tuple:
+    """An index selecting positions start..stop-1 along `axis` (a non-negative axis number)."""
+    return (slice(None),) * axis + (slice(start, stop),)
+
+
+def _tree(acc: np.ndarray, axis: int) -> np.ndarray:
+    """Lane values (m <= 32 along `axis`; lanes m..31 hold +0.0) -> their sum: add the upper half of the
+    lanes onto the lower half, 16, 8, 4, 2, 1 apart. A lane without a partner keeps its value (v + 0.0 == v,
+    since a lane value is never -0.0), so absent lanes need no padding. Works in place on `acc`."""
+    m = acc.shape[axis]
     width = LANES // 2
     while width >= 1:
         if m > width:
-            head = acc[:width].copy()
-            head[: m - width] += acc[width:m]
-            acc, m = head, width
+            acc[_lanes(axis, 0, m - width)] += acc[_lanes(axis, width, m)]
+            m = width
         width //= 2
-    return acc[0]
+    return acc[_lanes(axis, 0, 1)].squeeze(axis)
 
 
 def lane_sum(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -42,24 +46,29 @@ def lane_sum(x: np.ndarray, axis: int = -1) -> np.ndarray:
     Lane l (0..31) starts at +0.0 and adds elements l, l+32, l+64, ... in that order; then the 32 lane
     values are combined by `_tree`.
     """
-    x = np.moveaxis(np.asarray(x, dtype=F32), axis, 0)
-    n = x.shape[0]
+    x = np.asarray(x, dtype=F32)
+    axis = axis % x.ndim
+    n = x.shape[axis]
     if n == 0:
-        return np.zeros(x.shape[1:], F32)
-    acc = x[:LANES] + F32(0)  # +0.0 + x: a lane value is never -0.0
+        return np.zeros(x.shape[:axis] + x.shape[axis + 1 :], F32)
+    acc = x[_lanes(axis, 0, LANES)] + F32(0)  # +0.0 + x: a lane value is never -0.0 (and acc is fresh)
     for start in range(LANES, n, LANES):
-        part = x[start : start + LANES]
-        acc[: len(part)] += part
-    return _tree(acc)
+        stop = min(n, start + LANES)
+        acc[_lanes(axis, 0, stop - start)] += x[_lanes(axis, start, stop)]
+    return _tree(acc, axis)
 
 
 def chunked_sum(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """Sum along `axis` (attention positions): lane_sum of each ATTN_CHUNK-long chunk, then the chunk sums
     added in order to +0.0. For n <= ATTN_CHUNK this equals lane_sum."""
-    x = np.moveaxis(np.asarray(x, dtype=F32), axis, 0)
-    total = np.zeros(x.shape[1:], F32)
-    for start in range(0, x.shape[0], ATTN_CHUNK):
-        total = total + lane_sum(x[start : start + ATTN_CHUNK], axis=0)
+    x = np.asarray(x, dtype=F32)
+    axis = axis % x.ndim
+    n = x.shape[axis]
+    if n <= ATTN_CHUNK:
+        return lane_sum(x, axis)
+    total = np.zeros(x.shape[:axis] + x.shape[axis + 1 :], F32)
+    for start in range(0, n, ATTN_CHUNK):
+        total += lane_sum(x[_lanes(axis, start, start + ATTN_CHUNK)], axis)
     return total
 
 
@@ -78,18 +87,19 @@ EXP_POLY = tuple(F32(1.0 / f) for f in (5040.0, 720.0, 120.0, 24.0, 6.0, 2.0, 1.
 def exp(x: np.ndarray) -> np.ndarray:
     """refspec's exp in binary32 (SPEC.md, "exp"); NaN in, NaN out."""
     x = np.asarray(x, dtype=F32)
-    xc = np.minimum(np.maximum(x, EXP_X_MIN), EXP_X_MAX)  # NaN stays NaN here; it is restored below
-    xc = np.where(np.isnan(xc), F32(0), xc)
-    k = (xc * EXP_LOG2E + EXP_ROUND) - EXP_ROUND
-    r = (xc - k * EXP_LN2_HI) - k * EXP_LN2_LO
-    p = np.full_like(r, EXP_POLY[0])
-    for c in EXP_POLY[1:]:
-        p = p * r + c
-    scale = ((k.astype(np.int32) + 127) << 23).view(F32)  # 2**k, exact: k is in [-126, 127]
-    y = p * scale
-    y = np.where(x > EXP_X_MAX, F32(np.inf), y)
-    y = np.where(x < EXP_X_MIN, F32(0), y)
-    return np.where(np.isnan(x), x, y).astype(F32)
+    with np.errstate(invalid="ignore"):  # NaN passes through every step below and stays NaN
+        xc = np.clip(x, EXP_X_MIN, EXP_X_MAX)
+        k = (xc * EXP_LOG2E + EXP_ROUND) - EXP_ROUND
+        r = (xc - k * EXP_LN2_HI) - k * EXP_LN2_LO
+        p = r * EXP_POLY[0] + EXP_POLY[1]
+        for c in EXP_POLY[2:]:
+            p *= r
+            p += c
+        scale = ((k.astype(np.int32) + 127) << 23).view(F32)  # 2**k, exact: k is in [-126, 127]
+        p *= scale
+    p[x > EXP_X_MAX] = np.inf
+    p[x < EXP_X_MIN] = 0.0
+    return p
 
 
 # --------------------------------------------------------------------------------------------- elementwise
@@ -155,9 +165,9 @@ def scale_and_reduce(dots: np.ndarray, wd: np.ndarray, xd: np.ndarray) -> np.nda
 
 def scale_and_reduce_f32(dots: np.ndarray, wd_t: np.ndarray, xd: np.ndarray) -> np.ndarray:
     """scale_and_reduce with the weight scales already as float32 [nb, N] (a backend keeps them so)."""
-    scales = wd_t[:, None, :] * xd.astype(F32).T[:, :, None]  # [nb, R, N]
-    scales *= dots
-    return lane_sum(scales, axis=0)
+    terms = wd_t[:, None, :] * xd.astype(F32).T[:, :, None]  # [nb, R, N]
+    terms *= dots
+    return lane_sum(terms, axis=0)
 
 
 def q8_gemv(w, xq: np.ndarray, xd: np.ndarray) -> np.ndarray:
@@ -217,16 +227,17 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos0: int
     n_kv = k_cache.shape[0]
     n_pos = pos0 + rows
     group = n_head // n_kv
-    k = np.repeat(k_cache[:, :n_pos], group, axis=0)  # [H, T, D]
-    v = np.repeat(v_cache[:, :n_pos], group, axis=0)  # [H, T, D]
+    qg = q.reshape(rows, n_kv, group, 1, dim)  # [R, H, D] -> [R, G, H/G, 1, D]
+    k = k_cache[:, None, :n_pos]  # [G, 1, T, D]
+    v = v_cache[:, None, :n_pos]  # [G, 1, T, D]
     scale = F32(1) / np.sqrt(F32(dim))
-    scores = lane_sum(q[:, :, None, :] * k[None], axis=-1) * scale  # [R, H, T]
+    scores = lane_sum(qg * k, axis=-1) * scale  # [R, G, H/G, T]
     visible = np.arange(n_pos)[None, :] <= (pos0 + np.arange(rows))[:, None]  # [R, T]
-    scores = np.where(visible[:, None, :], scores, F32(-np.inf))
-    e = exp(scores - scores.max(axis=-1, keepdims=True))  # [R, H, T]
-    denom = chunked_sum(e, axis=-1)  # [R, H]
-    num = chunked_sum(e[..., None] * v[None], axis=2)  # [R, H, T, D] -> [R, H, D]
-    return num / denom[..., None]
+    scores[~np.broadcast_to(visible[:, None, None, :], scores.shape)] = -np.inf
+    e = exp(scores - scores.max(axis=-1, keepdims=True))  # [R, G, H/G, T]
+    denom = chunked_sum(e, axis=-1)  # [R, G, H/G]
+    num = chunked_sum(e[..., None] * v, axis=3)  # [R, G, H/G, T, D] -> [R, G, H/G, D]
+    return (num / denom[..., None]).reshape(rows, n_head, dim)
 
 
 # ------------------------------------------------------------------------------------------------ argmax

@@ -1,0 +1,98 @@
+"""Model-level properties of the forward pass on the CPU: batch invariance, repeatability, and the default
+model's golden continuation."""
+import functools
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from refspec.backends import CpuBackend
+from refspec.errors import ContextLengthError
+from refspec.forward import Transformer
+from refspec.generate import generate, prefill
+from refspec.gguf_model import load
+from refspec.synthetic import write_model
+
+from bits import assert_bits_equal
+
+SHAPES = {  # tiny models of every architecture; odd head counts, GQA groups, partial RoPE, a 3-block ffn
+    "llama": dict(n_layer=2, n_embd=64, n_ff=96, n_head=4, n_head_kv=2),
+    "qwen2": dict(n_layer=2, n_embd=96, n_ff=160, n_head=3, n_head_kv=1, head_dim=32),
+    "qwen3": dict(n_layer=3, n_embd=64, n_ff=64, n_head=2, n_head_kv=2, head_dim=32, n_rot=16),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def tiny(arch: str, tmp_dir: str) -> Transformer:
+    path = write_model(f"{tmp_dir}/{arch}.gguf", arch=arch, n_ctx=96, seed=7, **SHAPES[arch])
+    return Transformer(load(path, log=lambda message: None), CpuBackend())
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    tmp_dir = str(tmp_path_factory.mktemp("models"))
+    return lambda arch: tiny(arch, tmp_dir)
+
+
+@given(arch=st.sampled_from(sorted(SHAPES)), data=st.data())
+def test_rows_in_one_pass_equal_single_row_passes(models, arch, data):
+    tf = models(arch)
+    n_vocab = tf.config.n_vocab
+    ids = data.draw(st.lists(st.integers(0, n_vocab - 1), min_size=2, max_size=40))
+    split = data.draw(st.integers(1, len(ids) - 1))  # a prefix first, then the rest as one batch of R rows
+    batched = tf.new_cache(64)
+    tf.forward(batched, ids[:split], 0)
+    many = tf.forward(batched, ids[split:], split)  # [R, V]
+    single = tf.new_cache(64)
+    for pos, token in enumerate(ids):
+        one = tf.forward(single, [token], pos)
+        if pos >= split:
+            assert_bits_equal(one[0], many[pos - split], f"{arch}: logits at position {pos}")
+    for layer in range(tf.config.n_layer):  # and the caches hold the same keys and values
+        assert_bits_equal(single.k[layer][:, : len(ids)], batched.k[layer][:, : len(ids)], f"k cache {layer}")
+        assert_bits_equal(single.v[layer][:, : len(ids)], batched.v[layer][:, : len(ids)], f"v cache {layer}")
+
+
+@pytest.mark.parametrize("arch", sorted(SHAPES))
+def test_two_runs_give_identical_bits(models, arch):
+    tf = models(arch)
+    first = generate(tf, [1, 2, 3, 4, 5], 12, keep_logits=True)
+    second = generate(tf, [1, 2, 3, 4, 5], 12, keep_logits=True)
+    assert first.ids == second.ids
+    for a, b in zip(first.logits, second.logits):
+        assert_bits_equal(a, b, f"{arch} logits")
+
+
+@given(chunk=st.integers(1, 17))
+def test_prompt_chunk_size_does_not_change_bits(models, chunk):
+    tf = models("qwen2")
+    prompt = list(range(3, 40))
+    want = prefill(tf, tf.new_cache(64), prompt, chunk=64)
+    assert_bits_equal(prefill(tf, tf.new_cache(64), prompt, chunk=chunk), want, f"chunk {chunk}")
+
+
+def test_context_limit_is_a_clear_error(models):
+    tf = models("llama")  # n_ctx 96
+    with pytest.raises(ContextLengthError, match="context"):
+        generate(tf, [1] * 90, 10)
+    with pytest.raises(ContextLengthError):
+        generate(tf, [1] * 96, 1)
+    result = generate(tf, [1] * 90, -1)  # until the context is full
+    assert len(result.ids) == 6 and result.stop_reason == "context"
+
+
+# The default model (SmolLM2-135M-Instruct, Q4_1 converted to Q8_0 at load) continuing a fixed prompt:
+# recorded from refspec's CPU path; any change to the numerics or the loader shows up here.
+GOLDEN_PROMPT = "The capital of France is"
+GOLDEN_IDS = [7042, 30, 198, 198, 504, 2988, 314, 42, 216, 34, 32, 33, 40, 29, 32, 33]  # " Paris.\n\nThe answer is: 2018-01"
+
+
+def test_default_model_golden_continuation(default_model_path):
+    from refspec.tokenizer import Tokenizer
+
+    model = load(default_model_path, log=lambda message: None)
+    tok = Tokenizer.from_metadata(model.metadata)
+    tf = Transformer(model, CpuBackend())
+    result = generate(tf, tok.encode(GOLDEN_PROMPT), 16)
+    assert result.ids == GOLDEN_IDS, (result.ids, tok.decode(result.ids))

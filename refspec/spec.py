@@ -40,18 +40,23 @@ def _tree(acc: np.ndarray, axis: int) -> np.ndarray:
     return acc[_lanes(axis, 0, 1)].squeeze(axis)
 
 
-def lane_sum(x: np.ndarray, axis: int = -1) -> np.ndarray:
+def lane_sum(x: np.ndarray, axis: int = -1, *, overwrite: bool = False) -> np.ndarray:
     """Sum along `axis` in the canonical order (SPEC.md, "Reductions").
 
     Lane l (0..31) starts at +0.0 and adds elements l, l+32, l+64, ... in that order; then the 32 lane
-    values are combined by `_tree`.
+    values are combined by `_tree`. With overwrite=True the lanes are accumulated inside `x` (a float32
+    temporary of the caller's), which saves a copy.
     """
     x = np.asarray(x, dtype=F32)
     axis = axis % x.ndim
     n = x.shape[axis]
     if n == 0:
         return np.zeros(x.shape[:axis] + x.shape[axis + 1 :], F32)
-    acc = x[_lanes(axis, 0, LANES)] + F32(0)  # +0.0 + x: a lane value is never -0.0 (and acc is fresh)
+    if overwrite:
+        acc = x[_lanes(axis, 0, LANES)]
+        acc += F32(0)  # +0.0 + x: a lane value is never -0.0
+    else:
+        acc = x[_lanes(axis, 0, LANES)] + F32(0)
     for start in range(LANES, n, LANES):
         stop = min(n, start + LANES)
         acc[_lanes(axis, 0, stop - start)] += x[_lanes(axis, start, stop)]
@@ -167,7 +172,7 @@ def scale_and_reduce_f32(dots: np.ndarray, wd_t: np.ndarray, xd: np.ndarray) -> 
     """scale_and_reduce with the weight scales already as float32 [nb, N] (a backend keeps them so)."""
     terms = wd_t[:, None, :] * xd.astype(F32).T[:, :, None]  # [nb, R, N]
     terms *= dots
-    return lane_sum(terms, axis=0)
+    return lane_sum(terms, axis=0, overwrite=True)
 
 
 def q8_gemv(w, xq: np.ndarray, xd: np.ndarray) -> np.ndarray:

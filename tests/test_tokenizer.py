@@ -1,0 +1,362 @@
+"""refspec.tokenizer: llama.cpp's byte-level BPE tokenization, on SmolLM2's vocabulary and on a small synthetic one.
+
+Expected ids and pieces below were worked out by hand from llama.cpp's rules (src/llama-vocab.cpp, src/unicode.cpp)
+and the vocabularies, not recorded from refspec's own output.
+"""
+import time
+
+import gguf
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from refspec.errors import TokenizerError
+from refspec.tokenizer import Tokenizer
+
+# --- the default model's tokenizer (SmolLM2-135M-Instruct) ----------------------------------------------------
+
+
+def read_tokenizer_metadata(path) -> dict:
+    """The GGUF's ``tokenizer.*`` keys as plain Python values."""
+    reader = gguf.GGUFReader(path)
+    return {key: field.contents() for key, field in reader.fields.items() if key.startswith("tokenizer.")}
+
+
+@pytest.fixture(scope="module")
+def smol_metadata(default_model_path):
+    return read_tokenizer_metadata(default_model_path)
+
+
+@pytest.fixture(scope="module")
+def smol(smol_metadata):
+    return Tokenizer.from_metadata(smol_metadata)
+
+
+# --- a synthetic byte-level vocabulary -------------------------------------------------------------------------
+
+
+def gpt2_byte_alphabet() -> list[str]:
+    """GPT-2's bytes_to_unicode, written out independently of refspec's copy."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return [chars[b] for b in range(256)]
+
+
+BYTE = gpt2_byte_alphabet()
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2: control
+BYTE_BASE = len(SPECIALS)  # byte b is token BYTE_BASE + b
+MERGED = ["Ġt", "he", "Ġthe", "ab", "bc", "12", "123", "45", "abc"]  # "abc" has no merge that makes it
+MERGES = ["Ġ t", "h e", "Ġt he", "a b", "b c", "1 2", "12 3", "4 5"]
+THINK = "<think>"  # user-defined
+UNUSED = "[PAD999]"
+
+
+def synthetic_metadata(**overrides) -> dict:
+    tokens = SPECIALS + BYTE + MERGED + [THINK, UNUSED]
+    types = [3] * len(SPECIALS) + [1] * (256 + len(MERGED)) + [4, 5]
+    metadata = {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "gpt-2",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": types,
+        "tokenizer.ggml.merges": MERGES,
+        "tokenizer.ggml.bos_token_id": 0,
+        "tokenizer.ggml.eos_token_id": 0,
+        "tokenizer.ggml.add_bos_token": False,
+    }
+    metadata.update(overrides)
+    return {k: v for k, v in metadata.items() if v is not None}
+
+
+@pytest.fixture(scope="module")
+def synth():
+    return Tokenizer.from_metadata(synthetic_metadata())
+
+
+def tid(text: str) -> int:
+    return synthetic_metadata()["tokenizer.ggml.tokens"].index(text)
+
+
+def byte_ids(text: str) -> list[int]:
+    return [BYTE_BASE + b for b in text.encode()]
+
+
+# --- round trips -------------------------------------------------------------------------------------------------
+
+AWKWARD = ["😀", "👨‍👩‍👧", "e\u0301", "\u0300", "世界", "한국어", " ", "  ", "\t", "\n", "\r\n", "\u3000", "\u00a0",
+           "\x00", "\x1f", "\x85", "\u2028", "'s", "'LL", "1234567", "٣", "\ufeff", "<|im_start|>", "<think>"]
+texts = st.lists(st.one_of(st.text(), st.sampled_from(AWKWARD))).map("".join)
+
+
+def without_bytes(s: str, missing) -> str:
+    return bytes(b for b in s.encode() if b not in missing).decode("utf-8", "replace")
+
+
+@given(texts)
+def test_round_trip_default_model(smol, s):
+    """Exact, except for the bytes SmolLM2's vocabulary has no token for: llama.cpp drops those."""
+    assert smol.decode(smol.encode(s, add_bos=False)) == without_bytes(s, smol.missing_bytes)
+
+
+def test_default_model_missing_bytes(smol):
+    assert smol.missing_bytes == {0x04, 0x06, 0x13, 0x14, 0x16, 0x1D, 0xC0, 0xC1, 0xF1, 0xF2, *range(0xF5, 0x100)}
+    assert smol.encode("a\x04b") == smol.encode("a") + smol.encode("b")  # "\x04" is a piece of its own, lost
+    assert smol.decode(smol.encode("\U00040000")) == "\ufffd" * 3  # lead byte 0xF1 lost, 3 stray continuations
+
+
+@given(texts)
+def test_round_trip_synthetic(synth, s):
+    assert synth.missing_bytes == set()
+    assert synth.decode(synth.encode(s)) == s
+
+
+@given(texts)
+def test_stream_equals_decode_default_model(smol, s):
+    ids = smol.encode(s)
+    stream = smol.stream()
+    assert "".join(stream.push(i) for i in ids) + stream.flush() == smol.decode(ids)
+
+
+@given(st.lists(st.integers(0, 255), max_size=40))
+def test_stream_equals_decode_on_any_bytes(synth, data):
+    """Byte tokens one by one: characters split across tokens, and invalid UTF-8, come out as decode() has them."""
+    ids = [BYTE_BASE + b for b in data]
+    stream = synth.stream()
+    pieces = [stream.push(i) for i in ids] + [stream.flush()]
+    assert "".join(pieces) == synth.decode(ids) == bytes(data).decode("utf-8", "replace")
+
+
+def test_stream_holds_back_split_characters(synth):
+    ids = byte_ids("é😀")  # 2 + 4 bytes, one token each
+    stream = synth.stream()
+    assert [stream.push(i) for i in ids] == ["", "é", "", "", "", "😀"]
+    assert stream.flush() == ""
+    stream.push(ids[2])
+    assert stream.flush() == "\ufffd"  # an unfinished character at the end
+
+
+# --- golden encodings of SmolLM2 ---------------------------------------------------------------------------------
+
+
+def test_smollm2_golden_ids(smol):
+    # pre 'smollm' isolates each digit, then gpt-2's regex: 'Hello' ' world' '!' ' ' '1' '2' '3'
+    vocab = {smol.token_text(i): i for i in range(smol.n_vocab)}
+    expected = [vocab[t] for t in ["Hello", "Ġworld", "!", "Ġ", "1", "2", "3"]]
+    assert expected == [19556, 905, 17, 216, 33, 34, 35]
+    assert smol.encode("Hello world! 123") == expected
+    # gpt-2's \s+(?!\S) leaves the last space of a run to the next word
+    assert smol.encode("  multiple   spaces") == [vocab[t] for t in ["Ġ", "Ġmultiple", "ĠĠ", "Ġspaces"]]
+    assert smol.encode("2024") == [vocab[d] for d in "2024"]
+    assert smol.encode("\n") == [vocab["Ċ"]]
+
+
+def test_smollm2_pre_tokenizer(smol):
+    assert smol.pre == "smollm"
+    assert smol.pre_tokenize("Hello world! 123") == ["Hello", " world", "!", " ", "1", "2", "3"]
+    assert smol.pre_tokenize("I'M x  \ny") == ["I", "'", "M", " x", "  ", "\n", "y"]  # contractions are lower case only
+
+
+def test_smollm2_special_tokens(smol):
+    vocab = {smol.token_text(i): i for i in range(smol.n_vocab)}
+    ids = smol.encode("<|im_start|>user\nhi<|im_end|>")
+    assert ids == [1, vocab["user"], vocab["Ċ"], vocab["hi"], 2]
+    assert smol.decode(ids) == "<|im_start|>user\nhi<|im_end|>"
+    assert smol.decode(ids, skip_special=True) == "user\nhi"
+    as_text = smol.encode("<|im_start|>", parse_special=False)
+    assert 1 not in as_text and smol.decode(as_text) == "<|im_start|>"
+
+
+def test_smollm2_bos_eos_eog(smol, smol_metadata):
+    assert (smol.n_vocab, smol.bos_id, smol.eos_id) == (49152, 1, 2)
+    assert smol.add_bos is False  # tokenizer.ggml.add_bos_token = false in the file
+    assert smol.encode("hi")[0] != 1
+    # <|endoftext|> and <|im_end|> by text (and eos), <reponame> as llama.cpp's FIM-repo token
+    assert smol.eog_ids == {0, 2, 4}
+    with_bos = Tokenizer.from_metadata({**smol_metadata, "tokenizer.ggml.add_bos_token": True})
+    assert with_bos.encode("hi") == [1] + smol.encode("hi")
+
+
+def test_smollm2_chat_template(smol):
+    prompt = smol.apply_chat_template([{"role": "user", "content": "Hi"}])
+    assert prompt == ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+                      "<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert smol.apply_chat_template(messages, add_generation_prompt=False) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n")
+
+
+def test_smollm2_builds_fast(smol_metadata):
+    start = time.perf_counter()
+    Tokenizer.from_metadata(smol_metadata)
+    assert time.perf_counter() - start < 1.0
+
+
+# --- BPE and pre-tokenizer rules, on the synthetic vocabulary --------------------------------------------------
+
+
+def test_merges_apply_lowest_rank_first(synth):
+    assert synth.encode(" the") == [tid("Ġthe")]
+    assert synth.encode("abc") == [tid("ab"), BYTE_BASE + ord("c")]  # 'a b' outranks 'b c'
+    swapped = Tokenizer.from_metadata(synthetic_metadata(**{"tokenizer.ggml.merges": ["b c", "a b"]}))
+    assert swapped.encode("abc") == [BYTE_BASE + ord("a"), tid("bc")]
+
+
+def test_llama3_ignores_merges_for_whole_tokens():
+    llama3 = Tokenizer.from_metadata(synthetic_metadata(**{"tokenizer.ggml.pre": "llama-bpe"}))
+    assert llama3.encode("abc") == [tid("abc")]
+
+
+@pytest.mark.parametrize("pre, text, pieces", [
+    ("gpt-2", "12345 I'M", ["12345", " I", "'", "M"]),
+    ("llama-bpe", "12345 I'M", ["123", "45", " I", "'M"]),
+    ("qwen2", "12345 I'M", ["1", "2", "3", "4", "5", " I", "'M"]),
+    ("smollm", "12345 I'M", ["1", "2", "3", "4", "5", " I", "'", "M"]),
+    ("default", "a+b=3.14159", ["a", "+", "b", "=", "3", ".", "141", "59"]),
+    ("llama-bpe", "a\n\n  b", ["a", "\n\n", " ", " b"]),
+    ("qwen2", "x!!\n\ny", ["x", "!!\n\n", "y"]),
+])
+def test_pre_tokenizers(pre, text, pieces):
+    tokenizer = Tokenizer.from_metadata(synthetic_metadata(**{"tokenizer.ggml.pre": pre}))
+    assert tokenizer.pre_tokenize(text) == pieces
+
+
+def test_pre_tokenizer_decides_merges():
+    """'12' '3' merge inside one piece; llama-3 keeps 123 together, qwen2 splits every digit."""
+    gpt2 = Tokenizer.from_metadata(synthetic_metadata(**{"tokenizer.ggml.pre": "gpt-2"}))
+    qwen2 = Tokenizer.from_metadata(synthetic_metadata(**{"tokenizer.ggml.pre": "qwen2"}))
+    assert gpt2.encode("12345") == [tid("123"), tid("45")]
+    assert qwen2.encode("12345") == byte_ids("12345")
+
+
+def test_special_and_user_defined_tokens(synth):
+    assert synth.encode("<|im_start|>the<|im_end|>") == [1, BYTE_BASE + ord("t"), tid("he"), 2]
+    assert synth.encode("<|im_start|>", parse_special=False) == byte_ids("<|im_start|>")
+    # user-defined tokens are split out even without parse_special, and always print
+    assert synth.encode("a<think>b", parse_special=False) == [BYTE_BASE + ord("a"), tid(THINK), BYTE_BASE + ord("b")]
+    assert synth.decode([tid(THINK), 1], skip_special=True) == THINK
+    assert synth.decode([tid(UNUSED)]) == ""  # llama.cpp prints nothing for unused tokens
+    assert synth.token_text(tid("Ġthe")) == "Ġthe" and synth.token_bytes(tid("Ġthe")) == b" the"
+
+
+def test_longest_special_token_wins():
+    metadata = synthetic_metadata()
+    tokens = metadata["tokenizer.ggml.tokens"] + ["<a>", "<a><b>"]
+    types = metadata["tokenizer.ggml.token_type"] + [3, 3]
+    tokenizer = Tokenizer.from_metadata(synthetic_metadata(**{
+        "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types}))
+    assert tokenizer.encode("<a><b><a>") == [len(tokens) - 1, len(tokens) - 2]
+
+
+# --- BOS, EOS, EOG -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_bos_follows_add_bos_token(flag):
+    tokenizer = Tokenizer.from_metadata(synthetic_metadata(**{"tokenizer.ggml.add_bos_token": flag}))
+    assert tokenizer.add_bos is flag
+    assert tokenizer.encode("hi") == [0] * flag + byte_ids("hi")
+    assert tokenizer.encode("hi", add_bos=not flag) == [0] * (not flag) + byte_ids("hi")
+    assert tokenizer.encode("", add_bos=True) == [0]
+
+
+@pytest.mark.parametrize("pre, default", [("gpt-2", False), ("smollm", False), ("qwen2", False), ("llama-bpe", True)])
+def test_add_bos_default_when_key_absent(pre, default):
+    """llama.cpp: BPE vocabularies default to no BOS, except the llama-3 family."""
+    metadata = synthetic_metadata(**{"tokenizer.ggml.pre": pre, "tokenizer.ggml.add_bos_token": None})
+    assert Tokenizer.from_metadata(metadata).add_bos is default
+
+
+def test_eog_ids():
+    metadata = synthetic_metadata()
+    tokens = metadata["tokenizer.ggml.tokens"] + ["<|eot_id|>", "<|fim_pad|>", "<|fim_prefix|>"]
+    types = metadata["tokenizer.ggml.token_type"] + [1, 1, 1]  # marked normal: llama.cpp overrides by text
+    n = len(tokens)
+    tokenizer = Tokenizer.from_metadata(synthetic_metadata(**{
+        "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types,
+        "tokenizer.ggml.eos_token_id": 2, "tokenizer.ggml.eom_token_id": tid("he")}))
+    assert tokenizer.eog_ids == {0, 2, tid("he"), n - 3, n - 2}  # text, eos, eom key, <|eot_id|>, FIM pad
+    assert tokenizer.encode("<|eot_id|><|fim_prefix|>") == [n - 3, n - 1]  # now control tokens
+    assert tokenizer.decode([n - 3], skip_special=True) == ""
+
+
+# --- errors ------------------------------------------------------------------------------------------------------
+
+
+def test_unknown_pre_tokenizer():
+    with pytest.raises(TokenizerError, match="'not-a-pre'"):
+        Tokenizer.from_metadata(synthetic_metadata(**{"tokenizer.ggml.pre": "not-a-pre"}))
+
+
+def test_unsupported_model():
+    with pytest.raises(TokenizerError, match="unsupported tokenizer model 'llama'"):
+        Tokenizer.from_metadata(synthetic_metadata(**{"tokenizer.ggml.model": "llama"}))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"tokenizer.ggml.merges": None}, "merges is missing"),
+    ({"tokenizer.ggml.merges": ["ab"]}, "not two pieces"),
+    ({"tokenizer.ggml.merges": ["x y"]}, "merges do not fit"),
+    ({"tokenizer.ggml.tokens": SPECIALS + BYTE + ["a"]}, "duplicate token"),
+    ({"tokenizer.ggml.bos_token_id": 10**6}, "outside the vocabulary"),
+    ({"tokenizer.ggml.add_bos_token": True, "tokenizer.ggml.bos_token_id": None}, "bos_token_id is not set"),
+])
+def test_bad_metadata(overrides, message):
+    with pytest.raises(TokenizerError, match=message):
+        Tokenizer.from_metadata(synthetic_metadata(**overrides))
+
+
+def test_bad_inputs(synth):
+    with pytest.raises(TokenizerError, match="surrogate"):
+        synth.encode("a\ud800")
+    with pytest.raises(TokenizerError, match="outside the vocabulary"):
+        synth.decode([synth.n_vocab])
+
+
+# --- chat templates ----------------------------------------------------------------------------------------------
+
+
+def with_template(template):
+    return Tokenizer.from_metadata(synthetic_metadata(**{"tokenizer.chat_template": template}))
+
+
+def test_chatml_fallback(synth):
+    assert synth.chat_template is None
+    assert synth.apply_chat_template([{"role": "user", "content": "Hi"}]) == (
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_template_environment():
+    template = ("{% for m in messages %}{{ m | tojson }}\n{% endfor %}"
+                "{% if messages | length > 5 %}{{ raise_exception('too many') }}{% endif %}{{ bos_token }}")
+    tokenizer = with_template(template)
+    assert tokenizer.apply_chat_template([{"role": "user", "content": "<é&>"}]) == (
+        '{"role": "user", "content": "<é&>"}\n<|endoftext|>')
+    with pytest.raises(TokenizerError, match="too many"):
+        tokenizer.apply_chat_template([{"role": "user", "content": ""}] * 6)
+
+
+@pytest.mark.parametrize("template", [
+    "{{ ''.__class__.__mro__ }}",
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "{{ cycler.__init__.__globals__ }}",
+    "{{ cycler.__init__.__globals__.os.system('touch {path}') }}",
+    "{{ self.__init__.__globals__.__builtins__.open('{path}', 'w') }}",
+    "{{ messages.append({'role': 'x'}) }}",
+    "{{ 'x' * 10**12 }}",
+    "{% for %}",
+])
+def test_malicious_template_is_refused(template, tmp_path):
+    path = tmp_path / "pwned"
+    messages = [{"role": "user", "content": "hi"}]
+    tokenizer = with_template(template.replace("{path}", str(path)))
+    with pytest.raises(TokenizerError) as info:
+        tokenizer.apply_chat_template(messages)
+    assert "\n" not in str(info.value)
+    assert not path.exists()
+    assert messages == [{"role": "user", "content": "hi"}]

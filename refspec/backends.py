@@ -86,18 +86,18 @@ class CpuBackend:
 
     def q8_gemv(self, w: CpuQ8, xq: np.ndarray, xd: np.ndarray) -> np.ndarray:
         rows = xq.shape[0]
-        x = xq.reshape(rows, w.nb, QK8_0).transpose(1, 2, 0).astype(F32)  # [nb, 32, R]
-        if w.wf is not None:
-            dots = np.matmul(w.wf, x)  # [nb, N, 32] @ [nb, 32, R] -> [nb, N, R], exact integers
+        x = xq.reshape(rows, w.nb, QK8_0).transpose(1, 0, 2).astype(F32, order="C")  # [nb, R, 32]
+        if w.wf is not None:  # [nb, R, 32] @ [nb, 32, N] -> [nb, R, N], exact integers
+            dots = np.matmul(x, w.wf.transpose(0, 2, 1))
         else:
-            dots = np.empty((w.nb, w.n, rows), F32)
+            dots = np.empty((w.nb, rows, w.n), F32)
             n_step = max(1, min(w.n, self.SLAB_BYTES // (4 * QK8_0)))
             b_step = max(1, self.SLAB_BYTES // (4 * QK8_0 * n_step))
             for n in range(0, w.n, n_step):
                 for b in range(0, w.nb, b_step):
                     wf = w.qb[b : b + b_step, n : n + n_step].astype(F32)  # [b', n', 32]
-                    np.matmul(wf, x[b : b + b_step], out=dots[b : b + b_step, n : n + n_step])
-        return spec.scale_and_reduce_f32(dots.transpose(0, 2, 1), w.d_t, xd)  # [nb, R, N] -> [R, N]
+                    np.matmul(x[b : b + b_step], wf.transpose(0, 2, 1), out=dots[b : b + b_step, :, n : n + n_step])
+        return spec.scale_and_reduce_f32(dots, w.d_t, xd)  # [nb, R, N] -> [R, N]
 
 
 def _q8_matrices(weights: ModelWeights):

@@ -52,6 +52,8 @@ def lane_sum(x: np.ndarray, axis: int = -1, *, overwrite: bool = False) -> np.nd
     n = x.shape[axis]
     if n == 0:
         return np.zeros(x.shape[:axis] + x.shape[axis + 1 :], F32)
+    if axis == x.ndim - 1 and n >= 4 * LANES:  # long rows: the lanes' running sums in one call
+        return _tree(_lanes_by_accumulate(x), axis)
     if overwrite:
         acc = x[_lanes(axis, 0, LANES)]
         acc += F32(0)  # +0.0 + x: a lane value is never -0.0
@@ -61,6 +63,20 @@ def lane_sum(x: np.ndarray, axis: int = -1, *, overwrite: bool = False) -> np.nd
         stop = min(n, start + LANES)
         acc[_lanes(axis, 0, stop - start)] += x[_lanes(axis, start, stop)]
     return _tree(acc, axis)
+
+
+def _lanes_by_accumulate(x: np.ndarray) -> np.ndarray:
+    """The 32 lane values of lane_sum over the last axis, with np.add.accumulate (a running sum, strictly in
+    order) over the chunks of 32. Accumulating from the first element instead of from +0.0 differs only for a
+    lane whose every element is -0.0 (giving -0.0 instead of +0.0); the final `+ 0.0` mends exactly that."""
+    n = x.shape[-1]
+    full = n - n % LANES
+    chunks = x[..., :full].reshape(x.shape[:-1] + (full // LANES, LANES))
+    acc = np.add.accumulate(chunks, axis=-2)[..., -1, :]
+    if full < n:
+        acc[..., : n - full] += x[..., full:]
+    acc += F32(0)
+    return acc
 
 
 def chunked_sum(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -157,8 +173,8 @@ def block_dots(wq: np.ndarray, xq: np.ndarray) -> np.ndarray:
     Each is an integer with |value| <= 128*127*32 < 2**24, so binary32 holds it exactly in any order."""
     n, k = wq.shape
     nb = k // QK8_0
-    w = wq.reshape(n, nb, QK8_0).transpose(1, 2, 0).astype(F32)  # [nb, 32, N]
-    x = xq.reshape(xq.shape[0], nb, QK8_0).transpose(1, 0, 2).astype(F32)  # [nb, R, 32]
+    w = wq.reshape(n, nb, QK8_0).transpose(1, 2, 0).astype(F32, order="C")  # [nb, 32, N]
+    x = xq.reshape(xq.shape[0], nb, QK8_0).transpose(1, 0, 2).astype(F32, order="C")  # [nb, R, 32]
     return np.matmul(x, w)
 
 

@@ -1,0 +1,88 @@
+"""The `refspec` command line, run as a user would run it (a subprocess), on a tiny synthetic model."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from refspec.synthetic import write_model
+
+
+def refspec(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "refspec.cli", *args], capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return str(write_model(tmp_path_factory.mktemp("cli") / "tiny.gguf", arch="qwen2", n_ctx=64, seed=3))
+
+
+def test_generate_json_is_one_object_on_stdout(model):
+    proc = refspec("generate", "-m", model, "-p", "hello world", "-n", "6", "--json", "--device", "cpu")
+    out = json.loads(proc.stdout)  # exactly one JSON document and nothing else
+    assert set(out) == {"prompt_ids", "ids", "text", "stats"}
+    assert 1 <= len(out["ids"]) <= 6 and out["prompt_ids"]
+    assert {"tokens_per_second", "n_tokens", "n_passes"} <= set(out["stats"])
+    assert out["stats"]["n_tokens"] == len(out["ids"])
+
+
+@pytest.mark.parametrize("draft", ["ngram", "layerskip"])
+def test_speculative_generate_gives_greedy_ids(model, draft):
+    greedy = json.loads(refspec("generate", "-m", model, "-p", "abcabcabc", "-n", "12", "--json").stdout)
+    spec = json.loads(refspec("generate", "-m", model, "-p", "abcabcabc", "-n", "12", "--json",
+                              "--draft", draft, "--draft-max", "4").stdout)
+    assert spec["ids"] == greedy["ids"] and spec["text"] == greedy["text"]
+    assert {"n_drafted", "n_accepted", "n_passes", "tokens_per_second"} <= set(spec["stats"])
+
+
+def test_generate_streams_text_and_reports_on_stderr(model):
+    proc = refspec("generate", "-m", model, "-p", "hello", "-n", "4")
+    assert "tokens/s" in proc.stderr and "refspec:" in proc.stderr
+    as_json = json.loads(refspec("generate", "-m", model, "-p", "hello", "-n", "4", "--json").stdout)
+    assert proc.stdout == as_json["text"] + "\n"
+
+
+def test_tokenize_json_and_special_tokens(model):
+    out = json.loads(refspec("tokenize", "-m", model, "<|im_start|>ab", "--json").stdout)
+    assert out["ids"][0] == 1 and len(out["ids"]) >= 2  # the control token is one id; no BOS added
+
+
+def test_info_reads_metadata(model):
+    info = json.loads(refspec("info", "-m", model, "--json").stdout)
+    assert info["architecture"] == "qwen2" and info["n_layer"] == 2 and info["n_ctx"] == 64
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-n", "0"], "-n must be"),
+    (["-n", "1000"], "context length"),
+    (["--device", "gpu"], ""),  # no GPU on CI: a clear DeviceError (where one exists, generation succeeds)
+])
+def test_bad_requests_give_one_line_errors(model, args, message):
+    proc = refspec("generate", "-m", model, "-p", "hi", *args, check=False)
+    if args[0] == "--device" and proc.returncode == 0:
+        return
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("refspec: error: ") and message in lines[-1]
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_model_files_give_one_line_errors(tmp_path):
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 40)
+    for path in (str(junk), str(tmp_path / "missing.gguf")):
+        proc = refspec("info", "-m", path, check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert proc.stderr.strip().splitlines()[-1].startswith("refspec: error: ")
+
+
+def test_help_explains_every_command():
+    text = refspec("--help").stdout
+    for command in ("generate", "tokenize", "info", "bench"):
+        assert command in text
+    gen = refspec("generate", "--help").stdout
+    for option in ("--draft", "--draft-max", "--device", "--chat", "--json", "-n"):
+        assert option in gen

@@ -28,8 +28,8 @@ def _lanes(axis: int, start: int, stop: int) -> tuple:
 
 def _tree(acc: np.ndarray, axis: int) -> np.ndarray:
     """Lane values (m <= 32 along `axis`; lanes m..31 hold +0.0) -> their sum: add the upper half of the
-    lanes onto the lower half, 16, 8, 4, 2, 1 apart. A lane without a partner keeps its value (v + 0.0 == v,
-    since a lane value is never -0.0), so absent lanes need no padding. Works in place on `acc`."""
+    lanes onto the lower half, 16, 8, 4, 2, 1 apart. A lane without a partner keeps its value (v + 0.0 == v
+    for v != -0.0), so absent lanes need no padding. Works in place on `acc`."""
     m = acc.shape[axis]
     width = LANES // 2
     while width >= 1:
@@ -46,6 +46,11 @@ def lane_sum(x: np.ndarray, axis: int = -1, *, overwrite: bool = False) -> np.nd
     Lane l (0..31) starts at +0.0 and adds elements l, l+32, l+64, ... in that order; then the 32 lane
     values are combined by `_tree`. With overwrite=True the lanes are accumulated inside `x` (a float32
     temporary of the caller's), which saves a copy.
+
+    Shortcut, exact: the lanes here start from their first element instead of from +0.0. In round-to-nearest
+    that changes no sum except the sign of a zero: a sum is -0.0 only when every addend is -0.0, and then
+    the canonical sum (which starts at +0.0) is +0.0. The canonical result is never -0.0, so adding +0.0 to
+    the result at the end restores exactly the canonical bits.
     """
     x = np.asarray(x, dtype=F32)
     axis = axis % x.ndim
@@ -53,29 +58,26 @@ def lane_sum(x: np.ndarray, axis: int = -1, *, overwrite: bool = False) -> np.nd
     if n == 0:
         return np.zeros(x.shape[:axis] + x.shape[axis + 1 :], F32)
     if axis == x.ndim - 1 and n >= 4 * LANES:  # long rows: the lanes' running sums in one call
-        return _tree(_lanes_by_accumulate(x), axis)
-    if overwrite:
-        acc = x[_lanes(axis, 0, LANES)]
-        acc += F32(0)  # +0.0 + x: a lane value is never -0.0
+        acc = _lanes_by_accumulate(x)
     else:
-        acc = x[_lanes(axis, 0, LANES)] + F32(0)
-    for start in range(LANES, n, LANES):
-        stop = min(n, start + LANES)
-        acc[_lanes(axis, 0, stop - start)] += x[_lanes(axis, start, stop)]
-    return _tree(acc, axis)
+        acc = x[_lanes(axis, 0, LANES)]
+        if not overwrite:
+            acc = acc.copy()
+        for start in range(LANES, n, LANES):
+            stop = min(n, start + LANES)
+            acc[_lanes(axis, 0, stop - start)] += x[_lanes(axis, start, stop)]
+    return _tree(acc, axis) + F32(0)
 
 
 def _lanes_by_accumulate(x: np.ndarray) -> np.ndarray:
-    """The 32 lane values of lane_sum over the last axis, with np.add.accumulate (a running sum, strictly in
-    order) over the chunks of 32. Accumulating from the first element instead of from +0.0 differs only for a
-    lane whose every element is -0.0 (giving -0.0 instead of +0.0); the final `+ 0.0` mends exactly that."""
+    """The 32 lane values of lane_sum over the last axis (each started from its first element), with
+    np.add.accumulate (a running sum, strictly in order) over the chunks of 32."""
     n = x.shape[-1]
     full = n - n % LANES
     chunks = x[..., :full].reshape(x.shape[:-1] + (full // LANES, LANES))
     acc = np.add.accumulate(chunks, axis=-2)[..., -1, :]
     if full < n:
         acc[..., : n - full] += x[..., full:]
-    acc += F32(0)
     return acc
 
 

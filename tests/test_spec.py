@@ -43,6 +43,16 @@ def test_lane_sum_matches_scalar_definition(x):
         assert_bits_equal(spec.lane_sum(x), np.asarray(lane_sum_scalar(x), F32), "lane_sum")
 
 
+@pytest.mark.parametrize("n", [1, 5, 31, 32, 33, 64, 127, 128, 200, 600])
+def test_lane_sum_of_negative_zeros_is_positive_zero(n):
+    x = np.full((2, n), -0.0, F32)
+    x[1, n // 2] = 0.0  # one +0.0 among them
+    for axis_x in (x, x.T.copy()):
+        got = spec.lane_sum(axis_x, axis=-1 if axis_x is x else 0)
+        assert_bits_equal(got, np.zeros(2, F32), f"lane_sum of zeros, n={n}")
+    assert_bits_equal(spec.chunked_sum(np.full(n, -0.0, F32)), np.asarray(F32(0)), "chunked_sum of -0.0")
+
+
 @given(st.integers(1, 5), st.integers(1, 100), st.data())
 def test_lane_sum_rows_are_independent(rows, n, data):
     x = data.draw(hnp.arrays(np.float32, (rows, n), elements=st.floats(-1e6, 1e6, width=32)))

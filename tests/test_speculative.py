@@ -1,0 +1,299 @@
+"""Speculative decoding gives bitwise the output of greedy decoding: the same tokens, and the same logits row
+behind each token, whatever the drafter proposes, on tiny random models of every architecture."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from refspec.backends import CpuBackend
+from refspec.errors import UsageError
+from refspec.forward import Transformer
+from refspec.generate import generate
+from refspec.gguf_model import load
+from refspec.model import ARCHITECTURES
+from refspec.speculative import (Drafter, LayerSkipDrafter, NgramDrafter, NoDrafter, make_drafter,
+                                 speculative_generate)
+from refspec.synthetic import write_model
+
+from bits import assert_bits_equal
+
+N_VOCAB = 283  # the synthetic tokenizer's size: 3 control tokens, 256 bytes, 24 merges
+
+
+# ------------------------------------------------------------------------------------------- tiny models
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """tiny(arch, seed, n_ctx, backend) -> Transformer over a random 2-layer GGUF (n_embd 64), cached."""
+    directory = tmp_path_factory.mktemp("tiny")
+    models, transformers = {}, {}
+
+    def get(arch: str, seed: int = 0, n_ctx: int = 256, backend=None):
+        key = (arch, seed, n_ctx)
+        if key not in models:
+            path = write_model(directory / f"{arch}-{seed}-{n_ctx}.gguf", arch=arch, n_layer=2, n_embd=64,
+                               n_ctx=n_ctx, seed=seed)
+            models[key] = load(path)
+        backend = backend or CpuBackend()
+        tkey = key + (backend.name,)
+        if tkey not in transformers:
+            transformers[tkey] = Transformer(models[key], backend)
+        return transformers[tkey]
+
+    return get
+
+
+# ---------------------------------------------------------------------------------------- test drafters
+class RandomDrafter(Drafter):
+    """Adversarial: 0..k random tokens."""
+
+    name = "random"
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+
+    def propose(self, context, k):
+        return [int(t) for t in self.rng.integers(0, N_VOCAB, self.rng.integers(0, k + 1))]
+
+
+class OracleDrafter(Drafter):
+    """Proposes greedy's own continuation (`sequence` = prompt + greedy ids); checks the context it is given
+    is a prefix of it. With `noise` > 0 each guess is replaced by a random token with that probability, so
+    passes reject at every possible place."""
+
+    name = "oracle"
+
+    def __init__(self, sequence, noise: float = 0.0, seed: int = 0):
+        self.sequence, self.noise = list(sequence), noise
+        self.rng = np.random.default_rng(seed)
+        self.requests = []  # (len(context), k) of every proposal
+
+    def propose(self, context, k):
+        assert context == self.sequence[: len(context)], "the loop's context is not greedy's"
+        self.requests.append((len(context), k))
+        guesses = self.sequence[len(context) : len(context) + k]
+        return [int(self.rng.integers(0, N_VOCAB)) if self.rng.random() < self.noise else t for t in guesses]
+
+
+def drafter_for(kind: str, tf, sequence, seed: int) -> Drafter:
+    if kind == "random":
+        return RandomDrafter(seed)
+    if kind == "oracle":
+        return OracleDrafter(sequence)
+    if kind == "noisy-oracle":
+        return OracleDrafter(sequence, noise=0.3, seed=seed)
+    return make_drafter(kind, tf)
+
+
+DRAFTER_KINDS = ("none", "ngram", "layerskip", "random", "oracle", "noisy-oracle")
+
+
+# ------------------------------------------------------------------------------------------- the check
+def assert_same_as_greedy(spec_result, greedy_result):
+    """Token for token, stop reason, and each token's logits row bit for bit."""
+    assert spec_result.ids == greedy_result.ids
+    assert spec_result.stop_reason == greedy_result.stop_reason
+    assert len(spec_result.logits) == len(greedy_result.logits) == len(greedy_result.ids)
+    for i, (got, want) in enumerate(zip(spec_result.logits, greedy_result.logits)):
+        assert_bits_equal(got, want, f"logits row that chose token {i}")
+
+
+def run_both(tf, prompt, n_predict, kind, draft_max, adaptive, eog_pick, seed):
+    """Greedy, then speculative with the drafter `kind`; eog_pick (an index or None) makes the token greedy
+    emits there an end-of-generation token, so generation stops at its first occurrence."""
+    eog = frozenset()
+    if eog_pick is not None:
+        plain = generate(tf, prompt, n_predict)
+        eog = frozenset({plain.ids[eog_pick % len(plain.ids)]})
+    greedy = generate(tf, prompt, n_predict, eog_ids=eog, keep_logits=True)
+    drafter = drafter_for(kind, tf, prompt + greedy.ids, seed)
+    streamed = []
+    spec = speculative_generate(tf, prompt, n_predict, drafter=drafter, draft_max=draft_max, adaptive=adaptive,
+                                eog_ids=eog, on_token=streamed.append, keep_logits=True)
+    assert_same_as_greedy(spec, greedy)
+    assert streamed == greedy.ids
+    check_stats(spec)
+    return greedy, spec, drafter
+
+
+def check_stats(result):
+    s = result.stats
+    assert sum(s["accepted_histogram"]) == s["n_passes"]
+    assert sum(a * c for a, c in enumerate(s["accepted_histogram"])) == s["n_accepted"] <= s["n_drafted"]
+    # every decoding pass yields its accepted guesses and (unless a stop came first) one token more
+    assert s["n_tokens"] - 1 <= s["n_passes"] + s["n_accepted"]
+    if s["n_passes"]:
+        assert s["mean_tokens_per_pass"] == round((s["n_tokens"] - 1) / s["n_passes"], 4)
+
+
+prompts = st.tuples(
+    st.lists(st.integers(0, N_VOCAB - 1), min_size=1, max_size=6), st.integers(1, 3),
+    st.lists(st.integers(0, N_VOCAB - 1), max_size=3),
+).map(lambda t: t[0] * t[1] + t[2])  # repeated pieces give the n-gram drafter something to find
+
+
+@pytest.mark.parametrize("kind", DRAFTER_KINDS)
+@given(arch=st.sampled_from(ARCHITECTURES), seed=st.integers(0, 2), prompt=prompts,
+       n_predict=st.integers(1, 28), draft_max=st.integers(1, 8), adaptive=st.booleans(),
+       eog_pick=st.none() | st.integers(0, 27))
+def test_speculative_equals_greedy(tiny, kind, arch, seed, prompt, n_predict, draft_max, adaptive, eog_pick):
+    run_both(tiny(arch, seed), prompt, n_predict, kind, draft_max, adaptive, eog_pick, seed)
+
+
+# --------------------------------------------------------------------------------------- exact corners
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_oracle_is_accepted_whole(tiny, arch, k):
+    n_passes = 3
+    _, spec, _ = run_both(tiny(arch), [3, 4, 5], 1 + n_passes * (k + 1), "oracle", k, False, None, 0)
+    s = spec.stats
+    assert s["acceptance_rate"] == 1.0 and s["mean_tokens_per_pass"] == k + 1
+    assert s["n_passes"] == n_passes and s["accepted_histogram"][k] == n_passes
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_eog_inside_an_accepted_run_stops_right_after_it(tiny, arch):
+    tf, prompt, k = tiny(arch), [10, 11, 12], 8
+    plain = generate(tf, prompt, 10)
+    # the first token greedy emits at index 1..8 that it has not emitted before: it is then accepted as a
+    # guess in the middle of the first verify pass (which yields indices 1..9)
+    m = next(i for i in range(1, 9) if plain.ids[i] not in plain.ids[:i])
+    eog = frozenset({plain.ids[m]})
+    greedy = generate(tf, prompt, 10, eog_ids=eog, keep_logits=True)
+    drafter = OracleDrafter(prompt + plain.ids)
+    spec = speculative_generate(tf, prompt, 10, drafter=drafter, draft_max=k, adaptive=False, eog_ids=eog,
+                                keep_logits=True)
+    assert_same_as_greedy(spec, greedy)
+    assert spec.ids == plain.ids[: m + 1] and spec.stop_reason == "eog"
+    assert spec.stats["n_passes"] == 1 and spec.stats["n_accepted"] == m
+
+
+@pytest.mark.parametrize("n_predict", [1, 2, 5, 10, 12])
+def test_max_tokens_caps_the_guesses(tiny, n_predict):
+    tf, prompt = tiny("llama"), [7, 8]
+    _, spec, drafter = run_both(tf, prompt, n_predict, "oracle", 8, False, None, 0)
+    assert len(spec.ids) == n_predict and spec.stop_reason == "max_tokens"
+    for n_context, k in drafter.requests:  # never more guesses than tokens left after the pass's own token
+        assert k <= n_predict - (n_context - len(prompt)) - 1
+    assert spec.stats["n_passes"] == (0 if n_predict == 1 else 1 if n_predict <= 10 else 2)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("kind", DRAFTER_KINDS)
+def test_context_limit_runs_until_full_like_greedy(tiny, arch, kind):
+    tf, prompt = tiny(arch, n_ctx=24), [1, 2, 3, 1, 2]
+    _, spec, _ = run_both(tf, prompt, -1, kind, 8, True, None, 1)
+    assert spec.stop_reason == "context" and len(spec.ids) == 24 - len(prompt)
+
+
+def test_no_drafter_is_plain_greedy(tiny):
+    tf = tiny("qwen2")
+    greedy, spec, _ = run_both(tf, [4, 5, 6], 12, "none", 8, True, None, 0)
+    s = spec.stats
+    assert s["n_passes"] == greedy.stats["n_passes"] == 11 and s["mean_tokens_per_pass"] == 1
+    assert s["n_drafted"] == 0 and s["acceptance_rate"] is None and s["accepted_histogram"][0] == 11
+    assert s["verify_ms_mean"] is None and s["single_step_ms"] is not None
+
+
+def test_draft_max_zero_is_greedy(tiny):
+    run_both(tiny("qwen3"), [4, 5, 6], 6, "oracle", 0, True, None, 0)
+
+
+# -------------------------------------------------------------------------------------------- drafters
+def test_ngram_proposes_what_followed_the_latest_occurrence():
+    d = NgramDrafter(max_n=4, min_n=1)
+    assert d.propose([1, 2, 3, 4, 1, 2], 3) == [3, 4, 1]
+    assert d.propose([5, 6, 1, 2, 7, 1, 2, 8, 1, 2], 2) == [8, 1]  # the latest of three occurrences
+    assert d.propose([9, 1, 2, 3, 5, 2, 3], 2) == [5, 2]  # "2 3" matches, "5 2 3" does not
+    assert d.propose([1, 2, 3], 3) == [] and d.propose([4], 3) == []
+    assert d.propose([7, 7, 7], 4) == [7, 7, 7, 7]  # a run keeps its period (overlapping copy)
+    assert d.propose([1, 2, 3, 1, 2, 3, 1], 5) == [2, 3, 1, 2, 3]
+    assert NgramDrafter(max_n=4, min_n=2).propose([1, 2, 3, 1], 3) == []  # no bigram match, unigrams off
+
+
+def test_layerskip_default_layers(tmp_path, tiny):
+    """Every layer but L//6 .. L//2-1, in order."""
+    thirty = Transformer(load(write_model(tmp_path / "30.gguf", n_layer=30)), CpuBackend())
+    assert LayerSkipDrafter(thirty).layers == list(range(5)) + list(range(15, 30))
+    assert LayerSkipDrafter(tiny("llama")).layers == [1]
+
+
+def test_layerskip_draft_kv_is_the_full_models_in_a_prefix_of_layers(tiny):
+    """The reasoning in LayerSkipDrafter's docstring: in the layers before the first skipped one, the
+    drafter's keys and values at the draft positions are bitwise what the verify pass writes there for the
+    same tokens."""
+    tf = tiny("qwen3")
+    prompt = [20, 21, 22, 23]
+    drafter = LayerSkipDrafter(tf, layers=[0])
+    cache = tf.new_cache(32)
+    drafter.begin(cache)
+    tf.forward(cache, prompt[:-1], 0)
+    drafts = drafter.propose(prompt, 4)
+    assert len(drafts) == 4
+    drafted = [(cache.k[i][:, 3:7].copy(), cache.v[i][:, 3:7].copy()) for i in range(tf.config.n_layer)]
+    tf.forward(cache, [prompt[-1]] + drafts[:3], 3)  # verify the tokens the drafter ran
+    for i in drafter.layers:
+        assert_bits_equal(drafted[i][0], cache.k[i][:, 3:7], f"keys of layer {i}")
+        assert_bits_equal(drafted[i][1], cache.v[i][:, 3:7], f"values of layer {i}")
+
+
+def test_make_drafter_names():
+    assert isinstance(make_drafter("none", None), NoDrafter)
+    assert isinstance(make_drafter("ngram", None), NgramDrafter)
+    with pytest.raises(UsageError):
+        make_drafter("medusa", None)
+
+
+def test_a_drafter_outside_the_vocabulary_is_an_error(tiny):
+    class Bad(Drafter):
+        def propose(self, context, k):
+            return [N_VOCAB] * k
+
+    with pytest.raises(UsageError):
+        speculative_generate(tiny("llama"), [1, 2], 4, drafter=Bad())
+
+
+def test_a_drafter_proposing_too_much_is_cut_to_k(tiny):
+    class Greedy(Drafter):
+        def propose(self, context, k):
+            return [1] * (k + 5)
+
+    tf = tiny("llama")
+    spec = speculative_generate(tf, [1, 2], 6, drafter=Greedy(), draft_max=2, adaptive=False, keep_logits=True)
+    assert_same_as_greedy(spec, generate(tf, [1, 2], 6, keep_logits=True))
+    assert spec.stats["n_drafted"] <= 2 * spec.stats["n_passes"]
+
+
+# ------------------------------------------------------------------------------------------------- GPU
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", DRAFTER_KINDS)
+@given(arch=st.sampled_from(ARCHITECTURES), seed=st.integers(0, 2), prompt=prompts,
+       n_predict=st.integers(1, 28), draft_max=st.integers(1, 8), adaptive=st.booleans(),
+       eog_pick=st.none() | st.integers(0, 27))
+def test_speculative_equals_greedy_on_gpu(gpu_backend, tiny, kind, arch, seed, prompt, n_predict, draft_max,
+                                          adaptive, eog_pick):
+    run_both(tiny(arch, seed, backend=gpu_backend), prompt, n_predict, kind, draft_max, adaptive, eog_pick, seed)
+
+
+@pytest.fixture(scope="module")
+def gpu_backend():
+    gpu = pytest.importorskip("refspec.gpu")
+    if not gpu.gpu_available():
+        pytest.skip("no GPU")
+    return gpu.GpuBackend()
+
+
+# ---------------------------------------------------------------------------------------- the benchmark
+def test_bench_decode_quick(tmp_path):
+    import json
+
+    from refspec.cli import main
+
+    path = write_model(tmp_path / "tiny.gguf", arch="qwen2", n_ctx=1024)  # the chat prompts need ~300 positions
+    out = tmp_path / "bench.json"
+    assert main(["bench", "decode", "-m", str(path), "--device", "cpu", "--quick", "--json-out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["speculative"]["mismatches"] == [] and report["greedy"]["tokens_per_second_median"] > 0
+    assert {r["method"] for r in report["speculative"]["runs"]} == {"greedy", "ngram", "layerskip"}
+    assert all(r["identical"] for r in report["speculative"]["runs"])

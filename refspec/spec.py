@@ -161,11 +161,11 @@ def quantize_q8_0(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     d = np.abs(blocks).max(axis=-1) / F32(127)  # [R, nb]; max is exact in any order
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         inv = np.where(d == 0, F32(0), F32(1) / d).astype(F32)
-        scaled = blocks * inv[..., None]
-        mag = np.abs(scaled)
-        whole = np.floor(mag)
-        rounded = whole + np.floor((mag - whole) * F32(2))  # +1 when the fraction is >= 0.5
-        q = np.where(np.isfinite(scaled), np.copysign(rounded, scaled), F32(0))
+        scaled = blocks * inv[..., None]  # binary32, as ggml
+        # round half away from zero: |v| + 0.5 and floor in float64, exact for |v| < 2**52 (here |v| <= 127)
+        q = np.copysign(np.floor(np.abs(scaled, dtype=np.float64) + 0.5), scaled)
+        if not np.isfinite(scaled).all():
+            q[~np.isfinite(scaled)] = 0
         return q.astype(np.int8).reshape(rows, k), d.astype(np.float16)
 
 

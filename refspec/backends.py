@@ -37,6 +37,9 @@ class CpuBackend:
     RESIDENT_BYTES = 4 << 30  # float32 copies of the quants up to this size (the default model needs 0.5 GB)
     SLAB_BYTES = 1 << 20  # float32 weight bytes converted per BLAS call otherwise: stays in a core's L2
 
+    def __init__(self):
+        self._buffers = [np.empty(0, F32), np.empty(0, F32)]
+
     # ---- memory
     def asarray(self, a):
         return np.asarray(a)
@@ -87,17 +90,24 @@ class CpuBackend:
     def q8_gemv(self, w: CpuQ8, xq: np.ndarray, xd: np.ndarray) -> np.ndarray:
         rows = xq.shape[0]
         x = xq.reshape(rows, w.nb, QK8_0).transpose(1, 0, 2).astype(F32, order="C")  # [nb, R, 32]
+        dots, terms = (self._scratch(i, (w.nb, rows, w.n)) for i in (0, 1))
         if w.wf is not None:  # [nb, R, 32] @ [nb, 32, N] -> [nb, R, N], exact integers
-            dots = np.matmul(x, w.wf.transpose(0, 2, 1))
+            np.matmul(x, w.wf.transpose(0, 2, 1), out=dots)
         else:
-            dots = np.empty((w.nb, rows, w.n), F32)
             n_step = max(1, min(w.n, self.SLAB_BYTES // (4 * QK8_0)))
             b_step = max(1, self.SLAB_BYTES // (4 * QK8_0 * n_step))
             for n in range(0, w.n, n_step):
                 for b in range(0, w.nb, b_step):
                     wf = w.qb[b : b + b_step, n : n + n_step].astype(F32)  # [b', n', 32]
                     np.matmul(x[b : b + b_step], wf.transpose(0, 2, 1), out=dots[b : b + b_step, :, n : n + n_step])
-        return spec.scale_and_reduce_f32(dots, w.d_t, xd)  # [nb, R, N] -> [R, N]
+        return spec.scale_and_reduce_f32(dots, w.d_t, xd, out=terms)  # [nb, R, N] -> [R, N]
+
+    def _scratch(self, slot: int, shape: tuple) -> np.ndarray:
+        """A reused float32 array of `shape` (two slots): fresh large arrays cost page faults every call."""
+        size = int(np.prod(shape))
+        if len(self._buffers[slot]) < size:
+            self._buffers[slot] = np.empty(size, F32)
+        return self._buffers[slot][:size].reshape(shape)
 
 
 def _q8_matrices(weights: ModelWeights):

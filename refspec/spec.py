@@ -30,14 +30,15 @@ def _tree(acc: np.ndarray, axis: int) -> np.ndarray:
     """Lane values (m <= 32 along `axis`; lanes m..31 hold +0.0) -> their sum: add the upper half of the
     lanes onto the lower half, 16, 8, 4, 2, 1 apart. A lane without a partner keeps its value (v + 0.0 == v
     for v != -0.0), so absent lanes need no padding. Works in place on `acc`."""
-    m = acc.shape[axis]
+    acc = np.moveaxis(acc, axis, -1)  # a view: the lanes last
+    m = acc.shape[-1]
     width = LANES // 2
     while width >= 1:
         if m > width:
-            acc[_lanes(axis, 0, m - width)] += acc[_lanes(axis, width, m)]
+            acc[..., : m - width] += acc[..., width:m]
             m = width
         width //= 2
-    return acc[_lanes(axis, 0, 1)].squeeze(axis)
+    return acc[..., 0]
 
 
 def lane_sum(x: np.ndarray, axis: int = -1, *, overwrite: bool = False) -> np.ndarray:
@@ -186,9 +187,10 @@ def scale_and_reduce(dots: np.ndarray, wd: np.ndarray, xd: np.ndarray) -> np.nda
     return scale_and_reduce_f32(dots, wd.astype(F32).T, xd)
 
 
-def scale_and_reduce_f32(dots: np.ndarray, wd_t: np.ndarray, xd: np.ndarray) -> np.ndarray:
-    """scale_and_reduce with the weight scales already as float32 [nb, N] (a backend keeps them so)."""
-    terms = wd_t[:, None, :] * xd.astype(F32).T[:, :, None]  # [nb, R, N]
+def scale_and_reduce_f32(dots: np.ndarray, wd_t: np.ndarray, xd: np.ndarray, out: np.ndarray | None = None):
+    """scale_and_reduce with the weight scales already as float32 [nb, N] (a backend keeps them so);
+    `out`, if given, is a float32 scratch array of dots' shape for the terms."""
+    terms = np.multiply(wd_t[:, None, :], xd.astype(F32).T[:, :, None], out=out)  # [nb, R, N]
     terms *= dots
     return lane_sum(terms, axis=0, overwrite=True)
 
@@ -255,8 +257,9 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos0: int
     v = v_cache[:, None, :n_pos]  # [G, 1, T, D]
     scale = F32(1) / np.sqrt(F32(dim))
     scores = lane_sum(qg * k, axis=-1) * scale  # [R, G, H/G, T]
-    visible = np.arange(n_pos)[None, :] <= (pos0 + np.arange(rows))[:, None]  # [R, T]
-    scores[~np.broadcast_to(visible[:, None, None, :], scores.shape)] = -np.inf
+    if rows > 1:  # row r sees positions t <= pos0 + r
+        hidden = np.arange(n_pos)[None, :] > (pos0 + np.arange(rows))[:, None]  # [R, T]
+        scores[np.broadcast_to(hidden[:, None, None, :], scores.shape)] = -np.inf
     e = exp(scores - scores.max(axis=-1, keepdims=True))  # [R, G, H/G, T]
     denom = chunked_sum(e, axis=-1)  # [R, G, H/G]
     num = chunked_sum(e[..., None] * v, axis=3)  # [R, G, H/G, T, D] -> [R, G, H/G, D]

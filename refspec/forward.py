@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from refspec.errors import ContextLengthError
+from refspec.errors import ContextLengthError, UsageError
 from refspec.model import Model
 from refspec.spec import rope_table
 
@@ -49,6 +49,8 @@ class Transformer:
         layers (in order) for drafting; None runs them all."""
         cfg, be, w = self.config, self.be, self.weights
         rows = len(ids)
+        if rows == 0 or any(not 0 <= int(t) < cfg.n_vocab for t in ids):
+            raise UsageError(f"token ids must be 1 or more integers in 0..{cfg.n_vocab - 1}, got {list(ids)[:8]}")
         if pos0 + rows > cache.n_pos:
             raise ContextLengthError(
                 f"positions {pos0}..{pos0 + rows - 1} exceed the context of {cache.n_pos} positions"

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from refspec.backends import CpuBackend
-from refspec.errors import ContextLengthError
+from refspec.errors import ContextLengthError, UsageError
 from refspec.forward import Transformer
 from refspec.generate import generate, prefill
 from refspec.gguf_model import load
@@ -70,6 +70,13 @@ def test_prompt_chunk_size_does_not_change_bits(models, chunk):
     prompt = list(range(3, 40))
     want = prefill(tf, tf.new_cache(64), prompt, chunk=64)
     assert_bits_equal(prefill(tf, tf.new_cache(64), prompt, chunk=chunk), want, f"chunk {chunk}")
+
+
+def test_token_ids_outside_the_vocabulary_are_refused(models):
+    tf = models("llama")
+    for bad in ([-1], [tf.config.n_vocab], [3, tf.config.n_vocab + 7], []):
+        with pytest.raises(UsageError, match="token ids"):
+            tf.forward(tf.new_cache(8), bad, 0)
 
 
 def test_context_limit_is_a_clear_error(models):

@@ -1,0 +1,136 @@
+"""Backends: where the operations of refspec/spec.py run. The CPU backend *is* the spec (it calls
+refspec.spec, with a faster but bit-identical GEMV); the GPU backend (refspec/gpu.py) runs the kernels of
+kernels_raw/. Both offer the same methods, which is all refspec/forward.py uses."""
+from __future__ import annotations
+
+import numpy as np
+
+from refspec import spec
+from refspec.errors import DeviceError, UsageError
+from refspec.model import QK8_0, LayerWeights, ModelWeights, Q8Matrix
+
+F32 = np.float32
+
+
+class CpuQ8:
+    """A Q8Matrix laid out for the CPU GEMV: quants block-major [nb, N, 32], either as float32 (`wf`, when
+    the backend keeps them resident) or int8 (`qb`, converted a slab at a time), and the scales as float32
+    [nb, N]. fp16 -> fp32 and int8 -> fp32 are exact."""
+
+    def __init__(self, w: Q8Matrix, resident: bool):
+        n, k = w.q.shape
+        self.n, self.nb = n, k // QK8_0
+        qb = w.q.reshape(n, self.nb, QK8_0).transpose(1, 0, 2)
+        self.wf = qb.astype(F32, order="C") if resident else None
+        self.qb = None if resident else np.ascontiguousarray(qb)
+        self.d_t = np.ascontiguousarray(w.d.astype(F32).T)
+        self.source = w  # embedding lookups read the original rows
+
+
+class CpuBackend:
+    """NumPy on the CPU: every operation is its refspec.spec twin. The GEMV computes the exact int8 block
+    dot products with BLAS in binary32 (exact: integers below 2**24), then spec.scale_and_reduce_f32
+    applies the scales and sums the blocks in the canonical order. Weights are kept as float32 when they fit
+    in RESIDENT_BYTES (fastest: one pass over memory), else converted from int8 a slab at a time."""
+
+    name = "cpu"
+    RESIDENT_BYTES = 4 << 30  # float32 copies of the quants up to this size (the default model needs 0.5 GB)
+    SLAB_BYTES = 1 << 20  # float32 weight bytes converted per BLAS call otherwise: stays in a core's L2
+
+    def __init__(self):
+        self._buffers = [np.empty(0, F32), np.empty(0, F32)]
+
+    # ---- memory
+    def asarray(self, a):
+        return np.asarray(a)
+
+    def to_host(self, a) -> np.ndarray:
+        return np.asarray(a)
+
+    def zeros(self, shape):
+        return np.zeros(shape, F32)
+
+    def synchronize(self):
+        pass
+
+    def upload_weights(self, weights: ModelWeights) -> ModelWeights:
+        matrices = {id(w): w for w in _q8_matrices(weights)}  # a tied head is one matrix
+        resident = 4 * sum(w.q.size for w in matrices.values()) <= self.RESIDENT_BYTES
+        prepared = {key: CpuQ8(w, resident) for key, w in matrices.items()}
+
+        def prep(value):
+            return prepared[id(value)] if isinstance(value, Q8Matrix) else value
+
+        layers = [LayerWeights(**{f: prep(v) for f, v in vars(lw).items()}) for lw in weights.layers]
+        return ModelWeights(prep(weights.tok_embd), layers, weights.output_norm, prep(weights.output))
+
+    # ---- operations (each is its spec twin)
+    add = staticmethod(spec.add)
+    rmsnorm = staticmethod(spec.rmsnorm)
+    rope = staticmethod(spec.rope)
+    attention = staticmethod(spec.attention)
+    silu_mul = staticmethod(spec.silu_mul)
+    quantize_q8 = staticmethod(spec.quantize_q8_0)
+    argmax = staticmethod(spec.argmax)
+
+    @staticmethod
+    def embed(w: CpuQ8, ids):
+        return spec.embed(w.source, ids)
+
+    @staticmethod
+    def rmsnorm_q8(x, w, eps):
+        return spec.quantize_q8_0(spec.rmsnorm(x, w, eps))
+
+    @staticmethod
+    def kv_write(k_cache, v_cache, k, v, pos0):
+        rows = k.shape[0]
+        k_cache[:, pos0 : pos0 + rows] = k.transpose(1, 0, 2)  # [R, G, D] -> [G, R, D]
+        v_cache[:, pos0 : pos0 + rows] = v.transpose(1, 0, 2)
+
+    def q8_gemv(self, w: CpuQ8, xq: np.ndarray, xd: np.ndarray) -> np.ndarray:
+        rows = xq.shape[0]
+        x = xq.reshape(rows, w.nb, QK8_0).transpose(1, 0, 2).astype(F32, order="C")  # [nb, R, 32]
+        dots, terms = (self._scratch(i, (w.nb, rows, w.n)) for i in (0, 1))
+        if w.wf is not None:  # [nb, R, 32] @ [nb, 32, N] -> [nb, R, N], exact integers
+            np.matmul(x, w.wf.transpose(0, 2, 1), out=dots)
+        else:
+            n_step = max(1, min(w.n, self.SLAB_BYTES // (4 * QK8_0)))
+            b_step = max(1, self.SLAB_BYTES // (4 * QK8_0 * n_step))
+            for n in range(0, w.n, n_step):
+                for b in range(0, w.nb, b_step):
+                    wf = w.qb[b : b + b_step, n : n + n_step].astype(F32)  # [b', n', 32]
+                    np.matmul(x[b : b + b_step], wf.transpose(0, 2, 1), out=dots[b : b + b_step, :, n : n + n_step])
+        return spec.scale_and_reduce_f32(dots, w.d_t, xd, out=terms)  # [nb, R, N] -> [R, N]
+
+    def _scratch(self, slot: int, shape: tuple) -> np.ndarray:
+        """A reused float32 array of `shape` (two slots): fresh large arrays cost page faults every call."""
+        size = int(np.prod(shape))
+        if len(self._buffers[slot]) < size:
+            self._buffers[slot] = np.empty(size, F32)
+        return self._buffers[slot][:size].reshape(shape)
+
+
+def _q8_matrices(weights: ModelWeights):
+    yield weights.tok_embd
+    yield weights.output
+    for lw in weights.layers:
+        yield from (v for v in vars(lw).values() if isinstance(v, Q8Matrix))
+
+
+def make_backend(device: str = "auto"):
+    """'cpu', 'gpu', or 'auto' (the GPU when CuPy sees one, else the CPU)."""
+    if device == "cpu":
+        return CpuBackend()
+    if device not in ("gpu", "auto"):
+        raise UsageError(f"unknown device {device!r}: choose auto, cpu or gpu")
+    try:
+        from refspec.gpu import GpuBackend, gpu_available
+    except ImportError as err:  # refspec.gpu itself imports CuPy lazily; this is a packaging problem
+        if device == "gpu":
+            raise DeviceError(f"the GPU backend cannot be imported: {err}") from err
+        return CpuBackend()
+    if gpu_available():
+        return GpuBackend()
+    if device == "gpu":
+        raise DeviceError("no GPU found: install CuPy (pip install 'refspec[cuda]' or '[rocm]') or use --device cpu")
+    return CpuBackend()

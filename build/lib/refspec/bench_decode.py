@@ -1,0 +1,216 @@
+"""`refspec bench decode`: how fast greedy decoding runs, and what self-speculative decoding gains on prompts
+whose answer copies from the input, each speculative output checked against greedy's token for token.
+
+(a) greedy: a 16-token prompt, 64 new tokens (no early stop), repeated; the median tokens/s.
+(b) speculative: chat prompts that ask to edit code, rewrite a list, extract fields or correct a text;
+    greedy vs each drafter: tokens/s, tokens per forward pass, acceptance rate, identical output or not.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+
+DRAFTERS = ("ngram", "layerskip")
+GREEDY_PROMPT = ("The history of the printing press begins in the fifteenth century, when Johannes Gutenberg "
+                 "combined movable metal type with an oil-based ink")
+GREEDY_PROMPT_TOKENS, GREEDY_NEW_TOKENS = 16, 64
+
+COPY_PROMPTS = {
+    "edit-code": "Rename the function `compute_total` to `sum_prices` everywhere in this code and return the "
+                 "whole code:\n\n```python\ndef compute_total(items):\n    total = 0\n    for item in items:\n"
+                 "        total += item.price * item.quantity\n    return total\n\n\n"
+                 "cart = load_cart('cart.json')\nprint('Total:', compute_total(cart))\n```",
+    "rewrite-list": "Rewrite this shopping list as a numbered list, keeping every item exactly as written:\n\n"
+                    "- 2 cups of flour\n- 1 teaspoon of baking soda\n- 3 large eggs\n- 1 cup of whole milk\n"
+                    "- 2 tablespoons of melted butter\n- a pinch of salt",
+    "extract-fields": "Extract the name, company, email and phone number from this message as JSON with the keys "
+                      "name, company, email, phone:\n\nHi, this is Maria Gonzalez from Blue River Logistics. You "
+                      "can reach me at maria.gonzalez@blueriver-logistics.com or call 555-0142 during office "
+                      "hours. Thanks!",
+    "correct-text": "Correct the spelling mistakes in this paragraph and return the corrected paragraph only:\n\n"
+                    "The quick brown fox jumpd over the lazy dog. Evry morning, the fox runs thru the forest to "
+                    "find food for its famly, and evry evening it returns to its den near the river.",
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from refspec.cli import add_model_argument
+
+    add_model_argument(p)
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                   help="where to run (default auto: the GPU when CuPy sees one)")
+    p.add_argument("--repeats", type=int, default=3, metavar="N", help="greedy speed runs; the median is reported")
+    p.add_argument("--n-predict", type=int, default=128, metavar="N",
+                   help="most new tokens per copy prompt (default 128; generation also stops at end of turn)")
+    p.add_argument("--draft-max", type=int, default=8, metavar="K", help="most draft tokens per verify pass")
+    p.add_argument("--quick", action="store_true",
+                   help="a short run (1 greedy repeat of 8 tokens, 2 copy prompts of 16 tokens), for tests")
+    p.add_argument("--json-out", metavar="FILE", help="also write every number, the hardware and the date as JSON")
+
+
+def run(args) -> int:
+    from refspec.backends import make_backend
+    from refspec.cli import load_model, load_tokenizer, note
+    from refspec.errors import UsageError
+    from refspec.forward import Transformer
+    from refspec.generate import generate
+
+    for flag, value in (("--repeats", args.repeats), ("--n-predict", args.n_predict),
+                        ("--draft-max", args.draft_max)):
+        if value < 1:
+            raise UsageError(f"{flag} must be at least 1, got {value}")
+    model = load_model(args.model)
+    tok = load_tokenizer(model)
+    backend = make_backend(args.device)
+    tf = Transformer(model, backend)
+    repeats, n_greedy, n_copy = (1, 8, 16) if args.quick else (args.repeats, GREEDY_NEW_TOKENS, args.n_predict)
+    prompts = dict(list(COPY_PROMPTS.items())[:2]) if args.quick else COPY_PROMPTS
+    note(f"model {model.config.arch}, {model.config.n_layer} layers, device {backend.name}")
+
+    generate(tf, tok.encode(GREEDY_PROMPT)[:4], 2)  # warm up: the first pass touches every weight page
+    greedy = bench_greedy(tf, tok, repeats, n_greedy)
+    note(f"greedy: {greedy['tokens_per_second_median']} tokens/s (median of {repeats})")
+    copy = bench_copy_prompts(tf, tok, prompts, n_copy, args.draft_max, note)
+
+    report = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "hardware": hardware(backend),
+        "model": {"path": str(model.path), "name": model.metadata.get("general.name"), "arch": model.config.arch,
+                  "n_layer": model.config.n_layer, "n_embd": model.config.n_embd, "n_vocab": model.config.n_vocab},
+        "quick": bool(args.quick),
+        "greedy": greedy,
+        "speculative": copy,
+    }
+    print_tables(report)
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(report, f, indent=2)
+            f.write("\n")
+    if copy["mismatches"]:
+        print(f"MISMATCH: {len(copy['mismatches'])} speculative outputs differ from greedy: "
+              f"{', '.join(copy['mismatches'])}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def bench_greedy(tf, tok, repeats: int, n_new: int) -> dict:
+    """(a): greedy decoding of n_new tokens after a GREEDY_PROMPT_TOKENS-token prompt, `repeats` times."""
+    from refspec.generate import generate
+
+    prompt = (tok.encode(GREEDY_PROMPT) * GREEDY_PROMPT_TOKENS)[:GREEDY_PROMPT_TOKENS]
+    runs = [generate(tf, prompt, n_new).stats for _ in range(repeats)]  # no eog_ids: always n_new tokens
+    speeds = [s["tokens_per_second"] for s in runs]
+    return {"prompt_tokens": len(prompt), "new_tokens": n_new, "repeats": repeats,
+            "tokens_per_second": speeds, "tokens_per_second_median": statistics.median(speeds),
+            "prompt_tokens_per_second_median": statistics.median(s["prompt_tokens_per_second"] for s in runs),
+            "ms_per_token_median": round(1e3 / statistics.median(speeds), 3)}
+
+
+def bench_copy_prompts(tf, tok, prompts: dict, n_predict: int, draft_max: int, note) -> dict:
+    """(b): each prompt, chat-templated, decoded greedily and with each drafter; outputs compared."""
+    from refspec.generate import generate
+    from refspec.speculative import make_drafter, speculative_generate
+
+    rows, mismatches = [], []
+    for name, text in prompts.items():
+        ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True))
+        n_new = min(n_predict, tf.config.n_ctx - len(ids))  # a short context (a test model) cuts the answer
+        reference = generate(tf, ids, n_new, eog_ids=tok.eog_ids)
+        rows.append(run_row(name, "greedy", reference, reference))
+        for drafter in DRAFTERS:
+            result = speculative_generate(tf, ids, n_new, drafter=make_drafter(drafter, tf),
+                                          draft_max=draft_max, eog_ids=tok.eog_ids)
+            rows.append(run_row(name, drafter, result, reference))
+            if not rows[-1]["identical"]:
+                mismatches.append(f"{name}/{drafter}")
+            note(f"{name} {drafter}: {rows[-1]['tokens_per_second']} tokens/s, "
+                 f"{rows[-1]['mean_tokens_per_pass']} tokens per pass, identical: {rows[-1]['identical']}")
+    totals = {}
+    for method in ("greedy",) + DRAFTERS:
+        mine = [r for r in rows if r["method"] == method]
+        tokens = sum(r["n_tokens"] - 1 for r in mine)  # the first token comes from the prompt's pass
+        seconds = sum(r["decode_seconds"] for r in mine)
+        passes = sum(r["n_passes"] for r in mine)
+        drafted = sum(r.get("n_drafted") or 0 for r in mine)
+        accepted = sum(r.get("n_accepted") or 0 for r in mine)
+        totals[method] = {"tokens_per_second": round(tokens / seconds, 3) if seconds else None,
+                          "mean_tokens_per_pass": round(tokens / passes, 4) if passes else None,
+                          "acceptance_rate": round(accepted / drafted, 4) if drafted else None}
+    for method in DRAFTERS:
+        base, mine = totals["greedy"]["tokens_per_second"], totals[method]["tokens_per_second"]
+        totals[method]["speedup"] = round(mine / base, 3) if base and mine else None
+    return {"n_predict": n_predict, "draft_max": draft_max, "runs": rows, "totals": totals,
+            "mismatches": mismatches}
+
+
+def run_row(prompt: str, method: str, result, reference) -> dict:
+    keys = ("n_prompt_tokens", "n_tokens", "n_passes", "decode_seconds", "tokens_per_second", "n_drafted",
+            "n_accepted", "acceptance_rate", "mean_tokens_per_pass", "accepted_histogram", "verify_ms_mean",
+            "single_step_ms", "draft_seconds")
+    row = {"prompt": prompt, "method": method, "stop_reason": result.stop_reason}
+    row.update({k: result.stats.get(k) for k in keys})
+    if method == "greedy":
+        row["mean_tokens_per_pass"] = 1.0
+        passes = row["n_passes"]
+        row["single_step_ms"] = round(1e3 * row["decode_seconds"] / passes, 3) if passes else None
+    row["identical"] = result.ids == reference.ids and result.stop_reason == reference.stop_reason
+    return row
+
+
+def hardware(backend) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cpu_cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "device": backend.name}
+    if backend.name != "cpu":
+        info["gpu"] = gpu_name(backend)
+    return info
+
+
+def gpu_name(backend) -> str | None:
+    name = getattr(backend, "device_name", None)
+    if name:
+        return str(name)
+    try:
+        import cupy
+
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        return props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    except Exception:  # noqa: BLE001 (the name is a nicety: the report goes on without it)
+        return None
+
+
+def print_tables(report: dict) -> None:
+    hw, g = report["hardware"], report["greedy"]
+    print(f"refspec bench decode, {report['date']}, {hw['cpu']} ({hw['cpu_cores']} cores), device {hw['device']}"
+          + (f" ({hw['gpu']})" if hw.get("gpu") else ""))
+    print(f"model {report['model']['name'] or report['model']['path']}")
+    print(f"\n(a) greedy, {g['prompt_tokens']}-token prompt, {g['new_tokens']} new tokens, "
+          f"median of {g['repeats']}: "
+          f"{g['tokens_per_second_median']} tokens/s ({g['ms_per_token_median']} ms/token); "
+          f"prompt {g['prompt_tokens_per_second_median']} tokens/s")
+    s = report["speculative"]
+    print(f"\n(b) copy-heavy chat prompts, up to {s['n_predict']} new tokens, draft_max {s['draft_max']}")
+    header = f"{'prompt':<16}{'method':<11}{'tokens':>7}{'tok/s':>9}{'tok/pass':>10}{'accept':>8}{'identical':>11}"
+    print(header)
+    print("-" * len(header))
+    for r in s["runs"]:
+        acc = "-" if r["acceptance_rate"] is None else f"{r['acceptance_rate']:.2f}"
+        tps = "-" if r["tokens_per_second"] is None else f"{r['tokens_per_second']:.2f}"
+        print(f"{r['prompt']:<16}{r['method']:<11}{r['n_tokens']:>7}{tps:>9}{r['mean_tokens_per_pass']:>10.2f}"
+              f"{acc:>8}{'yes' if r['identical'] else 'MISMATCH':>11}")
+    print("-" * len(header))
+    for method, t in s["totals"].items():
+        speed = "" if "speedup" not in t else f", {t['speedup']}x greedy"
+        acc = "-" if t["acceptance_rate"] is None else f"{t['acceptance_rate']:.2f}"
+        tps, per_pass = t["tokens_per_second"] or "-", t["mean_tokens_per_pass"] or "-"
+        print(f"{'all':<16}{method:<11}{'':>7}{tps:>9}{per_pass:>10}{acc:>8}{speed}")

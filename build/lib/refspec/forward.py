@@ -1,0 +1,86 @@
+"""The transformer forward pass: one readable module for every backend and architecture.
+
+`forward` takes R token ids at consecutive positions pos0 .. pos0+R-1 and returns R rows of logits. Prompt
+chunks, single decoding steps and speculative verification all come through here. The operations (`be.*`)
+are those of refspec/spec.py; a backend (refspec/backends.py) runs them on the CPU or the GPU and must give
+the same bits. Shape comments use R rows, H query heads, G kv heads, D head dim, E embedding, F ffn, V vocab.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from refspec.errors import ContextLengthError
+from refspec.model import Model
+from refspec.spec import rope_table
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer, indexed by absolute position: k[i], v[i] are [G, n_pos, D].
+    Rows written for positions that are later rejected are simply overwritten by the next pass."""
+
+    k: list
+    v: list
+    n_pos: int  # positions the cache holds
+
+
+class Transformer:
+    """A model bound to a backend: weights uploaded once, the RoPE table computed once."""
+
+    def __init__(self, model: Model, backend):
+        self.config = model.config
+        self.be = backend
+        self.weights = backend.upload_weights(model.weights)
+        cos, sin = rope_table(self.config.n_ctx, self.config.n_rot, self.config.rope_base)
+        self.rope_cos, self.rope_sin = backend.asarray(cos), backend.asarray(sin)
+
+    def new_cache(self, n_pos: int | None = None) -> KVCache:
+        cfg = self.config
+        n_pos = cfg.n_ctx if n_pos is None else min(n_pos, cfg.n_ctx)
+        shape = (cfg.n_head_kv, n_pos, cfg.head_dim)
+        return KVCache(
+            k=[self.be.zeros(shape) for _ in range(cfg.n_layer)],
+            v=[self.be.zeros(shape) for _ in range(cfg.n_layer)],
+            n_pos=n_pos,
+        )
+
+    def forward(self, cache: KVCache, ids, pos0: int, layers=None):
+        """Logits [R, V] for token ids [R] at positions pos0 .. pos0+R-1. `layers` picks a subset of the
+        layers (in order) for drafting; None runs them all."""
+        cfg, be, w = self.config, self.be, self.weights
+        rows = len(ids)
+        if pos0 + rows > cache.n_pos:
+            raise ContextLengthError(
+                f"positions {pos0}..{pos0 + rows - 1} exceed the context of {cache.n_pos} positions"
+            )
+        eps = cfg.rms_eps
+        x = be.embed(w.tok_embd, ids)  # [R] -> [R, E]
+        for i in range(cfg.n_layer) if layers is None else layers:
+            lw = w.layers[i]
+            # attention block
+            hq, hd = be.rmsnorm_q8(x, lw.attn_norm, eps)  # [R, E] -> int8 [R, E], f16 [R, E/32]
+            q = be.q8_gemv(lw.wq, hq, hd)  # -> [R, H*D]
+            k = be.q8_gemv(lw.wk, hq, hd)  # -> [R, G*D]
+            v = be.q8_gemv(lw.wv, hq, hd)  # -> [R, G*D]
+            if cfg.has_qkv_bias:
+                q, k, v = be.add(q, lw.bq), be.add(k, lw.bk), be.add(v, lw.bv)
+            q = q.reshape(rows, cfg.n_head, cfg.head_dim)  # [R, H*D] -> [R, H, D]
+            k = k.reshape(rows, cfg.n_head_kv, cfg.head_dim)  # [R, G*D] -> [R, G, D]
+            v = v.reshape(rows, cfg.n_head_kv, cfg.head_dim)  # [R, G*D] -> [R, G, D]
+            if cfg.has_qk_norm:
+                q = be.rmsnorm(q, lw.q_norm, eps)  # per head, over D
+                k = be.rmsnorm(k, lw.k_norm, eps)
+            q = be.rope(q, pos0, self.rope_cos, self.rope_sin, cfg.rope_neox)
+            k = be.rope(k, pos0, self.rope_cos, self.rope_sin, cfg.rope_neox)
+            be.kv_write(cache.k[i], cache.v[i], k, v, pos0)  # cache[:, pos0:pos0+R, :] = k, v
+            a = be.attention(q, cache.k[i], cache.v[i], pos0)  # [R, H, D]
+            aq, ad = be.quantize_q8(a.reshape(rows, cfg.n_q))  # [R, H, D] -> [R, H*D]
+            x = be.add(x, be.q8_gemv(lw.wo, aq, ad))  # [R, H*D] -> [R, E]
+            # feed-forward block
+            hq, hd = be.rmsnorm_q8(x, lw.ffn_norm, eps)  # [R, E]
+            gate = be.q8_gemv(lw.w_gate, hq, hd)  # -> [R, F]
+            up = be.q8_gemv(lw.w_up, hq, hd)  # -> [R, F]
+            mq, md = be.quantize_q8(be.silu_mul(gate, up))  # [R, F]
+            x = be.add(x, be.q8_gemv(lw.w_down, mq, md))  # [R, F] -> [R, E]
+        hq, hd = be.rmsnorm_q8(x, w.output_norm, eps)  # [R, E]
+        return be.q8_gemv(w.output, hq, hd)  # [R, E] -> [R, V]

@@ -1,0 +1,100 @@
+"""Greedy decoding: the plain loop that speculative decoding (refspec/speculative.py) must reproduce."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from refspec.errors import ContextLengthError, UsageError
+from refspec.forward import KVCache, Transformer
+
+PROMPT_CHUNK = 64  # prompt rows per forward pass; any size gives the same bits (batch invariance)
+
+
+@dataclass
+class GenerationResult:
+    prompt_ids: list[int]
+    ids: list[int] = field(default_factory=list)  # generated ids, an end-of-generation id included
+    logits: list[np.ndarray] = field(default_factory=list)  # the row of logits that chose each id
+    stats: dict = field(default_factory=dict)
+    stop_reason: str = ""  # "eog", "max_tokens" or "context"
+
+
+def plan_context(tf: Transformer, n_prompt: int, n_predict: int) -> tuple[int, int]:
+    """Check the request against the context length; return (positions to allocate, tokens to generate).
+    n_predict < 0 means: until an end-of-generation token or the context is full."""
+    n_ctx = tf.config.n_ctx
+    if n_prompt == 0:
+        raise UsageError("the prompt is empty: give at least one token")
+    if n_prompt >= n_ctx:
+        raise ContextLengthError(f"the prompt has {n_prompt} tokens; the model's context holds {n_ctx}")
+    if n_predict < 0:
+        return n_ctx, n_ctx - n_prompt
+    if n_prompt + n_predict > n_ctx:
+        raise ContextLengthError(
+            f"{n_prompt} prompt tokens + {n_predict} new tokens exceed the context length {n_ctx}; "
+            f"ask for at most {n_ctx - n_prompt} new tokens"
+        )
+    return n_prompt + n_predict, n_predict
+
+
+def prefill(tf: Transformer, cache: KVCache, prompt_ids: list[int], chunk: int = PROMPT_CHUNK):
+    """Run the prompt through the model in chunks; return the logits row of its last position (host)."""
+    logits = None
+    for start in range(0, len(prompt_ids), chunk):
+        logits = tf.forward(cache, prompt_ids[start : start + chunk], start)
+    return tf.be.to_host(logits[-1])
+
+
+def generate(
+    tf: Transformer,
+    prompt_ids: list[int],
+    n_predict: int,
+    *,
+    eog_ids=frozenset(),
+    on_token=None,
+    keep_logits: bool = False,
+) -> GenerationResult:
+    """Greedy decoding: each new token is the argmax (lowest index on ties) of the logits of the last one.
+    `on_token(id)` is called as each token is chosen (for streaming)."""
+    n_alloc, budget = plan_context(tf, len(prompt_ids), n_predict)
+    result = GenerationResult(prompt_ids=list(prompt_ids))
+    cache = tf.new_cache(n_alloc)
+    t0 = time.perf_counter()
+    row = prefill(tf, cache, result.prompt_ids)
+    t1 = time.perf_counter()
+    n_passes = 0
+    while True:
+        token = int(tf.be.argmax(row[None])[0])
+        result.ids.append(token)
+        if keep_logits:
+            result.logits.append(row)
+        if on_token is not None:
+            on_token(token)
+        if token in eog_ids:
+            result.stop_reason = "eog"
+            break
+        if len(result.ids) >= budget:
+            result.stop_reason = "max_tokens" if n_predict >= 0 else "context"
+            break
+        pos = len(result.prompt_ids) + len(result.ids) - 1
+        row = tf.be.to_host(tf.forward(cache, [token], pos)[0])
+        n_passes += 1
+    t2 = time.perf_counter()
+    result.stats = decode_stats(len(result.prompt_ids), len(result.ids), n_passes, t1 - t0, t2 - t1)
+    return result
+
+
+def decode_stats(n_prompt: int, n_tokens: int, n_passes: int, t_prompt: float, t_decode: float) -> dict:
+    """The statistics every decoding loop reports. The first token comes from the prompt's pass; tokens per
+    second count the tokens after it over the time from the end of the prompt to the last token."""
+    return {
+        "n_prompt_tokens": n_prompt,
+        "n_tokens": n_tokens,
+        "n_passes": n_passes,
+        "prompt_seconds": round(t_prompt, 6),
+        "decode_seconds": round(t_decode, 6),
+        "prompt_tokens_per_second": round(n_prompt / t_prompt, 3) if t_prompt > 0 else None,
+        "tokens_per_second": round((n_tokens - 1) / t_decode, 3) if n_tokens > 1 and t_decode > 0 else None,
+    }

@@ -1,0 +1,597 @@
+"""Load a GGUF model file into refspec's in-memory ``Model`` (refspec/model.py).
+
+Model files are untrusted input, so loading goes in three steps, each of which raises ``ModelFileError``
+(or its subclass ``UnsupportedModelError``) with a one-line message naming the file and the key or tensor:
+
+1. ``_scan_layout`` walks the GGUF header with bounds checks before anything else reads it: magic, version,
+   counts against the file size, every key/value length, every tensor's dims, type, byte size and offset
+   (no overflow, no overlap, nothing past the end of the file). gguf-py's ``GGUFReader`` trusts these numbers
+   (an absurd array length makes it loop for ever, a truncated file gives it short arrays), so it only sees a
+   file whose layout has been checked.
+2. ``GGUFReader`` parses the values and maps the tensors; its view of the layout is cross-checked with ours.
+3. Hyper-parameters come from ``{arch}.*`` metadata keys (``_read_config``); tensors are found through the one
+   name map below (``MODEL_TENSORS``, ``LAYER_TENSORS``), checked against the config's shapes and converted to
+   refspec's aligned Q8_0 layout. Matrices stored in another type are dequantized and requantized to Q8_0 with
+   gguf-py's reference quantizer (byte-exact with ggml), and one note on stderr says so.
+"""
+from __future__ import annotations
+
+import math
+import mmap
+import os
+import struct
+import sys
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType
+from gguf import quants as ggml_quants
+
+from refspec.errors import ModelFileError, UnsupportedModelError
+from refspec.model import (ARCHITECTURES, QK8_0, LayerWeights, Model, ModelConfig, ModelWeights,
+                           Q8Matrix)
+
+# ---------------------------------------------------------------------------------------------------------
+# The tensor-name map: GGUF name -> refspec field, what it is, and its shape in ggml order (ne0 first) as
+# ModelConfig attribute names. A matrix [ne0 = K in, ne1 = N out] becomes a Q8Matrix with q [N, K].
+# `needs` says when the tensor belongs to the model: always (None), when a ModelConfig flag is set, or
+# OPTIONAL (absent output.weight means the head is tied to the token embedding).
+# ---------------------------------------------------------------------------------------------------------
+MATRIX, VECTOR = "matrix", "vector"
+OPTIONAL = "optional"
+
+
+class TensorSpec(NamedTuple):
+    field: str  # attribute of ModelWeights / LayerWeights
+    kind: str  # MATRIX (-> Q8Matrix) or VECTOR (-> float32 array)
+    shape: tuple[str, ...]  # ggml order, as ModelConfig attribute names
+    needs: str | None = None  # None: always; a ModelConfig bool attribute; or OPTIONAL
+
+
+MODEL_TENSORS = {
+    "token_embd.weight": TensorSpec("tok_embd", MATRIX, ("n_embd", "n_vocab")),
+    "output_norm.weight": TensorSpec("output_norm", VECTOR, ("n_embd",)),
+    "output.weight": TensorSpec("output", MATRIX, ("n_embd", "n_vocab"), OPTIONAL),
+}
+
+LAYER_TENSORS = {  # named "blk.{i}." + key in the file
+    "attn_norm.weight": TensorSpec("attn_norm", VECTOR, ("n_embd",)),
+    "attn_q.weight": TensorSpec("wq", MATRIX, ("n_embd", "n_q")),
+    "attn_k.weight": TensorSpec("wk", MATRIX, ("n_embd", "n_kv")),
+    "attn_v.weight": TensorSpec("wv", MATRIX, ("n_embd", "n_kv")),
+    "attn_output.weight": TensorSpec("wo", MATRIX, ("n_q", "n_embd")),
+    "ffn_norm.weight": TensorSpec("ffn_norm", VECTOR, ("n_embd",)),
+    "ffn_gate.weight": TensorSpec("w_gate", MATRIX, ("n_embd", "n_ff")),
+    "ffn_up.weight": TensorSpec("w_up", MATRIX, ("n_embd", "n_ff")),
+    "ffn_down.weight": TensorSpec("w_down", MATRIX, ("n_ff", "n_embd")),
+    "attn_q.bias": TensorSpec("bq", VECTOR, ("n_q",), "has_qkv_bias"),  # qwen2
+    "attn_k.bias": TensorSpec("bk", VECTOR, ("n_kv",), "has_qkv_bias"),
+    "attn_v.bias": TensorSpec("bv", VECTOR, ("n_kv",), "has_qkv_bias"),
+    "attn_q_norm.weight": TensorSpec("q_norm", VECTOR, ("head_dim",), "has_qk_norm"),  # qwen3
+    "attn_k_norm.weight": TensorSpec("k_norm", VECTOR, ("head_dim",), "has_qk_norm"),
+}
+
+# Limits on what a plausible file holds. Anything beyond them is refused before it is allocated.
+GGUF_VERSIONS = (2, 3)  # same layout; v1 used 32-bit counts
+MAX_DIMS = 4  # GGML_MAX_DIMS
+MAX_CONTEXT = 2**24
+# gguf-py's reader builds a Python object per array item, so a file of 100 MB of 1-byte array items would
+# take it minutes: metadata items are capped (real models: ~150k for a 49k vocabulary, ~800k for a 262k one).
+MAX_METADATA_ITEMS = 1 << 22  # array items over all keys
+MAX_KV_COUNT = 1 << 16
+MAX_TENSOR_COUNT = 1 << 20
+HEADER_BYTES = 24  # magic, version, tensor count, kv count
+MIN_KV_BYTES = 8 + 1 + 4 + 1  # key length, a 1-byte key, value type, smallest value
+MIN_TENSOR_INFO_BYTES = 8 + 1 + 4 + 8 + 4 + 8  # name length, 1-byte name, n_dims, one dim, type, offset
+VECTOR_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
+LINE_VALUES = 4096  # values per line handed to gguf-py's (de)quantizers (see _requantize)
+Q8_0_BLOCK_BYTES = GGML_QUANT_SIZES[GGMLQuantizationType.Q8_0][1]  # fp16 scale + 32 int8 quants = 34
+
+_SCALAR_BYTES = {
+    GGUFValueType.UINT8: 1, GGUFValueType.INT8: 1, GGUFValueType.BOOL: 1,
+    GGUFValueType.UINT16: 2, GGUFValueType.INT16: 2,
+    GGUFValueType.UINT32: 4, GGUFValueType.INT32: 4, GGUFValueType.FLOAT32: 4,
+    GGUFValueType.UINT64: 8, GGUFValueType.INT64: 8, GGUFValueType.FLOAT64: 8,
+}
+_INT_TYPES = {GGUFValueType.UINT8, GGUFValueType.INT8, GGUFValueType.UINT16, GGUFValueType.INT16,
+              GGUFValueType.UINT32, GGUFValueType.INT32, GGUFValueType.UINT64, GGUFValueType.INT64}
+_FLOAT_TYPES = {GGUFValueType.FLOAT32, GGUFValueType.FLOAT64}
+
+# What gguf-py's reader or numpy may raise on a file it cannot make sense of.
+_READER_ERRORS = (ValueError, IndexError, KeyError, OverflowError, struct.error, MemoryError,
+                  UnicodeDecodeError, TypeError, AssertionError, NotImplementedError, OSError)
+
+
+def print_to_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def load(path: str | os.PathLike, *, log: Callable[[str], None] = print_to_stderr) -> Model:
+    """Read, validate and convert the GGUF model at ``path``. Raises ModelFileError (or its subclass
+    UnsupportedModelError) for anything refspec cannot trust or run."""
+    name = os.fspath(path)
+    layout = _scan_layout(name)
+    reader = _open_reader(name, layout)
+    fields = reader.fields
+    metadata = {key: _field_value(name, field) for key, field in fields.items()
+                if key.startswith(("general.", "tokenizer."))}
+    tensors = {t.name: t for t in reader.tensors}
+    config = _read_config(name, fields, tensors, metadata)
+    weights = _read_weights(name, config, tensors, log)
+    return Model(config=config, weights=weights, metadata=metadata, path=name)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Step 1: the layout check.
+# ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _TensorLayout:
+    name: str
+    ggml_type: GGMLQuantizationType
+    ne: tuple[int, ...]  # ggml order, ne0 first
+    offset: int  # from the start of the data section
+    n_bytes: int
+
+
+@dataclass(frozen=True)
+class _FileLayout:
+    data_start: int  # absolute offset of the data section
+    tensors: list[_TensorLayout]
+
+
+class _Cursor:
+    """Reads little-endian GGUF header fields from a buffer, refusing to step past its end."""
+
+    def __init__(self, path: str, buf, size: int):
+        self.path, self.buf, self.size, self.pos = path, buf, size, 0
+
+    def fail(self, what: str) -> ModelFileError:
+        return ModelFileError(f"{self.path}: {what}")
+
+    def need(self, n_bytes: int, what: str) -> None:
+        if n_bytes > self.size - self.pos:
+            raise self.fail(f"truncated: {what} at byte {self.pos} needs {n_bytes} bytes, the file has "
+                            f"{self.size - self.pos} left")
+
+    def unpack(self, fmt: str, what: str) -> int:
+        n_bytes = struct.calcsize(fmt)
+        self.need(n_bytes, what)
+        (value,) = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += n_bytes
+        return value
+
+    def name(self, what: str) -> str:
+        """A key or tensor name: non-empty printable UTF-8 (so that messages naming it stay on one line)."""
+        n_bytes = self.unpack("<Q", f"length of {what}")
+        self.need(n_bytes, what)
+        raw = bytes(self.buf[self.pos:self.pos + n_bytes])
+        self.pos += n_bytes
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise self.fail(f"{what} is not valid UTF-8 ({raw[:40]!r})") from e
+        if not text or not text.isprintable():
+            raise self.fail(f"{what} {text[:40]!r} is empty or holds control characters")
+        return text
+
+    def skip_strings(self, count: int, what: str) -> None:
+        self.need(8 * count, what)  # each string is at least its 8-byte length
+        buf, pos, end = self.buf, self.pos, self.size
+        unpack_from = struct.unpack_from
+        for i in range(count):
+            if pos + 8 > end:
+                raise self.fail(f"truncated: string {i} of {what} runs past the end of the file")
+            pos += 8 + unpack_from("<Q", buf, pos)[0]
+            if pos > end:
+                raise self.fail(f"truncated: string {i} of {what} runs past the end of the file")
+        self.pos = pos
+
+
+def _scan_layout(name: str) -> _FileLayout:
+    try:
+        with open(name, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            magic = f.read(4)
+            if magic != b"GGUF":
+                raise ModelFileError(f"{name}: not a GGUF file (starts with {magic!r}, expected b'GGUF')")
+            if size < HEADER_BYTES:
+                raise ModelFileError(f"{name}: truncated: {size} bytes is too small for a GGUF header")
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                return _scan_header(_Cursor(name, buf, size))
+    except OSError as e:
+        raise ModelFileError(f"{name}: cannot read the model file ({e.strerror or e})") from e
+
+
+def _scan_header(cur: _Cursor) -> _FileLayout:
+    cur.pos = 4
+    version = cur.unpack("<I", "version")
+    if version not in GGUF_VERSIONS:
+        if int.from_bytes(version.to_bytes(4, "little"), "big") in GGUF_VERSIONS:
+            raise UnsupportedModelError(f"{cur.path}: big-endian GGUF files are not supported")
+        raise UnsupportedModelError(f"{cur.path}: GGUF version {version} is not supported (only 2 and 3)")
+    n_tensors = cur.unpack("<Q", "tensor count")
+    n_kv = cur.unpack("<Q", "key/value count")
+    room = cur.size - cur.pos
+    if (n_kv > MAX_KV_COUNT or n_tensors > MAX_TENSOR_COUNT
+            or n_kv * MIN_KV_BYTES + n_tensors * MIN_TENSOR_INFO_BYTES > room):
+        raise cur.fail(f"absurd header: {n_tensors} tensors and {n_kv} key/value pairs cannot fit in "
+                       f"{cur.size} bytes")
+    alignment = _scan_metadata(cur, n_kv)
+    tensors = [_scan_tensor_info(cur) for _ in range(n_tensors)]
+    data_start = -(-cur.pos // alignment) * alignment
+    _check_tensor_placement(cur, tensors, data_start, alignment)
+    return _FileLayout(data_start=data_start, tensors=tensors)
+
+
+def _scan_metadata(cur: _Cursor, n_kv: int) -> int:
+    """Walks the key/value section; returns the data alignment (general.alignment, default 32)."""
+    keys = set()
+    alignment = 32
+    items = 0  # array items so far
+    for _ in range(n_kv):
+        key = cur.name("metadata key")
+        if key in keys:
+            raise cur.fail(f"metadata key {key} is repeated")
+        keys.add(key)
+        vtype = _value_type(cur, cur.unpack("<I", f"type of {key}"), key)
+        if key == "general.alignment":
+            if vtype != GGUFValueType.UINT32:
+                raise cur.fail(f"general.alignment has type {vtype.name}, expected UINT32")
+            alignment = cur.unpack("<I", key)
+            if alignment == 0 or alignment & (alignment - 1):
+                raise cur.fail(f"general.alignment {alignment} is not a power of two")
+            continue
+        items += _skip_value(cur, vtype, key)
+        if items > MAX_METADATA_ITEMS:
+            raise cur.fail(f"absurd metadata: more than {MAX_METADATA_ITEMS} array items (at {key})")
+    return alignment
+
+
+def _value_type(cur: _Cursor, raw: int, key: str) -> GGUFValueType:
+    try:
+        return GGUFValueType(raw)
+    except ValueError:
+        raise cur.fail(f"metadata {key}: unknown value type {raw}") from None
+
+
+def _skip_value(cur: _Cursor, vtype: GGUFValueType, key: str) -> int:
+    """Steps over one value; returns its number of array items (0 for a scalar or a string)."""
+    if vtype == GGUFValueType.STRING:
+        n_bytes = cur.unpack("<Q", f"length of {key}")
+        cur.need(n_bytes, key)
+        cur.pos += n_bytes
+        return 0
+    if vtype != GGUFValueType.ARRAY:
+        cur.need(_SCALAR_BYTES[vtype], key)
+        cur.pos += _SCALAR_BYTES[vtype]
+        return 0
+    item_type = _value_type(cur, cur.unpack("<I", f"item type of {key}"), key)
+    count = cur.unpack("<Q", f"length of {key}")
+    if item_type == GGUFValueType.ARRAY:
+        raise UnsupportedModelError(f"{cur.path}: metadata {key} is an array of arrays")
+    if count > MAX_METADATA_ITEMS:
+        raise cur.fail(f"absurd metadata: {key} claims {count} items")
+    if item_type == GGUFValueType.STRING:
+        cur.skip_strings(count, key)
+    else:
+        cur.need(count * _SCALAR_BYTES[item_type], f"{key} ({count} items)")
+        cur.pos += count * _SCALAR_BYTES[item_type]
+    return count
+
+
+def _scan_tensor_info(cur: _Cursor) -> _TensorLayout:
+    name = cur.name("tensor name")
+    n_dims = cur.unpack("<I", f"n_dims of tensor {name}")
+    if not 1 <= n_dims <= MAX_DIMS:
+        raise cur.fail(f"tensor {name}: n_dims {n_dims} is not in 1..{MAX_DIMS}")
+    ne = tuple(cur.unpack("<Q", f"dims of tensor {name}") for _ in range(n_dims))
+    raw_type = cur.unpack("<I", f"type of tensor {name}")
+    offset = cur.unpack("<Q", f"offset of tensor {name}")
+    if any(d == 0 or d >= 2**63 for d in ne):
+        raise cur.fail(f"tensor {name}: dims {list(ne)} must all be in 1..2**63-1")
+    try:
+        ggml_type = GGMLQuantizationType(raw_type)
+        block_size, type_size = GGML_QUANT_SIZES[ggml_type]
+    except (ValueError, KeyError):
+        raise UnsupportedModelError(f"{cur.path}: tensor {name} has unknown ggml type {raw_type}") from None
+    if ne[0] % block_size:
+        raise cur.fail(f"tensor {name}: row length {ne[0]} is not a multiple of the {ggml_type.name} "
+                       f"block size {block_size}")
+    n_bytes = math.prod(ne) // block_size * type_size  # Python ints: no overflow, checked against the file
+    return _TensorLayout(name, ggml_type, ne, offset, n_bytes)
+
+
+def _check_tensor_placement(cur: _Cursor, tensors: list[_TensorLayout], data_start: int, alignment: int):
+    names = set()
+    for t in tensors:
+        if t.name in names:
+            raise cur.fail(f"tensor {t.name} appears twice")
+        names.add(t.name)
+        if t.offset % alignment:
+            raise cur.fail(f"tensor {t.name}: offset {t.offset} is not a multiple of the alignment {alignment}")
+        end = data_start + t.offset + t.n_bytes
+        if end > cur.size:
+            raise cur.fail(f"truncated: tensor {t.name} ({t.ggml_type.name} {list(t.ne)}, {t.n_bytes} bytes) "
+                           f"ends at byte {end}, past the end of the file ({cur.size} bytes)")
+    previous = None
+    for t in sorted(tensors, key=lambda t: t.offset):
+        if previous is not None and t.offset < previous.offset + previous.n_bytes:
+            raise cur.fail(f"tensors {previous.name} and {t.name} overlap in the file")
+        previous = t
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Step 2: gguf-py's reader, on a file whose layout is known to be sound.
+# ---------------------------------------------------------------------------------------------------------
+class _PlainArrayReader(GGUFReader):
+    """GGUFReader over a plain ndarray view of its memory map. np.memmap's per-slice bookkeeping makes
+    the reader spend seconds on a 49k-token vocabulary; a plain view of the same pages reads identically."""
+
+    @property
+    def data(self) -> np.ndarray:
+        return self._plain_data
+
+    @data.setter
+    def data(self, mapped: np.ndarray) -> None:
+        self._plain_data = mapped.view(np.ndarray)
+
+
+def _open_reader(name: str, layout: _FileLayout) -> GGUFReader:
+    try:
+        reader = _PlainArrayReader(name)
+    except _READER_ERRORS as e:
+        raise ModelFileError(f"{name}: gguf reader failed: {type(e).__name__}: {e}") from e
+    mine = [(t.name, t.ggml_type, t.ne, layout.data_start + t.offset, t.n_bytes) for t in layout.tensors]
+    theirs = [(t.name, t.tensor_type, tuple(int(d) for d in t.shape), t.data_offset, t.data.nbytes)
+              for t in reader.tensors]
+    if mine != theirs or reader.data_offset != layout.data_start:
+        raise ModelFileError(f"{name}: gguf reader and refspec's header check disagree on the tensor layout")
+    return reader
+
+
+def _field_value(name: str, field):
+    """A metadata value as plain Python: str, int, float, bool, or a list of one of them."""
+    try:
+        main = field.types[0]
+        if main == GGUFValueType.STRING:
+            return _utf8(name, field.name, field.parts[-1])
+        if main != GGUFValueType.ARRAY:
+            return field.parts[-1][0].item()
+        if len(field.types) == 1:  # empty array
+            return []
+        if field.types[-1] == GGUFValueType.STRING:
+            return [_utf8(name, field.name, field.parts[i]) for i in field.data]
+        return np.concatenate([field.parts[i] for i in field.data]).tolist()
+    except _READER_ERRORS as e:
+        raise ModelFileError(f"{name}: metadata {field.name} cannot be read ({type(e).__name__}: {e})") from e
+
+
+def _utf8(name: str, key: str, raw: np.ndarray) -> str:
+    try:
+        return raw.tobytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ModelFileError(f"{name}: metadata {key} holds a string that is not valid UTF-8") from e
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Step 3a: hyper-parameters from metadata.
+# ---------------------------------------------------------------------------------------------------------
+_REQUIRED = object()
+
+
+def _read_config(name: str, fields, tensors, metadata) -> ModelConfig:
+    arch = metadata.get("general.architecture")
+    if not isinstance(arch, str):
+        raise ModelFileError(f"{name}: general.architecture is missing or not a string")
+    if arch not in ARCHITECTURES:
+        raise UnsupportedModelError(f"{name}: architecture {arch!r} is not supported "
+                                    f"(supported: {', '.join(ARCHITECTURES)})")
+
+    def integer(key, default=_REQUIRED):
+        return _scalar(name, fields, f"{arch}.{key}", _INT_TYPES, "an integer", default)
+
+    def real(key, default=_REQUIRED):
+        return _scalar(name, fields, f"{arch}.{key}", _FLOAT_TYPES | _INT_TYPES, "a number", default)
+
+    n_layer = integer("block_count")
+    n_embd = integer("embedding_length")
+    n_ff = integer("feed_forward_length")
+    n_head = integer("attention.head_count")
+    n_head_kv = integer("attention.head_count_kv", n_head)
+    _check(name, n_layer >= 1 and n_layer <= len(tensors), f"{arch}.block_count {n_layer} is not in "
+           f"1..{len(tensors)} (the file's tensor count)")
+    for key, value in (("embedding_length", n_embd), ("feed_forward_length", n_ff),
+                       ("attention.head_count", n_head), ("attention.head_count_kv", n_head_kv)):
+        _check(name, value >= 1, f"{arch}.{key} is {value}, must be at least 1")
+    _check(name, n_head % n_head_kv == 0, f"{arch}.attention.head_count {n_head} is not a multiple of "
+           f"head_count_kv {n_head_kv}")
+    if fields.get(f"{arch}.attention.key_length") is None:
+        _check(name, n_embd % n_head == 0, f"{arch}.embedding_length {n_embd} is not divisible by "
+               f"head_count {n_head} (and attention.key_length is absent)")
+    head_dim = integer("attention.key_length", n_embd // n_head)
+    _check(name, head_dim >= 1, f"{arch}.attention.key_length is {head_dim}, must be at least 1")
+    value_length = integer("attention.value_length", head_dim)
+    if value_length != head_dim:
+        raise UnsupportedModelError(f"{name}: {arch}.attention.value_length {value_length} differs from "
+                                    f"key_length {head_dim}")
+    n_rot = integer("rope.dimension_count", head_dim)
+    _check(name, 0 < n_rot <= head_dim and n_rot % 2 == 0, f"{arch}.rope.dimension_count {n_rot} must be "
+           f"even and in 2..head_dim ({head_dim})")
+    rope_base = real("rope.freq_base", 10000.0)
+    _check(name, math.isfinite(rope_base) and rope_base > 0, f"{arch}.rope.freq_base {rope_base} must be "
+           "finite and positive")
+    _check_rope_scaling(name, arch, fields)
+    rms_eps = float(np.float32(real("attention.layer_norm_rms_epsilon")))
+    _check(name, math.isfinite(rms_eps) and rms_eps > 0, f"{arch}.attention.layer_norm_rms_epsilon {rms_eps} "
+           "must be finite and positive")
+    n_ctx = integer("context_length")
+    _check(name, 1 <= n_ctx <= MAX_CONTEXT, f"{arch}.context_length {n_ctx} is not in 1..{MAX_CONTEXT}")
+    n_vocab = integer("vocab_size", None)
+    if n_vocab is None:
+        n_vocab = _default_vocab_size(name, metadata, tensors)
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    if tokens is not None:
+        _check(name, isinstance(tokens, list) and all(isinstance(t, str) for t in tokens[:1]),
+               "tokenizer.ggml.tokens is not an array of strings")
+        _check(name, len(tokens) == n_vocab, f"{arch}.vocab_size {n_vocab} disagrees with the "
+               f"{len(tokens)} entries of tokenizer.ggml.tokens")
+    _check(name, n_vocab >= 1, f"{arch}.vocab_size is {n_vocab}, must be at least 1")
+    return ModelConfig(arch=arch, n_layer=n_layer, n_embd=n_embd, n_ff=n_ff, n_head=n_head,
+                       n_head_kv=n_head_kv, head_dim=head_dim, n_rot=n_rot, rope_base=rope_base,
+                       rms_eps=rms_eps, n_ctx=n_ctx, n_vocab=n_vocab)
+
+
+def _scalar(name, fields, key, types, kind, default):
+    field = fields.get(key)
+    if field is None:
+        if default is _REQUIRED:
+            raise ModelFileError(f"{name}: metadata key {key} is missing")
+        return default
+    if len(field.types) != 1 or field.types[0] not in types:
+        raise ModelFileError(f"{name}: metadata {key} is {field.types[0].name}, expected {kind}")
+    return _field_value(name, field)
+
+
+def _check(name: str, ok: bool, message: str) -> None:
+    if not ok:
+        raise ModelFileError(f"{name}: {message}")
+
+
+def _check_rope_scaling(name: str, arch: str, fields) -> None:
+    """refspec implements plain RoPE; a file asking for scaled frequencies would decode differently."""
+    kind = _scalar(name, fields, f"{arch}.rope.scaling.type", {GGUFValueType.STRING}, "a string", "none")
+    factor = _scalar(name, fields, f"{arch}.rope.scaling.factor", _FLOAT_TYPES, "a float", 1.0)
+    linear = _scalar(name, fields, f"{arch}.rope.scale_linear", _FLOAT_TYPES, "a float", 1.0)
+    if kind not in ("none", "linear") or factor not in (0.0, 1.0) or linear != 1.0:
+        raise UnsupportedModelError(f"{name}: RoPE scaling is not supported ({arch}.rope.scaling.type "
+                                    f"{kind!r}, factor {factor}, scale_linear {linear})")
+
+
+def _default_vocab_size(name: str, metadata, tensors) -> int:
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    if isinstance(tokens, list):
+        return len(tokens)
+    embd = tensors.get("token_embd.weight")
+    if embd is None or len(embd.shape) != 2:
+        raise ModelFileError(f"{name}: no vocab_size, tokenizer.ggml.tokens or 2-D token_embd.weight")
+    return int(embd.shape[1])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Step 3b: tensors through the name map, then conversion to the aligned Q8_0 layout.
+# ---------------------------------------------------------------------------------------------------------
+def _read_weights(name: str, config: ModelConfig, tensors, log) -> ModelWeights:
+    wanted = _wanted_tensors(config)
+    for tensor_name in tensors:
+        if tensor_name not in wanted:
+            raise UnsupportedModelError(f"{name}: tensor {tensor_name} is not part of refspec's {config.arch} "
+                                        "model; refusing to ignore it")
+    for tensor_name, spec in wanted.items():
+        tensor = tensors.get(tensor_name)
+        if tensor is None:
+            if spec.needs != OPTIONAL:
+                raise ModelFileError(f"{name}: tensor {tensor_name} is missing")
+            continue
+        _check_tensor(name, config, tensor_name, spec, tensor)
+
+    converted = Counter()
+
+    def take(tensor_name: str):
+        spec, tensor = wanted[tensor_name], tensors[tensor_name]
+        if spec.kind == MATRIX and tensor.tensor_type != GGMLQuantizationType.Q8_0:
+            converted[tensor.tensor_type.name] += 1
+        try:
+            return _vector(name, tensor) if spec.kind == VECTOR else _matrix(name, tensor)
+        except _READER_ERRORS as e:
+            raise ModelFileError(f"{name}: tensor {tensor_name} cannot be loaded ({type(e).__name__}: {e})") from e
+
+    tok_embd = take("token_embd.weight")
+    output = take("output.weight") if "output.weight" in tensors else tok_embd
+    layers = []
+    for i in range(config.n_layer):
+        fields = {spec.field: take(f"blk.{i}.{key}") for key, spec in LAYER_TENSORS.items()
+                  if f"blk.{i}.{key}" in wanted}
+        layers.append(LayerWeights(**fields))
+    if converted:
+        kinds = ", ".join(f"{n} {t}" if len(converted) > 1 else t for t, n in sorted(converted.items()))
+        log(f"refspec: note: converted {sum(converted.values())} matrices ({kinds}) to Q8_0 at load")
+    return ModelWeights(tok_embd=tok_embd, layers=layers, output_norm=take("output_norm.weight"),
+                        output=output)
+
+
+def _wanted_tensors(config: ModelConfig) -> dict[str, TensorSpec]:
+    """Every tensor name this config's model has (OPTIONAL ones included), with its spec."""
+    def belongs(spec: TensorSpec) -> bool:
+        return spec.needs in (None, OPTIONAL) or getattr(config, spec.needs)
+
+    wanted = {key: spec for key, spec in MODEL_TENSORS.items() if belongs(spec)}
+    for i in range(config.n_layer):
+        wanted.update({f"blk.{i}.{key}": spec for key, spec in LAYER_TENSORS.items() if belongs(spec)})
+    return wanted
+
+
+def _check_tensor(name: str, config: ModelConfig, tensor_name: str, spec: TensorSpec, tensor) -> None:
+    shape = tuple(int(d) for d in tensor.shape)
+    expected = tuple(getattr(config, attr) for attr in spec.shape)
+    if shape != expected:
+        described = ", ".join(f"{attr}={getattr(config, attr)}" for attr in spec.shape)
+        raise ModelFileError(f"{name}: tensor {tensor_name} has shape {list(shape)}, metadata says "
+                             f"[{described}] (ggml order)")
+    if spec.kind == VECTOR and tensor.tensor_type not in VECTOR_TYPES:
+        raise UnsupportedModelError(f"{name}: tensor {tensor_name} is {tensor.tensor_type.name}; norm weights "
+                                    "and biases must be F32, F16 or BF16")
+    if spec.kind == MATRIX and shape[0] % QK8_0:
+        raise UnsupportedModelError(f"{name}: tensor {tensor_name} has rows of {shape[0]} values, not a "
+                                    f"multiple of {QK8_0} (Q8_0 needs whole blocks)")
+
+
+def _vector(name: str, tensor) -> np.ndarray:
+    values = ggml_quants.dequantize(tensor.data, tensor.tensor_type)  # exact for F32, F16, BF16
+    values = np.array(values, dtype=np.float32).reshape(-1)  # a copy: nothing keeps the file mapped
+    if not np.isfinite(values).all():
+        raise ModelFileError(f"{name}: tensor {tensor.name} holds non-finite values")
+    return values
+
+
+def _matrix(name: str, tensor) -> Q8Matrix:
+    k, n = (int(d) for d in tensor.shape)
+    if tensor.tensor_type == GGMLQuantizationType.Q8_0:
+        blocks = tensor.data
+    else:
+        blocks = _requantize(name, tensor)
+    matrix = _split_q8_0(blocks, n, k)
+    if not np.isfinite(matrix.d).all():
+        raise ModelFileError(f"{name}: tensor {tensor.name} has non-finite Q8_0 scales (values out of fp16 "
+                             "range, infinities or NaNs)")
+    return matrix
+
+
+def _requantize(name: str, tensor) -> np.ndarray:
+    """Any other type -> float32 -> Q8_0 blocks [N, K/32*34], with gguf-py's reference (de)quantizers.
+
+    gguf-py works on 16 rows per numpy call. Blocks are independent, so joining whole rows into lines of
+    about LINE_VALUES values gives the same bytes with fewer, larger calls (1.5x faster on the default model)."""
+    k, n = (int(d) for d in tensor.shape)
+    rows_per_line = max(1, LINE_VALUES // k)
+    while n % rows_per_line:
+        rows_per_line -= 1
+    lines = tensor.data.reshape(n // rows_per_line, -1)
+    try:
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # NaN -> int8 casts; caught by the scale check
+            values = ggml_quants.dequantize(lines, tensor.tensor_type)
+            return ggml_quants.quantize(values, GGMLQuantizationType.Q8_0).reshape(n, -1)
+    except NotImplementedError as e:
+        raise UnsupportedModelError(f"{name}: tensor {tensor.name} has type {tensor.tensor_type.name}, which "
+                                    "refspec cannot convert to Q8_0") from e
+
+
+def _split_q8_0(blocks: np.ndarray, n: int, k: int) -> Q8Matrix:
+    """GGUF Q8_0 rows (34-byte blocks: fp16 scale, 32 int8) -> separate contiguous q [N, K], d [N, K/32]."""
+    blocks = blocks.reshape(n, k // QK8_0, Q8_0_BLOCK_BYTES)
+    d = blocks[:, :, :2].copy().view(np.float16).reshape(n, k // QK8_0)  # copies: the file is not kept mapped
+    q = blocks[:, :, 2:].copy().view(np.int8).reshape(n, k)
+    return Q8Matrix(q=q, d=d)

@@ -1,0 +1,465 @@
+"""The GPU backend: the operations of refspec/spec.py as the raw kernels of kernels_raw/, through CuPy.
+
+Each kernel source (kernels_raw/<stem>.hip, the twin of spec.<stem>) is compiled at run time once per process
+through CuPy: NVRTC on NVIDIA GPUs, hiprtc on AMD GPUs (cupy-rocm-5-0), with floating-point contraction off,
+IEEE division and square root, and subnormals kept (COMPILE_OPTIONS; GpuBackend._load_module says why not
+RawModule). Compiled modules are also cached on disk. The wrappers below own the grid arithmetic and
+check what the kernels assume; every result is the spec's, bit for bit, whatever the number of rows
+(tests/test_gpu_kernels.py, tests/test_gpu_model.py).
+
+Weights are uploaded once (upload_weights): a Q8Matrix becomes device int8 quants [N, K] and fp16 scales
+[N, K/32], the same aligned layout as refspec.model.Q8Matrix; norms and biases become float32 arrays.
+Operations take and return CuPy arrays, queue their kernels on the current stream and never wait for the
+GPU, except argmax and to_host, which bring results to the host.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import re
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from refspec import spec
+from refspec.errors import DeviceError, NumericsError
+from refspec.model import QK8_0, LayerWeights, ModelWeights, Q8Matrix
+
+F32 = np.float32
+
+# Compiler options: no FMA contraction, IEEE division and sqrt, subnormals kept (NVRTC's defaults but for
+# --fmad, spelled out so that nobody has to know that). hiprtc takes clang's options.
+COMPILE_OPTIONS = {
+    "cuda": ("--std=c++17", "--fmad=false", "--ftz=false", "--prec-div=true", "--prec-sqrt=true"),
+    "hip": ("-std=c++17", "-ffp-contract=off", "-fno-gpu-flush-denormals-to-zero",
+            "-fhip-fp32-correctly-rounded-divide-sqrt"),
+}
+
+GEMV_THREADS = {"q8_gemv": 128, "q8_gemv_staged": 256}  # RS_GEMV_THREADS, RS_GEMV_STAGED_THREADS
+
+
+@dataclass(frozen=True)
+class GemvConfig:
+    """One way to run kernels_raw/q8_gemv.hip over R rows (its header explains the mapping), all giving the
+    same bits: the kernel, NR weight rows per group of 32 lanes, SPLIT groups sharing them (each with
+    ceil(R / SPLIT) activation rows), OCC thread blocks per multiprocessor asked of the CUDA compiler."""
+
+    kernel: str
+    nr: int
+    split: int = 1
+    occ: int = 1
+
+    def name(self, rows: int) -> str:
+        """The template instance for `rows` rows."""
+        return f"{self.kernel}<{-(-rows // self.split)}, {self.nr}, {self.split}, {self.occ}>"
+
+    def weight_rows_per_block(self) -> int:
+        return self.nr * GEMV_THREADS[self.kernel] // 32 // self.split
+
+
+# The GEMV runs at most GEMV_MAX_ROWS activation rows per launch; more rows are split into launches of that
+# many (each output is the same sequence of operations either way). GEMV_CONFIGS[R] is the configuration for
+# R rows: for each R timed, the variant of `refspec bench gemv --variants` whose worst time over the four
+# benchmark shapes, relative to the best variant on that shape, was lowest (H100, 2026-11-25; between timed
+# R, the next larger R's choice). tests/results/bench_gemv_h100.json has the numbers.
+GEMV_MAX_ROWS = 16
+GEMV_CONFIGS = {r: GemvConfig("q8_gemv", 2) for r in (1, 2)}
+GEMV_CONFIGS.update({r: GemvConfig("q8_gemv", 4, split=2) for r in (3, 4)})
+GEMV_CONFIGS.update({r: GemvConfig("q8_gemv", 4) for r in range(5, 9)})
+GEMV_CONFIGS.update({r: GemvConfig("q8_gemv_staged", 2) for r in range(9, 13)})
+GEMV_CONFIGS.update({r: GemvConfig("q8_gemv", 4, split=2, occ=2) for r in range(13, GEMV_MAX_ROWS + 1)})
+
+
+ATTN_MAX_DIM = 512  # RS_ATTN_MAX_DIM in attention.hip
+
+
+def kernel_dir() -> pathlib.Path:
+    """Where the kernel sources are: kernels_raw/ beside the package (a source checkout) or inside it."""
+    here = pathlib.Path(__file__).resolve().parent
+    for candidate in (here / "kernels_raw", here.parent / "kernels_raw"):
+        if (candidate / "portable.h").is_file():
+            return candidate
+    raise DeviceError(f"the kernel sources (kernels_raw/) are not found beside {here}")
+
+
+def kernel_source(stem: str) -> str:
+    """kernels_raw/<stem>.hip with its local #include "..." lines replaced by the headers' text (each once),
+    so that the compiler needs no include path and the kernel cache's key covers every header."""
+    directory = kernel_dir()
+    seen: set[str] = set()
+
+    def expand(name: str) -> str:
+        if name in seen:
+            return ""
+        seen.add(name)
+        text = (directory / name).read_text()
+        return re.sub(r'^#include "([^"]+)"\s*$', lambda m: expand(m.group(1)), text, flags=re.MULTILINE)
+
+    return expand(f"{stem}.hip")
+
+
+def kernel_cache_dir() -> pathlib.Path:
+    """Compiled kernels: $XDG_CACHE_HOME/refspec/kernels (or ~/.cache/refspec/kernels)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return pathlib.Path(base) / "refspec" / "kernels"
+
+
+def _write_atomically(path: pathlib.Path, data: bytes) -> None:
+    """Best effort: a cache that cannot be written only costs a compile next time."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as f:
+            f.write(data)
+        os.replace(f.name, path)
+    except OSError:
+        pass
+
+
+def gpu_available() -> bool:
+    """True when CuPy is importable and sees at least one GPU. Never raises."""
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # noqa: BLE001 (no CuPy, no driver, no device: all mean "no GPU")
+        return False
+
+
+def gemv_variants(rows: int) -> list[GemvConfig]:
+    """The GEMV configurations for `rows` rows that `refspec bench gemv --variants` times (registers hold
+    NR * ceil(rows / SPLIT) sums and two sets of NR weight blocks per thread, so both are capped)."""
+    out = []
+    for kernel in GEMV_THREADS:
+        for split in (1, 2, 4):
+            rp = -(-rows // split)
+            if split > rows or (split > 1 and rp * (split - 1) >= rows):
+                continue  # a group with no rows
+            for nr in (1, 2, 4, 8):
+                if nr * rp <= 64 and (nr < 8 or rp <= 4):  # 8 weight rows' blocks fill the registers
+                    out.append(GemvConfig(kernel, nr, split))
+                    if kernel == "q8_gemv" and nr * rp >= 32:
+                        out.append(GemvConfig(kernel, nr, split, occ=2))
+    return out
+
+
+@dataclass
+class GpuQ8:
+    """A Q8Matrix on the device: int8 quants q [N, K] and fp16 scales d [N, K/32] (the aligned layout)."""
+
+    q: object
+    d: object
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.q.shape)
+
+
+class GpuBackend:
+    """refspec's operations on a GPU through CuPy (module docstring). `poison`, when given, is a byte
+    written over every output buffer before its kernel runs: tests use it to show that every element of
+    every output is written."""
+
+    name = "gpu"
+
+    def __init__(self, poison: int | None = None):
+        try:
+            import cupy
+        except ImportError as err:
+            raise DeviceError(f"the GPU backend needs CuPy: {err}") from err
+        if not gpu_available():
+            raise DeviceError("CuPy sees no GPU")
+        self.cp = cupy
+        self.platform = "hip" if cupy.cuda.runtime.is_hip else "cuda"
+        self.poison = poison
+        self._modules: dict[tuple, object] = {}
+        self._functions: dict[tuple, object] = {}
+        self._gemv_groups: dict[str, tuple[str, ...]] = {}
+
+    # ---- kernels
+    def function(self, stem: str, name: str, name_expressions: tuple[str, ...] = ()):
+        """The compiled kernel `name` of kernels_raw/<stem>.hip (a template instance if name_expressions are
+        given); each source is compiled once per process (per set of template instances)."""
+        key = (stem, name)
+        fn = self._functions.get(key)
+        if fn is None:
+            module_key = (stem, name_expressions)
+            if module_key not in self._modules:
+                self._modules[module_key] = self._load_module(stem, name_expressions)
+            module, mapping = self._modules[module_key]
+            try:
+                fn = module.get_function(mapping.get(name, name))
+            except Exception as err:
+                raise DeviceError(f"kernel {name} of kernels_raw/{stem}.hip cannot be loaded: {err}") from err
+            self._functions[key] = fn
+        return fn
+
+    def _load_module(self, stem: str, name_expressions: tuple[str, ...]):
+        """Compile (or take from the disk cache) and load one kernel source.
+
+        CuPy's RawModule appends its own flush-to-zero option (-ftz=true, -fcuda-flush-denormals-to-zero)
+        after the caller's options, which would flush subnormals and break the spec. So the source goes to
+        NVRTC / hiprtc through CuPy's compile_using_nvrtc, which passes our options unchanged, and the binary
+        is cached here under $XDG_CACHE_HOME/refspec/kernels, keyed by source, options and toolchain."""
+        source = kernel_source(stem)
+        options = COMPILE_OPTIONS[self.platform]
+        key = hashlib.sha256(repr((source, options, name_expressions, self._toolchain())).encode()).hexdigest()
+        path = kernel_cache_dir() / f"{stem}-{key[:32]}"
+        binary = mapping = None
+        try:
+            binary = path.with_suffix(".bin").read_bytes()
+            mapping = json.loads(path.with_suffix(".json").read_text())
+        except (OSError, ValueError):
+            binary = None
+        if binary is None:
+            from cupy.cuda import compiler
+
+            try:
+                binary, mapping = compiler.compile_using_nvrtc(
+                    source, options, filename=f"{stem}.cu", name_expressions=list(name_expressions) or None
+                )
+            except Exception as err:  # CuPy's CompileException carries the compiler's log
+                lines = [ln for ln in str(err).splitlines() if "error" in ln] or str(err).splitlines() or [repr(err)]
+                raise DeviceError(f"kernels_raw/{stem}.hip failed to compile: {lines[0].strip()}") from err
+            mapping = dict(mapping or {})
+            _write_atomically(path.with_suffix(".json"), json.dumps(mapping).encode())
+            _write_atomically(path.with_suffix(".bin"), binary)
+        module = self.cp.cuda.function.Module()
+        try:
+            module.load(binary)
+        except Exception as err:
+            raise DeviceError(f"kernels_raw/{stem}.hip compiled but cannot be loaded: {err}") from err
+        return module, mapping
+
+    def _toolchain(self) -> tuple:
+        cp = self.cp
+        return (self.platform, cp.__version__, tuple(cp.cuda.nvrtc.getVersion()),
+                cp.cuda.Device().compute_capability)
+
+    def gemv_module(self, names) -> None:
+        """Compile these GEMV instances (GemvConfig.name) together, in one module (a benchmark compiles its
+        variants so; the production instances are one module too)."""
+        group = tuple(sorted(set(names)))
+        for name in group:
+            self._gemv_groups.setdefault(name, group)
+
+    def _gemv_function(self, config: GemvConfig, rows: int):
+        if not self._gemv_groups:
+            self.gemv_module(c.name(r) for r, c in GEMV_CONFIGS.items())
+        name = config.name(rows)
+        return self.function("q8_gemv", name, self._gemv_groups.get(name, (name,)))
+
+    @staticmethod
+    def _blocks(n: int, threads: int) -> int:
+        return max(1, -(-n // threads))
+
+    # ---- memory
+    def asarray(self, a):
+        return self.cp.asarray(a)
+
+    def to_host(self, a) -> np.ndarray:
+        return self.cp.asnumpy(a) if isinstance(a, self.cp.ndarray) else np.asarray(a)
+
+    def zeros(self, shape):
+        return self.cp.zeros(shape, F32)
+
+    def synchronize(self):
+        self.cp.cuda.get_current_stream().synchronize()
+
+    def _empty(self, shape, dtype=F32):
+        out = self.cp.empty(shape, dtype)
+        if self.poison is not None:
+            out.view(np.uint8).fill(self.poison)
+        return out
+
+    def _input(self, a, dtype=F32):
+        """A C-contiguous device array of `dtype` whose data is 16-byte aligned (the kernels load 16 bytes)."""
+        a = self.cp.ascontiguousarray(self.cp.asarray(a, dtype=dtype))
+        return a if a.data.ptr % 16 == 0 else a.copy()
+
+    def upload_weights(self, weights: ModelWeights) -> ModelWeights:
+        uploaded: dict[int, GpuQ8] = {}
+
+        def up(value):
+            if isinstance(value, Q8Matrix):
+                if id(value) not in uploaded:  # a tied head shares the embedding's copy
+                    uploaded[id(value)] = self.upload_q8(value)
+                return uploaded[id(value)]
+            return None if value is None else self._input(value)
+
+        layers = [LayerWeights(**{f: up(v) for f, v in vars(lw).items()}) for lw in weights.layers]
+        return ModelWeights(up(weights.tok_embd), layers, up(weights.output_norm), up(weights.output))
+
+    def upload_q8(self, w: Q8Matrix) -> GpuQ8:
+        n, k = w.q.shape
+        if k % QK8_0 or w.d.shape != (n, k // QK8_0):
+            raise DeviceError(f"a Q8_0 matrix of shape {w.q.shape} with scales {w.d.shape} is malformed")
+        return GpuQ8(q=self._input(w.q, np.int8), d=self._input(w.d, np.float16))
+
+    # ---- operations (each is its spec twin)
+    def embed(self, w: GpuQ8, ids):
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        n_vocab, n_embd = w.shape
+        if ids.size and (ids.min() < 0 or ids.max() >= n_vocab):
+            raise IndexError(f"token ids must be in 0..{n_vocab - 1}")
+        out = self._empty((len(ids), n_embd))
+        if len(ids):
+            threads = 256
+            self.function("embed", "embed")(
+                (self._blocks(n_embd, threads), len(ids)), (threads,),
+                (w.q, w.d, self.cp.asarray(ids.astype(np.int32)), np.int32(n_embd), out),
+            )
+        return out
+
+    def add(self, x, y):
+        x, y = self._input(x), self._input(y)
+        if y.size == 0 or x.size % y.size or x.shape[x.ndim - y.ndim:] != y.shape:
+            raise ValueError(f"add: cannot add {y.shape} to each row of {x.shape}")
+        out = self._empty(x.shape)
+        if x.size:
+            threads = 256
+            self.function("add", "add")(
+                (self._blocks(x.size, threads),), (threads,), (x, y, np.int32(x.size), np.int32(y.size), out)
+            )
+        return out
+
+    def rmsnorm(self, x, w, eps):
+        x, w = self._input(x), self._input(w)
+        n = x.shape[-1]
+        rows = x.size // n if n else 0
+        out = self._empty(x.shape)
+        if rows:
+            groups = 4  # RS_RMSNORM_THREADS / 32
+            self.function("rmsnorm", "rmsnorm")(
+                (self._blocks(rows, groups),), (32 * groups,), (x, w, F32(eps), np.int32(rows), np.int32(n), out)
+            )
+        return out
+
+    def _q8_outputs(self, rows: int, k: int):
+        if k % QK8_0:
+            raise ValueError(f"quantize_q8_0: rows of {k} values are not whole blocks of {QK8_0}")
+        return self._empty((rows, k), np.int8), self._empty((rows, k // QK8_0), np.float16)
+
+    def quantize_q8(self, x):
+        x = self._input(x)
+        rows, k = x.shape
+        xq, xd = self._q8_outputs(rows, k)
+        n_blocks = rows * (k // QK8_0)
+        if n_blocks:
+            threads = 128  # RS_QUANTIZE_THREADS
+            self.function("quantize_q8_0", "quantize_q8_0")(
+                (self._blocks(n_blocks, threads),), (threads,), (x, np.int32(rows), np.int32(k), xq, xd)
+            )
+        return xq, xd
+
+    def rmsnorm_q8(self, x, w, eps):
+        x, w = self._input(x), self._input(w)
+        rows, k = x.shape
+        xq, xd = self._q8_outputs(rows, k)
+        if rows and k:
+            self.function("quantize_q8_0", "rmsnorm_q8")((rows,), (128,), (x, w, F32(eps), np.int32(k), xq, xd))
+        return xq, xd
+
+    def q8_gemv(self, w: GpuQ8, xq, xd):
+        xq, xd = self._input(xq, np.int8), self._input(xd, np.float16)
+        rows, k = xq.shape
+        n = w.shape[0]
+        if w.shape[1] != k or xd.shape != (rows, k // QK8_0):
+            raise ValueError(f"q8_gemv: weights {w.shape}, activations {xq.shape} and scales {xd.shape} disagree")
+        y = self._empty((rows, n))
+        for r0 in range(0, rows, GEMV_MAX_ROWS):
+            part = min(GEMV_MAX_ROWS, rows - r0)
+            self.launch_gemv(GEMV_CONFIGS[part], w, xq[r0 : r0 + part], xd[r0 : r0 + part], y[r0 : r0 + part])
+        return y
+
+    def launch_gemv(self, config: GemvConfig, w: GpuQ8, xq, xd, y):
+        """One launch of the GEMV in `config` over xq.shape[0] <= GEMV_MAX_ROWS rows, writing y (contiguous
+        rows of a C-contiguous array). refspec.bench_gemv and the tests call it with every variant."""
+        rows, k = xq.shape
+        n = w.shape[0]
+        if n == 0 or rows == 0:
+            return
+        blocks = self._blocks(n, config.weight_rows_per_block())
+        self._gemv_function(config, rows)(
+            (blocks,), (GEMV_THREADS[config.kernel],), (w.q, w.d, xq, xd, y, np.int32(n), np.int32(k), np.int32(rows))
+        )
+
+    def rope(self, x, pos0, cos, sin, neox):
+        x, cos, sin = self._input(x), self._input(cos), self._input(sin)
+        rows, heads, dim = x.shape
+        half = cos.shape[1]
+        if pos0 < 0 or pos0 + rows > cos.shape[0] or 2 * half > dim:
+            raise ValueError(f"rope: positions {pos0}..{pos0 + rows - 1} or {2 * half} rotated dims out of the table")
+        out = self._empty(x.shape)
+        if x.size:
+            threads = 256
+            self.function("rope", "rope")(
+                (self._blocks(x.size, threads),), (threads,),
+                (x, cos, sin, np.int32(pos0), np.int32(rows), np.int32(heads), np.int32(dim), np.int32(half),
+                 np.int32(bool(neox)), out),
+            )
+        return out
+
+    def kv_write(self, k_cache, v_cache, k, v, pos0):
+        k, v = self._input(k), self._input(v)
+        rows, kv_heads, dim = k.shape
+        n_pos = k_cache.shape[1]
+        if k_cache.shape != (kv_heads, n_pos, dim) or v_cache.shape != k_cache.shape or pos0 + rows > n_pos:
+            raise ValueError(f"kv_write: rows {k.shape} at {pos0} do not fit the cache {k_cache.shape}")
+        if not (k_cache.flags.c_contiguous and v_cache.flags.c_contiguous):
+            raise ValueError("kv_write: the caches must be C-contiguous device arrays")
+        if k.size:
+            threads = 256
+            self.function("kv_write", "kv_write")(
+                (self._blocks(k.size, threads),), (threads,),
+                (k_cache, v_cache, k, v, np.int32(pos0), np.int32(rows), np.int32(kv_heads), np.int32(dim),
+                 np.int32(n_pos)),
+            )
+
+    def attention(self, q, k_cache, v_cache, pos0):
+        q, k_cache, v_cache = self._input(q), self._input(k_cache), self._input(v_cache)
+        rows, heads, dim = q.shape
+        kv_heads, cache_len, _ = k_cache.shape
+        n_pos = pos0 + rows
+        if heads % kv_heads or dim > ATTN_MAX_DIM or n_pos > cache_len or v_cache.shape != k_cache.shape:
+            raise ValueError(f"attention: q {q.shape} and cache {k_cache.shape} at {pos0} disagree")
+        scale = F32(1) / np.sqrt(F32(dim))  # as spec.attention computes it
+        n_chunks = -(-n_pos // spec.ATTN_CHUNK)
+        e_buf = self.cp.empty((rows * heads, n_pos), F32)
+        part_buf = self.cp.empty((rows * heads, n_chunks, dim + 1), F32)
+        out = self._empty(q.shape)
+        if rows and heads:
+            self.function("attention", "attention")(
+                (rows * heads,), (256,),
+                (q, k_cache, v_cache, np.int32(pos0), np.int32(rows), np.int32(heads), np.int32(kv_heads),
+                 np.int32(dim), np.int32(cache_len), F32(scale), e_buf, part_buf, out),
+            )
+        return out
+
+    def silu_mul(self, gate, up):
+        gate, up = self._input(gate), self._input(up)
+        if gate.shape != up.shape:
+            raise ValueError(f"silu_mul: gate {gate.shape} and up {up.shape} differ")
+        out = self._empty(gate.shape)
+        if gate.size:
+            threads = 256
+            self.function("silu_mul", "silu_mul")(
+                (self._blocks(gate.size, threads),), (threads,), (gate, up, np.int32(gate.size), out)
+            )
+        return out
+
+    def argmax(self, logits):
+        if not isinstance(logits, self.cp.ndarray):  # already on the host: the spec itself
+            return spec.argmax(logits)
+        logits = self._input(logits)
+        rows, n = logits.shape
+        result = self.cp.empty((rows, 2), np.int32)
+        if rows:
+            self.function("argmax", "argmax")((rows,), (256,), (logits, np.int32(n), result))
+        result = self.cp.asnumpy(result)
+        bad = np.flatnonzero(result[:, 1])
+        if len(bad):
+            raise NumericsError(f"logits of row {int(bad[0])} contain NaN or infinity; no token can be chosen")
+        return result[:, 0].astype(np.int64)

@@ -1,0 +1,19 @@
+// RMSNorm over the last axis: the twin of spec.rmsnorm. One group of 32 threads per row:
+//   out = (x * (1 / sqrt(lane_sum(x*x) / n + eps))) * w
+#include "portable.h"
+#include "lane_sum.h"
+
+#define RS_RMSNORM_THREADS 128  // 4 rows per block
+
+// x, out float32 [rows, n]; w float32 [n]. Grid: ceil(rows / 4) blocks.
+extern "C" __global__ void __launch_bounds__(RS_RMSNORM_THREADS)
+rmsnorm(const float* __restrict__ x, const float* __restrict__ w, float eps, int rows, int n, float* __restrict__ out) {
+  const long long row = (long long)blockIdx.x * rs_groups() + rs_group();
+  if (row >= rows) return;  // the whole group leaves together
+  const float* xr = x + row * n;
+  float acc = 0.0f;  // lane value: +0.0, then x[l]^2, x[l+32]^2, ... in order
+  for (int i = rs_lane(); i < n; i += RS_LANES) acc = rs_add(acc, rs_mul(xr[i], xr[i]));
+  const float mean = rs_div(rs_lane_tree(acc), (float)n);
+  const float inv = rs_div(1.0f, rs_sqrt(rs_add(mean, eps)));
+  for (int i = rs_lane(); i < n; i += RS_LANES) out[row * n + i] = rs_mul(rs_mul(xr[i], inv), w[i]);
+}

@@ -1,0 +1,277 @@
+"""The executable specification of refspec's numerics, in NumPy.
+
+Every function here is the definition of one operation: a fixed sequence of IEEE-754 binary32 operations
+(+ - * / sqrt, exact conversions) whose order depends only on the operation's sizes, never on how many rows
+are batched, a row's place in the batch, the backend, or a GPU's warp width. refspec/SPEC.md says the same in
+prose; each GPU kernel in kernels_raw/ has the same stem as its twin here and must reproduce it bit for bit.
+
+NumPy's own reductions (sum, dot, matmul) choose their order freely, so they are used only where the order
+cannot matter: integer-valued block dot products that are exact in binary32 (|sum| < 2**24), and max.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from refspec.errors import NumericsError
+from refspec.model import QK8_0
+
+F32 = np.float32
+LANES = 32  # reductions run over 32 lanes whatever the hardware (SPEC.md, "Reductions")
+ATTN_CHUNK = 256  # positions per attention chunk (SPEC.md, "Attention")
+
+
+# --------------------------------------------------------------------------------------------- reductions
+def _lanes(axis: int, start: int, stop: int) -> tuple:
+    """An index selecting positions start..stop-1 along `axis` (a non-negative axis number)."""
+    return (slice(None),) * axis + (slice(start, stop),)
+
+
+def _tree(acc: np.ndarray, axis: int) -> np.ndarray:
+    """Lane values (m <= 32 along `axis`; lanes m..31 hold +0.0) -> their sum: add the upper half of the
+    lanes onto the lower half, 16, 8, 4, 2, 1 apart. A lane without a partner keeps its value (v + 0.0 == v
+    for v != -0.0), so absent lanes need no padding. Works in place on `acc`."""
+    acc = np.moveaxis(acc, axis, -1)  # a view: the lanes last
+    m = acc.shape[-1]
+    width = LANES // 2
+    while width >= 1:
+        if m > width:
+            acc[..., : m - width] += acc[..., width:m]
+            m = width
+        width //= 2
+    return acc[..., 0]
+
+
+def lane_sum(x: np.ndarray, axis: int = -1, *, overwrite: bool = False) -> np.ndarray:
+    """Sum along `axis` in the canonical order (SPEC.md, "Reductions").
+
+    Lane l (0..31) starts at +0.0 and adds elements l, l+32, l+64, ... in that order; then the 32 lane
+    values are combined by `_tree`. With overwrite=True the lanes are accumulated inside `x` (a float32
+    temporary of the caller's), which saves a copy.
+
+    Shortcut, exact: the lanes here start from their first element instead of from +0.0. In round-to-nearest
+    that changes no sum except the sign of a zero: a sum is -0.0 only when every addend is -0.0, and then
+    the canonical sum (which starts at +0.0) is +0.0. The canonical result is never -0.0, so adding +0.0 to
+    the result at the end restores exactly the canonical bits.
+    """
+    x = np.asarray(x, dtype=F32)
+    axis = axis % x.ndim
+    n = x.shape[axis]
+    if n == 0:
+        return np.zeros(x.shape[:axis] + x.shape[axis + 1 :], F32)
+    if axis == x.ndim - 1 and n >= 4 * LANES:  # long rows: the lanes' running sums in one call
+        acc = _lanes_by_accumulate(x)
+    else:
+        acc = x[_lanes(axis, 0, LANES)]
+        if not overwrite:
+            acc = acc.copy()
+        for start in range(LANES, n, LANES):
+            stop = min(n, start + LANES)
+            acc[_lanes(axis, 0, stop - start)] += x[_lanes(axis, start, stop)]
+    return _tree(acc, axis) + F32(0)
+
+
+def _lanes_by_accumulate(x: np.ndarray) -> np.ndarray:
+    """The 32 lane values of lane_sum over the last axis (each started from its first element), with
+    np.add.accumulate (a running sum, strictly in order) over the chunks of 32."""
+    n = x.shape[-1]
+    full = n - n % LANES
+    chunks = x[..., :full].reshape(x.shape[:-1] + (full // LANES, LANES))
+    acc = np.add.accumulate(chunks, axis=-2)[..., -1, :]
+    if full < n:
+        acc[..., : n - full] += x[..., full:]
+    return acc
+
+
+def chunked_sum(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Sum along `axis` (attention positions): lane_sum of each ATTN_CHUNK-long chunk, then the chunk sums
+    added in order to +0.0. For n <= ATTN_CHUNK this equals lane_sum."""
+    x = np.asarray(x, dtype=F32)
+    axis = axis % x.ndim
+    n = x.shape[axis]
+    if n <= ATTN_CHUNK:
+        return lane_sum(x, axis)
+    total = np.zeros(x.shape[:axis] + x.shape[axis + 1 :], F32)
+    for start in range(0, n, ATTN_CHUNK):
+        total += lane_sum(x[_lanes(axis, start, start + ATTN_CHUNK)], axis)
+    return total
+
+
+# ---------------------------------------------------------------------------------------------------- exp
+# exp(x) = 2**k * p(r), k = nearest integer to x*log2(e), r = x - k*ln2 (Cody-Waite, two constants),
+# p = Taylor polynomial of degree 7 in Horner form. Every constant is the binary32 value written here.
+EXP_LOG2E = F32(1.44269502162933349609375)  # log2(e) rounded to binary32
+EXP_LN2_HI = F32(0.693359375)  # 355/512: k*EXP_LN2_HI is exact for |k| < 2**15
+EXP_LN2_LO = F32(-2.12194440e-4)  # ln(2) - EXP_LN2_HI, rounded to binary32
+EXP_ROUND = F32(12582912.0)  # 1.5 * 2**23: (t + 1.5*2**23) - 1.5*2**23 rounds t to an integer, ties to even
+EXP_X_MAX = F32(88.0)  # exp(x) = +inf above this
+EXP_X_MIN = F32(-87.0)  # exp(x) = +0.0 below this (the result would come close to subnormal)
+EXP_POLY = tuple(F32(1.0 / f) for f in (5040.0, 720.0, 120.0, 24.0, 6.0, 2.0, 1.0, 1.0))  # 1/7! ... 1/0!
+
+
+def exp(x: np.ndarray) -> np.ndarray:
+    """refspec's exp in binary32 (SPEC.md, "exp"); NaN in, NaN out."""
+    x = np.asarray(x, dtype=F32)
+    with np.errstate(invalid="ignore"):  # NaN passes through every step below and stays NaN
+        xc = np.clip(x, EXP_X_MIN, EXP_X_MAX)
+        k = (xc * EXP_LOG2E + EXP_ROUND) - EXP_ROUND
+        r = (xc - k * EXP_LN2_HI) - k * EXP_LN2_LO
+        p = r * EXP_POLY[0] + EXP_POLY[1]
+        for c in EXP_POLY[2:]:
+            p *= r
+            p += c
+        scale = ((k.astype(np.int32) + 127) << 23).view(F32)  # 2**k, exact: k is in [-126, 127]
+        p *= scale
+    p[x > EXP_X_MAX] = np.inf
+    p[x < EXP_X_MIN] = 0.0
+    return p
+
+
+# --------------------------------------------------------------------------------------------- elementwise
+def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """(g / (1 + exp(-g))) * u, elementwise."""
+    gate = np.asarray(gate, F32)
+    return (gate / (F32(1) + exp(-gate))) * np.asarray(up, F32)
+
+
+def add(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Residual add and bias add: x + y, elementwise (y broadcast over rows)."""
+    return (np.asarray(x, F32) + np.asarray(y, F32)).astype(F32)
+
+
+# ------------------------------------------------------------------------------------------------ rmsnorm
+def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    """Over the last axis of x [..., n]: (x * (1 / sqrt(lane_sum(x*x) / n + eps))) * w."""
+    x = np.asarray(x, F32)
+    n = x.shape[-1]
+    mean = lane_sum(x * x) / F32(n)  # [...]
+    inv = F32(1) / np.sqrt(mean + F32(eps))
+    return (x * inv[..., None]) * np.asarray(w, F32)
+
+
+# ------------------------------------------------------------------------------------------ quantization
+def quantize_q8_0(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Activation rows [R, K] -> (int8 quants [R, K], float16 scales [R, K/32]), byte-identical to ggml's
+    reference Q8_0 quantizer (gguf.quants.quantize(x, Q8_0)).
+
+    Per block of 32: d = amax / 127; inv = 0 if d == 0 else 1 / d; q = round-half-away-from-zero(x * inv),
+    and q = 0 where x * inv is not finite (only when inv overflowed to +inf); the scale stored is fp16(d).
+    """
+    x = np.asarray(x, F32)
+    rows, k = x.shape
+    blocks = x.reshape(rows, k // QK8_0, QK8_0)
+    d = np.abs(blocks).max(axis=-1) / F32(127)  # [R, nb]; max is exact in any order
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        inv = np.where(d == 0, F32(0), F32(1) / d).astype(F32)
+        scaled = blocks * inv[..., None]  # binary32, as ggml
+        # round half away from zero: |v| + 0.5 and floor in float64, exact for |v| < 2**52 (here |v| <= 127)
+        q = np.copysign(np.floor(np.abs(scaled, dtype=np.float64) + 0.5), scaled)
+        if not np.isfinite(scaled).all():
+            q[~np.isfinite(scaled)] = 0
+        return q.astype(np.int8).reshape(rows, k), d.astype(np.float16)
+
+
+# ------------------------------------------------------------------------------------------------- gemv
+def block_dots(wq: np.ndarray, xq: np.ndarray) -> np.ndarray:
+    """Exact integer dot products of every 32-block: wq int8 [N, K], xq int8 [R, K] -> float32 [nb, R, N].
+    Each is an integer with |value| <= 128*127*32 < 2**24, so binary32 holds it exactly in any order."""
+    n, k = wq.shape
+    nb = k // QK8_0
+    w = wq.reshape(n, nb, QK8_0).transpose(1, 2, 0).astype(F32, order="C")  # [nb, 32, N]
+    x = xq.reshape(xq.shape[0], nb, QK8_0).transpose(1, 0, 2).astype(F32, order="C")  # [nb, R, 32]
+    return np.matmul(x, w)
+
+
+def scale_and_reduce(dots: np.ndarray, wd: np.ndarray, xd: np.ndarray) -> np.ndarray:
+    """dots [nb, R, N], wd f16 [N, nb], xd f16 [R, nb] -> [R, N]:
+    lane_sum over blocks b of (f32(wd[n,b]) * f32(xd[r,b])) * dots[b,r,n]."""
+    return scale_and_reduce_f32(dots, wd.astype(F32).T, xd)
+
+
+def scale_and_reduce_f32(dots: np.ndarray, wd_t: np.ndarray, xd: np.ndarray, out: np.ndarray | None = None):
+    """scale_and_reduce with the weight scales already as float32 [nb, N] (a backend keeps them so);
+    `out`, if given, is a float32 scratch array of dots' shape for the terms."""
+    terms = np.multiply(wd_t[:, None, :], xd.astype(F32).T[:, :, None], out=out)  # [nb, R, N]
+    terms *= dots
+    return lane_sum(terms, axis=0, overwrite=True)
+
+
+def q8_gemv(w, xq: np.ndarray, xd: np.ndarray) -> np.ndarray:
+    """W8A8 matrix-vector products for R rows: Q8Matrix w [N, K], activations quantized by quantize_q8_0
+    (xq int8 [R, K], xd f16 [R, K/32]) -> float32 [R, N] (SPEC.md, "Q8_0 GEMV")."""
+    return scale_and_reduce(block_dots(w.q, xq), w.d, xd)
+
+
+def embed(w, ids: np.ndarray) -> np.ndarray:
+    """Rows of a Q8Matrix [n_vocab, n_embd] for token ids [R] -> float32 [R, n_embd]; d * q is exact."""
+    ids = np.asarray(ids)
+    q = w.q[ids].astype(F32)  # [R, n_embd]
+    d = w.d[ids].astype(F32)  # [R, n_embd/32]
+    return (q.reshape(len(ids), -1, QK8_0) * d[:, :, None]).reshape(len(ids), -1)
+
+
+# ------------------------------------------------------------------------------------------------- rope
+def rope_table(n_ctx: int, n_rot: int, base: float) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin [n_ctx, n_rot/2] as float32: angle(p, i) = p * base**(-2i/n_rot), computed in float64
+    (numpy's pow, cos, sin) and rounded once to binary32. Backends upload this table; none recomputes it."""
+    inv_freq = np.power(np.float64(base), -np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)
+    angle = np.arange(n_ctx, dtype=np.float64)[:, None] * inv_freq[None, :]
+    return np.cos(angle).astype(F32), np.sin(angle).astype(F32)
+
+
+def rope(x: np.ndarray, pos0: int, cos: np.ndarray, sin: np.ndarray, neox: bool) -> np.ndarray:
+    """Rotate x [R, H, D] for positions pos0 .. pos0+R-1. Pairs (2i, 2i+1), or (i, i + n_rot/2) when neox;
+    dimensions at and beyond n_rot pass through. a' = a*c - b*s, b' = a*s + b*c."""
+    x = np.asarray(x, F32)
+    rows = x.shape[0]
+    half = cos.shape[1]
+    c = cos[pos0 : pos0 + rows][:, None, :]  # [R, 1, n_rot/2]
+    s = sin[pos0 : pos0 + rows][:, None, :]
+    out = x.copy()
+    if neox:
+        a, b = x[..., :half], x[..., half : 2 * half]
+        out[..., :half] = a * c - b * s
+        out[..., half : 2 * half] = a * s + b * c
+    else:
+        a, b = x[..., 0 : 2 * half : 2], x[..., 1 : 2 * half : 2]
+        out[..., 0 : 2 * half : 2] = a * c - b * s
+        out[..., 1 : 2 * half : 2] = a * s + b * c
+    return out
+
+
+# -------------------------------------------------------------------------------------------- attention
+def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos0: int) -> np.ndarray:
+    """Causal GQA attention for R query rows at positions pos0 .. pos0+R-1 (SPEC.md, "Attention").
+
+    q [R, H, D]; k_cache, v_cache [G, T, D] with positions 0 .. pos0+R-1 written; head h reads kv head
+    h // (H/G). Row r sees positions t <= pos0 + r:
+        s_t = lane_sum_d(q * k_t) * (1 / sqrt(D));  m = max_t s_t;  e_t = exp(s_t - m)
+        out = chunked_sum_t(e_t * v_t) / chunked_sum_t(e_t)
+    Positions a row may not see enter as s_t = -inf, so e_t = +0 and they add nothing.
+    """
+    rows, n_head, dim = q.shape
+    n_kv = k_cache.shape[0]
+    n_pos = pos0 + rows
+    group = n_head // n_kv
+    qg = q.reshape(rows, n_kv, group, 1, dim)  # [R, H, D] -> [R, G, H/G, 1, D]
+    k = k_cache[:, None, :n_pos]  # [G, 1, T, D]
+    v = v_cache[:, None, :n_pos]  # [G, 1, T, D]
+    scale = F32(1) / np.sqrt(F32(dim))
+    scores = lane_sum(qg * k, axis=-1) * scale  # [R, G, H/G, T]
+    if rows > 1:  # row r sees positions t <= pos0 + r
+        hidden = np.arange(n_pos)[None, :] > (pos0 + np.arange(rows))[:, None]  # [R, T]
+        scores[np.broadcast_to(hidden[:, None, None, :], scores.shape)] = -np.inf
+    e = exp(scores - scores.max(axis=-1, keepdims=True))  # [R, G, H/G, T]
+    denom = chunked_sum(e, axis=-1)  # [R, G, H/G]
+    num = chunked_sum(e[..., None] * v, axis=3)  # [R, G, H/G, T, D] -> [R, G, H/G, D]
+    return (num / denom[..., None]).reshape(rows, n_head, dim)
+
+
+# ------------------------------------------------------------------------------------------------ argmax
+def argmax(logits: np.ndarray) -> np.ndarray:
+    """Index of the largest logit of each row [R, V] -> [R]; ties go to the lowest index.
+    NaN or infinity anywhere is an error, not a token."""
+    logits = np.asarray(logits)
+    if not np.isfinite(logits).all():
+        row = int(np.argwhere(~np.isfinite(logits))[0][0])
+        raise NumericsError(f"logits of row {row} contain NaN or infinity; no token can be chosen")
+    return np.argmax(logits, axis=-1)

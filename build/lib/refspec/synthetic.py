@@ -1,0 +1,334 @@
+"""Random-weight GGUF models, written with gguf-py's GGUFWriter, for tests and benchmarks.
+
+A synthetic model is a complete GGUF that ``refspec.gguf_model.load`` accepts: hyper-parameters under the usual
+``{arch}.*`` keys, every tensor of the arch, and a small working byte-level BPE tokenizer (GPT-2 byte alphabet,
+a few merges, ChatML control tokens, a ChatML chat template), so a tiny model runs end to end.
+
+Weights are random with a sensible scale (element std 1/sqrt(K) for a matrix with K inputs; norm weights near
+1), so activations stay finite and logits vary. Matrices are generated a few million values at a time while
+they are written, so a model of real width (``PRESETS``) costs little memory; Q8_0 matrices are written as
+random int8 quants and fp16 scales directly, without a float copy.
+
+    python -m refspec.synthetic tiny.gguf --arch qwen2 --n-layer 2
+    python -m refspec.synthetic llama8b-2l.gguf --preset llama-8b --n-layer 2
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import pathlib
+import sys
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, LlamaFileType, TokenType
+from gguf import quants as ggml_quants
+from gguf.gguf_writer import GGUFValue
+
+from refspec.errors import RefspecError, UsageError
+from refspec.model import ARCHITECTURES, QK8_0
+
+# Shapes of real models, for benchmarks (pass n_layer to write only a few layers of real width).
+PRESETS = {
+    "llama-8b": dict(arch="llama", n_layer=32, n_embd=4096, n_ff=14336, n_head=32, n_head_kv=8,
+                     n_ctx=8192, n_vocab=128256, rope_base=500000.0, eps=1e-5),
+    "qwen2.5-7b": dict(arch="qwen2", n_layer=28, n_embd=3584, n_ff=18944, n_head=28, n_head_kv=4,
+                       n_ctx=32768, n_vocab=152064, rope_base=1000000.0, eps=1e-6),
+    "qwen3-8b": dict(arch="qwen3", n_layer=36, n_embd=4096, n_ff=12288, n_head=32, n_head_kv=8, head_dim=128,
+                     n_ctx=40960, n_vocab=151936, rope_base=1000000.0, eps=1e-6),
+    "qwen2.5-32b": dict(arch="qwen2", n_layer=64, n_embd=5120, n_ff=27648, n_head=40, n_head_kv=8,
+                        n_ctx=32768, n_vocab=152064, rope_base=1000000.0, eps=1e-6),
+    "qwen3-32b": dict(arch="qwen3", n_layer=64, n_embd=5120, n_ff=25600, n_head=64, n_head_kv=8, head_dim=128,
+                      n_ctx=40960, n_vocab=151936, rope_base=1000000.0, eps=1e-6),
+}
+
+WEIGHT_TYPES = {"Q8_0": GGMLQuantizationType.Q8_0, "F32": GGMLQuantizationType.F32,
+                "F16": GGMLQuantizationType.F16}
+FLOAT_DTYPES = {"F32": np.dtype(np.float32), "F16": np.dtype(np.float16)}
+_FILE_TYPES = {"Q8_0": LlamaFileType.MOSTLY_Q8_0, "F32": LlamaFileType.ALL_F32, "F16": LlamaFileType.MOSTLY_F16}
+CHUNK_VALUES = 1 << 22  # values drawn at a time (a constant, so a seed always gives the same file)
+Q8_0_STD = math.sqrt((255**2 - 1) / 12)  # std of int8 quants uniform in [-127, 127], near enough
+
+# ---------------------------------------------------------------------------------------------------------
+# The tokenizer: byte-level BPE in the GPT-2 style, as llama.cpp stores it (tokenizer.ggml.model = "gpt2").
+# ---------------------------------------------------------------------------------------------------------
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2; token type CONTROL
+BOS_ID, EOS_ID, UNK_ID, PAD_ID = 1, 2, 0, 2
+MERGES = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("Ġ", "a"), ("i", "n"), ("e", "r"), ("o", "n"), ("r", "e"),
+          ("Ġ", "s"), ("a", "t"), ("e", "n"), ("o", "r"), ("Ġ", "w"), ("Ġ", "o"), ("a", "n"), ("Ġa", "n"),
+          ("Ġan", "d"), ("i", "s"), ("Ġ", "i"), ("l", "l"), ("o", "u"), ("Ġ", "c"), ("e", "s"), ("in", "g")]
+CHAT_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+                 "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def byte_symbols() -> list[str]:
+    """GPT-2's byte-level alphabet, indexed by byte: printable Latin-1 bytes stand for themselves, the other
+    68 bytes take the characters from U+0100 on, in byte order (so b' ' is 'Ġ' and b'\\n' is 'Ċ')."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
+    symbols, next_extra = [], 256
+    for byte in range(256):
+        if byte in printable:
+            symbols.append(chr(byte))
+        else:
+            symbols.append(chr(next_extra))
+            next_extra += 1
+    return symbols
+
+
+def tokenizer_vocab(n_vocab: int | None = None) -> tuple[list[str], list[int], list[str]]:
+    """(tokens, token types, merges). Padded to n_vocab with unused "[PAD{i}]" tokens, as llama.cpp pads."""
+    tokens = SPECIAL_TOKENS + byte_symbols() + [left + right for left, right in MERGES]
+    types = [TokenType.CONTROL] * len(SPECIAL_TOKENS) + [TokenType.NORMAL] * (len(tokens) - len(SPECIAL_TOKENS))
+    if n_vocab is not None:
+        if n_vocab < len(tokens):
+            raise UsageError(f"n_vocab {n_vocab} is smaller than the synthetic tokenizer's {len(tokens)} tokens")
+        tokens += [f"[PAD{i}]" for i in range(len(tokens), n_vocab)]
+        types += [TokenType.UNUSED] * (n_vocab - len(types))
+    return tokens, [int(t) for t in types], [f"{left} {right}" for left, right in MERGES]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Random tensors, generated while they are written.
+# ---------------------------------------------------------------------------------------------------------
+class RandomMatrix:
+    """An [N, K] matrix of random weights with element std 1/sqrt(K). GGUFWriter.write_tensor_data needs only
+    ``nbytes`` and ``tofile``; rows are drawn and written CHUNK_VALUES at a time."""
+
+    def __init__(self, rng: np.random.Generator, n: int, k: int, weight_type: str):
+        self.rng, self.n, self.k, self.weight_type = rng, n, k, weight_type
+        self.ggml_type = WEIGHT_TYPES[weight_type]
+        if weight_type == "Q8_0":
+            self.row_bytes = k // QK8_0 * (2 + QK8_0)
+            self.file_shape = (n, self.row_bytes)  # numpy order, bytes: what GGUFWriter expects for quants
+        else:
+            self.row_bytes = k * FLOAT_DTYPES[weight_type].itemsize
+            self.file_shape = (n, k)
+        self.nbytes = n * self.row_bytes
+
+    def tofile(self, f) -> None:
+        rows_per_chunk = max(1, CHUNK_VALUES // self.k)
+        for start in range(0, self.n, rows_per_chunk):
+            self.rows(min(rows_per_chunk, self.n - start)).tofile(f)
+
+    def rows(self, n_rows: int) -> np.ndarray:
+        k, std = self.k, 1.0 / math.sqrt(self.k)
+        if self.weight_type != "Q8_0":
+            return (self.rng.standard_normal((n_rows, k), dtype=np.float32) * np.float32(std)).astype(
+                FLOAT_DTYPES[self.weight_type])
+        n_blocks = k // QK8_0
+        # Raw generator output as int8 is 3x faster than rng.integers; -128 becomes -127, as in ggml's quants.
+        quants = self.rng.bit_generator.random_raw(n_rows * k // 8).view(np.int8).reshape(n_rows, n_blocks, QK8_0)
+        np.maximum(quants, -127, out=quants)
+        scales = (self.rng.uniform(0.5, 1.5, size=(n_rows, n_blocks, 1)) * (std / Q8_0_STD)).astype(np.float16)
+        blocks = np.empty((n_rows, n_blocks, 2 + QK8_0), dtype=np.uint8)  # GGUF block: fp16 scale, 32 int8
+        blocks[:, :, :2] = scales.view(np.uint8)
+        blocks[:, :, 2:] = quants.view(np.uint8)
+        return blocks
+
+
+def _vector(rng: np.random.Generator, n: int, mean: float, std: float) -> np.ndarray:
+    return (mean + std * rng.standard_normal(n)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The model file.
+# ---------------------------------------------------------------------------------------------------------
+def write_model(path: str | os.PathLike, *, arch: str = "llama", n_layer: int = 2, n_embd: int = 64,
+                n_ff: int = 96, n_head: int = 4, n_head_kv: int = 2, head_dim: int | None = None,
+                n_rot: int | None = None, n_ctx: int = 256, n_vocab: int | None = None,
+                rope_base: float = 10000.0, eps: float = 1e-5, seed: int = 0, weight_type: str = "Q8_0",
+                tie_embeddings: bool = True, tokenizer: bool = True) -> pathlib.Path:
+    """Write a random-weight GGUF model and return its path.
+
+    ``head_dim`` and ``n_rot`` are written (as attention.key_length / rope.dimension_count) only when given;
+    otherwise the loader's defaults (n_embd / n_head, head_dim) apply. ``n_vocab`` defaults to the tokenizer's
+    size; a larger one pads the vocabulary with unused tokens. ``tokenizer=False`` leaves out every
+    ``tokenizer.*`` key (the model then has only token ids)."""
+    if arch not in ARCHITECTURES:
+        raise UsageError(f"arch {arch!r} is not one of {', '.join(ARCHITECTURES)}")
+    if weight_type not in WEIGHT_TYPES:
+        raise UsageError(f"weight_type {weight_type!r} is not one of {', '.join(WEIGHT_TYPES)}")
+    tokens, token_types, merges = tokenizer_vocab(n_vocab)
+    n_vocab = len(tokens)
+    dim = head_dim if head_dim is not None else n_embd // max(n_head, 1)
+    n_q, n_kv = n_head * dim, n_head_kv * dim
+    for what, k in (("n_embd", n_embd), ("n_head*head_dim", n_q), ("n_ff", n_ff)):
+        if k <= 0 or (weight_type == "Q8_0" and k % QK8_0):
+            raise UsageError(f"{what} = {k} must be positive, and a multiple of {QK8_0} for Q8_0 matrices")
+
+    writer = GGUFWriter(os.fspath(path), arch)
+    writer.add_name(f"refspec synthetic {arch}")
+    writer.add_file_type(_FILE_TYPES[weight_type])
+    writer.add_block_count(n_layer)
+    writer.add_context_length(n_ctx)
+    writer.add_embedding_length(n_embd)
+    writer.add_feed_forward_length(n_ff)
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_head_kv)
+    if head_dim is not None:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    if n_rot is not None:
+        writer.add_rope_dimension_count(n_rot)
+    writer.add_rope_freq_base(rope_base)
+    writer.add_layer_norm_rms_eps(eps)
+    writer.add_vocab_size(n_vocab)
+    if tokenizer:
+        _add_tokenizer(writer, tokens, token_types, merges)
+
+    rng = np.random.default_rng(seed)
+    tensors = {"token_embd.weight": RandomMatrix(rng, n_vocab, n_embd, weight_type)}
+    for i in range(n_layer):
+        tensors.update(_layer_tensors(rng, f"blk.{i}.", arch, n_embd, n_ff, n_q, n_kv, dim, weight_type))
+    tensors["output_norm.weight"] = _vector(rng, n_embd, 1.0, 0.1)
+    if not tie_embeddings:
+        tensors["output.weight"] = RandomMatrix(rng, n_vocab, n_embd, weight_type)
+
+    for name, tensor in tensors.items():
+        if isinstance(tensor, RandomMatrix):
+            raw_dtype = tensor.ggml_type if weight_type == "Q8_0" else None
+            dtype = np.uint8 if weight_type == "Q8_0" else FLOAT_DTYPES[weight_type]
+            writer.add_tensor_info(name, tensor.file_shape, dtype, tensor.nbytes, raw_dtype=raw_dtype)
+        else:
+            writer.add_tensor_info(name, tensor.shape, tensor.dtype, tensor.nbytes)
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for tensor in tensors.values():
+            writer.write_tensor_data(tensor)
+    finally:
+        writer.close()
+    return pathlib.Path(path)
+
+
+def _add_tokenizer(writer: GGUFWriter, tokens: list[str], token_types: list[int], merges: list[str]) -> None:
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("smollm")  # the pre-tokenizer of the default model, so both take the same path
+    writer.add_token_list(tokens)
+    writer.add_token_types(token_types)
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(BOS_ID)
+    writer.add_eos_token_id(EOS_ID)
+    writer.add_unk_token_id(UNK_ID)
+    writer.add_pad_token_id(PAD_ID)
+    writer.add_add_bos_token(False)
+    writer.add_chat_template(CHAT_TEMPLATE)
+
+
+def _layer_tensors(rng, prefix, arch, n_embd, n_ff, n_q, n_kv, head_dim, weight_type) -> dict:
+    """One layer's tensors, named and shaped as in refspec.gguf_model.LAYER_TENSORS (numpy order: [N, K])."""
+    tensors = {
+        "attn_norm.weight": _vector(rng, n_embd, 1.0, 0.1),
+        "attn_q.weight": RandomMatrix(rng, n_q, n_embd, weight_type),
+        "attn_k.weight": RandomMatrix(rng, n_kv, n_embd, weight_type),
+        "attn_v.weight": RandomMatrix(rng, n_kv, n_embd, weight_type),
+        "attn_output.weight": RandomMatrix(rng, n_embd, n_q, weight_type),
+        "ffn_norm.weight": _vector(rng, n_embd, 1.0, 0.1),
+        "ffn_gate.weight": RandomMatrix(rng, n_ff, n_embd, weight_type),
+        "ffn_up.weight": RandomMatrix(rng, n_ff, n_embd, weight_type),
+        "ffn_down.weight": RandomMatrix(rng, n_embd, n_ff, weight_type),
+    }
+    if arch == "qwen2":
+        tensors.update({"attn_q.bias": _vector(rng, n_q, 0.0, 0.1), "attn_k.bias": _vector(rng, n_kv, 0.0, 0.1),
+                        "attn_v.bias": _vector(rng, n_kv, 0.0, 0.1)})
+    if arch == "qwen3":
+        tensors.update({"attn_q_norm.weight": _vector(rng, head_dim, 1.0, 0.1),
+                        "attn_k_norm.weight": _vector(rng, head_dim, 1.0, 0.1)})
+    return {prefix + name: tensor for name, tensor in tensors.items()}
+
+
+def rewrite_gguf(src: str | os.PathLike, dst: str | os.PathLike, *, metadata: Mapping[str, Any] | None = None,
+                 drop: Iterable[str] = (), tensor_types: Mapping[str, str] | None = None,
+                 add_tensors: Mapping[str, np.ndarray] | None = None) -> pathlib.Path:
+    """Copy the GGUF ``src`` to ``dst`` with changes, to make files the loader must refuse (or convert).
+
+    ``metadata`` sets keys: a plain value keeps the key's GGUF type when the key exists (else the type gguf-py
+    infers), a ``GGUFValue`` gives the type explicitly. ``drop`` removes keys and tensors by name.
+    ``tensor_types`` re-encodes tensors ({name: "Q4_1"}) with gguf-py's reference quantizers.
+    ``add_tensors`` appends tensors given as numpy arrays (numpy order, F32/F16)."""
+    metadata, tensor_types, drop = dict(metadata or {}), dict(tensor_types or {}), set(drop)
+    reader = GGUFReader(src)
+    arch = metadata.pop("general.architecture", None) or reader.fields["general.architecture"].contents()
+    writer = GGUFWriter(os.fspath(dst), arch)
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture" or key in drop:
+            continue
+        value = metadata.pop(key, field.contents())
+        if not isinstance(value, GGUFValue):
+            sub_type = field.types[-1] if field.types[0] == GGUFValueType.ARRAY else None
+            value = GGUFValue(value, field.types[0], sub_type)
+        writer.add_key_value(key, value.value, value.type, value.sub_type)
+    for key, value in metadata.items():
+        if not isinstance(value, GGUFValue):
+            value = GGUFValue(value, GGUFValueType.get_type(value))
+        writer.add_key_value(key, value.value, value.type, value.sub_type)
+    for tensor in reader.tensors:
+        if tensor.name in drop:
+            continue
+        new_type = tensor_types.get(tensor.name)
+        if new_type is None:
+            writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
+        else:
+            new_type = GGMLQuantizationType[new_type]
+            values = ggml_quants.dequantize(tensor.data, tensor.tensor_type)
+            writer.add_tensor(tensor.name, ggml_quants.quantize(values, new_type), raw_dtype=new_type)
+    for name, values in (add_tensors or {}).items():
+        writer.add_tensor(name, values)
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    return pathlib.Path(dst)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line: python -m refspec.synthetic OUT.gguf [--preset NAME] [--arch ...] ...
+# ---------------------------------------------------------------------------------------------------------
+_OPTIONS = [  # (flag, write_model keyword, type, help)
+    ("--arch", "arch", str, f"one of {', '.join(ARCHITECTURES)} (default llama)"),
+    ("--n-layer", "n_layer", int, "layers (default 2)"),
+    ("--n-embd", "n_embd", int, "embedding width (default 64)"),
+    ("--n-ff", "n_ff", int, "feed-forward width (default 96)"),
+    ("--n-head", "n_head", int, "attention heads (default 4)"),
+    ("--n-head-kv", "n_head_kv", int, "key/value heads (default 2)"),
+    ("--head-dim", "head_dim", int, "head dimension (default n_embd / n_head)"),
+    ("--n-rot", "n_rot", int, "rotated dimensions per head (default head_dim)"),
+    ("--n-ctx", "n_ctx", int, "context length (default 256)"),
+    ("--n-vocab", "n_vocab", int, "vocabulary size (default: the tokenizer's size)"),
+    ("--rope-base", "rope_base", float, "RoPE base (default 10000)"),
+    ("--eps", "eps", float, "RMSNorm epsilon (default 1e-5)"),
+    ("--seed", "seed", int, "random seed (default 0)"),
+    ("--weight-type", "weight_type", str, f"one of {', '.join(WEIGHT_TYPES)} (default Q8_0)"),
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", help="the GGUF file to write")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="shapes of a real model; flags override them")
+    for flag, dest, type_, help_ in _OPTIONS:
+        parser.add_argument(flag, dest=dest, type=type_, help=help_)
+    parser.add_argument("--untied", action="store_true", help="write a separate output.weight")
+    parser.add_argument("--no-tokenizer", action="store_true", help="leave out the tokenizer.* keys")
+
+
+def run(args: argparse.Namespace) -> pathlib.Path:
+    kwargs = dict(PRESETS[args.preset]) if args.preset else {}
+    kwargs.update({dest: getattr(args, dest) for _, dest, _, _ in _OPTIONS if getattr(args, dest) is not None})
+    return write_model(args.out, tie_embeddings=not args.untied, tokenizer=not args.no_tokenizer, **kwargs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m refspec.synthetic", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    try:
+        print(run(parser.parse_args(argv)))
+    except RefspecError as e:
+        sys.exit(f"refspec: error: {e}")
+
+
+if __name__ == "__main__":
+    main()

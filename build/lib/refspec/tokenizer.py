@@ -1,0 +1,482 @@
+"""The tokenizer a GGUF describes, reproducing llama.cpp's tokenization of text into ids and of ids into text.
+
+refspec supports byte-level BPE vocabularies (``tokenizer.ggml.model == 'gpt2'``), the kind llama-3, Qwen2/3 and
+SmolLM2 use. The BPE merging itself is done by HF ``tokenizers`` (``models.BPE``); this module only assembles it
+from the GGUF metadata the way llama.cpp's ``src/llama-vocab.cpp`` and ``src/unicode.cpp`` do (read at llama.cpp
+commit 00ad355e). Encoding ``text`` runs:
+
+1. **Special-token split.** Control, unknown and user-defined tokens are cut out of the text, longest token
+   text first, each at every occurrence left to right (llama.cpp ``tokenizer_st_partition``). Control and
+   unknown tokens are recognised only with ``parse_special=True`` (the default, as llama.cpp's tools use for
+   prompts); user-defined tokens always are.
+2. **Pre-tokenizer.** Each remaining text piece is split by the regexes llama.cpp picks by
+   ``tokenizer.ggml.pre`` (``_PRE_TOKENIZERS`` below), applied one after the other, every match and every gap
+   between matches kept as a piece of its own.
+3. **Byte-level BPE.** Each piece's UTF-8 bytes are mapped to GPT-2's printable byte alphabet and merged by the
+   ranks in ``tokenizer.ggml.merges`` (lowest rank first, leftmost first among equal ranks). For the llama-3
+   family llama.cpp sets ``ignore_merges``: a piece that is itself a token is emitted whole. A byte no token
+   covers (``missing_bytes``; SmolLM2 lacks 21 of the 256) is dropped, as llama.cpp drops it.
+4. **BOS/EOS.** ``add_bos`` prepends ``bos_id`` (and ``add_eos`` appends ``eos_id``).
+
+Defaults, as llama.cpp decides them:
+
+* ``add_bos``: ``tokenizer.ggml.add_bos_token`` when the file has it. When it is absent, llama.cpp's default for
+  BPE vocabularies is False, except for the pre-tokenizers it marks ``add_bos = true`` (the llama-3 family:
+  ``llama3``, ``llama-v3``, ``llama-bpe``, ``falcon3``, ``pixtral``), ``llama_vocab::impl::load``.
+* ``tokenizer.ggml.pre`` absent: the ``default`` pre-tokenizer (llama.cpp warns that quality degrades).
+* ``eog_ids`` (the ids that end generation), llama.cpp's rule: ``eos_id``, ``eot_id`` and ``eom_id`` (from the
+  file's keys), every token whose text is in ``EOG_TEXTS`` (``<|im_end|>``, ``<|endoftext|>``, ``<|eot_id|>``,
+  ...), and the FIM pad/repo/file-separator tokens (``tokenizer.ggml.fim_{pad,rep,sep}_token_id``, or found by
+  text when those keys are absent: SmolLM2's ``<reponame>`` is one). Tokens found by text are treated as
+  control tokens even where the file marks them otherwise, as llama.cpp does.
+
+Decoding is llama.cpp's ``token_to_piece`` concatenated (what ``llama-cli`` prints, no clean-up of spaces):
+normal tokens map back from the byte alphabet to bytes; control and unknown tokens print their text unless
+``skip_special``; user-defined tokens always print their text; unused, byte-typed and undefined tokens print
+nothing (llama.cpp's BPE branch copies nothing for them). The bytes are decoded as UTF-8 with U+FFFD for
+invalid sequences; ``StreamDecoder`` yields the same text one token at a time.
+
+Where refspec deliberately differs from llama.cpp (none of it matters for a well-formed llama/qwen2/qwen3 GGUF):
+missing ``bos_token_id``/``eos_token_id`` stay None (llama.cpp substitutes id 11 for BPE vocabularies); out of
+range special ids (llama.cpp warns and keeps its default), malformed merges and merges whose pieces are not
+tokens raise ``TokenizerError``; llama.cpp's
+per-model token-attribute workarounds (phi-3, jina, gpt-oss, gemma4) are not reproduced; where several FIM tokens
+match by text all of them are EOG (llama.cpp keeps whichever its hash map yields first). Unicode categories
+(``\\p{L}``, ``\\p{N}``, ``\\s``) come from Oniguruma's tables inside ``tokenizers``; llama.cpp carries its own
+tables, so code points whose category changed between Unicode versions may split differently.
+"""
+from __future__ import annotations
+
+import codecs
+import json
+import operator
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from tokenizers import Regex, models, pre_tokenizers
+from tokenizers import Tokenizer as _HFTokenizer
+
+from refspec.errors import TokenizerError
+
+# GGUF token types (gguf.TokenType)
+TOKEN_NORMAL = 1
+TOKEN_UNKNOWN = 2
+TOKEN_CONTROL = 3
+TOKEN_USER_DEFINED = 4
+TOKEN_UNUSED = 5
+TOKEN_BYTE = 6
+
+# --- pre-tokenizer regexes, as in llama.cpp's llm_tokenizer_bpe (src/llama-vocab.cpp) ------------------------
+_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_LLAMA3 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+           r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2 = _LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}")  # llama-3's regex with single digits
+
+_REGEXES = {  # llama.cpp's LLAMA_VOCAB_PRE_TYPE_* -> regexes applied in order
+    "default": (r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"),
+    "gpt2": (_GPT2,),
+    "llama3": (_LLAMA3,),
+    "qwen2": (_QWEN2,),
+    "starcoder": (r"\p{N}", _GPT2),  # gpt-2's regex after isolating every digit
+    "falcon": (r"[\p{P}\$\+<=>\^~\|`]+", _GPT2, r"[0-9][0-9][0-9]"),
+}
+
+
+@dataclass(frozen=True)
+class _PreTokenizer:
+    regexes: str  # key of _REGEXES
+    ignore_merges: bool = False  # a piece that is a whole token is emitted without merging
+    add_bos: bool = False  # llama.cpp's add_bos default when the GGUF has no tokenizer.ggml.add_bos_token
+
+
+_LLAMA3_FAMILY = _PreTokenizer("llama3", ignore_merges=True, add_bos=True)
+
+# tokenizer.ggml.pre -> pre-tokenizer; the names and groupings are llama.cpp's (llama_vocab::impl::load)
+_PRE_TOKENIZERS = {
+    "default": _PreTokenizer("default"),
+    **{name: _PreTokenizer("gpt2") for name in ("gpt-2", "phi-2", "mpt", "olmo")},
+    **{name: _LLAMA3_FAMILY for name in ("llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral")},
+    **{name: _PreTokenizer("llama3") for name in ("dbrx", "smaug-bpe")},
+    **{name: _PreTokenizer("qwen2") for name in ("qwen2", "deepseek-r1-qwen", "stablelm2", "megrez")},
+    **{name: _PreTokenizer("starcoder")
+       for name in ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b")},
+    "falcon": _PreTokenizer("falcon"),
+}
+SUPPORTED_PRE_TOKENIZERS = tuple(sorted(_PRE_TOKENIZERS))
+
+# --- special tokens llama.cpp recognises by their text (llama_vocab::impl::load) -----------------------------
+# (llama.cpp also looks for an EOT token by text; its candidates are all in EOG_TEXTS, so they add nothing here.)
+EOG_TEXTS = frozenset({
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>", "<end_of_turn>",
+    "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>",
+    "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>", "<｜end▁of▁sentence｜>", "[e~[",
+})
+_FIM_TEXTS = {  # FIM slot -> texts; pad, rep and sep also end generation
+    "pre": {"<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>",
+            "<|code_prefix|>", "<|prefix|>"},
+    "suf": {"<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>",
+            "<|code_suffix|>", "<|suffix|>"},
+    "mid": {"<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>",
+            "<|code_middle|>", "<|middle|>"},
+    "pad": {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"},
+    "rep": {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"},
+    "sep": {"<|file_sep|>"},
+}
+
+
+# --- GPT-2's byte alphabet: every byte as a printable character ----------------------------------------------
+def _byte_alphabet() -> list[str]:
+    """``alphabet[b]`` is the character byte-level BPE writes for byte b: printable Latin-1 bytes stand for
+    themselves, the other 68 take the code points 256, 257, ... in byte order."""
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    alphabet, n_moved = [""] * 256, 0
+    for b in range(256):
+        if b in printable:
+            alphabet[b] = chr(b)
+        else:
+            alphabet[b] = chr(256 + n_moved)
+            n_moved += 1
+    return alphabet
+
+
+_BYTE_ALPHABET = _byte_alphabet()
+_CHAR_TO_BYTE = {c: b for b, c in enumerate(_BYTE_ALPHABET)}
+
+
+def _byte_level_to_bytes(text: str) -> bytes:
+    """Undo the byte alphabet. A character outside it (only in a malformed vocabulary) is kept as its UTF-8
+    bytes, where llama.cpp would print an ``[UNK_BYTE_0x..]`` marker."""
+    out = bytearray()
+    for c in text:
+        b = _CHAR_TO_BYTE.get(c)
+        out += c.encode() if b is None else bytes((b,))
+    return bytes(out)
+
+
+# --- reading metadata -----------------------------------------------------------------------------------------
+def _get_id(metadata: Mapping, key: str, n_vocab: int) -> int | None:
+    value = metadata.get(key)
+    if value is None:
+        return None
+    try:
+        token_id = operator.index(value)
+    except TypeError:
+        raise TokenizerError(f"{key} is {value!r}, not a token id") from None
+    if not 0 <= token_id < n_vocab:
+        raise TokenizerError(f"{key} = {token_id} is outside the vocabulary of {n_vocab} tokens")
+    return token_id
+
+
+def _get_bool(metadata: Mapping, key: str, default: bool) -> bool:
+    value = metadata.get(key)
+    return default if value is None else bool(value)
+
+
+def _read_vocab(metadata: Mapping) -> tuple[list[str], dict[str, int]]:
+    """The token texts by id, and the id of each text."""
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    if not isinstance(tokens, Sequence) or not tokens or not all(isinstance(t, str) for t in tokens):
+        raise TokenizerError("tokenizer.ggml.tokens is missing or is not a list of strings")
+    tokens = list(tokens)
+    vocab: dict[str, int] = {}
+    for i, text in enumerate(tokens):
+        if not text:  # llama.cpp renames empty tokens the same way
+            text = tokens[i] = f"[EMPTY_{i}]"
+        if text in vocab:
+            raise TokenizerError(f"duplicate token in vocabulary: {text!r} has ids {vocab[text]} and {i}")
+        vocab[text] = i
+    return tokens, vocab
+
+
+def _read_token_types(metadata: Mapping, n_vocab: int) -> list[int]:
+    types = metadata.get("tokenizer.ggml.token_type")
+    if types is None:
+        return [TOKEN_NORMAL] * n_vocab
+    types = [int(t) for t in types]
+    if len(types) < n_vocab:
+        raise TokenizerError(f"tokenizer.ggml.token_type has {len(types)} entries for {n_vocab} tokens")
+    return types[:n_vocab]
+
+
+def _read_merges(metadata: Mapping) -> list[tuple[str, str]]:
+    merges = metadata.get("tokenizer.ggml.merges")
+    if merges is None:
+        raise TokenizerError("tokenizer.ggml.merges is missing (a 'gpt2' tokenizer needs its BPE merges)")
+    pairs = []
+    for rank, merge in enumerate(merges):
+        split = merge.find(" ", 1) if isinstance(merge, str) else -1  # as llama.cpp: a piece may start with ' '
+        if split < 0:
+            raise TokenizerError(f"tokenizer.ggml.merges[{rank}] = {merge!r} is not two pieces joined by a space")
+        pairs.append((merge[:split], merge[split + 1:]))
+    return pairs
+
+
+def _special_tokens(vocab: dict[str, int], types: list[int], ids: dict[str, int | None]):
+    """(control ids, end-of-generation ids), by llama.cpp's rules. ``ids`` holds the special ids the GGUF's keys
+    name (bos, eos, eot, eom, fim_*), None where a key is absent. llama.cpp also finds some special tokens by
+    their text; those become control tokens whatever their type in the file."""
+    def ids_of(texts):
+        return {vocab[t] for t in texts if t in vocab}
+
+    found_by_text = ids_of(EOG_TEXTS)
+    eom_id = ids["eom"] if ids["eom"] is not None else vocab.get("<|eom_id|>")
+    fim_eog: set[int] = set()
+    for slot, texts in _FIM_TEXTS.items():
+        key_id = ids[f"fim_{slot}"]
+        if key_id is None:
+            found_by_text |= ids_of(texts)
+        if slot in ("pad", "rep", "sep"):  # these end generation too
+            fim_eog |= ids_of(texts) if key_id is None else {key_id}
+    control = found_by_text | {i for i, t in enumerate(types) if t in (TOKEN_CONTROL, TOKEN_UNKNOWN)}
+    eog = {i for i in (ids["eos"], ids["eot"], eom_id) if i is not None} | ids_of(EOG_TEXTS) | fim_eog
+    return frozenset(control), frozenset(eog)
+
+
+# --- chat templates -------------------------------------------------------------------------------------------
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+_MAX_TEMPLATE_ITEMS = 1_000_000  # largest string or list a template may build with '*'
+_MAX_TEMPLATE_EXPONENT = 1024  # largest integer exponent a template may use with '**'
+
+
+class _TemplateEnvironment(ImmutableSandboxedEnvironment):
+    """The sandbox refuses attribute access to internals (``__class__``, ``__globals__``, ...) and mutation of
+    the values passed in; on top of it, '*' and '**' are bounded so that ``'x' * 10**12`` cannot exhaust
+    memory. Loops can still burn time: the sandbox bounds ``range()`` to 100 000 items, not nested loops."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context, operator_name, left, right):
+        if operator_name == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > _MAX_TEMPLATE_ITEMS:
+                    raise SecurityError(f"'*' would build more than {_MAX_TEMPLATE_ITEMS} items")
+        if operator_name == "**" and isinstance(right, int) and right > _MAX_TEMPLATE_EXPONENT:
+            raise SecurityError(f"'**' exponent larger than {_MAX_TEMPLATE_EXPONENT}")
+        return super().call_binop(context, operator_name, left, right)
+
+
+def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False) -> str:
+    """HF transformers' ``tojson``: plain JSON, no HTML escaping (Jinja's own filter escapes '<', '>', '&')."""
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _raise_exception(message):
+    raise TokenizerError(f"chat template raised: {message}")
+
+
+def _compile_template(source: str) -> jinja2.Template:
+    """The environment is HF's (trim_blocks, lstrip_blocks, loop controls, ``raise_exception``, ``tojson``). It
+    has no ``strftime_now``: templates that check for it then use their fixed default date, which keeps
+    prompts reproducible."""
+    env = _TemplateEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    try:
+        return env.from_string(source)
+    except jinja2.TemplateError as exc:
+        raise TokenizerError(f"chat template does not compile: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+# --- the tokenizer --------------------------------------------------------------------------------------------
+class Tokenizer:
+    """A GGUF's byte-level BPE tokenizer; build it with ``Tokenizer.from_metadata``. See the module docstring
+    for what each step reproduces."""
+
+    def __init__(self, *, tokens: list[str], vocab: dict[str, int], token_types: list[int],
+                 merges: list[tuple[str, str]], pre: str,
+                 bos_id: int | None, eos_id: int | None, eog_ids: frozenset[int], control_ids: frozenset[int],
+                 add_bos: bool, add_eos: bool, chat_template: str | None):
+        self.n_vocab = len(tokens)
+        self.pre = pre
+        self.bos_id = bos_id
+        self.eos_id = eos_id
+        self.eog_ids = eog_ids
+        self.add_bos = add_bos
+        self.add_eos = add_eos
+        self.chat_template = chat_template
+        self._tokens = tokens
+        self._types = token_types
+        # bytes no token covers: encode() drops them, as llama.cpp does (SmolLM2 lacks 21 of the 256)
+        self.missing_bytes = frozenset(b for b, c in enumerate(_BYTE_ALPHABET) if c not in vocab)
+        self._control_ids = control_ids  # control or unknown: recognised in text only with parse_special
+        # split-out tokens, longest text first as llama.cpp's cache_special_tokens (ties by id, to be stable)
+        self._special_ids = sorted(
+            (i for i, t in enumerate(token_types) if i in control_ids or t == TOKEN_USER_DEFINED),
+            key=lambda i: (-len(tokens[i]), i))
+        self._pieces: list[bytes | None] = [None] * self.n_vocab  # token_to_piece, filled on first use
+        self._template: jinja2.Template | None = None
+
+        pre_tokenizer = _PRE_TOKENIZERS[pre]
+        splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in _REGEXES[pre_tokenizer.regexes]]
+        self._splitter = pre_tokenizers.Sequence(splits)
+        try:
+            bpe = models.BPE(vocab, merges, ignore_merges=pre_tokenizer.ignore_merges)
+        except Exception as exc:  # tokenizers raises a bare Exception for merges whose pieces are not tokens
+            raise TokenizerError(f"BPE merges do not fit the vocabulary: {_one_line(exc)}") from None
+        self._bpe = _HFTokenizer(bpe)
+        self._bpe.pre_tokenizer = pre_tokenizers.Sequence(
+            [*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping) -> Tokenizer:
+        """Build from a dict of GGUF ``tokenizer.*`` keys holding plain Python values."""
+        model = metadata.get("tokenizer.ggml.model")
+        if model != "gpt2":
+            raise TokenizerError(f"unsupported tokenizer model {model!r}: refspec supports byte-level BPE ('gpt2')")
+        pre = metadata.get("tokenizer.ggml.pre") or "default"
+        if pre not in _PRE_TOKENIZERS:
+            raise TokenizerError(f"unknown pre-tokenizer {pre!r} (tokenizer.ggml.pre); "
+                                 f"supported: {', '.join(SUPPORTED_PRE_TOKENIZERS)}")
+        tokens, vocab = _read_vocab(metadata)
+        n_vocab = len(tokens)
+        types = _read_token_types(metadata, n_vocab)
+        ids = {name: _get_id(metadata, f"tokenizer.ggml.{name}_token_id", n_vocab) for name in
+               ("bos", "eos", "eot", "eom", "fim_pre", "fim_suf", "fim_mid", "fim_pad", "fim_rep", "fim_sep")}
+        control_ids, eog_ids = _special_tokens(vocab, types, ids)
+
+        add_bos = _get_bool(metadata, "tokenizer.ggml.add_bos_token", _PRE_TOKENIZERS[pre].add_bos)
+        add_eos = _get_bool(metadata, "tokenizer.ggml.add_eos_token", False)
+        for flag, name in ((add_bos, "bos"), (add_eos, "eos")):
+            if flag and ids[name] is None:
+                raise TokenizerError(f"tokenizer.ggml.add_{name}_token is true but {name}_token_id is not set")
+        template = metadata.get("tokenizer.chat_template")
+        return cls(tokens=tokens, vocab=vocab, token_types=types, merges=_read_merges(metadata), pre=pre,
+                   bos_id=ids["bos"], eos_id=ids["eos"], eog_ids=eog_ids, control_ids=control_ids,
+                   add_bos=add_bos, add_eos=add_eos, chat_template=template if isinstance(template, str) else None)
+
+    # --- text -> ids ------------------------------------------------------------------------------------------
+    def encode(self, text: str, *, add_bos: bool | None = None, add_eos: bool | None = None,
+               parse_special: bool = True) -> list[int]:
+        """Token ids of ``text``. ``add_bos``/``add_eos`` None: the GGUF's choice (``self.add_bos``/``add_eos``).
+        ``parse_special``: recognise control tokens written in the text (``"<|im_start|>"``). A byte of the text's
+        UTF-8 that no token covers (``self.missing_bytes``) is dropped, as llama.cpp drops it."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise TokenizerError(f"text is not valid Unicode: lone surrogate at index {exc.start}") from None
+        ids = []
+        if self.add_bos if add_bos is None else add_bos:
+            ids.append(self._required_id(self.bos_id, "bos"))
+        for piece in self._split_special(text, parse_special):
+            if isinstance(piece, int):
+                ids.append(piece)
+            else:
+                ids.extend(self._bpe.encode(piece, add_special_tokens=False).ids)
+        if self.add_eos if add_eos is None else add_eos:
+            ids.append(self._required_id(self.eos_id, "eos"))
+        return ids
+
+    def pre_tokenize(self, text: str) -> list[str]:
+        """The pieces the pre-tokenizer cuts plain ``text`` into, before BPE (no special-token split)."""
+        return [piece for piece, _ in self._splitter.pre_tokenize_str(text)]
+
+    def _split_special(self, text: str, parse_special: bool) -> list[str | int]:
+        """``text`` as non-empty text pieces and special-token ids, cut as llama.cpp's tokenizer_st_partition."""
+        pieces: list[str | int] = [text] if text else []
+        for token_id in self._special_ids:
+            if not parse_special and token_id in self._control_ids:
+                continue
+            needle = self._tokens[token_id]
+            cut: list[str | int] = []
+            for piece in pieces:
+                if isinstance(piece, int) or needle not in piece:
+                    cut.append(piece)
+                    continue
+                for k, part in enumerate(piece.split(needle)):
+                    if k:
+                        cut.append(token_id)
+                    if part:
+                        cut.append(part)
+            pieces = cut
+        return pieces
+
+    @staticmethod
+    def _required_id(token_id: int | None, name: str) -> int:
+        if token_id is None:
+            raise TokenizerError(f"{name} token requested but the GGUF has no tokenizer.ggml.{name}_token_id")
+        return token_id
+
+    # --- ids -> text ------------------------------------------------------------------------------------------
+    def token_text(self, token_id: int) -> str:
+        """The token's text as stored in the vocabulary (byte-level characters for normal tokens)."""
+        return self._tokens[self._check_id(token_id)]
+
+    def token_bytes(self, token_id: int, *, skip_special: bool = False) -> bytes:
+        """The bytes llama.cpp's token_to_piece prints for the token (see the module docstring)."""
+        token_id = self._check_id(token_id)
+        if skip_special and token_id in self._control_ids:
+            return b""
+        piece = self._pieces[token_id]
+        if piece is None:
+            text, kind = self._tokens[token_id], self._types[token_id]
+            if token_id in self._control_ids or kind == TOKEN_USER_DEFINED:
+                piece = text.encode()
+            elif kind == TOKEN_NORMAL:
+                piece = _byte_level_to_bytes(text)
+            else:  # unused, byte-typed or undefined: llama.cpp's BPE token_to_piece copies nothing
+                piece = b""
+            self._pieces[token_id] = piece
+        return piece
+
+    def decode(self, ids: Iterable[int], *, skip_special: bool = False) -> str:
+        """The text of ``ids``: their pieces joined, decoded as UTF-8 (U+FFFD for invalid bytes)."""
+        return b"".join(self.token_bytes(i, skip_special=skip_special) for i in ids).decode("utf-8", "replace")
+
+    def stream(self, *, skip_special: bool = False) -> StreamDecoder:
+        """A decoder fed one id at a time; see ``StreamDecoder``."""
+        return StreamDecoder(self, skip_special=skip_special)
+
+    def is_eog(self, token_id: int) -> bool:
+        return token_id in self.eog_ids
+
+    def _check_id(self, token_id: int) -> int:
+        token_id = operator.index(token_id)
+        if not 0 <= token_id < self.n_vocab:
+            raise TokenizerError(f"token id {token_id} is outside the vocabulary of {self.n_vocab} tokens")
+        return token_id
+
+    # --- chat -------------------------------------------------------------------------------------------------
+    def apply_chat_template(self, messages: list[dict], *, add_generation_prompt: bool = True) -> str:
+        """Render the GGUF's ``tokenizer.chat_template`` (in a Jinja sandbox: the template is untrusted) with
+        ``messages``, ``add_generation_prompt``, ``bos_token`` and ``eos_token``. A GGUF without a template gets
+        ChatML (``CHATML_TEMPLATE``), llama.cpp's fallback too. Any template failure is a TokenizerError."""
+        if self._template is None:
+            self._template = _compile_template(self.chat_template or CHATML_TEMPLATE)
+        try:
+            return self._template.render(
+                messages=messages, add_generation_prompt=add_generation_prompt,
+                bos_token="" if self.bos_id is None else self._tokens[self.bos_id],
+                eos_token="" if self.eos_id is None else self._tokens[self.eos_id])
+        except TokenizerError:
+            raise
+        except Exception as exc:  # the template is code from the model file: any failure is the template's
+            raise TokenizerError(f"chat template failed: {_one_line(exc)}") from None
+
+
+class StreamDecoder:
+    """Turns ids, one at a time, into text as soon as it is complete: a character whose UTF-8 bytes span
+    several tokens comes out with the token that completes it. ``push`` returns the new text, ``flush`` what
+    remains at the end (U+FFFD for an unfinished character). All outputs joined equal ``Tokenizer.decode``."""
+
+    def __init__(self, tokenizer: Tokenizer, *, skip_special: bool = False):
+        self._tokenizer = tokenizer
+        self._skip_special = skip_special
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def push(self, token_id: int) -> str:
+        return self._utf8.decode(self._tokenizer.token_bytes(token_id, skip_special=self._skip_special))
+
+    def flush(self) -> str:
+        return self._utf8.decode(b"", final=True)

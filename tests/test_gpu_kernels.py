@@ -1,0 +1,291 @@
+"""Each GPU kernel (kernels_raw/) equals its NumPy twin in refspec.spec, bit for bit, on drawn shapes and values:
+R = 1..16 rows (and more, split by the wrapper), block counts and row counts that are odd or not multiples of
+any tile, zeros, -0.0, subnormals, huge values, rounding ties. Outputs are poisoned before every launch
+(GpuBackend(poison=...)), so an element a kernel forgets to write shows as a mismatch."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from refspec import spec
+from refspec.backends import CpuBackend
+from refspec.errors import NumericsError
+from refspec.gpu import GEMV_CONFIGS, GEMV_MAX_ROWS, GemvConfig, gpu_available
+from refspec.model import QK8_0, Q8Matrix
+
+from bits import assert_bits_equal
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="no GPU: CuPy sees none")]
+
+F32 = np.float32
+POISONS = (0xFF, 0x5A)  # NaN (float32), -1 (int8), NaN (fp16); then 0x5A5A5A5A, 90, 0x5A5A
+SPECIALS = np.array([0.0, -0.0, 1e-45, -1e-45, 1e-40, -3e-39, 1.1754944e-38, 3.4028235e38, -3.4028235e38,
+                     1e30, -1e30, 2.5, -2.5, 0.5, -1.5, 127.0, -127.0], dtype=F32)
+
+
+@pytest.fixture(scope="module", params=POISONS, ids=lambda p: f"poison{p:#x}")
+def be(request):
+    from refspec.gpu import GpuBackend
+
+    return GpuBackend(poison=request.param)
+
+
+def assert_same(actual, expected, what: str, nan_equal: bool = False) -> None:
+    """Bitwise equality (tests/bits.py); with nan_equal, any NaN matches any NaN (payloads are unspecified)."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    if nan_equal and actual.dtype.kind == "f":
+        both = np.isnan(actual) & np.isnan(expected)
+        nan = actual.dtype.type(np.nan)
+        actual, expected = np.where(both, nan, actual), np.where(both, nan, expected)
+    assert_bits_equal(actual, expected, what)
+
+
+def floats(rng: np.random.Generator, shape, style: str) -> np.ndarray:
+    """float32 values of a style: normal (any scale), wide (magnitudes 2**-149 .. 2**127: subnormals and huge
+    values), special (normal values with SPECIALS sprinkled in), ties (halves and block maxima of 127, where
+    quantization rounds half away from zero)."""
+    size = int(np.prod(shape))
+    if style == "normal":
+        x = rng.standard_normal(size) * F32(10.0 ** rng.uniform(-3, 3))
+    elif style == "wide":
+        x = rng.choice([-1.0, 1.0], size) * np.exp2(rng.uniform(-149, 127, size))
+    elif style == "special":
+        x = rng.standard_normal(size)
+        pick = rng.random(size) < 0.3
+        x[pick] = rng.choice(SPECIALS, int(pick.sum()))
+    else:  # ties
+        x = rng.integers(-254, 255, size) / 2.0
+        x[:: QK8_0] = 127.0
+    return np.asarray(x, dtype=F32).reshape(shape)
+
+
+STYLES = st.sampled_from(["normal", "wide", "special", "ties"])
+
+
+def rng_from(data) -> np.random.Generator:
+    return np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+
+
+def random_q8(rng, n: int, k: int, scale_style: str = "normal") -> Q8Matrix:
+    q = rng.integers(-128, 128, (n, k), dtype=np.int8)
+    if scale_style == "normal":
+        d = (rng.standard_normal((n, k // QK8_0)) * 0.01).astype(np.float16)
+    else:  # fp16 zeros, subnormals, the largest values
+        d = rng.choice(np.array([0.0, -0.0, 6e-8, -6e-8, 1e-5, 65504.0, -65504.0, 1.0], np.float16),
+                       (n, k // QK8_0))
+    return Q8Matrix(q=q, d=d)
+
+
+# ------------------------------------------------------------------------------------------------- gemv
+@given(data=st.data())
+def test_q8_gemv_equals_spec(be, data):
+    rng = rng_from(data)
+    rows = data.draw(st.integers(1, GEMV_MAX_ROWS) | st.integers(GEMV_MAX_ROWS + 1, 40), label="rows")
+    n = data.draw(st.integers(1, 300), label="n")
+    nb = data.draw(st.integers(1, 200), label="blocks")
+    k = nb * QK8_0
+    w = random_q8(rng, n, k, data.draw(st.sampled_from(["normal", "extreme"]), label="scales"))
+    xq, xd = spec.quantize_q8_0(floats(rng, (rows, k), data.draw(STYLES, label="x")))
+    expected = spec.q8_gemv(w, xq, xd)
+    got = be.to_host(be.q8_gemv(be.upload_q8(w), be.asarray(xq), be.asarray(xd)))
+    assert_same(got, expected, f"q8_gemv R={rows} N={n} K={k}", nan_equal=True)  # extreme scales: inf * 0
+
+
+VARIANTS = [GemvConfig("q8_gemv", nr, split, occ) for nr, split, occ in ((1, 1, 1), (4, 1, 1), (2, 2, 1), (8, 4, 2))]
+VARIANTS += [GemvConfig("q8_gemv_staged", nr, split) for nr, split in ((1, 1), (4, 1), (2, 2), (8, 4))]
+
+
+@pytest.mark.parametrize("rows", [1, 5, 8, 9, 13, 16])
+@pytest.mark.parametrize("config", VARIANTS, ids=lambda c: f"{c.kernel}-{c.nr}-{c.split}-{c.occ}")
+@settings(max_examples=4)
+@given(data=st.data())
+def test_every_gemv_variant_equals_spec(be, rows, config, data):
+    """Every mapping `refspec bench gemv --variants` can pick gives the spec's bits, not only the production
+    ones: SPLIT groups sharing weight rows (with a last group of fewer rows), staged activations, OCC."""
+    if config.split > rows:
+        return
+    rng = rng_from(data)
+    n = data.draw(st.integers(1, 200), label="n")
+    k = data.draw(st.integers(1, 150), label="blocks") * QK8_0
+    w = random_q8(rng, n, k)
+    xq, xd = spec.quantize_q8_0(floats(rng, (rows, k), "normal"))
+    y = be._empty((rows, n))
+    be.launch_gemv(config, be.upload_q8(w), be.asarray(xq), be.asarray(xd), y)
+    assert_same(be.to_host(y), spec.q8_gemv(w, xq, xd), f"{config} R={rows} N={n} K={k}")
+
+
+def test_gemv_configs_cover_every_row_count():
+    assert sorted(GEMV_CONFIGS) == list(range(1, GEMV_MAX_ROWS + 1))
+
+
+# ----------------------------------------------------------------------------------------- quantization
+@given(data=st.data())
+def test_quantize_q8_0_equals_spec(be, data):
+    rng = rng_from(data)
+    rows = data.draw(st.integers(1, 20), label="rows")
+    k = data.draw(st.integers(1, 160), label="blocks") * QK8_0
+    x = floats(rng, (rows, k), data.draw(STYLES, label="style"))
+    eq, ed = spec.quantize_q8_0(x)
+    gq, gd = be.quantize_q8(be.asarray(x))
+    assert_same(be.to_host(gq), eq, "quants")
+    assert_same(be.to_host(gd), ed, "scales")
+
+
+@given(data=st.data())
+def test_rmsnorm_q8_equals_spec(be, data):
+    rng = rng_from(data)
+    rows = data.draw(st.integers(1, 20), label="rows")
+    k = data.draw(st.integers(1, 160), label="blocks") * QK8_0
+    x = floats(rng, (rows, k), data.draw(STYLES, label="style"))
+    w = floats(rng, (k,), "normal")
+    eps = data.draw(st.sampled_from([1e-5, 1e-6, 0.0, 1e-30]), label="eps")
+    eq, ed = spec.quantize_q8_0(spec.rmsnorm(x, w, eps))
+    gq, gd = be.rmsnorm_q8(be.asarray(x), be.asarray(w), eps)
+    assert_same(be.to_host(gq), eq, "quants")
+    assert_same(be.to_host(gd), ed, "scales", nan_equal=True)  # eps = 0 and a zero row give NaN scales
+
+
+# ---------------------------------------------------------------------------------------- elementwise
+def test_subnormals_are_kept(be):
+    """No flush to zero anywhere: CuPy's RawModule would add -ftz=true; refspec.gpu compiles without it."""
+    tiny = np.array([[1e-45, -3e-39, 1.1754942e-38, 5e-41]], F32)
+    assert_same(be.to_host(be.add(be.asarray(tiny), be.asarray(tiny))), spec.add(tiny, tiny), "add")
+    x = np.full((1, 32), 1e-39, F32)  # a block of subnormals: amax / 127 is subnormal, 1 / d overflows
+    for got, want, what in zip(be.quantize_q8(be.asarray(x)), spec.quantize_q8_0(x), ("quants", "scales")):
+        assert_same(be.to_host(got), want, what)
+    gate = np.array([-87.0, -86.5, -80.0], F32)  # exp results near and below 2**-126
+    assert_same(be.to_host(be.silu_mul(be.asarray(gate), be.asarray(np.ones(3, F32)))),
+                spec.silu_mul(gate, np.ones(3, F32)), "silu_mul")
+
+
+
+@given(data=st.data())
+def test_rmsnorm_equals_spec(be, data):
+    rng = rng_from(data)
+    shape = (data.draw(st.integers(1, 16)), data.draw(st.integers(1, 9)), data.draw(st.integers(1, 300)))
+    x = floats(rng, shape, data.draw(STYLES, label="style"))
+    w = floats(rng, shape[-1:], "normal")
+    eps = data.draw(st.sampled_from([1e-5, 1e-6, 0.0]), label="eps")
+    assert_same(be.to_host(be.rmsnorm(be.asarray(x), be.asarray(w), eps)), spec.rmsnorm(x, w, eps), "rmsnorm",
+                nan_equal=True)
+
+
+@given(data=st.data())
+def test_silu_mul_and_exp_equal_spec(be, data):
+    rng = rng_from(data)
+    n = data.draw(st.integers(1, 5000), label="n")
+    style = data.draw(st.sampled_from(["normal", "wide", "special", "exp-range"]), label="style")
+    if style == "exp-range":  # every branch of exp: below -87, above 88, the edges, inf, NaN
+        gate = rng.uniform(-100, 100, n).astype(F32)
+        edges = np.array([-87.0, 87.0, 88.0, -88.0, 87.5, -86.9, np.inf, -np.inf, np.nan, 0.0, -0.0], F32)
+        pick = rng.random(n) < 0.2
+        gate[pick] = rng.choice(edges, int(pick.sum()))
+    else:
+        gate = floats(rng, (n,), style)
+    up = floats(rng, (n,), "normal")
+    got = be.to_host(be.silu_mul(be.asarray(gate), be.asarray(up)))
+    assert_same(got, spec.silu_mul(gate, up), "silu_mul", nan_equal=True)
+
+
+@given(data=st.data())
+def test_add_equals_spec(be, data):
+    rng = rng_from(data)
+    rows, n = data.draw(st.integers(1, 16)), data.draw(st.integers(1, 3000))
+    x = floats(rng, (rows, n), data.draw(STYLES))
+    y = floats(rng, (n,) if data.draw(st.booleans(), label="bias") else (rows, n), data.draw(STYLES))
+    assert_same(be.to_host(be.add(be.asarray(x), be.asarray(y))), spec.add(x, y), "add", nan_equal=True)
+
+
+@given(data=st.data())
+def test_embed_equals_spec(be, data):
+    rng = rng_from(data)
+    n_vocab, k = data.draw(st.integers(1, 500)), data.draw(st.integers(1, 40)) * QK8_0
+    w = random_q8(rng, n_vocab, k, data.draw(st.sampled_from(["normal", "extreme"])))
+    ids = rng.integers(0, n_vocab, data.draw(st.integers(1, 40)))
+    assert_same(be.to_host(be.embed(be.upload_q8(w), ids)), spec.embed(w, ids), "embed")
+
+
+def test_embed_rejects_ids_out_of_range(be):
+    w = random_q8(np.random.default_rng(0), 10, 32)
+    with pytest.raises(IndexError):
+        be.embed(be.upload_q8(w), [3, 10])
+
+
+@given(data=st.data())
+def test_rope_equals_spec(be, data):
+    rng = rng_from(data)
+    rows, heads = data.draw(st.integers(1, 16)), data.draw(st.integers(1, 8))
+    dim = 2 * data.draw(st.integers(1, 80))
+    n_rot = 2 * data.draw(st.integers(1, dim // 2))
+    n_ctx = data.draw(st.integers(rows, 700))
+    pos0 = data.draw(st.integers(0, n_ctx - rows))
+    neox = data.draw(st.booleans())
+    cos, sin = spec.rope_table(n_ctx, n_rot, data.draw(st.sampled_from([10000.0, 1e6, 500000.0])))
+    x = floats(rng, (rows, heads, dim), data.draw(STYLES))
+    got = be.rope(be.asarray(x), pos0, be.asarray(cos), be.asarray(sin), neox)
+    assert_same(be.to_host(got), spec.rope(x, pos0, cos, sin, neox), f"rope neox={neox}", nan_equal=True)
+
+
+@given(data=st.data())
+def test_kv_write_equals_cpu(be, data):
+    rng = rng_from(data)
+    rows, kv_heads, dim = data.draw(st.integers(1, 16)), data.draw(st.integers(1, 4)), data.draw(st.integers(1, 130))
+    n_pos = data.draw(st.integers(rows, 300))
+    pos0 = data.draw(st.integers(0, n_pos - rows))
+    kc, vc = floats(rng, (kv_heads, n_pos, dim), "normal"), floats(rng, (kv_heads, n_pos, dim), "normal")
+    k, v = floats(rng, (rows, kv_heads, dim), "special"), floats(rng, (rows, kv_heads, dim), "special")
+    gk, gv = be.asarray(kc), be.asarray(vc)
+    be.kv_write(gk, gv, be.asarray(k), be.asarray(v), pos0)
+    CpuBackend.kv_write(kc, vc, k, v, pos0)
+    assert_same(be.to_host(gk), kc, "k cache")
+    assert_same(be.to_host(gv), vc, "v cache")
+
+
+# -------------------------------------------------------------------------------------------- attention
+@given(data=st.data())
+def test_attention_equals_spec(be, data):
+    rng = rng_from(data)
+    rows = data.draw(st.integers(1, 16), label="rows")
+    kv_heads = data.draw(st.integers(1, 3), label="kv_heads")
+    heads = kv_heads * data.draw(st.integers(1, 4), label="group")
+    dim = data.draw(st.sampled_from([1, 8, 31, 32, 33, 64, 80, 128, 130]), label="dim")
+    pos0 = data.draw(st.integers(0, 40) | st.integers(230, 600), label="pos0")  # across 256-position chunks
+    cache_len = pos0 + rows + data.draw(st.integers(0, 20), label="spare")
+    scale = F32(10.0 ** data.draw(st.integers(-2, 1), label="log_scale"))
+    q = floats(rng, (rows, heads, dim), "normal") * scale
+    kc = floats(rng, (kv_heads, cache_len, dim), "normal") * scale
+    vc = floats(rng, (kv_heads, cache_len, dim), data.draw(STYLES))
+    expected = spec.attention(q, kc, vc, pos0)
+    got = be.to_host(be.attention(be.asarray(q), be.asarray(kc), be.asarray(vc), pos0))
+    assert_same(got, expected, f"attention R={rows} H={heads} G={kv_heads} D={dim} pos0={pos0}", nan_equal=True)
+
+
+# ---------------------------------------------------------------------------------------------- argmax
+@given(data=st.data())
+def test_argmax_equals_spec(be, data):
+    rng = rng_from(data)
+    rows, n = data.draw(st.integers(1, 16)), data.draw(st.integers(1, 70000))
+    x = floats(rng, (rows, n), data.draw(st.sampled_from(["normal", "ties"])))
+    if data.draw(st.booleans(), label="tie"):  # the maximum twice (and as -0.0 / +0.0): lowest index wins
+        x[:, rng.integers(0, n)] = x.max()
+        x[:, rng.integers(0, n)] = x.max()
+    assert_bits_equal(be.argmax(be.asarray(x)), spec.argmax(x), "argmax")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_argmax_rejects_nonfinite_like_spec(be, bad):
+    x = np.zeros((3, 1000), F32)
+    x[2, 999] = bad
+    x[1, 5] = bad
+    with pytest.raises(NumericsError) as cpu:
+        spec.argmax(x)
+    with pytest.raises(NumericsError) as gpu:
+        be.argmax(be.asarray(x))
+    assert str(gpu.value) == str(cpu.value)
+
+
+def test_argmax_of_signed_zeros_takes_the_first(be):
+    x = np.array([[-0.0, 0.0, -0.0], [0.0, -0.0, 0.0], [-1.0, -0.0, 0.0]], F32)
+    assert_bits_equal(be.argmax(be.asarray(x)), spec.argmax(x), "argmax")

@@ -1,0 +1,143 @@
+"""Every kernel of kernels_raw/ compiles for AMD gfx906 (Debian's hipcc) and NVIDIA sm_90 (nvcc), with the
+options the GPU backend uses at run time, and the machine code is what the design says: the GEMV uses the
+int8 dot-product instruction v_dot4_i32_i8, no kernel touches scratch memory (register spills or register
+arrays gone to memory), and no float multiply is fused into an add where the spec rounds twice. No GPU needed:
+CI runs this. A test skips when its tool is missing, unless CI=true, where a missing tool is a failure."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from refspec.gpu import COMPILE_OPTIONS, GEMV_CONFIGS, gemv_variants, kernel_dir
+
+KERNELS = sorted(p.stem for p in kernel_dir().glob("*.hip"))
+GEMV_ARGS = ("const signed char*, const unsigned short*, const signed char*, const unsigned short*, float*, "
+             "int, int, int")
+NO_DIVISION = ("q8_gemv", "add", "rope", "embed", "kv_write")  # kernels whose float code must hold no FMA at all
+
+
+def tool(*names: str) -> str:
+    for name in names:
+        path = shutil.which(name)
+        if path:
+            return path
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{names[0]} is not installed (CI needs it: see .ci/run)")
+    pytest.skip(f"{names[0]} is not installed")
+
+
+def gemv_instances(variants: bool) -> list[str]:
+    """Every GEMV the backend launches; with `variants`, also the benchmark's variants for 1 and 16 rows (those
+    are tuned and timed on NVIDIA GPUs only, so only the production ones must fit gfx906's registers)."""
+    names = {c.name(r) for r, c in GEMV_CONFIGS.items()}
+    if variants:
+        names |= {c.name(r) for r in (1, 16) for c in gemv_variants(r)}
+    return sorted(names)
+
+
+def source_file(tmp_path, stem: str, variants: bool):
+    """The kernel's source; for the GEMV templates, a file that instantiates them."""
+    if stem != "q8_gemv":
+        return kernel_dir() / f"{stem}.hip"
+    lines = ['#include "q8_gemv.hip"']
+    for name in gemv_instances(variants):
+        lines.append(f"template __global__ void {name}({GEMV_ARGS});")
+    path = tmp_path / "q8_gemv_instances.hip"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run(cmd, **kw) -> str:
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, **kw)
+    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def functions(disassembly: str) -> dict[str, str]:
+    """llvm-objdump output split into {symbol: its instructions}."""
+    parts = re.split(r"^[0-9a-f]+ <([^>]+)>:\s*$", disassembly, flags=re.MULTILINE)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+@pytest.mark.parametrize("stem", KERNELS)
+def test_gfx906(tmp_path, stem):
+    hipcc = tool("hipcc")
+    bundler = tool("clang-offload-bundler-15", "clang-offload-bundler")
+    objdump = tool("llvm-objdump-15", "llvm-objdump")
+    readelf = tool("llvm-readelf-15", "llvm-readelf")
+    bundle, elf = tmp_path / f"{stem}.co", tmp_path / f"{stem}.gfx906.elf"
+    env = dict(os.environ, HIP_PLATFORM="amd")
+    run([hipcc, "--offload-arch=gfx906", "--genco", "-O3", *COMPILE_OPTIONS["hip"], "-I", str(kernel_dir()),
+         "-x", "hip", str(source_file(tmp_path, stem, variants=False)), "-o", str(bundle)], env=env)
+    run([bundler, "--unbundle", "--type=o", f"--input={bundle}", "--targets=hipv4-amdgcn-amd-amdhsa--gfx906",
+         f"--output={elf}"])
+    notes = run([readelf, "--notes", str(elf)])
+    names = re.findall(r"^\s+\.name:\s+(\S+)", notes, flags=re.MULTILINE)
+    scratch = [int(v) for v in re.findall(r"\.private_segment_fixed_size:\s+(\d+)", notes)]
+    spills = [int(v) for v in re.findall(r"\.vgpr_spill_count:\s+(\d+)", notes)]  # SGPRs spill to VGPR lanes
+    assert names and len(scratch) == len(names), notes
+    assert not any(scratch), f"{stem}: scratch memory per kernel {dict(zip(names, scratch))}"
+    assert not any(spills), f"{stem}: register spills {spills}"
+    code = functions(run([objdump, "-d", "--mcpu=gfx906", str(elf)]))
+    for name, body in code.items():
+        assert not re.search(r"\b(scratch_|buffer_store|buffer_load)", body), f"{name} uses scratch memory"
+        if stem in NO_DIVISION:
+            fused = re.findall(r"\bv_(fma|mac|mad|fmac)_f32\b", body)
+            assert not fused, f"{name}: fused multiply-add {fused[:3]} where the spec rounds twice"
+    if stem == "q8_gemv":
+        gemvs = [n for n in code if "q8_gemv" in n]
+        assert len(gemvs) == len(gemv_instances(variants=False))
+        for name in gemvs:
+            assert "v_dot4_i32_i8" in code[name], f"{name} does not use v_dot4_i32_i8"
+    if stem in ("rmsnorm", "attention", "silu_mul"):  # IEEE division: the full div_scale/div_fixup sequence
+        assert all("v_div_fixup_f32" in body for body in code.values()), f"{stem}: no IEEE division"
+
+
+@pytest.mark.parametrize("stem", KERNELS)
+def test_sm90(tmp_path, stem):
+    nvcc = tool("nvcc")
+    src = source_file(tmp_path, stem, variants=True)
+    options = [o.replace("--std=", "-std=") for o in COMPILE_OPTIONS["cuda"]]
+    common = [nvcc, "-arch=sm_90", *options, "-I", str(kernel_dir()), "-x", "cu", str(src)]
+    report = run([*common, "-cubin", "-Xptxas", "-v", "-o", str(tmp_path / f"{stem}.cubin")])
+    frames = [int(v) for v in re.findall(r"(\d+) bytes stack frame", report)]
+    spills = [int(v) for v in re.findall(r"(\d+) bytes spill (?:stores|loads)", report)]
+    assert frames and not any(frames) and not any(spills), f"{stem}: local memory used:\n{report}"
+    if stem in NO_DIVISION:
+        ptx = tmp_path / f"{stem}.ptx"
+        run([*common, "-ptx", "-o", str(ptx)])
+        fused = re.findall(r"\b(fma\.rn\.f32|mad\.f32|mad\.rn\.f32)\b", ptx.read_text())
+        assert not fused, f"{stem}: fused multiply-add in PTX"
+
+
+# ---- the HIP square root (portable.h, rs_sqrt_round), checked here in NumPy: its result from any estimate
+# within a few ulp is the correctly rounded sqrt (the CUDA build uses __fsqrt_rn, so no GPU here runs it).
+def sqrt_round(x: np.ndarray, s: np.ndarray) -> np.ndarray:
+    xd = x.astype(np.float64)
+    s = s.copy()
+    for _ in range(4):
+        bits = s.view(np.int32)
+        up, down = (bits + 1).view(np.float32), (bits - 1).view(np.float32)
+        hi = (s.astype(np.float64) + up.astype(np.float64)) * 0.5
+        lo = (s.astype(np.float64) + down.astype(np.float64)) * 0.5
+        s = np.where(hi * hi <= xd, up, np.where(lo * lo >= xd, down, s))
+    return s
+
+
+def test_hip_sqrt_rounding_is_exact():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([
+        np.exp2(rng.uniform(-100, 127, 200000)),  # the range rs_sqrt_round handles directly
+        np.exp2(rng.integers(-99, 127, 2000)).astype(np.float64) * (1 + rng.integers(-3, 4, 2000) * 2.0**-23),
+        rng.integers(1, 2**24, 20000).astype(np.float64) ** 2,  # perfect squares
+    ]).astype(np.float32)
+    x = x[np.isfinite(x) & (x >= 2.0**-100)]
+    exact = np.sqrt(x)
+    for offset in range(-3, 4):
+        start = (exact.view(np.int32) + offset).view(np.float32)
+        np.testing.assert_array_equal(sqrt_round(x, start).view(np.int32), exact.view(np.int32))

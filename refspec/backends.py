@@ -72,6 +72,7 @@ class CpuBackend:
     silu_mul = staticmethod(spec.silu_mul)
     quantize_q8 = staticmethod(spec.quantize_q8_0)
     argmax = staticmethod(spec.argmax)
+    argmax_rows = staticmethod(spec.argmax_rows)
 
     @staticmethod
     def embed(w: CpuQ8, ids):

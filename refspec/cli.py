@@ -75,7 +75,8 @@ def cmd_generate(args) -> int:
 
         result = speculative_generate(
             tf, prompt_ids, args.n_predict, drafter=make_drafter(args.draft, tf), draft_max=args.draft_max,
-            eog_ids=tok.eog_ids, on_token=on_token,
+            adaptive={"auto": None, "on": True, "off": False}[args.draft_adaptive], eog_ids=tok.eog_ids,
+            on_token=on_token,
         )
     if args.json:
         out = {"prompt_ids": result.prompt_ids, "ids": result.ids, "text": tok.decode(result.ids),
@@ -168,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--draft", choices=("none", "ngram", "layerskip"), default="none",
                    help="drafter for self-speculative decoding (default none: plain greedy)")
     g.add_argument("--draft-max", type=int, default=8, metavar="K", help="most draft tokens per verify pass (default 8)")
+    g.add_argument("--draft-adaptive", choices=("auto", "on", "off"), default="auto",
+                   help="adapt the draft length to acceptance (on), or always guess --draft-max tokens (off); "
+                   "auto: on for the CPU, where each extra row costs, off for a GPU, where rows are nearly free")
     g.add_argument("--json", action="store_true", help="print one JSON object (ids, text, stats) on stdout and nothing else")
     g.set_defaults(run=cmd_generate)
 

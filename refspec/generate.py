@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from refspec.errors import ContextLengthError, UsageError
+from refspec.errors import ContextLengthError, NumericsError, UsageError
 from refspec.forward import KVCache, Transformer
 
 PROMPT_CHUNK = 64  # prompt rows per forward pass; any size gives the same bits (batch invariance)
@@ -40,11 +40,20 @@ def plan_context(tf: Transformer, n_prompt: int, n_predict: int) -> tuple[int, i
 
 
 def prefill(tf: Transformer, cache: KVCache, prompt_ids: list[int], chunk: int = PROMPT_CHUNK):
-    """Run the prompt through the model in chunks; return the logits row of its last position (host)."""
+    """Run the prompt through the model in chunks; return the logits of its last position, [1, V], where
+    the backend keeps them."""
     logits = None
     for start in range(0, len(prompt_ids), chunk):
         logits = tf.forward(cache, prompt_ids[start : start + chunk], start)
-    return tf.be.to_host(logits[-1])
+    return logits[-1:]
+
+
+def chosen(ids, finite, row: int) -> int:
+    """The token row `row` of a pass chooses, from `tf.be.argmax_rows`: NaN or infinity in that row is an
+    error (rows a decoding loop never looks at may hold anything)."""
+    if not finite[row]:
+        raise NumericsError(f"the logits of row {row} of this pass contain NaN or infinity; no token can be chosen")
+    return int(ids[row])
 
 
 def generate(
@@ -62,14 +71,14 @@ def generate(
     result = GenerationResult(prompt_ids=list(prompt_ids))
     cache = tf.new_cache(n_alloc)
     t0 = time.perf_counter()
-    row = prefill(tf, cache, result.prompt_ids)
+    rows = prefill(tf, cache, result.prompt_ids)  # [1, V]
     t1 = time.perf_counter()
     n_passes = 0
     while True:
-        token = int(tf.be.argmax(row[None])[0])
+        token = chosen(*tf.be.argmax_rows(rows), 0)
         result.ids.append(token)
         if keep_logits:
-            result.logits.append(row)
+            result.logits.append(tf.be.to_host(rows[0]))
         if on_token is not None:
             on_token(token)
         if token in eog_ids:
@@ -79,7 +88,7 @@ def generate(
             result.stop_reason = "max_tokens" if n_predict >= 0 else "context"
             break
         pos = len(result.prompt_ids) + len(result.ids) - 1
-        row = tf.be.to_host(tf.forward(cache, [token], pos)[0])
+        rows = tf.forward(cache, [token], pos)  # [1, V]
         n_passes += 1
     t2 = time.perf_counter()
     result.stats = decode_stats(len(result.prompt_ids), len(result.ids), n_passes, t1 - t0, t2 - t1)

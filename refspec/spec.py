@@ -267,11 +267,17 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos0: int
 
 
 # ------------------------------------------------------------------------------------------------ argmax
+def argmax_rows(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each row of logits [R, V]: the index of its largest value, ties going to the lowest index, and
+    whether the row is finite. A row with NaN or infinity chooses no token (see `argmax`)."""
+    logits = np.asarray(logits)
+    return np.argmax(logits, axis=-1), np.isfinite(logits).all(axis=-1)
+
+
 def argmax(logits: np.ndarray) -> np.ndarray:
     """Index of the largest logit of each row [R, V] -> [R]; ties go to the lowest index.
     NaN or infinity anywhere is an error, not a token."""
-    logits = np.asarray(logits)
-    if not np.isfinite(logits).all():
-        row = int(np.argwhere(~np.isfinite(logits))[0][0])
-        raise NumericsError(f"logits of row {row} contain NaN or infinity; no token can be chosen")
-    return np.argmax(logits, axis=-1)
+    ids, finite = argmax_rows(logits)
+    if not finite.all():
+        raise NumericsError(f"logits of row {int(np.flatnonzero(~finite)[0])} contain NaN or infinity; no token can be chosen")
+    return ids

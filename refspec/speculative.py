@@ -19,9 +19,9 @@ import time
 
 import numpy as np
 
-from refspec.errors import NumericsError, UsageError
+from refspec.errors import UsageError
 from refspec.forward import KVCache, Transformer
-from refspec.generate import GenerationResult, decode_stats, plan_context, prefill
+from refspec.generate import GenerationResult, chosen, decode_stats, plan_context, prefill
 
 DRAFTERS = ("none", "ngram", "layerskip")
 
@@ -130,11 +130,10 @@ class LayerSkipDrafter(Drafter):
         be, pos, token = self.tf.be, len(context) - 1, context[-1]  # the last token is not yet in the cache
         drafts = []
         for i in range(k):
-            row = be.to_host(self.tf.forward(self.cache, [token], pos + i, layers=self.layers)[0])
-            try:
-                token = int(be.argmax(row[None])[0])
-            except NumericsError:  # a truncated model may overflow where the full one does not: stop guessing
+            ids, finite = be.argmax_rows(self.tf.forward(self.cache, [token], pos + i, layers=self.layers))
+            if not finite[0]:  # a truncated model may overflow where the full one does not: stop guessing
                 break
+            token = int(ids[0])
             drafts.append(token)
         return drafts
 
@@ -158,7 +157,7 @@ def speculative_generate(
     *,
     drafter: Drafter,
     draft_max: int = 8,
-    adaptive: bool = True,
+    adaptive: bool | None = None,
     eog_ids=frozenset(),
     on_token=None,
     keep_logits: bool = False,
@@ -173,11 +172,15 @@ def speculative_generate(
     token being the one greedy chose instead of the guess (or the one beyond every guess). A pass yields 1 to
     k+1 tokens.
 
-    Draft length. Adaptive (the default): start at k = draft_max // 2 (at least 1); a proposal of k tokens
-    accepted whole grows k by 1, a proposal with a rejected token shrinks it by 1, within [1, draft_max]; a
-    shorter proposal accepted whole leaves k as is. Not adaptive: k = draft_max. Either way k is further
-    capped so a pass can neither yield more tokens than the budget has left nor run past the cache.
+    Draft length. Adaptive: start at k = draft_max // 2 (at least 1); a proposal of k tokens accepted whole
+    grows k by 1, a proposal with a rejected token shrinks it by 1, within [1, draft_max]; a shorter proposal
+    accepted whole leaves k as is. Not adaptive: k = draft_max. Either way k is further capped so a pass can
+    neither yield more tokens than the budget has left nor run past the cache. adaptive=None (the default)
+    chooses by backend: on the CPU every extra row costs time, so k adapts; on a GPU a pass of up to 17 rows
+    costs about what one row costs (the weights are read once), so every pass guesses draft_max tokens.
     """
+    if adaptive is None:
+        adaptive = tf.be.name == "cpu"
     if draft_max < 0:
         raise UsageError(f"draft_max must be >= 0, got {draft_max}")
     n_alloc, budget = plan_context(tf, len(prompt_ids), n_predict)
@@ -192,18 +195,19 @@ def speculative_generate(
     single_ms, verify_ms, draft_seconds = [], [], 0.0
 
     t0 = time.perf_counter()
-    rows = prefill(tf, cache, result.prompt_ids)[None]  # [1, V]: the prompt's pass chooses the first token
+    rows = prefill(tf, cache, result.prompt_ids)  # [1, V]: the prompt's pass chooses the first token
     drafts: list[int] = []  # the guesses `rows` verified: rows[j] saw drafts[:j]
     t1 = time.perf_counter()
     while True:
         # 1. Accept. Each row gets the spec's argmax (lowest index on ties; NaN/inf raise) on its own, and
         #    only while greedy would have computed it: rows after a rejected guess are never looked at.
         n_ok = 0  # guesses accepted by this pass
-        for j in range(len(rows)):
-            token = int(tf.be.argmax(rows[j : j + 1])[0])
+        ids, finite = tf.be.argmax_rows(rows)  # every row's argmax; only the rows read below count
+        for j in range(len(ids)):
+            token = chosen(ids, finite, j)
             result.ids.append(token)
             if keep_logits:
-                result.logits.append(np.array(rows[j]))  # a copy: the rejected rows need not be kept
+                result.logits.append(tf.be.to_host(rows[j]).copy())  # rejected rows need not be kept
             if on_token is not None:
                 on_token(token)
             right = j < len(drafts) and token == drafts[j]
@@ -242,7 +246,7 @@ def speculative_generate(
         #    and k) changes no row's bits: batch invariance, which is what makes the accept rule exact. Its
         #    keys and values overwrite whatever a drafter or a rejected guess left at pos..pos+k.
         t_pass = time.perf_counter()
-        rows = tf.be.to_host(tf.forward(cache, [result.ids[-1]] + drafts, pos))  # [k+1, V]
+        rows = tf.forward(cache, [result.ids[-1]] + drafts, pos)  # [k+1, V], left on the backend
         (verify_ms if drafts else single_ms).append(1e3 * (time.perf_counter() - t_pass))
         n_passes += 1
     t2 = time.perf_counter()

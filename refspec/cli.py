@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--draft-max", type=int, default=8, metavar="K", help="most draft tokens per verify pass (default 8)")
     g.add_argument("--draft-adaptive", choices=("auto", "on", "off"), default="auto",
                    help="adapt the draft length to acceptance (on), or always guess --draft-max tokens (off); "
-                   "auto: on for the CPU, where each extra row costs, off for a GPU, where rows are nearly free")
+                   "auto: off only for a cheap drafter (ngram) on a GPU, where extra rows are nearly free")
     g.add_argument("--json", action="store_true", help="print one JSON object (ids, text, stats) on stdout and nothing else")
     g.set_defaults(run=cmd_generate)
 

@@ -32,6 +32,7 @@ class Drafter:
     that proposes nonsense only makes decoding slower."""
 
     name = "drafter"
+    cheap = True  # guesses cost next to nothing (no model pass): on a GPU, guess as many as allowed
 
     def begin(self, cache: KVCache) -> None:
         """Called once per generation with the cache the verify passes use (before the prompt runs)."""
@@ -111,6 +112,7 @@ class LayerSkipDrafter(Drafter):
     """
 
     name = "layerskip"
+    cheap = False  # each guess is a pass through most of the model
 
     def __init__(self, tf: Transformer, layers=None):
         n_layer = tf.config.n_layer
@@ -176,11 +178,12 @@ def speculative_generate(
     grows k by 1, a proposal with a rejected token shrinks it by 1, within [1, draft_max]; a shorter proposal
     accepted whole leaves k as is. Not adaptive: k = draft_max. Either way k is further capped so a pass can
     neither yield more tokens than the budget has left nor run past the cache. adaptive=None (the default)
-    chooses by backend: on the CPU every extra row costs time, so k adapts; on a GPU a pass of up to 17 rows
-    costs about what one row costs (the weights are read once), so every pass guesses draft_max tokens.
+    adapts unless both rows and guesses are cheap: on a GPU a pass of up to 17 rows costs about what one row
+    costs (the weights are read once), so with a cheap drafter (ngram) every pass guesses draft_max tokens;
+    on the CPU every extra row costs time, and a layer-skip guess costs most of a step anywhere.
     """
     if adaptive is None:
-        adaptive = tf.be.name == "cpu"
+        adaptive = tf.be.name == "cpu" or not drafter.cheap
     if draft_max < 0:
         raise UsageError(f"draft_max must be >= 0, got {draft_max}")
     n_alloc, budget = plan_context(tf, len(prompt_ids), n_predict)

@@ -13,18 +13,30 @@ F32 = np.float32
 
 
 class CpuQ8:
-    """A Q8Matrix laid out for the CPU GEMV: quants block-major [nb, N, 32], either as float32 (`wf`, when
-    the backend keeps them resident) or int8 (`qb`, converted a slab at a time), and the scales as float32
-    [nb, N]. fp16 -> fp32 and int8 -> fp32 are exact."""
+    """Q8Matrices laid out for the CPU GEMV, stacked along N when several read the same input (Q, K, V;
+    gate, up): quants block-major [nb, N, 32], as float32 (`wf`, when the backend keeps them resident) or
+    int8 (`qb`, converted a slab at a time), and the scales as float32 [nb, N]. fp16 -> fp32 and int8 ->
+    fp32 are exact, and stacking rows changes no row's bits."""
 
-    def __init__(self, w: Q8Matrix, resident: bool):
-        n, k = w.q.shape
+    def __init__(self, ws: list[Q8Matrix], resident: bool):
+        q = np.concatenate([w.q for w in ws]) if len(ws) > 1 else ws[0].q
+        d = np.concatenate([w.d for w in ws]) if len(ws) > 1 else ws[0].d
+        n, k = q.shape
         self.n, self.nb = n, k // QK8_0
-        qb = w.q.reshape(n, self.nb, QK8_0).transpose(1, 0, 2)
+        qb = q.reshape(n, self.nb, QK8_0).transpose(1, 0, 2)
         self.wf = qb.astype(F32, order="C") if resident else None
         self.qb = None if resident else np.ascontiguousarray(qb)
-        self.d_t = np.ascontiguousarray(w.d.astype(F32).T)
-        self.source = w  # embedding lookups read the original rows
+        self.d_t = np.ascontiguousarray(d.astype(F32).T)
+        bounds = np.cumsum([0] + [w.q.shape[0] for w in ws])
+        self.parts = [CpuQ8Part(self, int(a), int(b), w) for a, b, w in zip(bounds, bounds[1:], ws)]
+
+
+class CpuQ8Part:
+    """Rows start..stop-1 of a CpuQ8 stack: one of the model's matrices."""
+
+    def __init__(self, stack: CpuQ8, start: int, stop: int, source: Q8Matrix):
+        self.stack, self.start, self.stop = stack, start, stop
+        self.source = source  # embedding lookups read the original rows
 
 
 class CpuBackend:
@@ -54,12 +66,14 @@ class CpuBackend:
         pass
 
     def upload_weights(self, weights: ModelWeights) -> ModelWeights:
-        matrices = {id(w): w for w in _q8_matrices(weights)}  # a tied head is one matrix
-        resident = 4 * sum(w.q.size for w in matrices.values()) <= self.RESIDENT_BYTES
-        prepared = {key: CpuQ8(w, resident) for key, w in matrices.items()}
+        groups = [[weights.tok_embd]] + ([[weights.output]] if weights.output is not weights.tok_embd else [])
+        for lw in weights.layers:
+            groups += [[lw.wq, lw.wk, lw.wv], [lw.wo], [lw.w_gate, lw.w_up], [lw.w_down]]
+        resident = 4 * sum(w.q.size for group in groups for w in group) <= self.RESIDENT_BYTES
+        parts = {id(part.source): part for group in groups for part in CpuQ8(group, resident).parts}
 
         def prep(value):
-            return prepared[id(value)] if isinstance(value, Q8Matrix) else value
+            return parts[id(value)] if isinstance(value, Q8Matrix) else value
 
         layers = [LayerWeights(**{f: prep(v) for f, v in vars(lw).items()}) for lw in weights.layers]
         return ModelWeights(prep(weights.tok_embd), layers, weights.output_norm, prep(weights.output))
@@ -75,7 +89,7 @@ class CpuBackend:
     argmax_rows = staticmethod(spec.argmax_rows)
 
     @staticmethod
-    def embed(w: CpuQ8, ids):
+    def embed(w: CpuQ8Part, ids):
         return spec.embed(w.source, ids)
 
     @staticmethod
@@ -88,7 +102,19 @@ class CpuBackend:
         k_cache[:, pos0 : pos0 + rows] = k.transpose(1, 0, 2)  # [R, G, D] -> [G, R, D]
         v_cache[:, pos0 : pos0 + rows] = v.transpose(1, 0, 2)
 
-    def q8_gemv(self, w: CpuQ8, xq: np.ndarray, xd: np.ndarray) -> np.ndarray:
+    def q8_gemv(self, w: CpuQ8Part, xq: np.ndarray, xd: np.ndarray) -> np.ndarray:
+        return self.q8_gemv_many([w], xq, xd)[0]
+
+    def q8_gemv_many(self, ws: list[CpuQ8Part], xq: np.ndarray, xd: np.ndarray) -> list[np.ndarray]:
+        """GEMVs of several matrices over the same activation rows -> [R, N_i] each; matrices uploaded as
+        one stack (Q, K, V; gate, up) take one pass over the stack."""
+        stack = ws[0].stack
+        if [id(w) for w in ws] == [id(p) for p in stack.parts]:
+            y = self._gemv(stack, xq, xd)
+            return [y[:, w.start : w.stop] for w in ws]
+        return [self._gemv(w.stack, xq, xd)[:, w.start : w.stop] for w in ws]
+
+    def _gemv(self, w: CpuQ8, xq: np.ndarray, xd: np.ndarray) -> np.ndarray:
         rows = xq.shape[0]
         x = xq.reshape(rows, w.nb, QK8_0).transpose(1, 0, 2).astype(F32, order="C")  # [nb, R, 32]
         dots, terms = (self._scratch(i, (w.nb, rows, w.n)) for i in (0, 1))

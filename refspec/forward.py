@@ -61,9 +61,7 @@ class Transformer:
             lw = w.layers[i]
             # attention block
             hq, hd = be.rmsnorm_q8(x, lw.attn_norm, eps)  # [R, E] -> int8 [R, E], f16 [R, E/32]
-            q = be.q8_gemv(lw.wq, hq, hd)  # -> [R, H*D]
-            k = be.q8_gemv(lw.wk, hq, hd)  # -> [R, G*D]
-            v = be.q8_gemv(lw.wv, hq, hd)  # -> [R, G*D]
+            q, k, v = be.q8_gemv_many((lw.wq, lw.wk, lw.wv), hq, hd)  # -> [R, H*D], [R, G*D], [R, G*D]
             if cfg.has_qkv_bias:
                 q, k, v = be.add(q, lw.bq), be.add(k, lw.bk), be.add(v, lw.bv)
             q = q.reshape(rows, cfg.n_head, cfg.head_dim)  # [R, H*D] -> [R, H, D]
@@ -80,8 +78,7 @@ class Transformer:
             x = be.add(x, be.q8_gemv(lw.wo, aq, ad))  # [R, H*D] -> [R, E]
             # feed-forward block
             hq, hd = be.rmsnorm_q8(x, lw.ffn_norm, eps)  # [R, E]
-            gate = be.q8_gemv(lw.w_gate, hq, hd)  # -> [R, F]
-            up = be.q8_gemv(lw.w_up, hq, hd)  # -> [R, F]
+            gate, up = be.q8_gemv_many((lw.w_gate, lw.w_up), hq, hd)  # -> [R, F], [R, F]
             mq, md = be.quantize_q8(be.silu_mul(gate, up))  # [R, F]
             x = be.add(x, be.q8_gemv(lw.w_down, mq, md))  # [R, F] -> [R, E]
         hq, hd = be.rmsnorm_q8(x, w.output_norm, eps)  # [R, E]

@@ -377,6 +377,10 @@ class GpuBackend:
             self.launch_gemv(GEMV_CONFIGS[part], w, xq[r0 : r0 + part], xd[r0 : r0 + part], y[r0 : r0 + part])
         return y
 
+    def q8_gemv_many(self, ws, xq, xd):
+        """GEMVs of several matrices over the same activation rows (one launch each)."""
+        return [self.q8_gemv(w, xq, xd) for w in ws]
+
     def launch_gemv(self, config: GemvConfig, w: GpuQ8, xq, xd, y):
         """One launch of the GEMV in `config` over xq.shape[0] <= GEMV_MAX_ROWS rows, writing y (contiguous
         rows of a C-contiguous array). refspec.bench_gemv and the tests call it with every variant."""

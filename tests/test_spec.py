@@ -134,7 +134,12 @@ def test_cpu_backend_gemv_equals_spec_and_is_batch_invariant(rows, n, blocks, se
     xq, xd = spec.quantize_q8_0(rng.standard_normal((rows, blocks * 32)).astype(F32))
     be = CpuBackend()
     be.SLAB_BYTES = int(rng.integers(128, 1 << 16))  # small slabs exercise the slab arithmetic
-    y = be.q8_gemv(CpuQ8(w, resident), xq, xd)
+    other = random_q8(rng, int(rng.integers(1, 40)), blocks * 32)
+    first, second = CpuQ8([w, other], resident).parts  # a stack of two matrices, as Q/K/V are uploaded
+    y = be.q8_gemv(first, xq, xd)
+    y_many, y_other = be.q8_gemv_many([first, second], xq, xd)
+    assert_bits_equal(y_many, y, "stacked gemv")
+    assert_bits_equal(y_other, spec.q8_gemv(other, xq, xd), "second matrix of the stack")
     assert_bits_equal(y, spec.q8_gemv(w, xq, xd), "cpu gemv vs spec")
     for r in range(rows):
         assert_bits_equal(spec.q8_gemv(w, xq[r : r + 1], xd[r : r + 1])[0], y[r], f"row {r} alone")

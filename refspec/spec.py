@@ -30,15 +30,15 @@ def _tree(acc: np.ndarray, axis: int) -> np.ndarray:
     """Lane values (m <= 32 along `axis`; lanes m..31 hold +0.0) -> their sum: add the upper half of the
     lanes onto the lower half, 16, 8, 4, 2, 1 apart. A lane without a partner keeps its value (v + 0.0 == v
     for v != -0.0), so absent lanes need no padding. Works in place on `acc`."""
-    acc = np.moveaxis(acc, axis, -1)  # a view: the lanes last
-    m = acc.shape[-1]
+    lanes = acc if axis == 0 else np.moveaxis(acc, axis, 0)  # a view: the lanes first
+    m = lanes.shape[0]
     width = LANES // 2
     while width >= 1:
         if m > width:
-            acc[..., : m - width] += acc[..., width:m]
+            lanes[: m - width] += lanes[width:m]
             m = width
         width //= 2
-    return acc[..., 0]
+    return lanes[0]
 
 
 def lane_sum(x: np.ndarray, axis: int = -1, *, overwrite: bool = False) -> np.ndarray:

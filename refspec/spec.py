@@ -30,15 +30,20 @@ def _tree(acc: np.ndarray, axis: int) -> np.ndarray:
     """Lane values (m <= 32 along `axis`; lanes m..31 hold +0.0) -> their sum: add the upper half of the
     lanes onto the lower half, 16, 8, 4, 2, 1 apart. A lane without a partner keeps its value (v + 0.0 == v
     for v != -0.0), so absent lanes need no padding. Works in place on `acc`."""
-    lanes = acc if axis == 0 else np.moveaxis(acc, axis, 0)  # a view: the lanes first
-    m = lanes.shape[0]
+    last = axis == acc.ndim - 1  # lanes last: index them behind an ellipsis (contiguous runs)
+    lanes = acc if last or axis == 0 else np.moveaxis(acc, axis, 0)  # else a view with the lanes first
+
+    def at(start: int, stop: int):
+        return (Ellipsis, slice(start, stop)) if last else slice(start, stop)
+
+    m = lanes.shape[-1 if last else 0]
     width = LANES // 2
     while width >= 1:
         if m > width:
-            lanes[: m - width] += lanes[width:m]
+            lanes[at(0, m - width)] += lanes[at(width, m)]
             m = width
         width //= 2
-    return lanes[0]
+    return lanes[(Ellipsis, 0) if last else 0]
 
 
 def lane_sum(x: np.ndarray, axis: int = -1, *, overwrite: bool = False) -> np.ndarray:

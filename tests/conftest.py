@@ -5,7 +5,7 @@ import pytest
 from hypothesis import settings
 
 # Property tests: a fixed, CI-sized budget; `--hypothesis-profile=thorough` draws more.
-settings.register_profile("ci", max_examples=25, deadline=None, print_blob=True)
+settings.register_profile("ci", max_examples=50, deadline=None, print_blob=True)
 settings.register_profile("thorough", max_examples=300, deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 

@@ -44,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_argument(p)
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                    help="where to run (default auto: the GPU when CuPy sees one)")
-    p.add_argument("--repeats", type=int, default=3, metavar="N", help="greedy speed runs; the median is reported")
+    p.add_argument("--repeats", type=int, default=3, metavar="N",
+                   help="runs of every measurement; the median is reported (default 3)")
     p.add_argument("--n-predict", type=int, default=128, metavar="N",
                    help="most new tokens per copy prompt (default 128; generation also stops at end of turn)")
     p.add_argument("--draft-max", type=int, default=8, metavar="K", help="most draft tokens per verify pass")
@@ -75,7 +76,7 @@ def run(args) -> int:
     generate(tf, tok.encode(GREEDY_PROMPT)[:4], 2)  # warm up: the first pass touches every weight page
     greedy = bench_greedy(tf, tok, repeats, n_greedy)
     note(f"greedy: {greedy['tokens_per_second_median']} tokens/s (median of {repeats})")
-    copy = bench_copy_prompts(tf, tok, prompts, n_copy, args.draft_max, note)
+    copy = bench_copy_prompts(tf, tok, prompts, n_copy, args.draft_max, note, repeats)
 
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -111,8 +112,15 @@ def bench_greedy(tf, tok, repeats: int, n_new: int) -> dict:
             "ms_per_token_median": round(1e3 / statistics.median(speeds), 3)}
 
 
-def bench_copy_prompts(tf, tok, prompts: dict, n_predict: int, draft_max: int, note) -> dict:
-    """(b): each prompt, chat-templated, decoded greedily and with each drafter; outputs compared."""
+def median_run(run, repeats: int):
+    """Run `run()` `repeats` times; the result whose decoding time is the median (the outputs are equal)."""
+    results = sorted((run() for _ in range(repeats)), key=lambda r: r.stats["decode_seconds"])
+    return results[len(results) // 2]
+
+
+def bench_copy_prompts(tf, tok, prompts: dict, n_predict: int, draft_max: int, note, repeats: int = 1) -> dict:
+    """(b): each prompt, chat-templated, decoded greedily and with each drafter (each the median of
+    `repeats` runs by decoding time); outputs compared."""
     from refspec.generate import generate
     from refspec.speculative import make_drafter, speculative_generate
 
@@ -120,11 +128,11 @@ def bench_copy_prompts(tf, tok, prompts: dict, n_predict: int, draft_max: int, n
     for name, text in prompts.items():
         ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True))
         n_new = min(n_predict, tf.config.n_ctx - len(ids))  # a short context (a test model) cuts the answer
-        reference = generate(tf, ids, n_new, eog_ids=tok.eog_ids)
+        reference = median_run(lambda: generate(tf, ids, n_new, eog_ids=tok.eog_ids), repeats)
         rows.append(run_row(name, "greedy", reference, reference))
         for drafter in DRAFTERS:
-            result = speculative_generate(tf, ids, n_new, drafter=make_drafter(drafter, tf),
-                                          draft_max=draft_max, eog_ids=tok.eog_ids)
+            result = median_run(lambda: speculative_generate(tf, ids, n_new, drafter=make_drafter(drafter, tf),
+                                                             draft_max=draft_max, eog_ids=tok.eog_ids), repeats)
             rows.append(run_row(name, drafter, result, reference))
             if not rows[-1]["identical"]:
                 mismatches.append(f"{name}/{drafter}")

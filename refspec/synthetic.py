@@ -28,6 +28,7 @@ from gguf.gguf_writer import GGUFValue
 
 from refspec.errors import RefspecError, UsageError
 from refspec.model import ARCHITECTURES, QK8_0
+from refspec.tokenizer import byte_alphabet
 
 # Shapes of real models, for benchmarks (pass n_layer to write only a few layers of real width).
 PRESETS = {
@@ -62,23 +63,9 @@ CHAT_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message['role'] }}
                  "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def byte_symbols() -> list[str]:
-    """GPT-2's byte-level alphabet, indexed by byte: printable Latin-1 bytes stand for themselves, the other
-    68 bytes take the characters from U+0100 on, in byte order (so b' ' is 'Ġ' and b'\\n' is 'Ċ')."""
-    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
-    symbols, next_extra = [], 256
-    for byte in range(256):
-        if byte in printable:
-            symbols.append(chr(byte))
-        else:
-            symbols.append(chr(next_extra))
-            next_extra += 1
-    return symbols
-
-
 def tokenizer_vocab(n_vocab: int | None = None) -> tuple[list[str], list[int], list[str]]:
     """(tokens, token types, merges). Padded to n_vocab with unused "[PAD{i}]" tokens, as llama.cpp pads."""
-    tokens = SPECIAL_TOKENS + byte_symbols() + [left + right for left, right in MERGES]
+    tokens = SPECIAL_TOKENS + byte_alphabet() + [left + right for left, right in MERGES]
     types = [TokenType.CONTROL] * len(SPECIAL_TOKENS) + [TokenType.NORMAL] * (len(tokens) - len(SPECIAL_TOKENS))
     if n_vocab is not None:
         if n_vocab < len(tokens):

@@ -127,7 +127,7 @@ _FIM_TEXTS = {  # FIM slot -> texts; pad, rep and sep also end generation
 
 
 # --- GPT-2's byte alphabet: every byte as a printable character ----------------------------------------------
-def _byte_alphabet() -> list[str]:
+def byte_alphabet() -> list[str]:
     """``alphabet[b]`` is the character byte-level BPE writes for byte b: printable Latin-1 bytes stand for
     themselves, the other 68 take the code points 256, 257, ... in byte order."""
     printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
@@ -141,7 +141,7 @@ def _byte_alphabet() -> list[str]:
     return alphabet
 
 
-_BYTE_ALPHABET = _byte_alphabet()
+_BYTE_ALPHABET = byte_alphabet()
 _CHAR_TO_BYTE = {c: b for b, c in enumerate(_BYTE_ALPHABET)}
 
 

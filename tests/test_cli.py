@@ -86,3 +86,12 @@ def test_help_explains_every_command():
     gen = refspec("generate", "--help").stdout
     for option in ("--draft", "--draft-max", "--device", "--chat", "--json", "-n"):
         assert option in gen
+
+
+def test_synthetic_writes_a_model_info_reads(tmp_path):
+    path = tmp_path / "made.gguf"
+    proc = refspec("synthetic", str(path), "--arch", "qwen3", "--n-layer", "3", "--n-embd", "96", "--n-head", "3",
+                   "--n-head-kv", "1", "--n-ff", "64")
+    assert proc.stdout.strip() == str(path)
+    info = json.loads(refspec("info", "-m", str(path), "--json").stdout)
+    assert (info["architecture"], info["n_layer"], info["n_embd"], info["n_head"], info["n_head_kv"]) == ("qwen3", 3, 96, 3, 1)

@@ -257,17 +257,18 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos0: int
     n_kv = k_cache.shape[0]
     n_pos = pos0 + rows
     group = n_head // n_kv
-    qg = q.reshape(rows, n_kv, group, 1, dim)  # [R, H, D] -> [R, G, H/G, 1, D]
-    k = k_cache[:, None, :n_pos]  # [G, 1, T, D]
-    v = v_cache[:, None, :n_pos]  # [G, 1, T, D]
+    # The summed axis comes first in each product below, so the lane sums add whole contiguous rows.
+    q_t = np.moveaxis(q.reshape(rows, n_kv, group, 1, dim), -1, 0)  # [R, H, D] -> [D, R, G, H/G, 1]
+    k_t = k_cache[:, :n_pos].transpose(2, 0, 1)[:, None, :, None, :]  # [G, T, D] -> [D, 1, G, 1, T]
+    v_t = v_cache[:, :n_pos].transpose(1, 0, 2)[:, None, :, None, :]  # [G, T, D] -> [T, 1, G, 1, D]
     scale = F32(1) / np.sqrt(F32(dim))
-    scores = lane_sum(qg * k, axis=-1) * scale  # [R, G, H/G, T]
+    scores = lane_sum(q_t * k_t, axis=0) * scale  # [D, R, G, H/G, T] -> [R, G, H/G, T]
     if rows > 1:  # row r sees positions t <= pos0 + r
         hidden = np.arange(n_pos)[None, :] > (pos0 + np.arange(rows))[:, None]  # [R, T]
         scores[np.broadcast_to(hidden[:, None, None, :], scores.shape)] = -np.inf
     e = exp(scores - scores.max(axis=-1, keepdims=True))  # [R, G, H/G, T]
     denom = chunked_sum(e, axis=-1)  # [R, G, H/G]
-    num = chunked_sum(e[..., None] * v, axis=3)  # [R, G, H/G, T, D] -> [R, G, H/G, D]
+    num = chunked_sum(np.moveaxis(e, -1, 0)[..., None] * v_t, axis=0)  # [T, R, G, H/G, D] -> [R, G, H/G, D]
     return (num / denom[..., None]).reshape(rows, n_head, dim)
 
 

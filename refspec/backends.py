@@ -3,6 +3,8 @@ refspec.spec, with a faster but bit-identical GEMV); the GPU backend (refspec/gp
 kernels_raw/. Both offer the same methods, which is all refspec/forward.py uses."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from refspec import spec
@@ -131,7 +133,7 @@ class CpuBackend:
 
     def _scratch(self, slot: int, shape: tuple) -> np.ndarray:
         """A reused float32 array of `shape` (two slots): fresh large arrays cost page faults every call."""
-        size = int(np.prod(shape))
+        size = math.prod(shape)
         if len(self._buffers[slot]) < size:
             self._buffers[slot] = np.empty(size, F32)
         return self._buffers[slot][:size].reshape(shape)

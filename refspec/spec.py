@@ -26,23 +26,30 @@ def _lanes(axis: int, start: int, stop: int) -> tuple:
     return (slice(None),) * axis + (slice(start, stop),)
 
 
+def _tree_steps(m: int, last: bool) -> list[tuple]:
+    """The (destination, source) index pairs of the halving tree over m lanes (m <= 32), for lanes on the
+    first axis or, when `last`, on the last axis."""
+    steps, width = [], LANES // 2
+    while width >= 1:
+        if m > width:
+            dst, src = slice(0, m - width), slice(width, m)
+            steps.append(((Ellipsis, dst), (Ellipsis, src)) if last else (dst, src))
+            m = width
+        width //= 2
+    return steps
+
+
+_TREE_STEPS = {(m, last): _tree_steps(m, last) for m in range(1, LANES + 1) for last in (False, True)}
+
+
 def _tree(acc: np.ndarray, axis: int) -> np.ndarray:
     """Lane values (m <= 32 along `axis`; lanes m..31 hold +0.0) -> their sum: add the upper half of the
     lanes onto the lower half, 16, 8, 4, 2, 1 apart. A lane without a partner keeps its value (v + 0.0 == v
     for v != -0.0), so absent lanes need no padding. Works in place on `acc`."""
     last = axis == acc.ndim - 1  # lanes last: index them behind an ellipsis (contiguous runs)
     lanes = acc if last or axis == 0 else np.moveaxis(acc, axis, 0)  # else a view with the lanes first
-
-    def at(start: int, stop: int):
-        return (Ellipsis, slice(start, stop)) if last else slice(start, stop)
-
-    m = lanes.shape[-1 if last else 0]
-    width = LANES // 2
-    while width >= 1:
-        if m > width:
-            lanes[at(0, m - width)] += lanes[at(width, m)]
-            m = width
-        width //= 2
+    for dst, src in _TREE_STEPS[lanes.shape[-1 if last else 0], last]:
+        lanes[dst] += lanes[src]
     return lanes[(Ellipsis, 0) if last else 0]
 
 

@@ -100,10 +100,12 @@ def run(args) -> int:
 
 
 def bench_greedy(tf, tok, repeats: int, n_new: int) -> dict:
-    """(a): greedy decoding of n_new tokens after a GREEDY_PROMPT_TOKENS-token prompt, `repeats` times."""
+    """(a): greedy decoding of n_new tokens after a GREEDY_PROMPT_TOKENS-token prompt, `repeats` times after
+    one warm-up run."""
     from refspec.generate import generate
 
     prompt = (tok.encode(GREEDY_PROMPT) * GREEDY_PROMPT_TOKENS)[:GREEDY_PROMPT_TOKENS]
+    generate(tf, prompt, n_new)  # a full warm-up run: the first runs of a process are slower (page mapping)
     runs = [generate(tf, prompt, n_new).stats for _ in range(repeats)]  # no eog_ids: always n_new tokens
     speeds = [s["tokens_per_second"] for s in runs]
     return {"prompt_tokens": len(prompt), "new_tokens": n_new, "repeats": repeats,

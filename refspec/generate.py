@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from refspec.errors import ContextLengthError, NumericsError, UsageError
+from refspec.errors import ContextLengthError, UsageError
 from refspec.forward import KVCache, Transformer
+from refspec.spec import token_of
 
 PROMPT_CHUNK = 64  # prompt rows per forward pass; any size gives the same bits (batch invariance)
 
@@ -48,14 +49,6 @@ def prefill(tf: Transformer, cache: KVCache, prompt_ids: list[int], chunk: int =
     return logits[-1:]
 
 
-def chosen(ids, finite, row: int) -> int:
-    """The token row `row` of a pass chooses, from `tf.be.argmax_rows`: NaN or infinity in that row is an
-    error (rows a decoding loop never looks at may hold anything)."""
-    if not finite[row]:
-        raise NumericsError(f"the logits of row {row} of this pass contain NaN or infinity; no token can be chosen")
-    return int(ids[row])
-
-
 def generate(
     tf: Transformer,
     prompt_ids: list[int],
@@ -75,7 +68,7 @@ def generate(
     t1 = time.perf_counter()
     n_passes = 0
     while True:
-        token = chosen(*tf.be.argmax_rows(rows), 0)
+        token = token_of(*tf.be.argmax_rows(rows), 0)
         result.ids.append(token)
         if keep_logits:
             result.logits.append(tf.be.to_host(rows[0]))

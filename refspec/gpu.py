@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from refspec import spec
-from refspec.errors import DeviceError, NumericsError
+from refspec.errors import DeviceError, UsageError
 from refspec.model import QK8_0, LayerWeights, ModelWeights, Q8Matrix
 
 F32 = np.float32
@@ -306,7 +306,7 @@ class GpuBackend:
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         n_vocab, n_embd = w.shape
         if ids.size and (ids.min() < 0 or ids.max() >= n_vocab):
-            raise IndexError(f"token ids must be in 0..{n_vocab - 1}")
+            raise UsageError(f"token ids must be in 0..{n_vocab - 1}")
         out = self._empty((len(ids), n_embd))
         if len(ids):
             threads = 256
@@ -470,7 +470,4 @@ class GpuBackend:
         return result[:, 0].astype(np.int64), result[:, 1] == 0
 
     def argmax(self, logits):
-        ids, finite = self.argmax_rows(logits)
-        if not finite.all():
-            raise NumericsError(f"logits of row {int(np.flatnonzero(~finite)[0])} contain NaN or infinity; no token can be chosen")
-        return ids
+        return spec.checked_ids(*self.argmax_rows(logits))

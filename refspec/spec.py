@@ -290,7 +290,23 @@ def argmax_rows(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def argmax(logits: np.ndarray) -> np.ndarray:
     """Index of the largest logit of each row [R, V] -> [R]; ties go to the lowest index.
     NaN or infinity anywhere is an error, not a token."""
-    ids, finite = argmax_rows(logits)
-    if not finite.all():
-        raise NumericsError(f"logits of row {int(np.flatnonzero(~finite)[0])} contain NaN or infinity; no token can be chosen")
+    return checked_ids(*argmax_rows(logits))
+
+
+def checked_ids(ids: np.ndarray, finite: np.ndarray) -> np.ndarray:
+    """`ids` from an argmax_rows (of any backend), or NumericsError naming the first non-finite row."""
+    if not np.all(finite):
+        raise _no_token(int(np.flatnonzero(~np.asarray(finite))[0]))
     return ids
+
+
+def token_of(ids: np.ndarray, finite: np.ndarray, row: int) -> int:
+    """The token row `row` chooses, from an argmax_rows; only that row has to be finite (a decoding loop
+    never looks at the rows after a rejected guess)."""
+    if not finite[row]:
+        raise _no_token(row)
+    return int(ids[row])
+
+
+def _no_token(row: int) -> NumericsError:
+    return NumericsError(f"logits of row {row} contain NaN or infinity; no token can be chosen")

@@ -21,7 +21,8 @@ import numpy as np
 
 from refspec.errors import UsageError
 from refspec.forward import KVCache, Transformer
-from refspec.generate import GenerationResult, chosen, decode_stats, plan_context, prefill
+from refspec.generate import GenerationResult, decode_stats, plan_context, prefill
+from refspec.spec import token_of
 
 DRAFTERS = ("none", "ngram", "layerskip")
 
@@ -207,7 +208,7 @@ def speculative_generate(
         n_ok = 0  # guesses accepted by this pass
         ids, finite = tf.be.argmax_rows(rows)  # every row's argmax; only the rows read below count
         for j in range(len(ids)):
-            token = chosen(ids, finite, j)
+            token = token_of(ids, finite, j)
             result.ids.append(token)
             if keep_logits:
                 result.logits.append(tf.be.to_host(rows[j]).copy())  # rejected rows need not be kept
@@ -250,6 +251,7 @@ def speculative_generate(
         #    keys and values overwrite whatever a drafter or a rejected guess left at pos..pos+k.
         t_pass = time.perf_counter()
         rows = tf.forward(cache, [result.ids[-1]] + drafts, pos)  # [k+1, V], left on the backend
+        tf.be.synchronize()  # so the pass's time is its own (the argmax below would wait for it anyway)
         (verify_ms if drafts else single_ms).append(1e3 * (time.perf_counter() - t_pass))
         n_passes += 1
     t2 = time.perf_counter()

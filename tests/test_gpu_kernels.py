@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from refspec import spec
 from refspec.backends import CpuBackend
-from refspec.errors import NumericsError
+from refspec.errors import NumericsError, UsageError
 from refspec.gpu import GEMV_CONFIGS, GEMV_MAX_ROWS, GemvConfig, gpu_available
 from refspec.model import QK8_0, Q8Matrix
 
@@ -209,7 +209,7 @@ def test_embed_equals_spec(be, data):
 
 def test_embed_rejects_ids_out_of_range(be):
     w = random_q8(np.random.default_rng(0), 10, 32)
-    with pytest.raises(IndexError):
+    with pytest.raises(UsageError, match="token ids"):
         be.embed(be.upload_q8(w), [3, 10])
 
 

@@ -44,9 +44,11 @@ class Transformer:
             n_pos=n_pos,
         )
 
-    def forward(self, cache: KVCache, ids, pos0: int, layers=None):
+    def forward(self, cache: KVCache, ids, pos0: int, layers=None, taps=None):
         """Logits [R, V] for token ids [R] at positions pos0 .. pos0+R-1. `layers` picks a subset of the
-        layers (in order) for drafting; None runs them all."""
+        layers (in order) for drafting; None runs them all. `taps(name, tensor)`, when given, receives the
+        intermediate tensors [R, ...] as the backend holds them, under llama.cpp's graph names (`attn_norm-3`,
+        ..., `result_output`; refspec/golden.py lists them); the normed ones are recomputed unquantized."""
         cfg, be, w = self.config, self.be, self.weights
         rows = len(ids)
         if rows == 0 or any(not 0 <= int(t) < cfg.n_vocab for t in ids):
@@ -59,6 +61,8 @@ class Transformer:
         x = be.embed(w.tok_embd, ids)  # [R] -> [R, E]
         for i in range(cfg.n_layer) if layers is None else layers:
             lw = w.layers[i]
+            if taps:
+                taps(f"attn_norm-{i}", be.rmsnorm(x, lw.attn_norm, eps))
             # attention block
             hq, hd = be.rmsnorm_q8(x, lw.attn_norm, eps)  # [R, E] -> int8 [R, E], f16 [R, E/32]
             q, k, v = be.q8_gemv_many((lw.wq, lw.wk, lw.wv), hq, hd)  # -> [R, H*D], [R, G*D], [R, G*D]
@@ -75,11 +79,27 @@ class Transformer:
             be.kv_write(cache.k[i], cache.v[i], k, v, pos0)  # cache[:, pos0:pos0+R, :] = k, v
             a = be.attention(q, cache.k[i], cache.v[i], pos0)  # [R, H, D]
             aq, ad = be.quantize_q8(a.reshape(rows, cfg.n_q))  # [R, H, D] -> [R, H*D]
-            x = be.add(x, be.q8_gemv(lw.wo, aq, ad))  # [R, H*D] -> [R, E]
+            o = be.q8_gemv(lw.wo, aq, ad)  # [R, H*D] -> [R, E]
+            x = be.add(x, o)
+            if taps:
+                _tap(taps, i, kqv_out=a.reshape(rows, cfg.n_q), attn_out=o, ffn_inp=x,
+                     ffn_norm=be.rmsnorm(x, lw.ffn_norm, eps))
             # feed-forward block
             hq, hd = be.rmsnorm_q8(x, lw.ffn_norm, eps)  # [R, E]
             gate, up = be.q8_gemv_many((lw.w_gate, lw.w_up), hq, hd)  # -> [R, F], [R, F]
             mq, md = be.quantize_q8(be.silu_mul(gate, up))  # [R, F]
-            x = be.add(x, be.q8_gemv(lw.w_down, mq, md))  # [R, F] -> [R, E]
+            f = be.q8_gemv(lw.w_down, mq, md)  # [R, F] -> [R, E]
+            x = be.add(x, f)
+            if taps:
+                _tap(taps, i, ffn_out=f, l_out=x)
         hq, hd = be.rmsnorm_q8(x, w.output_norm, eps)  # [R, E]
-        return be.q8_gemv(w.output, hq, hd)  # [R, E] -> [R, V]
+        logits = be.q8_gemv(w.output, hq, hd)  # [R, E] -> [R, V]
+        if taps:
+            _tap(taps, None, result_norm=be.rmsnorm(x, w.output_norm, eps), result_output=logits)
+        return logits
+
+
+def _tap(taps, layer: int | None, **tensors) -> None:
+    """Hand tensors to `taps` under llama.cpp's names: `{name}-{layer}` inside a layer, `name` after them."""
+    for name, tensor in tensors.items():
+        taps(name if layer is None else f"{name}-{layer}", tensor)

@@ -103,3 +103,25 @@ def test_default_model_golden_continuation(default_model_path):
     tf = Transformer(model, CpuBackend())
     result = generate(tf, tok.encode(GOLDEN_PROMPT), 16)
     assert result.ids == GOLDEN_IDS, (result.ids, tok.decode(result.ids))
+
+
+@pytest.mark.parametrize("arch", sorted(SHAPES))
+def test_taps_name_every_layer_tensor_and_change_no_bits(models, arch):
+    tf = models(arch)
+    cfg = tf.config
+    ids = [5, 9, 33, 2, 71]
+    seen = {}
+    tapped = tf.forward(tf.new_cache(8), ids, 0, taps=lambda name, t: seen.setdefault(name, np.array(t)))
+    assert_bits_equal(tapped, tf.forward(tf.new_cache(8), ids, 0), "logits with taps")
+    per_layer = ("attn_norm", "kqv_out", "attn_out", "ffn_inp", "ffn_norm", "ffn_out", "l_out")
+    want = [f"{n}-{i}" for i in range(cfg.n_layer) for n in per_layer] + ["result_norm", "result_output"]
+    assert list(seen) == want  # forward order
+    assert_bits_equal(seen["result_output"], tapped, "result_output")
+    assert seen["kqv_out-0"].shape == (len(ids), cfg.n_q) and seen["l_out-0"].shape == (len(ids), cfg.n_embd)
+    last = cfg.n_layer - 1
+    for i in range(1, cfg.n_layer):  # the residual stream adds up as the names say
+        assert_bits_equal(seen[f"ffn_inp-{i}"], seen[f"l_out-{i - 1}"] + seen[f"attn_out-{i}"], f"ffn_inp-{i}")
+    for i in range(cfg.n_layer):
+        assert_bits_equal(seen[f"l_out-{i}"], seen[f"ffn_inp-{i}"] + seen[f"ffn_out-{i}"], f"l_out-{i}")
+    w = tf.weights
+    assert_bits_equal(seen["result_norm"], tf.be.rmsnorm(seen[f"l_out-{last}"], w.output_norm, cfg.rms_eps), "norm")

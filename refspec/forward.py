@@ -16,32 +16,38 @@ from refspec.spec import rope_table
 
 @dataclass
 class KVCache:
-    """Keys and values of every layer, indexed by absolute position: k[i], v[i] are [G, n_pos, D].
-    Rows written for positions that are later rejected are simply overwritten by the next pass."""
+    """Keys and values of every layer, indexed by absolute position: k[i], v[i] are [G, n_pos, D], and the
+    RoPE table for those positions: rope_cos, rope_sin [n_pos, n_rot/2]. Rows written for positions that are
+    later rejected are simply overwritten by the next pass."""
 
     k: list
     v: list
     n_pos: int  # positions the cache holds
+    rope_cos: object  # [n_pos, n_rot/2] on the backend (spec.rope_table)
+    rope_sin: object
 
 
 class Transformer:
-    """A model bound to a backend: weights uploaded once, the RoPE table computed once."""
+    """A model bound to a backend: weights uploaded once. Each cache carries the RoPE table for its own
+    positions, so memory follows the positions used, not the context length the file claims."""
 
     def __init__(self, model: Model, backend):
         self.config = model.config
         self.be = backend
         self.weights = backend.upload_weights(model.weights)
-        cos, sin = rope_table(self.config.n_ctx, self.config.n_rot, self.config.rope_base)
-        self.rope_cos, self.rope_sin = backend.asarray(cos), backend.asarray(sin)
 
     def new_cache(self, n_pos: int | None = None) -> KVCache:
+        """A KV cache and RoPE table for positions 0 .. n_pos-1 (at most the model's context length)."""
         cfg = self.config
         n_pos = cfg.n_ctx if n_pos is None else min(n_pos, cfg.n_ctx)
         shape = (cfg.n_head_kv, n_pos, cfg.head_dim)
+        cos, sin = rope_table(n_pos, cfg.n_rot, cfg.rope_base)  # [n_pos, n_rot/2] each
         return KVCache(
             k=[self.be.zeros(shape) for _ in range(cfg.n_layer)],
             v=[self.be.zeros(shape) for _ in range(cfg.n_layer)],
             n_pos=n_pos,
+            rope_cos=self.be.asarray(cos),
+            rope_sin=self.be.asarray(sin),
         )
 
     def forward(self, cache: KVCache, ids, pos0: int, layers=None, taps=None):
@@ -74,8 +80,8 @@ class Transformer:
             if cfg.has_qk_norm:
                 q = be.rmsnorm(q, lw.q_norm, eps)  # per head, over D
                 k = be.rmsnorm(k, lw.k_norm, eps)
-            q = be.rope(q, pos0, self.rope_cos, self.rope_sin, cfg.rope_neox)
-            k = be.rope(k, pos0, self.rope_cos, self.rope_sin, cfg.rope_neox)
+            q = be.rope(q, pos0, cache.rope_cos, cache.rope_sin, cfg.rope_neox)
+            k = be.rope(k, pos0, cache.rope_cos, cache.rope_sin, cfg.rope_neox)
             be.kv_write(cache.k[i], cache.v[i], k, v, pos0)  # cache[:, pos0:pos0+R, :] = k, v
             a = be.attention(q, cache.k[i], cache.v[i], pos0)  # [R, H, D]
             aq, ad = be.quantize_q8(a.reshape(rows, cfg.n_q))  # [R, H, D] -> [R, H*D]

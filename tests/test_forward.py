@@ -11,6 +11,7 @@ from refspec.backends import CpuBackend
 from refspec.errors import ContextLengthError, UsageError
 from refspec.forward import Transformer
 from refspec.generate import generate, prefill
+from refspec.spec import rope_table
 from refspec.gguf_model import load
 from refspec.synthetic import write_model
 
@@ -87,6 +88,22 @@ def test_context_limit_is_a_clear_error(models):
         generate(tf, [1] * 96, 1)
     result = generate(tf, [1] * 90, -1)  # until the context is full
     assert len(result.ids) == 6 and result.stop_reason == "context"
+
+
+def test_rope_table_is_sized_to_the_cache(tmp_path):
+    # A file claiming a 2**24-position context: its full table would take 2**24 * 16 * 8 bytes = 2 GiB. The
+    # Transformer builds none; each cache holds the table for its own positions, the spec's table.
+    path = write_model(tmp_path / "long.gguf", arch="llama", n_ctx=2**24, seed=3, **SHAPES["llama"])
+    tf = Transformer(load(path, log=lambda message: None), CpuBackend())
+    cfg = tf.config
+    cache = tf.new_cache(40)
+    want_cos, want_sin = rope_table(40, cfg.n_rot, cfg.rope_base)
+    assert cache.rope_cos.shape == (40, cfg.n_rot // 2)
+    assert_bits_equal(cache.rope_cos, want_cos, "cos")
+    assert_bits_equal(cache.rope_sin, want_sin, "sin")
+    assert tf.forward(cache, [1, 2, 3], 0).shape == (3, cfg.n_vocab)
+    with pytest.raises(ContextLengthError):
+        tf.forward(cache, [1, 2], 39)
 
 
 # The default model (SmolLM2-135M-Instruct, Q4_1 converted to Q8_0 at load) continuing a fixed prompt:

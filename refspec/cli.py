@@ -43,50 +43,149 @@ def load_tokenizer(model):
 
 
 # --------------------------------------------------------------------------------------------- generate
+MAX_PROMPT_BYTES = 64 << 20  # a prompt file or stdin larger than this is refused, not read
+
+
 def cmd_generate(args) -> int:
+    from refspec import llama_flags
     from refspec.backends import make_backend
     from refspec.forward import Transformer
 
-    if args.n_predict == 0:
-        raise_usage("-n must be a positive number of tokens, or -1 for 'until end of generation'")
+    llama_flags.answer(args, note)
+    check_generate_args(args)
+    text = prompt_text(args)  # read before the model loads: a missing file fails at once
     model = load_model(args.model)
     tok = load_tokenizer(model)
-    if args.chat:
-        text = tok.apply_chat_template([{"role": "user", "content": args.prompt}], add_generation_prompt=True)
-        prompt_ids = tok.encode(text)
-    else:
-        prompt_ids = tok.encode(args.prompt)
     backend = make_backend(args.device)
     note(f"model {model.config.arch}, {model.config.n_layer} layers, device {backend.name}")
     tf = Transformer(model, backend)
+    if args.chat and text is None:
+        return chat_loop(tf, tok, args)
+    if args.chat:
+        messages = system_messages(args) + [{"role": "user", "content": text}]
+        prompt_ids = tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True))
+    elif args.ids is not None:
+        prompt_ids = parse_ids(args.ids, tok.n_vocab)
+    else:
+        prompt_ids = tok.encode(text)
+    run_and_print(tf, tok, prompt_ids, args)
+    return 0
 
-    stream = None if args.json else tok.stream()
+
+def check_generate_args(args) -> None:
+    if args.n_predict == 0 or args.n_predict < -1:
+        raise_usage("-n must be a positive number of tokens, or -1 for 'until end of generation'")
+    if args.ids is not None and args.chat:
+        raise_usage("--ids passes the prompt's token ids as they are; --chat needs a text prompt (-p or -f)")
+    if args.system is not None and not args.chat:
+        raise_usage("-sys/--system-prompt needs --chat (a system message only exists in a conversation)")
+    if not args.chat and not has_prompt(args):
+        raise_usage("give a prompt: -p TEXT, -p - (stdin), -f FILE or --ids IDS (or --chat for a conversation)")
+
+
+def has_prompt(args) -> bool:
+    return args.prompt is not None or args.file is not None or args.ids is not None
+
+
+def prompt_text(args) -> str | None:
+    """The prompt from -p TEXT, -p - (standard input) or -f FILE, as text; None for --ids or no prompt."""
+    if args.file is not None:
+        try:
+            with open(args.file, "rb") as f:
+                raw = f.read(MAX_PROMPT_BYTES + 1)
+        except OSError as e:
+            raise_usage(f"cannot read the prompt file {args.file}: {e.strerror or e}")
+        return decode_prompt(raw, f"the prompt file {args.file}")
+    if args.prompt == "-":
+        return decode_prompt(sys.stdin.buffer.read(MAX_PROMPT_BYTES + 1), "the prompt on standard input")
+    return args.prompt  # None without -p
+
+
+def decode_prompt(raw: bytes, what: str) -> str:
+    if len(raw) > MAX_PROMPT_BYTES:
+        raise_usage(f"{what} is larger than {MAX_PROMPT_BYTES >> 20} MiB")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise_usage(f"{what} is not UTF-8 text (byte {e.start})")
+
+
+def parse_ids(text: str, n_vocab: int) -> list[int]:
+    """Token ids written as '1,2,3', '1 2 3' or a JSON list; each must be in 0..n_vocab-1."""
+    parts = text.replace(",", " ").replace("[", " ").replace("]", " ").split()
+    if not parts:
+        raise_usage("no token ids given")
+    ids = []
+    for part in parts:
+        try:
+            token_id = int(part)
+        except ValueError:
+            raise_usage(f"token id {part[:20]!r} is not an integer")
+        if not 0 <= token_id < n_vocab:
+            raise_usage(f"token id {token_id} is outside the vocabulary (0..{n_vocab - 1})")
+        ids.append(token_id)
+    return ids
+
+
+def system_messages(args) -> list[dict]:
+    return [] if args.system is None else [{"role": "system", "content": args.system}]
+
+
+def run_and_print(tf, tok, prompt_ids: list[int], args):
+    """Generates from ``prompt_ids`` as the arguments ask, printing the text as it comes (or one JSON object);
+    returns the GenerationResult."""
+    stream = None if args.json else tok.stream(skip_special=not args.special)
 
     def on_token(token: int) -> None:
         if stream is not None:
             sys.stdout.write(stream.push(token))
             sys.stdout.flush()
 
+    eog_ids = frozenset() if args.ignore_eos else tok.eog_ids
     if args.draft == "none":
         from refspec.generate import generate
 
-        result = generate(tf, prompt_ids, args.n_predict, eog_ids=tok.eog_ids, on_token=on_token)
+        result = generate(tf, prompt_ids, args.n_predict, eog_ids=eog_ids, on_token=on_token)
     else:
         from refspec.speculative import make_drafter, speculative_generate
 
         result = speculative_generate(
             tf, prompt_ids, args.n_predict, drafter=make_drafter(args.draft, tf), draft_max=args.draft_max,
-            adaptive={"auto": None, "on": True, "off": False}[args.draft_adaptive], eog_ids=tok.eog_ids,
+            adaptive={"auto": None, "on": True, "off": False}[args.draft_adaptive], eog_ids=eog_ids,
             on_token=on_token,
         )
     if args.json:
-        out = {"prompt_ids": result.prompt_ids, "ids": result.ids, "text": tok.decode(result.ids),
+        out = {"prompt_ids": result.prompt_ids, "ids": result.ids,
+               "text": tok.decode(result.ids, skip_special=not args.special), "stop_reason": result.stop_reason,
                "stats": result.stats}
-        print(json.dumps(out, ensure_ascii=False))
+        print(json.dumps(out, ensure_ascii=False), flush=True)
     else:
         sys.stdout.write(stream.flush() + "\n")
+        sys.stdout.flush()
         print_stats(result)
-    return 0
+    return result
+
+
+def chat_loop(tf, tok, args) -> int:
+    """A conversation: each line of standard input is a user message; the model's reply follows it. The whole
+    conversation goes through the chat template and the model again at each turn (no cache is kept)."""
+    messages = system_messages(args)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        note("chat: type a message and press Enter; end with Ctrl-D")
+    while True:
+        if interactive:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line.rstrip("\n")})
+        prompt_ids = tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True))
+        result = run_and_print(tf, tok, prompt_ids, args)
+        reply = [i for i in result.ids if i not in tok.eog_ids]
+        messages.append({"role": "assistant", "content": tok.decode(reply, skip_special=True)})
 
 
 def print_stats(result) -> None:
@@ -114,32 +213,76 @@ def cmd_tokenize(args) -> int:
     return 0
 
 
+def cmd_detokenize(args) -> int:
+    text = " ".join(args.ids)
+    if text.strip() == "-":
+        text = decode_prompt(sys.stdin.buffer.read(MAX_PROMPT_BYTES + 1), "the ids on standard input")
+        if text.lstrip().startswith("{"):  # the output of `refspec tokenize --json`
+            text = ids_from_json(text)
+    model = load_model(args.model)
+    tok = load_tokenizer(model)
+    out = tok.decode(parse_ids(text, tok.n_vocab), skip_special=not args.special)
+    print(json.dumps({"text": out}, ensure_ascii=False) if args.json else out)
+    return 0
+
+
+def ids_from_json(text: str) -> str:
+    try:
+        ids = json.loads(text)["ids"]
+    except (ValueError, KeyError, TypeError):
+        raise_usage('standard input starts with "{" but is not a JSON object with "ids"')
+    if not isinstance(ids, list):
+        raise_usage('"ids" on standard input is not a list')
+    return " ".join(str(i) for i in ids)
+
+
 # ------------------------------------------------------------------------------------------------- info
 def cmd_info(args) -> int:
-    model = load_model(args.model)
-    cfg = model.config
-    info = {
-        "path": str(model.path),
-        "name": model.metadata.get("general.name"),
-        "architecture": cfg.arch,
-        "n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_ff": cfg.n_ff, "n_head": cfg.n_head,
-        "n_head_kv": cfg.n_head_kv, "head_dim": cfg.head_dim, "n_rot": cfg.n_rot, "rope_base": cfg.rope_base,
-        "rope": "neox" if cfg.rope_neox else "normal", "rms_eps": cfg.rms_eps, "n_ctx": cfg.n_ctx,
-        "n_vocab": cfg.n_vocab, "tied_output": model.weights.output is model.weights.tok_embd,
-        "tokenizer": model.metadata.get("tokenizer.ggml.model"), "pre": model.metadata.get("tokenizer.ggml.pre"),
-        "chat_template": "tokenizer.chat_template" in model.metadata,
-    }
+    from refspec import model_info
+    from refspec.default_model import default_model_path
+
+    path = args.model if args.model else default_model_path(fetch=True)
+    if args.template:
+        template = model_info.chat_template(path)
+        if template is None:
+            from refspec.tokenizer import CHATML_TEMPLATE
+
+            note("note: the file has no chat template (tokenizer.chat_template); refspec uses ChatML, printed below")
+            template = CHATML_TEMPLATE
+        print(template)
+        return 0
+    info = model_info.describe(path)
     if args.json:
-        print(json.dumps(info))
-    else:
-        for key, value in info.items():
-            print(f"{key:>14}: {value}")
+        print(json.dumps(info, ensure_ascii=False))
+        return 0
+    texts = info.pop("special_texts", {})
+    for key, value in info.items():
+        if key.endswith("_id") and value is not None and str(value) in texts:
+            value = f"{value} {texts[str(value)]!r}"
+        elif key == "eog_ids":
+            value = ", ".join(f"{i} {texts.get(str(i), '')!r}" for i in value)
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        print(f"{key:>14}: {value}")
     return 0
 
 
 # ------------------------------------------------------------------------------------------------ bench
 def cmd_bench(args) -> int:
     return args.bench_run(args)
+
+
+DRAFTERS = ("none", "ngram", "layerskip")
+
+
+def drafter_name(value: str) -> str:
+    """--draft's value. llama.cpp's --draft N is a number of draft tokens: say where that went."""
+    if value in DRAFTERS:
+        return value
+    if value.isdigit():
+        raise argparse.ArgumentTypeError(f"refspec's --draft picks the drafter ({', '.join(DRAFTERS)}); the "
+                                         f"number of draft tokens is --draft-max {value}")
+    raise argparse.ArgumentTypeError(f"invalid choice {value!r} (choose from {', '.join(DRAFTERS)})")
 
 
 def raise_usage(message: str):
@@ -158,22 +301,40 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     g = sub.add_parser("generate", help="continue a prompt greedily (optionally with self-speculative decoding)",
+                       usage="refspec generate [-m GGUF] (-p TEXT | -p - | -f FILE | --ids IDS | --chat) [options]",
                        description="Continue a prompt with greedy decoding. Speculative decoding (--draft) gives "
                        "the same tokens and the same logits, bit for bit, only faster when drafts are accepted.")
     add_model_argument(g)
-    g.add_argument("-p", "--prompt", required=True, help="prompt text (special tokens such as <|im_start|> are recognised)")
+    source = g.add_mutually_exclusive_group()
+    source.add_argument("-p", "--prompt", metavar="TEXT",
+                        help="prompt text (special tokens such as <|im_start|> are recognised); - reads standard input")
+    source.add_argument("-f", "--file", metavar="FILE", help="read the prompt from a UTF-8 text file")
+    source.add_argument("--ids", metavar="IDS", help="the prompt as token ids, used as they are (no BOS added): "
+                        "'1,2,3' or '1 2 3'")
     g.add_argument("-n", "--n-predict", type=int, default=128, metavar="N",
                    help="tokens to generate (default 128; -1: until end of generation or the context is full)")
-    g.add_argument("--chat", action="store_true", help="wrap the prompt as one user message with the model's chat template")
+    g.add_argument("--chat", "-cnv", "--conversation", action="store_true",
+                   help="apply the model's chat template: with a prompt, one user message; without one, a "
+                   "conversation, one user message per line of standard input")
+    g.add_argument("-sys", "--system-prompt", dest="system", metavar="TEXT", help="a system message (with --chat)")
     g.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                    help="where to run (default auto: the GPU when CuPy sees one); the bits are the same")
-    g.add_argument("--draft", choices=("none", "ngram", "layerskip"), default="none",
-                   help="drafter for self-speculative decoding (default none: plain greedy)")
+    g.add_argument("--draft", type=drafter_name, default="none", metavar="{none,ngram,layerskip}",
+                   help="drafter for self-speculative decoding (default none: plain greedy); the number of "
+                   "draft tokens is --draft-max")
     g.add_argument("--draft-max", type=int, default=8, metavar="K", help="most draft tokens per verify pass (default 8)")
     g.add_argument("--draft-adaptive", choices=("auto", "on", "off"), default="auto",
                    help="adapt the draft length to acceptance (on), or always guess --draft-max tokens (off); "
                    "auto: off only for a cheap drafter (ngram) on a GPU, where extra rows are nearly free")
-    g.add_argument("--json", action="store_true", help="print one JSON object (ids, text, stats) on stdout and nothing else")
+    g.add_argument("--special", action="store_true",
+                   help="print control tokens such as <|im_end|> (hidden by default, as llama.cpp does)")
+    g.add_argument("--ignore-eos", action="store_true",
+                   help="do not stop at end-of-generation tokens: generate -n tokens (or until the context is full)")
+    g.add_argument("--json", action="store_true", help="print one JSON object (prompt_ids, ids, text, stop_reason, "
+                   "stats) on stdout and nothing else; with a --chat conversation, one object per turn")
+    from refspec import llama_flags
+
+    llama_flags.add_arguments(g)
     g.set_defaults(run=cmd_generate)
 
     t = sub.add_parser("tokenize", help="print the token ids of a text (no BOS added)")
@@ -182,9 +343,24 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true", help='print {"ids": [...]} only')
     t.set_defaults(run=cmd_tokenize)
 
-    i = sub.add_parser("info", help="print a model's hyper-parameters as refspec reads them")
+    d = sub.add_parser("detokenize", help="print the text of token ids (control tokens shown; --no-special hides them)")
+    add_model_argument(d)
+    d.add_argument("ids", nargs="+", metavar="IDS", help="token ids: '1 2 3', '1,2,3', or - to read them from "
+                   "standard input (also the JSON that `refspec tokenize --json` prints)")
+    d.add_argument("--no-special", dest="special", action="store_false",
+                   help="hide control tokens such as <|im_end|> (shown by default, so tokenize and detokenize round-trip)")
+    d.add_argument("--json", action="store_true", help='print {"text": "..."} only')
+    d.set_defaults(run=cmd_detokenize)
+
+    i = sub.add_parser("info", help="describe a model file from its header: hyper-parameters, tensor types, "
+                       "special tokens, and whether refspec would load it as is, convert it or refuse it",
+                       description="Describe a GGUF model file from its header alone (no weight is read or "
+                       "converted): hyper-parameters, tensor types, tokenizer, BOS/EOS/EOT and end-of-generation "
+                       "ids, and what refspec would do with it: load it as is, convert matrices to Q8_0, or refuse "
+                       "it (and why).")
     add_model_argument(i)
     i.add_argument("--json", action="store_true", help="print one JSON object")
+    i.add_argument("--template", action="store_true", help="print the chat template (ChatML when the file has none)")
     i.set_defaults(run=cmd_info)
 
     from refspec import synthetic

@@ -112,16 +112,67 @@ def print_to_stderr(message: str) -> None:
 def load(path: str | os.PathLike, *, log: Callable[[str], None] = print_to_stderr) -> Model:
     """Read, validate and convert the GGUF model at ``path``. Raises ModelFileError (or its subclass
     UnsupportedModelError) for anything refspec cannot trust or run."""
+    file = read_header(path)
+    config = read_config(file)
+    weights = _read_weights(file.name, config, file.tensors, log)
+    return Model(config=config, weights=weights, metadata=file.metadata, path=file.name)
+
+
+class GGUFHeader(NamedTuple):
+    """A checked GGUF file's metadata and tensor infos, its weights not read (see ``read_header``)."""
+    name: str
+    fields: dict  # gguf-py ReaderField by key
+    metadata: dict  # general.* and tokenizer.* keys as plain Python values
+    tensors: dict  # gguf-py ReaderTensor by name (data memory-mapped, not read)
+
+
+def read_header(path: str | os.PathLike) -> GGUFHeader:
+    """Steps 1 and 2: the layout check and gguf-py's reader; no tensor data is read. Raises ModelFileError."""
     name = os.fspath(path)
     layout = _scan_layout(name)
     reader = _open_reader(name, layout)
     fields = reader.fields
     metadata = {key: _field_value(name, field) for key, field in fields.items()
                 if key.startswith(("general.", "tokenizer."))}
-    tensors = {t.name: t for t in reader.tensors}
-    config = _read_config(name, fields, tensors, metadata)
-    weights = _read_weights(name, config, tensors, log)
-    return Model(config=config, weights=weights, metadata=metadata, path=name)
+    return GGUFHeader(name, fields, metadata, {t.name: t for t in reader.tensors})
+
+
+def read_config(file: GGUFHeader) -> ModelConfig:
+    """Step 3a on a header: the hyper-parameters. Raises ModelFileError or UnsupportedModelError."""
+    return _read_config(file.name, file.fields, file.tensors, file.metadata)
+
+
+def check_weights(file: GGUFHeader, config: ModelConfig) -> Counter:
+    """Every tensor's name, shape and type checked against ``config`` without reading weights; returns how
+    many matrices of each non-Q8_0 type loading would convert to Q8_0. Raises what loading would raise."""
+    wanted = _wanted_tensors(config)
+    for tensor_name in file.tensors:
+        if tensor_name not in wanted:
+            raise UnsupportedModelError(f"{file.name}: tensor {tensor_name} is not part of refspec's "
+                                        f"{config.arch} model; refusing to ignore it")
+    to_convert = Counter()
+    for tensor_name, spec in wanted.items():
+        tensor = file.tensors.get(tensor_name)
+        if tensor is None:
+            if spec.needs != OPTIONAL:
+                raise ModelFileError(f"{file.name}: tensor {tensor_name} is missing")
+            continue
+        _check_tensor(file.name, config, tensor_name, spec, tensor)
+        if spec.kind == MATRIX and tensor.tensor_type != GGMLQuantizationType.Q8_0:
+            _check_convertible(file.name, tensor)
+            to_convert[tensor.tensor_type.name] += 1
+    return to_convert
+
+
+def _check_convertible(name: str, tensor) -> None:
+    """gguf-py dequantizes this tensor's type (tried on one zero block)."""
+    block_bytes = GGML_QUANT_SIZES[tensor.tensor_type][1]
+    try:
+        with np.errstate(all="ignore"):
+            ggml_quants.dequantize(np.zeros((1, block_bytes), np.uint8), tensor.tensor_type)
+    except NotImplementedError as e:
+        raise UnsupportedModelError(f"{name}: tensor {tensor.name} has type {tensor.tensor_type.name}, which "
+                                    "refspec cannot convert to Q8_0") from e
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -485,26 +536,12 @@ def _default_vocab_size(name: str, metadata, tensors) -> int:
 # ---------------------------------------------------------------------------------------------------------
 def _read_weights(name: str, config: ModelConfig, tensors, log) -> ModelWeights:
     wanted = _wanted_tensors(config)
-    for tensor_name in tensors:
-        if tensor_name not in wanted:
-            raise UnsupportedModelError(f"{name}: tensor {tensor_name} is not part of refspec's {config.arch} "
-                                        "model; refusing to ignore it")
-    for tensor_name, spec in wanted.items():
-        tensor = tensors.get(tensor_name)
-        if tensor is None:
-            if spec.needs != OPTIONAL:
-                raise ModelFileError(f"{name}: tensor {tensor_name} is missing")
-            continue
-        _check_tensor(name, config, tensor_name, spec, tensor)
-
-    converted = Counter()
+    converted = check_weights(GGUFHeader(name, {}, {}, tensors), config)
 
     def take(tensor_name: str):
-        spec, tensor = wanted[tensor_name], tensors[tensor_name]
-        if spec.kind == MATRIX and tensor.tensor_type != GGMLQuantizationType.Q8_0:
-            converted[tensor.tensor_type.name] += 1
+        tensor = tensors[tensor_name]
         try:
-            return _vector(name, tensor) if spec.kind == VECTOR else _matrix(name, tensor)
+            return _vector(name, tensor) if wanted[tensor_name].kind == VECTOR else _matrix(name, tensor)
         except _READER_ERRORS as e:
             raise ModelFileError(f"{name}: tensor {tensor_name} cannot be loaded ({type(e).__name__}: {e})") from e
 

@@ -23,7 +23,8 @@ def model(tmp_path_factory):
 def test_generate_json_is_one_object_on_stdout(model):
     proc = refspec("generate", "-m", model, "-p", "hello world", "-n", "6", "--json", "--device", "cpu")
     out = json.loads(proc.stdout)  # exactly one JSON document and nothing else
-    assert set(out) == {"prompt_ids", "ids", "text", "stats"}
+    assert set(out) == {"prompt_ids", "ids", "text", "stop_reason", "stats"}
+    assert out["stop_reason"] in ("eog", "max_tokens")
     assert 1 <= len(out["ids"]) <= 6 and out["prompt_ids"]
     assert {"tokens_per_second", "n_tokens", "n_passes"} <= set(out["stats"])
     assert out["stats"]["n_tokens"] == len(out["ids"])

@@ -1,0 +1,84 @@
+"""What a GGUF file holds and what refspec would do with it, from its header alone (no weight is read or
+converted): `refspec info` prints this."""
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+from refspec.errors import ModelFileError, TokenizerError
+from refspec.gguf_model import GGUFHeader, check_weights, read_config, read_header
+from refspec.tokenizer import Tokenizer
+
+SPECIAL_ID_KEYS = ("bos", "eos", "eot", "eom", "pad", "unknown")
+
+
+def describe(path: str | os.PathLike) -> dict:
+    """A plain dict (JSON-ready) describing the model file at ``path``. A file refspec cannot read at all
+    (corrupt layout) raises ModelFileError; one it can read but would not run says so in ``refspec_would``
+    and ``refuse_reason``."""
+    header = read_header(path)
+    info = {"path": header.name, "name": header.metadata.get("general.name"),
+            "architecture": header.metadata.get("general.architecture"), "file_bytes": os.path.getsize(header.name),
+            "n_tensors": len(header.tensors), "tensor_types": tensor_types(header)}
+    refusal = None
+    try:
+        config = read_config(header)
+        info.update(hyper_parameters(header, config))
+        to_convert = check_weights(header, config)
+    except ModelFileError as e:
+        refusal = _without_path(str(e), header.name)
+    info.update(tokenizer_summary(header.metadata))
+    if refusal is None and info.get("tokenizer_error"):
+        refusal = f"tokenizer: {info['tokenizer_error']}"
+    if refusal is not None:
+        info["refspec_would"], info["refuse_reason"] = "refuse", refusal
+    elif to_convert:
+        kinds = ", ".join(f"{n} {t}" if len(to_convert) > 1 else t for t, n in sorted(to_convert.items()))
+        info["refspec_would"] = f"convert {sum(to_convert.values())} matrices ({kinds}) to Q8_0 at load"
+    else:
+        info["refspec_would"] = "load as is (every matrix is Q8_0)"
+    return info
+
+
+def tensor_types(header: GGUFHeader) -> dict[str, int]:
+    counts = Counter(t.tensor_type.name for t in header.tensors.values())
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def hyper_parameters(header: GGUFHeader, config) -> dict:
+    return {"n_layer": config.n_layer, "n_embd": config.n_embd, "n_ff": config.n_ff, "n_head": config.n_head,
+            "n_head_kv": config.n_head_kv, "head_dim": config.head_dim, "n_rot": config.n_rot,
+            "rope_base": config.rope_base, "rope": "neox" if config.rope_neox else "normal",
+            "rms_eps": config.rms_eps, "n_ctx": config.n_ctx, "n_vocab": config.n_vocab,
+            "tied_output": "output.weight" not in header.tensors}
+
+
+def tokenizer_summary(metadata: dict) -> dict:
+    """The tokenizer's kind, pre-tokenizer, special ids (as the file names them) and end-of-generation ids
+    (as refspec derives them; absent when the tokenizer cannot be built, with the reason)."""
+    out = {"tokenizer": metadata.get("tokenizer.ggml.model"), "pre": metadata.get("tokenizer.ggml.pre")}
+    for key in SPECIAL_ID_KEYS:
+        out[f"{key}_id"] = metadata.get(f"tokenizer.ggml.{key}_token_id")
+    out["chat_template"] = isinstance(metadata.get("tokenizer.chat_template"), str)
+    try:
+        tok = Tokenizer.from_metadata(metadata)
+    except TokenizerError as e:
+        out["tokenizer_error"] = str(e)
+        return out
+    out["add_bos"] = tok.add_bos
+    out["eog_ids"] = sorted(tok.eog_ids)
+    out["special_texts"] = {str(i): tok.token_text(i) for i in sorted(
+        {out[f"{k}_id"] for k in SPECIAL_ID_KEYS if isinstance(out[f"{k}_id"], int) and 0 <= out[f"{k}_id"] < tok.n_vocab}
+        | tok.eog_ids)}
+    return out
+
+
+def chat_template(path: str | os.PathLike) -> str | None:
+    """The file's chat template source, or None when it has none."""
+    template = read_header(path).metadata.get("tokenizer.chat_template")
+    return template if isinstance(template, str) else None
+
+
+def _without_path(message: str, name: str) -> str:
+    prefix = f"{name}: "
+    return message[len(prefix):] if message.startswith(prefix) else message

@@ -1,0 +1,247 @@
+"""What a llama.cpp user's habits get on refspec's command line: prompts from files and stdin, token ids,
+llama.cpp flags answered in one line, hidden control tokens, stop reasons, detokenize, info from the header,
+and a multi-turn chat. Run as a user would (a subprocess), on a tiny synthetic model."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from refspec import llama_flags
+from refspec.synthetic import rewrite_gguf, write_model
+
+
+def refspec(*args, stdin=None, check=True):
+    proc = subprocess.run([sys.executable, "-m", "refspec.cli", *args], capture_output=True, text=True,
+                          input=stdin, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("refspec: error: "), proc.stderr
+    for fragment in fragments:
+        assert fragment in last, last
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return str(write_model(tmp_path_factory.mktemp("habits") / "tiny.gguf", arch="qwen2", n_ctx=96, seed=3))
+
+
+def generate_json(model, *args, stdin=None):
+    return json.loads(refspec("generate", "-m", model, "-n", "6", "--json", "--device", "cpu", *args,
+                              stdin=stdin).stdout)
+
+
+# --- prompts -------------------------------------------------------------------------------------------
+def test_prompt_from_file_stdin_and_argument_agree(model, tmp_path):
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("hello world\n", encoding="utf-8")
+    from_arg = generate_json(model, "-p", "hello world\n")
+    for other in (generate_json(model, "-f", str(prompt)), generate_json(model, "-p", "-", stdin="hello world\n")):
+        assert (other["prompt_ids"], other["ids"]) == (from_arg["prompt_ids"], from_arg["ids"])
+
+
+def test_ids_are_the_prompt_as_given(model):
+    text = generate_json(model, "-p", "abc")
+    ids = generate_json(model, "--ids", ",".join(map(str, text["prompt_ids"])))
+    assert ids["prompt_ids"] == text["prompt_ids"] and ids["ids"] == text["ids"]
+    spaced = generate_json(model, "--ids", " ".join(map(str, text["prompt_ids"])))
+    assert spaced["ids"] == text["ids"]
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["-f", "/nonexistent/prompt.txt"], ["cannot read the prompt file", "No such file"]),
+    (["--ids", "1,x,3"], ["'x' is not an integer"]),
+    (["--ids", "1,100000"], ["100000 is outside the vocabulary"]),
+    (["--ids", " , "], ["no token ids"]),
+    (["--ids", "1,2", "--chat"], ["--chat needs a text prompt"]),
+    (["-p", "hi", "-sys", "be brief"], ["needs --chat"]),
+    ([], ["give a prompt"]),
+    (["-p", "hi", "-n", "-2"], ["-n must be"]),
+])
+def test_bad_prompts_give_one_line_errors(model, args, fragments):
+    assert_one_line_error(refspec("generate", "-m", model, *args, check=False), *fragments)
+
+
+def test_binary_prompt_file_and_stdin_are_refused(model, tmp_path):
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"ab\xff\xfecd")
+    assert_one_line_error(refspec("generate", "-m", model, "-f", str(binary), check=False), "not UTF-8")
+    proc = subprocess.run([sys.executable, "-m", "refspec.cli", "generate", "-m", model, "-p", "-"],
+                          input=b"\xff\xfe", capture_output=True, timeout=300)
+    assert proc.returncode == 1 and proc.stderr.decode().strip().endswith("is not UTF-8 text (byte 0)")
+
+
+# --- llama.cpp flags ------------------------------------------------------------------------------------
+HARMLESS = [["-ngl", "99"], ["-c", "4096"], ["-t", "8"], ["-b", "512"], ["-ub", "128"], ["-s", "42"],
+            ["--temp", "0"], ["--top-k", "40"], ["--top-p", "0.9"], ["--min-p", "0.05"], ["--repeat-penalty", "1.0"],
+            ["--mlock"], ["-no-cnv"], ["-fa"]]
+
+
+def test_harmless_llama_flags_note_and_run(model):
+    plain = generate_json(model, "-p", "hi")
+    flags = [part for flag in HARMLESS for part in flag]
+    proc = refspec("generate", "-m", model, "-p", "hi", "-n", "6", "--json", "--device", "cpu", *flags)
+    assert json.loads(proc.stdout)["ids"] == plain["ids"]
+    notes = [line for line in proc.stderr.splitlines() if " ignored: " in line]
+    assert [note.split()[2] for note in notes] == [flag[0] for flag in HARMLESS] or \
+        sorted(note.split()[2] for note in notes) == sorted(flag[0] for flag in HARMLESS)
+    assert all(note.startswith("refspec: note: ") for note in notes)
+
+
+def test_long_spellings_and_values_are_named_in_the_note(model):
+    proc = refspec("generate", "-m", model, "-p", "hi", "-n", "2", "--n-gpu-layers", "0", "-fa", "off", "--seed", "7")
+    assert "refspec: note: -ngl 0 ignored" in proc.stderr and "refspec: note: -fa off ignored" in proc.stderr
+    assert "refspec: note: -s 7 ignored" in proc.stderr
+
+
+@pytest.mark.parametrize("flag, fragment", [
+    (["--temp", "0.8"], "greedily by design"),
+    (["--temperature", "1"], "greedily by design"),
+    (["--repeat-penalty", "1.1"], "no repetition penalty"),
+    (["--presence-penalty", "0.5"], "no presence penalty"),
+    (["--mirostat", "2"], "greedily"),
+    (["-md", "draft.gguf"], "drafts from the model itself"),
+    (["--model-draft", "draft.gguf"], "--draft ngram"),
+    (["--grammar", "root ::= x"], "no constrained decoding"),
+    (["-hf", "org/model"], "-m FILE"),
+    (["--lora", "a.gguf"], "no adapters"),
+    (["-i"], "--chat"),
+], ids=lambda x: " ".join(x) if isinstance(x, list) else "")
+def test_llama_flags_that_would_change_the_output_are_errors(model, flag, fragment):
+    canonical = next(f.names[0] for f in llama_flags.FLAGS if flag[0] in f.names)  # the name messages use
+    assert_one_line_error(refspec("generate", "-m", model, "-p", "hi", *flag, check=False), canonical, fragment)
+
+
+def test_numeric_draft_points_to_draft_max(model):
+    proc = refspec("generate", "-m", model, "-p", "hi", "--draft", "8", check=False)
+    assert proc.returncode != 0 and "--draft-max 8" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_help_lists_every_llama_flag_with_its_answer():
+    text = refspec("generate", "--help").stdout
+    for flag in llama_flags.FLAGS:
+        assert flag.names[0] in text
+    for option in ("-f FILE", "--ids IDS", "-sys", "--special", "--ignore-eos", "stop_reason", "-cnv"):
+        assert option in text
+    assert "note:" in text and "error:" in text
+
+
+def test_cnv_is_chat(model):
+    assert generate_json(model, "-p", "hi", "-cnv")["ids"] == generate_json(model, "-p", "hi", "--chat")["ids"]
+
+
+# --- output ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def eog_model(model, tmp_path_factory):
+    """The tiny model with the first token it generates after "hi" made its end-of-turn token: EOS and a
+    control token, as <|im_end|> is in a real chat model."""
+    from gguf import GGUFReader
+
+    first = generate_json(model, "-p", "hi", "--ignore-eos")["ids"][0]
+    types = GGUFReader(model).fields["tokenizer.ggml.token_type"].contents()
+    types[first] = 3  # CONTROL
+    path = tmp_path_factory.mktemp("eog") / "eog.gguf"
+    rewrite_gguf(model, path, metadata={"tokenizer.ggml.eos_token_id": first, "tokenizer.ggml.token_type": types})
+    return str(path), first
+
+
+def test_stop_reason_and_ignore_eos(eog_model):
+    path, first = eog_model
+    stopped = generate_json(path, "-p", "hi")
+    assert stopped["ids"] == [first] and stopped["stop_reason"] == "eog" and stopped["text"] == ""
+    full = generate_json(path, "-p", "hi", "--ignore-eos")
+    assert full["ids"][0] == first and len(full["ids"]) == 6 and full["stop_reason"] == "max_tokens"
+
+
+def test_end_of_turn_is_printed_only_with_special(eog_model):
+    path, first = eog_model
+    token_text = refspec("detokenize", "-m", path, str(first)).stdout
+    assert token_text.strip()  # the control token has a visible text
+    assert refspec("generate", "-m", path, "-p", "hi", "-n", "4").stdout == "\n"
+    assert refspec("generate", "-m", path, "-p", "hi", "-n", "4", "--special").stdout == token_text
+    assert generate_json(path, "-p", "hi", "--special")["text"] + "\n" == token_text
+    assert refspec("detokenize", "-m", path, str(first), "--no-special").stdout == "\n"
+
+
+# --- detokenize -----------------------------------------------------------------------------------------
+def test_tokenize_detokenize_round_trip_through_stdin(model):
+    text = "<|im_start|>hello world"
+    tokens = refspec("tokenize", "-m", model, text, "--json").stdout
+    assert refspec("detokenize", "-m", model, "-", stdin=tokens).stdout == text + "\n"
+    ids = json.loads(tokens)["ids"]
+    as_json = json.loads(refspec("detokenize", "-m", model, ",".join(map(str, ids)), "--json").stdout)
+    assert as_json == {"text": text}
+
+
+@pytest.mark.parametrize("args, stdin, fragment", [
+    (["1", "x"], None, "'x' is not an integer"),
+    (["-5"], None, "outside the vocabulary"),
+    (["99999"], None, "outside the vocabulary"),
+    (["-"], '{"tokens": [1]}', "not a JSON object with \"ids\""),
+    (["-"], '{"ids": 3}', "is not a list"),
+    (["-"], "", "no token ids"),
+])
+def test_bad_detokenize_input_gives_one_line_errors(model, args, stdin, fragment):
+    assert_one_line_error(refspec("detokenize", "-m", model, *args, stdin=stdin, check=False), fragment)
+
+
+# --- info -----------------------------------------------------------------------------------------------
+def test_info_reads_the_header_only(model, tmp_path):
+    info = json.loads(refspec("info", "-m", model, "--json").stdout)
+    assert info["tensor_types"] == {"Q8_0": 15, "F32": 11}
+    assert info["refspec_would"].startswith("load as is")
+    assert (info["bos_id"], info["eos_id"], info["pre"], info["tokenizer"]) == (1, 2, "smollm", "gpt2")
+    assert 2 in info["eog_ids"] and info["chat_template"] is True
+    text = refspec("info", "-m", model).stdout
+    assert "'<|im_end|>'" in text and "refspec_would" in text
+
+
+def test_info_says_convert_or_refuse_and_why(model, tmp_path):
+    q4 = tmp_path / "q4.gguf"
+    rewrite_gguf(model, q4, tensor_types={"blk.0.ffn_up.weight": "Q4_1", "blk.1.ffn_up.weight": "Q4_1"})
+    assert json.loads(refspec("info", "-m", str(q4), "--json").stdout)["refspec_would"] == \
+        "convert 2 matrices (Q4_1) to Q8_0 at load"
+    unknown = tmp_path / "arch.gguf"
+    rewrite_gguf(model, unknown, metadata={"general.architecture": "mamba"})
+    info = json.loads(refspec("info", "-m", str(unknown), "--json").stdout)
+    assert info["refspec_would"] == "refuse" and "architecture 'mamba'" in info["refuse_reason"]
+    extra = tmp_path / "extra.gguf"
+    import numpy as np
+
+    rewrite_gguf(model, extra, add_tensors={"blk.0.mystery.weight": np.zeros(32, np.float32)})
+    info = json.loads(refspec("info", "-m", str(extra), "--json").stdout)
+    assert info["refspec_would"] == "refuse" and "blk.0.mystery.weight" in info["refuse_reason"]
+
+
+def test_info_template(model, tmp_path):
+    assert "<|im_start|>" in refspec("info", "-m", model, "--template").stdout
+    bare = tmp_path / "bare.gguf"
+    rewrite_gguf(model, bare, drop={"tokenizer.chat_template"})
+    proc = refspec("info", "-m", str(bare), "--template")
+    assert "ChatML" in proc.stderr and "<|im_start|>" in proc.stdout
+
+
+def test_info_on_a_file_that_is_not_gguf(tmp_path):
+    junk = tmp_path / "junk.txt"
+    junk.write_text("hello")
+    assert_one_line_error(refspec("info", "-m", str(junk), check=False), "not a GGUF file")
+
+
+# --- chat -----------------------------------------------------------------------------------------------
+def test_chat_conversation_one_json_object_per_turn(model):
+    proc = refspec("generate", "-m", model, "--chat", "-sys", "be brief", "-n", "3", "--json", "--device", "cpu",
+                   stdin="hi\n\nthere\n")
+    turns = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(turns) == 2  # the empty line is skipped
+    first, second = turns
+    # the second turn's prompt holds the first turn's prompt, then the reply, then the new message
+    assert second["prompt_ids"][:len(first["prompt_ids"])] == first["prompt_ids"]
+    one_turn = generate_json(model, "--chat", "-sys", "be brief", "-p", "hi", "-n", "3")
+    assert one_turn["prompt_ids"] == first["prompt_ids"] and one_turn["ids"] == first["ids"]

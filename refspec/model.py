@@ -22,6 +22,20 @@ ARCHITECTURES = ("llama", "qwen2", "qwen3")
 
 
 @dataclass(frozen=True)
+class RopeScaling:
+    """What shapes RoPE's angles beyond n_rot and the base, all from the file (SPEC.md, "RoPE"). The
+    default is plain RoPE."""
+
+    kind: str = "none"  # "none", "linear" (every angle / factor) or "yarn" (per-pair mix, magnitude scale)
+    factor: float = 1.0  # s >= 1: the context extension factor of linear and YaRN scaling
+    attn_factor: float = 1.0  # a: every cos and sin entry is multiplied by it (rope.scaling.attn_factor)
+    n_ctx_orig: int = 0  # YaRN: the context length the model was trained for
+    beta_fast: float = 32.0  # YaRN: pairs turning more than beta_fast times over n_ctx_orig are not scaled
+    beta_slow: float = 1.0  # YaRN: pairs turning fewer than beta_slow times are fully scaled
+    freq_factors: tuple[float, ...] | None = None  # rope_freqs.weight (Llama 3.x): pair i's angle / f[i]
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Hyper-parameters, all read from GGUF metadata (never from a model's name)."""
 
@@ -37,6 +51,7 @@ class ModelConfig:
     rms_eps: float  # as stored in the file (float32)
     n_ctx: int
     n_vocab: int
+    rope_scaling: RopeScaling = RopeScaling()
     rope_neox: bool = field(init=False)  # pairs (i, i + n_rot/2) instead of (2i, 2i+1)
     has_qkv_bias: bool = field(init=False)
     has_qk_norm: bool = field(init=False)

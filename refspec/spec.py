@@ -14,8 +14,10 @@ import numpy as np
 
 from refspec.errors import NumericsError
 from refspec.model import QK8_0
+from refspec.rope import rope_table  # noqa: F401  (the RoPE table; SPEC.md, "RoPE")
 
-SPEC_VERSION = "1"  # bumped whenever any operation's bits change; golden files record it
+SPEC_VERSION = "2"  # bumped whenever any operation's bits change; golden files record it (2: RoPE table
+# entries correctly rounded from exact values, refspec/rope.py)
 F32 = np.float32
 LANES = 32  # reductions run over 32 lanes whatever the hardware (SPEC.md, "Reductions")
 ATTN_CHUNK = 256  # positions per attention chunk (SPEC.md, "Attention")
@@ -111,14 +113,23 @@ def chunked_sum(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------------- exp
 # exp(x) = 2**k * p(r), k = nearest integer to x*log2(e), r = x - k*ln2 (Cody-Waite, two constants),
-# p = Taylor polynomial of degree 7 in Horner form. Every constant is the binary32 value written here.
-EXP_LOG2E = F32(1.44269502162933349609375)  # log2(e) rounded to binary32
-EXP_LN2_HI = F32(0.693359375)  # 355/512: k*EXP_LN2_HI is exact for |k| < 2**15
-EXP_LN2_LO = F32(-2.12194440e-4)  # ln(2) - EXP_LN2_HI, rounded to binary32
-EXP_ROUND = F32(12582912.0)  # 1.5 * 2**23: (t + 1.5*2**23) - 1.5*2**23 rounds t to an integer, ties to even
-EXP_X_MAX = F32(88.0)  # exp(x) = +inf above this
-EXP_X_MIN = F32(-87.0)  # exp(x) = +0.0 below this (the result would come close to subnormal)
-EXP_POLY = tuple(F32(1.0 / f) for f in (5040.0, 720.0, 120.0, 24.0, 6.0, 2.0, 1.0, 1.0))  # 1/7! ... 1/0!
+# p = Taylor polynomial of degree 7 in Horner form. Every constant is defined by its binary32 bit pattern
+# (SPEC.md, "exp"); the asserts below say what each one is.
+def _f32(bits: int) -> np.float32:
+    return np.array(bits, np.uint32).view(F32)[()]
+
+
+EXP_LOG2E = _f32(0x3FB8AA3B)  # log2(e) rounded to binary32 = 1.44269502162933349609375
+EXP_LN2_HI = _f32(0x3F318000)  # 0.693359375 = 355/512: k*EXP_LN2_HI is exact for |k| < 2**15
+EXP_LN2_LO = _f32(0xB95E8083)  # ln(2) - 355/512 rounded to binary32 (about -2.1219444e-4)
+EXP_ROUND = _f32(0x4B400000)  # 1.5 * 2**23: (t + 1.5*2**23) - 1.5*2**23 rounds t to an integer, ties to even
+EXP_X_MAX = _f32(0x42B00000)  # 88.0: exp(x) = +inf above this
+EXP_X_MIN = _f32(0xC2AE0000)  # -87.0: exp(x) = +0.0 below this (the result would come close to subnormal)
+EXP_POLY = tuple(_f32(b) for b in (0x39500D01, 0x3AB60B61, 0x3C088889, 0x3D2AAAAB, 0x3E2AAAAB, 0x3F000000,
+                                   0x3F800000, 0x3F800000))  # 1/7!, 1/6!, ..., 1/1!, 1/0! rounded to binary32
+assert EXP_LOG2E == F32(1.4426950408889634) and EXP_LN2_HI == 355 / 512 and EXP_ROUND == 1.5 * 2**23
+assert EXP_LN2_LO == F32(0.6931471805599453 - 355 / 512) and (EXP_X_MAX, EXP_X_MIN) == (88, -87)
+assert EXP_POLY == tuple(F32(1.0 / f) for f in (5040.0, 720.0, 120.0, 24.0, 6.0, 2.0, 1.0, 1.0))
 
 
 def exp(x: np.ndarray) -> np.ndarray:
@@ -167,7 +178,8 @@ def quantize_q8_0(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     reference Q8_0 quantizer (gguf.quants.quantize(x, Q8_0)).
 
     Per block of 32: d = amax / 127; inv = 0 if d == 0 else 1 / d; q = round-half-away-from-zero(x * inv),
-    and q = 0 where x * inv is not finite (only when inv overflowed to +inf); the scale stored is fp16(d).
+    and q = 0 where x * inv is not finite (inv overflowed to +inf, or the block holds inf or NaN); the scale
+    stored is fp16(d).
     """
     x = np.asarray(x, F32)
     rows, k = x.shape
@@ -223,17 +235,10 @@ def embed(w, ids: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------- rope
-def rope_table(n_ctx: int, n_rot: int, base: float) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin [n_ctx, n_rot/2] as float32: angle(p, i) = p * base**(-2i/n_rot), computed in float64
-    (numpy's pow, cos, sin) and rounded once to binary32. Backends upload this table; none recomputes it."""
-    inv_freq = np.power(np.float64(base), -np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)
-    angle = np.arange(n_ctx, dtype=np.float64)[:, None] * inv_freq[None, :]
-    return np.cos(angle).astype(F32), np.sin(angle).astype(F32)
-
-
 def rope(x: np.ndarray, pos0: int, cos: np.ndarray, sin: np.ndarray, neox: bool) -> np.ndarray:
-    """Rotate x [R, H, D] for positions pos0 .. pos0+R-1. Pairs (2i, 2i+1), or (i, i + n_rot/2) when neox;
-    dimensions at and beyond n_rot pass through. a' = a*c - b*s, b' = a*s + b*c."""
+    """Rotate x [R, H, D] for positions pos0 .. pos0+R-1 with rope_table's cos and sin (refspec/rope.py).
+    Pairs (2i, 2i+1), or (i, i + n_rot/2) when neox; dimensions at and beyond n_rot pass through.
+    a' = a*c - b*s, b' = a*s + b*c."""
     x = np.asarray(x, F32)
     rows = x.shape[0]
     half = cos.shape[1]

@@ -59,6 +59,7 @@ BOS_ID, EOS_ID, UNK_ID, PAD_ID = 1, 2, 0, 2
 MERGES = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("Ġ", "a"), ("i", "n"), ("e", "r"), ("o", "n"), ("r", "e"),
           ("Ġ", "s"), ("a", "t"), ("e", "n"), ("o", "r"), ("Ġ", "w"), ("Ġ", "o"), ("a", "n"), ("Ġa", "n"),
           ("Ġan", "d"), ("i", "s"), ("Ġ", "i"), ("l", "l"), ("o", "u"), ("Ġ", "c"), ("e", "s"), ("in", "g")]
+VOCABS = ("bpe", "spm")
 CHAT_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
                  "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
@@ -67,12 +68,38 @@ def tokenizer_vocab(n_vocab: int | None = None) -> tuple[list[str], list[int], l
     """(tokens, token types, merges). Padded to n_vocab with unused "[PAD{i}]" tokens, as llama.cpp pads."""
     tokens = SPECIAL_TOKENS + byte_alphabet() + [left + right for left, right in MERGES]
     types = [TokenType.CONTROL] * len(SPECIAL_TOKENS) + [TokenType.NORMAL] * (len(tokens) - len(SPECIAL_TOKENS))
+    tokens, types = _pad(tokens, types, n_vocab)
+    return tokens, types, [f"{left} {right}" for left, right in MERGES]
+
+
+# The SentencePiece alternative (tokenizer.ggml.model = "llama"), laid out as Llama-2's: <unk>, <s>, </s>, the
+# 256 byte tokens <0x00>..<0xFF>, then pieces by score. Spaces are '▁'. A merged piece scores higher the earlier
+# it is listed (SentencePiece merges the highest-scoring pair first); single characters score lowest.
+SPM_SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]  # ids 0, 1, 2: unknown, then control (BOS, EOS)
+SPM_BOS_ID, SPM_EOS_ID, SPM_UNK_ID = 1, 2, 0
+SPM_MERGED = ["▁t", "he", "▁the", "▁a", "in", "er", "on", "re", "▁s", "at", "en", "or", "▁w", "▁o", "an",
+              "▁an", "▁and", "is", "▁i", "ll", "ou", "▁c", "es", "ing", "▁is", "▁in", "▁of", "▁to", "▁he"]
+SPM_CHARS = "▁etaoinshrdlucmfwypvbgkqjxzETAOINSHRDLUCMFWYPVBGKQJXZ0123456789.,!?'\"-:;()"
+
+
+def spm_vocab(n_vocab: int | None = None) -> tuple[list[str], list[int], list[float]]:
+    """(tokens, token types, scores) of a small SentencePiece vocabulary, padded as ``tokenizer_vocab``."""
+    pieces = SPM_MERGED + [c for c in SPM_CHARS if c not in SPM_MERGED]
+    tokens = SPM_SPECIAL_TOKENS + [f"<0x{b:02X}>" for b in range(256)] + pieces
+    types = ([TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL] + [TokenType.BYTE] * 256
+             + [TokenType.NORMAL] * len(pieces))
+    tokens, types = _pad(tokens, types, n_vocab)
+    scores = [0.0] * (len(SPM_SPECIAL_TOKENS) + 256) + [-float(i) for i in range(len(tokens) - 259)]
+    return tokens, types, scores
+
+
+def _pad(tokens: list[str], types: list[int], n_vocab: int | None) -> tuple[list[str], list[int]]:
     if n_vocab is not None:
         if n_vocab < len(tokens):
             raise UsageError(f"n_vocab {n_vocab} is smaller than the synthetic tokenizer's {len(tokens)} tokens")
-        tokens += [f"[PAD{i}]" for i in range(len(tokens), n_vocab)]
-        types += [TokenType.UNUSED] * (n_vocab - len(types))
-    return tokens, [int(t) for t in types], [f"{left} {right}" for left, right in MERGES]
+        tokens = tokens + [f"[PAD{i}]" for i in range(len(tokens), n_vocab)]
+        types = types + [TokenType.UNUSED] * (n_vocab - len(types))
+    return tokens, [int(t) for t in types]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -125,18 +152,21 @@ def write_model(path: str | os.PathLike, *, arch: str = "llama", n_layer: int = 
                 n_ff: int = 96, n_head: int = 4, n_head_kv: int = 2, head_dim: int | None = None,
                 n_rot: int | None = None, n_ctx: int = 256, n_vocab: int | None = None,
                 rope_base: float = 10000.0, eps: float = 1e-5, seed: int = 0, weight_type: str = "Q8_0",
-                tie_embeddings: bool = True, tokenizer: bool = True) -> pathlib.Path:
+                tie_embeddings: bool = True, tokenizer: bool = True, vocab: str = "bpe") -> pathlib.Path:
     """Write a random-weight GGUF model and return its path.
 
     ``head_dim`` and ``n_rot`` are written (as attention.key_length / rope.dimension_count) only when given;
     otherwise the loader's defaults (n_embd / n_head, head_dim) apply. ``n_vocab`` defaults to the tokenizer's
     size; a larger one pads the vocabulary with unused tokens. ``tokenizer=False`` leaves out every
-    ``tokenizer.*`` key (the model then has only token ids)."""
+    ``tokenizer.*`` key (the model then has only token ids). ``vocab``: "bpe" (byte-level BPE, ChatML tokens)
+    or "spm" (SentencePiece, Llama-2's layout: ``spm_vocab``)."""
     if arch not in ARCHITECTURES:
         raise UsageError(f"arch {arch!r} is not one of {', '.join(ARCHITECTURES)}")
     if weight_type not in WEIGHT_TYPES:
         raise UsageError(f"weight_type {weight_type!r} is not one of {', '.join(WEIGHT_TYPES)}")
-    tokens, token_types, merges = tokenizer_vocab(n_vocab)
+    if vocab not in VOCABS:
+        raise UsageError(f"vocab {vocab!r} is not one of {', '.join(VOCABS)}")
+    tokens, token_types, merges_or_scores = (spm_vocab if vocab == "spm" else tokenizer_vocab)(n_vocab)
     n_vocab = len(tokens)
     dim = head_dim if head_dim is not None else n_embd // max(n_head, 1)
     n_q, n_kv = n_head * dim, n_head_kv * dim
@@ -162,7 +192,7 @@ def write_model(path: str | os.PathLike, *, arch: str = "llama", n_layer: int = 
     writer.add_layer_norm_rms_eps(eps)
     writer.add_vocab_size(n_vocab)
     if tokenizer:
-        _add_tokenizer(writer, tokens, token_types, merges)
+        (_add_spm_tokenizer if vocab == "spm" else _add_tokenizer)(writer, tokens, token_types, merges_or_scores)
 
     rng = np.random.default_rng(seed)
     tensors = {"token_embd.weight": RandomMatrix(rng, n_vocab, n_embd, weight_type)}
@@ -202,6 +232,17 @@ def _add_tokenizer(writer: GGUFWriter, tokens: list[str], token_types: list[int]
     writer.add_pad_token_id(PAD_ID)
     writer.add_add_bos_token(False)
     writer.add_chat_template(CHAT_TEMPLATE)
+
+
+def _add_spm_tokenizer(writer: GGUFWriter, tokens: list[str], token_types: list[int], scores: list[float]) -> None:
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_types(token_types)
+    writer.add_token_scores(scores)
+    writer.add_bos_token_id(SPM_BOS_ID)
+    writer.add_eos_token_id(SPM_EOS_ID)
+    writer.add_unk_token_id(SPM_UNK_ID)
+    writer.add_add_bos_token(True)
 
 
 def _layer_tensors(rng, prefix, arch, n_embd, n_ff, n_q, n_kv, head_dim, weight_type) -> dict:
@@ -300,12 +341,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, dest=dest, type=type_, help=help_)
     parser.add_argument("--untied", action="store_true", help="write a separate output.weight")
     parser.add_argument("--no-tokenizer", action="store_true", help="leave out the tokenizer.* keys")
+    parser.add_argument("--vocab", choices=VOCABS, default="bpe",
+                        help="byte-level BPE with ChatML tokens (default) or a SentencePiece vocabulary")
 
 
 def run(args: argparse.Namespace) -> pathlib.Path:
     kwargs = dict(PRESETS[args.preset]) if args.preset else {}
     kwargs.update({dest: getattr(args, dest) for _, dest, _, _ in _OPTIONS if getattr(args, dest) is not None})
-    return write_model(args.out, tie_embeddings=not args.untied, tokenizer=not args.no_tokenizer, **kwargs)
+    return write_model(args.out, tie_embeddings=not args.untied, tokenizer=not args.no_tokenizer, vocab=args.vocab,
+                       **kwargs)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,28 +1,35 @@
 """The tokenizer a GGUF describes, reproducing llama.cpp's tokenization of text into ids and of ids into text.
 
-refspec supports byte-level BPE vocabularies (``tokenizer.ggml.model == 'gpt2'``), the kind llama-3, Qwen2/3 and
-SmolLM2 use. The BPE merging itself is done by HF ``tokenizers`` (``models.BPE``); this module only assembles it
-from the GGUF metadata the way llama.cpp's ``src/llama-vocab.cpp`` and ``src/unicode.cpp`` do (read at llama.cpp
-commit 00ad355e). Encoding ``text`` runs:
+refspec supports byte-level BPE vocabularies (``tokenizer.ggml.model == 'gpt2'``: llama-3, Qwen2/3/3.5, SmolLM2,
+DeepSeek, Falcon, ...) and SentencePiece vocabularies (``'llama'``: Llama-2, Mistral, TinyLlama, Phi-3). The
+merging itself is done by HF ``tokenizers`` (``models.BPE``); this module only assembles it from the GGUF
+metadata the way llama.cpp's ``src/llama-vocab.cpp`` and ``src/unicode.cpp`` do (read in llama-cpp-python
+0.3.36's llama.cpp, which passes llama.cpp's own tokenizer test suite: tests/test_llama_vocabs.py). Encoding
+``text`` runs:
 
 1. **Special-token split.** Control, unknown and user-defined tokens are cut out of the text, longest token
    text first, each at every occurrence left to right (llama.cpp ``tokenizer_st_partition``). Control and
    unknown tokens are recognised only with ``parse_special=True`` (the default, as llama.cpp's tools use for
    prompts); user-defined tokens always are.
-2. **Pre-tokenizer.** Each remaining text piece is split by the regexes llama.cpp picks by
+2. **Byte-level BPE** (``_ByteLevelBPE``). Each remaining text piece is split by the regexes llama.cpp picks by
    ``tokenizer.ggml.pre`` (``_PRE_TOKENIZERS`` below), applied one after the other, every match and every gap
-   between matches kept as a piece of its own.
-3. **Byte-level BPE.** Each piece's UTF-8 bytes are mapped to GPT-2's printable byte alphabet and merged by the
-   ranks in ``tokenizer.ggml.merges`` (lowest rank first, leftmost first among equal ranks). For the llama-3
-   family llama.cpp sets ``ignore_merges``: a piece that is itself a token is emitted whole. A byte no token
-   covers (``missing_bytes``; SmolLM2 lacks 21 of the 256) is dropped, as llama.cpp drops it.
-4. **BOS/EOS.** ``add_bos`` prepends ``bos_id`` (and ``add_eos`` appends ``eos_id``).
+   between matches kept as a piece of its own. Each piece's UTF-8 bytes are mapped to GPT-2's printable byte
+   alphabet and merged by the ranks in ``tokenizer.ggml.merges`` (lowest rank first, leftmost first among equal
+   ranks). For some pre-tokenizers (the llama-3 family, ...) llama.cpp sets ``ignore_merges``: a piece that is
+   itself a token is emitted whole. A byte no token covers (``missing_bytes``; SmolLM2 lacks 21 of the 256) is
+   dropped, as llama.cpp drops it.
+2'. **SentencePiece** (``_SentencePieceBPE``): no pre-tokenizer; spaces become '▁', a space goes in front of the
+   text and of every text after a special token (``tokenizer.ggml.add_space_prefix``, default true), and the
+   pair that forms the highest-scoring token (``tokenizer.ggml.scores``) merges first; characters that are no
+   token become byte tokens ``<0xXX>``.
+3. **BOS/EOS.** ``add_bos`` prepends ``bos_id`` (and ``add_eos`` appends ``eos_id``).
 
 Defaults, as llama.cpp decides them:
 
-* ``add_bos``: ``tokenizer.ggml.add_bos_token`` when the file has it. When it is absent, llama.cpp's default for
-  BPE vocabularies is False, except for the pre-tokenizers it marks ``add_bos = true`` (the llama-3 family:
-  ``llama3``, ``llama-v3``, ``llama-bpe``, ``falcon3``, ``pixtral``), ``llama_vocab::impl::load``.
+* ``add_bos``: ``tokenizer.ggml.add_bos_token`` when the file has it. When it is absent, llama.cpp's default is
+  True for SentencePiece, and for BPE False except for the pre-tokenizers it marks ``add_bos = true`` (the
+  llama-3 family, tekken, chameleon), ``llama_vocab::impl::load``.
+* SentencePiece without ``bos_token_id``/``eos_token_id``: ids 1 and 2, llama.cpp's defaults.
 * ``tokenizer.ggml.pre`` absent: the ``default`` pre-tokenizer (llama.cpp warns that quality degrades).
 * ``eog_ids`` (the ids that end generation), llama.cpp's rule: ``eos_id``, ``eot_id`` and ``eom_id`` (from the
   file's keys), every token whose text is in ``EOG_TEXTS`` (``<|im_end|>``, ``<|endoftext|>``, ``<|eot_id|>``,
@@ -30,25 +37,30 @@ Defaults, as llama.cpp decides them:
   text when those keys are absent: SmolLM2's ``<reponame>`` is one). Tokens found by text are treated as
   control tokens even where the file marks them otherwise, as llama.cpp does.
 
-Decoding is llama.cpp's ``token_to_piece`` concatenated (what ``llama-cli`` prints, no clean-up of spaces):
-normal tokens map back from the byte alphabet to bytes; control and unknown tokens print their text unless
-``skip_special``; user-defined tokens always print their text; unused, byte-typed and undefined tokens print
-nothing (llama.cpp's BPE branch copies nothing for them). The bytes are decoded as UTF-8 with U+FFFD for
-invalid sequences; ``StreamDecoder`` yields the same text one token at a time.
+Decoding is llama.cpp's ``token_to_piece`` concatenated: normal tokens map back from the byte alphabet to bytes
+(BPE) or '▁' to spaces (SentencePiece); byte tokens ``<0xXX>`` print their byte; control and unknown tokens print
+their text unless ``skip_special``; user-defined tokens always print their text; unused and undefined tokens
+print nothing. With ``add_space_prefix`` the first piece loses one leading space, the one encoding put there,
+as llama.cpp's detokenize does (``continuation=True`` keeps it: for generated tokens that continue a prompt).
+Spaces are never cleaned up (llama.cpp's detokenize drops the space in " ?", " ," ... for some pre-tokenizers;
+refspec's ``decode(encode(s)) == s`` holds there too). The bytes are decoded as UTF-8 with U+FFFD for invalid
+sequences; ``StreamDecoder`` yields the same text one token at a time.
 
-Where refspec deliberately differs from llama.cpp (none of it matters for a well-formed llama/qwen2/qwen3 GGUF):
-missing ``bos_token_id``/``eos_token_id`` stay None (llama.cpp substitutes id 11 for BPE vocabularies); out of
-range special ids (llama.cpp warns and keeps its default), malformed merges and merges whose pieces are not
-tokens raise ``TokenizerError``; llama.cpp's
-per-model token-attribute workarounds (phi-3, jina, gpt-oss, gemma4) are not reproduced; where several FIM tokens
-match by text all of them are EOG (llama.cpp keeps whichever its hash map yields first). Unicode categories
-(``\\p{L}``, ``\\p{N}``, ``\\s``) come from Oniguruma's tables inside ``tokenizers``; llama.cpp carries its own
-tables, so code points whose category changed between Unicode versions may split differently.
+Where refspec deliberately differs from llama.cpp (none of it matters for a well-formed GGUF of a supported
+model): missing BPE ``bos_token_id``/``eos_token_id`` stay None (llama.cpp substitutes id 11); out of range
+special ids (llama.cpp warns and keeps its default), malformed merges and merges whose pieces are not tokens
+raise ``TokenizerError``; llama.cpp's per-model token-attribute workarounds (phi-3, jina, gpt-oss, gemma4) are
+not reproduced; where several FIM tokens match by text all of them are EOG (llama.cpp keeps whichever its hash
+map yields first). Unicode categories (``\\p{L}``, ``\\p{N}``, ``\\s``) come from Oniguruma's tables inside
+``tokenizers``; llama.cpp carries its own tables, so code points whose category changed between Unicode versions
+may split differently. SentencePiece: llama.cpp breaks a tie between two different tokens of equal score by
+position, refspec by id (they differ only where such candidate pairs overlap).
 """
 from __future__ import annotations
 
 import codecs
 import json
+import math
 import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -69,18 +81,66 @@ TOKEN_UNUSED = 5
 TOKEN_BYTE = 6
 
 # --- pre-tokenizer regexes, as in llama.cpp's llm_tokenizer_bpe (src/llama-vocab.cpp) ------------------------
+# llama.cpp writes the HF tokenizer.json regexes without (?i:...) and possessive quantifiers; these are its forms.
+# Where llama.cpp runs std::regex, '$' is the end of the piece being split: Oniguruma's '\z' (its '$' is a line end).
+_CONTRACTIONS = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
 _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
-_LLAMA3 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-           r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_LLAMA3 = (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _QWEN2 = _LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}")  # llama-3's regex with single digits
+_QWEN35 = (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+"
+           r"|\s+(?!\S)|\s+")  # qwen2's, with combining marks kept in words
+# Upper/lower case approximated with ASCII classes under a letter look-ahead (llama.cpp's form of \p{Lu}..\p{Lo})
+_UPPER, _LOWER = r"((?=[\p{L}])([^a-z]))", r"((?=[\p{L}])([^A-Z]))"
+_GPT4O = (rf"[^\r\n\p{{L}}\p{{N}}]?{_UPPER}*{_LOWER}+{_CONTRACTIONS}?|[^\r\n\p{{L}}\p{{N}}]?{_UPPER}+{_LOWER}*"
+          rf"{_CONTRACTIONS}?|\p{{N}}{{1,3}}| ?[^\s\p{{L}}\p{{N}}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_TEKKEN = (rf"[^\r\n\p{{L}}\p{{N}}]?{_UPPER}*{_LOWER}+|[^\r\n\p{{L}}\p{{N}}]?{_UPPER}+{_LOWER}*|\p{{N}}"
+           r"| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_UPPER_M, _LOWER_M = r"((?=[\p{L}\p{M}])([^a-z]))", r"((?=[\p{L}\p{M}])([^A-Z]))"
+_GRANITE_MULTI = (rf"[^\r\n\p{{L}}\p{{N}}]?{_UPPER_M}*{_LOWER_M}+{_CONTRACTIONS}?|[^\r\n\p{{L}}\p{{N}}]?{_UPPER_M}+"
+                  rf"{_LOWER_M}*{_CONTRACTIONS}?|\p{{N}}{{1,3}}| ?[^\s\p{{L}}\p{{N}}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_CASED = r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]", r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]"
+_YOUTU = (r"[가-힣ㄱ-ㆎ]+|[！…“”‘’—：；，、-〿︰-﹏]+|[ㄅ-ㄯ]+|[一-龥぀-ゟ゠-ヿ]+",
+          rf"[^\r\n\p{{L}}\p{{N}}]?{_CASED[0]}*{_CASED[1]}+{_CONTRACTIONS}?|[^\r\n\p{{L}}\p{{N}}]?{_CASED[0]}+"
+          rf"{_CASED[1]}*{_CONTRACTIONS}?|\p{{N}}| ?[^\s\p{{L}}\p{{N}}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_DEEPSEEK3 = (r"[!" + '"' + r"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"
+              r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_DEEPSEEK_LETTERS = "A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃"  # deepseek-llm's list of cased-letter ranges
+_CJK_HANGUL = r"[一-龥ࠀ-一가-퟿]+"
+_BLOOM = r" ?[^(\s|.,!?…。，、।۔،)]+"
 
 _REGEXES = {  # llama.cpp's LLAMA_VOCAB_PRE_TYPE_* -> regexes applied in order
     "default": (r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"),
     "gpt2": (_GPT2,),
     "llama3": (_LLAMA3,),
+    "jais2": (_LLAMA3.replace(r"|\s+(?!\S)|\s+", "") + "".join(rf"|\s{{{n}}}(?!\S)" for n in
+              (512, 256, 128, 64, 32, 16, 8, 4)) + r"|\s{1,2}(?!\S)|\s{1}",),
     "qwen2": (_QWEN2,),
+    "qwen35": (_QWEN35,),
     "starcoder": (r"\p{N}", _GPT2),  # gpt-2's regex after isolating every digit
     "falcon": (r"[\p{P}\$\+<=>\^~\|`]+", _GPT2, r"[0-9][0-9][0-9]"),
+    "deepseek-llm": (r"[\r\n]", rf"\s?[{_DEEPSEEK_LETTERS}]+", r"\s?[!-/:-~！-／：-～‘-‟　-。]+", r"\s+\z",
+                     _CJK_HANGUL, r"\p{N}+"),
+    "deepseek-coder": (r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", _CJK_HANGUL, r"\p{N}"),
+    "deepseek3": (r"\p{N}{1,3}", r"[一-龥぀-ゟ゠-ヿ]+", _DEEPSEEK3),
+    "spark2_5": (r"\p{N}{1,3}", r"[一-龥぀-ゟ゠-ヿ]+", _DEEPSEEK3.replace(r"+[\r\n]*|\s*[\r\n]+", r"+|[\r\n]"),
+                 r"\p{N}"),
+    "youtu": _YOUTU,
+    "bloom": (_BLOOM,),
+    "viking": (_BLOOM, r"\p{N}"),
+    "tekken": (_TEKKEN,),
+    "chameleon": (r"<sentinel:[0-9]+>", r"(IMGIMG)((A|B|C|D|E|F|G|H|I){1,4})Z", r"([\t\n]|    |  )", r"\p{N}",
+                  r"[\p{P}!-/:-@\[-`{-~]", _GPT2),
+    "gpt4o": (_GPT4O,),
+    "granite-multi": (_GRANITE_MULTI,),
+    "bailingmoe": (r"'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                   r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+",),
+    "seed-coder": (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+"
+                   r"|\s+(?!\S)|\s+",),
+    "ufakzeka": (_QWEN2[len(_CONTRACTIONS) + 1:],),  # qwen2's without the English contractions
+    "laguna": (r"[^\n]+|[\n]+", _QWEN2),
+    "exaone-moe": (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?(?:\p{L}\p{M}*(?: \p{L}\p{M}*)*)+|\p{N}"
+                   r"| ?[^\s\p{L}\p{N}]+[\r\n/]?|\s*[\r\n]|\s+(?!\S)|\s+",),
+    "minicpm5": (r"\p{N}{1,3}", _LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}+")),
 }
 
 
@@ -91,18 +151,47 @@ class _PreTokenizer:
     add_bos: bool = False  # llama.cpp's add_bos default when the GGUF has no tokenizer.ggml.add_bos_token
 
 
-_LLAMA3_FAMILY = _PreTokenizer("llama3", ignore_merges=True, add_bos=True)
+def _named(regexes: str, names: str, **flags) -> dict[str, _PreTokenizer]:
+    return {name: _PreTokenizer(regexes, **flags) for name in names.split()}
 
-# tokenizer.ggml.pre -> pre-tokenizer; the names and groupings are llama.cpp's (llama_vocab::impl::load)
+
+# tokenizer.ggml.pre -> pre-tokenizer; the names, groupings and flags are llama.cpp's (llama_vocab::impl::load).
+# Left out: names whose tokenizer needs more than regexes and byte-level BPE (gemma4 and sarvam-moe escape
+# spaces, whitespace and hybriddna have their own sessions, jina-v1-en/jina-v2-code/roberta-bpe add a SEP token)
+# and those llama.cpp splits with hand-written code that no regex reproduces (kimi-k2's Han exclusion; the digit
+# grouping of afmoe, tiny_aya and cohere2moe, which glues the text before a number to its first digits;
+# superbpe's empty look-ahead matches).
 _PRE_TOKENIZERS = {
     "default": _PreTokenizer("default"),
-    **{name: _PreTokenizer("gpt2") for name in ("gpt-2", "phi-2", "mpt", "olmo")},
-    **{name: _LLAMA3_FAMILY for name in ("llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral")},
-    **{name: _PreTokenizer("llama3") for name in ("dbrx", "smaug-bpe")},
-    **{name: _PreTokenizer("qwen2") for name in ("qwen2", "deepseek-r1-qwen", "stablelm2", "megrez")},
-    **{name: _PreTokenizer("starcoder")
-       for name in ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b")},
-    "falcon": _PreTokenizer("falcon"),
+    **_named("gpt2", "gpt-2 phi-2 jina-es jina-de gigachat jina-v2-es jina-v2-de a.x-4.0 mellum modern-bert mpt "
+                     "olmo jais exaone4 trillion granite-docling"),
+    **_named("llama3", "llama3 llama-v3 llama-bpe falcon3 falcon-h1 pixtral midm-2.0 lfm2 jina-v5-nano",
+             ignore_merges=True, add_bos=True),
+    **_named("llama3", "dbrx smaug-bpe chatglm-bpe"),
+    **_named("llama3", "glm4 glm5", ignore_merges=True),
+    **_named("jais2", "jais-2"),
+    **_named("qwen2", "qwen2 deepseek-r1-qwen kormo f2llmv2 stablelm2 megrez hunyuan solar-open"),
+    **_named("qwen35", "qwen35"),
+    **_named("starcoder", "smollm starcoder refact command-r codeshell exaone minerva-7b mellum2"),
+    **_named("falcon", "falcon"),
+    **_named("deepseek-llm", "deepseek-llm"),
+    **_named("deepseek-coder", "deepseek-coder"),
+    **_named("deepseek3", "deepseek-v3 hunyuan-dense joyai-llm hy_v4"),
+    **_named("spark2_5", "spark2_5"),
+    **_named("youtu", "youtu", ignore_merges=True),
+    **_named("bloom", "poro-chat bloom gpt3-finnish"),
+    **_named("viking", "viking"),
+    **_named("tekken", "tekken", ignore_merges=True, add_bos=True),
+    **_named("chameleon", "chameleon", add_bos=True),
+    **_named("gpt4o", "gpt-4o llama4 kanana2 talkie minimax-m2"),
+    **_named("granite-multi", "granite-embed-multi-97m", ignore_merges=True),
+    **_named("bailingmoe", "bailingmoe bailingmoe2 llada-moe"),
+    **_named("seed-coder", "seed-coder"),
+    **_named("ufakzeka", "ufakzeka"),
+    **_named("qwen2", "grok-2"),
+    **_named("laguna", "laguna"),
+    **_named("exaone-moe", "exaone-moe"),
+    **_named("minicpm5", "minicpm5", ignore_merges=True),
 }
 SUPPORTED_PRE_TOKENIZERS = tuple(sorted(_PRE_TOKENIZERS))
 
@@ -155,6 +244,17 @@ def _byte_level_to_bytes(text: str) -> bytes:
     return bytes(out)
 
 
+def _byte_token_value(text: str) -> bytes:
+    """The byte a byte token ``<0xXX>`` stands for; a byte-typed token of another form prints nothing (llama.cpp
+    would parse whatever follows '<0x')."""
+    if len(text) == 6 and text.startswith("<0x") and text.endswith(">"):
+        try:
+            return bytes((int(text[3:5], 16),))
+        except ValueError:
+            pass
+    return b""
+
+
 # --- reading metadata -----------------------------------------------------------------------------------------
 def _get_id(metadata: Mapping, key: str, n_vocab: int) -> int | None:
     value = metadata.get(key)
@@ -198,6 +298,25 @@ def _read_token_types(metadata: Mapping, n_vocab: int) -> list[int]:
     if len(types) < n_vocab:
         raise TokenizerError(f"tokenizer.ggml.token_type has {len(types)} entries for {n_vocab} tokens")
     return types[:n_vocab]
+
+
+def _read_pre(metadata: Mapping) -> str:
+    pre = metadata.get("tokenizer.ggml.pre") or "default"
+    if pre not in _PRE_TOKENIZERS:
+        raise TokenizerError(f"unknown pre-tokenizer {pre!r} (tokenizer.ggml.pre); "
+                             f"supported: {', '.join(SUPPORTED_PRE_TOKENIZERS)}")
+    return pre
+
+
+def _read_scores(metadata: Mapping, n_vocab: int) -> list[float]:
+    """One score per token (SentencePiece merges the pair whose token scores highest); all 0 when absent, as
+    llama.cpp reads a file without scores."""
+    scores = metadata.get("tokenizer.ggml.scores")
+    if scores is None:
+        return [0.0] * n_vocab
+    if len(scores) < n_vocab or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in scores):
+        raise TokenizerError(f"tokenizer.ggml.scores is not {n_vocab} finite numbers")
+    return [float(x) for x in scores[:n_vocab]]
 
 
 def _read_merges(metadata: Mapping) -> list[tuple[str, str]]:
@@ -289,27 +408,103 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
+# --- text -> ids for one piece of text: the two kinds of vocabulary ---------------------------------------------
+class _ByteLevelBPE:
+    """``tokenizer.ggml.model = gpt2``: the pre-tokenizer's regexes, GPT-2's byte alphabet, then BPE merges by
+    rank (HF ``models.BPE``)."""
+
+    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], pre: _PreTokenizer):
+        self._splitter = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in _REGEXES[pre.regexes]])
+        try:
+            bpe = models.BPE(vocab, merges, ignore_merges=pre.ignore_merges)
+        except Exception as exc:  # tokenizers raises a bare Exception for merges whose pieces are not tokens
+            raise TokenizerError(f"BPE merges do not fit the vocabulary: {_one_line(exc)}") from None
+        self._hf = _HFTokenizer(bpe)
+        self._hf.pre_tokenizer = pre_tokenizers.Sequence(
+            [self._splitter, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        # bytes no token covers: encode() drops them, as llama.cpp does (SmolLM2 lacks 21 of the 256)
+        self.missing_bytes = frozenset(b for b, c in enumerate(_BYTE_ALPHABET) if c not in vocab)
+
+    def encode(self, text: str, after_special: bool) -> list[int]:
+        return self._hf.encode(text, add_special_tokens=False).ids
+
+    def pre_tokenize(self, text: str) -> list[str]:
+        return [piece for piece, _ in self._splitter.pre_tokenize_str(text)]
+
+
+class _SentencePieceBPE:
+    """``tokenizer.ggml.model = llama``, as llama.cpp's llm_tokenizer_spm_session tokenizes it: spaces become
+    '▁' (U+2581), a space is put in front of the text and of every text that follows a special token
+    (``add_space_prefix``, the default), and then the whole text, with no pre-tokenizer, is merged from single
+    characters: again and again the adjacent pair whose concatenation is a token of the highest score (the
+    leftmost among equals) becomes one symbol. A character that is no token becomes its UTF-8 bytes' tokens
+    ``<0xXX>`` (byte fallback).
+
+    That is BPE whose merges are all the splits of every token into two tokens, ranked by the merged token's
+    score: HF ``models.BPE`` with ``byte_fallback``. Where llama.cpp breaks a tie between two different tokens
+    of equal score by position, this ranks them by id; the two differ only if such pairs overlap."""
+
+    def __init__(self, vocab: dict[str, int], scores: list[float], add_space_prefix: bool):
+        self._add_space_prefix = add_space_prefix
+        self._hf = _HFTokenizer(models.BPE(vocab, _merges_from_scores(vocab, scores), byte_fallback=True))
+        self.missing_bytes = frozenset(b for b in range(256) if f"<0x{b:02X}>" not in vocab)
+        self._vocab = vocab
+
+    def encode(self, text: str, after_special: bool) -> list[int]:
+        if self._add_space_prefix and after_special:
+            text = " " + text
+        if self.missing_bytes:
+            self._check_bytes(text)
+        return self._hf.encode(text.replace(" ", "\u2581"), add_special_tokens=False).ids
+
+    def pre_tokenize(self, text: str) -> list[str]:
+        return [(" " * self._add_space_prefix + text).replace(" ", "\u2581")] if text else []
+
+    def _check_bytes(self, text: str) -> None:
+        """llama.cpp fails on a character that needs a byte token the vocabulary lacks; so does refspec."""
+        for c in set(text):
+            if ("\u2581" if c == " " else c) not in self._vocab:
+                missing = [b for b in c.encode() if b in self.missing_bytes]
+                if missing:
+                    raise TokenizerError(f"cannot encode {c!r}: the vocabulary has no byte token <0x{missing[0]:02X}>")
+
+
+def _merges_from_scores(vocab: dict[str, int], scores: list[float]) -> list[tuple[str, str]]:
+    """Every split of a token into two tokens, highest-scoring merged token first (ties: lower id first)."""
+    ranked = []
+    for text, token_id in vocab.items():
+        for cut in range(1, len(text)):
+            left, right = text[:cut], text[cut:]
+            if left in vocab and right in vocab:
+                ranked.append((-scores[token_id], token_id, cut, left, right))
+    ranked.sort()
+    return [(left, right) for *_, left, right in ranked]
+
+
 # --- the tokenizer --------------------------------------------------------------------------------------------
 class Tokenizer:
-    """A GGUF's byte-level BPE tokenizer; build it with ``Tokenizer.from_metadata``. See the module docstring
-    for what each step reproduces."""
+    """A GGUF's tokenizer (byte-level BPE or SentencePiece); build it with ``Tokenizer.from_metadata``. See the
+    module docstring for what each step reproduces."""
 
-    def __init__(self, *, tokens: list[str], vocab: dict[str, int], token_types: list[int],
-                 merges: list[tuple[str, str]], pre: str,
-                 bos_id: int | None, eos_id: int | None, eog_ids: frozenset[int], control_ids: frozenset[int],
-                 add_bos: bool, add_eos: bool, chat_template: str | None):
+    def __init__(self, *, tokens: list[str], token_types: list[int], engine: _ByteLevelBPE | _SentencePieceBPE,
+                 model: str, pre: str, bos_id: int | None, eos_id: int | None, eog_ids: frozenset[int],
+                 control_ids: frozenset[int], add_bos: bool, add_eos: bool, add_space_prefix: bool,
+                 chat_template: str | None):
         self.n_vocab = len(tokens)
+        self.model = model
         self.pre = pre
         self.bos_id = bos_id
         self.eos_id = eos_id
         self.eog_ids = eog_ids
         self.add_bos = add_bos
         self.add_eos = add_eos
+        self.add_space_prefix = add_space_prefix
         self.chat_template = chat_template
+        self.missing_bytes = engine.missing_bytes
+        self._engine = engine
         self._tokens = tokens
         self._types = token_types
-        # bytes no token covers: encode() drops them, as llama.cpp does (SmolLM2 lacks 21 of the 256)
-        self.missing_bytes = frozenset(b for b, c in enumerate(_BYTE_ALPHABET) if c not in vocab)
         self._control_ids = control_ids  # control or unknown: recognised in text only with parse_special
         # split-out tokens, longest text first as llama.cpp's cache_special_tokens (ties by id, to be stable)
         self._special_ids = sorted(
@@ -318,50 +513,50 @@ class Tokenizer:
         self._pieces: list[bytes | None] = [None] * self.n_vocab  # token_to_piece, filled on first use
         self._template: jinja2.Template | None = None
 
-        pre_tokenizer = _PRE_TOKENIZERS[pre]
-        splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in _REGEXES[pre_tokenizer.regexes]]
-        self._splitter = pre_tokenizers.Sequence(splits)
-        try:
-            bpe = models.BPE(vocab, merges, ignore_merges=pre_tokenizer.ignore_merges)
-        except Exception as exc:  # tokenizers raises a bare Exception for merges whose pieces are not tokens
-            raise TokenizerError(f"BPE merges do not fit the vocabulary: {_one_line(exc)}") from None
-        self._bpe = _HFTokenizer(bpe)
-        self._bpe.pre_tokenizer = pre_tokenizers.Sequence(
-            [*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-
     @classmethod
     def from_metadata(cls, metadata: Mapping) -> Tokenizer:
         """Build from a dict of GGUF ``tokenizer.*`` keys holding plain Python values."""
         model = metadata.get("tokenizer.ggml.model")
-        if model != "gpt2":
-            raise TokenizerError(f"unsupported tokenizer model {model!r}: refspec supports byte-level BPE ('gpt2')")
-        pre = metadata.get("tokenizer.ggml.pre") or "default"
-        if pre not in _PRE_TOKENIZERS:
-            raise TokenizerError(f"unknown pre-tokenizer {pre!r} (tokenizer.ggml.pre); "
-                                 f"supported: {', '.join(SUPPORTED_PRE_TOKENIZERS)}")
+        if model not in ("gpt2", "llama"):
+            raise TokenizerError(f"unsupported tokenizer model {model!r}: refspec supports byte-level BPE ('gpt2') "
+                                 "and SentencePiece ('llama')")
         tokens, vocab = _read_vocab(metadata)
         n_vocab = len(tokens)
         types = _read_token_types(metadata, n_vocab)
         ids = {name: _get_id(metadata, f"tokenizer.ggml.{name}_token_id", n_vocab) for name in
                ("bos", "eos", "eot", "eom", "fim_pre", "fim_suf", "fim_mid", "fim_pad", "fim_rep", "fim_sep")}
+        add_space_prefix = _get_bool(metadata, "tokenizer.ggml.add_space_prefix", model == "llama")
+        if model == "llama":
+            pre = "default"  # llama.cpp gives SentencePiece vocabularies no pre-tokenizer
+            for name, default in (("bos", 1), ("eos", 2)):  # llama.cpp's defaults for SentencePiece
+                if ids[name] is None and default < n_vocab:
+                    ids[name] = default
+            engine = _SentencePieceBPE(vocab, _read_scores(metadata, n_vocab), add_space_prefix)
+            add_bos_default = True
+        else:
+            pre = _read_pre(metadata)
+            engine = _ByteLevelBPE(vocab, _read_merges(metadata), _PRE_TOKENIZERS[pre])
+            add_bos_default = _PRE_TOKENIZERS[pre].add_bos
         control_ids, eog_ids = _special_tokens(vocab, types, ids)
 
-        add_bos = _get_bool(metadata, "tokenizer.ggml.add_bos_token", _PRE_TOKENIZERS[pre].add_bos)
+        add_bos = _get_bool(metadata, "tokenizer.ggml.add_bos_token", add_bos_default)
         add_eos = _get_bool(metadata, "tokenizer.ggml.add_eos_token", False)
         for flag, name in ((add_bos, "bos"), (add_eos, "eos")):
             if flag and ids[name] is None:
                 raise TokenizerError(f"tokenizer.ggml.add_{name}_token is true but {name}_token_id is not set")
         template = metadata.get("tokenizer.chat_template")
-        return cls(tokens=tokens, vocab=vocab, token_types=types, merges=_read_merges(metadata), pre=pre,
+        return cls(tokens=tokens, token_types=types, engine=engine, model=model, pre=pre,
                    bos_id=ids["bos"], eos_id=ids["eos"], eog_ids=eog_ids, control_ids=control_ids,
-                   add_bos=add_bos, add_eos=add_eos, chat_template=template if isinstance(template, str) else None)
+                   add_bos=add_bos, add_eos=add_eos, add_space_prefix=add_space_prefix,
+                   chat_template=template if isinstance(template, str) else None)
 
     # --- text -> ids ------------------------------------------------------------------------------------------
     def encode(self, text: str, *, add_bos: bool | None = None, add_eos: bool | None = None,
                parse_special: bool = True) -> list[int]:
         """Token ids of ``text``. ``add_bos``/``add_eos`` None: the GGUF's choice (``self.add_bos``/``add_eos``).
         ``parse_special``: recognise control tokens written in the text (``"<|im_start|>"``). A byte of the text's
-        UTF-8 that no token covers (``self.missing_bytes``) is dropped, as llama.cpp drops it."""
+        UTF-8 that no token covers (``self.missing_bytes``) is dropped by byte-level BPE, as llama.cpp drops it;
+        SentencePiece raises TokenizerError, where llama.cpp fails."""
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:
@@ -369,18 +564,21 @@ class Tokenizer:
         ids = []
         if self.add_bos if add_bos is None else add_bos:
             ids.append(self._required_id(self.bos_id, "bos"))
+        after_special = True  # SentencePiece puts a space in front of the text and of text after a special token
         for piece in self._split_special(text, parse_special):
             if isinstance(piece, int):
                 ids.append(piece)
             else:
-                ids.extend(self._bpe.encode(piece, add_special_tokens=False).ids)
+                ids.extend(self._engine.encode(piece, after_special))
+            after_special = isinstance(piece, int)
         if self.add_eos if add_eos is None else add_eos:
             ids.append(self._required_id(self.eos_id, "eos"))
         return ids
 
     def pre_tokenize(self, text: str) -> list[str]:
-        """The pieces the pre-tokenizer cuts plain ``text`` into, before BPE (no special-token split)."""
-        return [piece for piece, _ in self._splitter.pre_tokenize_str(text)]
+        """The pieces the pre-tokenizer cuts plain ``text`` into, before BPE (no special-token split). A
+        SentencePiece vocabulary has no pre-tokenizer: one piece, spaces written '▁'."""
+        return self._engine.pre_tokenize(text)
 
     def _split_special(self, text: str, parse_special: bool) -> list[str | int]:
         """``text`` as non-empty text pieces and special-token ids, cut as llama.cpp's tokenizer_st_partition."""
@@ -424,19 +622,31 @@ class Tokenizer:
             if token_id in self._control_ids or kind == TOKEN_USER_DEFINED:
                 piece = text.encode()
             elif kind == TOKEN_NORMAL:
-                piece = _byte_level_to_bytes(text)
-            else:  # unused, byte-typed or undefined: llama.cpp's BPE token_to_piece copies nothing
+                piece = _byte_level_to_bytes(text) if self.model == "gpt2" else text.replace("\u2581", " ").encode()
+            elif kind == TOKEN_BYTE:
+                piece = _byte_token_value(text)
+            else:  # unused or undefined: llama.cpp's token_to_piece copies nothing
                 piece = b""
             self._pieces[token_id] = piece
         return piece
 
-    def decode(self, ids: Iterable[int], *, skip_special: bool = False) -> str:
-        """The text of ``ids``: their pieces joined, decoded as UTF-8 (U+FFFD for invalid bytes)."""
-        return b"".join(self.token_bytes(i, skip_special=skip_special) for i in ids).decode("utf-8", "replace")
+    def decode(self, ids: Iterable[int], *, skip_special: bool = False, continuation: bool = False) -> str:
+        """The text of ``ids``: their pieces joined, decoded as UTF-8 (U+FFFD for invalid bytes). With
+        ``add_space_prefix`` (SentencePiece) the space that encoding put in front of the text is taken off the
+        first piece, as llama.cpp's detokenize does, unless ``continuation``: ids that continue earlier text,
+        such as generated tokens, print as llama.cpp prints them. (llama.cpp's detokenize also cleans up spaces
+        before punctuation for some pre-tokenizers; refspec never does, so its round trip keeps the text.)"""
+        return self.decode_bytes(ids, skip_special=skip_special, continuation=continuation).decode("utf-8", "replace")
 
-    def stream(self, *, skip_special: bool = False) -> StreamDecoder:
+    def decode_bytes(self, ids: Iterable[int], *, skip_special: bool = False, continuation: bool = False) -> bytes:
+        pieces = [self.token_bytes(i, skip_special=skip_special) for i in ids]
+        if pieces and self.add_space_prefix and not continuation and pieces[0].startswith(b" "):
+            pieces[0] = pieces[0][1:]
+        return b"".join(pieces)
+
+    def stream(self, *, skip_special: bool = False, continuation: bool = False) -> StreamDecoder:
         """A decoder fed one id at a time; see ``StreamDecoder``."""
-        return StreamDecoder(self, skip_special=skip_special)
+        return StreamDecoder(self, skip_special=skip_special, continuation=continuation)
 
     def is_eog(self, token_id: int) -> bool:
         return token_id in self.eog_ids
@@ -468,15 +678,20 @@ class Tokenizer:
 class StreamDecoder:
     """Turns ids, one at a time, into text as soon as it is complete: a character whose UTF-8 bytes span
     several tokens comes out with the token that completes it. ``push`` returns the new text, ``flush`` what
-    remains at the end (U+FFFD for an unfinished character). All outputs joined equal ``Tokenizer.decode``."""
+    remains at the end (U+FFFD for an unfinished character). All outputs joined equal ``Tokenizer.decode``
+    with the same ``skip_special`` and ``continuation``."""
 
-    def __init__(self, tokenizer: Tokenizer, *, skip_special: bool = False):
+    def __init__(self, tokenizer: Tokenizer, *, skip_special: bool = False, continuation: bool = False):
         self._tokenizer = tokenizer
         self._skip_special = skip_special
+        self._first = not continuation  # the next id is the first of a text (decode's leading-space rule)
         self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
 
     def push(self, token_id: int) -> str:
-        return self._utf8.decode(self._tokenizer.token_bytes(token_id, skip_special=self._skip_special))
+        piece = self._tokenizer.decode_bytes([token_id], skip_special=self._skip_special,
+                                             continuation=not self._first)
+        self._first = False
+        return self._utf8.decode(piece)
 
     def flush(self) -> str:
         return self._utf8.decode(b"", final=True)

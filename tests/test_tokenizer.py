@@ -294,8 +294,8 @@ def test_unknown_pre_tokenizer():
 
 
 def test_unsupported_model():
-    with pytest.raises(TokenizerError, match="unsupported tokenizer model 'llama'"):
-        Tokenizer.from_metadata(synthetic_metadata(**{"tokenizer.ggml.model": "llama"}))
+    with pytest.raises(TokenizerError, match="unsupported tokenizer model 'rwkv'"):
+        Tokenizer.from_metadata(synthetic_metadata(**{"tokenizer.ggml.model": "rwkv"}))
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -360,3 +360,99 @@ def test_malicious_template_is_refused(template, tmp_path):
     assert "\n" not in str(info.value)
     assert not path.exists()
     assert messages == [{"role": "user", "content": "hi"}]
+
+
+# --- SentencePiece vocabularies (tokenizer.ggml.model = llama) ------------------------------------------------------
+# llama.cpp's rules (llm_tokenizer_spm_session): spaces become '▁', a '▁' goes in front of the text and of text after
+# a special token, then the adjacent pair whose concatenation is the highest-scoring token merges, again and again;
+# a character that is no token becomes its bytes' <0xXX> tokens.
+
+def spm_metadata(pieces: dict[str, float], **overrides) -> dict:
+    """<unk>, <s>, </s>, the 256 byte tokens, then ``pieces`` with their scores."""
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + list(pieces)
+    metadata = {
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": [2, 3, 3] + [6] * 256 + [1] * len(pieces),
+        "tokenizer.ggml.scores": [0.0] * 259 + list(pieces.values()),
+        "tokenizer.ggml.unknown_token_id": 0,
+    }
+    metadata.update(overrides)
+    return {k: v for k, v in metadata.items() if v is not None}
+
+
+SPM_PIECES = {"▁": -10.0, "a": -11.0, "b": -12.0, "c": -13.0, "t": -14.0, "h": -15.0, "e": -16.0,
+              "ab": -2.0, "bc": -1.0, "▁a": -3.0, "▁t": 0.0, "he": -4.0, "▁the": -5.0}
+
+
+def spm_tokenizer(pieces=SPM_PIECES, **overrides) -> Tokenizer:
+    return Tokenizer.from_metadata(spm_metadata(pieces, **overrides))
+
+
+def spm_ids(tokenizer: Tokenizer, *texts: str) -> list[int]:
+    index = {tokenizer.token_text(i): i for i in range(tokenizer.n_vocab)}
+    return [index[t] for t in texts]
+
+
+def test_spm_highest_score_merges_first():
+    spm = spm_tokenizer()
+    assert spm.encode("abc", add_bos=False) == spm_ids(spm, "▁a", "bc")  # '▁a' (-3) < 'bc' (-1): bc first
+    swapped = spm_tokenizer({**SPM_PIECES, "bc": -3.5})  # now 'ab' (-2) first, and '▁ab' is no token
+    assert swapped.encode("abc", add_bos=False) == spm_ids(spm, "▁", "ab", "c")
+    no_prefix = spm_tokenizer(**{"tokenizer.ggml.add_space_prefix": False})
+    assert no_prefix.encode("abc", add_bos=False) == spm_ids(spm, "a", "bc")
+    assert spm_tokenizer({**SPM_PIECES, "ab": 1.0}, **{"tokenizer.ggml.add_space_prefix": False}).encode(
+        "abc", add_bos=False) == spm_ids(spm, "ab", "c")
+    assert spm.encode("the", add_bos=False) == spm_ids(spm, "▁the")  # ▁t, then he, then ▁t he
+
+
+def test_spm_spaces_bytes_and_special_tokens():
+    spm = spm_tokenizer()
+    assert spm.add_bos and spm.bos_id == 1 and spm.eos_id == 2  # llama.cpp's defaults for SentencePiece
+    assert spm.encode("a  b") == [1] + spm_ids(spm, "▁a", "▁", "▁", "b")
+    assert spm.encode("é!", add_bos=False) == spm_ids(spm, "▁", "<0xC3>", "<0xA9>", "<0x21>")
+    assert spm.encode("a</s>b", add_bos=False) == spm_ids(spm, "▁a", "</s>", "▁", "b")  # a space after specials
+    assert spm.encode("</s>", add_bos=False, parse_special=False) == spm_ids(
+        spm, "▁", "<0x3C>", "<0x2F>", "<0x73>", "<0x3E>")
+    assert spm.pre_tokenize("a b") == ["▁a▁b"]
+
+
+def test_spm_decode_takes_off_the_prefix_space():
+    spm = spm_tokenizer()
+    the = spm_ids(spm, "▁the")
+    assert spm.decode(the) == "the"  # llama.cpp's detokenize takes off the space encoding put there
+    assert spm.decode(the, continuation=True) == " the"  # generated tokens print as llama.cpp prints them
+    assert spm.decode([1] + the) == "<s> the" and spm.decode([1] + the, skip_special=True) == " the"
+    assert spm.decode(spm_ids(spm, "<0xC3>", "<0xA9>")) == "é"
+    for continuation in (False, True):
+        stream = spm.stream(continuation=continuation)
+        ids = the + the
+        assert "".join(stream.push(i) for i in ids) + stream.flush() == spm.decode(ids, continuation=continuation)
+
+
+@given(texts)
+def test_spm_round_trip(s):
+    spm = spm_tokenizer()
+    assert spm.decode(spm.encode(s, add_bos=False, parse_special=False)) == s
+
+
+def test_spm_refuses_what_llama_cpp_cannot_tokenize():
+    pieces = spm_metadata(SPM_PIECES)
+    no_bytes = spm_tokenizer(**{"tokenizer.ggml.tokens": [t if t != "<0xA9>" else "x" for t in
+                                                          pieces["tokenizer.ggml.tokens"]]})
+    assert no_bytes.encode("abc", add_bos=False) == spm_ids(no_bytes, "▁a", "bc")
+    with pytest.raises(TokenizerError, match="no byte token <0xA9>"):
+        no_bytes.encode("é")
+    with pytest.raises(TokenizerError, match="scores"):
+        spm_tokenizer(**{"tokenizer.ggml.scores": [0.0] * 10})
+    with pytest.raises(TokenizerError, match="scores"):
+        spm_tokenizer(**{"tokenizer.ggml.scores": [float("nan")] * 300})
+
+
+def test_byte_tokens_print_their_byte():
+    """llama.cpp's token_to_piece prints a byte-typed <0xXX> token as that byte, in BPE vocabularies too."""
+    metadata = synthetic_metadata()
+    tokens = metadata["tokenizer.ggml.tokens"] + ["<0x41>"]
+    tokenizer = Tokenizer.from_metadata(synthetic_metadata(**{
+        "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": metadata["tokenizer.ggml.token_type"] + [6]}))
+    assert tokenizer.decode([len(tokens) - 1]) == "A"

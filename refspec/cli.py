@@ -136,7 +136,8 @@ def system_messages(args) -> list[dict]:
 def run_and_print(tf, tok, prompt_ids: list[int], args):
     """Generates from ``prompt_ids`` as the arguments ask, printing the text as it comes (or one JSON object);
     returns the GenerationResult."""
-    stream = None if args.json else tok.stream(skip_special=not args.special)
+    # generated ids continue the prompt: printed as llama.cpp prints them (a SentencePiece '▁' stays a space)
+    stream = None if args.json else tok.stream(skip_special=not args.special, continuation=True)
 
     def on_token(token: int) -> None:
         if stream is not None:
@@ -158,7 +159,8 @@ def run_and_print(tf, tok, prompt_ids: list[int], args):
         )
     if args.json:
         out = {"prompt_ids": result.prompt_ids, "ids": result.ids,
-               "text": tok.decode(result.ids, skip_special=not args.special), "stop_reason": result.stop_reason,
+               "text": tok.decode(result.ids, skip_special=not args.special, continuation=True),
+               "stop_reason": result.stop_reason,
                "stats": result.stats}
         print(json.dumps(out, ensure_ascii=False), flush=True)
     else:

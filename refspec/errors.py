@@ -1,9 +1,19 @@
 """refspec's exception types. Every error refspec raises on purpose is a RefspecError; the CLI prints
-its message on one line and exits non-zero."""
+its message on one line and exits with status 1."""
+
+
+def one_line(text: str) -> str:
+    """``text`` on one printable line: line breaks become spaces and other control characters are escaped.
+    Messages may quote untrusted text (a chat template's ``raise_exception``, a key from a model file)."""
+    joined = " ".join(part.strip() for part in str(text).splitlines())
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in joined)
 
 
 class RefspecError(Exception):
-    """Base class of every error refspec raises on purpose."""
+    """Base class of every error refspec raises on purpose. Its message is always one line (``one_line``)."""
+
+    def __str__(self) -> str:
+        return one_line(super().__str__())
 
 
 class ModelFileError(RefspecError):
@@ -45,3 +55,7 @@ class BackendError(RefspecError):
 
 class UsageError(RefspecError):
     """Arguments that cannot be honoured (for example a negative token count)."""
+
+
+class OutputError(RefspecError):
+    """A file refspec was asked to write cannot be written (a missing directory, a full disk, no permission)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import mmap
 import os
+import stat
 import struct
 import sys
 import warnings
@@ -30,7 +31,8 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType
 from gguf import quants as ggml_quants
 
-from refspec.errors import ModelFileError, UnsupportedModelError
+from refspec.errors import ModelFileError, UnsupportedModelError, UsageError
+from refspec.metadata import REQUIRED, MetadataReader
 from refspec.model import (ARCHITECTURES, QK8_0, LayerWeights, Model, ModelConfig, ModelWeights,
                            Q8Matrix)
 
@@ -81,6 +83,12 @@ MAX_CONTEXT = 2**24
 # gguf-py's reader builds a Python object per array item, so a file of 100 MB of 1-byte array items would
 # take it minutes: metadata items are capped (real models: ~150k for a 49k vocabulary, ~800k for a 262k one).
 MAX_METADATA_ITEMS = 1 << 22  # array items over all keys
+# Strings cost gguf-py's reader ~20 us and ~600 bytes each (numeric arrays are one view): string array items
+# are capped over the file (llama-3's 128k tokens and 280k merges are 408k), and a string array other than
+# the vocabulary's is small in real files (tags, languages), so a large one is refused before it is parsed.
+MAX_STRING_ITEMS = 1 << 20
+VOCAB_STRING_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges")
+MAX_OTHER_STRING_ITEMS = 1 << 16
 MAX_KV_COUNT = 1 << 16
 MAX_TENSOR_COUNT = 1 << 20
 HEADER_BYTES = 24  # magic, version, tensor count, kv count
@@ -96,9 +104,6 @@ _SCALAR_BYTES = {
     GGUFValueType.UINT32: 4, GGUFValueType.INT32: 4, GGUFValueType.FLOAT32: 4,
     GGUFValueType.UINT64: 8, GGUFValueType.INT64: 8, GGUFValueType.FLOAT64: 8,
 }
-_INT_TYPES = {GGUFValueType.UINT8, GGUFValueType.INT8, GGUFValueType.UINT16, GGUFValueType.INT16,
-              GGUFValueType.UINT32, GGUFValueType.INT32, GGUFValueType.UINT64, GGUFValueType.INT64}
-_FLOAT_TYPES = {GGUFValueType.FLOAT32, GGUFValueType.FLOAT64}
 
 # What gguf-py's reader or numpy may raise on a file it cannot make sense of.
 _READER_ERRORS = (ValueError, IndexError, KeyError, OverflowError, struct.error, MemoryError,
@@ -128,7 +133,7 @@ class GGUFHeader(NamedTuple):
 
 def read_header(path: str | os.PathLike) -> GGUFHeader:
     """Steps 1 and 2: the layout check and gguf-py's reader; no tensor data is read. Raises ModelFileError."""
-    name = os.fspath(path)
+    name = model_path(path)
     layout = _scan_layout(name)
     reader = _open_reader(name, layout)
     fields = reader.fields
@@ -173,6 +178,37 @@ def _check_convertible(name: str, tensor) -> None:
     except NotImplementedError as e:
         raise UnsupportedModelError(f"{name}: tensor {tensor.name} has type {tensor.tensor_type.name}, which "
                                     "refspec cannot convert to Q8_0") from e
+
+
+def model_path(path) -> str:
+    """``path`` as a str, checked for what cannot name a file (refspec's errors rather than TypeError or
+    ValueError from the OS layer)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise UsageError(f"a model path must be a str or os.PathLike, not {type(path).__name__}")
+    name = os.fspath(path)
+    if not isinstance(name, str):
+        raise UsageError(f"a model path must be text, not {type(name).__name__}")
+    if not name:
+        raise UsageError("the model path is empty")
+    if "\0" in name:
+        raise UsageError(f"the model path {name!r} contains a NUL character")
+    return name
+
+
+def _open_regular_file(name: str):
+    """Opens ``name`` for reading without ever blocking (O_NONBLOCK: opening a FIFO would wait for a writer)
+    and refuses anything but a regular file: a directory, a FIFO or a device is not a model file."""
+    try:
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except OSError as e:
+        raise ModelFileError(f"{name}: cannot read the model file ({e.strerror or e})") from e
+    kind = stat.S_IFMT(os.fstat(fd).st_mode)
+    if kind != stat.S_IFREG:
+        os.close(fd)
+        what = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
+                stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}.get(kind, "not a regular file")
+        raise ModelFileError(f"{name}: is {what}, not a model file")
+    return os.fdopen(fd, "rb")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -243,7 +279,7 @@ class _Cursor:
 
 def _scan_layout(name: str) -> _FileLayout:
     try:
-        with open(name, "rb") as f:
+        with _open_regular_file(name) as f:
             size = os.fstat(f.fileno()).st_size
             magic = f.read(4)
             if magic != b"GGUF":
@@ -281,7 +317,7 @@ def _scan_metadata(cur: _Cursor, n_kv: int) -> int:
     """Walks the key/value section; returns the data alignment (general.alignment, default 32)."""
     keys = set()
     alignment = 32
-    items = 0  # array items so far
+    items = strings = 0  # array items and string array items so far
     for _ in range(n_kv):
         key = cur.name("metadata key")
         if key in keys:
@@ -295,9 +331,12 @@ def _scan_metadata(cur: _Cursor, n_kv: int) -> int:
             if alignment == 0 or alignment & (alignment - 1):
                 raise cur.fail(f"general.alignment {alignment} is not a power of two")
             continue
-        items += _skip_value(cur, vtype, key)
+        n_items, n_strings = _skip_value(cur, vtype, key)
+        items, strings = items + n_items, strings + n_strings
         if items > MAX_METADATA_ITEMS:
             raise cur.fail(f"absurd metadata: more than {MAX_METADATA_ITEMS} array items (at {key})")
+        if strings > MAX_STRING_ITEMS:
+            raise cur.fail(f"absurd metadata: more than {MAX_STRING_ITEMS} strings in arrays (at {key})")
     return alignment
 
 
@@ -308,17 +347,18 @@ def _value_type(cur: _Cursor, raw: int, key: str) -> GGUFValueType:
         raise cur.fail(f"metadata {key}: unknown value type {raw}") from None
 
 
-def _skip_value(cur: _Cursor, vtype: GGUFValueType, key: str) -> int:
-    """Steps over one value; returns its number of array items (0 for a scalar or a string)."""
+def _skip_value(cur: _Cursor, vtype: GGUFValueType, key: str) -> tuple[int, int]:
+    """Steps over one value; returns its number of array items and of string array items (0, 0 for a
+    scalar or a string)."""
     if vtype == GGUFValueType.STRING:
         n_bytes = cur.unpack("<Q", f"length of {key}")
         cur.need(n_bytes, key)
         cur.pos += n_bytes
-        return 0
+        return 0, 0
     if vtype != GGUFValueType.ARRAY:
         cur.need(_SCALAR_BYTES[vtype], key)
         cur.pos += _SCALAR_BYTES[vtype]
-        return 0
+        return 0, 0
     item_type = _value_type(cur, cur.unpack("<I", f"item type of {key}"), key)
     count = cur.unpack("<Q", f"length of {key}")
     if item_type == GGUFValueType.ARRAY:
@@ -326,11 +366,14 @@ def _skip_value(cur: _Cursor, vtype: GGUFValueType, key: str) -> int:
     if count > MAX_METADATA_ITEMS:
         raise cur.fail(f"absurd metadata: {key} claims {count} items")
     if item_type == GGUFValueType.STRING:
+        if key not in VOCAB_STRING_ARRAYS and count > MAX_OTHER_STRING_ITEMS:
+            raise cur.fail(f"absurd metadata: {key} holds {count} strings (more than {MAX_OTHER_STRING_ITEMS} "
+                           "outside the vocabulary)")
         cur.skip_strings(count, key)
-    else:
-        cur.need(count * _SCALAR_BYTES[item_type], f"{key} ({count} items)")
-        cur.pos += count * _SCALAR_BYTES[item_type]
-    return count
+        return count, count
+    cur.need(count * _SCALAR_BYTES[item_type], f"{key} ({count} items)")
+    cur.pos += count * _SCALAR_BYTES[item_type]
+    return count, 0
 
 
 def _scan_tensor_info(cur: _Cursor) -> _TensorLayout:
@@ -443,10 +486,10 @@ def read_metadata(path: str | os.PathLike, prefixes: tuple[str, ...] = ("general
     """The metadata keys starting with one of ``prefixes``, as the same plain Python values ``load`` gives
     (``Model.metadata``), read straight from the file after the layout check of step 1 (so every length has
     been checked first). No tensor is read. Raises ModelFileError."""
-    name = os.fspath(path)
+    name = model_path(path)
     _scan_layout(name)
     try:
-        with open(name, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        with _open_regular_file(name) as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             cur = _Cursor(name, buf, os.fstat(f.fileno()).st_size)
             cur.pos = HEADER_BYTES - 8
             metadata = {}
@@ -501,22 +544,31 @@ def _decode_strings(cur: _Cursor, count: int, key: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------
 # Step 3a: hyper-parameters from metadata.
 # ---------------------------------------------------------------------------------------------------------
-_REQUIRED = object()
+# Keys under {arch}. that refspec does not read. A key whose value is the neutral one listed here leaves the
+# model as refspec runs it; any other unread key (logit_scale, attention.clamp_kqv, attention.sliding_window,
+# expert_count, *_logit_softcapping, ...) changes the model's function, so the file is refused, as an unknown
+# tensor is.
+NEUTRAL_KEYS = {
+    "expert_count": 0, "expert_used_count": 0,  # 0: a dense model
+    "logit_scale": 1.0, "embedding_scale": 1.0, "residual_scale": 1.0,
+    "attention.clamp_kqv": 0.0, "attention.sliding_window": 0, "attention.max_alibi_bias": 0.0,
+    "attn_logit_softcapping": 0.0, "final_logit_softcapping": 0.0,  # 0: no soft-capping (llama.cpp's reading)
+    "attention.causal": True, "use_parallel_residual": False,
+    "tensor_data_layout": "Meta AI original pth",  # old llama converters' note on the Q/K row order (the usual)
+}
 
 
 def _read_config(name: str, fields, tensors, metadata) -> ModelConfig:
-    arch = metadata.get("general.architecture")
-    if not isinstance(arch, str):
-        raise ModelFileError(f"{name}: general.architecture is missing or not a string")
+    md = MetadataReader(metadata, where=f"{name}: ")
+    arch = md.string("general.architecture")
     if arch not in ARCHITECTURES:
         raise UnsupportedModelError(f"{name}: architecture {arch!r} is not supported "
                                     f"(supported: {', '.join(ARCHITECTURES)})")
+    md = MetadataReader({**metadata, **{key: _field_value(name, field) for key, field in fields.items()
+                                        if key.startswith(arch + ".")}}, where=f"{name}: ")
 
-    def integer(key, default=_REQUIRED):
-        return _scalar(name, fields, f"{arch}.{key}", _INT_TYPES, "an integer", default)
-
-    def real(key, default=_REQUIRED):
-        return _scalar(name, fields, f"{arch}.{key}", _FLOAT_TYPES | _INT_TYPES, "a number", default)
+    def integer(key, default=REQUIRED):
+        return md.integer(f"{arch}.{key}", default)
 
     n_layer = integer("block_count")
     n_embd = integer("embedding_length")
@@ -542,39 +594,55 @@ def _read_config(name: str, fields, tensors, metadata) -> ModelConfig:
     n_rot = integer("rope.dimension_count", head_dim)
     _check(name, 0 < n_rot <= head_dim and n_rot % 2 == 0, f"{arch}.rope.dimension_count {n_rot} must be "
            f"even and in 2..head_dim ({head_dim})")
-    rope_base = real("rope.freq_base", 10000.0)
-    _check(name, math.isfinite(rope_base) and rope_base > 0, f"{arch}.rope.freq_base {rope_base} must be "
-           "finite and positive")
-    _check_rope_scaling(name, arch, fields)
-    rms_eps = float(np.float32(real("attention.layer_norm_rms_epsilon")))
-    _check(name, math.isfinite(rms_eps) and rms_eps > 0, f"{arch}.attention.layer_norm_rms_epsilon {rms_eps} "
-           "must be finite and positive")
+    rope_base = _finite_positive(name, md, f"{arch}.rope.freq_base", 10000.0)
+    _check_rope_scaling(name, arch, md)
+    rms_eps = float(np.float32(_finite_positive(name, md, f"{arch}.attention.layer_norm_rms_epsilon")))
+    _check(name, rms_eps > 0, f"{arch}.attention.layer_norm_rms_epsilon {rms_eps} must be finite and positive "
+           "in binary32")
     n_ctx = integer("context_length")
     _check(name, 1 <= n_ctx <= MAX_CONTEXT, f"{arch}.context_length {n_ctx} is not in 1..{MAX_CONTEXT}")
     n_vocab = integer("vocab_size", None)
+    tokens = md.strings("tokenizer.ggml.tokens", None)
     if n_vocab is None:
-        n_vocab = _default_vocab_size(name, metadata, tensors)
-    tokens = metadata.get("tokenizer.ggml.tokens")
+        n_vocab = len(tokens) if tokens is not None else _embedding_rows(name, tensors)
     if tokens is not None:
-        _check(name, isinstance(tokens, list) and all(isinstance(t, str) for t in tokens[:1]),
-               "tokenizer.ggml.tokens is not an array of strings")
         _check(name, len(tokens) == n_vocab, f"{arch}.vocab_size {n_vocab} disagrees with the "
                f"{len(tokens)} entries of tokenizer.ggml.tokens")
     _check(name, n_vocab >= 1, f"{arch}.vocab_size is {n_vocab}, must be at least 1")
+    _refuse_unread_keys(name, arch, md)
     return ModelConfig(arch=arch, n_layer=n_layer, n_embd=n_embd, n_ff=n_ff, n_head=n_head,
                        n_head_kv=n_head_kv, head_dim=head_dim, n_rot=n_rot, rope_base=rope_base,
                        rms_eps=rms_eps, n_ctx=n_ctx, n_vocab=n_vocab)
 
 
-def _scalar(name, fields, key, types, kind, default):
-    field = fields.get(key)
-    if field is None:
-        if default is _REQUIRED:
-            raise ModelFileError(f"{name}: metadata key {key} is missing")
-        return default
-    if len(field.types) != 1 or field.types[0] not in types:
-        raise ModelFileError(f"{name}: metadata {key} is {field.types[0].name}, expected {kind}")
-    return _field_value(name, field)
+def _finite_positive(name: str, md: MetadataReader, key: str, default=REQUIRED) -> float:
+    value = md.number(key, default)
+    _check(name, math.isfinite(value) and value > 0, f"{key} {value} must be finite and positive")
+    return value
+
+
+def _refuse_unread_keys(name: str, arch: str, md: MetadataReader) -> None:
+    """Every {arch}.* key is read, or holds its neutral value (NEUTRAL_KEYS); anything else changes the model."""
+    for key in md.unread(arch + "."):
+        value = md.metadata[key]
+        if not _is_neutral(value, NEUTRAL_KEYS.get(key[len(arch) + 1:], _NO_VALUE)):
+            raise UnsupportedModelError(f"{name}: metadata {key} = {_short(value)} is not implemented by "
+                                        f"refspec's {arch} model; refusing to ignore it")
+
+
+_NO_VALUE = object()
+
+
+def _is_neutral(value, neutral) -> bool:
+    """Same kind (a BOOL is not the number 1) and equal value."""
+    if isinstance(value, bool) or isinstance(neutral, bool) or isinstance(value, str) or isinstance(neutral, str):
+        return type(value) is type(neutral) and value == neutral
+    return isinstance(value, (int, float)) and isinstance(neutral, (int, float)) and value == neutral
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _check(name: str, ok: bool, message: str) -> None:
@@ -582,20 +650,17 @@ def _check(name: str, ok: bool, message: str) -> None:
         raise ModelFileError(f"{name}: {message}")
 
 
-def _check_rope_scaling(name: str, arch: str, fields) -> None:
+def _check_rope_scaling(name: str, arch: str, md: MetadataReader) -> None:
     """refspec implements plain RoPE; a file asking for scaled frequencies would decode differently."""
-    kind = _scalar(name, fields, f"{arch}.rope.scaling.type", {GGUFValueType.STRING}, "a string", "none")
-    factor = _scalar(name, fields, f"{arch}.rope.scaling.factor", _FLOAT_TYPES, "a float", 1.0)
-    linear = _scalar(name, fields, f"{arch}.rope.scale_linear", _FLOAT_TYPES, "a float", 1.0)
+    kind = md.string(f"{arch}.rope.scaling.type", "none")
+    factor = md.number(f"{arch}.rope.scaling.factor", 1.0)
+    linear = md.number(f"{arch}.rope.scale_linear", 1.0)
     if kind not in ("none", "linear") or factor not in (0.0, 1.0) or linear != 1.0:
         raise UnsupportedModelError(f"{name}: RoPE scaling is not supported ({arch}.rope.scaling.type "
                                     f"{kind!r}, factor {factor}, scale_linear {linear})")
 
 
-def _default_vocab_size(name: str, metadata, tensors) -> int:
-    tokens = metadata.get("tokenizer.ggml.tokens")
-    if isinstance(tokens, list):
-        return len(tokens)
+def _embedding_rows(name: str, tensors) -> int:
     embd = tensors.get("token_embd.weight")
     if embd is None or len(embd.shape) != 2:
         raise ModelFileError(f"{name}: no vocab_size, tokenizer.ggml.tokens or 2-D token_embd.weight")

@@ -25,6 +25,7 @@ from refspec.generate import GenerationResult, decode_stats, plan_context, prefi
 from refspec.spec import token_of
 
 DRAFTERS = ("none", "ngram", "layerskip")
+MAX_DRAFT = 64  # most guesses per verify pass: a pass of k+1 rows holds k+1 rows of logits
 
 
 # ------------------------------------------------------------------------------------------------ drafters

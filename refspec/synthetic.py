@@ -26,7 +26,7 @@ from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, Ll
 from gguf import quants as ggml_quants
 from gguf.gguf_writer import GGUFValue
 
-from refspec.errors import RefspecError, UsageError
+from refspec.errors import OutputError, RefspecError, UsageError
 from refspec.model import ARCHITECTURES, QK8_0
 from refspec.tokenizer import byte_alphabet
 
@@ -160,21 +160,21 @@ def write_model(path: str | os.PathLike, *, arch: str = "llama", n_layer: int = 
     size; a larger one pads the vocabulary with unused tokens. ``tokenizer=False`` leaves out every
     ``tokenizer.*`` key (the model then has only token ids). ``vocab``: "bpe" (byte-level BPE, ChatML tokens)
     or "spm" (SentencePiece, Llama-2's layout: ``spm_vocab``)."""
-    if arch not in ARCHITECTURES:
-        raise UsageError(f"arch {arch!r} is not one of {', '.join(ARCHITECTURES)}")
-    if weight_type not in WEIGHT_TYPES:
-        raise UsageError(f"weight_type {weight_type!r} is not one of {', '.join(WEIGHT_TYPES)}")
+    _check_arguments(arch=arch, n_layer=n_layer, n_embd=n_embd, n_ff=n_ff, n_head=n_head, n_head_kv=n_head_kv,
+                     head_dim=head_dim, n_rot=n_rot, n_ctx=n_ctx, n_vocab=n_vocab, rope_base=rope_base, eps=eps,
+                     seed=seed, weight_type=weight_type)
     if vocab not in VOCABS:
         raise UsageError(f"vocab {vocab!r} is not one of {', '.join(VOCABS)}")
+    out = _output_path(path)
     tokens, token_types, merges_or_scores = (spm_vocab if vocab == "spm" else tokenizer_vocab)(n_vocab)
     n_vocab = len(tokens)
-    dim = head_dim if head_dim is not None else n_embd // max(n_head, 1)
+    dim = head_dim if head_dim is not None else n_embd // n_head
     n_q, n_kv = n_head * dim, n_head_kv * dim
     for what, k in (("n_embd", n_embd), ("n_head*head_dim", n_q), ("n_ff", n_ff)):
         if k <= 0 or (weight_type == "Q8_0" and k % QK8_0):
             raise UsageError(f"{what} = {k} must be positive, and a multiple of {QK8_0} for Q8_0 matrices")
 
-    writer = GGUFWriter(os.fspath(path), arch)
+    writer = GGUFWriter(None, arch)
     writer.add_name(f"refspec synthetic {arch}")
     writer.add_file_type(_FILE_TYPES[weight_type])
     writer.add_block_count(n_layer)
@@ -209,15 +209,81 @@ def write_model(path: str | os.PathLike, *, arch: str = "llama", n_layer: int = 
             writer.add_tensor_info(name, tensor.file_shape, dtype, tensor.nbytes, raw_dtype=raw_dtype)
         else:
             writer.add_tensor_info(name, tensor.shape, tensor.dtype, tensor.nbytes)
-    try:
-        writer.write_header_to_file()
+
+    def write(temporary: str) -> None:
+        writer.write_header_to_file(pathlib.Path(temporary))
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for tensor in tensors.values():
             writer.write_tensor_data(tensor)
+
+    _write_atomically(out, write, writer.close)
+    return out
+
+
+# Bounds on write_model's arguments: far above real models (presets), low enough that nothing absurd is
+# attempted (the vocabulary is built as a Python list; the loader refuses more than 2**20 strings).
+MAX_LAYERS, MAX_WIDTH, MAX_HEADS, MAX_VOCAB = 1024, 1 << 17, 1024, 1 << 19
+
+
+def _check_arguments(*, arch, n_layer, n_embd, n_ff, n_head, n_head_kv, head_dim, n_rot, n_ctx, n_vocab,
+                     rope_base, eps, seed, weight_type) -> None:
+    """Every argument of write_model, checked before anything is written."""
+    from refspec.gguf_model import MAX_CONTEXT
+
+    if arch not in ARCHITECTURES:
+        raise UsageError(f"arch {arch!r} is not one of {', '.join(ARCHITECTURES)}")
+    if weight_type not in WEIGHT_TYPES:
+        raise UsageError(f"weight_type {weight_type!r} is not one of {', '.join(WEIGHT_TYPES)}")
+    for what, value, lo, hi in (("n_layer", n_layer, 1, MAX_LAYERS), ("n_embd", n_embd, 1, MAX_WIDTH),
+                                ("n_ff", n_ff, 1, MAX_WIDTH), ("n_head", n_head, 1, MAX_HEADS),
+                                ("n_head_kv", n_head_kv, 1, MAX_HEADS), ("head_dim", head_dim, 1, MAX_WIDTH),
+                                ("n_rot", n_rot, 2, MAX_WIDTH), ("n_ctx", n_ctx, 1, MAX_CONTEXT),
+                                ("n_vocab", n_vocab, 1, MAX_VOCAB), ("seed", seed, 0, 2**64 - 1)):
+        if value is None and what in ("head_dim", "n_rot", "n_vocab"):
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            raise UsageError(f"{what} = {value!r} must be an integer in {lo}..{hi}")
+    if n_head % n_head_kv:
+        raise UsageError(f"n_head = {n_head} must be a multiple of n_head_kv = {n_head_kv}")
+    if head_dim is None and n_embd % n_head:
+        raise UsageError(f"n_embd = {n_embd} must be a multiple of n_head = {n_head} (or give head_dim)")
+    dim = head_dim if head_dim is not None else n_embd // n_head
+    if n_rot is not None and (n_rot % 2 or n_rot > dim):
+        raise UsageError(f"n_rot = {n_rot} must be even and at most head_dim = {dim}")
+    for what, value in (("rope_base", rope_base), ("eps", eps)):
+        if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+                or not np.float32(value) > 0):
+            raise UsageError(f"{what} = {value!r} must be a finite positive number (in binary32)")
+
+
+def _output_path(path) -> pathlib.Path:
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path) or "\0" in os.fspath(path):
+        raise UsageError(f"output path {path!r} is not a usable file name")
+    out = pathlib.Path(path)
+    if out.is_dir():
+        raise UsageError(f"{out} is a directory; give the path of the GGUF file to write")
+    if out.exists() and not out.is_file():  # a device or a FIFO would be replaced by the rename
+        raise UsageError(f"{out} exists and is not a regular file")
+    return out
+
+
+def _write_atomically(out: pathlib.Path, write, close) -> None:
+    """``write(temporary)`` writes the whole file next to ``out``; only a complete file is renamed to
+    ``out``, so a failure (a full disk, an interrupt) never leaves a truncated model behind. OS errors
+    become one OutputError."""
+    temporary = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    try:
+        try:
+            write(temporary)
+        finally:
+            close()
+        os.replace(temporary, out)
+    except OSError as e:
+        raise OutputError(f"cannot write {out}: {e.strerror or e}") from e
     finally:
-        writer.close()
-    return pathlib.Path(path)
+        if temporary.exists():
+            temporary.unlink()
 
 
 def _add_tokenizer(writer: GGUFWriter, tokens: list[str], token_types: list[int], merges: list[str]) -> None:

@@ -60,9 +60,8 @@ from __future__ import annotations
 
 import codecs
 import json
-import math
 import operator
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import jinja2
@@ -71,6 +70,7 @@ from tokenizers import Regex, models, pre_tokenizers
 from tokenizers import Tokenizer as _HFTokenizer
 
 from refspec.errors import TokenizerError
+from refspec.metadata import MetadataReader
 
 # GGUF token types (gguf.TokenType)
 TOKEN_NORMAL = 1
@@ -255,31 +255,12 @@ def _byte_token_value(text: str) -> bytes:
     return b""
 
 
-# --- reading metadata -----------------------------------------------------------------------------------------
-def _get_id(metadata: Mapping, key: str, n_vocab: int) -> int | None:
-    value = metadata.get(key)
-    if value is None:
-        return None
-    try:
-        token_id = operator.index(value)
-    except TypeError:
-        raise TokenizerError(f"{key} is {value!r}, not a token id") from None
-    if not 0 <= token_id < n_vocab:
-        raise TokenizerError(f"{key} = {token_id} is outside the vocabulary of {n_vocab} tokens")
-    return token_id
-
-
-def _get_bool(metadata: Mapping, key: str, default: bool) -> bool:
-    value = metadata.get(key)
-    return default if value is None else bool(value)
-
-
-def _read_vocab(metadata: Mapping) -> tuple[list[str], dict[str, int]]:
+# --- reading metadata (types and ranges checked by refspec.metadata) ------------------------------------------
+def _read_vocab(md: MetadataReader) -> tuple[list[str], dict[str, int]]:
     """The token texts by id, and the id of each text."""
-    tokens = metadata.get("tokenizer.ggml.tokens")
-    if not isinstance(tokens, Sequence) or not tokens or not all(isinstance(t, str) for t in tokens):
-        raise TokenizerError("tokenizer.ggml.tokens is missing or is not a list of strings")
-    tokens = list(tokens)
+    tokens = md.strings("tokenizer.ggml.tokens")
+    if not tokens:
+        raise md.fail("tokenizer.ggml.tokens is empty")
     vocab: dict[str, int] = {}
     for i, text in enumerate(tokens):
         if not text:  # llama.cpp renames empty tokens the same way
@@ -290,42 +271,34 @@ def _read_vocab(metadata: Mapping) -> tuple[list[str], dict[str, int]]:
     return tokens, vocab
 
 
-def _read_token_types(metadata: Mapping, n_vocab: int) -> list[int]:
-    types = metadata.get("tokenizer.ggml.token_type")
-    if types is None:
-        return [TOKEN_NORMAL] * n_vocab
-    types = [int(t) for t in types]
-    if len(types) < n_vocab:
-        raise TokenizerError(f"tokenizer.ggml.token_type has {len(types)} entries for {n_vocab} tokens")
-    return types[:n_vocab]
+def _read_token_types(md: MetadataReader, n_vocab: int) -> list[int]:
+    """One GGUF token type (0 undefined .. 6 byte) per token; all normal when the key is absent."""
+    types = md.integers("tokenizer.ggml.token_type", None, length=n_vocab, lo=0, hi=TOKEN_BYTE)
+    return [TOKEN_NORMAL] * n_vocab if types is None else types
 
 
-def _read_pre(metadata: Mapping) -> str:
-    pre = metadata.get("tokenizer.ggml.pre") or "default"
+def _read_pre(md: MetadataReader) -> str:
+    pre = md.string("tokenizer.ggml.pre", None) or "default"
     if pre not in _PRE_TOKENIZERS:
         raise TokenizerError(f"unknown pre-tokenizer {pre!r} (tokenizer.ggml.pre); "
                              f"supported: {', '.join(SUPPORTED_PRE_TOKENIZERS)}")
     return pre
 
 
-def _read_scores(metadata: Mapping, n_vocab: int) -> list[float]:
+def _read_scores(md: MetadataReader, n_vocab: int) -> list[float]:
     """One score per token (SentencePiece merges the pair whose token scores highest); all 0 when absent, as
     llama.cpp reads a file without scores."""
-    scores = metadata.get("tokenizer.ggml.scores")
-    if scores is None:
-        return [0.0] * n_vocab
-    if len(scores) < n_vocab or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in scores):
-        raise TokenizerError(f"tokenizer.ggml.scores is not {n_vocab} finite numbers")
-    return [float(x) for x in scores[:n_vocab]]
+    scores = md.numbers("tokenizer.ggml.scores", None, length=n_vocab)
+    return [0.0] * n_vocab if scores is None else scores
 
 
-def _read_merges(metadata: Mapping) -> list[tuple[str, str]]:
-    merges = metadata.get("tokenizer.ggml.merges")
+def _read_merges(md: MetadataReader) -> list[tuple[str, str]]:
+    merges = md.strings("tokenizer.ggml.merges", None)
     if merges is None:
         raise TokenizerError("tokenizer.ggml.merges is missing (a 'gpt2' tokenizer needs its BPE merges)")
     pairs = []
     for rank, merge in enumerate(merges):
-        split = merge.find(" ", 1) if isinstance(merge, str) else -1  # as llama.cpp: a piece may start with ' '
+        split = merge.find(" ", 1)  # as llama.cpp: a piece may start with ' '
         if split < 0:
             raise TokenizerError(f"tokenizer.ggml.merges[{rank}] = {merge!r} is not two pieces joined by a space")
         pairs.append((merge[:split], merge[split + 1:]))
@@ -516,39 +489,39 @@ class Tokenizer:
     @classmethod
     def from_metadata(cls, metadata: Mapping) -> Tokenizer:
         """Build from a dict of GGUF ``tokenizer.*`` keys holding plain Python values."""
-        model = metadata.get("tokenizer.ggml.model")
+        md = MetadataReader(metadata, error=TokenizerError)
+        model = md.string("tokenizer.ggml.model", None)
         if model not in ("gpt2", "llama"):
             raise TokenizerError(f"unsupported tokenizer model {model!r}: refspec supports byte-level BPE ('gpt2') "
                                  "and SentencePiece ('llama')")
-        tokens, vocab = _read_vocab(metadata)
+        tokens, vocab = _read_vocab(md)
         n_vocab = len(tokens)
-        types = _read_token_types(metadata, n_vocab)
-        ids = {name: _get_id(metadata, f"tokenizer.ggml.{name}_token_id", n_vocab) for name in
+        types = _read_token_types(md, n_vocab)
+        ids = {name: md.token_id(f"tokenizer.ggml.{name}_token_id", n_vocab) for name in
                ("bos", "eos", "eot", "eom", "fim_pre", "fim_suf", "fim_mid", "fim_pad", "fim_rep", "fim_sep")}
-        add_space_prefix = _get_bool(metadata, "tokenizer.ggml.add_space_prefix", model == "llama")
+        add_space_prefix = md.boolean("tokenizer.ggml.add_space_prefix", model == "llama")
         if model == "llama":
             pre = "default"  # llama.cpp gives SentencePiece vocabularies no pre-tokenizer
             for name, default in (("bos", 1), ("eos", 2)):  # llama.cpp's defaults for SentencePiece
                 if ids[name] is None and default < n_vocab:
                     ids[name] = default
-            engine = _SentencePieceBPE(vocab, _read_scores(metadata, n_vocab), add_space_prefix)
+            engine = _SentencePieceBPE(vocab, _read_scores(md, n_vocab), add_space_prefix)
             add_bos_default = True
         else:
-            pre = _read_pre(metadata)
-            engine = _ByteLevelBPE(vocab, _read_merges(metadata), _PRE_TOKENIZERS[pre])
+            pre = _read_pre(md)
+            engine = _ByteLevelBPE(vocab, _read_merges(md), _PRE_TOKENIZERS[pre])
             add_bos_default = _PRE_TOKENIZERS[pre].add_bos
         control_ids, eog_ids = _special_tokens(vocab, types, ids)
 
-        add_bos = _get_bool(metadata, "tokenizer.ggml.add_bos_token", add_bos_default)
-        add_eos = _get_bool(metadata, "tokenizer.ggml.add_eos_token", False)
+        add_bos = md.boolean("tokenizer.ggml.add_bos_token", add_bos_default)
+        add_eos = md.boolean("tokenizer.ggml.add_eos_token", False)
         for flag, name in ((add_bos, "bos"), (add_eos, "eos")):
             if flag and ids[name] is None:
                 raise TokenizerError(f"tokenizer.ggml.add_{name}_token is true but {name}_token_id is not set")
-        template = metadata.get("tokenizer.chat_template")
         return cls(tokens=tokens, token_types=types, engine=engine, model=model, pre=pre,
                    bos_id=ids["bos"], eos_id=ids["eos"], eog_ids=eog_ids, control_ids=control_ids,
                    add_bos=add_bos, add_eos=add_eos, add_space_prefix=add_space_prefix,
-                   chat_template=template if isinstance(template, str) else None)
+                   chat_template=md.string("tokenizer.chat_template", None))
 
     # --- text -> ids ------------------------------------------------------------------------------------------
     def encode(self, text: str, *, add_bos: bool | None = None, add_eos: bool | None = None,

@@ -1,5 +1,8 @@
 """The `refspec` command line, run as a user would run it (a subprocess), on a tiny synthetic model."""
 import json
+import os
+import resource
+import signal
 import subprocess
 import sys
 
@@ -8,8 +11,9 @@ import pytest
 from refspec.synthetic import write_model
 
 
-def refspec(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "refspec.cli", *args], capture_output=True, text=True, timeout=300)
+def refspec(*args, check=True, timeout=300):
+    proc = subprocess.run([sys.executable, "-m", "refspec.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -57,7 +61,7 @@ def test_info_reads_metadata(model):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["-n", "0"], "-n must be"),
+    (["-n", "0"], "argument -n/--n-predict: '0': -n must be a positive number of tokens"),
     (["-n", "1000"], "context length"),
     (["--device", "gpu"], ""),  # no GPU on CI: a clear DeviceError (where one exists, generation succeeds)
 ])
@@ -96,3 +100,62 @@ def test_synthetic_writes_a_model_info_reads(tmp_path):
     assert proc.stdout.strip() == str(path)
     info = json.loads(refspec("info", "-m", str(path), "--json").stdout)
     assert (info["architecture"], info["n_layer"], info["n_embd"], info["n_head"], info["n_head_kv"]) == ("qwen3", 3, 96, 3, 1)
+
+
+def one_line_error(proc) -> str:
+    """The run failed as every refspec error does: status 1, one line on stderr, nothing on stdout."""
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    assert proc.stdout == "" and "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("refspec: error: "), proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["generate", "-p", "x", "-f", "y"], "argument -f/--file: not allowed with argument -p/--prompt"),
+    (["generate", "-p", "x", "-n", "-5"], "'-5': -n must be a positive number of tokens, or -1"),
+    (["generate", "-p", "x", "-n", "-2"], "'-2': -n must be"),
+    (["generate", "-p", "x", "-n", "2.5"], "'2.5' is not an integer"),
+    (["generate", "-p", "x", "--draft-max", "1099511627776"], "--draft-max: '1099511627776' is not in 1..64"),
+    (["generate", "-p", "x", "--draft-max", "0"], "--draft-max: '0' is not in 1..64"),
+    (["generate", "-p", "x", "--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
+    ([], "the following arguments are required: COMMAND"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["info", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["bench"], "required: BENCH"),
+])
+def test_command_line_errors_are_one_line_and_status_1(args, fragment):
+    line = one_line_error(refspec(*args, check=False))
+    assert fragment in line and "--help" in line
+
+
+def test_bad_model_paths_are_refused_before_opening(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # opening it for reading would block until a writer comes
+    for path, fragment in (("", "the model path is empty"), (str(tmp_path), "is a directory"),
+                           (str(fifo), "is a FIFO"), ("/dev/zero", "is a character device")):
+        assert fragment in one_line_error(refspec("info", "-m", path, check=False, timeout=60))
+
+
+def test_synthetic_arguments_are_validated(tmp_path):
+    cases = [(["--n-layer", "-1"], "n_layer"), (["--seed", "-1"], "seed"), (["--n-ctx", "0"], "n_ctx"),
+             (["--eps", "nan"], "eps"), (["--rope-base", "-1"], "rope_base"), (["--n-head", "0"], "n_head")]
+    for args, fragment in cases:
+        assert fragment in one_line_error(refspec("synthetic", str(tmp_path / "m.gguf"), *args, check=False))
+    assert not (tmp_path / "m.gguf").exists()
+    assert "is a directory" in one_line_error(refspec("synthetic", str(tmp_path), check=False))
+    assert "cannot write" in one_line_error(refspec("synthetic", str(tmp_path / "no" / "m.gguf"), check=False))
+    assert "not a regular file" in one_line_error(refspec("synthetic", "/dev/null", check=False))
+
+
+def test_synthetic_on_a_full_disk_leaves_no_partial_file(tmp_path):
+    """A file-size limit makes write() fail as a full disk does (EFBIG instead of ENOSPC)."""
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
+
+    out = tmp_path / "m.gguf"
+    proc = subprocess.run([sys.executable, "-m", "refspec.cli", "synthetic", str(out), "--n-embd", "256"],
+                          capture_output=True, text=True, timeout=120, preexec_fn=limit_file_size)
+    assert "cannot write" in one_line_error(proc)
+    assert list(tmp_path.iterdir()) == []

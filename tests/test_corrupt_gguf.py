@@ -186,7 +186,7 @@ LYING_CASES = {  # name: (rewrite_gguf arguments, expected error type, message f
     "head_count a string": (dict(metadata={"llama.attention.head_count": GGUFValue("4", V.STRING)}),
                             ModelFileError, "expected an integer"),
     "tokens not an array": (dict(metadata={"tokenizer.ggml.tokens": GGUFValue("abc", V.STRING)}), ModelFileError,
-                            "not an array of strings"),
+                            "expected an array of strings"),
     "vocab_size against tokens": (dict(metadata={"llama.vocab_size": 999}), ModelFileError, "vocab_size 999"),
     "vocab_size against embedding": (dict(metadata={"llama.vocab_size": 999},
                                           drop=["tokenizer.ggml.tokens"]), ModelFileError,

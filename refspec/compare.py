@@ -20,6 +20,7 @@ import numpy as np
 
 from refspec import golden
 from refspec.errors import GoldenFileError, UsageError
+from refspec.testing.bits import ulp_distance
 
 DEFAULT_NMSE_THRESHOLD = 1e-7  # test-backend-ops' default per-op threshold; where the report says runs part
 TOP_K = 5
@@ -106,16 +107,6 @@ def _first_difference(a, b) -> str:
 
 
 # -------------------------------------------------------------------------------------------- statistics
-def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Elementwise distance in units in the last place between float32 arrays: how many binary32 values lie
-    between them (+0.0 and -0.0 count as one value). int64."""
-    def ordered(x):
-        i = np.asarray(x, np.float32).view(np.int32).astype(np.int64)
-        return np.where(i < 0, -(i & 0x7FFFFFFF), i)
-
-    return np.abs(ordered(a) - ordered(b))
-
-
 def nmse(a: np.ndarray, b: np.ndarray) -> float:
     """sum (a-b)^2 / sum a^2 in float64 (a is the reference); 0 for equal arrays, inf when a is all zeros."""
     a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)

@@ -1,0 +1,54 @@
+"""The backend protocol: every method refspec/forward.py and the decoding loops (refspec/generate.py,
+refspec/speculative.py) call on a backend, and nothing else. refspec's CpuBackend (refspec/backends.py) and
+GpuBackend (refspec/gpu.py) implement it; a foreign backend that implements it runs refspec's forward pass and
+can be checked op by op against the spec with `refspec check-backend MODULE:FACTORY` (refspec/testing).
+
+Arrays are the backend's own type (NumPy, CuPy, torch, ...); `asarray` brings host arrays in and `to_host`
+takes results out as NumPy. Every operation must give the bits of its refspec.spec twin (refspec/SPEC.md).
+Shapes: R rows, E embedding, K inputs, N outputs, H query heads, G kv heads, D head dim, T cache positions.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from refspec.model import ModelWeights
+
+Array = Any  # the backend's array type
+Q8 = Any  # a Q8_0 matrix as the backend's upload_weights holds it
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str  # "cpu", "gpu", or the foreign backend's name
+
+    # ---- memory
+    def asarray(self, a: np.ndarray) -> Array: ...  # host -> backend, same dtype and bits
+    def to_host(self, a: Array) -> np.ndarray: ...  # backend -> NumPy, same dtype and bits
+    def zeros(self, shape: tuple) -> Array: ...  # float32 zeros (the KV cache)
+    def synchronize(self) -> None: ...  # wait for queued work (timing)
+    def upload_weights(self, weights: ModelWeights) -> ModelWeights: ...  # same fields; matrices as Q8
+
+    # ---- operations (refspec.spec twins)
+    def embed(self, w: Q8, ids: Sequence[int]) -> Array: ...  # [R] -> f32 [R, E]
+    def rmsnorm(self, x: Array, w: Array, eps: float) -> Array: ...  # f32 [..., n] over the last axis
+    def rmsnorm_q8(self, x: Array, w: Array, eps: float) -> tuple[Array, Array]: ...  # -> int8 [R, E], f16 [R, E/32]
+    def quantize_q8(self, x: Array) -> tuple[Array, Array]: ...  # f32 [R, K] -> int8 [R, K], f16 [R, K/32]
+    def q8_gemv(self, w: Q8, xq: Array, xd: Array) -> Array: ...  # -> f32 [R, N]
+    def q8_gemv_many(self, ws: Sequence[Q8], xq: Array, xd: Array) -> list[Array]: ...  # one per matrix
+    def add(self, x: Array, y: Array) -> Array: ...  # f32, y broadcast over rows
+    def silu_mul(self, gate: Array, up: Array) -> Array: ...  # f32 [R, F]
+    def rope(self, x: Array, pos0: int, cos: Array, sin: Array, neox: bool) -> Array: ...  # f32 [R, H, D]
+    def kv_write(self, k_cache: Array, v_cache: Array, k: Array, v: Array, pos0: int) -> None: ...  # [G, T, D]
+    def attention(self, q: Array, k_cache: Array, v_cache: Array, pos0: int) -> Array: ...  # -> f32 [R, H, D]
+    def argmax_rows(self, logits: Array) -> tuple[Any, Any]: ...  # -> ids [R], finite flags [R]
+
+
+METHODS = tuple(name for name in Backend.__annotations__) + tuple(
+    name for name, value in vars(Backend).items() if callable(value) and not name.startswith("_"))
+
+
+def missing_methods(backend) -> list[str]:
+    """The protocol's names `backend` lacks."""
+    return [name for name in METHODS if not hasattr(backend, name)]

@@ -1,0 +1,209 @@
+"""Fixed inputs for every operation of the backend protocol (refspec/protocol.py), chosen so that a backend
+which orders a sum differently, chunks attention differently, fuses a multiply-add or calls libm's exp gives
+different bits (tests/test_check_backend.py shows each of those mistakes caught), plus the edges of the
+spec: zeros, -0.0, rounding ties, subnormals, values near overflow, sizes that are not multiples of 32 or of
+a tile. Deterministic (a fixed seed), so a report can be reproduced; the hypothesis strategies in
+refspec.testing.strategies draw more.
+
+Each case is (op, label, inputs); `run_op` calls the backend and `reference_op` the spec (refspec.spec) on the
+same inputs, both returning host arrays.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from refspec import spec
+from refspec.model import QK8_0, LayerWeights, ModelWeights, Q8Matrix
+
+F32 = np.float32
+SEED = 20261201
+EPS = 1e-5
+
+
+@dataclass
+class Case:
+    op: str  # the backend method
+    label: str  # shapes and parameters, for the report
+    inputs: dict
+
+
+# ------------------------------------------------------------------------------------------- generators
+def edge_activations(rng: np.random.Generator, shape, scale: float = 1.0) -> np.ndarray:
+    """float32 values mostly normal(0, scale), with exact zeros, -0.0, subnormals, tiny and large values
+    sprinkled in (about 1 in 16 each)."""
+    x = (rng.standard_normal(shape) * scale).astype(F32)
+    pick = rng.integers(0, 16, size=shape)
+    x[pick == 0] = 0.0
+    x[pick == 1] = -0.0
+    x[pick == 2] = F32(1e-40) * rng.choice(F32([-1, 1]), size=int(np.count_nonzero(pick == 2)))  # subnormal
+    x[pick == 3] *= F32(1e-30)
+    x[pick == 4] *= F32(1e4)
+    return x
+
+
+def quantize_edge_rows() -> np.ndarray:
+    """Rows of Q8_0 blocks at the quantizer's edges: exact ties (x * inv = k + 0.5, rounded away from zero),
+    an all-zero block, a block whose scale 1/d overflows (amax below ~1.5e-36), a subnormal block, a block
+    with an fp16-overflowing scale, and -0.0."""
+    ties = np.arange(QK8_0, dtype=F32) - F32(15.5)  # with amax 127 below: d = 1, inv = 1, every value a tie
+    ties[0] = F32(127)
+    zeros = np.zeros(QK8_0, F32)
+    tiny = np.full(QK8_0, F32(1e-37)) * np.linspace(-1, 1, QK8_0, dtype=F32)
+    subnormal = np.full(QK8_0, F32(3e-39)) * np.linspace(1, -1, QK8_0, dtype=F32)
+    huge = np.full(QK8_0, F32(1e7)) * np.linspace(-1, 1, QK8_0, dtype=F32)  # d = 78740 > fp16 max: inf
+    neg_zero = np.full(QK8_0, F32(-0.0))
+    neg_zero[5] = F32(-2.5)
+    return np.stack([np.concatenate([ties, zeros, tiny]), np.concatenate([subnormal, huge, neg_zero])])
+
+
+def q8_matrix(rng: np.random.Generator, n: int, k: int) -> Q8Matrix:
+    """Random Q8_0 weights with the edges: quants -127, 0 and 127 in every row, some zero scales, some
+    subnormal fp16 scales, a few large ones."""
+    q = rng.integers(-127, 128, size=(n, k), dtype=np.int16).astype(np.int8)
+    q[:, 0], q[:, 1], q[:, 2] = -127, 127, 0
+    d = (rng.uniform(0.5, 1.5, size=(n, k // QK8_0)) * 0.02).astype(np.float16)
+    pick = rng.integers(0, 16, size=d.shape)
+    d[pick == 0] = 0
+    d[pick == 1] = np.float16(6e-8)  # fp16 subnormal
+    d[pick == 2] = np.float16(30.0)
+    return Q8Matrix(q, d)
+
+
+def weights(rng: np.random.Generator) -> ModelWeights:
+    """One layer's worth of matrices for the GEMV cases: Q/K/V and gate/up stacked by CpuBackend."""
+    k_wide, k_ffn, k_down = 70 * QK8_0, 3 * QK8_0, 25 * QK8_0  # 70 blocks: more than 32 lanes; 25: fewer
+    layer = LayerWeights(
+        attn_norm=np.ones(k_wide, F32), wq=q8_matrix(rng, 40, k_wide), wk=q8_matrix(rng, 8, k_wide),
+        wv=q8_matrix(rng, 8, k_wide), wo=q8_matrix(rng, 37, k_wide), ffn_norm=np.ones(k_ffn, F32),
+        w_gate=q8_matrix(rng, 24, k_ffn), w_up=q8_matrix(rng, 24, k_ffn), w_down=q8_matrix(rng, 21, k_down))
+    embd = q8_matrix(rng, 50, k_ffn)
+    return ModelWeights(tok_embd=embd, layers=[layer], output_norm=np.ones(k_ffn, F32), output=q8_matrix(rng, 23, k_ffn))
+
+
+# ------------------------------------------------------------------------------------------------ cases
+def make_cases(w: ModelWeights, seed: int = SEED) -> list[Case]:
+    rng = np.random.default_rng(seed)
+    lw = w.layers[0]
+    k_wide = lw.wo.shape[1]
+    cases = [Case("embed", "ids=7, E=96", {"ids": np.array([0, 49, 7, 7, 13, 1, 30])})]
+    for shape in ((3, 200), (2, 3, 32), (1, k_wide)):
+        cases.append(Case("rmsnorm", "x".join(map(str, shape)),
+                          {"x": edge_activations(rng, shape), "w": rng.uniform(0.5, 1.5, shape[-1]).astype(F32)}))
+    cases.append(Case("rmsnorm", "3x96 large", {"x": edge_activations(rng, (3, 96), 1e17), "w": np.ones(96, F32)}))
+    cases.append(Case("rmsnorm_q8", f"3x{k_wide}", {"x": edge_activations(rng, (3, k_wide)),
+                                                   "w": rng.uniform(0.5, 1.5, k_wide).astype(F32)}))
+    cases.append(Case("quantize_q8", "2x96 edges", {"x": quantize_edge_rows()}))
+    cases.append(Case("quantize_q8", f"5x{k_wide}", {"x": edge_activations(rng, (5, k_wide), 3.0)}))
+    for name, rows in (("wo", 3), ("w_down", 1), ("output", 2)):
+        m = lw.wo if name == "wo" else lw.w_down if name == "w_down" else w.output
+        xq, xd = spec.quantize_q8_0(edge_activations(rng, (rows, m.shape[1])))
+        cases.append(Case("q8_gemv", f"R={rows}, N={m.shape[0]}, K={m.shape[1]}", {"w": name, "xq": xq, "xd": xd}))
+    for names, rows in ((("wq", "wk", "wv"), 5), (("w_gate", "w_up"), 2)):
+        k = getattr(lw, names[0]).shape[1]
+        xq, xd = spec.quantize_q8_0(edge_activations(rng, (rows, k)))
+        cases.append(Case("q8_gemv_many", f"{'+'.join(names)}, R={rows}, K={k}", {"ws": names, "xq": xq, "xd": xd}))
+    x = edge_activations(rng, (3, 96))
+    cases.append(Case("add", "3x96 + 96", {"x": x, "y": edge_activations(rng, (96,))}))
+    big = np.full((2, 40), F32(3e38)) * rng.choice(F32([-1, 1]), size=(2, 40))
+    cases.append(Case("add", "2x40 overflow, -0.0", {"x": big, "y": np.where(big > 0, big, F32(-0.0))}))
+    gate = np.concatenate([np.linspace(-30, 30, 1200, dtype=F32), F32([-100, 100, 0, -0.0, 88.5, -87.5, 1e-40])])
+    cases.append(Case("silu_mul", f"2x{len(gate) // 2 + 1}", {
+        "gate": np.resize(gate, (2, len(gate) // 2 + 1)), "up": edge_activations(rng, (2, len(gate) // 2 + 1))}))
+    for neox, n_rot, dim in ((False, 32, 32), (True, 32, 32), (True, 16, 32)):
+        cos, sin = spec.rope_table(16, n_rot, 10000.0)
+        cases.append(Case("rope", f"3x4x{dim}, n_rot={n_rot}, {'neox' if neox else 'pairs'}", {
+            "x": edge_activations(rng, (3, 4, dim), 2.0), "pos0": 9, "cos": cos, "sin": sin, "neox": neox}))
+    cases.append(Case("kv_write", "3x2x16 at 4 into 2x10x16", {
+        "k": edge_activations(rng, (3, 2, 16)), "v": edge_activations(rng, (3, 2, 16)), "pos0": 4, "n_pos": 10}))
+    for rows, n_pos, heads in ((7, 7, (4, 2)), (3, 300, (4, 2)), (2, 700, (3, 1))):
+        h, g = heads
+        cases.append(Case("attention", f"R={rows}, H={h}, G={g}, D=16, T={n_pos}", {
+            "q": (rng.standard_normal((rows, h, 16)) * 3).astype(F32),
+            "k": rng.standard_normal((g, n_pos, 16)).astype(F32),
+            "v": edge_activations(rng, (g, n_pos, 16)), "pos0": n_pos - rows}))
+    logits = rng.standard_normal((4, 33)).astype(F32)
+    logits[1, [3, 20]] = logits[1].max() + 1  # a tie: the lower index wins
+    logits[2, 7] = np.nan
+    logits[3, 0] = -np.inf
+    cases.append(Case("argmax_rows", "4x33, a tie, NaN, -inf", {"logits": logits}))
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------- running
+def run_op(be, uploaded: ModelWeights, case: Case) -> tuple:
+    """The case on backend `be` (weights already uploaded) -> host arrays."""
+    i, a, host = case.inputs, be.asarray, be.to_host
+    lw = uploaded.layers[0]
+    if case.op == "embed":
+        return (host(be.embed(uploaded.tok_embd, i["ids"])),)
+    if case.op == "rmsnorm":
+        return (host(be.rmsnorm(a(i["x"]), a(i["w"]), EPS)),)
+    if case.op in ("rmsnorm_q8", "quantize_q8"):
+        out = be.rmsnorm_q8(a(i["x"]), a(i["w"]), EPS) if case.op == "rmsnorm_q8" else be.quantize_q8(a(i["x"]))
+        return tuple(host(t) for t in _pair(out, case.op))
+    if case.op == "q8_gemv":
+        m = uploaded.output if i["w"] == "output" else getattr(lw, i["w"])
+        return (host(be.q8_gemv(m, a(i["xq"]), a(i["xd"]))),)
+    if case.op == "q8_gemv_many":
+        return tuple(host(t) for t in be.q8_gemv_many([getattr(lw, n) for n in i["ws"]], a(i["xq"]), a(i["xd"])))
+    if case.op == "add":
+        return (host(be.add(a(i["x"]), a(i["y"]))),)
+    if case.op == "silu_mul":
+        return (host(be.silu_mul(a(i["gate"]), a(i["up"]))),)
+    if case.op == "rope":
+        return (host(be.rope(a(i["x"]), i["pos0"], a(i["cos"]), a(i["sin"]), i["neox"])),)
+    if case.op == "kv_write":
+        shape = (i["k"].shape[1], i["n_pos"], i["k"].shape[2])
+        kc, vc = be.zeros(shape), be.zeros(shape)
+        be.kv_write(kc, vc, a(i["k"]), a(i["v"]), i["pos0"])
+        return host(kc), host(vc)
+    if case.op == "attention":
+        return (host(be.attention(a(i["q"]), a(i["k"]), a(i["v"]), i["pos0"])),)
+    if case.op == "argmax_rows":
+        ids, finite = _pair(be.argmax_rows(a(i["logits"])), case.op)
+        ids, finite = np.asarray(host(ids)), np.asarray(host(finite))
+        return ids.astype(np.int64), finite.astype(bool)  # any integer and boolean types will do here
+    raise ValueError(f"no case runner for {case.op}")
+
+
+def reference_op(w: ModelWeights, case: Case) -> tuple:
+    """What the spec gives for the case (refspec.spec, the definition)."""
+    i, lw = case.inputs, w.layers[0]
+    if case.op == "embed":
+        return (spec.embed(w.tok_embd, i["ids"]),)
+    if case.op == "rmsnorm":
+        return (spec.rmsnorm(i["x"], i["w"], EPS),)
+    if case.op == "rmsnorm_q8":
+        return spec.quantize_q8_0(spec.rmsnorm(i["x"], i["w"], EPS))
+    if case.op == "quantize_q8":
+        return spec.quantize_q8_0(i["x"])
+    if case.op == "q8_gemv":
+        return (spec.q8_gemv(w.output if i["w"] == "output" else getattr(lw, i["w"]), i["xq"], i["xd"]),)
+    if case.op == "q8_gemv_many":
+        return tuple(spec.q8_gemv(getattr(lw, n), i["xq"], i["xd"]) for n in i["ws"])
+    if case.op == "add":
+        return (spec.add(i["x"], i["y"]),)
+    if case.op == "silu_mul":
+        return (spec.silu_mul(i["gate"], i["up"]),)
+    if case.op == "rope":
+        return (spec.rope(i["x"], i["pos0"], i["cos"], i["sin"], i["neox"]),)
+    if case.op == "kv_write":
+        kc, vc = (np.zeros((i["k"].shape[1], i["n_pos"], i["k"].shape[2]), F32) for _ in range(2))
+        rows = i["k"].shape[0]
+        kc[:, i["pos0"] : i["pos0"] + rows] = i["k"].transpose(1, 0, 2)
+        vc[:, i["pos0"] : i["pos0"] + rows] = i["v"].transpose(1, 0, 2)
+        return kc, vc
+    if case.op == "attention":
+        return (spec.attention(i["q"], i["k"], i["v"], i["pos0"]),)
+    if case.op == "argmax_rows":
+        ids, finite = spec.argmax_rows(i["logits"])
+        return ids.astype(np.int64), finite.astype(bool)
+    raise ValueError(f"no reference for {case.op}")
+
+
+def _pair(out, op: str) -> tuple:
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise TypeError(f"{op} must return a pair of arrays, got {type(out).__name__}")
+    return tuple(out)

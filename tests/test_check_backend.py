@@ -1,0 +1,99 @@
+"""refspec check-backend and refspec.testing: refspec's own backends conform; a backend with one deliberate
+mistake (tests/wrong_backends.py) is reported FAIL at exactly the op that has it, which also shows that the
+per-op inputs make each mistake visible (whole tiny models mostly hide them); a backend that breaks the
+protocol gives FAIL lines or one error line, never a traceback."""
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import wrong_backends
+from refspec.backends import CpuBackend
+from refspec.protocol import METHODS, missing_methods
+from refspec.testing import check_backend
+from refspec.testing.conformance import check_ops
+
+TESTS = pathlib.Path(__file__).parent
+
+
+def refspec(*args):
+    return subprocess.run([sys.executable, "-m", "refspec.cli", *args], capture_output=True, text=True,
+                          timeout=300, cwd=TESTS)
+
+
+def failed_ops(backend) -> set:
+    return {check.name.split("(")[0] for check in check_ops(backend) if not check.ok}
+
+
+def test_the_cpu_backend_passes_every_check():
+    results = check_backend(CpuBackend)
+    assert [c.line() for c in results if not c.ok] == []
+    ops = {c.name.split("(")[0] for c in results if "(" in c.name and ":" not in c.name}
+    assert ops == set(METHODS) - {"name", "asarray", "to_host", "zeros", "synchronize", "upload_weights"}
+    assert sum("speculative == greedy" in c.name for c in results) == 3  # llama, qwen2, qwen3
+
+
+@pytest.mark.parametrize("backend, op", [
+    (wrong_backends.SequentialSum, {"q8_gemv", "q8_gemv_many"}),  # reduction order
+    (wrong_backends.Chunk512, {"attention"}),  # chunk size
+    (wrong_backends.ContractedRope, {"rope"}),  # a contracted multiply-add
+    (wrong_backends.LibmExp, {"silu_mul"}),  # libm's exp
+])
+def test_each_deliberate_mistake_fails_at_its_op_and_nowhere_else(backend, op):
+    assert failed_ops(backend()) == op
+
+
+@pytest.mark.parametrize("backend, op, reason", [
+    (wrong_backends.Raising, "add", "raised RuntimeError: add is not implemented"),
+    (wrong_backends.WrongDtype, "silu_mul", "returned float64 [2, 604], expected float32"),
+    (wrong_backends.WrongShape, "q8_gemv", "returned float32 [37, 3], expected float32 [3, 37]"),
+])
+def test_protocol_breaches_are_fail_lines_and_the_run_goes_on(backend, op, reason):
+    results = check_ops(backend())
+    bad = [c for c in results if not c.ok]
+    assert {c.name.split("(")[0] for c in bad} == {op} and reason in bad[0].detail
+    assert len(results) - len(bad) >= 20  # every other op still ran
+
+
+def test_cli_prints_one_line_per_case_and_fails():
+    proc = refspec("check-backend", "wrong_backends:LibmExp")
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "  silu_mul(2x604): FAIL bitwise" in "\n".join(lines) and "| maxULP 2 |" in proc.stdout
+    assert any(line.startswith("  q8_gemv(R=3, N=37, K=2240): OK bitwise 111/111") for line in lines)
+    assert lines[-1].endswith("checks passed: FAIL")
+    out = json.loads(refspec("check-backend", "wrong_backends:Chunk512", "--ops-only", "--json").stdout)
+    assert out["pass"] is False and out["failed"] == 2
+    assert refspec("check-backend", "refspec.backends:CpuBackend", "--ops-only").returncode == 0
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("wrong_backends", "give the backend as MODULE:FACTORY"),
+    ("no_such_module_x:Make", "cannot import no_such_module_x"),
+    ("wrong_backends:Nothing", "has no callable Nothing"),
+    ("wrong_backends:failing_factory", "the backend factory raised OSError: device not found"),
+    ("wrong_backends:NoAttention", "the backend lacks"),
+])
+def test_cli_unusable_backend_is_one_error_line(spec, message):
+    proc = refspec("check-backend", spec)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("refspec: error: ")
+    assert message in lines[0], proc.stderr
+
+
+def test_protocol_lists_what_both_backends_have():
+    assert missing_methods(CpuBackend()) == []
+    from refspec.gpu import GpuBackend  # the class only: no GPU needed
+
+    assert [m for m in METHODS if not hasattr(GpuBackend, m) and m != "name"] == []
+
+
+@pytest.mark.gpu
+def test_the_gpu_backend_passes_every_check():
+    from refspec.gpu import GpuBackend, gpu_available
+
+    if not gpu_available():
+        pytest.skip("no GPU")
+    assert [c.line() for c in check_backend(GpuBackend) if not c.ok] == []

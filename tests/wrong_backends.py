@@ -1,0 +1,110 @@
+"""Backends with one deliberate mistake each, the kinds a port of refspec makes: refspec check-backend must
+report each as FAIL at the op that has it (tests/test_check_backend.py). Also backends that break the
+protocol (raise, wrong dtype or shape, missing methods) for the bad-input tests."""
+import contextlib
+
+import numpy as np
+
+from refspec import spec
+from refspec.backends import CpuBackend
+
+F32 = np.float32
+
+
+class SequentialSum(CpuBackend):
+    """The GEMV sums its blocks' terms one after another, not over 32 lanes and a halving tree."""
+
+    def q8_gemv(self, w, xq, xd):
+        return self._sequential(w.source, xq, xd)
+
+    def q8_gemv_many(self, ws, xq, xd):
+        return [self._sequential(w.source, xq, xd) for w in ws]
+
+    @staticmethod
+    def _sequential(m, xq, xd):
+        dots = spec.block_dots(m.q, xq)  # [nb, R, N], exact
+        terms = (m.d.astype(F32).T[:, None, :] * xd.astype(F32).T[:, :, None]) * dots
+        total = np.zeros(terms.shape[1:], F32)
+        for t in terms:
+            total += t
+        return total
+
+
+@contextlib.contextmanager
+def attention_chunk(n: int):
+    saved, spec.ATTN_CHUNK = spec.ATTN_CHUNK, n
+    try:
+        yield
+    finally:
+        spec.ATTN_CHUNK = saved
+
+
+class Chunk512(CpuBackend):
+    """Attention sums positions in chunks of 512 instead of 256."""
+
+    def attention(self, q, k_cache, v_cache, pos0):
+        with attention_chunk(512):
+            return spec.attention(q, k_cache, v_cache, pos0)
+
+
+class ContractedRope(CpuBackend):
+    """RoPE with a fused multiply-add, as a compiler contracts a*c - b*s: the product a*c is not rounded
+    before the subtraction (emulated in float64, rounded once to binary32)."""
+
+    @staticmethod
+    def rope(x, pos0, cos, sin, neox):
+        x = np.asarray(x, F32)
+        rows, half = x.shape[0], cos.shape[1]
+        c = cos[pos0 : pos0 + rows][:, None, :].astype(np.float64)
+        s = sin[pos0 : pos0 + rows][:, None, :]
+        lo, hi = (slice(0, half), slice(half, 2 * half)) if neox else (slice(0, 2 * half, 2), slice(1, 2 * half, 2))
+        a, b = x[..., lo], x[..., hi]
+        out = x.copy()
+        out[..., lo] = (a.astype(np.float64) * c - (b * s)).astype(F32)  # fma(a, c, -(b*s))
+        out[..., hi] = (b.astype(np.float64) * c + (a * s)).astype(F32)  # fma(b, c, a*s)
+        return out
+
+
+class LibmExp(CpuBackend):
+    """silu_mul with libm's exp (NumPy's) instead of refspec's own."""
+
+    @staticmethod
+    def silu_mul(gate, up):
+        gate = np.asarray(gate, F32)
+        with np.errstate(over="ignore"):
+            return (gate / (F32(1) + np.exp(-gate))) * np.asarray(up, F32)
+
+
+class Raising(CpuBackend):
+    """`add` raises."""
+
+    def add(self, x, y):
+        raise RuntimeError("add is not implemented on this device")
+
+
+class WrongDtype(CpuBackend):
+    """silu_mul returns float64."""
+
+    @staticmethod
+    def silu_mul(gate, up):
+        return spec.silu_mul(gate, up).astype(np.float64)
+
+
+class WrongShape(CpuBackend):
+    """The GEMV returns [N, R] instead of [R, N]."""
+
+    def q8_gemv(self, w, xq, xd):
+        return np.ascontiguousarray(super().q8_gemv(w, xq, xd).T)
+
+
+class NoAttention:
+    """Lacks most of the protocol."""
+
+    name = "incomplete"
+
+    def add(self, x, y):
+        return x + y
+
+
+def failing_factory():
+    raise OSError("device not found")

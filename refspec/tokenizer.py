@@ -22,6 +22,9 @@ metadata the way llama.cpp's ``src/llama-vocab.cpp`` and ``src/unicode.cpp`` do 
    text and of every text after a special token (``tokenizer.ggml.add_space_prefix``, default true), and the
    pair that forms the highest-scoring token (``tokenizer.ggml.scores``) merges first; characters that are no
    token become byte tokens ``<0xXX>``.
+2''. **Gemma 4** (``_SpaceEscapedBPE``, ``tokenizer.ggml.model = gemma4``): spaces become '▁', the text is cut
+   into runs of newlines and runs of other characters, each merged by the ranks of ``tokenizer.ggml.merges``
+   over raw characters, with byte fallback; a newline run that is a token is emitted whole; BOS always added.
 3. **BOS/EOS.** ``add_bos`` prepends ``bos_id`` (and ``add_eos`` appends ``eos_id``).
 
 Defaults, as llama.cpp decides them:
@@ -49,9 +52,9 @@ sequences; ``StreamDecoder`` yields the same text one token at a time.
 Where refspec deliberately differs from llama.cpp (none of it matters for a well-formed GGUF of a supported
 model): missing BPE ``bos_token_id``/``eos_token_id`` stay None (llama.cpp substitutes id 11); out of range
 special ids (llama.cpp warns and keeps its default), malformed merges and merges whose pieces are not tokens
-raise ``TokenizerError``; llama.cpp's per-model token-attribute workarounds (phi-3, jina, gpt-oss, gemma4) are
-not reproduced; where several FIM tokens match by text all of them are EOG (llama.cpp keeps whichever its hash
-map yields first). Unicode categories (``\\p{L}``, ``\\p{N}``, ``\\s``) come from Oniguruma's tables inside
+raise ``TokenizerError``; llama.cpp's per-model token-attribute workarounds, chosen by model name (phi-3's
+right-stripping of special tokens, jina, gpt-oss), are not reproduced; where several FIM tokens match by text
+all of them are EOG (llama.cpp keeps whichever its hash map yields first). Unicode categories (``\\p{L}``, ``\\p{N}``, ``\\s``) come from Oniguruma's tables inside
 ``tokenizers``; llama.cpp carries its own tables, so code points whose category changed between Unicode versions
 may split differently. SentencePiece: llama.cpp breaks a tie between two different tokens of equal score by
 position, refspec by id (they differ only where such candidate pairs overlap).
@@ -156,8 +159,8 @@ def _named(regexes: str, names: str, **flags) -> dict[str, _PreTokenizer]:
 
 
 # tokenizer.ggml.pre -> pre-tokenizer; the names, groupings and flags are llama.cpp's (llama_vocab::impl::load).
-# Left out: names whose tokenizer needs more than regexes and byte-level BPE (gemma4 and sarvam-moe escape
-# spaces, whitespace and hybriddna have their own sessions, jina-v1-en/jina-v2-code/roberta-bpe add a SEP token)
+# gemma4, granite-embed-multi-311m and sarvam-moe are _SPACE_ESCAPED below. Left out: names whose tokenizer needs
+# more (whitespace and hybriddna have their own sessions, jina-v1-en/jina-v2-code/roberta-bpe add a SEP token)
 # and those llama.cpp splits with hand-written code that no regex reproduces (kimi-k2's Han exclusion; the digit
 # grouping of afmoe, tiny_aya and cohere2moe, which glues the text before a number to its first digits;
 # superbpe's empty look-ahead matches).
@@ -193,7 +196,10 @@ _PRE_TOKENIZERS = {
     **_named("exaone-moe", "exaone-moe"),
     **_named("minicpm5", "minicpm5", ignore_merges=True),
 }
-SUPPORTED_PRE_TOKENIZERS = tuple(sorted(_PRE_TOKENIZERS))
+# Pre-tokenizers of BPE over raw characters with spaces written '▁' (_SpaceEscapedBPE) -> whether a run of
+# newlines that is a token is emitted whole (llama.cpp's LLAMA_VOCAB_PRE_TYPE_GEMMA4; it also forces add_bos).
+_SPACE_ESCAPED = {"gemma4": True, "granite-embed-multi-311m": True, "sarvam-moe": False}
+SUPPORTED_PRE_TOKENIZERS = tuple(sorted([*_PRE_TOKENIZERS, *_SPACE_ESCAPED]))
 
 # --- special tokens llama.cpp recognises by their text (llama_vocab::impl::load) -----------------------------
 # (llama.cpp also looks for an EOT token by text; its candidates are all in EOG_TEXTS, so they add nothing here.)
@@ -279,7 +285,7 @@ def _read_token_types(md: MetadataReader, n_vocab: int) -> list[int]:
 
 def _read_pre(md: MetadataReader) -> str:
     pre = md.string("tokenizer.ggml.pre", None) or "default"
-    if pre not in _PRE_TOKENIZERS:
+    if pre not in SUPPORTED_PRE_TOKENIZERS:
         raise TokenizerError(f"unknown pre-tokenizer {pre!r} (tokenizer.ggml.pre); "
                              f"supported: {', '.join(SUPPORTED_PRE_TOKENIZERS)}")
     return pre
@@ -386,6 +392,8 @@ class _ByteLevelBPE:
     """``tokenizer.ggml.model = gpt2``: the pre-tokenizer's regexes, GPT-2's byte alphabet, then BPE merges by
     rank (HF ``models.BPE``)."""
 
+    escaped_spaces = False  # normal tokens are written in GPT-2's byte alphabet
+
     def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], pre: _PreTokenizer):
         self._splitter = pre_tokenizers.Sequence(
             [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in _REGEXES[pre.regexes]])
@@ -418,6 +426,8 @@ class _SentencePieceBPE:
     score: HF ``models.BPE`` with ``byte_fallback``. Where llama.cpp breaks a tie between two different tokens
     of equal score by position, this ranks them by id; the two differ only if such pairs overlap."""
 
+    escaped_spaces = True  # normal tokens write spaces as '▁'
+
     def __init__(self, vocab: dict[str, int], scores: list[float], add_space_prefix: bool):
         self._add_space_prefix = add_space_prefix
         self._hf = _HFTokenizer(models.BPE(vocab, _merges_from_scores(vocab, scores), byte_fallback=True))
@@ -427,20 +437,56 @@ class _SentencePieceBPE:
     def encode(self, text: str, after_special: bool) -> list[int]:
         if self._add_space_prefix and after_special:
             text = " " + text
-        if self.missing_bytes:
-            self._check_bytes(text)
-        return self._hf.encode(text.replace(" ", "\u2581"), add_special_tokens=False).ids
+        text = text.replace(" ", "\u2581")
+        _check_byte_fallback(text, self._vocab, self.missing_bytes)
+        return self._hf.encode(text, add_special_tokens=False).ids
 
     def pre_tokenize(self, text: str) -> list[str]:
         return [(" " * self._add_space_prefix + text).replace(" ", "\u2581")] if text else []
 
-    def _check_bytes(self, text: str) -> None:
-        """llama.cpp fails on a character that needs a byte token the vocabulary lacks; so does refspec."""
-        for c in set(text):
-            if ("\u2581" if c == " " else c) not in self._vocab:
-                missing = [b for b in c.encode() if b in self.missing_bytes]
-                if missing:
-                    raise TokenizerError(f"cannot encode {c!r}: the vocabulary has no byte token <0x{missing[0]:02X}>")
+
+class _SpaceEscapedBPE:
+    """Gemma 4's tokenizer (``tokenizer.ggml.model = gemma4``; pre-tokenizers ``gemma4``, ``sarvam-moe``) as
+    llama.cpp runs it: spaces become '▁', the text is cut only into runs of newlines and runs of anything else,
+    and each run is merged by the ranks in ``tokenizer.ggml.merges`` over its characters (no byte alphabet);
+    what is left that is no token becomes byte tokens ``<0xXX>``. For gemma4 a run of newlines that is itself a
+    token is emitted whole."""
+
+    escaped_spaces = True
+
+    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], whole_newlines: bool):
+        self._splitter = pre_tokenizers.Split(Regex(r"[^\n]+|[\n]+"), behavior="isolated")
+        try:
+            self._hf = _HFTokenizer(models.BPE(vocab, merges, byte_fallback=True))
+        except Exception as exc:  # tokenizers raises a bare Exception for merges whose pieces are not tokens
+            raise TokenizerError(f"BPE merges do not fit the vocabulary: {_one_line(exc)}") from None
+        self._vocab = vocab
+        self._whole_newlines = whole_newlines
+        self.missing_bytes = frozenset(b for b in range(256) if f"<0x{b:02X}>" not in vocab)
+
+    def encode(self, text: str, after_special: bool) -> list[int]:
+        ids = []
+        for piece in self.pre_tokenize(text):
+            if self._whole_newlines and piece[0] == "\n" and piece in self._vocab:
+                ids.append(self._vocab[piece])
+            else:
+                _check_byte_fallback(piece, self._vocab, self.missing_bytes)
+                ids.extend(self._hf.encode(piece, add_special_tokens=False).ids)
+        return ids
+
+    def pre_tokenize(self, text: str) -> list[str]:
+        return [piece for piece, _ in self._splitter.pre_tokenize_str(text.replace(" ", "\u2581"))]
+
+
+def _check_byte_fallback(text: str, vocab: dict[str, int], missing_bytes: frozenset[int]) -> None:
+    """llama.cpp fails on a character that needs a byte token the vocabulary lacks; so does refspec."""
+    if not missing_bytes:
+        return
+    for c in set(text):
+        if c not in vocab:
+            missing = [b for b in c.encode() if b in missing_bytes]
+            if missing:
+                raise TokenizerError(f"cannot encode {c!r}: the vocabulary has no byte token <0x{missing[0]:02X}>")
 
 
 def _merges_from_scores(vocab: dict[str, int], scores: list[float]) -> list[tuple[str, str]]:
@@ -491,9 +537,9 @@ class Tokenizer:
         """Build from a dict of GGUF ``tokenizer.*`` keys holding plain Python values."""
         md = MetadataReader(metadata, error=TokenizerError)
         model = md.string("tokenizer.ggml.model", None)
-        if model not in ("gpt2", "llama"):
-            raise TokenizerError(f"unsupported tokenizer model {model!r}: refspec supports byte-level BPE ('gpt2') "
-                                 "and SentencePiece ('llama')")
+        if model not in ("gpt2", "llama", "gemma4"):
+            raise TokenizerError(f"unsupported tokenizer model {model!r}: refspec supports byte-level BPE ('gpt2'), "
+                                 "SentencePiece ('llama') and Gemma 4's BPE ('gemma4')")
         tokens, vocab = _read_vocab(md)
         n_vocab = len(tokens)
         types = _read_token_types(md, n_vocab)
@@ -507,6 +553,10 @@ class Tokenizer:
                     ids[name] = default
             engine = _SentencePieceBPE(vocab, _read_scores(md, n_vocab), add_space_prefix)
             add_bos_default = True
+        elif model == "gemma4" or _read_pre(md) in _SPACE_ESCAPED:
+            pre = "gemma4" if model == "gemma4" else _read_pre(md)  # llama.cpp's choice for model gemma4
+            engine = _SpaceEscapedBPE(vocab, _read_merges(md), whole_newlines=_SPACE_ESCAPED[pre])
+            add_bos_default = False
         else:
             pre = _read_pre(md)
             engine = _ByteLevelBPE(vocab, _read_merges(md), _PRE_TOKENIZERS[pre])
@@ -514,6 +564,7 @@ class Tokenizer:
         control_ids, eog_ids = _special_tokens(vocab, types, ids)
 
         add_bos = md.boolean("tokenizer.ggml.add_bos_token", add_bos_default)
+        add_bos = add_bos or _SPACE_ESCAPED.get(pre, False)  # llama.cpp forces BOS on for gemma4
         add_eos = md.boolean("tokenizer.ggml.add_eos_token", False)
         for flag, name in ((add_bos, "bos"), (add_eos, "eos")):
             if flag and ids[name] is None:
@@ -595,7 +646,8 @@ class Tokenizer:
             if token_id in self._control_ids or kind == TOKEN_USER_DEFINED:
                 piece = text.encode()
             elif kind == TOKEN_NORMAL:
-                piece = _byte_level_to_bytes(text) if self.model == "gpt2" else text.replace("\u2581", " ").encode()
+                piece = (text.replace("\u2581", " ").encode() if self._engine.escaped_spaces
+                         else _byte_level_to_bytes(text))
             elif kind == TOKEN_BYTE:
                 piece = _byte_token_value(text)
             else:  # unused or undefined: llama.cpp's token_to_piece copies nothing

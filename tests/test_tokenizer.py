@@ -456,3 +456,39 @@ def test_byte_tokens_print_their_byte():
     tokenizer = Tokenizer.from_metadata(synthetic_metadata(**{
         "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": metadata["tokenizer.ggml.token_type"] + [6]}))
     assert tokenizer.decode([len(tokens) - 1]) == "A"
+
+
+# --- Gemma 4's BPE over raw characters with '▁' for spaces (tokenizer.ggml.model = gemma4) --------------------------
+
+def gemma4_tokenizer(**overrides) -> Tokenizer:
+    pieces = ["▁", "a", "b", "\n", "ab", "▁a", "\n\n", "\n\n\n"]  # '\n\n\n' is a token no merge makes
+    metadata = {
+        "tokenizer.ggml.model": "gemma4",
+        "tokenizer.ggml.tokens": ["<pad>", "<eos>", "<bos>", "<unk>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces,
+        "tokenizer.ggml.token_type": [3, 3, 3, 2] + [6] * 256 + [1] * len(pieces),
+        "tokenizer.ggml.merges": ["a b", "▁ a", "\n \n"],
+        "tokenizer.ggml.bos_token_id": 2, "tokenizer.ggml.eos_token_id": 1,
+        "tokenizer.ggml.add_bos_token": False,
+    }
+    metadata.update(overrides)
+    return Tokenizer.from_metadata({k: v for k, v in metadata.items() if v is not None})
+
+
+def test_gemma4_bpe():
+    gemma = gemma4_tokenizer()
+    assert gemma.add_bos and gemma.encode("") == [2]  # llama.cpp forces BOS on for gemma4
+    assert gemma.encode("ab ab", add_bos=False) == spm_ids(gemma, "ab", "▁", "ab")  # rank 0 'a b' before '▁ a'
+    assert gemma.encode(" a", add_bos=False) == spm_ids(gemma, "▁a")  # no space is put in front
+    assert gemma.encode("é", add_bos=False) == spm_ids(gemma, "<0xC3>", "<0xA9>")
+    assert gemma.encode("\n\n\n", add_bos=False) == spm_ids(gemma, "\n\n\n")  # a newline run that is a token
+    assert gemma.encode("a\n\n\nb", add_bos=False) == spm_ids(gemma, "a", "\n\n\n", "b")
+    assert gemma.decode(gemma.encode("ab ab\n\né")) == "<bos>ab ab\n\né"
+    sarvam = gemma4_tokenizer(**{"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "sarvam-moe"})
+    assert not sarvam.add_bos
+    assert sarvam.encode("\n\n\n") == spm_ids(sarvam, "\n\n", "\n")  # merged like any other run
+
+
+@given(texts)
+def test_gemma4_round_trip(s):
+    gemma = gemma4_tokenizer()
+    assert gemma.decode(gemma.encode(s, add_bos=False, parse_special=False)) == s

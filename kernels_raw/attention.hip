@@ -1,4 +1,7 @@
-// Causal GQA attention for R query rows at positions pos0 .. pos0+R-1: the twin of spec.attention.
+// Causal GQA attention for R query rows at positions pos0 .. pos0+R-1: the twin of spec.attention, and, when
+// asked, the quantization of its output (the twin of spec.quantize_q8_0 on the [R, H*D] rows: with D a
+// multiple of 32 every block of 32 lies in one head). pos0 is read from device memory (pos[0]), so one
+// captured pass serves every position; the scratch buffers are sized for the whole cache.
 //
 //   s_t = lane_sum_d(q * k_t) * scale      (scale = 1 / sqrt(D), computed by the wrapper as the spec does)
 //   m   = max_t s_t;   e_t = exp(s_t - m)  (positions row r may not see: s_t = -inf)
@@ -15,6 +18,7 @@
 #include "portable.h"
 #include "lane_sum.h"
 #include "exp.h"
+#include "quantize.h"
 
 #define RS_ATTN_THREADS 256  // 8 groups of 32
 #define RS_ATTN_CHUNK 256    // spec.ATTN_CHUNK
@@ -34,23 +38,26 @@ RS_DEVICE float rs_tree_of_lanes(float (&lanes)[RS_LANES]) {
 }
 
 // q float32 [rows, heads, dim]; k_cache, v_cache float32 [kv_heads, cache_len, dim] with positions
-// 0 .. pos0+rows-1 written; e_buf float32 [rows*heads, pos0+rows]; part_buf float32
-// [rows*heads, n_chunks, dim+1]; out float32 [rows, heads, dim]. Grid: rows*heads blocks.
+// 0 .. pos0+rows-1 written; pos int32 [1] = pos0; e_buf float32 [rows*heads, cache_len]; part_buf float32
+// [rows*heads, ceil(cache_len / 256), dim+1]; out float32 [rows, heads, dim]; xq int8 [rows, heads*dim] and
+// xd fp16 [rows, heads*dim/32], or both null (then dim need not be a multiple of 32). Grid: rows*heads blocks.
 extern "C" __global__ void __launch_bounds__(RS_ATTN_THREADS)
 attention(const float* __restrict__ q, const float* __restrict__ k_cache, const float* __restrict__ v_cache,
-          int pos0, int rows, int heads, int kv_heads, int dim, int cache_len, float scale,
-          float* __restrict__ e_buf, float* __restrict__ part_buf, float* __restrict__ out) {
+          const int* __restrict__ pos, int rows, int heads, int kv_heads, int dim, int cache_len, float scale,
+          float* __restrict__ e_buf, float* __restrict__ part_buf, float* __restrict__ out,
+          signed char* __restrict__ xq, unsigned short* __restrict__ xd) {
   __shared__ float group_max[RS_ATTN_THREADS / RS_LANES];
   __shared__ float total[RS_ATTN_MAX_DIM + 1];
   const int rh = blockIdx.x;  // = row * heads + head
   const int row = rh / heads, head = rh % heads;
   const int kv_head = head / (heads / kv_heads);
+  const int pos0 = pos[0];
   const int n_pos = pos0 + rows;   // positions every row's sums run over
   const int n_vis = pos0 + row + 1;  // positions this row sees
   const float* qv = q + (long long)rh * dim;
   const float* kc = k_cache + (long long)kv_head * cache_len * dim;
   const float* vc = v_cache + (long long)kv_head * cache_len * dim;
-  float* e = e_buf + (long long)rh * n_pos;
+  float* e = e_buf + (long long)rh * cache_len;
   const float neg_inf = rs_as_float((int)0xff800000);
 
   // 1. scores, one position per group of 32 lanes
@@ -75,7 +82,8 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
   // 3. chunk sums of e_t * v[t, col] (col < dim) and of e_t (col == dim)
   const int cols = dim + 1;
   const int n_chunks = (n_pos + RS_ATTN_CHUNK - 1) / RS_ATTN_CHUNK;
-  float* parts = part_buf + (long long)rh * n_chunks * cols;
+  const int max_chunks = (cache_len + RS_ATTN_CHUNK - 1) / RS_ATTN_CHUNK;
+  float* parts = part_buf + (long long)rh * max_chunks * cols;
   for (int item = threadIdx.x; item < n_chunks * cols; item += blockDim.x) {
     const int chunk = item / cols, col = item % cols;
     const int base = chunk * RS_ATTN_CHUNK;
@@ -105,5 +113,20 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
     total[col] = sum;
   }
   __syncthreads();
-  for (int d = threadIdx.x; d < dim; d += blockDim.x) out[(long long)rh * dim + d] = rs_div(total[d], total[dim]);
+  for (int d = threadIdx.x; d < dim; d += blockDim.x) {
+    const float o = rs_div(total[d], total[dim]);
+    out[(long long)rh * dim + d] = o;
+    total[d] = o;  // only this thread reads total[d]; total[dim] stays
+  }
+  if (!xq) return;
+  __syncthreads();
+  // 5. the head's blocks of 32 outputs quantized, one per thread; block b of the head is block
+  //    head * dim/32 + b of the row's [heads*dim] values.
+  for (int b = threadIdx.x; b < dim / RS_QK; b += blockDim.x) {
+    float v[RS_QK];
+#pragma unroll
+    for (int i = 0; i < RS_QK; ++i) v[i] = total[b * RS_QK + i];
+    const long long block = (long long)rh * (dim / RS_QK) + b;
+    rs_quantize_block(v, xq + block * RS_QK, xd + block);
+  }
 }

@@ -101,8 +101,11 @@ struct RsTreeSlots<N, COUNT, 0> {
 };
 
 // Final tree and store of a group's NR x RP sums: slot i*RP + r is weight row row0 + i, activation row r0 + r.
+// With `base` (a float32 [rows, n] array, or null) the store is base + sum, spec.add's one rounding: the
+// residual add of the forward pass done in the GEMV's epilogue, same bits as a separate add.
 template <int RP, int NR>
-RS_DEVICE void rs_gemv_finish(float (&acc)[NR][RP], long long row0, int n, int r0, int rows, float* __restrict__ y) {
+RS_DEVICE void rs_gemv_finish(float (&acc)[NR][RP], long long row0, int n, int r0, int rows, float* __restrict__ y,
+                              const float* base) {
   float v[NR * RP];
 #pragma unroll
   for (int i = 0; i < NR; ++i) {
@@ -118,7 +121,10 @@ RS_DEVICE void rs_gemv_finish(float (&acc)[NR][RP], long long row0, int n, int r
       const int slot = first + i;
       const long long row = row0 + slot / RP;
       const int r = r0 + slot % RP;
-      if (row < n && r < rows) y[(long long)r * n + row] = v[i];
+      if (row < n && r < rows) {
+        const long long e = (long long)r * n + row;
+        y[e] = base ? rs_add(base[e], v[i]) : v[i];
+      }
     }
   }
 }
@@ -155,12 +161,13 @@ RS_DEVICE void rs_gemv_place(int rp, long long& row0, int& r0) {
 
 // ------------------------------------------------------------------------------------------ q8_gemv
 // Grid: ceil(N / (NR * RS_GEMV_THREADS/32 / SPLIT)) blocks of RS_GEMV_THREADS threads, rows <= RP * SPLIT.
-// Needs K % 32 == 0 and 16-byte aligned wq and xq (the wrapper checks).
+// Needs K % 32 == 0 and 16-byte aligned wq and xq (the wrapper checks). y = base + W x when base is not null
+// (base may not overlap y).
 template <int RP, int NR, int SPLIT, int OCC>
 __global__ void RS_GEMV_BOUNDS(RS_GEMV_THREADS, OCC)
 q8_gemv(const signed char* __restrict__ wq, const unsigned short* __restrict__ wd,
         const signed char* __restrict__ xq, const unsigned short* __restrict__ xd,
-        float* __restrict__ y, int n, int k, int rows) {
+        float* __restrict__ y, int n, int k, int rows, const float* base) {
   const int nb = k / RS_QK;
   const int lane = rs_lane();
   long long row0;
@@ -192,7 +199,7 @@ q8_gemv(const signed char* __restrict__ wq, const unsigned short* __restrict__ w
       }
     }
   }
-  rs_gemv_finish<RP, NR>(acc, row0, n, r0, rows, y);
+  rs_gemv_finish<RP, NR>(acc, row0, n, r0, rows, y, base);
 }
 
 // ----------------------------------------------------------------------------------- q8_gemv_staged
@@ -254,7 +261,7 @@ template <int RP, int NR, int SPLIT, int OCC>
 __global__ void RS_GEMV_BOUNDS(RS_GEMV_STAGED_THREADS, OCC)
 q8_gemv_staged(const signed char* __restrict__ wq, const unsigned short* __restrict__ wd,
                const signed char* __restrict__ xq, const unsigned short* __restrict__ xd,
-               float* __restrict__ y, int n, int k, int rows) {
+               float* __restrict__ y, int n, int k, int rows, const float* base) {
   __shared__ RsStagedChunk<RP * SPLIT> stage[2];
   const int nb = k / RS_QK;
   const int chunks = (nb + RS_LANES - 1) / RS_LANES;
@@ -300,5 +307,5 @@ q8_gemv_staged(const signed char* __restrict__ wq, const unsigned short* __restr
     if (c + 1 < chunks) staging.store(stage[(c + 1) % 2], k, rows, c + 1);  // its readers passed the last barrier
     __syncthreads();
   }
-  if (active) rs_gemv_finish<RP, NR>(acc, row0, n, r0, rows, y);
+  if (active) rs_gemv_finish<RP, NR>(acc, row0, n, r0, rows, y, base);
 }

@@ -100,6 +100,33 @@ class CpuBackend:
         return spec.quantize_q8_0(spec.rmsnorm(x, w, eps))
 
     @staticmethod
+    def pass_input(ids, pos0: int):
+        """The token ids and the first position as the operations take them (the GPU sends both in one copy)."""
+        return np.asarray(ids, dtype=np.int64), int(pos0)
+
+    # ---- fused operations: each is the composition written here, which is what a backend's fused kernel
+    #      must reproduce (the GPU's: kernels_raw/rope.hip rope_kv, attention.hip, quantize_q8_0.hip
+    #      silu_mul_q8, q8_gemv.hip's epilogue)
+    def rope_kv(self, q, k, v, k_cache, v_cache, pos0, cos, sin, neox):
+        """Rotate q and k; store the rotated k and v in the cache at pos0 ..; return the rotated q."""
+        self.kv_write(k_cache, v_cache, spec.rope(k, pos0, cos, sin, neox), v, pos0)
+        return spec.rope(q, pos0, cos, sin, neox)
+
+    @staticmethod
+    def attention_q8(q, k_cache, v_cache, pos0):
+        """Attention's output rows [R, H*D], quantized."""
+        a = spec.attention(q, k_cache, v_cache, pos0)  # [R, H, D]
+        return spec.quantize_q8_0(a.reshape(a.shape[0], -1))
+
+    @staticmethod
+    def silu_mul_q8(gate, up):
+        return spec.quantize_q8_0(spec.silu_mul(gate, up))
+
+    def q8_gemv_add(self, x, w: CpuQ8Part, xq, xd):
+        """x + w @ (xq, xd): the residual add."""
+        return spec.add(x, self.q8_gemv(w, xq, xd))
+
+    @staticmethod
     def kv_write(k_cache, v_cache, k, v, pos0):
         rows = k.shape[0]
         k_cache[:, pos0 : pos0 + rows] = k.transpose(1, 0, 2)  # [R, G, D] -> [G, R, D]

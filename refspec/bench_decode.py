@@ -3,7 +3,14 @@ whose answer copies from the input, each speculative output checked against gree
 
 (a) greedy: a 16-token prompt, 64 new tokens (no early stop), repeated; the median tokens/s.
 (b) speculative: chat prompts that ask to edit code, rewrite a list, extract fields or correct a text;
-    greedy vs each drafter: tokens/s, tokens per forward pass, acceptance rate, identical output or not.
+    greedy vs each drafter: tokens/s, tokens per forward pass, acceptance rate, identical output or not
+    (left out for --preset models: random weights copy nothing).
+(c) on a GPU: the read ceiling (a streaming read, refspec.bench_gemv.read_bandwidth) and the roofline it gives,
+    ceiling / weight bytes read per token; and the end-to-end time of one forward pass of R = 1, 2, 4, 8, 12,
+    16 rows (a step at position 64, synchronised), relative to one row.
+
+--preset NAME times a synthetic model of a real model's shapes (refspec.synthetic.PRESETS), written once to
+the cache ($XDG_CACHE_HOME/refspec/synthetic/NAME.gguf).
 """
 from __future__ import annotations
 
@@ -52,6 +59,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help="a short run (1 greedy repeat of 8 tokens, 2 copy prompts of 16 tokens), for tests")
     p.add_argument("--json-out", metavar="FILE", help="also write every number, the hardware and the date as JSON")
+    p.add_argument("--preset", metavar="NAME",
+                   help="time a synthetic model of a real model's shapes instead of -m (llama-8b, qwen2.5-32b, ...: "
+                        "written once to the cache)")
+    p.add_argument("--no-graphs", action="store_true",
+                   help="GPU: run every pass launch by launch instead of replaying captured graphs (to compare)")
+    p.add_argument("--pass-rows", default="1,2,4,8,12,16", metavar="LIST",
+                   help="GPU: rows of the forward passes timed for the rows curve (default 1,2,4,8,12,16)")
 
 
 def run(args) -> int:
@@ -65,10 +79,11 @@ def run(args) -> int:
                         ("--draft-max", args.draft_max)):
         if value < 1:
             raise UsageError(f"{flag} must be at least 1, got {value}")
-    model = load_model(args.model)
+    model = load_model(preset_model_path(args.preset, note) if args.preset else args.model)
     tok = load_tokenizer(model)
     backend = make_backend(args.device)
-    tf = Transformer(model, backend)
+    tf = Transformer(model, backend, graphs=False if args.no_graphs else None)
+    pass_rows = parse_rows(args.pass_rows)
     repeats, n_greedy, n_copy = (1, 8, 16) if args.quick else (args.repeats, GREEDY_NEW_TOKENS, args.n_predict)
     prompts = dict(list(COPY_PROMPTS.items())[:2]) if args.quick else COPY_PROMPTS
     note(f"model {model.config.arch}, {model.config.n_layer} layers, device {backend.name}")
@@ -76,7 +91,16 @@ def run(args) -> int:
     generate(tf, tok.encode(GREEDY_PROMPT)[:4], 2)  # warm up: the first pass touches every weight page
     greedy = bench_greedy(tf, tok, repeats, n_greedy)
     note(f"greedy: {greedy['tokens_per_second_median']} tokens/s (median of {repeats})")
-    copy = bench_copy_prompts(tf, tok, prompts, n_copy, args.draft_max, note, repeats)
+    copy = None
+    if not args.preset:
+        copy = bench_copy_prompts(tf, tok, prompts, n_copy, args.draft_max, note, repeats)
+    device = None
+    if backend.name == "gpu":
+        device = bench_device(tf, pass_rows, 5 if args.quick else 30)
+        device["greedy_fraction_of_roofline"] = round(
+            greedy["tokens_per_second_median"] / device["roofline_tokens_per_second"], 4)
+        note(f"read ceiling {device['read_gb_per_second']} GB/s, roofline {device['roofline_tokens_per_second']} "
+             f"tokens/s; greedy at {device['greedy_fraction_of_roofline']:.1%} of it")
 
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -84,19 +108,113 @@ def run(args) -> int:
         "model": {"path": str(model.path), "name": model.metadata.get("general.name"), "arch": model.config.arch,
                   "n_layer": model.config.n_layer, "n_embd": model.config.n_embd, "n_vocab": model.config.n_vocab},
         "quick": bool(args.quick),
+        "graphs": tf.graphs is not None,
         "greedy": greedy,
         "speculative": copy,
+        "device": device,
     }
     print_tables(report)
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(report, f, indent=2)
             f.write("\n")
-    if copy["mismatches"]:
+    if copy and copy["mismatches"]:
         print(f"MISMATCH: {len(copy['mismatches'])} speculative outputs differ from greedy: "
               f"{', '.join(copy['mismatches'])}", file=sys.stderr)
         return 1
     return 0
+
+
+def preset_model_path(name: str, note):
+    """The synthetic model of preset `name`, written to the cache the first time (atomically)."""
+    import pathlib
+
+    from refspec.default_model import default_cache_dir
+    from refspec.errors import UsageError
+    from refspec.synthetic import PRESETS, write_model
+
+    if name not in PRESETS:
+        raise UsageError(f"unknown preset {name!r}: choose one of {', '.join(sorted(PRESETS))}")
+    path = default_cache_dir() / "synthetic" / f"{name}.gguf"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        note(f"writing the synthetic {name} model to {path} (once)")
+        tmp = path.with_suffix(f".tmp{os.getpid()}.gguf")
+        try:
+            write_model(tmp, **PRESETS[name])
+            os.replace(tmp, path)
+        finally:
+            pathlib.Path(tmp).unlink(missing_ok=True)
+    return str(path)
+
+
+def parse_rows(text: str) -> list[int]:
+    from refspec.errors import UsageError
+
+    try:
+        rows = [int(r) for r in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--pass-rows: expected a comma-separated list of integers, got {text!r}") from None
+    if not rows or any(not 1 <= r <= 64 for r in rows):
+        raise UsageError(f"--pass-rows: each R must be in 1..64, got {text!r}")
+    return rows
+
+
+def weight_bytes_per_token(model) -> int:
+    """Bytes of Q8_0 weights one pass reads: every layer's matrices and the output head (the embedding
+    lookup reads a row per token, left out)."""
+    from refspec.model import Q8Matrix
+
+    w = model.weights
+    mats = [w.output] + [m for lw in w.layers for m in vars(lw).values() if isinstance(m, Q8Matrix)]
+    return sum(m.q.nbytes + m.d.nbytes for m in mats)
+
+
+def bench_device(tf, pass_rows: list[int], repeats: int) -> dict:
+    """(c): the read ceiling, the roofline, and forward-pass times by rows."""
+    import time
+
+    from refspec.bench_gemv import _Timer, read_bandwidth
+
+    be = tf.be
+    read_bw = read_bandwidth(be, _Timer(be.cp, 20))
+    per_token = weight_bytes_per_token_of(tf)
+    cache = tf.new_cache(min(tf.config.n_ctx, 64 + max(pass_rows) + 8))
+    tf.forward(cache, [1] * 64, 0)  # context for the timed steps
+    times = {}
+    for rows in pass_rows:
+        ids = [(7 * i + 3) % tf.config.n_vocab for i in range(rows)]
+        for _ in range(3):  # capture (graphs) and warm up
+            tf.forward(cache, ids, 64)
+        be.synchronize()
+        samples = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            tf.forward(cache, ids, 64)
+            be.synchronize()
+            samples.append(time.perf_counter() - t0)
+        times[rows] = statistics.median(samples)
+    base = times.get(1)
+    return {
+        "read_gb_per_second": round(read_bw / 1e9, 1),
+        "weight_bytes_per_token": per_token,
+        "roofline_tokens_per_second": round(read_bw / per_token, 1),
+        "roofline_ms_per_token": round(1e3 * per_token / read_bw, 3),
+        "pass_ms": {str(r): round(t * 1e3, 3) for r, t in times.items()},
+        "pass_over_one_row": {str(r): round(t / base, 3) for r, t in times.items()} if base else None,
+        "pass_repeats": repeats,
+    }
+
+
+def weight_bytes_per_token_of(tf) -> int:
+    """weight_bytes_per_token from the uploaded weights (their shapes are the model's)."""
+    w = tf.weights
+    seen, total = set(), 0
+    for m in [w.output] + [m for lw in w.layers for m in vars(lw).values()]:
+        if hasattr(m, "q") and hasattr(m, "d") and id(m) not in seen:
+            seen.add(id(m))
+            total += m.q.nbytes + m.d.nbytes
+    return total
 
 
 def bench_greedy(tf, tok, repeats: int, n_new: int) -> dict:
@@ -208,7 +326,16 @@ def print_tables(report: dict) -> None:
           f"median of {g['repeats']}: "
           f"{g['tokens_per_second_median']} tokens/s ({g['ms_per_token_median']} ms/token); "
           f"prompt {g['prompt_tokens_per_second_median']} tokens/s")
+    d = report.get("device")
+    if d:
+        print(f"\n(c) read ceiling {d['read_gb_per_second']} GB/s; {d['weight_bytes_per_token'] / 1e9:.3f} GB of weights "
+              f"per token: roofline {d['roofline_tokens_per_second']} tokens/s; greedy at "
+              f"{d['greedy_fraction_of_roofline']:.1%} of it (graphs {'on' if report['graphs'] else 'off'})")
+        print("    forward pass, R rows: " + "  ".join(
+            f"R={r} {ms} ms ({d['pass_over_one_row'][r]}x)" for r, ms in d["pass_ms"].items()))
     s = report["speculative"]
+    if not s:
+        return
     print(f"\n(b) copy-heavy chat prompts, up to {s['n_predict']} new tokens, draft_max {s['draft_max']}")
     header = f"{'prompt':<16}{'method':<11}{'tokens':>7}{'tok/s':>9}{'tok/pass':>10}{'accept':>8}{'identical':>11}"
     print(header)

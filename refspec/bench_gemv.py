@@ -1,13 +1,15 @@
 """`refspec bench gemv`: time the Q8_0 GEMV (kernels_raw/q8_gemv.hip) for R = 1 .. 16 activation rows on
-matrices shaped like real models, beside a device-to-device copy measured in the same run.
+matrices shaped like real models, beside the read ceiling measured in the same run (a streaming read kernel,
+kernels_raw/stream_read.hip, over a buffer far larger than the L2 cache: a GEMV reads its weights once, so
+that is its ceiling) and, for comparison with earlier results, a device-to-device copy.
 
 Method (see also the device notes in ../shared/FACTS.md): every number is the median over `--repeats` replays
 of a CUDA graph that runs the kernel once on each of several weight copies (enough copies that the L2 cache
 cannot hold them, so weights come from memory), timed with events after warm-up replays. Bytes are those
 read and written: weight quants and scales, activation quants and scales, float32 outputs. The copy is the
 faster of a device-to-device cudaMemcpyAsync and cupy.copyto of a 1 GiB buffer, bytes read + written.
-Targets (the issue): R=1 at >= 90 % of the copy bandwidth on matrices >= 64 MB; time(R=8) <= 1.10 x
-time(R=1); time(R=16) <= 1.35 x time(R=1).
+Targets (the issue): R=1 at >= 92 % of the read ceiling on matrices >= 64 MB; time(R=8) <= 1.10 x
+time(R=1); time(R=16) <= 1.30 x time(R=1).
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ DEFAULT_SHAPES = "4096x4096,14336x4096,4096x14336,152064x3584"
 DEFAULT_ROWS = "1,2,4,8,12,16"
 L2_SPAN = 4 * 50 * 2**20  # weight bytes rotated per timing: four times the H100's 50 MB L2
 COPY_BYTES = 2**30
-TARGETS = {"r1_fraction_of_copy": 0.90, "r8_over_r1": 1.10, "r16_over_r1": 1.35, "min_matrix_bytes": 64e6}
+READ_BYTES = 4 * 2**30
+TARGETS = {"r1_fraction_of_read": 0.92, "r8_over_r1": 1.10, "r16_over_r1": 1.30, "min_matrix_bytes": 64e6}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,6 +110,22 @@ def _copy_bandwidth(cp, timer: _Timer) -> dict:
     return {"memcpy": 2 * COPY_BYTES / timer(memcpy, 1), "cupy_copyto": 2 * COPY_BYTES / timer(copyto, 1)}
 
 
+def read_bandwidth(be, timer: _Timer, nbytes: int = READ_BYTES) -> float:
+    """Bytes per second of kernels_raw/stream_read.hip over `nbytes` (the read ceiling of a GEMV)."""
+    cp = be.cp
+    data = cp.ones(nbytes // 4, np.int32)
+    out = cp.zeros(1, np.int32)
+    fn = be.function("stream_read", "stream_read")
+    sms = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["multiProcessorCount"]
+
+    def launch(_):
+        fn((8 * sms,), (256,), (data, np.int64(nbytes // 16), out))
+
+    seconds = timer(launch, 1)
+    del data
+    return nbytes / seconds
+
+
 def _random_weights(cp, be, n: int, k: int, copies: int):
     from refspec.gpu import GpuQ8
 
@@ -138,20 +157,22 @@ def run(args: argparse.Namespace) -> int:
     name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
     copies_measured = _copy_bandwidth(cp, timer)
     copy_bw = max(copies_measured.values())
+    read_bw = read_bandwidth(be, timer)
     report = {
         "hardware": name,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cupy": cp.__version__,
         "platform": be.platform,
         "method": __doc__.split("\n\n")[1].replace("\n", " "),
+        "read_bytes_per_second": read_bw,
         "copy_bytes_per_second": copy_bw,
         "copy_bytes_per_second_by_method": copies_measured,
         "targets": TARGETS,
         "results": [],
     }
-    print(f"{name}: device-to-device copy {copy_bw / 1e9:.0f} GB/s (read + write; "
+    print(f"{name}: streaming read {read_bw / 1e9:.0f} GB/s; device-to-device copy {copy_bw / 1e9:.0f} GB/s (read + write; "
           + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in copies_measured.items()) + ")")
-    print(f"{'N x K':>14} {'MB':>6} {'R':>3} {'kernel/NR/SPLIT/OCC':>22} {'us':>9} {'GB/s':>7} {'of copy':>8} {'x R=1':>6}")
+    print(f"{'N x K':>14} {'MB':>6} {'R':>3} {'kernel/NR/SPLIT/OCC':>22} {'us':>9} {'GB/s':>7} {'of read':>8} {'x R=1':>6}")
     rng = np.random.default_rng(0)
     for n, k in shapes:
         if k % 32:
@@ -180,7 +201,8 @@ def run(args: argparse.Namespace) -> int:
                     "n": n, "k": k, "rows": rows, "kernel": config.kernel, "nr": config.nr, "split": config.split,
                     "occ": config.occ, "production": is_production,
                     "seconds": seconds, "bytes": moved, "bytes_per_second": moved / seconds,
-                    "fraction_of_copy": moved / seconds / copy_bw, "weight_copies": copies,
+                    "fraction_of_read": moved / seconds / read_bw, "fraction_of_copy": moved / seconds / copy_bw,
+                    "weight_copies": copies,
                     "over_r1": seconds / base if base else None,
                 }
                 report["results"].append(entry)
@@ -188,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
                 ratio = f"{entry['over_r1']:6.2f}" if base and is_production else "      "
                 variant = f"{config.kernel}/{config.nr}/{config.split}/{config.occ}".replace("_gemv", "")
                 print(f"{n:>7}x{k:<6} {w_bytes / 1e6:6.1f} {rows:>3} {variant:>22} {seconds * 1e6:9.2f} "
-                      f"{moved / seconds / 1e9:7.0f} {entry['fraction_of_copy']:8.1%} {ratio}{mark}", flush=True)
+                      f"{moved / seconds / 1e9:7.0f} {entry['fraction_of_read']:8.1%} {ratio}{mark}", flush=True)
         del weights
         cp.get_default_memory_pool().free_all_blocks()
     report["summary"] = _summary(report)
@@ -209,10 +231,10 @@ def _summary(report: dict) -> dict:
         if 1 not in by_rows:
             continue
         r1 = by_rows[1]
-        parts = [f"{n}x{k}: R=1 {r1['fraction_of_copy']:.1%} of copy"]
+        parts = [f"{n}x{k}: R=1 {r1['fraction_of_read']:.1%} of the read ceiling"]
         big = r1["bytes"] >= TARGETS["min_matrix_bytes"]
         if big:
-            met &= r1["fraction_of_copy"] >= TARGETS["r1_fraction_of_copy"]
+            met &= r1["fraction_of_read"] >= TARGETS["r1_fraction_of_read"]
         for rows, key in ((8, "r8_over_r1"), (16, "r16_over_r1")):
             if rows in by_rows:
                 ratio = by_rows[rows]["seconds"] / r1["seconds"]

@@ -15,6 +15,7 @@ GPU, except argmax and to_host, which bring results to the host.
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import os
 import pathlib
@@ -128,6 +129,12 @@ def gpu_available() -> bool:
         return False
 
 
+def _check_q8(w: Q8Matrix) -> None:
+    n, k = w.q.shape
+    if k % QK8_0 or w.d.shape != (n, k // QK8_0):
+        raise DeviceError(f"a Q8_0 matrix of shape {w.q.shape} with scales {w.d.shape} is malformed")
+
+
 def gemv_variants(rows: int) -> list[GemvConfig]:
     """The GEMV configurations for `rows` rows that `refspec bench gemv --variants` times (registers hold
     NR * ceil(rows / SPLIT) sums and two sets of NR weight blocks per thread, so both are capped)."""
@@ -147,10 +154,15 @@ def gemv_variants(rows: int) -> list[GemvConfig]:
 
 @dataclass
 class GpuQ8:
-    """A Q8Matrix on the device: int8 quants q [N, K] and fp16 scales d [N, K/32] (the aligned layout)."""
+    """A Q8Matrix on the device: int8 quants q [N, K] and fp16 scales d [N, K/32] (the aligned layout).
+    Matrices that read the same input (Q, K, V; gate, up) are uploaded as one stack: each is then rows
+    start .. stop-1 of `stack`, a view, and one GEMV launch over the stack computes all of them."""
 
     q: object
     d: object
+    stack: "GpuQ8 | None" = None
+    start: int = 0
+    stop: int = 0
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -177,6 +189,12 @@ class GpuBackend:
         self._modules: dict[tuple, object] = {}
         self._functions: dict[tuple, object] = {}
         self._gemv_groups: dict[str, tuple[str, ...]] = {}
+        self._held: list | None = None  # while a pass is captured: every array it allocates (see hold)
+
+    @property
+    def graphs_available(self) -> bool:
+        """Whether passes can be captured as graphs (refspec/gpu_graphs.py): CuPy captures on CUDA only."""
+        return self.platform == "cuda"
 
     # ---- kernels
     def function(self, stem: str, name: str, name_expressions: tuple[str, ...] = ()):
@@ -268,8 +286,20 @@ class GpuBackend:
     def synchronize(self):
         self.cp.cuda.get_current_stream().synchronize()
 
-    def _empty(self, shape, dtype=F32):
+    def hold(self, held: list | None) -> None:
+        """While a pass is captured as a graph (refspec/gpu_graphs.py), every array the operations allocate
+        is appended to `held`, which the graph keeps: the memory a graph replays into must never return to
+        CuPy's pool, where something else could take it. None ends that."""
+        self._held = held
+
+    def _new(self, shape, dtype=F32):
         out = self.cp.empty(shape, dtype)
+        if self._held is not None:
+            self._held.append(out)
+        return out
+
+    def _empty(self, shape, dtype=F32):
+        out = self._new(shape, dtype)
         if self.poison is not None:
             out.view(np.uint8).fill(self.poison)
         return out
@@ -279,11 +309,46 @@ class GpuBackend:
         if (isinstance(a, self.cp.ndarray) and a.dtype == dtype and a.flags.c_contiguous
                 and a.data.ptr % 16 == 0):
             return a  # the common case, checked cheaply: launches are what a decoding step costs
-        a = self.cp.ascontiguousarray(self.cp.asarray(a, dtype=dtype))
-        return a if a.data.ptr % 16 == 0 else a.copy()
+        out = self._new(np.shape(a), dtype)
+        out[...] = self.cp.asarray(a, dtype=dtype)
+        return out
+
+    def _rows(self, a, dtype=F32):
+        """(array, row stride in elements) for a device array whose rows (first axis) are contiguous and
+        16-byte aligned but may lie apart, such as a column slice of a stacked GEMV's output; others are
+        copied first."""
+        if (isinstance(a, self.cp.ndarray) and a.dtype == dtype and a.ndim >= 1 and a.size
+                and a[0].flags.c_contiguous and a.data.ptr % 16 == 0 and a.strides[0] % 16 == 0):
+            return a, a.strides[0] // a.itemsize
+        a = self._input(a, dtype)
+        return a, (a[0].size if a.ndim and len(a) else 0)
+
+    def pass_input(self, ids, pos0: int):
+        """Token ids [R] and the first position on the device, as one int32 array [pos0, ids...] sent by one
+        copy: (ids view, pos view). The operations read positions from device memory, so that a captured
+        pass serves every position."""
+        host = np.empty(1 + len(ids), np.int32)
+        host[0], host[1:] = pos0, ids
+        buf = self.cp.asarray(host)
+        return buf[1:], buf[:1]
+
+    def _pos(self, pos):
+        """The first position as a device int32 [1] array (an int is sent; a device array is used as is)."""
+        if isinstance(pos, self.cp.ndarray):
+            return pos
+        if int(pos) < 0:
+            raise UsageError(f"positions start at 0, got {pos}")
+        return self.cp.asarray(np.array([pos], np.int32))
 
     def upload_weights(self, weights: ModelWeights) -> ModelWeights:
+        """Every weight on the device, Q/K/V and gate/up as stacks (GpuQ8); refused before anything is
+        uploaded when the device lacks the memory."""
+        self.check_fits(weights)
         uploaded: dict[int, GpuQ8] = {}
+        for lw in weights.layers:
+            for group in ((lw.wq, lw.wk, lw.wv), (lw.w_gate, lw.w_up)):
+                for source, matrix in self.upload_stack(group):
+                    uploaded[id(source)] = matrix
 
         def up(value):
             if isinstance(value, Q8Matrix):
@@ -295,36 +360,82 @@ class GpuBackend:
         layers = [LayerWeights(**{f: up(v) for f, v in vars(lw).items()}) for lw in weights.layers]
         return ModelWeights(up(weights.tok_embd), layers, up(weights.output_norm), up(weights.output))
 
-    def upload_q8(self, w: Q8Matrix) -> GpuQ8:
-        n, k = w.q.shape
-        if k % QK8_0 or w.d.shape != (n, k // QK8_0):
-            raise DeviceError(f"a Q8_0 matrix of shape {w.q.shape} with scales {w.d.shape} is malformed")
-        return GpuQ8(q=self._input(w.q, np.int8), d=self._input(w.d, np.float16))
+    def check_fits(self, weights: ModelWeights, reserve: int = 1 << 30) -> None:
+        """DeviceError unless the weights fit the device's free memory with `reserve` bytes to spare (for
+        the KV cache and activations, which the caller sizes)."""
+        seen, need = set(), 0
+        for w in [weights.tok_embd, weights.output, weights.output_norm] + [
+                v for lw in weights.layers for v in vars(lw).values()]:
+            if w is not None and id(w) not in seen:
+                seen.add(id(w))
+                need += w.q.nbytes + w.d.nbytes if isinstance(w, Q8Matrix) else np.asarray(w).nbytes
+        free, total = self.cp.cuda.runtime.memGetInfo()
+        if need + reserve > free:
+            raise DeviceError(
+                f"the model needs {need / 1e9:.2f} GB of GPU memory (+{reserve / 1e9:.1f} GB for the cache and "
+                f"activations), but {free / 1e9:.2f} GB of {total / 1e9:.2f} GB are free; use --device cpu")
 
-    # ---- operations (each is its spec twin)
+    def upload_stack(self, ws) -> list[tuple[Q8Matrix, GpuQ8]]:
+        """Q8Matrices with the same K as one device stack [sum N, K]: (each matrix, its row view)."""
+        for w in ws:
+            _check_q8(w)
+        k = ws[0].q.shape[1]
+        if any(w.q.shape[1] != k for w in ws):
+            return [(w, self.upload_q8(w)) for w in ws]
+        n = sum(w.q.shape[0] for w in ws)
+        stack = GpuQ8(q=self.cp.empty((n, k), np.int8), d=self.cp.empty((n, k // QK8_0), np.float16))
+        stack.stack, stack.start, stack.stop = stack, 0, n
+        parts, start = [], 0
+        for w in ws:
+            stop = start + w.q.shape[0]
+            stack.q[start:stop].set(np.ascontiguousarray(w.q, dtype=np.int8))
+            stack.d[start:stop].set(np.ascontiguousarray(w.d, dtype=np.float16))
+            parts.append((w, GpuQ8(stack.q[start:stop], stack.d[start:stop], stack, start, stop)))
+            start = stop
+        return parts
+
+    def upload_q8(self, w: Q8Matrix) -> GpuQ8:
+        _check_q8(w)
+        q = self.cp.asarray(np.ascontiguousarray(w.q, dtype=np.int8))
+        d = self.cp.asarray(np.ascontiguousarray(w.d, dtype=np.float16))
+        return GpuQ8(q=q, d=d)
+
+    # ---- operations (each is its spec twin; the fused ones are the twins of the compositions that
+    #      refspec.backends.CpuBackend spells out)
     def embed(self, w: GpuQ8, ids):
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        """Rows of the embedding for token ids: a host sequence (checked here) or a device int32 array
+        (pass_input's, checked by the caller: refspec/forward.py)."""
         n_vocab, n_embd = w.shape
-        if ids.size and (ids.min() < 0 or ids.max() >= n_vocab):
-            raise UsageError(f"token ids must be in 0..{n_vocab - 1}")
+        if not isinstance(ids, self.cp.ndarray):
+            ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+            if ids.size and (ids.min() < 0 or ids.max() >= n_vocab):
+                raise UsageError(f"token ids must be in 0..{n_vocab - 1}")
+            ids = self.cp.asarray(ids.astype(np.int32))
         out = self._empty((len(ids), n_embd))
         if len(ids):
             threads = 256
             self.function("embed", "embed")(
-                (self._blocks(n_embd, threads), len(ids)), (threads,),
-                (w.q, w.d, self.cp.asarray(ids.astype(np.int32)), np.int32(n_embd), out),
+                (self._blocks(n_embd, threads), len(ids)), (threads,), (w.q, w.d, ids, np.int32(n_embd), out),
             )
         return out
 
     def add(self, x, y):
-        x, y = self._input(x), self._input(y)
+        """x + y, y repeated over x's rows; x's rows may lie apart (a view of a stacked GEMV's output)."""
+        y = self._input(y)
+        if getattr(x, "ndim", 0) >= 2:
+            x, stride = self._rows(x)
+            row = math.prod(x.shape[1:])
+        else:
+            x = self._input(x)
+            row = stride = max(x.size, 1)
         if y.size == 0 or x.size % y.size or x.shape[x.ndim - y.ndim:] != y.shape:
             raise ValueError(f"add: cannot add {y.shape} to each row of {x.shape}")
         out = self._empty(x.shape)
         if x.size:
             threads = 256
             self.function("add", "add")(
-                (self._blocks(x.size, threads),), (threads,), (x, y, np.int32(x.size), np.int32(y.size), out)
+                (self._blocks(x.size, threads),), (threads,),
+                (x, np.int64(stride), np.int32(row), y, np.int32(x.size), np.int32(y.size), out),
             )
         return out
 
@@ -365,85 +476,169 @@ class GpuBackend:
             self.function("quantize_q8_0", "rmsnorm_q8")((rows,), (128,), (x, w, F32(eps), np.int32(k), xq, xd))
         return xq, xd
 
-    def q8_gemv(self, w: GpuQ8, xq, xd):
+    def silu_mul_q8(self, gate, up):
+        """quantize_q8(silu_mul(gate, up)) in one launch; gate and up may be views of one stacked output."""
+        (gate, g_stride), (up, u_stride) = self._rows(gate), self._rows(up)
+        if gate.shape != up.shape or gate.ndim != 2 or g_stride != u_stride or g_stride % 4:
+            gate, up = self._input(gate), self._input(up)
+            g_stride = gate.shape[1] if gate.ndim == 2 else 0
+            if gate.shape != up.shape or gate.ndim != 2:
+                raise ValueError(f"silu_mul_q8: gate {gate.shape} and up {up.shape} differ")
+        rows, n = gate.shape
+        xq, xd = self._q8_outputs(rows, n)
+        n_blocks = rows * (n // QK8_0)
+        if n_blocks:
+            threads = 128  # RS_QUANTIZE_THREADS
+            self.function("quantize_q8_0", "silu_mul_q8")(
+                (self._blocks(n_blocks, threads),), (threads,),
+                (gate, up, np.int64(g_stride), np.int32(rows), np.int32(n), xq, xd),
+            )
+        return xq, xd
+
+    def q8_gemv(self, w: GpuQ8, xq, xd, base=None):
+        """W8A8 GEMV [R, K] -> [R, N]; with `base` [R, N], base + the product (spec.add in the epilogue)."""
         xq, xd = self._input(xq, np.int8), self._input(xd, np.float16)
         rows, k = xq.shape
         n = w.shape[0]
         if w.shape[1] != k or xd.shape != (rows, k // QK8_0):
             raise ValueError(f"q8_gemv: weights {w.shape}, activations {xq.shape} and scales {xd.shape} disagree")
+        if base is not None:
+            base = self._input(base)
+            if base.shape != (rows, n):
+                raise ValueError(f"q8_gemv: the residual {base.shape} is not [{rows}, {n}]")
         y = self._empty((rows, n))
         for r0 in range(0, rows, GEMV_MAX_ROWS):
             part = min(GEMV_MAX_ROWS, rows - r0)
-            self.launch_gemv(GEMV_CONFIGS[part], w, xq[r0 : r0 + part], xd[r0 : r0 + part], y[r0 : r0 + part])
+            self.launch_gemv(GEMV_CONFIGS[part], w, xq[r0 : r0 + part], xd[r0 : r0 + part], y[r0 : r0 + part],
+                             None if base is None else base[r0 : r0 + part])
         return y
 
+    def q8_gemv_add(self, x, w: GpuQ8, xq, xd):
+        """x + w @ (xq, xd): the residual add in the GEMV's epilogue."""
+        return self.q8_gemv(w, xq, xd, base=x)
+
     def q8_gemv_many(self, ws, xq, xd):
-        """GEMVs of several matrices over the same activation rows (one launch each)."""
+        """GEMVs of several matrices over the same activation rows: one launch when they are the parts of
+        one uploaded stack, in order (their outputs are then column views of one [R, sum N] array)."""
+        stack = ws[0].stack
+        if stack is not None and all(w.stack is stack for w in ws) and [w.start for w in ws] == [
+                0] + [w.stop for w in ws[:-1]] and ws[-1].stop == stack.stop:
+            y = self.q8_gemv(stack, xq, xd)
+            return [y[:, w.start : w.stop] for w in ws]
         return [self.q8_gemv(w, xq, xd) for w in ws]
 
-    def launch_gemv(self, config: GemvConfig, w: GpuQ8, xq, xd, y):
+    def launch_gemv(self, config: GemvConfig, w: GpuQ8, xq, xd, y, base=None):
         """One launch of the GEMV in `config` over xq.shape[0] <= GEMV_MAX_ROWS rows, writing y (contiguous
-        rows of a C-contiguous array). refspec.bench_gemv and the tests call it with every variant."""
+        rows of a C-contiguous array), or base + the product when base (same shape as y) is given.
+        refspec.bench_gemv and the tests call it with every variant."""
         rows, k = xq.shape
         n = w.shape[0]
         if n == 0 or rows == 0:
             return
         blocks = self._blocks(n, config.weight_rows_per_block())
         self._gemv_function(config, rows)(
-            (blocks,), (GEMV_THREADS[config.kernel],), (w.q, w.d, xq, xd, y, np.int32(n), np.int32(k), np.int32(rows))
+            (blocks,), (GEMV_THREADS[config.kernel],),
+            (w.q, w.d, xq, xd, y, np.int32(n), np.int32(k), np.int32(rows), 0 if base is None else base),
         )
 
-    def rope(self, x, pos0, cos, sin, neox):
+    def rope(self, x, pos, cos, sin, neox):
         x, cos, sin = self._input(x), self._input(cos), self._input(sin)
         rows, heads, dim = x.shape
         half = cos.shape[1]
-        if pos0 < 0 or pos0 + rows > cos.shape[0] or 2 * half > dim:
-            raise ValueError(f"rope: positions {pos0}..{pos0 + rows - 1} or {2 * half} rotated dims out of the table")
+        self._check_positions("rope", pos, rows, cos.shape[0])
+        if 2 * half > dim:
+            raise ValueError(f"rope: {2 * half} rotated dims exceed the head's {dim}")
         out = self._empty(x.shape)
         if x.size:
             threads = 256
             self.function("rope", "rope")(
                 (self._blocks(x.size, threads),), (threads,),
-                (x, cos, sin, np.int32(pos0), np.int32(rows), np.int32(heads), np.int32(dim), np.int32(half),
+                (x, cos, sin, self._pos(pos), np.int32(rows), np.int32(heads), np.int32(dim), np.int32(half),
                  np.int32(bool(neox)), out),
             )
         return out
 
-    def kv_write(self, k_cache, v_cache, k, v, pos0):
+    @staticmethod
+    def _check_positions(op: str, pos, rows: int, limit: int) -> None:
+        """For a host position: pos .. pos+rows-1 must lie in 0 .. limit-1. A device position was checked
+        by refspec/forward.py before the pass."""
+        if isinstance(pos, (int, np.integer)) and (pos < 0 or pos + rows > limit):
+            raise ValueError(f"{op}: positions {pos}..{pos + rows - 1} are outside 0..{limit - 1}")
+
+    def kv_write(self, k_cache, v_cache, k, v, pos):
         k, v = self._input(k), self._input(v)
         rows, kv_heads, dim = k.shape
         n_pos = k_cache.shape[1]
-        if k_cache.shape != (kv_heads, n_pos, dim) or v_cache.shape != k_cache.shape or pos0 + rows > n_pos:
-            raise ValueError(f"kv_write: rows {k.shape} at {pos0} do not fit the cache {k_cache.shape}")
+        if k_cache.shape != (kv_heads, n_pos, dim) or v_cache.shape != k_cache.shape or v.shape != k.shape:
+            raise ValueError(f"kv_write: rows {k.shape} do not fit the cache {k_cache.shape}")
+        self._check_positions("kv_write", pos, rows, n_pos)
         if not (k_cache.flags.c_contiguous and v_cache.flags.c_contiguous):
             raise ValueError("kv_write: the caches must be C-contiguous device arrays")
         if k.size:
             threads = 256
             self.function("kv_write", "kv_write")(
                 (self._blocks(k.size, threads),), (threads,),
-                (k_cache, v_cache, k, v, np.int32(pos0), np.int32(rows), np.int32(kv_heads), np.int32(dim),
+                (k_cache, v_cache, k, v, self._pos(pos), np.int32(rows), np.int32(kv_heads), np.int32(dim),
                  np.int32(n_pos)),
             )
 
-    def attention(self, q, k_cache, v_cache, pos0):
+    def rope_kv(self, q, k, v, k_cache, v_cache, pos, cos, sin, neox):
+        """Rotate q and k, store the rotated k and v in the cache at pos ..: returns the rotated q. One launch
+        (kernels_raw/rope.hip rope_kv); q, k, v may be views of the stacked Q/K/V GEMV output."""
+        cos, sin = self._input(cos), self._input(sin)
+        rows, heads, dim = q.shape
+        _, kv_heads, _ = k.shape
+        n_pos = k_cache.shape[1]
+        half = cos.shape[1]
+        if (k.shape != (rows, kv_heads, dim) or v.shape != k.shape or k_cache.shape != (kv_heads, n_pos, dim)
+                or v_cache.shape != k_cache.shape or 2 * half > dim or cos.shape[0] < n_pos):
+            raise ValueError(f"rope_kv: q {q.shape}, k {k.shape}, v {v.shape}, cache {k_cache.shape} and table "
+                             f"{cos.shape} disagree")
+        if not (k_cache.flags.c_contiguous and v_cache.flags.c_contiguous):
+            raise ValueError("rope_kv: the caches must be C-contiguous device arrays")
+        self._check_positions("rope_kv", pos, rows, n_pos)
+        (q, q_stride), (k, k_stride), (v, v_stride) = (self._rows(a) for a in (q, k, v))
+        out = self._empty((rows, heads, dim))
+        if rows:
+            self.function("rope", "rope_kv")(
+                (rows, heads + kv_heads), (128,),  # RS_ROPE_KV_THREADS
+                (q, np.int64(q_stride), k, np.int64(k_stride), v, np.int64(v_stride), cos, sin, self._pos(pos),
+                 np.int32(heads), np.int32(kv_heads), np.int32(dim), np.int32(half), np.int32(bool(neox)),
+                 np.int32(n_pos), out, k_cache, v_cache),
+            )
+        return out
+
+    def attention(self, q, k_cache, v_cache, pos):
+        return self._attention(q, k_cache, v_cache, pos, quantize=False)[0]
+
+    def attention_q8(self, q, k_cache, v_cache, pos):
+        """quantize_q8(attention(...) as [R, H*D]) in one launch when D is a multiple of 32."""
+        if q.shape[-1] % QK8_0:
+            out = self.attention(q, k_cache, v_cache, pos)
+            return self.quantize_q8(out.reshape(out.shape[0], -1))
+        return self._attention(q, k_cache, v_cache, pos, quantize=True)[1:]
+
+    def _attention(self, q, k_cache, v_cache, pos, quantize: bool):
         q, k_cache, v_cache = self._input(q), self._input(k_cache), self._input(v_cache)
         rows, heads, dim = q.shape
         kv_heads, cache_len, _ = k_cache.shape
-        n_pos = pos0 + rows
-        if heads % kv_heads or dim > ATTN_MAX_DIM or n_pos > cache_len or v_cache.shape != k_cache.shape:
-            raise ValueError(f"attention: q {q.shape} and cache {k_cache.shape} at {pos0} disagree")
+        if heads % kv_heads or dim > ATTN_MAX_DIM or v_cache.shape != k_cache.shape or k_cache.shape[2] != dim:
+            raise ValueError(f"attention: q {q.shape} and cache {k_cache.shape} disagree")
+        self._check_positions("attention", pos, rows, cache_len)
         scale = F32(1) / np.sqrt(F32(dim))  # as spec.attention computes it
-        n_chunks = -(-n_pos // spec.ATTN_CHUNK)
-        e_buf = self.cp.empty((rows * heads, n_pos), F32)
-        part_buf = self.cp.empty((rows * heads, n_chunks, dim + 1), F32)
+        max_chunks = -(-cache_len // spec.ATTN_CHUNK)
+        e_buf = self._new((rows * heads, cache_len), F32)
+        part_buf = self._new((rows * heads, max_chunks, dim + 1), F32)
         out = self._empty(q.shape)
+        xq, xd = self._q8_outputs(rows, heads * dim) if quantize else (None, None)
         if rows and heads:
             self.function("attention", "attention")(
                 (rows * heads,), (256,),
-                (q, k_cache, v_cache, np.int32(pos0), np.int32(rows), np.int32(heads), np.int32(kv_heads),
-                 np.int32(dim), np.int32(cache_len), F32(scale), e_buf, part_buf, out),
+                (q, k_cache, v_cache, self._pos(pos), np.int32(rows), np.int32(heads), np.int32(kv_heads),
+                 np.int32(dim), np.int32(cache_len), F32(scale), e_buf, part_buf, out,
+                 0 if xq is None else xq, 0 if xd is None else xd),
             )
-        return out
+        return out, xq, xd
 
     def silu_mul(self, gate, up):
         gate, up = self._input(gate), self._input(up)

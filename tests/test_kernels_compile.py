@@ -17,7 +17,7 @@ from refspec.gpu import COMPILE_OPTIONS, GEMV_CONFIGS, gemv_variants, kernel_dir
 
 KERNELS = sorted(p.stem for p in kernel_dir().glob("*.hip"))
 GEMV_ARGS = ("const signed char*, const unsigned short*, const signed char*, const unsigned short*, float*, "
-             "int, int, int")
+             "int, int, int, const float*")
 NO_DIVISION = ("q8_gemv", "add", "rope", "embed", "kv_write")  # kernels whose float code must hold no FMA at all
 
 

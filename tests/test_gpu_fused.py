@@ -1,0 +1,151 @@
+"""The GPU's fused kernels equal the compositions of spec ops they replace (refspec.backends.CpuBackend spells
+each out), bit for bit, on drawn shapes and values, with their inputs given as the forward pass gives them:
+column views of a stacked GEMV output (rows that lie apart), positions in device memory. Outputs are poisoned
+before every launch (GpuBackend(poison=...))."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from refspec import spec
+from refspec.backends import CpuBackend
+from refspec.gpu import gpu_available
+from refspec.model import QK8_0
+
+from test_gpu_kernels import STYLES, assert_same, floats, random_q8, rng_from
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="no GPU: CuPy sees none")]
+
+F32 = np.float32
+CPU = CpuBackend()
+
+
+@pytest.fixture(scope="module", params=(0xFF, 0x5A), ids=lambda p: f"poison{p:#x}")
+def be(request):
+    from refspec.gpu import GpuBackend
+
+    return GpuBackend(poison=request.param)
+
+
+def stacked(be, parts: list[np.ndarray], pad: int):
+    """The arrays [R, n_i] side by side in one device array [R, sum n_i + pad] (as a stacked GEMV writes
+    them, with `pad` more columns), returned as its column views."""
+    rows = parts[0].shape[0]
+    whole = np.concatenate(parts + [np.full((rows, pad), np.nan, F32)], axis=1)
+    dev = be.asarray(whole)
+    out, start = [], 0
+    for p in parts:
+        out.append(dev[:, start : start + p.shape[1]])
+        start += p.shape[1]
+    return out
+
+
+@given(data=st.data())
+def test_rope_kv_equals_rope_then_cache_write(be, data):
+    rng = rng_from(data)
+    rows = data.draw(st.integers(1, 20), label="rows")
+    kv_heads = data.draw(st.integers(1, 4), label="kv_heads")
+    heads = kv_heads * data.draw(st.integers(1, 4), label="group")
+    dim = data.draw(st.sampled_from([8, 32, 48, 64, 128, 136, 256]), label="dim")
+    n_rot = data.draw(st.sampled_from([r for r in (8, 16, 32, 64, 128, 256) if r <= dim]), label="n_rot")
+    n_pos = data.draw(st.integers(rows, rows + 300), label="n_pos")
+    pos0 = data.draw(st.integers(0, n_pos - rows), label="pos0")
+    neox = data.draw(st.booleans(), label="neox")
+    style = data.draw(STYLES, label="style")
+    q = floats(rng, (rows, heads * dim), style)
+    k = floats(rng, (rows, kv_heads * dim), style)
+    v = floats(rng, (rows, kv_heads * dim), style)
+    cos, sin = spec.rope_table(n_pos, n_rot, 10000.0)
+    kc, vc = floats(rng, (kv_heads, n_pos, dim), "normal"), floats(rng, (kv_heads, n_pos, dim), "normal")
+    gkc, gvc = be.asarray(kc), be.asarray(vc)
+    qs, ks, vs = stacked(be, [q, k, v], pad=data.draw(st.sampled_from([0, 4, 32]), label="pad"))
+    pos = be.asarray(np.array([pos0], np.int32)) if data.draw(st.booleans(), label="device pos") else pos0
+    got = be.rope_kv(qs.reshape(rows, heads, dim), ks.reshape(rows, kv_heads, dim), vs.reshape(rows, kv_heads, dim),
+                     gkc, gvc, pos, be.asarray(cos), be.asarray(sin), neox)
+    expected = CPU.rope_kv(q.reshape(rows, heads, dim), k.reshape(rows, kv_heads, dim),
+                           v.reshape(rows, kv_heads, dim), kc, vc, pos0, cos, sin, neox)
+    what = f"rope_kv R={rows} H={heads} G={kv_heads} D={dim} rot={n_rot} pos0={pos0} neox={neox}"
+    assert_same(be.to_host(got), expected, what + " (q)", nan_equal=True)
+    assert_same(be.to_host(gkc), kc, what + " (k cache)", nan_equal=True)
+    assert_same(be.to_host(gvc), vc, what + " (v cache)", nan_equal=True)
+
+
+@given(data=st.data())
+def test_attention_q8_equals_attention_then_quantize(be, data):
+    rng = rng_from(data)
+    rows = data.draw(st.integers(1, 16), label="rows")
+    kv_heads = data.draw(st.integers(1, 3), label="kv_heads")
+    heads = kv_heads * data.draw(st.integers(1, 4), label="group")
+    dim = data.draw(st.sampled_from([32, 48, 64, 128, 256]), label="dim")  # 48: the unfused fallback
+    if heads * dim % QK8_0:
+        heads *= 2  # [R, H*D] rows must be whole blocks (forward.py's models have them)
+    pos0 = data.draw(st.integers(0, 40) | st.integers(230, 600), label="pos0")  # across 256-position chunks
+    cache_len = pos0 + rows + data.draw(st.integers(0, 20), label="spare")
+    q = floats(rng, (rows, heads, dim), data.draw(STYLES, label="q"))
+    kc = floats(rng, (kv_heads, cache_len, dim), "normal")
+    vc = floats(rng, (kv_heads, cache_len, dim), data.draw(STYLES, label="v"))
+    eq, ed = CPU.attention_q8(q, kc, vc, pos0)
+    pos = be.asarray(np.array([pos0], np.int32)) if data.draw(st.booleans(), label="device pos") else pos0
+    gq, gd = be.attention_q8(be.asarray(q), be.asarray(kc), be.asarray(vc), pos)
+    what = f"attention_q8 R={rows} H={heads} G={kv_heads} D={dim} pos0={pos0}"
+    assert_same(be.to_host(gq), eq, what + " (quants)")
+    assert_same(be.to_host(gd), ed, what + " (scales)", nan_equal=True)  # a NaN scale's payload is unspecified
+
+
+@given(data=st.data())
+def test_silu_mul_q8_equals_silu_mul_then_quantize(be, data):
+    rng = rng_from(data)
+    rows = data.draw(st.integers(1, 20), label="rows")
+    n = data.draw(st.integers(1, 120), label="blocks") * QK8_0
+    style = data.draw(STYLES, label="style")
+    gate, up = floats(rng, (rows, n), style), floats(rng, (rows, n), style)
+    eq, ed = CPU.silu_mul_q8(gate, up)
+    if data.draw(st.booleans(), label="views"):
+        g, u = stacked(be, [gate, up], pad=data.draw(st.sampled_from([0, 32]), label="pad"))
+    else:
+        g, u = be.asarray(gate), be.asarray(up)
+    gq, gd = be.silu_mul_q8(g, u)
+    assert_same(be.to_host(gq), eq, f"silu_mul_q8 R={rows} N={n} (quants)")
+    assert_same(be.to_host(gd), ed, f"silu_mul_q8 R={rows} N={n} (scales)")
+
+
+@given(data=st.data())
+def test_q8_gemv_add_equals_gemv_then_add(be, data):
+    rng = rng_from(data)
+    rows = data.draw(st.integers(1, 16) | st.integers(17, 40), label="rows")
+    n = data.draw(st.integers(1, 300), label="n")
+    k = data.draw(st.integers(1, 150), label="blocks") * QK8_0
+    w = random_q8(rng, n, k)
+    xq, xd = spec.quantize_q8_0(floats(rng, (rows, k), data.draw(STYLES, label="x")))
+    x = floats(rng, (rows, n), data.draw(STYLES, label="residual"))
+    expected = spec.add(x, spec.q8_gemv(w, xq, xd))
+    got = be.q8_gemv_add(be.asarray(x), be.upload_q8(w), be.asarray(xq), be.asarray(xd))
+    assert_same(be.to_host(got), expected, f"q8_gemv_add R={rows} N={n} K={k}", nan_equal=True)
+
+
+@settings(max_examples=20)
+@given(data=st.data())
+def test_stacked_gemv_equals_separate_gemvs(be, data):
+    """q8_gemv_many over an uploaded stack (one launch) gives each matrix's spec.q8_gemv."""
+    rng = rng_from(data)
+    rows = data.draw(st.integers(1, 16), label="rows")
+    k = data.draw(st.integers(1, 100), label="blocks") * QK8_0
+    ws = [random_q8(rng, data.draw(st.integers(1, 200), label=f"n{i}"), k) for i in range(3)]
+    xq, xd = spec.quantize_q8_0(floats(rng, (rows, k), "normal"))
+    parts = [m for _, m in be.upload_stack(ws)]
+    got = be.q8_gemv_many(parts, be.asarray(xq), be.asarray(xd))
+    for i, (w, g) in enumerate(zip(ws, got)):
+        assert_same(be.to_host(g), spec.q8_gemv(w, xq, xd), f"stacked gemv, part {i} R={rows} K={k}")
+
+
+@given(data=st.data())
+def test_add_on_column_views_equals_spec(be, data):
+    rng = rng_from(data)
+    rows = data.draw(st.integers(1, 20), label="rows")
+    n = data.draw(st.integers(1, 40), label="n") * 4
+    x, other = floats(rng, (rows, n), data.draw(STYLES, label="x")), floats(rng, (rows, 8), "normal")
+    y = floats(rng, (n,), "normal")
+    view = stacked(be, [x, other], pad=0)[0]
+    assert_same(be.to_host(be.add(view, be.asarray(y))), spec.add(x, y), f"add on a view R={rows} N={n}")

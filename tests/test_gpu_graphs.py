@@ -1,0 +1,101 @@
+"""Captured passes (refspec/gpu_graphs.py) equal eager passes bit for bit: logits and KV cache over many steps
+at every width 1..16, with layer subsets, across 256-position attention chunks; and speculative decoding with
+graphs on equals greedy decoding."""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+from refspec.backends import CpuBackend
+from refspec.forward import Transformer
+from refspec.generate import generate
+from refspec.gguf_model import load
+from refspec.gpu import gpu_available
+from refspec.gpu_graphs import GRAPH_MAX_ROWS
+from refspec.speculative import make_drafter, speculative_generate
+from refspec.synthetic import write_model
+
+from bits import assert_bits_equal
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="no GPU: CuPy sees none")]
+
+SHAPES = {
+    "llama": dict(n_layer=3, n_embd=128, n_ff=224, n_head=4, n_head_kv=2, head_dim=32),
+    "qwen2": dict(n_layer=2, n_embd=64, n_ff=96, n_head=4, n_head_kv=2),
+    "qwen3": dict(n_layer=2, n_embd=64, n_ff=224, n_head=6, n_head_kv=2, head_dim=48, n_rot=16),
+}
+N_CTX = 600
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_model(arch: str, tmp_dir: str):
+    path = write_model(f"{tmp_dir}/{arch}.gguf", arch=arch, n_ctx=N_CTX, seed=5, **SHAPES[arch])
+    return load(path, log=lambda message: None)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    tmp_dir = str(tmp_path_factory.mktemp("graph-models"))
+    return lambda arch: tiny_model(arch, tmp_dir)
+
+
+@pytest.fixture(scope="module")
+def gpu():
+    from refspec.gpu import GpuBackend
+
+    return GpuBackend(poison=0xFF)
+
+
+def run_steps(tf, widths, ids, layers=None):
+    cache = tf.new_cache(N_CTX)
+    out, pos = [], 0
+    for w in widths:
+        out.append(tf.be.to_host(tf.forward(cache, ids[pos : pos + w], pos, layers=layers)).copy())
+        pos += w
+    return out, cache
+
+
+@pytest.mark.parametrize("arch", sorted(SHAPES))
+def test_graph_replay_equals_eager_at_every_width(models, gpu, arch):
+    model = models(arch)
+    rng = np.random.default_rng(3)
+    # every width twice (capture, then replay), in an order that crosses the 256-position chunk boundary
+    widths = [w for w in range(1, GRAPH_MAX_ROWS + 1) for _ in range(2)] + [1] * 40 + [16, 7, 1, 1]
+    ids = list(rng.integers(0, model.config.n_vocab, sum(widths)))
+    graphed = Transformer(model, gpu, graphs=True)
+    eager = Transformer(model, gpu, graphs=False)
+    g_out, g_cache = run_steps(graphed, widths, ids)
+    e_out, e_cache = run_steps(eager, widths, ids)
+    assert graphed.graphs.captured == GRAPH_MAX_ROWS
+    for i, (g, e) in enumerate(zip(g_out, e_out)):
+        assert_bits_equal(g, e, f"{arch}: pass {i} ({widths[i]} rows)")
+    for layer in range(model.config.n_layer):
+        assert_bits_equal(gpu.to_host(g_cache.k[layer]), gpu.to_host(e_cache.k[layer]), f"{arch}: K cache {layer}")
+        assert_bits_equal(gpu.to_host(g_cache.v[layer]), gpu.to_host(e_cache.v[layer]), f"{arch}: V cache {layer}")
+
+
+def test_graphs_of_layer_subsets_equal_eager(models, gpu):
+    model = models("llama")
+    ids = list(np.random.default_rng(4).integers(0, model.config.n_vocab, 30))
+    widths = [1] * 30
+    for layers in ([0], [0, 2], None):
+        g_out, _ = run_steps(Transformer(model, gpu, graphs=True), widths, ids, layers)
+        e_out, _ = run_steps(Transformer(model, CpuBackend()), widths, ids, layers)
+        for i, (g, e) in enumerate(zip(g_out, e_out)):
+            assert_bits_equal(g, e, f"layers {layers}: step {i}")
+
+
+@pytest.mark.parametrize("draft", ["ngram", "layerskip"])
+def test_speculative_with_graphs_equals_greedy(models, gpu, draft):
+    model = models("llama")
+    tf = Transformer(model, gpu, graphs=True)
+    prompt = [5, 6, 7, 8, 5, 6, 7, 8, 5, 6, 7]
+    greedy = generate(tf, prompt, 60, keep_logits=True)
+    spec = speculative_generate(tf, prompt, 60, drafter=make_drafter(draft, tf), draft_max=8, keep_logits=True)
+    assert spec.ids == greedy.ids
+    for i, (a, b) in enumerate(zip(spec.logits, greedy.logits)):
+        assert_bits_equal(np.asarray(a), np.asarray(b), f"{draft}: logits of token {i}")
+    cpu = generate(Transformer(model, CpuBackend()), prompt, 60)
+    assert greedy.ids == cpu.ids

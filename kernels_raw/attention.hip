@@ -60,11 +60,28 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
   float* e = e_buf + (long long)rh * cache_len;
   const float neg_inf = rs_as_float((int)0xff800000);
 
-  // 1. scores, one position per group of 32 lanes
+  // 1. scores, one position per group of 32 lanes; lane l holds q[l + 32j] in registers and loads the
+  //    key's elements l + 32j all at once before adding them in the spec's order
+  float qreg[RS_ATTN_MAX_DIM / RS_LANES];
+#pragma unroll
+  for (int j = 0; j < RS_ATTN_MAX_DIM / RS_LANES; ++j) {
+    const int d = rs_lane() + RS_LANES * j;
+    qreg[j] = d < dim ? qv[d] : 0.0f;
+  }
   float m = neg_inf;
   for (int t = rs_group(); t < n_vis; t += rs_groups()) {
+    const float* kt = kc + (long long)t * dim;
+    float kreg[RS_ATTN_MAX_DIM / RS_LANES];
+#pragma unroll
+    for (int j = 0; j < RS_ATTN_MAX_DIM / RS_LANES; ++j) {
+      const int d = rs_lane() + RS_LANES * j;
+      kreg[j] = d < dim ? kt[d] : 0.0f;
+    }
     float acc = 0.0f;  // lane value: +0.0, then q[l]*k[l], q[l+32]*k[l+32], ...
-    for (int d = rs_lane(); d < dim; d += RS_LANES) acc = rs_add(acc, rs_mul(qv[d], kc[(long long)t * dim + d]));
+#pragma unroll
+    for (int j = 0; j < RS_ATTN_MAX_DIM / RS_LANES; ++j) {
+      if (rs_lane() + RS_LANES * j < dim) acc = rs_add(acc, rs_mul(qreg[j], kreg[j]));
+    }
     const float s = rs_mul(rs_lane_tree(acc), scale);
     if (rs_lane() == 0) e[t] = s;
     m = rs_max_nan(m, s);
@@ -93,13 +110,17 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
     for (int l = 0; l < RS_LANES; ++l) lanes[l] = 0.0f;
 #pragma unroll 1
     for (int j = 0; j < len; j += RS_LANES) {
+      float et[RS_LANES], vt[RS_LANES];  // the loads of 32 positions in flight before their additions
 #pragma unroll
       for (int l = 0; l < RS_LANES; ++l) {
         const int t = base + j + l;
-        if (j + l < len) {
-          const float et = e[t];
-          lanes[l] = rs_add(lanes[l], col < dim ? rs_mul(et, vc[(long long)t * dim + col]) : et);
-        }
+        const bool in = j + l < len;
+        et[l] = in ? e[t] : 0.0f;
+        vt[l] = in && col < dim ? vc[(long long)t * dim + col] : 0.0f;
+      }
+#pragma unroll
+      for (int l = 0; l < RS_LANES; ++l) {
+        if (j + l < len) lanes[l] = rs_add(lanes[l], col < dim ? rs_mul(et[l], vt[l]) : et[l]);
       }
     }
     parts[item] = rs_tree_of_lanes(lanes);

@@ -49,3 +49,17 @@ RS_DEVICE void rs_load_block(const float* __restrict__ p, float (&v)[RS_QK]) {
   }
 }
 
+
+// The same quantization with one block spread over a group of 32 lanes, lane i holding value i: amax by a
+// butterfly of rs_max_nan (max is exact in any order), then each lane rounds its own value. Same bits as
+// rs_quantize_block; 32 times less work per thread, for kernels whose blocks are too few to fill the GPU.
+RS_DEVICE void rs_quantize_block_lanes(float v, signed char* __restrict__ q, unsigned short* __restrict__ d) {
+  float amax = fabsf(v);
+#pragma unroll
+  for (int offset = RS_LANES / 2; offset >= 1; offset /= 2) amax = rs_max_nan(amax, rs_shfl_xor(amax, offset));
+  amax = rs_max_nan(0.0f, amax);  // as rs_quantize_block, which starts from 0
+  const float scale = rs_div(amax, 127.0f);
+  const float inv = scale == 0.0f ? 0.0f : rs_div(1.0f, scale);
+  q[rs_lane()] = (signed char)rs_round_q8(rs_mul(v, inv));
+  if (rs_lane() == 0) *d = rs_float_to_half(scale);
+}

@@ -488,9 +488,9 @@ class GpuBackend:
         xq, xd = self._q8_outputs(rows, n)
         n_blocks = rows * (n // QK8_0)
         if n_blocks:
-            threads = 128  # RS_QUANTIZE_THREADS
+            threads = 128  # RS_QUANTIZE_THREADS: 4 groups of 32 lanes, a block of 32 values each
             self.function("quantize_q8_0", "silu_mul_q8")(
-                (self._blocks(n_blocks, threads),), (threads,),
+                (self._blocks(n_blocks, threads // 32),), (threads,),
                 (gate, up, np.int64(g_stride), np.int32(rows), np.int32(n), xq, xd),
             )
         return xq, xd

@@ -42,7 +42,36 @@ class CpuQ8Part:
         self.source = source  # embedding lookups read the original rows
 
 
-class CpuBackend:
+class FusedFromParts:
+    """The fused operations refspec/forward.py calls, composed of the basic ones: these compositions are
+    what a backend's fused kernels must reproduce bit for bit (the GPU's: kernels_raw/rope.hip rope_kv,
+    attention.hip with quantization, quantize_q8_0.hip silu_mul_q8, q8_gemv.hip's epilogue). A backend that
+    implements only the basic operations (refspec/protocol.py) inherits these and runs forward.py as is."""
+
+    def pass_input(self, ids, pos0: int):
+        """The token ids and the first position as the operations take them (the GPU sends both in one
+        copy to device memory)."""
+        return np.asarray(ids, dtype=np.int64), int(pos0)
+
+    def rope_kv(self, q, k, v, k_cache, v_cache, pos0, cos, sin, neox):
+        """Rotate q and k; store the rotated k and v in the cache at pos0 ..; return the rotated q."""
+        self.kv_write(k_cache, v_cache, self.rope(k, pos0, cos, sin, neox), v, pos0)
+        return self.rope(q, pos0, cos, sin, neox)
+
+    def attention_q8(self, q, k_cache, v_cache, pos0):
+        """Attention's output rows [R, H*D], quantized."""
+        a = self.attention(q, k_cache, v_cache, pos0)  # [R, H, D]
+        return self.quantize_q8(a.reshape(a.shape[0], -1))
+
+    def silu_mul_q8(self, gate, up):
+        return self.quantize_q8(self.silu_mul(gate, up))
+
+    def q8_gemv_add(self, x, w, xq, xd):
+        """x + w @ (xq, xd): the residual add."""
+        return self.add(x, self.q8_gemv(w, xq, xd))
+
+
+class CpuBackend(FusedFromParts):
     """NumPy on the CPU: every operation is its refspec.spec twin. The GEMV computes the exact int8 block
     dot products with BLAS in binary32 (exact: integers below 2**24), then spec.scale_and_reduce_f32
     applies the scales and sums the blocks in the canonical order. Weights are kept as float32 when they fit
@@ -98,33 +127,6 @@ class CpuBackend:
     @staticmethod
     def rmsnorm_q8(x, w, eps):
         return spec.quantize_q8_0(spec.rmsnorm(x, w, eps))
-
-    @staticmethod
-    def pass_input(ids, pos0: int):
-        """The token ids and the first position as the operations take them (the GPU sends both in one copy)."""
-        return np.asarray(ids, dtype=np.int64), int(pos0)
-
-    # ---- fused operations: each is the composition written here, which is what a backend's fused kernel
-    #      must reproduce (the GPU's: kernels_raw/rope.hip rope_kv, attention.hip, quantize_q8_0.hip
-    #      silu_mul_q8, q8_gemv.hip's epilogue)
-    def rope_kv(self, q, k, v, k_cache, v_cache, pos0, cos, sin, neox):
-        """Rotate q and k; store the rotated k and v in the cache at pos0 ..; return the rotated q."""
-        self.kv_write(k_cache, v_cache, spec.rope(k, pos0, cos, sin, neox), v, pos0)
-        return spec.rope(q, pos0, cos, sin, neox)
-
-    @staticmethod
-    def attention_q8(q, k_cache, v_cache, pos0):
-        """Attention's output rows [R, H*D], quantized."""
-        a = spec.attention(q, k_cache, v_cache, pos0)  # [R, H, D]
-        return spec.quantize_q8_0(a.reshape(a.shape[0], -1))
-
-    @staticmethod
-    def silu_mul_q8(gate, up):
-        return spec.quantize_q8_0(spec.silu_mul(gate, up))
-
-    def q8_gemv_add(self, x, w: CpuQ8Part, xq, xd):
-        """x + w @ (xq, xd): the residual add."""
-        return spec.add(x, self.q8_gemv(w, xq, xd))
 
     @staticmethod
     def kv_write(k_cache, v_cache, k, v, pos0):

@@ -3,6 +3,10 @@ refspec/speculative.py) call on a backend, and nothing else. refspec's CpuBacken
 GpuBackend (refspec/gpu.py) implement it; a foreign backend that implements it runs refspec's forward pass and
 can be checked op by op against the spec with `refspec check-backend MODULE:FACTORY` (refspec/testing).
 
+forward.py also calls five fused operations (pass_input, rope_kv, attention_q8, silu_mul_q8, q8_gemv_add);
+a backend gets them by inheriting refspec.backends.FusedFromParts, which composes them from the methods below
+(a backend with its own fused kernels must give the bits of that composition).
+
 Arrays are the backend's own type (NumPy, CuPy, torch, ...); `asarray` brings host arrays in and `to_host`
 takes results out as NumPy. Every operation must give the bits of its refspec.spec twin (refspec/SPEC.md).
 Shapes: R rows, E embedding, K inputs, N outputs, H query heads, G kv heads, D head dim, T cache positions.

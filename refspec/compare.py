@@ -4,7 +4,7 @@ A is the reference: a golden file (refspec/golden.py). B is a golden file of the
 float32 logits: `.npy` ([V] or [R, V]), or `.bin` as llama.cpp's `llama-debug --save-logits` writes them
 (float32 values, little-endian, V per row, no header; the token ids beside it in `<stem>-tokens.bin` as int32).
 
-Per tensor both files hold: elements bitwise equal, max ULP distance, NMSE = sum (a-b)^2 / sum a^2 (float64,
+Per tensor both files hold: elements bitwise equal, max and median ULP distance, NMSE = sum (a-b)^2 / sum a^2 (float64,
 A as reference, llama.cpp test-backend-ops' measure) and max absolute error. For the logits, per position: the
 top-1 token of each, how many of the top 5 they share, NMSE and max ULP. Then the first tensor, in forward
 order, whose bits differ and the first whose NMSE exceeds a threshold: where two runs part.
@@ -124,8 +124,10 @@ def tensor_stats(a: np.ndarray, b: np.ndarray) -> dict:
     both_nan = np.isnan(a) & np.isnan(b)
     with np.errstate(invalid="ignore", over="ignore"):
         abs_err = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    ulps = ulp_distance(a, b)[~both_nan]
     return {"shape": list(a.shape), "n": int(a.size), "bitwise_equal": int(np.count_nonzero(same | both_nan)),
-            "max_ulp": int(ulp_distance(a, b)[~both_nan].max(initial=0)), "nmse": nmse(a, b),
+            "max_ulp": int(ulps.max(initial=0)), "median_ulp": float(np.median(ulps)) if ulps.size else 0.0,
+            "nmse": nmse(a, b),
             "max_abs_err": float(np.nanmax(abs_err, initial=0.0))}
 
 
@@ -198,10 +200,11 @@ def format_report(report: dict) -> str:
     lines = [f"A: {_who(report['a'])}", f"B: {_who(report['b'])}"]
     if not report["same_model_file"]:
         lines.append("note: the files do not record the same model file (sha256)")
-    lines.append(f"{'tensor':<16} {'shape':>12} {'bitwise equal':>17} {'max ULP':>11} {'NMSE':>10} {'max abs err':>12}")
+    lines.append(f"{'tensor':<16} {'shape':>12} {'bitwise equal':>17} {'max ULP':>11} {'median ULP':>10} "
+                 f"{'NMSE':>10} {'max abs err':>12}")
     for name, s in report["tensors"].items():
         lines.append(f"{name:<16} {'x'.join(map(str, s['shape'])):>12} {s['bitwise_equal']:>8}/{s['n']:<8} "
-                     f"{s['max_ulp']:>11} {s['nmse']:>10.3g} {s['max_abs_err']:>12.4g}")
+                     f"{s['max_ulp']:>11} {s['median_ulp']:>10g} {s['nmse']:>10.3g} {s['max_abs_err']:>12.4g}")
     lg = report["logits"]
     first = lg["first_top1_difference"]
     lines.append(f"logits: top-1 agrees at {lg['top1_agree']}/{lg['positions']} positions"

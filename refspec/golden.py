@@ -83,9 +83,10 @@ def file_sha256(path) -> str:
 
 # ----------------------------------------------------------------------------------------------- running
 def dump(model, prompt_ids: list[int], n_predict: int = 0, *, layers: bool = False,
-         device: str = "auto") -> Golden:
+         device: str = "auto", backend=None) -> Golden:
     """Run refspec on `prompt_ids` plus `n_predict` greedy tokens; record every position's logits (and with
-    `layers`, every per-layer tensor). `model` is a refspec Model (refspec.gguf_model.load) or a GGUF path.
+    `layers`, every per-layer tensor). `model` is a refspec Model (refspec.gguf_model.load) or a GGUF path;
+    `backend`, if given, is used instead of make_backend(device) (any backend of refspec/protocol.py).
     The tokens are generated first, then the whole sequence is run once, teacher-forced, with taps: batch
     invariance makes those logits the ones that chose each token."""
     from refspec import __version__
@@ -95,7 +96,7 @@ def dump(model, prompt_ids: list[int], n_predict: int = 0, *, layers: bool = Fal
     from refspec.spec import SPEC_VERSION
 
     model = load_model(model)
-    backend = make_backend(device)
+    backend = backend if backend is not None else make_backend(device)
     tf = Transformer(model, backend)
     ids = check_ids(prompt_ids, model.config.n_vocab)
     if n_predict < 0:
@@ -104,7 +105,7 @@ def dump(model, prompt_ids: list[int], n_predict: int = 0, *, layers: bool = Fal
         ids = ids + generate(tf, ids, n_predict).ids  # no end-of-generation stop: exactly n_predict tokens
     tensors = run_teacher_forced(tf, ids, layers)
     meta = {"engine": "refspec", "engine_version": __version__, "refspec_version": __version__,
-            "spec_version": SPEC_VERSION, "device": backend.name}
+            "spec_version": SPEC_VERSION, "device": str(getattr(backend, "name", type(backend).__name__))}
     return Golden(np.asarray(ids, np.int32), tensors, run_metadata(model, len(prompt_ids), meta))
 
 

@@ -164,7 +164,8 @@ def run_op(be, uploaded: ModelWeights, case: Case) -> tuple:
     if case.op == "argmax_rows":
         ids, finite = _pair(be.argmax_rows(a(i["logits"])), case.op)
         ids, finite = np.asarray(host(ids)), np.asarray(host(finite))
-        return ids.astype(np.int64), finite.astype(bool)  # any integer and boolean types will do here
+        finite = finite.astype(bool)  # any integer and boolean types will do here
+        return np.where(finite, ids.astype(np.int64), -1), finite  # a non-finite row chooses no token
     raise ValueError(f"no case runner for {case.op}")
 
 
@@ -199,7 +200,8 @@ def reference_op(w: ModelWeights, case: Case) -> tuple:
         return (spec.attention(i["q"], i["k"], i["v"], i["pos0"]),)
     if case.op == "argmax_rows":
         ids, finite = spec.argmax_rows(i["logits"])
-        return ids.astype(np.int64), finite.astype(bool)
+        # A row with NaN or infinity chooses no token (spec.checked_ids raises): its index is not compared.
+        return np.where(finite, ids.astype(np.int64), -1), finite.astype(bool)
     raise ValueError(f"no reference for {case.op}")
 
 

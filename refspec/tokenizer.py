@@ -86,6 +86,9 @@ TOKEN_BYTE = 6
 # --- pre-tokenizer regexes, as in llama.cpp's llm_tokenizer_bpe (src/llama-vocab.cpp) ------------------------
 # llama.cpp writes the HF tokenizer.json regexes without (?i:...) and possessive quantifiers; these are its forms.
 # Where llama.cpp runs std::regex, '$' is the end of the piece being split: Oniguruma's '\z' (its '$' is a line end).
+# Before std::regex runs, llama.cpp turns every non-ASCII whitespace character into '\v' (so that '\s' matches
+# it): a character class written with non-ASCII ranges then never matches U+2028, U+3000 and the like, which
+# those ranges contain. Those classes carry '&&[^\s]' here.
 _CONTRACTIONS = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
 _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
 _LLAMA3 = (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -108,7 +111,7 @@ _YOUTU = (r"[가-힣ㄱ-ㆎ]+|[！…“”‘’—：；，、-〿︰-﹏]+|[�
 _DEEPSEEK3 = (r"[!" + '"' + r"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"
               r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _DEEPSEEK_LETTERS = "A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃"  # deepseek-llm's list of cased-letter ranges
-_CJK_HANGUL = r"[一-龥ࠀ-一가-퟿]+"
+_CJK_HANGUL = r"[一-龥ࠀ-一가-퟿&&[^\s]]+"
 _BLOOM = r" ?[^(\s|.,!?…。，、।۔،)]+"
 
 _REGEXES = {  # llama.cpp's LLAMA_VOCAB_PRE_TYPE_* -> regexes applied in order
@@ -121,7 +124,7 @@ _REGEXES = {  # llama.cpp's LLAMA_VOCAB_PRE_TYPE_* -> regexes applied in order
     "qwen35": (_QWEN35,),
     "starcoder": (r"\p{N}", _GPT2),  # gpt-2's regex after isolating every digit
     "falcon": (r"[\p{P}\$\+<=>\^~\|`]+", _GPT2, r"[0-9][0-9][0-9]"),
-    "deepseek-llm": (r"[\r\n]", rf"\s?[{_DEEPSEEK_LETTERS}]+", r"\s?[!-/:-~！-／：-～‘-‟　-。]+", r"\s+\z",
+    "deepseek-llm": (r"[\r\n]", rf"\s?[{_DEEPSEEK_LETTERS}]+", r"\s?[!-/:-~！-／：-～‘-‟　-。&&[^\s]]+", r"\s+\z",
                      _CJK_HANGUL, r"\p{N}+"),
     "deepseek-coder": (r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", _CJK_HANGUL, r"\p{N}"),
     "deepseek3": (r"\p{N}{1,3}", r"[一-龥぀-ゟ゠-ヿ]+", _DEEPSEEK3),

@@ -7,17 +7,19 @@ llama-cpp-python comes with the ``llamacpp`` extra (CI installs it); without it 
 """
 import os
 
+import gguf
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from llama_vocab_files import vocab_dir
 from refspec.backends import make_backend
 from refspec.forward import Transformer
 from refspec.generate import generate
-from refspec.gguf_model import load
+from refspec.gguf_model import load, read_metadata
 from refspec.synthetic import write_model
-from refspec.tokenizer import Tokenizer
+from refspec.tokenizer import _PRE_TOKENIZERS, _SPACE_ESCAPED, Tokenizer
 
 if os.environ.get("CI") == "true":
     import llama_cpp
@@ -81,3 +83,54 @@ def test_greedy_ids_equal_llama_cpp(pair, prompt):
         assert int(np.argmax(other)) == token, f"{kind}: step {step}: llama.cpp chose {np.argmax(other)}, refspec {token}"
     print(f"{kind} {prompt!r}: {N_PREDICT - near_ties} of {N_PREDICT} steps checked, NMSE {nmse:.2g}")
     assert near_ties <= N_PREDICT // 4, f"{kind}: {near_ties} of {N_PREDICT} steps were near-ties"
+
+
+# --- every pre-tokenizer, on a real vocabulary ---------------------------------------------------------------------
+# One tokenizer.ggml.pre name for each distinct (regexes, ignore_merges, add_bos) that refspec knows, written into
+# a slice of GPT-2's vocabulary from llama.cpp's test files: its first 8000 tokens and the 7744 merges that make
+# them (GPT-2's token 256 + i is merge i), so pieces merge across every kind of boundary a regex can draw.
+PRE_NAMES = sorted({(p.regexes, p.ignore_merges, p.add_bos): name for name, p in _PRE_TOKENIZERS.items()}.values())
+SLICE = 8000
+# Text that crosses every boundary the regexes draw: cases, contractions, digit runs, punctuation, each kind of
+# space (U+2028 and U+3000 sit inside deepseek's character ranges), CJK, Hangul, kana, combining marks, emoji.
+ALPHABET = list("aAbBzZ éÉüÜßİǅʼ'sSdDtTlLvVrReEmM 0123456789½²٣ .,!?;:…。，、।۔،()[]{}<>$+=^~|`@#%&*/\\-_\"\n\r\t"
+                "\u00a0\u0085\u1680\u2000\u2028\u205f\u3000\u0301\u0300\u200b\ufeff 한국어世界日本語ひらカタ가힣ㄱㄅ 😀👍🏽")
+WORDS = PIECES + ["I'M", "you're", "1234567", " \u2028", " \u3000", "\u3000 ", " \u00a0", " \u0085", "  \n"]
+mixed_text = st.lists(st.one_of(st.sampled_from(ALPHABET), st.sampled_from(WORDS)), max_size=40).map("".join)
+
+
+@pytest.fixture(scope="module")
+def pre_tokenizers(tmp_path_factory):
+    """pre name -> (refspec tokenizer, llama.cpp vocabulary), built on first use."""
+    source = read_metadata(vocab_dir() / "ggml-vocab-gpt-2.gguf")
+    tokens = source["tokenizer.ggml.tokens"][:SLICE] + ["<|endoftext|>"]
+    built = {}
+
+    def get(pre: str):
+        if pre not in built:
+            path = tmp_path_factory.mktemp("pre") / f"{pre}.gguf"
+            writer = gguf.GGUFWriter(str(path), "gpt2")
+            writer.add_tokenizer_model("gpt2")
+            writer.add_tokenizer_pre(pre)
+            writer.add_token_list(tokens)
+            writer.add_token_types([1] * SLICE + [3])
+            writer.add_token_merges(source["tokenizer.ggml.merges"][:SLICE - 256])
+            writer.add_bos_token_id(SLICE)
+            writer.add_eos_token_id(SLICE)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            writer.close()
+            built[pre] = (Tokenizer.from_metadata(read_metadata(path)),
+                          llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False))
+        return built[pre]
+
+    return get
+
+
+@pytest.mark.parametrize("pre", PRE_NAMES)
+@given(text=mixed_text)
+def test_pre_tokenizer_equals_llama_cpp(pre_tokenizers, pre, text):
+    """Ids with BOS as the vocabulary decides (the name's add_bos default: the file has no add_bos_token key)."""
+    tok, llm = pre_tokenizers(pre)
+    assert tok.encode(text, parse_special=False) == llm.tokenize(text.encode(), add_bos=True, special=False)

@@ -1,8 +1,9 @@
 """The tokenizer a GGUF describes, reproducing llama.cpp's tokenization of text into ids and of ids into text.
 
 refspec supports byte-level BPE vocabularies (``tokenizer.ggml.model == 'gpt2'``: llama-3, Qwen2/3/3.5, SmolLM2,
-DeepSeek, Falcon, ...) and SentencePiece vocabularies (``'llama'``: Llama-2, Mistral, TinyLlama, Phi-3). The
-merging itself is done by HF ``tokenizers`` (``models.BPE``); this module only assembles it from the GGUF
+DeepSeek, Falcon, ...), SentencePiece vocabularies (``'llama'``: Llama-2, Mistral, TinyLlama, Phi-3), Gemma 4's
+BPE (``'gemma4'``) and BERT's WordPiece (``'bert'``). The merging itself is done by HF ``tokenizers``
+(``models.BPE``, ``models.WordPiece``); this module only assembles it from the GGUF
 metadata the way llama.cpp's ``src/llama-vocab.cpp`` and ``src/unicode.cpp`` do (read in llama-cpp-python
 0.3.36's llama.cpp, which passes llama.cpp's own tokenizer test suite: tests/test_llama_vocabs.py). Encoding
 ``text`` runs:
@@ -25,7 +26,9 @@ metadata the way llama.cpp's ``src/llama-vocab.cpp`` and ``src/unicode.cpp`` do 
 2''. **Gemma 4** (``_SpaceEscapedBPE``, ``tokenizer.ggml.model = gemma4``): spaces become '▁', the text is cut
    into runs of newlines and runs of other characters, each merged by the ranks of ``tokenizer.ggml.merges``
    over raw characters, with byte fallback; a newline run that is a token is emitted whole; BOS always added.
-3. **BOS/EOS.** ``add_bos`` prepends ``bos_id`` (and ``add_eos`` appends ``eos_id``).
+2'''. **WordPiece** (``_WordPiece``, ``bert``): BERT's normalizer and word split, longest token first;
+   [CLS] (llama.cpp's BOS) before and [SEP] after, by default.
+3. **BOS/EOS.** ``add_bos`` prepends ``bos_id`` (and ``add_eos`` appends ``end_id``: ``eos_id``, or WordPiece's [SEP]).
 
 Defaults, as llama.cpp decides them:
 
@@ -69,7 +72,7 @@ from dataclasses import dataclass
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
-from tokenizers import Regex, models, pre_tokenizers
+from tokenizers import Regex, models, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as _HFTokenizer
 
 from refspec.errors import TokenizerError
@@ -294,6 +297,22 @@ def _read_pre(md: MetadataReader) -> str:
     return pre
 
 
+def _default_ids(ids: dict[str, int | None], n_vocab: int, **defaults: int) -> None:
+    """Fill special ids the file does not give with llama.cpp's defaults for the vocabulary type (where they
+    are inside the vocabulary; llama.cpp disables them otherwise)."""
+    for name, default in defaults.items():
+        if ids[name] is None and default < n_vocab:
+            ids[name] = default
+
+
+def _id_or(token_id: int | None, default: int, n_vocab: int, what: str) -> int:
+    if token_id is None:
+        if default >= n_vocab:
+            raise TokenizerError(f"no {what} token id, and llama.cpp's default {default} is outside the vocabulary")
+        token_id = default
+    return token_id
+
+
 def _read_scores(md: MetadataReader, n_vocab: int) -> list[float]:
     """One score per token (SentencePiece merges the pair whose token scores highest); all 0 when absent, as
     llama.cpp reads a file without scores."""
@@ -481,6 +500,39 @@ class _SpaceEscapedBPE:
         return [piece for piece, _ in self._splitter.pre_tokenize_str(text.replace(" ", "\u2581"))]
 
 
+class _WordPiece:
+    """BERT's WordPiece (``tokenizer.ggml.model = bert``), as llama.cpp's llm_tokenizer_wpm_session: the text is
+    lower-cased and stripped of accents (NFD, marks dropped; ``tokenizer.ggml.normalizer.lowercase`` and
+    ``strip_accents``, both default true), control characters dropped, cut at whitespace and around every
+    punctuation mark and CJK ideograph; each word is then matched greedily, longest token first. GGUF writes a
+    word-initial token with a leading '▁' and a continuation without BERT's '##'; HF ``models.WordPiece`` gets
+    them back in BERT's form. A word no tokens cover becomes the unknown token."""
+
+    escaped_spaces = True  # a word-initial token prints with its space
+
+    def __init__(self, tokens: list[str], types: list[int], unk_id: int, lowercase: bool, strip_accents: bool):
+        vocab: dict[str, int] = {}
+        for i, (text, kind) in enumerate(zip(tokens, types)):
+            key = text if kind == TOKEN_CONTROL else text[1:] if text.startswith("\u2581") else "##" + text
+            if key and key not in vocab:
+                vocab[key] = i
+        unk = next((k for k, i in vocab.items() if i == unk_id), None)
+        if unk is None:
+            vocab[unk := tokens[unk_id]] = unk_id
+        self._hf = _HFTokenizer(models.WordPiece(vocab, unk_token=unk, max_input_chars_per_word=1 << 30))
+        self._hf.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                         strip_accents=strip_accents, lowercase=lowercase)
+        self._hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        self.missing_bytes = frozenset()
+
+    def encode(self, text: str, after_special: bool) -> list[int]:
+        return self._hf.encode(text, add_special_tokens=False).ids
+
+    def pre_tokenize(self, text: str) -> list[str]:
+        normalized = self._hf.normalizer.normalize_str(text)
+        return [word for word, _ in self._hf.pre_tokenizer.pre_tokenize_str(normalized)]
+
+
 def _check_byte_fallback(text: str, vocab: dict[str, int], missing_bytes: frozenset[int]) -> None:
     """llama.cpp fails on a character that needs a byte token the vocabulary lacks; so does refspec."""
     if not missing_bytes:
@@ -509,8 +561,8 @@ class Tokenizer:
     """A GGUF's tokenizer (byte-level BPE or SentencePiece); build it with ``Tokenizer.from_metadata``. See the
     module docstring for what each step reproduces."""
 
-    def __init__(self, *, tokens: list[str], token_types: list[int], engine: _ByteLevelBPE | _SentencePieceBPE,
-                 model: str, pre: str, bos_id: int | None, eos_id: int | None, eog_ids: frozenset[int],
+    def __init__(self, *, tokens: list[str], token_types: list[int], engine, model: str, pre: str,
+                 bos_id: int | None, eos_id: int | None, end_id: int | None, eog_ids: frozenset[int],
                  control_ids: frozenset[int], add_bos: bool, add_eos: bool, add_space_prefix: bool,
                  chat_template: str | None):
         self.n_vocab = len(tokens)
@@ -518,6 +570,7 @@ class Tokenizer:
         self.pre = pre
         self.bos_id = bos_id
         self.eos_id = eos_id
+        self.end_id = end_id  # what add_eos appends: eos_id, or WordPiece's SEP (llama.cpp's add_sep)
         self.eog_ids = eog_ids
         self.add_bos = add_bos
         self.add_eos = add_eos
@@ -540,22 +593,32 @@ class Tokenizer:
         """Build from a dict of GGUF ``tokenizer.*`` keys holding plain Python values."""
         md = MetadataReader(metadata, error=TokenizerError)
         model = md.string("tokenizer.ggml.model", None)
-        if model not in ("gpt2", "llama", "gemma4"):
+        if model not in ("gpt2", "llama", "gemma4", "bert"):
             raise TokenizerError(f"unsupported tokenizer model {model!r}: refspec supports byte-level BPE ('gpt2'), "
-                                 "SentencePiece ('llama') and Gemma 4's BPE ('gemma4')")
+                                 "SentencePiece ('llama'), Gemma 4's BPE ('gemma4') and WordPiece ('bert')")
         tokens, vocab = _read_vocab(md)
         n_vocab = len(tokens)
         types = _read_token_types(md, n_vocab)
         ids = {name: md.token_id(f"tokenizer.ggml.{name}_token_id", n_vocab) for name in
                ("bos", "eos", "eot", "eom", "fim_pre", "fim_suf", "fim_mid", "fim_pad", "fim_rep", "fim_sep")}
         add_space_prefix = md.boolean("tokenizer.ggml.add_space_prefix", model == "llama")
+        add_eos_default = False
+        end_id = ids["eos"]  # what add_eos appends
         if model == "llama":
             pre = "default"  # llama.cpp gives SentencePiece vocabularies no pre-tokenizer
-            for name, default in (("bos", 1), ("eos", 2)):  # llama.cpp's defaults for SentencePiece
-                if ids[name] is None and default < n_vocab:
-                    ids[name] = default
+            _default_ids(ids, n_vocab, bos=1, eos=2)  # llama.cpp's defaults for SentencePiece
+            end_id = ids["eos"]
             engine = _SentencePieceBPE(vocab, _read_scores(md, n_vocab), add_space_prefix)
             add_bos_default = True
+        elif model == "bert":
+            pre = "default"
+            _default_ids(ids, n_vocab, bos=101)  # llama.cpp's defaults for WordPiece: [CLS] is its BOS
+            lowercase = md.boolean("tokenizer.ggml.normalizer.lowercase", True)
+            engine = _WordPiece(tokens, types, _id_or(md.token_id("tokenizer.ggml.unknown_token_id", n_vocab), 100,
+                                                      n_vocab, "unknown"), lowercase,
+                                md.boolean("tokenizer.ggml.normalizer.strip_accents", lowercase))
+            end_id = _id_or(md.token_id("tokenizer.ggml.seperator_token_id", n_vocab), 102, n_vocab, "separator")
+            add_bos_default = add_eos_default = True  # llama.cpp puts [CLS] before and [SEP] after
         elif model == "gemma4" or _read_pre(md) in _SPACE_ESCAPED:
             pre = "gemma4" if model == "gemma4" else _read_pre(md)  # llama.cpp's choice for model gemma4
             engine = _SpaceEscapedBPE(vocab, _read_merges(md), whole_newlines=_SPACE_ESCAPED[pre])
@@ -568,12 +631,12 @@ class Tokenizer:
 
         add_bos = md.boolean("tokenizer.ggml.add_bos_token", add_bos_default)
         add_bos = add_bos or _SPACE_ESCAPED.get(pre, False)  # llama.cpp forces BOS on for gemma4
-        add_eos = md.boolean("tokenizer.ggml.add_eos_token", False)
-        for flag, name in ((add_bos, "bos"), (add_eos, "eos")):
-            if flag and ids[name] is None:
+        add_eos = md.boolean("tokenizer.ggml.add_eos_token", add_eos_default)
+        for flag, name, token_id in ((add_bos, "bos", ids["bos"]), (add_eos, "eos", end_id)):
+            if flag and token_id is None:
                 raise TokenizerError(f"tokenizer.ggml.add_{name}_token is true but {name}_token_id is not set")
         return cls(tokens=tokens, token_types=types, engine=engine, model=model, pre=pre,
-                   bos_id=ids["bos"], eos_id=ids["eos"], eog_ids=eog_ids, control_ids=control_ids,
+                   bos_id=ids["bos"], eos_id=ids["eos"], end_id=end_id, eog_ids=eog_ids, control_ids=control_ids,
                    add_bos=add_bos, add_eos=add_eos, add_space_prefix=add_space_prefix,
                    chat_template=md.string("tokenizer.chat_template", None))
 
@@ -599,7 +662,7 @@ class Tokenizer:
                 ids.extend(self._engine.encode(piece, after_special))
             after_special = isinstance(piece, int)
         if self.add_eos if add_eos is None else add_eos:
-            ids.append(self._required_id(self.eos_id, "eos"))
+            ids.append(self._required_id(self.end_id, "eos"))
         return ids
 
     def pre_tokenize(self, text: str) -> list[str]:

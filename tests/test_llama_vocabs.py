@@ -10,7 +10,6 @@ import pathlib
 import pytest
 
 from llama_vocab_files import read_cases, vocab_dir as find_vocab_dir
-from refspec.errors import TokenizerError
 from refspec.gguf_model import read_metadata
 from refspec.tokenizer import Tokenizer
 
@@ -19,8 +18,10 @@ from refspec.tokenizer import Tokenizer
 VOCABULARIES = {"bert-bge": 46, "command-r": 46, "deepseek-coder": 46, "deepseek-llm": 46, "falcon": 46,
                 "gemma-4": 46, "gpt-2": 46, "llama-bpe": 46, "llama-spm": 46, "mpt": 46, "phi-3": 46, "qwen2": 46,
                 "qwen35": 50, "refact": 46, "starcoder": 46}
-# Vocabularies refspec refuses, and the part of the refusal message that says why (the README lists them).
-REFUSED = {"bert-bge": "unsupported tokenizer model 'bert'"}
+# Vocabularies whose text does not survive tokenization: WordPiece lower-cases, strips accents and puts spaces
+# around punctuation (llama.cpp's own round trip holds on 4 of bert-bge's 46 cases; refspec's on 3 of them: on
+# "!!!!!!" llama.cpp's detokenize removes the spaces it prints before each "!").
+NO_ROUND_TRIP = {"bert-bge"}
 
 
 @pytest.fixture(scope="session")
@@ -39,11 +40,12 @@ def test_every_vocabulary_llama_cpp_tests_is_here(vocab_dir):
     assert tested == set(VOCABULARIES)
 
 
-@pytest.mark.parametrize("name", sorted(set(VOCABULARIES) - set(REFUSED)))
+@pytest.mark.parametrize("name", sorted(VOCABULARIES))
 def test_vocabulary(vocab_dir, name):
     """Every case of the vocabulary: encoding gives llama.cpp's expected ids (the failure says how many cases
     pass), decoding those ids gives the case back, and so does decode(encode(case)) without BOS, as llama.cpp's
-    test round-trips. refspec's round trip holds on every case; llama.cpp's own (its detokenize) fails on some,
+    test round-trips (but for WordPiece, NO_ROUND_TRIP). refspec's round trip holds on every case of the others;
+    llama.cpp's own (its detokenize) fails on some,
     where it cleans up spaces before punctuation (" ?" in a case becomes "?" for gpt-2, llama-bpe, falcon, mpt,
     starcoder, refact, gemma-4)."""
     tokenizer, cases = load_vocabulary(vocab_dir, name)
@@ -52,12 +54,8 @@ def test_vocabulary(vocab_dir, name):
     wrong = [text for text, ids in cases.items() if got[text] != ids]
     examples = "; ".join(f"{text[:40]!r}: expected {cases[text][:12]}, got {got[text][:12]}" for text in wrong[:3])
     assert not wrong, f"{name}: {len(cases) - len(wrong)} of {len(cases)} cases pass; {examples}"
+    if name in NO_ROUND_TRIP:
+        return
     for text, ids in cases.items():
         assert tokenizer.decode(ids) == text
         assert tokenizer.decode(tokenizer.encode(text, add_bos=False, parse_special=False)) == text
-
-
-@pytest.mark.parametrize("name", sorted(REFUSED))
-def test_refused_vocabularies_say_why(vocab_dir, name):
-    with pytest.raises(TokenizerError, match=REFUSED[name]):
-        load_vocabulary(vocab_dir, name)

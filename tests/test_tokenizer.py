@@ -492,3 +492,32 @@ def test_gemma4_bpe():
 def test_gemma4_round_trip(s):
     gemma = gemma4_tokenizer()
     assert gemma.decode(gemma.encode(s, add_bos=False, parse_special=False)) == s
+
+
+# --- WordPiece (tokenizer.ggml.model = bert) ---------------------------------------------------------------------------
+# llama.cpp's llm_tokenizer_wpm_session: lower-case, strip accents, cut at spaces, punctuation and CJK ideographs,
+# then the longest token first; GGUF writes word-initial tokens with '▁' and continuations without '##'.
+
+def bert_tokenizer(**overrides) -> Tokenizer:
+    pieces = ["▁hello", "▁world", "▁un", "aff", "able", "▁!", "▁,", "▁世", "▁界", "▁cafe"]
+    metadata = {
+        "tokenizer.ggml.model": "bert",
+        "tokenizer.ggml.tokens": ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + pieces,
+        "tokenizer.ggml.token_type": [3] * 5 + [1] * len(pieces),
+        "tokenizer.ggml.unknown_token_id": 1, "tokenizer.ggml.seperator_token_id": 3,
+        "tokenizer.ggml.bos_token_id": 2,
+    }
+    metadata.update(overrides)
+    return Tokenizer.from_metadata({k: v for k, v in metadata.items() if v is not None})
+
+
+def test_wordpiece():
+    bert = bert_tokenizer()
+    assert bert.encode("Hello, World!") == [2] + spm_ids(bert, "▁hello", "▁,", "▁world", "▁!") + [3]  # [CLS] .. [SEP]
+    assert bert.encode("Unaffable Café 世界", add_bos=False, add_eos=False) == spm_ids(
+        bert, "▁un", "aff", "able", "▁cafe", "▁世", "▁界")
+    assert bert.encode("hellox world", add_bos=False, add_eos=False) == [1] + spm_ids(bert, "▁world")  # [UNK]
+    assert bert.pre_tokenize("Hello,World") == ["hello", ",", "world"]
+    assert bert.decode(spm_ids(bert, "▁un", "aff", "able", "▁!")) == " unaffable !"
+    cased = bert_tokenizer(**{"tokenizer.ggml.normalizer.lowercase": False})
+    assert cased.encode("Hello hello", add_bos=False, add_eos=False) == [1] + spm_ids(cased, "▁hello")

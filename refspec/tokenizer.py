@@ -166,14 +166,14 @@ def _named(regexes: str, names: str, **flags) -> dict[str, _PreTokenizer]:
 
 # tokenizer.ggml.pre -> pre-tokenizer; the names, groupings and flags are llama.cpp's (llama_vocab::impl::load).
 # gemma4, granite-embed-multi-311m and sarvam-moe are _SPACE_ESCAPED below. Left out: names whose tokenizer needs
-# more (whitespace and hybriddna have their own sessions, jina-v1-en/jina-v2-code/roberta-bpe add a SEP token)
-# and those llama.cpp splits with hand-written code that no regex reproduces (kimi-k2's Han exclusion; the digit
+# more (whitespace and hybriddna have their own sessions; jina-v1-en, jina-v2-code and roberta-bpe set llama.cpp's
+# add_sep, which its BPE tokenizer never reads) and those llama.cpp splits with hand-written code that no regex reproduces (kimi-k2's Han exclusion; the digit
 # grouping of afmoe, tiny_aya and cohere2moe, which glues the text before a number to its first digits;
 # superbpe's empty look-ahead matches).
 _PRE_TOKENIZERS = {
     "default": _PreTokenizer("default"),
     **_named("gpt2", "gpt-2 phi-2 jina-es jina-de gigachat jina-v2-es jina-v2-de a.x-4.0 mellum modern-bert mpt "
-                     "olmo jais exaone4 trillion granite-docling"),
+                     "olmo jais exaone4 trillion granite-docling jina-v1-en jina-v2-code roberta-bpe"),
     **_named("llama3", "llama3 llama-v3 llama-bpe falcon3 falcon-h1 pixtral midm-2.0 lfm2 jina-v5-nano",
              ignore_merges=True, add_bos=True),
     **_named("llama3", "dbrx smaug-bpe chatglm-bpe"),

@@ -67,6 +67,7 @@ from __future__ import annotations
 import codecs
 import json
 import operator
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -116,6 +117,16 @@ _DEEPSEEK3 = (r"[!" + '"' + r"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\
 _DEEPSEEK_LETTERS = "A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃"  # deepseek-llm's list of cased-letter ranges
 _CJK_HANGUL = r"[一-龥ࠀ-一가-퟿&&[^\s]]+"
 _BLOOM = r" ?[^(\s|.,!?…。，、।۔،)]+"
+_TINY_AYA = (rf"[^\r\n\p{{L}}\p{{N}}]?{_CASED[0]}*{_CASED[1]}+{_CONTRACTIONS}?|[^\r\n\p{{L}}\p{{N}}]?{_CASED[0]}+"
+             rf"{_CASED[1]}*{_CONTRACTIONS}?|\p{{N}}{{1,3}}| ?[^\s\p{{L}}\p{{N}}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Kimi-K2: llama.cpp's hand-written splitter (unicode_regex_split_custom_kimi_k2) in regex form: Han characters
+# (its own list of CJK blocks) on their own; words of other letters (no marks), contractions any case.
+_HAN = "\u4e00-\u9fff\u3400-\u4dbf\U00020000-\U0002a6df\U0002a700-\U0002b73f\U0002b740-\U0002b81f" \
+       "\U0002b820-\U0002ceaf\U0002ceb0-\U0002ebef\uf900-\ufaff\U0002f800-\U0002fa1f"
+_KIMI_K2 = (rf"[{_HAN}]+|[^\r\n\p{{L}}\p{{N}}]?[\p{{L}}&&[^{_HAN}]]+{_CONTRACTIONS}?|\p{{N}}{{1,3}}"
+            r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Marks a step that is llama.cpp's hand-written digit grouping rather than a regex (_DigitGroups).
+_DIGIT_GROUPS = r"\p{AFMoE_digits}"
 
 _REGEXES = {  # llama.cpp's LLAMA_VOCAB_PRE_TYPE_* -> regexes applied in order
     "default": (r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"),
@@ -150,6 +161,10 @@ _REGEXES = {  # llama.cpp's LLAMA_VOCAB_PRE_TYPE_* -> regexes applied in order
     "exaone-moe": (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?(?:\p{L}\p{M}*(?: \p{L}\p{M}*)*)+|\p{N}"
                    r"| ?[^\s\p{L}\p{N}]+[\r\n/]?|\s*[\r\n]|\s+(?!\S)|\s+",),
     "minicpm5": (r"\p{N}{1,3}", _LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}+")),
+    "tiny-aya": (_DIGIT_GROUPS, _TINY_AYA),
+    "afmoe": (_DIGIT_GROUPS, r"[一-鿿㐀-䶿豈-﫿぀-ゟ゠-ヿ･-ﾟ⼀-⿟เ-๿຀-໿ក-៿က-႟ꩠ-ꩿꧠ-꧿가-힯ᄀ-ᇿ]+", _DEEPSEEK3),
+    "kimi-k2": (_KIMI_K2,),
+    "superbpe": (r"\p{N}+", r"(?=(\d{3})+(?!\d))"),
 }
 
 
@@ -165,11 +180,9 @@ def _named(regexes: str, names: str, **flags) -> dict[str, _PreTokenizer]:
 
 
 # tokenizer.ggml.pre -> pre-tokenizer; the names, groupings and flags are llama.cpp's (llama_vocab::impl::load).
-# gemma4, granite-embed-multi-311m and sarvam-moe are _SPACE_ESCAPED below. Left out: names whose tokenizer needs
-# more (whitespace and hybriddna have their own sessions; jina-v1-en, jina-v2-code and roberta-bpe set llama.cpp's
-# add_sep, which its BPE tokenizer never reads) and those llama.cpp splits with hand-written code that no regex reproduces (kimi-k2's Han exclusion; the digit
-# grouping of afmoe, tiny_aya and cohere2moe, which glues the text before a number to its first digits;
-# superbpe's empty look-ahead matches).
+# gemma4, granite-embed-multi-311m and sarvam-moe are _SPACE_ESCAPED below. Left out: whitespace, which llama.cpp
+# tokenizes in a session of its own. (jina-v1-en, jina-v2-code and roberta-bpe set llama.cpp's add_sep, which its
+# BPE tokenizer never reads.)
 _PRE_TOKENIZERS = {
     "default": _PreTokenizer("default"),
     **_named("gpt2", "gpt-2 phi-2 jina-es jina-de gigachat jina-v2-es jina-v2-de a.x-4.0 mellum modern-bert mpt "
@@ -201,6 +214,10 @@ _PRE_TOKENIZERS = {
     **_named("laguna", "laguna"),
     **_named("exaone-moe", "exaone-moe"),
     **_named("minicpm5", "minicpm5", ignore_merges=True),
+    **_named("tiny-aya", "tiny_aya cohere2moe"),
+    **_named("afmoe", "afmoe"),
+    **_named("kimi-k2", "kimi-k2"),
+    **_named("superbpe", "superbpe"),
 }
 # Pre-tokenizers of BPE over raw characters with spaces written '▁' (_SpaceEscapedBPE) -> whether a run of
 # newlines that is a token is emitted whole (llama.cpp's LLAMA_VOCAB_PRE_TYPE_GEMMA4; it also forces add_bos).
@@ -410,6 +427,39 @@ def _one_line(exc: BaseException) -> str:
 
 
 # --- text -> ids for one piece of text: the two kinds of vocabulary ---------------------------------------------
+class _DigitGroups:
+    """llama.cpp's hand-written digit split of afmoe, tiny_aya and cohere2moe (unicode.cpp,
+    unicode_regex_split_custom_afmoe), as an HF pre-tokenizer step: each run of numbers (Unicode category N) is
+    cut into groups of three counted from its end, and the text before a run stays glued to the run's first
+    group (the next regex step separates them)."""
+
+    def pre_tokenize(self, pretok) -> None:
+        pretok.split(self._split)
+
+    @staticmethod
+    def _split(_, normalized):
+        text, pieces, start, pos = str(normalized), [], 0, 0
+
+        def cut(end: int) -> None:
+            nonlocal start
+            if end > start:
+                pieces.append(normalized[start:end])
+                start = end
+
+        while pos < len(text):
+            if unicodedata.category(text[pos])[0] != "N":
+                pos += 1
+                continue
+            run = pos
+            while pos < len(text) and unicodedata.category(text[pos])[0] == "N":
+                pos += 1
+            first = (pos - run) % 3 or 3
+            for end in range(run + first, pos + 1, 3):
+                cut(end)
+        cut(len(text))
+        return pieces
+
+
 class _ByteLevelBPE:
     """``tokenizer.ggml.model = gpt2``: the pre-tokenizer's regexes, GPT-2's byte alphabet, then BPE merges by
     rank (HF ``models.BPE``)."""
@@ -417,8 +467,9 @@ class _ByteLevelBPE:
     escaped_spaces = False  # normal tokens are written in GPT-2's byte alphabet
 
     def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], pre: _PreTokenizer):
-        self._splitter = pre_tokenizers.Sequence(
-            [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in _REGEXES[pre.regexes]])
+        self._splitter = pre_tokenizers.Sequence([
+            pre_tokenizers.PreTokenizer.custom(_DigitGroups()) if r == _DIGIT_GROUPS
+            else pre_tokenizers.Split(Regex(r), behavior="isolated") for r in _REGEXES[pre.regexes]])
         try:
             bpe = models.BPE(vocab, merges, ignore_merges=pre.ignore_merges)
         except Exception as exc:  # tokenizers raises a bare Exception for merges whose pieces are not tokens

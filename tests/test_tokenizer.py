@@ -220,6 +220,12 @@ def test_llama3_ignores_merges_for_whole_tokens():
     ("default", "a+b=3.14159", ["a", "+", "b", "=", "3", ".", "141", "59"]),
     ("llama-bpe", "a\n\n  b", ["a", "\n\n", " ", " b"]),
     ("qwen2", "x!!\n\ny", ["x", "!!\n\n", "y"]),
+    # llama.cpp's hand-written splitters: digits in threes from the end of a run (the text before a run is glued
+    # to its first group, then split off by the next regex); Han apart from other letters, marks apart
+    ("tiny_aya", "ab1234cd 12345678", ["ab", "1", "234", "cd", " ", "12", "345", "678"]),
+    ("afmoe", "x12345 世界ab", ["x", "12", "345", " ", "世界", "ab"]),
+    ("kimi-k2", "I'M 世界ab cafe\u0301 12345", ["I'M", " ", "世界", "ab", " cafe", "\u0301", " ", "123", "45"]),
+    ("superbpe", "a1234567 89", ["a", "1", "234", "567", " ", "89"]),
 ])
 def test_pre_tokenizers(pre, text, pieces):
     tokenizer = Tokenizer.from_metadata(synthetic_metadata(**{"tokenizer.ggml.pre": pre}))

@@ -88,7 +88,7 @@ def run(args) -> int:
     prompts = dict(list(COPY_PROMPTS.items())[:2]) if args.quick else COPY_PROMPTS
     note(f"model {model.config.arch}, {model.config.n_layer} layers, device {backend.name}")
 
-    generate(tf, tok.encode(GREEDY_PROMPT)[:4], 2)  # warm up: the first pass touches every weight page
+    generate(tf, tok.encode(GREEDY_PROMPT)[:4], 2, eog_ids=())  # warm up: the first pass touches every weight page
     greedy = bench_greedy(tf, tok, repeats, n_greedy)
     note(f"greedy: {greedy['tokens_per_second_median']} tokens/s (median of {repeats})")
     copy = None
@@ -223,8 +223,8 @@ def bench_greedy(tf, tok, repeats: int, n_new: int) -> dict:
     from refspec.generate import generate
 
     prompt = (tok.encode(GREEDY_PROMPT) * GREEDY_PROMPT_TOKENS)[:GREEDY_PROMPT_TOKENS]
-    generate(tf, prompt, n_new)  # a full warm-up run: the first runs of a process are slower (page mapping)
-    runs = [generate(tf, prompt, n_new).stats for _ in range(repeats)]  # no eog_ids: always n_new tokens
+    generate(tf, prompt, n_new, eog_ids=())  # a full warm-up run: the first runs of a process are slower (page mapping)
+    runs = [generate(tf, prompt, n_new, eog_ids=()).stats for _ in range(repeats)]  # always n_new tokens
     speeds = [s["tokens_per_second"] for s in runs]
     return {"prompt_tokens": len(prompt), "new_tokens": n_new, "repeats": repeats,
             "tokens_per_second": speeds, "tokens_per_second_median": statistics.median(speeds),

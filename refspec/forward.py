@@ -45,6 +45,7 @@ class Transformer:
         """graphs: replay captured passes (CUDA graphs, refspec/gpu_graphs.py) for passes of up to 16 rows;
         None means yes where the backend offers them (backend.graphs_available)."""
         self.config = model.config
+        self.metadata = model.metadata  # general.* and tokenizer.* keys: generate() finds the end-of-generation ids here
         self.be = backend
         available = bool(getattr(backend, "graphs_available", False))
         if graphs and not available:

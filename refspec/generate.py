@@ -40,6 +40,13 @@ def plan_context(tf: Transformer, n_prompt: int, n_predict: int) -> tuple[int, i
     return n_prompt + n_predict, n_predict
 
 
+def model_eog_ids(tf: Transformer) -> frozenset[int]:
+    """The ids that end generation for this model, by llama.cpp's rules (empty when the file has no vocabulary)."""
+    from refspec.tokenizer import end_of_generation_ids
+
+    return end_of_generation_ids(tf.metadata)
+
+
 def prefill(tf: Transformer, cache: KVCache, prompt_ids: list[int], chunk: int = PROMPT_CHUNK):
     """Run the prompt through the model in chunks; return the logits of its last position, [1, V], where
     the backend keeps them."""
@@ -54,12 +61,15 @@ def generate(
     prompt_ids: list[int],
     n_predict: int,
     *,
-    eog_ids=frozenset(),
+    eog_ids=None,
     on_token=None,
     keep_logits: bool = False,
 ) -> GenerationResult:
     """Greedy decoding: each new token is the argmax (lowest index on ties) of the logits of the last one.
-    `on_token(id)` is called as each token is chosen (for streaming)."""
+    Generation stops after an end-of-generation id (``eog_ids``; None, the default: the model's own, as its
+    tokenizer metadata names them; ``()`` never stops early), after ``n_predict`` tokens (-1: none), or when
+    the context is full. `on_token(id)` is called as each token is chosen (for streaming)."""
+    eog_ids = model_eog_ids(tf) if eog_ids is None else frozenset(eog_ids)
     n_alloc, budget = plan_context(tf, len(prompt_ids), n_predict)
     result = GenerationResult(prompt_ids=list(prompt_ids))
     cache = tf.new_cache(n_alloc)

@@ -21,7 +21,7 @@ import numpy as np
 
 from refspec.errors import UsageError
 from refspec.forward import KVCache, Transformer
-from refspec.generate import GenerationResult, decode_stats, plan_context, prefill
+from refspec.generate import GenerationResult, decode_stats, model_eog_ids, plan_context, prefill
 from refspec.spec import token_of
 
 DRAFTERS = ("none", "ngram", "layerskip")
@@ -162,7 +162,7 @@ def speculative_generate(
     drafter: Drafter,
     draft_max: int = 8,
     adaptive: bool | None = None,
-    eog_ids=frozenset(),
+    eog_ids=None,
     on_token=None,
     keep_logits: bool = False,
 ) -> GenerationResult:
@@ -184,6 +184,7 @@ def speculative_generate(
     costs (the weights are read once), so with a cheap drafter (ngram) every pass guesses draft_max tokens;
     on the CPU every extra row costs time, and a layer-skip guess costs most of a step anywhere.
     """
+    eog_ids = model_eog_ids(tf) if eog_ids is None else frozenset(eog_ids)  # as generate()
     if adaptive is None:
         adaptive = tf.be.name == "cpu" or not drafter.cheap
     if draft_max < 0:

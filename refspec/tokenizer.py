@@ -350,6 +350,9 @@ def _read_merges(md: MetadataReader) -> list[tuple[str, str]]:
     return pairs
 
 
+_SPECIAL_ID_NAMES = ("bos", "eos", "eot", "eom", "fim_pre", "fim_suf", "fim_mid", "fim_pad", "fim_rep", "fim_sep")
+
+
 def _special_tokens(vocab: dict[str, int], types: list[int], ids: dict[str, int | None]):
     """(control ids, end-of-generation ids), by llama.cpp's rules. ``ids`` holds the special ids the GGUF's keys
     name (bos, eos, eot, eom, fim_*), None where a key is absent. llama.cpp also finds some special tokens by
@@ -369,6 +372,28 @@ def _special_tokens(vocab: dict[str, int], types: list[int], ids: dict[str, int 
     control = found_by_text | {i for i, t in enumerate(types) if t in (TOKEN_CONTROL, TOKEN_UNKNOWN)}
     eog = {i for i in (ids["eos"], ids["eot"], eom_id) if i is not None} | ids_of(EOG_TEXTS) | fim_eog
     return frozenset(control), frozenset(eog)
+
+
+def _special_ids(md: MetadataReader, model: str | None, n_vocab: int) -> dict[str, int | None]:
+    """The special ids the GGUF's keys name (None where absent), with llama.cpp's defaults for the vocabulary
+    type: BOS 1 and EOS 2 for SentencePiece, BOS 101 ([CLS]) for WordPiece."""
+    ids = {name: md.token_id(f"tokenizer.ggml.{name}_token_id", n_vocab) for name in _SPECIAL_ID_NAMES}
+    if model == "llama":
+        _default_ids(ids, n_vocab, bos=1, eos=2)
+    elif model == "bert":
+        _default_ids(ids, n_vocab, bos=101)
+    return ids
+
+def end_of_generation_ids(metadata: Mapping) -> frozenset[int]:
+    """The end-of-generation ids ``Tokenizer.from_metadata(metadata).eog_ids`` holds, without building the BPE
+    (so ``generate()`` can stop where the model's tokenizer would); empty when the metadata has no vocabulary."""
+    if metadata.get("tokenizer.ggml.tokens") is None:
+        return frozenset()
+    md = MetadataReader(metadata, error=TokenizerError)
+    tokens, vocab = _read_vocab(md)
+    types = _read_token_types(md, len(tokens))
+    ids = _special_ids(md, md.string("tokenizer.ggml.model", None), len(tokens))
+    return _special_tokens(vocab, types, ids)[1]
 
 
 # --- chat templates -------------------------------------------------------------------------------------------
@@ -650,20 +675,17 @@ class Tokenizer:
         tokens, vocab = _read_vocab(md)
         n_vocab = len(tokens)
         types = _read_token_types(md, n_vocab)
-        ids = {name: md.token_id(f"tokenizer.ggml.{name}_token_id", n_vocab) for name in
-               ("bos", "eos", "eot", "eom", "fim_pre", "fim_suf", "fim_mid", "fim_pad", "fim_rep", "fim_sep")}
+        ids = _special_ids(md, model, n_vocab)
         add_space_prefix = md.boolean("tokenizer.ggml.add_space_prefix", model == "llama")
         add_eos_default = False
         end_id = ids["eos"]  # what add_eos appends
         if model == "llama":
             pre = "default"  # llama.cpp gives SentencePiece vocabularies no pre-tokenizer
-            _default_ids(ids, n_vocab, bos=1, eos=2)  # llama.cpp's defaults for SentencePiece
             end_id = ids["eos"]
             engine = _SentencePieceBPE(vocab, _read_scores(md, n_vocab), add_space_prefix)
             add_bos_default = True
         elif model == "bert":
             pre = "default"
-            _default_ids(ids, n_vocab, bos=101)  # llama.cpp's defaults for WordPiece: [CLS] is its BOS
             lowercase = md.boolean("tokenizer.ggml.normalizer.lowercase", True)
             engine = _WordPiece(tokens, types, _id_or(md.token_id("tokenizer.ggml.unknown_token_id", n_vocab), 100,
                                                       n_vocab, "unknown"), lowercase,

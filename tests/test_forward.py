@@ -86,7 +86,7 @@ def test_context_limit_is_a_clear_error(models):
         generate(tf, [1] * 90, 10)
     with pytest.raises(ContextLengthError):
         generate(tf, [1] * 96, 1)
-    result = generate(tf, [1] * 90, -1)  # until the context is full
+    result = generate(tf, [1] * 90, -1, eog_ids=())  # until the context is full
     assert len(result.ids) == 6 and result.stop_reason == "context"
 
 
@@ -118,7 +118,7 @@ def test_default_model_golden_continuation(default_model_path):
     model = load(default_model_path, log=lambda message: None)
     tok = Tokenizer.from_metadata(model.metadata)
     tf = Transformer(model, CpuBackend())
-    result = generate(tf, tok.encode(GOLDEN_PROMPT), 16)
+    result = generate(tf, tok.encode(GOLDEN_PROMPT), 16, eog_ids=())
     assert result.ids == GOLDEN_IDS, (result.ids, tok.decode(result.ids))
 
 

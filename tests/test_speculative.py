@@ -104,7 +104,7 @@ def run_both(tf, prompt, n_predict, kind, draft_max, adaptive, eog_pick, seed):
     emits there an end-of-generation token, so generation stops at its first occurrence."""
     eog = frozenset()
     if eog_pick is not None:
-        plain = generate(tf, prompt, n_predict)
+        plain = generate(tf, prompt, n_predict, eog_ids=())
         eog = frozenset({plain.ids[eog_pick % len(plain.ids)]})
     greedy = generate(tf, prompt, n_predict, eog_ids=eog, keep_logits=True)
     drafter = drafter_for(kind, tf, prompt + greedy.ids, seed)
@@ -155,7 +155,7 @@ def test_oracle_is_accepted_whole(tiny, arch, k):
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_eog_inside_an_accepted_run_stops_right_after_it(tiny, arch):
     tf, prompt, k = tiny(arch), [10, 11, 12], 8
-    plain = generate(tf, prompt, 10)
+    plain = generate(tf, prompt, 10, eog_ids=())
     # the first token greedy emits at index 1..8 that it has not emitted before: it is then accepted as a
     # guess in the middle of the first verify pass (which yields indices 1..9)
     m = next(i for i in range(1, 9) if plain.ids[i] not in plain.ids[:i])

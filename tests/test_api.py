@@ -1,0 +1,45 @@
+"""The public Python API: generate() and speculative_generate() stop at the model's end-of-generation ids
+unless told otherwise, as Hugging Face's generate stops at EOS."""
+import pytest
+from gguf import GGUFReader
+
+import refspec
+from refspec.synthetic import rewrite_gguf, write_model
+
+
+@pytest.fixture(scope="module")
+def tf_and_first(tmp_path_factory):
+    """A tiny model whose first greedy token after the prompt [5, 6, 7] is made its EOS (and a control token)."""
+    tmp = tmp_path_factory.mktemp("api")
+    plain = write_model(tmp / "plain.gguf", arch="qwen3", seed=11)
+    tf = refspec.Transformer(refspec.load(plain, log=lambda m: None), refspec.make_backend("cpu"))
+    first = refspec.generate(tf, [5, 6, 7], 1, eog_ids=()).ids[0]
+    types = GGUFReader(plain).fields["tokenizer.ggml.token_type"].contents()
+    types[first] = 3
+    eos = rewrite_gguf(plain, tmp / "eos.gguf", metadata={"tokenizer.ggml.eos_token_id": first,
+                                                          "tokenizer.ggml.token_type": types})
+    model = refspec.load(eos, log=lambda m: None)
+    assert first in refspec.Tokenizer.from_metadata(model.metadata).eog_ids
+    return refspec.Transformer(model, refspec.make_backend("cpu")), first
+
+
+def test_generate_stops_at_the_models_eog_by_default(tf_and_first):
+    tf, first = tf_and_first
+    result = refspec.generate(tf, [5, 6, 7], 8)
+    assert result.ids == [first] and result.stop_reason == "eog"
+    full = refspec.generate(tf, [5, 6, 7], 8, eog_ids=())
+    assert len(full.ids) == 8 and full.ids[0] == first and full.stop_reason == "max_tokens"
+
+
+def test_speculative_generate_stops_where_generate_does(tf_and_first):
+    tf, first = tf_and_first
+    drafter = refspec.make_drafter("ngram", tf)
+    assert refspec.speculative_generate(tf, [5, 6, 7], 8, drafter=drafter).ids == [first]
+    full = refspec.speculative_generate(tf, [5, 6, 7], 8, drafter=drafter, eog_ids=())
+    assert full.ids == refspec.generate(tf, [5, 6, 7], 8, eog_ids=()).ids
+
+
+def test_a_model_without_a_vocabulary_never_stops_early(tmp_path):
+    path = write_model(tmp_path / "ids.gguf", arch="llama", seed=2, tokenizer=False)
+    tf = refspec.Transformer(refspec.load(path, log=lambda m: None), refspec.make_backend("cpu"))
+    assert len(refspec.generate(tf, [1, 2], 5).ids) == 5

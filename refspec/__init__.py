@@ -1,8 +1,8 @@
 """refspec: a bit-reproducible reference for decoding Q8_0 GGUF models, and self-speculative decoding
 whose output is bitwise identical to greedy decoding. See README.md ("Python API") and refspec/SPEC.md.
 
-The public surface is what ``__all__`` names; everything else may change. Names are imported on first use
-(``refspec.load`` imports gguf-py and NumPy then), so ``import refspec`` stays cheap for the command line.
+The public surface is what ``__all__`` names; everything else may change. Most names are imported on first
+use (``refspec.load`` imports gguf-py then), so ``import refspec`` stays cheap for the command line.
 """
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ from refspec.errors import (ContextLengthError, DeviceError, ModelFetchError, Mo
 
 __version__ = "0.1.0"
 
+# Imported now, not on first use: importing the submodule refspec.generate (as refspec.speculative does) would
+# otherwise bind the name `refspec.generate` to that module instead of the function.
+from refspec.generate import GenerationResult, generate  # noqa: E402
+
 # public name -> module that defines it
 _LAZY = {
     "load": "refspec.gguf_model",
@@ -22,15 +26,13 @@ _LAZY = {
     "Tokenizer": "refspec.tokenizer",
     "make_backend": "refspec.backends",
     "Transformer": "refspec.forward",
-    "generate": "refspec.generate",
-    "GenerationResult": "refspec.generate",
     "speculative_generate": "refspec.speculative",
     "make_drafter": "refspec.speculative",
     "Drafter": "refspec.speculative",
 }
 
 __all__ = [
-    "__version__", *_LAZY,
+    "__version__", "generate", "GenerationResult", *_LAZY,
     "RefspecError", "ModelFileError", "UnsupportedModelError", "TokenizerError", "ContextLengthError",
     "NumericsError", "DeviceError", "ModelFetchError", "UsageError",
 ]

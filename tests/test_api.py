@@ -43,3 +43,16 @@ def test_a_model_without_a_vocabulary_never_stops_early(tmp_path):
     path = write_model(tmp_path / "ids.gguf", arch="llama", seed=2, tokenizer=False)
     tf = refspec.Transformer(refspec.load(path, log=lambda m: None), refspec.make_backend("cpu"))
     assert len(refspec.generate(tf, [1, 2], 5).ids) == 5
+
+
+@pytest.mark.parametrize("vocab", ["bpe", "spm"])
+@pytest.mark.parametrize("drop", [(), ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id")])
+def test_end_of_generation_ids_are_the_tokenizers(tmp_path, vocab, drop):
+    from refspec.gguf_model import read_header
+    from refspec.tokenizer import end_of_generation_ids
+
+    path = write_model(tmp_path / "m.gguf", arch="llama", seed=1, vocab=vocab)
+    if drop:  # llama.cpp's defaults fill the missing ids (SentencePiece: BOS 1, EOS 2)
+        path = rewrite_gguf(path, tmp_path / "dropped.gguf", drop=set(drop))
+    metadata = read_header(path).metadata
+    assert end_of_generation_ids(metadata) == refspec.Tokenizer.from_metadata(metadata).eog_ids

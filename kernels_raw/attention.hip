@@ -69,22 +69,33 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
     qreg[j] = d < dim ? qv[d] : 0.0f;
   }
   float m = neg_inf;
-  for (int t = rs_group(); t < n_vis; t += rs_groups()) {
+  for (int t = rs_group(); t < n_vis; t += 2 * rs_groups()) {  // two positions per pass: twice the loads in flight
+    const int t2 = t + rs_groups();
     const float* kt = kc + (long long)t * dim;
-    float kreg[RS_ATTN_MAX_DIM / RS_LANES];
+    const float* kt2 = kc + (long long)(t2 < n_vis ? t2 : t) * dim;
+    float kreg[RS_ATTN_MAX_DIM / RS_LANES], kreg2[RS_ATTN_MAX_DIM / RS_LANES];
 #pragma unroll
     for (int j = 0; j < RS_ATTN_MAX_DIM / RS_LANES; ++j) {
       const int d = rs_lane() + RS_LANES * j;
       kreg[j] = d < dim ? kt[d] : 0.0f;
+      kreg2[j] = d < dim ? kt2[d] : 0.0f;
     }
-    float acc = 0.0f;  // lane value: +0.0, then q[l]*k[l], q[l+32]*k[l+32], ...
+    float acc = 0.0f, acc2 = 0.0f;  // lane values: +0.0, then q[l]*k[l], q[l+32]*k[l+32], ...
 #pragma unroll
     for (int j = 0; j < RS_ATTN_MAX_DIM / RS_LANES; ++j) {
-      if (rs_lane() + RS_LANES * j < dim) acc = rs_add(acc, rs_mul(qreg[j], kreg[j]));
+      if (rs_lane() + RS_LANES * j < dim) {
+        acc = rs_add(acc, rs_mul(qreg[j], kreg[j]));
+        acc2 = rs_add(acc2, rs_mul(qreg[j], kreg2[j]));
+      }
     }
     const float s = rs_mul(rs_lane_tree(acc), scale);
+    const float s2 = rs_mul(rs_lane_tree(acc2), scale);
     if (rs_lane() == 0) e[t] = s;
     m = rs_max_nan(m, s);
+    if (t2 < n_vis) {
+      if (rs_lane() == 0) e[t2] = s2;
+      m = rs_max_nan(m, s2);
+    }
   }
   if (rs_lane() == 0) group_max[rs_group()] = m;
   __syncthreads();

@@ -9,7 +9,6 @@
 
 #define RS_QUANTIZE_THREADS 128    // threads per block of quantize_q8_0
 #define RS_RMSNORM_Q8_THREADS 128  // threads per block of rmsnorm_q8 (one row per block)
-#define RS_BATCH 32                // loads per lane issued together by rmsnorm_q8's sum
 
 // x float32 [rows, k] -> xq int8 [rows, k], xd fp16 [rows, k/32]. Grid: ceil(rows * k/32 / threads) blocks.
 extern "C" __global__ void __launch_bounds__(RS_QUANTIZE_THREADS)
@@ -22,25 +21,18 @@ quantize_q8_0(const float* __restrict__ x, int rows, int k, signed char* __restr
   rs_quantize_block(v, xq + block * RS_QK, xd + block);
 }
 
-// RMSNorm then quantization, one row per block of threads: the row's 32 lanes (group 0) compute
-// inv = 1 / sqrt(lane_sum(x*x) / n + eps) as spec.rmsnorm does; then every thread takes whole blocks,
-// y = (x * inv) * w, and quantizes them. Grid: rows blocks.
-extern "C" __global__ void __launch_bounds__(RS_RMSNORM_Q8_THREADS)
-rmsnorm_q8(const float* __restrict__ x, const float* __restrict__ w, float eps, int k,
-           signed char* __restrict__ xq, unsigned short* __restrict__ xd) {
+// RMSNorm then quantization, one row per block of threads: the row is first staged in shared memory by all
+// threads (its loads in flight together), then the row's 32 lanes (group 0) compute
+// inv = 1 / sqrt(lane_sum(x*x) / n + eps) as spec.rmsnorm does, and every thread takes whole blocks,
+// y = (x * inv) * w, and quantizes them. rmsnorm_q8 needs k * 4 bytes of dynamic shared memory (the wrapper
+// passes them; rows too long for that use rmsnorm_q8_wide, the same arithmetic reading global memory).
+// Grid: rows blocks.
+RS_DEVICE void rs_rmsnorm_q8_row(const float* __restrict__ xrow, const float* __restrict__ w, float eps, int k,
+                                 signed char* __restrict__ xq, unsigned short* __restrict__ xd) {
   __shared__ float inv_shared;
-  const float* xrow = x + (long long)blockIdx.x * k;
   if (rs_group() == 0) {
     float acc = 0.0f;  // lane value: +0.0, then x[l]^2, x[l+32]^2, ... in order
-    for (int i0 = rs_lane(); i0 < k; i0 += RS_LANES * RS_BATCH) {
-      float v[RS_BATCH];  // a batch of loads in flight before the additions that need them
-#pragma unroll
-      for (int j = 0; j < RS_BATCH; ++j) v[j] = i0 + RS_LANES * j < k ? xrow[i0 + RS_LANES * j] : 0.0f;
-#pragma unroll
-      for (int j = 0; j < RS_BATCH; ++j) {
-        if (i0 + RS_LANES * j < k) acc = rs_add(acc, rs_mul(v[j], v[j]));
-      }
-    }
+    for (int i = rs_lane(); i < k; i += RS_LANES) acc = rs_add(acc, rs_mul(xrow[i], xrow[i]));
     const float mean = rs_div(rs_lane_tree(acc), (float)k);
     if (rs_lane() == 0) inv_shared = rs_div(1.0f, rs_sqrt(rs_add(mean, eps)));
   }
@@ -56,6 +48,23 @@ rmsnorm_q8(const float* __restrict__ x, const float* __restrict__ w, float eps, 
     const long long block = (long long)blockIdx.x * nb + b;
     rs_quantize_block(v, xq + block * RS_QK, xd + block);
   }
+}
+
+extern "C" __global__ void __launch_bounds__(RS_RMSNORM_Q8_THREADS)
+rmsnorm_q8(const float* __restrict__ x, const float* __restrict__ w, float eps, int k,
+           signed char* __restrict__ xq, unsigned short* __restrict__ xd) {
+  extern __shared__ float4 rs_row4[];  // the row, k floats
+  const float4* xrow4 = (const float4*)(x + (long long)blockIdx.x * k);
+#pragma unroll 8
+  for (int i = threadIdx.x; i < k / 4; i += blockDim.x) rs_row4[i] = xrow4[i];
+  __syncthreads();
+  rs_rmsnorm_q8_row((const float*)rs_row4, w, eps, k, xq, xd);
+}
+
+extern "C" __global__ void __launch_bounds__(RS_RMSNORM_Q8_THREADS)
+rmsnorm_q8_wide(const float* __restrict__ x, const float* __restrict__ w, float eps, int k,
+                signed char* __restrict__ xq, unsigned short* __restrict__ xd) {
+  rs_rmsnorm_q8_row(x + (long long)blockIdx.x * k, w, eps, k, xq, xd);
 }
 
 // SiLU(gate) * up, then quantization: lane i of a group of 32 computes value i of one block as spec.silu_mul

@@ -75,6 +75,7 @@ GEMV_CONFIGS.update({r: GemvConfig("q8_gemv", 4, split=2, occ=2) for r in range(
 
 
 ATTN_MAX_DIM = 512  # RS_ATTN_MAX_DIM in attention.hip
+RMSNORM_Q8_SHARED_BYTES = 48 * 1024  # dynamic shared memory any GPU grants without opting in
 
 
 def kernel_dir() -> pathlib.Path:
@@ -473,7 +474,9 @@ class GpuBackend:
         rows, k = x.shape
         xq, xd = self._q8_outputs(rows, k)
         if rows and k:
-            self.function("quantize_q8_0", "rmsnorm_q8")((rows,), (128,), (x, w, F32(eps), np.int32(k), xq, xd))
+            staged = 4 * k <= RMSNORM_Q8_SHARED_BYTES  # the row staged in shared memory (see the kernel)
+            self.function("quantize_q8_0", "rmsnorm_q8" if staged else "rmsnorm_q8_wide")(
+                (rows,), (128,), (x, w, F32(eps), np.int32(k), xq, xd), shared_mem=4 * k if staged else 0)
         return xq, xd
 
     def silu_mul_q8(self, gate, up):

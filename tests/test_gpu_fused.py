@@ -149,3 +149,23 @@ def test_add_on_column_views_equals_spec(be, data):
     y = floats(rng, (n,), "normal")
     view = stacked(be, [x, other], pad=0)[0]
     assert_same(be.to_host(be.add(view, be.asarray(y))), spec.add(x, y), f"add on a view R={rows} N={n}")
+
+
+@settings(max_examples=10)
+@given(data=st.data())
+def test_rmsnorm_q8_of_rows_too_long_to_stage_equals_spec(be, data):
+    """rmsnorm_q8_wide (rows longer than the shared memory the staged kernel uses) gives the same bits."""
+    import refspec.gpu
+
+    rng = rng_from(data)
+    rows = data.draw(st.integers(1, 8), label="rows")
+    k = data.draw(st.integers(1, 160), label="blocks") * QK8_0
+    x, w = floats(rng, (rows, k), data.draw(STYLES, label="x")), floats(rng, (k,), "normal")
+    eq, ed = spec.quantize_q8_0(spec.rmsnorm(x, w, 1e-5))
+    saved, refspec.gpu.RMSNORM_Q8_SHARED_BYTES = refspec.gpu.RMSNORM_Q8_SHARED_BYTES, 0
+    try:
+        gq, gd = be.rmsnorm_q8(be.asarray(x), be.asarray(w), 1e-5)
+    finally:
+        refspec.gpu.RMSNORM_Q8_SHARED_BYTES = saved
+    assert_same(be.to_host(gq), eq, f"rmsnorm_q8_wide R={rows} K={k} (quants)")
+    assert_same(be.to_host(gd), ed, f"rmsnorm_q8_wide R={rows} K={k} (scales)", nan_equal=True)

@@ -167,7 +167,7 @@ def weight_bytes_per_token(model) -> int:
 
     w = model.weights
     mats = [w.output] + [m for lw in w.layers for m in vars(lw).values() if isinstance(m, Q8Matrix)]
-    return sum(m.q.nbytes + m.d.nbytes for m in mats)
+    return sum(m.shape[0] * m.shape[1] + m.d.nbytes for m in mats)
 
 
 def bench_device(tf, pass_rows: list[int], repeats: int) -> dict:

@@ -131,9 +131,15 @@ def gpu_available() -> bool:
 
 
 def _check_q8(w: Q8Matrix) -> None:
-    n, k = w.q.shape
+    n, k = w.shape  # (not w.q: a matrix stored as GGUF blocks makes its quants contiguous on each access)
     if k % QK8_0 or w.d.shape != (n, k // QK8_0):
-        raise DeviceError(f"a Q8_0 matrix of shape {w.q.shape} with scales {w.d.shape} is malformed")
+        raise DeviceError(f"a Q8_0 matrix of shape {w.shape} with scales {w.d.shape} is malformed")
+
+
+def _q8_bytes(w: Q8Matrix) -> int:
+    """Device bytes of a Q8Matrix: int8 quants and fp16 scales."""
+    n, k = w.shape
+    return n * k + 2 * n * (k // QK8_0)
 
 
 def gemv_variants(rows: int) -> list[GemvConfig]:
@@ -369,7 +375,7 @@ class GpuBackend:
                 v for lw in weights.layers for v in vars(lw).values()]:
             if w is not None and id(w) not in seen:
                 seen.add(id(w))
-                need += w.q.nbytes + w.d.nbytes if isinstance(w, Q8Matrix) else np.asarray(w).nbytes
+                need += _q8_bytes(w) if isinstance(w, Q8Matrix) else np.asarray(w).nbytes
         free, total = self.cp.cuda.runtime.memGetInfo()
         if need + reserve > free:
             raise DeviceError(
@@ -380,15 +386,15 @@ class GpuBackend:
         """Q8Matrices with the same K as one device stack [sum N, K]: (each matrix, its row view)."""
         for w in ws:
             _check_q8(w)
-        k = ws[0].q.shape[1]
-        if any(w.q.shape[1] != k for w in ws):
+        k = ws[0].shape[1]
+        if any(w.shape[1] != k for w in ws):
             return [(w, self.upload_q8(w)) for w in ws]
-        n = sum(w.q.shape[0] for w in ws)
+        n = sum(w.shape[0] for w in ws)
         stack = GpuQ8(q=self.cp.empty((n, k), np.int8), d=self.cp.empty((n, k // QK8_0), np.float16))
         stack.stack, stack.start, stack.stop = stack, 0, n
         parts, start = [], 0
         for w in ws:
-            stop = start + w.q.shape[0]
+            stop = start + w.shape[0]
             stack.q[start:stop].set(np.ascontiguousarray(w.q, dtype=np.int8))
             stack.d[start:stop].set(np.ascontiguousarray(w.d, dtype=np.float16))
             parts.append((w, GpuQ8(stack.q[start:stop], stack.d[start:stop], stack, start, stop)))

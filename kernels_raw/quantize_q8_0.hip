@@ -55,7 +55,7 @@ rmsnorm_q8(const float* __restrict__ x, const float* __restrict__ w, float eps, 
            signed char* __restrict__ xq, unsigned short* __restrict__ xd) {
   extern __shared__ float4 rs_row4[];  // the row, k floats
   const float4* xrow4 = (const float4*)(x + (long long)blockIdx.x * k);
-#pragma unroll 8
+#pragma unroll 4
   for (int i = threadIdx.x; i < k / 4; i += blockDim.x) rs_row4[i] = xrow4[i];
   __syncthreads();
   rs_rmsnorm_q8_row((const float*)rs_row4, w, eps, k, xq, xd);

@@ -309,3 +309,114 @@ q8_gemv_staged(const signed char* __restrict__ wq, const unsigned short* __restr
   }
   if (active) rs_gemv_finish<RP, NR>(acc, row0, n, r0, rows, y, base);
 }
+
+// ----------------------------------------------------------------------------------------- q8_gemv_mma
+// The same GEMV with the int8 block dots on NVIDIA's integer tensor cores (mma.sync m16n8k32 s8 x s8 -> s32:
+// each block's dot is the exact integer dp4a gives, so no bit changes), for verify widths where the dp4a
+// kernel runs out of issue slots. A thread block of 4 warps owns 16 weight rows and all R <= 16 activation
+// rows (RT = ceil(R / 8) tiles of 8). Warp w is the spec's lanes l = w, w+4, ..., w+28: for each, it adds
+// blocks l, l+32, l+64, ... in increasing order to that lane's sums, exactly the spec's per-lane sequence;
+// the 32 lane values of every output then meet in the spec's tree (in shared memory), and the store is as
+// rs_gemv_finish's (with `base`, base + sum). The dot of a block does not depend on the order of its 32
+// products, so A (weights) and B (activations) are loaded with the same permutation of k: a lane's 8
+// contiguous bytes t*8 .. t*8+7 of a block stand for the fragment positions k = 4t .. 4t+3 and 16+4t .. 19+4t.
+// CUDA on sm_80 and newer only (the wrapper checks); HIP keeps q8_gemv.
+#if !defined(RS_HIP)
+#define RS_MMA_THREADS 128
+#define RS_MMA_ROWS 16  // weight rows per thread block
+
+RS_DEVICE void rs_mma_s8(int (&c)[4], const int (&a)[4], int b0, int b1) {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+               "{%10,%10,%10,%10};"
+               : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(0));
+#else
+  __trap();
+#endif
+}
+
+template <int RP, int NR, int SPLIT, int OCC>  // RP = rows; NR, SPLIT, OCC unused (GemvConfig's naming)
+__global__ void __launch_bounds__(RS_MMA_THREADS)
+q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict__ wd,
+            const signed char* __restrict__ xq, const unsigned short* __restrict__ xd,
+            float* __restrict__ y, int n, int k, int rows, const float* base) {
+  constexpr int RT = (RP + 7) / 8;     // tiles of 8 activation rows
+  constexpr int LPW = RS_LANES / 4;    // spec lanes per warp
+  __shared__ float partial[RS_LANES][RS_MMA_ROWS][8 * RT];
+  const int nb = k / RS_QK;
+  const int warp = threadIdx.x / RS_LANES, lane = rs_lane();
+  const int g = lane / 4, t = lane % 4;  // the fragment's group and thread-in-group
+  const long long n0 = (long long)blockIdx.x * RS_MMA_ROWS;
+  const long long na = n0 + g < n ? n0 + g : n - 1, nc = n0 + g + 8 < n ? n0 + g + 8 : n - 1;  // rows past n: never stored
+
+  float acc[LPW][RT][4];
+#pragma unroll
+  for (int s = 0; s < LPW; ++s) {
+#pragma unroll
+    for (int rt = 0; rt < RT; ++rt) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[s][rt][j] = 0.0f;  // a lane value starts at +0.0
+    }
+  }
+  for (int i = 0; i * RS_LANES < nb; ++i) {
+#pragma unroll
+    for (int s = 0; s < LPW; ++s) {
+      const int b = i * RS_LANES + warp + 4 * s;  // spec lane warp + 4s, its i-th block
+      if (b >= nb) continue;  // the same for the whole warp
+      const int2 wa = *(const int2*)(wq + na * k + (long long)b * RS_QK + 8 * t);
+      const int2 wc = *(const int2*)(wq + nc * k + (long long)b * RS_QK + 8 * t);
+      const int a[4] = {wa.x, wc.x, wa.y, wc.y};
+      const float sa = rs_half_to_float(wd[na * nb + b]), sc = rs_half_to_float(wd[nc * nb + b]);
+#pragma unroll
+      for (int rt = 0; rt < RT; ++rt) {
+        const int xr = rt * 8 + g < rows ? rt * 8 + g : rows - 1;  // rows past the end: never stored
+        const int2 xv = *(const int2*)(xq + (long long)xr * k + (long long)b * RS_QK + 8 * t);
+        int c[4];
+        rs_mma_s8(c, a, xv.x, xv.y);
+        const int r0 = rt * 8 + 2 * t < rows ? rt * 8 + 2 * t : rows - 1;
+        const int r1 = rt * 8 + 2 * t + 1 < rows ? rt * 8 + 2 * t + 1 : rows - 1;
+        const float x0 = rs_half_to_float(xd[r0 * nb + b]), x1 = rs_half_to_float(xd[r1 * nb + b]);
+        // c0: (row g, act 2t), c1: (g, 2t+1), c2: (g+8, 2t), c3: (g+8, 2t+1); |dot| < 2**24: exact floats
+        acc[s][rt][0] = rs_gemv_step(acc[s][rt][0], sa, x0, (float)c[0]);
+        acc[s][rt][1] = rs_gemv_step(acc[s][rt][1], sa, x1, (float)c[1]);
+        acc[s][rt][2] = rs_gemv_step(acc[s][rt][2], sc, x0, (float)c[2]);
+        acc[s][rt][3] = rs_gemv_step(acc[s][rt][3], sc, x1, (float)c[3]);
+      }
+    }
+  }
+#pragma unroll
+  for (int s = 0; s < LPW; ++s) {
+#pragma unroll
+    for (int rt = 0; rt < RT; ++rt) {
+      const int l = warp + 4 * s;
+      partial[l][g][rt * 8 + 2 * t] = acc[s][rt][0];
+      partial[l][g][rt * 8 + 2 * t + 1] = acc[s][rt][1];
+      partial[l][g + 8][rt * 8 + 2 * t] = acc[s][rt][2];
+      partial[l][g + 8][rt * 8 + 2 * t + 1] = acc[s][rt][3];
+    }
+  }
+  __syncthreads();
+  // the spec's tree over the 32 lane values of each output: lane i + width onto lane i, width 16 .. 1
+  for (int o = threadIdx.x; o < RS_MMA_ROWS * 8 * RT; o += blockDim.x) {
+    const int row = o / (8 * RT), col = o % (8 * RT);
+    float v[RS_LANES];
+#pragma unroll
+    for (int l = 0; l < RS_LANES; ++l) v[l] = partial[l][row][col];
+#pragma unroll
+    for (int l = 0; l < 16; ++l) v[l] = rs_add(v[l], v[l + 16]);
+#pragma unroll
+    for (int l = 0; l < 8; ++l) v[l] = rs_add(v[l], v[l + 8]);
+#pragma unroll
+    for (int l = 0; l < 4; ++l) v[l] = rs_add(v[l], v[l + 4]);
+    v[0] = rs_add(v[0], v[2]);
+    v[1] = rs_add(v[1], v[3]);
+    v[0] = rs_add(v[0], v[1]);
+    const long long nrow = n0 + row;
+    if (nrow < n && col < rows) {
+      const long long e = (long long)col * n + nrow;
+      y[e] = base ? rs_add(base[e], v[0]) : v[0];
+    }
+  }
+}
+#endif

@@ -64,6 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "written once to the cache)")
     p.add_argument("--no-graphs", action="store_true",
                    help="GPU: run every pass launch by launch instead of replaying captured graphs (to compare)")
+    p.add_argument("--mma-min-rows", type=int, default=None, metavar="R",
+                   help="GPU: GEMVs of R or more rows on integer tensor cores (NVIDIA sm_80+; same bits)")
     p.add_argument("--pass-rows", default="1,2,4,8,12,16", metavar="LIST",
                    help="GPU: rows of the forward passes timed for the rows curve (default 1,2,4,8,12,16)")
 
@@ -82,6 +84,8 @@ def run(args) -> int:
     model = load_model(preset_model_path(args.preset, note) if args.preset else args.model)
     tok = load_tokenizer(model)
     backend = make_backend(args.device)
+    if args.mma_min_rows is not None and backend.name == "gpu":
+        backend.mma_min_rows = args.mma_min_rows
     tf = Transformer(model, backend, graphs=False if args.no_graphs else None)
     pass_rows = parse_rows(args.pass_rows)
     repeats, n_greedy, n_copy = (1, 8, 16) if args.quick else (args.repeats, GREEDY_NEW_TOKENS, args.n_predict)

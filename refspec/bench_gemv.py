@@ -36,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"(default {DEFAULT_SHAPES})")
     parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"activation row counts R (default {DEFAULT_ROWS})")
     parser.add_argument("--repeats", type=int, default=30, help="timed graph replays per measurement (median)")
+    parser.add_argument("--mma", action="store_true",
+                        help="also time the tensor-core GEMV (q8_gemv_mma; NVIDIA sm_80+) beside the production one")
     parser.add_argument("--variants", action="store_true",
                         help="also time every GEMV variant (kernel/NR/SPLIT/OCC, refspec.gpu.GemvConfig) for each R")
     parser.add_argument("--kernels", default="", help="with --variants: time only these kernels (comma-separated, "
@@ -142,7 +144,7 @@ def _launch(be, config, weights: list, xq, xd, y, i: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from refspec.gpu import GEMV_CONFIGS, GpuBackend, gemv_variants, gpu_available
+    from refspec.gpu import GEMV_CONFIGS, GemvConfig, GpuBackend, gemv_variants, gpu_available
 
     if not gpu_available():
         raise UsageError("refspec bench gemv needs a GPU (CuPy sees none)")
@@ -189,6 +191,9 @@ def run(args: argparse.Namespace) -> int:
             moved = w_bytes + rows * (k + 2 * (k // 32)) + 4 * rows * n
             production = GEMV_CONFIGS[rows]
             others = [v for v in gemv_variants(rows) if v != production] if args.variants else []
+            if args.mma and be.mma_available and GemvConfig("q8_gemv_mma", 16) not in others + [production]:
+                others.append(GemvConfig("q8_gemv_mma", 16))
+            others = [v for v in others if v.kernel != "q8_gemv_mma" or be.mma_available]
             if args.kernels:
                 others = [v for v in others if v.kernel in args.kernels.split(",")]
             be.gemv_module(c.name(rows) for c in others)  # one compile for all of them

@@ -39,7 +39,8 @@ COMPILE_OPTIONS = {
             "-fhip-fp32-correctly-rounded-divide-sqrt"),
 }
 
-GEMV_THREADS = {"q8_gemv": 128, "q8_gemv_staged": 256}  # RS_GEMV_THREADS, RS_GEMV_STAGED_THREADS
+GEMV_THREADS = {"q8_gemv": 128, "q8_gemv_staged": 256, "q8_gemv_mma": 128}  # RS_GEMV_THREADS, ..._STAGED_..., RS_MMA_THREADS
+GEMV_MMA_ROWS = 16  # weight rows per thread block of q8_gemv_mma (RS_MMA_ROWS)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class GemvConfig:
         return f"{self.kernel}<{-(-rows // self.split)}, {self.nr}, {self.split}, {self.occ}>"
 
     def weight_rows_per_block(self) -> int:
+        if self.kernel == "q8_gemv_mma":
+            return GEMV_MMA_ROWS
         return self.nr * GEMV_THREADS[self.kernel] // 32 // self.split
 
 
@@ -72,6 +75,10 @@ GEMV_CONFIGS.update({r: GemvConfig("q8_gemv", 4, split=2) for r in (3, 4)})
 GEMV_CONFIGS.update({r: GemvConfig("q8_gemv", 4) for r in range(5, 9)})
 GEMV_CONFIGS.update({r: GemvConfig("q8_gemv_staged", 2) for r in range(9, 13)})
 GEMV_CONFIGS.update({r: GemvConfig("q8_gemv", 4, split=2, occ=2) for r in range(13, GEMV_MAX_ROWS + 1)})
+# The tensor-core GEMV (integer mma, NVIDIA sm_80+; same bits) for passes of at least GEMV_MMA_MIN_ROWS rows
+# (None: never, until measured faster on the GPU at hand; GpuBackend(mma_min_rows=...) overrides).
+GEMV_MMA = GemvConfig("q8_gemv_mma", 16)
+GEMV_MMA_MIN_ROWS = None
 
 
 ATTN_MAX_DIM = 512  # RS_ATTN_MAX_DIM in attention.hip
@@ -145,8 +152,8 @@ def _q8_bytes(w: Q8Matrix) -> int:
 def gemv_variants(rows: int) -> list[GemvConfig]:
     """The GEMV configurations for `rows` rows that `refspec bench gemv --variants` times (registers hold
     NR * ceil(rows / SPLIT) sums and two sets of NR weight blocks per thread, so both are capped)."""
-    out = []
-    for kernel in GEMV_THREADS:
+    out = [GemvConfig("q8_gemv_mma", GEMV_MMA_ROWS)]  # tensor cores: CUDA sm_80+ only (see mma_available)
+    for kernel in ("q8_gemv", "q8_gemv_staged"):
         for split in (1, 2, 4):
             rp = -(-rows // split)
             if split > rows or (split > 1 and rp * (split - 1) >= rows):
@@ -183,7 +190,7 @@ class GpuBackend:
 
     name = "gpu"
 
-    def __init__(self, poison: int | None = None):
+    def __init__(self, poison: int | None = None, mma_min_rows: int | None = GEMV_MMA_MIN_ROWS):
         try:
             import cupy
         except ImportError as err:
@@ -193,10 +200,17 @@ class GpuBackend:
         self.cp = cupy
         self.platform = "hip" if cupy.cuda.runtime.is_hip else "cuda"
         self.poison = poison
+        # GEMVs of at least this many rows use q8_gemv_mma where the GPU has integer tensor cores (same bits)
+        self.mma_min_rows = mma_min_rows
         self._modules: dict[tuple, object] = {}
         self._functions: dict[tuple, object] = {}
         self._gemv_groups: dict[str, tuple[str, ...]] = {}
         self._held: list | None = None  # while a pass is captured: every array it allocates (see hold)
+
+    @property
+    def mma_available(self) -> bool:
+        """Whether kernels_raw/q8_gemv.hip's q8_gemv_mma can run: integer tensor cores (NVIDIA sm_80+)."""
+        return self.platform == "cuda" and int(self.cp.cuda.Device().compute_capability) >= 80
 
     @property
     def graphs_available(self) -> bool:
@@ -272,7 +286,10 @@ class GpuBackend:
 
     def _gemv_function(self, config: GemvConfig, rows: int):
         if not self._gemv_groups:
-            self.gemv_module(c.name(r) for r, c in GEMV_CONFIGS.items())
+            names = [c.name(r) for r, c in GEMV_CONFIGS.items()]
+            if self.mma_min_rows is not None and self.mma_available:
+                names += [GEMV_MMA.name(r) for r in range(self.mma_min_rows, GEMV_MAX_ROWS + 1)]
+            self.gemv_module(names)
         name = config.name(rows)
         return self.function("q8_gemv", name, self._gemv_groups.get(name, (name,)))
 
@@ -518,7 +535,10 @@ class GpuBackend:
         y = self._empty((rows, n))
         for r0 in range(0, rows, GEMV_MAX_ROWS):
             part = min(GEMV_MAX_ROWS, rows - r0)
-            self.launch_gemv(GEMV_CONFIGS[part], w, xq[r0 : r0 + part], xd[r0 : r0 + part], y[r0 : r0 + part],
+            config = GEMV_CONFIGS[part]
+            if self.mma_min_rows is not None and part >= self.mma_min_rows and self.mma_available:
+                config = GEMV_MMA
+            self.launch_gemv(config, w, xq[r0 : r0 + part], xd[r0 : r0 + part], y[r0 : r0 + part],
                              None if base is None else base[r0 : r0 + part])
         return y
 

@@ -169,3 +169,28 @@ def test_rmsnorm_q8_of_rows_too_long_to_stage_equals_spec(be, data):
         refspec.gpu.RMSNORM_Q8_SHARED_BYTES = saved
     assert_same(be.to_host(gq), eq, f"rmsnorm_q8_wide R={rows} K={k} (quants)")
     assert_same(be.to_host(gd), ed, f"rmsnorm_q8_wide R={rows} K={k} (scales)", nan_equal=True)
+
+
+@settings(max_examples=60)
+@given(data=st.data())
+def test_tensor_core_gemv_equals_spec(be, data):
+    """q8_gemv_mma (integer mma; NVIDIA sm_80+) gives spec.q8_gemv's bits: tiles cut by N, R and the
+    block count, extreme scales, with and without the residual."""
+    from refspec.gpu import GEMV_MMA
+
+    if not be.mma_available:
+        pytest.skip("no integer tensor cores")
+    rng = rng_from(data)
+    rows = data.draw(st.integers(1, 16), label="rows")
+    n = data.draw(st.integers(1, 300), label="n")
+    k = data.draw(st.integers(1, 200), label="blocks") * QK8_0
+    w = random_q8(rng, n, k, data.draw(st.sampled_from(["normal", "extreme"]), label="scales"))
+    xq, xd = spec.quantize_q8_0(floats(rng, (rows, k), data.draw(STYLES, label="x")))
+    expected = spec.q8_gemv(w, xq, xd)
+    y = be._empty((rows, n))
+    base = None
+    if data.draw(st.booleans(), label="residual"):
+        x = floats(rng, (rows, n), "normal")
+        expected, base = spec.add(x, expected), be.asarray(x)
+    be.launch_gemv(GEMV_MMA, be.upload_q8(w), be.asarray(xq), be.asarray(xd), y, base)
+    assert_same(be.to_host(y), expected, f"q8_gemv_mma R={rows} N={n} K={k}", nan_equal=True)

@@ -99,3 +99,20 @@ def test_speculative_with_graphs_equals_greedy(models, gpu, draft):
         assert_bits_equal(np.asarray(a), np.asarray(b), f"{draft}: logits of token {i}")
     cpu = generate(Transformer(model, CpuBackend()), prompt, 60)
     assert greedy.ids == cpu.ids
+
+
+def test_tensor_core_gemv_passes_equal_cpu(models):
+    """With GEMVs of 2+ rows on tensor cores (q8_gemv_mma), captured passes of every width equal the CPU."""
+    from refspec.gpu import GpuBackend
+
+    be = GpuBackend(mma_min_rows=2)
+    if not be.mma_available:
+        pytest.skip("no integer tensor cores")
+    for arch in sorted(SHAPES):
+        model = models(arch)
+        widths = list(range(1, GRAPH_MAX_ROWS + 1)) * 2
+        ids = list(np.random.default_rng(6).integers(0, model.config.n_vocab, sum(widths)))
+        g_out, _ = run_steps(Transformer(model, be, graphs=True), widths, ids)
+        c_out, _ = run_steps(Transformer(model, CpuBackend()), widths, ids)
+        for i, (g, c) in enumerate(zip(g_out, c_out)):
+            assert_bits_equal(g, c, f"{arch} with tensor cores: pass {i} ({widths[i]} rows)")

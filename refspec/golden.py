@@ -234,12 +234,15 @@ def add_arguments(p) -> None:
     p.add_argument("-n", "--n-predict", type=int, default=0, metavar="N",
                    help="greedy tokens to generate after the prompt (default 0), all recorded")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="golden file to write (safetensors)")
-    p.add_argument("--layers", action="store_true", help="also record every layer's tensors (refspec engine)")
+    p.add_argument("--layers", action="store_true", help="also record every layer's tensors (llama.cpp: the graph "
+                   "nodes with the same names, through its eval callback)")
     p.add_argument("--engine", choices=("refspec", "llama.cpp"), default="refspec",
                    help="who computes: refspec (the spec) or llama.cpp through llama-cpp-python "
                    "(pip install 'refspec[llamacpp]'), on the same model file and token ids")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                    help="where refspec runs (default auto); the bits are the same")
+    p.add_argument("--kv-cache", choices=("f16", "f32"), default="f16",
+                   help="llama.cpp engine: its KV cache type (default f16, llama.cpp's default)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
 
@@ -259,8 +262,6 @@ def run(args) -> int:
     else:
         prompt_ids = load_tokenizer(model).encode(args.prompt)
     if args.engine == "llama.cpp":
-        if args.layers:
-            raise UsageError("--layers is available for the refspec engine only")
         from refspec.llamacpp import dump as engine_dump
     else:
         engine_dump = dump
@@ -278,4 +279,6 @@ def run(args) -> int:
 
 
 def _engine_options(args) -> dict:
-    return {"layers": args.layers, "device": args.device} if args.engine == "refspec" else {}
+    if args.engine == "refspec":
+        return {"layers": args.layers, "device": args.device}
+    return {"layers": args.layers, "kv_cache": args.kv_cache}

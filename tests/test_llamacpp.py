@@ -77,14 +77,53 @@ def test_llama_cpp_greedy_on_a_tiny_model(tmp_path):
     assert (np.argmax(ref.logits, 1) == np.argmax(g.logits, 1)).mean() >= 0.75
 
 
+def test_llama_cpp_layers_line_up_with_refspec_names(tmp_path):
+    """--layers with llama.cpp: its graph nodes under refspec's names, shapes equal, and on a tiny model the
+    first layer's norm agrees with the spec to float rounding."""
+    model = write_model(tmp_path / "tiny.gguf", arch="llama", n_ctx=64, seed=4, n_layer=2)
+    ids = [5, 6, 7, 8, 9, 10]
+    ll = llamacpp.dump(model, ids, 0, layers=True, kv_cache="f32")
+    ref = golden.dump(model, ids, 0, layers=True, device="cpu")
+    assert list(ll.tensors) == list(ref.tensors) == golden.tensor_names(2)
+    for name, t in ref.tensors.items():
+        assert ll.tensors[name].shape == t.shape, name
+    assert compare.nmse(ref.tensors["attn_norm-0"], ll.tensors["attn_norm-0"]) < 1e-12
+    assert compare.nmse(ref.logits, ll.logits) < 1e-6
+
+
+@pytest.mark.slow
+def test_where_llama_cpp_parts_from_the_spec_on_the_default_model(default_dumps, tmp_path):
+    """Same Q8_0 weights, f32 KV cache, every layer: llama.cpp agrees with the spec to float rounding in the
+    first layer's norm and in its attention over the first 4 positions; its attention parts from there on
+    (kqv_out-0, NMSE ~1e-6 at positions 4+), and the residual stream carries it to the logits."""
+    d, ref, _ = default_dumps
+    a = golden.load(ref)
+    q8 = llamacpp.requantize_q8_0(_default_path(), tmp_path / "q8.gguf")
+    ids = a.token_ids.tolist()
+    mine = golden.dump(q8, ids, 0, layers=True, device="cpu")
+    theirs = llamacpp.dump(q8, ids, 0, layers=True, kv_cache="f32")
+    assert compare.nmse(mine.tensors["attn_norm-0"], theirs.tensors["attn_norm-0"]) < 1e-12
+    assert compare.nmse(mine.tensors["kqv_out-0"][:4], theirs.tensors["kqv_out-0"][:4]) < 1e-12
+    report = compare.compare(mine, compare.Rows(theirs.tensors, np.arange(len(ids)), theirs.metadata, None))
+    assert report["first_over_nmse_threshold"] == "kqv_out-0"
+    assert 1e-8 < report["tensors"]["kqv_out-0"]["nmse"] < 1e-4
+
+
+def _default_path():
+    from refspec.default_model import default_model_path
+
+    return default_model_path()
+
+
 @pytest.mark.parametrize("args, message", [
-    (["--layers"], "--layers is available for the refspec engine only"),
     (["-n", "100"], "exceed the model's context"),
+    (["--ids", "5,99999"], "token ids must be in"),
 ])
 def test_llama_cpp_engine_bad_input(tmp_path, args, message):
     model = write_model(tmp_path / "tiny.gguf", arch="llama", n_ctx=64, seed=2)
-    proc = refspec("dump", "-m", str(model), "--ids", "5,6", "--engine", "llama.cpp", "-o",
-                   str(tmp_path / "x.safetensors"), *args)
+    if "--ids" not in args:
+        args = ["--ids", "5,6", *args]
+    proc = refspec("dump", "-m", str(model), "--engine", "llama.cpp", "-o", str(tmp_path / "x.safetensors"), *args)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("refspec: error: "), proc.stderr
     assert message in lines[0]

@@ -327,7 +327,7 @@ q8_gemv_staged(const signed char* __restrict__ wq, const unsigned short* __restr
 
 RS_DEVICE void rs_mma_s8(int (&c)[4], const int (&a)[4], int b0, int b1) {
 #if __CUDA_ARCH__ >= 800
-  asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+  asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
                "{%10,%10,%10,%10};"
                : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(0));
@@ -360,14 +360,25 @@ q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict
     }
   }
   for (int i = 0; i * RS_LANES < nb; ++i) {
+    // the weights of this warp's LPW blocks (spec lanes warp + 4s, their i-th block) loaded first, all in
+    // flight together; blocks past the end (only in the last i) are neither loaded nor added
+    int2 wa[LPW], wc[LPW];
+    float sa[LPW], sc[LPW];
 #pragma unroll
     for (int s = 0; s < LPW; ++s) {
-      const int b = i * RS_LANES + warp + 4 * s;  // spec lane warp + 4s, its i-th block
+      const int b = i * RS_LANES + warp + 4 * s;
+      if (b < nb) {
+        wa[s] = *(const int2*)(wq + na * k + (long long)b * RS_QK + 8 * t);
+        wc[s] = *(const int2*)(wq + nc * k + (long long)b * RS_QK + 8 * t);
+        sa[s] = rs_half_to_float(wd[na * nb + b]);
+        sc[s] = rs_half_to_float(wd[nc * nb + b]);
+      }
+    }
+#pragma unroll
+    for (int s = 0; s < LPW; ++s) {
+      const int b = i * RS_LANES + warp + 4 * s;
       if (b >= nb) continue;  // the same for the whole warp
-      const int2 wa = *(const int2*)(wq + na * k + (long long)b * RS_QK + 8 * t);
-      const int2 wc = *(const int2*)(wq + nc * k + (long long)b * RS_QK + 8 * t);
-      const int a[4] = {wa.x, wc.x, wa.y, wc.y};
-      const float sa = rs_half_to_float(wd[na * nb + b]), sc = rs_half_to_float(wd[nc * nb + b]);
+      const int a[4] = {wa[s].x, wc[s].x, wa[s].y, wc[s].y};
 #pragma unroll
       for (int rt = 0; rt < RT; ++rt) {
         const int xr = rt * 8 + g < rows ? rt * 8 + g : rows - 1;  // rows past the end: never stored
@@ -378,10 +389,10 @@ q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict
         const int r1 = rt * 8 + 2 * t + 1 < rows ? rt * 8 + 2 * t + 1 : rows - 1;
         const float x0 = rs_half_to_float(xd[r0 * nb + b]), x1 = rs_half_to_float(xd[r1 * nb + b]);
         // c0: (row g, act 2t), c1: (g, 2t+1), c2: (g+8, 2t), c3: (g+8, 2t+1); |dot| < 2**24: exact floats
-        acc[s][rt][0] = rs_gemv_step(acc[s][rt][0], sa, x0, (float)c[0]);
-        acc[s][rt][1] = rs_gemv_step(acc[s][rt][1], sa, x1, (float)c[1]);
-        acc[s][rt][2] = rs_gemv_step(acc[s][rt][2], sc, x0, (float)c[2]);
-        acc[s][rt][3] = rs_gemv_step(acc[s][rt][3], sc, x1, (float)c[3]);
+        acc[s][rt][0] = rs_gemv_step(acc[s][rt][0], sa[s], x0, (float)c[0]);
+        acc[s][rt][1] = rs_gemv_step(acc[s][rt][1], sa[s], x1, (float)c[1]);
+        acc[s][rt][2] = rs_gemv_step(acc[s][rt][2], sc[s], x0, (float)c[2]);
+        acc[s][rt][3] = rs_gemv_step(acc[s][rt][3], sc[s], x1, (float)c[3]);
       }
     }
   }

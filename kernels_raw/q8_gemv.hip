@@ -313,8 +313,8 @@ q8_gemv_staged(const signed char* __restrict__ wq, const unsigned short* __restr
 // ----------------------------------------------------------------------------------------- q8_gemv_mma
 // The same GEMV with the int8 block dots on NVIDIA's integer tensor cores (mma.sync m16n8k32 s8 x s8 -> s32:
 // each block's dot is the exact integer dp4a gives, so no bit changes), for verify widths where the dp4a
-// kernel runs out of issue slots. A thread block of 4 warps owns 16 weight rows and all R <= 16 activation
-// rows (RT = ceil(R / 8) tiles of 8). Warp w is the spec's lanes l = w, w+4, ..., w+28: for each, it adds
+// kernel runs out of issue slots. A thread block of NR warps owns 16 weight rows and all R <= 16 activation
+// rows (RT = ceil(R / 8) tiles of 8). Warp w is the spec's lanes l = w, w+NR, ..., w+32-NR: for each, it adds
 // blocks l, l+32, l+64, ... in increasing order to that lane's sums, exactly the spec's per-lane sequence;
 // the 32 lane values of every output then meet in the spec's tree (in shared memory), and the store is as
 // rs_gemv_finish's (with `base`, base + sum). The dot of a block does not depend on the order of its 32
@@ -322,7 +322,6 @@ q8_gemv_staged(const signed char* __restrict__ wq, const unsigned short* __restr
 // contiguous bytes t*8 .. t*8+7 of a block stand for the fragment positions k = 4t .. 4t+3 and 16+4t .. 19+4t.
 // CUDA on sm_80 and newer only (the wrapper checks); HIP keeps q8_gemv.
 #if !defined(RS_HIP)
-#define RS_MMA_THREADS 128
 #define RS_MMA_ROWS 16  // weight rows per thread block
 
 RS_DEVICE void rs_mma_s8(int (&c)[4], const int (&a)[4], int b0, int b1) {
@@ -336,13 +335,13 @@ RS_DEVICE void rs_mma_s8(int (&c)[4], const int (&a)[4], int b0, int b1) {
 #endif
 }
 
-template <int RP, int NR, int SPLIT, int OCC>  // RP = rows; NR, SPLIT, OCC unused (GemvConfig's naming)
-__global__ void __launch_bounds__(RS_MMA_THREADS)
+template <int RP, int NR, int SPLIT, int OCC>  // RP = rows, NR = warps per block (4 or 8); SPLIT, OCC unused
+__global__ void __launch_bounds__(RS_LANES * NR)
 q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict__ wd,
             const signed char* __restrict__ xq, const unsigned short* __restrict__ xd,
             float* __restrict__ y, int n, int k, int rows, const float* base) {
   constexpr int RT = (RP + 7) / 8;     // tiles of 8 activation rows
-  constexpr int LPW = RS_LANES / 4;    // spec lanes per warp
+  constexpr int LPW = RS_LANES / NR;   // spec lanes per warp: warp w has lanes w, w + NR, w + 2 NR, ...
   __shared__ float partial[RS_LANES][RS_MMA_ROWS][8 * RT];
   const int nb = k / RS_QK;
   const int warp = threadIdx.x / RS_LANES, lane = rs_lane();
@@ -366,7 +365,7 @@ q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict
     float sa[LPW], sc[LPW];
 #pragma unroll
     for (int s = 0; s < LPW; ++s) {
-      const int b = i * RS_LANES + warp + 4 * s;
+      const int b = i * RS_LANES + warp + NR * s;
       if (b < nb) {
         wa[s] = *(const int2*)(wq + na * k + (long long)b * RS_QK + 8 * t);
         wc[s] = *(const int2*)(wq + nc * k + (long long)b * RS_QK + 8 * t);
@@ -376,7 +375,7 @@ q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict
     }
 #pragma unroll
     for (int s = 0; s < LPW; ++s) {
-      const int b = i * RS_LANES + warp + 4 * s;
+      const int b = i * RS_LANES + warp + NR * s;
       if (b >= nb) continue;  // the same for the whole warp
       const int a[4] = {wa[s].x, wc[s].x, wa[s].y, wc[s].y};
 #pragma unroll
@@ -400,7 +399,7 @@ q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict
   for (int s = 0; s < LPW; ++s) {
 #pragma unroll
     for (int rt = 0; rt < RT; ++rt) {
-      const int l = warp + 4 * s;
+      const int l = warp + NR * s;
       partial[l][g][rt * 8 + 2 * t] = acc[s][rt][0];
       partial[l][g][rt * 8 + 2 * t + 1] = acc[s][rt][1];
       partial[l][g + 8][rt * 8 + 2 * t] = acc[s][rt][2];

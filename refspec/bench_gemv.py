@@ -191,8 +191,9 @@ def run(args: argparse.Namespace) -> int:
             moved = w_bytes + rows * (k + 2 * (k // 32)) + 4 * rows * n
             production = GEMV_CONFIGS[rows]
             others = [v for v in gemv_variants(rows) if v != production] if args.variants else []
-            if args.mma and be.mma_available and GemvConfig("q8_gemv_mma", 16) not in others + [production]:
-                others.append(GemvConfig("q8_gemv_mma", 16))
+            if args.mma and be.mma_available:
+                others += [c for c in (GemvConfig("q8_gemv_mma", 4), GemvConfig("q8_gemv_mma", 8))
+                           if c not in others + [production]]
             others = [v for v in others if v.kernel != "q8_gemv_mma" or be.mma_available]
             if args.kernels:
                 others = [v for v in others if v.kernel in args.kernels.split(",")]

@@ -39,8 +39,8 @@ COMPILE_OPTIONS = {
             "-fhip-fp32-correctly-rounded-divide-sqrt"),
 }
 
-GEMV_THREADS = {"q8_gemv": 128, "q8_gemv_staged": 256, "q8_gemv_mma": 128}  # RS_GEMV_THREADS, ..._STAGED_..., RS_MMA_THREADS
-GEMV_MMA_ROWS = 16  # weight rows per thread block of q8_gemv_mma (RS_MMA_ROWS)
+GEMV_THREADS = {"q8_gemv": 128, "q8_gemv_staged": 256}  # RS_GEMV_THREADS, RS_GEMV_STAGED_THREADS
+GEMV_MMA_ROWS = 16  # weight rows per thread block of q8_gemv_mma (RS_MMA_ROWS); its NR is warps per block
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,9 @@ class GemvConfig:
     def name(self, rows: int) -> str:
         """The template instance for `rows` rows."""
         return f"{self.kernel}<{-(-rows // self.split)}, {self.nr}, {self.split}, {self.occ}>"
+
+    def threads(self) -> int:
+        return 32 * self.nr if self.kernel == "q8_gemv_mma" else GEMV_THREADS[self.kernel]
 
     def weight_rows_per_block(self) -> int:
         if self.kernel == "q8_gemv_mma":
@@ -77,7 +80,7 @@ GEMV_CONFIGS.update({r: GemvConfig("q8_gemv_staged", 2) for r in range(9, 13)})
 GEMV_CONFIGS.update({r: GemvConfig("q8_gemv", 4, split=2, occ=2) for r in range(13, GEMV_MAX_ROWS + 1)})
 # The tensor-core GEMV (integer mma, NVIDIA sm_80+; same bits) for passes of at least GEMV_MMA_MIN_ROWS rows
 # (None: never, until measured faster on the GPU at hand; GpuBackend(mma_min_rows=...) overrides).
-GEMV_MMA = GemvConfig("q8_gemv_mma", 16)
+GEMV_MMA = GemvConfig("q8_gemv_mma", 8)
 GEMV_MMA_MIN_ROWS = None
 
 
@@ -152,7 +155,7 @@ def _q8_bytes(w: Q8Matrix) -> int:
 def gemv_variants(rows: int) -> list[GemvConfig]:
     """The GEMV configurations for `rows` rows that `refspec bench gemv --variants` times (registers hold
     NR * ceil(rows / SPLIT) sums and two sets of NR weight blocks per thread, so both are capped)."""
-    out = [GemvConfig("q8_gemv_mma", GEMV_MMA_ROWS)]  # tensor cores: CUDA sm_80+ only (see mma_available)
+    out = [GemvConfig("q8_gemv_mma", 4), GemvConfig("q8_gemv_mma", 8)]  # tensor cores: CUDA sm_80+ only
     for kernel in ("q8_gemv", "q8_gemv_staged"):
         for split in (1, 2, 4):
             rp = -(-rows // split)
@@ -566,7 +569,7 @@ class GpuBackend:
             return
         blocks = self._blocks(n, config.weight_rows_per_block())
         self._gemv_function(config, rows)(
-            (blocks,), (GEMV_THREADS[config.kernel],),
+            (blocks,), (config.threads(),),
             (w.q, w.d, xq, xd, y, np.int32(n), np.int32(k), np.int32(rows), 0 if base is None else base),
         )
 

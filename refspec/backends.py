@@ -10,7 +10,7 @@ import numpy as np
 
 from refspec import spec
 from refspec.errors import DeviceError, UsageError
-from refspec.model import QK8_0, LayerWeights, ModelWeights, Q8Matrix
+from refspec.model import QK8_0, LayerWeights, ModelWeights, MtpWeights, Q8Matrix
 
 F32 = np.float32
 
@@ -98,9 +98,12 @@ class CpuBackend(FusedFromParts):
         pass
 
     def upload_weights(self, weights: ModelWeights) -> ModelWeights:
-        groups = [[weights.tok_embd]] + ([[weights.output]] if weights.output is not weights.tok_embd else [])
+        groups = [[w] for w in _distinct([weights.tok_embd, weights.output]
+                                         + ([weights.mtp.embed, weights.mtp.head] if weights.mtp else []))]
         for lw in weights.layers:
-            groups += [[lw.wq, lw.wk, lw.wv], [lw.wo], [lw.w_gate, lw.w_up], [lw.w_down]]
+            groups += [g for g in matrix_groups(lw) if g[0] is not None]
+        if weights.mtp:
+            groups.append([weights.mtp.eh_proj])
         resident = 4 * sum(w.q.size for group in groups for w in group) <= self.RESIDENT_BYTES
         parts = {id(part.source): part for group in groups for part in CpuQ8(group, resident).parts}
 
@@ -108,7 +111,8 @@ class CpuBackend(FusedFromParts):
             return parts[id(value)] if isinstance(value, Q8Matrix) else value
 
         layers = [LayerWeights(**{f: prep(v) for f, v in vars(lw).items()}) for lw in weights.layers]
-        return ModelWeights(prep(weights.tok_embd), layers, weights.output_norm, prep(weights.output))
+        mtp = MtpWeights(**{f: prep(v) for f, v in vars(weights.mtp).items()}) if weights.mtp else None
+        return ModelWeights(prep(weights.tok_embd), layers, weights.output_norm, prep(weights.output), mtp=mtp)
 
     # ---- operations (each is its spec twin)
     add = staticmethod(spec.add)
@@ -127,6 +131,54 @@ class CpuBackend(FusedFromParts):
     @staticmethod
     def rmsnorm_q8(x, w, eps):
         return spec.quantize_q8_0(spec.rmsnorm(x, w, eps))
+
+    # ---- qwen35: gated attention and Gated DeltaNet (spec twins; the rings are KVCache's state slots)
+    silu = staticmethod(spec.silu)
+    l2norm = staticmethod(spec.l2norm)
+    sigmoid_gate = staticmethod(spec.sigmoid_gate)
+    gated_rmsnorm = staticmethod(spec.gated_rmsnorm)
+    deltanet_gates = staticmethod(spec.deltanet_gates)
+
+    @staticmethod
+    def stack(rows):
+        return np.stack(rows)
+
+    @staticmethod
+    def concat(a, b):
+        return np.concatenate([a, b], axis=-1)
+
+    @staticmethod
+    def split_query_gate(qg, n_head, head_dim):
+        """[R, H*2*D] (per head: D query values, then D gate values) -> queries, gates [R, H, D]."""
+        qg = qg.reshape(qg.shape[0], n_head, 2, head_dim)
+        return np.ascontiguousarray(qg[:, :, 0]), np.ascontiguousarray(qg[:, :, 1])
+
+    @staticmethod
+    def split_qkv(qkv, n_k_heads, n_v_heads, dim):
+        """[R, conv_dim] -> q, k [R, Hk, Dk], v [R, Hv, Dv] (the conv's channels: all q, all k, all v)."""
+        rows, key_dim = qkv.shape[0], n_k_heads * dim
+        return (qkv[:, :key_dim].reshape(rows, n_k_heads, dim), qkv[:, key_dim : 2 * key_dim].reshape(rows, n_k_heads, dim),
+                qkv[:, 2 * key_dim :].reshape(rows, n_v_heads, dim))
+
+    @staticmethod
+    def conv1d_causal(x, w, ring, read, writes):
+        """spec.conv1d_causal from the state in ring[read] (zeros if None); row r's state goes to
+        ring[writes[r]] (in row order, so a slot written twice keeps the later row's)."""
+        state = ring[read] if read is not None else np.zeros(ring.shape[1:], F32)
+        y, windows = spec.conv1d_causal(x, state, w)
+        for r, slot in enumerate(writes):
+            ring[slot] = windows[r]
+        return y
+
+    @staticmethod
+    def delta_rule(q, k, v, decay, beta, ring, read, writes):
+        """spec.delta_rule from the state in ring[read] (zeros if None); row r's state goes to ring[writes[r]]."""
+        s = ring[read] if read is not None else np.zeros(ring.shape[1:], F32)
+        out = np.empty(v.shape, F32)
+        for r, slot in enumerate(writes):
+            out[r], s = spec.delta_rule_step(q[r], k[r], v[r], decay[r], beta[r], s)
+            ring[slot] = s
+        return out
 
     @staticmethod
     def kv_write(k_cache, v_cache, k, v, pos0):
@@ -167,6 +219,23 @@ class CpuBackend(FusedFromParts):
         if len(self._buffers[slot]) < size:
             self._buffers[slot] = np.empty(size, F32)
         return self._buffers[slot][:size].reshape(shape)
+
+
+def matrix_groups(lw: LayerWeights) -> list[list]:
+    """A layer's matrices, grouped by the input they read (a group's first entry is None when the layer
+    does not have it): one stacked GEMV per group."""
+    return [[lw.wq, lw.wk, lw.wv], [lw.wo], [lw.w_gate, lw.w_up], [lw.w_down],
+            [lw.w_qkv, lw.w_z, lw.w_beta, lw.w_alpha], [lw.ssm_out]]
+
+
+def _distinct(items: list) -> list:
+    """items without repeats (by identity), in order: a tied head is the embedding itself."""
+    seen, out = set(), []
+    for item in items:
+        if id(item) not in seen:
+            seen.add(id(item))
+            out.append(item)
+    return out
 
 
 def _q8_matrices(weights: ModelWeights):

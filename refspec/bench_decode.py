@@ -166,11 +166,12 @@ def parse_rows(text: str) -> list[int]:
 
 def weight_bytes_per_token(model) -> int:
     """Bytes of Q8_0 weights one pass reads: every layer's matrices and the output head (the embedding
-    lookup reads a row per token, left out)."""
+    lookup reads a row per token, left out; so is an MTP block, which only its drafter runs)."""
     from refspec.model import Q8Matrix
 
     w = model.weights
-    mats = [w.output] + [m for lw in w.layers for m in vars(lw).values() if isinstance(m, Q8Matrix)]
+    layers = w.layers[: model.config.n_layer]
+    mats = [w.output] + [m for lw in layers for m in vars(lw).values() if isinstance(m, Q8Matrix)]
     return sum(m.shape[0] * m.shape[1] + m.d.nbytes for m in mats)
 
 

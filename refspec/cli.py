@@ -317,7 +317,7 @@ def cmd_bench(args) -> int:
     return args.bench_run(args)
 
 
-DRAFTERS = ("none", "ngram", "layerskip")
+DRAFTERS = ("none", "ngram", "layerskip", "mtp")  # refspec.speculative.DRAFTERS, not imported: the CLI starts fast
 
 
 def drafter_name(value: str) -> str:
@@ -364,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-sys", "--system-prompt", dest="system", metavar="TEXT", help="a system message (with --chat)")
     g.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                    help="where to run (default auto: the GPU when CuPy sees one); the bits are the same")
-    g.add_argument("--draft", type=drafter_name, default="none", metavar="{none,ngram,layerskip}",
+    g.add_argument("--draft", type=drafter_name, default="none", metavar="{none,ngram,layerskip,mtp}",
                    help="drafter for self-speculative decoding (default none: plain greedy); the number of "
                    "draft tokens is --draft-max")
     g.add_argument("--draft-max", type=draft_length, default=8, metavar="K",

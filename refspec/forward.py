@@ -10,7 +10,7 @@ from __future__ import annotations
 import weakref
 from dataclasses import dataclass, field
 
-from refspec.errors import ContextLengthError, UsageError
+from refspec.errors import ContextLengthError, DeviceError, UsageError
 from refspec.model import Model
 from refspec.spec import rope_table
 
@@ -19,7 +19,14 @@ from refspec.spec import rope_table
 class KVCache:
     """Keys and values of every layer, indexed by absolute position: k[i], v[i] are [G, n_pos, D], and the
     RoPE table for those positions: rope_cos, rope_sin [n_pos, n_rot/2]. Rows written for positions that are
-    later rejected are simply overwritten by the next pass."""
+    later rejected are simply overwritten by the next pass.
+
+    Gated DeltaNet layers (qwen35) have no keys and values (k[i] is None) but a recurrent state, which
+    belongs to a position too: the state after position p sits in slot p % n_states of a ring (conv[i]:
+    the conv1d's last inputs [n_states, conv_dim, d_conv-1]; ssm[i]: [n_states, Hv, Dv, Dk]). A pass over
+    positions pos0.. reads the state after pos0-1 and writes the state after each of its rows, so a decoder
+    resumes after any row of its last pass (the last accepted guess) without recomputing anything, provided
+    no pass has more than n_states rows past the one it resumes after."""
 
     k: list
     v: list
@@ -27,6 +34,10 @@ class KVCache:
     rope_cos: object  # [n_pos, n_rot/2] on the backend (spec.rope_table)
     rope_sin: object
     graphs: dict = field(default_factory=dict, repr=False)  # captured passes that write this cache
+    n_states: int = 1  # recurrent-state slots per DeltaNet layer
+    conv: list = field(default_factory=list)
+    ssm: list = field(default_factory=list)
+    state_pos: list = field(default_factory=list)  # per DeltaNet layer: the position each slot's state follows
 
 
 @dataclass(eq=False)
@@ -47,7 +58,10 @@ class Transformer:
         self.config = model.config
         self.metadata = model.metadata  # general.* and tokenizer.* keys: generate() finds the end-of-generation ids here
         self.be = backend
-        available = bool(getattr(backend, "graphs_available", False))
+        if any(self.config.recurrent) and not hasattr(backend, "delta_rule"):
+            raise DeviceError(f"the {backend.name} backend cannot run {self.config.arch}'s Gated DeltaNet layers yet")
+        # DeltaNet layers keep their state slots on the host (state_slots): their passes are not captured
+        available = bool(getattr(backend, "graphs_available", False)) and not any(self.config.recurrent)
         if graphs and not available:
             raise UsageError(f"the {backend.name} backend cannot capture passes as graphs")
         self.weights = backend.upload_weights(model.weights)
@@ -60,15 +74,16 @@ class Transformer:
 
     CACHE_POOL = 4  # cache storages kept for reuse with graphs (each with its captured passes)
 
-    def new_cache(self, n_pos: int | None = None) -> KVCache:
+    def new_cache(self, n_pos: int | None = None, n_states: int = 1) -> KVCache:
         """A zeroed KV cache and the RoPE table for positions 0 .. n_pos-1 (at most the model's context
-        length). With graphs, the storage of a cache of the same size that nobody holds any more is reused,
-        with the passes captured for it: a decoding loop that makes a new cache per request records its
-        graphs once."""
+        length), for every block (nextn blocks included). With graphs, the storage of a cache of the same
+        size that nobody holds any more is reused, with the passes captured for it: a decoding loop that makes
+        a new cache per request records its graphs once. n_states: recurrent-state slots of each Gated
+        DeltaNet layer, at least the rows of any pass a decoder may resume inside of."""
         cfg = self.config
         n_pos = cfg.n_ctx if n_pos is None else min(n_pos, cfg.n_ctx)
         if self.graphs is None:
-            return self._new_cache(n_pos)
+            return self._new_cache(n_pos, n_states)
         for slot in self._cache_pool:
             if slot.cache.n_pos == n_pos and slot.owner() is None:
                 for a in slot.cache.k + slot.cache.v:
@@ -86,26 +101,39 @@ class Transformer:
         self._cache_pool.append(slot)
         return cache
 
-    def _new_cache(self, n_pos: int) -> KVCache:
-        cfg = self.config
+    def _new_cache(self, n_pos: int, n_states: int = 1) -> KVCache:
+        cfg, be = self.config, self.be
         shape = (cfg.n_head_kv, n_pos, cfg.head_dim)
         cos, sin = rope_table(n_pos, cfg.n_rot, cfg.rope_base, cfg.rope_scaling)  # [n_pos, n_rot/2] each
+        blocks = range(cfg.n_block)
+        conv_shape = (n_states, cfg.ssm_conv_dim, cfg.ssm_d_conv - 1)
+        ssm_shape = (n_states, cfg.ssm_n_v_heads, cfg.ssm_d_state, cfg.ssm_d_state)
         return KVCache(
-            k=[self.be.zeros(shape) for _ in range(cfg.n_layer)],
-            v=[self.be.zeros(shape) for _ in range(cfg.n_layer)],
+            k=[None if cfg.is_recurrent(i) else be.zeros(shape) for i in blocks],
+            v=[None if cfg.is_recurrent(i) else be.zeros(shape) for i in blocks],
             n_pos=n_pos,
-            rope_cos=self.be.asarray(cos),
-            rope_sin=self.be.asarray(sin),
+            rope_cos=be.asarray(cos),
+            rope_sin=be.asarray(sin),
+            n_states=n_states,
+            conv=[be.zeros(conv_shape) if cfg.is_recurrent(i) else None for i in blocks],
+            ssm=[be.zeros(ssm_shape) if cfg.is_recurrent(i) else None for i in blocks],
+            state_pos=[[None] * n_states if cfg.is_recurrent(i) else None for i in blocks],
         )
 
-    def forward(self, cache: KVCache, ids, pos0: int, layers=None, taps=None):
+    def forward(self, cache: KVCache, ids, pos0: int, layers=None, taps=None, *, hidden: bool = False,
+                mtp_from=None):
         """Logits [R, V] for token ids [R] at positions pos0 .. pos0+R-1. `layers` picks a subset of the
         layers (in order) for drafting; None runs them all. `taps(name, tensor)`, when given, receives the
         intermediate tensors [R, ...] as the backend holds them, under llama.cpp's graph names (`attn_norm-3`,
         ..., `result_output`; refspec/golden.py lists them); the normed ones and the outputs that fused
         operations do not keep are recomputed. With graphs (GPU) and no taps, passes of up to
         graphs.max_rows rows replay a captured `run`; their logits stay valid until the next pass of the same
-        width on the same cache (copy them to keep them longer)."""
+        width on the same cache (copy them to keep them longer).
+
+        hidden=True also returns the final-normed hidden rows [R, E] the LM head read: (logits, hidden).
+        mtp_from (qwen35 with a nextn block): run the MTP block instead of the model: row r's input is
+        token ids[r] with the hidden row mtp_from[r] of the position before (see `mtp_input`); only the last
+        row goes through the head, so it returns (logits [1, V], hidden [1, E]) of that row."""
         cfg = self.config
         rows = len(ids)
         if rows == 0 or any(not 0 <= int(t) < cfg.n_vocab for t in ids):
@@ -114,40 +142,58 @@ class Transformer:
             raise ContextLengthError(
                 f"positions {pos0}..{pos0 + rows - 1} exceed the context of {cache.n_pos} positions"
             )
-        if self.graphs is not None and rows <= self.graphs.max_rows and not taps:
+        if self.graphs is not None and rows <= self.graphs.max_rows and not (taps or hidden or mtp_from is not None):
             return self.graphs.replay(cache, ids, pos0, layers)
         ids, pos = self.be.pass_input(ids, pos0)
-        return self.run(cache, ids, pos, rows, layers, taps)
+        return self.run(cache, ids, pos, rows, layers, taps, hidden=hidden, mtp_from=mtp_from)
 
-    def run(self, cache: KVCache, ids, pos, rows: int, layers=None, taps=None):
+    def run(self, cache: KVCache, ids, pos, rows: int, layers=None, taps=None, *, hidden=False, mtp_from=None):
         """The pass itself, on token ids and a first position as be.pass_input gives them (on a GPU both in
         device memory, so that a captured run serves every position)."""
         cfg, be, w = self.config, self.be, self.weights
         eps = cfg.rms_eps
-        x = be.embed(w.tok_embd, ids)  # [R] -> [R, E]
+        if mtp_from is None:
+            x = be.embed(w.tok_embd, ids)  # [R] -> [R, E]
+        else:
+            x = self.mtp_input(ids, mtp_from)  # [R], [R, E] -> [R, E]
+            layers = range(cfg.n_layer, cfg.n_block)
         for i in range(cfg.n_layer) if layers is None else layers:
             lw = w.layers[i]
             if taps:
                 taps(f"attn_norm-{i}", be.rmsnorm(x, lw.attn_norm, eps))
-            # attention block
-            hq, hd = be.rmsnorm_q8(x, lw.attn_norm, eps)  # [R, E] -> int8 [R, E], f16 [R, E/32]
-            q, k, v = be.q8_gemv_many((lw.wq, lw.wk, lw.wv), hq, hd)  # -> [R, H*D], [R, G*D], [R, G*D]
-            if cfg.has_qkv_bias:
-                q, k, v = be.add(q, lw.bq), be.add(k, lw.bk), be.add(v, lw.bv)
-            q = q.reshape(rows, cfg.n_head, cfg.head_dim)  # [R, H*D] -> [R, H, D]
-            k = k.reshape(rows, cfg.n_head_kv, cfg.head_dim)  # [R, G*D] -> [R, G, D]
-            v = v.reshape(rows, cfg.n_head_kv, cfg.head_dim)  # [R, G*D] -> [R, G, D]
-            if cfg.has_qk_norm:
-                q = be.rmsnorm(q, lw.q_norm, eps)  # per head, over D
-                k = be.rmsnorm(k, lw.k_norm, eps)
-            # q and k rotated; cache[:, pos:pos+R, :] = rotated k, v
-            q = be.rope_kv(q, k, v, cache.k[i], cache.v[i], pos, cache.rope_cos, cache.rope_sin, cfg.rope_neox)
-            aq, ad = be.attention_q8(q, cache.k[i], cache.v[i], pos)  # [R, H, D] -> int8 [R, H*D], f16
-            x = be.q8_gemv_add(x, lw.wo, aq, ad)  # x + wo @ a: [R, H*D] -> [R, E]
-            if taps:
-                a = be.attention(q, cache.k[i], cache.v[i], pos)  # [R, H, D], as attention_q8 computed it
-                _tap(taps, i, kqv_out=a.reshape(rows, cfg.n_q), attn_out=be.q8_gemv(lw.wo, aq, ad), ffn_inp=x,
-                     ffn_norm=be.rmsnorm(x, lw.ffn_norm, eps))
+            if cfg.is_recurrent(i):  # qwen35: a Gated DeltaNet block instead of attention
+                o = self.deltanet(cache, i, x, pos, taps)  # [R, E]
+                x = be.add(x, o)
+                if taps:
+                    _tap(taps, i, attn_out=o, ffn_inp=x, ffn_norm=be.rmsnorm(x, lw.ffn_norm, eps))
+            else:
+                # attention block
+                hq, hd = be.rmsnorm_q8(x, lw.attn_norm, eps)  # [R, E] -> int8 [R, E], f16 [R, E/32]
+                q, k, v = be.q8_gemv_many((lw.wq, lw.wk, lw.wv), hq, hd)  # -> [R, H*D], [R, G*D], [R, G*D]
+                if cfg.has_qkv_bias:
+                    q, k, v = be.add(q, lw.bq), be.add(k, lw.bk), be.add(v, lw.bv)
+                if cfg.has_attn_gate:  # qwen35: each head's query is followed by its output gate
+                    q, gate = be.split_query_gate(q, cfg.n_head, cfg.head_dim)  # [R, 2*H*D] -> [R, H, D] x 2
+                q = q.reshape(rows, cfg.n_head, cfg.head_dim)  # [R, H*D] -> [R, H, D]
+                k = k.reshape(rows, cfg.n_head_kv, cfg.head_dim)  # [R, G*D] -> [R, G, D]
+                v = v.reshape(rows, cfg.n_head_kv, cfg.head_dim)  # [R, G*D] -> [R, G, D]
+                if cfg.has_qk_norm:
+                    q = be.rmsnorm(q, lw.q_norm, eps)  # per head, over D
+                    k = be.rmsnorm(k, lw.k_norm, eps)
+                # q and k rotated; cache[:, pos:pos+R, :] = rotated k, v
+                q = be.rope_kv(q, k, v, cache.k[i], cache.v[i], pos, cache.rope_cos, cache.rope_sin, cfg.rope_neox)
+                if cfg.has_attn_gate:  # a * sigmoid(gate), then quantized
+                    a = be.sigmoid_gate(be.attention(q, cache.k[i], cache.v[i], pos), gate)  # [R, H, D]
+                    aq, ad = be.quantize_q8(a.reshape(rows, cfg.n_q))
+                else:
+                    aq, ad = be.attention_q8(q, cache.k[i], cache.v[i], pos)  # [R, H, D] -> int8 [R, H*D], f16
+                x = be.q8_gemv_add(x, lw.wo, aq, ad)  # x + wo @ a: [R, H*D] -> [R, E]
+                if taps:
+                    a = be.attention(q, cache.k[i], cache.v[i], pos)  # [R, H, D], as attention_q8 computed it
+                    if cfg.has_attn_gate:
+                        a = be.sigmoid_gate(a, gate)
+                    _tap(taps, i, kqv_out=a.reshape(rows, cfg.n_q), attn_out=be.q8_gemv(lw.wo, aq, ad), ffn_inp=x,
+                         ffn_norm=be.rmsnorm(x, lw.ffn_norm, eps))
             # feed-forward block
             hq, hd = be.rmsnorm_q8(x, lw.ffn_norm, eps)  # [R, E]
             gate, up = be.q8_gemv_many((lw.w_gate, lw.w_up), hq, hd)  # -> [R, F], [R, F]
@@ -155,11 +201,65 @@ class Transformer:
             x = be.q8_gemv_add(x, lw.w_down, mq, md)  # x + w_down @ m: [R, F] -> [R, E]
             if taps:
                 _tap(taps, i, ffn_out=be.q8_gemv(lw.w_down, mq, md), l_out=x)
-        hq, hd = be.rmsnorm_q8(x, w.output_norm, eps)  # [R, E]
-        logits = be.q8_gemv(w.output, hq, hd)  # [R, E] -> [R, V]
+        norm, head = (w.output_norm, w.output) if mtp_from is None else (w.mtp.head_norm, w.mtp.head)
+        if mtp_from is not None:
+            x = x[-1:]  # only the last row drafts a token  # [R, E] -> [1, E]
+        keep = hidden or mtp_from is not None
+        if keep:
+            h = be.rmsnorm(x, norm, eps)  # [R, E]: the same bits as inside rmsnorm_q8
+            hq, hd = be.quantize_q8(h)
+        else:
+            hq, hd = be.rmsnorm_q8(x, norm, eps)  # [R, E]
+        logits = be.q8_gemv(head, hq, hd)  # [R, E] -> [R, V]
         if taps:
-            _tap(taps, None, result_norm=be.rmsnorm(x, w.output_norm, eps), result_output=logits)
-        return logits
+            _tap(taps, None, result_norm=be.rmsnorm(x, norm, eps), result_output=logits)
+        return (logits, h) if keep else logits
+
+    def deltanet(self, cache: KVCache, i: int, x, pos, taps=None):
+        """The Gated DeltaNet block of layer i (qwen35) over rows at positions pos..: its output [R, E]
+        (before the residual add). SPEC.md, "Hybrid models (qwen35)", gives each op. `taps` receives the
+        gated-normed output [R, Hv*Dv] as kqv_out-i (the input of the output projection, as in attention)."""
+        cfg, be, lw = self.config, self.be, self.weights.layers[i]
+        rows, heads, dim = x.shape[0], cfg.ssm_n_v_heads, cfg.ssm_d_state
+        read, writes = state_slots(cache, i, int(pos), rows)  # host bookkeeping (never captured as a graph)
+        hq, hd = be.rmsnorm_q8(x, lw.attn_norm, cfg.rms_eps)  # [R, E]
+        qkv, z, b, a = be.q8_gemv_many((lw.w_qkv, lw.w_z, lw.w_beta, lw.w_alpha), hq, hd)
+        # -> [R, 2*Hk*Dk + Hv*Dv], [R, Hv*Dv], [R, Hv], [R, Hv]
+        qkv = be.silu(be.conv1d_causal(qkv, lw.ssm_conv1d, cache.conv[i], read, writes))  # [R, conv_dim]
+        q, k, v = be.split_qkv(qkv, cfg.ssm_n_k_heads, heads, dim)  # -> [R, Hk, Dk] x 2, [R, Hv, Dv]
+        q, k = be.l2norm(q, cfg.rms_eps), be.l2norm(k, cfg.rms_eps)
+        decay, beta = be.deltanet_gates(a, b, lw.ssm_dt, lw.ssm_a)  # [R, Hv] each
+        o = be.delta_rule(q, k, v, decay, beta, cache.ssm[i], read, writes)  # [R, Hv, Dv]
+        for r, slot in enumerate(writes):
+            cache.state_pos[i][slot] = int(pos) + r
+        o = be.gated_rmsnorm(o, lw.ssm_norm, z.reshape(rows, heads, dim), cfg.rms_eps)  # [R, Hv, Dv]
+        if taps:
+            _tap(taps, i, kqv_out=o.reshape(rows, heads * dim))
+        oq, od = be.quantize_q8(o.reshape(rows, heads * dim))  # [R, Hv*Dv]
+        return be.q8_gemv(lw.ssm_out, oq, od)  # [R, Hv*Dv] -> [R, E]
+
+    def mtp_input(self, ids, hidden):
+        """The MTP block's input: eh_proj(concat(RMSNorm(embed(t)), RMSNorm(h))) [R, E], where token t sits
+        at position p and h is the model's final-normed hidden row of position p-1 (zeros for p = 0)."""
+        cfg, be, m = self.config, self.be, self.weights.mtp
+        if m is None:
+            raise UsageError("the model has no MTP (nextn) block")
+        e = be.rmsnorm(be.embed(m.embed, ids), m.enorm, cfg.rms_eps)  # [R] -> [R, E]
+        h = be.rmsnorm(hidden, m.hnorm, cfg.rms_eps)  # [R, E]
+        xq, xd = be.quantize_q8(be.concat(e, h))  # [R, 2E]
+        return be.q8_gemv(m.eh_proj, xq, xd)  # [R, 2E] -> [R, E]
+
+
+def state_slots(cache: KVCache, layer: int, pos0: int, rows: int) -> tuple[int | None, list[int]]:
+    """(the slot holding the state after position pos0-1, or None at position 0 (a zero state); the slots
+    the rows' states go to). Raises if that state is no longer held: a pass ran more than n_states rows past
+    it, or the positions before pos0 were never run."""
+    n, held = cache.n_states, cache.state_pos[layer]
+    read = None if pos0 == 0 else (pos0 - 1) % n
+    if read is not None and held[read] != pos0 - 1:
+        raise UsageError(f"layer {layer}: the recurrent state after position {pos0 - 1} is no longer held "
+                         f"(the cache keeps {n} states; slot holds {held[read]})")
+    return read, [(pos0 + r) % n for r in range(rows)]
 
 
 def _tap(taps, layer: int | None, **tensors) -> None:

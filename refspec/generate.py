@@ -47,12 +47,17 @@ def model_eog_ids(tf: Transformer) -> frozenset[int]:
     return end_of_generation_ids(tf.metadata)
 
 
-def prefill(tf: Transformer, cache: KVCache, prompt_ids: list[int], chunk: int = PROMPT_CHUNK):
+def prefill(tf: Transformer, cache: KVCache, prompt_ids: list[int], chunk: int = PROMPT_CHUNK, on_hidden=None):
     """Run the prompt through the model in chunks; return the logits of its last position, [1, V], where
-    the backend keeps them."""
+    the backend keeps them. on_hidden(pos0, hidden), if given, receives each chunk's final-normed hidden
+    rows (the MTP drafter reads them)."""
     logits = None
     for start in range(0, len(prompt_ids), chunk):
-        logits = tf.forward(cache, prompt_ids[start : start + chunk], start)
+        if on_hidden is None:
+            logits = tf.forward(cache, prompt_ids[start : start + chunk], start)
+        else:
+            logits, hidden = tf.forward(cache, prompt_ids[start : start + chunk], start, hidden=True)
+            on_hidden(start, hidden)
     return logits[-1:]
 
 

@@ -33,48 +33,71 @@ from gguf import quants as ggml_quants
 
 from refspec.errors import ModelFileError, UnsupportedModelError, UsageError
 from refspec.metadata import REQUIRED, MetadataReader
-from refspec.model import (ARCHITECTURES, QK8_0, LayerWeights, Model, ModelConfig, ModelWeights,
-                           Q8Matrix)
+from refspec.model import (ARCHITECTURES, HYBRID_ARCHITECTURES, QK8_0, LayerWeights, Model, ModelConfig,
+                           ModelWeights, MtpWeights, Q8Matrix)
 
 # ---------------------------------------------------------------------------------------------------------
 # The tensor-name map: GGUF name -> refspec field, what it is, and its shape in ggml order (ne0 first) as
 # ModelConfig attribute names. A matrix [ne0 = K in, ne1 = N out] becomes a Q8Matrix with q [N, K].
-# `needs` says when the tensor belongs to the model: always (None), when a ModelConfig flag is set, or
-# OPTIONAL (absent output.weight means the head is tied to the token embedding).
+# `needs` says when the tensor belongs to the model: every condition must hold, each a ModelConfig bool
+# attribute or, for a layer, ATTENTION / RECURRENT / NEXTN (the layer's kind). `optional` tensors may be
+# absent (no output.weight means the head is tied to the token embedding).
 # ---------------------------------------------------------------------------------------------------------
 MATRIX, VECTOR = "matrix", "vector"
-OPTIONAL = "optional"
+ATTENTION, RECURRENT, NEXTN = "attention layer", "recurrent layer", "nextn block"
 
 
 class TensorSpec(NamedTuple):
-    field: str  # attribute of ModelWeights / LayerWeights
-    kind: str  # MATRIX (-> Q8Matrix) or VECTOR (-> float32 array)
+    field: str  # attribute of ModelWeights / LayerWeights / MtpWeights
+    kind: str  # MATRIX (-> Q8Matrix) or VECTOR (-> float32 array, reshaped to numpy order)
     shape: tuple[str, ...]  # ggml order, as ModelConfig attribute names
-    needs: str | None = None  # None: always; a ModelConfig bool attribute; or OPTIONAL
+    needs: tuple[str, ...] = ()
+    optional: bool = False
 
 
 MODEL_TENSORS = {
     "token_embd.weight": TensorSpec("tok_embd", MATRIX, ("n_embd", "n_vocab")),
     "output_norm.weight": TensorSpec("output_norm", VECTOR, ("n_embd",)),
-    "output.weight": TensorSpec("output", MATRIX, ("n_embd", "n_vocab"), OPTIONAL),
+    "output.weight": TensorSpec("output", MATRIX, ("n_embd", "n_vocab"), optional=True),
 }
 
 LAYER_TENSORS = {  # named "blk.{i}." + key in the file
     "attn_norm.weight": TensorSpec("attn_norm", VECTOR, ("n_embd",)),
-    "attn_q.weight": TensorSpec("wq", MATRIX, ("n_embd", "n_q")),
-    "attn_k.weight": TensorSpec("wk", MATRIX, ("n_embd", "n_kv")),
-    "attn_v.weight": TensorSpec("wv", MATRIX, ("n_embd", "n_kv")),
-    "attn_output.weight": TensorSpec("wo", MATRIX, ("n_q", "n_embd")),
-    "ffn_norm.weight": TensorSpec("ffn_norm", VECTOR, ("n_embd",)),
+    "attn_q.weight": TensorSpec("wq", MATRIX, ("n_embd", "n_q_proj"), (ATTENTION,)),
+    "attn_k.weight": TensorSpec("wk", MATRIX, ("n_embd", "n_kv"), (ATTENTION,)),
+    "attn_v.weight": TensorSpec("wv", MATRIX, ("n_embd", "n_kv"), (ATTENTION,)),
+    "attn_output.weight": TensorSpec("wo", MATRIX, ("n_q", "n_embd"), (ATTENTION,)),
+    "ffn_norm.weight": TensorSpec("ffn_norm", VECTOR, ("n_embd",), ("has_ffn_norm",)),
+    "post_attention_norm.weight": TensorSpec("ffn_norm", VECTOR, ("n_embd",), ("has_post_attention_norm",)),
     "ffn_gate.weight": TensorSpec("w_gate", MATRIX, ("n_embd", "n_ff")),
     "ffn_up.weight": TensorSpec("w_up", MATRIX, ("n_embd", "n_ff")),
     "ffn_down.weight": TensorSpec("w_down", MATRIX, ("n_ff", "n_embd")),
-    "attn_q.bias": TensorSpec("bq", VECTOR, ("n_q",), "has_qkv_bias"),  # qwen2
-    "attn_k.bias": TensorSpec("bk", VECTOR, ("n_kv",), "has_qkv_bias"),
-    "attn_v.bias": TensorSpec("bv", VECTOR, ("n_kv",), "has_qkv_bias"),
-    "attn_q_norm.weight": TensorSpec("q_norm", VECTOR, ("head_dim",), "has_qk_norm"),  # qwen3
-    "attn_k_norm.weight": TensorSpec("k_norm", VECTOR, ("head_dim",), "has_qk_norm"),
+    "attn_q.bias": TensorSpec("bq", VECTOR, ("n_q",), ("has_qkv_bias", ATTENTION)),  # qwen2
+    "attn_k.bias": TensorSpec("bk", VECTOR, ("n_kv",), ("has_qkv_bias", ATTENTION)),
+    "attn_v.bias": TensorSpec("bv", VECTOR, ("n_kv",), ("has_qkv_bias", ATTENTION)),
+    "attn_q_norm.weight": TensorSpec("q_norm", VECTOR, ("head_dim",), ("has_qk_norm", ATTENTION)),  # qwen3(5)
+    "attn_k_norm.weight": TensorSpec("k_norm", VECTOR, ("head_dim",), ("has_qk_norm", ATTENTION)),
+    # qwen35 Gated DeltaNet layers
+    "attn_qkv.weight": TensorSpec("w_qkv", MATRIX, ("n_embd", "ssm_conv_dim"), (RECURRENT,)),
+    "attn_gate.weight": TensorSpec("w_z", MATRIX, ("n_embd", "ssm_value_dim"), (RECURRENT,)),
+    "ssm_beta.weight": TensorSpec("w_beta", MATRIX, ("n_embd", "ssm_n_v_heads"), (RECURRENT,)),
+    "ssm_alpha.weight": TensorSpec("w_alpha", MATRIX, ("n_embd", "ssm_n_v_heads"), (RECURRENT,)),
+    "ssm_conv1d.weight": TensorSpec("ssm_conv1d", VECTOR, ("ssm_d_conv", "ssm_conv_dim"), (RECURRENT,)),
+    "ssm_dt.bias": TensorSpec("ssm_dt", VECTOR, ("ssm_n_v_heads",), (RECURRENT,)),
+    "ssm_a": TensorSpec("ssm_a", VECTOR, ("ssm_n_v_heads",), (RECURRENT,)),
+    "ssm_norm.weight": TensorSpec("ssm_norm", VECTOR, ("ssm_d_state",), (RECURRENT,)),
+    "ssm_out.weight": TensorSpec("ssm_out", MATRIX, ("ssm_value_dim", "n_embd"), (RECURRENT,)),
 }
+
+NEXTN_TENSORS = {  # the MTP block's own tensors, "blk.{n_layer}." + key; its decoder block is in LAYER_TENSORS
+    "nextn.eh_proj.weight": TensorSpec("eh_proj", MATRIX, ("n_embd_2", "n_embd"), (NEXTN,)),
+    "nextn.enorm.weight": TensorSpec("enorm", VECTOR, ("n_embd",), (NEXTN,)),
+    "nextn.hnorm.weight": TensorSpec("hnorm", VECTOR, ("n_embd",), (NEXTN,)),
+    "nextn.embed_tokens.weight": TensorSpec("embed", MATRIX, ("n_embd", "n_vocab"), (NEXTN,), optional=True),
+    "nextn.shared_head_norm.weight": TensorSpec("head_norm", VECTOR, ("n_embd",), (NEXTN,), optional=True),
+    "nextn.shared_head_head.weight": TensorSpec("head", MATRIX, ("n_embd", "n_vocab"), (NEXTN,), optional=True),
+}
+MAX_NEXTN = 1  # MTP blocks refspec runs (Qwen3.5/3.6 have one)
 
 # Limits on what a plausible file holds. Anything beyond them is refused before it is allocated.
 GGUF_VERSIONS = (2, 3)  # same layout; v1 used 32-bit counts
@@ -159,7 +182,7 @@ def check_weights(file: GGUFHeader, config: ModelConfig) -> Counter:
     for tensor_name, spec in wanted.items():
         tensor = file.tensors.get(tensor_name)
         if tensor is None:
-            if spec.needs != OPTIONAL:
+            if not spec.optional:
                 raise ModelFileError(f"{file.name}: tensor {tensor_name} is missing")
             continue
         _check_tensor(file.name, config, tensor_name, spec, tensor)
@@ -570,12 +593,12 @@ def _read_config(name: str, fields, tensors, metadata) -> ModelConfig:
     def integer(key, default=REQUIRED):
         return md.integer(f"{arch}.{key}", default)
 
-    n_layer = integer("block_count")
+    n_block = integer("block_count")  # with the nextn blocks, if any
     n_embd = integer("embedding_length")
     n_ff = integer("feed_forward_length")
     n_head = integer("attention.head_count")
     n_head_kv = integer("attention.head_count_kv", n_head)
-    _check(name, n_layer >= 1 and n_layer <= len(tensors), f"{arch}.block_count {n_layer} is not in "
+    _check(name, n_block >= 1 and n_block <= len(tensors), f"{arch}.block_count {n_block} is not in "
            f"1..{len(tensors)} (the file's tensor count)")
     for key, value in (("embedding_length", n_embd), ("feed_forward_length", n_ff),
                        ("attention.head_count", n_head), ("attention.head_count_kv", n_head_kv)):
@@ -609,10 +632,72 @@ def _read_config(name: str, fields, tensors, metadata) -> ModelConfig:
         _check(name, len(tokens) == n_vocab, f"{arch}.vocab_size {n_vocab} disagrees with the "
                f"{len(tokens)} entries of tokenizer.ggml.tokens")
     _check(name, n_vocab >= 1, f"{arch}.vocab_size is {n_vocab}, must be at least 1")
+    hybrid = _read_hybrid(name, md, arch, n_block, n_rot) if arch in HYBRID_ARCHITECTURES else {}
+    n_layer = n_block - hybrid.get("n_nextn", 0)
     _refuse_unread_keys(name, arch, md)
     return ModelConfig(arch=arch, n_layer=n_layer, n_embd=n_embd, n_ff=n_ff, n_head=n_head,
                        n_head_kv=n_head_kv, head_dim=head_dim, n_rot=n_rot, rope_base=rope_base,
-                       rms_eps=rms_eps, n_ctx=n_ctx, n_vocab=n_vocab)
+                       rms_eps=rms_eps, n_ctx=n_ctx, n_vocab=n_vocab, **hybrid)
+
+
+MAX_SSM_SIZE = 1 << 16  # DeltaNet head counts, head and kernel sizes beyond this are absurd
+ROPE_SECTIONS = 4  # qwen35's multi-section RoPE: time, height, width, extra
+
+
+def _read_hybrid(name: str, md: MetadataReader, arch: str, n_block: int, n_rot: int) -> dict:
+    """qwen35's keys: the nextn block count, which layers are Gated DeltaNet, the DeltaNet sizes, and the
+    RoPE sections (checked to give every rotated pair the text position)."""
+    n_nextn = md.integer(f"{arch}.nextn_predict_layers", 0, lo=0, hi=n_block - 1)
+    if n_nextn > MAX_NEXTN:
+        raise UnsupportedModelError(f"{name}: {n_nextn} nextn (MTP) blocks; refspec runs at most {MAX_NEXTN}")
+    n_layer = n_block - n_nextn
+    sizes = {"ssm_d_conv": "ssm.conv_kernel", "ssm_d_state": "ssm.state_size",
+             "ssm_n_k_heads": "ssm.group_count", "ssm_n_v_heads": "ssm.time_step_rank"}
+    out = {"n_nextn": n_nextn}
+    for attr, key in sizes.items():
+        out[attr] = md.integer(f"{arch}.{key}", lo=1, hi=MAX_SSM_SIZE)
+    _check(name, out["ssm_n_v_heads"] % out["ssm_n_k_heads"] == 0, f"{arch}.ssm.time_step_rank "
+           f"{out['ssm_n_v_heads']} (value heads) is not a multiple of ssm.group_count {out['ssm_n_k_heads']}")
+    inner = md.integer(f"{arch}.ssm.inner_size")
+    if inner != out["ssm_n_v_heads"] * out["ssm_d_state"]:
+        raise UnsupportedModelError(f"{name}: {arch}.ssm.inner_size {inner} is not time_step_rank x state_size "
+                                    f"({out['ssm_n_v_heads']} x {out['ssm_d_state']}): value and key heads "
+                                    "of different sizes are not supported")
+    out["recurrent"] = _recurrent_layers(name, md, arch, n_layer, n_block)
+    _check_rope_sections(name, arch, md.integers(f"{arch}.rope.dimension_sections"), n_rot)
+    return out
+
+
+def _recurrent_layers(name: str, md: MetadataReader, arch: str, n_layer: int, n_block: int) -> tuple[bool, ...]:
+    """attention.recurrent_layers (one flag per block) if present, else every layer but each
+    full_attention_interval-th (default 4); nextn blocks are always full attention."""
+    key = f"{arch}.attention.recurrent_layers"
+    flags = md.flags(key, None, length=n_block)
+    interval = md.integer(f"{arch}.full_attention_interval", 4)  # read either way: the list wins
+    if flags is not None:
+        _check(name, not any(flags[n_layer:]), f"{key} marks a nextn block recurrent")
+        return tuple(flags)
+    _check(name, 1 <= interval <= n_block, f"{arch}.full_attention_interval {interval} is not in 1..{n_block}")
+    return tuple(i < n_layer and (i + 1) % interval != 0 for i in range(n_block))
+
+
+def _check_rope_sections(name: str, arch: str, sections, n_rot: int) -> None:
+    """qwen35 rotates pair i with the position of section (i mod sum) taken in turn (time, height, width;
+    the extra section gets position 0). For text, time = height = width = the token's position, so refspec
+    runs plain NeoX RoPE; a file whose rotated pairs reach the extra section is refused."""
+    key = f"{arch}.rope.dimension_sections"
+    _check(name, isinstance(sections, list) and 1 <= len(sections) <= ROPE_SECTIONS
+           and all(isinstance(v, int) and 0 <= v <= MAX_SSM_SIZE for v in sections),
+           f"{key} must be 1..{ROPE_SECTIONS} non-negative integers, got {str(sections)[:60]}")
+    sec = list(sections) + [0] * (ROPE_SECTIONS - len(sections))
+    total = sum(sec)
+    _check(name, total > 0, f"{key} {sections} are all zero")
+    for pair in range(n_rot // 2):
+        sector = pair % total
+        text = any(sector % 3 == s and sector < 3 * sec[s] for s in range(3))  # interleaved, as ggml's IMROPE
+        if not text:
+            raise UnsupportedModelError(f"{name}: {key} {sections}: rotated pair {pair} uses the extra section "
+                                        "(position 0 for text), which refspec does not implement")
 
 
 def _finite_positive(name: str, md: MetadataReader, key: str, default=REQUIRED) -> float:
@@ -675,34 +760,51 @@ def _read_weights(name: str, config: ModelConfig, tensors, log) -> ModelWeights:
     converted = check_weights(GGUFHeader(name, {}, {}, tensors), config)
 
     def take(tensor_name: str):
-        tensor = tensors[tensor_name]
+        spec, tensor = wanted[tensor_name], tensors[tensor_name]
         try:
-            return _vector(name, tensor) if wanted[tensor_name].kind == VECTOR else _matrix(name, tensor)
+            if spec.kind == MATRIX:
+                return _matrix(name, tensor)
+            values = _vector(name, tensor)
+            return values.reshape(tuple(getattr(config, a) for a in reversed(spec.shape)))  # numpy order
         except _READER_ERRORS as e:
             raise ModelFileError(f"{name}: tensor {tensor_name} cannot be loaded ({type(e).__name__}: {e})") from e
 
+    def fields_of(prefix: str, table: dict) -> dict:
+        return {spec.field: take(prefix + key) for key, spec in table.items() if prefix + key in tensors}
+
     tok_embd = take("token_embd.weight")
     output = take("output.weight") if "output.weight" in tensors else tok_embd
-    layers = []
-    for i in range(config.n_layer):
-        fields = {spec.field: take(f"blk.{i}.{key}") for key, spec in LAYER_TENSORS.items()
-                  if f"blk.{i}.{key}" in wanted}
-        layers.append(LayerWeights(**fields))
+    output_norm = take("output_norm.weight")
+    layers = [LayerWeights(**fields_of(f"blk.{i}.", LAYER_TENSORS)) for i in range(config.n_block)]
+    for lw in layers:
+        if lw.ssm_a is not None and not (lw.ssm_a <= 0).all():
+            raise ModelFileError(f"{name}: ssm_a holds positive values; the converter stores -exp(A_log) (< 0)")
+    mtp = None
+    if config.n_nextn:
+        own = fields_of(f"blk.{config.n_layer}.", NEXTN_TENSORS)
+        mtp = MtpWeights(**{"embed": tok_embd, "head_norm": output_norm, "head": output, **own})
     if converted:
         kinds = ", ".join(f"{n} {t}" if len(converted) > 1 else t for t, n in sorted(converted.items()))
         log(f"refspec: note: converted {sum(converted.values())} matrices ({kinds}) to Q8_0 at load")
-    return ModelWeights(tok_embd=tok_embd, layers=layers, output_norm=take("output_norm.weight"),
-                        output=output)
+    return ModelWeights(tok_embd=tok_embd, layers=layers, output_norm=output_norm, output=output, mtp=mtp)
 
 
 def _wanted_tensors(config: ModelConfig) -> dict[str, TensorSpec]:
-    """Every tensor name this config's model has (OPTIONAL ones included), with its spec."""
-    def belongs(spec: TensorSpec) -> bool:
-        return spec.needs in (None, OPTIONAL) or getattr(config, spec.needs)
+    """Every tensor name this config's model has (optional ones included), with its spec."""
+    def holds(condition: str, layer: int | None) -> bool:
+        if condition == NEXTN:
+            return layer is not None and layer >= config.n_layer
+        if condition in (ATTENTION, RECURRENT):
+            return layer is not None and config.is_recurrent(layer) == (condition == RECURRENT)
+        return getattr(config, condition)
+
+    def belongs(spec: TensorSpec, layer: int | None = None) -> bool:
+        return all(holds(condition, layer) for condition in spec.needs)
 
     wanted = {key: spec for key, spec in MODEL_TENSORS.items() if belongs(spec)}
-    for i in range(config.n_layer):
-        wanted.update({f"blk.{i}.{key}": spec for key, spec in LAYER_TENSORS.items() if belongs(spec)})
+    for i in range(config.n_block):
+        for table in (LAYER_TENSORS, NEXTN_TENSORS):
+            wanted.update({f"blk.{i}.{key}": spec for key, spec in table.items() if belongs(spec, i)})
     return wanted
 
 

@@ -132,6 +132,11 @@ class MetadataReader:
             self._check_range(f"{key} item", max(values), lo, hi)
         return values
 
+    def flags(self, key: str, default=REQUIRED, *, length: int | None = None) -> list[bool]:
+        """An array of BOOLs, or of the integers 0 and 1 (writers use either), as bools."""
+        values = self._array(key, default, length, lambda item: item in (0, 1), "flags (BOOL, 0 or 1)")
+        return values if values is default else [bool(v) for v in values]
+
     def numbers(self, key: str, default=REQUIRED, *, length: int | None = None) -> list[float]:
         """Finite numbers (integers accepted), as floats."""
         values = self._array(key, default, length, _is_number, "numbers")

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 QK8_0 = 32  # values per Q8_0 block, fixed by the ggml format
-ARCHITECTURES = ("llama", "qwen2", "qwen3")
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "qwen35")
+HYBRID_ARCHITECTURES = ("qwen35",)  # Gated DeltaNet layers between gated full-attention layers
 
 
 @dataclass(frozen=True)
@@ -52,15 +53,65 @@ class ModelConfig:
     n_ctx: int
     n_vocab: int
     rope_scaling: RopeScaling = RopeScaling()
+    # qwen35 (hybrid) only; see `recurrent` and the ssm_* sizes below
+    n_nextn: int = 0  # MTP ("nextn") blocks stored after the n_layer trunk layers (0 or 1)
+    recurrent: tuple[bool, ...] = ()  # per block (trunk, then nextn): Gated DeltaNet instead of attention
+    ssm_d_conv: int = 0  # causal conv1d taps
+    ssm_d_state: int = 0  # key (and value) dimension of a DeltaNet head
+    ssm_n_k_heads: int = 0  # DeltaNet key heads (GGUF ssm.group_count)
+    ssm_n_v_heads: int = 0  # DeltaNet value heads (GGUF ssm.time_step_rank); a multiple of the key heads
     rope_neox: bool = field(init=False)  # pairs (i, i + n_rot/2) instead of (2i, 2i+1)
     has_qkv_bias: bool = field(init=False)
     has_qk_norm: bool = field(init=False)
+    has_attn_gate: bool = field(init=False)  # qwen35: Q projection = [query, gate] per head, out * sigmoid(gate)
+    has_post_attention_norm: bool = field(init=False)  # qwen35 names the FFN's norm post_attention_norm
 
     def __post_init__(self):
-        # llama GGUFs are converted with Q/K rows permuted for adjacent-pair RoPE; Qwen uses the NeoX halves.
-        object.__setattr__(self, "rope_neox", self.arch in ("qwen2", "qwen3"))
+        hybrid = self.arch in HYBRID_ARCHITECTURES
+        # llama GGUFs are converted with Q/K rows permuted for adjacent-pair RoPE; Qwen uses the NeoX halves
+        # (qwen35's interleaved multi-section RoPE is NeoX's when every section has the text position).
+        object.__setattr__(self, "rope_neox", self.arch in ("qwen2", "qwen3", "qwen35"))
         object.__setattr__(self, "has_qkv_bias", self.arch == "qwen2")
-        object.__setattr__(self, "has_qk_norm", self.arch == "qwen3")
+        object.__setattr__(self, "has_qk_norm", self.arch in ("qwen3", "qwen35"))
+        object.__setattr__(self, "has_attn_gate", hybrid)
+        object.__setattr__(self, "has_post_attention_norm", hybrid)
+        if not self.recurrent:
+            object.__setattr__(self, "recurrent", (False,) * (self.n_layer + self.n_nextn))
+
+    def is_recurrent(self, layer: int) -> bool:
+        return self.recurrent[layer]
+
+    @property
+    def has_ffn_norm(self) -> bool:
+        return not self.has_post_attention_norm
+
+    @property
+    def n_block(self) -> int:
+        """Blocks in the file: the trunk's n_layer, then the MTP blocks."""
+        return self.n_layer + self.n_nextn
+
+    @property
+    def n_q_proj(self) -> int:
+        """Rows of the Q projection: the queries, and with an output gate the gates too."""
+        return self.n_q * (2 if self.has_attn_gate else 1)
+
+    @property
+    def ssm_key_dim(self) -> int:
+        return self.ssm_n_k_heads * self.ssm_d_state
+
+    @property
+    def ssm_value_dim(self) -> int:
+        return self.ssm_n_v_heads * self.ssm_d_state
+
+    @property
+    def ssm_conv_dim(self) -> int:
+        """Channels of the conv1d: q, k and v of every DeltaNet head."""
+        return 2 * self.ssm_key_dim + self.ssm_value_dim
+
+    @property
+    def n_embd_2(self) -> int:
+        """Inputs of the MTP block's eh_proj: the normed embedding and hidden state, concatenated."""
+        return 2 * self.n_embd
 
     @property
     def n_q(self) -> int:
@@ -91,20 +142,45 @@ class Q8Matrix:
 
 @dataclass
 class LayerWeights:
+    """One block's weights; a field is None where the block has no such tensor (attention fields in a
+    Gated DeltaNet layer, qwen2's biases elsewhere, ...)."""
+
     attn_norm: np.ndarray  # f32 [n_embd]
-    wq: Q8Matrix  # [n_head*head_dim, n_embd]
-    wk: Q8Matrix  # [n_head_kv*head_dim, n_embd]
-    wv: Q8Matrix  # [n_head_kv*head_dim, n_embd]
-    wo: Q8Matrix  # [n_embd, n_head*head_dim]
-    ffn_norm: np.ndarray  # f32 [n_embd]
+    ffn_norm: np.ndarray  # f32 [n_embd] (qwen35: post_attention_norm)
     w_gate: Q8Matrix  # [n_ff, n_embd]
     w_up: Q8Matrix  # [n_ff, n_embd]
     w_down: Q8Matrix  # [n_embd, n_ff]
+    wq: Q8Matrix | None = None  # [n_head*head_dim, n_embd] (qwen35: [2*n_head*head_dim]: query, gate per head)
+    wk: Q8Matrix | None = None  # [n_head_kv*head_dim, n_embd]
+    wv: Q8Matrix | None = None  # [n_head_kv*head_dim, n_embd]
+    wo: Q8Matrix | None = None  # [n_embd, n_head*head_dim]
     bq: np.ndarray | None = None  # qwen2: f32 biases of Q, K, V
     bk: np.ndarray | None = None
     bv: np.ndarray | None = None
-    q_norm: np.ndarray | None = None  # qwen3: f32 [head_dim] RMSNorm weights per head
+    q_norm: np.ndarray | None = None  # qwen3, qwen35: f32 [head_dim] RMSNorm weights per head
     k_norm: np.ndarray | None = None
+    # qwen35 Gated DeltaNet layers (their attention fields above are None)
+    w_qkv: Q8Matrix | None = None  # [conv_dim, n_embd]: q, k, v of every head, before the conv
+    w_z: Q8Matrix | None = None  # [value_dim, n_embd]: the output gate
+    w_beta: Q8Matrix | None = None  # [n_v_heads, n_embd]
+    w_alpha: Q8Matrix | None = None  # [n_v_heads, n_embd]
+    ssm_conv1d: np.ndarray | None = None  # f32 [conv_dim, d_conv]
+    ssm_dt: np.ndarray | None = None  # f32 [n_v_heads]: bias of alpha
+    ssm_a: np.ndarray | None = None  # f32 [n_v_heads]: -exp(A_log), as the converter stores it
+    ssm_norm: np.ndarray | None = None  # f32 [d_state]: gated RMSNorm weights per value head
+    ssm_out: Q8Matrix | None = None  # [n_embd, value_dim]
+
+
+@dataclass
+class MtpWeights:
+    """The MTP ("nextn") block's own tensors; its decoder block is ModelWeights.layers[n_layer]."""
+
+    eh_proj: Q8Matrix  # [n_embd, 2 * n_embd]
+    enorm: np.ndarray  # f32 [n_embd], for the next token's embedding
+    hnorm: np.ndarray  # f32 [n_embd], for the model's hidden state
+    embed: Q8Matrix  # [n_vocab, n_embd]: the model's token embedding unless the file has its own
+    head_norm: np.ndarray  # f32 [n_embd]: the model's output norm unless the file has its own
+    head: Q8Matrix  # [n_vocab, n_embd]: the model's LM head unless the file has its own
 
 
 @dataclass
@@ -113,6 +189,7 @@ class ModelWeights:
     layers: list[LayerWeights]
     output_norm: np.ndarray  # f32 [n_embd]
     output: Q8Matrix  # [n_vocab, n_embd]; the same object as tok_embd when the file ties them
+    mtp: MtpWeights | None = None  # qwen35 files with a nextn block
 
 
 @dataclass

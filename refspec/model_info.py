@@ -50,7 +50,16 @@ def hyper_parameters(header: GGUFHeader, config) -> dict:
             "n_head_kv": config.n_head_kv, "head_dim": config.head_dim, "n_rot": config.n_rot,
             "rope_base": config.rope_base, "rope": "neox" if config.rope_neox else "normal",
             "rms_eps": config.rms_eps, "n_ctx": config.n_ctx, "n_vocab": config.n_vocab,
-            "tied_output": "output.weight" not in header.tensors}
+            "tied_output": "output.weight" not in header.tensors, **hybrid_parameters(config)}
+
+
+def hybrid_parameters(config) -> dict:
+    """qwen35: which layers are Gated DeltaNet, their sizes, the MTP block (nothing for other archs)."""
+    if not any(config.recurrent):
+        return {}
+    return {"recurrent_layers": [i for i in range(config.n_layer) if config.is_recurrent(i)],
+            "ssm_d_conv": config.ssm_d_conv, "ssm_d_state": config.ssm_d_state,
+            "ssm_n_k_heads": config.ssm_n_k_heads, "ssm_n_v_heads": config.ssm_n_v_heads, "n_nextn": config.n_nextn}
 
 
 def tokenizer_summary(metadata: dict) -> dict:

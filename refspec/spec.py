@@ -316,3 +316,135 @@ def token_of(ids: np.ndarray, finite: np.ndarray, row: int) -> int:
 
 def _no_token(row: int) -> NumericsError:
     return NumericsError(f"logits of row {row} contain NaN or infinity; no token can be chosen")
+
+
+# ================================================================ Gated DeltaNet and gated attention (qwen35)
+# SPEC.md, "Hybrid models (qwen35)". Every function below is elementwise or reduces with lane_sum, and the
+# recurrence runs strictly one token after another, so R rows in one call equal R single-row calls.
+
+# ---------------------------------------------------------------------------------------------- log1p
+# log1p(y) for y >= 0: u = 1 + y rounded, c = (y - (u - 1)) / u restores what the rounding lost (to first
+# order), log(u) = e*ln2 + log(m) with u = 2**e * m, m in [sqrt(1/2), sqrt(2)], and
+# log(m) = 2 atanh(s), s = (m - 1) / (m + 1), as s + s + s*z*(2/3 + z*(2/5 + ...)), z = s*s.
+LOG_SQRT2 = F32(1.41421353816986083984375)  # sqrt(2) rounded down to binary32: m above it is halved
+LOG_LN2_HI = F32(0.693359375)  # as EXP_LN2_HI: e * LOG_LN2_HI is exact for |e| < 2**15
+LOG_LN2_LO = F32(-2.12194440e-4)
+LOG_POLY = tuple(F32(2.0 / n) for n in (3.0, 5.0, 7.0, 9.0, 11.0))  # 2/(2i+1), i = 1..5
+
+
+def log1p(y: np.ndarray) -> np.ndarray:
+    """refspec's log(1 + y) in binary32 for y >= 0 (SPEC.md, "log1p"); +inf -> +inf, NaN -> NaN.
+    Negative inputs are outside the spec (softplus, its one user, passes exp(x) >= 0)."""
+    y = np.asarray(y, dtype=F32)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        u = F32(1) + y
+        c = (y - (u - F32(1))) / u  # the part of y that 1 + y rounded away, relative to u
+        bits = u.view(np.uint32).astype(np.int64)
+        e = (bits >> 23) - 127  # u >= 1: a normal number, e >= 0
+        m = ((bits & 0x7FFFFF) | 0x3F800000).astype(np.uint32).view(F32)  # mantissa in [1, 2)
+        big = m > LOG_SQRT2
+        m = np.where(big, m * F32(0.5), m)  # exact
+        ef = (e + big).astype(F32)  # exact: |e| < 2**24
+        f = m - F32(1)  # exact (Sterbenz)
+        s = f / (F32(2) + f)
+        z = s * s
+        p = z * LOG_POLY[4] + LOG_POLY[3]
+        for coef in LOG_POLY[2::-1]:
+            p = p * z + coef
+        log_m = (s + s) + (s * z) * p
+        out = ef * LOG_LN2_HI + ((ef * LOG_LN2_LO + log_m) + c)
+    out = np.where(u == F32(1), y, out)  # y below half an ulp of 1: log1p(y) = y to binary32 precision
+    out = np.where(np.isinf(y), y, out)
+    return np.where(np.isnan(y), y, out).astype(F32)
+
+
+# ----------------------------------------------------------------------------------- activations
+SOFTPLUS_LINEAR = F32(20.0)  # softplus(x) = x above this, as ggml and PyTorch's default threshold
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-x)), elementwise."""
+    x = np.asarray(x, F32)
+    return F32(1) / (F32(1) + exp(-x))
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    """x / (1 + exp(-x)), elementwise (the same steps as silu_mul's gate)."""
+    x = np.asarray(x, F32)
+    return x / (F32(1) + exp(-x))
+
+
+def softplus(x: np.ndarray) -> np.ndarray:
+    """x if x > 20, else log1p(exp(x)), elementwise."""
+    x = np.asarray(x, F32)
+    return np.where(x > SOFTPLUS_LINEAR, x, log1p(exp(np.minimum(x, SOFTPLUS_LINEAR)))).astype(F32)
+
+
+# ------------------------------------------------------------------------------------- normalisations
+def l2norm(x: np.ndarray, eps: float) -> np.ndarray:
+    """Over the last axis: x * (1 / sqrt(lane_sum(x*x) + eps))."""
+    x = np.asarray(x, F32)
+    inv = F32(1) / np.sqrt(lane_sum(x * x) + F32(eps))
+    return x * inv[..., None]
+
+
+def gated_rmsnorm(x: np.ndarray, w: np.ndarray, z: np.ndarray, eps: float) -> np.ndarray:
+    """rmsnorm(x, w) * silu(z) over the last axis (DeltaNet's output norm, per value head)."""
+    return rmsnorm(x, w, eps) * silu(z)
+
+
+def sigmoid_gate(x: np.ndarray, gate: np.ndarray) -> np.ndarray:
+    """x * sigmoid(gate): the output gate of qwen35's full-attention layers."""
+    return np.asarray(x, F32) * sigmoid(gate)
+
+
+# ------------------------------------------------------------------------------------------ conv1d
+def conv1d_causal(x: np.ndarray, state: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Causal depthwise convolution over R rows x [R, C], continuing `state` [C, K-1] (the K-1 inputs before
+    row 0, oldest first); w [C, K], tap K-1 on the current row. Returns (y [R, C], windows [R, C, K-1]):
+        y[r, c] = lane_sum over t < K of (w[c, t] * in[r + t, c]),  in = state's rows, then x's rows
+    and windows[r] = the state after row r (its K-1 newest inputs), so a decoder may resume after any row."""
+    x = np.asarray(x, F32)
+    rows, taps = x.shape[0], w.shape[1]
+    seq = np.concatenate([np.asarray(state, F32).T, x])  # [K-1+R, C]
+    win = np.lib.stride_tricks.sliding_window_view(seq, taps, axis=0)  # [R, C, K]: rows r .. r+K-1
+    y = lane_sum(win * np.asarray(w, F32))  # [R, C]
+    return y, win[:, :, 1:]
+
+
+# ------------------------------------------------------------------------------------ the delta rule
+def deltanet_gates(alpha, b, dt_bias, a):
+    """Per row and value head, from the alpha and beta projections [R, Hv]:
+    decay = exp(softplus(alpha + dt_bias) * a) (a = ssm_a < 0, so decay is in [0, 1]); beta = sigmoid(b)."""
+    g = softplus(np.asarray(alpha, F32) + np.asarray(dt_bias, F32)) * np.asarray(a, F32)
+    return exp(g), sigmoid(b)
+
+
+def delta_rule_step(q, k, v, decay, beta, s):
+    """One token of the gated delta rule (SPEC.md, "Gated delta rule"): q, k [Hk, Dk] (L2-normalised),
+    v [Hv, Dv], decay, beta [Hv], the state s [Hv, Dv, Dk] before the token -> (o [Hv, Dv], the state
+    after it). Value head h reads key head h % Hk. In order, per head:
+        q = q * (1 / sqrt(Dk));  S = S * decay;  u[i] = lane_sum_j(S[i, j] * k[j])
+        d[i] = (v[i] - u[i]) * beta;  S[i, j] = S[i, j] + k[j] * d[i];  o[i] = lane_sum_j(S[i, j] * q[j])"""
+    n_v, dim = v.shape[0], k.shape[1]
+    tile = np.arange(n_v) % k.shape[0]  # value head -> key head (GGUF stores value heads tiled)
+    scale = F32(1) / np.sqrt(F32(dim))
+    kh = np.asarray(k, F32)[tile][:, None, :]  # [Hv, 1, Dk]
+    qh = (np.asarray(q, F32) * scale)[tile][:, None, :]
+    s = s * np.asarray(decay, F32)[:, None, None]
+    d = (np.asarray(v, F32) - lane_sum(s * kh)) * np.asarray(beta, F32)[:, None]  # [Hv, Dv]
+    s = s + kh * d[:, :, None]
+    return lane_sum(s * qh), s
+
+
+def delta_rule(q, k, v, decay, beta, state):
+    """The gated delta rule over R rows, strictly one after another: q, k [R, Hk, Dk], v [R, Hv, Dv],
+    decay, beta [R, Hv], state [Hv, Dv, Dk] before row 0 -> (o [R, Hv, Dv], states [R, Hv, Dv, Dk], the
+    state after each row, so a decoder may resume after any of them)."""
+    s = np.asarray(state, F32)
+    out = np.empty(np.shape(v), F32)
+    states = np.empty((len(v),) + s.shape, F32)
+    for r in range(len(v)):
+        out[r], s = delta_rule_step(q[r], k[r], v[r], decay[r], beta[r], s)
+        states[r] = s
+    return out, states

@@ -12,6 +12,8 @@ Drafters here load no second model:
     trailing n-gram. Strong when the answer copies from the input (editing code, rewriting a list).
   * ``LayerSkipDrafter`` ('layerskip'): the model's own layers less a third in the middle, then its final
     norm and head.
+  * ``MtpDrafter`` ('mtp'): the model's own multi-token-prediction block (qwen35 files with a nextn block),
+    applied recursively.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from refspec.forward import KVCache, Transformer
 from refspec.generate import GenerationResult, decode_stats, model_eog_ids, plan_context, prefill
 from refspec.spec import token_of
 
-DRAFTERS = ("none", "ngram", "layerskip")
+DRAFTERS = ("none", "ngram", "layerskip", "mtp")
 MAX_DRAFT = 64  # most guesses per verify pass: a pass of k+1 rows holds k+1 rows of logits
 
 
@@ -35,9 +37,14 @@ class Drafter:
 
     name = "drafter"
     cheap = True  # guesses cost next to nothing (no model pass): on a GPU, guess as many as allowed
+    needs_hidden = False  # wants the model's final-normed hidden rows of every pass (`target_pass`)
 
     def begin(self, cache: KVCache) -> None:
         """Called once per generation with the cache the verify passes use (before the prompt runs)."""
+
+    def target_pass(self, pos0: int, hidden) -> None:
+        """With needs_hidden: the hidden rows [R, E] of a pass of the model over positions pos0..pos0+R-1
+        (prompt chunks and verify passes, rejected rows included)."""
 
     def propose(self, context: list[int], k: int) -> list[int]:
         """Up to k guesses of the tokens that follow `context` (the prompt and every token emitted so far)."""
@@ -142,14 +149,65 @@ class LayerSkipDrafter(Drafter):
         return drafts
 
 
+class MtpDrafter(Drafter):
+    """Drafts with the model's multi-token-prediction ("nextn") block: from the token t at position p and
+    the model's final-normed hidden row h of position p-1, the block (eh_proj of the normed pair, one gated
+    full-attention block with its own keys and values, the head norm and the LM head) predicts the token
+    after t. Applied recursively, its own hidden row standing in for the model's, it guesses k tokens.
+
+    Its keys and values live in the cache's nextn block, indexed by absolute position like the model's:
+    position q holds what the block computed from (token q, the model's h of q-1). Before drafting from the
+    newest token at p, it runs the positions it has not run with the model's true hidden rows (the accepted
+    guesses of the last verify pass, or the whole prompt) together with p itself in one pass of the block; the
+    recursive steps then write draft-quality entries at p+1.., which the next proposal overwrites from p'+1
+    before anything reads them (each pass writes its positions before attending)."""
+
+    name = "mtp"
+    cheap = False  # each guess is a pass of one block and the LM head
+    needs_hidden = True
+
+    def __init__(self, tf: Transformer):
+        if tf.config.n_nextn == 0 or tf.weights.mtp is None:
+            raise UsageError(f"the {tf.config.arch} model has no MTP (nextn) block, which --draft mtp needs")
+        self.tf = tf
+        self.cache, self.hidden, self.n_done = None, {}, 0
+
+    def begin(self, cache: KVCache) -> None:
+        self.cache, self.hidden, self.n_done = cache, {}, 0  # n_done: positions run with true inputs
+
+    def target_pass(self, pos0: int, hidden) -> None:
+        for r in range(hidden.shape[0]):
+            self.hidden[pos0 + r] = hidden[r]
+
+    def propose(self, context: list[int], k: int) -> list[int]:
+        tf, pos = self.tf, len(context) - 1  # the newest token, at pos, is not yet in the cache
+        zeros = tf.be.zeros((tf.config.n_embd,))
+        rows = range(self.n_done, pos + 1)
+        h_before = tf.be.stack([self.hidden[q - 1] if q else zeros for q in rows])  # [n, E]
+        logits, h = tf.forward(self.cache, context[self.n_done : pos + 1], self.n_done, mtp_from=h_before)
+        self.n_done = pos + 1
+        self.hidden = {q: row for q, row in self.hidden.items() if q >= pos}  # the next proposal needs h of pos..
+        drafts = []
+        for i in range(k):
+            ids, finite = tf.be.argmax_rows(logits)
+            if not finite[0]:
+                break
+            drafts.append(int(ids[0]))
+            if i + 1 < k:
+                logits, h = tf.forward(self.cache, drafts[-1:], pos + 1 + i, mtp_from=h)  # [1, V], [1, E]
+        return drafts
+
+
 def make_drafter(name: str, tf: Transformer) -> Drafter:
-    """'none', 'ngram' or 'layerskip' with their default settings."""
+    """'none', 'ngram', 'layerskip' or 'mtp' with their default settings."""
     if name == "none":
         return NoDrafter()
     if name == "ngram":
         return NgramDrafter()
     if name == "layerskip":
         return LayerSkipDrafter(tf)
+    if name == "mtp":
+        return MtpDrafter(tf)
     raise UsageError(f"unknown drafter {name!r}: choose one of {', '.join(DRAFTERS)}")
 
 
@@ -192,8 +250,9 @@ def speculative_generate(
     n_alloc, budget = plan_context(tf, len(prompt_ids), n_predict)
     result = GenerationResult(prompt_ids=list(prompt_ids))
     n_prompt, n_vocab = len(result.prompt_ids), tf.config.n_vocab
-    cache = tf.new_cache(n_alloc)
+    cache = tf.new_cache(n_alloc, n_states=draft_max + 1)  # a pass resumes inside the last one's k+1 rows
     drafter.begin(cache)
+    on_hidden = drafter.target_pass if drafter.needs_hidden else None
     k_min = min(1, draft_max)
     k = max(k_min, draft_max // 2) if adaptive else draft_max
     histogram = [0] * (draft_max + 1)  # histogram[a]: verify passes that accepted a guesses
@@ -201,7 +260,7 @@ def speculative_generate(
     single_ms, verify_ms, draft_seconds = [], [], 0.0
 
     t0 = time.perf_counter()
-    rows = prefill(tf, cache, result.prompt_ids)  # [1, V]: the prompt's pass chooses the first token
+    rows = prefill(tf, cache, result.prompt_ids, on_hidden=on_hidden)  # [1, V]: chooses the first token
     drafts: list[int] = []  # the guesses `rows` verified: rows[j] saw drafts[:j]
     t1 = time.perf_counter()
     while True:
@@ -252,7 +311,11 @@ def speculative_generate(
         #    and k) changes no row's bits: batch invariance, which is what makes the accept rule exact. Its
         #    keys and values overwrite whatever a drafter or a rejected guess left at pos..pos+k.
         t_pass = time.perf_counter()
-        rows = tf.forward(cache, [result.ids[-1]] + drafts, pos)  # [k+1, V], left on the backend
+        if on_hidden is None:
+            rows = tf.forward(cache, [result.ids[-1]] + drafts, pos)  # [k+1, V], left on the backend
+        else:
+            rows, hidden = tf.forward(cache, [result.ids[-1]] + drafts, pos, hidden=True)  # and [k+1, E]
+            on_hidden(pos, hidden)
         tf.be.synchronize()  # so the pass's time is its own (the argmax below would wait for it anyway)
         (verify_ms if drafts else single_ms).append(1e3 * (time.perf_counter() - t_pass))
         n_passes += 1

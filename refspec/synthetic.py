@@ -19,7 +19,7 @@ import math
 import os
 import pathlib
 import sys
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, NamedTuple
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, LlamaFileType, TokenType
@@ -42,6 +42,13 @@ PRESETS = {
                         n_ctx=32768, n_vocab=152064, rope_base=1000000.0, eps=1e-6),
     "qwen3-32b": dict(arch="qwen3", n_layer=64, n_embd=5120, n_ff=25600, n_head=64, n_head_kv=8, head_dim=128,
                       n_ctx=40960, n_vocab=151936, rope_base=1000000.0, eps=1e-6),
+    # Qwen3.5-27B's public config: 64 layers (every 4th full attention), 48 DeltaNet value heads over 16 key
+    # heads of 128, rotary on 64 of 256 dims in sections [11, 11, 10], one MTP block. n_ctx is cut from
+    # 262144 to keep the KV cache of a benchmark small.
+    "qwen3.5-27b": dict(arch="qwen35", n_layer=64, n_embd=5120, n_ff=17408, n_head=24, n_head_kv=4, head_dim=256,
+                        n_rot=64, n_ctx=32768, n_vocab=248320, rope_base=10000000.0, eps=1e-6, n_nextn=1,
+                        ssm_d_conv=4, ssm_d_state=128, ssm_n_k_heads=16, ssm_n_v_heads=48,
+                        full_attention_interval=4),
 }
 
 WEIGHT_TYPES = {"Q8_0": GGMLQuantizationType.Q8_0, "F32": GGMLQuantizationType.F32,
@@ -152,14 +159,20 @@ def write_model(path: str | os.PathLike, *, arch: str = "llama", n_layer: int = 
                 n_ff: int = 96, n_head: int = 4, n_head_kv: int = 2, head_dim: int | None = None,
                 n_rot: int | None = None, n_ctx: int = 256, n_vocab: int | None = None,
                 rope_base: float = 10000.0, eps: float = 1e-5, seed: int = 0, weight_type: str = "Q8_0",
-                tie_embeddings: bool = True, tokenizer: bool = True, vocab: str = "bpe") -> pathlib.Path:
+                tie_embeddings: bool = True, tokenizer: bool = True, vocab: str = "bpe", n_nextn: int = 0,
+                ssm_d_conv: int = 4, ssm_d_state: int = 16, ssm_n_k_heads: int = 2, ssm_n_v_heads: int = 4,
+                full_attention_interval: int | None = None) -> pathlib.Path:
     """Write a random-weight GGUF model and return its path.
 
     ``head_dim`` and ``n_rot`` are written (as attention.key_length / rope.dimension_count) only when given;
     otherwise the loader's defaults (n_embd / n_head, head_dim) apply. ``n_vocab`` defaults to the tokenizer's
     size; a larger one pads the vocabulary with unused tokens. ``tokenizer=False`` leaves out every
     ``tokenizer.*`` key (the model then has only token ids). ``vocab``: "bpe" (byte-level BPE, ChatML tokens)
-    or "spm" (SentencePiece, Llama-2's layout: ``spm_vocab``)."""
+    or "spm" (SentencePiece, Llama-2's layout: ``spm_vocab``).
+
+    qwen35 only: ``n_nextn`` MTP blocks (0 or 1) after the ``n_layer`` layers; the Gated DeltaNet sizes
+    ``ssm_*`` (value heads tiled over key heads); every ``full_attention_interval``-th layer (default
+    min(4, n_layer)) is full attention; ``n_rot`` defaults to a quarter of the head, as Qwen3.5's."""
     _check_arguments(arch=arch, n_layer=n_layer, n_embd=n_embd, n_ff=n_ff, n_head=n_head, n_head_kv=n_head_kv,
                      head_dim=head_dim, n_rot=n_rot, n_ctx=n_ctx, n_vocab=n_vocab, rope_base=rope_base, eps=eps,
                      seed=seed, weight_type=weight_type)
@@ -174,10 +187,19 @@ def write_model(path: str | os.PathLike, *, arch: str = "llama", n_layer: int = 
         if k <= 0 or (weight_type == "Q8_0" and k % QK8_0):
             raise UsageError(f"{what} = {k} must be positive, and a multiple of {QK8_0} for Q8_0 matrices")
 
+    hybrid = arch == "qwen35"
+    if hybrid:
+        ssm = _hybrid_shape(n_layer, n_nextn, ssm_d_conv, ssm_d_state, ssm_n_k_heads, ssm_n_v_heads,
+                            full_attention_interval, weight_type)
+        if n_rot is None:
+            n_rot = max(2, dim // 8 * 2)
+    elif n_nextn:
+        raise UsageError("n_nextn (an MTP block) needs arch qwen35")
+
     writer = GGUFWriter(None, arch)
     writer.add_name(f"refspec synthetic {arch}")
     writer.add_file_type(_FILE_TYPES[weight_type])
-    writer.add_block_count(n_layer)
+    writer.add_block_count(n_layer + n_nextn)
     writer.add_context_length(n_ctx)
     writer.add_embedding_length(n_embd)
     writer.add_feed_forward_length(n_ff)
@@ -191,13 +213,21 @@ def write_model(path: str | os.PathLike, *, arch: str = "llama", n_layer: int = 
     writer.add_rope_freq_base(rope_base)
     writer.add_layer_norm_rms_eps(eps)
     writer.add_vocab_size(n_vocab)
+    if hybrid:
+        _add_hybrid_keys(writer, ssm, n_rot)
     if tokenizer:
         (_add_spm_tokenizer if vocab == "spm" else _add_tokenizer)(writer, tokens, token_types, merges_or_scores)
 
     rng = np.random.default_rng(seed)
     tensors = {"token_embd.weight": RandomMatrix(rng, n_vocab, n_embd, weight_type)}
-    for i in range(n_layer):
-        tensors.update(_layer_tensors(rng, f"blk.{i}.", arch, n_embd, n_ff, n_q, n_kv, dim, weight_type))
+    for i in range(n_layer + n_nextn):
+        if hybrid and ssm.recurrent(i):
+            layer = _deltanet_tensors(rng, n_embd, n_ff, ssm, weight_type)
+        else:
+            layer = _layer_tensors(rng, arch, n_embd, n_ff, n_q, n_kv, dim, weight_type)
+        if hybrid and i >= n_layer:
+            layer.update(_nextn_tensors(rng, n_embd, weight_type))
+        tensors.update({f"blk.{i}.{name}": tensor for name, tensor in layer.items()})
     tensors["output_norm.weight"] = _vector(rng, n_embd, 1.0, 0.1)
     if not tie_embeddings:
         tensors["output.weight"] = RandomMatrix(rng, n_vocab, n_embd, weight_type)
@@ -311,27 +341,121 @@ def _add_spm_tokenizer(writer: GGUFWriter, tokens: list[str], token_types: list[
     writer.add_add_bos_token(True)
 
 
-def _layer_tensors(rng, prefix, arch, n_embd, n_ff, n_q, n_kv, head_dim, weight_type) -> dict:
-    """One layer's tensors, named and shaped as in refspec.gguf_model.LAYER_TENSORS (numpy order: [N, K])."""
+def _layer_tensors(rng, arch, n_embd, n_ff, n_q, n_kv, head_dim, weight_type) -> dict:
+    """One attention layer's tensors, named and shaped as in refspec.gguf_model.LAYER_TENSORS (numpy order:
+    [N, K]). qwen35's Q projection holds each head's query and then its output gate."""
     tensors = {
         "attn_norm.weight": _vector(rng, n_embd, 1.0, 0.1),
-        "attn_q.weight": RandomMatrix(rng, n_q, n_embd, weight_type),
+        "attn_q.weight": RandomMatrix(rng, n_q * (2 if arch == "qwen35" else 1), n_embd, weight_type),
         "attn_k.weight": RandomMatrix(rng, n_kv, n_embd, weight_type),
         "attn_v.weight": RandomMatrix(rng, n_kv, n_embd, weight_type),
         "attn_output.weight": RandomMatrix(rng, n_embd, n_q, weight_type),
-        "ffn_norm.weight": _vector(rng, n_embd, 1.0, 0.1),
+    }
+    tensors.update(_ffn_tensors(rng, arch, n_embd, n_ff, weight_type))
+    if arch == "qwen2":
+        tensors.update({"attn_q.bias": _vector(rng, n_q, 0.0, 0.1), "attn_k.bias": _vector(rng, n_kv, 0.0, 0.1),
+                        "attn_v.bias": _vector(rng, n_kv, 0.0, 0.1)})
+    if arch in ("qwen3", "qwen35"):
+        tensors.update({"attn_q_norm.weight": _vector(rng, head_dim, 1.0, 0.1),
+                        "attn_k_norm.weight": _vector(rng, head_dim, 1.0, 0.1)})
+    return tensors
+
+
+def _ffn_tensors(rng, arch, n_embd, n_ff, weight_type) -> dict:
+    norm = "post_attention_norm.weight" if arch == "qwen35" else "ffn_norm.weight"
+    return {
+        norm: _vector(rng, n_embd, 1.0, 0.1),
         "ffn_gate.weight": RandomMatrix(rng, n_ff, n_embd, weight_type),
         "ffn_up.weight": RandomMatrix(rng, n_ff, n_embd, weight_type),
         "ffn_down.weight": RandomMatrix(rng, n_embd, n_ff, weight_type),
     }
-    if arch == "qwen2":
-        tensors.update({"attn_q.bias": _vector(rng, n_q, 0.0, 0.1), "attn_k.bias": _vector(rng, n_kv, 0.0, 0.1),
-                        "attn_v.bias": _vector(rng, n_kv, 0.0, 0.1)})
-    if arch == "qwen3":
-        tensors.update({"attn_q_norm.weight": _vector(rng, head_dim, 1.0, 0.1),
-                        "attn_k_norm.weight": _vector(rng, head_dim, 1.0, 0.1)})
-    return {prefix + name: tensor for name, tensor in tensors.items()}
 
+
+def _hybrid_shape(n_layer, n_nextn, d_conv, d_state, n_k_heads, n_v_heads, interval, weight_type):
+    """qwen35's sizes, checked like write_model's other arguments."""
+    interval = min(4, n_layer) if interval is None else interval
+    for what, value, lo, hi in (("n_nextn", n_nextn, 0, 1), ("ssm_d_conv", d_conv, 1, 64),
+                                ("ssm_d_state", d_state, 1, MAX_WIDTH), ("ssm_n_k_heads", n_k_heads, 1, MAX_HEADS),
+                                ("ssm_n_v_heads", n_v_heads, 1, MAX_HEADS),
+                                ("full_attention_interval", interval, 1, n_layer + n_nextn)):
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            raise UsageError(f"{what} = {value!r} must be an integer in {lo}..{hi}")
+    if n_v_heads % n_k_heads:
+        raise UsageError(f"ssm_n_v_heads = {n_v_heads} must be a multiple of ssm_n_k_heads = {n_k_heads}")
+    shape = _HybridShape(n_layer, n_nextn, d_conv, d_state, n_k_heads, n_v_heads, interval)
+    if weight_type == "Q8_0" and shape.value_dim % QK8_0:
+        raise UsageError(f"ssm_n_v_heads * ssm_d_state = {shape.value_dim} must be a multiple of {QK8_0}")
+    return shape
+
+
+class _HybridShape(NamedTuple):
+    n_layer: int
+    n_nextn: int
+    d_conv: int
+    d_state: int
+    n_k_heads: int
+    n_v_heads: int
+    interval: int  # every interval-th layer is full attention
+
+    @property
+    def value_dim(self) -> int:
+        return self.n_v_heads * self.d_state
+
+    @property
+    def conv_dim(self) -> int:
+        return 2 * self.n_k_heads * self.d_state + self.value_dim
+
+    def recurrent(self, layer: int) -> bool:
+        return layer < self.n_layer and (layer + 1) % self.interval != 0
+
+
+def _add_hybrid_keys(writer: GGUFWriter, ssm: _HybridShape, n_rot: int) -> None:
+    """qwen35's keys, as llama.cpp's converter writes them."""
+    if ssm.n_nextn:
+        writer.add_nextn_predict_layers(ssm.n_nextn)
+    writer.add_ssm_conv_kernel(ssm.d_conv)
+    writer.add_ssm_state_size(ssm.d_state)
+    writer.add_ssm_group_count(ssm.n_k_heads)
+    writer.add_ssm_time_step_rank(ssm.n_v_heads)
+    writer.add_ssm_inner_size(ssm.value_dim)
+    writer.add_full_attention_interval(ssm.interval)
+    pairs = n_rot // 2  # split over time, height, width as Qwen3.5's [11, 11, 10] splits 32 pairs
+    first = -(-pairs // 3)
+    second = -(-(pairs - first) // 2)
+    writer.add_rope_dimension_sections([first, second, pairs - first - second, 0])
+
+
+def _deltanet_tensors(rng, n_embd, n_ff, ssm: _HybridShape, weight_type) -> dict:
+    """A Gated DeltaNet layer's tensors. A and dt_bias are drawn as Qwen3.5's initialisation draws them
+    (A uniform in [1, 16], dt = softplus(dt_bias) uniform in [0.001, 0.1]); ssm_a = -A, as the converter
+    stores -exp(A_log)."""
+    n_v = ssm.n_v_heads
+    dt = rng.uniform(0.001, 0.1, n_v)
+    tensors = {
+        "attn_norm.weight": _vector(rng, n_embd, 1.0, 0.1),
+        "attn_qkv.weight": RandomMatrix(rng, ssm.conv_dim, n_embd, weight_type),
+        "attn_gate.weight": RandomMatrix(rng, ssm.value_dim, n_embd, weight_type),
+        "ssm_beta.weight": RandomMatrix(rng, n_v, n_embd, weight_type),
+        "ssm_alpha.weight": RandomMatrix(rng, n_v, n_embd, weight_type),
+        "ssm_conv1d.weight": (rng.standard_normal((ssm.conv_dim, ssm.d_conv)) / math.sqrt(ssm.d_conv)).astype(
+            np.float32),
+        "ssm_dt.bias": np.log(np.expm1(dt)).astype(np.float32),
+        "ssm_a": (-rng.uniform(1.0, 16.0, n_v)).astype(np.float32),
+        "ssm_norm.weight": _vector(rng, ssm.d_state, 1.0, 0.1),
+        "ssm_out.weight": RandomMatrix(rng, n_embd, ssm.value_dim, weight_type),
+    }
+    tensors.update(_ffn_tensors(rng, "qwen35", n_embd, n_ff, weight_type))
+    return tensors
+
+
+def _nextn_tensors(rng, n_embd, weight_type) -> dict:
+    """The MTP block's own tensors (its decoder block is an attention layer's)."""
+    return {
+        "nextn.eh_proj.weight": RandomMatrix(rng, n_embd, 2 * n_embd, weight_type),
+        "nextn.enorm.weight": _vector(rng, n_embd, 1.0, 0.1),
+        "nextn.hnorm.weight": _vector(rng, n_embd, 1.0, 0.1),
+        "nextn.shared_head_norm.weight": _vector(rng, n_embd, 1.0, 0.1),
+    }
 
 def rewrite_gguf(src: str | os.PathLike, dst: str | os.PathLike, *, metadata: Mapping[str, Any] | None = None,
                  drop: Iterable[str] = (), tensor_types: Mapping[str, str] | None = None,
@@ -397,6 +521,12 @@ _OPTIONS = [  # (flag, write_model keyword, type, help)
     ("--eps", "eps", float, "RMSNorm epsilon (default 1e-5)"),
     ("--seed", "seed", int, "random seed (default 0)"),
     ("--weight-type", "weight_type", str, f"one of {', '.join(WEIGHT_TYPES)} (default Q8_0)"),
+    ("--n-nextn", "n_nextn", int, "qwen35: MTP (nextn) blocks, 0 or 1 (default 0)"),
+    ("--ssm-d-state", "ssm_d_state", int, "qwen35: DeltaNet head size (default 16)"),
+    ("--ssm-n-k-heads", "ssm_n_k_heads", int, "qwen35: DeltaNet key heads (default 2)"),
+    ("--ssm-n-v-heads", "ssm_n_v_heads", int, "qwen35: DeltaNet value heads (default 4)"),
+    ("--full-attention-interval", "full_attention_interval", int,
+     "qwen35: every N-th layer is full attention (default min(4, n_layer))"),
 ]
 
 

@@ -21,6 +21,8 @@ SHAPES = {  # tiny models of every architecture; odd head counts, GQA groups, pa
     "llama": dict(n_layer=2, n_embd=64, n_ff=96, n_head=4, n_head_kv=2),
     "qwen2": dict(n_layer=2, n_embd=96, n_ff=160, n_head=3, n_head_kv=1, head_dim=32),
     "qwen3": dict(n_layer=3, n_embd=64, n_ff=64, n_head=2, n_head_kv=2, head_dim=32, n_rot=16),
+    "qwen35": dict(n_layer=3, n_embd=64, n_ff=96, n_head=2, n_head_kv=1, head_dim=32, ssm_n_v_heads=6,
+                   full_attention_interval=2),  # DeltaNet, attention, DeltaNet; 6 value heads over 2 key heads
 }
 
 
@@ -50,7 +52,11 @@ def test_rows_in_one_pass_equal_single_row_passes(models, arch, data):
         one = tf.forward(single, [token], pos)
         if pos >= split:
             assert_bits_equal(one[0], many[pos - split], f"{arch}: logits at position {pos}")
-    for layer in range(tf.config.n_layer):  # and the caches hold the same keys and values
+    for layer in range(tf.config.n_layer):  # and the caches hold the same keys and values, or states
+        if tf.config.is_recurrent(layer):
+            assert_bits_equal(single.ssm[layer][0], batched.ssm[layer][0], f"DeltaNet state {layer}")
+            assert_bits_equal(single.conv[layer][0], batched.conv[layer][0], f"conv state {layer}")
+            continue
         assert_bits_equal(single.k[layer][:, : len(ids)], batched.k[layer][:, : len(ids)], f"k cache {layer}")
         assert_bits_equal(single.v[layer][:, : len(ids)], batched.v[layer][:, : len(ids)], f"v cache {layer}")
 
@@ -134,7 +140,8 @@ def test_taps_name_every_layer_tensor_and_change_no_bits(models, arch):
     want = [f"{n}-{i}" for i in range(cfg.n_layer) for n in per_layer] + ["result_norm", "result_output"]
     assert list(seen) == want  # forward order
     assert_bits_equal(seen["result_output"], tapped, "result_output")
-    assert seen["kqv_out-0"].shape == (len(ids), cfg.n_q) and seen["l_out-0"].shape == (len(ids), cfg.n_embd)
+    width = cfg.ssm_value_dim if cfg.is_recurrent(0) else cfg.n_q  # a DeltaNet layer's output before ssm_out
+    assert seen["kqv_out-0"].shape == (len(ids), width) and seen["l_out-0"].shape == (len(ids), cfg.n_embd)
     last = cfg.n_layer - 1
     for i in range(1, cfg.n_layer):  # the residual stream adds up as the names say
         assert_bits_equal(seen[f"ffn_inp-{i}"], seen[f"l_out-{i - 1}"] + seen[f"attn_out-{i}"], f"ffn_inp-{i}")

@@ -10,7 +10,7 @@ from gguf import quants as ggml_quants
 
 from refspec import synthetic
 from refspec.errors import UsageError
-from refspec.gguf_model import LAYER_TENSORS, MODEL_TENSORS, load
+from refspec.gguf_model import LAYER_TENSORS, MODEL_TENSORS, NEXTN_TENSORS, load
 from refspec.model import Q8Matrix
 
 Q8_0 = GGMLQuantizationType.Q8_0
@@ -44,6 +44,9 @@ def refspec_tensors(model) -> dict:
     found = {name: getattr(weights, spec.field) for name, spec in MODEL_TENSORS.items()}
     for i, layer in enumerate(weights.layers):
         found.update({f"blk.{i}.{key}": getattr(layer, spec.field) for key, spec in LAYER_TENSORS.items()})
+    if weights.mtp is not None:  # the nextn block's own tensors
+        prefix = f"blk.{model.config.n_layer}."
+        found.update({prefix + key: getattr(weights.mtp, spec.field) for key, spec in NEXTN_TENSORS.items()})
     return {name: value for name, value in found.items() if value is not None}
 
 

@@ -63,7 +63,11 @@ def _fetch(target: pathlib.Path) -> None:
                 if match and member.isfile():
                     (out / match.group(1)).write_bytes(archive.extractfile(member).read())
         (out / "complete").write_text(f"{SDIST} {SDIST_SHA256}\n")
-        os.replace(out, target)
+        try:
+            os.replace(out, target)
+        except OSError:
+            if not (target / "complete").is_file():  # not another run that got there first
+                raise
 
 
 def read_cases(inp: pathlib.Path, out: pathlib.Path) -> dict[str, list[int]]:

@@ -698,3 +698,120 @@ class GpuBackend:
 
     def argmax(self, logits):
         return spec.checked_ids(*self.argmax_rows(logits))
+
+    # ---- qwen35: gated attention and Gated DeltaNet (kernels_raw/deltanet.hip; twins in refspec.spec)
+    def silu(self, x):
+        return self._elementwise("silu", (self._input(x),))
+
+    def sigmoid_gate(self, a, gate):
+        a, gate = self._input(a), self._input(gate)
+        if a.shape != gate.shape:
+            raise ValueError(f"sigmoid_gate: {a.shape} and {gate.shape} differ")
+        return self._elementwise("sigmoid_gate", (a, gate))
+
+    def _elementwise(self, name: str, inputs: tuple):
+        out = self._empty(inputs[0].shape)
+        n = inputs[0].size
+        if n:
+            threads = 256  # RS_ELEMENTWISE_THREADS
+            self.function("deltanet", name)((self._blocks(n, threads),), (threads,), (*inputs, np.int64(n), out))
+        return out
+
+    def deltanet_gates(self, alpha, b, dt_bias, a):
+        """(decay, beta) [R, Hv] from the alpha and beta projections (spec.deltanet_gates)."""
+        alpha, b, dt_bias, a = (self._input(t) for t in (alpha, b, dt_bias, a))
+        heads = dt_bias.size
+        if alpha.shape != b.shape or alpha.shape[-1] != heads or a.size != heads:
+            raise ValueError(f"deltanet_gates: alpha {alpha.shape}, b {b.shape}, dt {dt_bias.shape}, a {a.shape}")
+        decay, beta = self._empty(alpha.shape), self._empty(alpha.shape)
+        if alpha.size:
+            threads = 256
+            self.function("deltanet", "deltanet_gates")(
+                (self._blocks(alpha.size, threads),), (threads,),
+                (alpha, b, dt_bias, a, np.int32(heads), np.int64(alpha.size), decay, beta))
+        return decay, beta
+
+    def _row_norm(self, name: str, x, extra: tuple, eps):
+        x = self._input(x)
+        n = x.shape[-1]
+        rows = x.size // n if n else 0
+        out = self._empty(x.shape)
+        if rows:
+            groups = 4  # RS_DELTANET_THREADS / 32
+            self.function("deltanet", name)(
+                (self._blocks(rows, groups),), (32 * groups,), (x, *extra, F32(eps), np.int64(rows), np.int32(n), out))
+        return out
+
+    def l2norm(self, x, eps):
+        return self._row_norm("l2norm", x, (), eps)
+
+    def gated_rmsnorm(self, x, w, z, eps):
+        x, w, z = self._input(x), self._input(w), self._input(z)
+        if z.shape != x.shape or w.shape != x.shape[-1:]:
+            raise ValueError(f"gated_rmsnorm: x {x.shape}, w {w.shape}, z {z.shape}")
+        return self._row_norm("gated_rmsnorm", x, (w, z), eps)
+
+    def concat(self, a, b):
+        return self.cp.concatenate([self._input(a), self._input(b)], axis=-1)
+
+    def stack(self, rows):
+        return self.cp.stack([self.cp.asarray(r, dtype=F32) for r in rows])
+
+    def split_query_gate(self, qg, n_head, head_dim):
+        """[R, H*2*D] (per head: D query values, then D gate values) -> queries, gates [R, H, D]."""
+        qg = self.cp.ascontiguousarray(qg).reshape(qg.shape[0], n_head, 2, head_dim)
+        return self.cp.ascontiguousarray(qg[:, :, 0]), self.cp.ascontiguousarray(qg[:, :, 1])
+
+    def split_qkv(self, qkv, n_k_heads, n_v_heads, dim):
+        rows, key_dim = qkv.shape[0], n_k_heads * dim
+        parts = (qkv[:, :key_dim], qkv[:, key_dim : 2 * key_dim], qkv[:, 2 * key_dim :])
+        shapes = ((rows, n_k_heads, dim), (rows, n_k_heads, dim), (rows, n_v_heads, dim))
+        return tuple(self.cp.ascontiguousarray(p).reshape(s) for p, s in zip(parts, shapes))
+
+    @staticmethod
+    def _ring_writes(ring, writes) -> int:
+        """The first slot of `writes`, which must be consecutive slots of the ring (position order)."""
+        n = ring.shape[0]
+        if any(s != (writes[0] + r) % n for r, s in enumerate(writes)):
+            raise ValueError(f"ring slots {writes[:8]} are not consecutive positions modulo {n}")
+        return int(writes[0])
+
+    def conv1d_causal(self, x, w, ring, read, writes):
+        """spec.conv1d_causal from the state in ring[read] (zeros if None); the states after the rows go to
+        ring[writes[r]] (the last n_states rows; a slot written twice keeps the later row's)."""
+        x, stride = self._rows(x)
+        w = self._input(w)
+        rows, channels = x.shape
+        taps = w.shape[1]
+        if w.shape[0] != channels or ring.shape[1:] != (channels, taps - 1) or len(writes) != rows:
+            raise ValueError(f"conv1d_causal: x {x.shape}, w {w.shape}, ring {ring.shape}, {len(writes)} slots")
+        state = ring[read].copy() if read is not None else self.cp.zeros((channels, taps - 1), F32)
+        y = self._empty((rows, channels))
+        if rows and channels:
+            groups = 4
+            self.function("deltanet", "conv1d_causal")(
+                (self._blocks(rows * channels, groups),), (32 * groups,),
+                (x, np.int64(stride), state, w, np.int32(rows), np.int32(channels), np.int32(taps), y, ring,
+                 np.int32(self._ring_writes(ring, writes)), np.int32(ring.shape[0])))
+        return y
+
+    def delta_rule(self, q, k, v, decay, beta, ring, read, writes):
+        """spec.delta_rule from the state in ring[read] (zeros if None); the states after the rows go to
+        ring[writes[r]] (the last n_states rows)."""
+        q, k, v, decay, beta = (self._input(t) for t in (q, k, v, decay, beta))
+        rows, n_v, dim = v.shape
+        n_k = k.shape[1]
+        if (q.shape != k.shape or k.shape != (rows, n_k, dim) or n_v % n_k or decay.shape != (rows, n_v)
+                or beta.shape != (rows, n_v) or ring.shape[1:] != (n_v, dim, dim) or len(writes) != rows):
+            raise ValueError(f"delta_rule: q {q.shape}, k {k.shape}, v {v.shape}, ring {ring.shape}")
+        if dim > 256:  # RS_DELTA_MAX_DK: the state row a group holds in registers
+            raise DeviceError(f"delta_rule: head size {dim} is above the kernel's 256")
+        out = self._empty(v.shape)
+        if rows:
+            groups = 4
+            self.function("deltanet", "delta_rule")(
+                (self._blocks(n_v * dim, groups),), (32 * groups,),
+                (q, k, v, decay, beta, np.int32(rows), np.int32(n_k), np.int32(n_v), np.int32(dim), ring,
+                 np.int32(-1 if read is None else read), np.int32(self._ring_writes(ring, writes)),
+                 np.int32(ring.shape[0]), out))
+        return out

@@ -4,10 +4,8 @@ that a plausible other order or variant gives other bits on its data, so it coul
 import math
 
 import numpy as np
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
 
 from refspec import spec
 from refspec.backends import CpuBackend

@@ -1,0 +1,159 @@
+// qwen35's Gated DeltaNet and gated-attention operations (refspec/spec.py, "Gated DeltaNet and gated
+// attention"; SPEC.md, "Hybrid models"), each the twin of its spec function. Reductions run on groups of 32
+// threads in spec.lane_sum's order (lane_sum.h); the recurrence runs row after row inside one group, so the
+// number of rows changes no bits. The Python wrappers (refspec/gpu.py, GpuBackend's qwen35 methods) own the
+// grids and check the shapes.
+#include "portable.h"
+#include "lane_sum.h"
+#include "exp.h"
+#include "log1p.h"
+
+#define RS_DELTANET_THREADS 128  // 4 groups of 32 per block
+#define RS_ELEMENTWISE_THREADS 256
+#define RS_DELTA_MAX_DK 256  // key dimension a delta-rule group holds in registers: 8 values per lane
+
+RS_DEVICE float rs_sigmoid(float x) { return rs_div(1.0f, rs_add(1.0f, refspec_exp(-x))); }
+RS_DEVICE float rs_silu(float x) { return rs_div(x, rs_add(1.0f, refspec_exp(-x))); }
+
+// spec.silu: out = x / (1 + exp(-x)). x, out float32 [n].
+extern "C" __global__ void __launch_bounds__(RS_ELEMENTWISE_THREADS)
+silu(const float* __restrict__ x, long long n, float* __restrict__ out) {
+  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = rs_silu(x[i]);
+}
+
+// spec.sigmoid_gate: out = a * (1 / (1 + exp(-g))). a, g, out float32 [n].
+extern "C" __global__ void __launch_bounds__(RS_ELEMENTWISE_THREADS)
+sigmoid_gate(const float* __restrict__ a, const float* __restrict__ g, long long n, float* __restrict__ out) {
+  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = rs_mul(a[i], rs_sigmoid(g[i]));
+}
+
+// spec.deltanet_gates over [rows, heads]: decay = exp(softplus(alpha + dt[h]) * a[h]), beta = sigmoid(b);
+// softplus(t) = t above 20, else log1p(exp(t)).
+extern "C" __global__ void __launch_bounds__(RS_ELEMENTWISE_THREADS)
+deltanet_gates(const float* __restrict__ alpha, const float* __restrict__ b, const float* __restrict__ dt,
+               const float* __restrict__ a, int heads, long long n, float* __restrict__ decay,
+               float* __restrict__ beta) {
+  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const int h = (int)(i % heads);
+  const float t = rs_add(alpha[i], dt[h]);
+  const float sp = t > 20.0f ? t : refspec_log1p(refspec_exp(t));
+  decay[i] = refspec_exp(rs_mul(sp, a[h]));
+  beta[i] = rs_sigmoid(b[i]);
+}
+
+// spec.l2norm over rows of n: out = x * (1 / sqrt(lane_sum(x*x) + eps)). One group per row.
+extern "C" __global__ void __launch_bounds__(RS_DELTANET_THREADS)
+l2norm(const float* __restrict__ x, float eps, long long rows, int n, float* __restrict__ out) {
+  const long long row = (long long)blockIdx.x * rs_groups() + rs_group();
+  if (row >= rows) return;  // the whole group leaves together
+  const float* xr = x + row * n;
+  float acc = 0.0f;
+  for (int i = rs_lane(); i < n; i += RS_LANES) acc = rs_add(acc, rs_mul(xr[i], xr[i]));
+  const float inv = rs_div(1.0f, rs_sqrt(rs_add(rs_lane_tree(acc), eps)));
+  for (int i = rs_lane(); i < n; i += RS_LANES) out[row * n + i] = rs_mul(xr[i], inv);
+}
+
+// spec.gated_rmsnorm over rows of n: out = ((x * inv) * w) * silu(z), inv as spec.rmsnorm. One group per row.
+extern "C" __global__ void __launch_bounds__(RS_DELTANET_THREADS)
+gated_rmsnorm(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ z, float eps,
+              long long rows, int n, float* __restrict__ out) {
+  const long long row = (long long)blockIdx.x * rs_groups() + rs_group();
+  if (row >= rows) return;
+  const float* xr = x + row * n;
+  float acc = 0.0f;
+  for (int i = rs_lane(); i < n; i += RS_LANES) acc = rs_add(acc, rs_mul(xr[i], xr[i]));
+  const float inv = rs_div(1.0f, rs_sqrt(rs_add(rs_div(rs_lane_tree(acc), (float)n), eps)));
+  for (int i = rs_lane(); i < n; i += RS_LANES)
+    out[row * n + i] = rs_mul(rs_mul(rs_mul(xr[i], inv), w[i]), rs_silu(z[row * n + i]));
+}
+
+// spec.conv1d_causal. x [rows, C] with row stride x_stride (a column slice of a stacked GEMV's output);
+// state [C, K-1] (the inputs before row 0, oldest first); w [C, K]; y [rows, C]. One group per (row, channel):
+// lane t takes taps t, t+32, ... of w[c, t] * in[r + t, c] (in = state's rows, then x's), then the tree.
+// The state after row r (in[r+1 .. r+K-1]) goes to ring[(first + r) % n_states] for the last n_states rows
+// (earlier rows' slots would be overwritten by later rows anyway). `state` must not alias `ring`.
+extern "C" __global__ void __launch_bounds__(RS_DELTANET_THREADS)
+conv1d_causal(const float* __restrict__ x, long long x_stride, const float* __restrict__ state,
+              const float* __restrict__ w, int rows, int channels, int taps, float* __restrict__ y,
+              float* __restrict__ ring, int first, int n_states) {
+  const long long item = (long long)blockIdx.x * rs_groups() + rs_group();
+  if (item >= (long long)rows * channels) return;
+  const int r = (int)(item / channels), c = (int)(item % channels);
+  const int hist = taps - 1;
+  float acc = 0.0f;
+  for (int t = rs_lane(); t < taps; t += RS_LANES) {
+    const int j = r + t;  // row of `in`
+    const float v = j < hist ? state[(long long)c * hist + j] : x[(long long)(j - hist) * x_stride + c];
+    acc = rs_add(acc, rs_mul(w[(long long)c * taps + t], v));
+  }
+  const float sum = rs_lane_tree(acc);
+  if (rs_lane() == 0) y[(long long)r * channels + c] = sum;
+  if (r >= rows - n_states) {  // keep the state after this row
+    float* slot = ring + ((long long)((first + r) % n_states) * channels + c) * hist;
+    for (int t = rs_lane(); t < hist; t += RS_LANES) {
+      const int j = r + 1 + t;
+      slot[t] = j < hist ? state[(long long)c * hist + j] : x[(long long)(j - hist) * x_stride + c];
+    }
+  }
+}
+
+// spec.delta_rule over `rows` rows. q, k [rows, Hk, Dk] (L2-normalised), v, out [rows, Hv, Dv], decay, beta
+// [rows, Hv]; ring [n_states, Hv, Dv, Dk]; the state before row 0 is ring[read] (zeros if read < 0). One
+// group per (value head h, value index i) keeps row i of head h's state in registers (lane l: elements
+// l, l+32, ...) and runs the rows one after another, as spec.delta_rule_step does; value head h reads key
+// head h % Hk. The state after row r goes to ring[(first + r) % n_states] for the last n_states rows; each
+// group reads its own state row before it writes any, so `read` may be one of the slots written.
+extern "C" __global__ void __launch_bounds__(RS_DELTANET_THREADS)
+delta_rule(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
+           const float* __restrict__ decay, const float* __restrict__ beta, int rows, int n_k_heads,
+           int n_v_heads, int dim, float* ring, int read, int first, int n_states, float* __restrict__ out) {
+  const long long item = (long long)blockIdx.x * rs_groups() + rs_group();
+  if (item >= (long long)n_v_heads * dim) return;
+  const int h = (int)(item / dim), i = (int)(item % dim), kh = h % n_k_heads, lane = rs_lane();
+  const long long state_row = ((long long)h * dim + i) * dim;  // within one slot
+  const long long slot_size = (long long)n_v_heads * dim * dim;
+  const float scale = rs_div(1.0f, rs_sqrt((float)dim));
+  float s[RS_DELTA_MAX_DK / RS_LANES];
+#pragma unroll
+  for (int m = 0; m < RS_DELTA_MAX_DK / RS_LANES; ++m) {
+    const int j = lane + m * RS_LANES;
+    s[m] = (read >= 0 && j < dim) ? ring[read * slot_size + state_row + j] : 0.0f;
+  }
+  for (int r = 0; r < rows; ++r) {
+    const float* kr = k + ((long long)r * n_k_heads + kh) * dim;
+    const float* qr = q + ((long long)r * n_k_heads + kh) * dim;
+    const float dec = decay[(long long)r * n_v_heads + h], b = beta[(long long)r * n_v_heads + h];
+    float acc = 0.0f;
+#pragma unroll
+    for (int m = 0; m < RS_DELTA_MAX_DK / RS_LANES; ++m) {
+      const int j = lane + m * RS_LANES;
+      if (j < dim) {
+        s[m] = rs_mul(s[m], dec);
+        acc = rs_add(acc, rs_mul(s[m], kr[j]));
+      }
+    }
+    const float d = rs_mul(rs_sub(v[((long long)r * n_v_heads + h) * dim + i], rs_lane_tree(acc)), b);
+    float acc_o = 0.0f;
+#pragma unroll
+    for (int m = 0; m < RS_DELTA_MAX_DK / RS_LANES; ++m) {
+      const int j = lane + m * RS_LANES;
+      if (j < dim) {
+        s[m] = rs_add(s[m], rs_mul(kr[j], d));
+        acc_o = rs_add(acc_o, rs_mul(s[m], rs_mul(qr[j], scale)));
+      }
+    }
+    const float o = rs_lane_tree(acc_o);
+    if (lane == 0) out[((long long)r * n_v_heads + h) * dim + i] = o;
+    if (r >= rows - n_states) {
+      float* slot = ring + (long long)((first + r) % n_states) * slot_size + state_row;
+#pragma unroll
+      for (int m = 0; m < RS_DELTA_MAX_DK / RS_LANES; ++m) {
+        const int j = lane + m * RS_LANES;
+        if (j < dim) slot[j] = s[m];
+      }
+    }
+  }
+}

@@ -145,11 +145,13 @@ class Transformer:
         if self.graphs is not None and rows <= self.graphs.max_rows and not (taps or hidden or mtp_from is not None):
             return self.graphs.replay(cache, ids, pos0, layers)
         ids, pos = self.be.pass_input(ids, pos0)
-        return self.run(cache, ids, pos, rows, layers, taps, hidden=hidden, mtp_from=mtp_from)
+        return self.run(cache, ids, pos, rows, layers, taps, hidden=hidden, mtp_from=mtp_from, host_pos=pos0)
 
-    def run(self, cache: KVCache, ids, pos, rows: int, layers=None, taps=None, *, hidden=False, mtp_from=None):
+    def run(self, cache: KVCache, ids, pos, rows: int, layers=None, taps=None, *, hidden=False, mtp_from=None,
+            host_pos: int | None = None):
         """The pass itself, on token ids and a first position as be.pass_input gives them (on a GPU both in
-        device memory, so that a captured run serves every position)."""
+        device memory, so that a captured run serves every position). host_pos: the first position as a
+        host integer, for the DeltaNet layers' state slots (else read back from `pos`)."""
         cfg, be, w = self.config, self.be, self.weights
         eps = cfg.rms_eps
         if mtp_from is None:
@@ -162,7 +164,7 @@ class Transformer:
             if taps:
                 taps(f"attn_norm-{i}", be.rmsnorm(x, lw.attn_norm, eps))
             if cfg.is_recurrent(i):  # qwen35: a Gated DeltaNet block instead of attention
-                o = self.deltanet(cache, i, x, pos, taps)  # [R, E]
+                o = self.deltanet(cache, i, x, pos if host_pos is None else host_pos, taps)  # [R, E]
                 x = be.add(x, o)
                 if taps:
                     _tap(taps, i, attn_out=o, ffn_inp=x, ffn_norm=be.rmsnorm(x, lw.ffn_norm, eps))

@@ -85,6 +85,7 @@ class LayerTap:
 
     def __init__(self, llama_cpp, llm, names):
         from llama_cpp import _internals
+        from llama_cpp._utils import suppress_stdout_stderr  # llama.cpp's context notes go to stderr
 
         self.lib = ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml-base.so"))
         self.lib.ggml_get_name.restype, self.lib.ggml_get_name.argtypes = ctypes.c_char_p, [ctypes.c_void_p]
@@ -96,8 +97,9 @@ class LayerTap:
         self.callback = llama_cpp.ggml_backend_sched_eval_callback(self._on_node)  # kept: C holds a pointer
         params = llm.context_params
         params.cb_eval = self.callback
-        llm._ctx = llm._stack.enter_context(_closing(_internals.LlamaContext(model=llm._model, params=params,
-                                                                              verbose=False)))
+        with suppress_stdout_stderr(disable=False):
+            context = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+        llm._ctx = llm._stack.enter_context(_closing(context))
 
     def _on_node(self, tensor, ask, user_data) -> bool:
         name = self.lib.ggml_get_name(tensor).decode(errors="replace")

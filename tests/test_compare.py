@@ -128,9 +128,12 @@ def _bad_inputs(d, tmp_path, ref):
     short = golden.Golden(ref.token_ids[:4], {k: v[:4] for k, v in ref.tensors.items()}, dict(ref.metadata))
     short.metadata["n_prompt"] = "4"
     golden.save(short, tmp_path / "short.safetensors")
+    narrow = golden.Golden(ref.token_ids, dict(ref.tensors), dict(ref.metadata))
+    narrow.tensors["kqv_out-1"] = narrow.tensors["kqv_out-1"][:, :32]
+    golden.save(narrow, tmp_path / "narrow.safetensors")
     return [("f64.npy", "must be float32"), ("narrow.npy", "vocabulary has"), ("many.npy", "only 6 positions"),
             ("odd.bin", "whole number of rows"), ("text.npy", "not a readable .npy"),
-            ("short.safetensors", "token ids differ"), ("missing.bin", "cannot read"),
+            ("short.safetensors", "token ids differ"), ("narrow.safetensors", "tensor kqv_out-1: shapes differ"), ("missing.bin", "cannot read"),
             ("missing.safetensors", "not a readable safetensors")]
 
 

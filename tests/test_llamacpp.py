@@ -9,6 +9,7 @@ import pytest
 
 from refspec import compare, golden
 from refspec.synthetic import write_model
+from refspec.testing import assert_bits_equal
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
@@ -49,22 +50,44 @@ def test_llama_cpp_on_the_default_model_is_close_but_not_bit_exact(default_dumps
     assert refspec("compare", str(ref), str(ll), "--bitwise").returncode == 1
 
 
+@pytest.fixture(scope="module")
+def q8_copy(default_model_path, tmp_path_factory):
+    """The default model requantized to Q8_0 by llama.cpp's quantizer."""
+    return llamacpp.requantize_q8_0(default_model_path, tmp_path_factory.mktemp("q8") / "q8_0.gguf")
+
+
+@pytest.fixture(scope="module")
+def q8_refspec(q8_copy, default_dumps):
+    """refspec on the Q8_0 copy, the default dump's tokens, every layer."""
+    return golden.dump(q8_copy, golden.load(default_dumps[1]).token_ids.tolist(), 0, layers=True, device="cpu")
+
+
 @pytest.mark.slow
-def test_same_q8_0_weights_isolate_the_numerics(default_model_path, default_dumps, tmp_path):
+def test_same_q8_0_weights_isolate_the_numerics(default_dumps, q8_copy, q8_refspec):
     """llama.cpp's Q8_0 requantization of the default model is byte for byte refspec's (refspec's logits on
     the copy are its logits on the original, bit for bit), so llama.cpp on the copy differs from refspec
     by numerics alone."""
-    d, ref, _ = default_dumps
-    q8 = llamacpp.requantize_q8_0(default_model_path, tmp_path / "q8_0.gguf")
-    ref8, ll8 = tmp_path / "refspec8.safetensors", tmp_path / "llamacpp8.safetensors"
-    for engine, out in (("refspec", ref8), ("llama.cpp", ll8)):
-        proc = refspec("dump", "-m", q8, "--ids-from", str(ref), "--engine", engine, "-o", str(out), "--device", "cpu")
-        assert proc.returncode == 0, proc.stderr
-    same = compare.compare_files(ref, ref8)["tensors"]["result_output"]
-    assert same["bitwise_equal"] == same["n"]
-    report = compare.compare_files(ref8, ll8)
+    a = golden.load(default_dumps[1])
+    assert_bits_equal(q8_refspec.logits, a.logits, "refspec's logits on the Q8_0 copy")
+    theirs = llamacpp.dump(q8_copy, a.token_ids.tolist(), 0)
+    report = compare.compare(q8_refspec, compare.Rows(theirs.tensors, np.arange(len(a.token_ids)), theirs.metadata, None))
     assert 0 < report["tensors"]["result_output"]["nmse"] < 5e-3  # measured 8.3e-4
     assert report["logits"]["top1_agree"] >= 19
+
+
+@pytest.mark.slow
+def test_where_llama_cpp_parts_from_the_spec_on_the_default_model(default_dumps, q8_copy, q8_refspec):
+    """Same Q8_0 weights, f32 KV cache, every layer: llama.cpp agrees with the spec to float rounding in the
+    first layer's norm and in its attention over the first 4 positions; its attention parts from there on
+    (kqv_out-0, NMSE ~1e-6 at positions 4+), and the residual stream carries it to the logits."""
+    mine = q8_refspec
+    ids = mine.token_ids.tolist()
+    theirs = llamacpp.dump(q8_copy, ids, 0, layers=True, kv_cache="f32")
+    assert compare.nmse(mine.tensors["attn_norm-0"], theirs.tensors["attn_norm-0"]) < 1e-12
+    assert compare.nmse(mine.tensors["kqv_out-0"][:4], theirs.tensors["kqv_out-0"][:4]) < 1e-12
+    report = compare.compare(mine, compare.Rows(theirs.tensors, np.arange(len(ids)), theirs.metadata, None))
+    assert report["first_over_nmse_threshold"] == "kqv_out-0"
+    assert 1e-8 < report["tensors"]["kqv_out-0"]["nmse"] < 1e-4
 
 
 def test_llama_cpp_greedy_on_a_tiny_model(tmp_path):
@@ -89,30 +112,6 @@ def test_llama_cpp_layers_line_up_with_refspec_names(tmp_path):
         assert ll.tensors[name].shape == t.shape, name
     assert compare.nmse(ref.tensors["attn_norm-0"], ll.tensors["attn_norm-0"]) < 1e-12
     assert compare.nmse(ref.logits, ll.logits) < 1e-6
-
-
-@pytest.mark.slow
-def test_where_llama_cpp_parts_from_the_spec_on_the_default_model(default_dumps, tmp_path):
-    """Same Q8_0 weights, f32 KV cache, every layer: llama.cpp agrees with the spec to float rounding in the
-    first layer's norm and in its attention over the first 4 positions; its attention parts from there on
-    (kqv_out-0, NMSE ~1e-6 at positions 4+), and the residual stream carries it to the logits."""
-    d, ref, _ = default_dumps
-    a = golden.load(ref)
-    q8 = llamacpp.requantize_q8_0(_default_path(), tmp_path / "q8.gguf")
-    ids = a.token_ids.tolist()
-    mine = golden.dump(q8, ids, 0, layers=True, device="cpu")
-    theirs = llamacpp.dump(q8, ids, 0, layers=True, kv_cache="f32")
-    assert compare.nmse(mine.tensors["attn_norm-0"], theirs.tensors["attn_norm-0"]) < 1e-12
-    assert compare.nmse(mine.tensors["kqv_out-0"][:4], theirs.tensors["kqv_out-0"][:4]) < 1e-12
-    report = compare.compare(mine, compare.Rows(theirs.tensors, np.arange(len(ids)), theirs.metadata, None))
-    assert report["first_over_nmse_threshold"] == "kqv_out-0"
-    assert 1e-8 < report["tensors"]["kqv_out-0"]["nmse"] < 1e-4
-
-
-def _default_path():
-    from refspec.default_model import default_model_path
-
-    return default_model_path()
 
 
 @pytest.mark.parametrize("args, message", [

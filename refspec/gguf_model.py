@@ -24,7 +24,7 @@ import struct
 import sys
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -34,7 +34,7 @@ from gguf import quants as ggml_quants
 from refspec.errors import ModelFileError, UnsupportedModelError, UsageError
 from refspec.metadata import REQUIRED, MetadataReader
 from refspec.model import (ARCHITECTURES, HYBRID_ARCHITECTURES, QK8_0, LayerWeights, Model, ModelConfig,
-                           ModelWeights, MtpWeights, Q8Matrix)
+                           ModelWeights, MtpWeights, Q8Matrix, RopeScaling)
 
 # ---------------------------------------------------------------------------------------------------------
 # The tensor-name map: GGUF name -> refspec field, what it is, and its shape in ggml order (ne0 first) as
@@ -59,6 +59,8 @@ MODEL_TENSORS = {
     "token_embd.weight": TensorSpec("tok_embd", MATRIX, ("n_embd", "n_vocab")),
     "output_norm.weight": TensorSpec("output_norm", VECTOR, ("n_embd",)),
     "output.weight": TensorSpec("output", MATRIX, ("n_embd", "n_vocab"), optional=True),
+    # llama (Llama 3.x): RoPE frequency factors; not a weight: read into ModelConfig.rope_scaling (_read_rope_freqs)
+    "rope_freqs.weight": TensorSpec("rope_freqs", VECTOR, ("n_rot_pairs",), ("has_rope_freqs",)),
 }
 
 LAYER_TENSORS = {  # named "blk.{i}." + key in the file
@@ -103,6 +105,18 @@ MAX_NEXTN = 1  # MTP blocks refspec runs (Qwen3.5/3.6 have one)
 GGUF_VERSIONS = (2, 3)  # same layout; v1 used 32-bit counts
 MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_CONTEXT = 2**24
+# RoPE inputs refspec computes tables for (SPEC.md, "RoPE"). Real models: base 1e4..1e7, factors 1..32, frequency
+# factors 1..32. The limits keep angles where the table's float64 step decides almost every entry.
+ROPE_BASE_RANGE = (1.0, 2.0**64)
+ROPE_FACTOR_RANGE = (1.0, 1024.0)  # linear and YaRN context extension
+ROPE_ATTN_FACTOR_RANGE = (2.0**-10, 64.0)
+ROPE_FREQ_FACTOR_RANGE = (2.0**-10, 2.0**20)
+ROPE_SCALING_TYPES = ("none", "linear", "yarn")
+# Keys llama.cpp reads only for other architectures (it ignores them in llama, qwen2 and qwen3 files, while HF
+# transformers would apply them): refused unless they hold the value both agree on.
+ROPE_IGNORED_KEYS = {"rope.scaling.yarn_beta_fast": 32.0, "rope.scaling.yarn_beta_slow": 1.0,
+                     "rope.scaling.yarn_log_multiplier": 0.0, "rope.scaling.yarn_attn_factor": 1.0,
+                     "rope.scaling.alpha": 0.0}
 # gguf-py's reader builds a Python object per array item, so a file of 100 MB of 1-byte array items would
 # take it minutes: metadata items are capped (real models: ~150k for a 49k vocabulary, ~800k for a 262k one).
 MAX_METADATA_ITEMS = 1 << 22  # array items over all keys
@@ -617,13 +631,17 @@ def _read_config(name: str, fields, tensors, metadata) -> ModelConfig:
     n_rot = integer("rope.dimension_count", head_dim)
     _check(name, 0 < n_rot <= head_dim and n_rot % 2 == 0, f"{arch}.rope.dimension_count {n_rot} must be "
            f"even and in 2..head_dim ({head_dim})")
-    rope_base = _finite_positive(name, md, f"{arch}.rope.freq_base", 10000.0)
-    _check_rope_scaling(name, arch, md)
+    n_ctx = integer("context_length")
+    _check(name, 1 <= n_ctx <= MAX_CONTEXT, f"{arch}.context_length {n_ctx} is not in 1..{MAX_CONTEXT}")
+    rope_base = _binary32(_finite_positive(name, md, f"{arch}.rope.freq_base", 10000.0))
+    _in_range(name, f"{arch}.rope.freq_base", rope_base, ROPE_BASE_RANGE)
+    rope_scaling = _read_rope_scaling(name, arch, md, n_ctx, rope_base)
+    if arch == "llama" and "rope_freqs.weight" in tensors:
+        rope_scaling = replace(rope_scaling, freq_factors=_read_rope_freqs(name, tensors["rope_freqs.weight"],
+                                                                           n_rot))
     rms_eps = float(np.float32(_finite_positive(name, md, f"{arch}.attention.layer_norm_rms_epsilon")))
     _check(name, rms_eps > 0, f"{arch}.attention.layer_norm_rms_epsilon {rms_eps} must be finite and positive "
            "in binary32")
-    n_ctx = integer("context_length")
-    _check(name, 1 <= n_ctx <= MAX_CONTEXT, f"{arch}.context_length {n_ctx} is not in 1..{MAX_CONTEXT}")
     n_vocab = integer("vocab_size", None)
     tokens = md.strings("tokenizer.ggml.tokens", None)
     if n_vocab is None:
@@ -637,7 +655,8 @@ def _read_config(name: str, fields, tensors, metadata) -> ModelConfig:
     _refuse_unread_keys(name, arch, md)
     return ModelConfig(arch=arch, n_layer=n_layer, n_embd=n_embd, n_ff=n_ff, n_head=n_head,
                        n_head_kv=n_head_kv, head_dim=head_dim, n_rot=n_rot, rope_base=rope_base,
-                       rms_eps=rms_eps, n_ctx=n_ctx, n_vocab=n_vocab, **hybrid)
+                       rms_eps=rms_eps, n_ctx=n_ctx, n_vocab=n_vocab, rope_scaling=rope_scaling,
+                       **hybrid)
 
 
 MAX_SSM_SIZE = 1 << 16  # DeltaNet head counts, head and kernel sizes beyond this are absurd
@@ -735,14 +754,80 @@ def _check(name: str, ok: bool, message: str) -> None:
         raise ModelFileError(f"{name}: {message}")
 
 
-def _check_rope_scaling(name: str, arch: str, md: MetadataReader) -> None:
-    """refspec implements plain RoPE; a file asking for scaled frequencies would decode differently."""
-    kind = md.string(f"{arch}.rope.scaling.type", "none")
-    factor = md.number(f"{arch}.rope.scaling.factor", 1.0)
-    linear = md.number(f"{arch}.rope.scale_linear", 1.0)
-    if kind not in ("none", "linear") or factor not in (0.0, 1.0) or linear != 1.0:
-        raise UnsupportedModelError(f"{name}: RoPE scaling is not supported ({arch}.rope.scaling.type "
-                                    f"{kind!r}, factor {factor}, scale_linear {linear})")
+def _binary32(value: float) -> float:
+    """A metadata float as the binary32 value the spec uses (llama.cpp reads them as float too)."""
+    with np.errstate(over="ignore"):
+        return float(np.float32(value))
+
+
+def _in_range(name: str, key: str, value: float, limits: tuple[float, float]) -> None:
+    if not limits[0] <= value <= limits[1]:
+        raise UnsupportedModelError(f"{name}: {key} {value} is outside {limits[0]:g}..{limits[1]:g}, the range "
+                                    "refspec computes RoPE tables for")
+
+
+def _read_rope_scaling(name: str, arch: str, md: MetadataReader, n_ctx: int, base: float) -> RopeScaling:
+    """The `{arch}.rope.scaling.*` keys as llama.cpp reads them for llama, qwen2 and qwen3 (SPEC.md, "RoPE"):
+    the type (absent: linear when a factor is given, as llama.cpp), the factor (0 means none; the old key
+    rope.scale_linear when rope.scaling.factor is absent), the attention factor and YaRN's original context."""
+    def number(key, default):
+        value = md.number(f"{arch}.{key}", default)
+        return value if value is None else _binary32(value)
+
+    kind = md.string(f"{arch}.rope.scaling.type", None)
+    factor, linear = number("rope.scaling.factor", None), number("rope.scale_linear", None)
+    if factor is not None and linear is not None and factor != linear:
+        raise UnsupportedModelError(f"{name}: {arch}.rope.scaling.factor {factor} and rope.scale_linear "
+                                    f"{linear} disagree")
+    factor = next((f for f in (factor, linear) if f is not None), 0.0)
+    _check(name, math.isfinite(factor) and factor >= 0, f"{arch}.rope.scaling.factor {factor} must be finite "
+           "and not negative")
+    factor = factor or 1.0  # 0: not set
+    kind = kind if kind is not None else ("none" if factor == 1.0 else "linear")
+    if kind not in ROPE_SCALING_TYPES:
+        raise UnsupportedModelError(f"{name}: {arch}.rope.scaling.type {kind!r} is not supported (supported: "
+                                    f"{', '.join(ROPE_SCALING_TYPES)})")
+    if kind == "none" and factor != 1.0:
+        raise UnsupportedModelError(f"{name}: {arch}.rope.scaling.type is 'none' but rope.scaling.factor is "
+                                    f"{factor}; refspec does not guess which one is meant")
+    _in_range(name, f"{arch}.rope.scaling.factor", factor, ROPE_FACTOR_RANGE)
+    attn_factor = number("rope.scaling.attn_factor", 1.0)
+    _in_range(name, f"{arch}.rope.scaling.attn_factor", attn_factor, ROPE_ATTN_FACTOR_RANGE)
+    n_ctx_orig = md.integer(f"{arch}.rope.scaling.original_context_length", n_ctx)
+    _check(name, 1 <= n_ctx_orig <= MAX_CONTEXT, f"{arch}.rope.scaling.original_context_length {n_ctx_orig} is "
+           f"not in 1..{MAX_CONTEXT}")
+    md.boolean(f"{arch}.rope.scaling.finetuned", False)  # a note about training; changes nothing
+    for key, neutral in ROPE_IGNORED_KEYS.items():
+        value = number(key, neutral)
+        if value != neutral:
+            raise UnsupportedModelError(f"{name}: {arch}.{key} is {value}; llama.cpp ignores it in {arch} files "
+                                        "and HF applies it, so refspec refuses rather than pick one")
+    ext_factor = number("rope.scaling.yarn_ext_factor", -1.0)
+    if ext_factor not in (-1.0, 1.0 if kind == "yarn" else 0.0):  # -1: unset; YaRN mixes fully, others not
+        raise UnsupportedModelError(f"{name}: {arch}.rope.scaling.yarn_ext_factor {ext_factor} is not "
+                                    f"supported with {kind!r} scaling")
+    if kind != "yarn":
+        return RopeScaling(kind=kind, factor=factor, attn_factor=attn_factor)
+    _check(name, base > 1.0, f"{arch}.rope.freq_base {base} must exceed 1 for YaRN")
+    return RopeScaling(kind=kind, factor=factor, attn_factor=attn_factor, n_ctx_orig=n_ctx_orig)
+
+
+def _read_rope_freqs(name: str, tensor, n_rot: int) -> tuple[float, ...]:
+    """rope_freqs.weight (llama.cpp's name for Llama 3.x's per-pair frequency factors): n_rot/2 values, each
+    dividing its pair's angle (SPEC.md, "RoPE")."""
+    shape = tuple(int(d) for d in tensor.shape)
+    _check(name, shape == (n_rot // 2,), f"tensor rope_freqs.weight has shape {list(shape)}, expected "
+           f"[{n_rot // 2}] (rope.dimension_count / 2)")
+    if tensor.tensor_type not in VECTOR_TYPES:
+        raise UnsupportedModelError(f"{name}: tensor rope_freqs.weight is {tensor.tensor_type.name}; it must be "
+                                    "F32, F16 or BF16")
+    try:
+        values = _vector(name, tensor)
+    except _READER_ERRORS as e:
+        raise ModelFileError(f"{name}: tensor rope_freqs.weight cannot be loaded ({type(e).__name__}: {e})") from e
+    for value in values:
+        _in_range(name, "rope_freqs.weight value", float(value), ROPE_FREQ_FACTOR_RANGE)
+    return tuple(float(v) for v in values)
 
 
 def _embedding_rows(name: str, tensors) -> int:

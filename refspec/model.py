@@ -114,6 +114,14 @@ class ModelConfig:
         return 2 * self.n_embd
 
     @property
+    def n_rot_pairs(self) -> int:
+        return self.n_rot // 2
+
+    @property
+    def has_rope_freqs(self) -> bool:
+        return self.rope_scaling.freq_factors is not None
+
+    @property
     def n_q(self) -> int:
         return self.n_head * self.head_dim
 

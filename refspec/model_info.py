@@ -49,6 +49,7 @@ def hyper_parameters(header: GGUFHeader, config) -> dict:
     return {"n_layer": config.n_layer, "n_embd": config.n_embd, "n_ff": config.n_ff, "n_head": config.n_head,
             "n_head_kv": config.n_head_kv, "head_dim": config.head_dim, "n_rot": config.n_rot,
             "rope_base": config.rope_base, "rope": "neox" if config.rope_neox else "normal",
+            "rope_scaling": rope_scaling_summary(config.rope_scaling),
             "rms_eps": config.rms_eps, "n_ctx": config.n_ctx, "n_vocab": config.n_vocab,
             "tied_output": "output.weight" not in header.tensors, **hybrid_parameters(config)}
 
@@ -60,6 +61,20 @@ def hybrid_parameters(config) -> dict:
     return {"recurrent_layers": [i for i in range(config.n_layer) if config.is_recurrent(i)],
             "ssm_d_conv": config.ssm_d_conv, "ssm_d_state": config.ssm_d_state,
             "ssm_n_k_heads": config.ssm_n_k_heads, "ssm_n_v_heads": config.ssm_n_v_heads, "n_nextn": config.n_nextn}
+
+
+def rope_scaling_summary(scaling) -> str:
+    """One line: the scaling type and the values it uses (SPEC.md, "RoPE")."""
+    parts = [scaling.kind]
+    if scaling.kind != "none":
+        parts.append(f"factor {scaling.factor:g}")
+    if scaling.kind == "yarn":
+        parts.append(f"original context {scaling.n_ctx_orig}")
+    if scaling.attn_factor != 1.0:
+        parts.append(f"attn_factor {scaling.attn_factor:g}")
+    if scaling.freq_factors is not None:
+        parts.append(f"rope_freqs {min(scaling.freq_factors):g}..{max(scaling.freq_factors):g}")
+    return ", ".join(parts)
 
 
 def tokenizer_summary(metadata: dict) -> dict:

@@ -42,17 +42,10 @@ KAPPA_BITS = 192  # precision of kappa_i and m for step 1's doubles
 def rope_table(n_pos: int, n_rot: int, base: float, scaling: RopeScaling = RopeScaling()):
     """cos and sin [n_pos, n_rot/2] as float32: entry [p, i] = RN32(m * cos(p * kappa_i)) and
     RN32(m * sin(p * kappa_i)) (SPEC.md, "RoPE"). n_pos <= 2**24."""
-    if not 0 <= n_pos <= 2**24:
-        raise ValueError(f"rope_table: {n_pos} positions, at most 2**24")
-    doubles = _doubles(n_rot, float(base), scaling)
-    hi, lo = _angles(np.arange(n_pos, dtype=np.float64)[:, None], doubles)  # [n_pos, n_rot/2] each
-    cos_hi, sin_hi = np.cos(hi), np.sin(hi)
-    slack = doubles.m * (np.abs(hi) * LIBM_ABS + lo * lo) + TINY
     tables = []
-    for sine, value in ((False, (cos_hi - sin_hi * lo) * doubles.m), (True, (sin_hi + cos_hi * lo) * doubles.m)):
-        bound = np.abs(value) * LIBM_REL + slack
+    for sine, value, undecided in _step1(n_pos, n_rot, base, scaling):
         table = value.astype(F32)
-        for p, i in zip(*np.nonzero((value - bound).astype(F32) != (value + bound).astype(F32))):
+        for p, i in zip(*np.nonzero(undecided)):
             table[p, i] = exact_entry(int(p), int(i), sine, n_rot, float(base), scaling)
         tables.append(table)
     return tables[0], tables[1]
@@ -60,16 +53,8 @@ def rope_table(n_pos: int, n_rot: int, base: float, scaling: RopeScaling = RopeS
 
 def boundary_entries(n_pos: int, n_rot: int, base: float, scaling: RopeScaling = RopeScaling()):
     """(p, i, sine) of the entries rope_table computes in step 2 (for tests and reports)."""
-    doubles = _doubles(n_rot, float(base), scaling)
-    hi, lo = _angles(np.arange(n_pos, dtype=np.float64)[:, None], doubles)
-    cos_hi, sin_hi = np.cos(hi), np.sin(hi)
-    slack = doubles.m * (np.abs(hi) * LIBM_ABS + lo * lo) + TINY
-    found = []
-    for sine, value in ((False, (cos_hi - sin_hi * lo) * doubles.m), (True, (sin_hi + cos_hi * lo) * doubles.m)):
-        bound = np.abs(value) * LIBM_REL + slack
-        found += [(int(p), int(i), sine) for p, i in
-                  zip(*np.nonzero((value - bound).astype(F32) != (value + bound).astype(F32)))]
-    return found
+    return [(int(p), int(i), sine) for sine, _, undecided in _step1(n_pos, n_rot, base, scaling)
+            for p, i in zip(*np.nonzero(undecided))]
 
 
 # ------------------------------------------------------------------------------- step 1: float64 with a bound
@@ -91,6 +76,20 @@ def _doubles(n_rot: int, base: float, scaling: RopeScaling) -> _Doubles:
     split = k_hi * VELTKAMP
     k_top = split - (split - k_hi)
     return _Doubles(k_top=k_top, k_bottom=k_hi - k_top, k_lo=k_lo, m=m)
+
+
+def _step1(n_pos: int, n_rot: int, base: float, scaling: RopeScaling):
+    """For cos, then sin: (sine, float64 values [n_pos, n_rot/2], where the error bound straddles a binary32
+    rounding boundary). Elsewhere RN32(value) is the entry."""
+    if not 0 <= n_pos <= 2**24:
+        raise ValueError(f"rope_table: {n_pos} positions, at most 2**24")
+    doubles = _doubles(n_rot, float(base), scaling)
+    hi, lo = _angles(np.arange(n_pos, dtype=np.float64)[:, None], doubles)  # [n_pos, n_rot/2] each
+    cos_hi, sin_hi = np.cos(hi), np.sin(hi)
+    slack = doubles.m * (np.abs(hi) * LIBM_ABS + lo * lo) + TINY
+    for sine, value in ((False, (cos_hi - sin_hi * lo) * doubles.m), (True, (sin_hi + cos_hi * lo) * doubles.m)):
+        bound = np.abs(value) * LIBM_REL + slack
+        yield sine, value, (value - bound).astype(F32) != (value + bound).astype(F32)
 
 
 def _angles(p: np.ndarray, d: _Doubles) -> tuple[np.ndarray, np.ndarray]:

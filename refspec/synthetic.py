@@ -22,7 +22,8 @@ import sys
 from typing import Any, Iterable, Mapping, NamedTuple
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, LlamaFileType, TokenType
+from gguf import (GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, LlamaFileType, RopeScalingType,
+                  TokenType)
 from gguf import quants as ggml_quants
 from gguf.gguf_writer import GGUFValue
 
@@ -55,6 +56,7 @@ WEIGHT_TYPES = {"Q8_0": GGMLQuantizationType.Q8_0, "F32": GGMLQuantizationType.F
                 "F16": GGMLQuantizationType.F16}
 FLOAT_DTYPES = {"F32": np.dtype(np.float32), "F16": np.dtype(np.float16)}
 _FILE_TYPES = {"Q8_0": LlamaFileType.MOSTLY_Q8_0, "F32": LlamaFileType.ALL_F32, "F16": LlamaFileType.MOSTLY_F16}
+ROPE_SCALINGS = ("none", "linear", "yarn", "llama3")
 CHUNK_VALUES = 1 << 22  # values drawn at a time (a constant, so a seed always gives the same file)
 Q8_0_STD = math.sqrt((255**2 - 1) / 12)  # std of int8 quants uniform in [-127, 127], near enough
 
@@ -161,7 +163,9 @@ def write_model(path: str | os.PathLike, *, arch: str = "llama", n_layer: int = 
                 rope_base: float = 10000.0, eps: float = 1e-5, seed: int = 0, weight_type: str = "Q8_0",
                 tie_embeddings: bool = True, tokenizer: bool = True, vocab: str = "bpe", n_nextn: int = 0,
                 ssm_d_conv: int = 4, ssm_d_state: int = 16, ssm_n_k_heads: int = 2, ssm_n_v_heads: int = 4,
-                full_attention_interval: int | None = None) -> pathlib.Path:
+                full_attention_interval: int | None = None, rope_scaling: str = "none",
+                rope_factor: float = 4.0, rope_orig_ctx: int | None = None,
+                rope_attn_factor: float | None = None) -> pathlib.Path:
     """Write a random-weight GGUF model and return its path.
 
     ``head_dim`` and ``n_rot`` are written (as attention.key_length / rope.dimension_count) only when given;
@@ -172,16 +176,24 @@ def write_model(path: str | os.PathLike, *, arch: str = "llama", n_layer: int = 
 
     qwen35 only: ``n_nextn`` MTP blocks (0 or 1) after the ``n_layer`` layers; the Gated DeltaNet sizes
     ``ssm_*`` (value heads tiled over key heads); every ``full_attention_interval``-th layer (default
-    min(4, n_layer)) is full attention; ``n_rot`` defaults to a quarter of the head, as Qwen3.5's."""
+    min(4, n_layer)) is full attention; ``n_rot`` defaults to a quarter of the head, as Qwen3.5's.
+
+    ``rope_scaling`` (one of ROPE_SCALINGS) writes RoPE scaling as converters do: ``linear`` and ``yarn`` as
+    rope.scaling.* keys with ``rope_factor`` (and ``rope_orig_ctx``, default n_ctx / rope_factor, for YaRN);
+    ``llama3`` (llama only) as the tensor rope_freqs.weight, from ``rope_factor`` and ``rope_orig_ctx`` by
+    the rule of Llama 3.1's rope_scaling (low_freq_factor 1, high_freq_factor 4). ``rope_attn_factor`` writes
+    rope.scaling.attn_factor."""
     _check_arguments(arch=arch, n_layer=n_layer, n_embd=n_embd, n_ff=n_ff, n_head=n_head, n_head_kv=n_head_kv,
                      head_dim=head_dim, n_rot=n_rot, n_ctx=n_ctx, n_vocab=n_vocab, rope_base=rope_base, eps=eps,
                      seed=seed, weight_type=weight_type)
+    _check_rope_arguments(arch, n_ctx, rope_scaling, rope_factor, rope_orig_ctx, rope_attn_factor)
     if vocab not in VOCABS:
         raise UsageError(f"vocab {vocab!r} is not one of {', '.join(VOCABS)}")
     out = _output_path(path)
     tokens, token_types, merges_or_scores = (spm_vocab if vocab == "spm" else tokenizer_vocab)(n_vocab)
     n_vocab = len(tokens)
     dim = head_dim if head_dim is not None else n_embd // n_head
+    orig_ctx = rope_orig_ctx if rope_orig_ctx is not None else max(1, int(n_ctx / rope_factor))
     n_q, n_kv = n_head * dim, n_head_kv * dim
     for what, k in (("n_embd", n_embd), ("n_head*head_dim", n_q), ("n_ff", n_ff)):
         if k <= 0 or (weight_type == "Q8_0" and k % QK8_0):
@@ -211,6 +223,13 @@ def write_model(path: str | os.PathLike, *, arch: str = "llama", n_layer: int = 
     if n_rot is not None:
         writer.add_rope_dimension_count(n_rot)
     writer.add_rope_freq_base(rope_base)
+    if rope_scaling in ("linear", "yarn"):
+        writer.add_rope_scaling_type(RopeScalingType(rope_scaling))
+        writer.add_rope_scaling_factor(rope_factor)
+        if rope_scaling == "yarn":
+            writer.add_rope_scaling_orig_ctx_len(orig_ctx)
+    if rope_attn_factor is not None:
+        writer.add_rope_scaling_attn_factors(rope_attn_factor)
     writer.add_layer_norm_rms_eps(eps)
     writer.add_vocab_size(n_vocab)
     if hybrid:
@@ -229,6 +248,8 @@ def write_model(path: str | os.PathLike, *, arch: str = "llama", n_layer: int = 
             layer.update(_nextn_tensors(rng, n_embd, weight_type))
         tensors.update({f"blk.{i}.{name}": tensor for name, tensor in layer.items()})
     tensors["output_norm.weight"] = _vector(rng, n_embd, 1.0, 0.1)
+    if rope_scaling == "llama3":
+        tensors["rope_freqs.weight"] = llama3_rope_freqs(n_rot or dim, rope_base, rope_factor, orig_ctx)
     if not tie_embeddings:
         tensors["output.weight"] = RandomMatrix(rng, n_vocab, n_embd, weight_type)
 
@@ -287,6 +308,20 @@ def _check_arguments(*, arch, n_layer, n_embd, n_ff, n_head, n_head_kv, head_dim
             raise UsageError(f"{what} = {value!r} must be a finite positive number (in binary32)")
 
 
+def _check_rope_arguments(arch, n_ctx, rope_scaling, rope_factor, rope_orig_ctx, rope_attn_factor) -> None:
+    if rope_scaling not in ROPE_SCALINGS:
+        raise UsageError(f"rope_scaling {rope_scaling!r} is not one of {', '.join(ROPE_SCALINGS)}")
+    if rope_scaling == "llama3" and arch != "llama":
+        raise UsageError(f"rope_scaling 'llama3' (rope_freqs.weight) is for llama files, not {arch}")
+    if not (isinstance(rope_factor, (int, float)) and math.isfinite(rope_factor) and rope_factor >= 1):
+        raise UsageError(f"rope_factor must be a finite number >= 1, got {rope_factor!r}")
+    if rope_orig_ctx is not None and not (isinstance(rope_orig_ctx, int) and 1 <= rope_orig_ctx <= n_ctx):
+        raise UsageError(f"rope_orig_ctx must be an integer in 1..n_ctx ({n_ctx}), got {rope_orig_ctx!r}")
+    if rope_attn_factor is not None and not (isinstance(rope_attn_factor, (int, float))
+                                             and math.isfinite(rope_attn_factor) and rope_attn_factor > 0):
+        raise UsageError(f"rope_attn_factor must be a finite positive number, got {rope_attn_factor!r}")
+
+
 def _output_path(path) -> pathlib.Path:
     if not isinstance(path, (str, os.PathLike)) or not os.fspath(path) or "\0" in os.fspath(path):
         raise UsageError(f"output path {path!r} is not a usable file name")
@@ -314,6 +349,20 @@ def _write_atomically(out: pathlib.Path, write, close) -> None:
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+def llama3_rope_freqs(n_rot: int, base: float, factor: float, orig_ctx: int, low_freq_factor: float = 1.0,
+                      high_freq_factor: float = 4.0) -> np.ndarray:
+    """Llama 3.1's frequency factors as llama.cpp's converter writes them to rope_freqs.weight: 1 for pairs
+    whose wavelength is below orig_ctx / high_freq_factor, `factor` above orig_ctx / low_freq_factor, and a
+    smooth interpolation between. (Data for a synthetic file; the spec reads the factors, it never derives
+    them.)"""
+    freqs = 1.0 / base ** (np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)
+    wavelen = 2 * math.pi / freqs
+    smooth = (orig_ctx / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    factors = np.where(wavelen < orig_ctx / high_freq_factor, 1.0,
+                       np.where(wavelen > orig_ctx / low_freq_factor, factor, 1 / ((1 - smooth) / factor + smooth)))
+    return factors.astype(np.float32)
 
 
 def _add_tokenizer(writer: GGUFWriter, tokens: list[str], token_types: list[int], merges: list[str]) -> None:
@@ -519,6 +568,11 @@ _OPTIONS = [  # (flag, write_model keyword, type, help)
     ("--n-vocab", "n_vocab", int, "vocabulary size (default: the tokenizer's size)"),
     ("--rope-base", "rope_base", float, "RoPE base (default 10000)"),
     ("--eps", "eps", float, "RMSNorm epsilon (default 1e-5)"),
+    ("--rope-scaling", "rope_scaling", str, f"one of {', '.join(ROPE_SCALINGS)} (default none; llama3: llama only, "
+     "as rope_freqs.weight)"),
+    ("--rope-factor", "rope_factor", float, "context extension factor of --rope-scaling (default 4)"),
+    ("--rope-orig-ctx", "rope_orig_ctx", int, "original context of yarn and llama3 (default n_ctx / factor)"),
+    ("--rope-attn-factor", "rope_attn_factor", float, "rope.scaling.attn_factor (default: not written)"),
     ("--seed", "seed", int, "random seed (default 0)"),
     ("--weight-type", "weight_type", str, f"one of {', '.join(WEIGHT_TYPES)} (default Q8_0)"),
     ("--n-nextn", "n_nextn", int, "qwen35: MTP (nextn) blocks, 0 or 1 (default 0)"),

@@ -159,3 +159,15 @@ def test_synthetic_on_a_full_disk_leaves_no_partial_file(tmp_path):
                           capture_output=True, text=True, timeout=120, preexec_fn=limit_file_size)
     assert "cannot write" in one_line_error(proc)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_synthetic_rope_scaling_and_info(tmp_path):
+    path = tmp_path / "yarn.gguf"
+    refspec("synthetic", str(path), "--rope-scaling", "yarn", "--rope-factor", "8", "--rope-orig-ctx", "32")
+    info = json.loads(refspec("info", "-m", str(path), "--json").stdout)
+    assert info["rope_scaling"] == "yarn, factor 8, original context 32"
+    for bad, fragment in ((["--rope-scaling", "ntk"], "'ntk' is not one of"),
+                          (["--arch", "qwen2", "--rope-scaling", "llama3"], "for llama files, not qwen2"),
+                          (["--rope-factor", "0.5"], "rope_factor must be"),
+                          (["--rope-scaling", "yarn", "--rope-orig-ctx", "0"], "rope_orig_ctx must be")):
+        assert fragment in one_line_error(refspec("synthetic", str(tmp_path / "bad.gguf"), *bad, check=False))

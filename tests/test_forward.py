@@ -1,6 +1,7 @@
 """Model-level properties of the forward pass on the CPU: batch invariance, repeatability, and the default
 model's golden continuation."""
 import functools
+import hashlib
 
 import numpy as np
 import pytest
@@ -112,10 +113,27 @@ def test_rope_table_is_sized_to_the_cache(tmp_path):
         tf.forward(cache, [1, 2], 39)
 
 
+def test_cache_table_follows_the_files_rope_scaling(tmp_path):
+    path = write_model(tmp_path / "yarn.gguf", arch="qwen2", n_ctx=256, seed=3, rope_scaling="yarn",
+                       rope_factor=4.0, rope_orig_ctx=32, **SHAPES["qwen2"])
+    tf = Transformer(load(path, log=lambda message: None), CpuBackend())
+    cfg = tf.config
+    cache = tf.new_cache(50)
+    want_cos, want_sin = rope_table(50, cfg.n_rot, cfg.rope_base, cfg.rope_scaling)
+    assert_bits_equal(cache.rope_cos, want_cos, "cos")
+    assert_bits_equal(cache.rope_sin, want_sin, "sin")
+    plain_cos, _ = rope_table(50, cfg.n_rot, cfg.rope_base)
+    assert not np.array_equal(cache.rope_cos, plain_cos)
+
+
 # The default model (SmolLM2-135M-Instruct, Q4_1 converted to Q8_0 at load) continuing a fixed prompt:
-# recorded from refspec's CPU path; any change to the numerics or the loader shows up here.
+# recorded from refspec's CPU path; any change to the numerics or the loader shows up here. The sha256 of the
+# 16 rows of logits (float32 little-endian, [16, 49152]) pins every bit: a NumPy or BLAS upgrade, or a change of
+# machine, that flips one bit of one logit fails here (spec version 2; the same bits as version 1, whose RoPE
+# table first differs at position 183).
 GOLDEN_PROMPT = "The capital of France is"
 GOLDEN_IDS = [7042, 30, 198, 198, 504, 2988, 314, 42, 216, 34, 32, 33, 40, 29, 32, 33]  # " Paris.\n\nThe answer is: 2018-01"
+GOLDEN_LOGITS_SHA256 = "7525cbf62aba32633f79023906e5848998e46daca70156da1da3d953a6808918"
 
 
 def test_default_model_golden_continuation(default_model_path):
@@ -124,8 +142,13 @@ def test_default_model_golden_continuation(default_model_path):
     model = load(default_model_path, log=lambda message: None)
     tok = Tokenizer.from_metadata(model.metadata)
     tf = Transformer(model, CpuBackend())
-    result = generate(tf, tok.encode(GOLDEN_PROMPT), 16, eog_ids=())
+    result = generate(tf, tok.encode(GOLDEN_PROMPT), 16, eog_ids=(), keep_logits=True)
     assert result.ids == GOLDEN_IDS, (result.ids, tok.decode(result.ids))
+    logits = np.ascontiguousarray(np.array(result.logits), dtype="<f4")
+    assert logits.shape == (16, 49152)
+    assert hashlib.sha256(logits.tobytes()).hexdigest() == GOLDEN_LOGITS_SHA256, (
+        "the default model's logits changed bits (same greedy ids); first rows' argmax and max: "
+        f"{[(int(r.argmax()), float(r.max())) for r in logits[:3]]}")
 
 
 @pytest.mark.parametrize("arch", sorted(SHAPES))

@@ -5,13 +5,14 @@ import time
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType, GGUFReader
+from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
+from gguf.gguf_writer import GGUFValue
 from gguf import quants as ggml_quants
 
 from refspec import synthetic
-from refspec.errors import UsageError
+from refspec.errors import UnsupportedModelError, UsageError
 from refspec.gguf_model import LAYER_TENSORS, MODEL_TENSORS, NEXTN_TENSORS, load
-from refspec.model import Q8Matrix
+from refspec.model import Q8Matrix, RopeScaling
 
 Q8_0 = GGMLQuantizationType.Q8_0
 
@@ -39,9 +40,11 @@ def assert_same_bits(actual: np.ndarray, expected: np.ndarray, what: str) -> Non
 
 
 def refspec_tensors(model) -> dict:
-    """{GGUF name: refspec array or Q8Matrix}, through the loader's own name map."""
+    """{GGUF name: refspec array or Q8Matrix}, through the loader's own name map (rope_freqs.weight lives in
+    the config: test_rope_freqs_are_llamas_alone)."""
     weights = model.weights
-    found = {name: getattr(weights, spec.field) for name, spec in MODEL_TENSORS.items()}
+    found = {name: getattr(weights, spec.field) for name, spec in MODEL_TENSORS.items()
+             if name != "rope_freqs.weight"}
     for i, layer in enumerate(weights.layers):
         found.update({f"blk.{i}.{key}": getattr(layer, spec.field) for key, spec in LAYER_TENSORS.items()})
     if weights.mtp is not None:  # the nextn block's own tensors
@@ -86,6 +89,43 @@ def test_synthetic_round_trip(tmp_path, arch, weight_type):
     else:
         n_matrices = 2 * 7 + 1 + (not tied)
         assert notes == [f"refspec: note: converted {n_matrices} matrices ({weight_type}) to Q8_0 at load"]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_rope_scaling_is_read_as_llama_cpp_reads_it(tmp_path, arch):
+    def config(**kwargs):
+        return load(synthetic.write_model(tmp_path / "m.gguf", arch=arch, n_ctx=256, **kwargs)).config
+
+    assert config().rope_scaling == RopeScaling()
+    assert config(rope_scaling="linear", rope_factor=4.0).rope_scaling == RopeScaling(kind="linear", factor=4.0)
+    yarn = config(rope_scaling="yarn", rope_factor=8.0, rope_orig_ctx=32, rope_attn_factor=0.75).rope_scaling
+    assert yarn == RopeScaling(kind="yarn", factor=8.0, n_ctx_orig=32, attn_factor=0.75)
+    assert config(rope_scaling="yarn").rope_scaling.n_ctx_orig == 64  # default n_ctx / factor in synthetic
+    path = synthetic.write_model(tmp_path / "m.gguf", arch=arch, n_ctx=256)
+    old_key = synthetic.rewrite_gguf(path, tmp_path / "old.gguf", metadata={f"{arch}.rope.scale_linear": 2.0})
+    assert load(old_key).config.rope_scaling == RopeScaling(kind="linear", factor=2.0)  # no type: linear
+    no_type = synthetic.rewrite_gguf(path, tmp_path / "t.gguf", metadata={f"{arch}.rope.scaling.factor": 0.0})
+    assert load(no_type).config.rope_scaling == RopeScaling()  # factor 0: unset
+    base64 = synthetic.rewrite_gguf(path, tmp_path / "b.gguf",
+                                    metadata={f"{arch}.rope.freq_base": GGUFValue(1e4 + 1e-4, GGUFValueType.FLOAT64)})
+    assert load(base64).config.rope_base == float(np.float32(1e4 + 1e-4)) == 10000.0
+
+
+def test_rope_freqs_are_llamas_alone(tmp_path):
+    path = synthetic.write_model(tmp_path / "m.gguf", arch="llama", rope_scaling="llama3", rope_factor=8.0,
+                                 rope_orig_ctx=64, rope_base=500000.0)
+    model = load(path)
+    want = GGUFReader(path).get_tensor(len(GGUFReader(path).tensors) - 1)
+    assert want.name == "rope_freqs.weight"
+    assert model.config.rope_scaling.freq_factors == tuple(float(v) for v in want.data)
+    factors = want.data.tolist()
+    assert model.config.rope_scaling.kind == "none" and factors == sorted(factors)  # slow pairs scaled most
+    assert factors[0] == 1.0 and factors[-1] == 8.0 and any(1.0 < f < 8.0 for f in factors)
+    qwen = synthetic.write_model(tmp_path / "q.gguf", arch="qwen2")
+    with_freqs = synthetic.rewrite_gguf(qwen, tmp_path / "qf.gguf",
+                                        add_tensors={"rope_freqs.weight": np.ones(8, np.float32)})
+    with pytest.raises(UnsupportedModelError, match="rope_freqs.weight is not part of refspec's qwen2"):
+        load(with_freqs)
 
 
 def test_explicit_head_dim_and_partial_rotation(tmp_path):

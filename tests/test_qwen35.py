@@ -52,8 +52,12 @@ def test_config_and_weights_come_from_the_file(path):
     assert_weights_match_file(model, path)  # every trunk tensor bit for bit
 
 
-def test_explicit_recurrent_layer_list_wins(tmp_path, path):
-    flags = GGUFValue([1, 1, 0, 1, 0], GGUFValueType.ARRAY, GGUFValueType.UINT8)
+@pytest.mark.parametrize("item_type", [GGUFValueType.BOOL, GGUFValueType.UINT8])  # the converter writes BOOL
+def test_explicit_recurrent_layer_list_wins(tmp_path, path, item_type):
+    same = GGUFValue([True, False, True, False, False], GGUFValueType.ARRAY, item_type)
+    ok = synthetic.rewrite_gguf(path, tmp_path / "same.gguf", metadata={"qwen35.attention.recurrent_layers": same})
+    assert load(ok).config.recurrent == (True, False, True, False, False)
+    flags = GGUFValue([True, True, False, True, False], GGUFValueType.ARRAY, item_type)
     changed = synthetic.rewrite_gguf(path, tmp_path / "list.gguf", metadata={"qwen35.attention.recurrent_layers": flags})
     with pytest.raises(RefspecError, match="blk.1.attn_q.weight is not part|blk.1.attn_qkv.weight is missing"):
         load(changed)  # layer 1 is attention in the file: the flags and the tensors disagree

@@ -48,7 +48,8 @@ Decoding is llama.cpp's ``token_to_piece`` concatenated: normal tokens map back 
 their text unless ``skip_special``; user-defined tokens always print their text; unused and undefined tokens
 print nothing. With ``add_space_prefix`` the first piece loses one leading space, the one encoding put there,
 as llama.cpp's detokenize does (``continuation=True`` keeps it: for generated tokens that continue a prompt).
-Spaces are never cleaned up (llama.cpp's detokenize drops the space in " ?", " ," ... for some pre-tokenizers;
+A '▁' written in the text encodes as a space would, so it decodes as a space (SentencePiece, Gemma 4; llama.cpp
+alike). Spaces are never cleaned up (llama.cpp's detokenize drops the space in " ?", " ," ... for some pre-tokenizers;
 refspec's ``decode(encode(s)) == s`` holds there too). The bytes are decoded as UTF-8 with U+FFFD for invalid
 sequences; ``StreamDecoder`` yields the same text one token at a time.
 

@@ -436,10 +436,11 @@ def test_spm_decode_takes_off_the_prefix_space():
         assert "".join(stream.push(i) for i in ids) + stream.flush() == spm.decode(ids, continuation=continuation)
 
 
-@given(texts)
+@given(st.one_of(texts, st.just("a\u2581b")))
 def test_spm_round_trip(s):
+    """A '▁' in the text comes back as a space: SentencePiece writes spaces as '▁' (llama.cpp's round trip too)."""
     spm = spm_tokenizer()
-    assert spm.decode(spm.encode(s, add_bos=False, parse_special=False)) == s
+    assert spm.decode(spm.encode(s, add_bos=False, parse_special=False)) == s.replace("\u2581", " ")
 
 
 def test_spm_refuses_what_llama_cpp_cannot_tokenize():
@@ -494,10 +495,10 @@ def test_gemma4_bpe():
     assert sarvam.encode("\n\n\n") == spm_ids(sarvam, "\n\n", "\n")  # merged like any other run
 
 
-@given(texts)
+@given(st.one_of(texts, st.just("a\u2581b")))
 def test_gemma4_round_trip(s):
     gemma = gemma4_tokenizer()
-    assert gemma.decode(gemma.encode(s, add_bos=False, parse_special=False)) == s
+    assert gemma.decode(gemma.encode(s, add_bos=False, parse_special=False)) == s.replace("\u2581", " ")
 
 
 # --- WordPiece (tokenizer.ggml.model = bert) ---------------------------------------------------------------------------

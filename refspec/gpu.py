@@ -27,7 +27,7 @@ import numpy as np
 
 from refspec import spec
 from refspec.errors import DeviceError, UsageError
-from refspec.model import QK8_0, LayerWeights, ModelWeights, Q8Matrix
+from refspec.model import QK8_0, LayerWeights, ModelWeights, MtpWeights, Q8Matrix
 
 F32 = np.float32
 
@@ -374,8 +374,9 @@ class GpuBackend:
         uploaded: dict[int, GpuQ8] = {}
         for lw in weights.layers:
             for group in ((lw.wq, lw.wk, lw.wv), (lw.w_gate, lw.w_up)):
-                for source, matrix in self.upload_stack(group):
-                    uploaded[id(source)] = matrix
+                if all(isinstance(w, Q8Matrix) for w in group):  # (a DeltaNet layer has no Q/K/V)
+                    for source, matrix in self.upload_stack(group):
+                        uploaded[id(source)] = matrix
 
         def up(value):
             if isinstance(value, Q8Matrix):
@@ -385,13 +386,15 @@ class GpuBackend:
             return None if value is None else self._input(value)
 
         layers = [LayerWeights(**{f: up(v) for f, v in vars(lw).items()}) for lw in weights.layers]
-        return ModelWeights(up(weights.tok_embd), layers, up(weights.output_norm), up(weights.output))
+        mtp = MtpWeights(**{f: up(v) for f, v in vars(weights.mtp).items()}) if weights.mtp else None
+        return ModelWeights(up(weights.tok_embd), layers, up(weights.output_norm), up(weights.output), mtp=mtp)
 
     def check_fits(self, weights: ModelWeights, reserve: int = 1 << 30) -> None:
         """DeviceError unless the weights fit the device's free memory with `reserve` bytes to spare (for
         the KV cache and activations, which the caller sizes)."""
         seen, need = set(), 0
-        for w in [weights.tok_embd, weights.output, weights.output_norm] + [
+        mtp = list(vars(weights.mtp).values()) if weights.mtp else []
+        for w in [weights.tok_embd, weights.output, weights.output_norm] + mtp + [
                 v for lw in weights.layers for v in vars(lw).values()]:
             if w is not None and id(w) not in seen:
                 seen.add(id(w))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import weakref
 from dataclasses import dataclass, field
 
+from refspec import checks
 from refspec.errors import ContextLengthError, DeviceError, UsageError
 from refspec.model import Model
 from refspec.spec import rope_table
@@ -135,9 +136,13 @@ class Transformer:
         token ids[r] with the hidden row mtp_from[r] of the position before (see `mtp_input`); only the last
         row goes through the head, so it returns (logits [1, V], hidden [1, E]) of that row."""
         cfg = self.config
+        if not isinstance(cache, KVCache):
+            raise UsageError(f"cache must be a KVCache from new_cache(), not {type(cache).__name__}")
+        ids = checks.token_ids("ids", ids, cfg.n_vocab)  # integers (not floats or bools) in the vocabulary
+        pos0 = checks.integer("pos0", pos0, 0)  # a negative position would index from the end
+        layers = None if layers is None else checks.layer_subset(layers, cfg.n_layer)
+        checks.callback("taps", taps)
         rows = len(ids)
-        if rows == 0 or any(not 0 <= int(t) < cfg.n_vocab for t in ids):
-            raise UsageError(f"token ids must be 1 or more integers in 0..{cfg.n_vocab - 1}, got {list(ids)[:8]}")
         if pos0 + rows > cache.n_pos:
             raise ContextLengthError(
                 f"positions {pos0}..{pos0 + rows - 1} exceed the context of {cache.n_pos} positions"

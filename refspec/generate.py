@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from refspec import checks
 from refspec.errors import ContextLengthError, UsageError
 from refspec.forward import KVCache, Transformer
 from refspec.spec import token_of
@@ -24,7 +25,8 @@ class GenerationResult:
 
 def plan_context(tf: Transformer, n_prompt: int, n_predict: int) -> tuple[int, int]:
     """Check the request against the context length; return (positions to allocate, tokens to generate).
-    n_predict < 0 means: until an end-of-generation token or the context is full."""
+    n_predict = -1 means: until an end-of-generation token or the context is full."""
+    n_predict = checks.n_predict(n_predict)
     n_ctx = tf.config.n_ctx
     if n_prompt == 0:
         raise UsageError("the prompt is empty: give at least one token")
@@ -74,7 +76,33 @@ def generate(
     Generation stops after an end-of-generation id (``eog_ids``; None, the default: the model's own, as its
     tokenizer metadata names them; ``()`` never stops early), after ``n_predict`` tokens (-1: none), or when
     the context is full. `on_token(id)` is called as each token is chosen (for streaming)."""
-    eog_ids = model_eog_ids(tf) if eog_ids is None else frozenset(eog_ids)
+    prompt_ids = check_request(tf, prompt_ids, on_token, keep_logits)
+    with quiet_numerics():
+        return _generate(tf, prompt_ids, n_predict, eog_ids, on_token, keep_logits)
+
+
+def check_request(tf: Transformer, prompt_ids, on_token, keep_logits) -> list[int]:
+    """The arguments both decoding loops share, checked; returns the prompt as a list of ints."""
+    if not isinstance(tf, Transformer):
+        raise UsageError(f"tf must be a refspec.forward.Transformer, not {type(tf).__name__}")
+    checks.callback("on_token", on_token)
+    checks.flag("keep_logits", keep_logits)
+    return checks.token_ids("prompt_ids", prompt_ids, tf.config.n_vocab, allow_empty=True)
+
+
+def checked_eog_ids(tf: Transformer, eog_ids) -> frozenset[int]:
+    return frozenset(checks.token_ids("eog_ids", eog_ids, tf.config.n_vocab, allow_empty=True))
+
+
+def quiet_numerics():
+    """NaN or infinity in the logits ends decoding with one NumericsError (spec.token_of); the NumPy
+    RuntimeWarnings printed on the way there (overflow in a GEMV, invalid value in a norm) would only add
+    lines before it."""
+    return np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore")
+
+
+def _generate(tf, prompt_ids, n_predict, eog_ids, on_token, keep_logits) -> GenerationResult:
+    eog_ids = model_eog_ids(tf) if eog_ids is None else checked_eog_ids(tf, eog_ids)
     n_alloc, budget = plan_context(tf, len(prompt_ids), n_predict)
     result = GenerationResult(prompt_ids=list(prompt_ids))
     cache = tf.new_cache(n_alloc)

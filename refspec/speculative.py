@@ -21,9 +21,11 @@ import time
 
 import numpy as np
 
+from refspec import checks
 from refspec.errors import UsageError
 from refspec.forward import KVCache, Transformer
-from refspec.generate import GenerationResult, decode_stats, model_eog_ids, plan_context, prefill
+from refspec.generate import (GenerationResult, check_request, checked_eog_ids, decode_stats, model_eog_ids,
+                              plan_context, prefill, quiet_numerics)
 from refspec.spec import token_of
 
 DRAFTERS = ("none", "ngram", "layerskip", "mtp")
@@ -129,9 +131,7 @@ class LayerSkipDrafter(Drafter):
         if layers is None:
             skipped = range(n_layer // 6, n_layer // 2)
             layers = [i for i in range(n_layer) if i not in skipped]
-        self.layers = [int(i) for i in layers]
-        if not self.layers or any(not 0 <= i < n_layer for i in self.layers):
-            raise UsageError(f"layer-skip drafter: layers must be a non-empty subset of 0..{n_layer - 1}")
+        self.layers = checks.layer_subset(layers, n_layer)
         self.cache = None
 
     def begin(self, cache: KVCache) -> None:
@@ -242,11 +242,22 @@ def speculative_generate(
     costs (the weights are read once), so with a cheap drafter (ngram) every pass guesses draft_max tokens;
     on the CPU every extra row costs time, and a layer-skip guess costs most of a step anywhere.
     """
-    eog_ids = model_eog_ids(tf) if eog_ids is None else frozenset(eog_ids)  # as generate()
+    prompt_ids = check_request(tf, prompt_ids, on_token, keep_logits)
+    if not isinstance(drafter, Drafter):
+        raise UsageError(f"drafter must be a refspec.speculative.Drafter, not {type(drafter).__name__}")
+    draft_max = checks.integer("draft_max", draft_max, 0, MAX_DRAFT)
+    if adaptive is not None:
+        checks.flag("adaptive", adaptive)
+    with quiet_numerics():
+        return _speculative_generate(tf, prompt_ids, n_predict, drafter, draft_max, adaptive, eog_ids, on_token,
+                                     keep_logits)
+
+
+def _speculative_generate(tf, prompt_ids, n_predict, drafter, draft_max, adaptive, eog_ids, on_token,
+                          keep_logits) -> GenerationResult:
+    eog_ids = model_eog_ids(tf) if eog_ids is None else checked_eog_ids(tf, eog_ids)  # as generate()
     if adaptive is None:
         adaptive = tf.be.name == "cpu" or not drafter.cheap
-    if draft_max < 0:
-        raise UsageError(f"draft_max must be >= 0, got {draft_max}")
     n_alloc, budget = plan_context(tf, len(prompt_ids), n_predict)
     result = GenerationResult(prompt_ids=list(prompt_ids))
     n_prompt, n_vocab = len(result.prompt_ids), tf.config.n_vocab

@@ -66,18 +66,17 @@ position, refspec by id (they differ only where such candidate pairs overlap).
 from __future__ import annotations
 
 import codecs
-import json
 import operator
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from tokenizers import Regex, models, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as _HFTokenizer
 
-from refspec.errors import TokenizerError
+from refspec import chat_template, checks
+from refspec.chat_template import CHATML_TEMPLATE  # noqa: F401 (part of this module's interface)
+from refspec.errors import TokenizerError, UsageError
 from refspec.metadata import MetadataReader
 
 # GGUF token types (gguf.TokenType)
@@ -385,6 +384,7 @@ def _special_ids(md: MetadataReader, model: str | None, n_vocab: int) -> dict[st
         _default_ids(ids, n_vocab, bos=101)
     return ids
 
+
 def end_of_generation_ids(metadata: Mapping) -> frozenset[int]:
     """The end-of-generation ids ``Tokenizer.from_metadata(metadata).eog_ids`` holds, without building the BPE
     (so ``generate()`` can stop where the model's tokenizer would); empty when the metadata has no vocabulary."""
@@ -395,56 +395,6 @@ def end_of_generation_ids(metadata: Mapping) -> frozenset[int]:
     types = _read_token_types(md, len(tokens))
     ids = _special_ids(md, md.string("tokenizer.ggml.model", None), len(tokens))
     return _special_tokens(vocab, types, ids)[1]
-
-
-# --- chat templates -------------------------------------------------------------------------------------------
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-_MAX_TEMPLATE_ITEMS = 1_000_000  # largest string or list a template may build with '*'
-_MAX_TEMPLATE_EXPONENT = 1024  # largest integer exponent a template may use with '**'
-
-
-class _TemplateEnvironment(ImmutableSandboxedEnvironment):
-    """The sandbox refuses attribute access to internals (``__class__``, ``__globals__``, ...) and mutation of
-    the values passed in; on top of it, '*' and '**' are bounded so that ``'x' * 10**12`` cannot exhaust
-    memory. Loops can still burn time: the sandbox bounds ``range()`` to 100 000 items, not nested loops."""
-
-    intercepted_binops = frozenset({"*", "**"})
-
-    def call_binop(self, context, operator_name, left, right):
-        if operator_name == "*":
-            for seq, n in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > _MAX_TEMPLATE_ITEMS:
-                    raise SecurityError(f"'*' would build more than {_MAX_TEMPLATE_ITEMS} items")
-        if operator_name == "**" and isinstance(right, int) and right > _MAX_TEMPLATE_EXPONENT:
-            raise SecurityError(f"'**' exponent larger than {_MAX_TEMPLATE_EXPONENT}")
-        return super().call_binop(context, operator_name, left, right)
-
-
-def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False) -> str:
-    """HF transformers' ``tojson``: plain JSON, no HTML escaping (Jinja's own filter escapes '<', '>', '&')."""
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-
-def _raise_exception(message):
-    raise TokenizerError(f"chat template raised: {message}")
-
-
-def _compile_template(source: str) -> jinja2.Template:
-    """The environment is HF's (trim_blocks, lstrip_blocks, loop controls, ``raise_exception``, ``tojson``). It
-    has no ``strftime_now``: templates that check for it then use their fixed default date, which keeps
-    prompts reproducible."""
-    env = _TemplateEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.filters["tojson"] = _tojson
-    env.globals["raise_exception"] = _raise_exception
-    try:
-        return env.from_string(source)
-    except jinja2.TemplateError as exc:
-        raise TokenizerError(f"chat template does not compile: {_one_line(exc)}") from None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -663,7 +613,6 @@ class Tokenizer:
             (i for i, t in enumerate(token_types) if i in control_ids or t == TOKEN_USER_DEFINED),
             key=lambda i: (-len(tokens[i]), i))
         self._pieces: list[bytes | None] = [None] * self.n_vocab  # token_to_piece, filled on first use
-        self._template: jinja2.Template | None = None
 
     @classmethod
     def from_metadata(cls, metadata: Mapping) -> Tokenizer:
@@ -721,6 +670,12 @@ class Tokenizer:
         ``parse_special``: recognise control tokens written in the text (``"<|im_start|>"``). A byte of the text's
         UTF-8 that no token covers (``self.missing_bytes``) is dropped by byte-level BPE, as llama.cpp drops it;
         SentencePiece raises TokenizerError, where llama.cpp fails."""
+        if not isinstance(text, str):
+            raise UsageError(f"encode takes text (str), not {type(text).__name__}; decode bytes first")
+        for name, value in (("add_bos", add_bos), ("add_eos", add_eos)):
+            if value is not None:
+                checks.flag(name, value)
+        checks.flag("parse_special", parse_special)
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:
@@ -804,6 +759,8 @@ class Tokenizer:
         return self.decode_bytes(ids, skip_special=skip_special, continuation=continuation).decode("utf-8", "replace")
 
     def decode_bytes(self, ids: Iterable[int], *, skip_special: bool = False, continuation: bool = False) -> bytes:
+        if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+            raise UsageError(f"decode takes a sequence of token ids, not {type(ids).__name__}")
         pieces = [self.token_bytes(i, skip_special=skip_special) for i in ids]
         if pieces and self.add_space_prefix and not continuation and pieces[0].startswith(b" "):
             pieces[0] = pieces[0][1:]
@@ -817,27 +774,29 @@ class Tokenizer:
         return token_id in self.eog_ids
 
     def _check_id(self, token_id: int) -> int:
-        token_id = operator.index(token_id)
+        if isinstance(token_id, bool):
+            raise UsageError("a token id must be an integer, not a bool")
+        try:
+            token_id = operator.index(token_id)
+        except TypeError:
+            raise UsageError(f"a token id must be an integer, not {type(token_id).__name__} {token_id!r:.40}") from None
         if not 0 <= token_id < self.n_vocab:
             raise TokenizerError(f"token id {token_id} is outside the vocabulary of {self.n_vocab} tokens")
         return token_id
 
     # --- chat -------------------------------------------------------------------------------------------------
     def apply_chat_template(self, messages: list[dict], *, add_generation_prompt: bool = True) -> str:
-        """Render the GGUF's ``tokenizer.chat_template`` (in a Jinja sandbox: the template is untrusted) with
-        ``messages``, ``add_generation_prompt``, ``bos_token`` and ``eos_token``. A GGUF without a template gets
-        ChatML (``CHATML_TEMPLATE``), llama.cpp's fallback too. Any template failure is a TokenizerError."""
-        if self._template is None:
-            self._template = _compile_template(self.chat_template or CHATML_TEMPLATE)
-        try:
-            return self._template.render(
-                messages=messages, add_generation_prompt=add_generation_prompt,
-                bos_token="" if self.bos_id is None else self._tokens[self.bos_id],
-                eos_token="" if self.eos_id is None else self._tokens[self.eos_id])
-        except TokenizerError:
-            raise
-        except Exception as exc:  # the template is code from the model file: any failure is the template's
-            raise TokenizerError(f"chat template failed: {_one_line(exc)}") from None
+        """Render the GGUF's ``tokenizer.chat_template`` with ``messages``, ``add_generation_prompt``,
+        ``bos_token`` and ``eos_token``, in a sandboxed child process with bounded time, memory and output (the
+        template is untrusted code: refspec/chat_template.py). A GGUF without a template gets ChatML
+        (``CHATML_TEMPLATE``), llama.cpp's fallback too. Any template failure is a TokenizerError."""
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise UsageError("messages must be a list of dicts (each with 'role' and 'content')")
+        checks.flag("add_generation_prompt", add_generation_prompt)
+        return chat_template.render(self.chat_template or CHATML_TEMPLATE, {
+            "messages": messages, "add_generation_prompt": add_generation_prompt,
+            "bos_token": "" if self.bos_id is None else self._tokens[self.bos_id],
+            "eos_token": "" if self.eos_id is None else self._tokens[self.eos_id]})
 
 
 class StreamDecoder:

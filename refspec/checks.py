@@ -1,0 +1,73 @@
+"""Argument checks for refspec's public functions: a wrong argument is a UsageError naming it, never a
+TypeError or IndexError from deep inside NumPy, and never a value Python quietly converts (a float token id
+truncated, a negative position indexing from the end, a bool taken for 1)."""
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterable
+
+from refspec.errors import UsageError
+
+
+def integer(name: str, value, lo: int | None = None, hi: int | None = None) -> int:
+    """``value`` as an int: a Python or NumPy integer (not a bool, not a float), within lo..hi."""
+    if isinstance(value, bool):
+        raise UsageError(f"{name} must be an integer, not a bool")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise UsageError(f"{name} must be an integer, not {type(value).__name__} {_short(value)}") from None
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        bounds = f"at least {lo}" if hi is None else f"at most {hi}" if lo is None else f"in {lo}..{hi}"
+        raise UsageError(f"{name} is {value}, must be {bounds}")
+    return value
+
+
+def token_ids(name: str, ids, n_vocab: int, *, allow_empty: bool = False) -> list[int]:
+    """A sequence of token ids, each an integer in 0..n_vocab-1."""
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+        raise UsageError(f"{name} must be a sequence of token ids, not {type(ids).__name__}")
+    checked = []
+    for i, token in enumerate(ids):
+        try:
+            checked.append(integer(f"{name}[{i}]", token, 0, n_vocab - 1))
+        except UsageError as error:
+            raise UsageError(f"token ids must be integers in 0..{n_vocab - 1}: {error}") from None
+    if not checked and not allow_empty:
+        raise UsageError(f"token ids: {name} is empty; give at least one")
+    return checked
+
+
+def layer_subset(layers, n_layer: int) -> list[int]:
+    """A non-empty, increasing list of layer indices in 0..n_layer-1 (a drafter's subset of the layers)."""
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):
+        raise UsageError(f"layers must be a sequence of layer indices, not {type(layers).__name__}")
+    checked = [integer(f"layers[{i}]", layer, 0, n_layer - 1) for i, layer in enumerate(layers)]
+    if not checked or any(a >= b for a, b in zip(checked, checked[1:])):
+        raise UsageError(f"layers must be a non-empty increasing subset of 0..{n_layer - 1}, got {checked[:8]}")
+    return checked
+
+
+def n_predict(value) -> int:
+    """Tokens to generate: a positive count, or -1 for 'until end of generation or a full context'."""
+    value = integer("n_predict", value)
+    if value < 1 and value != -1:
+        raise UsageError(f"n_predict is {value}: give a positive number of tokens, or -1 for 'until end of "
+                         "generation'")
+    return value
+
+
+def flag(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise UsageError(f"{name} must be True or False, not {type(value).__name__} {_short(value)}")
+    return value
+
+
+def callback(name: str, value) -> None:
+    if value is not None and not callable(value):
+        raise UsageError(f"{name} must be callable or None, not {type(value).__name__}")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

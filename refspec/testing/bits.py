@@ -46,7 +46,7 @@ def first_difference(actual, expected, what: str = "arrays") -> str | None:
     idx = tuple(int(i) for i in np.argwhere(~same)[0])
     ulp = int(ulp_distance(actual[idx], expected[idx]))
     return (f"{what}: {int(np.count_nonzero(~same))} of {actual.size} elements differ; first at {idx}: "
-            f"{actual[idx]} != {expected[idx]} ({ulp} ULP)")
+            f"{actual[idx]!s} != {expected[idx]!s} ({ulp} ULP)")  # str: the shortest repr of its dtype
 
 
 def assert_bits_equal(actual, expected, what: str = "arrays") -> None:

@@ -56,6 +56,8 @@ class Transformer:
     def __init__(self, model: Model, backend, *, graphs: bool | None = None):
         """graphs: replay captured passes (CUDA graphs, refspec/gpu_graphs.py) for passes of up to 16 rows;
         None means yes where the backend offers them (backend.graphs_available)."""
+        if not isinstance(model, Model) or not hasattr(backend, "upload_weights"):
+            raise UsageError("Transformer(model, backend) takes a Model (refspec.load) and a backend (make_backend)")
         self.config = model.config
         self.metadata = model.metadata  # general.* and tokenizer.* keys: generate() finds the end-of-generation ids here
         self.be = backend
@@ -81,6 +83,8 @@ class Transformer:
         size that nobody holds any more is reused, with the passes captured for it: a decoding loop that makes
         a new cache per request records its graphs once. n_states: recurrent-state slots of each Gated
         DeltaNet layer, at least the rows of any pass a decoder may resume inside of."""
+        n_pos = None if n_pos is None else checks.integer("n_pos", n_pos, 1)
+        n_states = checks.integer("n_states", n_states, 1)
         cfg = self.config
         n_pos = cfg.n_ctx if n_pos is None else min(n_pos, cfg.n_ctx)
         if self.graphs is None:

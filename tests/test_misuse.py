@@ -18,10 +18,13 @@ from refspec.speculative import LayerSkipDrafter, make_drafter, speculative_gene
 from refspec.tokenizer import Tokenizer
 
 
+LOADED = {}
+
+
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
     path = synthetic.write_model(tmp_path_factory.mktemp("misuse") / "m.gguf", n_layer=2, n_ctx=64)
-    model = load(path, log=lambda m: None)
+    model = LOADED["model"] = load(path, log=lambda m: None)
     tf = Transformer(model, make_backend("cpu"))
     return tf, Tokenizer.from_metadata(model.metadata), tf.new_cache(16)
 
@@ -41,6 +44,10 @@ CALLS = {  # name: (call(tf, tok, cache), fragment of the UsageError)
     "layers=[7] on 2 layers": (lambda tf, tok, c: tf.forward(c, [5], 0, layers=[7]), "layers[0] is 7, must be in 0..1"),
     "layers out of order": (lambda tf, tok, c: tf.forward(c, [5], 0, layers=[1, 0]), "increasing"),
     "cache not a cache": (lambda tf, tok, c: tf.forward(None, [5], 0), "KVCache"),
+    "Transformer(None, backend)": (lambda tf, tok, c: Transformer(None, make_backend("cpu")), "takes a Model"),
+    "Transformer(model, None)": (lambda tf, tok, c: Transformer(LOADED["model"], None), "and a backend"),
+    "new_cache(-1)": (lambda tf, tok, c: tf.new_cache(-1), "n_pos is -1, must be at least 1"),
+    "new_cache(2.5)": (lambda tf, tok, c: tf.new_cache(2.5), "n_pos must be an integer, not float"),
     "taps not callable": (lambda tf, tok, c: tf.forward(c, [5], 0, taps=3), "taps must be callable"),
     "encode(bytes)": (lambda tf, tok, c: tok.encode(b"abc"), "encode takes text (str), not bytes"),
     "encode(add_bos='no')": (lambda tf, tok, c: tok.encode("a", add_bos="no"), "add_bos must be True or False"),

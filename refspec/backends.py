@@ -5,33 +5,71 @@ kernels_raw/. Both offer the same methods, which is all refspec/forward.py uses:
 from __future__ import annotations
 
 import math
+import os
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from refspec import spec
 from refspec.errors import DeviceError, UsageError
-from refspec.model import QK8_0, LayerWeights, ModelWeights, MtpWeights, Q8Matrix
+from refspec.model import Q8_0_BLOCK, QK8_0, LayerWeights, ModelWeights, MtpWeights, Q8Matrix
+from refspec.progress import ByteProgress, larger_than_memory
 
 F32 = np.float32
+BLOCK_BYTES = Q8_0_BLOCK.itemsize  # 34: an fp16 scale, then 32 int8 quants
+SCALE_BYTES = BLOCK_BYTES - QK8_0
+MIN_TASK_COLUMNS = 64  # output columns per task at least: BLAS calls narrower than this waste time
+F16_TO_F32 = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(F32)  # every fp16
 
 
 class CpuQ8:
     """Q8Matrices laid out for the CPU GEMV, stacked along N when several read the same input (Q, K, V;
-    gate, up): quants block-major [nb, N, 32], as float32 (`wf`, when the backend keeps them resident) or
-    int8 (`qb`, converted a slab at a time), and the scales as float32 [nb, N]. fp16 -> fp32 and int8 ->
-    fp32 are exact, and stacking rows changes no row's bits."""
+    gate, up); stacking rows changes no row's bits. Two layouts, chosen by the backend:
+
+    * resident: the quants block-major [nb, N, 32] as float32 (`wf`) and the scales as float32 [nb, N]
+      (`d_t`): one pass over memory per GEMV and no conversion, the fastest, at 4.25x the file's bytes;
+    * streamed (`wf` is None): each matrix's own GGUF rows of 34-byte blocks (`rows`, int8 [N_i, nb*34],
+      normally views of the memory-mapped file: no copy at all), converted to float32 a slab at a time, and
+      the scales transposed to fp16 [nb, N] (`d_bits_t`, as bits: 6 % of the blocks' bytes).
+
+    fp16 -> fp32 and int8 -> fp32 are exact, so both give the same dots."""
 
     def __init__(self, ws: list[Q8Matrix], resident: bool):
-        q = np.concatenate([w.q for w in ws]) if len(ws) > 1 else ws[0].q
-        d = np.concatenate([w.d for w in ws]) if len(ws) > 1 else ws[0].d
-        n, k = q.shape
-        self.n, self.nb = n, k // QK8_0
-        qb = q.reshape(n, self.nb, QK8_0).transpose(1, 0, 2)
-        self.wf = qb.astype(F32, order="C") if resident else None
-        self.qb = None if resident else np.ascontiguousarray(qb)
-        self.d_t = np.ascontiguousarray(d.astype(F32).T)
-        bounds = np.cumsum([0] + [w.q.shape[0] for w in ws])
+        n_rows = [w.shape[0] for w in ws]
+        self.n, self.nb = sum(n_rows), ws[0].shape[1] // QK8_0
+        bounds = np.cumsum([0] + n_rows)
         self.parts = [CpuQ8Part(self, int(a), int(b), w) for a, b, w in zip(bounds, bounds[1:], ws)]
+        self.wf = self.d_t = None
+        if resident:
+            q = np.concatenate([w.q_blocks for w in ws]) if len(ws) > 1 else ws[0].q_blocks  # [N, nb, 32]
+            d = np.concatenate([w.d for w in ws]) if len(ws) > 1 else ws[0].d
+            self.wf = q.transpose(1, 0, 2).astype(F32, order="C")
+            self.d_t = np.ascontiguousarray(d.astype(F32).T)
+        else:
+            self.rows = [_block_rows(w) for w in ws]
+            d_t = np.empty((self.nb, self.n), np.float16)  # [nb, N], C order: each task reads whole rows
+            for part in self.parts:
+                d_t[:, part.start : part.stop] = part.source.d.T
+            self.d_bits_t = d_t.view(np.uint16)
+        self.nbytes = sum(w.nbytes for w in ws)
+
+    def scales_f32(self, start: int, stop: int) -> np.ndarray:
+        """float32 scales [nb, stop - start] of a streamed stack: a table lookup (exact; NumPy's own fp16
+        conversion is ~2x slower here)."""
+        return np.take(F16_TO_F32, self.d_bits_t[:, start:stop])
+
+
+def _block_rows(w: Q8Matrix) -> np.ndarray:
+    """A matrix's GGUF rows as int8 [N, nb*34]: a view of its blocks (a packed copy if it was built split)."""
+    blocks = w.blocks
+    if blocks is None:
+        blocks = np.empty(w.d.shape, Q8_0_BLOCK)
+        blocks["d"], blocks["q"] = w.d, w.q_blocks
+    elif not blocks.flags.c_contiguous:
+        blocks = np.ascontiguousarray(blocks)
+    return blocks.view(np.int8).reshape(blocks.shape[0], -1)
 
 
 class CpuQ8Part:
@@ -75,14 +113,27 @@ class CpuBackend(FusedFromParts):
     """NumPy on the CPU: every operation is its refspec.spec twin. The GEMV computes the exact int8 block
     dot products with BLAS in binary32 (exact: integers below 2**24), then spec.scale_and_reduce_f32
     applies the scales and sums the blocks in the canonical order. Weights are kept as float32 when they fit
-    in RESIDENT_BYTES (fastest: one pass over memory), else converted from int8 a slab at a time."""
+    in RESIDENT_BYTES (fastest: one pass over memory); larger models are read from their GGUF blocks where
+    they lie (the memory-mapped file) and converted a slab at a time, the output columns split over the
+    cores. Models larger than the machine's memory then stream from disk on every pass, and say so on
+    stderr."""
 
     name = "cpu"
     RESIDENT_BYTES = 4 << 30  # float32 copies of the quants up to this size (the default model needs 0.5 GB)
-    SLAB_BYTES = 1 << 20  # float32 weight bytes converted per BLAS call otherwise: stays in a core's L2
+    SLAB_BYTES = 2 << 20  # float32 weight bytes converted at a time when streaming (whole rows)
+    DOTS_BYTES = 1 << 20  # float32 block dots [nb, R, n] per task of a streamed GEMV
+    PROGRESS_SECONDS = 10.0  # between progress lines while weights stream from disk
 
-    def __init__(self):
-        self._buffers = [np.empty(0, F32), np.empty(0, F32)]
+    def __init__(self, *, threads: int | None = None, resident_bytes: int | None = None, log=None):
+        """threads: for the streamed GEMV (default: every core); resident_bytes: the largest float32 copy of
+        the quants to keep (default RESIDENT_BYTES; 0 streams every model); log: where progress lines go
+        (default stderr)."""
+        self.threads = threads or os.cpu_count() or 1
+        self.resident_bytes = self.RESIDENT_BYTES if resident_bytes is None else resident_bytes
+        self._local = threading.local()
+        self._pool = None
+        self._log = log or _print_to_stderr
+        self._stream = None  # ByteProgress when the weights are larger than memory
 
     # ---- memory
     def asarray(self, a):
@@ -104,8 +155,15 @@ class CpuBackend(FusedFromParts):
             groups += [g for g in matrix_groups(lw) if g[0] is not None]
         if weights.mtp:
             groups.append([weights.mtp.eh_proj])
-        resident = 4 * sum(w.q.size for group in groups for w in group) <= self.RESIDENT_BYTES
-        parts = {id(part.source): part for group in groups for part in CpuQ8(group, resident).parts}
+        values = sum(w.shape[0] * w.shape[1] for group in groups for w in group)
+        resident = 4 * values <= self.resident_bytes
+        stacks = [CpuQ8(group, resident) for group in groups]
+        parts = {id(part.source): part for stack in stacks for part in stack.parts}
+        pass_bytes = sum(stack.nbytes for stack in stacks) - (  # the embedding is looked up, not read
+            weights.tok_embd.nbytes if weights.output is not weights.tok_embd else 0)
+        if not resident and larger_than_memory(pass_bytes):
+            self._stream = ByteProgress(pass_bytes, "forward passes read the weights from disk", self._log,
+                                        self.PROGRESS_SECONDS)
 
         def prep(value):
             return parts[id(value)] if isinstance(value, Q8Matrix) else value
@@ -199,26 +257,71 @@ class CpuBackend(FusedFromParts):
         return [self._gemv(w.stack, xq, xd)[:, w.start : w.stop] for w in ws]
 
     def _gemv(self, w: CpuQ8, xq: np.ndarray, xd: np.ndarray) -> np.ndarray:
+        if w.wf is None:
+            return self._gemv_streamed(w, xq, xd)
         rows = xq.shape[0]
         x = xq.reshape(rows, w.nb, QK8_0).transpose(1, 0, 2).astype(F32, order="C")  # [nb, R, 32]
         dots, terms = (self._scratch(i, (w.nb, rows, w.n)) for i in (0, 1))
-        if w.wf is not None:  # [nb, R, 32] @ [nb, 32, N] -> [nb, R, N], exact integers
-            np.matmul(x, w.wf.transpose(0, 2, 1), out=dots)
-        else:
-            n_step = max(1, min(w.n, self.SLAB_BYTES // (4 * QK8_0)))
-            b_step = max(1, self.SLAB_BYTES // (4 * QK8_0 * n_step))
-            for n in range(0, w.n, n_step):
-                for b in range(0, w.nb, b_step):
-                    wf = w.qb[b : b + b_step, n : n + n_step].astype(F32)  # [b', n', 32]
-                    np.matmul(x[b : b + b_step], wf.transpose(0, 2, 1), out=dots[b : b + b_step, :, n : n + n_step])
+        np.matmul(x, w.wf.transpose(0, 2, 1), out=dots)  # [nb, R, 32] @ [nb, 32, N] -> [nb, R, N], exact
         return spec.scale_and_reduce_f32(dots, w.d_t, xd, out=terms)  # [nb, R, N] -> [R, N]
 
+    # ---- the streamed GEMV
+    def _gemv_streamed(self, w: CpuQ8, xq: np.ndarray, xd: np.ndarray) -> np.ndarray:
+        """Output columns in tasks whose block dots take about DOTS_BYTES (a core's cache), spread over the
+        cores. The activations are laid out like the weights' 34-byte blocks, zeros under the two scale
+        bytes, so the weights convert to float32 straight from whole rows of the file (the scale bytes, as
+        int8 times zero, add exact zeros to the integer dots)."""
+        rows, nb = xq.shape[0], w.nb
+        x = np.zeros((nb, rows, BLOCK_BYTES), F32)  # [nb, R, 34]
+        x[:, :, SCALE_BYTES:] = xq.reshape(rows, nb, QK8_0).transpose(1, 0, 2)
+        y = np.empty((rows, w.n), F32)
+        per_task = max(MIN_TASK_COLUMNS, self.DOTS_BYTES // (4 * nb * rows))
+        tasks = [(part, qrows, n0, min(n0 + per_task, part.stop - part.start))
+                 for part, qrows in zip(w.parts, w.rows) for n0 in range(0, part.stop - part.start, per_task)]
+
+        def task(args):
+            part, qrows, n0, n1 = args
+            c0, c1 = part.start + n0, part.start + n1  # columns of the stack
+            y[:, c0:c1] = self._streamed_columns(qrows[n0:n1], w.scales_f32(c0, c1), x, xd)
+
+        if self.threads > 1 and len(tasks) > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="refspec-gemv")
+            list(self._pool.map(task, tasks))
+        else:
+            for args in tasks:
+                task(args)
+        if self._stream is not None:
+            self._stream.advance(w.nbytes)
+        return y
+
+    def _streamed_columns(self, qrows: np.ndarray, wd_t: np.ndarray, x: np.ndarray, xd: np.ndarray) -> np.ndarray:
+        """[R, n] outputs of the weight rows qrows (int8 [n, nb*34], GGUF blocks), scales wd_t [nb, n]."""
+        n, (nb, rows, _) = qrows.shape[0], x.shape
+        dots = self._scratch(0, (nb, rows, n))
+        step = max(1, self.SLAB_BYTES // (4 * qrows.shape[1]))  # whole rows per slab
+        for s0 in range(0, n, step):
+            s1 = min(n, s0 + step)
+            wf = self._scratch(2, (s1 - s0, qrows.shape[1]))
+            np.copyto(wf, qrows[s0:s1], casting="unsafe")  # int8 -> float32, exact
+            wf_t = wf.reshape(s1 - s0, nb, BLOCK_BYTES).transpose(1, 2, 0)  # [nb, 34, n']
+            np.matmul(x, wf_t, out=dots[:, :, s0:s1])  # [nb, R, 34] @ [nb, 34, n'] -> [nb, R, n'], exact
+        return spec.scale_and_reduce_f32(dots, wd_t, xd, out=self._scratch(1, (nb, rows, n)))  # -> [R, n]
+
     def _scratch(self, slot: int, shape: tuple) -> np.ndarray:
-        """A reused float32 array of `shape` (two slots): fresh large arrays cost page faults every call."""
+        """A reused float32 array of `shape` (three slots per thread): fresh large arrays cost page faults
+        every call."""
+        buffers = getattr(self._local, "buffers", None)
+        if buffers is None:
+            buffers = self._local.buffers = [np.empty(0, F32) for _ in range(3)]
         size = math.prod(shape)
-        if len(self._buffers[slot]) < size:
-            self._buffers[slot] = np.empty(size, F32)
-        return self._buffers[slot][:size].reshape(shape)
+        if len(buffers[slot]) < size:
+            buffers[slot] = np.empty(size, F32)
+        return buffers[slot][:size].reshape(shape)
+
+
+def _print_to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def matrix_groups(lw: LayerWeights) -> list[list]:

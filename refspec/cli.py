@@ -444,10 +444,13 @@ def build_parser() -> argparse.ArgumentParser:
     conformance.add_arguments(k)
     k.set_defaults(run=conformance.run)
 
-    b = sub.add_parser("bench", help="benchmarks: gemv (GPU kernel) or decode (tokens/s, speculative decoding)")
+    b = sub.add_parser("bench", help="benchmarks: gemv (GPU kernel), decode (tokens/s, speculative decoding), "
+                       "cpu (a model's load time, memory and speed)")
     bsub = b.add_subparsers(dest="bench", metavar="BENCH", required=True)
     for name, module, text in (("gemv", "refspec.bench_gemv", "Q8_0 GEMV time and bandwidth over R rows (GPU)"),
-                               ("decode", "refspec.bench_decode", "greedy and speculative decoding tokens/s")):
+                               ("decode", "refspec.bench_decode", "greedy and speculative decoding tokens/s"),
+                               ("cpu", "refspec.bench_cpu", "load time, peak memory, prompt and decode speed "
+                                "of one model on the CPU")):
         bp = bsub.add_parser(name, help=text, description=text)
         try:
             mod = __import__(module, fromlist=["add_arguments"])
@@ -464,6 +467,10 @@ def main(argv=None) -> int:
         return args.run(args)
     except RefspecError as err:
         print(f"refspec: error: {err}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("refspec: error: out of memory (the model or the request needs more than this machine has)",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("refspec: interrupted", file=sys.stderr)

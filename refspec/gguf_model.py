@@ -10,9 +10,11 @@ Model files are untrusted input, so loading goes in three steps, each of which r
    file whose layout has been checked.
 2. ``GGUFReader`` parses the values and maps the tensors; its view of the layout is cross-checked with ours.
 3. Hyper-parameters come from ``{arch}.*`` metadata keys (``_read_config``); tensors are found through the one
-   name map below (``MODEL_TENSORS``, ``LAYER_TENSORS``), checked against the config's shapes and converted to
-   refspec's aligned Q8_0 layout. Matrices stored in another type are dequantized and requantized to Q8_0 with
-   gguf-py's reference quantizer (byte-exact with ggml), and one note on stderr says so.
+   name map below (``MODEL_TENSORS``, ``LAYER_TENSORS``) and checked against the config's shapes. Q8_0
+   matrices stay where they are: views of the memory-mapped file, no copy (refspec/model.py); their scales
+   are checked finite, the one pass over every page. Matrices stored in another type are dequantized and
+   requantized to Q8_0 in memory with gguf-py's reference quantizer (byte-exact with ggml), and one note on
+   stderr says so.
 """
 from __future__ import annotations
 
@@ -33,8 +35,9 @@ from gguf import quants as ggml_quants
 
 from refspec.errors import ModelFileError, UnsupportedModelError, UsageError
 from refspec.metadata import REQUIRED, MetadataReader
-from refspec.model import (ARCHITECTURES, HYBRID_ARCHITECTURES, QK8_0, LayerWeights, Model, ModelConfig,
-                           ModelWeights, MtpWeights, Q8Matrix, RopeScaling)
+from refspec.model import (ARCHITECTURES, HYBRID_ARCHITECTURES, Q8_0_BLOCK, QK8_0, LayerWeights, Model,
+                           ModelConfig, ModelWeights, MtpWeights, Q8Matrix, RopeScaling)
+from refspec.progress import ByteProgress, larger_than_memory, physical_memory
 
 # ---------------------------------------------------------------------------------------------------------
 # The tensor-name map: GGUF name -> refspec field, what it is, and its shape in ggml order (ne0 first) as
@@ -133,7 +136,9 @@ MIN_KV_BYTES = 8 + 1 + 4 + 1  # key length, a 1-byte key, value type, smallest v
 MIN_TENSOR_INFO_BYTES = 8 + 1 + 4 + 8 + 4 + 8  # name length, 1-byte name, n_dims, one dim, type, offset
 VECTOR_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
 LINE_VALUES = 4096  # values per line handed to gguf-py's (de)quantizers (see _requantize)
-Q8_0_BLOCK_BYTES = GGML_QUANT_SIZES[GGMLQuantizationType.Q8_0][1]  # fp16 scale + 32 int8 quants = 34
+_SCALE_BITS = np.dtype([("d", "<u2"), ("q", "i1", (QK8_0,))])  # Q8_0_BLOCK with the scale as raw bits
+F16_EXPONENT = np.uint16(0x7C00)  # all ones: infinity or NaN
+CHECK_BYTES = 64 << 20  # file bytes per scale check (bounds the temporaries)
 
 _SCALAR_BYTES = {
     GGUFValueType.UINT8: 1, GGUFValueType.INT8: 1, GGUFValueType.BOOL: 1,
@@ -838,21 +843,25 @@ def _embedding_rows(name: str, tensors) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Step 3b: tensors through the name map, then conversion to the aligned Q8_0 layout.
+# Step 3b: tensors through the name map; Q8_0 matrices as views of the file, others converted to Q8_0.
 # ---------------------------------------------------------------------------------------------------------
 def _read_weights(name: str, config: ModelConfig, tensors, log) -> ModelWeights:
     wanted = _wanted_tensors(config)
     converted = check_weights(GGUFHeader(name, {}, {}, tensors), config)
+    progress = _load_progress(name, tensors, log)
 
     def take(tensor_name: str):
         spec, tensor = wanted[tensor_name], tensors[tensor_name]
         try:
             if spec.kind == MATRIX:
-                return _matrix(name, tensor)
-            values = _vector(name, tensor)
-            return values.reshape(tuple(getattr(config, a) for a in reversed(spec.shape)))  # numpy order
+                value = _matrix(name, tensor)
+            else:
+                value = _vector(name, tensor).reshape(tuple(getattr(config, a) for a in reversed(spec.shape)))
         except _READER_ERRORS as e:
             raise ModelFileError(f"{name}: tensor {tensor_name} cannot be loaded ({type(e).__name__}: {e})") from e
+        if progress is not None:
+            progress.advance(int(tensor.n_bytes))
+        return value
 
     def fields_of(prefix: str, table: dict) -> dict:
         return {spec.field: take(prefix + key) for key, spec in table.items() if prefix + key in tensors}
@@ -872,6 +881,18 @@ def _read_weights(name: str, config: ModelConfig, tensors, log) -> ModelWeights:
         kinds = ", ".join(f"{n} {t}" if len(converted) > 1 else t for t, n in sorted(converted.items()))
         log(f"refspec: note: converted {sum(converted.values())} matrices ({kinds}) to Q8_0 at load")
     return ModelWeights(tok_embd=tok_embd, layers=layers, output_norm=output_norm, output=output, mtp=mtp)
+
+
+def _load_progress(name: str, tensors, log) -> ByteProgress | None:
+    """For a model larger than memory: a note that it runs from disk, and progress lines while loading reads
+    every page once (the scale check)."""
+    total = sum(int(t.n_bytes) for t in tensors.values())
+    if not larger_than_memory(total):
+        return None
+    log(f"refspec: note: {name} ({total / 1e9:.1f} GB) is larger than this machine's memory "
+        f"({physical_memory() / 1e9:.1f} GB): it runs from the mapped file, reading weights from disk on every "
+        "pass (slow)")
+    return ByteProgress(total, "loading (checking every Q8_0 scale)", log)
 
 
 def _wanted_tensors(config: ModelConfig) -> dict[str, TensorSpec]:
@@ -917,16 +938,25 @@ def _vector(name: str, tensor) -> np.ndarray:
 
 
 def _matrix(name: str, tensor) -> Q8Matrix:
-    k, n = (int(d) for d in tensor.shape)
+    """A Q8_0 tensor as a view of the mapped file (no copy); any other type converted to Q8_0 blocks."""
     if tensor.tensor_type == GGMLQuantizationType.Q8_0:
-        blocks = tensor.data
+        rows = tensor.data
     else:
-        blocks = _requantize(name, tensor)
-    matrix = _split_q8_0(blocks, n, k)
-    if not np.isfinite(matrix.d).all():
+        rows = _requantize(name, tensor)
+    n = int(tensor.shape[1])
+    matrix = Q8Matrix(blocks=rows.reshape(n, -1).view(Q8_0_BLOCK))
+    if not _scales_finite(matrix.blocks):
         raise ModelFileError(f"{name}: tensor {tensor.name} has non-finite Q8_0 scales (values out of fp16 "
                              "range, infinities or NaNs)")
     return matrix
+
+
+def _scales_finite(blocks: np.ndarray) -> bool:
+    """Whether every fp16 scale is finite: exponent bits not all ones. Read as integers a slab of rows at a
+    time (a strided pass over the mapped file, the only time loading touches every page)."""
+    bits = blocks.view(_SCALE_BITS)["d"]
+    step = max(1, CHECK_BYTES // max(1, blocks.strides[0]))
+    return not any(np.any(bits[i : i + step] & F16_EXPONENT == F16_EXPONENT) for i in range(0, len(bits), step))
 
 
 def _requantize(name: str, tensor) -> np.ndarray:
@@ -947,11 +977,3 @@ def _requantize(name: str, tensor) -> np.ndarray:
     except NotImplementedError as e:
         raise UnsupportedModelError(f"{name}: tensor {tensor.name} has type {tensor.tensor_type.name}, which "
                                     "refspec cannot convert to Q8_0") from e
-
-
-def _split_q8_0(blocks: np.ndarray, n: int, k: int) -> Q8Matrix:
-    """GGUF Q8_0 rows (34-byte blocks: fp16 scale, 32 int8) -> separate contiguous q [N, K], d [N, K/32]."""
-    blocks = blocks.reshape(n, k // QK8_0, Q8_0_BLOCK_BYTES)
-    d = blocks[:, :, :2].copy().view(np.float16).reshape(n, k // QK8_0)  # copies: the file is not kept mapped
-    q = blocks[:, :, 2:].copy().view(np.int8).reshape(n, k)
-    return Q8Matrix(q=q, d=d)

@@ -1,15 +1,20 @@
-"""The model as refspec holds it in memory: hyper-parameters from GGUF metadata and Q8_0 weights in
-refspec's aligned layout.
+"""The model as refspec holds it in memory: hyper-parameters from GGUF metadata and Q8_0 weights, read
+where they lie in the memory-mapped file.
 
-Aligned Q8_0 layout (``Q8Matrix``). A GGUF Q8_0 row of K values is K/32 blocks of 34 bytes (an fp16 scale,
-then 32 int8 quants), which leaves the quants at 2-byte alignment. refspec splits every matrix into two
-arrays:
+Q8_0 matrices (``Q8Matrix``). A GGUF Q8_0 row of K values is K/32 blocks of 34 bytes (an fp16 scale, then 32
+int8 quants). refspec reads every matrix through two views:
 
-* ``q``: int8, shape [N, K], row n holds output feature n's K quants, contiguous (16-byte aligned rows
-  whenever K % 16 == 0, which K % 32 == 0 guarantees);
-* ``d``: float16, shape [N, K/32], ``d[n, b]`` scales quants ``q[n, 32*b : 32*b+32]``.
+* ``q_blocks``: int8, shape [N, K/32, 32], ``q_blocks[n, b]`` holds output feature n's quants of block b;
+* ``d``: float16, shape [N, K/32], ``d[n, b]`` scales quants ``q_blocks[n, b]``.
 
-The value of element (n, k) is ``float32(d[n, k // 32]) * float32(q[n, k])`` (exact in binary32).
+The value of element (n, 32*b + i) is ``float32(d[n, b]) * float32(q_blocks[n, b, i])`` (exact in binary32).
+
+A matrix is stored one of two ways, with the same values. A matrix loaded from a Q8_0 GGUF keeps the file's
+own blocks (``blocks``: a structured array [N, K/32] of ``Q8_0_BLOCK``), normally a view of the memory-mapped
+file, so a model costs no memory beyond the pages the kernel maps (the views above are strided views of those
+bytes, no copies). A matrix built in memory from separate arrays (tests, hand-made weights) keeps them
+(``q`` int8 [N, K] contiguous, ``d``). ``q`` as [N, K] is a view of the split storage and a fresh copy of a
+block-stored matrix: fine for one matrix at a time (a GPU upload), wasteful per token.
 """
 from __future__ import annotations
 
@@ -130,22 +135,57 @@ class ModelConfig:
         return self.n_head_kv * self.head_dim
 
 
-@dataclass
-class Q8Matrix:
-    """A Q8_0 matrix in the aligned layout (module docstring). Shape [N out, K in]."""
+Q8_0_BLOCK = np.dtype([("d", "<f2"), ("q", "i1", (QK8_0,))])  # GGUF's 34-byte block, unaligned fields
 
-    q: np.ndarray  # int8 [N, K]
-    d: np.ndarray  # float16 [N, K // 32]
+
+class Q8Matrix:
+    """A Q8_0 matrix [N out, K in]: split arrays ``Q8Matrix(q, d)`` or GGUF blocks ``Q8Matrix(blocks=...)``
+    (module docstring)."""
+
+    def __init__(self, q: np.ndarray | None = None, d: np.ndarray | None = None, *,
+                 blocks: np.ndarray | None = None):
+        if (blocks is None) == (q is None or d is None):
+            raise ValueError("a Q8Matrix is built from q and d, or from blocks")
+        if blocks is not None and (blocks.dtype != Q8_0_BLOCK or blocks.ndim != 2):
+            raise ValueError(f"blocks must be a 2-D array of Q8_0_BLOCK, not {blocks.dtype} {blocks.shape}")
+        self.blocks = blocks
+        self._q, self._d = q, d
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.q.shape
+        if self.blocks is None:
+            return self._q.shape
+        n, nb = self.blocks.shape
+        return n, nb * QK8_0
+
+    @property
+    def d(self) -> np.ndarray:
+        """float16 [N, K/32] (a strided view when block-stored)."""
+        return self._d if self.blocks is None else self.blocks["d"]
+
+    @property
+    def q_blocks(self) -> np.ndarray:
+        """int8 [N, K/32, 32], a view in either storage."""
+        if self.blocks is None:
+            n, k = self._q.shape
+            return self._q.reshape(n, k // QK8_0, QK8_0)
+        return self.blocks["q"]
+
+    @property
+    def q(self) -> np.ndarray:
+        """int8 [N, K], C-contiguous: the split array itself, or a copy of a block-stored matrix's quants."""
+        return self._q if self.blocks is None else np.ascontiguousarray(self.q_blocks).reshape(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of quants and scales (34 per block of 32 values)."""
+        n, k = self.shape
+        return n * (k // QK8_0) * Q8_0_BLOCK.itemsize
 
     def dequantize(self) -> np.ndarray:
         """float32 [N, K]: d * q per block, exact in binary32."""
-        n, k = self.q.shape
-        vals = self.q.astype(np.float32).reshape(n, k // QK8_0, QK8_0)
-        return (vals * self.d.astype(np.float32)[:, :, None]).reshape(n, k)
+        vals = self.q_blocks.astype(np.float32)
+        return (vals * self.d.astype(np.float32)[:, :, None]).reshape(self.shape)
 
 
 @dataclass

@@ -229,9 +229,9 @@ def q8_gemv(w, xq: np.ndarray, xd: np.ndarray) -> np.ndarray:
 def embed(w, ids: np.ndarray) -> np.ndarray:
     """Rows of a Q8Matrix [n_vocab, n_embd] for token ids [R] -> float32 [R, n_embd]; d * q is exact."""
     ids = np.asarray(ids)
-    q = w.q[ids].astype(F32)  # [R, n_embd]
+    q = w.q_blocks[ids].astype(F32)  # [R, n_embd/32, 32]: only the rows asked for are read
     d = w.d[ids].astype(F32)  # [R, n_embd/32]
-    return (q.reshape(len(ids), -1, QK8_0) * d[:, :, None]).reshape(len(ids), -1)
+    return (q * d[:, :, None]).reshape(len(ids), -1)
 
 
 # ------------------------------------------------------------------------------------------------- rope

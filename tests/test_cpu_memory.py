@@ -1,0 +1,106 @@
+"""Models read where they lie: Q8_0 matrices are views of the memory-mapped file, the CPU backend's streamed
+GEMV (used for models too large for a float32 copy) gives the resident GEMV's bits, and a model of a few
+hundred MB runs in little more memory than its file."""
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from refspec.backends import CpuBackend
+from refspec.errors import ModelFileError
+from refspec.forward import Transformer
+from refspec.gguf_model import load
+from refspec.model import Q8_0_BLOCK, Q8Matrix
+from refspec.synthetic import write_model
+
+from bits import assert_bits_equal
+
+SHAPES = {  # odd widths: tasks and slabs that end mid-way, a 5-block ffn, GQA
+    "llama": dict(n_layer=2, n_embd=96, n_ff=160, n_head=3, n_head_kv=1, n_vocab=333),
+    "qwen2": dict(n_layer=2, n_embd=64, n_ff=96, n_head=4, n_head_kv=2, n_vocab=301),
+    "qwen3": dict(n_layer=2, n_embd=64, n_ff=64, n_head=2, n_head_kv=2, head_dim=32, n_rot=16, n_vocab=290),
+}
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("stream")
+    return {arch: write_model(tmp / f"{arch}.gguf", arch=arch, n_ctx=64, seed=11, tie_embeddings=arch != "qwen2",
+                              **shape) for arch, shape in SHAPES.items()}
+
+
+def streamed_backend(threads: int, slab_bytes: int, dots_bytes: int) -> CpuBackend:
+    be = CpuBackend(threads=threads, resident_bytes=0)
+    be.SLAB_BYTES, be.DOTS_BYTES = slab_bytes, dots_bytes  # small: many slabs and tasks, partial last ones
+    return be
+
+
+@settings(max_examples=12, deadline=None)
+@given(arch=st.sampled_from(sorted(SHAPES)), rows=st.integers(1, 9), threads=st.integers(1, 3),
+       slab_bytes=st.integers(1, 1 << 16), dots_bytes=st.integers(1, 1 << 18))
+def test_streamed_forward_equals_resident_forward(model_files, arch, rows, threads, slab_bytes, dots_bytes):
+    model = load(model_files[arch], log=lambda message: None)
+    resident = Transformer(model, CpuBackend())
+    streamed = Transformer(model, streamed_backend(threads, slab_bytes, dots_bytes))
+    assert streamed.weights.layers[0].wq.stack.wf is None  # really streamed
+    ids = list(np.random.default_rng(rows).integers(0, model.config.n_vocab, rows))
+    want = resident.forward(resident.new_cache(16), ids, 3)
+    got = streamed.forward(streamed.new_cache(16), ids, 3)
+    assert_bits_equal(got, want, f"{arch}: streamed vs resident logits, {rows} rows")
+
+
+def test_q8_0_matrices_are_views_of_the_file(model_files):
+    model = load(model_files["llama"], log=lambda message: None)
+    w = model.weights.layers[1].w_down
+    assert isinstance(w, Q8Matrix) and w.blocks.dtype == Q8_0_BLOCK
+    assert w.blocks.base is not None and not w.blocks.flags.owndata and not w.blocks.flags.writeable
+    assert w.q_blocks.shape == (w.shape[0], w.shape[1] // 32, 32) and w.d.shape == (w.shape[0], w.shape[1] // 32)
+    split = Q8Matrix(w.q, np.ascontiguousarray(w.d))  # the same matrix built from separate arrays
+    assert_bits_equal(split.dequantize(), w.dequantize(), "split vs block storage")
+
+
+def test_a_file_that_cannot_be_mapped_is_one_error(tmp_path):
+    with pytest.raises(ModelFileError, match="cannot read the model file"):
+        load(tmp_path)  # a directory: no file to map
+    empty = tmp_path / "empty.gguf"
+    empty.write_bytes(b"")
+    with pytest.raises(ModelFileError):
+        load(empty)
+
+
+# The measurement runs in a fresh interpreter, so that its peak resident size is this model's alone: the
+# interpreter and its libraries (~35 MB) are measured before loading and set aside.
+MEASURE = textwrap.dedent("""
+    import json, resource, sys
+    from refspec.backends import CpuBackend
+    from refspec.forward import Transformer
+    from refspec.gguf_model import load
+    def peak():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    before = peak()
+    model = load(sys.argv[1])
+    tf = Transformer(model, CpuBackend(resident_bytes=0))
+    cache = tf.new_cache(16)
+    tf.forward(cache, list(range(8)), 0)
+    tf.forward(cache, [3], 8)
+    print(json.dumps({"before": before, "peak": peak()}))
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss is in KiB on Linux")
+def test_peak_memory_of_a_mapped_model_is_close_to_its_file_size(tmp_path):
+    # ~550 MB: 34 layers of width 1024 (feed-forward 4096), all Q8_0; a small vocabulary, so that the
+    # tokenizer's Python strings do not count as weights.
+    path = write_model(tmp_path / "m.gguf", arch="llama", n_layer=34, n_embd=1024, n_ff=4096, n_head=16,
+                       n_head_kv=4, n_vocab=8192, n_ctx=64, seed=1)
+    size = path.stat().st_size
+    out = subprocess.run([sys.executable, "-c", MEASURE, str(path)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    rss = json.loads(out.stdout)
+    used = rss["peak"] - rss["before"]
+    assert used <= 1.15 * size, f"loading and two passes took {used / 1e6:.0f} MB for a {size / 1e6:.0f} MB file"

@@ -65,12 +65,12 @@ def test_q8_0_matrices_are_views_of_the_file(model_files):
 
 
 def test_a_file_that_cannot_be_mapped_is_one_error(tmp_path):
-    with pytest.raises(ModelFileError, match="cannot read the model file"):
-        load(tmp_path)  # a directory: no file to map
     empty = tmp_path / "empty.gguf"
-    empty.write_bytes(b"")
-    with pytest.raises(ModelFileError):
-        load(empty)
+    empty.write_bytes(b"")  # mmap refuses an empty file
+    for path in (tmp_path, empty):  # a directory: nothing to map
+        with pytest.raises(ModelFileError) as caught:
+            load(path)
+        assert str(path) in str(caught.value) and "\n" not in str(caught.value)
 
 
 # The measurement runs in a fresh interpreter, so that its peak resident size is this model's alone: the

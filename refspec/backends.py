@@ -275,9 +275,8 @@ class CpuBackend(FusedFromParts):
         x = np.zeros((nb, rows, BLOCK_BYTES), F32)  # [nb, R, 34]
         x[:, :, SCALE_BYTES:] = xq.reshape(rows, nb, QK8_0).transpose(1, 0, 2)
         y = np.empty((rows, w.n), F32)
-        per_task = max(MIN_TASK_COLUMNS, self.DOTS_BYTES // (4 * nb * rows))
-        tasks = [(part, qrows, n0, min(n0 + per_task, part.stop - part.start))
-                 for part, qrows in zip(w.parts, w.rows) for n0 in range(0, part.stop - part.start, per_task)]
+        tasks = [(part, qrows, n0, n1) for part, qrows in zip(w.parts, w.rows)
+                 for n0, n1 in self._column_tasks(part.stop - part.start, nb, rows)]
 
         def task(args):
             part, qrows, n0, n1 = args
@@ -294,6 +293,15 @@ class CpuBackend(FusedFromParts):
         if self._stream is not None:
             self._stream.advance(w.nbytes)
         return y
+
+    def _column_tasks(self, n: int, nb: int, rows: int) -> list[tuple[int, int]]:
+        """n output columns cut into equal tasks of at most DOTS_BYTES of dots (at least MIN_TASK_COLUMNS
+        columns), as many as a multiple of the threads so that no core idles at the end."""
+        most = max(MIN_TASK_COLUMNS, self.DOTS_BYTES // (4 * nb * rows))
+        count = -(-n // most)
+        count = min(n, -(-count // self.threads) * self.threads)
+        step = -(-n // count)
+        return [(n0, min(n0 + step, n)) for n0 in range(0, n, step)]
 
     def _streamed_columns(self, qrows: np.ndarray, wd_t: np.ndarray, x: np.ndarray, xd: np.ndarray) -> np.ndarray:
         """[R, n] outputs of the weight rows qrows (int8 [n, nb*34], GGUF blocks), scales wd_t [nb, n]."""

@@ -2,9 +2,10 @@
 decoding steps.
 
 The model is a file (-m) or a preset of real-model shapes (--preset, refspec/synthetic.py), written once into
---models-dir and kept there. The measurement runs in a fresh interpreter (`python -m refspec.bench_cpu
+the cache as `refspec bench decode --preset` does. The measurement runs in a fresh interpreter (`python -m refspec.bench_cpu
 --measure FILE`), so that the peak resident size (ru_maxrss) is that of loading and running this model alone,
-the interpreter and its libraries included.
+the interpreter and its libraries included. CPU seconds (all threads) are reported beside wall seconds: on a
+shared machine they say what a pass costs when the cores are not busy with other work.
 """
 from __future__ import annotations
 
@@ -23,20 +24,13 @@ import time
 PROMPT_TOKENS, DECODE_TOKENS = 64, 4
 
 
-def default_models_dir() -> pathlib.Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return pathlib.Path(cache) / "refspec" / "synthetic"
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from refspec.synthetic import PRESETS
 
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("-m", "--model", metavar="GGUF", help="model file to measure")
-    which.add_argument("--preset", choices=sorted(PRESETS), help="a random-weight model of these shapes "
-                       "(written once into --models-dir: llama-8b is 8.0 GB, qwen2.5-32b 34 GB)")
-    p.add_argument("--models-dir", metavar="DIR", default=None,
-                   help=f"where preset models are kept (default {default_models_dir()})")
+    which.add_argument("--preset", choices=sorted(PRESETS), help="a random-weight model of these shapes, "
+                       "written once to $XDG_CACHE_HOME/refspec/synthetic (llama-8b is 8.0 GB, qwen2.5-32b 34 GB)")
     p.add_argument("--prompt-tokens", type=int, default=PROMPT_TOKENS, metavar="N",
                    help=f"rows of the prompt pass (default {PROMPT_TOKENS})")
     p.add_argument("--decode-tokens", type=int, default=DECODE_TOKENS, metavar="N",
@@ -46,12 +40,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from refspec.bench_decode import preset_model_path
     from refspec.cli import note
     from refspec.errors import UsageError
 
     if args.prompt_tokens < 1 or args.decode_tokens < 0 or (args.threads is not None and args.threads < 1):
         raise UsageError("--prompt-tokens and --threads must be at least 1, --decode-tokens at least 0")
-    path = pathlib.Path(args.model) if args.model else preset_model(args.preset, args.models_dir, note)
+    path = pathlib.Path(args.model) if args.model else preset_model_path(args.preset, note)
     result = measure(path, args.prompt_tokens, args.decode_tokens, args.threads)
     if result is None:
         return 1  # the measurement printed its one error line
@@ -63,28 +58,6 @@ def run(args) -> int:
             json.dump(report, f, indent=2)
             f.write("\n")
     return 0
-
-
-def preset_model(preset: str, models_dir: str | None, note) -> pathlib.Path:
-    """The preset's file in models_dir, written first if it is not there (atomically: a temporary name, then
-    a rename, so an interrupted write leaves no file that looks complete)."""
-    from refspec.errors import UsageError
-    from refspec.synthetic import PRESETS, write_model
-
-    directory = pathlib.Path(models_dir) if models_dir else default_models_dir()
-    path = directory / f"{preset}.gguf"
-    if path.exists():
-        return path
-    note(f"writing the {preset} preset to {path} (once)")
-    partial = path.with_suffix(".gguf.partial")
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        write_model(partial, **PRESETS[preset])
-        os.replace(partial, path)
-    except OSError as e:
-        partial.unlink(missing_ok=True)
-        raise UsageError(f"cannot write {path}: {e.strerror or e}") from e
-    return path
 
 
 def measure(path: pathlib.Path, prompt_tokens: int, decode_tokens: int, threads: int | None) -> dict | None:
@@ -114,16 +87,17 @@ def measure_here(path: str, prompt_tokens: int, decode_tokens: int, threads: int
     cfg = model.config
     ids = [int(i) for i in np.random.default_rng(0).integers(0, cfg.n_vocab, prompt_tokens)]
     cache = tf.new_cache(prompt_tokens + decode_tokens)
-    t3 = time.perf_counter()
+    c3, t3 = time.process_time(), time.perf_counter()
     logits = tf.forward(cache, ids, 0)
-    t4 = time.perf_counter()
-    steps = []
+    c4, t4 = time.process_time(), time.perf_counter()
+    steps, step_cpu = [], []
     token = int(np.argmax(logits[-1]))
     for i in range(decode_tokens):
-        start = time.perf_counter()
+        cpu, start = time.process_time(), time.perf_counter()
         logits = tf.forward(cache, [token], prompt_tokens + i)
         token = int(np.argmax(logits[-1]))
         steps.append(round(time.perf_counter() - start, 3))
+        step_cpu.append(round(time.process_time() - cpu, 3))
     size = os.path.getsize(path)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
     step = statistics.median(steps) if steps else None
@@ -133,7 +107,10 @@ def measure_here(path: str, prompt_tokens: int, decode_tokens: int, threads: int
         "load_seconds": round(t1 - t0, 3), "upload_seconds": round(t2 - t1, 3),
         "prompt_tokens": prompt_tokens, "prompt_seconds": round(t4 - t3, 3),
         "prompt_tokens_per_second": round(prompt_tokens / (t4 - t3), 3),
+        "prompt_cpu_seconds": round(c4 - c3, 3),
         "decode_step_seconds": steps, "decode_step_seconds_median": step,
+        "decode_step_cpu_seconds": step_cpu,
+        "decode_step_cpu_seconds_median": statistics.median(step_cpu) if step_cpu else None,
         "decode_tokens_per_second": round(1 / step, 3) if step else None,
         "peak_rss_bytes": peak, "peak_rss_over_file": round(peak / size, 4),
     }
@@ -163,10 +140,11 @@ def print_report(r: dict) -> None:
           f"(read and check {r['load_seconds']:.1f} s, backend {r['upload_seconds']:.1f} s)")
     print(f"  peak memory       {r['peak_rss_bytes'] / 1e9:.2f} GB = {r['peak_rss_over_file']:.3f}x the file")
     print(f"  prompt pass       {r['prompt_tokens']} tokens in {r['prompt_seconds']:.2f} s "
-          f"({r['prompt_tokens_per_second']:.1f} tokens/s)")
+          f"({r['prompt_tokens_per_second']:.1f} tokens/s; {r['prompt_cpu_seconds']:.1f} CPU s)")
     if r["decode_step_seconds"]:
         print(f"  decoding step     {r['decode_step_seconds_median']:.3f} s median "
-              f"({r['decode_tokens_per_second']:.2f} tokens/s; steps {r['decode_step_seconds']})")
+              f"({r['decode_tokens_per_second']:.2f} tokens/s; {r['decode_step_cpu_seconds_median']:.2f} CPU s; "
+              f"steps {r['decode_step_seconds']})")
 
 
 def _measure_main(argv: list[str]) -> None:

@@ -127,7 +127,8 @@ def machine() -> dict:
         pass
     import numpy as np
 
-    return {"cpu": cpu, "cpu_cores": os.cpu_count(), "memory_bytes": physical_memory(),
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other work on a shared machine
+    return {"cpu": cpu, "cpu_cores": os.cpu_count(), "memory_bytes": physical_memory(), "load_average_1min": load,
             "platform": platform.platform(), "python": platform.python_version(), "numpy": np.__version__}
 
 

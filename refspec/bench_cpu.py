@@ -119,13 +119,11 @@ def measure_here(path: str, prompt_tokens: int, decode_tokens: int, threads: int
 def machine() -> dict:
     from refspec.progress import physical_memory
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
     import numpy as np
+
+    from refspec.bench_decode import cpu_name
+
+    cpu = cpu_name()
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other work on a shared machine
     return {"cpu": cpu, "cpu_cores": os.cpu_count(), "memory_bytes": physical_memory(), "load_average_1min": load,

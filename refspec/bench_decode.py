@@ -164,17 +164,6 @@ def parse_rows(text: str) -> list[int]:
     return rows
 
 
-def weight_bytes_per_token(model) -> int:
-    """Bytes of Q8_0 weights one pass reads: every layer's matrices and the output head (the embedding
-    lookup reads a row per token, left out; so is an MTP block, which only its drafter runs)."""
-    from refspec.model import Q8Matrix
-
-    w = model.weights
-    layers = w.layers[: model.config.n_layer]
-    mats = [w.output] + [m for lw in layers for m in vars(lw).values() if isinstance(m, Q8Matrix)]
-    return sum(m.shape[0] * m.shape[1] + m.d.nbytes for m in mats)
-
-
 def bench_device(tf, pass_rows: list[int], repeats: int) -> dict:
     """(c): the read ceiling, the roofline, and forward-pass times by rows."""
     import time
@@ -183,7 +172,7 @@ def bench_device(tf, pass_rows: list[int], repeats: int) -> dict:
 
     be = tf.be
     read_bw = read_bandwidth(be, _Timer(be.cp, 20))
-    per_token = weight_bytes_per_token_of(tf)
+    per_token = weight_bytes_per_token(tf)
     cache = tf.new_cache(min(tf.config.n_ctx, 64 + max(pass_rows) + 8))
     tf.forward(cache, [1] * 64, 0)  # context for the timed steps
     times = {}
@@ -211,8 +200,9 @@ def bench_device(tf, pass_rows: list[int], repeats: int) -> dict:
     }
 
 
-def weight_bytes_per_token_of(tf) -> int:
-    """weight_bytes_per_token from the uploaded weights (their shapes are the model's)."""
+def weight_bytes_per_token(tf) -> int:
+    """Bytes of Q8_0 weights one pass reads, from the uploaded weights: every layer's matrices and the output
+    head (the embedding lookup reads a row per token, left out; a tied head counts once)."""
     w = tf.weights
     seen, total = set(), 0
     for m in [w.output] + [m for lw in w.layers for m in vars(lw).values()]:
@@ -295,14 +285,19 @@ def run_row(prompt: str, method: str, result, reference) -> dict:
     return row
 
 
-def hardware(backend) -> dict:
+def cpu_name() -> str:
+    """The processor's model name (/proc/cpuinfo), or what platform knows."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    info = {"cpu": cpu, "cpu_cores": os.cpu_count(), "platform": platform.platform(),
+    return cpu
+
+
+def hardware(backend) -> dict:
+    info = {"cpu": cpu_name(), "cpu_cores": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "device": backend.name}
     if backend.name != "cpu":
         info["gpu"] = gpu_name(backend)

@@ -84,6 +84,8 @@ def run(args) -> int:
     model = load_model(preset_model_path(args.preset, note) if args.preset else args.model)
     tok = load_tokenizer(model)
     backend = make_backend(args.device)
+    if args.mma_min_rows is not None and not 1 <= args.mma_min_rows <= 16:
+        raise UsageError(f"--mma-min-rows must be in 1..16 (rows of one GEMV launch), got {args.mma_min_rows}")
     if args.mma_min_rows is not None and backend.name == "gpu":
         backend.mma_min_rows = args.mma_min_rows
     tf = Transformer(model, backend, graphs=False if args.no_graphs else None)

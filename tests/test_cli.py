@@ -171,3 +171,12 @@ def test_synthetic_rope_scaling_and_info(tmp_path):
                           (["--rope-factor", "0.5"], "rope_factor must be"),
                           (["--rope-scaling", "yarn", "--rope-orig-ctx", "0"], "rope_orig_ctx must be")):
         assert fragment in one_line_error(refspec("synthetic", str(tmp_path / "bad.gguf"), *bad, check=False))
+
+
+def test_bench_decode_arguments_are_one_line(model):
+    for args, fragment in ((["--mma-min-rows", "0"], "--mma-min-rows must be in 1..16"),
+                           (["--pass-rows", "1,x"], "--pass-rows: expected a comma-separated list"),
+                           (["--preset", "no-such-preset"], "unknown preset 'no-such-preset'")):
+        line = one_line_error(refspec("bench", "decode", "-m", model, "--device", "cpu", "--quick", *args,
+                                      check=False))
+        assert fragment in line

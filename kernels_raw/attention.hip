@@ -8,13 +8,15 @@
 //   out = chunked_sum_t(e_t * v_t) / chunked_sum_t(e_t)
 //
 // One block of threads per (row, head), in four phases separated by barriers:
-//   1. each group of 32 lanes takes positions t and computes s_t with spec.lane_sum over d; max over t.
+//   1. each group of 32 lanes takes positions t (RS_ATTN_KEYS at a time) and computes s_t with spec.lane_sum
+//      over d; max over t.
 //   2. every thread turns scores into e_t, for all n_pos = pos0 + R positions the spec sums over.
 //   3. every thread takes items (chunk, column), column D being the denominator: one thread walks the
 //      chunk's 256 positions in order into 32 lane values (position t goes to lane t % 32, as in
 //      spec.lane_sum) and adds them in the spec's tree.
 //   4. column totals: the chunks' sums added in order to +0.0 (spec.chunked_sum), then num / denom.
-// e_t and the chunk sums live in a scratch buffer from the wrapper (global memory: contexts of any length).
+// e_t and the chunk sums live in shared memory up to RS_ATTN_SHARED_POS positions, beyond that in a scratch
+// buffer from the wrapper (global memory: contexts of any length).
 #include "portable.h"
 #include "lane_sum.h"
 #include "exp.h"
@@ -23,6 +25,9 @@
 #define RS_ATTN_THREADS 256  // 8 groups of 32
 #define RS_ATTN_CHUNK 256    // spec.ATTN_CHUNK
 #define RS_ATTN_MAX_DIM 512  // head dims up to this (the wrapper checks)
+#define RS_ATTN_KEYS 4       // keys a group loads at once in phase 1
+#define RS_ATTN_SHARED_POS 1024  // up to this many positions, e_t and the chunk sums stay in shared memory
+#define RS_ATTN_SHARED_PARTS ((RS_ATTN_SHARED_POS / RS_ATTN_CHUNK) * (RS_ATTN_MAX_DIM + 1))
 
 // spec._tree on 32 lane values held by one thread: lane i + width added onto lane i, width = 16, 8, 4, 2, 1.
 RS_DEVICE float rs_tree_of_lanes(float (&lanes)[RS_LANES]) {
@@ -48,6 +53,8 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
           signed char* __restrict__ xq, unsigned short* __restrict__ xd) {
   __shared__ float group_max[RS_ATTN_THREADS / RS_LANES];
   __shared__ float total[RS_ATTN_MAX_DIM + 1];
+  __shared__ float e_shared[RS_ATTN_SHARED_POS];
+  __shared__ float parts_shared[RS_ATTN_SHARED_PARTS];
   const int rh = blockIdx.x;  // = row * heads + head
   const int row = rh / heads, head = rh % heads;
   const int kv_head = head / (heads / kv_heads);
@@ -57,7 +64,8 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
   const float* qv = q + (long long)rh * dim;
   const float* kc = k_cache + (long long)kv_head * cache_len * dim;
   const float* vc = v_cache + (long long)kv_head * cache_len * dim;
-  float* e = e_buf + (long long)rh * cache_len;
+  const bool small = n_pos <= RS_ATTN_SHARED_POS;  // the same for the whole block
+  float* e = small ? e_shared : e_buf + (long long)rh * cache_len;
   const float neg_inf = rs_as_float((int)0xff800000);
 
   // 1. scores, one position per group of 32 lanes; lane l holds q[l + 32j] in registers and loads the
@@ -69,32 +77,31 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
     qreg[j] = d < dim ? qv[d] : 0.0f;
   }
   float m = neg_inf;
-  for (int t = rs_group(); t < n_vis; t += 2 * rs_groups()) {  // two positions per pass: twice the loads in flight
-    const int t2 = t + rs_groups();
-    const float* kt = kc + (long long)t * dim;
-    const float* kt2 = kc + (long long)(t2 < n_vis ? t2 : t) * dim;
-    float kreg[RS_ATTN_MAX_DIM / RS_LANES], kreg2[RS_ATTN_MAX_DIM / RS_LANES];
+  for (int t0 = rs_group(); t0 < n_vis; t0 += RS_ATTN_KEYS * rs_groups()) {  // RS_ATTN_KEYS keys in flight
+    float kreg[RS_ATTN_KEYS][RS_ATTN_MAX_DIM / RS_LANES];
 #pragma unroll
-    for (int j = 0; j < RS_ATTN_MAX_DIM / RS_LANES; ++j) {
-      const int d = rs_lane() + RS_LANES * j;
-      kreg[j] = d < dim ? kt[d] : 0.0f;
-      kreg2[j] = d < dim ? kt2[d] : 0.0f;
-    }
-    float acc = 0.0f, acc2 = 0.0f;  // lane values: +0.0, then q[l]*k[l], q[l+32]*k[l+32], ...
+    for (int u = 0; u < RS_ATTN_KEYS; ++u) {
+      const int t = t0 + u * rs_groups();
+      const float* kt = kc + (long long)(t < n_vis ? t : t0) * dim;
 #pragma unroll
-    for (int j = 0; j < RS_ATTN_MAX_DIM / RS_LANES; ++j) {
-      if (rs_lane() + RS_LANES * j < dim) {
-        acc = rs_add(acc, rs_mul(qreg[j], kreg[j]));
-        acc2 = rs_add(acc2, rs_mul(qreg[j], kreg2[j]));
+      for (int j = 0; j < RS_ATTN_MAX_DIM / RS_LANES; ++j) {
+        const int d = rs_lane() + RS_LANES * j;
+        kreg[u][j] = d < dim ? kt[d] : 0.0f;
       }
     }
-    const float s = rs_mul(rs_lane_tree(acc), scale);
-    const float s2 = rs_mul(rs_lane_tree(acc2), scale);
-    if (rs_lane() == 0) e[t] = s;
-    m = rs_max_nan(m, s);
-    if (t2 < n_vis) {
-      if (rs_lane() == 0) e[t2] = s2;
-      m = rs_max_nan(m, s2);
+#pragma unroll
+    for (int u = 0; u < RS_ATTN_KEYS; ++u) {
+      const int t = t0 + u * rs_groups();
+      float acc = 0.0f;  // lane value: +0.0, then q[l]*k[l], q[l+32]*k[l+32], ...
+#pragma unroll
+      for (int j = 0; j < RS_ATTN_MAX_DIM / RS_LANES; ++j) {
+        if (rs_lane() + RS_LANES * j < dim) acc = rs_add(acc, rs_mul(qreg[j], kreg[u][j]));
+      }
+      const float s = rs_mul(rs_lane_tree(acc), scale);
+      if (t < n_vis) {  // the same for the whole group
+        if (rs_lane() == 0) e[t] = s;
+        m = rs_max_nan(m, s);
+      }
     }
   }
   if (rs_lane() == 0) group_max[rs_group()] = m;
@@ -111,7 +118,7 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
   const int cols = dim + 1;
   const int n_chunks = (n_pos + RS_ATTN_CHUNK - 1) / RS_ATTN_CHUNK;
   const int max_chunks = (cache_len + RS_ATTN_CHUNK - 1) / RS_ATTN_CHUNK;
-  float* parts = part_buf + (long long)rh * max_chunks * cols;
+  float* parts = small ? parts_shared : part_buf + (long long)rh * max_chunks * cols;
   for (int item = threadIdx.x; item < n_chunks * cols; item += blockDim.x) {
     const int chunk = item / cols, col = item % cols;
     const int base = chunk * RS_ATTN_CHUNK;

@@ -21,50 +21,73 @@ quantize_q8_0(const float* __restrict__ x, int rows, int k, signed char* __restr
   rs_quantize_block(v, xq + block * RS_QK, xd + block);
 }
 
-// RMSNorm then quantization, one row per block of threads: the row is first staged in shared memory by all
-// threads (its loads in flight together), then the row's 32 lanes (group 0) compute
-// inv = 1 / sqrt(lane_sum(x*x) / n + eps) as spec.rmsnorm does, and every thread takes whole blocks,
-// y = (x * inv) * w, and quantizes them. rmsnorm_q8 needs k * 4 bytes of dynamic shared memory (the wrapper
-// passes them; rows too long for that use rmsnorm_q8_wide, the same arithmetic reading global memory).
-// Grid: rows blocks.
-RS_DEVICE void rs_rmsnorm_q8_row(const float* __restrict__ xrow, const float* __restrict__ w, float eps, int k,
-                                 signed char* __restrict__ xq, unsigned short* __restrict__ xd) {
+// RMSNorm then quantization. A row's Q8_0 blocks are spread over `parts` thread blocks (block b of the row
+// goes to part b % parts), so that one row fills many multiprocessors: each part first stages the whole row
+// in shared memory (all threads, the loads in flight together), then the row's 32 lanes (group 0) compute
+// inv = 1 / sqrt(lane_sum(x*x) / n + eps) as spec.rmsnorm does, every part the same, and each group takes
+// whole blocks, one value per lane, y = (x * inv) * w, and quantizes them (rs_quantize_block_lanes). The
+// weights a group needs are loaded before the sum, to be there when it ends. rmsnorm_q8 needs k * 4 bytes of
+// dynamic shared memory (the wrapper passes them; rows too long for that use rmsnorm_q8_wide, the same
+// arithmetic reading global memory). parts * RS_RMSNORM_Q8_GROUPS * RS_RMSNORM_Q8_PER_GROUP >= k / 32.
+// Grid: rows * parts blocks of RS_RMSNORM_Q8_THREADS threads.
+#define RS_RMSNORM_Q8_GROUPS (RS_RMSNORM_Q8_THREADS / 32)
+#define RS_RMSNORM_Q8_PER_GROUP 4  // Q8_0 blocks per group and part
+
+RS_DEVICE void rs_rmsnorm_q8_part(const float* __restrict__ xrow, const float* __restrict__ w, float eps, int k,
+                                  int row, int part, int parts, signed char* __restrict__ xq,
+                                  unsigned short* __restrict__ xd) {
   __shared__ float inv_shared;
+  const int nb = k / RS_QK, lane = rs_lane();
+  float wv[RS_RMSNORM_Q8_PER_GROUP];  // this lane's weight in each of its group's blocks
+#pragma unroll
+  for (int j = 0; j < RS_RMSNORM_Q8_PER_GROUP; ++j) {
+    const int b = part + parts * (rs_group() + RS_RMSNORM_Q8_GROUPS * j);
+    wv[j] = b < nb ? w[b * RS_QK + lane] : 0.0f;
+  }
   if (rs_group() == 0) {
     float acc = 0.0f;  // lane value: +0.0, then x[l]^2, x[l+32]^2, ... in order
-    for (int i = rs_lane(); i < k; i += RS_LANES) acc = rs_add(acc, rs_mul(xrow[i], xrow[i]));
+    int i = lane;
+    for (; i + 7 * RS_LANES < k; i += 8 * RS_LANES) {  // eight reads in flight, then their additions in order
+      float t[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) t[j] = xrow[i + j * RS_LANES];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc = rs_add(acc, rs_mul(t[j], t[j]));
+    }
+    for (; i < k; i += RS_LANES) acc = rs_add(acc, rs_mul(xrow[i], xrow[i]));
     const float mean = rs_div(rs_lane_tree(acc), (float)k);
-    if (rs_lane() == 0) inv_shared = rs_div(1.0f, rs_sqrt(rs_add(mean, eps)));
+    if (lane == 0) inv_shared = rs_div(1.0f, rs_sqrt(rs_add(mean, eps)));
   }
   __syncthreads();
   const float inv = inv_shared;
-  const int nb = k / RS_QK;
-  for (int b = threadIdx.x; b < nb; b += blockDim.x) {
-    float v[RS_QK], g[RS_QK];
-    rs_load_block(xrow + b * RS_QK, v);
-    rs_load_block(w + b * RS_QK, g);
 #pragma unroll
-    for (int i = 0; i < RS_QK; ++i) v[i] = rs_mul(rs_mul(v[i], inv), g[i]);
-    const long long block = (long long)blockIdx.x * nb + b;
-    rs_quantize_block(v, xq + block * RS_QK, xd + block);
+  for (int j = 0; j < RS_RMSNORM_Q8_PER_GROUP; ++j) {
+    const int b = part + parts * (rs_group() + RS_RMSNORM_Q8_GROUPS * j);
+    if (b < nb) {  // the same for the whole group
+      const float v = rs_mul(rs_mul(xrow[b * RS_QK + lane], inv), wv[j]);
+      const long long block = (long long)row * nb + b;
+      rs_quantize_block_lanes(v, xq + block * RS_QK, xd + block);
+    }
   }
 }
 
 extern "C" __global__ void __launch_bounds__(RS_RMSNORM_Q8_THREADS)
-rmsnorm_q8(const float* __restrict__ x, const float* __restrict__ w, float eps, int k,
+rmsnorm_q8(const float* __restrict__ x, const float* __restrict__ w, float eps, int k, int parts,
            signed char* __restrict__ xq, unsigned short* __restrict__ xd) {
   extern __shared__ float4 rs_row4[];  // the row, k floats
-  const float4* xrow4 = (const float4*)(x + (long long)blockIdx.x * k);
+  const int row = blockIdx.x / parts, part = blockIdx.x % parts;
+  const float4* xrow4 = (const float4*)(x + (long long)row * k);
 #pragma unroll 4
   for (int i = threadIdx.x; i < k / 4; i += blockDim.x) rs_row4[i] = xrow4[i];
   __syncthreads();
-  rs_rmsnorm_q8_row((const float*)rs_row4, w, eps, k, xq, xd);
+  rs_rmsnorm_q8_part((const float*)rs_row4, w, eps, k, row, part, parts, xq, xd);
 }
 
 extern "C" __global__ void __launch_bounds__(RS_RMSNORM_Q8_THREADS)
-rmsnorm_q8_wide(const float* __restrict__ x, const float* __restrict__ w, float eps, int k,
+rmsnorm_q8_wide(const float* __restrict__ x, const float* __restrict__ w, float eps, int k, int parts,
                 signed char* __restrict__ xq, unsigned short* __restrict__ xd) {
-  rs_rmsnorm_q8_row(x + (long long)blockIdx.x * k, w, eps, k, xq, xd);
+  const int row = blockIdx.x / parts, part = blockIdx.x % parts;
+  rs_rmsnorm_q8_part(x + (long long)row * k, w, eps, k, row, part, parts, xq, xd);
 }
 
 // SiLU(gate) * up, then quantization: lane i of a group of 32 computes value i of one block as spec.silu_mul

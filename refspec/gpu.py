@@ -86,6 +86,7 @@ GEMV_MMA_MIN_ROWS = None
 
 ATTN_MAX_DIM = 512  # RS_ATTN_MAX_DIM in attention.hip
 RMSNORM_Q8_SHARED_BYTES = 48 * 1024  # dynamic shared memory any GPU grants without opting in
+RMSNORM_Q8_BLOCKS_PER_PART = 16  # Q8_0 blocks of a row per thread block of rmsnorm_q8: 4 groups x 4 each
 
 
 def kernel_dir() -> pathlib.Path:
@@ -504,8 +505,10 @@ class GpuBackend:
         xq, xd = self._q8_outputs(rows, k)
         if rows and k:
             staged = 4 * k <= RMSNORM_Q8_SHARED_BYTES  # the row staged in shared memory (see the kernel)
+            parts = self._blocks(k // QK8_0, RMSNORM_Q8_BLOCKS_PER_PART)  # thread blocks per row
             self.function("quantize_q8_0", "rmsnorm_q8" if staged else "rmsnorm_q8_wide")(
-                (rows,), (128,), (x, w, F32(eps), np.int32(k), xq, xd), shared_mem=4 * k if staged else 0)
+                (rows * parts,), (128,), (x, w, F32(eps), np.int32(k), np.int32(parts), xq, xd),
+                shared_mem=4 * k if staged else 0)
         return xq, xd
 
     def silu_mul_q8(self, gate, up):

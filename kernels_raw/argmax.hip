@@ -41,3 +41,11 @@ argmax(const float* __restrict__ logits, int n, int* __restrict__ result) {
     result[2 * blockIdx.x + 1] = bad[0];
   }
 }
+
+// The next greedy step's input, on the device: inputs int32 [2] = (position, token id) of a captured pass of
+// one row (refspec/gpu_graphs.py, greedy_steps) becomes (position + 1, the id argmax chose, result[0]).
+// Grid: 1 block of 1 thread.
+extern "C" __global__ void greedy_next(const int* __restrict__ result, int* __restrict__ inputs) {
+  inputs[0] += 1;
+  inputs[1] = result[0];
+}

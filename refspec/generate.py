@@ -108,24 +108,38 @@ def _generate(tf, prompt_ids, n_predict, eog_ids, on_token, keep_logits) -> Gene
     cache = tf.new_cache(n_alloc)
     t0 = time.perf_counter()
     rows = prefill(tf, cache, result.prompt_ids)  # [1, V]
+    tf.be.synchronize()  # the prompt's passes run asynchronously on a GPU: their time is the prompt's
     t1 = time.perf_counter()
     n_passes = 0
-    while True:
-        token = token_of(*tf.be.argmax_rows(rows), 0)
-        result.ids.append(token)
-        if keep_logits:
-            result.logits.append(tf.be.to_host(rows[0]))
-        if on_token is not None:
-            on_token(token)
-        if token in eog_ids:
-            result.stop_reason = "eog"
-            break
-        if len(result.ids) >= budget:
-            result.stop_reason = "max_tokens" if n_predict >= 0 else "context"
-            break
-        pos = len(result.prompt_ids) + len(result.ids) - 1
-        rows = tf.forward(cache, [token], pos)  # [1, V]
-        n_passes += 1
+    chained = tf.graphs is not None and not keep_logits and not any(tf.config.recurrent)
+    steps = None  # with graphs: the steps after the first, queued one ahead (PassGraphs.greedy_steps)
+    chosen = tf.be.argmax_rows(rows)
+    try:
+        while True:
+            token = token_of(*chosen, 0)
+            result.ids.append(token)
+            if keep_logits:
+                result.logits.append(tf.be.to_host(rows[0]))
+            if on_token is not None:
+                on_token(token)
+            if token in eog_ids:
+                result.stop_reason = "eog"
+                break
+            if len(result.ids) >= budget:
+                result.stop_reason = "max_tokens" if n_predict >= 0 else "context"
+                break
+            pos = len(result.prompt_ids) + len(result.ids) - 1
+            if chained:
+                if steps is None:
+                    steps = tf.graphs.greedy_steps(cache, token, pos, budget - len(result.ids))
+                chosen = next(steps)
+            else:
+                rows = tf.forward(cache, [token], pos)  # [1, V]
+                chosen = tf.be.argmax_rows(rows)
+            n_passes += 1
+    finally:
+        if steps is not None:
+            steps.close()  # waits for a step queued past the last token kept
     t2 = time.perf_counter()
     result.stats = decode_stats(len(result.prompt_ids), len(result.ids), n_passes, t1 - t0, t2 - t1)
     return result

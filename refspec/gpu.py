@@ -694,13 +694,23 @@ class GpuBackend:
         """(ids, finite) of each row, as spec.argmax_rows; one small transfer to the host."""
         if not isinstance(logits, self.cp.ndarray):  # already on the host: the spec itself
             return spec.argmax_rows(logits)
+        result = self.cp.asnumpy(self.argmax_device(logits))
+        return result[:, 0].astype(np.int64), result[:, 1] == 0
+
+    def argmax_device(self, logits, result=None):
+        """argmax_rows on the device: int32 [R, 2], (id, 1 if the row holds NaN or infinity else 0), into
+        `result` when given (a captured pass keeps its own)."""
         logits = self._input(logits)
         rows, n = logits.shape
-        result = self.cp.empty((rows, 2), np.int32)
+        if result is None:
+            result = self.cp.empty((rows, 2), np.int32)
         if rows:
             self.function("argmax", "argmax")((rows,), (256,), (logits, np.int32(n), result))
-        result = self.cp.asnumpy(result)
-        return result[:, 0].astype(np.int64), result[:, 1] == 0
+        return result
+
+    def greedy_next(self, result, inputs):
+        """inputs (position, id) [2] of a one-row pass <- (position + 1, result[0, 0]): the next greedy step."""
+        self.function("argmax", "greedy_next")((1,), (1,), (result, inputs))
 
     def argmax(self, logits):
         return spec.checked_ids(*self.argmax_rows(logits))

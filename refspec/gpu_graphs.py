@@ -11,6 +11,12 @@ Memory. Everything a pass allocates while it is captured is held by its graph (G
 memory the graph replays into never returns to CuPy's pool, where a later allocation could take it. A graph
 writes one KV cache, so it is kept on that cache (KVCache.graphs) and dies with it.
 
+Greedy decoding (`greedy_steps`) captures more: the pass of one row, its argmax, and the next step's input
+(the chosen id, the position + 1) written on the device by the graph itself. The host then queues step k+1
+before it reads step k's token, so the GPU never waits for Python between tokens; the host reads each
+token one step behind and stops the chain at an end-of-generation id or the budget (a step queued past
+that is computed and thrown away: it writes only cache rows beyond the last token kept).
+
 CuPy offers stream capture on CUDA only; on ROCm the backend says graphs_available = False and the eager path
 runs.
 """
@@ -31,6 +37,15 @@ class PassGraph:
     inputs: object  # device int32 [1 + rows]: the first position, then the token ids
     staging: np.ndarray  # host int32 [1 + rows], copied into `inputs` before each replay
     logits: object  # device float32 [rows, V], rewritten by every replay
+    held: list  # every array the captured pass allocated
+
+
+@dataclass
+class GreedyGraph:
+    graph: object  # cupy.cuda.graph.Graph: pass of one row + argmax + greedy_next
+    inputs: object  # device int32 [2]: the position, the token id (advanced by the graph itself)
+    result: object  # device int32 [1, 2]: the argmax id and its NaN-or-infinity flag
+    host: np.ndarray  # pinned host int32 [2, 2]: the results of two queued steps
     held: list  # every array the captured pass allocated
 
 
@@ -86,3 +101,77 @@ class PassGraphs:
         cache.graphs[key] = PassGraph(graph, inputs, staging, out, held)
         self.captured += 1
         return logits
+
+    # ---- greedy decoding, one step ahead of the host
+    def greedy_steps(self, cache, token: int, pos: int, n_steps: int):
+        """Yield (ids [1], finite [1]) for n_steps greedy steps, as spec.argmax_rows of the logits of the
+        pass of `token` at `pos`, then of the token each step chose at the next position: the same passes
+        and argmax kernel as forward() + argmax_rows, with one step always queued ahead of the host."""
+        if n_steps <= 0:
+            return
+        g = cache.graphs.get("greedy")
+        with self.stream:
+            if g is None:
+                g = self._record_greedy(cache, token, pos)  # runs the first step eagerly
+                queued = [self._copy_result(g, 0)]
+            else:
+                g.inputs.set(np.array([pos, token], np.int32))
+                queued = [self._queue_greedy(g, 0)]
+            try:
+                for i in range(n_steps):
+                    if i + 1 < n_steps and len(queued) < 2:
+                        queued.append(self._queue_greedy(g, i + 1))
+                    slot, done = queued.pop(0)
+                    done.synchronize()
+                    ids, flags = g.host[slot, :1].astype(np.int64), g.host[slot, 1:] == 0
+                    if i + 2 < n_steps:  # this slot is read: the step after next may take it
+                        queued.append(self._queue_greedy(g, i + 2))
+                    yield ids, flags
+            finally:
+                self.stream.synchronize()  # a step queued past the last one kept ends before anything else runs
+
+    def _queue_greedy(self, g: GreedyGraph, step: int):
+        g.graph.launch()
+        return self._copy_result(g, step)
+
+    def _copy_result(self, g: GreedyGraph, step: int):
+        """The step's (id, flag) to its pinned host slot, after the step's kernels on the stream."""
+        runtime = self.be.cp.cuda.runtime
+        slot = step % 2
+        runtime.memcpyAsync(g.host[slot].ctypes.data, g.result.data.ptr, 8, runtime.memcpyDeviceToHost,
+                            self.stream.ptr)
+        done = self.be.cp.cuda.Event(block=False, disable_timing=True)
+        done.record(self.stream)
+        return slot, done
+
+    def _record_greedy(self, cache, token: int, pos: int) -> GreedyGraph:
+        """Run one greedy step eagerly (compiling what it needs), then capture the same step as a graph."""
+        be, cp = self.be, self.be.cp
+        inputs = cp.asarray(np.array([pos, token], np.int32))
+        result = cp.zeros((1, 2), np.int32)
+        pinned = cp.cuda.alloc_pinned_memory(4 * 4)
+        host = np.frombuffer(pinned, np.int32, 4).reshape(2, 2)
+        held = [inputs, result, pinned]
+
+        def step():
+            logits = self.tf.run(cache, inputs[1:], inputs[:1], 1)
+            be.argmax_device(logits, result)
+            be.greedy_next(result, inputs)
+
+        step()
+        be.hold(held)
+        try:
+            self.stream.begin_capture()
+            try:
+                step()
+            finally:
+                graph = self.stream.end_capture()
+        except DeviceError:
+            raise
+        except Exception as err:  # CUDA's capture errors name what broke it
+            raise DeviceError(f"capturing a greedy step as a CUDA graph failed ({err}); run with --no-graphs") from err
+        finally:
+            be.hold(None)
+        g = cache.graphs["greedy"] = GreedyGraph(graph, inputs, result, host, held)
+        self.captured += 1
+        return g

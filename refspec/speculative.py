@@ -273,6 +273,7 @@ def _speculative_generate(tf, prompt_ids, n_predict, drafter, draft_max, adaptiv
     t0 = time.perf_counter()
     rows = prefill(tf, cache, result.prompt_ids, on_hidden=on_hidden)  # [1, V]: chooses the first token
     drafts: list[int] = []  # the guesses `rows` verified: rows[j] saw drafts[:j]
+    tf.be.synchronize()  # the prompt's passes run asynchronously on a GPU: their time is the prompt's
     t1 = time.perf_counter()
     while True:
         # 1. Accept. Each row gets the spec's argmax (lowest index on ties; NaN/inf raise) on its own, and

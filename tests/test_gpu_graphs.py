@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from refspec.backends import CpuBackend
+from refspec.errors import NumericsError
 from refspec.forward import Transformer
 from refspec.generate import generate
 from refspec.gguf_model import load
@@ -116,3 +117,49 @@ def test_tensor_core_gemv_passes_equal_cpu(models):
         c_out, _ = run_steps(Transformer(model, CpuBackend()), widths, ids)
         for i, (g, c) in enumerate(zip(g_out, c_out)):
             assert_bits_equal(g, c, f"{arch} with tensor cores: pass {i} ({widths[i]} rows)")
+
+
+@pytest.mark.parametrize("arch", sorted(SHAPES))
+def test_chained_greedy_equals_eager_greedy(models, gpu, arch):
+    """generate() with graphs queues each step (pass, argmax, next input on the device) ahead of the host
+    (PassGraphs.greedy_steps): the same tokens, stop reasons and pass counts as eager decoding when the
+    budget ends it, when an end-of-generation id stops it midway (steps queued past it are dropped), when
+    the context ends it, and again on a reused cache (the chain recorded once)."""
+    model = models(arch)
+    eager, chained = Transformer(model, gpu, graphs=False), Transformer(model, gpu)
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6]
+    want = generate(eager, prompt, 40, eog_ids=())
+    for _ in range(2):
+        got = generate(chained, prompt, 40, eog_ids=())
+        assert (got.ids, got.stop_reason, got.stats["n_passes"]) == (want.ids, want.stop_reason, 39)
+    assert chained.graphs.captured == 2  # one pass (the prompt's 8 rows) and one chained step: reused
+    for n in (1, 2, 3):
+        assert generate(chained, prompt, n, eog_ids=()).ids == want.ids[:n]
+    stop = want.ids[6]
+    first = want.ids.index(stop)
+    got = generate(chained, prompt, 40, eog_ids=[stop])
+    assert got.ids == generate(eager, prompt, 40, eog_ids=[stop]).ids == want.ids[: first + 1]
+    assert got.stop_reason == "eog"
+    # and the next request after an early stop starts clean
+    assert generate(chained, prompt, 40, eog_ids=()).ids == want.ids
+    whole = generate(chained, prompt, -1, eog_ids=())
+    assert whole.stop_reason == "context" and whole.ids == generate(eager, prompt, -1, eog_ids=()).ids
+
+
+def test_chained_greedy_raises_on_nan_logits(models, gpu):
+    """NaN or infinity in the logits of a chained step (not the first) ends decoding with NumericsError, as
+    eagerly: the RoPE table of positions 10 and later is poisoned, so the third step's logits are NaN."""
+    model = models("llama")
+    for graphs in (False, True):
+        tf = Transformer(model, gpu, graphs=graphs)
+        new_cache = tf.new_cache
+
+        def poisoned(*args, new_cache=new_cache, **kwargs):
+            cache = new_cache(*args, **kwargs)
+            cache.rope_cos[10:] = np.inf
+            return cache
+
+        tf.new_cache = poisoned
+        with pytest.raises(NumericsError):
+            generate(tf, [1, 2, 3, 4, 5, 6, 7, 8], 5, eog_ids=())
+        assert generate(tf, [1, 2, 3], 5, eog_ids=()).ids  # positions 0..7 only: fine

@@ -70,48 +70,73 @@ gated_rmsnorm(const float* __restrict__ x, const float* __restrict__ w, const fl
     out[row * n + i] = rs_mul(rs_mul(rs_mul(xr[i], inv), w[i]), rs_silu(z[row * n + i]));
 }
 
-// spec.conv1d_causal. x [rows, C] with row stride x_stride (a column slice of a stacked GEMV's output);
-// state [C, K-1] (the inputs before row 0, oldest first); w [C, K]; y [rows, C]. One group per (row, channel):
-// lane t takes taps t, t+32, ... of w[c, t] * in[r + t, c] (in = state's rows, then x's), then the tree.
-// The state after row r (in[r+1 .. r+K-1]) goes to ring[(first + r) % n_states] for the last n_states rows
-// (earlier rows' slots would be overwritten by later rows anyway). `state` must not alias `ring`.
+// The recurrent-state rings (spec.ring_slots): the state after position p lives in slot p % n_states. A pass
+// from pos0 (read from device memory, pos[0], so that one captured pass serves every position) continues the
+// state in slot (pos0 - 1) % n_states, zeros at pos0 = 0, and leaves row r's state in slot (pos0 + r) % n_states.
+RS_DEVICE int rs_read_slot(int pos0, int n_states) { return pos0 > 0 ? (pos0 - 1) % n_states : -1; }
+
+// Copies the state a pass from pos[0] continues, ring[read slot] [size], to out (zeros at position 0): the
+// conv1d's input when its rows would overwrite that slot while other threads still read it.
+extern "C" __global__ void __launch_bounds__(RS_ELEMENTWISE_THREADS)
+ring_read(const float* __restrict__ ring, const int* __restrict__ pos, int n_states, long long size,
+          float* __restrict__ out) {
+  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= size) return;
+  const int read = rs_read_slot(pos[0], n_states);
+  out[i] = read >= 0 ? ring[read * size + i] : 0.0f;
+}
+
+// spec.conv1d_causal (then spec.silu when apply_silu: the fused conv1d_silu). x [rows, C] with row stride
+// x_stride (a column slice of a stacked GEMV's output); w [C, K]; y [rows, C]. The state before row 0 (the K-1
+// inputs before it, oldest first, [C, K-1]) is src[(pos0 - 1) % src_slots] (zeros at pos0 = 0): the ring itself
+// (src_slots = n_states) when no row's slot can be the one read (rows < n_states), else ring_read's copy
+// (src_slots = 1), since a slot must not be read by one group while another writes it. One group per (row,
+// channel): lane t takes taps t, t+32, ... of w[c, t] * in[r + t, c] (in = the state's rows, then x's), then
+// the tree. The state after row r (in[r+1 .. r+K-1]) goes to ring[(pos0 + r) % n_states] for the last
+// n_states rows (earlier rows' slots would be overwritten by later rows anyway).
 extern "C" __global__ void __launch_bounds__(RS_DELTANET_THREADS)
-conv1d_causal(const float* __restrict__ x, long long x_stride, const float* __restrict__ state,
-              const float* __restrict__ w, int rows, int channels, int taps, float* __restrict__ y,
-              float* __restrict__ ring, int first, int n_states) {
+conv1d_causal(const float* __restrict__ x, long long x_stride, const float* src, int src_slots,
+              const float* __restrict__ w, int rows, int channels, int taps, int apply_silu,
+              float* __restrict__ y, float* ring, const int* __restrict__ pos, int n_states) {
   const long long item = (long long)blockIdx.x * rs_groups() + rs_group();
   if (item >= (long long)rows * channels) return;
   const int r = (int)(item / channels), c = (int)(item % channels);
-  const int hist = taps - 1;
+  const int hist = taps - 1, pos0 = pos[0];
+  const int read = rs_read_slot(pos0, src_slots);
+  const float* state = read >= 0 ? src + (long long)read * channels * hist : nullptr;
   float acc = 0.0f;
   for (int t = rs_lane(); t < taps; t += RS_LANES) {
     const int j = r + t;  // row of `in`
-    const float v = j < hist ? state[(long long)c * hist + j] : x[(long long)(j - hist) * x_stride + c];
+    const float v = j < hist ? (state ? state[(long long)c * hist + j] : 0.0f)
+                             : x[(long long)(j - hist) * x_stride + c];
     acc = rs_add(acc, rs_mul(w[(long long)c * taps + t], v));
   }
   const float sum = rs_lane_tree(acc);
-  if (rs_lane() == 0) y[(long long)r * channels + c] = sum;
+  if (rs_lane() == 0) y[(long long)r * channels + c] = apply_silu ? rs_silu(sum) : sum;
   if (r >= rows - n_states) {  // keep the state after this row
-    float* slot = ring + ((long long)((first + r) % n_states) * channels + c) * hist;
+    float* slot = ring + ((long long)((pos0 + r) % n_states) * channels + c) * hist;
     for (int t = rs_lane(); t < hist; t += RS_LANES) {
       const int j = r + 1 + t;
-      slot[t] = j < hist ? state[(long long)c * hist + j] : x[(long long)(j - hist) * x_stride + c];
+      slot[t] = j < hist ? (state ? state[(long long)c * hist + j] : 0.0f) : x[(long long)(j - hist) * x_stride + c];
     }
   }
 }
 
 // spec.delta_rule over `rows` rows. q, k [rows, Hk, Dk] (L2-normalised), v, out [rows, Hv, Dv], decay, beta
-// [rows, Hv]; ring [n_states, Hv, Dv, Dk]; the state before row 0 is ring[read] (zeros if read < 0). One
+// [rows, Hv]; ring [n_states, Hv, Dv, Dk]; the state before row 0 is ring[(pos0 - 1) % n_states] (zeros at
+// pos0 = 0; pos0 = pos[0], read from device memory). One
 // group per (value head h, value index i) keeps row i of head h's state in registers (lane l: elements
 // l, l+32, ...) and runs the rows one after another, as spec.delta_rule_step does; value head h reads key
-// head h % Hk. The state after row r goes to ring[(first + r) % n_states] for the last n_states rows; each
+// head h % Hk. The state after row r goes to ring[(pos0 + r) % n_states] for the last n_states rows; each
 // group reads its own state row before it writes any, so `read` may be one of the slots written.
 extern "C" __global__ void __launch_bounds__(RS_DELTANET_THREADS)
 delta_rule(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
            const float* __restrict__ decay, const float* __restrict__ beta, int rows, int n_k_heads,
-           int n_v_heads, int dim, float* ring, int read, int first, int n_states, float* __restrict__ out) {
+           int n_v_heads, int dim, float* ring, const int* __restrict__ pos, int n_states,
+           float* __restrict__ out) {
   const long long item = (long long)blockIdx.x * rs_groups() + rs_group();
   if (item >= (long long)n_v_heads * dim) return;
+  const int pos0 = pos[0], read = rs_read_slot(pos0, n_states);
   const int h = (int)(item / dim), i = (int)(item % dim), kh = h % n_k_heads, lane = rs_lane();
   const long long state_row = ((long long)h * dim + i) * dim;  // within one slot
   const long long slot_size = (long long)n_v_heads * dim * dim;
@@ -148,7 +173,7 @@ delta_rule(const float* __restrict__ q, const float* __restrict__ k, const float
     const float o = rs_lane_tree(acc_o);
     if (lane == 0) out[((long long)r * n_v_heads + h) * dim + i] = o;
     if (r >= rows - n_states) {
-      float* slot = ring + (long long)((first + r) % n_states) * slot_size + state_row;
+      float* slot = ring + (long long)((pos0 + r) % n_states) * slot_size + state_row;
 #pragma unroll
       for (int m = 0; m < RS_DELTA_MAX_DK / RS_LANES; ++m) {
         const int j = lane + m * RS_LANES;

@@ -83,7 +83,8 @@ class CpuQ8Part:
 class FusedFromParts:
     """The fused operations refspec/forward.py calls, composed of the basic ones: these compositions are
     what a backend's fused kernels must reproduce bit for bit (the GPU's: kernels_raw/rope.hip rope_kv,
-    attention.hip with quantization, quantize_q8_0.hip silu_mul_q8, q8_gemv.hip's epilogue). A backend that
+    attention.hip with quantization, quantize_q8_0.hip silu_mul_q8, q8_gemv.hip's epilogue, deltanet.hip's
+conv1d with silu). A backend that
     implements only the basic operations (refspec/protocol.py) inherits these and runs forward.py as is."""
 
     def pass_input(self, ids, pos0: int):
@@ -107,6 +108,10 @@ class FusedFromParts:
     def q8_gemv_add(self, x, w, xq, xd):
         """x + w @ (xq, xd): the residual add."""
         return self.add(x, self.q8_gemv(w, xq, xd))
+
+    def conv1d_silu(self, x, w, ring, pos0):
+        """silu of the DeltaNet conv1d's output (qwen35)."""
+        return self.silu(self.conv1d_causal(x, w, ring, pos0))
 
 
 class CpuBackend(FusedFromParts):
@@ -219,9 +224,10 @@ class CpuBackend(FusedFromParts):
                 qkv[:, 2 * key_dim :].reshape(rows, n_v_heads, dim))
 
     @staticmethod
-    def conv1d_causal(x, w, ring, read, writes):
-        """spec.conv1d_causal from the state in ring[read] (zeros if None); row r's state goes to
-        ring[writes[r]] (in row order, so a slot written twice keeps the later row's)."""
+    def conv1d_causal(x, w, ring, pos0):
+        """spec.conv1d_causal for rows at positions pos0 ..: the state before them from the ring, each row's
+        state into its slot (spec.ring_slots; in row order, so a slot written twice keeps the later row's)."""
+        read, writes = spec.ring_slots(int(pos0), x.shape[0], ring.shape[0])
         state = ring[read] if read is not None else np.zeros(ring.shape[1:], F32)
         y, windows = spec.conv1d_causal(x, state, w)
         for r, slot in enumerate(writes):
@@ -229,8 +235,10 @@ class CpuBackend(FusedFromParts):
         return y
 
     @staticmethod
-    def delta_rule(q, k, v, decay, beta, ring, read, writes):
-        """spec.delta_rule from the state in ring[read] (zeros if None); row r's state goes to ring[writes[r]]."""
+    def delta_rule(q, k, v, decay, beta, ring, pos0):
+        """spec.delta_rule for rows at positions pos0 .., the state before them from the ring, each row's
+        state into its slot (spec.ring_slots)."""
+        read, writes = spec.ring_slots(int(pos0), v.shape[0], ring.shape[0])
         s = ring[read] if read is not None else np.zeros(ring.shape[1:], F32)
         out = np.empty(v.shape, F32)
         for r, slot in enumerate(writes):

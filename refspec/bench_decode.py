@@ -8,6 +8,9 @@ whose answer copies from the input, each speculative output checked against gree
 (c) on a GPU: the read ceiling (a streaming read, refspec.bench_gemv.read_bandwidth) and the roofline it gives,
     ceiling / weight bytes read per token; and the end-to-end time of one forward pass of R = 1, 2, 4, 8, 12,
     16 rows (a step at position 64, synchronised), relative to one row.
+(d) models with an MTP block (qwen35): the time of one MTP draft step (the block and the LM head over one
+    row, as the mtp drafter runs each guess after its first), beside a one-row step of the model; on copy
+    prompts the mtp drafter runs too.
 
 --preset NAME times a synthetic model of a real model's shapes (refspec.synthetic.PRESETS), written once to
 the cache ($XDG_CACHE_HOME/refspec/synthetic/NAME.gguf).
@@ -22,7 +25,7 @@ import platform
 import statistics
 import sys
 
-DRAFTERS = ("ngram", "layerskip")
+DRAFTERS = ("ngram", "layerskip")  # and "mtp" for models with an MTP block
 GREEDY_PROMPT = ("The history of the printing press begins in the fifteenth century, when Johannes Gutenberg "
                  "combined movable metal type with an oil-based ink")
 GREEDY_PROMPT_TOKENS, GREEDY_NEW_TOKENS = 16, 64
@@ -107,6 +110,10 @@ def run(args) -> int:
             greedy["tokens_per_second_median"] / device["roofline_tokens_per_second"], 4)
         note(f"read ceiling {device['read_gb_per_second']} GB/s, roofline {device['roofline_tokens_per_second']} "
              f"tokens/s; greedy at {device['greedy_fraction_of_roofline']:.1%} of it")
+    mtp = None
+    if tf.weights.mtp is not None:
+        mtp = bench_mtp_step(tf, 3 if args.quick else 30)
+        note(f"MTP draft step {mtp['draft_step_ms']} ms, {mtp['draft_over_step']}x a one-row step of the model")
 
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -118,6 +125,7 @@ def run(args) -> int:
         "greedy": greedy,
         "speculative": copy,
         "device": device,
+        "mtp": mtp,
     }
     print_tables(report)
     if args.json_out:
@@ -168,28 +176,18 @@ def parse_rows(text: str) -> list[int]:
 
 def bench_device(tf, pass_rows: list[int], repeats: int) -> dict:
     """(c): the read ceiling, the roofline, and forward-pass times by rows."""
-    import time
-
     from refspec.bench_gemv import _Timer, read_bandwidth
 
     be = tf.be
     read_bw = read_bandwidth(be, _Timer(be.cp, 20))
     per_token = weight_bytes_per_token(tf)
-    cache = tf.new_cache(min(tf.config.n_ctx, 64 + max(pass_rows) + 8))
+    # every timed pass continues the state after position 63 (qwen35): the ring keeps it past 16 rows
+    cache = tf.new_cache(min(tf.config.n_ctx, 64 + max(pass_rows) + 8), n_states=max(pass_rows) + 1)
     tf.forward(cache, [1] * 64, 0)  # context for the timed steps
     times = {}
     for rows in pass_rows:
         ids = [(7 * i + 3) % tf.config.n_vocab for i in range(rows)]
-        for _ in range(3):  # capture (graphs) and warm up
-            tf.forward(cache, ids, 64)
-        be.synchronize()
-        samples = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            tf.forward(cache, ids, 64)
-            be.synchronize()
-            samples.append(time.perf_counter() - t0)
-        times[rows] = statistics.median(samples)
+        times[rows] = time_pass(be, lambda: tf.forward(cache, ids, 64), repeats)
     base = times.get(1)
     return {
         "read_gb_per_second": round(read_bw / 1e9, 1),
@@ -202,12 +200,51 @@ def bench_device(tf, pass_rows: list[int], repeats: int) -> dict:
     }
 
 
+def time_pass(be, run, repeats: int) -> float:
+    """The median seconds of run() (a forward pass), synchronised, after three unmeasured runs (the first
+    captures a graph)."""
+    import time
+
+    for _ in range(3):
+        run()
+    be.synchronize()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        be.synchronize()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def bench_mtp_step(tf, repeats: int) -> dict:
+    """(d): one MTP draft step (forward(..., mtp_from=one hidden row): the MTP block and the LM head over one
+    row), and a one-row step of the model at the same position for scale."""
+    import numpy as np
+
+    be = tf.be
+    n_pos = min(tf.config.n_ctx, 72)
+    pos = min(64, n_pos - 1)
+    cache = tf.new_cache(n_pos, n_states=2)  # the repeated model step continues the state after pos-1
+    ids = [(7 * i + 3) % tf.config.n_vocab for i in range(n_pos)]
+    _, hidden = tf.forward(cache, ids[:pos], 0, hidden=True)  # the model's keys, values, states, hidden rows
+    hidden = be.to_host(hidden)
+    before = np.concatenate([np.zeros((1, hidden.shape[1]), np.float32), hidden[:-1]])  # h of positions p-1
+    tf.forward(cache, ids[:pos], 0, mtp_from=be.asarray(before))  # the MTP block's keys and values
+    h = be.asarray(hidden[-1:])
+    draft = time_pass(be, lambda: tf.forward(cache, ids[pos : pos + 1], pos, mtp_from=h), repeats)
+    step = time_pass(be, lambda: tf.forward(cache, ids[pos : pos + 1], pos), repeats)
+    return {"draft_step_ms": round(draft * 1e3, 3), "model_step_ms": round(step * 1e3, 3),
+            "draft_over_step": round(draft / step, 4), "position": pos, "repeats": repeats}
+
+
 def weight_bytes_per_token(tf) -> int:
-    """Bytes of Q8_0 weights one pass reads, from the uploaded weights: every layer's matrices and the output
-    head (the embedding lookup reads a row per token, left out; a tied head counts once)."""
+    """Bytes of Q8_0 weights one pass reads, from the uploaded weights: the model's layers' matrices and the
+    output head (the embedding lookup reads a row per token, left out; a tied head counts once; an MTP block
+    is not part of a pass of the model)."""
     w = tf.weights
     seen, total = set(), 0
-    for m in [w.output] + [m for lw in w.layers for m in vars(lw).values()]:
+    for m in [w.output] + [m for lw in w.layers[: tf.config.n_layer] for m in vars(lw).values()]:
         if hasattr(m, "q") and hasattr(m, "d") and id(m) not in seen:
             seen.add(id(m))
             total += m.q.nbytes + m.d.nbytes
@@ -241,13 +278,14 @@ def bench_copy_prompts(tf, tok, prompts: dict, n_predict: int, draft_max: int, n
     from refspec.generate import generate
     from refspec.speculative import make_drafter, speculative_generate
 
+    drafters = DRAFTERS + (("mtp",) if tf.weights.mtp is not None else ())
     rows, mismatches = [], []
     for name, text in prompts.items():
         ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True))
         n_new = min(n_predict, tf.config.n_ctx - len(ids))  # a short context (a test model) cuts the answer
         reference = median_run(lambda: generate(tf, ids, n_new, eog_ids=tok.eog_ids), repeats)
         rows.append(run_row(name, "greedy", reference, reference))
-        for drafter in DRAFTERS:
+        for drafter in drafters:
             result = median_run(lambda: speculative_generate(tf, ids, n_new, drafter=make_drafter(drafter, tf),
                                                              draft_max=draft_max, eog_ids=tok.eog_ids), repeats)
             rows.append(run_row(name, drafter, result, reference))
@@ -256,7 +294,7 @@ def bench_copy_prompts(tf, tok, prompts: dict, n_predict: int, draft_max: int, n
             note(f"{name} {drafter}: {rows[-1]['tokens_per_second']} tokens/s, "
                  f"{rows[-1]['mean_tokens_per_pass']} tokens per pass, identical: {rows[-1]['identical']}")
     totals = {}
-    for method in ("greedy",) + DRAFTERS:
+    for method in ("greedy",) + drafters:
         mine = [r for r in rows if r["method"] == method]
         tokens = sum(r["n_tokens"] - 1 for r in mine)  # the first token comes from the prompt's pass
         seconds = sum(r["decode_seconds"] for r in mine)
@@ -266,7 +304,7 @@ def bench_copy_prompts(tf, tok, prompts: dict, n_predict: int, draft_max: int, n
         totals[method] = {"tokens_per_second": round(tokens / seconds, 3) if seconds else None,
                           "mean_tokens_per_pass": round(tokens / passes, 4) if passes else None,
                           "acceptance_rate": round(accepted / drafted, 4) if drafted else None}
-    for method in DRAFTERS:
+    for method in drafters:
         base, mine = totals["greedy"]["tokens_per_second"], totals[method]["tokens_per_second"]
         totals[method]["speedup"] = round(mine / base, 3) if base and mine else None
     return {"n_predict": n_predict, "draft_max": draft_max, "runs": rows, "totals": totals,
@@ -335,6 +373,10 @@ def print_tables(report: dict) -> None:
               f"{d['greedy_fraction_of_roofline']:.1%} of it (graphs {'on' if report['graphs'] else 'off'})")
         print("    forward pass, R rows: " + "  ".join(
             f"R={r} {ms} ms ({d['pass_over_one_row'][r]}x)" for r, ms in d["pass_ms"].items()))
+    m = report.get("mtp")
+    if m:
+        print(f"\n(d) MTP draft step (one row through the MTP block and the LM head, position {m['position']}): "
+              f"{m['draft_step_ms']} ms, {m['draft_over_step']}x a one-row step of the model ({m['model_step_ms']} ms)")
     s = report["speculative"]
     if not s:
         return

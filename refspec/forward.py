@@ -63,8 +63,7 @@ class Transformer:
         self.be = backend
         if any(self.config.recurrent) and not hasattr(backend, "delta_rule"):
             raise DeviceError(f"the {backend.name} backend cannot run {self.config.arch}'s Gated DeltaNet layers yet")
-        # DeltaNet layers keep their state slots on the host (state_slots): their passes are not captured
-        available = bool(getattr(backend, "graphs_available", False)) and not any(self.config.recurrent)
+        available = bool(getattr(backend, "graphs_available", False))
         if graphs and not available:
             raise UsageError(f"the {backend.name} backend cannot capture passes as graphs")
         self.weights = backend.upload_weights(model.weights)
@@ -90,18 +89,20 @@ class Transformer:
         if self.graphs is None:
             return self._new_cache(n_pos, n_states)
         for slot in self._cache_pool:
-            if slot.cache.n_pos == n_pos and slot.owner() is None:
-                for a in slot.cache.k + slot.cache.v:
-                    a.fill(0)
+            if (slot.cache.n_pos, slot.cache.n_states) == (n_pos, n_states) and slot.owner() is None:
+                for a in slot.cache.k + slot.cache.v + slot.cache.conv + slot.cache.ssm:
+                    if a is not None:  # (a DeltaNet layer has no K, V; an attention layer no rings)
+                        a.fill(0)
                 self._cache_pool.remove(slot)  # to the end: the pool drops the least recently used first
                 break
         else:
             free = [s for s in self._cache_pool if s.owner() is None]
             if len(self._cache_pool) >= self.CACHE_POOL and free:
                 self._cache_pool.remove(free[0])
-            slot = _CacheSlot(self._new_cache(n_pos), lambda: None)
+            slot = _CacheSlot(self._new_cache(n_pos, n_states), lambda: None)
         c = slot.cache
-        cache = KVCache(c.k, c.v, c.n_pos, c.rope_cos, c.rope_sin, c.graphs)
+        cache = KVCache(c.k, c.v, c.n_pos, c.rope_cos, c.rope_sin, c.graphs, c.n_states, c.conv, c.ssm,
+                        [None if held is None else [None] * n_states for held in c.state_pos])
         slot.owner = weakref.ref(cache)
         self._cache_pool.append(slot)
         return cache
@@ -138,7 +139,11 @@ class Transformer:
         hidden=True also returns the final-normed hidden rows [R, E] the LM head read: (logits, hidden).
         mtp_from (qwen35 with a nextn block): run the MTP block instead of the model: row r's input is
         token ids[r] with the hidden row mtp_from[r] of the position before (see `mtp_input`); only the last
-        row goes through the head, so it returns (logits [1, V], hidden [1, E]) of that row."""
+        row goes through the head, so it returns (logits [1, V], hidden [1, E]) of that row. Both kinds of
+        pass replay graphs too; the hidden rows returned are the caller's to keep.
+
+        DeltaNet layers (qwen35) read the state after pos0-1 from the cache's ring: a pass whose state is no
+        longer held raises UsageError before anything runs (check_states)."""
         cfg = self.config
         if not isinstance(cache, KVCache):
             raise UsageError(f"cache must be a KVCache from new_cache(), not {type(cache).__name__}")
@@ -151,16 +156,31 @@ class Transformer:
             raise ContextLengthError(
                 f"positions {pos0}..{pos0 + rows - 1} exceed the context of {cache.n_pos} positions"
             )
-        if self.graphs is not None and rows <= self.graphs.max_rows and not (taps or hidden or mtp_from is not None):
-            return self.graphs.replay(cache, ids, pos0, layers)
-        ids, pos = self.be.pass_input(ids, pos0)
-        return self.run(cache, ids, pos, rows, layers, taps, hidden=hidden, mtp_from=mtp_from, host_pos=pos0)
+        if mtp_from is not None and self.weights.mtp is None:
+            raise UsageError("the model has no MTP (nextn) block")
+        if mtp_from is not None and tuple(getattr(mtp_from, "shape", ())) != (rows, cfg.n_embd):
+            raise UsageError(f"mtp_from must be the hidden rows [{rows}, {cfg.n_embd}] before the ids, "
+                             f"not {getattr(mtp_from, 'shape', type(mtp_from).__name__)}")
+        recurrent = self.recurrent_layers(layers, mtp_from is not None)
+        check_states(cache, recurrent, pos0)  # on the host, before the pass: a captured pass cannot raise
+        if self.graphs is not None and rows <= self.graphs.max_rows and not taps:
+            out = self.graphs.replay(cache, ids, pos0, layers, hidden=hidden, mtp_from=mtp_from)
+        else:
+            ids, pos = self.be.pass_input(ids, pos0)
+            out = self.run(cache, ids, pos, rows, layers, taps, hidden=hidden, mtp_from=mtp_from)
+        note_states(cache, recurrent, pos0, rows)
+        return out
 
-    def run(self, cache: KVCache, ids, pos, rows: int, layers=None, taps=None, *, hidden=False, mtp_from=None,
-            host_pos: int | None = None):
+    def recurrent_layers(self, layers=None, mtp: bool = False) -> list[int]:
+        """The DeltaNet layers a pass over `layers` (None: all; mtp: the MTP block instead) runs."""
+        cfg = self.config
+        run = range(cfg.n_layer, cfg.n_block) if mtp else range(cfg.n_layer) if layers is None else layers
+        return [i for i in run if cfg.is_recurrent(i)]
+
+    def run(self, cache: KVCache, ids, pos, rows: int, layers=None, taps=None, *, hidden=False, mtp_from=None):
         """The pass itself, on token ids and a first position as be.pass_input gives them (on a GPU both in
-        device memory, so that a captured run serves every position). host_pos: the first position as a
-        host integer, for the DeltaNet layers' state slots (else read back from `pos`)."""
+        device memory, so that a captured run serves every position: the DeltaNet kernels find their state
+        slots from it too). It checks nothing: forward() does, and keeps the state bookkeeping."""
         cfg, be, w = self.config, self.be, self.weights
         eps = cfg.rms_eps
         if mtp_from is None:
@@ -173,10 +193,12 @@ class Transformer:
             if taps:
                 taps(f"attn_norm-{i}", be.rmsnorm(x, lw.attn_norm, eps))
             if cfg.is_recurrent(i):  # qwen35: a Gated DeltaNet block instead of attention
-                o = self.deltanet(cache, i, x, pos if host_pos is None else host_pos, taps)  # [R, E]
-                x = be.add(x, o)
+                oq, od = self.deltanet(cache, i, x, pos, taps)  # [R, E] -> int8 [R, Hv*Dv], f16
                 if taps:
-                    _tap(taps, i, attn_out=o, ffn_inp=x, ffn_norm=be.rmsnorm(x, lw.ffn_norm, eps))
+                    taps(f"attn_out-{i}", be.q8_gemv(lw.ssm_out, oq, od))
+                x = be.q8_gemv_add(x, lw.ssm_out, oq, od)  # x + ssm_out @ o: [R, Hv*Dv] -> [R, E]
+                if taps:
+                    _tap(taps, i, ffn_inp=x, ffn_norm=be.rmsnorm(x, lw.ffn_norm, eps))
             else:
                 # attention block
                 hq, hd = be.rmsnorm_q8(x, lw.attn_norm, eps)  # [R, E] -> int8 [R, E], f16 [R, E/32]
@@ -227,27 +249,25 @@ class Transformer:
         return (logits, h) if keep else logits
 
     def deltanet(self, cache: KVCache, i: int, x, pos, taps=None):
-        """The Gated DeltaNet block of layer i (qwen35) over rows at positions pos..: its output [R, E]
-        (before the residual add). SPEC.md, "Hybrid models (qwen35)", gives each op. `taps` receives the
-        gated-normed output [R, Hv*Dv] as kqv_out-i (the input of the output projection, as in attention)."""
+        """The Gated DeltaNet block of layer i (qwen35) over rows at positions pos..: its gated-normed output
+        [R, Hv*Dv], quantized for the output projection (which `run` fuses with the residual add, as for
+        attention). SPEC.md, "Hybrid models (qwen35)", gives each op. `taps` receives the gated-normed output
+        as kqv_out-i (the input of the output projection, as in attention)."""
         cfg, be, lw = self.config, self.be, self.weights.layers[i]
         rows, heads, dim = x.shape[0], cfg.ssm_n_v_heads, cfg.ssm_d_state
-        read, writes = state_slots(cache, i, int(pos), rows)  # host bookkeeping (never captured as a graph)
         hq, hd = be.rmsnorm_q8(x, lw.attn_norm, cfg.rms_eps)  # [R, E]
         qkv, z, b, a = be.q8_gemv_many((lw.w_qkv, lw.w_z, lw.w_beta, lw.w_alpha), hq, hd)
         # -> [R, 2*Hk*Dk + Hv*Dv], [R, Hv*Dv], [R, Hv], [R, Hv]
-        qkv = be.silu(be.conv1d_causal(qkv, lw.ssm_conv1d, cache.conv[i], read, writes))  # [R, conv_dim]
+        # the state before pos from its ring slot, each row's state into its own (spec.ring_slots)
+        qkv = be.conv1d_silu(qkv, lw.ssm_conv1d, cache.conv[i], pos)  # silu(conv1d(qkv)): [R, conv_dim]
         q, k, v = be.split_qkv(qkv, cfg.ssm_n_k_heads, heads, dim)  # -> [R, Hk, Dk] x 2, [R, Hv, Dv]
         q, k = be.l2norm(q, cfg.rms_eps), be.l2norm(k, cfg.rms_eps)
         decay, beta = be.deltanet_gates(a, b, lw.ssm_dt, lw.ssm_a)  # [R, Hv] each
-        o = be.delta_rule(q, k, v, decay, beta, cache.ssm[i], read, writes)  # [R, Hv, Dv]
-        for r, slot in enumerate(writes):
-            cache.state_pos[i][slot] = int(pos) + r
+        o = be.delta_rule(q, k, v, decay, beta, cache.ssm[i], pos)  # [R, Hv, Dv]
         o = be.gated_rmsnorm(o, lw.ssm_norm, z.reshape(rows, heads, dim), cfg.rms_eps)  # [R, Hv, Dv]
         if taps:
             _tap(taps, i, kqv_out=o.reshape(rows, heads * dim))
-        oq, od = be.quantize_q8(o.reshape(rows, heads * dim))  # [R, Hv*Dv]
-        return be.q8_gemv(lw.ssm_out, oq, od)  # [R, Hv*Dv] -> [R, E]
+        return be.quantize_q8(o.reshape(rows, heads * dim))  # [R, Hv*Dv]
 
     def mtp_input(self, ids, hidden):
         """The MTP block's input: eh_proj(concat(RMSNorm(embed(t)), RMSNorm(h))) [R, E], where token t sits
@@ -261,16 +281,27 @@ class Transformer:
         return be.q8_gemv(m.eh_proj, xq, xd)  # [R, 2E] -> [R, E]
 
 
-def state_slots(cache: KVCache, layer: int, pos0: int, rows: int) -> tuple[int | None, list[int]]:
-    """(the slot holding the state after position pos0-1, or None at position 0 (a zero state); the slots
-    the rows' states go to). Raises if that state is no longer held: a pass ran more than n_states rows past
-    it, or the positions before pos0 were never run."""
-    n, held = cache.n_states, cache.state_pos[layer]
-    read = None if pos0 == 0 else (pos0 - 1) % n
-    if read is not None and held[read] != pos0 - 1:
-        raise UsageError(f"layer {layer}: the recurrent state after position {pos0 - 1} is no longer held "
-                         f"(the cache keeps {n} states; slot holds {held[read]})")
-    return read, [(pos0 + r) % n for r in range(rows)]
+def check_states(cache: KVCache, layers, pos0: int) -> None:
+    """Raises UsageError unless each of these DeltaNet layers holds the state after position pos0-1 (the
+    state a pass from pos0 continues): a pass ran more than n_states rows past it, or the positions before
+    pos0 were never run (in these layers)."""
+    if pos0 == 0:
+        return  # the state before position 0 is zeros
+    slot = (pos0 - 1) % cache.n_states  # spec.ring_slots
+    for i in layers:
+        held = cache.state_pos[i][slot]
+        if held != pos0 - 1:
+            raise UsageError(f"layer {i}: the recurrent state after position {pos0 - 1} is no longer held "
+                             f"(the cache keeps {cache.n_states} states; slot holds {held})")
+
+
+def note_states(cache: KVCache, layers, pos0: int, rows: int) -> None:
+    """Record that a pass over positions pos0 .. pos0+rows-1 left each row's state in its slot of these
+    layers' rings (the last n_states rows survive)."""
+    n = cache.n_states
+    for i in layers:
+        for p in range(pos0 + max(0, rows - n), pos0 + rows):
+            cache.state_pos[i][p % n] = p
 
 
 def _tap(taps, layer: int | None, **tensors) -> None:

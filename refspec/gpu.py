@@ -768,66 +768,74 @@ class GpuBackend:
         return self._row_norm("gated_rmsnorm", x, (w, z), eps)
 
     def concat(self, a, b):
-        return self.cp.concatenate([self._input(a), self._input(b)], axis=-1)
+        a, b = self._input(a), self._input(b)
+        out = self._empty(a.shape[:-1] + (a.shape[-1] + b.shape[-1],))  # held while a pass is captured
+        return self.cp.concatenate([a, b], axis=-1, out=out)
 
     def stack(self, rows):
         return self.cp.stack([self.cp.asarray(r, dtype=F32) for r in rows])
 
     def split_query_gate(self, qg, n_head, head_dim):
         """[R, H*2*D] (per head: D query values, then D gate values) -> queries, gates [R, H, D]."""
-        qg = self.cp.ascontiguousarray(qg).reshape(qg.shape[0], n_head, 2, head_dim)
-        return self.cp.ascontiguousarray(qg[:, :, 0]), self.cp.ascontiguousarray(qg[:, :, 1])
+        qg = self._input(qg).reshape(qg.shape[0], n_head, 2, head_dim)
+        return self._input(qg[:, :, 0]), self._input(qg[:, :, 1])  # copies (held while a pass is captured)
 
     def split_qkv(self, qkv, n_k_heads, n_v_heads, dim):
         rows, key_dim = qkv.shape[0], n_k_heads * dim
         parts = (qkv[:, :key_dim], qkv[:, key_dim : 2 * key_dim], qkv[:, 2 * key_dim :])
         shapes = ((rows, n_k_heads, dim), (rows, n_k_heads, dim), (rows, n_v_heads, dim))
-        return tuple(self.cp.ascontiguousarray(p).reshape(s) for p, s in zip(parts, shapes))
+        return tuple(self._input(p).reshape(s) for p, s in zip(parts, shapes))  # (held while captured)
 
-    @staticmethod
-    def _ring_writes(ring, writes) -> int:
-        """The first slot of `writes`, which must be consecutive slots of the ring (position order)."""
-        n = ring.shape[0]
-        if any(s != (writes[0] + r) % n for r, s in enumerate(writes)):
-            raise ValueError(f"ring slots {writes[:8]} are not consecutive positions modulo {n}")
-        return int(writes[0])
+    def conv1d_causal(self, x, w, ring, pos):
+        """spec.conv1d_causal for rows at positions pos .. (an int or pass_input's device position): the
+        state before them from the ring, each row's state into its slot (spec.ring_slots; the kernel finds
+        the slots from the device position)."""
+        return self._conv1d(x, w, ring, pos, apply_silu=False)
 
-    def conv1d_causal(self, x, w, ring, read, writes):
-        """spec.conv1d_causal from the state in ring[read] (zeros if None); the states after the rows go to
-        ring[writes[r]] (the last n_states rows; a slot written twice keeps the later row's)."""
+    def conv1d_silu(self, x, w, ring, pos):
+        """silu(conv1d_causal(...)) in one launch (FusedFromParts.conv1d_silu)."""
+        return self._conv1d(x, w, ring, pos, apply_silu=True)
+
+    def _conv1d(self, x, w, ring, pos, apply_silu: bool):
         x, stride = self._rows(x)
         w = self._input(w)
         rows, channels = x.shape
         taps = w.shape[1]
-        if w.shape[0] != channels or ring.shape[1:] != (channels, taps - 1) or len(writes) != rows:
-            raise ValueError(f"conv1d_causal: x {x.shape}, w {w.shape}, ring {ring.shape}, {len(writes)} slots")
-        state = ring[read].copy() if read is not None else self.cp.zeros((channels, taps - 1), F32)
+        n_states = ring.shape[0]
+        if w.shape[0] != channels or ring.shape[1:] != (channels, taps - 1) or not ring.flags.c_contiguous:
+            raise ValueError(f"conv1d_causal: x {x.shape}, w {w.shape}, ring {ring.shape}")
+        pos = self._pos(pos)
+        src, src_slots = ring, n_states
+        if rows >= n_states and ring[0].size:  # a row's slot is the one read: read a copy (see the kernel)
+            src, src_slots = self._new(ring.shape[1:]), 1
+            self.function("deltanet", "ring_read")(
+                (self._blocks(src.size, 256),), (256,), (ring, pos, np.int32(n_states), np.int64(src.size), src))
         y = self._empty((rows, channels))
         if rows and channels:
             groups = 4
             self.function("deltanet", "conv1d_causal")(
                 (self._blocks(rows * channels, groups),), (32 * groups,),
-                (x, np.int64(stride), state, w, np.int32(rows), np.int32(channels), np.int32(taps), y, ring,
-                 np.int32(self._ring_writes(ring, writes)), np.int32(ring.shape[0])))
+                (x, np.int64(stride), src, np.int32(src_slots), w, np.int32(rows), np.int32(channels),
+                 np.int32(taps), np.int32(apply_silu), y, ring, pos, np.int32(n_states)))
         return y
 
-    def delta_rule(self, q, k, v, decay, beta, ring, read, writes):
-        """spec.delta_rule from the state in ring[read] (zeros if None); the states after the rows go to
-        ring[writes[r]] (the last n_states rows)."""
+    def delta_rule(self, q, k, v, decay, beta, ring, pos):
+        """spec.delta_rule for rows at positions pos .. (an int or pass_input's device position): the state
+        before them from the ring, each row's state into its slot (spec.ring_slots, found by the kernel)."""
         q, k, v, decay, beta = (self._input(t) for t in (q, k, v, decay, beta))
         rows, n_v, dim = v.shape
         n_k = k.shape[1]
         if (q.shape != k.shape or k.shape != (rows, n_k, dim) or n_v % n_k or decay.shape != (rows, n_v)
-                or beta.shape != (rows, n_v) or ring.shape[1:] != (n_v, dim, dim) or len(writes) != rows):
+                or beta.shape != (rows, n_v) or ring.shape[1:] != (n_v, dim, dim) or not ring.flags.c_contiguous):
             raise ValueError(f"delta_rule: q {q.shape}, k {k.shape}, v {v.shape}, ring {ring.shape}")
         if dim > 256:  # RS_DELTA_MAX_DK: the state row a group holds in registers
             raise DeviceError(f"delta_rule: head size {dim} is above the kernel's 256")
+        pos = self._pos(pos)
         out = self._empty(v.shape)
         if rows:
             groups = 4
             self.function("deltanet", "delta_rule")(
                 (self._blocks(n_v * dim, groups),), (32 * groups,),
-                (q, k, v, decay, beta, np.int32(rows), np.int32(n_k), np.int32(n_v), np.int32(dim), ring,
-                 np.int32(-1 if read is None else read), np.int32(self._ring_writes(ring, writes)),
+                (q, k, v, decay, beta, np.int32(rows), np.int32(n_k), np.int32(n_v), np.int32(dim), ring, pos,
                  np.int32(ring.shape[0]), out))
         return out

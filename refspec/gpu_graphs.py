@@ -4,7 +4,9 @@ recorded once as a CUDA graph through CuPy's stream capture and replayed at ever
 What changes between steps, the token ids and the first position, lives in a small device array that one
 host-to-device copy fills before each replay; the kernels read the position from there (refspec/forward.py's
 `run` takes ids and position as `be.pass_input` gives them, on every backend), so one graph serves every
-position. The captured pass is refspec/forward.py's `run` itself: the eager path (Transformer(...,
+position. Gated DeltaNet layers (qwen35) find their recurrent-state slots from that position too (the
+kernels compute them; forward() checks on the host, before the replay, that the state a pass continues is
+still held). The captured pass is refspec/forward.py's `run` itself: the eager path (Transformer(...,
 graphs=False), `--no-graphs`) runs the same code launch by launch.
 
 Memory. Everything a pass allocates while it is captured is held by its graph (GpuBackend.hold), so the
@@ -36,7 +38,8 @@ class PassGraph:
     graph: object  # cupy.cuda.graph.Graph
     inputs: object  # device int32 [1 + rows]: the first position, then the token ids
     staging: np.ndarray  # host int32 [1 + rows], copied into `inputs` before each replay
-    logits: object  # device float32 [rows, V], rewritten by every replay
+    hidden_in: object  # device float32 [rows, E]: an MTP pass's hidden rows (mtp_from), copied in; else None
+    out: object  # logits [rows, V], or (logits, hidden rows) for hidden / MTP passes: rewritten by every replay
     held: list  # every array the captured pass allocated
 
 
@@ -59,36 +62,53 @@ class PassGraphs:
         self.stream = self.be.cp.cuda.Stream(non_blocking=False)
         self.captured = 0  # graphs recorded (a statistic)
 
-    def replay(self, cache, ids, pos0: int, layers=None):
-        """Logits [R, V] of the pass, from its graph (recorded on first use: that call runs eagerly)."""
-        key = (len(ids), None if layers is None else tuple(layers))
+    def replay(self, cache, ids, pos0: int, layers=None, *, hidden: bool = False, mtp_from=None):
+        """The pass's result, as Transformer.run returns it, from its graph (recorded on first use: that call
+        runs eagerly). A graph per width, layer subset and kind of pass (logits; logits and hidden rows; the
+        MTP block, whose hidden rows mtp_from are copied into the graph's input first). Hidden rows come
+        back as a copy, so that a drafter may keep them; the logits are the graph's until its next replay."""
+        mode = "mtp" if mtp_from is not None else "hidden" if hidden else "logits"
+        key = (len(ids), None if layers is None or mode == "mtp" else tuple(layers), mode)
         g = cache.graphs.get(key)
         if g is None:
-            return self._record(cache, ids, pos0, layers, key)
+            return self._record(cache, ids, pos0, layers, mtp_from, key)
         g.staging[0] = pos0
         g.staging[1:] = ids
         with self.stream:
             g.inputs.set(g.staging)  # pageable memory: the host copy is taken before set() returns
+            if g.hidden_in is not None:
+                g.hidden_in[...] = self.be.cp.asarray(mtp_from, dtype=np.float32)
             g.graph.launch()
-        return g.logits
+            return g.out if mode == "logits" else (g.out[0], g.out[1].copy())
 
-    def _record(self, cache, ids, pos0: int, layers, key):
-        be, rows = self.be, len(ids)
+    def _record(self, cache, ids, pos0: int, layers, mtp_from, key):
+        be, rows, mode = self.be, len(ids), key[2]
         staging = np.empty(1 + rows, np.int32)
         staging[0], staging[1:] = pos0, ids
         inputs = be.cp.empty(1 + rows, np.int32)
+        hidden_in = None
         held = [inputs]
+        if mode == "mtp":
+            hidden_in = be.cp.empty((rows, self.tf.config.n_embd), np.float32)
+            held.append(hidden_in)
         with self.stream:
             inputs.set(staging)
-            # This step runs eagerly: its logits are the result, and every kernel it needs gets compiled
-            # (compiling cannot happen inside a capture). The captured copy writes the same cache rows with
-            # the same bits when it is replayed.
-            logits = self.tf.run(cache, inputs[1:], inputs[:1], rows, layers)
+            if hidden_in is not None:
+                hidden_in[...] = be.cp.asarray(mtp_from, dtype=np.float32)
+
+            def run():
+                return self.tf.run(cache, inputs[1:], inputs[:1], rows, layers, hidden=mode == "hidden",
+                                   mtp_from=hidden_in)
+
+            # This step runs eagerly: its result is the result, and every kernel it needs gets compiled
+            # (compiling cannot happen inside a capture). The captured copy writes the same cache rows (and
+            # state slots) with the same bits when it is replayed.
+            result = run()
             be.hold(held)
             try:
                 self.stream.begin_capture()
                 try:
-                    out = self.tf.run(cache, inputs[1:], inputs[:1], rows, layers)
+                    out = run()
                 finally:
                     graph = self.stream.end_capture()
             except DeviceError:
@@ -98,9 +118,9 @@ class PassGraphs:
                                   "run with --no-graphs") from err
             finally:
                 be.hold(None)
-        cache.graphs[key] = PassGraph(graph, inputs, staging, out, held)
+        cache.graphs[key] = PassGraph(graph, inputs, staging, hidden_in, out, held)
         self.captured += 1
-        return logits
+        return result
 
     # ---- greedy decoding, one step ahead of the host
     def greedy_steps(self, cache, token: int, pos: int, n_steps: int):

@@ -398,6 +398,17 @@ def sigmoid_gate(x: np.ndarray, gate: np.ndarray) -> np.ndarray:
     return np.asarray(x, F32) * sigmoid(gate)
 
 
+# --------------------------------------------------------------------------------- recurrent-state rings
+def ring_slots(pos0: int, rows: int, n_states: int) -> tuple[int | None, list[int]]:
+    """Where a pass over positions pos0 .. pos0+rows-1 finds and leaves a recurrent state in a ring of
+    n_states slots (the state after position p lives in slot p % n_states): (the slot of the state after
+    pos0-1, or None at position 0, where the state is zeros; the slot of each row's state). A later row's
+    state overwrites an earlier one's in the same slot. The GPU kernels compute the same from a device
+    position (kernels_raw/deltanet.hip)."""
+    read = None if pos0 == 0 else (pos0 - 1) % n_states
+    return read, [(pos0 + r) % n_states for r in range(rows)]
+
+
 # ------------------------------------------------------------------------------------------ conv1d
 def conv1d_causal(x: np.ndarray, state: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Causal depthwise convolution over R rows x [R, C], continuing `state` [C, K-1] (the K-1 inputs before

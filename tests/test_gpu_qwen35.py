@@ -13,7 +13,9 @@ from refspec.backends import CpuBackend
 from refspec.forward import Transformer
 from refspec.generate import generate
 from refspec.gguf_model import load
+from refspec.errors import UsageError
 from refspec.gpu import gpu_available
+from refspec.gpu_graphs import GRAPH_MAX_ROWS
 from refspec.speculative import make_drafter, speculative_generate
 from refspec.synthetic import write_model
 
@@ -85,25 +87,33 @@ def test_l2norm_and_gated_rmsnorm_equal_spec(be, data):
                     spec.gated_rmsnorm(x, w, z, eps), "gated_rmsnorm", nan_equal=True)
 
 
+def position(be, data, pos0: int):
+    """pos0 as a host int or as pass_input's device int32 [1] (what a captured pass gives the kernels)."""
+    return be.asarray(np.array([pos0], np.int32)) if data.draw(st.booleans(), label="device pos") else pos0
+
+
 @given(data=st.data())
 def test_conv1d_equals_spec_and_keeps_each_rows_state(be, data):
+    """conv1d_causal and the fused conv1d_silu equal the CPU's (spec.conv1d_causal on the ring slots of
+    spec.ring_slots) in outputs and ring: rows below and above n_states (the kernel reads the ring in place
+    or a copy), position 0 (zeros) and later, the position as a host int or in device memory."""
     rng = rng_from(data)
     rows, channels = data.draw(st.integers(1, 20), label="rows"), data.draw(st.integers(1, 300), label="channels")
     taps = data.draw(st.integers(1, 6) | st.integers(30, 40), label="taps")
     n_states = data.draw(st.integers(1, 20), label="n_states")
     pos0 = data.draw(st.integers(0, 50), label="pos0")
+    fused = data.draw(st.booleans(), label="conv1d_silu")
     x = floats(rng, (rows, channels + 5), data.draw(STYLES, label="x"))  # a column slice, as from a stack
     w = floats(rng, (channels, taps), "normal")
     ring = floats(rng, (n_states, channels, taps - 1), "normal")
-    read = None if pos0 == 0 else (pos0 - 1) % n_states
-    writes = [(pos0 + r) % n_states for r in range(rows)]
     cpu_ring = ring.copy()
+    name = "conv1d_silu" if fused else "conv1d_causal"
     with np.errstate(all="ignore"):
-        want = CpuBackend.conv1d_causal(x[:, 3 : 3 + channels], w, cpu_ring, read, writes)
+        want = getattr(CpuBackend(), name)(x[:, 3 : 3 + channels], w, cpu_ring, pos0)
     gpu_ring = be.asarray(ring)
-    got = be.conv1d_causal(be.asarray(x)[:, 3 : 3 + channels], be.asarray(w), gpu_ring, read, writes)
-    assert_same(be.to_host(got), want, "conv1d", nan_equal=True)
-    assert_same(be.to_host(gpu_ring), cpu_ring, "conv1d states", nan_equal=True)
+    got = getattr(be, name)(be.asarray(x)[:, 3 : 3 + channels], be.asarray(w), gpu_ring, position(be, data, pos0))
+    assert_same(be.to_host(got), want, name, nan_equal=True)
+    assert_same(be.to_host(gpu_ring), cpu_ring, f"{name} states", nan_equal=True)
 
 
 @given(data=st.data())
@@ -121,32 +131,45 @@ def test_delta_rule_equals_spec_and_keeps_each_rows_state(be, data):
     decay = rng.uniform(0, 1, (rows, n_v)).astype(F32)
     beta = rng.uniform(0, 1, (rows, n_v)).astype(F32)
     ring = floats(rng, (n_states, n_v, dim, dim), "normal")
-    read = None if pos0 == 0 else (pos0 - 1) % n_states
-    writes = [(pos0 + r) % n_states for r in range(rows)]
     cpu_ring = ring.copy()
     with np.errstate(all="ignore"):
-        want = CpuBackend.delta_rule(q, k, v, decay, beta, cpu_ring, read, writes)
+        want = CpuBackend.delta_rule(q, k, v, decay, beta, cpu_ring, pos0)
     gpu_ring = be.asarray(ring)
-    got = be.delta_rule(*(be.asarray(t) for t in (q, k, v, decay, beta)), gpu_ring, read, writes)
+    got = be.delta_rule(*(be.asarray(t) for t in (q, k, v, decay, beta)), gpu_ring, position(be, data, pos0))
     assert_same(be.to_host(got), want, "delta rule", nan_equal=True)
     assert_same(be.to_host(gpu_ring), cpu_ring, "delta rule states", nan_equal=True)
 
 
 # ------------------------------------------------------------------------------------------ whole models
-SHAPE = dict(arch="qwen35", n_layer=4, n_embd=64, n_ff=96, n_head=2, n_head_kv=1, head_dim=32, n_ctx=64,
+SHAPE = dict(arch="qwen35", n_layer=4, n_embd=64, n_ff=96, n_head=2, n_head_kv=1, head_dim=32, n_ctx=320,
              ssm_d_state=16, ssm_n_k_heads=2, ssm_n_v_heads=4, full_attention_interval=2, n_nextn=1)
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    model = load(write_model(tmp_path_factory.mktemp("q35") / "q35.gguf", seed=5, **SHAPE))
+def models(tmp_path_factory):
+    """The tiny qwen35 model with its MTP block (True) and without (False)."""
+    tmp = tmp_path_factory.mktemp("q35")
+    return {mtp: load(write_model(tmp / f"q35-{mtp}.gguf", seed=5, **dict(SHAPE, n_nextn=int(mtp))),
+                      log=lambda message: None) for mtp in (True, False)}
+
+
+@pytest.fixture(scope="module")
+def gpu_backend():
     from refspec.gpu import GpuBackend
 
-    return Transformer(model, CpuBackend()), Transformer(model, GpuBackend())
+    return GpuBackend(poison=0xFF)
 
 
-def test_tiny_qwen35_gpu_equals_cpu_and_is_batch_invariant(pair):
-    cpu, gpu = pair
+@pytest.fixture(scope="module")
+def trio(models, gpu_backend):
+    """The model with its MTP block on the CPU, on the GPU with graphs and on the GPU launch by launch."""
+    model = models[True]
+    return (Transformer(model, CpuBackend()), Transformer(model, gpu_backend, graphs=True),
+            Transformer(model, gpu_backend, graphs=False))
+
+
+def test_tiny_qwen35_gpu_equals_cpu_and_is_batch_invariant(trio):
+    cpu, _, gpu = trio
     ids = [5, 9, 100, 7, 33, 8, 250, 11, 40, 77, 3]
     c_cache, g_cache, s_cache = cpu.new_cache(32), gpu.new_cache(32), gpu.new_cache(32)
     for start, stop in ((0, 4), (4, 5), (5, 11)):
@@ -158,15 +181,128 @@ def test_tiny_qwen35_gpu_equals_cpu_and_is_batch_invariant(pair):
             assert_bits_equal(one[0], got[j], f"position {p} alone")
 
 
+def verify_like_steps(seed: int, n_ctx: int):
+    """(pos0, rows) of passes as a speculative decoder makes them: every width 1..16 twice, each pass
+    resuming after a drawn row of the one before (an accepted guess), then single steps."""
+    rng = np.random.default_rng(seed)
+    steps, pos = [], 0
+    for w in [w for w in range(1, GRAPH_MAX_ROWS + 1) for _ in range(2)] + [1] * 20:
+        steps.append((pos, w))
+        pos += int(rng.integers(1, w + 1))
+    assert pos + GRAPH_MAX_ROWS < n_ctx
+    return steps
+
+
+def run_passes(tf, steps, ids, n_states, hidden=False):
+    """Each pass's result on the host, and the cache."""
+    cache = tf.new_cache(SHAPE["n_ctx"], n_states=n_states)
+    out = []
+    for pos, w in steps:
+        result = tf.forward(cache, ids[pos : pos + w], pos, hidden=hidden)
+        out.append([tf.be.to_host(a).copy() for a in (result if hidden else (result,))])
+    return out, cache
+
+
+def assert_caches_equal(be, a, b, what: str):
+    """K, V and the recurrent-state rings (every slot) of two caches, as bits."""
+    for i in range(len(a.k)):
+        for name in ("k", "v", "conv", "ssm"):
+            x, y = getattr(a, name)[i], getattr(b, name)[i]
+            assert (x is None) == (y is None)
+            if x is not None:
+                assert_bits_equal(be.to_host(x), be.to_host(y), f"{what}: {name}[{i}]")
+
+
+@pytest.mark.parametrize("with_mtp", [True, False], ids=["mtp-block", "no-mtp-block"])
+@pytest.mark.parametrize("hidden", [False, True], ids=["logits", "hidden"])
+def test_qwen35_graph_replay_equals_eager_at_every_width(models, gpu_backend, with_mtp, hidden):
+    """Captured qwen35 passes (the DeltaNet slots found from the device position) replay the eager passes
+    bit for bit: logits (and hidden rows), K/V and every ring slot, over passes of every width 1..16 that
+    resume inside the last one, as a speculative decoder's do; the CPU gives the same logits."""
+    model = models[with_mtp]
+    steps = verify_like_steps(7, SHAPE["n_ctx"])
+    ids = list(np.random.default_rng(3).integers(0, model.config.n_vocab, SHAPE["n_ctx"]))
+    n_states = GRAPH_MAX_ROWS + 1  # a pass resumes after any row of the last one
+    graphed = Transformer(model, gpu_backend, graphs=True)
+    g_out, g_cache = run_passes(graphed, steps, ids, n_states, hidden)
+    e_out, e_cache = run_passes(Transformer(model, gpu_backend, graphs=False), steps, ids, n_states, hidden)
+    c_out, _ = run_passes(Transformer(model, CpuBackend()), steps, ids, n_states, hidden)
+    assert graphed.graphs.captured == GRAPH_MAX_ROWS
+    for i, ((pos, w), g, e, c) in enumerate(zip(steps, g_out, e_out, c_out)):
+        for j in range(len(g)):
+            assert_bits_equal(g[j], e[j], f"pass {i} ({w} rows at {pos}), output {j}: graph vs eager")
+            assert_bits_equal(g[j], c[j], f"pass {i} ({w} rows at {pos}), output {j}: graph vs CPU")
+    assert_caches_equal(gpu_backend, g_cache, e_cache, "graph vs eager")
+
+
+def test_qwen35_mtp_passes_replay_equal_eager(models, gpu_backend):
+    """The MTP block's passes (forward(..., mtp_from=hidden rows)) are captured too: replays of every width
+    1..16, with hidden rows that change between replays, equal eager passes and the CPU's (logits, the
+    block's hidden row and its K/V)."""
+    model = models[True]
+    n_ctx, rows_max = SHAPE["n_ctx"], GRAPH_MAX_ROWS
+    rng = np.random.default_rng(11)
+    ids = list(rng.integers(0, model.config.n_vocab, n_ctx))
+    graphed = Transformer(model, gpu_backend, graphs=True)
+    tfs = (graphed, Transformer(model, gpu_backend, graphs=False), Transformer(model, CpuBackend()))
+    steps, pos = [], 0
+    for w in [w for w in range(1, rows_max + 1) for _ in range(2)] + [1] * 10:
+        steps.append((pos, w))
+        pos += w
+    results = []
+    for tf in tfs:
+        cache = tf.new_cache(n_ctx)
+        _, hidden = tf.forward(cache, ids[: pos + rows_max], 0, hidden=True)  # the model's hidden rows (eager)
+        hidden = tf.be.to_host(hidden)
+        out = []
+        for p, w in steps:
+            before = np.concatenate([np.zeros((1, hidden.shape[1]), F32), hidden])[p : p + w]  # h of p-1 ..
+            logits, h = tf.forward(cache, ids[p : p + w], p, mtp_from=tf.be.asarray(before))
+            out.append((tf.be.to_host(logits).copy(), tf.be.to_host(h).copy()))
+        results.append((out, cache))
+    assert graphed.graphs.captured == rows_max
+    (g_out, g_cache), (e_out, e_cache), (c_out, _) = results
+    for i, ((p, w), g, e, c) in enumerate(zip(steps, g_out, e_out, c_out)):
+        for j, what in enumerate(("logits", "hidden")):
+            assert_bits_equal(g[j], e[j], f"MTP pass {i} ({w} rows at {p}): {what}, graph vs eager")
+            assert_bits_equal(g[j], c[j], f"MTP pass {i} ({w} rows at {p}): {what}, graph vs CPU")
+    assert_caches_equal(gpu_backend, g_cache, e_cache, "MTP graph vs eager")
+
+
+@pytest.mark.parametrize("graphs", [True, False], ids=["graphs", "eager"])
 @pytest.mark.parametrize("kind", ["ngram", "layerskip", "mtp"])
-def test_tiny_qwen35_speculative_equals_greedy_on_gpu(pair, kind):
-    _, gpu = pair
-    if kind == "mtp" and gpu.weights.mtp is None:
-        pytest.skip("GpuBackend.upload_weights does not upload the MTP block yet")
+def test_tiny_qwen35_speculative_equals_greedy_on_gpu(trio, kind, graphs):
+    cpu, graphed, eager = trio
+    gpu = graphed if graphs else eager
     prompt = [1, 2, 3, 1, 2, 3, 1]
-    greedy = generate(gpu, prompt, 20, keep_logits=True)
-    spec_result = speculative_generate(gpu, prompt, 20, drafter=make_drafter(kind, gpu), draft_max=6,
-                                       keep_logits=True)
-    assert spec_result.ids == greedy.ids
-    for a, b in zip(spec_result.logits, greedy.logits):
-        assert_bits_equal(np.asarray(a), np.asarray(b), "logits")
+    greedy = generate(gpu, prompt, 40, keep_logits=True)
+    for _ in range(2):  # the second run reuses the first one's cache storage and graphs
+        spec_result = speculative_generate(gpu, prompt, 40, drafter=make_drafter(kind, gpu), draft_max=6,
+                                           keep_logits=True)
+        assert spec_result.ids == greedy.ids
+        for i, (a, b) in enumerate(zip(spec_result.logits, greedy.logits)):
+            assert_bits_equal(np.asarray(a), np.asarray(b), f"{kind}: logits of token {i}")
+    assert generate(cpu, prompt, 40).ids == greedy.ids
+
+
+def test_qwen35_graphs_keep_the_state_checks(trio):
+    """With graphs, a pass whose recurrent state is no longer held still raises UsageError (checked on the
+    host before the replay), and the refused pass leaves the cache as it was: the next right pass equals
+    the eager one. A cache whose storage is reused starts with no states held."""
+    _, graphed, eager = trio
+    ids = [5, 9, 100, 7, 33, 8, 250, 11, 40, 77]
+    cache = graphed.new_cache(32, n_states=2)
+    for _ in range(2):  # the second pass of 6 rows replays the graph the first recorded
+        graphed.forward(cache, ids[:6], 0)
+    with pytest.raises(UsageError, match="no longer held"):
+        graphed.forward(cache, ids[3:5], 3)  # the state after position 2 was overwritten (a captured width)
+    got = graphed.be.to_host(graphed.forward(cache, ids[6:8], 6))
+    e_cache = eager.new_cache(32, n_states=2)
+    eager.forward(e_cache, ids[:6], 0)
+    assert_bits_equal(got, eager.be.to_host(eager.forward(e_cache, ids[6:8], 6)), "after the refused pass")
+    del cache
+    reused = graphed.new_cache(32, n_states=2)  # takes the freed storage
+    with pytest.raises(UsageError, match="no longer held"):
+        graphed.forward(reused, ids[3:5], 3)  # positions 0..2 never ran in this cache
+    with pytest.raises(UsageError, match="mtp_from"):
+        graphed.forward(reused, ids[:2], 0, mtp_from=graphed.be.zeros((3, SHAPE["n_embd"])))

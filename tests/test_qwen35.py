@@ -224,3 +224,26 @@ def test_mtp_cli_reports_drafter_statistics(path, capsys):
 
     stats = json.loads(capsys.readouterr().out)["stats"]
     assert stats["drafter"] == "mtp" and stats["n_drafted"] > 0 and sum(stats["accepted_histogram"]) == stats["n_passes"]
+
+
+def test_mtp_from_must_be_one_hidden_row_per_id(tf):
+    """A pass of the MTP block takes the hidden rows [R, E] of the positions before its R ids; anything else
+    is a UsageError before anything runs (a captured pass would read past a short array)."""
+    cache = tf.new_cache(16)
+    for bad in (np.zeros((2, 64), np.float32), np.zeros((3, 63), np.float32), [0.0] * 64):
+        with pytest.raises(UsageError, match="mtp_from"):
+            tf.forward(cache, [1, 2, 3], 0, mtp_from=bad)
+    logits, h = tf.forward(cache, [1, 2, 3], 0, mtp_from=np.zeros((3, 64), np.float32))
+    assert logits.shape == (1, tf.config.n_vocab) and h.shape == (1, 64)
+
+
+def test_state_checks_follow_the_layers_a_pass_runs(tf):
+    """A pass over a subset of the layers (a layer-skip drafter's) checks and records only the DeltaNet
+    layers it runs; the MTP block runs none."""
+    assert tf.recurrent_layers() == [0, 2] and tf.recurrent_layers([1, 2, 3]) == [2]
+    assert tf.recurrent_layers(mtp=True) == []
+    cache = tf.new_cache(16, n_states=2)
+    tf.forward(cache, [4, 5, 6], 0, layers=[2, 3])  # layer 0's ring holds nothing
+    tf.forward(cache, [7], 3, layers=[1, 2])  # layer 2 continues after position 2
+    with pytest.raises(UsageError, match="layer 0: the recurrent state after position 3"):
+        tf.forward(cache, [8], 4)

@@ -274,7 +274,7 @@ def test_backend_rings_resume_after_any_row():
     q, k, v, decay, beta, state = random_delta_inputs(rng, 5, 2, 2, 16)
     ring = np.zeros((6,) + state.shape, F32)
     ring[5] = state
-    out = be.delta_rule(q, k, v, decay, beta, ring, 5, [0, 1, 2, 3, 4])
+    out = be.delta_rule(q, k, v, decay, beta, ring, 6)  # after position 5 (slot 5); positions 6..10: slots 0..4
     want, states = spec.delta_rule(q, k, v, decay, beta, state)
     assert_bits_equal(out, want, "ring delta rule")
     for j in range(5):
@@ -282,7 +282,7 @@ def test_backend_rings_resume_after_any_row():
     x = rng.standard_normal((5, 8)).astype(F32)
     w = rng.standard_normal((8, 4)).astype(F32)
     conv_ring = np.zeros((2, 8, 3), F32)
-    y = be.conv1d_causal(x, w, conv_ring, None, [0, 1, 0, 1, 0])  # zeros before the first row
+    y = be.conv1d_causal(x, w, conv_ring, 0)  # zeros before position 0; slots 0, 1, 0, 1, 0
     want_y, windows = spec.conv1d_causal(x, np.zeros((8, 3), F32), w)
     assert_bits_equal(y, want_y, "ring conv1d")
     assert_bits_equal(conv_ring[0], windows[4], "slot 0 keeps the later row")

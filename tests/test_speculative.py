@@ -314,3 +314,20 @@ def test_bench_decode_quick(tmp_path):
     assert report["speculative"]["mismatches"] == [] and report["greedy"]["tokens_per_second_median"] > 0
     assert {r["method"] for r in report["speculative"]["runs"]} == {"greedy", "ngram", "layerskip"}
     assert all(r["identical"] for r in report["speculative"]["runs"])
+
+
+def test_bench_decode_quick_qwen35_reports_the_mtp_draft_step(tmp_path):
+    """A qwen35 model with an MTP block: bench decode runs the mtp drafter on the copy prompts (equal to
+    greedy) and times one MTP draft step beside a one-row step of the model."""
+    import json
+
+    from refspec.cli import main
+
+    path = write_model(tmp_path / "q35.gguf", arch="qwen35", n_layer=4, n_nextn=1, n_ctx=1024)
+    out = tmp_path / "bench.json"
+    assert main(["bench", "decode", "-m", str(path), "--device", "cpu", "--quick", "--json-out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert {r["method"] for r in report["speculative"]["runs"]} == {"greedy", "ngram", "layerskip", "mtp"}
+    assert all(r["identical"] for r in report["speculative"]["runs"])
+    mtp = report["mtp"]
+    assert mtp["draft_step_ms"] > 0 and mtp["model_step_ms"] > 0 and mtp["position"] == 64

@@ -314,8 +314,10 @@ q8_gemv_staged(const signed char* __restrict__ wq, const unsigned short* __restr
 // The same GEMV with the int8 block dots on NVIDIA's integer tensor cores (mma.sync m16n8k32 s8 x s8 -> s32:
 // each block's dot is the exact integer dp4a gives, so no bit changes), for verify widths where the dp4a
 // kernel runs out of issue slots. A thread block of NR warps owns 16 weight rows and all R <= 16 activation
-// rows (RT = ceil(R / 8) tiles of 8). Warp w is the spec's lanes l = w, w+NR, ..., w+32-NR: for each, it adds
-// blocks l, l+32, l+64, ... in increasing order to that lane's sums, exactly the spec's per-lane sequence;
+// rows (RT = ceil(R / 8) tiles of 8). Warp w is the spec's lanes l = w*LPW .. w*LPW+LPW-1 (LPW = 32/NR): for
+// each, it adds blocks l, l+32, l+64, ... in increasing order to that lane's sums, exactly the spec's per-lane
+// sequence. A warp's blocks of one round are thus LPW*32 contiguous bytes of each of the 16 rows, read in
+// whole lines and staged through shared memory (RsMmaTile);
 // the 32 lane values of every output then meet in the spec's tree (in shared memory), and the store is as
 // rs_gemv_finish's (with `base`, base + sum). The dot of a block does not depend on the order of its 32
 // products, so A (weights) and B (activations) are loaded with the same permutation of k: a lane's 8
@@ -335,19 +337,64 @@ RS_DEVICE void rs_mma_s8(int (&c)[4], const int (&a)[4], int b0, int b1) {
 #endif
 }
 
+// A warp's weights of one round in q8_gemv_mma: its LPW consecutive blocks (LPW * 32 bytes) of 16 weight rows.
+// They are read from global memory in 16-byte units, a row's LPW * 32 bytes by consecutive lanes (whole
+// 128-byte lines), kept in registers while the round before is computed, then written to the warp's tile in
+// shared memory, whence each lane reads its fragment. A tile row is padded by 32 bytes so that the 8-byte
+// fragment reads of 8 rows fall in different banks.
+template <int LPW>
+struct RsMmaTile {
+  static constexpr int ROW_BYTES = LPW * RS_QK + 32;  // a tile row, padded
+  static constexpr int BYTES = RS_MMA_ROWS * ROW_BYTES;
+  int4 unit[LPW];             // this lane's 16-byte units of the next round: unit j*32 + lane of the tile
+  unsigned short sa[LPW], sc[LPW];  // the scales of rows g and g+8 of the fragment, each block
+
+  RS_MEMBER void load(const signed char* __restrict__ wq, const unsigned short* __restrict__ wd, long long n0,
+                      int n, int k, int nb, int b0, int lane) {
+#pragma unroll
+    for (int j = 0; j < LPW; ++j) {
+      const int u = j * RS_LANES + lane;
+      const int row = u / (2 * LPW), col = u % (2 * LPW);  // col: 16-byte unit within the row's LPW blocks
+      const long long r = n0 + row < n ? n0 + row : n - 1;  // rows past n: read as the last, never stored
+      if (b0 + col / 2 < nb) unit[j] = *(const int4*)(wq + r * k + (long long)b0 * RS_QK + 16 * col);
+    }
+    const int g = lane / 4;
+    const long long na = n0 + g < n ? n0 + g : n - 1, nc = n0 + g + 8 < n ? n0 + g + 8 : n - 1;
+#pragma unroll
+    for (int s = 0; s < LPW; ++s) {
+      if (b0 + s < nb) {
+        sa[s] = wd[na * nb + b0 + s];
+        sc[s] = wd[nc * nb + b0 + s];
+      }
+    }
+  }
+
+  RS_MEMBER void store(unsigned char* tile, int lane) const {
+#pragma unroll
+    for (int j = 0; j < LPW; ++j) {
+      const int u = j * RS_LANES + lane;
+      *(int4*)(tile + (u / (2 * LPW)) * ROW_BYTES + 16 * (u % (2 * LPW))) = unit[j];
+    }
+  }
+};
+
 template <int RP, int NR, int SPLIT, int OCC>  // RP = rows, NR = warps per block (4 or 8); SPLIT, OCC unused
 __global__ void __launch_bounds__(RS_LANES * NR)
 q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict__ wd,
             const signed char* __restrict__ xq, const unsigned short* __restrict__ xd,
             float* __restrict__ y, int n, int k, int rows, const float* base) {
   constexpr int RT = (RP + 7) / 8;     // tiles of 8 activation rows
-  constexpr int LPW = RS_LANES / NR;   // spec lanes per warp: warp w has lanes w, w + NR, w + 2 NR, ...
-  __shared__ float partial[RS_LANES][RS_MMA_ROWS][8 * RT];
+  constexpr int LPW = RS_LANES / NR;   // spec lanes per warp: warp w has lanes w*LPW .. w*LPW + LPW-1
+  using Tile = RsMmaTile<LPW>;
+  constexpr int PARTIAL_BYTES = RS_LANES * RS_MMA_ROWS * 8 * RT * 4;
+  constexpr int SHARED_BYTES = NR * Tile::BYTES > PARTIAL_BYTES ? NR * Tile::BYTES : PARTIAL_BYTES;
+  __shared__ int4 shared_mem[SHARED_BYTES / 16];  // the warps' tiles, then (after the loop) the partial sums
+  float(*partial)[RS_MMA_ROWS][8 * RT] = reinterpret_cast<float(*)[RS_MMA_ROWS][8 * RT]>(shared_mem);
   const int nb = k / RS_QK;
   const int warp = threadIdx.x / RS_LANES, lane = rs_lane();
   const int g = lane / 4, t = lane % 4;  // the fragment's group and thread-in-group
   const long long n0 = (long long)blockIdx.x * RS_MMA_ROWS;
-  const long long na = n0 + g < n ? n0 + g : n - 1, nc = n0 + g + 8 < n ? n0 + g + 8 : n - 1;  // rows past n: never stored
+  unsigned char* tile = reinterpret_cast<unsigned char*>(shared_mem) + warp * Tile::BYTES;
 
   float acc[LPW][RT][4];
 #pragma unroll
@@ -358,26 +405,28 @@ q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict
       for (int j = 0; j < 4; ++j) acc[s][rt][j] = 0.0f;  // a lane value starts at +0.0
     }
   }
+  // Round i: this warp's blocks b = 32 i + warp * LPW + s, s < LPW (spec lane warp * LPW + s adds block
+  // 32 i + its lane in increasing i, the spec's per-lane order). Blocks past the end (only in the last
+  // round) are neither loaded nor added.
+  Tile next;
+  next.load(wq, wd, n0, n, k, nb, warp * LPW, lane);
   for (int i = 0; i * RS_LANES < nb; ++i) {
-    // the weights of this warp's LPW blocks (spec lanes warp + 4s, their i-th block) loaded first, all in
-    // flight together; blocks past the end (only in the last i) are neither loaded nor added
-    int2 wa[LPW], wc[LPW];
-    float sa[LPW], sc[LPW];
+    const int b0 = i * RS_LANES + warp * LPW;
+    unsigned short sa[LPW], sc[LPW];
+#pragma unroll
+    for (int s = 0; s < LPW; ++s) sa[s] = next.sa[s], sc[s] = next.sc[s];
+    __syncwarp();  // every lane has read the tile of the round before
+    next.store(tile, lane);
+    __syncwarp();
+    if ((i + 1) * RS_LANES < nb) next.load(wq, wd, n0, n, k, nb, b0 + RS_LANES, lane);  // in flight meanwhile
 #pragma unroll
     for (int s = 0; s < LPW; ++s) {
-      const int b = i * RS_LANES + warp + NR * s;
-      if (b < nb) {
-        wa[s] = *(const int2*)(wq + na * k + (long long)b * RS_QK + 8 * t);
-        wc[s] = *(const int2*)(wq + nc * k + (long long)b * RS_QK + 8 * t);
-        sa[s] = rs_half_to_float(wd[na * nb + b]);
-        sc[s] = rs_half_to_float(wd[nc * nb + b]);
-      }
-    }
-#pragma unroll
-    for (int s = 0; s < LPW; ++s) {
-      const int b = i * RS_LANES + warp + NR * s;
+      const int b = b0 + s;
       if (b >= nb) continue;  // the same for the whole warp
-      const int a[4] = {wa[s].x, wc[s].x, wa[s].y, wc[s].y};
+      const int2 wa = *(const int2*)(tile + g * Tile::ROW_BYTES + s * RS_QK + 8 * t);
+      const int2 wc = *(const int2*)(tile + (g + 8) * Tile::ROW_BYTES + s * RS_QK + 8 * t);
+      const int a[4] = {wa.x, wc.x, wa.y, wc.y};
+      const float fa = rs_half_to_float(sa[s]), fc = rs_half_to_float(sc[s]);
 #pragma unroll
       for (int rt = 0; rt < RT; ++rt) {
         const int xr = rt * 8 + g < rows ? rt * 8 + g : rows - 1;  // rows past the end: never stored
@@ -388,18 +437,19 @@ q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict
         const int r1 = rt * 8 + 2 * t + 1 < rows ? rt * 8 + 2 * t + 1 : rows - 1;
         const float x0 = rs_half_to_float(xd[r0 * nb + b]), x1 = rs_half_to_float(xd[r1 * nb + b]);
         // c0: (row g, act 2t), c1: (g, 2t+1), c2: (g+8, 2t), c3: (g+8, 2t+1); |dot| < 2**24: exact floats
-        acc[s][rt][0] = rs_gemv_step(acc[s][rt][0], sa[s], x0, (float)c[0]);
-        acc[s][rt][1] = rs_gemv_step(acc[s][rt][1], sa[s], x1, (float)c[1]);
-        acc[s][rt][2] = rs_gemv_step(acc[s][rt][2], sc[s], x0, (float)c[2]);
-        acc[s][rt][3] = rs_gemv_step(acc[s][rt][3], sc[s], x1, (float)c[3]);
+        acc[s][rt][0] = rs_gemv_step(acc[s][rt][0], fa, x0, (float)c[0]);
+        acc[s][rt][1] = rs_gemv_step(acc[s][rt][1], fa, x1, (float)c[1]);
+        acc[s][rt][2] = rs_gemv_step(acc[s][rt][2], fc, x0, (float)c[2]);
+        acc[s][rt][3] = rs_gemv_step(acc[s][rt][3], fc, x1, (float)c[3]);
       }
     }
   }
+  __syncthreads();  // every warp is done with its tile: the memory now holds the partial sums
 #pragma unroll
   for (int s = 0; s < LPW; ++s) {
 #pragma unroll
     for (int rt = 0; rt < RT; ++rt) {
-      const int l = warp + NR * s;
+      const int l = warp * LPW + s;
       partial[l][g][rt * 8 + 2 * t] = acc[s][rt][0];
       partial[l][g][rt * 8 + 2 * t + 1] = acc[s][rt][1];
       partial[l][g + 8][rt * 8 + 2 * t] = acc[s][rt][2];

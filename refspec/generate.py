@@ -105,13 +105,13 @@ def _generate(tf, prompt_ids, n_predict, eog_ids, on_token, keep_logits) -> Gene
     eog_ids = model_eog_ids(tf) if eog_ids is None else checked_eog_ids(tf, eog_ids)
     n_alloc, budget = plan_context(tf, len(prompt_ids), n_predict)
     result = GenerationResult(prompt_ids=list(prompt_ids))
-    cache = tf.new_cache(n_alloc)
+    cache = tf.new_cache(n_alloc, n_states=2)  # (qwen35) a step's state slot is not the one it reads: no copy
     t0 = time.perf_counter()
     rows = prefill(tf, cache, result.prompt_ids)  # [1, V]
     tf.be.synchronize()  # the prompt's passes run asynchronously on a GPU: their time is the prompt's
     t1 = time.perf_counter()
     n_passes = 0
-    chained = tf.graphs is not None and not keep_logits and not any(tf.config.recurrent)
+    chained = tf.graphs is not None and not keep_logits
     steps = None  # with graphs: the steps after the first, queued one ahead (PassGraphs.greedy_steps)
     chosen = tf.be.argmax_rows(rows)
     try:

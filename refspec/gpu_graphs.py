@@ -17,7 +17,8 @@ Greedy decoding (`greedy_steps`) captures more: the pass of one row, its argmax,
 (the chosen id, the position + 1) written on the device by the graph itself. The host then queues step k+1
 before it reads step k's token, so the GPU never waits for Python between tokens; the host reads each
 token one step behind and stops the chain at an end-of-generation id or the budget (a step queued past
-that is computed and thrown away: it writes only cache rows beyond the last token kept).
+that is computed and thrown away: it writes only cache rows beyond the last token kept, and the recurrent
+state of its position, which the cache's bookkeeping then records).
 
 CuPy offers stream capture on CUDA only; on ROCm the backend says graphs_available = False and the eager path
 runs.
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from refspec.errors import DeviceError
+from refspec.forward import check_states, note_states
 
 GRAPH_MAX_ROWS = 16  # passes of more rows (long prompt chunks) run eagerly: their launches are amortised
 
@@ -129,7 +131,16 @@ class PassGraphs:
         and argmax kernel as forward() + argmax_rows, with one step always queued ahead of the host."""
         if n_steps <= 0:
             return
+        recurrent = self.tf.recurrent_layers()
+        check_states(cache, recurrent, pos)  # (qwen35) the state the first step continues is held
         g = cache.graphs.get("greedy")
+        launched = 1  # steps queued: each writes its position's cache rows and recurrent state
+
+        def queue(step: int):
+            nonlocal launched
+            launched += 1
+            return self._queue_greedy(g, step)
+
         with self.stream:
             if g is None:
                 g = self._record_greedy(cache, token, pos)  # runs the first step eagerly
@@ -140,15 +151,16 @@ class PassGraphs:
             try:
                 for i in range(n_steps):
                     if i + 1 < n_steps and len(queued) < 2:
-                        queued.append(self._queue_greedy(g, i + 1))
+                        queued.append(queue(i + 1))
                     slot, done = queued.pop(0)
                     done.synchronize()
                     ids, flags = g.host[slot, :1].astype(np.int64), g.host[slot, 1:] == 0
                     if i + 2 < n_steps:  # this slot is read: the step after next may take it
-                        queued.append(self._queue_greedy(g, i + 2))
+                        queued.append(queue(i + 2))
                     yield ids, flags
             finally:
                 self.stream.synchronize()  # a step queued past the last one kept ends before anything else runs
+                note_states(cache, recurrent, pos, launched)  # what every step run left in the rings
 
     def _queue_greedy(self, g: GreedyGraph, step: int):
         g.graph.launch()

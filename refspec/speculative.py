@@ -261,7 +261,9 @@ def _speculative_generate(tf, prompt_ids, n_predict, drafter, draft_max, adaptiv
     n_alloc, budget = plan_context(tf, len(prompt_ids), n_predict)
     result = GenerationResult(prompt_ids=list(prompt_ids))
     n_prompt, n_vocab = len(result.prompt_ids), tf.config.n_vocab
-    cache = tf.new_cache(n_alloc, n_states=draft_max + 1)  # a pass resumes inside the last one's k+1 rows
+    # a pass resumes inside the last one's k+1 rows; one slot more and no row's slot is the one a pass reads
+    # (qwen35 on a GPU: the conv1d then reads its state in place, kernels_raw/deltanet.hip)
+    cache = tf.new_cache(n_alloc, n_states=draft_max + 2)
     drafter.begin(cache)
     on_hidden = drafter.target_pass if drafter.needs_hidden else None
     k_min = min(1, draft_max)

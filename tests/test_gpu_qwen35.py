@@ -306,3 +306,40 @@ def test_qwen35_graphs_keep_the_state_checks(trio):
         graphed.forward(reused, ids[3:5], 3)  # positions 0..2 never ran in this cache
     with pytest.raises(UsageError, match="mtp_from"):
         graphed.forward(reused, ids[:2], 0, mtp_from=graphed.be.zeros((3, SHAPE["n_embd"])))
+
+
+def test_qwen35_chained_greedy_equals_eager_and_keeps_the_state_bookkeeping(trio):
+    """generate() chains qwen35's greedy steps on the device too (PassGraphs.greedy_steps): the tokens and
+    stop reasons of eager decoding and of the CPU. The ring bookkeeping records every step the chain ran,
+    the one queued past the last token read included: continuing after a full chain equals eager decoding,
+    and continuing after a chain closed early (whose run-ahead step overwrote a state) is refused."""
+    cpu, graphed, eager = trio
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6]
+    want = generate(eager, prompt, 40, eog_ids=())
+    assert want.ids == generate(cpu, prompt, 40, eog_ids=()).ids
+    for _ in range(2):  # the second run replays the chain recorded by the first
+        got = generate(graphed, prompt, 40, eog_ids=())
+        assert (got.ids, got.stop_reason, got.stats["n_passes"]) == (want.ids, want.stop_reason, 39)
+    stop = want.ids[6]
+    got = generate(graphed, prompt, 40, eog_ids=[stop])
+    assert got.ids == want.ids[: want.ids.index(stop) + 1] and got.stop_reason == "eog"
+    whole = generate(graphed, prompt, -1, eog_ids=())
+    assert whole.stop_reason == "context" and whole.ids == generate(eager, prompt, -1, eog_ids=()).ids
+
+    n = len(prompt)
+    cache = graphed.new_cache(64, n_states=2)
+    graphed.forward(cache, prompt, 0)
+    steps = [int(ids[0]) for ids, _ in graphed.graphs.greedy_steps(cache, want.ids[0], n, 5)]
+    assert steps == want.ids[1:6]
+    after = graphed.be.to_host(graphed.forward(cache, [steps[-1]], n + 5))  # continues the state after n+4
+    e_cache = eager.new_cache(64, n_states=2)
+    eager.forward(e_cache, prompt + want.ids[:5], 0)
+    assert_bits_equal(after, eager.be.to_host(eager.forward(e_cache, [steps[-1]], n + 5)), "after a chain")
+    cache = graphed.new_cache(64, n_states=2)
+    graphed.forward(cache, prompt, 0)
+    chain = graphed.graphs.greedy_steps(cache, want.ids[0], n, 10)
+    kept = [int(next(chain)[0][0]) for _ in range(3)]
+    chain.close()  # steps for positions n .. n+4 ran; the ring holds the states after n+3 and n+4
+    assert kept == want.ids[1:4]
+    with pytest.raises(UsageError, match="no longer held"):
+        graphed.forward(cache, [kept[-1]], n + 3)

@@ -31,7 +31,7 @@ class KVCache:
 
     k: list
     v: list
-    n_pos: int  # positions the cache holds
+    n_pos: int  # positions the cache may use (with graphs its storage may hold more: new_cache)
     rope_cos: object  # [n_pos, n_rot/2] on the backend (spec.rope_table)
     rope_sin: object
     graphs: dict = field(default_factory=dict, repr=False)  # captured passes that write this cache
@@ -75,21 +75,25 @@ class Transformer:
             self.graphs = PassGraphs(self)
 
     CACHE_POOL = 4  # cache storages kept for reuse with graphs (each with its captured passes)
+    CACHE_ROUND = 256  # with graphs, cache storage comes in multiples of this many positions (see new_cache)
 
     def new_cache(self, n_pos: int | None = None, n_states: int = 1) -> KVCache:
         """A zeroed KV cache and the RoPE table for positions 0 .. n_pos-1 (at most the model's context
         length), for every block (nextn blocks included). With graphs, the storage of a cache of the same
         size that nobody holds any more is reused, with the passes captured for it: a decoding loop that makes
-        a new cache per request records its graphs once. n_states: recurrent-state slots of each Gated
-        DeltaNet layer, at least the rows of any pass a decoder may resume inside of."""
+        a new cache per request records its graphs once. Storage sizes are rounded up to CACHE_ROUND
+        positions so that requests of similar lengths share it (the cache still ends at n_pos: forward
+        refuses positions past it). n_states: recurrent-state slots of each Gated DeltaNet layer, at least
+        the rows of any pass a decoder may resume inside of."""
         n_pos = None if n_pos is None else checks.integer("n_pos", n_pos, 1)
         n_states = checks.integer("n_states", n_states, 1)
         cfg = self.config
         n_pos = cfg.n_ctx if n_pos is None else min(n_pos, cfg.n_ctx)
         if self.graphs is None:
             return self._new_cache(n_pos, n_states)
+        size = min(cfg.n_ctx, -(-n_pos // self.CACHE_ROUND) * self.CACHE_ROUND)  # positions of the storage
         for slot in self._cache_pool:
-            if (slot.cache.n_pos, slot.cache.n_states) == (n_pos, n_states) and slot.owner() is None:
+            if (slot.cache.n_pos, slot.cache.n_states) == (size, n_states) and slot.owner() is None:
                 for a in slot.cache.k + slot.cache.v + slot.cache.conv + slot.cache.ssm:
                     if a is not None:  # (a DeltaNet layer has no K, V; an attention layer no rings)
                         a.fill(0)
@@ -99,9 +103,9 @@ class Transformer:
             free = [s for s in self._cache_pool if s.owner() is None]
             if len(self._cache_pool) >= self.CACHE_POOL and free:
                 self._cache_pool.remove(free[0])
-            slot = _CacheSlot(self._new_cache(n_pos, n_states), lambda: None)
+            slot = _CacheSlot(self._new_cache(size, n_states), lambda: None)
         c = slot.cache
-        cache = KVCache(c.k, c.v, c.n_pos, c.rope_cos, c.rope_sin, c.graphs, c.n_states, c.conv, c.ssm,
+        cache = KVCache(c.k, c.v, n_pos, c.rope_cos, c.rope_sin, c.graphs, c.n_states, c.conv, c.ssm,
                         [None if held is None else [None] * n_states for held in c.state_pos])
         slot.owner = weakref.ref(cache)
         self._cache_pool.append(slot)

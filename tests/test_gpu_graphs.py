@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from refspec.backends import CpuBackend
-from refspec.errors import NumericsError
+from refspec.errors import ContextLengthError, NumericsError
 from refspec.forward import Transformer
 from refspec.generate import generate
 from refspec.gguf_model import load
@@ -163,3 +163,20 @@ def test_chained_greedy_raises_on_nan_logits(models, gpu):
         with pytest.raises(NumericsError):
             generate(tf, [1, 2, 3, 4, 5, 6, 7, 8], 5, eog_ids=())
         assert generate(tf, [1, 2, 3], 5, eog_ids=()).ids  # positions 0..7 only: fine
+
+
+def test_caches_of_similar_lengths_share_storage_and_graphs(models, gpu):
+    """With graphs, new_cache rounds its storage up to CACHE_ROUND positions: requests of 34 and 45 positions
+    reuse one storage and its captured passes (nothing is captured again), give eager decoding's tokens,
+    and a cache still refuses positions past its own n_pos."""
+    tf, eager = Transformer(models("llama"), gpu), Transformer(models("llama"), gpu, graphs=False)
+    generate(tf, [1, 2, 3, 4], 30, eog_ids=())
+    captured = tf.graphs.captured
+    got = generate(tf, [5, 6, 7, 8], 41, eog_ids=())  # the same prompt width: its pass graph is there too
+    assert tf.graphs.captured == captured
+    assert got.ids == generate(eager, [5, 6, 7, 8], 41, eog_ids=()).ids
+    cache = tf.new_cache(10)
+    assert cache.n_pos == 10 and cache.k[0].shape[1] == min(tf.CACHE_ROUND, N_CTX)
+    tf.forward(cache, [1], 9)
+    with pytest.raises(ContextLengthError):
+        tf.forward(cache, [1], 10)

@@ -12,16 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from refspec import spec
+from refspec import cpu_gemv, spec
 from refspec.errors import DeviceError, UsageError
 from refspec.model import Q8_0_BLOCK, QK8_0, LayerWeights, ModelWeights, MtpWeights, Q8Matrix
 from refspec.progress import ByteProgress, larger_than_memory
 
 F32 = np.float32
 BLOCK_BYTES = Q8_0_BLOCK.itemsize  # 34: an fp16 scale, then 32 int8 quants
-SCALE_BYTES = BLOCK_BYTES - QK8_0
-MIN_TASK_COLUMNS = 64  # output columns per task at least: BLAS calls narrower than this waste time
-F16_TO_F32 = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(F32)  # every fp16
 
 
 class CpuQ8:
@@ -29,10 +26,10 @@ class CpuQ8:
     gate, up); stacking rows changes no row's bits. Two layouts, chosen by the backend:
 
     * resident: the quants block-major [nb, N, 32] as float32 (`wf`) and the scales as float32 [nb, N]
-      (`d_t`): one pass over memory per GEMV and no conversion, the fastest, at 4.25x the file's bytes;
+      (`d_t`), for BLAS, at 4.25x the file's bytes;
     * streamed (`wf` is None): each matrix's own GGUF rows of 34-byte blocks (`rows`, int8 [N_i, nb*34],
-      normally views of the memory-mapped file: no copy at all), converted to float32 a slab at a time, and
-      the scales transposed to fp16 [nb, N] (`d_bits_t`, as bits: 6 % of the blocks' bytes).
+      normally views of the memory-mapped file: no copy at all), read by the compiled GEMV
+      (refspec/cpu_gemv.py).
 
     fp16 -> fp32 and int8 -> fp32 are exact, so both give the same dots."""
 
@@ -49,16 +46,7 @@ class CpuQ8:
             self.d_t = np.ascontiguousarray(d.astype(F32).T)
         else:
             self.rows = [_block_rows(w) for w in ws]
-            d_t = np.empty((self.nb, self.n), np.float16)  # [nb, N], C order: each task reads whole rows
-            for part in self.parts:
-                d_t[:, part.start : part.stop] = part.source.d.T
-            self.d_bits_t = d_t.view(np.uint16)
         self.nbytes = sum(w.nbytes for w in ws)
-
-    def scales_f32(self, start: int, stop: int) -> np.ndarray:
-        """float32 scales [nb, stop - start] of a streamed stack: a table lookup (exact; NumPy's own fp16
-        conversion is ~2x slower here)."""
-        return np.take(F16_TO_F32, self.d_bits_t[:, start:stop])
 
 
 def _block_rows(w: Q8Matrix) -> np.ndarray:
@@ -115,18 +103,17 @@ conv1d with silu). A backend that
 
 
 class CpuBackend(FusedFromParts):
-    """NumPy on the CPU: every operation is its refspec.spec twin. The GEMV computes the exact int8 block
-    dot products with BLAS in binary32 (exact: integers below 2**24), then spec.scale_and_reduce_f32
-    applies the scales and sums the blocks in the canonical order. Weights are kept as float32 when they fit
-    in RESIDENT_BYTES (fastest: one pass over memory); larger models are read from their GGUF blocks where
-    they lie (the memory-mapped file) and converted a slab at a time, the output columns split over the
-    cores. Models larger than the machine's memory then stream from disk on every pass, and say so on
-    stderr."""
+    """NumPy on the CPU: every operation is its refspec.spec twin. Weights are kept as float32 when they fit
+    in RESIDENT_BYTES: the GEMV then computes the exact int8 block dot products with BLAS in binary32 (exact:
+    integers below 2**24) and spec.scale_and_reduce_f32 applies the scales and sums the blocks in the
+    canonical order. Larger models are read from their GGUF blocks where they lie (the memory-mapped file)
+    by the compiled GEMV of refspec/cpu_gemv.py (integer SIMD dots, the spec's float steps), the output
+    columns split over the cores. Models larger than the machine's memory then stream from disk on every
+    pass, and say so on stderr."""
 
     name = "cpu"
     RESIDENT_BYTES = 4 << 30  # float32 copies of the quants up to this size (the default model needs 0.5 GB)
-    SLAB_BYTES = 2 << 20  # float32 weight bytes converted at a time when streaming (whole rows)
-    DOTS_BYTES = 1 << 20  # float32 block dots [nb, R, n] per task of a streamed GEMV
+    TASK_BYTES = 1 << 20  # weight bytes per task of a streamed GEMV (a few tasks per core and matrix)
     PROGRESS_SECONDS = 10.0  # between progress lines while weights stream from disk
 
     def __init__(self, *, threads: int | None = None, resident_bytes: int | None = None, log=None):
@@ -275,54 +262,48 @@ class CpuBackend(FusedFromParts):
 
     # ---- the streamed GEMV
     def _gemv_streamed(self, w: CpuQ8, xq: np.ndarray, xd: np.ndarray) -> np.ndarray:
-        """Output columns in tasks whose block dots take about DOTS_BYTES (a core's cache), spread over the
-        cores. The activations are laid out like the weights' 34-byte blocks, zeros under the two scale
-        bytes, so the weights convert to float32 straight from whole rows of the file (the scale bytes, as
-        int8 times zero, add exact zeros to the integer dots)."""
-        rows, nb = xq.shape[0], w.nb
-        x = np.zeros((nb, rows, BLOCK_BYTES), F32)  # [nb, R, 34]
-        x[:, :, SCALE_BYTES:] = xq.reshape(rows, nb, QK8_0).transpose(1, 0, 2)
-        y = np.empty((rows, w.n), F32)
-        tasks = [(part, qrows, n0, n1) for part, qrows in zip(w.parts, w.rows)
-                 for n0, n1 in self._column_tasks(part.stop - part.start, nb, rows)]
+        """The compiled GEMV (refspec/cpu_gemv.py) over the stack's GGUF rows, its output columns in tasks
+        spread over the cores (the compiled loops release the GIL)."""
+        x = cpu_gemv.PreparedRows(xq, xd)
+        y = np.empty((x.n_rows, w.n), F32)
+        tasks = [(qrows, part.start + n0, n0, n1) for part, qrows in zip(w.parts, w.rows)
+                 for n0, n1 in self._column_tasks(part.stop - part.start, w.nb)]
 
-        def task(args):
-            part, qrows, n0, n1 = args
-            c0, c1 = part.start + n0, part.start + n1  # columns of the stack
-            y[:, c0:c1] = self._streamed_columns(qrows[n0:n1], w.scales_f32(c0, c1), x, xd)
+        queue = iter(tasks)
+        lock = threading.Lock()
 
-        if self.threads > 1 and len(tasks) > 1:
+        def work():  # take tasks until none is left (the threads share them as they come free)
+            while True:
+                with lock:
+                    args = next(queue, None)
+                if args is None:
+                    return
+                qrows, column, n0, n1 = args
+                cpu_gemv.gemv_columns(qrows, x, y, column, n0, n1)
+
+        helpers = min(self.threads, len(tasks)) - 1  # this thread works too: one hand-off fewer per GEMV
+        if helpers > 0:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="refspec-gemv")
-            list(self._pool.map(task, tasks))
+                self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="refspec-gemv")
+            futures = [self._pool.submit(work) for _ in range(helpers)]
+            work()
+            for future in futures:
+                future.result()
         else:
-            for args in tasks:
-                task(args)
+            work()
         if self._stream is not None:
             self._stream.advance(w.nbytes)
         return y
 
-    def _column_tasks(self, n: int, nb: int, rows: int) -> list[tuple[int, int]]:
-        """n output columns cut into equal tasks of at most DOTS_BYTES of dots (at least MIN_TASK_COLUMNS
-        columns), as many as a multiple of the threads so that no core idles at the end."""
-        most = max(MIN_TASK_COLUMNS, self.DOTS_BYTES // (4 * nb * rows))
-        count = -(-n // most)
+    def _column_tasks(self, n: int, nb: int) -> list[tuple[int, int]]:
+        """n output columns cut into equal tasks of about TASK_BYTES of weights (whole column tiles when
+        there are enough), as many as a multiple of the threads so that no core idles at the end; small
+        tasks also even out cores that other work slows down."""
+        columns = max(cpu_gemv.TILE_COLUMNS, self.TASK_BYTES // (nb * BLOCK_BYTES))
+        count = -(-n // columns)
         count = min(n, -(-count // self.threads) * self.threads)
         step = -(-n // count)
         return [(n0, min(n0 + step, n)) for n0 in range(0, n, step)]
-
-    def _streamed_columns(self, qrows: np.ndarray, wd_t: np.ndarray, x: np.ndarray, xd: np.ndarray) -> np.ndarray:
-        """[R, n] outputs of the weight rows qrows (int8 [n, nb*34], GGUF blocks), scales wd_t [nb, n]."""
-        n, (nb, rows, _) = qrows.shape[0], x.shape
-        dots = self._scratch(0, (nb, rows, n))
-        step = max(1, self.SLAB_BYTES // (4 * qrows.shape[1]))  # whole rows per slab
-        for s0 in range(0, n, step):
-            s1 = min(n, s0 + step)
-            wf = self._scratch(2, (s1 - s0, qrows.shape[1]))
-            np.copyto(wf, qrows[s0:s1], casting="unsafe")  # int8 -> float32, exact
-            wf_t = wf.reshape(s1 - s0, nb, BLOCK_BYTES).transpose(1, 2, 0)  # [nb, 34, n']
-            np.matmul(x, wf_t, out=dots[:, :, s0:s1])  # [nb, R, 34] @ [nb, 34, n'] -> [nb, R, n'], exact
-        return spec.scale_and_reduce_f32(dots, wd_t, xd, out=self._scratch(1, (nb, rows, n)))  # -> [R, n]
 
     def _scratch(self, slot: int, shape: tuple) -> np.ndarray:
         """A reused float32 array of `shape` (three slots per thread): fresh large arrays cost page faults

@@ -7,6 +7,7 @@
 #include "lane_sum.h"
 #include "exp.h"
 #include "log1p.h"
+#include "quantize.h"
 
 #define RS_DELTANET_THREADS 128  // 4 groups of 32 per block
 #define RS_ELEMENTWISE_THREADS 256
@@ -29,8 +30,16 @@ sigmoid_gate(const float* __restrict__ a, const float* __restrict__ g, long long
   if (i < n) out[i] = rs_mul(a[i], rs_sigmoid(g[i]));
 }
 
-// spec.deltanet_gates over [rows, heads]: decay = exp(softplus(alpha + dt[h]) * a[h]), beta = sigmoid(b);
-// softplus(t) = t above 20, else log1p(exp(t)).
+// spec.deltanet_gates of one (row, head): decay = exp(softplus(alpha + dt) * a), beta = sigmoid(b); softplus(t) =
+// t above 20, else log1p(exp(t)). Shared by deltanet_gates and the delta rule with its gates (same bits).
+RS_DEVICE void rs_deltanet_gates(float alpha, float b, float dt, float a, float& decay, float& beta) {
+  const float t = rs_add(alpha, dt);
+  const float sp = t > 20.0f ? t : refspec_log1p(refspec_exp(t));
+  decay = refspec_exp(rs_mul(sp, a));
+  beta = rs_sigmoid(b);
+}
+
+// spec.deltanet_gates over [rows, heads].
 extern "C" __global__ void __launch_bounds__(RS_ELEMENTWISE_THREADS)
 deltanet_gates(const float* __restrict__ alpha, const float* __restrict__ b, const float* __restrict__ dt,
                const float* __restrict__ a, int heads, long long n, float* __restrict__ decay,
@@ -38,36 +47,52 @@ deltanet_gates(const float* __restrict__ alpha, const float* __restrict__ b, con
   const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n) return;
   const int h = (int)(i % heads);
-  const float t = rs_add(alpha[i], dt[h]);
-  const float sp = t > 20.0f ? t : refspec_log1p(refspec_exp(t));
-  decay[i] = refspec_exp(rs_mul(sp, a[h]));
-  beta[i] = rs_sigmoid(b[i]);
+  rs_deltanet_gates(alpha[i], b[i], dt[h], a[h], decay[i], beta[i]);
 }
 
-// spec.l2norm over rows of n: out = x * (1 / sqrt(lane_sum(x*x) + eps)). One group per row.
+// The row norms below take x as [R, heads, n] whose R-rows lie x_stride floats apart (a column slice of a
+// stacked GEMV's output: qwen35's q and k heads inside the conv's output); each of the R * heads rows of n is
+// normed by one group of 32, out is contiguous [R * heads, n].
+RS_DEVICE const float* rs_head_row(const float* x, long long x_stride, int heads, int n, long long row) {
+  return x + (row / heads) * x_stride + (row % heads) * n;
+}
+
+// spec.l2norm over rows of n: out = x * (1 / sqrt(lane_sum(x*x) + eps)).
 extern "C" __global__ void __launch_bounds__(RS_DELTANET_THREADS)
-l2norm(const float* __restrict__ x, float eps, long long rows, int n, float* __restrict__ out) {
+l2norm(const float* __restrict__ x, long long x_stride, int heads, float eps, long long rows, int n,
+       float* __restrict__ out) {
   const long long row = (long long)blockIdx.x * rs_groups() + rs_group();
   if (row >= rows) return;  // the whole group leaves together
-  const float* xr = x + row * n;
+  const float* xr = rs_head_row(x, x_stride, heads, n, row);
   float acc = 0.0f;
   for (int i = rs_lane(); i < n; i += RS_LANES) acc = rs_add(acc, rs_mul(xr[i], xr[i]));
   const float inv = rs_div(1.0f, rs_sqrt(rs_add(rs_lane_tree(acc), eps)));
   for (int i = rs_lane(); i < n; i += RS_LANES) out[row * n + i] = rs_mul(xr[i], inv);
 }
 
-// spec.gated_rmsnorm over rows of n: out = ((x * inv) * w) * silu(z), inv as spec.rmsnorm. One group per row.
+// spec.gated_rmsnorm over rows of n: ((x * inv) * w) * silu(z), inv as spec.rmsnorm; x contiguous, z as x
+// above (z_stride). To out (if not null) and, if xq is not null, quantized (spec.quantize_q8_0 of the
+// [R, heads * n] rows; the wrapper asks it only when n is a multiple of 32, so that every block of 32 lies in
+// one row: the group quantizes the block it just computed, lane l holding its value l).
 extern "C" __global__ void __launch_bounds__(RS_DELTANET_THREADS)
-gated_rmsnorm(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ z, float eps,
-              long long rows, int n, float* __restrict__ out) {
+gated_rmsnorm(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ z,
+              long long z_stride, int heads, float eps, long long rows, int n, float* __restrict__ out,
+              signed char* __restrict__ xq, unsigned short* __restrict__ xd) {
   const long long row = (long long)blockIdx.x * rs_groups() + rs_group();
   if (row >= rows) return;
   const float* xr = x + row * n;
+  const float* zr = rs_head_row(z, z_stride, heads, n, row);
   float acc = 0.0f;
   for (int i = rs_lane(); i < n; i += RS_LANES) acc = rs_add(acc, rs_mul(xr[i], xr[i]));
   const float inv = rs_div(1.0f, rs_sqrt(rs_add(rs_div(rs_lane_tree(acc), (float)n), eps)));
-  for (int i = rs_lane(); i < n; i += RS_LANES)
-    out[row * n + i] = rs_mul(rs_mul(rs_mul(xr[i], inv), w[i]), rs_silu(z[row * n + i]));
+  for (int i = rs_lane(); i < n; i += RS_LANES) {  // (n % 32 == 0 when quantizing: every lane runs each round)
+    const float y = rs_mul(rs_mul(rs_mul(xr[i], inv), w[i]), rs_silu(zr[i]));
+    if (out) out[row * n + i] = y;
+    if (xq) {
+      const long long first = row * n + (i - rs_lane());  // the block's first value in the [R, heads * n] rows
+      rs_quantize_block_lanes(y, xq + first, xd + first / RS_QK);
+    }
+  }
 }
 
 // The recurrent-state rings (spec.ring_slots): the state after position p lives in slot p % n_states. A pass
@@ -122,18 +147,22 @@ conv1d_causal(const float* __restrict__ x, long long x_stride, const float* src,
   }
 }
 
-// spec.delta_rule over `rows` rows. q, k [rows, Hk, Dk] (L2-normalised), v, out [rows, Hv, Dv], decay, beta
-// [rows, Hv]; ring [n_states, Hv, Dv, Dk]; the state before row 0 is ring[(pos0 - 1) % n_states] (zeros at
-// pos0 = 0; pos0 = pos[0], read from device memory). One
+// spec.delta_rule over `rows` rows. q, k [rows, Hk, Dk] (L2-normalised), v [rows, Hv, Dv], each R-row q_stride,
+// k_stride, v_stride floats after the last (views into the conv's output); g1, g2 [rows, Hv] (g1_stride,
+// g2_stride apart): decay and beta, or, when dt and a are given, the alpha and beta projections, turned into decay and
+// beta here as deltanet_gates does (the fused gated_delta_rule); out [rows, Hv, Dv]; ring [n_states, Hv, Dv,
+// Dk]; the state before row 0 is ring[(pos0 - 1) % n_states] (zeros at pos0 = 0; pos0 = pos[0], read from
+// device memory). One
 // group per (value head h, value index i) keeps row i of head h's state in registers (lane l: elements
 // l, l+32, ...) and runs the rows one after another, as spec.delta_rule_step does; value head h reads key
 // head h % Hk. The state after row r goes to ring[(pos0 + r) % n_states] for the last n_states rows; each
 // group reads its own state row before it writes any, so `read` may be one of the slots written.
 extern "C" __global__ void __launch_bounds__(RS_DELTANET_THREADS)
-delta_rule(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
-           const float* __restrict__ decay, const float* __restrict__ beta, int rows, int n_k_heads,
-           int n_v_heads, int dim, float* ring, const int* __restrict__ pos, int n_states,
-           float* __restrict__ out) {
+delta_rule(const float* __restrict__ q, long long q_stride, const float* __restrict__ k, long long k_stride,
+           const float* __restrict__ v, long long v_stride, const float* __restrict__ g1, long long g1_stride,
+           const float* __restrict__ g2, long long g2_stride, const float* __restrict__ dt,
+           const float* __restrict__ a, int rows, int n_k_heads, int n_v_heads, int dim, float* ring,
+           const int* __restrict__ pos, int n_states, float* __restrict__ out) {
   const long long item = (long long)blockIdx.x * rs_groups() + rs_group();
   if (item >= (long long)n_v_heads * dim) return;
   const int pos0 = pos[0], read = rs_read_slot(pos0, n_states);
@@ -148,9 +177,10 @@ delta_rule(const float* __restrict__ q, const float* __restrict__ k, const float
     s[m] = (read >= 0 && j < dim) ? ring[read * slot_size + state_row + j] : 0.0f;
   }
   for (int r = 0; r < rows; ++r) {
-    const float* kr = k + ((long long)r * n_k_heads + kh) * dim;
-    const float* qr = q + ((long long)r * n_k_heads + kh) * dim;
-    const float dec = decay[(long long)r * n_v_heads + h], b = beta[(long long)r * n_v_heads + h];
+    const float* kr = k + r * k_stride + (long long)kh * dim;
+    const float* qr = q + r * q_stride + (long long)kh * dim;
+    float dec = g1[r * g1_stride + h], b = g2[r * g2_stride + h];
+    if (dt) rs_deltanet_gates(dec, b, dt[h], a[h], dec, b);
     float acc = 0.0f;
 #pragma unroll
     for (int m = 0; m < RS_DELTA_MAX_DK / RS_LANES; ++m) {
@@ -160,7 +190,7 @@ delta_rule(const float* __restrict__ q, const float* __restrict__ k, const float
         acc = rs_add(acc, rs_mul(s[m], kr[j]));
       }
     }
-    const float d = rs_mul(rs_sub(v[((long long)r * n_v_heads + h) * dim + i], rs_lane_tree(acc)), b);
+    const float d = rs_mul(rs_sub(v[r * v_stride + (long long)h * dim + i], rs_lane_tree(acc)), b);
     float acc_o = 0.0f;
 #pragma unroll
     for (int m = 0; m < RS_DELTA_MAX_DK / RS_LANES; ++m) {

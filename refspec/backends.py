@@ -72,7 +72,7 @@ class FusedFromParts:
     """The fused operations refspec/forward.py calls, composed of the basic ones: these compositions are
     what a backend's fused kernels must reproduce bit for bit (the GPU's: kernels_raw/rope.hip rope_kv,
     attention.hip with quantization, quantize_q8_0.hip silu_mul_q8, q8_gemv.hip's epilogue, deltanet.hip's
-conv1d with silu). A backend that
+conv1d with silu, delta rule with its gates and gated RMSNorm with quantization). A backend that
     implements only the basic operations (refspec/protocol.py) inherits these and runs forward.py as is."""
 
     def pass_input(self, ids, pos0: int):
@@ -100,6 +100,15 @@ conv1d with silu). A backend that
     def conv1d_silu(self, x, w, ring, pos0):
         """silu of the DeltaNet conv1d's output (qwen35)."""
         return self.silu(self.conv1d_causal(x, w, ring, pos0))
+
+    def gated_delta_rule(self, q, k, v, alpha, b, dt_bias, a, ring, pos0):
+        """The delta rule with its gates computed from the alpha and beta projections (qwen35)."""
+        return self.delta_rule(q, k, v, *self.deltanet_gates(alpha, b, dt_bias, a), ring, pos0)
+
+    def gated_rmsnorm_q8(self, x, w, z, eps):
+        """DeltaNet's gated RMSNorm [R, Hv, Dv], quantized as rows [R, Hv*Dv] for the output projection."""
+        y = self.gated_rmsnorm(x, w, z, eps)
+        return self.quantize_q8(y.reshape(y.shape[0], -1))
 
 
 class CpuBackend(FusedFromParts):
@@ -202,13 +211,6 @@ class CpuBackend(FusedFromParts):
         """[R, H*2*D] (per head: D query values, then D gate values) -> queries, gates [R, H, D]."""
         qg = qg.reshape(qg.shape[0], n_head, 2, head_dim)
         return np.ascontiguousarray(qg[:, :, 0]), np.ascontiguousarray(qg[:, :, 1])
-
-    @staticmethod
-    def split_qkv(qkv, n_k_heads, n_v_heads, dim):
-        """[R, conv_dim] -> q, k [R, Hk, Dk], v [R, Hv, Dv] (the conv's channels: all q, all k, all v)."""
-        rows, key_dim = qkv.shape[0], n_k_heads * dim
-        return (qkv[:, :key_dim].reshape(rows, n_k_heads, dim), qkv[:, key_dim : 2 * key_dim].reshape(rows, n_k_heads, dim),
-                qkv[:, 2 * key_dim :].reshape(rows, n_v_heads, dim))
 
     @staticmethod
     def conv1d_causal(x, w, ring, pos0):

@@ -258,20 +258,23 @@ class Transformer:
         attention). SPEC.md, "Hybrid models (qwen35)", gives each op. `taps` receives the gated-normed output
         as kqv_out-i (the input of the output projection, as in attention)."""
         cfg, be, lw = self.config, self.be, self.weights.layers[i]
-        rows, heads, dim = x.shape[0], cfg.ssm_n_v_heads, cfg.ssm_d_state
-        hq, hd = be.rmsnorm_q8(x, lw.attn_norm, cfg.rms_eps)  # [R, E]
+        rows, heads, dim, n_k = x.shape[0], cfg.ssm_n_v_heads, cfg.ssm_d_state, cfg.ssm_n_k_heads
+        eps = cfg.rms_eps
+        hq, hd = be.rmsnorm_q8(x, lw.attn_norm, eps)  # [R, E]
         qkv, z, b, a = be.q8_gemv_many((lw.w_qkv, lw.w_z, lw.w_beta, lw.w_alpha), hq, hd)
         # -> [R, 2*Hk*Dk + Hv*Dv], [R, Hv*Dv], [R, Hv], [R, Hv]
         # the state before pos from its ring slot, each row's state into its own (spec.ring_slots)
         qkv = be.conv1d_silu(qkv, lw.ssm_conv1d, cache.conv[i], pos)  # silu(conv1d(qkv)): [R, conv_dim]
-        q, k, v = be.split_qkv(qkv, cfg.ssm_n_k_heads, heads, dim)  # -> [R, Hk, Dk] x 2, [R, Hv, Dv]
-        q, k = be.l2norm(q, cfg.rms_eps), be.l2norm(k, cfg.rms_eps)
-        decay, beta = be.deltanet_gates(a, b, lw.ssm_dt, lw.ssm_a)  # [R, Hv] each
-        o = be.delta_rule(q, k, v, decay, beta, cache.ssm[i], pos)  # [R, Hv, Dv]
-        o = be.gated_rmsnorm(o, lw.ssm_norm, z.reshape(rows, heads, dim), cfg.rms_eps)  # [R, Hv, Dv]
+        # the conv's channels are every head's q, then k, then v: q and k heads normed together (per head)
+        qk = be.l2norm(qkv[:, : 2 * cfg.ssm_key_dim].reshape(rows, 2 * n_k, dim), eps)  # [R, 2*Hk, Dk]
+        q, k = qk[:, :n_k], qk[:, n_k:]  # [R, Hk, Dk] each
+        v = qkv[:, 2 * cfg.ssm_key_dim :].reshape(rows, heads, dim)  # [R, Hv, Dv]
+        # decay = exp(softplus(a + dt) * A), beta = sigmoid(b), then the delta rule
+        o = be.gated_delta_rule(q, k, v, a, b, lw.ssm_dt, lw.ssm_a, cache.ssm[i], pos)  # [R, Hv, Dv]
+        z = z.reshape(rows, heads, dim)
         if taps:
-            _tap(taps, i, kqv_out=o.reshape(rows, heads * dim))
-        return be.quantize_q8(o.reshape(rows, heads * dim))  # [R, Hv*Dv]
+            _tap(taps, i, kqv_out=be.gated_rmsnorm(o, lw.ssm_norm, z, eps).reshape(rows, heads * dim))
+        return be.gated_rmsnorm_q8(o, lw.ssm_norm, z, eps)  # gated RMSNorm, quantized: [R, Hv*Dv]
 
     def mtp_input(self, ids, hidden):
         """The MTP block's input: eh_proj(concat(RMSNorm(embed(t)), RMSNorm(h))) [R, E], where token t sits

@@ -173,8 +173,9 @@ def gemv_variants(rows: int) -> list[GemvConfig]:
 @dataclass
 class GpuQ8:
     """A Q8Matrix on the device: int8 quants q [N, K] and fp16 scales d [N, K/32] (the aligned layout).
-    Matrices that read the same input (Q, K, V; gate, up) are uploaded as one stack: each is then rows
-    start .. stop-1 of `stack`, a view, and one GEMV launch over the stack computes all of them."""
+    Matrices that read the same input (Q, K, V; gate, up; qwen35's qkv, z, beta, alpha) are uploaded as one
+    stack: each is then rows start .. stop-1 of `stack`, a view, and one GEMV launch over the stack computes
+    all of them."""
 
     q: object
     d: object
@@ -369,13 +370,13 @@ class GpuBackend:
         return self.cp.asarray(np.array([pos], np.int32))
 
     def upload_weights(self, weights: ModelWeights) -> ModelWeights:
-        """Every weight on the device, Q/K/V and gate/up as stacks (GpuQ8); refused before anything is
-        uploaded when the device lacks the memory."""
+        """Every weight on the device, Q/K/V, gate/up and DeltaNet's qkv/z/beta/alpha as stacks (GpuQ8);
+        refused before anything is uploaded when the device lacks the memory."""
         self.check_fits(weights)
         uploaded: dict[int, GpuQ8] = {}
         for lw in weights.layers:
-            for group in ((lw.wq, lw.wk, lw.wv), (lw.w_gate, lw.w_up)):
-                if all(isinstance(w, Q8Matrix) for w in group):  # (a DeltaNet layer has no Q/K/V)
+            for group in ((lw.wq, lw.wk, lw.wv), (lw.w_gate, lw.w_up), (lw.w_qkv, lw.w_z, lw.w_beta, lw.w_alpha)):
+                if all(isinstance(w, Q8Matrix) for w in group):  # (a DeltaNet layer has no Q/K/V, others no qkv/z/b/a)
                     for source, matrix in self.upload_stack(group):
                         uploaded[id(source)] = matrix
 
@@ -747,25 +748,63 @@ class GpuBackend:
                 (alpha, b, dt_bias, a, np.int32(heads), np.int64(alpha.size), decay, beta))
         return decay, beta
 
-    def _row_norm(self, name: str, x, extra: tuple, eps):
+    def _head_rows(self, x):
+        """(array, floats between R-rows, heads, n) for x [R, heads, n] or [R, n] whose R-rows may lie apart
+        (views into a stacked GEMV's or the conv's output); other shapes as contiguous rows of n."""
+        if getattr(x, "ndim", 0) in (2, 3):
+            x, stride = self._rows(x)
+            return x, stride, (x.shape[1] if x.ndim == 3 else 1), x.shape[-1]
         x = self._input(x)
-        n = x.shape[-1]
+        n = x.shape[-1] if x.ndim else 1
+        return x, n, 1, n
+
+    def l2norm(self, x, eps):
+        """spec.l2norm over the last axis; x [R, heads, n] may be a view whose R-rows lie apart (qwen35's q
+        and k heads in the conv's output)."""
+        x, stride, heads, n = self._head_rows(x)
         rows = x.size // n if n else 0
         out = self._empty(x.shape)
         if rows:
             groups = 4  # RS_DELTANET_THREADS / 32
-            self.function("deltanet", name)(
-                (self._blocks(rows, groups),), (32 * groups,), (x, *extra, F32(eps), np.int64(rows), np.int32(n), out))
+            self.function("deltanet", "l2norm")(
+                (self._blocks(rows, groups),), (32 * groups,),
+                (x, np.int64(stride), np.int32(heads), F32(eps), np.int64(rows), np.int32(n), out))
         return out
 
-    def l2norm(self, x, eps):
-        return self._row_norm("l2norm", x, (), eps)
-
     def gated_rmsnorm(self, x, w, z, eps):
-        x, w, z = self._input(x), self._input(w), self._input(z)
-        if z.shape != x.shape or w.shape != x.shape[-1:]:
+        """spec.gated_rmsnorm over the last axis; z may be a view whose R-rows lie apart (a stacked GEMV's)."""
+        return self._gated_rmsnorm(x, w, z, eps, quantize=False)
+
+    def gated_rmsnorm_q8(self, x, w, z, eps):
+        """quantize_q8(gated_rmsnorm(x, w, z, eps) as [R, ...]) in one launch when the rows normed are whole
+        blocks of 32 (FusedFromParts.gated_rmsnorm_q8)."""
+        if x.shape[-1] % QK8_0:
+            y = self.gated_rmsnorm(x, w, z, eps)
+            return self.quantize_q8(y.reshape(y.shape[0], -1))
+        return self._gated_rmsnorm(x, w, z, eps, quantize=True)
+
+    def _gated_rmsnorm(self, x, w, z, eps, quantize: bool):
+        x, w = self._input(x), self._input(w)
+        if tuple(z.shape) != x.shape or w.shape != x.shape[-1:] or x.ndim < 1:
             raise ValueError(f"gated_rmsnorm: x {x.shape}, w {w.shape}, z {z.shape}")
-        return self._row_norm("gated_rmsnorm", x, (w, z), eps)
+        n = x.shape[-1]
+        if x.ndim == 3:
+            z, z_stride, heads, _ = self._head_rows(z)
+        else:
+            z, z_stride, heads = self._input(z), n, 1
+        rows = x.size // n if n else 0
+        out = xq = xd = None
+        if quantize:
+            xq, xd = self._q8_outputs(x.shape[0], x.size // max(x.shape[0], 1))
+        else:
+            out = self._empty(x.shape)
+        if rows:
+            groups = 4
+            self.function("deltanet", "gated_rmsnorm")(
+                (self._blocks(rows, groups),), (32 * groups,),
+                (x, w, z, np.int64(z_stride), np.int32(heads), F32(eps), np.int64(rows), np.int32(n),
+                 0 if out is None else out, 0 if xq is None else xq, 0 if xd is None else xd))
+        return (xq, xd) if quantize else out
 
     def concat(self, a, b):
         a, b = self._input(a), self._input(b)
@@ -779,12 +818,6 @@ class GpuBackend:
         """[R, H*2*D] (per head: D query values, then D gate values) -> queries, gates [R, H, D]."""
         qg = self._input(qg).reshape(qg.shape[0], n_head, 2, head_dim)
         return self._input(qg[:, :, 0]), self._input(qg[:, :, 1])  # copies (held while a pass is captured)
-
-    def split_qkv(self, qkv, n_k_heads, n_v_heads, dim):
-        rows, key_dim = qkv.shape[0], n_k_heads * dim
-        parts = (qkv[:, :key_dim], qkv[:, key_dim : 2 * key_dim], qkv[:, 2 * key_dim :])
-        shapes = ((rows, n_k_heads, dim), (rows, n_k_heads, dim), (rows, n_v_heads, dim))
-        return tuple(self._input(p).reshape(s) for p, s in zip(parts, shapes))  # (held while captured)
 
     def conv1d_causal(self, x, w, ring, pos):
         """spec.conv1d_causal for rows at positions pos .. (an int or pass_input's device position): the
@@ -821,13 +854,26 @@ class GpuBackend:
 
     def delta_rule(self, q, k, v, decay, beta, ring, pos):
         """spec.delta_rule for rows at positions pos .. (an int or pass_input's device position): the state
-        before them from the ring, each row's state into its slot (spec.ring_slots, found by the kernel)."""
-        q, k, v, decay, beta = (self._input(t) for t in (q, k, v, decay, beta))
+        before them from the ring, each row's state into its slot (spec.ring_slots, found by the kernel).
+        q, k, v may be views whose R-rows lie apart (into the conv's output)."""
+        return self._delta_rule(q, k, v, decay, beta, None, None, ring, pos)
+
+    def gated_delta_rule(self, q, k, v, alpha, b, dt_bias, a, ring, pos):
+        """delta_rule(q, k, v, *deltanet_gates(alpha, b, dt_bias, a), ring, pos) in one launch
+        (FusedFromParts.gated_delta_rule); alpha and b may be column views of a stacked GEMV's output."""
+        dt_bias, a = self._input(dt_bias), self._input(a)
+        if dt_bias.shape != (v.shape[1],) or a.shape != dt_bias.shape:
+            raise ValueError(f"gated_delta_rule: dt {dt_bias.shape} and a {a.shape} for {v.shape[1]} heads")
+        return self._delta_rule(q, k, v, alpha, b, dt_bias, a, ring, pos)
+
+    def _delta_rule(self, q, k, v, g1, g2, dt, a, ring, pos):
+        (q, q_stride), (k, k_stride), (v, v_stride) = (self._rows(t) for t in (q, k, v))
+        (g1, g1_stride), (g2, g2_stride) = self._rows(g1), self._rows(g2)
         rows, n_v, dim = v.shape
         n_k = k.shape[1]
-        if (q.shape != k.shape or k.shape != (rows, n_k, dim) or n_v % n_k or decay.shape != (rows, n_v)
-                or beta.shape != (rows, n_v) or ring.shape[1:] != (n_v, dim, dim) or not ring.flags.c_contiguous):
-            raise ValueError(f"delta_rule: q {q.shape}, k {k.shape}, v {v.shape}, ring {ring.shape}")
+        if (q.shape != k.shape or k.shape != (rows, n_k, dim) or n_v % n_k or g1.shape != (rows, n_v)
+                or g2.shape != (rows, n_v) or ring.shape[1:] != (n_v, dim, dim) or not ring.flags.c_contiguous):
+            raise ValueError(f"delta_rule: q {q.shape}, k {k.shape}, v {v.shape}, gates {g1.shape}, ring {ring.shape}")
         if dim > 256:  # RS_DELTA_MAX_DK: the state row a group holds in registers
             raise DeviceError(f"delta_rule: head size {dim} is above the kernel's 256")
         pos = self._pos(pos)
@@ -836,6 +882,7 @@ class GpuBackend:
             groups = 4
             self.function("deltanet", "delta_rule")(
                 (self._blocks(n_v * dim, groups),), (32 * groups,),
-                (q, k, v, decay, beta, np.int32(rows), np.int32(n_k), np.int32(n_v), np.int32(dim), ring, pos,
-                 np.int32(ring.shape[0]), out))
+                (q, np.int64(q_stride), k, np.int64(k_stride), v, np.int64(v_stride), g1, np.int64(g1_stride),
+                 g2, np.int64(g2_stride), 0 if dt is None else dt, 0 if a is None else a, np.int32(rows),
+                 np.int32(n_k), np.int32(n_v), np.int32(dim), ring, pos, np.int32(ring.shape[0]), out))
         return out

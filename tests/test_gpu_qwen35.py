@@ -140,6 +140,79 @@ def test_delta_rule_equals_spec_and_keeps_each_rows_state(be, data):
     assert_same(be.to_host(gpu_ring), cpu_ring, "delta rule states", nan_equal=True)
 
 
+@given(data=st.data())
+def test_l2norm_of_heads_lying_apart_equals_spec(be, data):
+    """l2norm of [R, heads, n] heads read in place from a wider buffer (q and k inside the conv's output)."""
+    rng = rng_from(data)
+    rows, heads = data.draw(st.integers(1, 16), label="rows"), data.draw(st.integers(1, 8), label="heads")
+    n = data.draw(st.sampled_from([1, 5, 16, 31, 32, 33, 64, 128, 200]), label="n")
+    left, right = data.draw(st.sampled_from([0, 4, 8]), label="left"), data.draw(st.integers(0, 9), label="right")
+    buf = floats(rng, (rows, left + heads * n + right), data.draw(STYLES, label="x"))
+    eps = data.draw(st.sampled_from([1e-6, 0.0]), label="eps")
+    view = be.asarray(buf)[:, left : left + heads * n].reshape(rows, heads, n)
+    with np.errstate(all="ignore"):
+        want = spec.l2norm(buf[:, left : left + heads * n].reshape(rows, heads, n), eps)
+    assert_same(be.to_host(be.l2norm(view, eps)), want, "l2norm of heads in place", nan_equal=True)
+
+
+@given(data=st.data())
+def test_gated_rmsnorm_q8_equals_its_composition(be, data):
+    """gated_rmsnorm with z read in place from a stacked output, and gated_rmsnorm_q8 (fused when the head
+    size is whole blocks of 32) equal to FusedFromParts's composition: quantize_q8 of gated_rmsnorm's rows."""
+    rng = rng_from(data)
+    rows, heads = data.draw(st.integers(1, 16), label="rows"), data.draw(st.integers(1, 8), label="heads")
+    n = data.draw(st.sampled_from([32, 64, 128, 256, 5, 48, 100]), label="n")
+    x = floats(rng, (rows, heads, n), data.draw(STYLES, label="x"))
+    zbuf = floats(rng, (rows, 8 + heads * n + 12), data.draw(STYLES, label="z"))
+    w = floats(rng, (n,), "normal")
+    eps = data.draw(st.sampled_from([1e-6, 0.0]), label="eps")
+    z_host = zbuf[:, 8 : 8 + heads * n].reshape(rows, heads, n)
+    z_view = be.asarray(zbuf)[:, 8 : 8 + heads * n].reshape(rows, heads, n)
+    cpu = CpuBackend()
+    with np.errstate(all="ignore"):
+        want = spec.gated_rmsnorm(x, w, z_host, eps)
+        want_q, want_d = cpu.gated_rmsnorm_q8(x, w, z_host, eps)
+    assert_same(be.to_host(be.gated_rmsnorm(be.asarray(x), be.asarray(w), z_view, eps)), want, "gated_rmsnorm",
+                nan_equal=True)
+    got_q, got_d = be.gated_rmsnorm_q8(be.asarray(x), be.asarray(w), z_view, eps)
+    assert_same(be.to_host(got_q), want_q, "gated_rmsnorm_q8 quants")
+    assert_same(be.to_host(got_d), want_d, "gated_rmsnorm_q8 scales", nan_equal=True)
+
+
+@given(data=st.data())
+def test_gated_delta_rule_equals_its_composition(be, data):
+    """gated_delta_rule (the gates computed inside the delta rule) equals FusedFromParts's composition,
+    delta_rule(*deltanet_gates(...)), in outputs and ring, with q, k, v and the gate inputs read in place as
+    forward.py passes them: q and k heads of one normed buffer, v and alpha, b column views of wider ones."""
+    rng = rng_from(data)
+    rows = data.draw(st.integers(1, 17), label="rows")
+    n_k, group = data.draw(st.integers(1, 4), label="key heads"), data.draw(st.integers(1, 3), label="group")
+    dim = data.draw(st.sampled_from([1, 5, 16, 32, 33, 64, 128]), label="dim")
+    n_states = data.draw(st.integers(1, 18), label="n_states")
+    pos0 = data.draw(st.integers(0, 40), label="pos0")
+    n_v = n_k * group
+    qk = spec.l2norm(floats(rng, (rows, 2 * n_k, dim), "normal"), 1e-6)
+    vbuf = floats(rng, (rows, 4 + n_v * dim + 3), data.draw(STYLES, label="v"))
+    gbuf = (rng.standard_normal((rows, 4 + 2 * n_v)) * 4).astype(F32)  # [.., b, alpha] as the stack lays them
+    gbuf[rng.random(gbuf.shape) < 0.05] = 25.0  # softplus's linear side
+    dt = (rng.standard_normal(n_v) * 3).astype(F32)
+    a = -rng.uniform(0.01, 16, n_v).astype(F32)
+    ring = floats(rng, (n_states, n_v, dim, dim), "normal")
+
+    def parts(qk, vbuf, gbuf):
+        return (qk[:, :n_k], qk[:, n_k:], vbuf[:, 4 : 4 + n_v * dim].reshape(rows, n_v, dim),
+                gbuf[:, 4 + n_v :], gbuf[:, 4 : 4 + n_v])  # q, k, v, alpha, b
+
+    cpu_ring = ring.copy()
+    with np.errstate(all="ignore"):
+        want = CpuBackend().gated_delta_rule(*parts(qk, vbuf, gbuf), dt, a, cpu_ring, pos0)
+    gpu_ring = be.asarray(ring)
+    got = be.gated_delta_rule(*parts(be.asarray(qk), be.asarray(vbuf), be.asarray(gbuf)), be.asarray(dt),
+                              be.asarray(a), gpu_ring, position(be, data, pos0))
+    assert_same(be.to_host(got), want, "gated delta rule", nan_equal=True)
+    assert_same(be.to_host(gpu_ring), cpu_ring, "gated delta rule states", nan_equal=True)
+
+
 # ------------------------------------------------------------------------------------------ whole models
 SHAPE = dict(arch="qwen35", n_layer=4, n_embd=64, n_ff=96, n_head=2, n_head_kv=1, head_dim=32, n_ctx=320,
              ssm_d_state=16, ssm_n_k_heads=2, ssm_n_v_heads=4, full_attention_interval=2, n_nextn=1)
@@ -170,6 +243,8 @@ def trio(models, gpu_backend):
 
 def test_tiny_qwen35_gpu_equals_cpu_and_is_batch_invariant(trio):
     cpu, _, gpu = trio
+    lw = gpu.weights.layers[0]  # a DeltaNet layer: its four input projections are one stacked GEMV
+    assert lw.w_qkv.stack is not None and all(w.stack is lw.w_qkv.stack for w in (lw.w_z, lw.w_beta, lw.w_alpha))
     ids = [5, 9, 100, 7, 33, 8, 250, 11, 40, 77, 3]
     c_cache, g_cache, s_cache = cpu.new_cache(32), gpu.new_cache(32), gpu.new_cache(32)
     for start, stop in ((0, 4), (4, 5), (5, 11)):

@@ -30,6 +30,23 @@ sigmoid_gate(const float* __restrict__ a, const float* __restrict__ g, long long
   if (i < n) out[i] = rs_mul(a[i], rs_sigmoid(g[i]));
 }
 
+// quantize_q8(sigmoid_gate(a, gate)) over rows of k = heads * dim (spec.quantize_q8_0 of spec.sigmoid_gate):
+// a [rows, heads, dim] contiguous; gate [rows, heads, dim] with R-rows g_stride and heads g_head_stride floats
+// apart (the gates between the queries of qwen35's Q projection). One group of 32 lanes per block of 32, lane l
+// holding the block's value l. k % 32 == 0 (the wrapper checks).
+extern "C" __global__ void __launch_bounds__(RS_DELTANET_THREADS)
+sigmoid_gate_q8(const float* __restrict__ a, const float* __restrict__ gate, long long g_stride,
+                long long g_head_stride, int dim, int k, long long n_blocks, signed char* __restrict__ xq,
+                unsigned short* __restrict__ xd) {
+  const long long blk = (long long)blockIdx.x * rs_groups() + rs_group();
+  if (blk >= n_blocks) return;  // the whole group leaves together
+  const long long e = blk * RS_QK + rs_lane();  // index in the [rows, k] values
+  const long long r = e / k;
+  const int c = (int)(e % k), h = c / dim, d = c % dim;
+  const float y = rs_mul(a[e], rs_sigmoid(gate[r * g_stride + h * g_head_stride + d]));
+  rs_quantize_block_lanes(y, xq + blk * RS_QK, xd + blk);
+}
+
 // spec.deltanet_gates of one (row, head): decay = exp(softplus(alpha + dt) * a), beta = sigmoid(b); softplus(t) =
 // t above 20, else log1p(exp(t)). Shared by deltanet_gates and the delta rule with its gates (same bits).
 RS_DEVICE void rs_deltanet_gates(float alpha, float b, float dt, float a, float& decay, float& beta) {

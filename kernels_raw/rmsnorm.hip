@@ -5,12 +5,16 @@
 
 #define RS_RMSNORM_THREADS 128  // 4 rows per block
 
-// x, out float32 [rows, n]; w float32 [n]. Grid: ceil(rows / 4) blocks.
+// x float32 [R, heads, n] whose R-rows lie x_stride floats apart and whose heads lie head_stride floats apart
+// (a view: qwen35's queries between their gates, keys inside the stacked Q/K/V output; contiguous rows of n
+// are heads = 1, head_stride = n, x_stride = n); out float32 [rows = R * heads, n] contiguous; w float32 [n].
+// Grid: ceil(rows / 4) blocks.
 extern "C" __global__ void __launch_bounds__(RS_RMSNORM_THREADS)
-rmsnorm(const float* __restrict__ x, const float* __restrict__ w, float eps, int rows, int n, float* __restrict__ out) {
+rmsnorm(const float* __restrict__ x, long long x_stride, int heads, long long head_stride,
+        const float* __restrict__ w, float eps, int rows, int n, float* __restrict__ out) {
   const long long row = (long long)blockIdx.x * rs_groups() + rs_group();
   if (row >= rows) return;  // the whole group leaves together
-  const float* xr = x + row * n;
+  const float* xr = x + (row / heads) * x_stride + (row % heads) * head_stride;
   float acc = 0.0f;  // lane value: +0.0, then x[l]^2, x[l+32]^2, ... in order
   for (int i = rs_lane(); i < n; i += RS_LANES) acc = rs_add(acc, rs_mul(xr[i], xr[i]));
   const float mean = rs_div(rs_lane_tree(acc), (float)n);

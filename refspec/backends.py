@@ -72,7 +72,8 @@ class FusedFromParts:
     """The fused operations refspec/forward.py calls, composed of the basic ones: these compositions are
     what a backend's fused kernels must reproduce bit for bit (the GPU's: kernels_raw/rope.hip rope_kv,
     attention.hip with quantization, quantize_q8_0.hip silu_mul_q8, q8_gemv.hip's epilogue, deltanet.hip's
-conv1d with silu, delta rule with its gates and gated RMSNorm with quantization). A backend that
+conv1d with silu, delta rule with its gates, gated RMSNorm and the attention's output gate with
+quantization). A backend that
     implements only the basic operations (refspec/protocol.py) inherits these and runs forward.py as is."""
 
     def pass_input(self, ids, pos0: int):
@@ -104,6 +105,11 @@ conv1d with silu, delta rule with its gates and gated RMSNorm with quantization)
     def gated_delta_rule(self, q, k, v, alpha, b, dt_bias, a, ring, pos0):
         """The delta rule with its gates computed from the alpha and beta projections (qwen35)."""
         return self.delta_rule(q, k, v, *self.deltanet_gates(alpha, b, dt_bias, a), ring, pos0)
+
+    def sigmoid_gate_q8(self, a, gate):
+        """The gated attention's output a * sigmoid(gate) [R, H, D], quantized as rows [R, H*D] (qwen35)."""
+        y = self.sigmoid_gate(a, gate)
+        return self.quantize_q8(y.reshape(y.shape[0], -1))
 
     def gated_rmsnorm_q8(self, x, w, z, eps):
         """DeltaNet's gated RMSNorm [R, Hv, Dv], quantized as rows [R, Hv*Dv] for the output projection."""

@@ -219,9 +219,8 @@ class Transformer:
                     k = be.rmsnorm(k, lw.k_norm, eps)
                 # q and k rotated; cache[:, pos:pos+R, :] = rotated k, v
                 q = be.rope_kv(q, k, v, cache.k[i], cache.v[i], pos, cache.rope_cos, cache.rope_sin, cfg.rope_neox)
-                if cfg.has_attn_gate:  # a * sigmoid(gate), then quantized
-                    a = be.sigmoid_gate(be.attention(q, cache.k[i], cache.v[i], pos), gate)  # [R, H, D]
-                    aq, ad = be.quantize_q8(a.reshape(rows, cfg.n_q))
+                if cfg.has_attn_gate:  # a * sigmoid(gate), quantized: [R, H, D] -> int8 [R, H*D], f16
+                    aq, ad = be.sigmoid_gate_q8(be.attention(q, cache.k[i], cache.v[i], pos), gate)
                 else:
                     aq, ad = be.attention_q8(q, cache.k[i], cache.v[i], pos)  # [R, H, D] -> int8 [R, H*D], f16
                 x = be.q8_gemv_add(x, lw.wo, aq, ad)  # x + wo @ a: [R, H*D] -> [R, E]

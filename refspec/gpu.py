@@ -472,16 +472,33 @@ class GpuBackend:
         return out
 
     def rmsnorm(self, x, w, eps):
-        x, w = self._input(x), self._input(w)
-        n = x.shape[-1]
+        """spec.rmsnorm over the last axis; x [R, heads, n] may be a view whose heads lie apart (qwen35's
+        queries between their gates, keys in the stacked Q/K/V output): read in place."""
+        x, x_stride, heads, head_stride = self._strided_heads(x)
+        w = self._input(w)
+        n = x.shape[-1] if x.ndim else 1
         rows = x.size // n if n else 0
         out = self._empty(x.shape)
         if rows:
             groups = 4  # RS_RMSNORM_THREADS / 32
             self.function("rmsnorm", "rmsnorm")(
-                (self._blocks(rows, groups),), (32 * groups,), (x, w, F32(eps), np.int32(rows), np.int32(n), out)
-            )
+                (self._blocks(rows, groups),), (32 * groups,),
+                (x, np.int64(x_stride), np.int32(heads), np.int64(head_stride), w, F32(eps), np.int32(rows),
+                 np.int32(n), out))
         return out
+
+    def _strided_heads(self, x):
+        """(array, floats between R-rows, heads, floats between heads) for a float32 device array
+        [R, heads, n] whose values within a head are contiguous (any view of that kind is read in place);
+        anything else is made contiguous rows of n (heads = 1)."""
+        cp = self.cp
+        if (isinstance(x, cp.ndarray) and x.dtype == F32 and x.ndim == 3 and x.size
+                and x.strides[2] == x.itemsize and x.strides[0] % x.itemsize == 0 and x.strides[1] % x.itemsize == 0
+                and x.strides[0] >= 0 and x.strides[1] >= 0):
+            return x, x.strides[0] // x.itemsize, x.shape[1], x.strides[1] // x.itemsize
+        x = self._input(x)
+        n = x.shape[-1] if x.ndim else 1
+        return x, n, 1, n
 
     def _q8_outputs(self, rows: int, k: int):
         if k % QK8_0:
@@ -815,9 +832,29 @@ class GpuBackend:
         return self.cp.stack([self.cp.asarray(r, dtype=F32) for r in rows])
 
     def split_query_gate(self, qg, n_head, head_dim):
-        """[R, H*2*D] (per head: D query values, then D gate values) -> queries, gates [R, H, D]."""
-        qg = self._input(qg).reshape(qg.shape[0], n_head, 2, head_dim)
-        return self._input(qg[:, :, 0]), self._input(qg[:, :, 1])  # copies (held while a pass is captured)
+        """[R, H*2*D] (per head: D query values, then D gate values) -> queries, gates [R, H, D]: views, which
+        rmsnorm and sigmoid_gate_q8 read in place (other operations copy them first)."""
+        qg, _ = self._rows(qg)  # rows of contiguous values (a column view of the stacked Q/K/V output)
+        qg = qg.reshape(qg.shape[0], n_head, 2, head_dim)  # splits each row: a view
+        return qg[:, :, 0], qg[:, :, 1]
+
+    def sigmoid_gate_q8(self, a, gate):
+        """quantize_q8(sigmoid_gate(a, gate) as [R, H*D]) in one launch; gate may be split_query_gate's view
+        (FusedFromParts.sigmoid_gate_q8)."""
+        a = self._input(a)
+        if tuple(gate.shape) != a.shape or a.ndim != 3:
+            raise ValueError(f"sigmoid_gate_q8: a {a.shape} and gate {gate.shape} differ")
+        gate, g_stride, _, g_head_stride = self._strided_heads(gate)
+        rows, heads, dim = a.shape
+        xq, xd = self._q8_outputs(rows, heads * dim)
+        n_blocks = a.size // QK8_0
+        if n_blocks:
+            groups = 4  # RS_DELTANET_THREADS / 32
+            self.function("deltanet", "sigmoid_gate_q8")(
+                (self._blocks(n_blocks, groups),), (32 * groups,),
+                (a, gate, np.int64(g_stride), np.int64(g_head_stride), np.int32(dim), np.int32(heads * dim),
+                 np.int64(n_blocks), xq, xd))
+        return xq, xd
 
     def conv1d_causal(self, x, w, ring, pos):
         """spec.conv1d_causal for rows at positions pos .. (an int or pass_input's device position): the

@@ -213,6 +213,40 @@ def test_gated_delta_rule_equals_its_composition(be, data):
     assert_same(be.to_host(gpu_ring), cpu_ring, "gated delta rule states", nan_equal=True)
 
 
+@given(data=st.data())
+def test_gated_attention_ops_read_queries_and_gates_in_place(be, data):
+    """split_query_gate's views of a stacked output (queries and gates interleaved per head), a key view:
+    rmsnorm reads each head in place and equals spec.rmsnorm; sigmoid_gate_q8 reads the gates in place and
+    equals FusedFromParts's composition, quantize_q8 of sigmoid_gate's [R, H*D] rows."""
+    rng = rng_from(data)
+    rows, heads = data.draw(st.integers(1, 16), label="rows"), data.draw(st.integers(1, 8), label="heads")
+    dim = data.draw(st.sampled_from([32, 64, 96, 128, 256]), label="dim")
+    kv_heads = data.draw(st.integers(1, 4), label="kv heads")
+    pad = data.draw(st.sampled_from([0, 32]), label="pad")
+    # [R, pad | H*2*D (q, gate per head) | G*D keys]: the stacked Q/K GEMV's output laid out as forward sees it
+    buf = floats(rng, (rows, pad + 2 * heads * dim + kv_heads * dim), data.draw(STYLES, label="qg"))
+    w = floats(rng, (dim,), "normal")
+    eps = data.draw(st.sampled_from([1e-6, 0.0]), label="eps")
+    cpu = CpuBackend()
+    host_q, host_g = cpu.split_query_gate(buf[:, pad : pad + 2 * heads * dim], heads, dim)
+    host_k = buf[:, pad + 2 * heads * dim :].reshape(rows, kv_heads, dim)
+    dev = be.asarray(buf)
+    q, g = be.split_query_gate(dev[:, pad : pad + 2 * heads * dim], heads, dim)
+    k = dev[:, pad + 2 * heads * dim :].reshape(rows, kv_heads, dim)
+    assert_same(be.to_host(q), host_q, "queries")
+    assert_same(be.to_host(g), host_g, "gates")
+    with np.errstate(all="ignore"):
+        assert_same(be.to_host(be.rmsnorm(q, be.asarray(w), eps)), spec.rmsnorm(host_q, w, eps), "q_norm",
+                    nan_equal=True)
+        assert_same(be.to_host(be.rmsnorm(k, be.asarray(w), eps)), spec.rmsnorm(host_k, w, eps), "k_norm",
+                    nan_equal=True)
+        a = floats(rng, (rows, heads, dim), data.draw(STYLES, label="a"))
+        want_q, want_d = cpu.sigmoid_gate_q8(a, host_g)
+    got_q, got_d = be.sigmoid_gate_q8(be.asarray(a), g)
+    assert_same(be.to_host(got_q), want_q, "sigmoid_gate_q8 quants")
+    assert_same(be.to_host(got_d), want_d, "sigmoid_gate_q8 scales", nan_equal=True)
+
+
 # ------------------------------------------------------------------------------------------ whole models
 SHAPE = dict(arch="qwen35", n_layer=4, n_embd=64, n_ff=96, n_head=2, n_head_kv=1, head_dim=32, n_ctx=320,
              ssm_d_state=16, ssm_n_k_heads=2, ssm_n_v_heads=4, full_attention_interval=2, n_nextn=1)

@@ -16,6 +16,7 @@ from refspec.gguf_model import load
 from refspec.errors import UsageError
 from refspec.gpu import gpu_available
 from refspec.gpu_graphs import GRAPH_MAX_ROWS
+from refspec.model import QK8_0
 from refspec.speculative import make_drafter, speculative_generate
 from refspec.synthetic import write_model
 
@@ -171,9 +172,12 @@ def test_gated_rmsnorm_q8_equals_its_composition(be, data):
     cpu = CpuBackend()
     with np.errstate(all="ignore"):
         want = spec.gated_rmsnorm(x, w, z_host, eps)
-        want_q, want_d = cpu.gated_rmsnorm_q8(x, w, z_host, eps)
     assert_same(be.to_host(be.gated_rmsnorm(be.asarray(x), be.asarray(w), z_view, eps)), want, "gated_rmsnorm",
                 nan_equal=True)
+    if heads * n % QK8_0:
+        return  # rows that are not whole Q8_0 blocks cannot be quantized (a model's always are)
+    with np.errstate(all="ignore"):
+        want_q, want_d = cpu.gated_rmsnorm_q8(x, w, z_host, eps)
     got_q, got_d = be.gated_rmsnorm_q8(be.asarray(x), be.asarray(w), z_view, eps)
     assert_same(be.to_host(got_q), want_q, "gated_rmsnorm_q8 quants")
     assert_same(be.to_host(got_d), want_d, "gated_rmsnorm_q8 scales", nan_equal=True)

@@ -12,13 +12,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from refspec import cpu_gemv, spec
+from refspec import spec
 from refspec.errors import DeviceError, UsageError
 from refspec.model import Q8_0_BLOCK, QK8_0, LayerWeights, ModelWeights, MtpWeights, Q8Matrix
 from refspec.progress import ByteProgress, larger_than_memory
 
 F32 = np.float32
 BLOCK_BYTES = Q8_0_BLOCK.itemsize  # 34: an fp16 scale, then 32 int8 quants
+TILE_COLUMNS = 16  # refspec/cpu_gemv.py's column tile: tasks are whole tiles where there are enough columns
 
 
 class CpuQ8:
@@ -118,7 +119,8 @@ quantization). A backend that
 
 
 class CpuBackend(FusedFromParts):
-    """NumPy on the CPU: every operation is its refspec.spec twin. Weights are kept as float32 when they fit
+    """NumPy on the CPU: every operation is its refspec.spec twin (attention and the streamed GEMV compiled,
+    with the same bits). Weights are kept as float32 when they fit
     in RESIDENT_BYTES: the GEMV then computes the exact int8 block dot products with BLAS in binary32 (exact:
     integers below 2**24) and spec.scale_and_reduce_f32 applies the scales and sums the blocks in the
     canonical order. Larger models are read from their GGUF blocks where they lie (the memory-mapped file)
@@ -183,11 +185,17 @@ class CpuBackend(FusedFromParts):
     add = staticmethod(spec.add)
     rmsnorm = staticmethod(spec.rmsnorm)
     rope = staticmethod(spec.rope)
-    attention = staticmethod(spec.attention)
     silu_mul = staticmethod(spec.silu_mul)
     quantize_q8 = staticmethod(spec.quantize_q8_0)
     argmax = staticmethod(spec.argmax)
     argmax_rows = staticmethod(spec.argmax_rows)
+
+    @staticmethod
+    def attention(q, k_cache, v_cache, pos0):
+        """Compiled, spec.attention's bits (refspec/cpu_attention.py; numba is imported on first use)."""
+        from refspec import cpu_attention
+
+        return cpu_attention.attention(q, k_cache, v_cache, pos0)
 
     @staticmethod
     def embed(w: CpuQ8Part, ids):
@@ -272,6 +280,8 @@ class CpuBackend(FusedFromParts):
     def _gemv_streamed(self, w: CpuQ8, xq: np.ndarray, xd: np.ndarray) -> np.ndarray:
         """The compiled GEMV (refspec/cpu_gemv.py) over the stack's GGUF rows, its output columns in tasks
         spread over the cores (the compiled loops release the GIL)."""
+        from refspec import cpu_gemv  # numba: imported on first use, not by every command
+
         x = cpu_gemv.PreparedRows(xq, xd)
         y = np.empty((x.n_rows, w.n), F32)
         tasks = [(qrows, part.start + n0, n0, n1) for part, qrows in zip(w.parts, w.rows)
@@ -307,7 +317,7 @@ class CpuBackend(FusedFromParts):
         """n output columns cut into equal tasks of about TASK_BYTES of weights (whole column tiles when
         there are enough), as many as a multiple of the threads so that no core idles at the end; small
         tasks also even out cores that other work slows down."""
-        columns = max(cpu_gemv.TILE_COLUMNS, self.TASK_BYTES // (nb * BLOCK_BYTES))
+        columns = max(TILE_COLUMNS, self.TASK_BYTES // (nb * BLOCK_BYTES))
         count = -(-n // columns)
         count = min(n, -(-count // self.threads) * self.threads)
         step = -(-n // count)

@@ -79,6 +79,11 @@ def measure_here(path: str, prompt_tokens: int, decode_tokens: int, threads: int
     from refspec.forward import Transformer
     from refspec.gguf_model import load
 
+    from refspec import cpu_attention, cpu_gemv
+
+    t_compile = time.perf_counter()
+    cpu_gemv.warm_up()  # numba's compiled loops: loaded from its cache, or compiled on the first run
+    cpu_attention.warm_up()
     t0 = time.perf_counter()
     model = load(path)
     t1 = time.perf_counter()
@@ -104,6 +109,7 @@ def measure_here(path: str, prompt_tokens: int, decode_tokens: int, threads: int
     return {
         "file_bytes": size, "arch": cfg.arch, "n_layer": cfg.n_layer, "n_embd": cfg.n_embd,
         "n_vocab": cfg.n_vocab, "threads": tf.be.threads, "streamed": tf.weights.output.stack.wf is None,
+        "compile_seconds": round(t0 - t_compile, 3),
         "load_seconds": round(t1 - t0, 3), "upload_seconds": round(t2 - t1, 3),
         "prompt_tokens": prompt_tokens, "prompt_seconds": round(t4 - t3, 3),
         "prompt_tokens_per_second": round(prompt_tokens / (t4 - t3), 3),
@@ -127,7 +133,17 @@ def machine() -> dict:
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other work on a shared machine
     return {"cpu": cpu, "cpu_cores": os.cpu_count(), "memory_bytes": physical_memory(), "load_average_1min": load,
-            "platform": platform.platform(), "python": platform.python_version(), "numpy": np.__version__}
+            "platform": platform.platform(), "python": platform.python_version(), "numpy": np.__version__,
+            "numba": _version("numba")}
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def print_report(r: dict) -> None:
@@ -135,6 +151,7 @@ def print_report(r: dict) -> None:
     print(f"{r['model']} ({r['file_bytes'] / 1e9:.2f} GB, {r['arch']}, {r['n_layer']} layers), "
           f"{m['cpu']}, {m['cpu_cores']} cores, {m['memory_bytes'] / 2**30:.0f} GiB, {r['threads']} threads, "
           f"weights {'streamed from the mapped file' if r['streamed'] else 'resident as float32'}")
+    print(f"  compiled loops    {r['compile_seconds']:.1f} s (numba: compiled on the first run, then cached)")
     print(f"  load              {r['load_seconds'] + r['upload_seconds']:.1f} s "
           f"(read and check {r['load_seconds']:.1f} s, backend {r['upload_seconds']:.1f} s)")
     print(f"  peak memory       {r['peak_rss_bytes'] / 1e9:.2f} GB = {r['peak_rss_over_file']:.3f}x the file")

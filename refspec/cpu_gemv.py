@@ -82,7 +82,8 @@ def _vector_at(builder, pointer, element, count, offset=0):
 def _splat(builder, scalar, count):
     vector_type = ir.VectorType(scalar.type, count)
     v = builder.insert_element(ir.Constant(vector_type, None), scalar, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(v, ir.Constant(vector_type, None), ir.Constant(ir.VectorType(_I32, count), [0] * count))
+    zeros = ir.Constant(ir.VectorType(_I32, count), [0] * count)
+    return builder.shuffle_vector(v, ir.Constant(vector_type, None), zeros)
 
 
 def _pair_sums(builder, products):
@@ -101,8 +102,10 @@ def _block_dot(typingctx, w, w_at, x, x_at):
 
     def codegen(context, builder, signature, args):
         w_arr, w_off, x_arr, x_off = args
-        vw = builder.load(_vector_at(builder, _element_pointer(context, builder, signature.args[0], w_arr, w_off), _I8, 32), align=1)
-        vx = builder.load(_vector_at(builder, _element_pointer(context, builder, signature.args[2], x_arr, x_off), _I8, 32), align=1)
+        pw = _element_pointer(context, builder, signature.args[0], w_arr, w_off)
+        px = _element_pointer(context, builder, signature.args[2], x_arr, x_off)
+        vw = builder.load(_vector_at(builder, pw, _I8, 32), align=1)
+        vx = builder.load(_vector_at(builder, px, _I8, 32), align=1)
         wide = ir.VectorType(_I32, 32)
         products = builder.mul(builder.sext(vw, wide), builder.sext(vx, wide))  # exact: |w * x| <= 16384
         reduce_add = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I32, [wide]),
@@ -299,3 +302,10 @@ def q8_gemv(rows: np.ndarray, xq: np.ndarray, xd: np.ndarray) -> np.ndarray:
     out = np.empty((x.n_rows, rows.shape[0]), np.float32)
     gemv_columns(rows, x, out, 0, 0, rows.shape[0])
     return out
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) both loop orders, on a one-block matrix."""
+    rows = np.zeros((1, BLOCK_BYTES), np.int8)
+    for n_rows in (1, FEW_ROWS + 1):
+        q8_gemv(rows, np.zeros((n_rows, QK8_0), np.int8), np.zeros((n_rows, 1), np.float16))

@@ -1,0 +1,71 @@
+"""The compiled CPU attention (refspec/cpu_attention.py) gives refspec.spec.attention's bits: rows, heads, head
+dims off the 32 lanes, positions across the 256-position chunks, large scores (exp's overflow and underflow
+ranges), zeros and NaN; its exp is spec.exp bit for bit."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numba import njit
+
+from refspec import cpu_attention, spec
+from refspec.errors import UsageError
+from tests.bits import assert_bits_equal
+
+F32 = np.float32
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 12), heads=st.sampled_from([(1, 1), (2, 1), (4, 2), (6, 3), (8, 2)]),
+       dim=st.sampled_from([1, 8, 31, 32, 40, 64, 80, 128, 256]), pos0=st.integers(0, 600),
+       magnitude=st.sampled_from([0.0, 1e-3, 1.0, 8.0, 40.0]), seed=st.integers(0, 2**32 - 1))
+def test_compiled_attention_equals_spec(rows, heads, dim, pos0, magnitude, seed):
+    n_head, n_kv = heads
+    rng = np.random.default_rng(seed)
+    n_pos = pos0 + rows + int(rng.integers(0, 5))  # positions past the rows hold garbage
+    q = (rng.standard_normal((rows, n_head, dim)) * magnitude).astype(F32)
+    k = (rng.standard_normal((n_kv, n_pos, dim)) * magnitude).astype(F32)
+    v = rng.standard_normal((n_kv, n_pos, dim)).astype(F32)
+    k[rng.random(k.shape) < 0.1] = 0.0
+    with np.errstate(all="ignore"):
+        want = spec.attention(q, k, v, pos0)
+    assert_bits_equal(cpu_attention.attention(q, k, v, pos0), want, f"R={rows} H/G={heads} D={dim} pos0={pos0}")
+
+
+def test_nan_scores_give_nan_rows_as_the_spec():
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((3, 2, 32)).astype(F32)
+    k = rng.standard_normal((1, 8, 32)).astype(F32)
+    v = rng.standard_normal((1, 8, 32)).astype(F32)
+    k[0, 4, 7] = np.nan  # rows seeing position 4 (pos0 2: rows 2 and later) become NaN
+    with np.errstate(all="ignore"):
+        want = spec.attention(q, k, v, 2)
+    got = cpu_attention.attention(q, k, v, 2)
+    assert np.isnan(got[2]).all() and not np.isnan(got[:2]).any()
+    assert_bits_equal(got, want, "NaN scores")
+
+
+@njit
+def _exp_all(x, out):
+    for i in range(x.size):
+        out[i] = cpu_attention._exp(x[i])
+
+
+def test_exp_equals_spec_exp():
+    """Every float32 in [-90, 90] at a stride, the edges of the cut-offs, and random bit patterns."""
+    rng = np.random.default_rng(7)
+    edges = np.array([88.0, -87.0, np.inf, -np.inf, np.nan, 0.0, -0.0, 1e-45, -1e-45], F32)
+    near = np.concatenate([np.nextafter(edges[:2], F32(np.inf)), np.nextafter(edges[:2], F32(-np.inf))])
+    ladder = np.arange(-(1 << 30), 1 << 30, 997, dtype=np.int32).view(F32)  # both signs, every magnitude
+    random_bits = rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32).view(F32)
+    x = np.concatenate([edges, near, ladder, random_bits, np.linspace(-90, 90, 200_001, dtype=F32)])
+    out = np.empty_like(x)
+    _exp_all(x, out)
+    assert_bits_equal(out, spec.exp(x), "exp")
+
+
+def test_misuse_is_a_usage_error():
+    q = np.zeros((2, 4, 8), F32)
+    with pytest.raises(UsageError):
+        cpu_attention.attention(q, np.zeros((2, 3, 8), F32), np.zeros((2, 3, 8), F32), 2)  # 4 positions, 3 held
+    with pytest.raises(UsageError):
+        cpu_attention.attention(q, np.zeros((3, 9, 8), F32), np.zeros((3, 9, 8), F32), 0)  # 4 heads, 3 kv heads

@@ -230,7 +230,6 @@ def _columns_row_groups(rows, xt, xs_t, n_rows, out, out_col, c0, c1):
     row_bytes = rows.shape[1]
     group_stride = QK8_0 // 2 * ROW_GROUP * 2  # int16 values per row group of one block
     lanes = np.zeros((TILE_COLUMNS, 32, padded), np.float32)
-    column = np.zeros(32, np.float32)
     for t0 in range(c0, c1, TILE_COLUMNS):
         t1 = min(t0 + TILE_COLUMNS, c1)
         lanes[:] = 0
@@ -256,11 +255,15 @@ def _columns_row_groups(rows, xt, xs_t, n_rows, out, out_col, c0, c1):
                     else:
                         _block_1_group(rows, w_at, xt, x_at, wd, xs_t, xs_at, lanes, lane_at + g * ROW_GROUP)
                         g += 1
-        for c in range(t0, t1):
+        for c in range(t0, t1):  # the halving sum of every row's lanes at once (same additions per row)
+            width = 16
+            while width >= 1:
+                for k in range(width):
+                    for r in range(n_rows):
+                        lanes[c - t0, k, r] += lanes[c - t0, k + width, r]
+                width //= 2
             for r in range(n_rows):
-                for k in range(32):
-                    column[k] = lanes[c - t0, k, r]
-                out[r, out_col + c] = _halving_sum(column)
+                out[r, out_col + c] = lanes[c - t0, 0, r]
 
 
 # ------------------------------------------------------------------------------------ the Python wrapper

@@ -12,14 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from refspec import spec
+from refspec import cpu_attention, cpu_gemv, spec
 from refspec.errors import DeviceError, UsageError
 from refspec.model import Q8_0_BLOCK, QK8_0, LayerWeights, ModelWeights, MtpWeights, Q8Matrix
 from refspec.progress import ByteProgress, larger_than_memory
 
 F32 = np.float32
 BLOCK_BYTES = Q8_0_BLOCK.itemsize  # 34: an fp16 scale, then 32 int8 quants
-TILE_COLUMNS = 16  # refspec/cpu_gemv.py's column tile: tasks are whole tiles where there are enough columns
 
 
 class CpuQ8:
@@ -185,17 +184,11 @@ class CpuBackend(FusedFromParts):
     add = staticmethod(spec.add)
     rmsnorm = staticmethod(spec.rmsnorm)
     rope = staticmethod(spec.rope)
+    attention = staticmethod(cpu_attention.attention)  # compiled, spec.attention's bits
     silu_mul = staticmethod(spec.silu_mul)
     quantize_q8 = staticmethod(spec.quantize_q8_0)
     argmax = staticmethod(spec.argmax)
     argmax_rows = staticmethod(spec.argmax_rows)
-
-    @staticmethod
-    def attention(q, k_cache, v_cache, pos0):
-        """Compiled, spec.attention's bits (refspec/cpu_attention.py; numba is imported on first use)."""
-        from refspec import cpu_attention
-
-        return cpu_attention.attention(q, k_cache, v_cache, pos0)
 
     @staticmethod
     def embed(w: CpuQ8Part, ids):
@@ -280,8 +273,6 @@ class CpuBackend(FusedFromParts):
     def _gemv_streamed(self, w: CpuQ8, xq: np.ndarray, xd: np.ndarray) -> np.ndarray:
         """The compiled GEMV (refspec/cpu_gemv.py) over the stack's GGUF rows, its output columns in tasks
         spread over the cores (the compiled loops release the GIL)."""
-        from refspec import cpu_gemv  # numba: imported on first use, not by every command
-
         x = cpu_gemv.PreparedRows(xq, xd)
         y = np.empty((x.n_rows, w.n), F32)
         tasks = [(qrows, part.start + n0, n0, n1) for part, qrows in zip(w.parts, w.rows)
@@ -317,7 +308,7 @@ class CpuBackend(FusedFromParts):
         """n output columns cut into equal tasks of about TASK_BYTES of weights (whole column tiles when
         there are enough), as many as a multiple of the threads so that no core idles at the end; small
         tasks also even out cores that other work slows down."""
-        columns = max(TILE_COLUMNS, self.TASK_BYTES // (nb * BLOCK_BYTES))
+        columns = max(cpu_gemv.TILE_COLUMNS, self.TASK_BYTES // (nb * BLOCK_BYTES))
         count = -(-n // columns)
         count = min(n, -(-count // self.threads) * self.threads)
         step = -(-n // count)

@@ -230,31 +230,36 @@ def _columns_row_groups(rows, xt, xs_t, n_rows, out, out_col, c0, c1):
     row_bytes = rows.shape[1]
     group_stride = QK8_0 // 2 * ROW_GROUP * 2  # int16 values per row group of one block
     lanes = np.zeros((TILE_COLUMNS, 32, padded), np.float32)
+    scales = np.zeros((TILE_COLUMNS, nb), np.float32)
+    whole, rest = groups // 8, groups % 8
     for t0 in range(c0, c1, TILE_COLUMNS):
         t1 = min(t0 + TILE_COLUMNS, c1)
         lanes[:] = 0
+        for c in range(t0, t1):  # the tile's fp16 scales, decoded once
+            for b in range(nb):
+                scales[c - t0, b] = _scale(rows[c, b * BLOCK_BYTES], rows[c, b * BLOCK_BYTES + 1])
         for b in range(nb):
-            at = b * BLOCK_BYTES
+            x_at, xs_at = b * groups * group_stride, b * padded
             for c in range(t0, t1):
-                wd = _scale(rows[c, at], rows[c, at + 1])
-                w_at = c * row_bytes + at + 2
+                wd = scales[c - t0, b]
+                w_at = c * row_bytes + b * BLOCK_BYTES + 2
                 lane_at = ((c - t0) * 32 + (b & 31)) * padded
-                g = 0
-                while g < groups:  # in calls of 8, 4, 2, 1 groups: one weight block, many rows
-                    x_at, xs_at = (b * groups + g) * group_stride, b * padded + g * ROW_GROUP
-                    left = groups - g
-                    if left >= 8:
-                        _block_8_groups(rows, w_at, xt, x_at, wd, xs_t, xs_at, lanes, lane_at + g * ROW_GROUP)
-                        g += 8
-                    elif left >= 4:
-                        _block_4_groups(rows, w_at, xt, x_at, wd, xs_t, xs_at, lanes, lane_at + g * ROW_GROUP)
-                        g += 4
-                    elif left >= 2:
-                        _block_2_groups(rows, w_at, xt, x_at, wd, xs_t, xs_at, lanes, lane_at + g * ROW_GROUP)
-                        g += 2
-                    else:
-                        _block_1_group(rows, w_at, xt, x_at, wd, xs_t, xs_at, lanes, lane_at + g * ROW_GROUP)
-                        g += 1
+                for k in range(whole):  # 64 rows a call, then the rest in calls of 4, 2, 1 groups
+                    g = 8 * k
+                    _block_8_groups(rows, w_at, xt, x_at + g * group_stride, wd, xs_t, xs_at + g * ROW_GROUP,
+                                    lanes, lane_at + g * ROW_GROUP)
+                g = 8 * whole
+                if rest & 4:
+                    _block_4_groups(rows, w_at, xt, x_at + g * group_stride, wd, xs_t, xs_at + g * ROW_GROUP,
+                                    lanes, lane_at + g * ROW_GROUP)
+                    g += 4
+                if rest & 2:
+                    _block_2_groups(rows, w_at, xt, x_at + g * group_stride, wd, xs_t, xs_at + g * ROW_GROUP,
+                                    lanes, lane_at + g * ROW_GROUP)
+                    g += 2
+                if rest & 1:
+                    _block_1_group(rows, w_at, xt, x_at + g * group_stride, wd, xs_t, xs_at + g * ROW_GROUP,
+                                   lanes, lane_at + g * ROW_GROUP)
         for c in range(t0, t1):  # the halving sum of every row's lanes at once (same additions per row)
             width = 16
             while width >= 1:

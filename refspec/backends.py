@@ -118,23 +118,23 @@ quantization). A backend that
 
 
 class CpuBackend(FusedFromParts):
-    """NumPy on the CPU: every operation is its refspec.spec twin (attention and the streamed GEMV compiled,
-    with the same bits). Weights are kept as float32 when they fit
-    in RESIDENT_BYTES: the GEMV then computes the exact int8 block dot products with BLAS in binary32 (exact:
-    integers below 2**24) and spec.scale_and_reduce_f32 applies the scales and sums the blocks in the
-    canonical order. Larger models are read from their GGUF blocks where they lie (the memory-mapped file)
-    by the compiled GEMV of refspec/cpu_gemv.py (integer SIMD dots, the spec's float steps), the output
-    columns split over the cores. Models larger than the machine's memory then stream from disk on every
-    pass, and say so on stderr."""
+    """NumPy on the CPU: every operation is its refspec.spec twin, attention and the GEMV compiled with the
+    same bits. The GEMV reads the weights' GGUF blocks where they lie (the memory-mapped file) with the
+    compiled loops of refspec/cpu_gemv.py (integer SIMD dots, the spec's float steps), the output columns split
+    over the cores; models larger than the machine's memory then stream from disk on every pass, and say so on
+    stderr. With resident_bytes > 0, models whose quants fit in that many bytes as float32 are copied so and
+    run through BLAS in binary32 instead (exact: integers below 2**24), spec.scale_and_reduce_f32 applying the
+    scales and the canonical block order: the earlier path, slower (the default model: ~1.6x) and 4.25x the
+    memory, kept as an independent check of the compiled one."""
 
     name = "cpu"
-    RESIDENT_BYTES = 4 << 30  # float32 copies of the quants up to this size (the default model needs 0.5 GB)
+    RESIDENT_BYTES = 0  # float32 copies of the quants up to this size for BLAS (0: every model compiled)
     TASK_BYTES = 1 << 20  # weight bytes per task of a streamed GEMV (a few tasks per core and matrix)
     PROGRESS_SECONDS = 10.0  # between progress lines while weights stream from disk
 
     def __init__(self, *, threads: int | None = None, resident_bytes: int | None = None, log=None):
         """threads: for the streamed GEMV (default: every core); resident_bytes: the largest float32 copy of
-        the quants to keep (default RESIDENT_BYTES; 0 streams every model); log: where progress lines go
+        the quants to keep for BLAS (default RESIDENT_BYTES: none); log: where progress lines go
         (default stderr)."""
         self.threads = threads or os.cpu_count() or 1
         self.resident_bytes = self.RESIDENT_BYTES if resident_bytes is None else resident_bytes

@@ -9,7 +9,7 @@ from numba import njit
 
 from refspec import cpu_attention, spec
 from refspec.errors import UsageError
-from tests.bits import assert_bits_equal
+from bits import assert_bits_equal
 
 F32 = np.float32
 

@@ -11,9 +11,13 @@ from hypothesis import strategies as st
 from numba import njit
 
 from refspec import cpu_gemv, spec
+from refspec.backends import CpuBackend
 from refspec.errors import UsageError
+from refspec.forward import Transformer
+from refspec.gguf_model import load
 from refspec.model import Q8_0_BLOCK, Q8Matrix
-from tests.bits import assert_bits_equal
+from refspec.synthetic import write_model
+from bits import assert_bits_equal
 
 F32 = np.float32
 # fp16 scales worth drawing: zero and -0, the smallest subnormal, a subnormal, the smallest normal, one, the
@@ -181,3 +185,19 @@ def test_misuse_is_a_usage_error():
         cpu_gemv.gemv_columns(rows[::2], x, out, 0, 0, 2)  # not contiguous
     with pytest.raises(UsageError):
         cpu_gemv.PreparedRows(np.zeros((3, 64), np.int8), np.ones((3, 3), np.float16))
+
+
+@pytest.mark.parametrize("arch, shape", [
+    ("llama", dict(n_layer=2, n_embd=96, n_ff=160, n_head=3, n_head_kv=1, n_vocab=333)),
+    ("qwen2", dict(n_layer=2, n_embd=64, n_ff=96, n_head=4, n_head_kv=2, n_vocab=301)),
+    ("qwen3", dict(n_layer=2, n_embd=64, n_ff=64, n_head=2, n_head_kv=2, head_dim=32, n_rot=16, n_vocab=290))])
+def test_compiled_forward_equals_the_blas_path(tmp_path, arch, shape):
+    """Whole passes (1 and 9 rows) with the compiled GEMV (the default) and with float32 copies through BLAS
+    (resident_bytes): the same logits bit for bit."""
+    model = load(write_model(tmp_path / "m.gguf", arch=arch, n_ctx=64, seed=5, **shape), log=lambda message: None)
+    compiled, blas = Transformer(model, CpuBackend()), Transformer(model, CpuBackend(resident_bytes=1 << 40))
+    assert compiled.weights.layers[0].wq.stack.wf is None and blas.weights.layers[0].wq.stack.wf is not None
+    for rows in (1, 9):
+        ids = list(np.random.default_rng(rows).integers(0, model.config.n_vocab, rows))
+        want = blas.forward(blas.new_cache(16), ids, 2)
+        assert_bits_equal(compiled.forward(compiled.new_cache(16), ids, 2), want, f"{arch}, {rows} rows")

@@ -163,8 +163,9 @@ def test_machine_code_has_no_fma():
     out = np.zeros((9, 3), F32)
     few = cpu_gemv.PreparedRows(np.ones((1, 64), np.int8), np.ones((1, 2), np.float16))
     many = cpu_gemv.PreparedRows(np.ones((9, 64), np.int8), np.ones((9, 2), np.float16))
-    loops = {"few rows": (cpu_gemv._columns_few_rows, (rows, few.xq, few.xs, out[:1], 0, 0, 3)),
-             "row groups": (cpu_gemv._columns_row_groups, (rows, many.xt, many.xs_t, 9, out, 0, 0, 3))}
+    f16 = cpu_gemv.F16_TO_F32
+    loops = {"few rows": (cpu_gemv._columns_few_rows, (rows, few.xq, few.xs, out[:1], 0, 0, 3, f16)),
+             "row groups": (cpu_gemv._columns_row_groups, (rows, many.xt, many.xs_t, 9, out, 0, 0, 3, f16))}
     for name, (kernel, args) in loops.items():
         fresh = njit(nogil=True)(kernel.py_func)
         fresh(*args)

@@ -51,6 +51,7 @@ class GreedyGraph:
     inputs: object  # device int32 [2]: the position, the token id (advanced by the graph itself)
     result: object  # device int32 [1, 2]: the argmax id and its NaN-or-infinity flag
     host: np.ndarray  # pinned host int32 [2, 2]: the results of two queued steps
+    done: list  # two cupy.cuda.Event: recorded after each slot's copy
     held: list  # every array the captured pass allocated
 
 
@@ -102,27 +103,31 @@ class PassGraphs:
                 return self.tf.run(cache, inputs[1:], inputs[:1], rows, layers, hidden=mode == "hidden",
                                    mtp_from=hidden_in)
 
-            # This step runs eagerly: its result is the result, and every kernel it needs gets compiled
-            # (compiling cannot happen inside a capture). The captured copy writes the same cache rows (and
-            # state slots) with the same bits when it is replayed.
-            result = run()
-            be.hold(held)
-            try:
-                self.stream.begin_capture()
-                try:
-                    out = run()
-                finally:
-                    graph = self.stream.end_capture()
-            except DeviceError:
-                raise
-            except Exception as err:  # CUDA's capture errors name what broke it
-                raise DeviceError(f"capturing a pass of {rows} rows as a CUDA graph failed ({err}); "
-                                  "run with --no-graphs") from err
-            finally:
-                be.hold(None)
+            result, graph, out = self._capture(run, held, f"a pass of {rows} rows")
         cache.graphs[key] = PassGraph(graph, inputs, staging, hidden_in, out, held)
         self.captured += 1
         return result
+
+    def _capture(self, step, held: list, what: str):
+        """(step's result, the graph, the captured step's result): `step` runs once eagerly on the stream (its
+        result is the caller's, and every kernel it needs gets compiled: compiling cannot happen inside a
+        capture), then is captured. The captured copy writes the same cache rows (and state slots) with the
+        same bits when it is replayed; everything it allocates is appended to `held`."""
+        result = step()
+        self.be.hold(held)
+        try:
+            self.stream.begin_capture()
+            try:
+                out = step()
+            finally:
+                graph = self.stream.end_capture()
+        except DeviceError:
+            raise
+        except Exception as err:  # CUDA's capture errors name what broke it
+            raise DeviceError(f"capturing {what} as a CUDA graph failed ({err}); run with --no-graphs") from err
+        finally:
+            self.be.hold(None)
+        return result, graph, out
 
     # ---- greedy decoding, one step ahead of the host
     def greedy_steps(self, cache, token: int, pos: int, n_steps: int):
@@ -172,7 +177,7 @@ class PassGraphs:
         slot = step % 2
         runtime.memcpyAsync(g.host[slot].ctypes.data, g.result.data.ptr, 8, runtime.memcpyDeviceToHost,
                             self.stream.ptr)
-        done = self.be.cp.cuda.Event(block=False, disable_timing=True)
+        done = g.done[slot]  # free again: the host has read the slot's last step before reusing the slot
         done.record(self.stream)
         return slot, done
 
@@ -190,20 +195,8 @@ class PassGraphs:
             be.argmax_device(logits, result)
             be.greedy_next(result, inputs)
 
-        step()
-        be.hold(held)
-        try:
-            self.stream.begin_capture()
-            try:
-                step()
-            finally:
-                graph = self.stream.end_capture()
-        except DeviceError:
-            raise
-        except Exception as err:  # CUDA's capture errors name what broke it
-            raise DeviceError(f"capturing a greedy step as a CUDA graph failed ({err}); run with --no-graphs") from err
-        finally:
-            be.hold(None)
-        g = cache.graphs["greedy"] = GreedyGraph(graph, inputs, result, host, held)
+        _, graph, _ = self._capture(step, held, "a greedy step")
+        done = [cp.cuda.Event(block=False, disable_timing=True) for _ in range(2)]
+        g = cache.graphs["greedy"] = GreedyGraph(graph, inputs, result, host, done, held)
         self.captured += 1
         return g

@@ -9,6 +9,7 @@
 extern "C" __global__ void __launch_bounds__(RS_ADD_THREADS)
 add(const float* __restrict__ x, long long stride, int row, const float* __restrict__ y, int n, int ny,
     float* __restrict__ out) {
+  rs_kernel_begin();
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) out[i] = rs_add(x[(long long)(i / row) * stride + i % row], y[i % ny]);
 }

@@ -8,6 +8,7 @@
 // Grid: rows blocks.
 extern "C" __global__ void __launch_bounds__(RS_ARGMAX_THREADS)
 argmax(const float* __restrict__ logits, int n, int* __restrict__ result) {
+  rs_kernel_begin();
   __shared__ float best_value[RS_ARGMAX_THREADS];
   __shared__ int best_index[RS_ARGMAX_THREADS];
   __shared__ int bad[RS_ARGMAX_THREADS];
@@ -46,6 +47,7 @@ argmax(const float* __restrict__ logits, int n, int* __restrict__ result) {
 // one row (refspec/gpu_graphs.py, greedy_steps) becomes (position + 1, the id argmax chose, result[0]).
 // Grid: 1 block of 1 thread.
 extern "C" __global__ void greedy_next(const int* __restrict__ result, int* __restrict__ inputs) {
+  rs_kernel_begin();
   inputs[0] += 1;
   inputs[1] = result[0];
 }

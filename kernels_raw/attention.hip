@@ -51,6 +51,7 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
           const int* __restrict__ pos, int rows, int heads, int kv_heads, int dim, int cache_len, float scale,
           float* __restrict__ e_buf, float* __restrict__ part_buf, float* __restrict__ out,
           signed char* __restrict__ xq, unsigned short* __restrict__ xd) {
+  rs_kernel_begin();
   __shared__ float group_max[RS_ATTN_THREADS / RS_LANES];
   __shared__ float total[RS_ATTN_MAX_DIM + 1];
   __shared__ float e_shared[RS_ATTN_SHARED_POS];

@@ -19,6 +19,7 @@ RS_DEVICE float rs_silu(float x) { return rs_div(x, rs_add(1.0f, refspec_exp(-x)
 // spec.silu: out = x / (1 + exp(-x)). x, out float32 [n].
 extern "C" __global__ void __launch_bounds__(RS_ELEMENTWISE_THREADS)
 silu(const float* __restrict__ x, long long n, float* __restrict__ out) {
+  rs_kernel_begin();
   const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) out[i] = rs_silu(x[i]);
 }
@@ -26,6 +27,7 @@ silu(const float* __restrict__ x, long long n, float* __restrict__ out) {
 // spec.sigmoid_gate: out = a * (1 / (1 + exp(-g))). a, g, out float32 [n].
 extern "C" __global__ void __launch_bounds__(RS_ELEMENTWISE_THREADS)
 sigmoid_gate(const float* __restrict__ a, const float* __restrict__ g, long long n, float* __restrict__ out) {
+  rs_kernel_begin();
   const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) out[i] = rs_mul(a[i], rs_sigmoid(g[i]));
 }
@@ -38,6 +40,7 @@ extern "C" __global__ void __launch_bounds__(RS_DELTANET_THREADS)
 sigmoid_gate_q8(const float* __restrict__ a, const float* __restrict__ gate, long long g_stride,
                 long long g_head_stride, int dim, int k, long long n_blocks, signed char* __restrict__ xq,
                 unsigned short* __restrict__ xd) {
+  rs_kernel_begin();
   const long long blk = (long long)blockIdx.x * rs_groups() + rs_group();
   if (blk >= n_blocks) return;  // the whole group leaves together
   const long long e = blk * RS_QK + rs_lane();  // index in the [rows, k] values
@@ -61,6 +64,7 @@ extern "C" __global__ void __launch_bounds__(RS_ELEMENTWISE_THREADS)
 deltanet_gates(const float* __restrict__ alpha, const float* __restrict__ b, const float* __restrict__ dt,
                const float* __restrict__ a, int heads, long long n, float* __restrict__ decay,
                float* __restrict__ beta) {
+  rs_kernel_begin();
   const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n) return;
   const int h = (int)(i % heads);
@@ -78,6 +82,7 @@ RS_DEVICE const float* rs_head_row(const float* x, long long x_stride, int heads
 extern "C" __global__ void __launch_bounds__(RS_DELTANET_THREADS)
 l2norm(const float* __restrict__ x, long long x_stride, int heads, float eps, long long rows, int n,
        float* __restrict__ out) {
+  rs_kernel_begin();
   const long long row = (long long)blockIdx.x * rs_groups() + rs_group();
   if (row >= rows) return;  // the whole group leaves together
   const float* xr = rs_head_row(x, x_stride, heads, n, row);
@@ -95,6 +100,7 @@ extern "C" __global__ void __launch_bounds__(RS_DELTANET_THREADS)
 gated_rmsnorm(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ z,
               long long z_stride, int heads, float eps, long long rows, int n, float* __restrict__ out,
               signed char* __restrict__ xq, unsigned short* __restrict__ xd) {
+  rs_kernel_begin();
   const long long row = (long long)blockIdx.x * rs_groups() + rs_group();
   if (row >= rows) return;
   const float* xr = x + row * n;
@@ -122,6 +128,7 @@ RS_DEVICE int rs_read_slot(int pos0, int n_states) { return pos0 > 0 ? (pos0 - 1
 extern "C" __global__ void __launch_bounds__(RS_ELEMENTWISE_THREADS)
 ring_read(const float* __restrict__ ring, const int* __restrict__ pos, int n_states, long long size,
           float* __restrict__ out) {
+  rs_kernel_begin();
   const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= size) return;
   const int read = rs_read_slot(pos[0], n_states);
@@ -140,6 +147,7 @@ extern "C" __global__ void __launch_bounds__(RS_DELTANET_THREADS)
 conv1d_causal(const float* __restrict__ x, long long x_stride, const float* src, int src_slots,
               const float* __restrict__ w, int rows, int channels, int taps, int apply_silu,
               float* __restrict__ y, float* ring, const int* __restrict__ pos, int n_states) {
+  rs_kernel_begin();
   const long long item = (long long)blockIdx.x * rs_groups() + rs_group();
   if (item >= (long long)rows * channels) return;
   const int r = (int)(item / channels), c = (int)(item % channels);
@@ -180,6 +188,7 @@ delta_rule(const float* __restrict__ q, long long q_stride, const float* __restr
            const float* __restrict__ g2, long long g2_stride, const float* __restrict__ dt,
            const float* __restrict__ a, int rows, int n_k_heads, int n_v_heads, int dim, float* ring,
            const int* __restrict__ pos, int n_states, float* __restrict__ out) {
+  rs_kernel_begin();
   const long long item = (long long)blockIdx.x * rs_groups() + rs_group();
   if (item >= (long long)n_v_heads * dim) return;
   const int pos0 = pos[0], read = rs_read_slot(pos0, n_states);

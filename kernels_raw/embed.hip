@@ -9,6 +9,7 @@
 extern "C" __global__ void __launch_bounds__(RS_EMBED_THREADS)
 embed(const signed char* __restrict__ q, const unsigned short* __restrict__ d, const int* __restrict__ ids,
       int n_embd, float* __restrict__ out) {
+  rs_kernel_begin();
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n_embd) return;
   const long long id = ids[blockIdx.y];

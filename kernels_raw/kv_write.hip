@@ -9,6 +9,7 @@
 extern "C" __global__ void __launch_bounds__(RS_KV_WRITE_THREADS)
 kv_write(float* __restrict__ k_cache, float* __restrict__ v_cache, const float* __restrict__ k,
          const float* __restrict__ v, const int* __restrict__ pos, int rows, int kv_heads, int dim, int n_pos) {
+  rs_kernel_begin();
   const long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;  // index into k and v
   if (e >= (long long)rows * kv_heads * dim) return;
   const int d = (int)(e % dim);

@@ -13,6 +13,7 @@
 // x float32 [rows, k] -> xq int8 [rows, k], xd fp16 [rows, k/32]. Grid: ceil(rows * k/32 / threads) blocks.
 extern "C" __global__ void __launch_bounds__(RS_QUANTIZE_THREADS)
 quantize_q8_0(const float* __restrict__ x, int rows, int k, signed char* __restrict__ xq, unsigned short* __restrict__ xd) {
+  rs_kernel_begin();
   const int nb = k / RS_QK;
   const long long block = (long long)blockIdx.x * blockDim.x + threadIdx.x;  // = row * nb + b
   if (block >= (long long)rows * nb) return;
@@ -74,6 +75,7 @@ RS_DEVICE void rs_rmsnorm_q8_part(const float* __restrict__ xrow, const float* _
 extern "C" __global__ void __launch_bounds__(RS_RMSNORM_Q8_THREADS)
 rmsnorm_q8(const float* __restrict__ x, const float* __restrict__ w, float eps, int k, int parts,
            signed char* __restrict__ xq, unsigned short* __restrict__ xd) {
+  rs_kernel_begin();
   extern __shared__ float4 rs_row4[];  // the row, k floats
   const int row = blockIdx.x / parts, part = blockIdx.x % parts;
   const float4* xrow4 = (const float4*)(x + (long long)row * k);
@@ -86,6 +88,7 @@ rmsnorm_q8(const float* __restrict__ x, const float* __restrict__ w, float eps, 
 extern "C" __global__ void __launch_bounds__(RS_RMSNORM_Q8_THREADS)
 rmsnorm_q8_wide(const float* __restrict__ x, const float* __restrict__ w, float eps, int k, int parts,
                 signed char* __restrict__ xq, unsigned short* __restrict__ xd) {
+  rs_kernel_begin();
   const int row = blockIdx.x / parts, part = blockIdx.x % parts;
   rs_rmsnorm_q8_part(x + (long long)row * k, w, eps, k, row, part, parts, xq, xd);
 }
@@ -97,6 +100,7 @@ rmsnorm_q8_wide(const float* __restrict__ x, const float* __restrict__ w, float 
 extern "C" __global__ void __launch_bounds__(RS_QUANTIZE_THREADS)
 silu_mul_q8(const float* __restrict__ gate, const float* __restrict__ up, long long stride, int rows, int n,
             signed char* __restrict__ xq, unsigned short* __restrict__ xd) {
+  rs_kernel_begin();
   const int nb = n / RS_QK;
   const long long block = (long long)blockIdx.x * rs_groups() + rs_group();  // = row * nb + b
   if (block >= (long long)rows * nb) return;  // the whole group leaves together

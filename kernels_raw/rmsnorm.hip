@@ -12,6 +12,7 @@
 extern "C" __global__ void __launch_bounds__(RS_RMSNORM_THREADS)
 rmsnorm(const float* __restrict__ x, long long x_stride, int heads, long long head_stride,
         const float* __restrict__ w, float eps, int rows, int n, float* __restrict__ out) {
+  rs_kernel_begin();
   const long long row = (long long)blockIdx.x * rs_groups() + rs_group();
   if (row >= rows) return;  // the whole group leaves together
   const float* xr = x + (row / heads) * x_stride + (row % heads) * head_stride;

@@ -33,6 +33,7 @@ RS_DEVICE float rs_rope_element(const float* __restrict__ head, int d, const flo
 extern "C" __global__ void __launch_bounds__(RS_ROPE_THREADS)
 rope(const float* __restrict__ x, const float* __restrict__ cos_table, const float* __restrict__ sin_table,
      const int* __restrict__ pos, int rows, int heads, int dim, int half, int neox, float* __restrict__ out) {
+  rs_kernel_begin();
   const long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (e >= (long long)rows * heads * dim) return;
   const int d = (int)(e % dim);
@@ -51,6 +52,7 @@ rope_kv(const float* __restrict__ q, long long q_stride, const float* __restrict
         const float* __restrict__ sin_table, const int* __restrict__ pos, int heads, int kv_heads, int dim,
         int half, int neox, int cache_len, float* __restrict__ q_out, float* __restrict__ k_cache,
         float* __restrict__ v_cache) {
+  rs_kernel_begin();
   const int row = blockIdx.x, slot = blockIdx.y;
   const long long p = pos[0] + row;
   const float* c = cos_table + p * half;

@@ -10,6 +10,7 @@
 // with four loads in flight.
 extern "C" __global__ void __launch_bounds__(RS_STREAM_THREADS)
 stream_read(const int4* __restrict__ data, long long n16, int* __restrict__ out) {
+  rs_kernel_begin();
   const long long stride = (long long)gridDim.x * blockDim.x;
   int acc = 0;
   long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;

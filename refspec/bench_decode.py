@@ -67,6 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "written once to the cache)")
     p.add_argument("--no-graphs", action="store_true",
                    help="GPU: run every pass launch by launch instead of replaying captured graphs (to compare)")
+    p.add_argument("--no-overlap", action="store_true",
+                   help="GPU: launch each kernel after the one before it has finished, instead of overlapping "
+                        "their boundaries (programmatic dependent launch, NVIDIA sm_90+; same bits), to compare")
     p.add_argument("--mma-min-rows", type=int, default=None, metavar="R",
                    help="GPU: GEMVs of R or more rows on integer tensor cores (NVIDIA sm_80+; same bits)")
     p.add_argument("--pass-rows", default="1,2,4,8,12,16", metavar="LIST",
@@ -91,6 +94,8 @@ def run(args) -> int:
         raise UsageError(f"--mma-min-rows must be in 1..16 (rows of one GEMV launch), got {args.mma_min_rows}")
     if args.mma_min_rows is not None and backend.name == "gpu":
         backend.mma_min_rows = args.mma_min_rows
+    if args.no_overlap and backend.name == "gpu":
+        backend.overlap = False
     tf = Transformer(model, backend, graphs=False if args.no_graphs else None)
     pass_rows = parse_rows(args.pass_rows)
     repeats, n_greedy, n_copy = (1, 8, 16) if args.quick else (args.repeats, GREEDY_NEW_TOKENS, args.n_predict)
@@ -122,6 +127,7 @@ def run(args) -> int:
                   "n_layer": model.config.n_layer, "n_embd": model.config.n_embd, "n_vocab": model.config.n_vocab},
         "quick": bool(args.quick),
         "graphs": tf.graphs is not None,
+        "overlap": bool(getattr(backend, "overlap", False)),
         "greedy": greedy,
         "speculative": copy,
         "device": device,

@@ -27,6 +27,7 @@ import numpy as np
 
 from refspec import spec
 from refspec.errors import DeviceError, UsageError
+from refspec.gpu_launch import DependentLaunch, Kernel
 from refspec.model import QK8_0, LayerWeights, ModelWeights, MtpWeights, Q8Matrix
 
 F32 = np.float32
@@ -195,7 +196,8 @@ class GpuBackend:
 
     name = "gpu"
 
-    def __init__(self, poison: int | None = None, mma_min_rows: int | None = GEMV_MMA_MIN_ROWS):
+    def __init__(self, poison: int | None = None, mma_min_rows: int | None = GEMV_MMA_MIN_ROWS,
+                 overlap: bool | None = None):
         try:
             import cupy
         except ImportError as err:
@@ -211,11 +213,36 @@ class GpuBackend:
         self._functions: dict[tuple, object] = {}
         self._gemv_groups: dict[str, tuple[str, ...]] = {}
         self._held: list | None = None  # while a pass is captured: every array it allocates (see hold)
+        # Kernels launched so that each may start while the one before it finishes (refspec/gpu_launch.py;
+        # same bits): by default wherever the GPU can (NVIDIA sm_90+); overlap=False launches them plainly.
+        self._launcher = None
+        self.overlap = self.overlap_available if overlap is None else overlap
 
     @property
     def mma_available(self) -> bool:
         """Whether kernels_raw/q8_gemv.hip's q8_gemv_mma can run: integer tensor cores (NVIDIA sm_80+)."""
         return self.platform == "cuda" and int(self.cp.cuda.Device().compute_capability) >= 80
+
+    @property
+    def overlap_available(self) -> bool:
+        """Whether kernels can be launched to overlap their boundaries (programmatic dependent launch,
+        refspec/gpu_launch.py): NVIDIA sm_90 and newer."""
+        return self.platform == "cuda" and int(self.cp.cuda.Device().compute_capability) >= 90
+
+    @property
+    def overlap(self) -> bool:
+        """Whether this backend launches its kernels overlapped (GpuBackend(overlap=...)); settable before
+        the passes that should use it (a captured graph keeps the launches it was recorded with)."""
+        return self._launcher is not None
+
+    @overlap.setter
+    def overlap(self, on: bool) -> None:
+        if on and not self.overlap_available:
+            raise DeviceError("overlapped kernel launches need an NVIDIA GPU of compute capability 9.0 or newer")
+        if on and self._launcher is None:
+            self._launcher = DependentLaunch(self.cp)
+        elif not on:
+            self._launcher = None
 
     @property
     def graphs_available(self) -> bool:
@@ -234,7 +261,7 @@ class GpuBackend:
                 self._modules[module_key] = self._load_module(stem, name_expressions)
             module, mapping = self._modules[module_key]
             try:
-                fn = module.get_function(mapping.get(name, name))
+                fn = Kernel(module.get_function(mapping.get(name, name)), self)
             except Exception as err:
                 raise DeviceError(f"kernel {name} of kernels_raw/{stem}.hip cannot be loaded: {err}") from err
             self._functions[key] = fn

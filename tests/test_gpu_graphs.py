@@ -180,3 +180,38 @@ def test_caches_of_similar_lengths_share_storage_and_graphs(models, gpu):
     tf.forward(cache, [1], 9)
     with pytest.raises(ContextLengthError):
         tf.forward(cache, [1], 10)
+
+
+@pytest.mark.parametrize("arch", sorted(SHAPES))
+def test_overlapped_launches_equal_plain_launches(models, arch):
+    """Kernels launched to overlap their boundaries (GpuBackend(overlap=True), refspec/gpu_launch.py; the
+    default on sm_90+) give the bits of kernels launched one after the other and of the CPU: passes of every
+    width, eager and captured, and chained greedy decoding. No poison here: its fills between kernels would
+    serialize them and hide a race."""
+    from refspec.gpu import GpuBackend
+
+    plain = GpuBackend(overlap=False)
+    if not plain.overlap_available:
+        pytest.skip("no programmatic dependent launch (NVIDIA sm_90+)")
+    over = GpuBackend(overlap=True)
+    assert GpuBackend().overlap  # the default where available
+    model = models(arch)
+    widths = [w for w in range(1, GRAPH_MAX_ROWS + 1) for _ in range(2)] + [1] * 40 + [16, 7, 1, 1]
+    ids = list(np.random.default_rng(8).integers(0, model.config.n_vocab, sum(widths)))
+    c_out, _ = run_steps(Transformer(model, CpuBackend()), widths, ids)
+    for graphs in (True, False):
+        o_out, o_cache = run_steps(Transformer(model, over, graphs=graphs), widths, ids)
+        p_out, p_cache = run_steps(Transformer(model, plain, graphs=graphs), widths, ids)
+        for i, (o, p, c) in enumerate(zip(o_out, p_out, c_out)):
+            assert_bits_equal(o, p, f"{arch}, graphs {graphs}: pass {i} ({widths[i]} rows), overlapped vs plain")
+            assert_bits_equal(o, c, f"{arch}, graphs {graphs}: pass {i} ({widths[i]} rows), overlapped vs CPU")
+        for layer in range(model.config.n_layer):
+            assert_bits_equal(over.to_host(o_cache.k[layer]), plain.to_host(p_cache.k[layer]), f"K cache {layer}")
+            assert_bits_equal(over.to_host(o_cache.v[layer]), plain.to_host(p_cache.v[layer]), f"V cache {layer}")
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6]
+    want = generate(Transformer(model, CpuBackend()), prompt, 60, eog_ids=(), keep_logits=True)
+    got = generate(Transformer(model, over), prompt, 60, eog_ids=(), keep_logits=True)
+    assert got.ids == want.ids
+    for i, (a, b) in enumerate(zip(got.logits, want.logits)):
+        assert_bits_equal(np.asarray(a), np.asarray(b), f"{arch}: chained greedy, logits of token {i}")
+    assert generate(Transformer(model, over), prompt, 60, eog_ids=()).ids == want.ids  # chained steps

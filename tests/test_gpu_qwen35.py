@@ -264,11 +264,13 @@ def models(tmp_path_factory):
                       log=lambda message: None) for mtp in (True, False)}
 
 
-@pytest.fixture(scope="module")
-def gpu_backend():
+@pytest.fixture(scope="module", params=(0xFF, None), ids=("poison0xff", "no-poison"))
+def gpu_backend(request):
+    """With poison, every output's every element is shown written; without, nothing lies between kernels,
+    so that overlapped launches (the default on sm_90+, refspec/gpu_launch.py) really overlap."""
     from refspec.gpu import GpuBackend
 
-    return GpuBackend(poison=0xFF)
+    return GpuBackend(poison=request.param)
 
 
 @pytest.fixture(scope="module")

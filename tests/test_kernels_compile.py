@@ -141,3 +141,63 @@ def test_hip_sqrt_rounding_is_exact():
     for offset in range(-3, 4):
         start = (exact.view(np.int32) + offset).view(np.float32)
         np.testing.assert_array_equal(sqrt_round(x, start).view(np.int32), exact.view(np.int32))
+
+
+# ------------------------------------------------------------------ overlapped launches (gpu_launch.py)
+# What a kernel may do before rs_kernel_begin() (portable.h): declare locals computed from its arguments and
+# thread indices, place its GEMV group, and warm the L2 cache with weights. Anything else there (a load of
+# something an earlier kernel writes, any store) could race with the kernel before it.
+BEFORE_BEGIN = (
+    r"(extern )?__shared__ [^=]+",
+    r"const (int|long long|bool) \w+ = [^\[\]]+",
+    r"(int|long long) \w+(, \w+)*",
+    r"rs_gemv_place<[^>]+>\([^\[\]]*\)",
+    r"rs_gemv_warm_l2<[^>]+>\([^\[\]]*\)",
+)
+
+
+def kernels_before_begin(source: str) -> dict[str, list[str] | None]:
+    """For each __global__ function of a source: the statements before its rs_kernel_begin() (comments
+    dropped), or None if it never calls it."""
+    source = re.sub(r"//[^\n]*", "", source)
+    out = {}
+    for m in re.finditer(r"__global__", source):
+        body = source.index("{", m.end())
+        name = re.findall(r"(\w+)\s*\(", source[m.end() : body])[-1]  # after __launch_bounds__(...)
+        end = source.find("rs_kernel_begin();", body)
+        nxt = source.find("__global__", body)
+        if end < 0 or (0 <= nxt < end):
+            out[name] = None
+        else:
+            out[name] = [s.strip() for s in source[body + 1 : end].split(";") if s.strip()]
+    return out
+
+
+def unsafe_before_begin(source: str) -> list[str]:
+    problems = []
+    for name, before in kernels_before_begin(source).items():
+        if before is None:
+            problems.append(f"{name}: no rs_kernel_begin()")
+            continue
+        for statement in before:
+            if not any(re.fullmatch(p, " ".join(statement.split())) for p in BEFORE_BEGIN):
+                problems.append(f"{name}: {statement!r} before rs_kernel_begin()")
+    return problems
+
+
+@pytest.mark.parametrize("stem", KERNELS)
+def test_every_kernel_waits_for_the_kernel_before_it(stem):
+    """Every kernel begins with rs_kernel_begin(), and before it touches nothing an earlier kernel writes."""
+    source = (kernel_dir() / f"{stem}.hip").read_text()
+    assert kernels_before_begin(source), f"{stem}.hip: no kernel found"
+    assert unsafe_before_begin(source) == []
+
+
+def test_the_begin_check_finds_races():
+    ok = "__global__ void f(int* y, int n) {\n  const int i = blockIdx.x;\n  rs_kernel_begin();\n  y[i] = n;\n}\n"
+    assert unsafe_before_begin(ok) == []
+    assert unsafe_before_begin(ok.replace("  rs_kernel_begin();\n", "")) == ["f: no rs_kernel_begin()"]
+    early_store = ok.replace("  rs_kernel_begin();\n  y[i] = n;", "  y[i] = n;\n  rs_kernel_begin();")
+    assert unsafe_before_begin(early_store) == ["f: 'y[i] = n' before rs_kernel_begin()"]
+    early_load = ok.replace("blockIdx.x;", "y[0];")
+    assert len(unsafe_before_begin(early_load)) == 1

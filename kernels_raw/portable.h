@@ -131,20 +131,11 @@ RS_DEVICE int rs_shfl_xor(int v, int offset) { return __shfl_xor_sync(0xffffffff
 // behind the other's tail. Every kernel calls rs_kernel_begin() before it reads anything an earlier kernel
 // wrote or writes anything at all: it waits until every earlier kernel has finished and its writes are
 // visible (a kernel launched without the attribute, or on HIP, finds nothing to wait for), then lets the
-// next kernel start. Before it, a kernel may only read what no kernel writes: the GEMV warms the L2 cache
-// with its weights (rs_prefetch_l2) while the kernel before it still runs. Scheduling only: no bit changes.
+// next kernel start. Before it, a kernel may only read what no kernel writes: the GEMV loads its first
+// weight blocks while the kernel before it still runs. Scheduling only: no bit changes.
 RS_DEVICE void rs_kernel_begin() {
 #if !defined(RS_HIP) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
-// Ask for the 128-byte line holding p to be brought into the L2 cache (a hint: no data comes back).
-RS_DEVICE void rs_prefetch_l2(const void* p) {
-#if !defined(RS_HIP) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
-#else
-  (void)p;
 #endif
 }

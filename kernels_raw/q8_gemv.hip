@@ -151,24 +151,6 @@ struct RsWeightBlocks {
   }
 };
 
-// Before rs_kernel_begin, while the kernel before this one still runs (portable.h): warm the L2 cache with the
-// group's weight rows, quants and scales, if they lie in the matrix's first RS_GEMV_WARM_BYTES. Those are the
-// rows of the thread blocks that start first; warming more would evict lines before they are read. Only the
-// first of SPLIT groups sharing the rows warms them. A hint: the loads that follow read the same bytes.
-#ifndef RS_GEMV_WARM_BYTES
-#define RS_GEMV_WARM_BYTES (16 << 20)
-#endif
-template <int NR, int SPLIT>
-RS_DEVICE void rs_gemv_warm_l2(const signed char* wq, const unsigned short* wd, long long row0, int n, int k) {
-  const long long end = row0 + NR < n ? row0 + NR : n;
-  if (rs_group() % SPLIT != 0 || row0 >= n || end * k > RS_GEMV_WARM_BYTES) return;
-  const long long bytes = (end - row0) * k, scale_bytes = (end - row0) * (k / RS_QK) * 2;
-  const char* q = (const char*)(wq + row0 * k);
-  const char* d = (const char*)(wd + row0 * (k / RS_QK));
-  for (long long off = (long long)rs_lane() * 128; off < bytes; off += RS_LANES * 128) rs_prefetch_l2(q + off);
-  for (long long off = (long long)rs_lane() * 128; off < scale_bytes; off += RS_LANES * 128) rs_prefetch_l2(d + off);
-}
-
 // Where a group works: its weight rows row0 .. row0+NR-1 and activation rows r0 .. r0+RP-1.
 template <int NR, int SPLIT>
 RS_DEVICE void rs_gemv_place(int rp, long long& row0, int& r0) {
@@ -191,7 +173,10 @@ q8_gemv(const signed char* __restrict__ wq, const unsigned short* __restrict__ w
   long long row0;
   int r0;
   rs_gemv_place<NR, SPLIT>(RP, row0, r0);
-  rs_gemv_warm_l2<NR, SPLIT>(wq, wd, row0, n, k);
+  // The first weight blocks are loaded before rs_kernel_begin (portable.h): weights are no kernel's output,
+  // so they come in while the kernel before this one finishes.
+  RsWeightBlocks<NR> next;
+  if (row0 < n && lane < nb) next.load(wq, wd, row0, n, k, lane);
   rs_kernel_begin();
   if (row0 >= n || r0 >= rows) return;  // the whole group leaves together
 
@@ -202,8 +187,6 @@ q8_gemv(const signed char* __restrict__ wq, const unsigned short* __restrict__ w
     for (int r = 0; r < RP; ++r) acc[i][r] = 0.0f;  // a lane value starts at +0.0
   }
 
-  RsWeightBlocks<NR> next;
-  if (lane < nb) next.load(wq, wd, row0, n, k, lane);
   for (int b = lane; b < nb; b += RS_LANES) {
     const RsWeightBlocks<NR> w = next;
     if (b + RS_LANES < nb) next.load(wq, wd, row0, n, k, b + RS_LANES);  // in flight while we compute
@@ -289,7 +272,6 @@ q8_gemv_staged(const signed char* __restrict__ wq, const unsigned short* __restr
   long long row0;
   int r0;
   rs_gemv_place<NR, SPLIT>(RP, row0, r0);
-  rs_gemv_warm_l2<NR, SPLIT>(wq, wd, row0, n, k);
   rs_kernel_begin();
   const bool active = row0 < n && r0 < rows;  // every thread stays for the barriers; idle groups help to stage
 

@@ -145,14 +145,15 @@ def test_hip_sqrt_rounding_is_exact():
 
 # ------------------------------------------------------------------ overlapped launches (gpu_launch.py)
 # What a kernel may do before rs_kernel_begin() (portable.h): declare locals computed from its arguments and
-# thread indices, place its GEMV group, and warm the L2 cache with weights. Anything else there (a load of
+# thread indices, place its GEMV group, and load its first weight blocks. Anything else there (a load of
 # something an earlier kernel writes, any store) could race with the kernel before it.
 BEFORE_BEGIN = (
     r"(extern )?__shared__ [^=]+",
     r"const (int|long long|bool) \w+ = [^\[\]]+",
     r"(int|long long) \w+(, \w+)*",
     r"rs_gemv_place<[^>]+>\([^\[\]]*\)",
-    r"rs_gemv_warm_l2<[^>]+>\([^\[\]]*\)",
+    r"RsWeightBlocks<NR> next",
+    r"if \(row0 < n && lane < nb\) next\.load\(wq, wd, row0, n, k, lane\)",
 )
 
 

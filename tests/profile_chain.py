@@ -95,4 +95,29 @@ for overlap in (True, False):
     c = tf.new_cache(128)  # its graphs are recorded with this launch mode
     tf.forward(c, [1] * 64, 0)
     report[f"pass_ms_overlap_{overlap}"] = round(pass_time(c) * 1e3, 4)
+
+# each small kernel of a llama layer, 32 in a chain (the latency of one in a pass), overlapped launches
+be.overlap = True
+cfg, lw = tf.config, tf.weights.layers[0]
+c = tf.new_cache(128)
+tf.forward(c, [1] * 64, 0)
+_, pos = be.pass_input([5], 64)
+x = cp.asarray(np.random.default_rng(1).standard_normal((1, cfg.n_embd)).astype(np.float32))
+hq, hd = be.rmsnorm_q8(x, lw.attn_norm, cfg.rms_eps)
+q, k, v = be.q8_gemv_many((lw.wq, lw.wk, lw.wv), hq, hd)
+q, k, v = (t.reshape(1, -1, cfg.head_dim) for t in (q, k, v))
+gq, gd = be.rmsnorm_q8(x, lw.ffn_norm, cfg.rms_eps)
+gate, up = be.q8_gemv_many((lw.w_gate, lw.w_up), gq, gd)
+rq = be.rope_kv(q, k, v, c.k[0], c.v[0], pos, c.rope_cos, c.rope_sin, cfg.rope_neox)
+small = {
+    "rmsnorm_q8": lambda: be.rmsnorm_q8(x, lw.attn_norm, cfg.rms_eps),
+    "rope_kv": lambda: be.rope_kv(q, k, v, c.k[0], c.v[0], pos, c.rope_cos, c.rope_sin, cfg.rope_neox),
+    "attention_q8": lambda: be.attention_q8(rq, c.k[0], c.v[0], pos),
+    "silu_mul_q8": lambda: be.silu_mul_q8(gate, up),
+}
+for name, op in small.items():
+    def chain(op=op):
+        for _ in range(32):
+            op()
+    report[f"{name}_us_in_chain"] = round(graph_time(chain) / 32 * 1e6, 2)
 print(json.dumps(report, indent=1))

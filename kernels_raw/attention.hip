@@ -46,7 +46,11 @@ RS_DEVICE float rs_tree_of_lanes(float (&lanes)[RS_LANES]) {
 // 0 .. pos0+rows-1 written; pos int32 [1] = pos0; e_buf float32 [rows*heads, cache_len]; part_buf float32
 // [rows*heads, ceil(cache_len / 256), dim+1]; out float32 [rows, heads, dim]; xq int8 [rows, heads*dim] and
 // xd fp16 [rows, heads*dim/32], or both null (then dim need not be a multiple of 32). Grid: rows*heads blocks.
-extern "C" __global__ void __launch_bounds__(RS_ATTN_THREADS)
+// MAXD: a multiple of 32 >= dim, at most RS_ATTN_MAX_DIM (the wrapper picks the smallest of 64, 128, 256,
+// 512): a lane's share of q and of a key is MAXD / 32 registers, with no loads or products for lanes past
+// dim wasted on a larger bound.
+template <int MAXD>
+__global__ void __launch_bounds__(RS_ATTN_THREADS)
 attention(const float* __restrict__ q, const float* __restrict__ k_cache, const float* __restrict__ v_cache,
           const int* __restrict__ pos, int rows, int heads, int kv_heads, int dim, int cache_len, float scale,
           float* __restrict__ e_buf, float* __restrict__ part_buf, float* __restrict__ out,
@@ -71,21 +75,21 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
 
   // 1. scores, one position per group of 32 lanes; lane l holds q[l + 32j] in registers and loads the
   //    key's elements l + 32j all at once before adding them in the spec's order
-  float qreg[RS_ATTN_MAX_DIM / RS_LANES];
+  float qreg[MAXD / RS_LANES];
 #pragma unroll
-  for (int j = 0; j < RS_ATTN_MAX_DIM / RS_LANES; ++j) {
+  for (int j = 0; j < MAXD / RS_LANES; ++j) {
     const int d = rs_lane() + RS_LANES * j;
     qreg[j] = d < dim ? qv[d] : 0.0f;
   }
   float m = neg_inf;
   for (int t0 = rs_group(); t0 < n_vis; t0 += RS_ATTN_KEYS * rs_groups()) {  // RS_ATTN_KEYS keys in flight
-    float kreg[RS_ATTN_KEYS][RS_ATTN_MAX_DIM / RS_LANES];
+    float kreg[RS_ATTN_KEYS][MAXD / RS_LANES];
 #pragma unroll
     for (int u = 0; u < RS_ATTN_KEYS; ++u) {
       const int t = t0 + u * rs_groups();
       const float* kt = kc + (long long)(t < n_vis ? t : t0) * dim;
 #pragma unroll
-      for (int j = 0; j < RS_ATTN_MAX_DIM / RS_LANES; ++j) {
+      for (int j = 0; j < MAXD / RS_LANES; ++j) {
         const int d = rs_lane() + RS_LANES * j;
         kreg[u][j] = d < dim ? kt[d] : 0.0f;
       }
@@ -95,7 +99,7 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
       const int t = t0 + u * rs_groups();
       float acc = 0.0f;  // lane value: +0.0, then q[l]*k[l], q[l+32]*k[l+32], ...
 #pragma unroll
-      for (int j = 0; j < RS_ATTN_MAX_DIM / RS_LANES; ++j) {
+      for (int j = 0; j < MAXD / RS_LANES; ++j) {
         if (rs_lane() + RS_LANES * j < dim) acc = rs_add(acc, rs_mul(qreg[j], kreg[u][j]));
       }
       const float s = rs_mul(rs_lane_tree(acc), scale);
@@ -160,13 +164,10 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
   }
   if (!xq) return;
   __syncthreads();
-  // 5. the head's blocks of 32 outputs quantized, one per thread; block b of the head is block
-  //    head * dim/32 + b of the row's [heads*dim] values.
-  for (int b = threadIdx.x; b < dim / RS_QK; b += blockDim.x) {
-    float v[RS_QK];
-#pragma unroll
-    for (int i = 0; i < RS_QK; ++i) v[i] = total[b * RS_QK + i];
+  // 5. the head's blocks of 32 outputs quantized, one per group of 32 lanes, one value per lane
+  //    (rs_quantize_block_lanes); block b of the head is block head * dim/32 + b of the row's [heads*dim].
+  for (int b = rs_group(); b < dim / RS_QK; b += rs_groups()) {  // the same for the whole group
     const long long block = (long long)rh * (dim / RS_QK) + b;
-    rs_quantize_block(v, xq + block * RS_QK, xd + block);
+    rs_quantize_block_lanes(total[b * RS_QK + rs_lane()], xq + block * RS_QK, xd + block);
   }
 }

@@ -86,6 +86,7 @@ GEMV_MMA_MIN_ROWS = None
 
 
 ATTN_MAX_DIM = 512  # RS_ATTN_MAX_DIM in attention.hip
+ATTN_BOUNDS = (64, 128, 256, ATTN_MAX_DIM)  # the instances of attention<MAXD>: the smallest MAXD >= dim runs
 RMSNORM_Q8_SHARED_BYTES = 48 * 1024  # dynamic shared memory any GPU grants without opting in
 RMSNORM_Q8_BLOCKS_PER_PART = 16  # Q8_0 blocks of a row per thread block of rmsnorm_q8: 4 groups x 4 each
 
@@ -715,7 +716,8 @@ class GpuBackend:
         out = self._empty(q.shape)
         xq, xd = self._q8_outputs(rows, heads * dim) if quantize else (None, None)
         if rows and heads:
-            self.function("attention", "attention")(
+            bound = next(b for b in ATTN_BOUNDS if b >= dim)
+            self.function("attention", f"attention<{bound}>", tuple(f"attention<{b}>" for b in ATTN_BOUNDS))(
                 (rows * heads,), (256,),
                 (q, k_cache, v_cache, self._pos(pos), np.int32(rows), np.int32(heads), np.int32(kv_heads),
                  np.int32(dim), np.int32(cache_len), F32(scale), e_buf, part_buf, out,

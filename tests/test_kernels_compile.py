@@ -13,11 +13,13 @@ import subprocess
 import numpy as np
 import pytest
 
-from refspec.gpu import COMPILE_OPTIONS, GEMV_CONFIGS, gemv_variants, kernel_dir
+from refspec.gpu import ATTN_BOUNDS, COMPILE_OPTIONS, GEMV_CONFIGS, gemv_variants, kernel_dir
 
 KERNELS = sorted(p.stem for p in kernel_dir().glob("*.hip"))
 GEMV_ARGS = ("const signed char*, const unsigned short*, const signed char*, const unsigned short*, float*, "
              "int, int, int, const float*")
+ATTENTION_ARGS = ("const float*, const float*, const float*, const int*, int, int, int, int, int, float, float*, "
+                  "float*, float*, signed char*, unsigned short*")
 NO_DIVISION = ("q8_gemv", "add", "rope", "embed", "kv_write")  # kernels whose float code must hold no FMA at all
 
 
@@ -41,7 +43,12 @@ def gemv_instances(variants: bool) -> list[str]:
 
 
 def source_file(tmp_path, stem: str, variants: bool):
-    """The kernel's source; for the GEMV templates, a file that instantiates them."""
+    """The kernel's source; for the GEMV and attention templates, a file that instantiates them."""
+    if stem == "attention":
+        path = tmp_path / "attention_instances.hip"
+        path.write_text('#include "attention.hip"\n' + "".join(
+            f"template __global__ void attention<{b}>({ATTENTION_ARGS});\n" for b in ATTN_BOUNDS))
+        return path
     if stem != "q8_gemv":
         return kernel_dir() / f"{stem}.hip"
     lines = ['#include "q8_gemv.hip"']
@@ -94,6 +101,8 @@ def test_gfx906(tmp_path, stem):
         assert len(gemvs) == len(gemv_instances(variants=False))
         for name in gemvs:
             assert "v_dot4_i32_i8" in code[name], f"{name} does not use v_dot4_i32_i8"
+    if stem == "attention":
+        assert len([n for n in code if "attention" in n]) == len(ATTN_BOUNDS)
     if stem in ("rmsnorm", "attention", "silu_mul"):  # IEEE division: the full div_scale/div_fixup sequence
         assert all("v_div_fixup_f32" in body for body in code.values()), f"{stem}: no IEEE division"
 
@@ -108,6 +117,8 @@ def test_sm90(tmp_path, stem):
     frames = [int(v) for v in re.findall(r"(\d+) bytes stack frame", report)]
     spills = [int(v) for v in re.findall(r"(\d+) bytes spill (?:stores|loads)", report)]
     assert frames and not any(frames) and not any(spills), f"{stem}: local memory used:\n{report}"
+    if stem == "attention":
+        assert len(re.findall(r"Compiling entry function '\w*attention", report)) == len(ATTN_BOUNDS)
     if stem in NO_DIVISION:
         ptx = tmp_path / f"{stem}.ptx"
         run([*common, "-ptx", "-o", str(ptx)])

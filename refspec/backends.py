@@ -1,6 +1,6 @@
 """Backends: where the operations of refspec/spec.py run. The CPU backend *is* the spec (it calls
-refspec.spec, with a faster but bit-identical GEMV); the GPU backend (refspec/gpu.py) runs the kernels of
-kernels_raw/. Both offer the same methods, which is all refspec/forward.py uses: refspec/protocol.py lists them
+refspec.spec, with compiled but bit-identical twins of the GEMV, attention and the per-row operations); the GPU
+backend (refspec/gpu.py) runs the kernels of kernels_raw/. Both offer the same methods, which is all refspec/forward.py uses: refspec/protocol.py lists them
 (the `Backend` protocol), and `refspec check-backend` checks a foreign backend against the spec with them."""
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ import math
 import os
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from refspec import cpu_attention, cpu_gemv, spec
+from refspec import cpu_attention, cpu_gemv, cpu_ops, spec
 from refspec.errors import DeviceError, UsageError
 from refspec.model import Q8_0_BLOCK, QK8_0, LayerWeights, ModelWeights, MtpWeights, Q8Matrix
 from refspec.progress import ByteProgress, larger_than_memory
@@ -118,28 +117,29 @@ quantization). A backend that
 
 
 class CpuBackend(FusedFromParts):
-    """NumPy on the CPU: every operation is its refspec.spec twin, attention and the GEMV compiled with the
-    same bits. The GEMV reads the weights' GGUF blocks where they lie (the memory-mapped file) with the
-    compiled loops of refspec/cpu_gemv.py (integer SIMD dots, the spec's float steps), the output columns split
-    over the cores; models larger than the machine's memory then stream from disk on every pass, and say so on
-    stderr. With resident_bytes > 0, models whose quants fit in that many bytes as float32 are copied so and
+    """NumPy on the CPU: every operation is its refspec.spec twin; the GEMV, attention and the per-row
+    operations (quantization, RMSNorm, silu_mul, RoPE: refspec/cpu_ops.py) compiled with the same bits. The
+    GEMV reads the weights' GGUF blocks where they lie (the memory-mapped file) with the compiled loops of
+    refspec/cpu_gemv.py (integer SIMD dots, the spec's float steps), the output columns split over the cores
+    by numba's threads; models larger than the machine's memory then stream from disk on every pass, and say
+    so on stderr. With resident_bytes > 0, models whose quants fit in that many bytes as float32 are copied so and
     run through BLAS in binary32 instead (exact: integers below 2**24), spec.scale_and_reduce_f32 applying the
     scales and the canonical block order: the earlier path, slower (the default model: ~1.6x) and 4.25x the
     memory, kept as an independent check of the compiled one."""
 
     name = "cpu"
     RESIDENT_BYTES = 0  # float32 copies of the quants up to this size for BLAS (0: every model compiled)
-    TASK_BYTES = 1 << 20  # weight bytes per task of a streamed GEMV (a few tasks per core and matrix)
+    TASK_WORK = 1 << 19  # weight bytes times rows per column range of a streamed GEMV (several per core)
     PROGRESS_SECONDS = 10.0  # between progress lines while weights stream from disk
 
     def __init__(self, *, threads: int | None = None, resident_bytes: int | None = None, log=None):
-        """threads: for the streamed GEMV (default: every core); resident_bytes: the largest float32 copy of
-        the quants to keep for BLAS (default RESIDENT_BYTES: none); log: where progress lines go
-        (default stderr)."""
+        """threads: for the streamed GEMV (default: every core; at most numba's NUMBA_NUM_THREADS);
+        resident_bytes: the largest float32 copy of the quants to keep for BLAS (default RESIDENT_BYTES: none);
+        log: where progress lines go (default stderr)."""
         self.threads = threads or os.cpu_count() or 1
         self.resident_bytes = self.RESIDENT_BYTES if resident_bytes is None else resident_bytes
         self._local = threading.local()
-        self._pool = None
+        self._bounds = {}  # column ranges per GEMV shape
         self._log = log or _print_to_stderr
         self._stream = None  # ByteProgress when the weights are larger than memory
 
@@ -180,23 +180,23 @@ class CpuBackend(FusedFromParts):
         mtp = MtpWeights(**{f: prep(v) for f, v in vars(weights.mtp).items()}) if weights.mtp else None
         return ModelWeights(prep(weights.tok_embd), layers, weights.output_norm, prep(weights.output), mtp=mtp)
 
-    # ---- operations (each is its spec twin)
+    # ---- operations (each is its spec twin; the per-row ones compiled, refspec/cpu_ops.py)
     add = staticmethod(spec.add)
-    rmsnorm = staticmethod(spec.rmsnorm)
-    rope = staticmethod(spec.rope)
+    rmsnorm = staticmethod(cpu_ops.rmsnorm)
+    rope = staticmethod(cpu_ops.rope)
     attention = staticmethod(cpu_attention.attention)  # compiled, spec.attention's bits
-    silu_mul = staticmethod(spec.silu_mul)
-    quantize_q8 = staticmethod(spec.quantize_q8_0)
+    silu_mul = staticmethod(cpu_ops.silu_mul)
+    quantize_q8 = staticmethod(cpu_ops.quantize_q8_0)
     argmax = staticmethod(spec.argmax)
     argmax_rows = staticmethod(spec.argmax_rows)
+    # fused, each with the bits of FusedFromParts' composition
+    rmsnorm_q8 = staticmethod(cpu_ops.rmsnorm_q8)
+    silu_mul_q8 = staticmethod(cpu_ops.silu_mul_q8)
+    rope_kv = staticmethod(cpu_ops.rope_kv)
 
     @staticmethod
     def embed(w: CpuQ8Part, ids):
         return spec.embed(w.source, ids)
-
-    @staticmethod
-    def rmsnorm_q8(x, w, eps):
-        return spec.quantize_q8_0(spec.rmsnorm(x, w, eps))
 
     # ---- qwen35: gated attention and Gated DeltaNet (spec twins; the rings are KVCache's state slots)
     silu = staticmethod(spec.silu)
@@ -271,48 +271,31 @@ class CpuBackend(FusedFromParts):
 
     # ---- the streamed GEMV
     def _gemv_streamed(self, w: CpuQ8, xq: np.ndarray, xd: np.ndarray) -> np.ndarray:
-        """The compiled GEMV (refspec/cpu_gemv.py) over the stack's GGUF rows, its output columns in tasks
-        spread over the cores (the compiled loops release the GIL)."""
+        """The compiled GEMV (refspec/cpu_gemv.py) over the stack's GGUF rows, each matrix's output columns
+        in ranges that numba's threads take as they come free."""
         x = cpu_gemv.PreparedRows(xq, xd)
         y = np.empty((x.n_rows, w.n), F32)
-        tasks = [(qrows, part.start + n0, n0, n1) for part, qrows in zip(w.parts, w.rows)
-                 for n0, n1 in self._column_tasks(part.stop - part.start, w.nb)]
-
-        queue = iter(tasks)
-        lock = threading.Lock()
-
-        def work():  # take tasks until none is left (the threads share them as they come free)
-            while True:
-                with lock:
-                    args = next(queue, None)
-                if args is None:
-                    return
-                qrows, column, n0, n1 = args
-                cpu_gemv.gemv_columns(qrows, x, y, column, n0, n1)
-
-        helpers = min(self.threads, len(tasks)) - 1  # this thread works too: one hand-off fewer per GEMV
-        if helpers > 0:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="refspec-gemv")
-            futures = [self._pool.submit(work) for _ in range(helpers)]
-            work()
-            for future in futures:
-                future.result()
-        else:
-            work()
+        for part, qrows in zip(w.parts, w.rows):
+            bounds = self._column_bounds(part.stop - part.start, w.nb, x.n_rows)
+            cpu_gemv.gemv_tasks(qrows, x, y, part.start, bounds, self.threads)
         if self._stream is not None:
             self._stream.advance(w.nbytes)
         return y
 
-    def _column_tasks(self, n: int, nb: int) -> list[tuple[int, int]]:
-        """n output columns cut into equal tasks of about TASK_BYTES of weights (whole column tiles when
-        there are enough), as many as a multiple of the threads so that no core idles at the end; small
-        tasks also even out cores that other work slows down."""
-        columns = max(cpu_gemv.TILE_COLUMNS, self.TASK_BYTES // (nb * BLOCK_BYTES))
-        count = -(-n // columns)
-        count = min(n, -(-count // self.threads) * self.threads)
-        step = -(-n // count)
-        return [(n0, min(n0 + step, n)) for n0 in range(0, n, step)]
+    def _column_bounds(self, n: int, nb: int, rows: int) -> np.ndarray:
+        """n output columns cut into ranges of about TASK_WORK weight bytes times rows (at least one column
+        group or tile of the loop that runs them), as many as a multiple of the threads so that no core idles
+        at the end; small ranges also even out cores that other work slows down. Cached per shape."""
+        key = (n, nb, rows)
+        bounds = self._bounds.get(key)
+        if bounds is None:
+            unit = cpu_gemv.COLUMN_GROUP if rows <= cpu_gemv.FEW_ROWS else cpu_gemv.TILE_COLUMNS
+            work = nb * BLOCK_BYTES * max(1, rows)  # per column
+            count = max(1, min(-(-n // unit), -(-n * work // self.TASK_WORK)))
+            count = -(-count // self.threads) * self.threads
+            step = -(-n // (count * unit)) * unit  # whole units
+            bounds = self._bounds[key] = np.array(list(range(0, n, step)) + [n], np.int64)
+        return bounds
 
     def _scratch(self, slot: int, shape: tuple) -> np.ndarray:
         """A reused float32 array of `shape` (three slots per thread): fresh large arrays cost page faults

@@ -79,11 +79,12 @@ def measure_here(path: str, prompt_tokens: int, decode_tokens: int, threads: int
     from refspec.forward import Transformer
     from refspec.gguf_model import load
 
-    from refspec import cpu_attention, cpu_gemv
+    from refspec import cpu_attention, cpu_gemv, cpu_ops
 
     t_compile = time.perf_counter()
     cpu_gemv.warm_up()  # numba's compiled loops: loaded from its cache, or compiled on the first run
     cpu_attention.warm_up()
+    cpu_ops.warm_up()
     t0 = time.perf_counter()
     model = load(path)
     t1 = time.perf_counter()

@@ -14,20 +14,26 @@ float steps and the lane order are not free. Here:
   lanes are then added by halving (16, 8, 4, 2, 1 apart), as refspec.spec.lane_sum. A lane that receives no
   block holds +0.0, which changes no sum (SPEC.md, "Reductions").
 
-Two loop orders, the same bits. Few activation rows (a decoding step): each weight block is read once and dotted
-with each row (`_columns_few_rows`: the horizontal sum of one 256-bit register per dot). More rows (a prompt or a
-verify pass): the activations are laid out once as int16 pairs [block, row group, pair, 8 rows, 2]
-(`prepare_rows`), and each weight block is dotted with 8 rows per vector, the weight pair broadcast, while it
-sits in a register (`_columns_row_groups`: column tile -> block -> column -> row groups).
+Two loop orders, the same bits. Few activation rows (a decoding step): eight columns at a time, each weight
+block read once and dotted with each row (`_columns_few_rows`: pmaddwd per column, the eight columns' partial
+sums reduced together into one vector of eight dots, so the scaling and the lane add run eight columns wide).
+More rows (a prompt or a verify pass): the activations are laid out once as int16 pairs [block, row group, pair,
+8 rows, 2] (`prepare_rows`), and each weight block is dotted with 8 rows per vector, the weight pair broadcast,
+while it sits in a register (`_columns_row_groups`: column tile -> block -> column -> row groups).
+
+Threads: `gemv_tasks` hands ranges of columns to numba's threads (prange; a launch costs a few microseconds).
 
 Compiled once per machine: numba caches the machine code next to this file (or in its user-wide cache
 directory, or NUMBA_CACHE_DIR); where no cache directory is writable it compiles on each first call instead.
 """
 from __future__ import annotations
 
+import threading
+
+import numba
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -38,6 +44,7 @@ BLOCK_BYTES = 34  # a GGUF Q8_0 block: fp16 scale, then 32 int8 quants
 ROW_GROUP = 8  # activation rows per vector of dots: 8 int32 lanes fill one 256-bit register
 FEW_ROWS = 2  # up to this many rows, the horizontal-sum loop order is the faster (measured: README, "CPU")
 TILE_COLUMNS = 16  # output columns whose lanes [16, 32, rows] stay in cache while the blocks go by
+COLUMN_GROUP = 8  # columns whose dots one call of the few-rows block routine reduces together (8 int32 lanes)
 GROUPS_PER_CALL = (8, 4, 2, 1)  # row groups one inlined dot routine handles (8 groups = 64 rows in 8 registers)
 
 # fp16 -> float32 for every fp16 bit pattern, by NumPy's conversion (exact; the spec's own `.astype(F32)`): a
@@ -88,9 +95,10 @@ def _splat(builder, scalar, count):
 
 
 def _pair_sums(builder, products):
-    """<16 x i32> products -> <8 x i32> sums of adjacent pairs (with 16-bit operands: pmaddwd on x86)."""
-    evens = ir.Constant(ir.VectorType(_I32, 8), list(range(0, 16, 2)))
-    odds = ir.Constant(ir.VectorType(_I32, 8), list(range(1, 16, 2)))
+    """<2n x i32> products -> <n x i32> sums of adjacent pairs (with 16-bit operands: pmaddwd on x86)."""
+    n = products.type.count // 2
+    evens = ir.Constant(ir.VectorType(_I32, n), list(range(0, 2 * n, 2)))
+    odds = ir.Constant(ir.VectorType(_I32, n), list(range(1, 2 * n, 2)))
     return builder.add(builder.shuffle_vector(products, products, evens),
                        builder.shuffle_vector(products, products, odds))
 
@@ -162,6 +170,98 @@ def _row_groups_block(n_groups: int):
 _block_8_groups, _block_4_groups, _block_2_groups, _block_1_group = (_row_groups_block(g) for g in GROUPS_PER_CALL)
 
 
+def _prefetch(builder, pointer):
+    """A hint to fetch the cache line at `pointer` (read, keep in every level). The few-rows loop asks, at
+    each block, for the same block of the next eight columns: eight short interleaved streams (a row of the
+    default model is 612 bytes) are too short for the hardware prefetcher to follow, and without the hint a
+    matrix larger than the caches ran at half the speed."""
+    i8p = ir.IntType(8).as_pointer()
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]),
+                                        "llvm.prefetch.p0i8")
+    builder.call(fn, [builder.bitcast(pointer, i8p), ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+
+
+def _hadd(builder, a, b):
+    """<8 x i32> a, b -> pair sums: a's four in elements 0..3, b's in 4..7 (integer: exact in any order)."""
+    evens = ir.Constant(ir.VectorType(_I32, 8), list(range(0, 16, 2)))
+    odds = ir.Constant(ir.VectorType(_I32, 8), list(range(1, 16, 2)))
+    return builder.add(builder.shuffle_vector(a, b, evens), builder.shuffle_vector(a, b, odds))
+
+
+def _sums_of_8(builder, vectors):
+    """Eight <8 x i32> vectors -> one <8 x i32> whose element i is the sum of vector i's elements: three
+    levels of pair sums (each level keeps the vectors' order, so the last one lands in column order)."""
+    while len(vectors) > 1:
+        vectors = [_hadd(builder, vectors[i], vectors[i + 1]) for i in range(0, len(vectors), 2)]
+    return vectors[0]
+
+
+def _columns_block(n_rows: int):
+    """An intrinsic for one block of COLUMN_GROUP weight rows (columns) and n_rows activation rows:
+    lanes[lanes_at + r * lanes_stride + i] += (wd_i * xs[xs_at + r * xs_stride]) * float(dot_ri) for columns
+    i < 8, where column i's block is the fp16 scale and 32 int8 quants at w's flat element w_at + i * row_bytes
+    - 2 (wd_i its scale through the table f16) and dot_ri its integer dot with the 32 int16 quants of row r at
+    x16[x_at + r * x_stride]. The eight dots are summed pairwise (pmaddwd) and reduced together, so the float
+    steps run on eight columns at once."""
+
+    @intrinsic
+    def block(typingctx, w, w_at, row_bytes, x16, x_at, x_stride, f16, xs, xs_at, xs_stride, lanes, lanes_at,
+              lanes_stride):
+        if not (_is_c_array(w, types.int8) and _is_c_array(x16, types.int16) and _is_c_array(f16, types.float32)
+                and _is_c_array(xs, types.float32) and _is_c_array(lanes, types.float32)):
+            return None
+
+        def codegen(context, builder, signature, args):
+            i64 = ir.IntType(64)
+            # every integer argument as i64; arrays stay as they are
+            v = [context.cast(builder, value, ty, types.int64) if isinstance(ty, types.Integer) else value
+                 for value, ty in zip(args, signature.args)]
+            w_arr, w_off, stride, x_arr, x_off, x_step, f16_arr, xs_arr, xs_off, xs_step, lanes_arr, lanes_off, \
+                lanes_step = v
+
+            def pointer(index, offset):  # to element `offset` of array argument `index`
+                return _element_pointer(context, builder, signature.args[index], v[index], offset)
+
+            def plus(base, step, k):  # base + step * k
+                return builder.add(base, builder.mul(step, ir.Constant(i64, k)))
+
+            w32, scales = [], ir.Constant(ir.VectorType(_F32, COLUMN_GROUP), None)
+            for i in range(COLUMN_GROUP):
+                pw = pointer(0, plus(w_off, stride, i))
+                _prefetch(builder, builder.gep(pw, [builder.mul(stride, ir.Constant(i64, COLUMN_GROUP))]))
+                w16 = builder.sext(builder.load(_vector_at(builder, pw, _I8, 32), align=1), ir.VectorType(_I16, 32))
+                w32.append(builder.sext(w16, ir.VectorType(_I32, 32)))  # from 16 bits: pmaddwd's operands
+                # the fp16 scale: the two bytes before the quants, little-endian -> float32 by the table
+                scale_at = builder.bitcast(builder.gep(pw, [ir.Constant(i64, -2)]), _I16.as_pointer())
+                scale = builder.load(pointer(6, builder.zext(builder.load(scale_at, align=1), i64)), align=4)
+                scales = builder.insert_element(scales, scale, ir.Constant(_I32, i))
+            f8 = ir.VectorType(_F32, COLUMN_GROUP)
+            lo = ir.Constant(ir.VectorType(_I32, 8), list(range(8)))
+            hi = ir.Constant(ir.VectorType(_I32, 8), list(range(8, 16)))
+            for r in range(n_rows):
+                xv = builder.load(_vector_at(builder, pointer(3, plus(x_off, x_step, r)), _I16, 32), align=2)
+                x32 = builder.sext(xv, ir.VectorType(_I32, 32))
+                sums = []
+                for i in range(COLUMN_GROUP):
+                    pairs = _pair_sums(builder, builder.mul(w32[i], x32))  # <16 x i32>: pmaddwd
+                    sums.append(builder.add(builder.shuffle_vector(pairs, pairs, lo),
+                                            builder.shuffle_vector(pairs, pairs, hi)))
+                dots = _sums_of_8(builder, sums)
+                xd = _splat(builder, builder.load(pointer(7, plus(xs_off, xs_step, r)), align=4), COLUMN_GROUP)
+                term = builder.fmul(builder.fmul(scales, xd), builder.sitofp(dots, f8))  # (wd * xd) * dot
+                lane = _vector_at(builder, pointer(10, plus(lanes_off, lanes_step, r)), _F32, COLUMN_GROUP)
+                builder.store(builder.fadd(builder.load(lane, align=4), term), lane, align=4)
+            return context.get_dummy_value()
+
+        return types.void(w, w_at, row_bytes, x16, x_at, x_stride, f16, xs, xs_at, xs_stride, lanes, lanes_at,
+                          lanes_stride), codegen
+
+    return block
+
+
+_columns_block_1_row, _columns_block_2_rows = _columns_block(1), _columns_block(2)
+
+
 # ---------------------------------------------------------------------------------------- compiled loops
 @njit(inline="always")
 def _scale(lo, hi, f16):
@@ -181,21 +281,46 @@ def _halving_sum(lanes):
 
 
 @njit(nogil=True, cache=CACHE)
-def _columns_few_rows(rows, xq, xs, out, out_col, c0, c1, f16):
-    """out[r, out_col + c] for c in c0..c1-1 and every row r, one column at a time."""
+def _columns_few_rows(rows, xq, x16, xs, out, out_col, c0, c1, f16):
+    """out[r, out_col + c] for c in c0..c1-1 and every row r (1 or 2): eight columns at a time, each weight
+    block read once and dotted with each row; the columns left over one at a time."""
     n_rows, nb = xs.shape
+    k = nb * QK8_0
     row_bytes = rows.shape[1]
-    lanes = np.zeros((n_rows, 32), np.float32)
-    for c in range(c0, c1):
+    lanes = np.zeros((n_rows, 32, COLUMN_GROUP), np.float32)
+    stop = c0 + (c1 - c0) // COLUMN_GROUP * COLUMN_GROUP
+    for t0 in range(c0, stop, COLUMN_GROUP):
         lanes[:] = 0
+        w_at = t0 * row_bytes + 2
+        if n_rows == 1:  # (two loops: LLVM merges the two routines' loads badly inside one)
+            for b in range(nb):
+                _columns_block_1_row(rows, w_at + b * BLOCK_BYTES, row_bytes, x16, b * QK8_0, k, f16, xs, b, nb,
+                                     lanes, (b & 31) * COLUMN_GROUP, 32 * COLUMN_GROUP)
+        else:
+            for b in range(nb):
+                _columns_block_2_rows(rows, w_at + b * BLOCK_BYTES, row_bytes, x16, b * QK8_0, k, f16, xs, b, nb,
+                                      lanes, (b & 31) * COLUMN_GROUP, 32 * COLUMN_GROUP)
+        width = 16  # the halving sum of the 32 lanes, eight columns at once
+        while width >= 1:
+            for i in range(width):
+                for r in range(n_rows):
+                    for j in range(COLUMN_GROUP):
+                        lanes[r, i, j] += lanes[r, i + width, j]
+            width //= 2
+        for r in range(n_rows):
+            for j in range(COLUMN_GROUP):
+                out[r, out_col + t0 + j] = lanes[r, 0, j]
+    column_lanes = np.zeros((n_rows, 32), np.float32)
+    for c in range(stop, c1):
+        column_lanes[:] = 0
         for b in range(nb):
             at = b * BLOCK_BYTES
             wd = _scale(rows[c, at], rows[c, at + 1], f16)
             for r in range(n_rows):
                 dot = _block_dot(rows, c * row_bytes + at + 2, xq, (r * nb + b) * QK8_0)
-                lanes[r, b & 31] += (wd * xs[r, b]) * np.float32(dot)
+                column_lanes[r, b & 31] += (wd * xs[r, b]) * np.float32(dot)
         for r in range(n_rows):
-            out[r, out_col + c] = _halving_sum(lanes[r])
+            out[r, out_col + c] = _halving_sum(column_lanes[r])
 
 
 @njit(nogil=True, cache=CACHE)
@@ -265,6 +390,20 @@ def _columns_row_groups(rows, xt, xs_t, n_rows, out, out_col, c0, c1, f16):
                 out[r, out_col + c] = lanes[c - t0, 0, r]
 
 
+@njit(nogil=True, parallel=True, cache=CACHE)
+def _few_rows_tasks(rows, xq, x16, xs, out, out_col, bounds, f16):
+    """_columns_few_rows over the column ranges bounds[t]..bounds[t+1], spread over numba's threads."""
+    for t in prange(bounds.shape[0] - 1):
+        _columns_few_rows(rows, xq, x16, xs, out, out_col, bounds[t], bounds[t + 1], f16)
+
+
+@njit(nogil=True, parallel=True, cache=CACHE)
+def _row_groups_tasks(rows, xt, xs_t, n_rows, out, out_col, bounds, f16):
+    """_columns_row_groups over the column ranges bounds[t]..bounds[t+1], spread over numba's threads."""
+    for t in prange(bounds.shape[0] - 1):
+        _columns_row_groups(rows, xt, xs_t, n_rows, out, out_col, bounds[t], bounds[t + 1], f16)
+
+
 # ------------------------------------------------------------------------------------ the Python wrapper
 class PreparedRows:
     """One GEMV's activation rows, laid out once for every column task: int8 quants [R, K] and float32 scales
@@ -277,25 +416,69 @@ class PreparedRows:
         self.xq = np.ascontiguousarray(xq, np.int8)
         self.xs = np.ascontiguousarray(xd.astype(np.float32))  # fp16 -> float32, exact
         self.grouped = self.n_rows > FEW_ROWS
-        if self.grouped:
+        if not self.grouped:
+            self.x16 = self.xq.astype(np.int16)
+        else:
             self.xt, self.xs_t = prepare_rows(self.xq, self.xs)
+
+
+def _check(rows: np.ndarray, x: PreparedRows, out: np.ndarray, out_col: int, c0: int, c1: int) -> None:
+    if rows.dtype != np.int8 or rows.ndim != 2 or rows.shape[1] != x.nb * BLOCK_BYTES or not rows.flags.c_contiguous:
+        raise UsageError(f"weight rows {rows.dtype} {rows.shape} are not C-contiguous int8 blocks of {x.nb} x 34 bytes")
+    if not (0 <= c0 <= c1 <= rows.shape[0]) or out.dtype != np.float32 or not out.flags.c_contiguous \
+            or out.shape[0] != x.n_rows or not 0 <= out_col <= out.shape[1] - (c1 - c0):
+        raise UsageError(f"columns {c0}..{c1} of {rows.shape[0]} do not fit output {out.shape} at {out_col}")
 
 
 def gemv_columns(rows: np.ndarray, x: PreparedRows, out: np.ndarray, out_col: int, c0: int, c1: int) -> None:
     """out[:, out_col + c] = the GEMV of weight rows c0..c1-1 of `rows` (int8 [N, nb*34]: GGUF Q8_0 blocks,
     C-contiguous) with x's activation rows, for c in c0..c1-1. Releases the GIL: call it from several threads
     on disjoint columns."""
-    if rows.dtype != np.int8 or rows.ndim != 2 or rows.shape[1] != x.nb * BLOCK_BYTES or not rows.flags.c_contiguous:
-        raise UsageError(f"weight rows {rows.dtype} {rows.shape} are not C-contiguous int8 blocks of {x.nb} x 34 bytes")
-    if not (0 <= c0 <= c1 <= rows.shape[0]) or out.dtype != np.float32 or not out.flags.c_contiguous \
-            or out.shape[0] != x.n_rows or not 0 <= out_col <= out.shape[1] - (c1 - c0):
-        raise UsageError(f"columns {c0}..{c1} of {rows.shape[0]} do not fit output {out.shape} at {out_col}")
+    _check(rows, x, out, out_col, c0, c1)
     if c0 == c1:
         return
     if x.grouped:
         _columns_row_groups(rows, x.xt, x.xs_t, x.n_rows, out, out_col - c0, c0, c1, F16_TO_F32)
     else:
-        _columns_few_rows(rows, x.xq, x.xs, out, out_col - c0, c0, c1, F16_TO_F32)
+        _columns_few_rows(rows, x.xq, x.x16, x.xs, out, out_col - c0, c0, c1, F16_TO_F32)
+
+
+@njit(cache=CACHE)
+def _increasing(bounds):
+    for i in range(1, bounds.shape[0]):
+        if bounds[i] < bounds[i - 1]:
+            return False
+    return True
+
+
+_PARALLEL = threading.Lock()  # one parallel GEMV at a time: numba's fallback thread pool (workqueue, where
+# OpenMP is missing) aborts the process on concurrent launches; the cores are busy with one anyway
+_THREAD_STATE = threading.local()  # numba's thread count and chunk size are per calling thread
+
+
+def gemv_tasks(rows: np.ndarray, x: PreparedRows, out: np.ndarray, out_col: int, bounds: np.ndarray,
+               threads: int) -> None:
+    """out[:, out_col + c] = the GEMV of weight rows c of `rows` for bounds[0] <= c < bounds[-1], the column
+    ranges bounds[t]..bounds[t+1] handed out one at a time (numba's parallel chunk size 1) to `threads` of
+    numba's threads as they come free (a core slowed by other work takes fewer). One launch costs a few
+    microseconds, against ~100 for a hand-off to Python threads: a decoding step of the default model runs
+    121 GEMVs of 0.2-1.9 MB. Sets numba's thread count and chunk size for the calling thread (both are
+    per thread; numba's own setters cost microseconds, so they run only when the count changes)."""
+    if not (isinstance(bounds, np.ndarray) and bounds.dtype == np.int64 and bounds.ndim == 1 and len(bounds) >= 2
+            and bounds.flags.c_contiguous and _increasing(bounds)):
+        raise UsageError(f"column bounds {bounds!r} are not an increasing int64 array")
+    c0, c1 = int(bounds[0]), int(bounds[-1])
+    _check(rows, x, out, out_col, c0, c1)
+    threads = max(1, min(threads, numba.config.NUMBA_NUM_THREADS))
+    with _PARALLEL:
+        if getattr(_THREAD_STATE, "threads", None) != threads:
+            numba.set_num_threads(threads)
+            numba.set_parallel_chunksize(1)
+            _THREAD_STATE.threads = threads
+        if x.grouped:
+            _row_groups_tasks(rows, x.xt, x.xs_t, x.n_rows, out, out_col - c0, bounds, F16_TO_F32)
+        else:
+            _few_rows_tasks(rows, x.xq, x.x16, x.xs, out, out_col - c0, bounds, F16_TO_F32)
 
 
 def q8_gemv(rows: np.ndarray, xq: np.ndarray, xd: np.ndarray) -> np.ndarray:
@@ -307,7 +490,10 @@ def q8_gemv(rows: np.ndarray, xq: np.ndarray, xd: np.ndarray) -> np.ndarray:
 
 
 def warm_up() -> None:
-    """Compile (or load from numba's cache) both loop orders, on a one-block matrix."""
+    """Compile (or load from numba's cache) both loop orders and their threaded runs, on a one-block matrix."""
     rows = np.zeros((1, BLOCK_BYTES), np.int8)
     for n_rows in (1, FEW_ROWS + 1):
-        q8_gemv(rows, np.zeros((n_rows, QK8_0), np.int8), np.zeros((n_rows, 1), np.float16))
+        x = PreparedRows(np.zeros((n_rows, QK8_0), np.int8), np.zeros((n_rows, 1), np.float16))
+        out = np.empty((n_rows, 1), np.float32)
+        gemv_columns(rows, x, out, 0, 0, 1)
+        gemv_tasks(rows, x, out, 0, np.array([0, 1], np.int64), 1)

@@ -80,6 +80,23 @@ def test_compiled_gemv_equals_spec_at_row_group_edges(rows, seed):
     check_equals_spec(q, d, xq, xd, f"R={rows}")
 
 
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 90), blocks=st.integers(1, 40), rows=st.sampled_from([1, 2, 3, 9]),
+       cuts=st.lists(st.integers(0, 90), max_size=6), threads=st.integers(1, 3), seed=st.integers(0, 2**32 - 1))
+def test_column_ranges_over_threads_equal_spec(n, blocks, rows, cuts, threads, seed):
+    """gemv_tasks: any increasing column ranges (empty ones, ranges that end inside a column group or tile),
+    run by numba's threads, into an output wider than the matrix at an offset: the spec's bits, and the
+    columns outside untouched."""
+    rng = np.random.default_rng(seed)
+    q, d = draw_quants(rng, (n, blocks * 32)), draw_scales(rng, (n, blocks), False)
+    xq, xd = spec.quantize_q8_0(rng.standard_normal((rows, blocks * 32)).astype(F32))
+    bounds = np.array(sorted([0, n] + [min(c, n) for c in cuts]), np.int64)
+    out = np.full((rows, n + 5), 7.0, F32)
+    cpu_gemv.gemv_tasks(gguf_rows(q, d), cpu_gemv.PreparedRows(xq, xd), out, 3, bounds, threads)
+    assert_bits_equal(out[:, 3 : 3 + n], spec.q8_gemv(Q8Matrix(q, d), xq, xd), f"N={n} bounds={bounds.tolist()}")
+    assert (out[:, :3] == 7).all() and (out[:, 3 + n :] == 7).all()
+
+
 def test_every_fp16_scale_converts_exactly():
     """One block per output, dot 1, activation scale 1: y[n] = float32(wd[n]) + 0.0 for all 65,536 fp16
     values (a lane sum starts at +0.0, so -0.0 comes out +0.0)."""
@@ -128,6 +145,9 @@ def test_blocks_are_summed_in_the_spec_lane_order(rows):
         want = spec.q8_gemv(Q8Matrix(q, d), xq, xd)
         assert want[0, 0] == F32(1.0) and left_to_right == F32(0.0)  # the order matters for these values
         assert_bits_equal(cpu_gemv.q8_gemv(gguf_rows(q, d), xq, xd), want, f"nb={nb}")
+        columns = cpu_gemv.COLUMN_GROUP + 1  # the same column 9 times: a column group, then a column alone
+        got = cpu_gemv.q8_gemv(gguf_rows(np.repeat(q, columns, 0), np.repeat(d, columns, 0)), xq, xd)
+        assert_bits_equal(got, np.repeat(want, columns, 1), f"nb={nb}, {columns} columns")
 
 
 def test_scales_multiply_before_the_dot():
@@ -150,8 +170,10 @@ def test_scales_multiply_before_the_dot():
     q[0, a], xq[0, a] = 127 * sign, rest_w
     q[0, a + 1], xq[0, a + 1] = rest_x * sign, 1
     assert int(q[0].astype(np.int64) @ xq[0].astype(np.int64)) == dot[i]
-    got = cpu_gemv.q8_gemv(gguf_rows(q, d), xq, np.array([[xd[i]]], np.float16))
-    assert_bits_equal(got[0, 0], spec_order[i], "(wd * xd) * dot")
+    columns = cpu_gemv.COLUMN_GROUP + 1  # a column group and a column alone: both loops
+    got = cpu_gemv.q8_gemv(gguf_rows(np.repeat(q, columns, 0), np.repeat(d, columns, 0)), xq,
+                           np.array([[xd[i]]], np.float16))
+    assert_bits_equal(got[0], np.full(columns, spec_order[i]), "(wd * xd) * dot")
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 mnemonics")
@@ -164,7 +186,7 @@ def test_machine_code_has_no_fma():
     few = cpu_gemv.PreparedRows(np.ones((1, 64), np.int8), np.ones((1, 2), np.float16))
     many = cpu_gemv.PreparedRows(np.ones((9, 64), np.int8), np.ones((9, 2), np.float16))
     f16 = cpu_gemv.F16_TO_F32
-    loops = {"few rows": (cpu_gemv._columns_few_rows, (rows, few.xq, few.xs, out[:1], 0, 0, 3, f16)),
+    loops = {"few rows": (cpu_gemv._columns_few_rows, (rows, few.xq, few.x16, few.xs, out[:1], 0, 0, 3, f16)),
              "row groups": (cpu_gemv._columns_row_groups, (rows, many.xt, many.xs_t, 9, out, 0, 0, 3, f16))}
     for name, (kernel, args) in loops.items():
         fresh = njit(nogil=True)(kernel.py_func)
@@ -186,6 +208,9 @@ def test_misuse_is_a_usage_error():
         cpu_gemv.gemv_columns(rows[::2], x, out, 0, 0, 2)  # not contiguous
     with pytest.raises(UsageError):
         cpu_gemv.PreparedRows(np.zeros((3, 64), np.int8), np.ones((3, 3), np.float16))
+    for bounds in (np.array([0, 3, 2, 4]), np.array([0, 5]), np.array([4]), np.array([0.0, 4.0])):
+        with pytest.raises(UsageError):  # decreasing, past the matrix, one bound, not integers
+            cpu_gemv.gemv_tasks(rows, x, out, 0, bounds, 2)
 
 
 @pytest.mark.parametrize("arch, shape", [

@@ -34,21 +34,21 @@ def model_files(tmp_path_factory):
                               **shape) for arch, shape in SHAPES.items()}
 
 
-def streamed_backend(threads: int, task_bytes: int) -> CpuBackend:
+def streamed_backend(threads: int, task_work: int) -> CpuBackend:
     be = CpuBackend(threads=threads, resident_bytes=0)
-    be.TASK_BYTES = task_bytes  # small: many tasks, partial last ones
+    be.TASK_WORK = task_work  # small: many column ranges, partial last ones
     return be
 
 
 @settings(max_examples=12, deadline=None)
 @given(arch=st.sampled_from(sorted(SHAPES)), rows=st.integers(1, 9), threads=st.integers(1, 3),
-       task_bytes=st.integers(1, 1 << 16))
-def test_streamed_forward_equals_resident_forward(model_files, arch, rows, threads, task_bytes):
+       task_work=st.integers(1, 1 << 16))
+def test_streamed_forward_equals_resident_forward(model_files, arch, rows, threads, task_work):
     """The compiled GEMV over the mapped file (streamed) gives the bits of the float32 copy run by BLAS
     (resident): two independent ways of computing spec.q8_gemv, compared over whole passes."""
     model = load(model_files[arch], log=lambda message: None)
     resident = Transformer(model, CpuBackend(resident_bytes=1 << 40))
-    streamed = Transformer(model, streamed_backend(threads, task_bytes))
+    streamed = Transformer(model, streamed_backend(threads, task_work))
     assert resident.weights.layers[0].wq.stack.wf is not None  # really a float32 copy
     assert streamed.weights.layers[0].wq.stack.wf is None  # really streamed
     ids = list(np.random.default_rng(rows).integers(0, model.config.n_vocab, rows))

@@ -140,6 +140,9 @@ class CpuBackend(FusedFromParts):
         self.resident_bytes = self.RESIDENT_BYTES if resident_bytes is None else resident_bytes
         self._local = threading.local()
         self._bounds = {}  # column ranges per GEMV shape
+        for name, parts, compiled in self.COMPILED_FUSED:
+            if all(getattr(type(self), part) is getattr(CpuBackend, part) for part in parts):
+                setattr(self, name, compiled)
         self._log = log or _print_to_stderr
         self._stream = None  # ByteProgress when the weights are larger than memory
 
@@ -189,10 +192,16 @@ class CpuBackend(FusedFromParts):
     quantize_q8 = staticmethod(cpu_ops.quantize_q8_0)
     argmax = staticmethod(spec.argmax)
     argmax_rows = staticmethod(spec.argmax_rows)
-    # fused, each with the bits of FusedFromParts' composition
-    rmsnorm_q8 = staticmethod(cpu_ops.rmsnorm_q8)
-    silu_mul_q8 = staticmethod(cpu_ops.silu_mul_q8)
-    rope_kv = staticmethod(cpu_ops.rope_kv)
+    # fused operations compiled as one loop each (refspec/cpu_ops.py), with the bits of their composition:
+    # name, the parts it fuses, the compiled loop. __init__ binds them only where the parts are CpuBackend's
+    # own: a subclass that replaces a part (a backend modelled on this one, differing in one op, as the tests
+    # and notebooks build) gets the composition of its parts instead.
+    COMPILED_FUSED = (("rmsnorm_q8", ("rmsnorm", "quantize_q8"), cpu_ops.rmsnorm_q8),
+                      ("silu_mul_q8", ("silu_mul", "quantize_q8"), cpu_ops.silu_mul_q8),
+                      ("rope_kv", ("rope", "kv_write"), cpu_ops.rope_kv))
+
+    def rmsnorm_q8(self, x, w, eps):
+        return self.quantize_q8(self.rmsnorm(x, w, eps))
 
     @staticmethod
     def embed(w: CpuQ8Part, ids):

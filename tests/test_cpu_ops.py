@@ -243,3 +243,20 @@ def test_misuse_is_a_usage_error():
     with pytest.raises(UsageError):
         cpu_ops.rope_kv(np.zeros((2, 1, 4), F32), np.zeros((2, 2, 4), F32), np.zeros((2, 2, 4), F32),
                         cache, cache, 0, cos, cos, False)  # 2 kv heads, the cache holds 1
+
+
+def test_fused_loops_only_where_the_parts_are_the_cpu_backends_own():
+    """CpuBackend runs rmsnorm_q8, silu_mul_q8 and rope_kv as single compiled loops; a subclass that replaces
+    a part (a backend modelled on the CPU one, differing in one op) gets the composition of its parts."""
+    from refspec.backends import CpuBackend
+
+    class ZeroSilu(CpuBackend):
+        @staticmethod
+        def silu_mul(gate, up):
+            return np.zeros_like(gate)
+
+    assert CpuBackend().silu_mul_q8 is cpu_ops.silu_mul_q8 and CpuBackend().rope_kv is cpu_ops.rope_kv
+    g = np.ones((2, 64), F32)
+    q, d = ZeroSilu().silu_mul_q8(g, g)
+    assert not q.any() and not d.astype(F32).any()
+    assert ZeroSilu().rmsnorm_q8 is cpu_ops.rmsnorm_q8  # its parts are still CpuBackend's

@@ -1,5 +1,6 @@
 """The CPU backend's compiled attention: the bits of refspec.spec.attention (SPEC.md, "Attention", "exp",
-"Reductions"), one query row and head at a time over the positions that row sees.
+"Reductions"), one query row and head at a time over the positions that row sees, the (row, head) pairs spread
+over numba's threads.
 
 spec.attention runs every row over all pos0 + R positions, the hidden ones as s = -inf (e = +0.0), in arrays
 [D, R, H, T]; a 64-row prompt pass of an 8B model spends most of its non-GEMV time there. Here each (row, head)
@@ -16,10 +17,10 @@ lane_sum: lane l starts at +0.0 and adds elements l, l+32, ... in order, then th
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from refspec import spec
-from refspec.cpu_gemv import CACHE
+from refspec.cpu_gemv import CACHE, numba_threads
 from refspec.errors import UsageError
 
 LANES = spec.LANES
@@ -60,62 +61,68 @@ def _halving(lanes, width_of_row):
         width //= 2
 
 
-@njit(nogil=True, cache=CACHE)
-def _attention(q, k_cache, v_cache, pos0, scale, out):
-    rows, n_head, dim = q.shape
-    group = n_head // k_cache.shape[0]
-    n_pos = pos0 + rows
-    s = np.empty(n_pos, np.float32)
-    lane = np.empty(LANES, np.float32)
-    acc = np.empty((LANES, dim), np.float32)  # the 32 lanes of the output sums, every j at once
-    num = np.empty(dim, np.float32)
-    for r in range(rows):
-        n = pos0 + r + 1  # positions this row sees
-        for h in range(n_head):
-            g = h // group
-            # scores: lane_sum over j of q[j] * k[t, j], then * scale
-            for t in range(n):
-                lane[:] = 0
-                for c in range(0, dim, LANES):
-                    for i in range(min(LANES, dim - c)):
-                        lane[i] += q[r, h, c + i] * k_cache[g, t, c + i]
-                width = LANES // 2
-                while width >= 1:
-                    for i in range(width):
-                        lane[i] += lane[i + width]
-                    width //= 2
-                s[t] = lane[0] * scale
-            m = s[0]  # the max; NaN if any score is NaN (as NumPy's max)
-            for t in range(1, n):
-                if s[t] > m or s[t] != s[t]:
-                    m = s[t]
-                    if m != m:
-                        break
-            for t in range(n):
-                s[t] = _exp(s[t] - m)
-            # chunked sums over t of e[t] (denominator) and e[t] * v[t, j] (numerator)
-            denom = np.float32(0.0)
-            num[:] = 0
-            for c0 in range(0, n, CHUNK):
-                c1 = min(n, c0 + CHUNK)
-                lane[:] = 0
-                acc[:, :] = 0
-                for t in range(c0, c1):
-                    i = (t - c0) % LANES
-                    lane[i] += s[t]
-                    for j in range(dim):
-                        acc[i, j] += s[t] * v_cache[g, t, j]
-                width = LANES // 2
-                while width >= 1:
-                    for i in range(width):
-                        lane[i] += lane[i + width]
-                    width //= 2
-                _halving(acc, dim)
-                denom += lane[0]
-                for j in range(dim):
-                    num[j] += acc[0, j]
+@njit(inline="always")
+def _attend(q, k_cache, v_cache, r, h, pos0, scale, out, s, lane, acc, num):
+    """out[r, h]: query row r (position pos0 + r), head h, over positions 0 .. pos0 + r; s, lane, acc, num
+    are scratch ([>= n], [32], [32, D], [D])."""
+    dim = q.shape[2]
+    g = h // (q.shape[1] // k_cache.shape[0])
+    n = pos0 + r + 1  # positions this row sees
+    # scores: lane_sum over j of q[j] * k[t, j], then * scale
+    for t in range(n):
+        lane[:] = 0
+        for c in range(0, dim, LANES):
+            for i in range(min(LANES, dim - c)):
+                lane[i] += q[r, h, c + i] * k_cache[g, t, c + i]
+        width = LANES // 2
+        while width >= 1:
+            for i in range(width):
+                lane[i] += lane[i + width]
+            width //= 2
+        s[t] = lane[0] * scale
+    m = s[0]  # the max; NaN if any score is NaN (as NumPy's max)
+    for t in range(1, n):
+        if s[t] > m or s[t] != s[t]:
+            m = s[t]
+            if m != m:
+                break
+    for t in range(n):
+        s[t] = _exp(s[t] - m)
+    # chunked sums over t of e[t] (denominator) and e[t] * v[t, j] (numerator)
+    denom = np.float32(0.0)
+    num[:] = 0
+    for c0 in range(0, n, CHUNK):
+        c1 = min(n, c0 + CHUNK)
+        lane[:] = 0
+        acc[:, :] = 0
+        for t in range(c0, c1):
+            i = (t - c0) % LANES
+            lane[i] += s[t]
             for j in range(dim):
-                out[r, h, j] = num[j] / denom
+                acc[i, j] += s[t] * v_cache[g, t, j]
+        width = LANES // 2
+        while width >= 1:
+            for i in range(width):
+                lane[i] += lane[i + width]
+            width //= 2
+        _halving(acc, dim)
+        denom += lane[0]
+        for j in range(dim):
+            num[j] += acc[0, j]
+    for j in range(dim):
+        out[r, h, j] = num[j] / denom
+
+
+@njit(nogil=True, parallel=True, cache=CACHE)
+def _attention_parallel(q, k_cache, v_cache, pos0, scale, out):
+    """Every (row, head) pair, spread over numba's threads."""
+    rows, n_head, dim = q.shape
+    for i in prange(rows * n_head):
+        s = np.empty(pos0 + rows, np.float32)
+        lane = np.empty(LANES, np.float32)
+        acc = np.empty((LANES, dim), np.float32)
+        num = np.empty(dim, np.float32)
+        _attend(q, k_cache, v_cache, i // n_head, i % n_head, pos0, scale, out, s, lane, acc, num)
 
 
 def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos0: int) -> np.ndarray:
@@ -127,11 +134,12 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos0: int
         raise UsageError(f"attention: q {q.shape} does not fit the cache {k_cache.shape} at position {pos0}")
     scale = np.float32(1) / np.sqrt(np.float32(dim))  # as spec.attention
     out = np.empty(q.shape, np.float32)
-    _attention(q, k_cache, v_cache, int(pos0), scale, out)
+    with numba_threads():  # the (row, head) pairs over numba's threads, as many as the GEMV last used
+        _attention_parallel(q, k_cache, v_cache, int(pos0), scale, out)
     return out
 
 
 def warm_up() -> None:
-    """Compile (or load from numba's cache) the attention loop."""
+    """Compile (or load from numba's cache) the attention loops."""
     cache = np.zeros((1, 1, 1), np.float32)
     attention(np.zeros((1, 1, 1), np.float32), cache, cache, 0)

@@ -18,8 +18,9 @@ Two loop orders, the same bits. Few activation rows (a decoding step): eight col
 block read once and dotted with each row (`_columns_few_rows`: pmaddwd per column, the eight columns' partial
 sums reduced together into one vector of eight dots, so the scaling and the lane add run eight columns wide).
 More rows (a prompt or a verify pass): the activations are laid out once as int16 pairs [block, row group, pair,
-8 rows, 2] (`prepare_rows`), and each weight block is dotted with 8 rows per vector, the weight pair broadcast,
-while it sits in a register (`_columns_row_groups`: column tile -> block -> column -> row groups).
+8 rows, 2] (`prepare_rows`); a tile of 16 columns goes block by block, its weight blocks widened to int16 once,
+and each row group's pair vectors stay in registers while four columns' weight pairs are broadcast from memory
+against them (`_columns_row_groups`: column tile -> block -> row group -> 4 columns -> 16 pairs, in two halves).
 
 Threads: `gemv_tasks` hands ranges of columns to numba's threads (prange; a launch costs a few microseconds).
 
@@ -43,9 +44,10 @@ QK8_0 = 32  # values per Q8_0 block
 BLOCK_BYTES = 34  # a GGUF Q8_0 block: fp16 scale, then 32 int8 quants
 ROW_GROUP = 8  # activation rows per vector of dots: 8 int32 lanes fill one 256-bit register
 FEW_ROWS = 2  # up to this many rows, the horizontal-sum loop order is the faster (measured: README, "CPU")
-TILE_COLUMNS = 16  # output columns whose lanes [16, 32, rows] stay in cache while the blocks go by
+TILE_COLUMNS = 16  # output columns whose lanes [32, 16, rows] stay in cache while the blocks go by
+COLUMNS_PER_CALL = 4  # columns one row-group routine call takes (4 dot vectors + 8 activation vectors in registers)
 COLUMN_GROUP = 8  # columns whose dots one call of the few-rows block routine reduces together (8 int32 lanes)
-GROUPS_PER_CALL = (8, 4, 2, 1)  # row groups one inlined dot routine handles (8 groups = 64 rows in 8 registers)
+PREFETCH_AHEAD = 256  # bytes ahead in a weight row that the row-groups loop asks for (128 to 512 measured alike)
 
 # fp16 -> float32 for every fp16 bit pattern, by NumPy's conversion (exact; the spec's own `.astype(F32)`): a
 # scale is one table load instead of a decode with branches (twice as fast per block in a decoding step).
@@ -124,50 +126,84 @@ def _block_dot(typingctx, w, w_at, x, x_at):
     return types.int32(w, w_at, x, x_at), codegen
 
 
-def _row_groups_block(n_groups: int):
-    """An intrinsic for one weight block and `n_groups` groups of 8 activation rows:
-    lanes[at + i] += (wd * xs[xs_at + i]) * float(dot_i) for the 8 * n_groups rows i, where dot_i is the
-    integer dot of the 32 int8 weights at w[w_at] with row i's quants in xt (int16 pairs from x_at:
-    [group, pair, 8 rows, 2])."""
+def _row_group_half(half: int):
+    """An intrinsic for pairs 8*half .. 8*half+7 of one weight block, COLUMNS_PER_CALL columns and one group
+    of 8 activation rows. Column i's 32 weights are int16 at w16[w_at + 32 i] (its scale sc[sc_at + i]); the
+    group's quants are int16 pairs at xt[x_at] ([16 pairs, 8 rows, 2], prepare_rows). Each weight pair is
+    broadcast from memory and multiplied with the group's pair vector (pmaddwd: 8 rows' two products summed),
+    the int32 dots of the first half carried to the second through acc (8 x COLUMNS_PER_CALL int32). The
+    second half then adds lanes[lane_at + i * lane_stride + row] += (wd_i * xd_row) * float(dot).
+
+    Half the pairs per call: the 8 activation vectors of a half stay in registers while the columns' weights
+    go by (with all 16 pairs LLVM loaded them all first and spilled them)."""
 
     @intrinsic
-    def block(typingctx, w, w_at, xt, x_at, wd, xs, xs_at, lanes, lanes_at):
-        if not (_is_c_array(w, types.int8) and _is_c_array(xt, types.int16) and _is_c_array(xs, types.float32)
-                and _is_c_array(lanes, types.float32) and wd == types.float32):
+    def half_block(typingctx, w16, w_at, xt, x_at, acc, sc, sc_at, xs, xs_at, lanes, lane_at, lane_stride):
+        if not (_is_c_array(w16, types.int16) and _is_c_array(xt, types.int16) and _is_c_array(acc, types.int32)
+                and _is_c_array(sc, types.float32) and _is_c_array(xs, types.float32)
+                and _is_c_array(lanes, types.float32)):
             return None
 
         def codegen(context, builder, signature, args):
-            w_arr, w_off, xt_arr, x_off, wd_value, xs_arr, xs_off, lanes_arr, lanes_off = args
-            pw = _element_pointer(context, builder, signature.args[0], w_arr, w_off)
-            px = _element_pointer(context, builder, signature.args[2], xt_arr, x_off)
-            pxs = _element_pointer(context, builder, signature.args[5], xs_arr, xs_off)
-            plane = _element_pointer(context, builder, signature.args[7], lanes_arr, lanes_off)
-            # the block's 32 weights as 16 int32 words of two int16 each: word p is the pair (2p, 2p+1)
-            w16 = builder.sext(builder.load(_vector_at(builder, pw, _I8, 32), align=1), ir.VectorType(_I16, 32))
-            words = builder.bitcast(w16, ir.VectorType(_I32, 16))
-            dots = [ir.Constant(ir.VectorType(_I32, 8), None)] * n_groups
-            for p in range(QK8_0 // 2):
-                pair = builder.shuffle_vector(words, words, ir.Constant(ir.VectorType(_I32, 8), [p] * 8))
-                pair = builder.sext(builder.bitcast(pair, ir.VectorType(_I16, 16)), ir.VectorType(_I32, 16))
-                for g in range(n_groups):
-                    xv = builder.load(_vector_at(builder, px, _I16, 16, (g * 16 + p) * 16), align=2)
-                    products = builder.mul(builder.sext(xv, ir.VectorType(_I32, 16)), pair)
-                    dots[g] = builder.add(dots[g], _pair_sums(builder, products))
-            f8 = ir.VectorType(_F32, 8)
-            wd8 = _splat(builder, wd_value, 8)
-            for g in range(n_groups):
-                scale = builder.fmul(wd8, builder.load(_vector_at(builder, pxs, _F32, 8, 8 * g), align=4))
-                term = builder.fmul(scale, builder.sitofp(dots[g], f8))  # (wd * xd) * dot, two roundings
-                lane = _vector_at(builder, plane, _F32, 8, 8 * g)
-                builder.store(builder.fadd(builder.load(lane, align=4), term), lane, align=4)
+            i64 = ir.IntType(64)
+            v = [context.cast(builder, value, ty, types.int64) if isinstance(ty, types.Integer) else value
+                 for value, ty in zip(args, signature.args)]
+            w_at, x_at, sc_at, xs_at, lane_at, lane_stride = v[1], v[3], v[6], v[8], v[10], v[11]
+
+            def pointer(index, offset):  # to element `offset` of array argument `index`
+                return _element_pointer(context, builder, signature.args[index], v[index], offset)
+
+            def plus(base, k):
+                return builder.add(base, ir.Constant(i64, k))
+
+            i16x16, i32x16, i32x8 = ir.VectorType(_I16, 16), ir.VectorType(_I32, 16), ir.VectorType(_I32, 8)
+            pairs = range(8 * half, 8 * half + 8)
+            x = {p: builder.sext(builder.load(_vector_at(builder, pointer(2, plus(x_at, 16 * p)), _I16, 16), align=2),
+                                 i32x16) for p in pairs}
+            dots = []
+            for i in range(COLUMNS_PER_CALL):
+                carried = _vector_at(builder, pointer(4, ir.Constant(i64, 8 * i)), _I32, 8)
+                dot = ir.Constant(i32x8, None) if half == 0 else builder.load(carried, align=4)
+                for p in pairs:
+                    word_at = builder.bitcast(pointer(0, plus(w_at, QK8_0 * i + 2 * p)), _I32.as_pointer())
+                    pair = builder.bitcast(_splat(builder, builder.load(word_at, align=4), 8), i16x16)  # w[2p], w[2p+1]
+                    dot = builder.add(dot, _pair_sums(builder, builder.mul(builder.sext(pair, i32x16), x[p])))
+                if half == 0:
+                    builder.store(dot, carried, align=4)
+                dots.append(dot)
+            if half == 1:
+                f8 = ir.VectorType(_F32, 8)
+                xd = builder.load(_vector_at(builder, pointer(7, xs_at), _F32, 8), align=4)
+                for i in range(COLUMNS_PER_CALL):
+                    wd = _splat(builder, builder.load(pointer(5, plus(sc_at, i)), align=4), 8)
+                    term = builder.fmul(builder.fmul(wd, xd), builder.sitofp(dots[i], f8))  # (wd * xd) * dot
+                    at = builder.add(lane_at, builder.mul(lane_stride, ir.Constant(i64, i)))
+                    lane = _vector_at(builder, pointer(9, at), _F32, 8)
+                    builder.store(builder.fadd(builder.load(lane, align=4), term), lane, align=4)
             return context.get_dummy_value()
 
-        return types.void(w, w_at, xt, x_at, wd, xs, xs_at, lanes, lanes_at), codegen
+        return types.void(w16, w_at, xt, x_at, acc, sc, sc_at, xs, xs_at, lanes, lane_at, lane_stride), codegen
 
-    return block
+    return half_block
 
 
-_block_8_groups, _block_4_groups, _block_2_groups, _block_1_group = (_row_groups_block(g) for g in GROUPS_PER_CALL)
+_row_group_first_half, _row_group_second_half = _row_group_half(0), _row_group_half(1)
+
+
+@intrinsic
+def _widen(typingctx, w, w_at, w16, w16_at):
+    """w16[w16_at .. +31] = the 32 int8 at w's flat element w_at, as int16."""
+    if not (_is_c_array(w, types.int8) and _is_c_array(w16, types.int16)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        source = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        target = _element_pointer(context, builder, signature.args[2], args[2], args[3])
+        wide = builder.sext(builder.load(_vector_at(builder, source, _I8, 32), align=1), ir.VectorType(_I16, 32))
+        builder.store(wide, _vector_at(builder, target, _I16, 32), align=2)
+        return context.get_dummy_value()
+
+    return types.void(w, w_at, w16, w16_at), codegen
 
 
 def _prefetch(builder, pointer):
@@ -179,6 +215,21 @@ def _prefetch(builder, pointer):
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]),
                                         "llvm.prefetch.p0i8")
     builder.call(fn, [builder.bitcast(pointer, i8p), ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+
+
+@intrinsic
+def _prefetch_ahead(typingctx, w, at):
+    """A prefetch hint for the cache line PREFETCH_AHEAD bytes past w's flat element `at` (int8; a hint
+    never faults, past the end included)."""
+    if not _is_c_array(w, types.int8):
+        return None
+
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        _prefetch(builder, builder.gep(pointer, [ir.Constant(ir.IntType(64), PREFETCH_AHEAD)]))
+        return context.get_dummy_value()
+
+    return types.void(w, at), codegen
 
 
 def _hadd(builder, a, b):
@@ -343,51 +394,50 @@ def prepare_rows(xq, xs):
 
 @njit(nogil=True, cache=CACHE)
 def _columns_row_groups(rows, xt, xs_t, n_rows, out, out_col, c0, c1, f16):
-    """out[r, out_col + c] for c in c0..c1-1 and rows r < n_rows, from prepare_rows' layout."""
+    """out[r, out_col + c] for c in c0..c1-1 and rows r < n_rows, from prepare_rows' layout: a tile of
+    TILE_COLUMNS columns at a time, block by block (the tile's weight blocks widened to int16 once per block),
+    then every row group, COLUMNS_PER_CALL columns per routine call."""
     nb, groups = xt.shape[0], xt.shape[1]
     padded = groups * ROW_GROUP
     row_bytes = rows.shape[1]
     group_stride = QK8_0 // 2 * ROW_GROUP * 2  # int16 values per row group of one block
-    lanes = np.zeros((TILE_COLUMNS, 32, padded), np.float32)
-    scales = np.zeros((TILE_COLUMNS, nb), np.float32)
-    whole, rest = groups // 8, groups % 8
+    # lanes [32, tile column, row]: one lane's sums for the whole tile are contiguous (laid out [column, 32,
+    # row], a lane's columns sat 8 KB apart, on the same few L1 sets, and the loop ran ~10 % slower)
+    lanes = np.zeros((32, TILE_COLUMNS, padded), np.float32)
+    w16 = np.zeros((TILE_COLUMNS, QK8_0), np.int16)
+    sc = np.zeros(TILE_COLUMNS, np.float32)
+    carried = np.zeros(COLUMNS_PER_CALL * ROW_GROUP, np.int32)
     for t0 in range(c0, c1, TILE_COLUMNS):
-        t1 = min(t0 + TILE_COLUMNS, c1)
+        width = min(TILE_COLUMNS, c1 - t0)
+        calls = (width + COLUMNS_PER_CALL - 1) // COLUMNS_PER_CALL
         lanes[:] = 0
-        for c in range(t0, t1):  # the tile's fp16 scales, decoded once
-            for b in range(nb):
-                scales[c - t0, b] = _scale(rows[c, b * BLOCK_BYTES], rows[c, b * BLOCK_BYTES + 1], f16)
+        w16[:] = 0  # columns past the tile's width: zeros, their lanes unread
+        sc[:] = 0
         for b in range(nb):
-            x_at, xs_at = b * groups * group_stride, b * padded
-            for c in range(t0, t1):
-                wd = scales[c - t0, b]
-                w_at = c * row_bytes + b * BLOCK_BYTES + 2
-                lane_at = ((c - t0) * 32 + (b & 31)) * padded
-                for k in range(whole):  # 64 rows a call, then the rest in calls of 4, 2, 1 groups
-                    g = 8 * k
-                    _block_8_groups(rows, w_at, xt, x_at + g * group_stride, wd, xs_t, xs_at + g * ROW_GROUP,
-                                    lanes, lane_at + g * ROW_GROUP)
-                g = 8 * whole
-                if rest & 4:
-                    _block_4_groups(rows, w_at, xt, x_at + g * group_stride, wd, xs_t, xs_at + g * ROW_GROUP,
-                                    lanes, lane_at + g * ROW_GROUP)
-                    g += 4
-                if rest & 2:
-                    _block_2_groups(rows, w_at, xt, x_at + g * group_stride, wd, xs_t, xs_at + g * ROW_GROUP,
-                                    lanes, lane_at + g * ROW_GROUP)
-                    g += 2
-                if rest & 1:
-                    _block_1_group(rows, w_at, xt, x_at + g * group_stride, wd, xs_t, xs_at + g * ROW_GROUP,
-                                   lanes, lane_at + g * ROW_GROUP)
-        for c in range(t0, t1):  # the halving sum of every row's lanes at once (same additions per row)
-            width = 16
-            while width >= 1:
-                for k in range(width):
+            for c in range(width):
+                w_at = (t0 + c) * row_bytes + b * BLOCK_BYTES
+                sc[c] = _scale(rows[t0 + c, b * BLOCK_BYTES], rows[t0 + c, b * BLOCK_BYTES + 1], f16)
+                _widen(rows, w_at + 2, w16, c * QK8_0)
+                _prefetch_ahead(rows, w_at)  # sixteen rows read block by block: too many streams to be guessed
+            lane_at = (b & 31) * TILE_COLUMNS * padded
+            for g in range(groups):
+                x_at, xs_at = (b * groups + g) * group_stride, b * padded + g * ROW_GROUP
+                for k in range(calls):
+                    at = lane_at + COLUMNS_PER_CALL * k * padded + g * ROW_GROUP
+                    _row_group_first_half(w16, COLUMNS_PER_CALL * k * QK8_0, xt, x_at, carried, sc,
+                                          COLUMNS_PER_CALL * k, xs_t, xs_at, lanes, at, padded)
+                    _row_group_second_half(w16, COLUMNS_PER_CALL * k * QK8_0, xt, x_at, carried, sc,
+                                           COLUMNS_PER_CALL * k, xs_t, xs_at, lanes, at, padded)
+        width_of_lanes = 16  # the halving sum, every column and row of the tile at once (the same additions)
+        while width_of_lanes >= 1:
+            for k in range(width_of_lanes):
+                for c in range(width):
                     for r in range(n_rows):
-                        lanes[c - t0, k, r] += lanes[c - t0, k + width, r]
-                width //= 2
+                        lanes[k, c, r] += lanes[k + width_of_lanes, c, r]
+            width_of_lanes //= 2
+        for c in range(width):
             for r in range(n_rows):
-                out[r, out_col + c] = lanes[c - t0, 0, r]
+                out[r, out_col + t0 + c] = lanes[0, c, r]
 
 
 @njit(nogil=True, parallel=True, cache=CACHE)
@@ -451,30 +501,46 @@ def _increasing(bounds):
     return True
 
 
-_PARALLEL = threading.Lock()  # one parallel GEMV at a time: numba's fallback thread pool (workqueue, where
+_PARALLEL = threading.Lock()  # one parallel launch at a time: numba's fallback thread pool (workqueue, where
 # OpenMP is missing) aborts the process on concurrent launches; the cores are busy with one anyway
 _THREAD_STATE = threading.local()  # numba's thread count and chunk size are per calling thread
+
+
+class numba_threads:
+    """The context of a launch of numba's parallel loops from this thread: one launch at a time, `threads`
+    threads (None: as many as this thread asked for last, else all of numba's) and chunk size 1 (iterations
+    handed out one at a time as threads come free: a core slowed by other work takes fewer). numba's own
+    setters cost microseconds, so they run only when the count changes."""
+
+    def __init__(self, threads: int | None = None):
+        self.threads = threads
+
+    def __enter__(self):
+        _PARALLEL.acquire()
+        threads = self.threads or getattr(_THREAD_STATE, "threads", None) or numba.config.NUMBA_NUM_THREADS
+        threads = max(1, min(threads, numba.config.NUMBA_NUM_THREADS))
+        if getattr(_THREAD_STATE, "threads", None) != threads:
+            numba.set_num_threads(threads)
+            numba.set_parallel_chunksize(1)
+            _THREAD_STATE.threads = threads
+        return self
+
+    def __exit__(self, *exc):
+        _PARALLEL.release()
 
 
 def gemv_tasks(rows: np.ndarray, x: PreparedRows, out: np.ndarray, out_col: int, bounds: np.ndarray,
                threads: int) -> None:
     """out[:, out_col + c] = the GEMV of weight rows c of `rows` for bounds[0] <= c < bounds[-1], the column
-    ranges bounds[t]..bounds[t+1] handed out one at a time (numba's parallel chunk size 1) to `threads` of
-    numba's threads as they come free (a core slowed by other work takes fewer). One launch costs a few
-    microseconds, against ~100 for a hand-off to Python threads: a decoding step of the default model runs
-    121 GEMVs of 0.2-1.9 MB. Sets numba's thread count and chunk size for the calling thread (both are
-    per thread; numba's own setters cost microseconds, so they run only when the count changes)."""
+    ranges bounds[t]..bounds[t+1] handed out to `threads` of numba's threads (numba_threads). One launch costs
+    a few microseconds, against ~100 for a hand-off to Python threads: a decoding step of the default model
+    runs 121 GEMVs of 0.2-1.9 MB."""
     if not (isinstance(bounds, np.ndarray) and bounds.dtype == np.int64 and bounds.ndim == 1 and len(bounds) >= 2
             and bounds.flags.c_contiguous and _increasing(bounds)):
         raise UsageError(f"column bounds {bounds!r} are not an increasing int64 array")
     c0, c1 = int(bounds[0]), int(bounds[-1])
     _check(rows, x, out, out_col, c0, c1)
-    threads = max(1, min(threads, numba.config.NUMBA_NUM_THREADS))
-    with _PARALLEL:
-        if getattr(_THREAD_STATE, "threads", None) != threads:
-            numba.set_num_threads(threads)
-            numba.set_parallel_chunksize(1)
-            _THREAD_STATE.threads = threads
+    with numba_threads(threads):
         if x.grouped:
             _row_groups_tasks(rows, x.xt, x.xs_t, x.n_rows, out, out_col - c0, bounds, F16_TO_F32)
         else:

@@ -1,6 +1,8 @@
 """The compiled CPU attention (refspec/cpu_attention.py) gives refspec.spec.attention's bits: rows, heads, head
 dims off the 32 lanes, positions across the 256-position chunks, large scores (exp's overflow and underflow
 ranges), zeros and NaN; its exp is spec.exp bit for bit."""
+import platform
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -61,6 +63,30 @@ def test_exp_equals_spec_exp():
     out = np.empty_like(x)
     _exp_all(x, out)
     assert_bits_equal(out, spec.exp(x), "exp")
+
+
+@njit(nogil=True)
+def _attend_all(q, k_cache, v_cache, pos0, scale, out):
+    rows, n_head, dim = q.shape
+    s = np.empty(pos0 + rows, np.float32)
+    lane = np.empty(32, np.float32)
+    acc = np.empty((32, dim), np.float32)
+    num = np.empty(dim, np.float32)
+    for r in range(rows):
+        for h in range(n_head):
+            cpu_attention._attend(q, k_cache, v_cache, r, h, pos0, scale, out, s, lane, acc, num)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 mnemonics")
+def test_machine_code_has_no_fma():
+    """numba compiles without fastmath: no fused multiply-add in the attention loop or its exp (the bits
+    tests would also catch one where it rounds differently)."""
+    q = np.ones((2, 2, 8), F32)
+    cache = np.ones((1, 4, 8), F32)
+    _attend_all(q, cache, cache, 2, F32(0.5), np.empty_like(q))
+    asm = "\n".join(_attend_all.inspect_asm().values())
+    assert "vmulss" in asm or "vmulps" in asm, "no float multiply: not the loop's code"
+    assert not any(op in asm for op in ("vfmadd", "vfmsub", "vfnmadd", "vfnmsub")), "FMA"
 
 
 def test_misuse_is_a_usage_error():

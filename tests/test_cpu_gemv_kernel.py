@@ -150,8 +150,9 @@ def test_blocks_are_summed_in_the_spec_lane_order(rows):
         assert_bits_equal(got, np.repeat(want, columns, 1), f"nb={nb}, {columns} columns")
 
 
-def test_scales_multiply_before_the_dot():
-    """t = (wd * xd) * dot, not wd * (xd * dot): values where the two roundings differ."""
+@pytest.mark.parametrize("rows", [1, 9])
+def test_scales_multiply_before_the_dot(rows):
+    """t = (wd * xd) * dot, not wd * (xd * dot): values where the two roundings differ (both loop orders)."""
     rng = np.random.default_rng(5)
     wd = rng.standard_normal(4096).astype(np.float16)
     xd = rng.standard_normal(4096).astype(np.float16)
@@ -171,9 +172,9 @@ def test_scales_multiply_before_the_dot():
     q[0, a + 1], xq[0, a + 1] = rest_x * sign, 1
     assert int(q[0].astype(np.int64) @ xq[0].astype(np.int64)) == dot[i]
     columns = cpu_gemv.COLUMN_GROUP + 1  # a column group and a column alone: both loops
-    got = cpu_gemv.q8_gemv(gguf_rows(np.repeat(q, columns, 0), np.repeat(d, columns, 0)), xq,
-                           np.array([[xd[i]]], np.float16))
-    assert_bits_equal(got[0], np.full(columns, spec_order[i]), "(wd * xd) * dot")
+    got = cpu_gemv.q8_gemv(gguf_rows(np.repeat(q, columns, 0), np.repeat(d, columns, 0)), np.repeat(xq, rows, 0),
+                           np.full((rows, 1), xd[i], np.float16))
+    assert_bits_equal(got, np.full((rows, columns), spec_order[i]), "(wd * xd) * dot")
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 mnemonics")

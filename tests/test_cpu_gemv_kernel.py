@@ -214,15 +214,26 @@ def test_misuse_is_a_usage_error():
             cpu_gemv.gemv_tasks(rows, x, out, 0, bounds, 2)
 
 
+class SpecOps(CpuBackend):
+    """The CPU backend with refspec.spec's own ops instead of the compiled ones (its fused ops then compose
+    these: CpuBackend.COMPILED_FUSED)."""
+    rmsnorm = staticmethod(spec.rmsnorm)
+    quantize_q8 = staticmethod(spec.quantize_q8_0)
+    silu_mul = staticmethod(spec.silu_mul)
+    rope = staticmethod(spec.rope)
+    attention = staticmethod(spec.attention)
+
+
 @pytest.mark.parametrize("arch, shape", [
     ("llama", dict(n_layer=2, n_embd=96, n_ff=160, n_head=3, n_head_kv=1, n_vocab=333)),
     ("qwen2", dict(n_layer=2, n_embd=64, n_ff=96, n_head=4, n_head_kv=2, n_vocab=301)),
     ("qwen3", dict(n_layer=2, n_embd=64, n_ff=64, n_head=2, n_head_kv=2, head_dim=32, n_rot=16, n_vocab=290))])
 def test_compiled_forward_equals_the_blas_path(tmp_path, arch, shape):
-    """Whole passes (1 and 9 rows) with the compiled GEMV (the default) and with float32 copies through BLAS
-    (resident_bytes): the same logits bit for bit."""
+    """Whole passes (1 and 9 rows) with the compiled GEMV, attention and per-row ops (the default) and with
+    nothing compiled: float32 copies through BLAS (resident_bytes) and every other op from refspec.spec. The
+    same logits bit for bit."""
     model = load(write_model(tmp_path / "m.gguf", arch=arch, n_ctx=64, seed=5, **shape), log=lambda message: None)
-    compiled, blas = Transformer(model, CpuBackend()), Transformer(model, CpuBackend(resident_bytes=1 << 40))
+    compiled, blas = Transformer(model, CpuBackend()), Transformer(model, SpecOps(resident_bytes=1 << 40))
     assert compiled.weights.layers[0].wq.stack.wf is None and blas.weights.layers[0].wq.stack.wf is not None
     for rows in (1, 9):
         ids = list(np.random.default_rng(rows).integers(0, model.config.n_vocab, rows))

@@ -39,8 +39,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from refspec.errors import UsageError
+from refspec.model import QK8_0
 
-QK8_0 = 32  # values per Q8_0 block
 BLOCK_BYTES = 34  # a GGUF Q8_0 block: fp16 scale, then 32 int8 quants
 ROW_GROUP = 8  # activation rows per vector of dots: 8 int32 lanes fill one 256-bit register
 FEW_ROWS = 2  # up to this many rows, the horizontal-sum loop order is the faster (measured: README, "CPU")

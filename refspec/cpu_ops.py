@@ -25,9 +25,9 @@ from numba import njit, prange
 from refspec.cpu_attention import _exp
 from refspec.cpu_gemv import CACHE, numba_threads
 from refspec.errors import UsageError
+from refspec.model import QK8_0
+from refspec.spec import LANES
 
-QK8_0 = 32
-LANES = 32
 _ZERO, _ONE, _127 = np.float32(0), np.float32(1), np.float32(127)
 
 

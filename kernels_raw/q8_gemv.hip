@@ -316,155 +316,316 @@ q8_gemv_staged(const signed char* __restrict__ wq, const unsigned short* __restr
 
 // ----------------------------------------------------------------------------------------- q8_gemv_mma
 // The same GEMV with the int8 block dots on NVIDIA's integer tensor cores (mma.sync m16n8k32 s8 x s8 -> s32:
-// each block's dot is the exact integer dp4a gives, so no bit changes), for verify widths where the dp4a
-// kernel runs out of issue slots. A thread block of NR warps owns 16 weight rows and all R <= 16 activation
-// rows (RT = ceil(R / 8) tiles of 8). Warp w is the spec's lanes l = w*LPW .. w*LPW+LPW-1 (LPW = 32/NR): for
-// each, it adds blocks l, l+32, l+64, ... in increasing order to that lane's sums, exactly the spec's per-lane
-// sequence. A warp's blocks of one round are thus LPW*32 contiguous bytes of each of the 16 rows, read in
-// whole lines and staged through shared memory (RsMmaTile);
-// the 32 lane values of every output then meet in the spec's tree (in shared memory), and the store is as
-// rs_gemv_finish's (with `base`, base + sum). The dot of a block does not depend on the order of its 32
-// products, so A (weights) and B (activations) are loaded with the same permutation of k: a lane's 8
-// contiguous bytes t*8 .. t*8+7 of a block stand for the fragment positions k = 4t .. 4t+3 and 16+4t .. 19+4t.
-// CUDA on sm_80 and newer only (the wrapper checks); HIP keeps q8_gemv.
+// each block's dot is the exact integer dp4a gives, so no bit changes), and the weights streamed into shared
+// memory by cp.async, STAGES rounds ahead, so that many bytes are in flight without holding registers.
+//
+// Mapping. A thread block of NR warps owns MT tiles of 16 weight rows and all R <= 16 activation rows
+// (RT = ceil(R / 8) tiles of 8). Warp w is the spec's lanes l = w*LPW .. w*LPW+LPW-1 (LPW = 32/NR): in round
+// i it takes blocks 32i + w*LPW + s, s < LPW, and adds block 32i + l to lane l's sums, in increasing i:
+// exactly the spec's per-lane sequence. The 32 lane values of every output then meet in the spec's tree (in
+// shared memory), and the store is rs_gemv_finish's (with `base`, base + sum).
+//
+// Each warp streams its own part of the weights: for each round, its LPW blocks of the block's 16*MT rows
+// (LPW * 32 contiguous bytes a row: whole 128-byte lines) and their scales, copied by cp.async into one of
+// its STAGES buffers. The first STAGES-1 rounds are requested before rs_kernel_begin (weights are no kernel's
+// output); then each round requests the one STAGES-1 ahead, waits for its own, and computes it. Only the
+// warp reads its buffers, so a __syncwarp orders the copies and the reads. Activations (a few kB, shared by
+// every thread block) are read through the cache.
+//
+// The dot of a block does not depend on the order of its 32 products, so A (weights) and B (activations)
+// are loaded with the same permutation of k: a lane's 8 contiguous bytes t*8 .. t*8+7 of a block stand for the
+// fragment positions k = 4t .. 4t+3 and 16+4t .. 19+4t. The accumulator starts at the bits of 1.5 * 2**23, as
+// rs_block_dot's dp4a chain does, so the float is one subtraction away. CUDA on sm_80 and newer only (the
+// wrapper checks, and that K/32 is even: scales are copied 4 bytes at a time); HIP keeps q8_gemv.
 #if !defined(RS_HIP)
-#define RS_MMA_ROWS 16  // weight rows per thread block
+#define RS_MMA_ROWS 16  // weight rows of one mma tile
 
+// c = A B + (1.5 * 2**23's bits) for the m16n8k32 fragments a (weights) and b0, b1 (activations).
 RS_DEVICE void rs_mma_s8(int (&c)[4], const int (&a)[4], int b0, int b1) {
 #if __CUDA_ARCH__ >= 800
   asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-               "{%10,%10,%10,%10};"
-               : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(0));
+      "{%10,%10,%10,%10};"
+      : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(RS_DOT_BIAS));
 #else
   __trap();
 #endif
 }
 
-// A warp's weights of one round in q8_gemv_mma: its LPW consecutive blocks (LPW * 32 bytes) of 16 weight rows.
-// They are read from global memory in 16-byte units, a row's LPW * 32 bytes by consecutive lanes (whole
-// 128-byte lines), kept in registers while the round before is computed, then written to the warp's tile in
-// shared memory, whence each lane reads its fragment. A tile row is padded by 32 bytes so that the 8-byte
-// fragment reads of 8 rows fall in different banks.
-template <int LPW>
-struct RsMmaTile {
-  static constexpr int ROW_BYTES = LPW * RS_QK + 32;  // a tile row, padded
-  static constexpr int BYTES = RS_MMA_ROWS * ROW_BYTES;
-  int4 unit[LPW];             // this lane's 16-byte units of the next round: unit j*32 + lane of the tile
-  unsigned short sa[LPW], sc[LPW];  // the scales of rows g and g+8 of the fragment, each block
+// Asynchronous copies global -> shared (sm_80+): 16 or 4 bytes, grouped by commit, waited for by group.
+// `dst` is a shared-memory address (__cvta_generic_to_shared).
+RS_DEVICE void rs_copy_async16(unsigned dst, const void* src) {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+#endif
+}
+RS_DEVICE void rs_copy_async4(unsigned dst, const void* src) {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(dst), "l"(src) : "memory");
+#endif
+}
+RS_DEVICE void rs_copy_commit() {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+template <int PENDING>  // wait until at most PENDING of this thread's groups are still in flight
+RS_DEVICE void rs_copy_wait() {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;" ::"n"(PENDING) : "memory");
+#endif
+}
 
-  RS_MEMBER void load(const signed char* __restrict__ wq, const unsigned short* __restrict__ wd, long long n0,
-                      int n, int k, int nb, int b0, int lane) {
+// rs_keep(x) == x, computed once: the compiler may not recompute x at its uses (it otherwise rebuilds the
+// per-lane copy addresses, 64-bit products included, every round to save registers).
+template <typename T>
+RS_DEVICE T* rs_keep(T* p) {
+  asm volatile("" : "+l"(p));
+  return p;
+}
+RS_DEVICE unsigned rs_keep(unsigned v) {
+  asm volatile("" : "+r"(v));
+  return v;
+}
+
+// Loads of activations (read-only for the kernel) that stay where they are written: issued before the wait for
+// the round's weights, so that their latency hides behind it (an ordinary load may be moved to its first use).
+RS_DEVICE int2 rs_load_early(const int2* p) {
+  int2 v;
+  asm volatile("ld.global.nc.v2.s32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+  return v;
+}
+RS_DEVICE unsigned short rs_load_early(const unsigned short* p) {
+  unsigned short v;
+  asm volatile("ld.global.nc.u16 %0, [%1];" : "=h"(v) : "l"(p));
+  return v;
+}
+
+// One warp's stage buffer: the quants of its LPW blocks of 16*MT rows, a row padded by 16 bytes so that the
+// 8-byte fragment reads of 8 rows fall in different banks, then their fp16 scales [16*MT][LPW].
+template <int LPW, int MT>
+struct RsMmaStage {
+  static constexpr int ROWS = RS_MMA_ROWS * MT;
+  static constexpr int ROW_BYTES = LPW * RS_QK + 16;
+  static constexpr int SCALES = ROWS * ROW_BYTES;  // offset of the scales
+  static constexpr int BYTES = SCALES + ROWS * LPW * 2;
+  static constexpr int Q_UNITS = ROWS * LPW * 2;   // 16-byte copies of quants a round
+  static constexpr int S_UNITS = ROWS * LPW / 2;   // 4-byte copies of scales (pairs of blocks) a round
+  static constexpr int Q_PER_LANE = (Q_UNITS + RS_LANES - 1) / RS_LANES;
+  static constexpr int S_PER_LANE = (S_UNITS + RS_LANES - 1) / RS_LANES;
+};
+
+// A row's LPW scales in a stage buffer, read at once.
+template <int LPW>
+struct alignas(2 * LPW) RsScaleRow {
+  unsigned short h[LPW];
+};
+
+// What one lane copies each round of q8_gemv_mma, worked out once: unit j of its 16-byte quant copies is
+// unit j*32 + lane of the round (row u / (2*LPW), 16-byte column u % (2*LPW): consecutive lanes read whole
+// lines), unit j of its 4-byte scale copies unit j*32 + lane (row u / (LPW/2), pair u % (LPW/2)). A round i
+// later than the first reads 32*i blocks further: 1024*i bytes of quants, 32*i scales. Rows past n are read
+// as the last (a valid address) and never stored; blocks past nb are not copied (nor ever read).
+template <int LPW, int MT>
+struct RsMmaCopier {
+  using Stage = RsMmaStage<LPW, MT>;
+  const signed char* q[Stage::Q_PER_LANE];
+  const unsigned short* sc[Stage::S_PER_LANE];
+  unsigned qdst[Stage::Q_PER_LANE], sdst[Stage::S_PER_LANE];  // byte offsets in a stage buffer
+  int block;   // the block (0 .. LPW-1 of the warp's) this lane's quant copies fall in
+  int pair;    // the first of the two blocks this lane's scale copies hold
+  int b0;      // the warp's first block of the first round
+
+  RS_MEMBER RsMmaCopier(const signed char* __restrict__ wq, const unsigned short* __restrict__ wd, long long n0,
+                        int n, int k, int nb, int first_block, int lane) {
+    b0 = first_block;
+    block = (lane % (2 * LPW)) / 2;  // the same for every j: 2*LPW divides 32
+    pair = 2 * (lane % (LPW / 2));
 #pragma unroll
-    for (int j = 0; j < LPW; ++j) {
-      const int u = j * RS_LANES + lane;
-      const int row = u / (2 * LPW), col = u % (2 * LPW);  // col: 16-byte unit within the row's LPW blocks
-      const long long r = n0 + row < n ? n0 + row : n - 1;  // rows past n: read as the last, never stored
-      if (b0 + col / 2 < nb) unit[j] = *(const int4*)(wq + r * k + (long long)b0 * RS_QK + 16 * col);
+    for (int j = 0; j < Stage::Q_PER_LANE; ++j) {
+      const int u = j * RS_LANES + lane, row = u / (2 * LPW);
+      const long long r = n0 + row < n ? n0 + row : n - 1;
+      q[j] = rs_keep(wq + r * k + (long long)b0 * RS_QK + 16 * (u % (2 * LPW)));
+      qdst[j] = rs_keep((unsigned)(row * Stage::ROW_BYTES + 16 * (u % (2 * LPW))));
     }
-    const int g = lane / 4;
-    const long long na = n0 + g < n ? n0 + g : n - 1, nc = n0 + g + 8 < n ? n0 + g + 8 : n - 1;
 #pragma unroll
-    for (int s = 0; s < LPW; ++s) {
-      if (b0 + s < nb) {
-        sa[s] = wd[na * nb + b0 + s];
-        sc[s] = wd[nc * nb + b0 + s];
-      }
+    for (int j = 0; j < Stage::S_PER_LANE; ++j) {
+      const int u = j * RS_LANES + lane, row = u / (LPW / 2);
+      const long long r = n0 + row < n ? n0 + row : n - 1;
+      sc[j] = rs_keep(wd + r * nb + b0 + pair);
+      sdst[j] = rs_keep((unsigned)(Stage::SCALES + (row * LPW + pair) * 2));
     }
   }
 
-  RS_MEMBER void store(unsigned char* tile, int lane) const {
+  // Request round i into the stage buffer at shared address `buf` (one commit group per call, empty past
+  // the last round).
+  RS_MEMBER void request(unsigned buf, int i, int nb, int lane) const {
+    const long long qoff = (long long)i * (RS_LANES * RS_QK);
+    const int soff = i * RS_LANES;
+    if (b0 + soff + block < nb) {
 #pragma unroll
-    for (int j = 0; j < LPW; ++j) {
-      const int u = j * RS_LANES + lane;
-      *(int4*)(tile + (u / (2 * LPW)) * ROW_BYTES + 16 * (u % (2 * LPW))) = unit[j];
+      for (int j = 0; j < Stage::Q_PER_LANE; ++j) {
+        if (Stage::Q_UNITS % RS_LANES == 0 || j * RS_LANES + lane < Stage::Q_UNITS)
+          rs_copy_async16(buf + qdst[j], q[j] + qoff);
+      }
     }
+    if (b0 + soff + pair < nb) {  // nb is even, so the pair's second block is there too
+#pragma unroll
+      for (int j = 0; j < Stage::S_PER_LANE; ++j) {
+        if (Stage::S_UNITS % RS_LANES == 0 || j * RS_LANES + lane < Stage::S_UNITS)
+          rs_copy_async4(buf + sdst[j], sc[j] + soff);
+      }
+    }
+    rs_copy_commit();
+  }
+
+  // The first STAGES-1 rounds into a warp's first STAGES-1 buffers (at shared address `pipe`): weights only,
+  // so they come in while the kernel before this one finishes.
+  template <int STAGES>
+  RS_MEMBER void request_first(unsigned pipe, int nb, int lane) const {
+#pragma unroll
+    for (int i = 0; i < STAGES - 1; ++i) request(pipe + i * Stage::BYTES, i, nb, lane);
   }
 };
 
-template <int RP, int NR, int SPLIT, int OCC>  // RP = rows, NR = warps per block (4 or 8); SPLIT, OCC unused
-__global__ void __launch_bounds__(RS_LANES * NR)
+// Dynamic shared memory of q8_gemv_mma<RP, NR, MT, STAGES> (refspec.gpu.GemvConfig.shared_bytes says the same):
+// the warps' stage buffers, reused after the loop for the partial sums [32 lanes][16*MT][8*RT] of the tree.
+template <int RP, int NR, int MT, int STAGES>
+struct RsMmaShared {
+  static constexpr int RT = (RP + 7) / 8;
+  static constexpr int PIPE = NR * STAGES * RsMmaStage<RS_LANES / NR, MT>::BYTES;
+  static constexpr int PARTIAL = RS_LANES * RS_MMA_ROWS * MT * 8 * RT * 4;
+  static constexpr int BYTES = PIPE > PARTIAL ? PIPE : PARTIAL;
+};
+
+// Grid: ceil(N / (16*MT)) blocks of 32*NR threads, rows <= RP <= 16, RsMmaShared<...>::BYTES of dynamic shared
+// memory. Needs K % 64 == 0, 16-byte aligned wq and xq and 4-byte aligned wd (the wrapper checks).
+template <int RP, int NR, int MT, int STAGES>
+__global__ void __launch_bounds__(RS_LANES * NR, NR == 8 && MT == 1 ? 2 : 1)  // 8 warps: up to 128 registers (it spilled at 80)
 q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict__ wd,
             const signed char* __restrict__ xq, const unsigned short* __restrict__ xd,
             float* __restrict__ y, int n, int k, int rows, const float* base) {
-  rs_kernel_begin();
   constexpr int RT = (RP + 7) / 8;     // tiles of 8 activation rows
-  constexpr int LPW = RS_LANES / NR;   // spec lanes per warp: warp w has lanes w*LPW .. w*LPW + LPW-1
-  using Tile = RsMmaTile<LPW>;
-  constexpr int PARTIAL_BYTES = RS_LANES * RS_MMA_ROWS * 8 * RT * 4;
-  constexpr int SHARED_BYTES = NR * Tile::BYTES > PARTIAL_BYTES ? NR * Tile::BYTES : PARTIAL_BYTES;
-  __shared__ int4 shared_mem[SHARED_BYTES / 16];  // the warps' tiles, then (after the loop) the partial sums
-  float(*partial)[RS_MMA_ROWS][8 * RT] = reinterpret_cast<float(*)[RS_MMA_ROWS][8 * RT]>(shared_mem);
+  constexpr int LPW = RS_LANES / NR;   // spec lanes per warp
+  using Stage = RsMmaStage<LPW, MT>;
+  extern __shared__ int4 rs_mma_shared[];
   const int nb = k / RS_QK;
+  const int rounds = (nb + RS_LANES - 1) / RS_LANES;
   const int warp = threadIdx.x / RS_LANES, lane = rs_lane();
   const int g = lane / 4, t = lane % 4;  // the fragment's group and thread-in-group
-  const long long n0 = (long long)blockIdx.x * RS_MMA_ROWS;
-  unsigned char* tile = reinterpret_cast<unsigned char*>(shared_mem) + warp * Tile::BYTES;
+  const long long n0 = (long long)blockIdx.x * Stage::ROWS;
+  unsigned char* const pipe = reinterpret_cast<unsigned char*>(rs_mma_shared) + warp * STAGES * Stage::BYTES;
+  const unsigned pipe_address = (unsigned)__cvta_generic_to_shared(pipe);
+  const RsMmaCopier<LPW, MT> copier(wq, wd, n0, n, k, nb, warp * LPW, lane);
+  copier.template request_first<STAGES>(pipe_address, nb, lane);
+  rs_kernel_begin();
 
-  float acc[LPW][RT][4];
+  float acc[LPW][MT][RT][4];
 #pragma unroll
   for (int s = 0; s < LPW; ++s) {
 #pragma unroll
-    for (int rt = 0; rt < RT; ++rt) {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) acc[s][rt][j] = 0.0f;  // a lane value starts at +0.0
-    }
-  }
-  // Round i: this warp's blocks b = 32 i + warp * LPW + s, s < LPW (spec lane warp * LPW + s adds block
-  // 32 i + its lane in increasing i, the spec's per-lane order). Blocks past the end (only in the last
-  // round) are neither loaded nor added.
-  Tile next;
-  next.load(wq, wd, n0, n, k, nb, warp * LPW, lane);
-  for (int i = 0; i * RS_LANES < nb; ++i) {
-    const int b0 = i * RS_LANES + warp * LPW;
-    unsigned short sa[LPW], sc[LPW];
-#pragma unroll
-    for (int s = 0; s < LPW; ++s) sa[s] = next.sa[s], sc[s] = next.sc[s];
-    __syncwarp();  // every lane has read the tile of the round before
-    next.store(tile, lane);
-    __syncwarp();
-    if ((i + 1) * RS_LANES < nb) next.load(wq, wd, n0, n, k, nb, b0 + RS_LANES, lane);  // in flight meanwhile
-#pragma unroll
-    for (int s = 0; s < LPW; ++s) {
-      const int b = b0 + s;
-      if (b >= nb) continue;  // the same for the whole warp
-      const int2 wa = *(const int2*)(tile + g * Tile::ROW_BYTES + s * RS_QK + 8 * t);
-      const int2 wc = *(const int2*)(tile + (g + 8) * Tile::ROW_BYTES + s * RS_QK + 8 * t);
-      const int a[4] = {wa.x, wc.x, wa.y, wc.y};
-      const float fa = rs_half_to_float(sa[s]), fc = rs_half_to_float(sc[s]);
+    for (int m = 0; m < MT; ++m) {
 #pragma unroll
       for (int rt = 0; rt < RT; ++rt) {
-        const int xr = rt * 8 + g < rows ? rt * 8 + g : rows - 1;  // rows past the end: never stored
-        const int2 xv = *(const int2*)(xq + (long long)xr * k + (long long)b * RS_QK + 8 * t);
-        int c[4];
-        rs_mma_s8(c, a, xv.x, xv.y);
-        const int r0 = rt * 8 + 2 * t < rows ? rt * 8 + 2 * t : rows - 1;
-        const int r1 = rt * 8 + 2 * t + 1 < rows ? rt * 8 + 2 * t + 1 : rows - 1;
-        const float x0 = rs_half_to_float(xd[r0 * nb + b]), x1 = rs_half_to_float(xd[r1 * nb + b]);
-        // c0: (row g, act 2t), c1: (g, 2t+1), c2: (g+8, 2t), c3: (g+8, 2t+1); |dot| < 2**24: exact floats
-        acc[s][rt][0] = rs_gemv_step(acc[s][rt][0], fa, x0, (float)c[0]);
-        acc[s][rt][1] = rs_gemv_step(acc[s][rt][1], fa, x1, (float)c[1]);
-        acc[s][rt][2] = rs_gemv_step(acc[s][rt][2], fc, x0, (float)c[2]);
-        acc[s][rt][3] = rs_gemv_step(acc[s][rt][3], fc, x1, (float)c[3]);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[s][m][rt][j] = 0.0f;  // a lane value starts at +0.0
       }
     }
   }
-  __syncthreads();  // every warp is done with its tile: the memory now holds the partial sums
+  // This lane's activations in the warp's first block: fragment row g of each tile (rows past the end: the
+  // last, never stored), and the scales of columns 2t, 2t+1.
+  const signed char* xp[RT];
+  const unsigned short *xs0p[RT], *xs1p[RT];
+#pragma unroll
+  for (int rt = 0; rt < RT; ++rt) {
+    const int xr = rt * 8 + g < rows ? rt * 8 + g : rows - 1;
+    const int c0 = rt * 8 + 2 * t < rows ? rt * 8 + 2 * t : rows - 1;
+    const int c1 = rt * 8 + 2 * t + 1 < rows ? rt * 8 + 2 * t + 1 : rows - 1;
+    xp[rt] = rs_keep(xq + (long long)xr * k + (long long)(warp * LPW) * RS_QK + 8 * t);
+    xs0p[rt] = rs_keep(xd + (long long)c0 * nb + warp * LPW);
+    xs1p[rt] = rs_keep(xd + (long long)c1 * nb + warp * LPW);
+  }
+  constexpr bool ODD = RP > 1;  // whether columns 2t+1 (c1, c3) hold any row: not for a single row
+
+  int use = 0, fill = STAGES - 1;  // the buffers of round i and of round i + STAGES - 1
+  for (int i = 0; i < rounds; ++i) {
+    const int b0 = i * RS_LANES + warp * LPW;
+    copier.request(pipe_address + fill * Stage::BYTES, i + STAGES - 1 < rounds ? i + STAGES - 1 : rounds, nb, lane);
+    fill = fill + 1 == STAGES ? 0 : fill + 1;
+    // this round's activations, from the cache, while its weights arrive
+    int2 xv[LPW][RT];
+    unsigned short xs0[LPW][RT], xs1[LPW][RT];
+#pragma unroll
+    for (int s = 0; s < LPW; ++s) {
+#pragma unroll
+      for (int rt = 0; rt < RT; ++rt) {
+        if (b0 + s < nb) {
+          xv[s][rt] = rs_load_early((const int2*)(xp[rt] + (long long)i * (RS_LANES * RS_QK) + s * RS_QK));
+          xs0[s][rt] = rs_load_early(xs0p[rt] + i * RS_LANES + s);
+          if (ODD) xs1[s][rt] = rs_load_early(xs1p[rt] + i * RS_LANES + s);
+        }
+      }
+    }
+    rs_copy_wait<STAGES - 1>();  // this thread's copies of round i have landed
+    __syncwarp();                // and so have the other lanes'
+    const unsigned char* const buf = pipe + use * Stage::BYTES;
+    const unsigned char* const fbuf = buf + g * Stage::ROW_BYTES + 8 * t;  // fragment row g, byte 8t
+    use = use + 1 == STAGES ? 0 : use + 1;
+    const unsigned short* scales = reinterpret_cast<const unsigned short*>(buf + Stage::SCALES);
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      const int ra = m * RS_MMA_ROWS + g, rc = ra + 8;
+      const RsScaleRow<LPW> sa = *reinterpret_cast<const RsScaleRow<LPW>*>(scales + ra * LPW);
+      const RsScaleRow<LPW> sc = *reinterpret_cast<const RsScaleRow<LPW>*>(scales + rc * LPW);
+#pragma unroll
+      for (int s = 0; s < LPW; ++s) {
+        if (b0 + s >= nb) continue;  // the same for the whole warp
+        const int2 wa = *(const int2*)(fbuf + m * RS_MMA_ROWS * Stage::ROW_BYTES + s * RS_QK);
+        const int2 wc = *(const int2*)(fbuf + (m * RS_MMA_ROWS + 8) * Stage::ROW_BYTES + s * RS_QK);
+        const int a[4] = {wa.x, wc.x, wa.y, wc.y};
+        const float fa = rs_half_to_float(sa.h[s]), fc = rs_half_to_float(sc.h[s]);
+#pragma unroll
+        for (int rt = 0; rt < RT; ++rt) {
+          int c[4];
+          rs_mma_s8(c, a, xv[s][rt].x, xv[s][rt].y);
+          // c0: (row g, act 2t), c1: (g, 2t+1), c2: (g+8, 2t), c3: (g+8, 2t+1), each 1.5 * 2**23 + dot
+          const float x0 = rs_half_to_float(xs0[s][rt]);
+          acc[s][m][rt][0] = rs_gemv_step(acc[s][m][rt][0], fa, x0, rs_sub(rs_as_float(c[0]), 0x1.8p+23f));
+          acc[s][m][rt][2] = rs_gemv_step(acc[s][m][rt][2], fc, x0, rs_sub(rs_as_float(c[2]), 0x1.8p+23f));
+          if (ODD) {
+            const float x1 = rs_half_to_float(xs1[s][rt]);
+            acc[s][m][rt][1] = rs_gemv_step(acc[s][m][rt][1], fa, x1, rs_sub(rs_as_float(c[1]), 0x1.8p+23f));
+            acc[s][m][rt][3] = rs_gemv_step(acc[s][m][rt][3], fc, x1, rs_sub(rs_as_float(c[3]), 0x1.8p+23f));
+          }
+        }
+      }
+    }
+    __syncwarp();  // every lane has read the buffer the next round's request overwrites
+  }
+  rs_copy_wait<0>();
+  __syncthreads();  // every warp is done with its buffers: the memory now holds the partial sums
+  float(*partial)[RS_MMA_ROWS * MT][8 * RT] = reinterpret_cast<float(*)[RS_MMA_ROWS * MT][8 * RT]>(rs_mma_shared);
 #pragma unroll
   for (int s = 0; s < LPW; ++s) {
+    const int l = warp * LPW + s;
 #pragma unroll
-    for (int rt = 0; rt < RT; ++rt) {
-      const int l = warp * LPW + s;
-      partial[l][g][rt * 8 + 2 * t] = acc[s][rt][0];
-      partial[l][g][rt * 8 + 2 * t + 1] = acc[s][rt][1];
-      partial[l][g + 8][rt * 8 + 2 * t] = acc[s][rt][2];
-      partial[l][g + 8][rt * 8 + 2 * t + 1] = acc[s][rt][3];
+    for (int m = 0; m < MT; ++m) {
+#pragma unroll
+      for (int rt = 0; rt < RT; ++rt) {
+        const int ra = m * RS_MMA_ROWS + g;
+        partial[l][ra][rt * 8 + 2 * t] = acc[s][m][rt][0];
+        partial[l][ra][rt * 8 + 2 * t + 1] = acc[s][m][rt][1];
+        partial[l][ra + 8][rt * 8 + 2 * t] = acc[s][m][rt][2];
+        partial[l][ra + 8][rt * 8 + 2 * t + 1] = acc[s][m][rt][3];
+      }
     }
   }
   __syncthreads();
   // the spec's tree over the 32 lane values of each output: lane i + width onto lane i, width 16 .. 1
-  for (int o = threadIdx.x; o < RS_MMA_ROWS * 8 * RT; o += blockDim.x) {
+  for (int o = threadIdx.x; o < RS_MMA_ROWS * MT * 8 * RT; o += blockDim.x) {
     const int row = o / (8 * RT), col = o % (8 * RT);
+    const long long nrow = n0 + row;
+    if (nrow >= n || col >= rows) continue;
     float v[RS_LANES];
 #pragma unroll
     for (int l = 0; l < RS_LANES; ++l) v[l] = partial[l][row][col];
@@ -477,11 +638,8 @@ q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict
     v[0] = rs_add(v[0], v[2]);
     v[1] = rs_add(v[1], v[3]);
     v[0] = rs_add(v[0], v[1]);
-    const long long nrow = n0 + row;
-    if (nrow < n && col < rows) {
-      const long long e = (long long)col * n + nrow;
-      y[e] = base ? rs_add(base[e], v[0]) : v[0];
-    }
+    const long long e = (long long)col * n + nrow;
+    y[e] = base ? rs_add(base[e], v[0]) : v[0];
   }
 }
 #endif

@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"activation row counts R (default {DEFAULT_ROWS})")
     parser.add_argument("--repeats", type=int, default=30, help="timed graph replays per measurement (median)")
     parser.add_argument("--mma", action="store_true",
-                        help="also time the tensor-core GEMV (q8_gemv_mma; NVIDIA sm_80+) beside the production one")
+                        help="also time the tensor-core GEMV's mappings (q8_gemv_mma; NVIDIA sm_80+) and the dp4a kernel's "
+                             "configuration beside the production one")
     parser.add_argument("--variants", action="store_true",
                         help="also time every GEMV variant (kernel/NR/SPLIT/OCC, refspec.gpu.GemvConfig) for each R")
     parser.add_argument("--kernels", default="", help="with --variants: time only these kernels (comma-separated, "
@@ -149,7 +150,7 @@ def _launch(be, config, weights: list, xq, xd, y, i: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from refspec.gpu import GEMV_CONFIGS, GemvConfig, GpuBackend, gemv_variants, gpu_available
+    from refspec.gpu import GEMV_CONFIGS, GEMV_MMA_VARIANTS, GpuBackend, gemv_variants, gpu_available
 
     if not gpu_available():
         raise UsageError("refspec bench gemv needs a GPU (CuPy sees none)")
@@ -195,11 +196,10 @@ def run(args: argparse.Namespace) -> int:
             y = cp.empty((rows, n), np.float32)
             cp.cuda.Device().synchronize()  # the timer's stream does not wait for the default stream
             moved = w_bytes + rows * (k + 2 * (k // 32)) + 4 * rows * n
-            production = GEMV_CONFIGS[rows]
+            production = be.gemv_config(rows, k)  # what a decode pass launches
             others = [v for v in gemv_variants(rows) if v != production] if args.variants else []
             if args.mma and be.mma_available:
-                others += [c for c in (GemvConfig("q8_gemv_mma", 4), GemvConfig("q8_gemv_mma", 8))
-                           if c not in others + [production]]
+                others += [c for c in [GEMV_CONFIGS[rows], *GEMV_MMA_VARIANTS] if c not in others + [production]]
             others = [v for v in others if v.kernel != "q8_gemv_mma" or be.mma_available]
             if args.kernels:
                 others = [v for v in others if v.kernel in args.kernels.split(",")]

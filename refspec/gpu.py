@@ -48,7 +48,9 @@ GEMV_MMA_ROWS = 16  # weight rows per thread block of q8_gemv_mma (RS_MMA_ROWS);
 class GemvConfig:
     """One way to run kernels_raw/q8_gemv.hip over R rows (its header explains the mapping), all giving the
     same bits: the kernel, NR weight rows per group of 32 lanes, SPLIT groups sharing them (each with
-    ceil(R / SPLIT) activation rows), OCC thread blocks per multiprocessor asked of the CUDA compiler."""
+    ceil(R / SPLIT) activation rows), OCC thread blocks per multiprocessor asked of the CUDA compiler.
+    For q8_gemv_mma the three numbers are NR warps per thread block, SPLIT tiles of 16 weight rows per thread
+    block (MT) and OCC rounds of weights in flight per warp (STAGES)."""
 
     kernel: str
     nr: int
@@ -57,15 +59,26 @@ class GemvConfig:
 
     def name(self, rows: int) -> str:
         """The template instance for `rows` rows."""
-        return f"{self.kernel}<{-(-rows // self.split)}, {self.nr}, {self.split}, {self.occ}>"
+        rp = rows if self.kernel == "q8_gemv_mma" else -(-rows // self.split)
+        return f"{self.kernel}<{rp}, {self.nr}, {self.split}, {self.occ}>"
 
     def threads(self) -> int:
         return 32 * self.nr if self.kernel == "q8_gemv_mma" else GEMV_THREADS[self.kernel]
 
     def weight_rows_per_block(self) -> int:
         if self.kernel == "q8_gemv_mma":
-            return GEMV_MMA_ROWS
+            return GEMV_MMA_ROWS * self.split
         return self.nr * GEMV_THREADS[self.kernel] // 32 // self.split
+
+    def shared_bytes(self, rows: int) -> int:
+        """Dynamic shared memory of one thread block (kernels_raw/q8_gemv.hip's RsMmaShared: the warps' stage
+        buffers, or the partial sums of the final tree if larger); the other kernels use none."""
+        if self.kernel != "q8_gemv_mma":
+            return 0
+        lanes_per_warp, tile_rows = 32 // self.nr, GEMV_MMA_ROWS * self.split
+        stage = tile_rows * (lanes_per_warp * QK8_0 + 16) + tile_rows * lanes_per_warp * 2
+        partial = 32 * tile_rows * 8 * -(-rows // 8) * 4
+        return max(self.nr * self.occ * stage, partial)
 
 
 # The GEMV runs at most GEMV_MAX_ROWS activation rows per launch; more rows are split into launches of that
@@ -79,10 +92,15 @@ GEMV_CONFIGS.update({r: GemvConfig("q8_gemv", 4, split=2) for r in (3, 4)})
 GEMV_CONFIGS.update({r: GemvConfig("q8_gemv", 4) for r in range(5, 9)})
 GEMV_CONFIGS.update({r: GemvConfig("q8_gemv_staged", 2) for r in range(9, 13)})
 GEMV_CONFIGS.update({r: GemvConfig("q8_gemv", 4, split=2, occ=2) for r in range(13, GEMV_MAX_ROWS + 1)})
-# The tensor-core GEMV (integer mma, NVIDIA sm_80+; same bits) for passes of at least GEMV_MMA_MIN_ROWS rows
-# (None: never, until measured faster on the GPU at hand; GpuBackend(mma_min_rows=...) overrides).
-GEMV_MMA = GemvConfig("q8_gemv_mma", 8)
-GEMV_MMA_MIN_ROWS = None
+# The tensor-core GEMV (integer mma, NVIDIA sm_80+; same bits) for GEMVs of at least GEMV_MMA_MIN_ROWS rows
+# whose K is a multiple of 64 (GpuBackend(mma_min_rows=None) never uses it). Measured on the H200 (2026-12-01,
+# tests/results/bench_gemv_h200.json): from 12 rows up it is faster than the dp4a kernels on all four benchmark
+# shapes; at 8 rows 0.85x them on 4096 x 14336 and the 152064 x 3584 head, 1.03-1.05x on the two with K = 4096.
+GEMV_MMA = GemvConfig("q8_gemv_mma", 8, 1, 3)
+GEMV_MMA_MIN_ROWS = 8
+# The tensor-core mappings `refspec bench gemv --mma` and --variants time beside the production GEMV.
+GEMV_MMA_VARIANTS = [GemvConfig("q8_gemv_mma", nr, mt, stages)
+                     for nr, mt, stages in ((8, 1, 4), (8, 1, 3), (8, 1, 6), (4, 1, 4), (8, 2, 3), (16, 1, 4))]
 
 
 ATTN_MAX_DIM = 512  # RS_ATTN_MAX_DIM in attention.hip
@@ -158,7 +176,7 @@ def _q8_bytes(w: Q8Matrix) -> int:
 def gemv_variants(rows: int) -> list[GemvConfig]:
     """The GEMV configurations for `rows` rows that `refspec bench gemv --variants` times (registers hold
     NR * ceil(rows / SPLIT) sums and two sets of NR weight blocks per thread, so both are capped)."""
-    out = [GemvConfig("q8_gemv_mma", 4), GemvConfig("q8_gemv_mma", 8)]  # tensor cores: CUDA sm_80+ only
+    out = list(GEMV_MMA_VARIANTS)  # tensor cores: CUDA sm_80+ only
     for kernel in ("q8_gemv", "q8_gemv_staged"):
         for split in (1, 2, 4):
             rp = -(-rows // split)
@@ -590,12 +608,17 @@ class GpuBackend:
         y = self._empty((rows, n))
         for r0 in range(0, rows, GEMV_MAX_ROWS):
             part = min(GEMV_MAX_ROWS, rows - r0)
-            config = GEMV_CONFIGS[part]
-            if self.mma_min_rows is not None and part >= self.mma_min_rows and self.mma_available:
-                config = GEMV_MMA
-            self.launch_gemv(config, w, xq[r0 : r0 + part], xd[r0 : r0 + part], y[r0 : r0 + part],
+            self.launch_gemv(self.gemv_config(part, k), w, xq[r0 : r0 + part], xd[r0 : r0 + part], y[r0 : r0 + part],
                              None if base is None else base[r0 : r0 + part])
         return y
+
+    def gemv_config(self, rows: int, k: int) -> GemvConfig:
+        """The GEMV configuration q8_gemv launches for `rows` <= GEMV_MAX_ROWS rows of length k: the tensor-core
+        kernel from mma_min_rows rows where it can run, else GEMV_CONFIGS[rows]."""
+        if (self.mma_min_rows is not None and rows >= self.mma_min_rows and self.mma_available
+                and k % (2 * QK8_0) == 0):
+            return GEMV_MMA
+        return GEMV_CONFIGS[rows]
 
     def q8_gemv_add(self, x, w: GpuQ8, xq, xd):
         """x + w @ (xq, xd): the residual add in the GEMV's epilogue."""
@@ -619,10 +642,17 @@ class GpuBackend:
         n = w.shape[0]
         if n == 0 or rows == 0:
             return
+        if config.kernel == "q8_gemv_mma" and k % (2 * QK8_0):
+            raise ValueError(f"q8_gemv_mma: K = {k} is not a multiple of 64 (its scales are copied in pairs)")
         blocks = self._blocks(n, config.weight_rows_per_block())
-        self._gemv_function(config, rows)(
+        shared = config.shared_bytes(rows)
+        kernel = self._gemv_function(config, rows)
+        if shared:
+            kernel.allow_shared(shared)
+        kernel(
             (blocks,), (config.threads(),),
             (w.q, w.d, xq, xd, y, np.int32(n), np.int32(k), np.int32(rows), 0 if base is None else base),
+            shared_mem=shared,
         )
 
     def rope(self, x, pos, cos, sin, neox):

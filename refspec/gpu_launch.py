@@ -23,6 +23,7 @@ import numpy as np
 from refspec.errors import DeviceError
 
 CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6  # cuda.h, CUlaunchAttributeID
+CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8  # cuda.h, CUfunction_attribute
 
 
 class _LaunchAttribute(ctypes.Structure):  # CUlaunchAttribute: an id, padding, a 64-byte value union
@@ -102,6 +103,18 @@ class Kernel:
 
     def __init__(self, fn, backend):
         self.fn, self.backend = fn, backend
+        self.shared_allowed = 48 * 1024  # dynamic shared memory any launch may ask without opting in
+
+    def allow_shared(self, nbytes: int) -> None:
+        """Let launches ask for `nbytes` of dynamic shared memory (above 48 KiB a kernel must opt in)."""
+        if nbytes <= self.shared_allowed:
+            return
+        cp = self.backend.cp
+        limit = cp.cuda.Device().attributes.get("MaxSharedMemoryPerBlockOptin", 48 * 1024)
+        if nbytes > limit:
+            raise DeviceError(f"a kernel needs {nbytes} bytes of shared memory; this GPU grants {limit}")
+        cp.cuda.driver.funcSetAttribute(self.fn.ptr, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, nbytes)
+        self.shared_allowed = nbytes
 
     def __call__(self, grid, block, args, shared_mem: int = 0) -> None:
         launcher = self.backend._launcher

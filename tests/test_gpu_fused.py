@@ -183,7 +183,7 @@ def test_tensor_core_gemv_equals_spec(be, data):
     rng = rng_from(data)
     rows = data.draw(st.integers(1, 16), label="rows")
     n = data.draw(st.integers(1, 300), label="n")
-    k = data.draw(st.integers(1, 200), label="blocks") * QK8_0
+    k = data.draw(st.integers(1, 200), label="block pairs") * 2 * QK8_0  # its scales are copied in pairs
     w = random_q8(rng, n, k, data.draw(st.sampled_from(["normal", "extreme"]), label="scales"))
     xq, xd = spec.quantize_q8_0(floats(rng, (rows, k), data.draw(STYLES, label="x")))
     expected = spec.q8_gemv(w, xq, xd)
@@ -194,3 +194,20 @@ def test_tensor_core_gemv_equals_spec(be, data):
         expected, base = spec.add(x, expected), be.asarray(x)
     be.launch_gemv(GEMV_MMA, be.upload_q8(w), be.asarray(xq), be.asarray(xd), y, base)
     assert_same(be.to_host(y), expected, f"q8_gemv_mma R={rows} N={n} K={k}", nan_equal=True)
+
+
+def test_tensor_core_gemv_refuses_odd_block_counts(be):
+    """K/32 odd: q8_gemv_mma refuses (its scale copies need pairs of blocks), and q8_gemv with tensor cores
+    on takes the dp4a kernel for it, with the spec's bits."""
+    from refspec.gpu import GEMV_MMA, GpuBackend
+
+    if not be.mma_available:
+        pytest.skip("no integer tensor cores")
+    rng = np.random.default_rng(3)
+    w = random_q8(rng, 40, 3 * QK8_0)
+    xq, xd = spec.quantize_q8_0(floats(rng, (12, 3 * QK8_0), "normal"))
+    with pytest.raises(ValueError, match="not a multiple of 64"):
+        be.launch_gemv(GEMV_MMA, be.upload_q8(w), be.asarray(xq), be.asarray(xd), be._empty((12, 40)))
+    mma = GpuBackend(mma_min_rows=1)
+    got = mma.to_host(mma.q8_gemv(mma.upload_q8(w), mma.asarray(xq), mma.asarray(xd)))
+    assert_same(got, spec.q8_gemv(w, xq, xd), "q8_gemv, tensor cores on, K=96")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from refspec import spec
 from refspec.backends import CpuBackend
 from refspec.errors import NumericsError, UsageError
-from refspec.gpu import GEMV_CONFIGS, GEMV_MAX_ROWS, GemvConfig, gpu_available
+from refspec.gpu import GEMV_CONFIGS, GEMV_MAX_ROWS, GEMV_MMA_VARIANTS, GemvConfig, gpu_available
 from refspec.model import QK8_0, Q8Matrix
 
 from bits import assert_bits_equal
@@ -95,7 +95,7 @@ def test_q8_gemv_equals_spec(be, data):
 
 VARIANTS = [GemvConfig("q8_gemv", nr, split, occ) for nr, split, occ in ((1, 1, 1), (4, 1, 1), (2, 2, 1), (8, 4, 2))]
 VARIANTS += [GemvConfig("q8_gemv_staged", nr, split) for nr, split in ((1, 1), (4, 1), (2, 2), (8, 4))]
-VARIANTS += [GemvConfig("q8_gemv_mma", 4), GemvConfig("q8_gemv_mma", 8)]  # tensor cores: skipped without
+VARIANTS += GEMV_MMA_VARIANTS  # tensor cores: skipped without
 
 
 @pytest.mark.parametrize("rows", [1, 2, 5, 8, 9, 13, 16])
@@ -105,13 +105,12 @@ VARIANTS += [GemvConfig("q8_gemv_mma", 4), GemvConfig("q8_gemv_mma", 8)]  # tens
 def test_every_gemv_variant_equals_spec(be, rows, config, data):
     """Every mapping `refspec bench gemv --variants` can pick gives the spec's bits, not only the production
     ones: SPLIT groups sharing weight rows (with a last group of fewer rows), staged activations, OCC."""
-    if config.split > rows:
-        return
-    if config.kernel == "q8_gemv_mma" and not be.mma_available:
+    mma = config.kernel == "q8_gemv_mma"  # its SPLIT is tiles of weight rows, and K a multiple of 64
+    if (config.split > rows and not mma) or (mma and not be.mma_available):
         return
     rng = rng_from(data)
     n = data.draw(st.integers(1, 200), label="n")
-    k = data.draw(st.integers(1, 150), label="blocks") * QK8_0
+    k = data.draw(st.integers(1, 150), label="blocks") * QK8_0 * (2 if mma else 1)
     w = random_q8(rng, n, k)
     xq, xd = spec.quantize_q8_0(floats(rng, (rows, k), "normal"))
     y = be._empty((rows, n))

@@ -13,7 +13,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from refspec.gpu import ATTN_BOUNDS, COMPILE_OPTIONS, GEMV_CONFIGS, gemv_variants, kernel_dir
+from refspec.gpu import (ATTN_BOUNDS, COMPILE_OPTIONS, GEMV_CONFIGS, GEMV_MAX_ROWS, GEMV_MMA, GEMV_MMA_MIN_ROWS, gemv_variants,
+                         kernel_dir)
 
 KERNELS = sorted(p.stem for p in kernel_dir().glob("*.hip"))
 GEMV_ARGS = ("const signed char*, const unsigned short*, const signed char*, const unsigned short*, float*, "
@@ -37,8 +38,9 @@ def gemv_instances(variants: bool) -> list[str]:
     """Every GEMV the backend launches; with `variants`, also the benchmark's variants for 1 and 16 rows (those
     are tuned and timed on NVIDIA GPUs only, so only the production ones must fit gfx906's registers)."""
     names = {c.name(r) for r, c in GEMV_CONFIGS.items()}
-    if variants:
+    if variants:  # with the tensor-core GEMVs the backend launches on NVIDIA (CUDA only)
         names |= {c.name(r) for r in (1, 16) for c in gemv_variants(r)}
+        names |= {GEMV_MMA.name(r) for r in range(GEMV_MMA_MIN_ROWS, GEMV_MAX_ROWS + 1)}
     return sorted(names)
 
 
@@ -165,6 +167,12 @@ BEFORE_BEGIN = (
     r"rs_gemv_place<[^>]+>\([^\[\]]*\)",
     r"RsWeightBlocks<NR> next",
     r"if \(row0 < n && lane < nb\) next\.load\(wq, wd, row0, n, k, lane\)",
+    r"constexpr int \w+ = [^\[\]]+",
+    r"using Stage = RsMmaStage<LPW, MT>",
+    r"unsigned char\* const pipe = [^\[\]]+",
+    r"const RsMmaCopier<LPW, MT> copier\(wq, wd, [^\[\]]*\)",
+    r"const unsigned pipe_address = \(unsigned\)__cvta_generic_to_shared\(pipe\)",
+    r"copier\.template request_first<STAGES>\(pipe_address, nb, lane\)",
 )
 
 

@@ -1,0 +1,28 @@
+"""One launch of each given GEMV configuration on one shape, for ncu's per-kernel counters (device only).
+
+    python3 tests/profile_gemv.py N K ROWS KERNEL/NR/SPLIT/OCC ...   e.g. 14336 4096 1 q8_gemv/2/1/1 q8_gemv_mma/8/1/3
+Each configuration runs twice (the first launch compiles and warms up); profile the second (ncu --launch-skip).
+"""
+import sys
+
+import numpy as np
+
+from refspec.gpu import GemvConfig, GpuBackend
+
+n, k, rows = (int(v) for v in sys.argv[1:4])
+configs = [GemvConfig(kernel, int(nr), int(split), int(occ))
+           for kernel, nr, split, occ in (c.split("/") for c in sys.argv[4:])]
+be = GpuBackend()
+cp = be.cp
+rng = np.random.default_rng(0)
+from refspec.model import Q8Matrix  # noqa: E402
+
+w = be.upload_q8(Q8Matrix(rng.integers(-127, 128, (n, k), dtype=np.int8),
+                          rng.uniform(1e-3, 2e-3, (n, k // 32)).astype(np.float16)))
+xq, xd = be.quantize_q8(cp.asarray(rng.standard_normal((rows, k)).astype(np.float32)))
+y = cp.empty((rows, n), np.float32)
+for config in configs:
+    for _ in range(2):
+        be.launch_gemv(config, w, xq, xd, y)
+    cp.cuda.Device().synchronize()
+print("ok", [c.name(rows) for c in configs])

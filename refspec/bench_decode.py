@@ -50,6 +50,7 @@ COPY_PROMPTS = {
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from refspec.cli import add_model_argument
+    from refspec.speculative import DRAFT_MAX
 
     add_model_argument(p)
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
@@ -58,7 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="runs of every measurement; the median is reported (default 3)")
     p.add_argument("--n-predict", type=int, default=128, metavar="N",
                    help="most new tokens per copy prompt (default 128; generation also stops at end of turn)")
-    p.add_argument("--draft-max", type=int, default=8, metavar="K", help="most draft tokens per verify pass")
+    p.add_argument("--draft-max", type=int, default=DRAFT_MAX, metavar="K",
+                   help=f"most draft tokens per verify pass (default {DRAFT_MAX})")
     p.add_argument("--quick", action="store_true",
                    help="a short run (1 greedy repeat of 8 tokens, 2 copy prompts of 16 tokens), for tests")
     p.add_argument("--json-out", metavar="FILE", help="also write every number, the hardware and the date as JSON")

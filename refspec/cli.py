@@ -9,7 +9,7 @@ import sys
 
 from refspec import __version__
 from refspec.errors import RefspecError, UsageError
-from refspec.speculative import MAX_DRAFT
+from refspec.speculative import DRAFT_MAX, MAX_DRAFT
 
 EPILOG = """examples:
   refspec generate -p "The capital of France is" -n 32
@@ -367,8 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--draft", type=drafter_name, default="none", metavar="{none,ngram,layerskip,mtp}",
                    help="drafter for self-speculative decoding (default none: plain greedy); the number of "
                    "draft tokens is --draft-max")
-    g.add_argument("--draft-max", type=draft_length, default=8, metavar="K",
-                   help=f"most draft tokens per verify pass, 1..{MAX_DRAFT} (default 8)")
+    g.add_argument("--draft-max", type=draft_length, default=DRAFT_MAX, metavar="K",
+                   help=f"most draft tokens per verify pass, 1..{MAX_DRAFT} (default {DRAFT_MAX})")
     g.add_argument("--draft-adaptive", choices=("auto", "on", "off"), default="auto",
                    help="adapt the draft length to acceptance (on), or always guess --draft-max tokens (off); "
                    "auto: off only for a cheap drafter (ngram) on a GPU, where extra rows are nearly free")

@@ -4,7 +4,7 @@
 #   2. for each synthetic preset in PRESETS (default llama-8b): refspec bench decode --preset (graphs on;
 #      with EAGER=1 also --no-graphs), and llama.cpp's llama-bench on the same file when .anchors/llama-bench.xz
 #      was carried (tg128 and passes of 1..16 rows);
-#   3. with GEMV=1, refspec bench gemv (production kernels).
+#   3. with GEMV=1, refspec bench gemv (production kernels; GEMV_ARGS=--mma adds the other mappings).
 # JSON and logs go to $OUT. Files written for presets are removed after use unless KEEP=1 (disk is small).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -53,6 +53,6 @@ PY
   echo "$preset: $(( $(date +%s) - t0 )) s"
 done
 if [ "${GEMV:-0}" = 1 ]; then
-  python3 -m refspec.bench_gemv --json-out "$OUT/bench_gemv.json" 2>&1 | tee "$OUT/bench_gemv.log" || status=1
+  python3 -m refspec.bench_gemv ${GEMV_ARGS:-} --json-out "$OUT/bench_gemv.json" 2>&1 | tee "$OUT/bench_gemv.log" || status=1
 fi
 exit $status

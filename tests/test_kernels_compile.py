@@ -128,6 +128,27 @@ def test_sm90(tmp_path, stem):
         assert not fused, f"{stem}: fused multiply-add in PTX"
 
 
+def test_mma_shared_memory_sizes_agree(tmp_path):
+    """The dynamic shared memory the backend gives q8_gemv_mma (GemvConfig.shared_bytes) is what the kernel
+    uses (RsMmaShared<...>::BYTES): a host program built by nvcc prints the kernel's number for every
+    tensor-core mapping and row count, without a GPU. Too little would let the kernel write past its memory."""
+    nvcc = tool("nvcc")
+    configs = sorted({GEMV_MMA, *(c for r in (1, 16) for c in gemv_variants(r) if c.kernel == "q8_gemv_mma")},
+                     key=str)
+    cases = [(c, rows) for c in configs for rows in range(1, GEMV_MAX_ROWS + 1)]
+    lines = ['#include <cstdio>', '#include "q8_gemv.hip"', "int main() {"]
+    lines += [f'  std::printf("%d\\n", RsMmaShared<{rows}, {c.nr}, {c.split}, {c.occ}>::BYTES);' for c, rows in cases]
+    lines += ["  return 0;", "}"]
+    src = tmp_path / "mma_shared.cu"
+    src.write_text("\n".join(lines) + "\n")
+    exe = tmp_path / "mma_shared"
+    options = [o.replace("--std=", "-std=") for o in COMPILE_OPTIONS["cuda"]]
+    run([nvcc, "-arch=sm_90", *options, "-I", str(kernel_dir()), "-o", str(exe), str(src)])
+    printed = [int(v) for v in run([str(exe)]).split()]
+    assert printed == [c.shared_bytes(rows) for c, rows in cases]
+    assert max(printed) <= 227 * 1024  # what an sm_90 block may opt in to
+
+
 # ---- the HIP square root (portable.h, rs_sqrt_round), checked here in NumPy: its result from any estimate
 # within a few ulp is the correctly rounded sqrt (the CUDA build uses __fsqrt_rn, so no GPU here runs it).
 def sqrt_round(x: np.ndarray, s: np.ndarray) -> np.ndarray:

@@ -39,8 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"activation row counts R (default {DEFAULT_ROWS})")
     parser.add_argument("--repeats", type=int, default=30, help="timed graph replays per measurement (median)")
     parser.add_argument("--mma", action="store_true",
-                        help="also time the tensor-core GEMV's mappings (q8_gemv_mma; NVIDIA sm_80+) and the dp4a kernel's "
-                             "configuration beside the production one")
+                        help="also time the tensor-core GEMV's mappings (q8_gemv_mma; NVIDIA sm_80+) and the dp4a "
+                             "kernel's configuration beside the production one")
     parser.add_argument("--variants", action="store_true",
                         help="also time every GEMV variant (kernel/NR/SPLIT/OCC, refspec.gpu.GemvConfig) for each R")
     parser.add_argument("--kernels", default="", help="with --variants: time only these kernels (comma-separated, "
@@ -200,7 +200,8 @@ def run(args: argparse.Namespace) -> int:
             others = [v for v in gemv_variants(rows) if v != production] if args.variants else []
             if args.mma and be.mma_available:
                 others += [c for c in [GEMV_CONFIGS[rows], *GEMV_MMA_VARIANTS] if c not in others + [production]]
-            others = [v for v in others if v.kernel != "q8_gemv_mma" or be.mma_available]
+            # the tensor-core kernel needs integer tensor cores and K/32 even (GemvConfig.takes)
+            others = [v for v in others if (v.kernel != "q8_gemv_mma" or be.mma_available) and v.takes(k)]
             if args.kernels:
                 others = [v for v in others if v.kernel in args.kernels.split(",")]
             be.gemv_module(c.name(rows) for c in others)  # one compile for all of them

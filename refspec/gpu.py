@@ -70,6 +70,11 @@ class GemvConfig:
             return GEMV_MMA_ROWS * self.split
         return self.nr * GEMV_THREADS[self.kernel] // 32 // self.split
 
+    def takes(self, k: int) -> bool:
+        """Whether this configuration runs rows of length k (a multiple of 32): q8_gemv_mma needs K/32 even,
+        as it copies the scales of two blocks at once."""
+        return self.kernel != "q8_gemv_mma" or k % (2 * QK8_0) == 0
+
     def shared_bytes(self, rows: int) -> int:
         """Dynamic shared memory of one thread block (kernels_raw/q8_gemv.hip's RsMmaShared: the warps' stage
         buffers, or the partial sums of the final tree if larger); the other kernels use none."""
@@ -225,6 +230,8 @@ class GpuBackend:
             raise DeviceError("CuPy sees no GPU")
         self.cp = cupy
         self.platform = "hip" if cupy.cuda.runtime.is_hip else "cuda"
+        # NVIDIA compute capability as a number (90 for sm_90), read once: GEMV launches consult it; 0 on HIP
+        self._capability = int(cupy.cuda.Device().compute_capability) if self.platform == "cuda" else 0
         self.poison = poison
         # GEMVs of at least this many rows use q8_gemv_mma where the GPU has integer tensor cores (same bits)
         self.mma_min_rows = mma_min_rows
@@ -240,13 +247,13 @@ class GpuBackend:
     @property
     def mma_available(self) -> bool:
         """Whether kernels_raw/q8_gemv.hip's q8_gemv_mma can run: integer tensor cores (NVIDIA sm_80+)."""
-        return self.platform == "cuda" and int(self.cp.cuda.Device().compute_capability) >= 80
+        return self._capability >= 80
 
     @property
     def overlap_available(self) -> bool:
         """Whether kernels can be launched to overlap their boundaries (programmatic dependent launch,
         refspec/gpu_launch.py): NVIDIA sm_90 and newer."""
-        return self.platform == "cuda" and int(self.cp.cuda.Device().compute_capability) >= 90
+        return self._capability >= 90
 
     @property
     def overlap(self) -> bool:
@@ -608,15 +615,15 @@ class GpuBackend:
         y = self._empty((rows, n))
         for r0 in range(0, rows, GEMV_MAX_ROWS):
             part = min(GEMV_MAX_ROWS, rows - r0)
-            self.launch_gemv(self.gemv_config(part, k), w, xq[r0 : r0 + part], xd[r0 : r0 + part], y[r0 : r0 + part],
-                             None if base is None else base[r0 : r0 + part])
+            self.launch_gemv(self.gemv_config(part, k), w, xq[r0 : r0 + part], xd[r0 : r0 + part],
+                             y[r0 : r0 + part], None if base is None else base[r0 : r0 + part])
         return y
 
     def gemv_config(self, rows: int, k: int) -> GemvConfig:
         """The GEMV configuration q8_gemv launches for `rows` <= GEMV_MAX_ROWS rows of length k: the tensor-core
         kernel from mma_min_rows rows where it can run, else GEMV_CONFIGS[rows]."""
         if (self.mma_min_rows is not None and rows >= self.mma_min_rows and self.mma_available
-                and k % (2 * QK8_0) == 0):
+                and GEMV_MMA.takes(k)):
             return GEMV_MMA
         return GEMV_CONFIGS[rows]
 
@@ -642,8 +649,8 @@ class GpuBackend:
         n = w.shape[0]
         if n == 0 or rows == 0:
             return
-        if config.kernel == "q8_gemv_mma" and k % (2 * QK8_0):
-            raise ValueError(f"q8_gemv_mma: K = {k} is not a multiple of 64 (its scales are copied in pairs)")
+        if not config.takes(k):
+            raise ValueError(f"{config.kernel}: K = {k} is not a multiple of 64 (its scales are copied in pairs)")
         blocks = self._blocks(n, config.weight_rows_per_block())
         shared = config.shared_bytes(rows)
         kernel = self._gemv_function(config, rows)

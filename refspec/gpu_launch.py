@@ -7,7 +7,7 @@ Launched with the attribute PROGRAMMATIC_STREAM_SERIALIZATION (NVIDIA sm_90 and 
 as soon as every block of the kernel before it has started and called griddepcontrol.launch_dependents.
 Each kernel of kernels_raw/ begins with rs_kernel_begin() (portable.h), which first waits for all earlier
 work to finish and be visible, then lets the next kernel start; before it, a kernel only reads what no
-kernel writes (the GEMV warms the L2 cache with its weights). So the order of every read and write is
+kernel writes (the GEMV loads its first weight blocks). So the order of every read and write is
 the same as without the attribute, and no bit can change; only scheduling does.
 
 CuPy's kernel call cannot set launch attributes, so this calls the driver's cuLaunchKernelEx through

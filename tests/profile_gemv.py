@@ -1,13 +1,15 @@
 """One launch of each given GEMV configuration on one shape, for ncu's per-kernel counters (device only).
 
-    python3 tests/profile_gemv.py N K ROWS KERNEL/NR/SPLIT/OCC ...   e.g. 14336 4096 1 q8_gemv/2/1/1 q8_gemv_mma/8/1/3
-Each configuration runs twice (the first launch compiles and warms up); profile the second (ncu --launch-skip).
+    python3 tests/profile_gemv.py N K ROWS KERNEL/NR/SPLIT/OCC ...   e.g. 14336 4096 1 q8_gemv_mma/8/1/3
+Each configuration runs twice (the first launch compiles and warms up): under
+`ncu --launch-skip 1 --launch-count 1 -k regex:q8_gemv`, give one configuration a run.
 """
 import sys
 
 import numpy as np
 
 from refspec.gpu import GemvConfig, GpuBackend
+from refspec.model import Q8Matrix
 
 n, k, rows = (int(v) for v in sys.argv[1:4])
 configs = [GemvConfig(kernel, int(nr), int(split), int(occ))
@@ -15,7 +17,6 @@ configs = [GemvConfig(kernel, int(nr), int(split), int(occ))
 be = GpuBackend()
 cp = be.cp
 rng = np.random.default_rng(0)
-from refspec.model import Q8Matrix  # noqa: E402
 
 w = be.upload_q8(Q8Matrix(rng.integers(-127, 128, (n, k), dtype=np.int8),
                           rng.uniform(1e-3, 2e-3, (n, k // 32)).astype(np.float16)))

@@ -13,8 +13,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from refspec.gpu import (ATTN_BOUNDS, COMPILE_OPTIONS, GEMV_CONFIGS, GEMV_MAX_ROWS, GEMV_MMA, GEMV_MMA_MIN_ROWS, gemv_variants,
-                         kernel_dir)
+from refspec.gpu import (ATTN_BOUNDS, COMPILE_OPTIONS, GEMV_CONFIGS, GEMV_MAX_ROWS, GEMV_MMA, GEMV_MMA_MIN_ROWS,
+                         gemv_variants, kernel_dir)
 
 KERNELS = sorted(p.stem for p in kernel_dir().glob("*.hip"))
 GEMV_ARGS = ("const signed char*, const unsigned short*, const signed char*, const unsigned short*, float*, "
@@ -126,6 +126,13 @@ def test_sm90(tmp_path, stem):
         run([*common, "-ptx", "-o", str(ptx)])
         fused = re.findall(r"\b(fma\.rn\.f32|mad\.f32|mad\.rn\.f32)\b", ptx.read_text())
         assert not fused, f"{stem}: fused multiply-add in PTX"
+
+
+def test_which_row_lengths_each_gemv_takes():
+    """The dp4a kernels take any K that is a multiple of 32; the tensor-core one only K/32 even (the backend
+    and `bench gemv` send it nothing else)."""
+    assert all(c.takes(k) for c in GEMV_CONFIGS.values() for k in (32, 96, 576, 4096))
+    assert [GEMV_MMA.takes(k) for k in (32, 64, 96, 576, 4096, 3616)] == [False, True, False, True, True, False]
 
 
 def test_mma_shared_memory_sizes_agree(tmp_path):

@@ -131,7 +131,7 @@ class Transformer:
         )
 
     def forward(self, cache: KVCache, ids, pos0: int, layers=None, taps=None, *, hidden: bool = False,
-                mtp_from=None):
+                mtp_from=None, argmax: bool = False):
         """Logits [R, V] for token ids [R] at positions pos0 .. pos0+R-1. `layers` picks a subset of the
         layers (in order) for drafting; None runs them all. `taps(name, tensor)`, when given, receives the
         intermediate tensors [R, ...] as the backend holds them, under llama.cpp's graph names (`attn_norm-3`,
@@ -146,6 +146,10 @@ class Transformer:
         row goes through the head, so it returns (logits [1, V], hidden [1, E]) of that row. Both kinds of
         pass replay graphs too; the hidden rows returned are the caller's to keep.
 
+        argmax=True also returns each row's argmax as be.argmax_rows gives it, on the host, after the pass:
+        (out, (ids, finite)), `out` being what the call returns without it. A captured pass computes it in
+        its graph and brings it back in one small transfer, so a decoder reads its tokens with no launch.
+
         DeltaNet layers (qwen35) read the state after pos0-1 from the cache's ring: a pass whose state is no
         longer held raises UsageError before anything runs (check_states)."""
         cfg = self.config
@@ -155,6 +159,7 @@ class Transformer:
         pos0 = checks.integer("pos0", pos0, 0)  # a negative position would index from the end
         layers = None if layers is None else checks.layer_subset(layers, cfg.n_layer)
         checks.callback("taps", taps)
+        checks.flag("argmax", argmax)
         rows = len(ids)
         if pos0 + rows > cache.n_pos:
             raise ContextLengthError(
@@ -168,11 +173,14 @@ class Transformer:
         recurrent = self.recurrent_layers(layers, mtp_from is not None)
         check_states(cache, recurrent, pos0)  # on the host, before the pass: a captured pass cannot raise
         if self.graphs is not None and rows <= self.graphs.max_rows and not taps:
-            out = self.graphs.replay(cache, ids, pos0, layers, hidden=hidden, mtp_from=mtp_from)
-        else:
-            ids, pos = self.be.pass_input(ids, pos0)
-            out = self.run(cache, ids, pos, rows, layers, taps, hidden=hidden, mtp_from=mtp_from)
+            out = self.graphs.replay(cache, ids, pos0, layers, hidden=hidden, mtp_from=mtp_from, argmax=argmax)
+            note_states(cache, recurrent, pos0, rows)
+            return out
+        ids, pos = self.be.pass_input(ids, pos0)
+        out = self.run(cache, ids, pos, rows, layers, taps, hidden=hidden, mtp_from=mtp_from)
         note_states(cache, recurrent, pos0, rows)
+        if argmax:
+            return out, self.be.argmax_rows(out[0] if isinstance(out, tuple) else out)
         return out
 
     def recurrent_layers(self, layers=None, mtp: bool = False) -> list[int]:

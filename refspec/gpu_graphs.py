@@ -43,6 +43,8 @@ class PassGraph:
     hidden_in: object  # device float32 [rows, E]: an MTP pass's hidden rows (mtp_from), copied in; else None
     out: object  # logits [rows, V], or (logits, hidden rows) for hidden / MTP passes: rewritten by every replay
     held: list  # every array the captured pass allocated
+    chosen: object = None  # with argmax: device int32 [rows, 2], each row's (argmax id, NaN-or-infinity flag)
+    chosen_host: np.ndarray | None = None  # with argmax: pinned host int32 [rows, 2], copied from `chosen`
 
 
 @dataclass
@@ -65,48 +67,67 @@ class PassGraphs:
         self.stream = self.be.cp.cuda.Stream(non_blocking=False)
         self.captured = 0  # graphs recorded (a statistic)
 
-    def replay(self, cache, ids, pos0: int, layers=None, *, hidden: bool = False, mtp_from=None):
+    def replay(self, cache, ids, pos0: int, layers=None, *, hidden: bool = False, mtp_from=None,
+               argmax: bool = False):
         """The pass's result, as Transformer.run returns it, from its graph (recorded on first use: that call
         runs eagerly). A graph per width, layer subset and kind of pass (logits; logits and hidden rows; the
-        MTP block, whose hidden rows mtp_from are copied into the graph's input first). Hidden rows come
-        back as a copy, so that a drafter may keep them; the logits are the graph's until its next replay."""
+        MTP block, whose hidden rows mtp_from are copied into the graph's input first), with or without the
+        argmax of its logits. Hidden rows come back as a copy, so that a drafter may keep them; the logits are
+        the graph's until its next replay. argmax=True: (result, (ids, finite)) as Transformer.forward says,
+        after the pass has ended."""
         mode = "mtp" if mtp_from is not None else "hidden" if hidden else "logits"
-        key = (len(ids), None if layers is None or mode == "mtp" else tuple(layers), mode)
+        key = (len(ids), None if layers is None or mode == "mtp" else tuple(layers), mode, argmax)
         g = cache.graphs.get(key)
-        if g is None:
-            return self._record(cache, ids, pos0, layers, mtp_from, key)
-        g.staging[0] = pos0
-        g.staging[1:] = ids
         with self.stream:
-            g.inputs.set(g.staging)  # pageable memory: the host copy is taken before set() returns
-            if g.hidden_in is not None:
-                g.hidden_in[...] = self.be.cp.asarray(mtp_from, dtype=np.float32)
-            g.graph.launch()
-            return g.out if mode == "logits" else (g.out[0], g.out[1].copy())
+            if g is None:
+                result, g = self._record(cache, ids, pos0, layers, mtp_from, key)
+            else:
+                g.staging[0] = pos0
+                g.staging[1:] = ids
+                g.inputs.set(g.staging)  # pageable memory: the host copy is taken before set() returns
+                if g.hidden_in is not None:
+                    g.hidden_in[...] = self.be.cp.asarray(mtp_from, dtype=np.float32)
+                g.graph.launch()
+                result = g.out if mode == "logits" else (g.out[0], g.out[1].copy())
+            if not argmax:
+                return result
+            runtime = self.be.cp.cuda.runtime
+            runtime.memcpyAsync(g.chosen_host.ctypes.data, g.chosen.data.ptr, g.chosen_host.nbytes,
+                                runtime.memcpyDeviceToHost, self.stream.ptr)
+            self.stream.synchronize()
+            return result, (g.chosen_host[:, 0].astype(np.int64), g.chosen_host[:, 1] == 0)
 
     def _record(self, cache, ids, pos0: int, layers, mtp_from, key):
-        be, rows, mode = self.be, len(ids), key[2]
+        """(the pass's result, its PassGraph): the pass runs eagerly, then is captured."""
+        be, rows, mode, argmax = self.be, len(ids), key[2], key[3]
         staging = np.empty(1 + rows, np.int32)
         staging[0], staging[1:] = pos0, ids
         inputs = be.cp.empty(1 + rows, np.int32)
-        hidden_in = None
+        hidden_in = chosen = chosen_host = None
         held = [inputs]
         if mode == "mtp":
             hidden_in = be.cp.empty((rows, self.tf.config.n_embd), np.float32)
             held.append(hidden_in)
-        with self.stream:
-            inputs.set(staging)
-            if hidden_in is not None:
-                hidden_in[...] = be.cp.asarray(mtp_from, dtype=np.float32)
+        if argmax:
+            chosen = be.cp.empty((rows, 2), np.int32)
+            pinned = be.cp.cuda.alloc_pinned_memory(rows * 2 * 4)
+            chosen_host = np.frombuffer(pinned, np.int32, rows * 2).reshape(rows, 2)
+            held += [chosen, pinned]
+        inputs.set(staging)
+        if hidden_in is not None:
+            hidden_in[...] = be.cp.asarray(mtp_from, dtype=np.float32)
 
-            def run():
-                return self.tf.run(cache, inputs[1:], inputs[:1], rows, layers, hidden=mode == "hidden",
-                                   mtp_from=hidden_in)
+        def run():
+            out = self.tf.run(cache, inputs[1:], inputs[:1], rows, layers, hidden=mode == "hidden",
+                              mtp_from=hidden_in)
+            if argmax:
+                be.argmax_device(out if mode == "logits" else out[0], chosen)
+            return out
 
-            result, graph, out = self._capture(run, held, f"a pass of {rows} rows")
-        cache.graphs[key] = PassGraph(graph, inputs, staging, hidden_in, out, held)
+        result, graph, out = self._capture(run, held, f"a pass of {rows} rows")
+        g = cache.graphs[key] = PassGraph(graph, inputs, staging, hidden_in, out, held, chosen, chosen_host)
         self.captured += 1
-        return result
+        return result, g
 
     def _capture(self, step, held: list, what: str):
         """(step's result, the graph, the captured step's result): `step` runs once eagerly on the stream (its

@@ -76,7 +76,12 @@ class NgramDrafter(Drafter):
 
     The copy may run into the present (an LZ77-style overlapping copy): when the occurrence starts p < k
     tokens back, guesses beyond the end of the context repeat the guesses before them, so a run with
-    period p keeps its period instead of being cut at p guesses."""
+    period p keeps its period instead of being cut at p guesses.
+
+    A proposal costs O(max_n + k), not a scan of the context: the drafter keeps an index, each n-gram to the
+    start of its latest occurrence that a token follows, and extends it with the tokens a context has
+    beyond the last one it saw (a context that does not extend it is indexed afresh). During decoding each
+    context is the last one plus the tokens just accepted, so every token is indexed once."""
 
     name = "ngram"
 
@@ -84,17 +89,33 @@ class NgramDrafter(Drafter):
         if not 1 <= min_n <= max_n:
             raise UsageError(f"n-gram sizes must satisfy 1 <= min_n <= max_n, got {min_n}, {max_n}")
         self.max_n, self.min_n = max_n, min_n
+        self._ids: list[int] = []  # the context indexed so far
+        self._latest: dict[tuple, int] = {}  # n-gram -> start of its latest occurrence followed by a token
+
+    def begin(self, cache: KVCache) -> None:
+        self._ids, self._latest = [], {}
+
+    def _index(self, context: list[int]) -> list[int]:
+        """Bring the index up to `context`: every n-gram of context[:-1] (each followed by a token)."""
+        ids, seen = self._ids, len(self._ids)
+        if len(context) < seen or context[:seen] != ids:  # not a continuation of what was indexed
+            ids, seen = [], 0
+            self._latest = {}
+        ids.extend(int(t) for t in context[seen:])
+        self._ids = ids
+        # n-grams ids[s:e] with s = e - n; those ending at e <= seen - 1 are indexed already
+        for e in range(max(seen, 1), len(ids)):
+            for n in range(self.min_n, min(self.max_n, e) + 1):
+                self._latest[tuple(ids[e - n : e])] = e - n  # later starts overwrite earlier ones
+        return ids
 
     def propose(self, context: list[int], k: int) -> list[int]:
-        ids = np.asarray(context, dtype=np.int64)
+        ids = self._index(context)
         for n in range(min(self.max_n, len(ids) - 1), self.min_n - 1, -1):
-            tail = ids[-n:]
-            # windows starting at 0 .. len-n-1: every earlier occurrence, each followed by at least one token
-            windows = np.lib.stride_tricks.sliding_window_view(ids[:-1], n)
-            hits = np.flatnonzero((windows == tail).all(axis=1))
-            if len(hits):
-                start = int(hits[-1]) + n
-                copy = [int(t) for t in ids[start : start + k]]  # what followed it, up to the present
+            start = self._latest.get(tuple(ids[len(ids) - n :]))
+            if start is not None:
+                start += n
+                copy = ids[start : start + k]  # what followed it, up to the present
                 period = len(ids) - start
                 while len(copy) < k:  # the copy overlaps its own guesses
                     copy.append(copy[-period])
@@ -278,14 +299,14 @@ def _speculative_generate(tf, prompt_ids, n_predict, drafter, draft_max, adaptiv
 
     t0 = time.perf_counter()
     rows = prefill(tf, cache, result.prompt_ids, on_hidden=on_hidden)  # [1, V]: chooses the first token
+    chosen = tf.be.argmax_rows(rows)
     drafts: list[int] = []  # the guesses `rows` verified: rows[j] saw drafts[:j]
-    tf.be.synchronize()  # the prompt's passes run asynchronously on a GPU: their time is the prompt's
     t1 = time.perf_counter()
     while True:
         # 1. Accept. Each row gets the spec's argmax (lowest index on ties; NaN/inf raise) on its own, and
         #    only while greedy would have computed it: rows after a rejected guess are never looked at.
         n_ok = 0  # guesses accepted by this pass
-        ids, finite = tf.be.argmax_rows(rows)  # every row's argmax; only the rows read below count
+        ids, finite = chosen  # every row's argmax; only the rows read below count
         for j in range(len(ids)):
             token = token_of(ids, finite, j)
             result.ids.append(token)
@@ -328,13 +349,13 @@ def _speculative_generate(tf, prompt_ids, n_predict, drafter, draft_max, adaptiv
         # 3. Verify: one pass over the newest token and the guesses. How many rows it has (set by the drafter
         #    and k) changes no row's bits: batch invariance, which is what makes the accept rule exact. Its
         #    keys and values overwrite whatever a drafter or a rejected guess left at pos..pos+k.
+        #    The argmax of every row comes back with it (one small transfer, after the pass has ended).
         t_pass = time.perf_counter()
         if on_hidden is None:
-            rows = tf.forward(cache, [result.ids[-1]] + drafts, pos)  # [k+1, V], left on the backend
+            rows, chosen = tf.forward(cache, [result.ids[-1]] + drafts, pos, argmax=True)  # [k+1, V] stays
         else:
-            rows, hidden = tf.forward(cache, [result.ids[-1]] + drafts, pos, hidden=True)  # and [k+1, E]
-            on_hidden(pos, hidden)
-        tf.be.synchronize()  # so the pass's time is its own (the argmax below would wait for it anyway)
+            (rows, hidden), chosen = tf.forward(cache, [result.ids[-1]] + drafts, pos, hidden=True, argmax=True)
+            on_hidden(pos, hidden)  # the final-normed hidden rows [k+1, E]
         (verify_ms if drafts else single_ms).append(1e3 * (time.perf_counter() - t_pass))
         n_passes += 1
     t2 = time.perf_counter()

@@ -77,6 +77,35 @@ def test_graph_replay_equals_eager_at_every_width(models, gpu, arch):
         assert_bits_equal(gpu.to_host(g_cache.v[layer]), gpu.to_host(e_cache.v[layer]), f"{arch}: V cache {layer}")
 
 
+@pytest.mark.parametrize("arch", sorted(SHAPES))
+def test_graph_argmax_equals_eager_argmax(models, gpu, arch):
+    """forward(argmax=True) with graphs (the argmax captured in the pass, one transfer back) gives the
+    eager pass's logits and be.argmax_rows of them, at every width, recorded and replayed, with hidden rows
+    too; rows whose logits hold NaN or infinity (the RoPE table poisoned from position 40) are flagged."""
+    model = models(arch)
+    graphed, eager = Transformer(model, gpu, graphs=True), Transformer(model, gpu, graphs=False)
+    widths = [w for w in range(1, GRAPH_MAX_ROWS + 1) for _ in range(2)]
+    ids = list(np.random.default_rng(9).integers(0, model.config.n_vocab, sum(widths)))
+    caches = graphed.new_cache(N_CTX), eager.new_cache(N_CTX)
+    for cache in caches:
+        cache.rope_cos[40:] = np.nan
+    pos = 0
+    for i, w in enumerate(widths):
+        hidden = i % 3 == 2
+        got = graphed.forward(caches[0], ids[pos : pos + w], pos, hidden=hidden, argmax=True)
+        out = eager.forward(caches[1], ids[pos : pos + w], pos, hidden=hidden)
+        logits = out[0] if hidden else out
+        want = gpu.argmax_rows(logits)
+        (g_logits, g_hidden), (g_ids, g_finite) = (got[0] if hidden else (got[0], None)), got[1]
+        where = f"{arch}: pass {i} ({w} rows at {pos})"
+        assert_bits_equal(gpu.to_host(g_logits), gpu.to_host(logits), where)
+        if hidden:
+            assert_bits_equal(gpu.to_host(g_hidden), gpu.to_host(out[1]), where + ", hidden rows")
+        assert g_ids.tolist() == want[0].tolist() and g_finite.tolist() == want[1].tolist(), where
+        assert g_finite.tolist() == [p < 40 for p in range(pos, pos + w)], where
+        pos += w
+
+
 def test_graphs_of_layer_subsets_equal_eager(models, gpu):
     model = models("llama")
     ids = list(np.random.default_rng(4).integers(0, model.config.n_vocab, 30))
@@ -148,7 +177,8 @@ def test_chained_greedy_equals_eager_greedy(models, gpu, arch):
 
 def test_chained_greedy_raises_on_nan_logits(models, gpu):
     """NaN or infinity in the logits of a chained step (not the first) ends decoding with NumericsError, as
-    eagerly: the RoPE table of positions 10 and later is poisoned, so the third step's logits are NaN."""
+    eagerly: the RoPE table of positions 10 and later is poisoned, so the third step's logits are NaN. The
+    same for speculative decoding."""
     model = models("llama")
     for graphs in (False, True):
         tf = Transformer(model, gpu, graphs=graphs)
@@ -162,6 +192,8 @@ def test_chained_greedy_raises_on_nan_logits(models, gpu):
         tf.new_cache = poisoned
         with pytest.raises(NumericsError):
             generate(tf, [1, 2, 3, 4, 5, 6, 7, 8], 5, eog_ids=())
+        with pytest.raises(NumericsError):  # verify passes with the argmax in their graph
+            speculative_generate(tf, [1, 2, 3, 4, 5, 6, 7, 8], 5, drafter=make_drafter("ngram", tf), eog_ids=())
         assert generate(tf, [1, 2, 3], 5, eog_ids=()).ids  # positions 0..7 only: fine
 
 

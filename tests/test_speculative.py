@@ -213,6 +213,25 @@ def test_no_drafter_is_plain_greedy(tiny):
     assert s["verify_ms_mean"] is None and s["single_step_ms"] is not None
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_forward_argmax_is_argmax_rows_of_its_logits(tiny, arch):
+    """forward(argmax=True), which the verify loop reads its tokens from: (what forward returns, the
+    backend's argmax_rows of the logits), with hidden rows too; a non-bool argmax is refused."""
+    from refspec import spec
+
+    tf = tiny(arch)
+    cache, plain = tf.new_cache(16), tf.new_cache(16)
+    logits, (ids, finite) = tf.forward(cache, [7, 8, 9], 0, argmax=True)
+    assert_bits_equal(logits, tf.forward(plain, [7, 8, 9], 0))
+    want = spec.argmax_rows(logits)
+    assert ids.tolist() == want[0].tolist() and finite.tolist() == want[1].tolist() == [True] * 3
+    (logits, hidden), (ids, _) = tf.forward(cache, [10, 11], 3, hidden=True, argmax=True)
+    assert_bits_equal(logits, tf.forward(plain, [10, 11], 3))
+    assert hidden.shape == (2, tf.config.n_embd) and ids.tolist() == spec.argmax_rows(logits)[0].tolist()
+    with pytest.raises(UsageError):
+        tf.forward(cache, [1], 5, argmax=1)
+
+
 def test_draft_max_zero_is_greedy(tiny):
     run_both(tiny("qwen3"), [4, 5, 6], 6, "oracle", 0, True, None, 0)
 
@@ -227,6 +246,51 @@ def test_ngram_proposes_what_followed_the_latest_occurrence():
     assert d.propose([7, 7, 7], 4) == [7, 7, 7, 7]  # a run keeps its period (overlapping copy)
     assert d.propose([1, 2, 3, 1, 2, 3, 1], 5) == [2, 3, 1, 2, 3]
     assert NgramDrafter(max_n=4, min_n=2).propose([1, 2, 3, 1], 3) == []  # no bigram match, unigrams off
+
+
+def scan_proposal(context, k, max_n, min_n):
+    """NgramDrafter's rule written as a scan of the whole context: what its index must reproduce."""
+    ids = np.asarray(context, dtype=np.int64)
+    for n in range(min(max_n, len(ids) - 1), min_n - 1, -1):
+        windows = np.lib.stride_tricks.sliding_window_view(ids[:-1], n)  # each followed by a token
+        hits = np.flatnonzero((windows == ids[-n:]).all(axis=1))
+        if len(hits):
+            start = int(hits[-1]) + n
+            copy = [int(t) for t in ids[start : start + k]]
+            while len(copy) < k:
+                copy.append(copy[-(len(ids) - start)])
+            return copy
+    return []
+
+
+@given(seed=st.integers(0, 2**32 - 1), length=st.integers(1, 80), alphabet=st.integers(1, 6),
+       steps=st.integers(1, 12), k=st.integers(1, 9), sizes=st.tuples(st.integers(1, 5), st.integers(0, 4)))
+def test_ngram_index_proposes_what_a_scan_proposes(seed, length, alphabet, steps, k, sizes):
+    """The drafter's incremental index against a scan of the whole context, over contexts that grow (as in
+    decoding, by several tokens at a time), shrink, or change under it (then it must index afresh). Small
+    alphabets make repeats, ties between occurrences and overlapping copies common."""
+    rng = np.random.default_rng(seed)
+    tokens = [int(t) for t in rng.integers(0, alphabet, length)]
+    min_n = sizes[0]
+    max_n = min_n + sizes[1]
+    d = NgramDrafter(max_n=max_n, min_n=min_n)
+    for cut in sorted(int(c) for c in rng.integers(1, length + 1, steps)):
+        context = tokens[:cut]
+        if rng.random() < 0.2:
+            context = [alphabet - 1 - t for t in context]  # another context of the same length
+        elif rng.random() < 0.1:
+            context = context[: rng.integers(1, cut + 1)]  # a shorter one
+        assert d.propose(context, k) == scan_proposal(context, k, max_n, min_n), (context, k)
+
+
+def test_ngram_index_follows_a_decoding_loop():
+    """A proposal after the context grew by the accepted tokens finds occurrences in the new tokens too."""
+    d = NgramDrafter(max_n=2, min_n=1)
+    assert d.propose([5, 6, 7], 2) == []
+    assert d.propose([5, 6, 7, 8, 6], 2) == [7, 8]
+    assert d.propose([5, 6, 7, 8, 6, 9, 8], 2) == [6, 9]  # "8" last followed by 6 (index extended)
+    assert d.propose([1, 2], 2) == []  # a new context: nothing of the old one is proposed
+    assert d.propose([1, 2, 1], 3) == [2, 1, 2]
 
 
 def test_layerskip_default_layers(tmp_path, tiny):

@@ -8,12 +8,17 @@
 //   out = chunked_sum_t(e_t * v_t) / chunked_sum_t(e_t)
 //
 // One block of threads per (row, head), in four phases separated by barriers:
-//   1. each group of 32 lanes takes positions t (RS_ATTN_KEYS at a time) and computes s_t with spec.lane_sum
-//      over d; max over t.
+//   1. each group of 32 lanes takes positions t (RS_ATTN_KEYS(MAXD) at a time, their loads in flight
+//      together) and computes s_t with spec.lane_sum over d; max over t.
 //   2. every thread turns scores into e_t, for all n_pos = pos0 + R positions the spec sums over.
-//   3. every thread takes items (chunk, column), column D being the denominator: one thread walks the
-//      chunk's 256 positions in order into 32 lane values (position t goes to lane t % 32, as in
-//      spec.lane_sum) and adds them in the spec's tree.
+//   3. items (chunk, column), column D being the denominator, each taken by 4 neighbouring threads: the
+//      chunk's position t goes to lane t % 32 (spec.lane_sum), and thread `part` of the item holds lanes
+//      8*part .. 8*part+7. It loads its lanes' positions in rounds of 2 per lane, every load of a round in
+//      flight together, and adds each lane's in order; then the spec's tree over the 32 lanes: lanes
+//      i+16 onto i (part 2 onto part 0, part 3 onto part 1, exchanged between the threads), i+8 onto i
+//      (part 1 onto part 0), then 4, 2, 1 apart inside part 0. Only the positions the row sees are added
+//      (a hidden e_t * v_t would be NaN where a later row wrote an infinite v_t; its e_t is +0 and
+//      changes no sum).
 //   4. column totals: the chunks' sums added in order to +0.0 (spec.chunked_sum), then num / denom.
 // e_t and the chunk sums live in shared memory up to RS_ATTN_SHARED_POS positions, beyond that in a scratch
 // buffer from the wrapper (global memory: contexts of any length).
@@ -25,20 +30,31 @@
 #define RS_ATTN_THREADS 256  // 8 groups of 32
 #define RS_ATTN_CHUNK 256    // spec.ATTN_CHUNK
 #define RS_ATTN_MAX_DIM 512  // head dims up to this (the wrapper checks)
-#define RS_ATTN_KEYS 4       // keys a group loads at once in phase 1
+#define RS_ATTN_PARTS 4      // threads per (chunk, column) item in phase 3, 8 lanes each
 #define RS_ATTN_SHARED_POS 1024  // up to this many positions, e_t and the chunk sums stay in shared memory
 #define RS_ATTN_SHARED_PARTS ((RS_ATTN_SHARED_POS / RS_ATTN_CHUNK) * (RS_ATTN_MAX_DIM + 1))
 
-// spec._tree on 32 lane values held by one thread: lane i + width added onto lane i, width = 16, 8, 4, 2, 1.
-RS_DEVICE float rs_tree_of_lanes(float (&lanes)[RS_LANES]) {
+// Keys a group loads at once in phase 1: more for short heads, whose keys take few registers.
+#define RS_ATTN_KEYS(maxd) ((maxd) <= 64 ? 8 : (maxd) <= 128 ? 4 : 2)
+
+// spec._tree on 32 lane values held by 4 neighbouring threads, 8 each (lanes 8*part + a, a = 0..7): lane
+// i + width added onto lane i for width = 16, 8 (from another thread), then 4, 2, 1 (inside part 0). Every
+// thread of the group calls it (the exchanges need all 32 lanes); part 0 gets the sum.
+RS_DEVICE float rs_tree_of_parts(float (&lanes)[8]) {
 #pragma unroll
-  for (int i = 0; i < 16; ++i) lanes[i] = rs_add(lanes[i], lanes[i + 16]);
+  for (int a = 0; a < 8; ++a) {  // width 16: parts 2, 3 onto parts 0, 1 (threads 2 apart)
+    const float other = rs_shfl_xor(lanes[a], 2);
+    lanes[a] = rs_add(lanes[a], other);
+  }
 #pragma unroll
-  for (int i = 0; i < 8; ++i) lanes[i] = rs_add(lanes[i], lanes[i + 8]);
+  for (int a = 0; a < 8; ++a) {  // width 8: part 1 onto part 0 (threads 1 apart)
+    const float other = rs_shfl_xor(lanes[a], 1);
+    lanes[a] = rs_add(lanes[a], other);
+  }
 #pragma unroll
-  for (int i = 0; i < 4; ++i) lanes[i] = rs_add(lanes[i], lanes[i + 4]);
+  for (int a = 0; a < 4; ++a) lanes[a] = rs_add(lanes[a], lanes[a + 4]);
 #pragma unroll
-  for (int i = 0; i < 2; ++i) lanes[i] = rs_add(lanes[i], lanes[i + 2]);
+  for (int a = 0; a < 2; ++a) lanes[a] = rs_add(lanes[a], lanes[a + 2]);
   return rs_add(lanes[0], lanes[1]);
 }
 
@@ -50,7 +66,7 @@ RS_DEVICE float rs_tree_of_lanes(float (&lanes)[RS_LANES]) {
 // 512): a lane's share of q and of a key is MAXD / 32 registers, with no loads or products for lanes past
 // dim wasted on a larger bound.
 template <int MAXD>
-__global__ void __launch_bounds__(RS_ATTN_THREADS)
+__global__ void __launch_bounds__(RS_ATTN_THREADS, 2)
 attention(const float* __restrict__ q, const float* __restrict__ k_cache, const float* __restrict__ v_cache,
           const int* __restrict__ pos, int rows, int heads, int kv_heads, int dim, int cache_len, float scale,
           float* __restrict__ e_buf, float* __restrict__ part_buf, float* __restrict__ out,
@@ -81,11 +97,12 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
     const int d = rs_lane() + RS_LANES * j;
     qreg[j] = d < dim ? qv[d] : 0.0f;
   }
+  constexpr int KEYS = RS_ATTN_KEYS(MAXD);
   float m = neg_inf;
-  for (int t0 = rs_group(); t0 < n_vis; t0 += RS_ATTN_KEYS * rs_groups()) {  // RS_ATTN_KEYS keys in flight
-    float kreg[RS_ATTN_KEYS][MAXD / RS_LANES];
+  for (int t0 = rs_group(); t0 < n_vis; t0 += KEYS * rs_groups()) {  // KEYS keys in flight
+    float kreg[KEYS][MAXD / RS_LANES];
 #pragma unroll
-    for (int u = 0; u < RS_ATTN_KEYS; ++u) {
+    for (int u = 0; u < KEYS; ++u) {
       const int t = t0 + u * rs_groups();
       const float* kt = kc + (long long)(t < n_vis ? t : t0) * dim;
 #pragma unroll
@@ -95,7 +112,7 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
       }
     }
 #pragma unroll
-    for (int u = 0; u < RS_ATTN_KEYS; ++u) {
+    for (int u = 0; u < KEYS; ++u) {
       const int t = t0 + u * rs_groups();
       float acc = 0.0f;  // lane value: +0.0, then q[l]*k[l], q[l+32]*k[l+32], ...
 #pragma unroll
@@ -124,29 +141,44 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
   const int n_chunks = (n_pos + RS_ATTN_CHUNK - 1) / RS_ATTN_CHUNK;
   const int max_chunks = (cache_len + RS_ATTN_CHUNK - 1) / RS_ATTN_CHUNK;
   float* parts = small ? parts_shared : part_buf + (long long)rh * max_chunks * cols;
-  for (int item = threadIdx.x; item < n_chunks * cols; item += blockDim.x) {
+  const int part = threadIdx.x % RS_ATTN_PARTS;
+  const int n_work = n_chunks * cols * RS_ATTN_PARTS;
+  for (int w0 = 0; w0 < n_work; w0 += blockDim.x) {  // the same trips for every thread: all shuffle
+    const int work = w0 + threadIdx.x;
+    const int item = work / RS_ATTN_PARTS;  // < n_chunks * cols where work < n_work
     const int chunk = item / cols, col = item % cols;
     const int base = chunk * RS_ATTN_CHUNK;
-    const int len = n_pos - base < RS_ATTN_CHUNK ? n_pos - base : RS_ATTN_CHUNK;
-    float lanes[RS_LANES];
+    const int seen = work < n_work ? n_vis - base : 0;  // positions of the chunk the row sees, if > 0
+    float lanes[8];
 #pragma unroll
-    for (int l = 0; l < RS_LANES; ++l) lanes[l] = 0.0f;
-#pragma unroll 1
-    for (int j = 0; j < len; j += RS_LANES) {
-      float et[RS_LANES], vt[RS_LANES];  // the loads of 32 positions in flight before their additions
+    for (int a = 0; a < 8; ++a) lanes[a] = 0.0f;
 #pragma unroll
-      for (int l = 0; l < RS_LANES; ++l) {
-        const int t = base + j + l;
-        const bool in = j + l < len;
-        et[l] = in ? e[t] : 0.0f;
-        vt[l] = in && col < dim ? vc[(long long)t * dim + col] : 0.0f;
+    for (int round = 0; round < 4; ++round) {
+      if (8 * part + RS_LANES * 2 * round >= seen) break;  // nothing of this round's positions is seen
+      float et[2][8], vt[2][8];  // lane 8*part + a, position base + lane + 32 * (2 * round + i)
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+#pragma unroll
+        for (int a = 0; a < 8; ++a) {
+          const int off = 8 * part + a + RS_LANES * (2 * round + i);  // < RS_ATTN_CHUNK
+          const bool in = off < seen;
+          const int t = base + off;
+          et[i][a] = in ? e[t] : 0.0f;
+          vt[i][a] = in && col < dim ? vc[(long long)t * dim + col] : 0.0f;
+        }
       }
 #pragma unroll
-      for (int l = 0; l < RS_LANES; ++l) {
-        if (j + l < len) lanes[l] = rs_add(lanes[l], col < dim ? rs_mul(et[l], vt[l]) : et[l]);
+      for (int i = 0; i < 2; ++i) {
+#pragma unroll
+        for (int a = 0; a < 8; ++a) {
+          if (8 * part + a + RS_LANES * (2 * round + i) < seen) {
+            lanes[a] = rs_add(lanes[a], col < dim ? rs_mul(et[i][a], vt[i][a]) : et[i][a]);
+          }
+        }
       }
     }
-    parts[item] = rs_tree_of_lanes(lanes);
+    const float sum = rs_tree_of_parts(lanes);
+    if (part == 0 && work < n_work) parts[item] = sum;
   }
   __syncthreads();
 

@@ -264,7 +264,9 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos0: int
     h // (H/G). Row r sees positions t <= pos0 + r:
         s_t = lane_sum_d(q * k_t) * (1 / sqrt(D));  m = max_t s_t;  e_t = exp(s_t - m)
         out = chunked_sum_t(e_t * v_t) / chunked_sum_t(e_t)
-    Positions a row may not see enter as s_t = -inf, so e_t = +0 and they add nothing.
+    Positions a row may not see enter as s_t = -inf, so e_t = +0, and their terms e_t * v_t are +0 too:
+    they add nothing, even where v_t is infinite or NaN (a later row of the same pass that overflowed), so
+    a row's bits never depend on the rows after it.
     """
     rows, n_head, dim = q.shape
     n_kv = k_cache.shape[0]
@@ -281,7 +283,10 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos0: int
         scores[np.broadcast_to(hidden[:, None, None, :], scores.shape)] = -np.inf
     e = exp(scores - scores.max(axis=-1, keepdims=True))  # [R, G, H/G, T]
     denom = chunked_sum(e, axis=-1)  # [R, G, H/G]
-    num = chunked_sum(np.moveaxis(e, -1, 0)[..., None] * v_t, axis=0)  # [T, R, G, H/G, D] -> [R, G, H/G, D]
+    terms = np.moveaxis(e, -1, 0)[..., None] * v_t  # [T, R, G, H/G, D]
+    if rows > 1:  # +0 * inf or NaN would be NaN: a hidden position's term is +0 whatever v holds
+        terms[np.broadcast_to(hidden.T[:, :, None, None, None], terms.shape)] = 0
+    num = chunked_sum(terms, axis=0)  # [R, G, H/G, D]
     return (num / denom[..., None]).reshape(rows, n_head, dim)
 
 

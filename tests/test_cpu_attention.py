@@ -46,6 +46,28 @@ def test_nan_scores_give_nan_rows_as_the_spec():
     assert_bits_equal(got, want, "NaN scores")
 
 
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_a_row_never_depends_on_the_rows_after_it(bad):
+    """Batch invariance with non-finite values: the later rows of a pass wrote keys and values that are
+    infinite or NaN (as a row that overflowed would); every earlier row still has the bits of the same row
+    run alone, in the spec (which must not add +0 * inf for the positions a row does not see) and in the
+    compiled attention."""
+    rng = np.random.default_rng(5)
+    rows, pos0 = 6, 300  # the rows span the end of the first 256-position chunk and more
+    q = rng.standard_normal((rows, 4, 40)).astype(F32)
+    k = rng.standard_normal((2, pos0 + rows, 40)).astype(F32)
+    v = rng.standard_normal((2, pos0 + rows, 40)).astype(F32)
+    k[:, pos0 + 3 :] = bad
+    v[:, pos0 + 3 :] = bad
+    with np.errstate(all="ignore"):
+        together = spec.attention(q, k, v, pos0)
+        alone = [spec.attention(q[r : r + 1], k, v, pos0 + r)[0] for r in range(rows)]
+    assert np.isfinite(together[:3]).all()
+    for r in range(rows):
+        assert_bits_equal(together[r], alone[r], f"spec, row {r}")
+    assert_bits_equal(cpu_attention.attention(q, k, v, pos0), together, "compiled")
+
+
 @njit
 def _exp_all(x, out):
     for i in range(x.size):

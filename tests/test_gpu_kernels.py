@@ -265,6 +265,24 @@ def test_attention_equals_spec(be, data):
     assert_same(got, expected, f"attention R={rows} H={heads} G={kv_heads} D={dim} pos0={pos0}", nan_equal=True)
 
 
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_attention_row_never_depends_on_the_rows_after_it(be, bad):
+    """Keys and values that later rows of the pass wrote as infinite or NaN leave the earlier rows' bits
+    those of the spec's rows run alone (no +0 * inf terms for hidden positions), across a chunk boundary."""
+    rng = np.random.default_rng(6)
+    rows, pos0 = 6, 252
+    q = rng.standard_normal((rows, 4, 64)).astype(F32)
+    kc = rng.standard_normal((2, pos0 + rows, 64)).astype(F32)
+    vc = rng.standard_normal((2, pos0 + rows, 64)).astype(F32)
+    kc[:, pos0 + 3 :] = bad
+    vc[:, pos0 + 3 :] = bad
+    got = be.to_host(be.attention(be.asarray(q), be.asarray(kc), be.asarray(vc), pos0))
+    with np.errstate(all="ignore"):
+        for r in range(rows):
+            assert_same(got[r], spec.attention(q[r : r + 1], kc, vc, pos0 + r)[0], f"row {r}", nan_equal=True)
+    assert np.isfinite(got[:3]).all()
+
+
 # ---------------------------------------------------------------------------------------------- argmax
 @given(data=st.data())
 def test_argmax_equals_spec(be, data):

@@ -27,7 +27,7 @@
 #include "exp.h"
 #include "quantize.h"
 
-#define RS_ATTN_THREADS 256  // 8 groups of 32
+#define RS_ATTN_THREADS 512  // 16 groups of 32: a pass of few rows and heads has few blocks, each on its own SM
 #define RS_ATTN_CHUNK 256    // spec.ATTN_CHUNK
 #define RS_ATTN_MAX_DIM 512  // head dims up to this (the wrapper checks)
 #define RS_ATTN_PARTS 4      // threads per (chunk, column) item in phase 3, 8 lanes each
@@ -66,7 +66,7 @@ RS_DEVICE float rs_tree_of_parts(float (&lanes)[8]) {
 // 512): a lane's share of q and of a key is MAXD / 32 registers, with no loads or products for lanes past
 // dim wasted on a larger bound.
 template <int MAXD>
-__global__ void __launch_bounds__(RS_ATTN_THREADS, 2)
+__global__ void __launch_bounds__(RS_ATTN_THREADS, 1)
 attention(const float* __restrict__ q, const float* __restrict__ k_cache, const float* __restrict__ v_cache,
           const int* __restrict__ pos, int rows, int heads, int kv_heads, int dim, int cache_len, float scale,
           float* __restrict__ e_buf, float* __restrict__ part_buf, float* __restrict__ out,

@@ -69,6 +69,7 @@ class Transformer:
         self.weights = backend.upload_weights(model.weights)
         self.graphs = None
         self._cache_pool: list[_CacheSlot] = []
+        self._recurrent: dict[tuple, list[int]] = {}  # recurrent_layers' answers, by (layers, mtp)
         if available if graphs is None else graphs:
             from refspec.gpu_graphs import PassGraphs
 
@@ -185,9 +186,13 @@ class Transformer:
 
     def recurrent_layers(self, layers=None, mtp: bool = False) -> list[int]:
         """The DeltaNet layers a pass over `layers` (None: all; mtp: the MTP block instead) runs."""
-        cfg = self.config
-        run = range(cfg.n_layer, cfg.n_block) if mtp else range(cfg.n_layer) if layers is None else layers
-        return [i for i in run if cfg.is_recurrent(i)]
+        key = (None if layers is None else tuple(layers), mtp)
+        found = self._recurrent.get(key)
+        if found is None:
+            cfg = self.config
+            run = range(cfg.n_layer, cfg.n_block) if mtp else range(cfg.n_layer) if layers is None else layers
+            found = self._recurrent[key] = [i for i in run if cfg.is_recurrent(i)]
+        return list(found)
 
     def run(self, cache: KVCache, ids, pos, rows: int, layers=None, taps=None, *, hidden=False, mtp_from=None):
         """The pass itself, on token ids and a first position as be.pass_input gives them (on a GPU both in

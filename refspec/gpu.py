@@ -109,6 +109,7 @@ GEMV_MMA_VARIANTS = [GemvConfig("q8_gemv_mma", nr, mt, stages)
 
 
 ATTN_MAX_DIM = 512  # RS_ATTN_MAX_DIM in attention.hip
+ATTN_THREADS = 512  # RS_ATTN_THREADS in attention.hip
 ATTN_BOUNDS = (64, 128, 256, ATTN_MAX_DIM)  # the instances of attention<MAXD>: the smallest MAXD >= dim runs
 RMSNORM_Q8_SHARED_BYTES = 48 * 1024  # dynamic shared memory any GPU grants without opting in
 RMSNORM_Q8_BLOCKS_PER_PART = 16  # Q8_0 blocks of a row per thread block of rmsnorm_q8: 4 groups x 4 each
@@ -755,7 +756,7 @@ class GpuBackend:
         if rows and heads:
             bound = next(b for b in ATTN_BOUNDS if b >= dim)
             self.function("attention", f"attention<{bound}>", tuple(f"attention<{b}>" for b in ATTN_BOUNDS))(
-                (rows * heads,), (256,),
+                (rows * heads,), (ATTN_THREADS,),
                 (q, k_cache, v_cache, self._pos(pos), np.int32(rows), np.int32(heads), np.int32(kv_heads),
                  np.int32(dim), np.int32(cache_len), F32(scale), e_buf, part_buf, out,
                  0 if xq is None else xq, 0 if xd is None else xd),

@@ -39,7 +39,8 @@ GRAPH_MAX_ROWS = 16  # passes of more rows (long prompt chunks) run eagerly: the
 class PassGraph:
     graph: object  # cupy.cuda.graph.Graph
     inputs: object  # device int32 [1 + rows]: the first position, then the token ids
-    staging: np.ndarray  # host int32 [1 + rows], copied into `inputs` before each replay
+    staging: np.ndarray  # pinned host int32 [1 + rows], copied into `inputs` before each replay
+    staged: object  # cupy.cuda.Event recorded after that copy: staging is free again once it has passed
     hidden_in: object  # device float32 [rows, E]: an MTP pass's hidden rows (mtp_from), copied in; else None
     out: object  # logits [rows, V], or (logits, hidden rows) for hidden / MTP passes: rewritten by every replay
     held: list  # every array the captured pass allocated
@@ -82,9 +83,7 @@ class PassGraphs:
             if g is None:
                 result, g = self._record(cache, ids, pos0, layers, mtp_from, key)
             else:
-                g.staging[0] = pos0
-                g.staging[1:] = ids
-                g.inputs.set(g.staging)  # pageable memory: the host copy is taken before set() returns
+                self._stage(g, pos0, ids)
                 if g.hidden_in is not None:
                     g.hidden_in[...] = self.be.cp.asarray(mtp_from, dtype=np.float32)
                 g.graph.launch()
@@ -97,14 +96,26 @@ class PassGraphs:
             self.stream.synchronize()
             return result, (g.chosen_host[:, 0].astype(np.int64), g.chosen_host[:, 1] == 0)
 
+    def _stage(self, g: PassGraph, pos0: int, ids) -> None:
+        """Queue the copy of (pos0, ids) into the graph's inputs: from pinned memory, asynchronously, once the
+        previous replay's copy has read the staging buffer."""
+        g.staged.synchronize()
+        g.staging[0] = pos0
+        g.staging[1:] = ids
+        runtime = self.be.cp.cuda.runtime
+        runtime.memcpyAsync(g.inputs.data.ptr, g.staging.ctypes.data, g.staging.nbytes,
+                            runtime.memcpyHostToDevice, self.stream.ptr)
+        g.staged.record(self.stream)
+
     def _record(self, cache, ids, pos0: int, layers, mtp_from, key):
         """(the pass's result, its PassGraph): the pass runs eagerly, then is captured."""
         be, rows, mode, argmax = self.be, len(ids), key[2], key[3]
-        staging = np.empty(1 + rows, np.int32)
+        pinned = be.cp.cuda.alloc_pinned_memory((1 + rows) * 4)
+        staging = np.frombuffer(pinned, np.int32, 1 + rows)
         staging[0], staging[1:] = pos0, ids
         inputs = be.cp.empty(1 + rows, np.int32)
         hidden_in = chosen = chosen_host = None
-        held = [inputs]
+        held = [inputs, pinned]
         if mode == "mtp":
             hidden_in = be.cp.empty((rows, self.tf.config.n_embd), np.float32)
             held.append(hidden_in)
@@ -113,7 +124,7 @@ class PassGraphs:
             pinned = be.cp.cuda.alloc_pinned_memory(rows * 2 * 4)
             chosen_host = np.frombuffer(pinned, np.int32, rows * 2).reshape(rows, 2)
             held += [chosen, pinned]
-        inputs.set(staging)
+        inputs.set(staging)  # on the stream: `staged`, recorded after the capture, waits for it too
         if hidden_in is not None:
             hidden_in[...] = be.cp.asarray(mtp_from, dtype=np.float32)
 
@@ -125,7 +136,9 @@ class PassGraphs:
             return out
 
         result, graph, out = self._capture(run, held, f"a pass of {rows} rows")
-        g = cache.graphs[key] = PassGraph(graph, inputs, staging, hidden_in, out, held, chosen, chosen_host)
+        staged = be.cp.cuda.Event(block=False, disable_timing=True)
+        staged.record(self.stream)
+        g = cache.graphs[key] = PassGraph(graph, inputs, staging, staged, hidden_in, out, held, chosen, chosen_host)
         self.captured += 1
         return result, g
 

@@ -11,7 +11,8 @@
 //   1. each group of 32 lanes takes positions t (RS_ATTN_KEYS(MAXD) at a time, their loads in flight
 //      together) and computes s_t with spec.lane_sum over d; max over t.
 //   2. every thread turns scores into e_t, for all n_pos = pos0 + R positions the spec sums over.
-//   3. items (chunk, column), column D being the denominator, each taken by 4 neighbouring threads: the
+//   3. items (chunk, column), each taken by 4 neighbouring threads (those of column 0 also sum the
+//      denominator's e_t from the same positions, in the same lanes and order as a column of its own): the
 //      chunk's position t goes to lane t % 32 (spec.lane_sum), and thread `part` of the item holds lanes
 //      8*part .. 8*part+7. It loads its lanes' positions in rounds of 2 per lane, every load of a round in
 //      flight together, and adds each lane's in order; then the spec's tree over the 32 lanes: lanes
@@ -136,22 +137,23 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
   for (int t = threadIdx.x; t < n_pos; t += blockDim.x) e[t] = t < n_vis ? refspec_exp(rs_sub(e[t], m)) : e_hidden;
   __syncthreads();
 
-  // 3. chunk sums of e_t * v[t, col] (col < dim) and of e_t (col == dim)
+  // 3. chunk sums of e_t * v[t, col] (col < dim), and of e_t (stored as column dim), which the threads of
+  //    column 0 add up beside their own from the same loads
   const int cols = dim + 1;
   const int n_chunks = (n_pos + RS_ATTN_CHUNK - 1) / RS_ATTN_CHUNK;
   const int max_chunks = (cache_len + RS_ATTN_CHUNK - 1) / RS_ATTN_CHUNK;
   float* parts = small ? parts_shared : part_buf + (long long)rh * max_chunks * cols;
   const int part = threadIdx.x % RS_ATTN_PARTS;
-  const int n_work = n_chunks * cols * RS_ATTN_PARTS;
+  const int n_work = n_chunks * dim * RS_ATTN_PARTS;
   for (int w0 = 0; w0 < n_work; w0 += blockDim.x) {  // the same trips for every thread: all shuffle
     const int work = w0 + threadIdx.x;
-    const int item = work / RS_ATTN_PARTS;  // < n_chunks * cols where work < n_work
-    const int chunk = item / cols, col = item % cols;
+    const int item = work / RS_ATTN_PARTS;  // < n_chunks * dim where work < n_work
+    const int chunk = item / dim, col = item % dim;
     const int base = chunk * RS_ATTN_CHUNK;
     const int seen = work < n_work ? n_vis - base : 0;  // positions of the chunk the row sees, if > 0
-    float lanes[8];
+    float lanes[8], denom[8];
 #pragma unroll
-    for (int a = 0; a < 8; ++a) lanes[a] = 0.0f;
+    for (int a = 0; a < 8; ++a) lanes[a] = denom[a] = 0.0f;
 #pragma unroll
     for (int round = 0; round < 4; ++round) {
       if (8 * part + RS_LANES * 2 * round >= seen) break;  // nothing of this round's positions is seen
@@ -164,7 +166,7 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
           const bool in = off < seen;
           const int t = base + off;
           et[i][a] = in ? e[t] : 0.0f;
-          vt[i][a] = in && col < dim ? vc[(long long)t * dim + col] : 0.0f;
+          vt[i][a] = in ? vc[(long long)t * dim + col] : 0.0f;
         }
       }
 #pragma unroll
@@ -172,13 +174,18 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
 #pragma unroll
         for (int a = 0; a < 8; ++a) {
           if (8 * part + a + RS_LANES * (2 * round + i) < seen) {
-            lanes[a] = rs_add(lanes[a], col < dim ? rs_mul(et[i][a], vt[i][a]) : et[i][a]);
+            lanes[a] = rs_add(lanes[a], rs_mul(et[i][a], vt[i][a]));
+            if (col == 0) denom[a] = rs_add(denom[a], et[i][a]);
           }
         }
       }
     }
     const float sum = rs_tree_of_parts(lanes);
-    if (part == 0 && work < n_work) parts[item] = sum;
+    const float denom_sum = rs_tree_of_parts(denom);  // every thread: the exchanges need the whole group
+    if (part == 0 && work < n_work) {
+      parts[chunk * cols + col] = sum;
+      if (col == 0) parts[chunk * cols + dim] = denom_sum;
+    }
   }
   __syncthreads();
 

@@ -48,12 +48,23 @@ RS_DEVICE void rs_rmsnorm_q8_part(const float* __restrict__ xrow, const float* _
   if (rs_group() == 0) {
     float acc = 0.0f;  // lane value: +0.0, then x[l]^2, x[l+32]^2, ... in order
     int i = lane;
-    for (; i + 7 * RS_LANES < k; i += 8 * RS_LANES) {  // eight reads in flight, then their additions in order
+    if (i + 7 * RS_LANES < k) {  // eight values at a time, the next eight read while these are added
       float t[8];
 #pragma unroll
       for (int j = 0; j < 8; ++j) t[j] = xrow[i + j * RS_LANES];
+      for (; i + 15 * RS_LANES < k; i += 8 * RS_LANES) {
+        float next[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) next[j] = xrow[i + (8 + j) * RS_LANES];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          acc = rs_add(acc, rs_mul(t[j], t[j]));
+          t[j] = next[j];
+        }
+      }
 #pragma unroll
       for (int j = 0; j < 8; ++j) acc = rs_add(acc, rs_mul(t[j], t[j]));
+      i += 8 * RS_LANES;
     }
     for (; i < k; i += RS_LANES) acc = rs_add(acc, rs_mul(xrow[i], xrow[i]));
     const float mean = rs_div(rs_lane_tree(acc), (float)k);
@@ -79,8 +90,8 @@ rmsnorm_q8(const float* __restrict__ x, const float* __restrict__ w, float eps, 
   extern __shared__ float4 rs_row4[];  // the row, k floats
   const int row = blockIdx.x / parts, part = blockIdx.x % parts;
   const float4* xrow4 = (const float4*)(x + (long long)row * k);
-#pragma unroll 4
-  for (int i = threadIdx.x; i < k / 4; i += blockDim.x) rs_row4[i] = xrow4[i];
+#pragma unroll 8
+  for (int i = threadIdx.x; i < k / 4; i += blockDim.x) rs_row4[i] = xrow4[i];  // a 4096-row's reads in flight together
   __syncthreads();
   rs_rmsnorm_q8_part((const float*)rs_row4, w, eps, k, row, part, parts, xq, xd);
 }

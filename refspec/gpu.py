@@ -110,6 +110,8 @@ GEMV_MMA_VARIANTS = [GemvConfig("q8_gemv_mma", nr, mt, stages)
 
 ATTN_MAX_DIM = 512  # RS_ATTN_MAX_DIM in attention.hip
 ATTN_THREADS = 512  # RS_ATTN_THREADS in attention.hip
+ARGMAX_THREADS, ARGMAX_PER_THREAD = 256, 8  # RS_ARGMAX_THREADS, RS_ARGMAX_PER_THREAD in argmax.hip
+ARGMAX_MAX_PARTS = ARGMAX_THREADS  # argmax_final combines at most one part per thread
 ATTN_BOUNDS = (64, 128, 256, ATTN_MAX_DIM)  # the instances of attention<MAXD>: the smallest MAXD >= dim runs
 RMSNORM_Q8_SHARED_BYTES = 48 * 1024  # dynamic shared memory any GPU grants without opting in
 RMSNORM_Q8_BLOCKS_PER_PART = 16  # Q8_0 blocks of a row per thread block of rmsnorm_q8: 4 groups x 4 each
@@ -789,8 +791,16 @@ class GpuBackend:
         rows, n = logits.shape
         if result is None:
             result = self.cp.empty((rows, 2), np.int32)
-        if rows:
-            self.function("argmax", "argmax")((rows,), (256,), (logits, np.int32(n), result))
+        if rows and n:
+            parts = min(ARGMAX_MAX_PARTS, self._blocks(n, ARGMAX_THREADS * ARGMAX_PER_THREAD))
+            value, index, bad = self._new((rows, parts), F32), self._new((rows, parts), np.int32), \
+                self._new((rows, parts), np.int32)
+            self.function("argmax", "argmax_part")(
+                (rows * parts,), (ARGMAX_THREADS,), (logits, np.int32(n), np.int32(parts), value, index, bad))
+            self.function("argmax", "argmax_final")(
+                (rows,), (ARGMAX_THREADS,), (value, index, bad, np.int32(parts), result))
+        elif rows:
+            result[:, 0], result[:, 1] = -1, 0
         return result
 
     def greedy_next(self, result, inputs):

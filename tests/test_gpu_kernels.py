@@ -307,6 +307,21 @@ def test_argmax_rejects_nonfinite_like_spec(be, bad):
     assert str(gpu.value) == str(cpu.value)
 
 
+@pytest.mark.parametrize("n", [2049, 128256, 600001])
+def test_argmax_ties_across_parts_take_the_lowest_index(be, n):
+    """A row is split into parts on many blocks (past 256 parts, each block loops): the maximum placed in
+    three parts, and once as -0.0 beside +0.0 maxima in another row, still gives the lowest index."""
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal((3, n)) - 10).astype(F32)
+    for i in (n - 1, n // 2, 1000):
+        x[0, i] = 5.0  # in the last part, the middle one and the first
+    x[1, n - 3 :] = 7.0
+    x[2] = -1.0
+    x[2, [n - 1, 2047, 5]] = [0.0, -0.0, 0.0]
+    assert_bits_equal(be.argmax(be.asarray(x)), spec.argmax(x), "argmax")
+    assert spec.argmax(x).tolist() == [1000, n - 3, 5]
+
+
 def test_argmax_of_signed_zeros_takes_the_first(be):
     x = np.array([[-0.0, 0.0, -0.0], [0.0, -0.0, 0.0], [-1.0, -0.0, 0.0]], F32)
     assert_bits_equal(be.argmax(be.asarray(x)), spec.argmax(x), "argmax")

@@ -163,10 +163,10 @@ class LayerSkipDrafter(Drafter):
         self.cache = cache
 
     def propose(self, context: list[int], k: int) -> list[int]:
-        be, pos, token = self.tf.be, len(context) - 1, context[-1]  # the last token is not yet in the cache
+        pos, token = len(context) - 1, context[-1]  # the last token is not yet in the cache
         drafts = []
         for i in range(k):
-            ids, finite = be.argmax_rows(self.tf.forward(self.cache, [token], pos + i, layers=self.layers))
+            _, (ids, finite) = self.tf.forward(self.cache, [token], pos + i, layers=self.layers, argmax=True)
             if not finite[0]:  # a truncated model may overflow where the full one does not: stop guessing
                 break
             token = int(ids[0])
@@ -209,17 +209,17 @@ class MtpDrafter(Drafter):
         zeros = tf.be.zeros((tf.config.n_embd,))
         rows = range(self.n_done, pos + 1)
         h_before = tf.be.stack([self.hidden[q - 1] if q else zeros for q in rows])  # [n, E]
-        logits, h = tf.forward(self.cache, context[self.n_done : pos + 1], self.n_done, mtp_from=h_before)
+        (_, h), (ids, finite) = tf.forward(self.cache, context[self.n_done : pos + 1], self.n_done,
+                                           mtp_from=h_before, argmax=True)
         self.n_done = pos + 1
         self.hidden = {q: row for q, row in self.hidden.items() if q >= pos}  # the next proposal needs h of pos..
         drafts = []
         for i in range(k):
-            ids, finite = tf.be.argmax_rows(logits)
             if not finite[0]:
                 break
             drafts.append(int(ids[0]))
-            if i + 1 < k:
-                logits, h = tf.forward(self.cache, drafts[-1:], pos + 1 + i, mtp_from=h)  # [1, V], [1, E]
+            if i + 1 < k:  # logits [1, V] and h [1, E] of the guess just made, and the argmax of the logits
+                (_, h), (ids, finite) = tf.forward(self.cache, drafts[-1:], pos + 1 + i, mtp_from=h, argmax=True)
         return drafts
 
 

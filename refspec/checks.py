@@ -25,12 +25,13 @@ def integer(name: str, value, lo: int | None = None, hi: int | None = None) -> i
 
 def token_ids(name: str, ids, n_vocab: int, *, allow_empty: bool = False) -> list[int]:
     """A sequence of token ids, each an integer in 0..n_vocab-1."""
-    if type(ids) is list and all(type(t) is int and 0 <= t < n_vocab for t in ids) and (ids or allow_empty):
-        return list(ids)  # the common case, checked without building a message per token
     if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
         raise UsageError(f"{name} must be a sequence of token ids, not {type(ids).__name__}")
     checked = []
     for i, token in enumerate(ids):
+        if type(token) is int and 0 <= token < n_vocab:  # the common case, without a message built per token
+            checked.append(token)
+            continue
         try:
             checked.append(integer(f"{name}[{i}]", token, 0, n_vocab - 1))
         except UsageError as error:

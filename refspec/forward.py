@@ -69,7 +69,6 @@ class Transformer:
         self.weights = backend.upload_weights(model.weights)
         self.graphs = None
         self._cache_pool: list[_CacheSlot] = []
-        self._recurrent: dict[tuple, list[int]] = {}  # recurrent_layers' answers, by (layers, mtp)
         if available if graphs is None else graphs:
             from refspec.gpu_graphs import PassGraphs
 
@@ -175,24 +174,19 @@ class Transformer:
         check_states(cache, recurrent, pos0)  # on the host, before the pass: a captured pass cannot raise
         if self.graphs is not None and rows <= self.graphs.max_rows and not taps:
             out = self.graphs.replay(cache, ids, pos0, layers, hidden=hidden, mtp_from=mtp_from, argmax=argmax)
-            note_states(cache, recurrent, pos0, rows)
-            return out
-        ids, pos = self.be.pass_input(ids, pos0)
-        out = self.run(cache, ids, pos, rows, layers, taps, hidden=hidden, mtp_from=mtp_from)
+        else:
+            ids, pos = self.be.pass_input(ids, pos0)
+            out = self.run(cache, ids, pos, rows, layers, taps, hidden=hidden, mtp_from=mtp_from)
+            if argmax:
+                out = out, self.be.argmax_rows(out[0] if isinstance(out, tuple) else out)
         note_states(cache, recurrent, pos0, rows)
-        if argmax:
-            return out, self.be.argmax_rows(out[0] if isinstance(out, tuple) else out)
         return out
 
     def recurrent_layers(self, layers=None, mtp: bool = False) -> list[int]:
         """The DeltaNet layers a pass over `layers` (None: all; mtp: the MTP block instead) runs."""
-        key = (None if layers is None else tuple(layers), mtp)
-        found = self._recurrent.get(key)
-        if found is None:
-            cfg = self.config
-            run = range(cfg.n_layer, cfg.n_block) if mtp else range(cfg.n_layer) if layers is None else layers
-            found = self._recurrent[key] = [i for i in run if cfg.is_recurrent(i)]
-        return list(found)
+        cfg = self.config
+        run = range(cfg.n_layer, cfg.n_block) if mtp else range(cfg.n_layer) if layers is None else layers
+        return [i for i in run if cfg.is_recurrent(i)]
 
     def run(self, cache: KVCache, ids, pos, rows: int, layers=None, taps=None, *, hidden=False, mtp_from=None):
         """The pass itself, on token ids and a first position as be.pass_input gives them (on a GPU both in

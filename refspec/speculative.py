@@ -18,6 +18,7 @@ Drafters here load no second model:
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -97,11 +98,13 @@ class NgramDrafter(Drafter):
 
     def _index(self, context: list[int]) -> list[int]:
         """Bring the index up to `context`: every n-gram of context[:-1] (each followed by a token)."""
+        if isinstance(context, (str, bytes)) or not isinstance(context, Sequence):
+            raise UsageError(f"context must be a sequence of token ids, not {type(context).__name__}")
         ids, seen = self._ids, len(self._ids)
         if len(context) < seen or context[:seen] != ids:  # not a continuation of what was indexed
             ids, seen = [], 0
             self._latest = {}
-        ids.extend(int(t) for t in context[seen:])
+        ids.extend(checks.integer(f"context[{i}]", context[i], 0) for i in range(seen, len(context)))
         self._ids = ids
         # n-grams ids[s:e] with s = e - n; those ending at e <= seen - 1 are indexed already
         for e in range(max(seen, 1), len(ids)):
@@ -110,6 +113,7 @@ class NgramDrafter(Drafter):
         return ids
 
     def propose(self, context: list[int], k: int) -> list[int]:
+        k = checks.integer("k", k, 0)
         ids = self._index(context)
         for n in range(min(self.max_n, len(ids) - 1), self.min_n - 1, -1):
             start = self._latest.get(tuple(ids[len(ids) - n :]))

@@ -293,6 +293,13 @@ def test_ngram_index_follows_a_decoding_loop():
     assert d.propose([1, 2, 1], 3) == [2, 1, 2]
 
 
+@pytest.mark.parametrize("context, k", [("hello", 3), ([1, "a", 2], 3), ([1, 2.5], 2), ([1, -2], 2), (5, 2),
+                                        ([1, 2, 1], "x"), ([1, 2, 1], -1)])
+def test_ngram_propose_refuses_what_is_not_token_ids(context, k):
+    with pytest.raises(UsageError):
+        NgramDrafter().propose(context, k)
+
+
 def test_layerskip_default_layers(tmp_path, tiny):
     """Every layer but L//6 .. L//2-1, in order."""
     thirty = Transformer(load(write_model(tmp_path / "30.gguf", n_layer=30)), CpuBackend())

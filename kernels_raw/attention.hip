@@ -10,7 +10,8 @@
 // One block of threads per (row, head), in four phases separated by barriers:
 //   1. each group of 32 lanes takes positions t (RS_ATTN_KEYS(MAXD) at a time, their loads in flight
 //      together) and computes s_t with spec.lane_sum over d; max over t.
-//   2. every thread turns scores into e_t, for all n_pos = pos0 + R positions the spec sums over.
+//   2. every thread turns scores into e_t, for all n_pos = pos0 + R positions of the pass (hidden ones get
+//      exp(-inf - m) = +0; phase 3 reads only the positions the row sees).
 //   3. items (chunk, column), each taken by 4 neighbouring threads (those of column 0 also sum the
 //      denominator's e_t from the same positions, in the same lanes and order as a column of its own): the
 //      chunk's position t goes to lane t % 32 (spec.lane_sum), and thread `part` of the item holds lanes

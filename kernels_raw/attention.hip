@@ -7,11 +7,13 @@
 //   m   = max_t s_t;   e_t = exp(s_t - m)  (positions row r may not see: s_t = -inf)
 //   out = chunked_sum_t(e_t * v_t) / chunked_sum_t(e_t)
 //
-// One block of threads per (row, head), in four phases separated by barriers:
+// One block of THREADS threads per (row, head). Before waiting for the kernel before it (rs_kernel_begin),
+// the block asks the L2 cache for its share of the keys and values of the positions before pos0: earlier
+// passes wrote them, and phases 1 and 3 read them (a hint only: pos0 is read again after the wait, and a
+// prefetch reads no value). Then four phases separated by barriers:
 //   1. each group of 32 lanes takes positions t (RS_ATTN_KEYS(MAXD) at a time, their loads in flight
 //      together) and computes s_t with spec.lane_sum over d; max over t.
-//   2. every thread turns scores into e_t, for all n_pos = pos0 + R positions of the pass (hidden ones get
-//      exp(-inf - m) = +0; phase 3 reads only the positions the row sees).
+//   2. every thread turns the scores of the positions the row sees into e_t (phase 3 reads no other).
 //   3. items (chunk, column), each taken by 4 neighbouring threads (those of column 0 also sum the
 //      denominator's e_t from the same positions, in the same lanes and order as a column of its own): the
 //      chunk's position t goes to lane t % 32 (spec.lane_sum), and thread `part` of the item holds lanes
@@ -29,7 +31,16 @@
 #include "exp.h"
 #include "quantize.h"
 
-#define RS_ATTN_THREADS 512  // 16 groups of 32: a pass of few rows and heads has few blocks, each on its own SM
+// Threads per block, a template parameter: 512 (16 groups of 32) where a pass of few rows and heads has few
+// blocks, each on its own multiprocessor; 256 or 128 where there are more blocks than multiprocessors, so
+// that two or four share one instead of waiting for a second wave (refspec.gpu.GpuBackend.attention_threads).
+// Every output is the same sequence of operations with any of them.
+#define RS_ATTN_MAX_THREADS 512
+#if defined(RS_HIP)
+#define RS_ATTN_BOUNDS(threads) __launch_bounds__(threads)  // HIP's second argument means something else
+#else
+#define RS_ATTN_BOUNDS(threads) __launch_bounds__(threads, RS_ATTN_MAX_THREADS / (threads))
+#endif
 #define RS_ATTN_CHUNK 256    // spec.ATTN_CHUNK
 #define RS_ATTN_MAX_DIM 512  // head dims up to this (the wrapper checks)
 #define RS_ATTN_PARTS 4      // threads per (chunk, column) item in phase 3, 8 lanes each
@@ -60,33 +71,50 @@ RS_DEVICE float rs_tree_of_parts(float (&lanes)[8]) {
   return rs_add(lanes[0], lanes[1]);
 }
 
+// The keys and values of the positions before pos0 (at most RS_ATTN_SHARED_POS of them) into the L2 cache,
+// before the wait: the `sharers` blocks of one kv head (rows * group size) each take every sharers-th line.
+// pos[0] may still be written by a kernel in flight, but it only chooses lines: it is read again after the
+// wait, and prefetches read no value.
+RS_DEVICE void rs_attention_prefetch(const float* kc, const float* vc, const int* pos, int cache_len, int dim,
+                                     int sharers, int share, int threads) {
+  const int hint = min(max(pos[0], 0), min(cache_len, RS_ATTN_SHARED_POS));
+  const int lines = (int)(((long long)hint * dim * 4 + 127) / 128);  // of the keys, as many of the values
+  for (int i = share * threads + threadIdx.x; i < lines; i += sharers * threads) {
+    rs_prefetch_l2((const char*)kc + 128LL * i);
+    rs_prefetch_l2((const char*)vc + 128LL * i);
+  }
+}
+
 // q float32 [rows, heads, dim]; k_cache, v_cache float32 [kv_heads, cache_len, dim] with positions
 // 0 .. pos0+rows-1 written; pos int32 [1] = pos0; e_buf float32 [rows*heads, cache_len]; part_buf float32
 // [rows*heads, ceil(cache_len / 256), dim+1]; out float32 [rows, heads, dim]; xq int8 [rows, heads*dim] and
 // xd fp16 [rows, heads*dim/32], or both null (then dim need not be a multiple of 32). Grid: rows*heads blocks.
 // MAXD: a multiple of 32 >= dim, at most RS_ATTN_MAX_DIM (the wrapper picks the smallest of 64, 128, 256,
 // 512): a lane's share of q and of a key is MAXD / 32 registers, with no loads or products for lanes past
-// dim wasted on a larger bound.
-template <int MAXD>
-__global__ void __launch_bounds__(RS_ATTN_THREADS, 1)
+// dim wasted on a larger bound. THREADS: 512, 256 or 128 (each block may use up to 128 registers a thread).
+template <int MAXD, int THREADS>
+__global__ void RS_ATTN_BOUNDS(THREADS)
 attention(const float* __restrict__ q, const float* __restrict__ k_cache, const float* __restrict__ v_cache,
           const int* __restrict__ pos, int rows, int heads, int kv_heads, int dim, int cache_len, float scale,
           float* __restrict__ e_buf, float* __restrict__ part_buf, float* __restrict__ out,
           signed char* __restrict__ xq, unsigned short* __restrict__ xd) {
+  const int rh = blockIdx.x;  // = row * heads + head
+  const int row = rh / heads, head = rh % heads;
+  const int group_size = heads / kv_heads;
+  const int kv_head = head / group_size;
+  const float* kc = k_cache + (long long)kv_head * cache_len * dim;
+  const float* vc = v_cache + (long long)kv_head * cache_len * dim;
+  rs_attention_prefetch(kc, vc, pos, cache_len, dim, rows * group_size, row * group_size + head % group_size,
+                        THREADS);
   rs_kernel_begin();
-  __shared__ float group_max[RS_ATTN_THREADS / RS_LANES];
+  __shared__ float group_max[THREADS / RS_LANES];
   __shared__ float total[RS_ATTN_MAX_DIM + 1];
   __shared__ float e_shared[RS_ATTN_SHARED_POS];
   __shared__ float parts_shared[RS_ATTN_SHARED_PARTS];
-  const int rh = blockIdx.x;  // = row * heads + head
-  const int row = rh / heads, head = rh % heads;
-  const int kv_head = head / (heads / kv_heads);
   const int pos0 = pos[0];
   const int n_pos = pos0 + rows;   // positions every row's sums run over
   const int n_vis = pos0 + row + 1;  // positions this row sees
   const float* qv = q + (long long)rh * dim;
-  const float* kc = k_cache + (long long)kv_head * cache_len * dim;
-  const float* vc = v_cache + (long long)kv_head * cache_len * dim;
   const bool small = n_pos <= RS_ATTN_SHARED_POS;  // the same for the whole block
   float* e = small ? e_shared : e_buf + (long long)rh * cache_len;
   const float neg_inf = rs_as_float((int)0xff800000);
@@ -133,9 +161,8 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
   m = group_max[0];
   for (int i = 1; i < rs_groups(); ++i) m = rs_max_nan(m, group_max[i]);
 
-  // 2. e_t = exp(s_t - m); hidden positions have s_t = -inf
-  const float e_hidden = refspec_exp(rs_sub(neg_inf, m));
-  for (int t = threadIdx.x; t < n_pos; t += blockDim.x) e[t] = t < n_vis ? refspec_exp(rs_sub(e[t], m)) : e_hidden;
+  // 2. e_t = exp(s_t - m) for the positions the row sees
+  for (int t = threadIdx.x; t < n_vis; t += THREADS) e[t] = refspec_exp(rs_sub(e[t], m));
   __syncthreads();
 
   // 3. chunk sums of e_t * v[t, col] (col < dim), and of e_t (stored as column dim), which the threads of
@@ -146,7 +173,7 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
   float* parts = small ? parts_shared : part_buf + (long long)rh * max_chunks * cols;
   const int part = threadIdx.x % RS_ATTN_PARTS;
   const int n_work = n_chunks * dim * RS_ATTN_PARTS;
-  for (int w0 = 0; w0 < n_work; w0 += blockDim.x) {  // the same trips for every thread: all shuffle
+  for (int w0 = 0; w0 < n_work; w0 += THREADS) {  // the same trips for every thread: all shuffle
     const int work = w0 + threadIdx.x;
     const int item = work / RS_ATTN_PARTS;  // < n_chunks * dim where work < n_work
     const int chunk = item / dim, col = item % dim;
@@ -191,13 +218,13 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
   __syncthreads();
 
   // 4. the chunks' sums in order, then num / denom
-  for (int col = threadIdx.x; col < cols; col += blockDim.x) {
+  for (int col = threadIdx.x; col < cols; col += THREADS) {
     float sum = 0.0f;
     for (int chunk = 0; chunk < n_chunks; ++chunk) sum = rs_add(sum, parts[chunk * cols + col]);
     total[col] = sum;
   }
   __syncthreads();
-  for (int d = threadIdx.x; d < dim; d += blockDim.x) {
+  for (int d = threadIdx.x; d < dim; d += THREADS) {
     const float o = rs_div(total[d], total[dim]);
     out[(long long)rh * dim + d] = o;
     total[d] = o;  // only this thread reads total[d]; total[dim] stays

@@ -139,3 +139,13 @@ RS_DEVICE void rs_kernel_begin() {
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
+
+// A hint that the 128-byte line holding p will be read soon: NVIDIA fetches it into the L2 cache (every
+// multiprocessor reads through L2, so the line can never be stale); a no-op on HIP. No value is read.
+RS_DEVICE void rs_prefetch_l2(const void* p) {
+#if !defined(RS_HIP) && defined(__CUDA_ARCH__)
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+#else
+  (void)p;
+#endif
+}

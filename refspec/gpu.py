@@ -109,7 +109,9 @@ GEMV_MMA_VARIANTS = [GemvConfig("q8_gemv_mma", nr, mt, stages)
 
 
 ATTN_MAX_DIM = 512  # RS_ATTN_MAX_DIM in attention.hip
-ATTN_THREADS = 512  # RS_ATTN_THREADS in attention.hip
+# Threads per block of attention<MAXD, THREADS>: 512 while each (row, head) block can have a multiprocessor of
+# its own, else 256 or 128 (2 or 4 blocks share one: RS_ATTN_MAX_THREADS / THREADS in its launch bounds).
+ATTN_THREAD_CHOICES = (512, 256, 128)
 ARGMAX_THREADS, ARGMAX_PER_THREAD = 256, 8  # RS_ARGMAX_THREADS, RS_ARGMAX_PER_THREAD in argmax.hip
 ARGMAX_MAX_PARTS = ARGMAX_THREADS  # argmax_final combines at most one part per thread
 ATTN_BOUNDS = (64, 128, 256, ATTN_MAX_DIM)  # the instances of attention<MAXD>: the smallest MAXD >= dim runs
@@ -235,6 +237,7 @@ class GpuBackend:
         self.platform = "hip" if cupy.cuda.runtime.is_hip else "cuda"
         # NVIDIA compute capability as a number (90 for sm_90), read once: GEMV launches consult it; 0 on HIP
         self._capability = int(cupy.cuda.Device().compute_capability) if self.platform == "cuda" else 0
+        self._multiprocessors = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["multiProcessorCount"]
         self.poison = poison
         # GEMVs of at least this many rows use q8_gemv_mma where the GPU has integer tensor cores (same bits)
         self.mma_min_rows = mma_min_rows
@@ -757,13 +760,24 @@ class GpuBackend:
         xq, xd = self._q8_outputs(rows, heads * dim) if quantize else (None, None)
         if rows and heads:
             bound = next(b for b in ATTN_BOUNDS if b >= dim)
-            self.function("attention", f"attention<{bound}>", tuple(f"attention<{b}>" for b in ATTN_BOUNDS))(
-                (rows * heads,), (ATTN_THREADS,),
+            threads = self.attention_threads(rows * heads)
+            name = f"attention<{bound}, {threads}>"
+            self.function("attention", name, (name,))(
+                (rows * heads,), (threads,),
                 (q, k_cache, v_cache, self._pos(pos), np.int32(rows), np.int32(heads), np.int32(kv_heads),
                  np.int32(dim), np.int32(cache_len), F32(scale), e_buf, part_buf, out,
                  0 if xq is None else xq, 0 if xd is None else xd),
             )
         return out, xq, xd
+
+    def attention_threads(self, blocks: int) -> int:
+        """Threads per block of the attention kernel for a launch of `blocks` (row, head) blocks: the most of
+        ATTN_THREAD_CHOICES that runs them all at once (a multiprocessor holds 2048 threads), else the fewest.
+        Any choice gives the same bits."""
+        for threads in ATTN_THREAD_CHOICES:
+            if blocks <= self._multiprocessors * (ATTN_THREAD_CHOICES[0] // threads):
+                return threads
+        return ATTN_THREAD_CHOICES[-1]
 
     def silu_mul(self, gate, up):
         gate, up = self._input(gate), self._input(up)
@@ -791,16 +805,14 @@ class GpuBackend:
         rows, n = logits.shape
         if result is None:
             result = self.cp.empty((rows, 2), np.int32)
-        if rows and n:
+        if rows:  # (a row of no values gets index -1: its one part holds nothing)
             parts = min(ARGMAX_MAX_PARTS, self._blocks(n, ARGMAX_THREADS * ARGMAX_PER_THREAD))
-            value, index, bad = self._new((rows, parts), F32), self._new((rows, parts), np.int32), \
-                self._new((rows, parts), np.int32)
+            value = self._new((rows, parts), F32)
+            index, bad = self._new((rows, parts), np.int32), self._new((rows, parts), np.int32)
             self.function("argmax", "argmax_part")(
                 (rows * parts,), (ARGMAX_THREADS,), (logits, np.int32(n), np.int32(parts), value, index, bad))
             self.function("argmax", "argmax_final")(
                 (rows,), (ARGMAX_THREADS,), (value, index, bad, np.int32(parts), result))
-        elif rows:
-            result[:, 0], result[:, 1] = -1, 0
         return result
 
     def greedy_next(self, result, inputs):

@@ -90,9 +90,7 @@ class PassGraphs:
                 result = g.out if mode == "logits" else (g.out[0], g.out[1].copy())
             if not argmax:
                 return result
-            runtime = self.be.cp.cuda.runtime
-            runtime.memcpyAsync(g.chosen_host.ctypes.data, g.chosen.data.ptr, g.chosen_host.nbytes,
-                                runtime.memcpyDeviceToHost, self.stream.ptr)
+            self._copy(g.chosen_host, g.chosen)
             self.stream.synchronize()
             return result, (g.chosen_host[:, 0].astype(np.int64), g.chosen_host[:, 1] == 0)
 
@@ -102,28 +100,42 @@ class PassGraphs:
         g.staged.synchronize()
         g.staging[0] = pos0
         g.staging[1:] = ids
-        runtime = self.be.cp.cuda.runtime
-        runtime.memcpyAsync(g.inputs.data.ptr, g.staging.ctypes.data, g.staging.nbytes,
-                            runtime.memcpyHostToDevice, self.stream.ptr)
+        self._copy(g.inputs, g.staging)
         g.staged.record(self.stream)
+
+    def _copy(self, dst, src) -> None:
+        """Queue a copy on the stream between pinned host memory (a NumPy array) and the device (a CuPy
+        array), either way: asynchronous, so the host array must stay as it is until the copy has run."""
+        runtime = self.be.cp.cuda.runtime
+        if isinstance(src, np.ndarray):
+            runtime.memcpyAsync(dst.data.ptr, src.ctypes.data, src.nbytes, runtime.memcpyHostToDevice,
+                                self.stream.ptr)
+        else:
+            runtime.memcpyAsync(dst.ctypes.data, src.data.ptr, dst.nbytes, runtime.memcpyDeviceToHost,
+                                self.stream.ptr)
+
+    def _pinned(self, shape, held: list) -> np.ndarray:
+        """A host int32 array of `shape` in pinned memory (what asynchronous copies need); `held` keeps it."""
+        count = int(np.prod(shape))
+        memory = self.be.cp.cuda.alloc_pinned_memory(4 * count)
+        held.append(memory)
+        return np.frombuffer(memory, np.int32, count).reshape(shape)
 
     def _record(self, cache, ids, pos0: int, layers, mtp_from, key):
         """(the pass's result, its PassGraph): the pass runs eagerly, then is captured."""
         be, rows, mode, argmax = self.be, len(ids), key[2], key[3]
-        pinned = be.cp.cuda.alloc_pinned_memory((1 + rows) * 4)
-        staging = np.frombuffer(pinned, np.int32, 1 + rows)
-        staging[0], staging[1:] = pos0, ids
         inputs = be.cp.empty(1 + rows, np.int32)
         hidden_in = chosen = chosen_host = None
-        held = [inputs, pinned]
+        held = [inputs]
+        staging = self._pinned((1 + rows,), held)
+        staging[0], staging[1:] = pos0, ids
         if mode == "mtp":
             hidden_in = be.cp.empty((rows, self.tf.config.n_embd), np.float32)
             held.append(hidden_in)
         if argmax:
             chosen = be.cp.empty((rows, 2), np.int32)
-            pinned = be.cp.cuda.alloc_pinned_memory(rows * 2 * 4)
-            chosen_host = np.frombuffer(pinned, np.int32, rows * 2).reshape(rows, 2)
-            held += [chosen, pinned]
+            chosen_host = self._pinned((rows, 2), held)
+            held.append(chosen)
         inputs.set(staging)  # on the stream: `staged`, recorded after the capture, waits for it too
         if hidden_in is not None:
             hidden_in[...] = be.cp.asarray(mtp_from, dtype=np.float32)
@@ -207,10 +219,8 @@ class PassGraphs:
 
     def _copy_result(self, g: GreedyGraph, step: int):
         """The step's (id, flag) to its pinned host slot, after the step's kernels on the stream."""
-        runtime = self.be.cp.cuda.runtime
         slot = step % 2
-        runtime.memcpyAsync(g.host[slot].ctypes.data, g.result.data.ptr, 8, runtime.memcpyDeviceToHost,
-                            self.stream.ptr)
+        self._copy(g.host[slot], g.result)
         done = g.done[slot]  # free again: the host has read the slot's last step before reusing the slot
         done.record(self.stream)
         return slot, done
@@ -220,9 +230,8 @@ class PassGraphs:
         be, cp = self.be, self.be.cp
         inputs = cp.asarray(np.array([pos, token], np.int32))
         result = cp.zeros((1, 2), np.int32)
-        pinned = cp.cuda.alloc_pinned_memory(4 * 4)
-        host = np.frombuffer(pinned, np.int32, 4).reshape(2, 2)
-        held = [inputs, result, pinned]
+        held = [inputs, result]
+        host = self._pinned((2, 2), held)
 
         def step():
             logits = self.tf.run(cache, inputs[1:], inputs[:1], 1)

@@ -4,6 +4,8 @@ any tile, zeros, -0.0, subnormals, huge values, rounding ties. Outputs are poiso
 (GpuBackend(poison=...)), so an element a kernel forgets to write shows as a mismatch."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -12,7 +14,7 @@ from hypothesis import strategies as st
 from refspec import spec
 from refspec.backends import CpuBackend
 from refspec.errors import NumericsError, UsageError
-from refspec.gpu import GEMV_CONFIGS, GEMV_MAX_ROWS, GEMV_MMA_VARIANTS, GemvConfig, gpu_available
+from refspec.gpu import ATTN_THREAD_CHOICES, GEMV_CONFIGS, GEMV_MAX_ROWS, GEMV_MMA_VARIANTS, GemvConfig, gpu_available
 from refspec.model import QK8_0, Q8Matrix
 
 from bits import assert_bits_equal
@@ -246,6 +248,22 @@ def test_kv_write_equals_cpu(be, data):
 
 
 # -------------------------------------------------------------------------------------------- attention
+@contextlib.contextmanager
+def attention_threads(be, threads: int):
+    """The attention kernel launched with `threads` threads per block, whatever the launch's size."""
+    be.attention_threads = lambda blocks: threads  # shadows the method on this instance
+    try:
+        yield
+    finally:
+        del be.attention_threads
+
+
+def test_attention_threads_fill_the_gpu_once(be):
+    sms = be._multiprocessors
+    assert [be.attention_threads(b) for b in (1, sms, sms + 1, 2 * sms, 2 * sms + 1, 4 * sms, 4 * sms + 1)] == [
+        512, 512, 256, 256, 128, 128, 128]
+
+
 @given(data=st.data())
 def test_attention_equals_spec(be, data):
     rng = rng_from(data)
@@ -260,13 +278,17 @@ def test_attention_equals_spec(be, data):
     q = floats(rng, (rows, heads, dim), "normal") * scale
     kc = floats(rng, (kv_heads, cache_len, dim), "normal") * scale
     vc = floats(rng, (kv_heads, cache_len, dim), data.draw(STYLES))
+    threads = data.draw(st.sampled_from(ATTN_THREAD_CHOICES), label="threads")
     expected = spec.attention(q, kc, vc, pos0)
-    got = be.to_host(be.attention(be.asarray(q), be.asarray(kc), be.asarray(vc), pos0))
-    assert_same(got, expected, f"attention R={rows} H={heads} G={kv_heads} D={dim} pos0={pos0}", nan_equal=True)
+    with attention_threads(be, threads):
+        got = be.to_host(be.attention(be.asarray(q), be.asarray(kc), be.asarray(vc), pos0))
+    what = f"attention R={rows} H={heads} G={kv_heads} D={dim} pos0={pos0} threads={threads}"
+    assert_same(got, expected, what, nan_equal=True)
 
 
+@pytest.mark.parametrize("threads", ATTN_THREAD_CHOICES)
 @pytest.mark.parametrize("bad", [np.inf, np.nan])
-def test_attention_row_never_depends_on_the_rows_after_it(be, bad):
+def test_attention_row_never_depends_on_the_rows_after_it(be, bad, threads):
     """Keys and values that later rows of the pass wrote as infinite or NaN leave the earlier rows' bits
     those of the spec's rows run alone (no +0 * inf terms for hidden positions), across a chunk boundary."""
     rng = np.random.default_rng(6)
@@ -276,7 +298,8 @@ def test_attention_row_never_depends_on_the_rows_after_it(be, bad):
     vc = rng.standard_normal((2, pos0 + rows, 64)).astype(F32)
     kc[:, pos0 + 3 :] = bad
     vc[:, pos0 + 3 :] = bad
-    got = be.to_host(be.attention(be.asarray(q), be.asarray(kc), be.asarray(vc), pos0))
+    with attention_threads(be, threads):
+        got = be.to_host(be.attention(be.asarray(q), be.asarray(kc), be.asarray(vc), pos0))
     with np.errstate(all="ignore"):
         for r in range(rows):
             assert_same(got[r], spec.attention(q[r : r + 1], kc, vc, pos0 + r)[0], f"row {r}", nan_equal=True)

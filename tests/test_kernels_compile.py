@@ -13,7 +13,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from refspec.gpu import (ATTN_BOUNDS, COMPILE_OPTIONS, GEMV_CONFIGS, GEMV_MAX_ROWS, GEMV_MMA, GEMV_MMA_MIN_ROWS,
+from refspec.gpu import (ATTN_BOUNDS, ATTN_THREAD_CHOICES, COMPILE_OPTIONS, GEMV_CONFIGS, GEMV_MAX_ROWS, GEMV_MMA, GEMV_MMA_MIN_ROWS,
                          gemv_variants, kernel_dir)
 
 KERNELS = sorted(p.stem for p in kernel_dir().glob("*.hip"))
@@ -49,7 +49,8 @@ def source_file(tmp_path, stem: str, variants: bool):
     if stem == "attention":
         path = tmp_path / "attention_instances.hip"
         path.write_text('#include "attention.hip"\n' + "".join(
-            f"template __global__ void attention<{b}>({ATTENTION_ARGS});\n" for b in ATTN_BOUNDS))
+            f"template __global__ void attention<{b}, {t}>({ATTENTION_ARGS});\n"
+            for b in ATTN_BOUNDS for t in ATTN_THREAD_CHOICES))
         return path
     if stem != "q8_gemv":
         return kernel_dir() / f"{stem}.hip"
@@ -104,7 +105,7 @@ def test_gfx906(tmp_path, stem):
         for name in gemvs:
             assert "v_dot4_i32_i8" in code[name], f"{name} does not use v_dot4_i32_i8"
     if stem == "attention":
-        assert len([n for n in code if "attention" in n]) == len(ATTN_BOUNDS)
+        assert len([n for n in code if "attention" in n]) == len(ATTN_BOUNDS) * len(ATTN_THREAD_CHOICES)
     if stem in ("rmsnorm", "attention", "silu_mul"):  # IEEE division: the full div_scale/div_fixup sequence
         assert all("v_div_fixup_f32" in body for body in code.values()), f"{stem}: no IEEE division"
 
@@ -120,7 +121,8 @@ def test_sm90(tmp_path, stem):
     spills = [int(v) for v in re.findall(r"(\d+) bytes spill (?:stores|loads)", report)]
     assert frames and not any(frames) and not any(spills), f"{stem}: local memory used:\n{report}"
     if stem == "attention":
-        assert len(re.findall(r"Compiling entry function '\w*attention", report)) == len(ATTN_BOUNDS)
+        assert len(re.findall(r"Compiling entry function '\w*attention", report)) == len(ATTN_BOUNDS) * len(
+            ATTN_THREAD_CHOICES)
     if stem in NO_DIVISION:
         ptx = tmp_path / f"{stem}.ptx"
         run([*common, "-ptx", "-o", str(ptx)])
@@ -186,7 +188,8 @@ def test_hip_sqrt_rounding_is_exact():
 
 # ------------------------------------------------------------------ overlapped launches (gpu_launch.py)
 # What a kernel may do before rs_kernel_begin() (portable.h): declare locals computed from its arguments and
-# thread indices, place its GEMV group, and load its first weight blocks. Anything else there (a load of
+# thread indices, place its GEMV group, load its first weight blocks, and (attention) point at its kv head's
+# cache and prefetch its old positions into L2 (a hint that reads no value). Anything else there (a load of
 # something an earlier kernel writes, any store) could race with the kernel before it.
 BEFORE_BEGIN = (
     r"(extern )?__shared__ [^=]+",
@@ -201,6 +204,8 @@ BEFORE_BEGIN = (
     r"const RsMmaCopier<LPW, MT> copier\(wq, wd, [^\[\]]*\)",
     r"const unsigned pipe_address = \(unsigned\)__cvta_generic_to_shared\(pipe\)",
     r"copier\.template request_first<STAGES>\(pipe_address, nb, lane\)",
+    r"const float\* (kc|vc) = (k|v)_cache \+ \(long long\)kv_head \* cache_len \* dim",
+    r"rs_attention_prefetch\(kc, vc, pos, [^\[\]]*\)",
 )
 
 

@@ -1,0 +1,60 @@
+"""The attention kernel's time in a pass (device machine, for tuning): attention_q8 at a llama-8b layer's shape
+(32 query heads, 8 kv heads, head size 128), 32 launches in a chain captured as one graph (what 32 layers
+cost), at several row counts and positions, with each thread count of ATTN_THREAD_CHOICES and with the one
+GpuBackend.attention_threads picks.
+
+    python3 tests/profile_attention.py [REPEATS]
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+
+import numpy as np
+
+from refspec.gpu import ATTN_THREAD_CHOICES, GpuBackend
+
+repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 30
+be = GpuBackend()
+cp = be.cp
+heads, kv_heads, dim = 32, 8, 128
+pick = be.attention_threads
+
+
+def chain_us(q, kc, vc, pos) -> float:
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        be.attention_q8(q, kc, vc, pos)  # compile and warm up
+        stream.begin_capture()
+        for _ in range(32):
+            be.attention_q8(q, kc, vc, pos)
+        graph = stream.end_capture()
+        start, end = cp.cuda.Event(), cp.cuda.Event()
+        times = []
+        for _ in range(repeats):
+            graph.launch(stream)
+            start.record(stream)
+            graph.launch(stream)
+            end.record(stream)
+            end.synchronize()
+            times.append(cp.cuda.get_elapsed_time(start, end) * 1e3 / 32)
+    return round(statistics.median(times), 2)
+
+
+report = []
+rng = np.random.default_rng(0)
+for pos0 in (160, 1000):
+    for rows in (1, 4, 8, 12, 16):
+        cache = pos0 + rows
+        q = cp.asarray(rng.standard_normal((rows, heads, dim)).astype(np.float32))
+        kc = cp.asarray(rng.standard_normal((kv_heads, cache, dim)).astype(np.float32))
+        vc = cp.asarray(rng.standard_normal((kv_heads, cache, dim)).astype(np.float32))
+        pos = cp.asarray(np.array([pos0], np.int32))
+        row = {"pos0": pos0, "rows": rows, "picked": pick(rows * heads)}
+        for threads in ATTN_THREAD_CHOICES:
+            be.attention_threads = lambda blocks, t=threads: t
+            row[f"us_{threads}"] = chain_us(q, kc, vc, pos)
+        del be.attention_threads
+        report.append(row)
+        print(json.dumps(row), flush=True)

@@ -7,13 +7,18 @@
 //   m   = max_t s_t;   e_t = exp(s_t - m)  (positions row r may not see: s_t = -inf)
 //   out = chunked_sum_t(e_t * v_t) / chunked_sum_t(e_t)
 //
-// One block of THREADS threads per (row, head). Before waiting for the kernel before it (rs_kernel_begin),
-// the block asks the L2 cache for its share of the keys and values of the positions before pos0: earlier
-// passes wrote them, and phases 1 and 3 read them (a hint only: pos0 is read again after the wait, and a
-// prefetch reads no value). Then four phases separated by barriers:
+// Two ways to run it, the same operations in the same order (the same bits); refspec.gpu.GpuBackend
+// .attention_splits picks one per launch:
+//   `attention`: one block per (row, head) runs every phase below;
+//   `attention_scores` then `attention_values` spread a row's positions over many blocks, for rows and
+//     heads too few to fill the GPU: phase 1 by slices of 64 positions, phases 2 and 3 by chunks of 256
+//     (each with the max of the slices' maxes), and phase 4 in the last chunk's block to finish.
+// Before waiting for the kernel before it (rs_kernel_begin), a block asks the L2 cache for its share of the
+// keys and values of the positions before pos0: earlier passes wrote them, and phases 1 and 3 read them (a
+// hint only: pos0 is read again after the wait, and a prefetch reads no value). The phases:
 //   1. each group of 32 lanes takes positions t (RS_ATTN_KEYS(MAXD) at a time, their loads in flight
-//      together) and computes s_t with spec.lane_sum over d; max over t.
-//   2. every thread turns the scores of the positions the row sees into e_t (phase 3 reads no other).
+//      together) and computes s_t with spec.lane_sum over d; max over t (exact in any order).
+//   2. the scores of the positions the row sees become e_t (phase 3 reads no other).
 //   3. items (chunk, column), each taken by 4 neighbouring threads (those of column 0 also sum the
 //      denominator's e_t from the same positions, in the same lanes and order as a column of its own): the
 //      chunk's position t goes to lane t % 32 (spec.lane_sum), and thread `part` of the item holds lanes
@@ -23,9 +28,11 @@
 //      (part 1 onto part 0), then 4, 2, 1 apart inside part 0. Only the positions the row sees are added
 //      (a hidden e_t * v_t would be NaN where a later row wrote an infinite v_t; its e_t is +0 and
 //      changes no sum).
-//   4. column totals: the chunks' sums added in order to +0.0 (spec.chunked_sum), then num / denom.
-// e_t and the chunk sums live in shared memory up to RS_ATTN_SHARED_POS positions, beyond that in a scratch
-// buffer from the wrapper (global memory: contexts of any length).
+//   4. column totals: the chunks' sums added in order to +0.0 (spec.chunked_sum; chunks the row does not
+//      see add +0 and change nothing, a lane sum is never -0), then num / denom; then the quantization.
+// In `attention`, e_t and the chunk sums live in shared memory up to RS_ATTN_SHARED_POS positions, beyond
+// that in scratch buffers from the wrapper (global memory: contexts of any length); the two kernels pass
+// scores, maxes and chunk sums through such buffers.
 #include "portable.h"
 #include "lane_sum.h"
 #include "exp.h"
@@ -71,56 +78,28 @@ RS_DEVICE float rs_tree_of_parts(float (&lanes)[8]) {
   return rs_add(lanes[0], lanes[1]);
 }
 
-// The keys and values of the positions before pos0 (at most RS_ATTN_SHARED_POS of them) into the L2 cache,
-// before the wait: the `sharers` blocks of one kv head (rows * group size) each take every sharers-th line.
-// pos[0] may still be written by a kernel in flight, but it only chooses lines: it is read again after the
-// wait, and prefetches read no value.
+// The keys and values of positions t_begin .. min(t_end, pos0, cache_len)-1 into the L2 cache, before the
+// wait: the `sharers` blocks that read them each take every sharers-th line. pos[0] may still be written by
+// a kernel in flight, but it only chooses lines: it is read again after the wait, and prefetches read no
+// value.
 RS_DEVICE void rs_attention_prefetch(const float* kc, const float* vc, const int* pos, int cache_len, int dim,
-                                     int sharers, int share, int threads) {
-  const int hint = min(max(pos[0], 0), min(cache_len, RS_ATTN_SHARED_POS));
-  const int lines = (int)(((long long)hint * dim * 4 + 127) / 128);  // of the keys, as many of the values
+                                     int t_begin, int t_end, int sharers, int share, int threads) {
+  const int hint = min(max(pos[0], 0), min(t_end, cache_len));
+  const long long first = (long long)t_begin * dim * 4 / 128;
+  const int lines = (int)(((long long)hint * dim * 4 + 127) / 128 - first);  // of the keys, as many of the values
   for (int i = share * threads + threadIdx.x; i < lines; i += sharers * threads) {
-    rs_prefetch_l2((const char*)kc + 128LL * i);
-    rs_prefetch_l2((const char*)vc + 128LL * i);
+    rs_prefetch_l2((const char*)kc + 128LL * (first + i));
+    rs_prefetch_l2((const char*)vc + 128LL * (first + i));
   }
 }
 
-// q float32 [rows, heads, dim]; k_cache, v_cache float32 [kv_heads, cache_len, dim] with positions
-// 0 .. pos0+rows-1 written; pos int32 [1] = pos0; e_buf float32 [rows*heads, cache_len]; part_buf float32
-// [rows*heads, ceil(cache_len / 256), dim+1]; out float32 [rows, heads, dim]; xq int8 [rows, heads*dim] and
-// xd fp16 [rows, heads*dim/32], or both null (then dim need not be a multiple of 32). Grid: rows*heads blocks.
-// MAXD: a multiple of 32 >= dim, at most RS_ATTN_MAX_DIM (the wrapper picks the smallest of 64, 128, 256,
-// 512): a lane's share of q and of a key is MAXD / 32 registers, with no loads or products for lanes past
-// dim wasted on a larger bound. THREADS: 512, 256 or 128 (each block may use up to 128 registers a thread).
-template <int MAXD, int THREADS>
-__global__ void RS_ATTN_BOUNDS(THREADS)
-attention(const float* __restrict__ q, const float* __restrict__ k_cache, const float* __restrict__ v_cache,
-          const int* __restrict__ pos, int rows, int heads, int kv_heads, int dim, int cache_len, float scale,
-          float* __restrict__ e_buf, float* __restrict__ part_buf, float* __restrict__ out,
-          signed char* __restrict__ xq, unsigned short* __restrict__ xd) {
-  const int rh = blockIdx.x;  // = row * heads + head
-  const int row = rh / heads, head = rh % heads;
-  const int group_size = heads / kv_heads;
-  const int kv_head = head / group_size;
-  const float* kc = k_cache + (long long)kv_head * cache_len * dim;
-  const float* vc = v_cache + (long long)kv_head * cache_len * dim;
-  rs_attention_prefetch(kc, vc, pos, cache_len, dim, rows * group_size, row * group_size + head % group_size,
-                        THREADS);
-  rs_kernel_begin();
-  __shared__ float group_max[THREADS / RS_LANES];
-  __shared__ float total[RS_ATTN_MAX_DIM + 1];
-  __shared__ float e_shared[RS_ATTN_SHARED_POS];
-  __shared__ float parts_shared[RS_ATTN_SHARED_PARTS];
-  const int pos0 = pos[0];
-  const int n_pos = pos0 + rows;   // positions every row's sums run over
-  const int n_vis = pos0 + row + 1;  // positions this row sees
-  const float* qv = q + (long long)rh * dim;
-  const bool small = n_pos <= RS_ATTN_SHARED_POS;  // the same for the whole block
-  float* e = small ? e_shared : e_buf + (long long)rh * cache_len;
-  const float neg_inf = rs_as_float((int)0xff800000);
-
-  // 1. scores, one position per group of 32 lanes; lane l holds q[l + 32j] in registers and loads the
-  //    key's elements l + 32j all at once before adding them in the spec's order
+// Phase 1 over positions t_begin .. t_end-1: group g takes t_begin + g, then every groups-th position,
+// RS_ATTN_KEYS(MAXD) at a time, their loads in flight together; lane l holds q[l + 32j] in registers and the
+// key's elements l + 32j, added in the spec's order. s_t goes to e[t - e_base]; returns the group's max of
+// its scores (-inf if it had none).
+template <int MAXD>
+RS_DEVICE float rs_attention_scores(const float* __restrict__ qv, const float* __restrict__ kc, int dim, float scale,
+                                    int t_begin, int t_end, float* __restrict__ e, int e_base) {
   float qreg[MAXD / RS_LANES];
 #pragma unroll
   for (int j = 0; j < MAXD / RS_LANES; ++j) {
@@ -128,13 +107,13 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
     qreg[j] = d < dim ? qv[d] : 0.0f;
   }
   constexpr int KEYS = RS_ATTN_KEYS(MAXD);
-  float m = neg_inf;
-  for (int t0 = rs_group(); t0 < n_vis; t0 += KEYS * rs_groups()) {  // KEYS keys in flight
+  float m = rs_as_float((int)0xff800000);  // -inf
+  for (int t0 = t_begin + rs_group(); t0 < t_end; t0 += KEYS * rs_groups()) {
     float kreg[KEYS][MAXD / RS_LANES];
 #pragma unroll
     for (int u = 0; u < KEYS; ++u) {
       const int t = t0 + u * rs_groups();
-      const float* kt = kc + (long long)(t < n_vis ? t : t0) * dim;
+      const float* kt = kc + (long long)(t < t_end ? t : t0) * dim;
 #pragma unroll
       for (int j = 0; j < MAXD / RS_LANES; ++j) {
         const int d = rs_lane() + RS_LANES * j;
@@ -150,34 +129,48 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
         if (rs_lane() + RS_LANES * j < dim) acc = rs_add(acc, rs_mul(qreg[j], kreg[u][j]));
       }
       const float s = rs_mul(rs_lane_tree(acc), scale);
-      if (t < n_vis) {  // the same for the whole group
-        if (rs_lane() == 0) e[t] = s;
+      if (t < t_end) {  // the same for the whole group
+        if (rs_lane() == 0) e[t - e_base] = s;
         m = rs_max_nan(m, s);
       }
     }
   }
+  return m;
+}
+
+// The max (rs_max_nan, exact in any order) of every thread's m, for the whole block; group_max holds
+// THREADS / 32 floats of shared memory. Every thread calls it.
+template <int THREADS>
+RS_DEVICE float rs_attention_block_max(float m, float* group_max) {
+#pragma unroll
+  for (int offset = RS_LANES / 2; offset >= 1; offset /= 2) m = rs_max_nan(m, rs_shfl_xor(m, offset));
   if (rs_lane() == 0) group_max[rs_group()] = m;
   __syncthreads();
   m = group_max[0];
-  for (int i = 1; i < rs_groups(); ++i) m = rs_max_nan(m, group_max[i]);
+  for (int i = 1; i < THREADS / RS_LANES; ++i) m = rs_max_nan(m, group_max[i]);
+  return m;
+}
 
-  // 2. e_t = exp(s_t - m) for the positions the row sees
-  for (int t = threadIdx.x; t < n_vis; t += THREADS) e[t] = refspec_exp(rs_sub(e[t], m));
-  __syncthreads();
-
-  // 3. chunk sums of e_t * v[t, col] (col < dim), and of e_t (stored as column dim), which the threads of
-  //    column 0 add up beside their own from the same loads
+// Phase 3 for chunks chunk0 .. chunk0+n_chunks-1: the chunk sums of e_t * v[t, col] (col < dim) and of e_t
+// (column dim) over the positions t < n_vis, e_t read at e[t - e_base]; chunk c's go to
+// parts[(c - chunk0) * (dim+1) + col]. Items (chunk, column), each taken by 4 neighbouring threads (those of
+// column 0 also sum the denominator's e_t from the same positions, in the same lanes and order as a column
+// of its own): the chunk's position t goes to lane t % 32 (spec.lane_sum), and thread `part` of the item
+// holds lanes 8*part .. 8*part+7. It loads its lanes' positions in rounds of 2 per lane, every load of a
+// round in flight together, and adds each lane's in order; then the spec's tree over the 32 lanes
+// (rs_tree_of_parts). Only the positions the row sees are added (a hidden e_t * v_t would be NaN where a
+// later row wrote an infinite v_t; its e_t is +0 and changes no sum). Every thread calls it.
+template <int THREADS>
+RS_DEVICE void rs_attention_chunk_sums(const float* e, int e_base, const float* __restrict__ vc, int dim, int n_vis,
+                                       int chunk0, int n_chunks, float* parts) {
   const int cols = dim + 1;
-  const int n_chunks = (n_pos + RS_ATTN_CHUNK - 1) / RS_ATTN_CHUNK;
-  const int max_chunks = (cache_len + RS_ATTN_CHUNK - 1) / RS_ATTN_CHUNK;
-  float* parts = small ? parts_shared : part_buf + (long long)rh * max_chunks * cols;
   const int part = threadIdx.x % RS_ATTN_PARTS;
   const int n_work = n_chunks * dim * RS_ATTN_PARTS;
   for (int w0 = 0; w0 < n_work; w0 += THREADS) {  // the same trips for every thread: all shuffle
     const int work = w0 + threadIdx.x;
     const int item = work / RS_ATTN_PARTS;  // < n_chunks * dim where work < n_work
     const int chunk = item / dim, col = item % dim;
-    const int base = chunk * RS_ATTN_CHUNK;
+    const int base = (chunk0 + chunk) * RS_ATTN_CHUNK;
     const int seen = work < n_work ? n_vis - base : 0;  // positions of the chunk the row sees, if > 0
     float lanes[8], denom[8];
 #pragma unroll
@@ -193,7 +186,7 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
           const int off = 8 * part + a + RS_LANES * (2 * round + i);  // < RS_ATTN_CHUNK
           const bool in = off < seen;
           const int t = base + off;
-          et[i][a] = in ? e[t] : 0.0f;
+          et[i][a] = in ? e[t - e_base] : 0.0f;
           vt[i][a] = in ? vc[(long long)t * dim + col] : 0.0f;
         }
       }
@@ -215,12 +208,25 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
       if (col == 0) parts[chunk * cols + dim] = denom_sum;
     }
   }
-  __syncthreads();
+}
 
-  // 4. the chunks' sums in order, then num / denom
+// Phases 4 and 5 for (row, head) rh: the chunks' sums parts[c * (dim+1) + col], c < n_chunks, added in order
+// to +0.0 (spec.chunked_sum), then num / denom to out, and, with xq, the head's blocks of 32 outputs
+// quantized, one per group of 32 lanes, one value per lane (rs_quantize_block_lanes): block b of the head is
+// block head * dim/32 + b of the row's [heads*dim]. `coherent`: parts were written by other blocks of this
+// kernel (read from L2, past this multiprocessor's L1). total: dim+1 floats of shared memory. Every thread
+// calls it, after a barrier that follows the writes of parts.
+template <int THREADS>
+RS_DEVICE void rs_attention_finish(const float* parts, bool coherent, int n_chunks, int dim, float* total, int rh,
+                                   float* __restrict__ out, signed char* __restrict__ xq,
+                                   unsigned short* __restrict__ xd) {
+  const int cols = dim + 1;
   for (int col = threadIdx.x; col < cols; col += THREADS) {
     float sum = 0.0f;
-    for (int chunk = 0; chunk < n_chunks; ++chunk) sum = rs_add(sum, parts[chunk * cols + col]);
+    for (int chunk = 0; chunk < n_chunks; ++chunk) {
+      const float* p = parts + chunk * cols + col;
+      sum = rs_add(sum, coherent ? rs_load_coherent(p) : *p);
+    }
     total[col] = sum;
   }
   __syncthreads();
@@ -231,10 +237,152 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
   }
   if (!xq) return;
   __syncthreads();
-  // 5. the head's blocks of 32 outputs quantized, one per group of 32 lanes, one value per lane
-  //    (rs_quantize_block_lanes); block b of the head is block head * dim/32 + b of the row's [heads*dim].
   for (int b = rs_group(); b < dim / RS_QK; b += rs_groups()) {  // the same for the whole group
     const long long block = (long long)rh * (dim / RS_QK) + b;
     rs_quantize_block_lanes(total[b * RS_QK + rs_lane()], xq + block * RS_QK, xd + block);
   }
+}
+
+// ----------------------------------------------------------------------------------------- attention
+// q float32 [rows, heads, dim]; k_cache, v_cache float32 [kv_heads, cache_len, dim] with positions
+// 0 .. pos0+rows-1 written; pos int32 [1] = pos0; e_buf float32 [rows*heads, cache_len]; part_buf float32
+// [rows*heads, ceil(cache_len / 256), dim+1]; out float32 [rows, heads, dim]; xq int8 [rows, heads*dim] and
+// xd fp16 [rows, heads*dim/32], or both null (then dim need not be a multiple of 32). Grid: rows*heads blocks.
+// MAXD: a multiple of 32 >= dim, at most RS_ATTN_MAX_DIM (the wrapper picks the smallest of 64, 128, 256,
+// 512): a lane's share of q and of a key is MAXD / 32 registers, with no loads or products for lanes past
+// dim wasted on a larger bound. THREADS: 512, 256 or 128 (each block may use up to 128 registers a thread).
+template <int MAXD, int THREADS>
+__global__ void RS_ATTN_BOUNDS(THREADS)
+attention(const float* __restrict__ q, const float* __restrict__ k_cache, const float* __restrict__ v_cache,
+          const int* __restrict__ pos, int rows, int heads, int kv_heads, int dim, int cache_len, float scale,
+          float* __restrict__ e_buf, float* __restrict__ part_buf, float* __restrict__ out,
+          signed char* __restrict__ xq, unsigned short* __restrict__ xd) {
+  const int rh = blockIdx.x;  // = row * heads + head
+  const int row = rh / heads, head = rh % heads;
+  const int group_size = heads / kv_heads;
+  const int kv_head = head / group_size;
+  const float* kc = k_cache + (long long)kv_head * cache_len * dim;
+  const float* vc = v_cache + (long long)kv_head * cache_len * dim;
+  rs_attention_prefetch(kc, vc, pos, cache_len, dim, 0, RS_ATTN_SHARED_POS, rows * group_size,
+                        row * group_size + head % group_size, THREADS);
+  rs_kernel_begin();
+  __shared__ float group_max[THREADS / RS_LANES];
+  __shared__ float total[RS_ATTN_MAX_DIM + 1];
+  __shared__ float e_shared[RS_ATTN_SHARED_POS];
+  __shared__ float parts_shared[RS_ATTN_SHARED_PARTS];
+  const int pos0 = pos[0];
+  const int n_pos = pos0 + rows;   // positions every row's sums run over
+  const int n_vis = pos0 + row + 1;  // positions this row sees
+  const bool small = n_pos <= RS_ATTN_SHARED_POS;  // the same for the whole block
+  float* e = small ? e_shared : e_buf + (long long)rh * cache_len;
+
+  // 1. scores, one position per group of 32 lanes; max over t
+  const float m = rs_attention_block_max<THREADS>(
+      rs_attention_scores<MAXD>(q + (long long)rh * dim, kc, dim, scale, 0, n_vis, e, 0), group_max);
+
+  // 2. e_t = exp(s_t - m) for the positions the row sees
+  for (int t = threadIdx.x; t < n_vis; t += THREADS) e[t] = refspec_exp(rs_sub(e[t], m));
+  __syncthreads();
+
+  // 3. chunk sums of e_t * v[t, col] and of e_t
+  const int n_chunks = (n_pos + RS_ATTN_CHUNK - 1) / RS_ATTN_CHUNK;
+  const int max_chunks = (cache_len + RS_ATTN_CHUNK - 1) / RS_ATTN_CHUNK;
+  float* parts = small ? parts_shared : part_buf + (long long)rh * max_chunks * (dim + 1);
+  rs_attention_chunk_sums<THREADS>(e, 0, vc, dim, n_vis, 0, n_chunks, parts);
+  __syncthreads();
+
+  // 4, 5. the chunks' sums in order, num / denom, quantized
+  rs_attention_finish<THREADS>(parts, false, n_chunks, dim, total, rh, out, xq, xd);
+}
+
+// ------------------------------------------------------------------------- attention_scores, attention_values
+// The same attention in two kernels, spread over positions: attention_scores computes the scores of slices
+// of RS_ATTN_SLICE positions (phase 1) and each slice's max; attention_values, one block per chunk of 256
+// positions, takes the max of the slices' maxes (m), e_t for its chunk (phase 2) and the chunk sums (phase
+// 3); the last of a row's chunks to finish adds them in order and divides (phases 4, 5). Same operations,
+// same bits: each score, e_t and chunk sum is computed as in `attention`, and max is exact in any order.
+// A launch's grid depends on the cache length only (a captured pass serves every position): blocks past the
+// positions a row sees end at once, and a block of attention_scores takes every slice_blocks-th slice
+// after its first where a row has more slices than that.
+#define RS_ATTN_SLICE 64           // positions per slice of attention_scores
+#define RS_ATTN_SCORE_THREADS 256  // threads per block of attention_scores
+
+// e_buf float32 [rows*heads, cache_len]: the scores; max_buf float32 [rows*heads, ceil(cache_len / 64)];
+// arrivals int32 [rows*heads], set to 0 here for attention_values. Grid: rows*heads*slice_blocks blocks.
+template <int MAXD>
+__global__ void __launch_bounds__(RS_ATTN_SCORE_THREADS)
+attention_scores(const float* __restrict__ q, const float* __restrict__ k_cache, const float* __restrict__ v_cache,
+                 const int* __restrict__ pos, int rows, int heads, int kv_heads, int dim, int cache_len, float scale,
+                 int slice_blocks, float* __restrict__ e_buf, float* __restrict__ max_buf, int* __restrict__ arrivals) {
+  const int rh = blockIdx.x / slice_blocks, first = blockIdx.x % slice_blocks;
+  const int row = rh / heads, head = rh % heads;
+  const int group_size = heads / kv_heads;
+  const int kv_head = head / group_size;
+  const int slices = (cache_len + RS_ATTN_SLICE - 1) / RS_ATTN_SLICE;
+  const float* kc = k_cache + (long long)kv_head * cache_len * dim;
+  const float* vc = v_cache + (long long)kv_head * cache_len * dim;
+  rs_attention_prefetch(kc, vc, pos, cache_len, dim, first * RS_ATTN_SLICE, (first + 1) * RS_ATTN_SLICE,
+                        rows * group_size, row * group_size + head % group_size, RS_ATTN_SCORE_THREADS);
+  rs_kernel_begin();
+  __shared__ float group_max[RS_ATTN_SCORE_THREADS / RS_LANES];
+  if (first == 0 && threadIdx.x == 0) arrivals[rh] = 0;
+  const int n_vis = pos[0] + row + 1;
+  for (int slice = first; slice * RS_ATTN_SLICE < n_vis; slice += slice_blocks) {  // the same for the whole block
+    const int t_begin = slice * RS_ATTN_SLICE, t_end = min(t_begin + RS_ATTN_SLICE, n_vis);
+    const float m = rs_attention_block_max<RS_ATTN_SCORE_THREADS>(
+        rs_attention_scores<MAXD>(q + (long long)rh * dim, kc, dim, scale, t_begin, t_end,
+                                  e_buf + (long long)rh * cache_len, 0), group_max);
+    if (threadIdx.x == 0) max_buf[(long long)rh * slices + slice] = m;
+    __syncthreads();  // group_max is reused
+  }
+}
+
+// v_cache, pos, rows .. cache_len, e_buf, max_buf as for attention_scores (which ran just before);
+// part_buf float32 [rows*heads, ceil(cache_len / 256), dim+1]; out, xq, xd as for `attention`.
+// Grid: rows*heads*ceil(cache_len / 256) blocks of THREADS threads.
+template <int THREADS>
+__global__ void RS_ATTN_BOUNDS(THREADS)
+attention_values(const float* __restrict__ v_cache, const int* __restrict__ pos, int rows, int heads, int kv_heads,
+                 int dim, int cache_len, const float* __restrict__ e_buf,
+                 const float* __restrict__ max_buf, float* part_buf, int* arrivals, float* __restrict__ out,
+                 signed char* __restrict__ xq, unsigned short* __restrict__ xd) {
+  const int chunks = (cache_len + RS_ATTN_CHUNK - 1) / RS_ATTN_CHUNK;
+  const int rh = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
+  const int row = rh / heads, head = rh % heads;
+  const int kv_head = head / (heads / kv_heads);
+  rs_kernel_begin();
+  __shared__ float group_max[THREADS / RS_LANES];
+  __shared__ float e_chunk[RS_ATTN_CHUNK];
+  __shared__ float parts_chunk[RS_ATTN_MAX_DIM + 1];
+  __shared__ float total[RS_ATTN_MAX_DIM + 1];
+  __shared__ int last;
+  const int n_vis = pos[0] + row + 1;
+  const int base = chunk * RS_ATTN_CHUNK;
+  if (base >= n_vis) return;  // the whole block
+  const float* vc = v_cache + (long long)kv_head * cache_len * dim;
+  const float* e = e_buf + (long long)rh * cache_len;
+  const int slices = (cache_len + RS_ATTN_SLICE - 1) / RS_ATTN_SLICE;
+  const int active = (n_vis + RS_ATTN_CHUNK - 1) / RS_ATTN_CHUNK;  // chunks this row sees
+  float* parts = part_buf + (long long)rh * chunks * (dim + 1);
+
+  float m = rs_as_float((int)0xff800000);
+  for (int i = threadIdx.x; i * RS_ATTN_SLICE < n_vis; i += THREADS)
+    m = rs_max_nan(m, max_buf[(long long)rh * slices + i]);
+  m = rs_attention_block_max<THREADS>(m, group_max);
+
+  for (int t = base + threadIdx.x; t < min(base + RS_ATTN_CHUNK, n_vis); t += THREADS)
+    e_chunk[t - base] = refspec_exp(rs_sub(e[t], m));
+  __syncthreads();
+  rs_attention_chunk_sums<THREADS>(e_chunk, base, vc, dim, n_vis, chunk, 1,
+                                   active == 1 ? parts_chunk : parts + chunk * (dim + 1));
+  __syncthreads();
+  if (active > 1) {  // the last block to arrive adds the chunk sums up (one chunk: this block's, in parts_chunk)
+    __threadfence();  // this block's chunk sums are visible to the block that adds them up
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(&arrivals[rh], 1) + 1 == active;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+  }
+  rs_attention_finish<THREADS>(active == 1 ? parts_chunk : parts, active > 1, active, dim, total, rh, out, xq, xd);
 }

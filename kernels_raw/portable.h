@@ -149,3 +149,7 @@ RS_DEVICE void rs_prefetch_l2(const void* p) {
   (void)p;
 #endif
 }
+
+// A load of what another block of the same kernel wrote before a __threadfence() and an atomic that this block
+// has seen: from the L2 cache, past this multiprocessor's L1 (which may hold an older copy of the line).
+RS_DEVICE float rs_load_coherent(const float* p) { return *(const volatile float*)p; }

@@ -76,6 +76,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="GPU: GEMVs of R or more rows on integer tensor cores (NVIDIA sm_80+; same bits)")
     p.add_argument("--pass-rows", default="1,2,4,8,12,16", metavar="LIST",
                    help="GPU: rows of the forward passes timed for the rows curve (default 1,2,4,8,12,16)")
+    p.add_argument("--pass-position", type=int, default=64, metavar="P",
+                   help="GPU: the position of those passes, after a context of P tokens (default 64; e.g. 4000 to "
+                        "time attention over a long context)")
 
 
 def run(args) -> int:
@@ -100,6 +103,9 @@ def run(args) -> int:
         backend.overlap = False
     tf = Transformer(model, backend, graphs=False if args.no_graphs else None)
     pass_rows = parse_rows(args.pass_rows)
+    if not 1 <= args.pass_position <= tf.config.n_ctx - max(pass_rows) - 8:
+        raise UsageError(f"--pass-position must be in 1..{tf.config.n_ctx - max(pass_rows) - 8} (the context length "
+                         f"{tf.config.n_ctx} less the rows), got {args.pass_position}")
     repeats, n_greedy, n_copy = (1, 8, 16) if args.quick else (args.repeats, GREEDY_NEW_TOKENS, args.n_predict)
     prompts = dict(list(COPY_PROMPTS.items())[:2]) if args.quick else COPY_PROMPTS
     note(f"model {model.config.arch}, {model.config.n_layer} layers, device {backend.name}")
@@ -112,7 +118,7 @@ def run(args) -> int:
         copy = bench_copy_prompts(tf, tok, prompts, n_copy, args.draft_max, note, repeats)
     device = None
     if backend.name == "gpu":
-        device = bench_device(tf, pass_rows, 5 if args.quick else 30)
+        device = bench_device(tf, pass_rows, 5 if args.quick else 30, args.pass_position)
         device["greedy_fraction_of_roofline"] = round(
             greedy["tokens_per_second_median"] / device["roofline_tokens_per_second"], 4)
         note(f"read ceiling {device['read_gb_per_second']} GB/s, roofline {device['roofline_tokens_per_second']} "
@@ -182,26 +188,29 @@ def parse_rows(text: str) -> list[int]:
     return rows
 
 
-def bench_device(tf, pass_rows: list[int], repeats: int) -> dict:
-    """(c): the read ceiling, the roofline, and forward-pass times by rows."""
+def bench_device(tf, pass_rows: list[int], repeats: int, position: int = 64) -> dict:
+    """(c): the read ceiling, the roofline, and the times of forward passes of each of pass_rows rows at
+    `position` (after a context of that many tokens)."""
     from refspec.bench_gemv import _Timer, read_bandwidth
 
     be = tf.be
     read_bw = read_bandwidth(be, _Timer(be.cp, 20))
     per_token = weight_bytes_per_token(tf)
-    # every timed pass continues the state after position 63 (qwen35): the ring keeps it past 16 rows
-    cache = tf.new_cache(min(tf.config.n_ctx, 64 + max(pass_rows) + 8), n_states=max(pass_rows) + 1)
-    tf.forward(cache, [1] * 64, 0)  # context for the timed steps
+    # every timed pass continues the state after the context (qwen35): the ring keeps it past 16 rows
+    cache = tf.new_cache(min(tf.config.n_ctx, position + max(pass_rows) + 8), n_states=max(pass_rows) + 1)
+    for start in range(0, position, 256):  # the context for the timed steps
+        tf.forward(cache, [1] * min(256, position - start), start)
     times = {}
     for rows in pass_rows:
         ids = [(7 * i + 3) % tf.config.n_vocab for i in range(rows)]
-        times[rows] = time_pass(be, lambda: tf.forward(cache, ids, 64), repeats)
+        times[rows] = time_pass(be, lambda: tf.forward(cache, ids, position), repeats)
     base = times.get(1)
     return {
         "read_gb_per_second": round(read_bw / 1e9, 1),
         "weight_bytes_per_token": per_token,
         "roofline_tokens_per_second": round(read_bw / per_token, 1),
         "roofline_ms_per_token": round(1e3 * per_token / read_bw, 3),
+        "pass_position": position,
         "pass_ms": {str(r): round(t * 1e3, 3) for r, t in times.items()},
         "pass_over_one_row": {str(r): round(t / base, 3) for r, t in times.items()} if base else None,
         "pass_repeats": repeats,
@@ -379,7 +388,7 @@ def print_tables(report: dict) -> None:
         print(f"\n(c) read ceiling {d['read_gb_per_second']} GB/s; {d['weight_bytes_per_token'] / 1e9:.3f} GB of weights "
               f"per token: roofline {d['roofline_tokens_per_second']} tokens/s; greedy at "
               f"{d['greedy_fraction_of_roofline']:.1%} of it (graphs {'on' if report['graphs'] else 'off'})")
-        print("    forward pass, R rows: " + "  ".join(
+        print(f"    forward pass at position {d['pass_position']}, R rows: " + "  ".join(
             f"R={r} {ms} ms ({d['pass_over_one_row'][r]}x)" for r, ms in d["pass_ms"].items()))
     m = report.get("mtp")
     if m:

@@ -1,7 +1,8 @@
 """The attention kernel's time in a pass (device machine, for tuning): attention_q8 at a llama-8b layer's shape
 (32 query heads, 8 kv heads, head size 128), 32 launches in a chain captured as one graph (what 32 layers
-cost), at several row counts and positions, with each thread count of ATTN_THREAD_CHOICES and with the one
-GpuBackend.attention_threads picks.
+cost), at several row counts and positions, as one kernel and as two spread over positions, with each thread
+count of ATTN_THREAD_CHOICES ("split" and "picked": what GpuBackend.attention_splits and attention_threads
+choose).
 
     python3 tests/profile_attention.py [REPEATS]
 """
@@ -44,17 +45,20 @@ def chain_us(q, kc, vc, pos) -> float:
 
 report = []
 rng = np.random.default_rng(0)
-for pos0 in (160, 1000):
+for pos0 in (64, 160, 1000, 4000):
     for rows in (1, 4, 8, 12, 16):
-        cache = pos0 + rows
+        cache = pos0 + rows + 100
         q = cp.asarray(rng.standard_normal((rows, heads, dim)).astype(np.float32))
         kc = cp.asarray(rng.standard_normal((kv_heads, cache, dim)).astype(np.float32))
         vc = cp.asarray(rng.standard_normal((kv_heads, cache, dim)).astype(np.float32))
         pos = cp.asarray(np.array([pos0], np.int32))
-        row = {"pos0": pos0, "rows": rows, "picked": pick(rows * heads)}
-        for threads in ATTN_THREAD_CHOICES:
-            be.attention_threads = lambda blocks, t=threads: t
-            row[f"us_{threads}"] = chain_us(q, kc, vc, pos)
-        del be.attention_threads
+        row = {"pos0": pos0, "rows": rows, "picked": pick(rows * heads),
+               "split": be.attention_splits(rows * heads, cache)}
+        for split in (False, True):
+            be.attention_splits = lambda blocks, cache_len, s=split: s
+            for threads in ATTN_THREAD_CHOICES:
+                be.attention_threads = lambda blocks, t=threads: t
+                row[f"us_{'split' if split else 'one'}_{threads}"] = chain_us(q, kc, vc, pos)
+        del be.attention_threads, be.attention_splits
         report.append(row)
         print(json.dumps(row), flush=True)

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 from refspec import spec
 from refspec.backends import CpuBackend
-from refspec.gpu import ATTN_THREAD_CHOICES, gpu_available
+from refspec.gpu import gpu_available
 from refspec.model import QK8_0
 
-from test_gpu_kernels import STYLES, assert_same, attention_threads, floats, random_q8, rng_from
+from test_gpu_kernels import ATTENTION_LAUNCHES, STYLES, assert_same, attention_launch, floats, random_q8, rng_from
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="no GPU: CuPy sees none")]
 
@@ -88,10 +88,10 @@ def test_attention_q8_equals_attention_then_quantize(be, data):
     vc = floats(rng, (kv_heads, cache_len, dim), data.draw(STYLES, label="v"))
     eq, ed = CPU.attention_q8(q, kc, vc, pos0)
     pos = be.asarray(np.array([pos0], np.int32)) if data.draw(st.booleans(), label="device pos") else pos0
-    threads = data.draw(st.sampled_from(ATTN_THREAD_CHOICES), label="threads")
-    with attention_threads(be, threads):
+    launch = data.draw(ATTENTION_LAUNCHES, label="threads, split, spread")
+    with attention_launch(be, *launch):
         gq, gd = be.attention_q8(be.asarray(q), be.asarray(kc), be.asarray(vc), pos)
-    what = f"attention_q8 R={rows} H={heads} G={kv_heads} D={dim} pos0={pos0} threads={threads}"
+    what = f"attention_q8 R={rows} H={heads} G={kv_heads} D={dim} pos0={pos0} launch={launch}"
     assert_same(be.to_host(gq), eq, what + " (quants)")
     assert_same(be.to_host(gd), ed, what + " (scales)", nan_equal=True)  # a NaN scale's payload is unspecified
 

@@ -249,19 +249,30 @@ def test_kv_write_equals_cpu(be, data):
 
 # -------------------------------------------------------------------------------------------- attention
 @contextlib.contextmanager
-def attention_threads(be, threads: int):
-    """The attention kernel launched with `threads` threads per block, whatever the launch's size."""
-    be.attention_threads = lambda blocks: threads  # shadows the method on this instance
+def attention_launch(be, threads: int, split: bool, spread: int | None = None):
+    """Attention launched with `threads` threads per block whatever the launch's size, as two kernels spread
+    over positions (split) or as one, and (split) with at most `spread` blocks per (row, head) computing
+    scores (None: the backend's spread)."""
+    be.attention_splits = lambda blocks, cache_len: split  # each shadows the method on this instance
+    be.attention_threads = lambda blocks: threads
+    if spread is not None:
+        be.attention_spread = lambda blocks, slices: min(slices, spread)
     try:
         yield
     finally:
-        del be.attention_threads
+        del be.attention_splits, be.attention_threads
+        be.__dict__.pop("attention_spread", None)
+
+
+ATTENTION_LAUNCHES = st.tuples(st.sampled_from(ATTN_THREAD_CHOICES), st.booleans(), st.sampled_from([None, 1, 2, 3]))
 
 
 def test_attention_threads_fill_the_gpu_once(be):
     sms = be._multiprocessors
     assert [be.attention_threads(b) for b in (1, sms, sms + 1, 2 * sms, 2 * sms + 1, 4 * sms, 4 * sms + 1)] == [
         512, 512, 256, 256, 128, 128, 128]
+    assert [be.attention_splits(b, n) for b, n in ((1, 256), (1, 257), (sms // 2, 5000), (sms // 2 + 1, 5000))] == [
+        False, True, True, False]
 
 
 @given(data=st.data())
@@ -278,17 +289,18 @@ def test_attention_equals_spec(be, data):
     q = floats(rng, (rows, heads, dim), "normal") * scale
     kc = floats(rng, (kv_heads, cache_len, dim), "normal") * scale
     vc = floats(rng, (kv_heads, cache_len, dim), data.draw(STYLES))
-    threads = data.draw(st.sampled_from(ATTN_THREAD_CHOICES), label="threads")
+    launch = data.draw(ATTENTION_LAUNCHES, label="threads, split, spread")
     expected = spec.attention(q, kc, vc, pos0)
-    with attention_threads(be, threads):
+    with attention_launch(be, *launch):
         got = be.to_host(be.attention(be.asarray(q), be.asarray(kc), be.asarray(vc), pos0))
-    what = f"attention R={rows} H={heads} G={kv_heads} D={dim} pos0={pos0} threads={threads}"
+    what = f"attention R={rows} H={heads} G={kv_heads} D={dim} pos0={pos0} launch={launch}"
     assert_same(got, expected, what, nan_equal=True)
 
 
-@pytest.mark.parametrize("threads", ATTN_THREAD_CHOICES)
+@pytest.mark.parametrize("launch", [(t, split, spread) for t in ATTN_THREAD_CHOICES for split, spread in (
+    (False, None), (True, None), (True, 1))])
 @pytest.mark.parametrize("bad", [np.inf, np.nan])
-def test_attention_row_never_depends_on_the_rows_after_it(be, bad, threads):
+def test_attention_row_never_depends_on_the_rows_after_it(be, bad, launch):
     """Keys and values that later rows of the pass wrote as infinite or NaN leave the earlier rows' bits
     those of the spec's rows run alone (no +0 * inf terms for hidden positions), across a chunk boundary."""
     rng = np.random.default_rng(6)
@@ -298,7 +310,7 @@ def test_attention_row_never_depends_on_the_rows_after_it(be, bad, threads):
     vc = rng.standard_normal((2, pos0 + rows, 64)).astype(F32)
     kc[:, pos0 + 3 :] = bad
     vc[:, pos0 + 3 :] = bad
-    with attention_threads(be, threads):
+    with attention_launch(be, *launch):
         got = be.to_host(be.attention(be.asarray(q), be.asarray(kc), be.asarray(vc), pos0))
     with np.errstate(all="ignore"):
         for r in range(rows):

@@ -19,8 +19,13 @@ from refspec.gpu import (ATTN_BOUNDS, ATTN_THREAD_CHOICES, COMPILE_OPTIONS, GEMV
 KERNELS = sorted(p.stem for p in kernel_dir().glob("*.hip"))
 GEMV_ARGS = ("const signed char*, const unsigned short*, const signed char*, const unsigned short*, float*, "
              "int, int, int, const float*")
+SCORES_ARGS = ("const float*, const float*, const float*, const int*, int, int, int, int, int, float, int, float*, "
+               "float*, int*")
+VALUES_ARGS = ("const float*, const int*, int, int, int, int, int, const float*, const float*, float*, int*, float*, "
+               "signed char*, unsigned short*")
 ATTENTION_ARGS = ("const float*, const float*, const float*, const int*, int, int, int, int, int, float, float*, "
                   "float*, float*, signed char*, unsigned short*")
+ATTENTION_INSTANCES = len(ATTN_BOUNDS) * (len(ATTN_THREAD_CHOICES) + 1) + len(ATTN_THREAD_CHOICES)
 NO_DIVISION = ("q8_gemv", "add", "rope", "embed", "kv_write")  # kernels whose float code must hold no FMA at all
 
 
@@ -50,7 +55,9 @@ def source_file(tmp_path, stem: str, variants: bool):
         path = tmp_path / "attention_instances.hip"
         path.write_text('#include "attention.hip"\n' + "".join(
             f"template __global__ void attention<{b}, {t}>({ATTENTION_ARGS});\n"
-            for b in ATTN_BOUNDS for t in ATTN_THREAD_CHOICES))
+            for b in ATTN_BOUNDS for t in ATTN_THREAD_CHOICES) + "".join(
+            f"template __global__ void attention_scores<{b}>({SCORES_ARGS});\n" for b in ATTN_BOUNDS) + "".join(
+            f"template __global__ void attention_values<{t}>({VALUES_ARGS});\n" for t in ATTN_THREAD_CHOICES))
         return path
     if stem != "q8_gemv":
         return kernel_dir() / f"{stem}.hip"
@@ -105,9 +112,10 @@ def test_gfx906(tmp_path, stem):
         for name in gemvs:
             assert "v_dot4_i32_i8" in code[name], f"{name} does not use v_dot4_i32_i8"
     if stem == "attention":
-        assert len([n for n in code if "attention" in n]) == len(ATTN_BOUNDS) * len(ATTN_THREAD_CHOICES)
+        assert len([n for n in code if "attention" in n]) == ATTENTION_INSTANCES
     if stem in ("rmsnorm", "attention", "silu_mul"):  # IEEE division: the full div_scale/div_fixup sequence
-        assert all("v_div_fixup_f32" in body for body in code.values()), f"{stem}: no IEEE division"
+        dividing = {n: body for n, body in code.items() if "attention_scores" not in n}  # (scores only multiply)
+        assert all("v_div_fixup_f32" in body for body in dividing.values()), f"{stem}: no IEEE division"
 
 
 @pytest.mark.parametrize("stem", KERNELS)
@@ -121,8 +129,7 @@ def test_sm90(tmp_path, stem):
     spills = [int(v) for v in re.findall(r"(\d+) bytes spill (?:stores|loads)", report)]
     assert frames and not any(frames) and not any(spills), f"{stem}: local memory used:\n{report}"
     if stem == "attention":
-        assert len(re.findall(r"Compiling entry function '\w*attention", report)) == len(ATTN_BOUNDS) * len(
-            ATTN_THREAD_CHOICES)
+        assert len(re.findall(r"Compiling entry function '\w*attention", report)) == ATTENTION_INSTANCES
     if stem in NO_DIVISION:
         ptx = tmp_path / f"{stem}.ptx"
         run([*common, "-ptx", "-o", str(ptx)])

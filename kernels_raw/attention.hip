@@ -8,11 +8,12 @@
 //   out = chunked_sum_t(e_t * v_t) / chunked_sum_t(e_t)
 //
 // Two ways to run it, the same operations in the same order (the same bits); refspec.gpu.GpuBackend
-// .attention_splits picks one per launch:
-//   `attention`: one block per (row, head) runs every phase below;
-//   `attention_scores` then `attention_values` spread a row's positions over many blocks, for rows and
-//     heads too few to fill the GPU: phase 1 by slices of 64 positions, phases 2 and 3 by chunks of 256
-//     (each with the max of the slices' maxes), and phase 4 in the last chunk's block to finish.
+// .attention_plan picks one per launch:
+//   `attention`: one block per (row, head) runs every phase below (short contexts: the fewest steps);
+//   `attention_scores` then `attention_values` spread a row's positions over many blocks, each block taking
+//     one or more query heads of a kv head (long contexts, many rows): phase 1 by slices of 64 positions,
+//     phases 2 and 3 by chunks of 256 (each with the max of the slices' maxes), and phase 4 in the last
+//     chunk's block to finish.
 // Before waiting for the kernel before it (rs_kernel_begin), a block asks the L2 cache for its share of the
 // keys and values of the positions before pos0: earlier passes wrote them, and phases 1 and 3 read them (a
 // hint only: pos0 is read again after the wait, and a prefetch reads no value). The phases:
@@ -43,10 +44,12 @@
 // that two or four share one instead of waiting for a second wave (refspec.gpu.GpuBackend.attention_threads).
 // Every output is the same sequence of operations with any of them.
 #define RS_ATTN_MAX_THREADS 512
+// Launch bounds: on NVIDIA, 2048 / THREADS blocks per multiprocessor (up to 128 registers a thread) where
+// `fits` (the head size's registers allow it), else one.
 #if defined(RS_HIP)
-#define RS_ATTN_BOUNDS(threads) __launch_bounds__(threads)  // HIP's second argument means something else
+#define RS_ATTN_BOUNDS(threads, fits) __launch_bounds__(threads)  // HIP's second argument means something else
 #else
-#define RS_ATTN_BOUNDS(threads) __launch_bounds__(threads, RS_ATTN_MAX_THREADS / (threads))
+#define RS_ATTN_BOUNDS(threads, fits) __launch_bounds__(threads, (fits) ? RS_ATTN_MAX_THREADS / (threads) : 1)
 #endif
 #define RS_ATTN_CHUNK 256    // spec.ATTN_CHUNK
 #define RS_ATTN_MAX_DIM 512  // head dims up to this (the wrapper checks)
@@ -56,6 +59,7 @@
 
 // Keys a group loads at once in phase 1: more for short heads, whose keys take few registers.
 #define RS_ATTN_KEYS(maxd) ((maxd) <= 64 ? 8 : (maxd) <= 128 ? 4 : 2)
+#define RS_ATTN_HEADS 4  // query heads of one kv head that attention_scores and attention_values take together, at most
 
 // spec._tree on 32 lane values held by 4 neighbouring threads, 8 each (lanes 8*part + a, a = 0..7): lane
 // i + width added onto lane i for width = 16, 8 (from another thread), then 4, 2, 1 (inside part 0). Every
@@ -93,21 +97,26 @@ RS_DEVICE void rs_attention_prefetch(const float* kc, const float* vc, const int
   }
 }
 
-// Phase 1 over positions t_begin .. t_end-1: group g takes t_begin + g, then every groups-th position,
-// RS_ATTN_KEYS(MAXD) at a time, their loads in flight together; lane l holds q[l + 32j] in registers and the
-// key's elements l + 32j, added in the spec's order. s_t goes to e[t - e_base]; returns the group's max of
-// its scores (-inf if it had none).
-template <int MAXD>
-RS_DEVICE float rs_attention_scores(const float* __restrict__ qv, const float* __restrict__ kc, int dim, float scale,
-                                    int t_begin, int t_end, float* __restrict__ e, int e_base) {
-  float qreg[MAXD / RS_LANES];
+// Phase 1 over positions t_begin .. t_end-1 for hb <= HB query heads that share their keys (head i's query at
+// q + i*dim): group g takes t_begin + g, then every groups-th position, RS_ATTN_KEYS(MAXD) keys at a time,
+// their loads in flight together, each key used for every head. Lane l holds q[l + 32j] in registers and the
+// key's elements l + 32j, added in the spec's order. Head i's s_t goes to e[i*e_stride + t - e_base]; m[i]
+// becomes the group's max of head i's scores (-inf if it had none).
+template <int MAXD, int HB>
+RS_DEVICE void rs_attention_scores(const float* __restrict__ q, int hb, const float* __restrict__ kc, int dim,
+                                   float scale, int t_begin, int t_end, float* __restrict__ e, long long e_stride,
+                                   int e_base, float (&m)[HB]) {
+  float qreg[HB][MAXD / RS_LANES];
 #pragma unroll
-  for (int j = 0; j < MAXD / RS_LANES; ++j) {
-    const int d = rs_lane() + RS_LANES * j;
-    qreg[j] = d < dim ? qv[d] : 0.0f;
+  for (int i = 0; i < HB; ++i) {
+    m[i] = rs_as_float((int)0xff800000);  // -inf
+#pragma unroll
+    for (int j = 0; j < MAXD / RS_LANES; ++j) {
+      const int d = rs_lane() + RS_LANES * j;
+      qreg[i][j] = i < hb && d < dim ? q[i * dim + d] : 0.0f;
+    }
   }
   constexpr int KEYS = RS_ATTN_KEYS(MAXD);
-  float m = rs_as_float((int)0xff800000);  // -inf
   for (int t0 = t_begin + rs_group(); t0 < t_end; t0 += KEYS * rs_groups()) {
     float kreg[KEYS][MAXD / RS_LANES];
 #pragma unroll
@@ -123,23 +132,27 @@ RS_DEVICE float rs_attention_scores(const float* __restrict__ qv, const float* _
 #pragma unroll
     for (int u = 0; u < KEYS; ++u) {
       const int t = t0 + u * rs_groups();
-      float acc = 0.0f;  // lane value: +0.0, then q[l]*k[l], q[l+32]*k[l+32], ...
 #pragma unroll
-      for (int j = 0; j < MAXD / RS_LANES; ++j) {
-        if (rs_lane() + RS_LANES * j < dim) acc = rs_add(acc, rs_mul(qreg[j], kreg[u][j]));
-      }
-      const float s = rs_mul(rs_lane_tree(acc), scale);
-      if (t < t_end) {  // the same for the whole group
-        if (rs_lane() == 0) e[t - e_base] = s;
-        m = rs_max_nan(m, s);
+      for (int i = 0; i < HB; ++i) {
+        if (i < hb) {  // the same for the whole block
+          float acc = 0.0f;  // lane value: +0.0, then q[l]*k[l], q[l+32]*k[l+32], ...
+#pragma unroll
+          for (int j = 0; j < MAXD / RS_LANES; ++j) {
+            if (rs_lane() + RS_LANES * j < dim) acc = rs_add(acc, rs_mul(qreg[i][j], kreg[u][j]));
+          }
+          const float s = rs_mul(rs_lane_tree(acc), scale);
+          if (t < t_end) {  // the same for the whole group
+            if (rs_lane() == 0) e[i * e_stride + t - e_base] = s;
+            m[i] = rs_max_nan(m[i], s);
+          }
+        }
       }
     }
   }
-  return m;
 }
 
 // The max (rs_max_nan, exact in any order) of every thread's m, for the whole block; group_max holds
-// THREADS / 32 floats of shared memory. Every thread calls it.
+// THREADS / 32 floats of shared memory, free again when it returns. Every thread calls it.
 template <int THREADS>
 RS_DEVICE float rs_attention_block_max(float m, float* group_max) {
 #pragma unroll
@@ -148,21 +161,24 @@ RS_DEVICE float rs_attention_block_max(float m, float* group_max) {
   __syncthreads();
   m = group_max[0];
   for (int i = 1; i < THREADS / RS_LANES; ++i) m = rs_max_nan(m, group_max[i]);
+  __syncthreads();
   return m;
 }
 
-// Phase 3 for chunks chunk0 .. chunk0+n_chunks-1: the chunk sums of e_t * v[t, col] (col < dim) and of e_t
-// (column dim) over the positions t < n_vis, e_t read at e[t - e_base]; chunk c's go to
-// parts[(c - chunk0) * (dim+1) + col]. Items (chunk, column), each taken by 4 neighbouring threads (those of
-// column 0 also sum the denominator's e_t from the same positions, in the same lanes and order as a column
-// of its own): the chunk's position t goes to lane t % 32 (spec.lane_sum), and thread `part` of the item
-// holds lanes 8*part .. 8*part+7. It loads its lanes' positions in rounds of 2 per lane, every load of a
-// round in flight together, and adds each lane's in order; then the spec's tree over the 32 lanes
-// (rs_tree_of_parts). Only the positions the row sees are added (a hidden e_t * v_t would be NaN where a
-// later row wrote an infinite v_t; its e_t is +0 and changes no sum). Every thread calls it.
-template <int THREADS>
-RS_DEVICE void rs_attention_chunk_sums(const float* e, int e_base, const float* __restrict__ vc, int dim, int n_vis,
-                                       int chunk0, int n_chunks, float* parts) {
+// Phase 3 for chunks chunk0 .. chunk0+n_chunks-1 and hb <= HB heads sharing their values: the chunk sums of
+// e_t * v[t, col] (col < dim) and of e_t (column dim) over the positions t < n_vis, head i's e_t read at
+// e[i*e_stride + t - e_base]; head i's sums of chunk c go to dst[i*dst_stride + (c - chunk0)*(dim+1) + col].
+// Numerators: items (chunk, column), each taken by 4 neighbouring threads: the chunk's position t goes to
+// lane t % 32 (spec.lane_sum), and thread `part` of the item holds lanes 8*part .. 8*part+7 of every head.
+// It loads its lanes' values in rounds of 2 per lane, every load of a round in flight together, and adds
+// each lane's in order, one value for all heads; then the spec's tree over the 32 lanes (rs_tree_of_parts).
+// Denominators: a group of 32 lanes per (chunk, head), lane l adding the chunk's positions l, l+32, ... in
+// order, then rs_lane_tree. Only the positions the row sees are added (a hidden e_t * v_t would be NaN where
+// a later row wrote an infinite v_t; its e_t is +0 and changes no sum). Every thread calls it.
+template <int THREADS, int HB>
+RS_DEVICE void rs_attention_chunk_sums(const float* e, long long e_stride, int e_base, int hb,
+                                       const float* __restrict__ vc, int dim, int n_vis, int chunk0, int n_chunks,
+                                       float* dst, long long dst_stride) {
   const int cols = dim + 1;
   const int part = threadIdx.x % RS_ATTN_PARTS;
   const int n_work = n_chunks * dim * RS_ATTN_PARTS;
@@ -172,75 +188,114 @@ RS_DEVICE void rs_attention_chunk_sums(const float* e, int e_base, const float* 
     const int chunk = item / dim, col = item % dim;
     const int base = (chunk0 + chunk) * RS_ATTN_CHUNK;
     const int seen = work < n_work ? n_vis - base : 0;  // positions of the chunk the row sees, if > 0
-    float lanes[8], denom[8];
+    float lanes[HB][8];
 #pragma unroll
-    for (int a = 0; a < 8; ++a) lanes[a] = denom[a] = 0.0f;
+    for (int i = 0; i < HB; ++i) {
+#pragma unroll
+      for (int a = 0; a < 8; ++a) lanes[i][a] = 0.0f;
+    }
 #pragma unroll
     for (int round = 0; round < 4; ++round) {
       if (8 * part + RS_LANES * 2 * round >= seen) break;  // nothing of this round's positions is seen
-      float et[2][8], vt[2][8];  // lane 8*part + a, position base + lane + 32 * (2 * round + i)
+      // lane 8*part + a, position base + lane + 32 * (2 * round + r): its value, and (one head) its e_t
+      float vt[2][8], e1[2][HB == 1 ? 8 : 1];
 #pragma unroll
-      for (int i = 0; i < 2; ++i) {
+      for (int r = 0; r < 2; ++r) {
 #pragma unroll
         for (int a = 0; a < 8; ++a) {
-          const int off = 8 * part + a + RS_LANES * (2 * round + i);  // < RS_ATTN_CHUNK
-          const bool in = off < seen;
-          const int t = base + off;
-          et[i][a] = in ? e[t - e_base] : 0.0f;
-          vt[i][a] = in ? vc[(long long)t * dim + col] : 0.0f;
+          const int off = 8 * part + a + RS_LANES * (2 * round + r);  // < RS_ATTN_CHUNK
+          vt[r][a] = off < seen ? vc[(long long)(base + off) * dim + col] : 0.0f;
+          if constexpr (HB == 1) e1[r][a] = off < seen ? e[base + off - e_base] : 0.0f;
         }
       }
 #pragma unroll
-      for (int i = 0; i < 2; ++i) {
+      for (int r = 0; r < 2; ++r) {
 #pragma unroll
-        for (int a = 0; a < 8; ++a) {
-          if (8 * part + a + RS_LANES * (2 * round + i) < seen) {
-            lanes[a] = rs_add(lanes[a], rs_mul(et[i][a], vt[i][a]));
-            if (col == 0) denom[a] = rs_add(denom[a], et[i][a]);
+        for (int i = 0; i < HB; ++i) {
+          if (i < hb) {  // the same for the whole block
+            float et[8];  // head i's e_t of the same positions, loaded together
+#pragma unroll
+            for (int a = 0; a < 8; ++a) {
+              const int off = 8 * part + a + RS_LANES * (2 * round + r);
+              if constexpr (HB == 1) et[a] = e1[r][a];
+              else et[a] = off < seen ? e[i * e_stride + base + off - e_base] : 0.0f;
+            }
+#pragma unroll
+            for (int a = 0; a < 8; ++a) {
+              if (8 * part + a + RS_LANES * (2 * round + r) < seen)
+                lanes[i][a] = rs_add(lanes[i][a], rs_mul(et[a], vt[r][a]));
+            }
           }
         }
       }
     }
-    const float sum = rs_tree_of_parts(lanes);
-    const float denom_sum = rs_tree_of_parts(denom);  // every thread: the exchanges need the whole group
-    if (part == 0 && work < n_work) {
-      parts[chunk * cols + col] = sum;
-      if (col == 0) parts[chunk * cols + dim] = denom_sum;
+#pragma unroll
+    for (int i = 0; i < HB; ++i) {
+      if (i < hb) {  // the same for the whole block
+        const float sum = rs_tree_of_parts(lanes[i]);  // every thread: the exchanges need the whole group
+        if (part == 0 && work < n_work) dst[i * dst_stride + chunk * cols + col] = sum;
+      }
     }
+  }
+  for (int u = rs_group(); u < n_chunks * hb; u += rs_groups()) {  // the same for the whole group
+    const int chunk = u / hb, i = u % hb;
+    const int base = (chunk0 + chunk) * RS_ATTN_CHUNK;
+    const float* ec = e + i * e_stride + base - e_base;
+    float et[RS_ATTN_CHUNK / RS_LANES];  // e_t of the chunk's positions lane, lane + 32, ..., loaded together
+#pragma unroll
+    for (int j = 0; j < RS_ATTN_CHUNK / RS_LANES; ++j) {
+      const int off = rs_lane() + RS_LANES * j;
+      et[j] = off < n_vis - base ? ec[off] : 0.0f;
+    }
+    float acc = 0.0f;  // lane value: +0.0, then the e_t of those the row sees, in order
+#pragma unroll
+    for (int j = 0; j < RS_ATTN_CHUNK / RS_LANES; ++j) {
+      if (rs_lane() + RS_LANES * j < n_vis - base) acc = rs_add(acc, et[j]);
+    }
+    const float denom = rs_lane_tree(acc);
+    if (rs_lane() == 0) dst[i * dst_stride + chunk * cols + dim] = denom;
   }
 }
 
-// Phases 4 and 5 for (row, head) rh: the chunks' sums parts[c * (dim+1) + col], c < n_chunks, added in order
-// to +0.0 (spec.chunked_sum), then num / denom to out, and, with xq, the head's blocks of 32 outputs
-// quantized, one per group of 32 lanes, one value per lane (rs_quantize_block_lanes): block b of the head is
-// block head * dim/32 + b of the row's [heads*dim]. `coherent`: parts were written by other blocks of this
-// kernel (read from L2, past this multiprocessor's L1). total: dim+1 floats of shared memory. Every thread
-// calls it, after a barrier that follows the writes of parts.
+// Phases 4 and 5 for hb heads rh0 .. rh0+hb-1 (row * heads + head): head i's chunk sums
+// parts[i*head_stride + c*(dim+1) + col], c < n_chunks, added in order to +0.0 (spec.chunked_sum), then
+// num / denom to out, and, with xq, each head's blocks of 32 outputs quantized, one per group of 32 lanes, one
+// value per lane (rs_quantize_block_lanes): block b of head h is block h * dim/32 + b of the row's
+// [heads*dim]. `coherent`: parts were written by other blocks of this kernel (read from L2, past this
+// multiprocessor's L1). total: shared memory, free again when it returns. Every thread calls it, after a
+// barrier that follows the writes of parts.
 template <int THREADS>
-RS_DEVICE void rs_attention_finish(const float* parts, bool coherent, int n_chunks, int dim, float* total, int rh,
+RS_DEVICE void rs_attention_finish(const float* parts, long long head_stride, int hb, bool coherent, int n_chunks,
+                                   int dim, float (*total)[RS_ATTN_MAX_DIM + 1], long long rh0,
                                    float* __restrict__ out, signed char* __restrict__ xq,
                                    unsigned short* __restrict__ xd) {
   const int cols = dim + 1;
-  for (int col = threadIdx.x; col < cols; col += THREADS) {
+  for (int w = threadIdx.x; w < hb * cols; w += THREADS) {
+    const int i = w / cols, col = w % cols;
     float sum = 0.0f;
     for (int chunk = 0; chunk < n_chunks; ++chunk) {
-      const float* p = parts + chunk * cols + col;
+      const float* p = parts + i * head_stride + chunk * cols + col;
       sum = rs_add(sum, coherent ? rs_load_coherent(p) : *p);
     }
-    total[col] = sum;
+    total[i][col] = sum;
   }
   __syncthreads();
-  for (int d = threadIdx.x; d < dim; d += THREADS) {
-    const float o = rs_div(total[d], total[dim]);
-    out[(long long)rh * dim + d] = o;
-    total[d] = o;  // only this thread reads total[d]; total[dim] stays
+  for (int w = threadIdx.x; w < hb * dim; w += THREADS) {
+    const int i = w / dim, d = w % dim;
+    const float o = rs_div(total[i][d], total[i][dim]);
+    out[(rh0 + i) * dim + d] = o;
+    total[i][d] = o;  // only this thread reads total[i][d]; total[i][dim] stays
   }
-  if (!xq) return;
   __syncthreads();
-  for (int b = rs_group(); b < dim / RS_QK; b += rs_groups()) {  // the same for the whole group
-    const long long block = (long long)rh * (dim / RS_QK) + b;
-    rs_quantize_block_lanes(total[b * RS_QK + rs_lane()], xq + block * RS_QK, xd + block);
+  if (xq) {
+    const int per_head = dim / RS_QK;
+    for (int b = rs_group(); b < hb * per_head; b += rs_groups()) {  // the same for the whole group
+      const int i = b / per_head, j = b % per_head;
+      const long long block = (rh0 + i) * per_head + j;
+      rs_quantize_block_lanes(total[i][j * RS_QK + rs_lane()], xq + block * RS_QK, xd + block);
+    }
   }
+  __syncthreads();
 }
 
 // ----------------------------------------------------------------------------------------- attention
@@ -252,7 +307,7 @@ RS_DEVICE void rs_attention_finish(const float* parts, bool coherent, int n_chun
 // 512): a lane's share of q and of a key is MAXD / 32 registers, with no loads or products for lanes past
 // dim wasted on a larger bound. THREADS: 512, 256 or 128 (each block may use up to 128 registers a thread).
 template <int MAXD, int THREADS>
-__global__ void RS_ATTN_BOUNDS(THREADS)
+__global__ void RS_ATTN_BOUNDS(THREADS, MAXD <= 128)
 attention(const float* __restrict__ q, const float* __restrict__ k_cache, const float* __restrict__ v_cache,
           const int* __restrict__ pos, int rows, int heads, int kv_heads, int dim, int cache_len, float scale,
           float* __restrict__ e_buf, float* __restrict__ part_buf, float* __restrict__ out,
@@ -267,7 +322,7 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
                         row * group_size + head % group_size, THREADS);
   rs_kernel_begin();
   __shared__ float group_max[THREADS / RS_LANES];
-  __shared__ float total[RS_ATTN_MAX_DIM + 1];
+  __shared__ float total[1][RS_ATTN_MAX_DIM + 1];
   __shared__ float e_shared[RS_ATTN_SHARED_POS];
   __shared__ float parts_shared[RS_ATTN_SHARED_PARTS];
   const int pos0 = pos[0];
@@ -277,112 +332,151 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
   float* e = small ? e_shared : e_buf + (long long)rh * cache_len;
 
   // 1. scores, one position per group of 32 lanes; max over t
-  const float m = rs_attention_block_max<THREADS>(
-      rs_attention_scores<MAXD>(q + (long long)rh * dim, kc, dim, scale, 0, n_vis, e, 0), group_max);
+  float m[1];
+  rs_attention_scores<MAXD, 1>(q + (long long)rh * dim, 1, kc, dim, scale, 0, n_vis, e, 0, 0, m);
+  m[0] = rs_attention_block_max<THREADS>(m[0], group_max);
 
   // 2. e_t = exp(s_t - m) for the positions the row sees
-  for (int t = threadIdx.x; t < n_vis; t += THREADS) e[t] = refspec_exp(rs_sub(e[t], m));
+  for (int t = threadIdx.x; t < n_vis; t += THREADS) e[t] = refspec_exp(rs_sub(e[t], m[0]));
   __syncthreads();
 
   // 3. chunk sums of e_t * v[t, col] and of e_t
   const int n_chunks = (n_pos + RS_ATTN_CHUNK - 1) / RS_ATTN_CHUNK;
   const int max_chunks = (cache_len + RS_ATTN_CHUNK - 1) / RS_ATTN_CHUNK;
   float* parts = small ? parts_shared : part_buf + (long long)rh * max_chunks * (dim + 1);
-  rs_attention_chunk_sums<THREADS>(e, 0, vc, dim, n_vis, 0, n_chunks, parts);
+  rs_attention_chunk_sums<THREADS, 1>(e, 0, 0, 1, vc, dim, n_vis, 0, n_chunks, parts, 0);
   __syncthreads();
 
   // 4, 5. the chunks' sums in order, num / denom, quantized
-  rs_attention_finish<THREADS>(parts, false, n_chunks, dim, total, rh, out, xq, xd);
+  rs_attention_finish<THREADS>(parts, 0, 1, false, n_chunks, dim, total, rh, out, xq, xd);
 }
 
 // ------------------------------------------------------------------------- attention_scores, attention_values
-// The same attention in two kernels, spread over positions: attention_scores computes the scores of slices
-// of RS_ATTN_SLICE positions (phase 1) and each slice's max; attention_values, one block per chunk of 256
-// positions, takes the max of the slices' maxes (m), e_t for its chunk (phase 2) and the chunk sums (phase
-// 3); the last of a row's chunks to finish adds them in order and divides (phases 4, 5). Same operations,
-// same bits: each score, e_t and chunk sum is computed as in `attention`, and max is exact in any order.
-// A launch's grid depends on the cache length only (a captured pass serves every position): blocks past the
-// positions a row sees end at once, and a block of attention_scores takes every slice_blocks-th slice
-// after its first where a row has more slices than that.
+// The same attention in two kernels, spread over positions, and each block taking `per` <= RS_ATTN_HEADS
+// query heads that share one kv head (their keys and values read once for all of them): attention_scores
+// computes the scores of slices of RS_ATTN_SLICE positions (phase 1) and each slice's max; attention_values,
+// one block per chunk of 256 positions, takes the max of the slices' maxes (m), e_t for its chunk (phase 2)
+// and the chunk sums (phase 3); the last of a row's chunks to finish adds them in order and divides (phases
+// 4, 5). Same operations, same bits: each score, e_t and chunk sum is computed as in `attention`, and max
+// is exact in any order. A unit is (row, kv head, part): part p of a kv head's group of query heads is heads
+// per*p .. per*p+per-1 of the group (fewer in the last part). A launch's grid depends on the cache length only (a
+// captured pass serves every position): blocks past the positions a row sees end at once, and a block of
+// attention_scores takes every slice_blocks-th slice after its first where a row has more slices than that.
 #define RS_ATTN_SLICE 64           // positions per slice of attention_scores
 #define RS_ATTN_SCORE_THREADS 256  // threads per block of attention_scores
 
+// Where a unit's heads are: its row, kv head, part (of `parts`), first head h0 and number of heads hb.
+struct RsAttnUnit {
+  int row, kv_head, part, parts, h0, hb;
+  RS_MEMBER RsAttnUnit(int unit, int heads, int kv_heads, int per) {
+    const int group_size = heads / kv_heads;
+    parts = (group_size + per - 1) / per;
+    row = unit / (kv_heads * parts);
+    kv_head = unit / parts % kv_heads;
+    part = unit % parts;
+    h0 = kv_head * group_size + part * per;
+    hb = min(per, group_size - part * per);
+  }
+};
+
 // e_buf float32 [rows*heads, cache_len]: the scores; max_buf float32 [rows*heads, ceil(cache_len / 64)];
-// arrivals int32 [rows*heads], set to 0 here for attention_values. Grid: rows*heads*slice_blocks blocks.
+// arrivals int32 [units], set to 0 here for attention_values. Grid: units*slice_blocks blocks, units =
+// rows * kv_heads * ceil(heads / kv_heads / per).
 template <int MAXD>
-__global__ void __launch_bounds__(RS_ATTN_SCORE_THREADS)
+__global__ void RS_ATTN_BOUNDS(RS_ATTN_SCORE_THREADS, false)  // (one block: else nvcc caps it at 64 registers)
 attention_scores(const float* __restrict__ q, const float* __restrict__ k_cache, const float* __restrict__ v_cache,
-                 const int* __restrict__ pos, int rows, int heads, int kv_heads, int dim, int cache_len, float scale,
-                 int slice_blocks, float* __restrict__ e_buf, float* __restrict__ max_buf, int* __restrict__ arrivals) {
-  const int rh = blockIdx.x / slice_blocks, first = blockIdx.x % slice_blocks;
-  const int row = rh / heads, head = rh % heads;
-  const int group_size = heads / kv_heads;
-  const int kv_head = head / group_size;
+                 const int* __restrict__ pos, int rows, int heads, int kv_heads, int per, int dim, int cache_len,
+                 float scale, int slice_blocks, float* __restrict__ e_buf, float* __restrict__ max_buf,
+                 int* __restrict__ arrivals) {
+  const int unit = blockIdx.x / slice_blocks, first = blockIdx.x % slice_blocks;
+  const RsAttnUnit u(unit, heads, kv_heads, per);
   const int slices = (cache_len + RS_ATTN_SLICE - 1) / RS_ATTN_SLICE;
-  const float* kc = k_cache + (long long)kv_head * cache_len * dim;
-  const float* vc = v_cache + (long long)kv_head * cache_len * dim;
+  const float* kc = k_cache + (long long)u.kv_head * cache_len * dim;
+  const float* vc = v_cache + (long long)u.kv_head * cache_len * dim;
   rs_attention_prefetch(kc, vc, pos, cache_len, dim, first * RS_ATTN_SLICE, (first + 1) * RS_ATTN_SLICE,
-                        rows * group_size, row * group_size + head % group_size, RS_ATTN_SCORE_THREADS);
+                        rows * u.parts, u.row * u.parts + u.part, RS_ATTN_SCORE_THREADS);
   rs_kernel_begin();
-  __shared__ float group_max[RS_ATTN_SCORE_THREADS / RS_LANES];
-  if (first == 0 && threadIdx.x == 0) arrivals[rh] = 0;
-  const int n_vis = pos[0] + row + 1;
+  __shared__ float group_max[RS_ATTN_HEADS][RS_ATTN_SCORE_THREADS / RS_LANES];
+  if (first == 0 && threadIdx.x == 0) arrivals[unit] = 0;
+  const int n_vis = pos[0] + u.row + 1;
+  const long long rh0 = (long long)u.row * heads + u.h0;
   for (int slice = first; slice * RS_ATTN_SLICE < n_vis; slice += slice_blocks) {  // the same for the whole block
     const int t_begin = slice * RS_ATTN_SLICE, t_end = min(t_begin + RS_ATTN_SLICE, n_vis);
-    const float m = rs_attention_block_max<RS_ATTN_SCORE_THREADS>(
-        rs_attention_scores<MAXD>(q + (long long)rh * dim, kc, dim, scale, t_begin, t_end,
-                                  e_buf + (long long)rh * cache_len, 0), group_max);
-    if (threadIdx.x == 0) max_buf[(long long)rh * slices + slice] = m;
-    __syncthreads();  // group_max is reused
+    float m[RS_ATTN_HEADS];
+    rs_attention_scores<MAXD, RS_ATTN_HEADS>(q + rh0 * dim, u.hb, kc, dim, scale, t_begin, t_end,
+                                             e_buf + rh0 * cache_len, cache_len, 0, m);
+#pragma unroll
+    for (int i = 0; i < RS_ATTN_HEADS; ++i) {  // each group's max (its lanes hold the same) of each head
+      if (rs_lane() == 0) group_max[i][rs_group()] = m[i];
+    }
+    __syncthreads();
+    if (threadIdx.x < u.hb) {  // the slice's max of head threadIdx.x (rs_max_nan: exact in any order)
+      float mi = group_max[threadIdx.x][0];
+      for (int g = 1; g < RS_ATTN_SCORE_THREADS / RS_LANES; ++g) mi = rs_max_nan(mi, group_max[threadIdx.x][g]);
+      max_buf[(rh0 + threadIdx.x) * slices + slice] = mi;
+    }
+    __syncthreads();
   }
 }
 
 // v_cache, pos, rows .. cache_len, e_buf, max_buf as for attention_scores (which ran just before);
-// part_buf float32 [rows*heads, ceil(cache_len / 256), dim+1]; out, xq, xd as for `attention`.
-// Grid: rows*heads*ceil(cache_len / 256) blocks of THREADS threads.
+// part_buf float32 [rows*heads, ceil(cache_len / 256), dim+1]; arrivals int32 [units]; out, xq, xd as for
+// `attention`. Grid: units*ceil(cache_len / 256) blocks of THREADS threads (at most 256 on HIP: gfx906 spills
+// at 512).
 template <int THREADS>
-__global__ void RS_ATTN_BOUNDS(THREADS)
+__global__ void RS_ATTN_BOUNDS(THREADS, true)
 attention_values(const float* __restrict__ v_cache, const int* __restrict__ pos, int rows, int heads, int kv_heads,
-                 int dim, int cache_len, const float* __restrict__ e_buf,
-                 const float* __restrict__ max_buf, float* part_buf, int* arrivals, float* __restrict__ out,
-                 signed char* __restrict__ xq, unsigned short* __restrict__ xd) {
+                 int per, int dim, int cache_len, const float* __restrict__ e_buf, const float* __restrict__ max_buf,
+                 float* part_buf, int* arrivals, float* __restrict__ out, signed char* __restrict__ xq,
+                 unsigned short* __restrict__ xd) {
   const int chunks = (cache_len + RS_ATTN_CHUNK - 1) / RS_ATTN_CHUNK;
-  const int rh = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
-  const int row = rh / heads, head = rh % heads;
-  const int kv_head = head / (heads / kv_heads);
+  const int unit = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
   rs_kernel_begin();
-  __shared__ float group_max[THREADS / RS_LANES];
-  __shared__ float e_chunk[RS_ATTN_CHUNK];
-  __shared__ float parts_chunk[RS_ATTN_MAX_DIM + 1];
-  __shared__ float total[RS_ATTN_MAX_DIM + 1];
+  __shared__ float m_head[RS_ATTN_HEADS];
+  __shared__ float e_chunk[RS_ATTN_HEADS][RS_ATTN_CHUNK];
+  __shared__ float parts_chunk[RS_ATTN_HEADS][RS_ATTN_MAX_DIM + 1];
+  __shared__ float total[RS_ATTN_HEADS][RS_ATTN_MAX_DIM + 1];
   __shared__ int last;
-  const int n_vis = pos[0] + row + 1;
+  const RsAttnUnit u(unit, heads, kv_heads, per);
+  const int n_vis = pos[0] + u.row + 1;
   const int base = chunk * RS_ATTN_CHUNK;
   if (base >= n_vis) return;  // the whole block
-  const float* vc = v_cache + (long long)kv_head * cache_len * dim;
-  const float* e = e_buf + (long long)rh * cache_len;
+  const float* vc = v_cache + (long long)u.kv_head * cache_len * dim;
+  const long long rh0 = (long long)u.row * heads + u.h0;
   const int slices = (cache_len + RS_ATTN_SLICE - 1) / RS_ATTN_SLICE;
   const int active = (n_vis + RS_ATTN_CHUNK - 1) / RS_ATTN_CHUNK;  // chunks this row sees
-  float* parts = part_buf + (long long)rh * chunks * (dim + 1);
 
-  float m = rs_as_float((int)0xff800000);
-  for (int i = threadIdx.x; i * RS_ATTN_SLICE < n_vis; i += THREADS)
-    m = rs_max_nan(m, max_buf[(long long)rh * slices + i]);
-  m = rs_attention_block_max<THREADS>(m, group_max);
-
-  for (int t = base + threadIdx.x; t < min(base + RS_ATTN_CHUNK, n_vis); t += THREADS)
-    e_chunk[t - base] = refspec_exp(rs_sub(e[t], m));
+  if (rs_group() < u.hb) {  // group i: head i's m, the max of the maxes of the slices the row sees
+    const int i = rs_group();
+    float m = rs_as_float((int)0xff800000);
+    for (int s = rs_lane(); s * RS_ATTN_SLICE < n_vis; s += RS_LANES)
+      m = rs_max_nan(m, max_buf[(rh0 + i) * slices + s]);
+#pragma unroll
+    for (int offset = RS_LANES / 2; offset >= 1; offset /= 2) m = rs_max_nan(m, rs_shfl_xor(m, offset));
+    if (rs_lane() == 0) m_head[i] = m;
+  }
   __syncthreads();
-  rs_attention_chunk_sums<THREADS>(e_chunk, base, vc, dim, n_vis, chunk, 1,
-                                   active == 1 ? parts_chunk : parts + chunk * (dim + 1));
+  const int len = min(RS_ATTN_CHUNK, n_vis - base);  // positions of the chunk the row sees
+  for (int w = threadIdx.x; w < u.hb * len; w += THREADS) {
+    const int i = w / len, t = w % len;
+    e_chunk[i][t] = refspec_exp(rs_sub(e_buf[(rh0 + i) * cache_len + base + t], m_head[i]));
+  }
   __syncthreads();
-  if (active > 1) {  // the last block to arrive adds the chunk sums up (one chunk: this block's, in parts_chunk)
+  // head i's chunk sums: with one chunk, this block's, in parts_chunk[i]; else at parts + i * stride
+  float* parts = part_buf + rh0 * chunks * (dim + 1);
+  const long long stride = active == 1 ? RS_ATTN_MAX_DIM + 1 : (long long)chunks * (dim + 1);
+  rs_attention_chunk_sums<THREADS, RS_ATTN_HEADS>(&e_chunk[0][0], RS_ATTN_CHUNK, base, u.hb, vc, dim, n_vis, chunk,
+                                                  1, active == 1 ? &parts_chunk[0][0] : parts + chunk * (dim + 1),
+                                                  stride);
+  __syncthreads();
+  if (active > 1) {  // the last block of the unit to arrive adds the chunk sums up
     __threadfence();  // this block's chunk sums are visible to the block that adds them up
     __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(&arrivals[rh], 1) + 1 == active;
+    if (threadIdx.x == 0) last = atomicAdd(&arrivals[unit], 1) + 1 == active;
     __syncthreads();
     if (!last) return;
     __threadfence();
   }
-  rs_attention_finish<THREADS>(active == 1 ? parts_chunk : parts, active > 1, active, dim, total, rh, out, xq, xd);
+  rs_attention_finish<THREADS>(active == 1 ? &parts_chunk[0][0] : parts, stride, u.hb, active > 1, active, dim, total,
+                               rh0, out, xq, xd);
 }

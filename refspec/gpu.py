@@ -114,6 +114,9 @@ ATTN_MAX_DIM = 512  # RS_ATTN_MAX_DIM in attention.hip
 ATTN_THREAD_CHOICES = (512, 256, 128)
 ATTN_SLICE = 64  # RS_ATTN_SLICE: positions per slice of attention_scores
 ATTN_SCORE_THREADS = 256  # RS_ATTN_SCORE_THREADS: threads per block of attention_scores
+ATTN_VALUES_MAX_THREADS_HIP = 256  # attention_values<512> needs more registers than gfx906 gives 512 threads
+ATTN_HEADS = 4  # RS_ATTN_HEADS: query heads of one kv head per block of attention_scores and attention_values
+ATTN_SPLIT_CACHE = 512  # caches longer than this run attention spread over positions (GpuBackend.attention_plan)
 ARGMAX_THREADS, ARGMAX_PER_THREAD = 256, 8  # RS_ARGMAX_THREADS, RS_ARGMAX_PER_THREAD in argmax.hip
 ARGMAX_MAX_PARTS = ARGMAX_THREADS  # argmax_final combines at most one part per thread
 ATTN_BOUNDS = (64, 128, 256, ATTN_MAX_DIM)  # the instances of attention<MAXD>: the smallest MAXD >= dim runs
@@ -760,22 +763,27 @@ class GpuBackend:
         part_buf = self._new((rows * heads, max_chunks, dim + 1), F32)
         out = self._empty(q.shape)
         xq, xd = self._q8_outputs(rows, heads * dim) if quantize else (None, None)
-        if rows and heads and self.attention_splits(rows * heads, cache_len):
+        per = self.attention_plan(rows * heads, cache_len) if rows and heads else 0
+        if per:
             bound = next(b for b in ATTN_BOUNDS if b >= dim)
-            blocks, slices, first = rows * heads, -(-cache_len // ATTN_SLICE), self._pos(pos)
-            threads = self.attention_threads(blocks)
-            slice_blocks = self.attention_spread(blocks, slices)
-            max_buf = self._new((blocks, slices), F32)
-            arrivals = self._new((blocks,), np.int32)
+            # units: (row, kv head, part), part p taking query heads per*p .. per*p+per-1 of the kv head's group
+            units = rows * kv_heads * -(-(heads // kv_heads) // per)
+            slices, first = -(-cache_len // ATTN_SLICE), self._pos(pos)
+            threads = self.attention_threads(units)
+            slice_blocks = self.attention_spread(units, slices)
+            max_buf = self._new((rows * heads, slices), F32)
+            arrivals = self._new((units,), np.int32)
             name = f"attention_scores<{bound}>"
             self.function("attention", name, (name,))(
-                (blocks * slice_blocks,), (ATTN_SCORE_THREADS,),
-                (q, k_cache, v_cache, first, np.int32(rows), np.int32(heads), np.int32(kv_heads), np.int32(dim),
-                 np.int32(cache_len), F32(scale), np.int32(slice_blocks), e_buf, max_buf, arrivals))
+                (units * slice_blocks,), (ATTN_SCORE_THREADS,),
+                (q, k_cache, v_cache, first, np.int32(rows), np.int32(heads), np.int32(kv_heads), np.int32(per),
+                 np.int32(dim), np.int32(cache_len), F32(scale), np.int32(slice_blocks), e_buf, max_buf, arrivals))
+            if self.platform == "hip":
+                threads = min(threads, ATTN_VALUES_MAX_THREADS_HIP)
             name = f"attention_values<{threads}>"
             self.function("attention", name, (name,))(
-                (blocks * max_chunks,), (threads,),
-                (v_cache, first, np.int32(rows), np.int32(heads), np.int32(kv_heads), np.int32(dim),
+                (units * max_chunks,), (threads,),
+                (v_cache, first, np.int32(rows), np.int32(heads), np.int32(kv_heads), np.int32(per), np.int32(dim),
                  np.int32(cache_len), e_buf, max_buf, part_buf, arrivals, out,
                  0 if xq is None else xq, 0 if xd is None else xd))
         elif rows and heads:
@@ -799,20 +807,25 @@ class GpuBackend:
                 return threads
         return ATTN_THREAD_CHOICES[-1]
 
-    def attention_splits(self, blocks: int, cache_len: int) -> bool:
-        """Whether attention over a cache of cache_len positions, for `blocks` (row, head) pairs, runs as two
-        kernels spread over positions (attention_scores, attention_values) rather than one block per pair:
-        where the cache holds more than one chunk of positions and the pairs fill at most half of the GPU.
-        Measured on the H200 (tests/profile_attention.py, 32 heads of 128): at one row, 16.5 us instead of 37
-        at 1000 positions and 46 instead of 143 at 4000, but 1-2 us more below 256 positions; from 4 rows
-        on, no faster. Either gives the same bits."""
-        return cache_len > spec.ATTN_CHUNK and 2 * blocks <= self._multiprocessors
+    def attention_plan(self, pairs: int, cache_len: int) -> int:
+        """How attention over a cache of cache_len positions for `pairs` (row, head) pairs runs: 0, one kernel
+        with a block per pair; k >= 1, two kernels spread over positions (attention_scores, attention_values),
+        each block taking k query heads of one kv head. A captured pass serves every position of its cache,
+        so the plan follows the cache's length: one kernel up to ATTN_SPLIT_CACHE positions unless the pairs
+        are many; one head a block for few pairs up to 2048 positions; else ATTN_HEADS heads a block. Any
+        plan gives the same bits. Measured on the H200 (tests/results/profile_attention_h200.json: 32 heads of
+        128, 8 kv heads, in us): one row at 64 / 160 / 1000 / 4000 positions: one kernel 6.6 / 10.9 / 49 /
+        257, one head a block 9.7 / 11.3 / 18.9 / 56, four 14.7 / 17.4 / 21.9 / 31.9; 16 rows: one kernel
+        18.1 / 31.5 / 166 / 1138, four heads a block 17.5 / 23.6 / 89.7 / 321."""
+        if cache_len <= ATTN_SPLIT_CACHE and pairs < 2 * self._multiprocessors:
+            return 0
+        return 1 if 2 * pairs <= self._multiprocessors and cache_len <= 2048 else ATTN_HEADS
 
-    def attention_spread(self, blocks: int, slices: int) -> int:
-        """Blocks per (row, head) of attention_scores for a launch of `blocks` (row, head) pairs over a cache of
-        `slices` slices: enough to fill every multiprocessor once, each block taking every slice_blocks-th
-        slice after its first. Any spread gives the same bits."""
-        return min(slices, -(-self._multiprocessors * 2048 // (ATTN_SCORE_THREADS * blocks)))
+    def attention_spread(self, units: int, slices: int) -> int:
+        """Blocks per unit (row, kv head, some of its query heads) of attention_scores for a launch of
+        `units` units over a cache of `slices` slices: enough to fill every multiprocessor once, each block
+        taking every slice_blocks-th slice after its first. Any spread gives the same bits."""
+        return min(slices, -(-self._multiprocessors * 2048 // (ATTN_SCORE_THREADS * units)))
 
     def silu_mul(self, gate, up):
         gate, up = self._input(gate), self._input(up)

@@ -1,8 +1,8 @@
 """The attention kernel's time in a pass (device machine, for tuning): attention_q8 at a llama-8b layer's shape
 (32 query heads, 8 kv heads, head size 128), 32 launches in a chain captured as one graph (what 32 layers
 cost), at several row counts and positions, as one kernel and as two spread over positions, with each thread
-count of ATTN_THREAD_CHOICES ("split" and "picked": what GpuBackend.attention_splits and attention_threads
-choose).
+count of ATTN_THREAD_CHOICES, the split with one query head a block and with four ("plan" and "picked": what
+GpuBackend.attention_plan and attention_threads choose).
 
     python3 tests/profile_attention.py [REPEATS]
 """
@@ -53,12 +53,12 @@ for pos0 in (64, 160, 1000, 4000):
         vc = cp.asarray(rng.standard_normal((kv_heads, cache, dim)).astype(np.float32))
         pos = cp.asarray(np.array([pos0], np.int32))
         row = {"pos0": pos0, "rows": rows, "picked": pick(rows * heads),
-               "split": be.attention_splits(rows * heads, cache)}
-        for split in (False, True):
-            be.attention_splits = lambda blocks, cache_len, s=split: s
+               "plan": be.attention_plan(rows * heads, cache)}
+        for plan in (0, 1, 4):
+            be.attention_plan = lambda pairs, cache_len, p=plan: p
             for threads in ATTN_THREAD_CHOICES:
                 be.attention_threads = lambda blocks, t=threads: t
-                row[f"us_{'split' if split else 'one'}_{threads}"] = chain_us(q, kc, vc, pos)
-        del be.attention_threads, be.attention_splits
+                row[f"us_{('one', 'split1', '', '', 'split4')[plan]}_{threads}"] = chain_us(q, kc, vc, pos)
+        del be.attention_threads, be.attention_plan
         report.append(row)
         print(json.dumps(row), flush=True)

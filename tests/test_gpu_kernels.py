@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from refspec import spec
 from refspec.backends import CpuBackend
 from refspec.errors import NumericsError, UsageError
-from refspec.gpu import ATTN_THREAD_CHOICES, GEMV_CONFIGS, GEMV_MAX_ROWS, GEMV_MMA_VARIANTS, GemvConfig, gpu_available
+from refspec.gpu import (ATTN_HEADS, ATTN_THREAD_CHOICES, GEMV_CONFIGS, GEMV_MAX_ROWS, GEMV_MMA_VARIANTS, GemvConfig,
+                         gpu_available)
 from refspec.model import QK8_0, Q8Matrix
 
 from bits import assert_bits_equal
@@ -249,30 +250,32 @@ def test_kv_write_equals_cpu(be, data):
 
 # -------------------------------------------------------------------------------------------- attention
 @contextlib.contextmanager
-def attention_launch(be, threads: int, split: bool, spread: int | None = None):
-    """Attention launched with `threads` threads per block whatever the launch's size, as two kernels spread
-    over positions (split) or as one, and (split) with at most `spread` blocks per (row, head) computing
-    scores (None: the backend's spread)."""
-    be.attention_splits = lambda blocks, cache_len: split  # each shadows the method on this instance
+def attention_launch(be, threads: int, plan: int, spread: int | None = None):
+    """Attention launched with `threads` threads per block whatever the launch's size, as one kernel (plan 0)
+    or as two spread over positions with `plan` query heads a block, and then with at most `spread` blocks per
+    unit computing scores (None: the backend's spread)."""
+    be.attention_plan = lambda pairs, cache_len: plan  # each shadows the method on this instance
     be.attention_threads = lambda blocks: threads
     if spread is not None:
         be.attention_spread = lambda blocks, slices: min(slices, spread)
     try:
         yield
     finally:
-        del be.attention_splits, be.attention_threads
+        del be.attention_plan, be.attention_threads
         be.__dict__.pop("attention_spread", None)
 
 
-ATTENTION_LAUNCHES = st.tuples(st.sampled_from(ATTN_THREAD_CHOICES), st.booleans(), st.sampled_from([None, 1, 2, 3]))
+ATTENTION_LAUNCHES = st.tuples(st.sampled_from(ATTN_THREAD_CHOICES), st.integers(0, ATTN_HEADS),
+                               st.sampled_from([None, 1, 2, 3]))
 
 
 def test_attention_threads_fill_the_gpu_once(be):
     sms = be._multiprocessors
     assert [be.attention_threads(b) for b in (1, sms, sms + 1, 2 * sms, 2 * sms + 1, 4 * sms, 4 * sms + 1)] == [
         512, 512, 256, 256, 128, 128, 128]
-    assert [be.attention_splits(b, n) for b, n in ((1, 256), (1, 257), (sms // 2, 5000), (sms // 2 + 1, 5000))] == [
-        False, True, True, False]
+    assert [be.attention_plan(p, n) for p, n in ((1, 512), (2 * sms - 1, 512), (2 * sms, 512), (1, 513),
+                                                 (sms // 2, 2048), (sms // 2 + 1, 2048), (1, 2049))] == [
+        0, 0, 4, 1, 1, 4, 4]
 
 
 @given(data=st.data())
@@ -280,7 +283,7 @@ def test_attention_equals_spec(be, data):
     rng = rng_from(data)
     rows = data.draw(st.integers(1, 16), label="rows")
     kv_heads = data.draw(st.integers(1, 3), label="kv_heads")
-    heads = kv_heads * data.draw(st.integers(1, 4), label="group")
+    heads = kv_heads * data.draw(st.integers(1, 4) | st.sampled_from([5, 8, 9]), label="group")  # 4 per unit
     dim = data.draw(st.sampled_from([1, 8, 31, 32, 33, 64, 80, 128, 130]), label="dim")
     # across 256-position chunks, and across the 1024 positions the kernel keeps in shared memory
     pos0 = data.draw(st.integers(0, 40) | st.integers(230, 600) | st.integers(1000, 1100), label="pos0")
@@ -297,8 +300,8 @@ def test_attention_equals_spec(be, data):
     assert_same(got, expected, what, nan_equal=True)
 
 
-@pytest.mark.parametrize("launch", [(t, split, spread) for t in ATTN_THREAD_CHOICES for split, spread in (
-    (False, None), (True, None), (True, 1))])
+@pytest.mark.parametrize("launch", [(t, plan, spread) for t in ATTN_THREAD_CHOICES for plan, spread in (
+    (0, None), (1, None), (ATTN_HEADS, 1))])
 @pytest.mark.parametrize("bad", [np.inf, np.nan])
 def test_attention_row_never_depends_on_the_rows_after_it(be, bad, launch):
     """Keys and values that later rows of the pass wrote as infinite or NaN leave the earlier rows' bits

@@ -9,12 +9,13 @@ GpuBackend.attention_plan and attention_threads choose).
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 
 import numpy as np
 
 from refspec.gpu import ATTN_THREAD_CHOICES, GpuBackend
+
+from graph_timing import graph_seconds
 
 repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 30
 be = GpuBackend()
@@ -24,23 +25,10 @@ pick = be.attention_threads
 
 
 def chain_us(q, kc, vc, pos) -> float:
-    stream = cp.cuda.Stream(non_blocking=True)
-    with stream:
-        be.attention_q8(q, kc, vc, pos)  # compile and warm up
-        stream.begin_capture()
+    def chain():
         for _ in range(32):
             be.attention_q8(q, kc, vc, pos)
-        graph = stream.end_capture()
-        start, end = cp.cuda.Event(), cp.cuda.Event()
-        times = []
-        for _ in range(repeats):
-            graph.launch(stream)
-            start.record(stream)
-            graph.launch(stream)
-            end.record(stream)
-            end.synchronize()
-            times.append(cp.cuda.get_elapsed_time(start, end) * 1e3 / 32)
-    return round(statistics.median(times), 2)
+    return round(graph_seconds(cp, chain, repeats) * 1e6 / 32, 2)
 
 
 report = []

@@ -8,7 +8,6 @@ The difference is what the small kernels between the GEMVs cost.
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
 
@@ -18,6 +17,8 @@ from refspec.bench_decode import preset_model_path
 from refspec.forward import Transformer
 from refspec.gguf_model import load
 from refspec.gpu import GEMV_CONFIGS, GpuBackend
+
+from graph_timing import graph_seconds
 
 preset = sys.argv[1]
 repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 50
@@ -37,22 +38,7 @@ def gemv_matrices():
 
 
 def graph_time(launch_all) -> float:
-    stream = cp.cuda.Stream(non_blocking=True)
-    with stream:
-        launch_all()  # load and warm up
-        stream.begin_capture()
-        launch_all()
-        graph = stream.end_capture()
-        start, end = cp.cuda.Event(), cp.cuda.Event()
-        times = []
-        for _ in range(repeats):
-            graph.launch(stream)
-            start.record(stream)
-            graph.launch(stream)
-            end.record(stream)
-            end.synchronize()
-            times.append(cp.cuda.get_elapsed_time(start, end) * 1e-3)
-    return statistics.median(times)
+    return graph_seconds(cp, launch_all, repeats)
 
 
 def pass_time(c) -> float:

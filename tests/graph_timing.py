@@ -1,0 +1,25 @@
+"""Timing of GPU work captured as one CUDA graph, for the device-machine profiling scripts (tests/profile_*.py)."""
+from __future__ import annotations
+
+import statistics
+
+
+def graph_seconds(cp, launch_all, repeats: int) -> float:
+    """Median seconds of one replay of a graph of what launch_all() launches (run once before the capture, to
+    compile and warm up), each replay timed with events right after an untimed one."""
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        launch_all()
+        stream.begin_capture()
+        launch_all()
+        graph = stream.end_capture()
+        start, end = cp.cuda.Event(), cp.cuda.Event()
+        times = []
+        for _ in range(repeats):
+            graph.launch(stream)
+            start.record(stream)
+            graph.launch(stream)
+            end.record(stream)
+            end.synchronize()
+            times.append(cp.cuda.get_elapsed_time(start, end) * 1e-3)
+    return statistics.median(times)

@@ -815,8 +815,8 @@ class GpuBackend:
         are many; one head a block for few pairs up to 2048 positions; else ATTN_HEADS heads a block. Any
         plan gives the same bits. Measured on the H200 (tests/results/profile_attention_h200.json: 32 heads of
         128, 8 kv heads, in us): one row at 64 / 160 / 1000 / 4000 positions: one kernel 6.6 / 10.9 / 49 /
-        257, one head a block 9.7 / 11.3 / 18.9 / 56, four 14.7 / 17.4 / 21.9 / 31.9; 16 rows: one kernel
-        18.1 / 31.5 / 166 / 1138, four heads a block 17.5 / 23.6 / 89.7 / 321."""
+        257, one head a block 9.7 / 11.3 / 18.9 / 63, four 14.7 / 17.4 / 21.9 / 31.9; 16 rows: one kernel
+        18.1 / 31.5 / 166 / 1138, four heads a block 17.5 / 23.6 / 101 / 362."""
         if cache_len <= ATTN_SPLIT_CACHE and pairs < 2 * self._multiprocessors:
             return 0
         return 1 if 2 * pairs <= self._multiprocessors and cache_len <= 2048 else ATTN_HEADS

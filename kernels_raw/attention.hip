@@ -352,16 +352,16 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
 }
 
 // ------------------------------------------------------------------------- attention_scores, attention_values
-// The same attention in two kernels, spread over positions, and each block taking `per` <= RS_ATTN_HEADS
-// query heads that share one kv head (their keys and values read once for all of them): attention_scores
-// computes the scores of slices of RS_ATTN_SLICE positions (phase 1) and each slice's max; attention_values,
-// one block per chunk of 256 positions, takes the max of the slices' maxes (m), e_t for its chunk (phase 2)
-// and the chunk sums (phase 3); the last of a unit's chunk blocks to finish adds the chunks in order and
-// divides (phases 4, 5). Same operations, same bits: each score, e_t and chunk sum is computed as in `attention`, and max
-// is exact in any order. A unit is (row, kv head, part): part p of a kv head's group of query heads is heads
-// per*p .. per*p+per-1 of the group (fewer in the last part). A launch's grid depends on the cache length only (a
-// captured pass serves every position): blocks past the positions a row sees end at once, and a block of
-// attention_scores takes every slice_blocks-th slice after its first where a row has more slices than that.
+// The same attention in two kernels, spread over positions, and each block taking `per` <= RS_ATTN_HEADS query heads
+// that share one kv head (their keys and values read once for all of them): attention_scores computes the scores of
+// slices of RS_ATTN_SLICE positions (phase 1) and each slice's max; attention_values, one block per chunk of 256
+// positions, takes the max of the slices' maxes (m), e_t for its chunk (phase 2) and the chunk sums (phase 3); the last
+// of a unit's chunk blocks to finish adds the chunks in order and divides (phases 4, 5). Same operations, same bits:
+// each score, e_t and chunk sum is computed as in `attention`, and max is exact in any order. A unit is (row, kv head,
+// part): part p of a kv head's group of query heads is heads per*p .. per*p+per-1 of the group (fewer in the last
+// part). A launch's grid depends on the cache length only (a captured pass serves every position): blocks past the
+// positions a row sees end at once, and a block of attention_scores takes every slice_blocks-th slice after its first
+// where a row has more slices than that.
 #define RS_ATTN_SLICE 64           // positions per slice of attention_scores
 #define RS_ATTN_SCORE_THREADS 256  // threads per block of attention_scores
 

@@ -117,6 +117,8 @@ ATTN_SCORE_THREADS = 256  # RS_ATTN_SCORE_THREADS: threads per block of attentio
 ATTN_VALUES_MAX_THREADS_HIP = 256  # attention_values<512> needs more registers than gfx906 gives 512 threads
 ATTN_HEADS = 4  # RS_ATTN_HEADS: query heads of one kv head per block of attention_scores and attention_values
 ATTN_SPLIT_CACHE = 512  # caches longer than this run attention spread over positions (GpuBackend.attention_plan)
+ATTN_ONE_HEAD_CACHE = 2048  # up to this, a spread attention of few rows takes one query head a block
+SM_THREADS = 2048  # threads one multiprocessor holds (NVIDIA sm_80+): attention_scores fills them
 ARGMAX_THREADS, ARGMAX_PER_THREAD = 256, 8  # RS_ARGMAX_THREADS, RS_ARGMAX_PER_THREAD in argmax.hip
 ARGMAX_MAX_PARTS = ARGMAX_THREADS  # argmax_final combines at most one part per thread
 ATTN_BOUNDS = (64, 128, 256, ATTN_MAX_DIM)  # the instances of attention<MAXD>: the smallest MAXD >= dim runs
@@ -764,8 +766,8 @@ class GpuBackend:
         out = self._empty(q.shape)
         xq, xd = self._q8_outputs(rows, heads * dim) if quantize else (None, None)
         per = self.attention_plan(rows * heads, cache_len) if rows and heads else 0
+        bound = next(b for b in ATTN_BOUNDS if b >= dim)
         if per:
-            bound = next(b for b in ATTN_BOUNDS if b >= dim)
             # units: (row, kv head, part), part p taking query heads per*p .. per*p+per-1 of the kv head's group
             units = rows * kv_heads * -(-(heads // kv_heads) // per)
             slices, first = -(-cache_len // ATTN_SLICE), self._pos(pos)
@@ -787,7 +789,6 @@ class GpuBackend:
                  np.int32(cache_len), e_buf, max_buf, part_buf, arrivals, out,
                  0 if xq is None else xq, 0 if xd is None else xd))
         elif rows and heads:
-            bound = next(b for b in ATTN_BOUNDS if b >= dim)
             threads = self.attention_threads(rows * heads)
             name = f"attention<{bound}, {threads}>"
             self.function("attention", name, (name,))(
@@ -799,9 +800,9 @@ class GpuBackend:
         return out, xq, xd
 
     def attention_threads(self, blocks: int) -> int:
-        """Threads per block of the attention kernel for a launch of `blocks` (row, head) blocks: the most of
-        ATTN_THREAD_CHOICES that runs them all at once (a multiprocessor holds 2048 threads), else the fewest.
-        Any choice gives the same bits."""
+        """Threads per block of the attention kernel for a launch of `blocks` blocks: the most of
+        ATTN_THREAD_CHOICES that runs them all at once, a multiprocessor taking 512 / threads blocks (the
+        kernels' launch bounds), else the fewest. Any choice gives the same bits."""
         for threads in ATTN_THREAD_CHOICES:
             if blocks <= self._multiprocessors * (ATTN_THREAD_CHOICES[0] // threads):
                 return threads
@@ -812,20 +813,20 @@ class GpuBackend:
         with a block per pair; k >= 1, two kernels spread over positions (attention_scores, attention_values),
         each block taking k query heads of one kv head. A captured pass serves every position of its cache,
         so the plan follows the cache's length: one kernel up to ATTN_SPLIT_CACHE positions unless the pairs
-        are many; one head a block for few pairs up to 2048 positions; else ATTN_HEADS heads a block. Any
+        are many; one head a block for few pairs up to ATTN_ONE_HEAD_CACHE positions; else ATTN_HEADS. Any
         plan gives the same bits. Measured on the H200 (tests/results/profile_attention_h200.json: 32 heads of
         128, 8 kv heads, in us): one row at 64 / 160 / 1000 / 4000 positions: one kernel 6.6 / 10.9 / 49 /
         257, one head a block 9.7 / 11.3 / 18.9 / 63, four 14.7 / 17.4 / 21.9 / 31.9; 16 rows: one kernel
         18.1 / 31.5 / 166 / 1138, four heads a block 17.5 / 23.6 / 101 / 362."""
         if cache_len <= ATTN_SPLIT_CACHE and pairs < 2 * self._multiprocessors:
             return 0
-        return 1 if 2 * pairs <= self._multiprocessors and cache_len <= 2048 else ATTN_HEADS
+        return 1 if 2 * pairs <= self._multiprocessors and cache_len <= ATTN_ONE_HEAD_CACHE else ATTN_HEADS
 
     def attention_spread(self, units: int, slices: int) -> int:
         """Blocks per unit (row, kv head, some of its query heads) of attention_scores for a launch of
         `units` units over a cache of `slices` slices: enough to fill every multiprocessor once, each block
         taking every slice_blocks-th slice after its first. Any spread gives the same bits."""
-        return min(slices, -(-self._multiprocessors * 2048 // (ATTN_SCORE_THREADS * units)))
+        return min(slices, -(-self._multiprocessors * SM_THREADS // (ATTN_SCORE_THREADS * units)))
 
     def silu_mul(self, gate, up):
         gate, up = self._input(gate), self._input(up)

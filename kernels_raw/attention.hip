@@ -172,8 +172,10 @@ RS_DEVICE float rs_attention_block_max(float m, float* group_max) {
 // lane t % 32 (spec.lane_sum), and thread `part` of the item holds lanes 8*part .. 8*part+7 of every head.
 // It loads its lanes' values in rounds of 2 per lane, every load of a round in flight together, and adds
 // each lane's in order, one value for all heads; then the spec's tree over the 32 lanes (rs_tree_of_parts).
-// Denominators: a group of 32 lanes per (chunk, head), lane l adding the chunk's positions l, l+32, ... in
-// order, then rs_lane_tree. Only the positions the row sees are added (a hidden e_t * v_t would be NaN where
+// Denominators, the same lanes and order: for one head (HB == 1), column 0's threads also add each lane's e_t
+// (loaded anyway) and take the same tree, which costs no loads; for more heads, a group of 32 lanes per
+// (chunk, head), lane l adding the chunk's positions l, l+32, ... in order, then rs_lane_tree (the same
+// additions). Only the positions the row sees are added (a hidden e_t * v_t would be NaN where
 // a later row wrote an infinite v_t; its e_t is +0 and changes no sum). Every thread calls it.
 template <int THREADS, int HB>
 RS_DEVICE void rs_attention_chunk_sums(const float* e, long long e_stride, int e_base, int hb,
@@ -188,7 +190,9 @@ RS_DEVICE void rs_attention_chunk_sums(const float* e, long long e_stride, int e
     const int chunk = item / dim, col = item % dim;
     const int base = (chunk0 + chunk) * RS_ATTN_CHUNK;
     const int seen = work < n_work ? n_vis - base : 0;  // positions of the chunk the row sees, if > 0
-    float lanes[HB][8];
+    float lanes[HB][8], denom[8];  // denom: one head's lanes of e_t (column 0's threads)
+#pragma unroll
+    for (int a = 0; a < 8; ++a) denom[a] = 0.0f;
 #pragma unroll
     for (int i = 0; i < HB; ++i) {
 #pragma unroll
@@ -222,8 +226,10 @@ RS_DEVICE void rs_attention_chunk_sums(const float* e, long long e_stride, int e
             }
 #pragma unroll
             for (int a = 0; a < 8; ++a) {
-              if (8 * part + a + RS_LANES * (2 * round + r) < seen)
+              if (8 * part + a + RS_LANES * (2 * round + r) < seen) {
                 lanes[i][a] = rs_add(lanes[i][a], rs_mul(et[a], vt[r][a]));
+                if (HB == 1 && col == 0) denom[a] = rs_add(denom[a], et[a]);
+              }
             }
           }
         }
@@ -236,7 +242,12 @@ RS_DEVICE void rs_attention_chunk_sums(const float* e, long long e_stride, int e
         if (part == 0 && work < n_work) dst[i * dst_stride + chunk * cols + col] = sum;
       }
     }
+    if constexpr (HB == 1) {
+      const float denom_sum = rs_tree_of_parts(denom);  // every thread, as above
+      if (part == 0 && work < n_work && col == 0) dst[chunk * cols + dim] = denom_sum;
+    }
   }
+  if constexpr (HB == 1) return;
   for (int u = rs_group(); u < n_chunks * hb; u += rs_groups()) {  // the same for the whole group
     const int chunk = u / hb, i = u % hb;
     const int base = (chunk0 + chunk) * RS_ATTN_CHUNK;

@@ -325,12 +325,13 @@ q8_gemv_staged(const signed char* __restrict__ wq, const unsigned short* __restr
 // exactly the spec's per-lane sequence. The 32 lane values of every output then meet in the spec's tree (in
 // shared memory), and the store is rs_gemv_finish's (with `base`, base + sum).
 //
-// Each warp streams its own part of the weights: for each round, its LPW blocks of the block's 16*MT rows
-// (LPW * 32 contiguous bytes a row: whole 128-byte lines) and their scales, copied by cp.async into one of
-// its STAGES buffers. The first STAGES-1 rounds are requested before rs_kernel_begin (weights are no kernel's
-// output); then each round requests the one STAGES-1 ahead, waits for its own, and computes it. Only the
-// warp reads its buffers, so a __syncwarp orders the copies and the reads. Activations (a few kB, shared by
-// every thread block) are read through the cache.
+// Each warp streams its own part of the weights and activations: for each round, its LPW blocks of the
+// block's 16*MT weight rows and of the R activation rows (LPW * 32 contiguous bytes a row: whole 128-byte
+// lines) and their scales, copied by cp.async into one of its STAGES buffers. The weights of the first
+// STAGES-1 rounds are requested before rs_kernel_begin (weights are no kernel's output), their activations
+// after it; then each round requests the one STAGES-1 ahead, waits for its own, and computes it. So the
+// activations' cache latency hides behind the pipeline as the weights' does. Only the warp reads its
+// buffers, so a __syncwarp orders the copies and the reads.
 //
 // The dot of a block does not depend on the order of its 32 products, so A (weights) and B (activations)
 // are loaded with the same permutation of k: a lane's 8 contiguous bytes t*8 .. t*8+7 of a block stand for the
@@ -401,18 +402,29 @@ RS_DEVICE unsigned short rs_load_early(const unsigned short* p) {
   return v;
 }
 
-// One warp's stage buffer: the quants of its LPW blocks of 16*MT rows, a row padded by 16 bytes so that the
-// 8-byte fragment reads of 8 rows fall in different banks, then their fp16 scales [16*MT][LPW].
-template <int LPW, int MT>
+// One warp's stage buffer for RP activation rows: the quants of its LPW blocks of the 16*MT weight rows, their
+// fp16 scales [16*MT][LPW], then the same for the RP activation rows. A row of quants is LPW * 32 bytes,
+// its 16-byte columns swizzled: column c of row r sits at c ^ 2*(r % LPW). The 8-byte fragment reads of
+// lanes (g, t), row g, bytes 32s + 8t, then fall in 32 distinct banks for each half warp (rows g and g + 4
+// share their banks, and each half warp reads 4 rows). The activation rows need no fragment padding either.
+template <int LPW, int MT, int RP>
 struct RsMmaStage {
   static constexpr int ROWS = RS_MMA_ROWS * MT;
-  static constexpr int ROW_BYTES = LPW * RS_QK + 16;
-  static constexpr int SCALES = ROWS * ROW_BYTES;  // offset of the scales
-  static constexpr int BYTES = SCALES + ROWS * LPW * 2;
-  static constexpr int Q_UNITS = ROWS * LPW * 2;   // 16-byte copies of quants a round
-  static constexpr int S_UNITS = ROWS * LPW / 2;   // 4-byte copies of scales (pairs of blocks) a round
+  static constexpr int ROW_BYTES = LPW * RS_QK;
+  static constexpr int SCALES = ROWS * ROW_BYTES;     // offset of the weights' scales
+  static constexpr int ACT = SCALES + ROWS * LPW * 2;  // offset of the activations' quants
+  static constexpr int ACT_SCALES = ACT + RP * ROW_BYTES;
+  static constexpr int BYTES = (ACT_SCALES + RP * LPW * 2 + 15) / 16 * 16;
+  static constexpr int Q_UNITS = ROWS * LPW * 2;   // 16-byte copies of weight quants a round
+  static constexpr int S_UNITS = ROWS * LPW / 2;   // 4-byte copies of weight scales (pairs of blocks) a round
+  static constexpr int XQ_UNITS = RP * LPW * 2;    // the same for the activations
+  static constexpr int XS_UNITS = RP * LPW / 2;
   static constexpr int Q_PER_LANE = (Q_UNITS + RS_LANES - 1) / RS_LANES;
   static constexpr int S_PER_LANE = (S_UNITS + RS_LANES - 1) / RS_LANES;
+  static constexpr int XQ_PER_LANE = (XQ_UNITS + RS_LANES - 1) / RS_LANES;
+  static constexpr int XS_PER_LANE = (XS_UNITS + RS_LANES - 1) / RS_LANES;
+  // the byte offset of 16-byte column c of quant row r (from the start of its rows)
+  static RS_MEMBER int column(int r, int c) { return r * ROW_BYTES + 16 * (c ^ (2 * (r % LPW))); }
 };
 
 // A row's LPW scales in a stage buffer, read at once.
@@ -421,85 +433,168 @@ struct alignas(2 * LPW) RsScaleRow {
   unsigned short h[LPW];
 };
 
-// What one lane copies each round of q8_gemv_mma, worked out once: unit j of its 16-byte quant copies is
-// unit j*32 + lane of the round (row u / (2*LPW), 16-byte column u % (2*LPW): consecutive lanes read whole
-// lines), unit j of its 4-byte scale copies unit j*32 + lane (row u / (LPW/2), pair u % (LPW/2)). A round i
-// later than the first reads 32*i blocks further: 1024*i bytes of quants, 32*i scales. Rows past n are read
-// as the last (a valid address) and never stored; blocks past nb are not copied (nor ever read).
-template <int LPW, int MT>
+// What one lane copies each round of q8_gemv_mma, worked out once. Unit j of its 16-byte weight-quant copies
+// is unit j*32 + lane of the round (row u / (2*LPW), 16-byte column u % (2*LPW): consecutive lanes read whole
+// lines), unit j of its 4-byte weight-scale copies unit j*32 + lane (row u / (LPW/2), pair u % (LPW/2)); the
+// activations' copies likewise. A round i later than the first reads 32*i blocks further: 1024*i bytes of
+// quants, 32*i scales. Rows past n (or past `rows`) are read as the last (a valid address); blocks past nb
+// are not copied (nor ever read).
+template <int LPW, int MT, int RP>
 struct RsMmaCopier {
-  using Stage = RsMmaStage<LPW, MT>;
+  using Stage = RsMmaStage<LPW, MT, RP>;
   const signed char* q[Stage::Q_PER_LANE];
   const unsigned short* sc[Stage::S_PER_LANE];
+  const signed char* xq[Stage::XQ_PER_LANE];
+  const unsigned short* xs[Stage::XS_PER_LANE];
   unsigned qdst[Stage::Q_PER_LANE], sdst[Stage::S_PER_LANE];  // byte offsets in a stage buffer
+  unsigned xqdst[Stage::XQ_PER_LANE], xsdst[Stage::XS_PER_LANE];
   int block;   // the block (0 .. LPW-1 of the warp's) this lane's quant copies fall in
   int pair;    // the first of the two blocks this lane's scale copies hold
   int b0;      // the warp's first block of the first round
+  long long req_n0;  // the tile of the next request (its first weight row), and the request's round in it
+  int req_round;
 
-  RS_MEMBER RsMmaCopier(const signed char* __restrict__ wq, const unsigned short* __restrict__ wd, long long n0,
-                        int n, int k, int nb, int first_block, int lane) {
+  RS_MEMBER RsMmaCopier(const signed char* __restrict__ wq, const unsigned short* __restrict__ wd,
+                        const signed char* __restrict__ aq, const unsigned short* __restrict__ ad, long long n0,
+                        int n, int rows, int k, int nb, int first_block, int lane) {
     b0 = first_block;
     block = (lane % (2 * LPW)) / 2;  // the same for every j: 2*LPW divides 32
     pair = 2 * (lane % (LPW / 2));
+    req_n0 = n0;
+    req_round = 0;
+#pragma unroll
+    for (int j = 0; j < Stage::Q_PER_LANE; ++j) {
+      const int u = j * RS_LANES + lane, row = u / (2 * LPW);
+      qdst[j] = rs_keep((unsigned)Stage::column(row, u % (2 * LPW)));
+    }
+#pragma unroll
+    for (int j = 0; j < Stage::S_PER_LANE; ++j) {
+      const int u = j * RS_LANES + lane, row = u / (LPW / 2);
+      sdst[j] = rs_keep((unsigned)(Stage::SCALES + (row * LPW + pair) * 2));
+    }
+    point_weights(wq, wd, n0, n, k, nb, lane);
+#pragma unroll
+    for (int j = 0; j < Stage::XQ_PER_LANE; ++j) {
+      const int u = j * RS_LANES + lane, row = u / (2 * LPW);
+      const long long r = row < rows ? row : rows - 1;
+      xq[j] = rs_keep(aq + r * k + (long long)b0 * RS_QK + 16 * (u % (2 * LPW)));
+      xqdst[j] = rs_keep((unsigned)(Stage::ACT + Stage::column(row, u % (2 * LPW))));
+    }
+#pragma unroll
+    for (int j = 0; j < Stage::XS_PER_LANE; ++j) {
+      const int u = j * RS_LANES + lane, row = u / (LPW / 2);
+      const long long r = row < rows ? row : rows - 1;
+      xs[j] = rs_keep(ad + r * nb + b0 + pair);
+      xsdst[j] = rs_keep((unsigned)(Stage::ACT_SCALES + (row * LPW + pair) * 2));
+    }
+  }
+
+  // The weight copies' sources for the tile whose first row is n0 (rows past n: the last).
+  RS_MEMBER void point_weights(const signed char* __restrict__ wq, const unsigned short* __restrict__ wd,
+                               long long n0, int n, int k, int nb, int lane) {
 #pragma unroll
     for (int j = 0; j < Stage::Q_PER_LANE; ++j) {
       const int u = j * RS_LANES + lane, row = u / (2 * LPW);
       const long long r = n0 + row < n ? n0 + row : n - 1;
       q[j] = rs_keep(wq + r * k + (long long)b0 * RS_QK + 16 * (u % (2 * LPW)));
-      qdst[j] = rs_keep((unsigned)(row * Stage::ROW_BYTES + 16 * (u % (2 * LPW))));
     }
 #pragma unroll
     for (int j = 0; j < Stage::S_PER_LANE; ++j) {
       const int u = j * RS_LANES + lane, row = u / (LPW / 2);
       const long long r = n0 + row < n ? n0 + row : n - 1;
       sc[j] = rs_keep(wd + r * nb + b0 + pair);
-      sdst[j] = rs_keep((unsigned)(Stage::SCALES + (row * LPW + pair) * 2));
     }
   }
 
-  // Request round i into the stage buffer at shared address `buf` (one commit group per call, empty past
-  // the last round).
-  RS_MEMBER void request(unsigned buf, int i, int nb, int lane) const {
+  // Request round i's weights (WEIGHTS) and activations (ACTS) into the stage buffer at shared address `buf`.
+  template <bool WEIGHTS, bool ACTS>
+  RS_MEMBER void copy(unsigned buf, int i, int nb) const {
     const long long qoff = (long long)i * (RS_LANES * RS_QK);
     const int soff = i * RS_LANES;
+    const int lane = rs_lane();
     if (b0 + soff + block < nb) {
 #pragma unroll
       for (int j = 0; j < Stage::Q_PER_LANE; ++j) {
-        if (Stage::Q_UNITS % RS_LANES == 0 || j * RS_LANES + lane < Stage::Q_UNITS)
+        if (WEIGHTS && (Stage::Q_UNITS % RS_LANES == 0 || j * RS_LANES + lane < Stage::Q_UNITS))
           rs_copy_async16(buf + qdst[j], q[j] + qoff);
+      }
+#pragma unroll
+      for (int j = 0; j < Stage::XQ_PER_LANE; ++j) {
+        if (ACTS && (Stage::XQ_UNITS % RS_LANES == 0 || j * RS_LANES + lane < Stage::XQ_UNITS))
+          rs_copy_async16(buf + xqdst[j], xq[j] + qoff);
       }
     }
     if (b0 + soff + pair < nb) {  // nb is even, so the pair's second block is there too
 #pragma unroll
       for (int j = 0; j < Stage::S_PER_LANE; ++j) {
-        if (Stage::S_UNITS % RS_LANES == 0 || j * RS_LANES + lane < Stage::S_UNITS)
+        if (WEIGHTS && (Stage::S_UNITS % RS_LANES == 0 || j * RS_LANES + lane < Stage::S_UNITS))
           rs_copy_async4(buf + sdst[j], sc[j] + soff);
       }
+#pragma unroll
+      for (int j = 0; j < Stage::XS_PER_LANE; ++j) {
+        if (ACTS && (Stage::XS_UNITS % RS_LANES == 0 || j * RS_LANES + lane < Stage::XS_UNITS))
+          rs_copy_async4(buf + xsdst[j], xs[j] + soff);
+      }
     }
-    rs_copy_commit();
   }
 
-  // The first STAGES-1 rounds into a warp's first STAGES-1 buffers (at shared address `pipe`): weights only,
-  // so they come in while the kernel before this one finishes.
+  // The next round of the block's stream (weights, activations as asked; nothing where `valid` is false) into
+  // `buf`, as one commit group; then on to the round after it: past a tile's last round, the next tile's first
+  // (`stride` rows further).
+  template <bool WEIGHTS, bool ACTS>
+  RS_MEMBER void next(unsigned buf, bool valid, const signed char* __restrict__ wq,
+                      const unsigned short* __restrict__ wd, long long stride, int n, int k, int nb, int rounds,
+                      int lane) {
+    if (valid) copy<WEIGHTS, ACTS>(buf, req_round, nb);
+    rs_copy_commit();
+    if (++req_round == rounds) {
+      req_round = 0;
+      req_n0 += stride;
+      point_weights(wq, wd, req_n0, n, k, nb, lane);
+    }
+  }
+
+  // The weights of the stream's first STAGES-1 rounds into a warp's first STAGES-1 buffers (at shared address
+  // `pipe`), one commit group each: they come in while the kernel before this one finishes.
   template <int STAGES>
-  RS_MEMBER void request_first(unsigned pipe, int nb, int lane) const {
+  RS_MEMBER void first_weights(unsigned pipe, int total, const signed char* __restrict__ wq,
+                               const unsigned short* __restrict__ wd, long long stride, int n, int k, int nb,
+                               int rounds, int lane) {
 #pragma unroll
-    for (int i = 0; i < STAGES - 1; ++i) request(pipe + i * Stage::BYTES, i, nb, lane);
+    for (int q = 0; q < STAGES - 1; ++q) {
+      next<true, false>(pipe + q * Stage::BYTES, q < total, wq, wd, stride, n, k, nb, rounds, lane);
+    }
+  }
+
+  // Their activations, once the kernel before has finished: one commit group. The stream starts at a tile's
+  // first round, so its round q is round q % rounds of a tile.
+  template <int STAGES>
+  RS_MEMBER void first_activations(unsigned pipe, int total, int nb, int rounds) const {
+#pragma unroll
+    for (int q = 0; q < STAGES - 1; ++q) {
+      if (q < total) copy<false, true>(pipe + q * Stage::BYTES, q % rounds, nb);
+    }
+    rs_copy_commit();
   }
 };
 
 // Dynamic shared memory of q8_gemv_mma<RP, NR, MT, STAGES> (refspec.gpu.GemvConfig.shared_bytes says the same):
-// the warps' stage buffers, reused after the loop for the partial sums [32 lanes][16*MT][8*RT] of the tree.
+// the warps' stage buffers, then the partial sums [32 lanes][16*MT][8*RT] of a tile's tree (BYTES: apart, as
+// the stage buffers already hold the next tile's first rounds while the tree runs). A launch whose blocks take
+// one tile each needs only ONE_TILE: its partial sums reuse the drained stage buffers.
 template <int RP, int NR, int MT, int STAGES>
 struct RsMmaShared {
   static constexpr int RT = (RP + 7) / 8;
-  static constexpr int PIPE = NR * STAGES * RsMmaStage<RS_LANES / NR, MT>::BYTES;
+  static constexpr int PIPE = NR * STAGES * RsMmaStage<RS_LANES / NR, MT, RP>::BYTES;
   static constexpr int PARTIAL = RS_LANES * RS_MMA_ROWS * MT * 8 * RT * 4;
-  static constexpr int BYTES = PIPE > PARTIAL ? PIPE : PARTIAL;
+  static constexpr int BYTES = PIPE + PARTIAL;
+  static constexpr int ONE_TILE = PIPE > PARTIAL ? PIPE : PARTIAL;
 };
 
-// Grid: ceil(N / (16*MT)) blocks of 32*NR threads, rows <= RP <= 16, RsMmaShared<...>::BYTES of dynamic shared
-// memory. Needs K % 64 == 0, 16-byte aligned wq and xq and 4-byte aligned wd (the wrapper checks).
+// Grid: any number of blocks of 32*NR threads; block b takes tiles b, b + gridDim.x, ... of 16*MT weight rows
+// (the backend gives one block a tile, or, for matrices of many tiles, as many blocks as fit on the GPU at
+// once). rows <= RP <= 16; RsMmaShared<...>::BYTES of dynamic shared memory, or ONE_TILE with a block for each
+// tile. Needs K % 64 == 0, 16-byte aligned wq and xq and 4-byte aligned wd (the wrapper checks).
 template <int RP, int NR, int MT, int STAGES>
 __global__ void __launch_bounds__(RS_LANES * NR, NR == 8 && MT == 1 ? 2 : 1)  // 8 warps: up to 128 registers (it spilled at 80)
 q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict__ wd,
@@ -507,18 +602,23 @@ q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict
             float* __restrict__ y, int n, int k, int rows, const float* base) {
   constexpr int RT = (RP + 7) / 8;     // tiles of 8 activation rows
   constexpr int LPW = RS_LANES / NR;   // spec lanes per warp
-  using Stage = RsMmaStage<LPW, MT>;
+  using Stage = RsMmaStage<LPW, MT, RP>;
   extern __shared__ int4 rs_mma_shared[];
   const int nb = k / RS_QK;
   const int rounds = (nb + RS_LANES - 1) / RS_LANES;
   const int warp = threadIdx.x / RS_LANES, lane = rs_lane();
   const int g = lane / 4, t = lane % 4;  // the fragment's group and thread-in-group
-  const long long n0 = (long long)blockIdx.x * Stage::ROWS;
+  const int tiles = (n + Stage::ROWS - 1) / Stage::ROWS;
+  const int first = blockIdx.x, blocks = gridDim.x;  // this block's first tile; it takes every blocks-th after
+  const long long stride = (long long)blocks * Stage::ROWS;  // rows from one of this block's tiles to the next
+  const int total = first < tiles ? ((tiles - 1 - first) / blocks + 1) * rounds : 0;  // the block's rounds
   unsigned char* const pipe = reinterpret_cast<unsigned char*>(rs_mma_shared) + warp * STAGES * Stage::BYTES;
   const unsigned pipe_address = (unsigned)__cvta_generic_to_shared(pipe);
-  const RsMmaCopier<LPW, MT> copier(wq, wd, n0, n, k, nb, warp * LPW, lane);
-  copier.template request_first<STAGES>(pipe_address, nb, lane);
+  RsMmaCopier<LPW, MT, RP> copier(wq, wd, xq, xd, (long long)first * Stage::ROWS, n, rows, k, nb, warp * LPW, lane);
+  copier.template first_weights<STAGES>(pipe_address, total, wq, wd, stride, n, k, nb, rounds, lane);
   rs_kernel_begin();
+  copier.template first_activations<STAGES>(pipe_address, total, nb, rounds);
+  rs_copy_wait<0>();  // the first round's weights were asked for first; the rest of the first rounds came with them
 
   float acc[LPW][MT][RT][4];
 #pragma unroll
@@ -532,46 +632,42 @@ q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict
       }
     }
   }
-  // This lane's activations in the warp's first block: fragment row g of each tile (rows past the end: the
-  // last, never stored), and the scales of columns 2t, 2t+1.
-  const signed char* xp[RT];
-  const unsigned short *xs0p[RT], *xs1p[RT];
+  // Where this lane reads in a stage buffer: weight fragment row g (and g + 8 of each tile), the activation
+  // fragment row g of each tile (rows past the end: the last, never stored) and the scales of columns 2t,
+  // 2t+1. Block s of a row sits at 32 * (s ^ (row % LPW)) + 8t (the swizzle): rows g + 8 and g + 16m share
+  // g's (8 % LPW == 0).
+  int xrow[RT], c0[RT], c1[RT];
 #pragma unroll
   for (int rt = 0; rt < RT; ++rt) {
-    const int xr = rt * 8 + g < rows ? rt * 8 + g : rows - 1;
-    const int c0 = rt * 8 + 2 * t < rows ? rt * 8 + 2 * t : rows - 1;
-    const int c1 = rt * 8 + 2 * t + 1 < rows ? rt * 8 + 2 * t + 1 : rows - 1;
-    xp[rt] = rs_keep(xq + (long long)xr * k + (long long)(warp * LPW) * RS_QK + 8 * t);
-    xs0p[rt] = rs_keep(xd + (long long)c0 * nb + warp * LPW);
-    xs1p[rt] = rs_keep(xd + (long long)c1 * nb + warp * LPW);
+    xrow[rt] = rt * 8 + g < rows ? rt * 8 + g : rows - 1;
+    c0[rt] = rt * 8 + 2 * t < rows ? rt * 8 + 2 * t : rows - 1;
+    c1[rt] = rt * 8 + 2 * t + 1 < rows ? rt * 8 + 2 * t + 1 : rows - 1;
   }
   constexpr bool ODD = RP > 1;  // whether columns 2t+1 (c1, c3) hold any row: not for a single row
+  // the partial sums: after the stage buffers, or in them where each block has one tile (drained by then)
+  float(*partial)[RS_MMA_ROWS * MT][8 * RT] = reinterpret_cast<float(*)[RS_MMA_ROWS * MT][8 * RT]>(
+      reinterpret_cast<unsigned char*>(rs_mma_shared) + (blocks >= tiles ? 0 : NR * STAGES * Stage::BYTES));
 
-  int use = 0, fill = STAGES - 1;  // the buffers of round i and of round i + STAGES - 1
-  for (int i = 0; i < rounds; ++i) {
-    const int b0 = i * RS_LANES + warp * LPW;
-    copier.request(pipe_address + fill * Stage::BYTES, i + STAGES - 1 < rounds ? i + STAGES - 1 : rounds, nb, lane);
+  long long n0 = (long long)first * Stage::ROWS;  // the tile computed now (its first weight row)
+  int use = 0, fill = STAGES - 1;  // the buffers of the round computed now and of the next request
+  int i = 0;                       // the round of the tile computed now
+  for (int q = 0; q < total; ++q) {
+    copier.template next<true, true>(pipe_address + fill * Stage::BYTES, q + STAGES - 1 < total, wq, wd, stride, n, k,
+                                     nb, rounds, lane);  // round q + STAGES - 1 of the block's stream
     fill = fill + 1 == STAGES ? 0 : fill + 1;
-    // this round's activations, from the cache, while its weights arrive
-    int2 xv[LPW][RT];
-    unsigned short xs0[LPW][RT], xs1[LPW][RT];
-#pragma unroll
-    for (int s = 0; s < LPW; ++s) {
-#pragma unroll
-      for (int rt = 0; rt < RT; ++rt) {
-        if (b0 + s < nb) {
-          xv[s][rt] = rs_load_early((const int2*)(xp[rt] + (long long)i * (RS_LANES * RS_QK) + s * RS_QK));
-          xs0[s][rt] = rs_load_early(xs0p[rt] + i * RS_LANES + s);
-          if (ODD) xs1[s][rt] = rs_load_early(xs1p[rt] + i * RS_LANES + s);
-        }
-      }
-    }
-    rs_copy_wait<STAGES - 1>();  // this thread's copies of round i have landed
+    rs_copy_wait<STAGES - 1>();  // this thread's copies of round q have landed
     __syncwarp();                // and so have the other lanes'
+    const int b0 = i * RS_LANES + warp * LPW;
     const unsigned char* const buf = pipe + use * Stage::BYTES;
-    const unsigned char* const fbuf = buf + g * Stage::ROW_BYTES + 8 * t;  // fragment row g, byte 8t
     use = use + 1 == STAGES ? 0 : use + 1;
     const unsigned short* scales = reinterpret_cast<const unsigned short*>(buf + Stage::SCALES);
+    const unsigned short* xscales = reinterpret_cast<const unsigned short*>(buf + Stage::ACT_SCALES);
+    RsScaleRow<LPW> xs0[RT], xs1[RT];
+#pragma unroll
+    for (int rt = 0; rt < RT; ++rt) {
+      xs0[rt] = *reinterpret_cast<const RsScaleRow<LPW>*>(xscales + c0[rt] * LPW);
+      if (ODD) xs1[rt] = *reinterpret_cast<const RsScaleRow<LPW>*>(xscales + c1[rt] * LPW);
+    }
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
       const int ra = m * RS_MMA_ROWS + g, rc = ra + 8;
@@ -580,20 +676,23 @@ q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict
 #pragma unroll
       for (int s = 0; s < LPW; ++s) {
         if (b0 + s >= nb) continue;  // the same for the whole warp
-        const int2 wa = *(const int2*)(fbuf + m * RS_MMA_ROWS * Stage::ROW_BYTES + s * RS_QK);
-        const int2 wc = *(const int2*)(fbuf + (m * RS_MMA_ROWS + 8) * Stage::ROW_BYTES + s * RS_QK);
+        const int col = 32 * (s ^ (g % LPW)) + 8 * t;
+        const int2 wa = *(const int2*)(buf + ra * Stage::ROW_BYTES + col);
+        const int2 wc = *(const int2*)(buf + rc * Stage::ROW_BYTES + col);
         const int a[4] = {wa.x, wc.x, wa.y, wc.y};
         const float fa = rs_half_to_float(sa.h[s]), fc = rs_half_to_float(sc.h[s]);
 #pragma unroll
         for (int rt = 0; rt < RT; ++rt) {
+          const int2 xv = *(const int2*)(buf + Stage::ACT + xrow[rt] * Stage::ROW_BYTES +
+                                         32 * (s ^ (xrow[rt] % LPW)) + 8 * t);
           int c[4];
-          rs_mma_s8(c, a, xv[s][rt].x, xv[s][rt].y);
+          rs_mma_s8(c, a, xv.x, xv.y);
           // c0: (row g, act 2t), c1: (g, 2t+1), c2: (g+8, 2t), c3: (g+8, 2t+1), each 1.5 * 2**23 + dot
-          const float x0 = rs_half_to_float(xs0[s][rt]);
+          const float x0 = rs_half_to_float(xs0[rt].h[s]);
           acc[s][m][rt][0] = rs_gemv_step(acc[s][m][rt][0], fa, x0, rs_sub(rs_as_float(c[0]), 0x1.8p+23f));
           acc[s][m][rt][2] = rs_gemv_step(acc[s][m][rt][2], fc, x0, rs_sub(rs_as_float(c[2]), 0x1.8p+23f));
           if (ODD) {
-            const float x1 = rs_half_to_float(xs1[s][rt]);
+            const float x1 = rs_half_to_float(xs1[rt].h[s]);
             acc[s][m][rt][1] = rs_gemv_step(acc[s][m][rt][1], fa, x1, rs_sub(rs_as_float(c[1]), 0x1.8p+23f));
             acc[s][m][rt][3] = rs_gemv_step(acc[s][m][rt][3], fc, x1, rs_sub(rs_as_float(c[3]), 0x1.8p+23f));
           }
@@ -601,45 +700,50 @@ q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict
       }
     }
     __syncwarp();  // every lane has read the buffer the next round's request overwrites
-  }
-  rs_copy_wait<0>();
-  __syncthreads();  // every warp is done with its buffers: the memory now holds the partial sums
-  float(*partial)[RS_MMA_ROWS * MT][8 * RT] = reinterpret_cast<float(*)[RS_MMA_ROWS * MT][8 * RT]>(rs_mma_shared);
+    if (++i < rounds) continue;
+    // The tile's last round: its sums meet in the spec's tree, and the next tile starts from +0.0.
+    i = 0;
+    __syncthreads();  // every thread has read the partial sums of the block's tile before (and its buffers)
 #pragma unroll
-  for (int s = 0; s < LPW; ++s) {
-    const int l = warp * LPW + s;
+    for (int s = 0; s < LPW; ++s) {
+      const int l = warp * LPW + s;
 #pragma unroll
-    for (int m = 0; m < MT; ++m) {
+      for (int m = 0; m < MT; ++m) {
 #pragma unroll
-      for (int rt = 0; rt < RT; ++rt) {
-        const int ra = m * RS_MMA_ROWS + g;
-        partial[l][ra][rt * 8 + 2 * t] = acc[s][m][rt][0];
-        partial[l][ra][rt * 8 + 2 * t + 1] = acc[s][m][rt][1];
-        partial[l][ra + 8][rt * 8 + 2 * t] = acc[s][m][rt][2];
-        partial[l][ra + 8][rt * 8 + 2 * t + 1] = acc[s][m][rt][3];
+        for (int rt = 0; rt < RT; ++rt) {
+          const int ra = m * RS_MMA_ROWS + g;
+          partial[l][ra][rt * 8 + 2 * t] = acc[s][m][rt][0];
+          partial[l][ra][rt * 8 + 2 * t + 1] = acc[s][m][rt][1];
+          partial[l][ra + 8][rt * 8 + 2 * t] = acc[s][m][rt][2];
+          partial[l][ra + 8][rt * 8 + 2 * t + 1] = acc[s][m][rt][3];
+#pragma unroll
+          for (int j = 0; j < 4; ++j) acc[s][m][rt][j] = 0.0f;
+        }
       }
     }
+    __syncthreads();
+    // the spec's tree over the 32 lane values of each output: lane i + width onto lane i, width 16 .. 1
+    for (int o = threadIdx.x; o < RS_MMA_ROWS * MT * 8 * RT; o += blockDim.x) {
+      const int row = o / (8 * RT), col = o % (8 * RT);
+      const long long nrow = n0 + row;
+      if (nrow >= n || col >= rows) continue;
+      float v[RS_LANES];
+#pragma unroll
+      for (int l = 0; l < RS_LANES; ++l) v[l] = partial[l][row][col];
+#pragma unroll
+      for (int l = 0; l < 16; ++l) v[l] = rs_add(v[l], v[l + 16]);
+#pragma unroll
+      for (int l = 0; l < 8; ++l) v[l] = rs_add(v[l], v[l + 8]);
+#pragma unroll
+      for (int l = 0; l < 4; ++l) v[l] = rs_add(v[l], v[l + 4]);
+      v[0] = rs_add(v[0], v[2]);
+      v[1] = rs_add(v[1], v[3]);
+      v[0] = rs_add(v[0], v[1]);
+      const long long e = (long long)col * n + nrow;
+      y[e] = base ? rs_add(base[e], v[0]) : v[0];
+    }
+    n0 += stride;
   }
-  __syncthreads();
-  // the spec's tree over the 32 lane values of each output: lane i + width onto lane i, width 16 .. 1
-  for (int o = threadIdx.x; o < RS_MMA_ROWS * MT * 8 * RT; o += blockDim.x) {
-    const int row = o / (8 * RT), col = o % (8 * RT);
-    const long long nrow = n0 + row;
-    if (nrow >= n || col >= rows) continue;
-    float v[RS_LANES];
-#pragma unroll
-    for (int l = 0; l < RS_LANES; ++l) v[l] = partial[l][row][col];
-#pragma unroll
-    for (int l = 0; l < 16; ++l) v[l] = rs_add(v[l], v[l + 16]);
-#pragma unroll
-    for (int l = 0; l < 8; ++l) v[l] = rs_add(v[l], v[l + 8]);
-#pragma unroll
-    for (int l = 0; l < 4; ++l) v[l] = rs_add(v[l], v[l + 4]);
-    v[0] = rs_add(v[0], v[2]);
-    v[1] = rs_add(v[1], v[3]);
-    v[0] = rs_add(v[0], v[1]);
-    const long long e = (long long)col * n + nrow;
-    y[e] = base ? rs_add(base[e], v[0]) : v[0];
-  }
+  rs_copy_wait<0>();  // no copy is left in flight when the block ends
 }
 #endif

@@ -75,15 +75,17 @@ class GemvConfig:
         as it copies the scales of two blocks at once."""
         return self.kernel != "q8_gemv_mma" or k % (2 * QK8_0) == 0
 
-    def shared_bytes(self, rows: int) -> int:
+    def shared_bytes(self, rows: int, one_tile: bool = False) -> int:
         """Dynamic shared memory of one thread block (kernels_raw/q8_gemv.hip's RsMmaShared: the warps' stage
-        buffers, or the partial sums of the final tree if larger); the other kernels use none."""
+        buffers, then the partial sums of a tile's tree; with one_tile, for blocks of one tile each, the
+        larger of the two); the other kernels use none."""
         if self.kernel != "q8_gemv_mma":
             return 0
         lanes_per_warp, tile_rows = 32 // self.nr, GEMV_MMA_ROWS * self.split
-        stage = tile_rows * (lanes_per_warp * QK8_0 + 16) + tile_rows * lanes_per_warp * 2
+        row_bytes = lanes_per_warp * QK8_0 + lanes_per_warp * 2  # a row's quants and scales, weights or activations
+        pipe = self.nr * self.occ * (-(-(tile_rows + rows) * row_bytes // 16) * 16)
         partial = 32 * tile_rows * 8 * -(-rows // 8) * 4
-        return max(self.nr * self.occ * stage, partial)
+        return max(pipe, partial) if one_tile else pipe + partial
 
 
 # The GEMV runs at most GEMV_MAX_ROWS activation rows per launch; more rows are split into launches of that
@@ -98,14 +100,21 @@ GEMV_CONFIGS.update({r: GemvConfig("q8_gemv", 4) for r in range(5, 9)})
 GEMV_CONFIGS.update({r: GemvConfig("q8_gemv_staged", 2) for r in range(9, 13)})
 GEMV_CONFIGS.update({r: GemvConfig("q8_gemv", 4, split=2, occ=2) for r in range(13, GEMV_MAX_ROWS + 1)})
 # The tensor-core GEMV (integer mma, NVIDIA sm_80+; same bits) for GEMVs of at least GEMV_MMA_MIN_ROWS rows
-# whose K is a multiple of 64 (GpuBackend(mma_min_rows=None) never uses it). Measured on the H200 (2026-12-01,
-# tests/results/bench_gemv_h200.json): from 12 rows up it is faster than the dp4a kernels on all four benchmark
-# shapes; at 8 rows 0.85x them on 4096 x 14336 and the 152064 x 3584 head, 1.03-1.05x on the two with K = 4096.
+# whose K is a multiple of 64 (GpuBackend(mma_min_rows=None) never uses it). tests/results/bench_gemv_h200.json
+# has the numbers. Matrices of more tiles than GEMV_MMA_STREAM_WAVES waves of thread blocks get blocks that
+# stream many tiles each (GpuBackend._mma_grid).
 GEMV_MMA = GemvConfig("q8_gemv_mma", 8, 1, 3)
+GEMV_MMA_WIDE = GemvConfig("q8_gemv_mma", 8, 1, 2)  # 9-16 rows: two rounds a warp, so that streaming blocks fit twice
+GEMV_MMA_STREAM_WAVES = 2
+
+
+def gemv_mma(rows: int) -> GemvConfig:
+    """The tensor-core GEMV's configuration for `rows` rows."""
+    return GEMV_MMA if rows <= 8 else GEMV_MMA_WIDE
 GEMV_MMA_MIN_ROWS = 8
 # The tensor-core mappings `refspec bench gemv --mma` and --variants time beside the production GEMV.
 GEMV_MMA_VARIANTS = [GemvConfig("q8_gemv_mma", nr, mt, stages)
-                     for nr, mt, stages in ((8, 1, 4), (8, 1, 3), (8, 1, 6), (4, 1, 4), (8, 2, 3), (16, 1, 4))]
+                     for nr, mt, stages in ((8, 1, 3), (8, 1, 2), (8, 1, 4), (4, 1, 3), (8, 2, 2), (16, 1, 3))]
 
 
 ATTN_MAX_DIM = 512  # RS_ATTN_MAX_DIM in attention.hip
@@ -359,7 +368,7 @@ class GpuBackend:
         if not self._gemv_groups:
             names = [c.name(r) for r, c in GEMV_CONFIGS.items()]
             if self.mma_min_rows is not None and self.mma_available:
-                names += [GEMV_MMA.name(r) for r in range(self.mma_min_rows, GEMV_MAX_ROWS + 1)]
+                names += [gemv_mma(r).name(r) for r in range(self.mma_min_rows, GEMV_MAX_ROWS + 1)]
             self.gemv_module(names)
         name = config.name(rows)
         return self.function("q8_gemv", name, self._gemv_groups.get(name, (name,)))
@@ -637,7 +646,7 @@ class GpuBackend:
         kernel from mma_min_rows rows where it can run, else GEMV_CONFIGS[rows]."""
         if (self.mma_min_rows is not None and rows >= self.mma_min_rows and self.mma_available
                 and GEMV_MMA.takes(k)):
-            return GEMV_MMA
+            return gemv_mma(rows)
         return GEMV_CONFIGS[rows]
 
     def q8_gemv_add(self, x, w: GpuQ8, xq, xd):
@@ -654,10 +663,12 @@ class GpuBackend:
             return [y[:, w.start : w.stop] for w in ws]
         return [self.q8_gemv(w, xq, xd) for w in ws]
 
-    def launch_gemv(self, config: GemvConfig, w: GpuQ8, xq, xd, y, base=None):
+    def launch_gemv(self, config: GemvConfig, w: GpuQ8, xq, xd, y, base=None, max_blocks: int | None = None):
         """One launch of the GEMV in `config` over xq.shape[0] <= GEMV_MAX_ROWS rows, writing y (contiguous
         rows of a C-contiguous array), or base + the product when base (same shape as y) is given.
-        refspec.bench_gemv and the tests call it with every variant."""
+        refspec.bench_gemv and the tests call it with every variant. q8_gemv_mma's blocks each take every
+        blocks-th tile of 16*MT weight rows: as many blocks as the GPU holds at once (at most max_blocks, which
+        the tests use to give a block many tiles), so that a block's weight stream runs on from tile to tile."""
         rows, k = xq.shape
         n = w.shape[0]
         if n == 0 or rows == 0:
@@ -667,6 +678,8 @@ class GpuBackend:
         blocks = self._blocks(n, config.weight_rows_per_block())
         shared = config.shared_bytes(rows)
         kernel = self._gemv_function(config, rows)
+        if config.kernel == "q8_gemv_mma":
+            blocks, shared = self._mma_grid(kernel, config, rows, blocks, max_blocks)
         if shared:
             kernel.allow_shared(shared)
         kernel(
@@ -674,6 +687,23 @@ class GpuBackend:
             (w.q, w.d, xq, xd, y, np.int32(n), np.int32(k), np.int32(rows), 0 if base is None else base),
             shared_mem=shared,
         )
+
+    def _mma_grid(self, kernel, config: GemvConfig, rows: int, tiles: int, max_blocks: int | None):
+        """q8_gemv_mma's blocks and shared memory: a block for each tile, or, where the tiles are more than
+        GEMV_MMA_STREAM_WAVES times what the GPU holds at once and the tree's own memory costs no block a
+        multiprocessor, as many blocks as it holds, each streaming its tiles' weights without a gap (at most
+        max_blocks, with which the tests give a block many tiles)."""
+        one_tile, streamed = config.shared_bytes(rows, one_tile=True), config.shared_bytes(rows)
+        for nbytes in (one_tile, streamed):
+            kernel.allow_shared(nbytes)
+        threads = config.threads()
+        fit = kernel.resident_blocks(threads, one_tile)
+        slots = kernel.resident_blocks(threads, streamed) * self._multiprocessors
+        if max_blocks is not None and max_blocks < tiles:
+            return min(max_blocks, slots), streamed
+        if tiles > GEMV_MMA_STREAM_WAVES * fit * self._multiprocessors and slots == fit * self._multiprocessors:
+            return slots, streamed
+        return tiles, one_tile
 
     def rope(self, x, pos, cos, sin, neox):
         x, cos, sin = self._input(x), self._input(cos), self._input(sin)

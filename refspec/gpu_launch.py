@@ -24,6 +24,7 @@ from refspec.errors import DeviceError
 
 CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6  # cuda.h, CUlaunchAttributeID
 CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8  # cuda.h, CUfunction_attribute
+CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT = 9  # percent of the L1/shared memory given to shared
 
 
 class _LaunchAttribute(ctypes.Structure):  # CUlaunchAttribute: an id, padding, a 64-byte value union
@@ -104,9 +105,28 @@ class Kernel:
     def __init__(self, fn, backend):
         self.fn, self.backend = fn, backend
         self.shared_allowed = 48 * 1024  # dynamic shared memory any launch may ask without opting in
+        self._resident: dict[tuple[int, int], int] = {}
+
+    def resident_blocks(self, threads: int, shared: int) -> int:
+        """How many blocks of `threads` threads and `shared` bytes of dynamic shared memory one multiprocessor
+        holds at once (the driver's occupancy calculator; at least 1). CUDA only."""
+        key = (threads, shared)
+        if key not in self._resident:
+            lib = ctypes.CDLL("libcuda.so.1")
+            occupancy = lib.cuOccupancyMaxActiveBlocksPerMultiprocessor
+            occupancy.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+            occupancy.restype = ctypes.c_int
+            count = ctypes.c_int(0)
+            status = occupancy(ctypes.byref(count), self.fn.ptr, threads, shared)
+            if status != 0:
+                raise DeviceError(f"the CUDA driver could not compute a kernel's occupancy (error {status})")
+            self._resident[key] = max(1, count.value)
+        return self._resident[key]
 
     def allow_shared(self, nbytes: int) -> None:
-        """Let launches ask for `nbytes` of dynamic shared memory (above 48 KiB a kernel must opt in)."""
+        """Let launches ask for `nbytes` of dynamic shared memory (above 48 KiB a kernel must opt in). Such a
+        kernel also asks for the most shared memory a multiprocessor can give (a carveout of 100 %), so that
+        as many of its blocks fit on one as their shared memory allows (two of q8_gemv_mma's 104 KiB at 16 rows)."""
         if nbytes <= self.shared_allowed:
             return
         cp = self.backend.cp
@@ -114,6 +134,7 @@ class Kernel:
         if nbytes > limit:
             raise DeviceError(f"a kernel needs {nbytes} bytes of shared memory; this GPU grants {limit}")
         cp.cuda.driver.funcSetAttribute(self.fn.ptr, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, nbytes)
+        cp.cuda.driver.funcSetAttribute(self.fn.ptr, CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100)
         self.shared_allowed = nbytes
 
     def __call__(self, grid, block, args, shared_mem: int = 0) -> None:

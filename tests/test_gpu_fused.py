@@ -177,15 +177,18 @@ def test_rmsnorm_q8_of_rows_too_long_to_stage_equals_spec(be, data):
 @given(data=st.data())
 def test_tensor_core_gemv_equals_spec(be, data):
     """q8_gemv_mma (integer mma; NVIDIA sm_80+) gives spec.q8_gemv's bits: tiles cut by N, R and the
-    block count, extreme scales, with and without the residual."""
-    from refspec.gpu import GEMV_MMA
+    block count, extreme scales, with and without the residual, and few thread blocks, each taking many tiles
+    in one stream of rounds (rows of one round only: the first requests already cross into later tiles)."""
+    from refspec.gpu import gemv_mma
 
     if not be.mma_available:
         pytest.skip("no integer tensor cores")
     rng = rng_from(data)
     rows = data.draw(st.integers(1, 16), label="rows")
     n = data.draw(st.integers(1, 300), label="n")
-    k = data.draw(st.integers(1, 200), label="block pairs") * 2 * QK8_0  # its scales are copied in pairs
+    pairs = st.one_of(st.integers(1, 16), st.integers(1, 200))  # 16 pairs: one round of 32 blocks
+    k = data.draw(pairs, label="block pairs") * 2 * QK8_0  # its scales are copied in pairs
+    max_blocks = data.draw(st.sampled_from([None, 1, 2, 3, 7]), label="max blocks")
     w = random_q8(rng, n, k, data.draw(st.sampled_from(["normal", "extreme"]), label="scales"))
     xq, xd = spec.quantize_q8_0(floats(rng, (rows, k), data.draw(STYLES, label="x")))
     expected = spec.q8_gemv(w, xq, xd)
@@ -194,8 +197,9 @@ def test_tensor_core_gemv_equals_spec(be, data):
     if data.draw(st.booleans(), label="residual"):
         x = floats(rng, (rows, n), "normal")
         expected, base = spec.add(x, expected), be.asarray(x)
-    be.launch_gemv(GEMV_MMA, be.upload_q8(w), be.asarray(xq), be.asarray(xd), y, base)
-    assert_same(be.to_host(y), expected, f"q8_gemv_mma R={rows} N={n} K={k}", nan_equal=True)
+    be.launch_gemv(gemv_mma(rows), be.upload_q8(w), be.asarray(xq), be.asarray(xd), y, base,
+                   max_blocks=max_blocks)
+    assert_same(be.to_host(y), expected, f"q8_gemv_mma R={rows} N={n} K={k} blocks<={max_blocks}", nan_equal=True)
 
 
 def test_tensor_core_gemv_refuses_odd_block_counts(be):

@@ -117,8 +117,9 @@ def test_every_gemv_variant_equals_spec(be, rows, config, data):
     w = random_q8(rng, n, k)
     xq, xd = spec.quantize_q8_0(floats(rng, (rows, k), "normal"))
     y = be._empty((rows, n))
-    be.launch_gemv(config, be.upload_q8(w), be.asarray(xq), be.asarray(xd), y)
-    assert_same(be.to_host(y), spec.q8_gemv(w, xq, xd), f"{config} R={rows} N={n} K={k}")
+    max_blocks = data.draw(st.sampled_from([None, 1, 3]), label="max blocks") if mma else None  # tiles a block
+    be.launch_gemv(config, be.upload_q8(w), be.asarray(xq), be.asarray(xd), y, max_blocks=max_blocks)
+    assert_same(be.to_host(y), spec.q8_gemv(w, xq, xd), f"{config} R={rows} N={n} K={k} blocks<={max_blocks}")
 
 
 def test_gemv_configs_cover_every_row_count():

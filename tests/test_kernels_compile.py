@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from refspec.gpu import (ATTN_BOUNDS, ATTN_THREAD_CHOICES, ATTN_VALUES_MAX_THREADS_HIP, COMPILE_OPTIONS,
-                         GEMV_CONFIGS, GEMV_MAX_ROWS, GEMV_MMA, GEMV_MMA_MIN_ROWS, gemv_variants, kernel_dir)
+                         GEMV_CONFIGS, GEMV_MAX_ROWS, GEMV_MMA, GEMV_MMA_MIN_ROWS, GEMV_MMA_WIDE, gemv_mma,
+                         gemv_variants, kernel_dir)
 
 KERNELS = sorted(p.stem for p in kernel_dir().glob("*.hip"))
 GEMV_ARGS = ("const signed char*, const unsigned short*, const signed char*, const unsigned short*, float*, "
@@ -55,7 +56,7 @@ def gemv_instances(variants: bool) -> list[str]:
     names = {c.name(r) for r, c in GEMV_CONFIGS.items()}
     if variants:  # with the tensor-core GEMVs the backend launches on NVIDIA (CUDA only)
         names |= {c.name(r) for r in (1, 16) for c in gemv_variants(r)}
-        names |= {GEMV_MMA.name(r) for r in range(GEMV_MMA_MIN_ROWS, GEMV_MAX_ROWS + 1)}
+        names |= {gemv_mma(r).name(r) for r in range(GEMV_MMA_MIN_ROWS, GEMV_MAX_ROWS + 1)}
     return sorted(names)
 
 
@@ -155,15 +156,17 @@ def test_which_row_lengths_each_gemv_takes():
 
 
 def test_mma_shared_memory_sizes_agree(tmp_path):
-    """The dynamic shared memory the backend gives q8_gemv_mma (GemvConfig.shared_bytes) is what the kernel
-    uses (RsMmaShared<...>::BYTES): a host program built by nvcc prints the kernel's number for every
-    tensor-core mapping and row count, without a GPU. Too little would let the kernel write past its memory."""
+    """The dynamic shared memory the backend gives q8_gemv_mma (GemvConfig.shared_bytes, for blocks that stream
+    many tiles or one) is what the kernel uses (RsMmaShared<...>::BYTES, ONE_TILE): a host program built by
+    nvcc prints the kernel's numbers for every tensor-core mapping and row count, without a GPU. Too little
+    would let the kernel write past its memory."""
     nvcc = tool("nvcc")
-    configs = sorted({GEMV_MMA, *(c for r in (1, 16) for c in gemv_variants(r) if c.kernel == "q8_gemv_mma")},
-                     key=str)
+    mma = (c for r in (1, 16) for c in gemv_variants(r) if c.kernel == "q8_gemv_mma")
+    configs = sorted({GEMV_MMA, GEMV_MMA_WIDE, *mma}, key=str)
     cases = [(c, rows) for c in configs for rows in range(1, GEMV_MAX_ROWS + 1)]
     lines = ['#include <cstdio>', '#include "q8_gemv.hip"', "int main() {"]
-    lines += [f'  std::printf("%d\\n", RsMmaShared<{rows}, {c.nr}, {c.split}, {c.occ}>::BYTES);' for c, rows in cases]
+    lines += [f'  std::printf("%d %d\\n", RsMmaShared<{rows}, {c.nr}, {c.split}, {c.occ}>::BYTES, '
+              f'RsMmaShared<{rows}, {c.nr}, {c.split}, {c.occ}>::ONE_TILE);' for c, rows in cases]
     lines += ["  return 0;", "}"]
     src = tmp_path / "mma_shared.cu"
     src.write_text("\n".join(lines) + "\n")
@@ -171,7 +174,7 @@ def test_mma_shared_memory_sizes_agree(tmp_path):
     options = [o.replace("--std=", "-std=") for o in COMPILE_OPTIONS["cuda"]]
     run([nvcc, "-arch=sm_90", *options, "-I", str(kernel_dir()), "-o", str(exe), str(src)])
     printed = [int(v) for v in run([str(exe)]).split()]
-    assert printed == [c.shared_bytes(rows) for c, rows in cases]
+    assert printed == [v for c, rows in cases for v in (c.shared_bytes(rows), c.shared_bytes(rows, one_tile=True))]
     assert max(printed) <= 227 * 1024  # what an sm_90 block may opt in to
 
 
@@ -216,11 +219,11 @@ BEFORE_BEGIN = (
     r"RsWeightBlocks<NR> next",
     r"if \(row0 < n && lane < nb\) next\.load\(wq, wd, row0, n, k, lane\)",
     r"constexpr int \w+ = [^\[\]]+",
-    r"using Stage = RsMmaStage<LPW, MT>",
+    r"using Stage = RsMmaStage<LPW, MT, RP>",
     r"unsigned char\* const pipe = [^\[\]]+",
-    r"const RsMmaCopier<LPW, MT> copier\(wq, wd, [^\[\]]*\)",
+    r"RsMmaCopier<LPW, MT, RP> copier\(wq, wd, xq, xd, [^\[\]]*\)",  # addresses only
     r"const unsigned pipe_address = \(unsigned\)__cvta_generic_to_shared\(pipe\)",
-    r"copier\.template request_first<STAGES>\(pipe_address, nb, lane\)",
+    r"copier\.template first_weights<STAGES>\(pipe_address, total, wq, wd, [^\[\]]*\)",  # weights only
     r"const float\* (kc|vc) = (k|v)_cache \+ \(long long\)kv_head \* cache_len \* dim",
     r"rs_attention_prefetch\(kc, vc, pos, [^\[\]]*\)",
     r"const RsAttnUnit u\(unit, heads, kv_heads, per\)",

@@ -319,19 +319,21 @@ q8_gemv_staged(const signed char* __restrict__ wq, const unsigned short* __restr
 // each block's dot is the exact integer dp4a gives, so no bit changes), and the weights streamed into shared
 // memory by cp.async, STAGES rounds ahead, so that many bytes are in flight without holding registers.
 //
-// Mapping. A thread block of NR warps owns MT tiles of 16 weight rows and all R <= 16 activation rows
-// (RT = ceil(R / 8) tiles of 8). Warp w is the spec's lanes l = w*LPW .. w*LPW+LPW-1 (LPW = 32/NR): in round
-// i it takes blocks 32i + w*LPW + s, s < LPW, and adds block 32i + l to lane l's sums, in increasing i:
-// exactly the spec's per-lane sequence. The 32 lane values of every output then meet in the spec's tree (in
-// shared memory), and the store is rs_gemv_finish's (with `base`, base + sum).
+// Mapping. A tile is 16*MT weight rows and all R <= 16 activation rows (RT = ceil(R / 8) tiles of 8); a thread
+// block of NR warps computes its tiles one after the other. Warp w is the spec's lanes l = w*LPW .. w*LPW+LPW-1
+// (LPW = 32/NR): in round i of a tile it takes blocks 32i + w*LPW + s, s < LPW, and adds block 32i + l to lane
+// l's sums, in increasing i: exactly the spec's per-lane sequence. After a tile's last round the 32 lane values
+// of every output meet in the spec's tree (in shared memory), and the store is rs_gemv_finish's (with `base`,
+// base + sum).
 //
 // Each warp streams its own part of the weights and activations: for each round, its LPW blocks of the
-// block's 16*MT weight rows and of the R activation rows (LPW * 32 contiguous bytes a row: whole 128-byte
-// lines) and their scales, copied by cp.async into one of its STAGES buffers. The weights of the first
-// STAGES-1 rounds are requested before rs_kernel_begin (weights are no kernel's output), their activations
-// after it; then each round requests the one STAGES-1 ahead, waits for its own, and computes it. So the
-// activations' cache latency hides behind the pipeline as the weights' does. Only the warp reads its
-// buffers, so a __syncwarp orders the copies and the reads.
+// tile's 16*MT weight rows and of the R activation rows (LPW * 32 contiguous bytes a row: whole 128-byte
+// lines) and their scales, copied by cp.async into one of its STAGES buffers. The block's rounds form one
+// stream over its tiles: the weights of the first STAGES-1 are requested before rs_kernel_begin (weights are
+// no kernel's output), their activations after it; then each round requests the one STAGES-1 ahead (in the
+// next tile after a tile's last), waits for its own, and computes it. So the activations' cache latency
+// hides behind the pipeline as the weights' does, and a block with many tiles never waits for a tile's first
+// weights. Only the warp reads its buffers, so a __syncwarp orders the copies and the reads.
 //
 // The dot of a block does not depend on the order of its 32 products, so A (weights) and B (activations)
 // are loaded with the same permutation of k: a lane's 8 contiguous bytes t*8 .. t*8+7 of a block stand for the

@@ -391,19 +391,6 @@ RS_DEVICE unsigned rs_keep(unsigned v) {
   return v;
 }
 
-// Loads of activations (read-only for the kernel) that stay where they are written: issued before the wait for
-// the round's weights, so that their latency hides behind it (an ordinary load may be moved to its first use).
-RS_DEVICE int2 rs_load_early(const int2* p) {
-  int2 v;
-  asm volatile("ld.global.nc.v2.s32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
-  return v;
-}
-RS_DEVICE unsigned short rs_load_early(const unsigned short* p) {
-  unsigned short v;
-  asm volatile("ld.global.nc.u16 %0, [%1];" : "=h"(v) : "l"(p));
-  return v;
-}
-
 // One warp's stage buffer for RP activation rows: the quants of its LPW blocks of the 16*MT weight rows, their
 // fp16 scales [16*MT][LPW], then the same for the RP activation rows. A row of quants is LPW * 32 bytes,
 // its 16-byte columns swizzled: column c of row r sits at c ^ 2*(r % LPW). The 8-byte fragment reads of

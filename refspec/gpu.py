@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refspec import spec
+from refspec import checks, spec
 from refspec.errors import DeviceError, UsageError
 from refspec.gpu_launch import DependentLaunch, Kernel
 from refspec.model import QK8_0, LayerWeights, ModelWeights, MtpWeights, Q8Matrix
@@ -106,15 +106,15 @@ GEMV_CONFIGS.update({r: GemvConfig("q8_gemv", 4, split=2, occ=2) for r in range(
 GEMV_MMA = GemvConfig("q8_gemv_mma", 8, 1, 3)
 GEMV_MMA_WIDE = GemvConfig("q8_gemv_mma", 8, 1, 2)  # 9-16 rows: two rounds a warp, so that streaming blocks fit twice
 GEMV_MMA_STREAM_WAVES = 2
+GEMV_MMA_MIN_ROWS = 8
+# The tensor-core mappings `refspec bench gemv --mma` and --variants time beside the production GEMV.
+GEMV_MMA_VARIANTS = [GemvConfig("q8_gemv_mma", nr, mt, stages)
+                     for nr, mt, stages in ((8, 1, 3), (8, 1, 2), (8, 1, 4), (4, 1, 3), (8, 2, 2), (16, 1, 3))]
 
 
 def gemv_mma(rows: int) -> GemvConfig:
     """The tensor-core GEMV's configuration for `rows` rows."""
     return GEMV_MMA if rows <= 8 else GEMV_MMA_WIDE
-GEMV_MMA_MIN_ROWS = 8
-# The tensor-core mappings `refspec bench gemv --mma` and --variants time beside the production GEMV.
-GEMV_MMA_VARIANTS = [GemvConfig("q8_gemv_mma", nr, mt, stages)
-                     for nr, mt, stages in ((8, 1, 3), (8, 1, 2), (8, 1, 4), (4, 1, 3), (8, 2, 2), (16, 1, 3))]
 
 
 ATTN_MAX_DIM = 512  # RS_ATTN_MAX_DIM in attention.hip
@@ -671,17 +671,17 @@ class GpuBackend:
         the tests use to give a block many tiles), so that a block's weight stream runs on from tile to tile."""
         rows, k = xq.shape
         n = w.shape[0]
+        if max_blocks is not None:
+            max_blocks = checks.integer("max_blocks", max_blocks, 1)
         if n == 0 or rows == 0:
             return
         if not config.takes(k):
             raise ValueError(f"{config.kernel}: K = {k} is not a multiple of 64 (its scales are copied in pairs)")
         blocks = self._blocks(n, config.weight_rows_per_block())
-        shared = config.shared_bytes(rows)
         kernel = self._gemv_function(config, rows)
+        shared = 0  # only q8_gemv_mma has dynamic shared memory (_mma_grid opts in to what it picks)
         if config.kernel == "q8_gemv_mma":
             blocks, shared = self._mma_grid(kernel, config, rows, blocks, max_blocks)
-        if shared:
-            kernel.allow_shared(shared)
         kernel(
             (blocks,), (config.threads(),),
             (w.q, w.d, xq, xd, y, np.int32(n), np.int32(k), np.int32(rows), 0 if base is None else base),

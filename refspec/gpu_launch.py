@@ -17,6 +17,7 @@ records such launches like any other, with programmatic edges in the graph (refs
 from __future__ import annotations
 
 import ctypes
+import functools
 
 import numpy as np
 
@@ -42,6 +43,19 @@ class _LaunchConfig(ctypes.Structure):  # CUlaunchConfig
     ]
 
 
+def _driver_function(name: str, what: str):
+    """The CUDA driver's function `name` (through ctypes; `what` it is needed for, for the error)."""
+    try:
+        return getattr(_driver(), name)
+    except (OSError, AttributeError) as err:
+        raise DeviceError(f"the CUDA driver has no {name} (needed for {what}): {err}") from err
+
+
+@functools.cache
+def _driver():
+    return ctypes.CDLL("libcuda.so.1")
+
+
 def _dims(d) -> tuple[int, int, int]:
     d = tuple(int(x) for x in d) if isinstance(d, tuple) else (int(d),)
     return d + (1,) * (3 - len(d))
@@ -55,14 +69,10 @@ class DependentLaunch:
 
     def __init__(self, cupy):
         self.cp = cupy
-        try:
-            lib = ctypes.CDLL("libcuda.so.1")
-            self._launch = lib.cuLaunchKernelEx
-        except (OSError, AttributeError) as err:
-            raise DeviceError(f"the CUDA driver has no cuLaunchKernelEx (needed for overlapped launches): {err}") from err
+        self._launch = _driver_function("cuLaunchKernelEx", "overlapped launches")
         self._launch.argtypes = [ctypes.POINTER(_LaunchConfig), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
         self._launch.restype = ctypes.c_int
-        self._error_name = lib.cuGetErrorName
+        self._error_name = _driver_function("cuGetErrorName", "overlapped launches")
         self._error_name.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)]
         self._attr = _LaunchAttribute(id=CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION)
         self._attr.value[0] = 1  # programmaticStreamSerializationAllowed
@@ -112,8 +122,7 @@ class Kernel:
         holds at once (the driver's occupancy calculator; at least 1). CUDA only."""
         key = (threads, shared)
         if key not in self._resident:
-            lib = ctypes.CDLL("libcuda.so.1")
-            occupancy = lib.cuOccupancyMaxActiveBlocksPerMultiprocessor
+            occupancy = _driver_function("cuOccupancyMaxActiveBlocksPerMultiprocessor", "the tensor-core GEMV's grid")
             occupancy.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
             occupancy.restype = ctypes.c_int
             count = ctypes.c_int(0)

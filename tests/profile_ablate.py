@@ -1,0 +1,64 @@
+"""What each small kernel of a decode pass costs where it sits (device machine, for tuning): the pass of a
+preset model replayed as its graph, beside the same pass with one kind of small kernel left out (its output
+buffers are reused as they are: the numbers are garbage, the GEMVs' timing is not). The difference is what
+fusing that kernel away could save at most.
+
+    python3 tests/profile_ablate.py PRESET [ROWS,...] [REPEATS]
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from refspec.bench_decode import preset_model_path
+from refspec.forward import Transformer
+from refspec.gguf_model import load
+from refspec.gpu import GpuBackend
+
+preset = sys.argv[1]
+widths = [int(r) for r in sys.argv[2].split(",")] if len(sys.argv) > 2 else [1, 8, 16]
+repeats = int(sys.argv[3]) if len(sys.argv) > 3 else 50
+model = load(preset_model_path(preset, print), log=lambda m: None)
+be = GpuBackend()
+tf = Transformer(model, be)
+real = {name: getattr(be, name) for name in ("rmsnorm_q8", "attention_q8", "rope_kv", "silu_mul_q8")}
+kept: dict = {}
+
+
+def once(name):
+    """The op `name`, run for real the first time per call site shape, then its first outputs again."""
+    def op(*args):
+        key = (name,) + tuple(getattr(a, "shape", None) for a in args[:2])
+        if key not in kept:
+            kept[key] = real[name](*args)
+        return kept[key]
+    return op
+
+
+def pass_time(rows: int) -> float:
+    c = tf.new_cache(128)
+    c.graphs.clear()  # the storage comes back with the passes captured for it: capture them again
+    tf.forward(c, [1] * 64, 0)
+    ids = [5] * rows
+    for _ in range(3):
+        tf.forward(c, ids, 64)
+    be.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        tf.forward(c, ids, 64)
+    be.synchronize()
+    return (time.perf_counter() - t0) / repeats
+
+
+variants = {"all": [], "no_rmsnorm_q8": ["rmsnorm_q8"], "no_attention_q8": ["attention_q8"],
+            "no_rope_kv": ["rope_kv"], "no_silu_mul_q8": ["silu_mul_q8"], "gemvs_only": list(real)}
+report = {"preset": preset, "date": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())}
+for rows in widths:
+    for label, left_out in variants.items():
+        for name, fn in real.items():
+            setattr(be, name, once(name) if name in left_out else fn)
+        kept.clear()
+        report[f"r{rows}_{label}_ms"] = round(pass_time(rows) * 1e3, 4)
+        print(rows, label, report[f"r{rows}_{label}_ms"], flush=True)
+print(json.dumps(report, indent=1))

@@ -1,7 +1,7 @@
 """What each small kernel of a decode pass costs where it sits (device machine, for tuning): the pass of a
 preset model replayed as its graph, beside the same pass with one kind of small kernel left out (its output
 buffers are reused as they are: the numbers are garbage, the GEMVs' timing is not). The difference is what
-fusing that kernel away could save at most.
+fusing that kernel away could save at most. Then the RMSNorm's kernel swapped for others, as probes.
 
     python3 tests/profile_ablate.py PRESET [ROWS,...] [REPEATS]
 """
@@ -11,6 +11,7 @@ import json
 import sys
 import time
 
+import refspec.gpu
 from refspec.bench_decode import preset_model_path
 from refspec.forward import Transformer
 from refspec.gguf_model import load
@@ -51,13 +52,28 @@ def pass_time(rows: int) -> float:
     return (time.perf_counter() - t0) / repeats
 
 
+def rmsnorm_q8_unstaged(x, w, eps):
+    """rmsnorm_q8 as the kernel for rows too long to stage in shared memory runs it (same bits)."""
+    saved, refspec.gpu.RMSNORM_Q8_SHARED_BYTES = refspec.gpu.RMSNORM_Q8_SHARED_BYTES, 0
+    try:
+        return real["rmsnorm_q8"](x, w, eps)
+    finally:
+        refspec.gpu.RMSNORM_Q8_SHARED_BYTES = saved
+
+
 variants = {"all": [], "no_rmsnorm_q8": ["rmsnorm_q8"], "no_attention_q8": ["attention_q8"],
             "no_rope_kv": ["rope_kv"], "no_silu_mul_q8": ["silu_mul_q8"], "gemvs_only": list(real)}
+# the RMSNorm's kernel replaced: by its unstaged twin (no dynamic shared memory), by a plain quantization of
+# x (no norm: the same small kernel without the row's serial sum; wrong numbers, a timing probe)
+replaced = {"rmsnorm_q8_unstaged": rmsnorm_q8_unstaged, "quantize_instead_of_rmsnorm_q8": lambda x, w, eps: be.quantize_q8(x)}
 report = {"preset": preset, "date": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())}
 for rows in widths:
-    for label, left_out in variants.items():
+    for label in list(variants) + list(replaced):
+        left_out = variants.get(label, [])
         for name, fn in real.items():
             setattr(be, name, once(name) if name in left_out else fn)
+        if label in replaced:
+            be.rmsnorm_q8 = replaced[label]
         kept.clear()
         report[f"r{rows}_{label}_ms"] = round(pass_time(rows) * 1e3, 4)
         print(rows, label, report[f"r{rows}_{label}_ms"], flush=True)

@@ -1,5 +1,5 @@
 """What each small kernel of a decode pass costs where it sits (device machine, for tuning): the pass of a
-preset model replayed as its graph, beside the same pass with one kind of small kernel left out (its output
+preset model (R rows at position 64) replayed as its graph, beside the same pass with one kind of small kernel left out (its output
 buffers are reused as they are: the numbers are garbage, the GEMVs' timing is not). The difference is what
 fusing that kernel away could save at most. Then the RMSNorm's kernel swapped for others, as probes.
 
@@ -65,7 +65,8 @@ variants = {"all": [], "no_rmsnorm_q8": ["rmsnorm_q8"], "no_attention_q8": ["att
             "no_rope_kv": ["rope_kv"], "no_silu_mul_q8": ["silu_mul_q8"], "gemvs_only": list(real)}
 # the RMSNorm's kernel replaced: by its unstaged twin (no dynamic shared memory), by a plain quantization of
 # x (no norm: the same small kernel without the row's serial sum; wrong numbers, a timing probe)
-replaced = {"rmsnorm_q8_unstaged": rmsnorm_q8_unstaged, "quantize_instead_of_rmsnorm_q8": lambda x, w, eps: be.quantize_q8(x)}
+replaced = {"rmsnorm_q8_unstaged": rmsnorm_q8_unstaged,
+            "quantize_instead_of_rmsnorm_q8": lambda x, w, eps: be.quantize_q8(x)}
 report = {"preset": preset, "date": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())}
 for rows in widths:
     for label in list(variants) + list(replaced):

@@ -1,7 +1,8 @@
 """What each small kernel of a decode pass costs where it sits (device machine, for tuning): the pass of a
-preset model (R rows at position 64) replayed as its graph, beside the same pass with one kind of small kernel left out (its output
-buffers are reused as they are: the numbers are garbage, the GEMVs' timing is not). The difference is what
-fusing that kernel away could save at most. Then the RMSNorm's kernel swapped for others, as probes.
+preset model (R rows at position 64) replayed as its graph, beside the same pass with one kind of small
+kernel left out (its output buffers are reused as they are: the numbers are garbage, the GEMVs' timing is
+not). The difference is what fusing that kernel away could save at most. Then the RMSNorm's kernel swapped
+for others, as probes.
 
     python3 tests/profile_ablate.py PRESET [ROWS,...] [REPEATS]
 """

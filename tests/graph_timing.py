@@ -1,7 +1,9 @@
-"""Timing of GPU work captured as one CUDA graph, for the device-machine profiling scripts (tests/profile_*.py)."""
+"""Timing of GPU work for the device-machine profiling scripts (tests/profile_*.py): work captured as one CUDA
+graph, and whole forward passes."""
 from __future__ import annotations
 
 import statistics
+import time
 
 
 def graph_seconds(cp, launch_all, repeats: int) -> float:
@@ -23,3 +25,16 @@ def graph_seconds(cp, launch_all, repeats: int) -> float:
             end.synchronize()
             times.append(cp.cuda.get_elapsed_time(start, end) * 1e-3)
     return statistics.median(times)
+
+
+def pass_seconds(tf, cache, ids, pos: int, repeats: int) -> float:
+    """Seconds per forward pass of `ids` at `pos` (graph replays where the Transformer has graphs), after 3
+    untimed ones, queued back to back: the host never waits for one before queueing the next."""
+    for _ in range(3):
+        tf.forward(cache, ids, pos)
+    tf.be.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        tf.forward(cache, ids, pos)
+    tf.be.synchronize()
+    return (time.perf_counter() - t0) / repeats

@@ -18,6 +18,8 @@ from refspec.forward import Transformer
 from refspec.gguf_model import load
 from refspec.gpu import GpuBackend
 
+from graph_timing import pass_seconds
+
 preset = sys.argv[1]
 widths = [int(r) for r in sys.argv[2].split(",")] if len(sys.argv) > 2 else [1, 8, 16]
 repeats = int(sys.argv[3]) if len(sys.argv) > 3 else 50
@@ -42,15 +44,7 @@ def pass_time(rows: int) -> float:
     c = tf.new_cache(128)
     c.graphs.clear()  # the storage comes back with the passes captured for it: capture them again
     tf.forward(c, [1] * 64, 0)
-    ids = [5] * rows
-    for _ in range(3):
-        tf.forward(c, ids, 64)
-    be.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        tf.forward(c, ids, 64)
-    be.synchronize()
-    return (time.perf_counter() - t0) / repeats
+    return pass_seconds(tf, c, [5] * rows, 64, repeats)
 
 
 def rmsnorm_q8_unstaged(x, w, eps):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import numpy as np
 
@@ -18,7 +17,7 @@ from refspec.forward import Transformer
 from refspec.gguf_model import load
 from refspec.gpu import GEMV_CONFIGS, GpuBackend
 
-from graph_timing import graph_seconds
+from graph_timing import graph_seconds, pass_seconds
 
 preset = sys.argv[1]
 repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 50
@@ -42,15 +41,8 @@ def graph_time(launch_all) -> float:
 
 
 def pass_time(c) -> float:
-    """Seconds per one-row pass (graph replays) queued back to back, the host never waiting."""
-    for _ in range(3):
-        tf.forward(c, [5], 64)
-    be.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        tf.forward(c, [5], 64)
-    be.synchronize()
-    return (time.perf_counter() - t0) / repeats
+    """Seconds per one-row pass at position 64."""
+    return pass_seconds(tf, c, [5], 64, repeats)
 
 
 mats = gemv_matrices()

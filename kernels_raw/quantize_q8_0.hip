@@ -9,6 +9,7 @@
 
 #define RS_QUANTIZE_THREADS 128    // threads per block of quantize_q8_0
 #define RS_RMSNORM_Q8_THREADS 128  // threads per block of rmsnorm_q8 (one row per block)
+#define RS_RMSNORM_STAGE 16        // 16-byte loads of the row a thread of rmsnorm_q8 has in flight at once
 
 // x float32 [rows, k] -> xq int8 [rows, k], xd fp16 [rows, k/32]. Grid: ceil(rows * k/32 / threads) blocks.
 extern "C" __global__ void __launch_bounds__(RS_QUANTIZE_THREADS)
@@ -90,8 +91,20 @@ rmsnorm_q8(const float* __restrict__ x, const float* __restrict__ w, float eps, 
   extern __shared__ float4 rs_row4[];  // the row, k floats
   const int row = blockIdx.x / parts, part = blockIdx.x % parts;
   const float4* xrow4 = (const float4*)(x + (long long)row * k);
-#pragma unroll 8
-  for (int i = threadIdx.x; i < k / 4; i += blockDim.x) rs_row4[i] = xrow4[i];  // a 4096-row's reads in flight together
+  const int n4 = k / 4;
+  for (int first = threadIdx.x; first < n4; first += RS_RMSNORM_STAGE * blockDim.x) {
+    // all of a thread's loads are issued before its first store (a loop that stores each value as it comes,
+    // with a test of the row's end before the next load, waits for the L2 cache once a load, in turn)
+    float4 v[RS_RMSNORM_STAGE];
+#pragma unroll
+    for (int j = 0; j < RS_RMSNORM_STAGE; ++j) {
+      if (first + j * (int)blockDim.x < n4) v[j] = xrow4[first + j * blockDim.x];
+    }
+#pragma unroll
+    for (int j = 0; j < RS_RMSNORM_STAGE; ++j) {
+      if (first + j * (int)blockDim.x < n4) rs_row4[first + j * blockDim.x] = v[j];
+    }
+  }
   __syncthreads();
   rs_rmsnorm_q8_part((const float*)rs_row4, w, eps, k, row, part, parts, xq, xd);
 }

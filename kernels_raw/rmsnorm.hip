@@ -17,6 +17,7 @@ rmsnorm(const float* __restrict__ x, long long x_stride, int heads, long long he
   if (row >= rows) return;  // the whole group leaves together
   const float* xr = x + (row / heads) * x_stride + (row % heads) * head_stride;
   float acc = 0.0f;  // lane value: +0.0, then x[l]^2, x[l+32]^2, ... in order
+#pragma unroll 16  // 16 loads in flight at once: a long row (the hidden state, 4096+) waits for L2 n/512 times, not n/128
   for (int i = rs_lane(); i < n; i += RS_LANES) acc = rs_add(acc, rs_mul(xr[i], xr[i]));
   const float mean = rs_div(rs_lane_tree(acc), (float)n);
   const float inv = rs_div(1.0f, rs_sqrt(rs_add(mean, eps)));

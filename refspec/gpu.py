@@ -131,7 +131,9 @@ SM_THREADS = 2048  # threads one multiprocessor holds (NVIDIA sm_80+): attention
 ARGMAX_THREADS, ARGMAX_PER_THREAD = 256, 8  # RS_ARGMAX_THREADS, RS_ARGMAX_PER_THREAD in argmax.hip
 ARGMAX_MAX_PARTS = ARGMAX_THREADS  # argmax_final combines at most one part per thread
 ATTN_BOUNDS = (64, 128, 256, ATTN_MAX_DIM)  # the instances of attention<MAXD>: the smallest MAXD >= dim runs
-RMSNORM_Q8_SHARED_BYTES = 48 * 1024  # dynamic shared memory any GPU grants without opting in
+# Dynamic shared memory rmsnorm_q8 stages a row in: the 48 KB any GPU grants a block without opting in, less
+# room for the kernel's own static shared variables (16 bytes on sm_90), which count against the same 48 KB.
+RMSNORM_Q8_SHARED_BYTES = 47 * 1024
 RMSNORM_Q8_BLOCKS_PER_PART = 16  # Q8_0 blocks of a row per thread block of rmsnorm_q8: 4 groups x 4 each
 
 

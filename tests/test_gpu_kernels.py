@@ -141,8 +141,9 @@ def test_quantize_q8_0_equals_spec(be, data):
 
 @given(data=st.data())
 def test_rmsnorm_q8_equals_spec(be, data):
-    """Rows up to the longest the kernel stages in shared memory (384 blocks: its threads' loads come in
-    batches of 16 x 128 x 4 floats, so rows of 257+ blocks take a second, partial batch)."""
+    """Rows past the longest the kernel stages in shared memory (376 blocks; its threads' loads come in
+    batches of 16 x 128 x 4 floats, so rows of 257+ blocks take a second, partial batch; 377+ run
+    rmsnorm_q8_wide)."""
     rng = rng_from(data)
     rows = data.draw(st.integers(1, 20), label="rows")
     k = data.draw(st.integers(1, 160) | st.integers(250, 384), label="blocks") * QK8_0
@@ -153,6 +154,19 @@ def test_rmsnorm_q8_equals_spec(be, data):
     gq, gd = be.rmsnorm_q8(be.asarray(x), be.asarray(w), eps)
     assert_same(be.to_host(gq), eq, "quants")
     assert_same(be.to_host(gd), ed, "scales", nan_equal=True)  # eps = 0 and a zero row give NaN scales
+
+
+@pytest.mark.parametrize("blocks", [256, 257, 376, 377, 384])
+def test_rmsnorm_q8_at_the_staging_limits_equals_spec(be, blocks):
+    """The rows either side of the staging batch (256 blocks) and of the shared-memory limit (376 staged, 377
+    wide): a row of 384 blocks (48 KB) once failed to launch, its static shared variable on top of 48 KB."""
+    k = blocks * QK8_0
+    x = floats(np.random.default_rng(blocks), (3, k), "normal")
+    w = floats(np.random.default_rng(k), (k,), "normal")
+    eq, ed = spec.quantize_q8_0(spec.rmsnorm(x, w, 1e-5))
+    gq, gd = be.rmsnorm_q8(be.asarray(x), be.asarray(w), 1e-5)
+    assert_same(be.to_host(gq), eq, f"quants K={k}")
+    assert_same(be.to_host(gd), ed, f"scales K={k}")
 
 
 # ---------------------------------------------------------------------------------------- elementwise

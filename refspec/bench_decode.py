@@ -74,6 +74,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "their boundaries (programmatic dependent launch, NVIDIA sm_90+; same bits), to compare")
     p.add_argument("--mma-min-rows", type=int, default=None, metavar="R",
                    help="GPU: GEMVs of R or more rows on integer tensor cores (NVIDIA sm_80+; same bits)")
+    p.add_argument("--mma-min-weights", type=int, default=None, metavar="W",
+                   help="GPU: ... only of matrices of W or more weights (default 4194304: smaller ones are faster "
+                        "on the dp4a kernel)")
     p.add_argument("--pass-rows", default="1,2,4,8,12,16", metavar="LIST",
                    help="GPU: rows of the forward passes timed for the rows curve (default 1,2,4,8,12,16)")
     p.add_argument("--pass-position", type=int, default=64, metavar="P",
@@ -99,6 +102,10 @@ def run(args) -> int:
         raise UsageError(f"--mma-min-rows must be in 1..16 (rows of one GEMV launch), got {args.mma_min_rows}")
     if args.mma_min_rows is not None and backend.name == "gpu":
         backend.mma_min_rows = args.mma_min_rows
+    if args.mma_min_weights is not None and args.mma_min_weights < 0:
+        raise UsageError(f"--mma-min-weights must be at least 0, got {args.mma_min_weights}")
+    if args.mma_min_weights is not None and backend.name == "gpu":
+        backend.mma_min_weights = args.mma_min_weights
     if args.no_overlap and backend.name == "gpu":
         backend.overlap = False
     tf = Transformer(model, backend, graphs=False if args.no_graphs else None)

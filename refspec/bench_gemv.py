@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
             y = cp.empty((rows, n), np.float32)
             cp.cuda.Device().synchronize()  # the timer's stream does not wait for the default stream
             moved = w_bytes + rows * (k + 2 * (k // 32)) + 4 * rows * n
-            production = be.gemv_config(rows, k)  # what a decode pass launches
+            production = be.gemv_config(rows, k, n)  # what a decode pass launches
             others = [v for v in gemv_variants(rows) if v != production] if args.variants else []
             if args.mma and be.mma_available:
                 others += [c for c in [GEMV_CONFIGS[rows], *GEMV_MMA_VARIANTS] if c not in others + [production]]

@@ -107,6 +107,10 @@ GEMV_MMA = GemvConfig("q8_gemv_mma", 8, 1, 3)
 GEMV_MMA_WIDE = GemvConfig("q8_gemv_mma", 8, 1, 2)  # 9-16 rows: two rounds a warp, so that streaming blocks fit twice
 GEMV_MMA_STREAM_WAVES = 2
 GEMV_MMA_MIN_ROWS = 8
+# ... and of at least this many weights: on small matrices the dp4a GEMV is the faster at 8 rows (the default
+# model's four shapes, 0.3-1.8 M weights: 1.35-2.13 us against 1.68-2.56, tests/results/gemv_small_shapes_h200.json),
+# the tensor-core one from the 8B shapes (16.8 M weights and up) on.
+GEMV_MMA_MIN_WEIGHTS = 4 * 1024 * 1024
 # The tensor-core mappings `refspec bench gemv --mma` and --variants time beside the production GEMV.
 GEMV_MMA_VARIANTS = [GemvConfig("q8_gemv_mma", nr, mt, stages)
                      for nr, mt, stages in ((8, 1, 3), (8, 1, 2), (8, 1, 4), (4, 1, 3), (8, 2, 2), (16, 1, 3))]
@@ -244,7 +248,7 @@ class GpuBackend:
     name = "gpu"
 
     def __init__(self, poison: int | None = None, mma_min_rows: int | None = GEMV_MMA_MIN_ROWS,
-                 overlap: bool | None = None):
+                 overlap: bool | None = None, mma_min_weights: int = GEMV_MMA_MIN_WEIGHTS):
         try:
             import cupy
         except ImportError as err:
@@ -259,6 +263,7 @@ class GpuBackend:
         self.poison = poison
         # GEMVs of at least this many rows use q8_gemv_mma where the GPU has integer tensor cores (same bits)
         self.mma_min_rows = mma_min_rows
+        self.mma_min_weights = mma_min_weights  # ... of matrices of at least this many weights
         self._modules: dict[tuple, object] = {}
         self._functions: dict[tuple, object] = {}
         self._gemv_groups: dict[str, tuple[str, ...]] = {}
@@ -639,15 +644,16 @@ class GpuBackend:
         y = self._empty((rows, n))
         for r0 in range(0, rows, GEMV_MAX_ROWS):
             part = min(GEMV_MAX_ROWS, rows - r0)
-            self.launch_gemv(self.gemv_config(part, k), w, xq[r0 : r0 + part], xd[r0 : r0 + part],
+            self.launch_gemv(self.gemv_config(part, k, n), w, xq[r0 : r0 + part], xd[r0 : r0 + part],
                              y[r0 : r0 + part], None if base is None else base[r0 : r0 + part])
         return y
 
-    def gemv_config(self, rows: int, k: int) -> GemvConfig:
-        """The GEMV configuration q8_gemv launches for `rows` <= GEMV_MAX_ROWS rows of length k: the tensor-core
-        kernel from mma_min_rows rows where it can run, else GEMV_CONFIGS[rows]."""
-        if (self.mma_min_rows is not None and rows >= self.mma_min_rows and self.mma_available
-                and GEMV_MMA.takes(k)):
+    def gemv_config(self, rows: int, k: int, n: int) -> GemvConfig:
+        """The GEMV configuration q8_gemv launches for `rows` <= GEMV_MAX_ROWS rows of length k against an [n, k]
+        matrix: the tensor-core kernel from mma_min_rows rows and mma_min_weights weights where it can run,
+        else GEMV_CONFIGS[rows]."""
+        if (self.mma_min_rows is not None and rows >= self.mma_min_rows and n * k >= self.mma_min_weights
+                and self.mma_available and GEMV_MMA.takes(k)):
             return gemv_mma(rows)
         return GEMV_CONFIGS[rows]
 

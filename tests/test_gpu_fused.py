@@ -202,6 +202,20 @@ def test_tensor_core_gemv_equals_spec(be, data):
     assert_same(be.to_host(y), expected, f"q8_gemv_mma R={rows} N={n} K={k} blocks<={max_blocks}", nan_equal=True)
 
 
+def test_tensor_cores_take_large_matrices_of_8_rows_and_more(be):
+    """gemv_config: the dp4a kernel below 8 rows and for small matrices (the default model's: faster there),
+    the tensor-core one for 8+ rows of a matrix of 4 M weights or more."""
+    from refspec.gpu import GEMV_CONFIGS, GEMV_MMA_MIN_WEIGHTS, gemv_mma
+
+    assert be.gemv_config(7, 4096, 4096) == GEMV_CONFIGS[7]
+    assert be.gemv_config(8, 576, 3072) == GEMV_CONFIGS[8]  # 1.8 M weights
+    assert be.gemv_config(16, 64, GEMV_MMA_MIN_WEIGHTS // 64 - 1) == GEMV_CONFIGS[16]
+    big = gemv_mma(8) if be.mma_available else GEMV_CONFIGS[8]
+    assert be.gemv_config(8, 4096, 4096) == big
+    assert be.gemv_config(16, 64, GEMV_MMA_MIN_WEIGHTS // 64) == (gemv_mma(16) if be.mma_available else
+                                                                   GEMV_CONFIGS[16])
+
+
 def test_tensor_core_gemv_refuses_odd_block_counts(be):
     """K/32 odd: q8_gemv_mma refuses (its scale copies need pairs of blocks), and q8_gemv with tensor cores
     on takes the dp4a kernel for it, with the spec's bits."""
@@ -214,6 +228,6 @@ def test_tensor_core_gemv_refuses_odd_block_counts(be):
     xq, xd = spec.quantize_q8_0(floats(rng, (12, 3 * QK8_0), "normal"))
     with pytest.raises(ValueError, match="not a multiple of 64"):
         be.launch_gemv(GEMV_MMA, be.upload_q8(w), be.asarray(xq), be.asarray(xd), be._empty((12, 40)))
-    mma = GpuBackend(mma_min_rows=1)
+    mma = GpuBackend(mma_min_rows=1, mma_min_weights=0)
     got = mma.to_host(mma.q8_gemv(mma.upload_q8(w), mma.asarray(xq), mma.asarray(xd)))
     assert_same(got, spec.q8_gemv(w, xq, xd), "q8_gemv, tensor cores on, K=96")

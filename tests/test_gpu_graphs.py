@@ -135,7 +135,7 @@ def test_tensor_core_gemv_passes_equal_cpu(models):
     """With GEMVs of 2+ rows on tensor cores (q8_gemv_mma), captured passes of every width equal the CPU."""
     from refspec.gpu import GpuBackend
 
-    be = GpuBackend(mma_min_rows=2)
+    be = GpuBackend(mma_min_rows=2, mma_min_weights=0)
     if not be.mma_available:
         pytest.skip("no integer tensor cores")
     for arch in sorted(SHAPES):

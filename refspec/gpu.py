@@ -92,12 +92,14 @@ class GemvConfig:
 # many (each output is the same sequence of operations either way). GEMV_CONFIGS[R] is the configuration for
 # R rows: for each R timed, the variant of `refspec bench gemv --variants` whose worst time over the four
 # benchmark shapes, relative to the best variant on that shape, was lowest (H100, 2026-11-25; between timed
-# R, the next larger R's choice). tests/results/bench_gemv_h100.json has the numbers.
+# R, the next larger R's choice). tests/results/bench_gemv_h100.json has the numbers. 9-12 rows: q8_gemv with 4
+# rows a warp, not q8_gemv_staged as on the H100: on the H200 it is the faster on each of six shapes from 576x576
+# to 4096x4096, by 18-42 % (tests/results/gemv_crossover_h200.json, 2026-12-02; on NVIDIA these rows of
+# matrices of GEMV_MMA_MIN_WEIGHTS and more run on the tensor cores).
 GEMV_MAX_ROWS = 16
 GEMV_CONFIGS = {r: GemvConfig("q8_gemv", 2) for r in (1, 2)}
 GEMV_CONFIGS.update({r: GemvConfig("q8_gemv", 4, split=2) for r in (3, 4)})
-GEMV_CONFIGS.update({r: GemvConfig("q8_gemv", 4) for r in range(5, 9)})
-GEMV_CONFIGS.update({r: GemvConfig("q8_gemv_staged", 2) for r in range(9, 13)})
+GEMV_CONFIGS.update({r: GemvConfig("q8_gemv", 4) for r in range(5, 13)})
 GEMV_CONFIGS.update({r: GemvConfig("q8_gemv", 4, split=2, occ=2) for r in range(13, GEMV_MAX_ROWS + 1)})
 # The tensor-core GEMV (integer mma, NVIDIA sm_80+; same bits) for GEMVs of at least GEMV_MMA_MIN_ROWS rows
 # whose K is a multiple of 64 (GpuBackend(mma_min_rows=None) never uses it). tests/results/bench_gemv_h200.json
@@ -107,9 +109,10 @@ GEMV_MMA = GemvConfig("q8_gemv_mma", 8, 1, 3)
 GEMV_MMA_WIDE = GemvConfig("q8_gemv_mma", 8, 1, 2)  # 9-16 rows: two rounds a warp, so that streaming blocks fit twice
 GEMV_MMA_STREAM_WAVES = 2
 GEMV_MMA_MIN_ROWS = 8
-# ... and of at least this many weights: on small matrices the dp4a GEMV is the faster at 8 rows (the default
-# model's four shapes, 0.3-1.8 M weights: 1.35-2.13 us against 1.68-2.56, tests/results/gemv_small_shapes_h200.json),
-# the tensor-core one from the 8B shapes (16.8 M weights and up) on.
+# ... and of at least this many weights: on smaller matrices the dp4a GEMV is the faster at 8-16 rows on the
+# H200 (576x576 to 1536x1536: 1.35-2.59 us against 1.64-2.69 at 8 rows, 1.47-3.08 against 2.09-3.33 at 16), the
+# tensor-core one from 2048x2048 on (3.01 against 3.31 us at 8 rows, 3.74 against 4.00 at 16; the 8B shapes by
+# more): tests/results/gemv_crossover_h200.json.
 GEMV_MMA_MIN_WEIGHTS = 4 * 1024 * 1024
 # The tensor-core mappings `refspec bench gemv --mma` and --variants time beside the production GEMV.
 GEMV_MMA_VARIANTS = [GemvConfig("q8_gemv_mma", nr, mt, stages)

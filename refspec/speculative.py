@@ -83,13 +83,13 @@ class NgramDrafter(Drafter):
     tokens back, guesses beyond the end of the context repeat the guesses before them, so a run with
     period p keeps its period instead of being cut at p guesses.
 
-    A proposal costs O(max_n + k), not a scan of the context: the drafter keeps an index, each (n-gram, next
-    token) to how often it occurred and each n-gram to its proposal (the start and count of the latest
-    occurrence of its most common next token), and extends it with the tokens a context has beyond the last
-    one it saw (a context that does not extend it is indexed afresh). An occurrence whose next token has now
-    been seen as often as the proposal's, or more often, becomes the proposal: occurrences come in order, so
-    that is the rule above. During decoding each context is the last one plus the tokens just accepted, so
-    every token is indexed once."""
+    A proposal costs O(max_n + k), not a scan of the context: the drafter keeps an index, each n-gram to its
+    proposal (the start of the latest occurrence of its most common next token, that token, and how often it
+    followed) and each other (n-gram, next token) pair seen to its count, and extends it with the tokens a
+    context has beyond the last one it saw (a context that does not extend it is indexed afresh). An
+    occurrence whose next token has now been seen as often as the proposal's, or more often, becomes the
+    proposal: occurrences come in order, so that is the rule above. During decoding each context is the last
+    one plus the tokens just accepted, so every token is indexed once."""
 
     name = "ngram"
 
@@ -98,8 +98,8 @@ class NgramDrafter(Drafter):
             raise UsageError(f"n-gram sizes must satisfy 1 <= min_n <= max_n, got {min_n}, {max_n}")
         self.max_n, self.min_n = max_n, min_n
         self._ids: list[int] = []  # the context indexed so far
-        self._count: dict[tuple, int] = {}  # (n-gram, next token) -> occurrences of the n-gram followed by it
-        self._best: dict[tuple, tuple[int, int]] = {}  # n-gram -> (start, count) of its proposal
+        self._best: dict[tuple, tuple[int, int, int]] = {}  # n-gram -> its proposal's (start, count, token)
+        self._count: dict[tuple, int] = {}  # (n-gram, another next token) -> its count, once it has been seen
 
     def begin(self, cache: KVCache) -> None:
         self._ids, self._count, self._best = [], {}, {}
@@ -115,13 +115,21 @@ class NgramDrafter(Drafter):
         ids.extend(checks.integer(f"context[{i}]", context[i], 0) for i in range(seen, len(context)))
         self._ids = ids
         # n-grams ids[s:e] with s = e - n; those ending at e <= seen - 1 are indexed already
-        count, best = self._count, self._best
+        best, count = self._best, self._count
         for e in range(max(seen, 1), len(ids)):
+            token = ids[e]
             for n in range(self.min_n, min(self.max_n, e) + 1):
                 gram = tuple(ids[e - n : e])
-                c = count[gram, ids[e]] = count.get((gram, ids[e]), 0) + 1
-                if c >= best.get(gram, (0, 0))[1]:
-                    best[gram] = (e - n, c)
+                b = best.get(gram)
+                if b is None or b[2] == token:  # (most n-grams: seen once, or followed by one token)
+                    best[gram] = (e - n, 1 if b is None else b[1] + 1, token)
+                    continue
+                c = count.get((gram, token), 0) + 1
+                if c >= b[1]:  # the proposal changes token; the old one's count is kept with the others
+                    count[gram, b[2]] = b[1]
+                    best[gram] = (e - n, c, token)
+                else:
+                    count[gram, token] = c
         return ids
 
     def propose(self, context: list[int], k: int) -> list[int]:

@@ -112,7 +112,8 @@ class NgramDrafter(Drafter):
         if len(context) < seen or context[:seen] != ids:  # not a continuation of what was indexed
             ids, seen = [], 0
             self._count, self._best = {}, {}
-        ids.extend(checks.integer(f"context[{i}]", context[i], 0) for i in range(seen, len(context)))
+        # checked before the index takes any (a refused context leaves the index as it was)
+        ids.extend([checks.integer(f"context[{i}]", context[i], 0) for i in range(seen, len(context))])
         self._ids = ids
         # n-grams ids[s:e] with s = e - n; those ending at e <= seen - 1 are indexed already
         best, count = self._best, self._count

@@ -306,6 +306,16 @@ def test_ngram_propose_refuses_what_is_not_token_ids(context, k):
         NgramDrafter().propose(context, k)
 
 
+def test_ngram_index_is_unchanged_by_a_refused_context():
+    """A context refused part-way through its new tokens leaves the index as it was: its continuation is
+    then proposed for as by a drafter that never saw the refused one."""
+    d = NgramDrafter(max_n=2, min_n=1)
+    assert d.propose([5, 6, 7], 2) == []
+    with pytest.raises(UsageError):
+        d.propose([5, 6, 7, 6, 8, -1], 2)
+    assert d.propose([5, 6, 7, 6, 8, 6], 2) == NgramDrafter(max_n=2, min_n=1).propose([5, 6, 7, 6, 8, 6], 2)
+
+
 def test_layerskip_default_layers(tmp_path, tiny):
     """Every layer but L//6 .. L//2-1, in order."""
     thirty = Transformer(load(write_model(tmp_path / "30.gguf", n_layer=30)), CpuBackend())

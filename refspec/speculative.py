@@ -109,11 +109,14 @@ class NgramDrafter(Drafter):
         if isinstance(context, (str, bytes)) or not isinstance(context, Sequence):
             raise UsageError(f"context must be a sequence of token ids, not {type(context).__name__}")
         ids, seen = self._ids, len(self._ids)
-        if len(context) < seen or context[:seen] != ids:  # not a continuation of what was indexed
-            ids, seen = [], 0
-            self._count, self._best = {}, {}
-        # checked before the index takes any (a refused context leaves the index as it was)
-        ids.extend([checks.integer(f"context[{i}]", context[i], 0) for i in range(seen, len(context))])
+        fresh = len(context) < seen or context[:seen] != ids  # not a continuation of what was indexed
+        if fresh:
+            seen = 0
+        # every new token is checked before the index changes: a refused context leaves it as it was
+        new = [checks.integer(f"context[{i}]", context[i], 0) for i in range(seen, len(context))]
+        if fresh:
+            ids, self._count, self._best = [], {}, {}
+        ids.extend(new)
         self._ids = ids
         # n-grams ids[s:e] with s = e - n; those ending at e <= seen - 1 are indexed already
         best, count = self._best, self._count

@@ -314,6 +314,9 @@ def test_ngram_index_is_unchanged_by_a_refused_context():
     with pytest.raises(UsageError):
         d.propose([5, 6, 7, 6, 8, -1], 2)
     assert d.propose([5, 6, 7, 6, 8, 6], 2) == NgramDrafter(max_n=2, min_n=1).propose([5, 6, 7, 6, 8, 6], 2)
+    with pytest.raises(UsageError):
+        d.propose([1, -1], 2)  # not a continuation, refused: the index must not be reset either
+    assert d.propose([5, 6, 7, 6, 8, 6, 9, 7], 2) == [6, 8]  # "7" last followed by 6, before the refused call
 
 
 def test_layerskip_default_layers(tmp_path, tiny):

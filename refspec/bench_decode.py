@@ -95,15 +95,15 @@ def run(args) -> int:
                         ("--draft-max", args.draft_max)):
         if value < 1:
             raise UsageError(f"{flag} must be at least 1, got {value}")
+    if args.mma_min_rows is not None and not 1 <= args.mma_min_rows <= 16:
+        raise UsageError(f"--mma-min-rows must be in 1..16 (rows of one GEMV launch), got {args.mma_min_rows}")
+    if args.mma_min_weights is not None and args.mma_min_weights < 0:
+        raise UsageError(f"--mma-min-weights must be at least 0, got {args.mma_min_weights}")
     model = load_model(preset_model_path(args.preset, note) if args.preset else args.model)
     tok = load_tokenizer(model)
     backend = make_backend(args.device)
-    if args.mma_min_rows is not None and not 1 <= args.mma_min_rows <= 16:
-        raise UsageError(f"--mma-min-rows must be in 1..16 (rows of one GEMV launch), got {args.mma_min_rows}")
     if args.mma_min_rows is not None and backend.name == "gpu":
         backend.mma_min_rows = args.mma_min_rows
-    if args.mma_min_weights is not None and args.mma_min_weights < 0:
-        raise UsageError(f"--mma-min-weights must be at least 0, got {args.mma_min_weights}")
     if args.mma_min_weights is not None and backend.name == "gpu":
         backend.mma_min_weights = args.mma_min_weights
     if args.no_overlap and backend.name == "gpu":

@@ -252,6 +252,9 @@ class GpuBackend:
 
     def __init__(self, poison: int | None = None, mma_min_rows: int | None = GEMV_MMA_MIN_ROWS,
                  overlap: bool | None = None, mma_min_weights: int = GEMV_MMA_MIN_WEIGHTS):
+        if mma_min_rows is not None:
+            mma_min_rows = checks.integer("mma_min_rows", mma_min_rows, 1, GEMV_MAX_ROWS)
+        mma_min_weights = checks.integer("mma_min_weights", mma_min_weights, 0)
         try:
             import cupy
         except ImportError as err:

@@ -175,6 +175,7 @@ def test_synthetic_rope_scaling_and_info(tmp_path):
 
 def test_bench_decode_arguments_are_one_line(model):
     for args, fragment in ((["--mma-min-rows", "0"], "--mma-min-rows must be in 1..16"),
+                           (["--mma-min-weights", "-1"], "--mma-min-weights must be at least 0"),
                            (["--pass-rows", "1,x"], "--pass-rows: expected a comma-separated list"),
                            (["--pass-position", "0"], "--pass-position must be in 1.."),
                            (["--preset", "no-such-preset"], "unknown preset 'no-such-preset'")):

@@ -13,6 +13,7 @@ from refspec.backends import make_backend
 from refspec.errors import UsageError
 from refspec.forward import Transformer
 from refspec.generate import generate
+from refspec.gpu import GpuBackend
 from refspec.gguf_model import load
 from refspec.speculative import LayerSkipDrafter, make_drafter, speculative_generate
 from refspec.tokenizer import Tokenizer
@@ -75,6 +76,9 @@ CALLS = {  # name: (call(tf, tok, cache), fragment of the UsageError)
     "layer-skip layers=[0.5]": (lambda tf, tok, c: LayerSkipDrafter(tf, layers=[0.5]), "not float"),
     "unknown drafter": (lambda tf, tok, c: make_drafter("psychic", tf), "unknown drafter"),
     "unknown device": (lambda tf, tok, c: make_backend("tpu"), "unknown device"),
+    "GpuBackend(mma_min_weights=-1)": (lambda tf, tok, c: GpuBackend(mma_min_weights=-1),
+                                       "mma_min_weights is -1, must be at least 0"),
+    "GpuBackend(mma_min_rows=0)": (lambda tf, tok, c: GpuBackend(mma_min_rows=0), "mma_min_rows is 0, must be in 1..16"),
     "write_model(n_layer=-1)": (lambda tf, tok, c: synthetic.write_model("/nonexistent/x.gguf", n_layer=-1), "n_layer"),
     "write_model(seed=-1)": (lambda tf, tok, c: synthetic.write_model("/nonexistent/x.gguf", seed=-1), "seed"),
     "write_model(eps=nan)": (lambda tf, tok, c: synthetic.write_model("/nonexistent/x.gguf", eps=float("nan")), "eps"),

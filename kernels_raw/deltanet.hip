@@ -14,7 +14,6 @@
 #define RS_DELTA_MAX_DK 256  // key dimension a delta-rule group holds in registers: 8 values per lane
 
 RS_DEVICE float rs_sigmoid(float x) { return rs_div(1.0f, rs_add(1.0f, refspec_exp(-x))); }
-RS_DEVICE float rs_silu(float x) { return rs_div(x, rs_add(1.0f, refspec_exp(-x))); }
 
 // spec.silu: out = x / (1 + exp(-x)). x, out float32 [n].
 extern "C" __global__ void __launch_bounds__(RS_ELEMENTWISE_THREADS)

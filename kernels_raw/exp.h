@@ -30,3 +30,7 @@ RS_DEVICE float refspec_exp(float x) {
   if (x < RS_EXP_X_MIN) p = 0.0f;
   return p;
 }
+
+// spec.silu: x / (1 + exp(-x)); spec.silu_mul of one value: silu(g) * u. Each step rounded.
+RS_DEVICE float rs_silu(float x) { return rs_div(x, rs_add(1.0f, refspec_exp(-x))); }
+RS_DEVICE float rs_silu_mul(float g, float u) { return rs_mul(rs_silu(g), u); }

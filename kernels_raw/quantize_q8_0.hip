@@ -129,7 +129,6 @@ silu_mul_q8(const float* __restrict__ gate, const float* __restrict__ up, long l
   const long long block = (long long)blockIdx.x * rs_groups() + rs_group();  // = row * nb + b
   if (block >= (long long)rows * nb) return;  // the whole group leaves together
   const long long at = (block / nb) * stride + (block % nb) * RS_QK + rs_lane();
-  const float g = gate[at];
-  const float v = rs_mul(rs_div(g, rs_add(1.0f, refspec_exp(-g))), up[at]);
+  const float v = rs_silu_mul(gate[at], up[at]);
   rs_quantize_block_lanes(v, xq + block * RS_QK, xd + block);
 }

@@ -9,7 +9,7 @@ reproduces greedy token for token and logit for logit, whatever the drafter prop
 Drafters here load no second model:
   * ``NoDrafter`` ('none'): proposes nothing, so every pass has one row: plain greedy decoding.
   * ``NgramDrafter`` ('ngram'): prompt lookup: what followed an earlier occurrence of the context's trailing
-    n-gram (of those followed by its most common next token, the latest). Strong when the answer copies from
+    n-gram (of those followed by its most common next token, the first). Strong when the answer copies from
     the input (editing code, rewriting a list).
   * ``LayerSkipDrafter`` ('layerskip'): the model's own layers less a third in the middle, then its final
     norm and head.
@@ -72,34 +72,44 @@ class NoDrafter(Drafter):
 
 
 class NgramDrafter(Drafter):
-    """Prompt-lookup decoding: take the context's trailing n-gram, n from `max_n` down to `min_n`; among its
-    earlier occurrences, take those followed by the token that follows it most often (ties: the token that
-    followed it last), and propose the k tokens that followed the latest of them. The latest occurrence is
-    the one most likely to be in the middle of what is being copied right now; where the occurrences disagree
-    on the next token, the most common one is the better guess (on the default model's four copy prompts,
-    replayed offline: 93 verify passes instead of 96, 2.17 tokens a pass instead of 2.10).
+    """Prompt-lookup decoding: take the context's trailing n-gram, n from `max_n` down to `min_n`; of the tokens
+    that followed its earlier occurrences take the most common (ties: the one that followed it first), and
+    propose the k tokens that followed the n-gram where that token first followed it. A match of one token
+    (n = 1) proposes at most `unigram_max` tokens.
+
+    Why the first occurrence: an answer that copies from the prompt copies text that comes before every other
+    occurrence; later ones are mostly in the answer itself, where it has already departed from the source (a
+    renamed function, a reformatted line), or in the chat template. Why the cap: one matching token is weak
+    evidence (replayed at 15 guesses on the eleven prompts below, 3 of 163 proposals from one had more than 7
+    accepted), and every guess costs a row of the verify pass. Replayed offline on the default model's greedy outputs
+    (tests/replay_ngram.py, each pass costed as measured on the H200), at 7 guesses a pass: the four copy
+    prompts take 89 verify passes instead of 93 with the latest occurrence (2.27 tokens a pass instead of 2.17;
+    1.88x greedy instead of 1.80x, drafting not counted), seven other chat prompts (three copying, four writing
+    freely) 382 instead of 392; the best occurrence every pass, chosen in hindsight, would take 86. At 15
+    guesses the cap gains 3.5 % on the copy prompts and 3.7 % on the others.
 
     The copy may run into the present (an LZ77-style overlapping copy): when the occurrence starts p < k
     tokens back, guesses beyond the end of the context repeat the guesses before them, so a run with
     period p keeps its period instead of being cut at p guesses.
 
     A proposal costs O(max_n + k), not a scan of the context: the drafter keeps an index, each n-gram to its
-    proposal (the start of the latest occurrence of its most common next token, that token, and how often it
-    followed) and each other (n-gram, next token) pair seen to its count, and extends it with the tokens a
-    context has beyond the last one it saw (a context that does not extend it is indexed afresh). An
-    occurrence whose next token has now been seen as often as the proposal's, or more often, becomes the
-    proposal: occurrences come in order, so that is the rule above. During decoding each context is the last
-    one plus the tokens just accepted, so every token is indexed once."""
+    proposal (the start of the first occurrence of its most common next token, that token, and how often it
+    followed) and each other (n-gram, next token) pair to its count and first start, and extends it with the
+    tokens a context has beyond the last one it saw (a context that does not extend it is indexed afresh). A
+    next token whose count passes the proposal's, or equals it having followed the n-gram first, becomes the
+    proposal. During decoding each context is the last one plus the tokens just accepted, so every token is
+    indexed once."""
 
     name = "ngram"
 
-    def __init__(self, max_n: int = 4, min_n: int = 1):
+    def __init__(self, max_n: int = 4, min_n: int = 1, unigram_max: int = 7):
         if not 1 <= min_n <= max_n:
             raise UsageError(f"n-gram sizes must satisfy 1 <= min_n <= max_n, got {min_n}, {max_n}")
         self.max_n, self.min_n = max_n, min_n
+        self.unigram_max = checks.integer("unigram_max", unigram_max, 0)
         self._ids: list[int] = []  # the context indexed so far
-        self._best: dict[tuple, tuple[int, int, int]] = {}  # n-gram -> its proposal's (start, count, token)
-        self._count: dict[tuple, int] = {}  # (n-gram, another next token) -> its count, once it has been seen
+        self._best: dict[tuple, list[int]] = {}  # n-gram -> its proposal's [start, count, token]
+        self._count: dict[tuple, tuple[int, int]] = {}  # (n-gram, another next token) -> (count, first start)
 
     def begin(self, cache: KVCache) -> None:
         self._ids, self._count, self._best = [], {}, {}
@@ -113,27 +123,30 @@ class NgramDrafter(Drafter):
         if fresh:
             seen = 0
         # every new token is checked before the index changes: a refused context leaves it as it was
-        new = [checks.integer(f"context[{i}]", context[i], 0) for i in range(seen, len(context))]
+        new = [t if type(t) is int and t >= 0 else checks.integer(f"context[{i}]", t, 0)
+               for i, t in enumerate(context[seen:], seen)]
         if fresh:
             ids, self._count, self._best = [], {}, {}
         ids.extend(new)
         self._ids = ids
-        # n-grams ids[s:e] with s = e - n; those ending at e <= seen - 1 are indexed already
-        best, count = self._best, self._count
+        # n-grams ids[e-n:e], each followed by ids[e]; those with e <= seen - 1 are indexed already
+        best, count, min_n, max_n = self._best, self._count, self.min_n, self.max_n
         for e in range(max(seen, 1), len(ids)):
-            token = ids[e]
-            for n in range(self.min_n, min(self.max_n, e) + 1):
-                gram = tuple(ids[e - n : e])
+            token, longest = ids[e], tuple(ids[max(0, e - max_n) : e])
+            for n in range(min_n, len(longest) + 1):
+                gram = longest[-n:]
                 b = best.get(gram)
-                if b is None or b[2] == token:  # (most n-grams: seen once, or followed by one token)
-                    best[gram] = (e - n, 1 if b is None else b[1] + 1, token)
-                    continue
-                c = count.get((gram, token), 0) + 1
-                if c >= b[1]:  # the proposal changes token; the old one's count is kept with the others
-                    count[gram, b[2]] = b[1]
-                    best[gram] = (e - n, c, token)
+                if b is None:
+                    best[gram] = [e - n, 1, token]
+                elif b[2] == token:  # (most n-grams: seen once, or followed by one token)
+                    b[1] += 1
                 else:
-                    count[gram, token] = c
+                    c, start = count.get((gram, token), (0, e - n))
+                    if c + 1 > b[1] or (c + 1 == b[1] and start < b[0]):  # it becomes the proposal
+                        count[gram, b[2]] = b[1], b[0]
+                        best[gram] = [start, c + 1, token]
+                    else:
+                        count[gram, token] = c + 1, start
         return ids
 
     def propose(self, context: list[int], k: int) -> list[int]:
@@ -142,6 +155,7 @@ class NgramDrafter(Drafter):
         for n in range(min(self.max_n, len(ids) - 1), self.min_n - 1, -1):
             proposal = self._best.get(tuple(ids[len(ids) - n :]))
             if proposal is not None:
+                k = min(k, self.unigram_max) if n == 1 else k
                 start = proposal[0] + n
                 copy = ids[start : start + k]  # what followed it, up to the present
                 period = len(ids) - start

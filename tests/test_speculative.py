@@ -237,12 +237,13 @@ def test_draft_max_zero_is_greedy(tiny):
 
 
 # -------------------------------------------------------------------------------------------- drafters
-def test_ngram_proposes_what_followed_the_latest_occurrence_of_the_most_common_continuation():
+def test_ngram_proposes_what_followed_the_first_occurrence_of_the_most_common_continuation():
     d = NgramDrafter(max_n=4, min_n=1)
     assert d.propose([1, 2, 3, 4, 1, 2], 3) == [3, 4, 1]
-    assert d.propose([5, 6, 1, 2, 7, 1, 2, 8, 1, 2], 2) == [8, 1]  # 7 and 8 once each: the latest
-    assert d.propose([1, 2, 7, 3, 1, 2, 7, 4, 1, 2, 8, 1, 2], 3) == [7, 4, 1]  # 7 twice, 8 once
-    assert d.propose([1, 2, 7, 3, 1, 2, 8, 4, 1, 2, 8, 5, 1, 2, 7, 6, 1, 2], 2) == [7, 6]  # 2 each: the latest
+    assert d.propose([5, 6, 1, 2, 7, 1, 2, 8, 1, 2], 2) == [7, 1]  # 7 and 8 once each: the first
+    assert d.propose([1, 2, 7, 3, 1, 2, 7, 4, 1, 2, 8, 1, 2], 3) == [7, 3, 1]  # 7 twice, 8 once: 7's first
+    assert d.propose([1, 2, 8, 3, 1, 2, 7, 4, 1, 2, 7, 5, 1, 2], 2) == [7, 4]  # 8 once, then 7 twice: 7's first
+    assert d.propose([1, 2, 7, 3, 1, 2, 8, 4, 1, 2, 8, 5, 1, 2, 7, 6, 1, 2], 2) == [7, 3]  # 2 each: the first
     assert d.propose([9, 1, 2, 3, 5, 2, 3], 2) == [5, 2]  # "2 3" matches, "5 2 3" does not
     assert d.propose([1, 2, 3], 3) == [] and d.propose([4], 3) == []
     assert d.propose([7, 7, 7], 4) == [7, 7, 7, 7]  # a run keeps its period (overlapping copy)
@@ -250,7 +251,35 @@ def test_ngram_proposes_what_followed_the_latest_occurrence_of_the_most_common_c
     assert NgramDrafter(max_n=4, min_n=2).propose([1, 2, 3, 1], 3) == []  # no bigram match, unigrams off
 
 
-def scan_proposal(context, k, max_n, min_n):
+def test_ngram_tie_goes_to_the_token_that_followed_first_even_after_it_lost_the_lead():
+    """After 1: 5, then 6, 6 (6 leads), then 5 again (2 each): 5 followed 1 first, so it is the proposal again,
+    copied from its first occurrence; an index that keeps the leader on a tie proposes [6, 1, 6], the latest
+    occurrence rule [5, 1, 5]."""
+    d = NgramDrafter(max_n=1)
+    assert d.propose([1, 5, 1, 6, 1, 6, 1], 3) == [6, 1, 6]  # 6 twice, 5 once
+    assert d.propose([1, 5, 1, 6, 1, 6, 1, 5, 1], 3) == [5, 1, 6]
+
+
+def test_ngram_starts_a_copy_where_the_source_starts():
+    """An answer that begins copying a list of records of one shape ("key: value") copies the first record;
+    the latest occurrence of "key:" would copy the last one and run past the list's end."""
+    source = [30, 1, 2, 31, 30, 1, 2, 32, 30, 1, 2, 33]
+    d = NgramDrafter()
+    assert d.propose(source + [0, 30, 1], 4) == [2, 31, 30, 1]  # the latest occurrence: [2, 33, 0, 30]
+    assert d.propose(source + [0, 30, 1, 2, 31, 30, 1], 4) == [2, 32, 30, 1]  # then the second record
+
+
+@pytest.mark.parametrize("max_n, unigram_max, context, guesses", [
+    (4, 7, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 1], [2, 3, 4, 5, 6, 7, 8]),  # one token matches: 7 at most
+    (4, 15, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 1], [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 1, 2, 3, 4, 5]),
+    (4, 7, list(range(1, 18)) + [1, 2], list(range(3, 18))),  # two tokens match: all k
+    (1, 0, [1, 2, 1], []),  # none from a one-token match
+])
+def test_ngram_caps_the_guesses_from_a_one_token_match(max_n, unigram_max, context, guesses):
+    assert NgramDrafter(max_n=max_n, unigram_max=unigram_max).propose(context, 15) == guesses
+
+
+def scan_proposal(context, k, max_n, min_n, unigram_max=7):
     """NgramDrafter's rule written as a scan of the whole context: what its index must reproduce."""
     ids = np.asarray(context, dtype=np.int64)
     for n in range(min(max_n, len(ids) - 1), min_n - 1, -1):
@@ -260,8 +289,9 @@ def scan_proposal(context, k, max_n, min_n):
             follows = ids[hits + n]
             counts = {int(t): int((follows == t).sum()) for t in follows}
             most = max(counts.values())
-            last = [h for h in hits if counts[int(ids[h + n])] == most][-1]  # its token is the one taken
-            start = int(last) + n
+            first = [h for h in hits if counts[int(ids[h + n])] == most][0]  # its token is the one taken
+            start = int(first) + n
+            k = min(k, unigram_max) if n == 1 else k
             copy = [int(t) for t in ids[start : start + k]]
             while len(copy) < k:
                 copy.append(copy[-(len(ids) - start)])
@@ -270,23 +300,26 @@ def scan_proposal(context, k, max_n, min_n):
 
 
 @given(seed=st.integers(0, 2**32 - 1), length=st.integers(1, 80), alphabet=st.integers(1, 6),
-       steps=st.integers(1, 12), k=st.integers(1, 9), sizes=st.tuples(st.integers(1, 5), st.integers(0, 4)))
-def test_ngram_index_proposes_what_a_scan_proposes(seed, length, alphabet, steps, k, sizes):
+       steps=st.integers(1, 12), k=st.integers(1, 12), sizes=st.tuples(st.integers(1, 5), st.integers(0, 4)),
+       unigram_max=st.integers(0, 10))
+def test_ngram_index_proposes_what_a_scan_proposes(seed, length, alphabet, steps, k, sizes, unigram_max):
     """The drafter's incremental index against a scan of the whole context, over contexts that grow (as in
     decoding, by several tokens at a time), shrink, or change under it (then it must index afresh). Small
-    alphabets make repeats, ties between occurrences and overlapping copies common."""
+    alphabets make repeats, ties between occurrences (a token taking the lead, then losing it) and overlapping
+    copies common."""
     rng = np.random.default_rng(seed)
     tokens = [int(t) for t in rng.integers(0, alphabet, length)]
     min_n = sizes[0]
     max_n = min_n + sizes[1]
-    d = NgramDrafter(max_n=max_n, min_n=min_n)
+    d = NgramDrafter(max_n=max_n, min_n=min_n, unigram_max=unigram_max)
     for cut in sorted(int(c) for c in rng.integers(1, length + 1, steps)):
         context = tokens[:cut]
         if rng.random() < 0.2:
             context = [alphabet - 1 - t for t in context]  # another context of the same length
         elif rng.random() < 0.1:
             context = context[: rng.integers(1, cut + 1)]  # a shorter one
-        assert d.propose(context, k) == scan_proposal(context, k, max_n, min_n), (context, k)
+        want = scan_proposal(context, k, max_n, min_n, unigram_max)
+        assert d.propose(context, k) == want, (context, k)
 
 
 def test_ngram_index_follows_a_decoding_loop():
@@ -294,16 +327,28 @@ def test_ngram_index_follows_a_decoding_loop():
     d = NgramDrafter(max_n=2, min_n=1)
     assert d.propose([5, 6, 7], 2) == []
     assert d.propose([5, 6, 7, 8, 6], 2) == [7, 8]
-    assert d.propose([5, 6, 7, 8, 6, 9, 8], 2) == [6, 9]  # "8" last followed by 6 (index extended)
+    assert d.propose([5, 6, 7, 8, 6, 9, 8], 2) == [6, 9]  # "8" followed by 6 (index extended)
     assert d.propose([1, 2], 2) == []  # a new context: nothing of the old one is proposed
     assert d.propose([1, 2, 1], 3) == [2, 1, 2]
 
 
 @pytest.mark.parametrize("context, k", [("hello", 3), ([1, "a", 2], 3), ([1, 2.5], 2), ([1, -2], 2), (5, 2),
-                                        ([1, 2, 1], "x"), ([1, 2, 1], -1)])
+                                        ([1, 2, 1], "x"), ([1, 2, 1], -1), ([1, True, 1], 2),
+                                        ([1, np.int64(-3)], 2)])
 def test_ngram_propose_refuses_what_is_not_token_ids(context, k):
     with pytest.raises(UsageError):
         NgramDrafter().propose(context, k)
+
+
+def test_ngram_takes_numpy_token_ids():
+    guesses = NgramDrafter().propose([np.int64(5), 6, np.int32(5)], 2)
+    assert guesses == [6, 5] and all(type(t) is int for t in guesses)
+
+
+@pytest.mark.parametrize("unigram_max", [-1, 2.0, "7", True, None])
+def test_ngram_refuses_a_unigram_max_that_is_not_a_count(unigram_max):
+    with pytest.raises(UsageError):
+        NgramDrafter(unigram_max=unigram_max)
 
 
 def test_ngram_index_is_unchanged_by_a_refused_context():
@@ -316,7 +361,7 @@ def test_ngram_index_is_unchanged_by_a_refused_context():
     assert d.propose([5, 6, 7, 6, 8, 6], 2) == NgramDrafter(max_n=2, min_n=1).propose([5, 6, 7, 6, 8, 6], 2)
     with pytest.raises(UsageError):
         d.propose([1, -1], 2)  # not a continuation, refused: the index must not be reset either
-    assert d.propose([5, 6, 7, 6, 8, 6, 9, 7], 2) == [6, 8]  # "7" last followed by 6, before the refused call
+    assert d.propose([5, 6, 7, 6, 8, 6, 9, 7], 2) == [6, 8]  # "7" followed by 6, before the refused call
 
 
 def test_layerskip_default_layers(tmp_path, tiny):

@@ -41,6 +41,8 @@ COMPILE_OPTIONS = {
 }
 
 GEMV_THREADS = {"q8_gemv": 128, "q8_gemv_staged": 256}  # RS_GEMV_THREADS, RS_GEMV_STAGED_THREADS
+NGRAM_THREADS = 256  # RS_NGRAM_THREADS (kernels_raw/ngram.hip)
+NGRAM_MAX_N, NGRAM_MAX_K = 8, 16  # RS_NGRAM_MAX_N, RS_NGRAM_MAX_K: the longest n-gram, the most guesses a pass
 GEMV_MMA_ROWS = 16  # weight rows per thread block of q8_gemv_mma (RS_MMA_ROWS); its NR is warps per block
 
 
@@ -249,6 +251,7 @@ class GpuBackend:
     every output is written."""
 
     name = "gpu"
+    NGRAM_MAX_N = NGRAM_MAX_N  # the longest n-gram kernels_raw/ngram.hip drafts from (refspec.speculative)
 
     def __init__(self, poison: int | None = None, mma_min_rows: int | None = GEMV_MMA_MIN_ROWS,
                  overlap: bool | None = None, mma_min_weights: int = GEMV_MMA_MIN_WEIGHTS):
@@ -911,6 +914,30 @@ class GpuBackend:
     def greedy_next(self, result, inputs):
         """inputs (position, id) [2] of a one-row pass <- (position + 1, result[0, 0]): the next greedy step."""
         self.function("argmax", "greedy_next")((1,), (1,), (result, inputs))
+
+    def speculative_next(self, inputs, chosen, ctx, drafted, record, width: int, n_pos: int, ngram) -> None:
+        """After a captured verify pass of `width` rows (refspec/gpu_graphs.py, speculative_steps): its
+        tokens by the accept rule into `record` and `ctx`, and the next pass's input and guesses (NgramDrafter's
+        rule with ngram = (max_n, min_n, unigram_max)) into `inputs` and `drafted`; kernels_raw/ngram.hip's
+        speculative_next says each buffer's layout."""
+        max_n, min_n, unigram_max = ngram
+        self.function("ngram", "speculative_next")(
+            (1,), (NGRAM_THREADS,), (inputs, chosen, ctx, drafted, record, np.int32(width), np.int32(n_pos),
+                                     np.int32(max_n), np.int32(min_n), np.int32(unigram_max)))
+
+    def ngram_propose(self, context, k: int, max_n: int = 4, min_n: int = 1, unigram_max: int = 7) -> list[int]:
+        """NgramDrafter(max_n, min_n, unigram_max).propose(context, k) as kernels_raw/ngram.hip computes it on
+        the device (a scan of the context instead of the drafter's index): for tests."""
+        context = np.asarray(context, np.int32)
+        if not (1 <= min_n <= max_n <= NGRAM_MAX_N and 0 <= k <= NGRAM_MAX_K and len(context)):
+            raise ValueError(f"ngram_propose: k = {k}, n = {min_n}..{max_n} outside 0..{NGRAM_MAX_K}, "
+                             f"1..{NGRAM_MAX_N}, or an empty context")
+        out = self.cp.zeros(1 + k, np.int32)
+        self.function("ngram", "ngram_propose")(
+            (1,), (NGRAM_THREADS,), (self.cp.asarray(context), np.int32(len(context)), np.int32(k), np.int32(max_n),
+                                     np.int32(min_n), np.int32(unigram_max), out))
+        out = self.to_host(out)
+        return [int(t) for t in out[1 : 1 + out[0]]]
 
     def argmax(self, logits):
         return spec.checked_ids(*self.argmax_rows(logits))

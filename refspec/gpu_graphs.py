@@ -58,6 +58,19 @@ class GreedyGraph:
     held: list  # every array the captured pass allocated
 
 
+@dataclass
+class SpeculativeGraph:
+    graph: object  # cupy.cuda.graph.Graph: a verify pass of `width` rows + argmax + speculative_next
+    inputs: object  # device int32 [1 + width]: the pass's first position and ids (rewritten by the graph)
+    drafted: object  # device int32 [1]: how many of its ids after the first are guesses (the rest fill the width)
+    ctx: object  # device int32 [n_pos + width]: the token at each position of the context
+    record: object  # device int32 [2 + 2 * width]: the pass's tokens (kernels_raw/ngram.hip)
+    host: np.ndarray  # pinned host int32 [2, 2 + 2 * width]: the records of two queued passes
+    staging: np.ndarray  # pinned host int32 [n_pos + 2 * width + 2]: a context, the first input, its guesses
+    done: list  # two cupy.cuda.Event: recorded after each slot's copy
+    held: list  # every array the captured pass allocated
+
+
 class PassGraphs:
     """The captured passes of one Transformer (refspec/forward.py), replayed on one stream."""
 
@@ -190,7 +203,7 @@ class PassGraphs:
         def queue(step: int):
             nonlocal launched
             launched += 1
-            return self._queue_greedy(g, step)
+            return self._queue_step(g, step)
 
         with self.stream:
             if g is None:
@@ -198,7 +211,7 @@ class PassGraphs:
                 queued = [self._copy_result(g, 0)]
             else:
                 g.inputs.set(np.array([pos, token], np.int32))
-                queued = [self._queue_greedy(g, 0)]
+                queued = [self._queue_step(g, 0)]
             try:
                 for i in range(n_steps):
                     if i + 1 < n_steps and len(queued) < 2:
@@ -213,14 +226,15 @@ class PassGraphs:
                 self.stream.synchronize()  # a step queued past the last one kept ends before anything else runs
                 note_states(cache, recurrent, pos, launched)  # what every step run left in the rings
 
-    def _queue_greedy(self, g: GreedyGraph, step: int):
+    def _queue_step(self, g, step: int):
         g.graph.launch()
         return self._copy_result(g, step)
 
-    def _copy_result(self, g: GreedyGraph, step: int):
-        """The step's (id, flag) to its pinned host slot, after the step's kernels on the stream."""
+    def _copy_result(self, g, step: int):
+        """The step's result (a greedy step's id and flag, a speculative pass's record) to its pinned host
+        slot, after the step's kernels on the stream."""
         slot = step % 2
-        self._copy(g.host[slot], g.result)
+        self._copy(g.host[slot], g.result if isinstance(g, GreedyGraph) else g.record)
         done = g.done[slot]  # free again: the host has read the slot's last step before reusing the slot
         done.record(self.stream)
         return slot, done
@@ -241,5 +255,82 @@ class PassGraphs:
         _, graph, _ = self._capture(step, held, "a greedy step")
         done = [cp.cuda.Event(block=False, disable_timing=True) for _ in range(2)]
         g = cache.graphs["greedy"] = GreedyGraph(graph, inputs, result, host, done, held)
+        self.captured += 1
+        return g
+
+    # ---- speculative decoding with the ngram drafter, one pass ahead of the host
+    def speculative_steps(self, cache, context: list[int], drafts: list[int], width: int, ngram: tuple):
+        """Yield (ids, finite, guesses) for each verify pass of `width` rows: the tokens it yields by the
+        accept rule of refspec/speculative.py (its accepted guesses, then the token after them), the
+        NaN-or-infinity flags of those rows, and how many guesses it verified. The first pass verifies `drafts`
+        after the context's last token (at position len(context) - 1); each pass's graph then takes its tokens
+        into the context on the device and proposes the next pass's guesses by NgramDrafter's rule (ngram =
+        max_n, min_n, unigram_max: kernels_raw/ngram.hip), so the host queues pass k+1 before it reads pass
+        k's tokens, as greedy_steps does. A pass has `width` rows whatever it guesses (the rows after the
+        guesses are verified and never accepted). The caller stops reading when it has the tokens it needs;
+        the pass queued after those writes cache rows past the last token kept, at most 2 * width - 1
+        positions past it: the cache needs that many more (a pass that would not fit is moved to its end)."""
+        key = ("speculative", width, tuple(ngram))
+        g = cache.graphs.get(key)
+        with self.stream:
+            if g is None:
+                g = self._record_speculative(cache, context, drafts, width, ngram, key)  # runs the first pass
+                queued = [self._copy_result(g, 0)]
+            else:
+                self._stage_speculative(g, context, drafts)
+                queued = [self._queue_step(g, 0)]
+            try:
+                step = 0
+                while True:
+                    if len(queued) < 2:
+                        queued.append(self._queue_step(g, step + 1))
+                    slot, done = queued.pop(0)
+                    done.synchronize()
+                    record = g.host[slot]
+                    count = int(record[0])
+                    ids, flags = record[2 : 2 + 2 * count : 2].astype(np.int64), record[3 : 3 + 2 * count : 2] == 0
+                    guesses = int(record[1])
+                    queued.append(self._queue_step(g, step + 2))  # this slot is read: the pass after next takes it
+                    step += 1
+                    yield ids, flags, guesses
+            finally:
+                self.stream.synchronize()  # a pass queued past the last one read ends before anything else runs
+
+    def _stage_speculative(self, g: SpeculativeGraph, context: list[int], drafts: list[int]) -> None:
+        """Copy the context, the first pass's input (its position, the last token, the guesses padded to the
+        width with that token) and the number of guesses to the device, from pinned memory, on the stream."""
+        n, width = len(context), g.inputs.shape[0] - 1
+        staged = g.staging
+        staged[:n] = context
+        first = staged[n : n + 1 + width]
+        first[0], first[1] = n - 1, context[-1]
+        first[2:] = list(drafts) + [context[-1]] * (width - 1 - len(drafts))
+        staged[n + 1 + width] = len(drafts)
+        runtime = self.be.cp.cuda.runtime
+        for dst, start, count in ((g.ctx, 0, n), (g.inputs, n, 1 + width), (g.drafted, n + 1 + width, 1)):
+            runtime.memcpyAsync(dst.data.ptr, staged.ctypes.data + 4 * start, 4 * count, runtime.memcpyHostToDevice,
+                                self.stream.ptr)
+
+    def _record_speculative(self, cache, context, drafts, width: int, ngram, key) -> SpeculativeGraph:
+        """Run the first pass eagerly (compiling what it needs), then capture the same pass as a graph."""
+        be, cp = self.be, self.be.cp
+        n_pos = cache.n_pos
+        inputs, drafted = cp.empty(1 + width, np.int32), cp.empty(1, np.int32)
+        ctx, record = cp.zeros(n_pos + width, np.int32), cp.zeros(2 + 2 * width, np.int32)
+        chosen = cp.empty((width, 2), np.int32)
+        held = [inputs, drafted, ctx, record, chosen]
+        host = self._pinned((2, 2 + 2 * width), held)
+        staging = self._pinned((n_pos + 2 * width + 2,), held)
+        done = [cp.cuda.Event(block=False, disable_timing=True) for _ in range(2)]
+        g = SpeculativeGraph(None, inputs, drafted, ctx, record, host, staging, done, held)
+        self._stage_speculative(g, context, drafts)
+
+        def step():
+            logits = self.tf.run(cache, inputs[1:], inputs[:1], width)
+            be.argmax_device(logits, chosen)
+            be.speculative_next(inputs, chosen, ctx, drafted, record, width, n_pos, ngram)
+
+        _, g.graph, _ = self._capture(step, held, f"a speculative pass of {width} rows")
+        cache.graphs[key] = g
         self.captured += 1
         return g

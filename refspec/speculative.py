@@ -279,6 +279,23 @@ def make_drafter(name: str, tf: Transformer) -> Drafter:
 
 
 # ------------------------------------------------------------------------------------------- the loop
+CHAIN_SLACK = 3  # cache positions a chained run needs past the budget, in passes (two are queued past the one read)
+
+
+def chained_ngram(tf: Transformer, drafter: Drafter, draft_max: int, adaptive: bool, keep_logits: bool,
+                  n_alloc: int) -> bool:
+    """Whether the verify passes run chained on the device (refspec/gpu_graphs.py, speculative_steps): with
+    captured passes on a GPU backend that has the step (kernels_raw/ngram.hip), the drafter NgramDrafter
+    itself (a subclass may propose otherwise) with n-grams the kernel takes, k fixed (not adaptive) at 1 to 15
+    guesses, no logits kept, no recurrent layers (their state is checked on the host before each pass), and
+    room in the model's context for the passes queued past the last token."""
+    graphs = getattr(tf, "graphs", None)
+    return (graphs is not None and hasattr(tf.be, "speculative_next") and type(drafter) is NgramDrafter
+            and drafter.max_n <= tf.be.NGRAM_MAX_N and not adaptive and not keep_logits
+            and 1 <= draft_max < graphs.max_rows and not tf.recurrent_layers()
+            and n_alloc + CHAIN_SLACK * (draft_max + 1) <= tf.config.n_ctx)
+
+
 def speculative_generate(
     tf: Transformer,
     prompt_ids: list[int],
@@ -290,6 +307,7 @@ def speculative_generate(
     eog_ids=None,
     on_token=None,
     keep_logits: bool = False,
+    chain: bool = True,
 ) -> GenerationResult:
     """Greedy decoding, several tokens per forward pass: the result (ids, the logits row that chose each id,
     stop reason) is bitwise that of `generate(tf, prompt_ids, n_predict, eog_ids=...)`.
@@ -308,6 +326,13 @@ def speculative_generate(
     adapts unless both rows and guesses are cheap: on a GPU a pass of up to 17 rows costs about what one row
     costs (the weights are read once), so with a cheap drafter (ngram) every pass guesses draft_max tokens;
     on the CPU every extra row costs time, and a layer-skip guess costs most of a step anywhere.
+
+    Chained passes (chain=True, the default, where chained_ngram allows: the ngram drafter on a GPU with
+    captured passes). After the prompt's pass each verify pass's graph also takes its tokens by the accept
+    rule and proposes the next guesses by NgramDrafter's rule, on the device (kernels_raw/ngram.hip), so the
+    host queues passes back to back and reads each pass's tokens while the next ones run: no pass waits for
+    Python. Every pass then has draft_max + 1 rows (rows after the guesses are verified and never accepted);
+    tokens a last pass yields past the budget are not kept. Same tokens; chain=False runs the loop on the host.
     """
     prompt_ids = check_request(tf, prompt_ids, on_token, keep_logits)
     if not isinstance(drafter, Drafter):
@@ -315,22 +340,26 @@ def speculative_generate(
     draft_max = checks.integer("draft_max", draft_max, 0, MAX_DRAFT)
     if adaptive is not None:
         checks.flag("adaptive", adaptive)
+    checks.flag("chain", chain)
     with quiet_numerics():
         return _speculative_generate(tf, prompt_ids, n_predict, drafter, draft_max, adaptive, eog_ids, on_token,
-                                     keep_logits)
+                                     keep_logits, chain)
 
 
 def _speculative_generate(tf, prompt_ids, n_predict, drafter, draft_max, adaptive, eog_ids, on_token,
-                          keep_logits) -> GenerationResult:
+                          keep_logits, chain) -> GenerationResult:
     eog_ids = model_eog_ids(tf) if eog_ids is None else checked_eog_ids(tf, eog_ids)  # as generate()
     if adaptive is None:
         adaptive = tf.be.name == "cpu" or not drafter.cheap
     n_alloc, budget = plan_context(tf, len(prompt_ids), n_predict)
     result = GenerationResult(prompt_ids=list(prompt_ids))
     n_prompt, n_vocab = len(result.prompt_ids), tf.config.n_vocab
+    # The verify passes chained on the device (see chained_ngram): their cache needs room for the passes queued
+    # past the last token kept.
+    chained = chain and chained_ngram(tf, drafter, draft_max, adaptive, keep_logits, n_alloc)
     # a pass resumes inside the last one's k+1 rows; one slot more and no row's slot is the one a pass reads
     # (qwen35 on a GPU: the conv1d then reads its state in place, kernels_raw/deltanet.hip)
-    cache = tf.new_cache(n_alloc, n_states=draft_max + 2)
+    cache = tf.new_cache(n_alloc + CHAIN_SLACK * (draft_max + 1) if chained else n_alloc, n_states=draft_max + 2)
     drafter.begin(cache)
     on_hidden = drafter.target_pass if drafter.needs_hidden else None
     k_min = min(1, draft_max)
@@ -339,16 +368,11 @@ def _speculative_generate(tf, prompt_ids, n_predict, drafter, draft_max, adaptiv
     n_passes = n_drafted = n_accepted = 0
     single_ms, verify_ms, draft_seconds = [], [], 0.0
 
-    t0 = time.perf_counter()
-    rows = prefill(tf, cache, result.prompt_ids, on_hidden=on_hidden)  # [1, V]: chooses the first token
-    chosen = tf.be.argmax_rows(rows)
-    drafts: list[int] = []  # the guesses `rows` verified: rows[j] saw drafts[:j]
-    t1 = time.perf_counter()
-    while True:
-        # 1. Accept. Each row gets the spec's argmax (lowest index on ties; NaN/inf raise) on its own, and
-        #    only while greedy would have computed it: rows after a rejected guess are never looked at.
-        n_ok = 0  # guesses accepted by this pass
-        ids, finite = chosen  # every row's argmax; only the rows read below count
+    def take(ids, finite, drafts) -> int:
+        """1. Accept. Each row gets the spec's argmax (lowest index on ties; NaN/inf raise) on its own, and
+        only while greedy would have computed it: rows after a rejected guess are never looked at. Returns
+        the guesses accepted."""
+        n_ok = 0
         for j in range(len(ids)):
             token = token_of(ids, finite, j)
             result.ids.append(token)
@@ -364,14 +388,27 @@ def _speculative_generate(tf, prompt_ids, n_predict, drafter, draft_max, adaptiv
                 result.stop_reason = "max_tokens" if n_predict >= 0 else "context"
             if result.stop_reason or not right:
                 break
+        return n_ok
+
+    def count(n_drafts: int, n_ok: int) -> None:
+        nonlocal n_accepted, k
+        histogram[n_ok] += 1
+        n_accepted += n_ok
+        drafter.accepted(n_drafts, n_ok)
+        if adaptive and n_drafts == k and n_ok == k:
+            k = min(k + 1, draft_max)
+        elif adaptive and n_ok < n_drafts:
+            k = max(k_min, k - 1)
+
+    t0 = time.perf_counter()
+    rows = prefill(tf, cache, result.prompt_ids, on_hidden=on_hidden)  # [1, V]: chooses the first token
+    chosen = tf.be.argmax_rows(rows)
+    drafts: list[int] = []  # the guesses `rows` verified: rows[j] saw drafts[:j]
+    t1 = time.perf_counter()
+    while True:
+        n_ok = take(*chosen, drafts)
         if n_passes:  # the prompt's pass verified nothing
-            histogram[n_ok] += 1
-            n_accepted += n_ok
-            drafter.accepted(len(drafts), n_ok)
-            if adaptive and len(drafts) == k and n_ok == k:
-                k = min(k + 1, draft_max)
-            elif adaptive and n_ok < len(drafts):
-                k = max(k_min, k - 1)
+            count(len(drafts), n_ok)
         if result.stop_reason:
             break
 
@@ -381,11 +418,33 @@ def _speculative_generate(tf, prompt_ids, n_predict, drafter, draft_max, adaptiv
         pos = n_prompt + len(result.ids) - 1
         k_pass = min(k, budget - len(result.ids) - 1, n_alloc - 1 - pos)
         t_draft = time.perf_counter()
-        drafts = drafter.propose(result.prompt_ids + result.ids, k_pass) if k_pass else []
-        drafts = [int(t) for t in drafts[:k_pass]]
+        drafts = drafter.propose(result.prompt_ids + result.ids, k_pass if not chained else k) if k_pass else []
+        drafts = [int(t) for t in drafts[: k_pass if not chained else k]]
         draft_seconds += time.perf_counter() - t_draft
         if any(not 0 <= t < n_vocab for t in drafts):
             raise UsageError(f"drafter {drafter.name!r} proposed a token outside the vocabulary: {drafts}")
+
+        if chained and k_pass:
+            # 3'. Every later pass chained on the device: each pass's graph takes its tokens by the accept rule
+            #     and proposes the next guesses by the drafter's rule (kernels_raw/ngram.hip), so the host
+            #     reads a pass's tokens while the next one runs (refspec/gpu_graphs.py, speculative_steps).
+            #     Its passes are those of this loop with k = draft_max every pass, but for the cap at the end:
+            #     tokens past the budget are computed and not kept.
+            t_pass = time.perf_counter()
+            passes = tf.graphs.speculative_steps(cache, result.prompt_ids + result.ids, drafts, draft_max + 1,
+                                                 (drafter.max_n, drafter.min_n, drafter.unigram_max))
+            try:
+                for ids, finite, guessed in passes:
+                    n_passes += 1
+                    n_drafted += guessed
+                    guesses = [int(t) for t in ids[: len(ids) - 1]]  # its tokens but the last were guesses
+                    count(guessed, take(ids, finite, guesses))
+                    if result.stop_reason:
+                        break
+            finally:
+                passes.close()  # the passes queued after the last one read end before anything else runs
+            verify_ms.append(1e3 * (time.perf_counter() - t_pass) / max(1, n_passes))
+            break
         n_drafted += len(drafts)
 
         # 3. Verify: one pass over the newest token and the guesses. How many rows it has (set by the drafter
@@ -416,5 +475,6 @@ def _speculative_generate(tf, prompt_ids, n_predict, drafter, draft_max, adaptiv
         verify_ms_mean=round(float(np.mean(verify_ms)), 3) if verify_ms else None,  # passes with guesses
         single_step_ms=round(float(np.mean(single_ms)), 3) if single_ms else None,  # one-row passes
         draft_seconds=round(draft_seconds, 6),
+        chained=chained,  # passes chained on the device (verify_ms_mean: their mean time, queued back to back)
     )
     return result

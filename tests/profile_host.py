@@ -42,17 +42,19 @@ for rows in (1, 8):
           f"{1e3 * statistics.median(one_by_one):.3f} ms (host {1e3 * (statistics.median(one_by_one) - replayed):.3f})")
 
 prompt = list(range(300, 340)) * 4  # a prompt the ngram drafter finds matches in
-for run in range(2):
-    profile = cProfile.Profile() if run else None
-    if profile:
-        profile.enable()
-    t0 = time.perf_counter()
-    result = speculative_generate(tf, prompt, 128, drafter=make_drafter("ngram", tf), draft_max=7, eog_ids=())
-    seconds = time.perf_counter() - t0
-    if profile:
-        profile.disable()
-    s = result.stats
-    print(f"speculative run {run}: {seconds * 1e3:.1f} ms, {s['n_passes']} passes, verify {s['verify_ms_mean']} ms, "
-          f"single {s['single_step_ms']} ms, drafting {1e3 * s['draft_seconds']:.2f} ms, "
-          f"decode {1e3 * s['decode_seconds']:.1f} ms, {s['mean_tokens_per_pass']} tokens a pass")
-pstats.Stats(profile).sort_stats("tottime").print_stats(30)
+for chain in (False, True):  # the host loop; the passes chained on the device
+    for run in range(3):  # the first records the graphs; the last under cProfile
+        profile = cProfile.Profile() if run == 2 else None
+        if profile:
+            profile.enable()
+        t0 = time.perf_counter()
+        result = speculative_generate(tf, prompt, 128, drafter=make_drafter("ngram", tf), draft_max=7, eog_ids=(),
+                                      chain=chain)
+        seconds = time.perf_counter() - t0
+        if profile:
+            profile.disable()
+        s = result.stats
+        print(f"chain {chain} run {run}: {seconds * 1e3:.1f} ms, {s['n_passes']} passes, verify {s['verify_ms_mean']} "
+              f"ms, single {s['single_step_ms']} ms, drafting {1e3 * s['draft_seconds']:.2f} ms, "
+              f"decode {1e3 * s['decode_seconds']:.1f} ms, {s['mean_tokens_per_pass']} tokens a pass")
+    pstats.Stats(profile).sort_stats("tottime").print_stats(12)

@@ -4,9 +4,12 @@ graphs on equals greedy decoding."""
 from __future__ import annotations
 
 import functools
+import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from refspec.backends import CpuBackend
 from refspec.errors import ContextLengthError, NumericsError
@@ -15,7 +18,7 @@ from refspec.generate import generate
 from refspec.gguf_model import load
 from refspec.gpu import gpu_available
 from refspec.gpu_graphs import GRAPH_MAX_ROWS
-from refspec.speculative import make_drafter, speculative_generate
+from refspec.speculative import NgramDrafter, make_drafter, speculative_generate
 from refspec.synthetic import write_model
 
 from bits import assert_bits_equal
@@ -129,6 +132,63 @@ def test_speculative_with_graphs_equals_greedy(models, gpu, draft):
         assert_bits_equal(np.asarray(a), np.asarray(b), f"{draft}: logits of token {i}")
     cpu = generate(Transformer(model, CpuBackend()), prompt, 60)
     assert greedy.ids == cpu.ids
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_ngram_kernel_proposes_what_the_drafter_proposes(gpu, data):
+    """kernels_raw/ngram.hip's proposal (a scan of the context) is NgramDrafter's (its index), on contexts of
+    a few symbols (many occurrences, ties) that end in a copy of an earlier stretch, for every n-gram size,
+    cap and k a chained pass takes."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    symbols = data.draw(st.integers(1, 6), label="symbols")
+    context = list(rng.integers(0, symbols, data.draw(st.integers(1, 300), label="length")))
+    if len(context) > 4 and data.draw(st.booleans(), label="copy"):
+        start = int(rng.integers(0, len(context) - 2))
+        context += context[start : start + int(rng.integers(1, 12))]
+    max_n = data.draw(st.integers(1, 8), label="max_n")
+    min_n = data.draw(st.integers(1, max_n), label="min_n")
+    unigram_max = data.draw(st.integers(0, 16), label="unigram_max")
+    k = data.draw(st.integers(0, 15), label="k")
+    want = NgramDrafter(max_n, min_n, unigram_max).propose(context, k)
+    assert gpu.ngram_propose(context, k, max_n, min_n, unigram_max) == want
+
+
+@pytest.mark.parametrize("context, max_n", [([0, 1] * 1500 + [0], 1), ([3] * 3000, 4),
+                                            (list(np.random.default_rng(2).integers(0, 2, 5000)), 1)])
+def test_ngram_kernel_counts_past_what_shared_memory_keeps(gpu, context, max_n):
+    """An n-gram with more occurrences than the kernel keeps in shared memory (2048) is counted from global
+    memory: the same proposal."""
+    context = [int(t) for t in context]
+    for k in (1, 7, 15):
+        assert gpu.ngram_propose(context, k, max_n) == NgramDrafter(max_n).propose(context, k)
+
+
+@pytest.mark.parametrize("arch", sorted(SHAPES))
+def test_chained_speculative_equals_greedy_and_the_host_loop(models, gpu, arch):
+    """speculative_generate with the ngram drafter and graphs chains its verify passes on the device
+    (PassGraphs.speculative_steps): greedy's tokens and stop reason, in the host loop's passes, for several
+    draft_max, budgets that end inside a pass, an end-of-generation id, and a reused cache."""
+    model = models(arch)
+    tf = Transformer(model, gpu)
+    prompt = [5, 6, 7, 8, 9] * 6 + [5, 6]  # the ngram drafter finds guesses at once
+    greedy = generate(tf, prompt, 90, eog_ids=())
+    accepted = 0
+    for draft_max in (1, 3, 7, 15):
+        for n in (90, 37, 2, 1, 90):
+            runs = [speculative_generate(tf, prompt, n, drafter=make_drafter("ngram", tf), draft_max=draft_max,
+                                         eog_ids=(), chain=chain) for chain in (False, True)]
+            host, got = runs
+            assert got.ids == host.ids == greedy.ids[:n], f"draft_max {draft_max}, {n} tokens"
+            assert (got.stop_reason, got.stats["n_passes"]) == (host.stop_reason, host.stats["n_passes"])
+            assert (got.stats["chained"], host.stats["chained"]) == (True, False)
+            assert json.loads(json.dumps(got.stats)) == got.stats  # plain numbers (bench decode writes them)
+            accepted += got.stats["n_accepted"]
+    assert accepted > 0  # (the test exercises accepted guesses)
+    for stop in (greedy.ids[10], greedy.ids[40]):
+        first = greedy.ids.index(stop)
+        got = speculative_generate(tf, prompt, 90, drafter=make_drafter("ngram", tf), eog_ids=[stop])
+        assert (got.ids, got.stop_reason) == (greedy.ids[: first + 1], "eog")
 
 
 def test_tensor_core_gemv_passes_equal_cpu(models):

@@ -72,6 +72,8 @@ CALLS = {  # name: (call(tf, tok, cache), fragment of the UsageError)
                                      "Drafter"),
     "speculative adaptive 'yes'": (lambda tf, tok, c: speculative_generate(
         tf, [1, 2], 2, drafter=make_drafter("ngram", tf), adaptive="yes"), "adaptive must be True or False"),
+    "speculative chain 'yes'": (lambda tf, tok, c: speculative_generate(
+        tf, [1, 2], 2, drafter=make_drafter("ngram", tf), chain="yes"), "chain must be True or False"),
     "layer-skip layers=[7]": (lambda tf, tok, c: LayerSkipDrafter(tf, layers=[7]), "layers[0] is 7"),
     "layer-skip layers=[0.5]": (lambda tf, tok, c: LayerSkipDrafter(tf, layers=[0.5]), "not float"),
     "unknown drafter": (lambda tf, tok, c: make_drafter("psychic", tf), "unknown drafter"),

@@ -466,3 +466,34 @@ def test_bench_decode_quick_qwen35_reports_the_mtp_draft_step(tmp_path):
     assert all(r["identical"] for r in report["speculative"]["runs"])
     mtp = report["mtp"]
     assert mtp["draft_step_ms"] > 0 and mtp["model_step_ms"] > 0 and mtp["position"] == 64
+
+
+def test_which_runs_chain_their_passes_on_the_device():
+    """chained_ngram: only NgramDrafter itself, with k fixed at 1..15 guesses, n-grams the kernel takes, no
+    logits kept, no recurrent layers, on a backend with the device step and captured passes, and with room in
+    the context for the passes queued past the last token."""
+    from types import SimpleNamespace
+
+    from refspec.speculative import CHAIN_SLACK, chained_ngram
+
+    def tf(graphs=True, step=True, recurrent=(), n_ctx=1000):
+        be = SimpleNamespace(NGRAM_MAX_N=8, **({"speculative_next": None} if step else {}))
+        return SimpleNamespace(graphs=SimpleNamespace(max_rows=16) if graphs else None, be=be,
+                               recurrent_layers=lambda: list(recurrent), config=SimpleNamespace(n_ctx=n_ctx))
+
+    class Mine(NgramDrafter):
+        pass
+
+    ok = dict(draft_max=7, adaptive=False, keep_logits=False, n_alloc=100)
+    assert chained_ngram(tf(), NgramDrafter(), **ok)
+    assert chained_ngram(tf(n_ctx=100 + CHAIN_SLACK * 8), NgramDrafter(), **ok)
+    assert not chained_ngram(tf(n_ctx=99 + CHAIN_SLACK * 8), NgramDrafter(), **ok)  # no room past the end
+    assert not chained_ngram(tf(graphs=False), NgramDrafter(), **ok)
+    assert not chained_ngram(tf(step=False), NgramDrafter(), **ok)
+    assert not chained_ngram(tf(recurrent=[0]), NgramDrafter(), **ok)
+    assert not chained_ngram(tf(), Mine(), **ok)  # a subclass may propose otherwise
+    assert not chained_ngram(tf(), NgramDrafter(max_n=9), **ok)
+    assert not chained_ngram(tf(), NoDrafter(), **ok)
+    for change in (dict(draft_max=0), dict(draft_max=16), dict(adaptive=True), dict(keep_logits=True)):
+        assert not chained_ngram(tf(), NgramDrafter(), **{**ok, **change}), change
+    assert chained_ngram(tf(), NgramDrafter(), **{**ok, "draft_max": 15})

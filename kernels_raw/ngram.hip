@@ -1,0 +1,144 @@
+// Self-speculative decoding's step between two verify passes, on the device, so that the passes can be queued
+// back to back (refspec/gpu_graphs.py, speculative_steps): the accept rule of refspec/speculative.py over the
+// pass's argmax rows, then the next pass's guesses by refspec.speculative.NgramDrafter's rule, found by a scan
+// of the context instead of the drafter's index (the same proposal: tests/test_gpu_graphs.py compares them).
+// Integers only: no float operation, so nothing here can differ between backends.
+#include "portable.h"
+
+#define RS_NGRAM_THREADS 256  // one thread block
+#define RS_NGRAM_KEPT 2048    // occurrences of an n-gram compared in shared memory; more are counted in global memory
+#define RS_NGRAM_MAX_N 8      // longest n-gram (the wrapper checks)
+#define RS_NGRAM_MAX_K 16     // most guesses a pass (the wrapper checks)
+
+// Whether ctx[e-n .. e) equals the context's trailing n tokens tail[0 .. n).
+RS_DEVICE bool rs_ngram_at(const int* ctx, int e, int n, const int* tail) {
+  bool same = true;
+  for (int j = 0; j < n; ++j) same = same && ctx[e - n + j] == tail[j];
+  return same;
+}
+
+// NgramDrafter's proposal for the context ctx[0 .. len), into out[0 .. k'), returning k' (0: none). For n from
+// min(max_n, len - 1) down to min_n: the places e (n <= e < len) where the trailing n-gram ended before, each
+// followed by the token ctx[e]; of those tokens the one that followed most often, ties to the one that
+// followed first; the guesses are what followed the n-gram where that token first followed it: ctx[e ..], at
+// most k (at most unigram_max for n = 1), running into the present as a copy of period len - e. Each
+// occurrence's count and first place come from comparing it with every other (kept in shared memory up to
+// RS_NGRAM_KEPT, else read again from the context); the best is the largest (count, -first) key, each
+// thread's largest compared by thread 0. Every thread of the block calls it; out is shared.
+RS_DEVICE int rs_ngram_propose(const int* ctx, int len, int k, int max_n, int min_n, int unigram_max, int* out) {
+  __shared__ int kept_at[RS_NGRAM_KEPT], kept_token[RS_NGRAM_KEPT], tail[RS_NGRAM_MAX_N];
+  __shared__ unsigned long long best[RS_NGRAM_THREADS];  // each thread's largest key
+  __shared__ int found, guesses;
+  for (int n = min(max_n, len - 1); n >= min_n; --n) {
+    if (threadIdx.x == 0) {
+      for (int j = 0; j < n; ++j) tail[j] = ctx[len - n + j];
+      found = 0;
+    }
+    __syncthreads();
+    for (int e = n + threadIdx.x; e < len; e += blockDim.x) {
+      if (rs_ngram_at(ctx, e, n, tail)) {
+        const int slot = atomicAdd(&found, 1);
+        if (slot < RS_NGRAM_KEPT) {
+          kept_at[slot] = e;
+          kept_token[slot] = ctx[e];
+        }
+      }
+    }
+    __syncthreads();
+    const int m = found;
+    __syncthreads();  // (thread 0 sets it again for the next n)
+    if (m == 0) continue;  // the same for every thread
+    unsigned long long key = 0;  // (count << 32) | (0x7fffffff - first place): the largest wins
+    if (m <= RS_NGRAM_KEPT) {
+      for (int i = threadIdx.x; i < m; i += blockDim.x) {
+        int count = 0, first = kept_at[i];
+        for (int j = 0; j < m; ++j) {
+          if (kept_token[j] == kept_token[i]) {
+            ++count;
+            first = min(first, kept_at[j]);
+          }
+        }
+        key = max(key, ((unsigned long long)count << 32) | (unsigned)(0x7fffffff - first));
+      }
+    } else {
+      for (int e = n + threadIdx.x; e < len; e += blockDim.x) {
+        if (!rs_ngram_at(ctx, e, n, tail)) continue;
+        int count = 0, first = e;
+        for (int f = n; f < len; ++f) {
+          if (ctx[f] == ctx[e] && rs_ngram_at(ctx, f, n, tail)) {
+            ++count;
+            first = min(first, f);
+          }
+        }
+        key = max(key, ((unsigned long long)count << 32) | (unsigned)(0x7fffffff - first));
+      }
+    }
+    best[threadIdx.x] = key;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      for (int t = 1; t < blockDim.x; ++t) key = max(key, best[t]);
+      const int from = 0x7fffffff - (int)(key & 0xffffffffu);  // n <= from < len
+      guesses = n == 1 ? min(k, unigram_max) : k;
+      // the copy, period len - from where it runs into the present. One guess an iteration, not unrolled: nvcc
+      // 12 unrolled this loop into loads at ctx + 4 * (from + j + 1) + 4 * (2**32 - 1), 16 GiB off
+      const int* source = ctx + from;
+      const int period = len - from;
+#pragma unroll 1
+      for (int j = 0; j < guesses; ++j) out[j] = j < period ? source[j] : out[j - period];
+    }
+    __syncthreads();
+    return guesses;
+  }
+  return 0;
+}
+
+// The step after a verify pass of `width` rows (captured with the pass). inputs int32 [1 + width]: the pass's
+// first position, then its ids (the newest token, then its guesses; drafted[0] of them are real, the rest
+// fill the width); chosen int32 [width, 2]: each row's argmax and its NaN-or-infinity flag. Accept rule
+// (refspec/speculative.py): guess j is accepted while row j's argmax is finite and equals it; the rows up to
+// the first rejection (or the last real guess) give the pass's tokens. record int32 [2 + 2 * width] gets their
+// number, the pass's real guesses and every row's (id, flag) (the host reads the tokens from it); ctx
+// int32 [n_pos + width] (the context, token at each position) gets the tokens; then inputs and drafted are
+// the next pass's: the last token at the position after the others, the proposal for the context (padded
+// with that token), its length. A next pass that would not fit the cache's n_pos positions is put at its
+// end: the host never reads it (it reads a step behind and stops before the cache's end). Grid: 1 block.
+extern "C" __global__ void __launch_bounds__(RS_NGRAM_THREADS)
+speculative_next(int* __restrict__ inputs, const int* __restrict__ chosen, int* __restrict__ ctx,
+                 int* __restrict__ drafted, int* __restrict__ record, int width, int n_pos, int max_n, int min_n,
+                 int unigram_max) {
+  rs_kernel_begin();
+  __shared__ int len;
+  __shared__ int proposal[RS_NGRAM_MAX_K];
+  if (threadIdx.x == 0) {
+    const int pos0 = inputs[0], real = drafted[0];
+    int ok = 0;
+    while (ok < real && chosen[2 * ok + 1] == 0 && chosen[2 * ok] == inputs[2 + ok]) ++ok;
+    record[0] = ok + 1;
+    record[1] = real;
+    for (int j = 0; j < 2 * width; ++j) record[2 + j] = chosen[j];
+    for (int j = 0; j <= ok; ++j) ctx[pos0 + 1 + j] = chosen[2 * j];
+    len = pos0 + ok + 2;  // the context up to the pass's last token
+  }
+  __syncthreads();
+  const int guesses = rs_ngram_propose(ctx, len, width - 1, max_n, min_n, unigram_max, proposal);
+  if (threadIdx.x == 0) {
+    const int last = ctx[len - 1];
+    inputs[0] = min(len - 1, n_pos - width);
+    inputs[1] = last;
+    for (int j = 0; j < width - 1; ++j) inputs[2 + j] = j < guesses ? proposal[j] : last;
+    drafted[0] = guesses;
+  }
+}
+
+// The proposal alone, for tests: out int32 [1 + k] = (its length, the guesses). Grid: 1 block.
+extern "C" __global__ void __launch_bounds__(RS_NGRAM_THREADS)
+ngram_propose(const int* __restrict__ ctx, int len, int k, int max_n, int min_n, int unigram_max,
+              int* __restrict__ out) {
+  rs_kernel_begin();
+  __shared__ int proposal[RS_NGRAM_MAX_K];
+  const int guesses = rs_ngram_propose(ctx, len, k, max_n, min_n, unigram_max, proposal);
+  if (threadIdx.x == 0) {
+    out[0] = guesses;
+    for (int j = 0; j < guesses; ++j) out[1 + j] = proposal[j];
+  }
+}

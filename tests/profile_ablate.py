@@ -1,10 +1,13 @@
 """What each small kernel of a decode pass costs where it sits (device machine, for tuning): the pass of a
-preset model (R rows at position 64) replayed as its graph, beside the same pass with one kind of small
+preset model or a GGUF file (R rows at a position) replayed as its graph, beside the same pass with one kind of small
 kernel left out (its output buffers are reused as they are: the numbers are garbage, the GEMVs' timing is
 not). The difference is what fusing that kernel away could save at most. Then the RMSNorm's kernel swapped
 for others, as probes.
 
-    python3 tests/profile_ablate.py PRESET [ROWS,...] [REPEATS]
+    python3 tests/profile_ablate.py PRESET|MODEL.gguf [ROWS,...] [REPEATS] [LABELS,...] [POSITION]
+
+LABELS picks some of the variants below (default: all); POSITION is where the timed passes start (default 64:
+the passes see that many earlier positions).
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ from graph_timing import pass_seconds
 preset = sys.argv[1]
 widths = [int(r) for r in sys.argv[2].split(",")] if len(sys.argv) > 2 else [1, 8, 16]
 repeats = int(sys.argv[3]) if len(sys.argv) > 3 else 50
-model = load(preset_model_path(preset, print), log=lambda m: None)
+position = int(sys.argv[5]) if len(sys.argv) > 5 else 64
+model = load(preset if preset.endswith(".gguf") else preset_model_path(preset, print), log=lambda m: None)
 be = GpuBackend()
 tf = Transformer(model, be)
 real = {name: getattr(be, name) for name in ("rmsnorm_q8", "attention_q8", "rope_kv", "silu_mul_q8")}
@@ -41,10 +45,10 @@ def once(name):
 
 
 def pass_time(rows: int) -> float:
-    c = tf.new_cache(128)
+    c = tf.new_cache(position + 64)
     c.graphs.clear()  # the storage comes back with the passes captured for it: capture them again
-    tf.forward(c, [1] * 64, 0)
-    return pass_seconds(tf, c, [5] * rows, 64, repeats)
+    tf.forward(c, [1] * position, 0)
+    return pass_seconds(tf, c, [5] * rows, position, repeats)
 
 
 def rmsnorm_q8_unstaged(x, w, eps):
@@ -62,9 +66,10 @@ variants = {"all": [], "no_rmsnorm_q8": ["rmsnorm_q8"], "no_attention_q8": ["att
 # x (no norm: the same small kernel without the row's serial sum; wrong numbers, a timing probe)
 replaced = {"rmsnorm_q8_unstaged": rmsnorm_q8_unstaged,
             "quantize_instead_of_rmsnorm_q8": lambda x, w, eps: be.quantize_q8(x)}
-report = {"preset": preset, "date": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())}
+report = {"preset": preset, "position": position, "date": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())}
+labels = sys.argv[4].split(",") if len(sys.argv) > 4 else list(variants) + list(replaced)
 for rows in widths:
-    for label in list(variants) + list(replaced):
+    for label in labels:
         left_out = variants.get(label, [])
         for name, fn in real.items():
             setattr(be, name, once(name) if name in left_out else fn)

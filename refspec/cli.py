@@ -101,7 +101,7 @@ def cmd_generate(args) -> int:
     tok = load_tokenizer(model)
     backend = make_backend(args.device)
     note(f"model {model.config.arch}, {model.config.n_layer} layers, device {backend.name}")
-    tf = Transformer(model, backend)
+    tf = Transformer(model, backend, graphs=False if args.no_graphs else None)
     if args.chat and text is None:
         return chat_loop(tf, tok, args)
     if args.chat:
@@ -372,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--draft-adaptive", choices=("auto", "on", "off"), default="auto",
                    help="adapt the draft length to acceptance (on), or always guess --draft-max tokens (off); "
                    "auto: off only for a cheap drafter (ngram) on a GPU, where extra rows are nearly free")
+    g.add_argument("--no-graphs", action="store_true",
+                   help="GPU: run every pass launch by launch instead of replaying it as a captured CUDA graph "
+                   "(no chained greedy steps or ngram passes either): for debugging and comparing; same tokens")
     g.add_argument("--special", action="store_true",
                    help="print control tokens such as <|im_end|> (hidden by default, as llama.cpp does)")
     g.add_argument("--ignore-eos", action="store_true",

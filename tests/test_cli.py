@@ -34,6 +34,12 @@ def test_generate_json_is_one_object_on_stdout(model):
     assert out["stats"]["n_tokens"] == len(out["ids"])
 
 
+def test_no_graphs_gives_the_same_ids(model):
+    """--no-graphs (which a failed graph capture's message points to) runs and changes no token."""
+    args = ("generate", "-m", model, "-p", "abcabcabc", "-n", "8", "--json", "--draft", "ngram")
+    assert json.loads(refspec(*args, "--no-graphs").stdout)["ids"] == json.loads(refspec(*args).stdout)["ids"]
+
+
 @pytest.mark.parametrize("draft", ["ngram", "layerskip"])
 def test_speculative_generate_gives_greedy_ids(model, draft):
     greedy = json.loads(refspec("generate", "-m", model, "-p", "abcabcabc", "-n", "12", "--json").stdout)

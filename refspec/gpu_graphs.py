@@ -268,8 +268,9 @@ class PassGraphs:
         max_n, min_n, unigram_max: kernels_raw/ngram.hip), so the host queues pass k+1 before it reads pass
         k's tokens, as greedy_steps does. A pass has `width` rows whatever it guesses (the rows after the
         guesses are verified and never accepted). The caller stops reading when it has the tokens it needs;
-        the pass queued after those writes cache rows past the last token kept, at most 2 * width - 1
-        positions past it: the cache needs that many more (a pass that would not fit is moved to its end)."""
+        the two passes queued after that one write cache rows past the last token kept, up to 3 * width
+        positions past it, which the cache should hold (refspec.speculative.CHAIN_SLACK); a pass that would
+        not fit is moved to the cache's end, where no token kept lies."""
         key = ("speculative", width, tuple(ngram))
         g = cache.graphs.get(key)
         with self.stream:

@@ -417,9 +417,10 @@ def _speculative_generate(tf, prompt_ids, n_predict, drafter, draft_max, adaptiv
         #    (implied by the first cap as plan_context sizes the cache, kept because it is what forward needs).
         pos = n_prompt + len(result.ids) - 1
         k_pass = min(k, budget - len(result.ids) - 1, n_alloc - 1 - pos)
+        k_draft = k if chained else k_pass  # (a chained pass's tokens past the budget are dropped)
         t_draft = time.perf_counter()
-        drafts = drafter.propose(result.prompt_ids + result.ids, k_pass if not chained else k) if k_pass else []
-        drafts = [int(t) for t in drafts[: k_pass if not chained else k]]
+        drafts = drafter.propose(result.prompt_ids + result.ids, k_draft) if k_pass else []
+        drafts = [int(t) for t in drafts[:k_draft]]
         draft_seconds += time.perf_counter() - t_draft
         if any(not 0 <= t < n_vocab for t in drafts):
             raise UsageError(f"drafter {drafter.name!r} proposed a token outside the vocabulary: {drafts}")

@@ -1,6 +1,7 @@
 """Replay the speculative loop offline, to compare n-gram drafting policies without a GPU (a tool, not a test):
 
-    python tests/replay_ngram.py [--draft-max 7] [--other] [-m MODEL] [--cache FILE]
+    python tests/replay_ngram.py [--draft-max 7] [--other] [--cost host-loop|chained|chained-active]
+                                 [-m MODEL] [--cache FILE]
 
 Greedy decoding of each of `refspec bench decode`'s four copy prompts (chat-templated, up to 128 new tokens,
 stopping at end of turn), and with --other of seven more chat prompts (three that copy, four that write
@@ -11,10 +12,9 @@ prefix of its proposal equal to greedy's continuation; the pass yields them and 
 early at an end-of-generation token or the budget. Because the loop's output is greedy's whatever the
 drafter proposes, the greedy ids are all a replay needs.
 
-Each pass is costed as measured on the H200 (tests/results/bench_decode_default_h200.json, default model):
-HOST_MS of host time plus the device time of a pass of its rows (PASS_MS, linear between the points
-measured), against greedy's GREEDY_MS a token (chained graph replays); the library's NgramDrafter adds
-its drafting time, measured here. Drafters compared:
+Each pass is costed as measured on the H200 (default model; --cost picks one of COSTS below): host time plus
+the device time of a pass of its rows, against greedy's time a token (chained graph replays); the library's
+NgramDrafter adds its drafting time, measured here (the chained costs run it on the device). Drafters compared:
   * previous: the rule of commit 1561abd and before: among the n-gram's occurrences followed by its most
     common next token, the latest (a scan of the context);
   * first:    the same, but the first of them (a scan; no cap on the guesses from a one-token match);
@@ -32,11 +32,19 @@ from collections import Counter
 
 from refspec.speculative import DRAFT_MAX, Drafter, NgramDrafter
 
-# One pass of the speculative loop on the H200, default model, positions ~100-250: host (acceptance, drafting
-# excluded, launch, transfer) plus device time of a pass of R rows, replayed; greedy's cost a token.
-HOST_MS = 0.16
-PASS_MS = ((1, 0.61), (8, 0.738), (16, 0.841))  # (rows, ms): linear between, and past the last two
-GREEDY_MS = 0.70
+# How a pass is costed (--cost): (host ms a pass, (rows, ms) of the device's pass: linear between and past the last
+# two, greedy's ms a token, whether every pass has draft_max + 1 rows), measured on the H200, default model.
+#   host-loop: the loop on the host (refspec/speculative.py with chain=False): host time (acceptance, launch,
+#     transfer; drafting apart) plus a pass of 1 + guesses rows replayed at position 64 (2026-12-02 01:44 UTC);
+#   chained: passes chained on the device (the default on a GPU): no host time, draft_max + 1 rows every pass,
+#     at the copy prompts' positions (~120-200): 8 rows 0.87 ms on edit-code, 16 rows 1.04 ms (from the 15-guess
+#     run's 1.60x at 2.40 tokens a pass), a greedy step 0.694 ms (2026-12-02 03:40-03:44 UTC);
+#   chained-active: the same passes if their kernels skipped the rows past the guesses (not built: an estimate).
+COSTS = {
+    "host-loop": (0.16, ((1, 0.61), (8, 0.738), (16, 0.841)), 0.70, False),
+    "chained": (0.0, ((1, 0.694), (8, 0.87), (16, 1.04)), 0.694, True),
+    "chained-active": (0.0, ((1, 0.694), (8, 0.87), (16, 1.04)), 0.694, False),
+}
 N_PREDICT = 128
 
 OTHER_PROMPTS = {
@@ -57,10 +65,12 @@ OTHER_PROMPTS = {
 }
 
 
-def pass_ms(rows: int) -> float:
-    """HOST_MS plus a pass of `rows` rows, linear between the measured points of PASS_MS."""
-    (r0, t0), (r1, t1) = next((a, b) for a, b in zip(PASS_MS, PASS_MS[1:]) if rows <= b[0] or b == PASS_MS[-1])
-    return HOST_MS + t0 + (t1 - t0) * (rows - r0) / (r1 - r0)
+def pass_ms(cost: str, rows: int) -> float:
+    """A pass of `rows` rows by the cost model `cost`: its host time plus the device's, linear between the
+    measured points."""
+    host, points = COSTS[cost][:2]
+    (r0, t0), (r1, t1) = next((a, b) for a, b in zip(points, points[1:]) if rows <= b[0] or b == points[-1])
+    return host + t0 + (t1 - t0) * (rows - r0) / (r1 - r0)
 
 
 def greedy_runs(model_path: str | None, prompts: dict, cache: pathlib.Path) -> dict:
@@ -88,7 +98,7 @@ def greedy_runs(model_path: str | None, prompts: dict, cache: pathlib.Path) -> d
     return runs
 
 
-def replay(run: dict, drafter, draft_max: int) -> dict:
+def replay(run: dict, drafter, draft_max: int, cost: str) -> dict:
     """The loop of refspec.speculative._speculative_generate over greedy's ids, k = draft_max (not adaptive)."""
     prompt, greedy, eog = run["prompt_ids"], run["ids"], set(run["eog_ids"])
     out = greedy[:1]  # the prompt's pass chooses the first token
@@ -109,7 +119,7 @@ def replay(run: dict, drafter, draft_max: int) -> dict:
                 break
         drafter.accepted(len(drafts), n_ok)
         n_passes, n_drafted, n_accepted = n_passes + 1, n_drafted + len(drafts), n_accepted + n_ok
-        ms += pass_ms(len(drafts) + 1)
+        ms += pass_ms(cost, draft_max + 1 if COSTS[cost][3] else len(drafts) + 1)
     assert out == greedy
     return {"tokens": len(greedy) - 1, "passes": n_passes, "drafted": n_drafted, "accepted": n_accepted,
             "pass_ms": ms, "draft_ms": 1e3 * draft_seconds}
@@ -143,37 +153,41 @@ def main() -> None:
     p.add_argument("-m", "--model", help="GGUF file (default: the default model)")
     p.add_argument("--draft-max", type=int, default=DRAFT_MAX, help=f"guesses a pass (default {DRAFT_MAX})")
     p.add_argument("--other", action="store_true", help="the seven other prompts instead of the copy prompts")
+    p.add_argument("--cost", choices=sorted(COSTS), default="host-loop",
+                   help="how a pass is costed (default host-loop; see COSTS in the source)")
     p.add_argument("--cache", type=pathlib.Path, default=pathlib.Path("/tmp/refspec-replay/greedy.json"),
                    help="where greedy's ids are kept (default /tmp/refspec-replay/greedy.json)")
     args = p.parse_args()
     runs = greedy_runs(args.model, OTHER_PROMPTS if args.other else COPY_PROMPTS, args.cache)
     drafters = {"previous": lambda: ScanNgramDrafter(first=False), "first": lambda: ScanNgramDrafter(first=True),
                 "ngram": NgramDrafter}
-    print(f"draft_max {args.draft_max}; a pass costs {HOST_MS} ms + "
-          + ", ".join(f"{r} rows {t} ms" for r, t in PASS_MS) + f"; greedy {GREEDY_MS} ms a token")
+    host, points, greedy, fixed = COSTS[args.cost]
+    print(f"draft_max {args.draft_max}; cost {args.cost}: a pass costs {host} ms + "
+          + ", ".join(f"{r} rows {t} ms" for r, t in points) + f"; greedy {greedy} ms a token"
+          + ("; every pass draft_max + 1 rows" if fixed else ""))
     print(f"{'prompt':<16}{'drafter':<10}{'tokens':>7}{'passes':>7}{'tok/pass':>9}{'accept':>8}{'tok/s':>8}"
           f"{'speedup':>9}{'drafting ms':>13}{'with it':>9}")
     totals = {name: Counter() for name in drafters}
     for prompt, run in runs.items():
         for name, make in drafters.items():
-            r = replay(run, make(), args.draft_max)
+            r = replay(run, make(), args.draft_max, args.cost)
             if name == "ngram":  # the least drafting time of three replays (the scans' time is not the point)
-                r["draft_ms"] = min([r["draft_ms"]] + [replay(run, make(), args.draft_max)["draft_ms"]
+                r["draft_ms"] = min([r["draft_ms"]] + [replay(run, make(), args.draft_max, args.cost)["draft_ms"]
                                                        for _ in range(2)])
             totals[name].update(r)
-            print_row(prompt, name, r)
+            print_row(prompt, name, r, greedy, args.cost == "host-loop")
     for name, t in totals.items():
-        print_row("all", name, t)
+        print_row("all", name, t, greedy, args.cost == "host-loop")
 
 
-def print_row(prompt: str, drafter: str, r) -> None:
-    """tok/s and speedup from the passes' cost alone; for the library's drafter, its drafting time and the
-    speedup with it."""
+def print_row(prompt: str, drafter: str, r, greedy_token_ms: float, host_drafting: bool) -> None:
+    """tok/s and speedup from the passes' cost alone; for the library's drafter drafting on the host, its
+    drafting time and the speedup with it."""
     accept = r["accepted"] / r["drafted"] if r["drafted"] else 0.0
-    greedy_ms = r["tokens"] * GREEDY_MS
+    greedy_ms = r["tokens"] * greedy_token_ms
     line = (f"{prompt:<16}{drafter:<10}{r['tokens']:>7}{r['passes']:>7}{r['tokens'] / r['passes']:>9.2f}"
             f"{accept:>8.2f}{1e3 * r['tokens'] / r['pass_ms']:>8.0f}{greedy_ms / r['pass_ms']:>8.3f}x")
-    if drafter == "ngram":
+    if drafter == "ngram" and host_drafting:
         line += f"{r['draft_ms']:>13.2f}{greedy_ms / (r['pass_ms'] + r['draft_ms']):>8.3f}x"
     print(line)
 

@@ -64,7 +64,7 @@ class SpeculativeGraph:
     inputs: object  # device int32 [1 + width]: the pass's first position and ids (rewritten by the graph)
     drafted: object  # device int32 [1]: how many of its ids after the first are guesses (the rest fill the width)
     ctx: object  # device int32 [n_pos + width]: the token at each position of the context
-    record: object  # device int32 [2 + 2 * width]: the pass's tokens (kernels_raw/ngram.hip)
+    result: object  # device int32 [2 + 2 * width]: the pass's record, its tokens (kernels_raw/ngram.hip)
     host: np.ndarray  # pinned host int32 [2, 2 + 2 * width]: the records of two queued passes
     staging: np.ndarray  # pinned host int32 [n_pos + 2 * width + 2]: a context, the first input, its guesses
     done: list  # two cupy.cuda.Event: recorded after each slot's copy
@@ -234,7 +234,7 @@ class PassGraphs:
         """The step's result (a greedy step's id and flag, a speculative pass's record) to its pinned host
         slot, after the step's kernels on the stream."""
         slot = step % 2
-        self._copy(g.host[slot], g.result if isinstance(g, GreedyGraph) else g.record)
+        self._copy(g.host[slot], g.result)
         done = g.done[slot]  # free again: the host has read the slot's last step before reusing the slot
         done.record(self.stream)
         return slot, done

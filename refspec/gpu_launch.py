@@ -24,7 +24,8 @@ import numpy as np
 from refspec.errors import DeviceError
 
 CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6  # cuda.h, CUlaunchAttributeID
-CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8  # cuda.h, CUfunction_attribute
+CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES = 1  # cuda.h, CUfunction_attribute: the kernel's static shared memory
+CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
 CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT = 9  # percent of the L1/shared memory given to shared
 
 
@@ -114,8 +115,16 @@ class Kernel:
 
     def __init__(self, fn, backend):
         self.fn, self.backend = fn, backend
-        self.shared_allowed = 48 * 1024  # dynamic shared memory any launch may ask without opting in
+        # dynamic shared memory any launch may ask without opting in: 48 KiB a block, less the kernel's own
+        self.shared_allowed = 48 * 1024 - self.static_shared()
         self._resident: dict[tuple[int, int], int] = {}
+
+    def static_shared(self) -> int:
+        """The kernel's static shared memory in bytes (__shared__ variables), as the driver reports it."""
+        try:
+            return int(self.backend.cp.cuda.driver.funcGetAttribute(CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, self.fn.ptr))
+        except Exception as err:  # a driver that cannot say: no launch should guess
+            raise DeviceError(f"the driver could not report a kernel's shared memory ({err})") from err
 
     def resident_blocks(self, threads: int, shared: int) -> int:
         """How many blocks of `threads` threads and `shared` bytes of dynamic shared memory one multiprocessor
@@ -140,8 +149,9 @@ class Kernel:
             return
         cp = self.backend.cp
         limit = cp.cuda.Device().attributes.get("MaxSharedMemoryPerBlockOptin", 48 * 1024)
-        if nbytes > limit:
-            raise DeviceError(f"a kernel needs {nbytes} bytes of shared memory; this GPU grants {limit}")
+        static = self.static_shared()
+        if nbytes + static > limit:
+            raise DeviceError(f"a kernel needs {nbytes} + {static} bytes of shared memory; this GPU grants {limit}")
         cp.cuda.driver.funcSetAttribute(self.fn.ptr, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, nbytes)
         cp.cuda.driver.funcSetAttribute(self.fn.ptr, CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100)
         self.shared_allowed = nbytes

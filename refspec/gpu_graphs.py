@@ -219,9 +219,12 @@ class PassGraphs:
                     slot, done = queued.pop(0)
                     done.synchronize()
                     ids, flags = g.host[slot, :1].astype(np.int64), g.host[slot, 1:] == 0
-                    if i + 2 < n_steps:  # this slot is read: the step after next may take it
-                        queued.append(queue(i + 2))
                     yield ids, flags
+                    # The caller wants more: the step after next takes the slot just read. Queued only now, so
+                    # that a caller who stops here (an end-of-generation token) leaves one step to wait for,
+                    # not two; the step queued before this one keeps the GPU busy meanwhile.
+                    if i + 2 < n_steps:
+                        queued.append(queue(i + 2))
             finally:
                 self.stream.synchronize()  # a step queued past the last one kept ends before anything else runs
                 note_states(cache, recurrent, pos, launched)  # what every step run left in the rings
@@ -268,9 +271,10 @@ class PassGraphs:
         max_n, min_n, unigram_max: kernels_raw/ngram.hip), so the host queues pass k+1 before it reads pass
         k's tokens, as greedy_steps does. A pass has `width` rows whatever it guesses (the rows after the
         guesses are verified and never accepted). The caller stops reading when it has the tokens it needs;
-        the two passes queued after that one write cache rows past the last token kept, up to 3 * width
-        positions past it, which the cache should hold (refspec.speculative.CHAIN_SLACK); a pass that would
-        not fit is moved to the cache's end, where no token kept lies."""
+        it and the pass queued after it (pass k+2 is queued only when pass k+1 is asked for) write cache rows
+        up to 2 * width positions past the last token kept, which the cache should hold
+        (refspec.speculative.CHAIN_SLACK); a pass that would not fit is moved to the cache's end, where no
+        token kept lies."""
         key = ("speculative", width, tuple(ngram))
         g = cache.graphs.get(key)
         with self.stream:
@@ -291,9 +295,10 @@ class PassGraphs:
                     count = int(record[0])
                     ids, flags = record[2 : 2 + 2 * count : 2].astype(np.int64), record[3 : 3 + 2 * count : 2] == 0
                     guesses = int(record[1])
-                    queued.append(self._queue_step(g, step + 2))  # this slot is read: the pass after next takes it
-                    step += 1
                     yield ids, flags, guesses
+                    # as in greedy_steps: the pass after next takes the slot just read, once the caller wants more
+                    queued.append(self._queue_step(g, step + 2))
+                    step += 1
             finally:
                 self.stream.synchronize()  # a pass queued past the last one read ends before anything else runs
 

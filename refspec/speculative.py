@@ -279,7 +279,7 @@ def make_drafter(name: str, tf: Transformer) -> Drafter:
 
 
 # ------------------------------------------------------------------------------------------- the loop
-CHAIN_SLACK = 3  # cache positions a chained run needs past the budget, in passes (two are queued past the one read)
+CHAIN_SLACK = 2  # cache positions a chained run needs past the budget, in passes (one is queued past the one read)
 
 
 def chained_ngram(tf: Transformer, drafter: Drafter, draft_max: int, adaptive: bool, keep_logits: bool,

@@ -426,8 +426,9 @@ def test_qwen35_graphs_keep_the_state_checks(trio):
 def test_qwen35_chained_greedy_equals_eager_and_keeps_the_state_bookkeeping(trio):
     """generate() chains qwen35's greedy steps on the device too (PassGraphs.greedy_steps): the tokens and
     stop reasons of eager decoding and of the CPU. The ring bookkeeping records every step the chain ran,
-    the one queued past the last token read included: continuing after a full chain equals eager decoding,
-    and continuing after a chain closed early (whose run-ahead step overwrote a state) is refused."""
+    the one queued past the last token read included: continuing after a full chain equals eager decoding;
+    after a chain closed early, continuing from the last token read equals eager decoding, and going back to
+    a state the run-ahead step overwrote is refused."""
     cpu, graphed, eager = trio
     prompt = [3, 1, 4, 1, 5, 9, 2, 6]
     want = generate(eager, prompt, 40, eog_ids=())
@@ -454,7 +455,11 @@ def test_qwen35_chained_greedy_equals_eager_and_keeps_the_state_bookkeeping(trio
     graphed.forward(cache, prompt, 0)
     chain = graphed.graphs.greedy_steps(cache, want.ids[0], n, 10)
     kept = [int(next(chain)[0][0]) for _ in range(3)]
-    chain.close()  # steps for positions n .. n+4 ran; the ring holds the states after n+3 and n+4
+    chain.close()  # steps for positions n .. n+3 ran (one queued past the last read); the ring holds n+2, n+3
     assert kept == want.ids[1:4]
     with pytest.raises(UsageError, match="no longer held"):
-        graphed.forward(cache, [kept[-1]], n + 3)
+        graphed.forward(cache, [kept[-2]], n + 2)  # needs the state after n+1, overwritten by the step at n+3
+    after = graphed.be.to_host(graphed.forward(cache, [kept[-1]], n + 3))  # the state after n+2 is held
+    e_cache = eager.new_cache(64, n_states=2)
+    eager.forward(e_cache, prompt + want.ids[:3], 0)
+    assert_bits_equal(after, eager.be.to_host(eager.forward(e_cache, [kept[-1]], n + 3)), "after a closed chain")

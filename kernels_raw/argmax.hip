@@ -48,9 +48,10 @@ RS_DEVICE void rs_argmax_block(float& value, int& index, int& nonfinite) {
 // lowest index (-1 if none) and whether the part holds NaN or infinity. Grid: rows * parts blocks.
 extern "C" __global__ void __launch_bounds__(RS_ARGMAX_THREADS)
 argmax_part(const float* __restrict__ logits, int n, int parts, float* __restrict__ part_value,
-            int* __restrict__ part_index, int* __restrict__ part_bad) {
-  rs_kernel_begin();
+            int* __restrict__ part_index, int* __restrict__ part_bad, const int* __restrict__ live) {
   const int row = blockIdx.x / parts, part = blockIdx.x % parts;
+  if (row >= rs_live_rows(live, gridDim.x / parts)) return;  // the whole block
+  rs_kernel_begin();
   const int span = (n + parts - 1) / parts;
   const int begin = part * span, end = begin + span < n ? begin + span : n;
   const float* x = logits + (long long)row * n;
@@ -84,7 +85,8 @@ argmax_part(const float* __restrict__ logits, int n, int parts, float* __restric
 // if the row has NaN or infinity else 0). Grid: rows blocks.
 extern "C" __global__ void __launch_bounds__(RS_ARGMAX_THREADS)
 argmax_final(const float* __restrict__ part_value, const int* __restrict__ part_index,
-             const int* __restrict__ part_bad, int parts, int* __restrict__ result) {
+             const int* __restrict__ part_bad, int parts, int* __restrict__ result, const int* __restrict__ live) {
+  if ((int)blockIdx.x >= rs_live_rows(live, gridDim.x)) return;  // the whole block
   rs_kernel_begin();
   const long long at = (long long)blockIdx.x * parts + threadIdx.x;
   const bool mine = threadIdx.x < parts;

@@ -322,13 +322,14 @@ __global__ void RS_ATTN_BOUNDS(THREADS, MAXD <= 128)
 attention(const float* __restrict__ q, const float* __restrict__ k_cache, const float* __restrict__ v_cache,
           const int* __restrict__ pos, int rows, int heads, int kv_heads, int dim, int cache_len, float scale,
           float* __restrict__ e_buf, float* __restrict__ part_buf, float* __restrict__ out,
-          signed char* __restrict__ xq, unsigned short* __restrict__ xd) {
+          signed char* __restrict__ xq, unsigned short* __restrict__ xd, const int* __restrict__ live) {
   const int rh = blockIdx.x;  // = row * heads + head
   const int row = rh / heads, head = rh % heads;
   const int group_size = heads / kv_heads;
   const int kv_head = head / group_size;
   const float* kc = k_cache + (long long)kv_head * cache_len * dim;
   const float* vc = v_cache + (long long)kv_head * cache_len * dim;
+  if (row >= rs_live_rows(live, rows)) return;  // the whole block (n_pos stays that of all the rows)
   rs_attention_prefetch(kc, vc, pos, cache_len, dim, 0, RS_ATTN_SHARED_POS, rows * group_size,
                         row * group_size + head % group_size, THREADS);
   rs_kernel_begin();
@@ -398,12 +399,13 @@ __global__ void RS_ATTN_BOUNDS(RS_ATTN_SCORE_THREADS, false)  // (one block: els
 attention_scores(const float* __restrict__ q, const float* __restrict__ k_cache, const float* __restrict__ v_cache,
                  const int* __restrict__ pos, int rows, int heads, int kv_heads, int per, int dim, int cache_len,
                  float scale, int slice_blocks, float* __restrict__ e_buf, float* __restrict__ max_buf,
-                 int* __restrict__ arrivals) {
+                 int* __restrict__ arrivals, const int* __restrict__ live) {
   const int unit = blockIdx.x / slice_blocks, first = blockIdx.x % slice_blocks;
   const RsAttnUnit u(unit, heads, kv_heads, per);
   const int slices = (cache_len + RS_ATTN_SLICE - 1) / RS_ATTN_SLICE;
   const float* kc = k_cache + (long long)u.kv_head * cache_len * dim;
   const float* vc = v_cache + (long long)u.kv_head * cache_len * dim;
+  if (u.row >= rs_live_rows(live, rows)) return;  // the whole block (attention_values skips the unit too)
   rs_attention_prefetch(kc, vc, pos, cache_len, dim, first * RS_ATTN_SLICE, (first + 1) * RS_ATTN_SLICE,
                         rows * u.parts, u.row * u.parts + u.part, RS_ATTN_SCORE_THREADS);
   rs_kernel_begin();
@@ -439,16 +441,17 @@ __global__ void RS_ATTN_BOUNDS(THREADS, true)
 attention_values(const float* __restrict__ v_cache, const int* __restrict__ pos, int rows, int heads, int kv_heads,
                  int per, int dim, int cache_len, const float* __restrict__ e_buf, const float* __restrict__ max_buf,
                  float* part_buf, int* arrivals, float* __restrict__ out, signed char* __restrict__ xq,
-                 unsigned short* __restrict__ xd) {
+                 unsigned short* __restrict__ xd, const int* __restrict__ live) {
   const int chunks = (cache_len + RS_ATTN_CHUNK - 1) / RS_ATTN_CHUNK;
   const int unit = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
+  const RsAttnUnit u(unit, heads, kv_heads, per);
+  if (u.row >= rs_live_rows(live, rows)) return;  // the whole block
   rs_kernel_begin();
   __shared__ float m_head[RS_ATTN_HEADS];
   __shared__ float e_chunk[RS_ATTN_HEADS][RS_ATTN_CHUNK];
   __shared__ float parts_chunk[RS_ATTN_HEADS][RS_ATTN_MAX_DIM + 1];
   __shared__ float total[RS_ATTN_HEADS][RS_ATTN_MAX_DIM + 1];
   __shared__ int last;
-  const RsAttnUnit u(unit, heads, kv_heads, per);
   const int n_vis = pos[0] + u.row + 1;
   const int base = chunk * RS_ATTN_CHUNK;
   if (base >= n_vis) return;  // the whole block

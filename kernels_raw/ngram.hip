@@ -96,11 +96,13 @@ RS_DEVICE int rs_ngram_propose(const int* ctx, int len, int k, int max_n, int mi
 // first position, then its ids (the newest token, then its guesses; drafted[0] of them are real, the rest
 // fill the width); chosen int32 [width, 2]: each row's argmax and its NaN-or-infinity flag. Accept rule
 // (refspec/speculative.py): guess j is accepted while row j's argmax is finite and equals it; the rows up to
-// the first rejection (or the last real guess) give the pass's tokens. record int32 [2 + 2 * width] gets their
-// number, the pass's real guesses and every row's (id, flag) (the host reads the tokens from it); ctx
+// the first rejection (or the last real guess) give the pass's tokens. The pass computed only its first
+// drafted[0] + 1 rows (rs_live_rows): the others' (id, flag) are stale and never looked at. record int32
+// [2 + 2 * width] gets the tokens' number, the pass's real guesses and every row's (id, flag) (the host reads
+// the tokens from it); ctx
 // int32 [n_pos + width] (the context, token at each position) gets the tokens; then inputs and drafted are
 // the next pass's: the last token at the position after the others, the proposal for the context (padded
-// with that token), its length. A next pass that would not fit the cache's n_pos positions is put at its
+// with that token), its length and that + 1, drafted int32 [2]. A next pass that would not fit the cache's n_pos positions is put at its
 // end: the host never reads it (it reads a step behind and stops before the cache's end). Grid: 1 block.
 extern "C" __global__ void __launch_bounds__(RS_NGRAM_THREADS)
 speculative_next(int* __restrict__ inputs, const int* __restrict__ chosen, int* __restrict__ ctx,
@@ -127,6 +129,7 @@ speculative_next(int* __restrict__ inputs, const int* __restrict__ chosen, int* 
     inputs[1] = last;
     for (int j = 0; j < width - 1; ++j) inputs[2 + j] = j < guesses ? proposal[j] : last;
     drafted[0] = guesses;
+    drafted[1] = guesses + 1;  // the rows the next pass's kernels compute (rs_live_rows)
   }
 }
 

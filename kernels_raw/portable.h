@@ -140,6 +140,18 @@ RS_DEVICE void rs_kernel_begin() {
 #endif
 }
 
+// The rows a launch computes: all `rows`, or, where `live` is not null, the first live[0] of them (at least 1).
+// A chained speculative pass (refspec/gpu_graphs.py) has draft_max+1 rows whatever its drafter guessed; the
+// step before it writes live[0] = guesses + 1, and its kernels skip the rows past them, which nothing reads.
+// Each row's own operations are the same either way. Read before rs_kernel_begin (a load after it would put
+// its latency on every kernel's path): no kernel of a pass writes it, and the step that does ends the graph
+// replay before the pass's, which the stream completes before any of this one's kernels starts.
+RS_DEVICE int rs_live_rows(const int* live, int rows) {
+  if (live == nullptr) return rows;
+  const int n = live[0];
+  return n < 1 ? 1 : n < rows ? n : rows;
+}
+
 // A hint that the 128-byte line holding p will be read soon: NVIDIA fetches it into the L2 cache (every
 // multiprocessor reads through L2, so the line can never be stale); a no-op on HIP. No value is read.
 RS_DEVICE void rs_prefetch_l2(const void* p) {

@@ -160,26 +160,14 @@ RS_DEVICE void rs_gemv_place(int rp, long long& row0, int& r0) {
 }
 
 // ------------------------------------------------------------------------------------------ q8_gemv
-// Grid: ceil(N / (NR * RS_GEMV_THREADS/32 / SPLIT)) blocks of RS_GEMV_THREADS threads, rows <= RP * SPLIT.
-// Needs K % 32 == 0 and 16-byte aligned wq and xq (the wrapper checks). y = base + W x when base is not null
-// (base may not overlap y).
-template <int RP, int NR, int SPLIT, int OCC>
-__global__ void RS_GEMV_BOUNDS(RS_GEMV_THREADS, OCC)
-q8_gemv(const signed char* __restrict__ wq, const unsigned short* __restrict__ wd,
-        const signed char* __restrict__ xq, const unsigned short* __restrict__ xd,
-        float* __restrict__ y, int n, int k, int rows, const float* base) {
+// A group's sums over all its blocks, then the tree and the store, for RP activation rows r0 .. r0+RP-1 (rows
+// past `rows`: computed, never stored). `next` holds the lane's first weight blocks, loaded by the caller.
+template <int RP, int NR>
+RS_DEVICE void rs_gemv_rows(RsWeightBlocks<NR>& next, const signed char* __restrict__ wq,
+                            const unsigned short* __restrict__ wd, const signed char* __restrict__ xq,
+                            const unsigned short* __restrict__ xd, float* __restrict__ y, long long row0, int n,
+                            int k, int r0, int rows, const float* base) {
   const int nb = k / RS_QK;
-  const int lane = rs_lane();
-  long long row0;
-  int r0;
-  rs_gemv_place<NR, SPLIT>(RP, row0, r0);
-  // The first weight blocks are loaded before rs_kernel_begin (portable.h): weights are no kernel's output,
-  // so they come in while the kernel before this one finishes.
-  RsWeightBlocks<NR> next;
-  if (row0 < n && lane < nb) next.load(wq, wd, row0, n, k, lane);
-  rs_kernel_begin();
-  if (row0 >= n || r0 >= rows) return;  // the whole group leaves together
-
   float acc[NR][RP];
 #pragma unroll
   for (int i = 0; i < NR; ++i) {
@@ -187,7 +175,7 @@ q8_gemv(const signed char* __restrict__ wq, const unsigned short* __restrict__ w
     for (int r = 0; r < RP; ++r) acc[i][r] = 0.0f;  // a lane value starts at +0.0
   }
 
-  for (int b = lane; b < nb; b += RS_LANES) {
+  for (int b = rs_lane(); b < nb; b += RS_LANES) {
     const RsWeightBlocks<NR> w = next;
     if (b + RS_LANES < nb) next.load(wq, wd, row0, n, k, b + RS_LANES);  // in flight while we compute
 #pragma unroll
@@ -203,6 +191,34 @@ q8_gemv(const signed char* __restrict__ wq, const unsigned short* __restrict__ w
     }
   }
   rs_gemv_finish<RP, NR>(acc, row0, n, r0, rows, y, base);
+}
+
+// Grid: ceil(N / (NR * RS_GEMV_THREADS/32 / SPLIT)) blocks of RS_GEMV_THREADS threads, rows <= RP * SPLIT.
+// Needs K % 32 == 0 and 16-byte aligned wq and xq (the wrapper checks). y = base + W x when base is not null
+// (base may not overlap y). With `live` (rs_live_rows) only the first *live rows are computed and stored; a
+// group left with one of its rows takes the one-row path (same operations for that row, same bits).
+template <int RP, int NR, int SPLIT, int OCC>
+__global__ void RS_GEMV_BOUNDS(RS_GEMV_THREADS, OCC)
+q8_gemv(const signed char* __restrict__ wq, const unsigned short* __restrict__ wd,
+        const signed char* __restrict__ xq, const unsigned short* __restrict__ xd,
+        float* __restrict__ y, int n, int k, int rows, const float* base, const int* __restrict__ live) {
+  const int nb = k / RS_QK;
+  const int lane = rs_lane();
+  long long row0;
+  int r0;
+  rs_gemv_place<NR, SPLIT>(RP, row0, r0);
+  // The first weight blocks are loaded before rs_kernel_begin (portable.h): weights are no kernel's output,
+  // so they come in while the kernel before this one finishes.
+  RsWeightBlocks<NR> next;
+  if (row0 < n && lane < nb) next.load(wq, wd, row0, n, k, lane);
+  rows = rs_live_rows(live, rows);
+  rs_kernel_begin();
+  if (row0 >= n || r0 >= rows) return;  // the whole group leaves together
+  if (RP > 1 && rows - r0 == 1) {
+    rs_gemv_rows<1, NR>(next, wq, wd, xq, xd, y, row0, n, k, r0, rows, base);
+  } else {
+    rs_gemv_rows<RP, NR>(next, wq, wd, xq, xd, y, row0, n, k, r0, rows, base);
+  }
 }
 
 // ----------------------------------------------------------------------------------- q8_gemv_staged
@@ -259,12 +275,12 @@ struct RsStagingRegs {
 };
 
 // Grid: ceil(N / (NR * RS_GEMV_STAGED_THREADS/32 / SPLIT)) blocks of RS_GEMV_STAGED_THREADS threads,
-// rows <= RP * SPLIT. Same requirements as q8_gemv.
+// rows <= RP * SPLIT. Same requirements as q8_gemv. With `live`, only the first *live rows (rs_live_rows).
 template <int RP, int NR, int SPLIT, int OCC>
 __global__ void RS_GEMV_BOUNDS(RS_GEMV_STAGED_THREADS, OCC)
 q8_gemv_staged(const signed char* __restrict__ wq, const unsigned short* __restrict__ wd,
                const signed char* __restrict__ xq, const unsigned short* __restrict__ xd,
-               float* __restrict__ y, int n, int k, int rows, const float* base) {
+               float* __restrict__ y, int n, int k, int rows, const float* base, const int* __restrict__ live) {
   __shared__ RsStagedChunk<RP * SPLIT> stage[2];
   const int nb = k / RS_QK;
   const int chunks = (nb + RS_LANES - 1) / RS_LANES;
@@ -272,6 +288,7 @@ q8_gemv_staged(const signed char* __restrict__ wq, const unsigned short* __restr
   long long row0;
   int r0;
   rs_gemv_place<NR, SPLIT>(RP, row0, r0);
+  rows = rs_live_rows(live, rows);
   rs_kernel_begin();
   const bool active = row0 < n && r0 < rows;  // every thread stays for the barriers; idle groups help to stage
 

@@ -86,10 +86,11 @@ RS_DEVICE void rs_rmsnorm_q8_part(const float* __restrict__ xrow, const float* _
 
 extern "C" __global__ void __launch_bounds__(RS_RMSNORM_Q8_THREADS)
 rmsnorm_q8(const float* __restrict__ x, const float* __restrict__ w, float eps, int k, int parts,
-           signed char* __restrict__ xq, unsigned short* __restrict__ xd) {
-  rs_kernel_begin();
+           signed char* __restrict__ xq, unsigned short* __restrict__ xd, const int* __restrict__ live) {
   extern __shared__ float4 rs_row4[];  // the row, k floats
   const int row = blockIdx.x / parts, part = blockIdx.x % parts;
+  if (row >= rs_live_rows(live, gridDim.x / parts)) return;  // the whole block
+  rs_kernel_begin();
   const float4* xrow4 = (const float4*)(x + (long long)row * k);
   const int n4 = k / 4;
   for (int first = threadIdx.x; first < n4; first += RS_RMSNORM_STAGE * blockDim.x) {
@@ -111,9 +112,10 @@ rmsnorm_q8(const float* __restrict__ x, const float* __restrict__ w, float eps, 
 
 extern "C" __global__ void __launch_bounds__(RS_RMSNORM_Q8_THREADS)
 rmsnorm_q8_wide(const float* __restrict__ x, const float* __restrict__ w, float eps, int k, int parts,
-                signed char* __restrict__ xq, unsigned short* __restrict__ xd) {
-  rs_kernel_begin();
+                signed char* __restrict__ xq, unsigned short* __restrict__ xd, const int* __restrict__ live) {
   const int row = blockIdx.x / parts, part = blockIdx.x % parts;
+  if (row >= rs_live_rows(live, gridDim.x / parts)) return;  // the whole block
+  rs_kernel_begin();
   rs_rmsnorm_q8_part(x + (long long)row * k, w, eps, k, row, part, parts, xq, xd);
 }
 
@@ -123,7 +125,8 @@ rmsnorm_q8_wide(const float* __restrict__ x, const float* __restrict__ w, float 
 // xq int8 [rows, n], xd fp16 [rows, n/32]. Grid: ceil(rows * n/32 / (threads/32)) blocks.
 extern "C" __global__ void __launch_bounds__(RS_QUANTIZE_THREADS)
 silu_mul_q8(const float* __restrict__ gate, const float* __restrict__ up, long long stride, int rows, int n,
-            signed char* __restrict__ xq, unsigned short* __restrict__ xd) {
+            signed char* __restrict__ xq, unsigned short* __restrict__ xd, const int* __restrict__ live) {
+  rows = rs_live_rows(live, rows);
   rs_kernel_begin();
   const int nb = n / RS_QK;
   const long long block = (long long)blockIdx.x * rs_groups() + rs_group();  // = row * nb + b

@@ -51,9 +51,10 @@ rope_kv(const float* __restrict__ q, long long q_stride, const float* __restrict
         const float* __restrict__ v, long long v_stride, const float* __restrict__ cos_table,
         const float* __restrict__ sin_table, const int* __restrict__ pos, int heads, int kv_heads, int dim,
         int half, int neox, int cache_len, float* __restrict__ q_out, float* __restrict__ k_cache,
-        float* __restrict__ v_cache) {
-  rs_kernel_begin();
+        float* __restrict__ v_cache, const int* __restrict__ live) {
   const int row = blockIdx.x, slot = blockIdx.y;
+  if (row >= rs_live_rows(live, gridDim.x)) return;  // (no key or value of it is written)
+  rs_kernel_begin();
   const long long p = pos[0] + row;
   const float* c = cos_table + p * half;
   const float* s = sin_table + p * half;

@@ -277,6 +277,7 @@ class GpuBackend:
         self._functions: dict[tuple, object] = {}
         self._gemv_groups: dict[str, tuple[str, ...]] = {}
         self._held: list | None = None  # while a pass is captured: every array it allocates (see hold)
+        self._live = None  # while a chained speculative pass is captured: its live-row count (see live_rows)
         # Kernels launched so that each may start while the one before it finishes (refspec/gpu_launch.py;
         # same bits): by default wherever the GPU can (NVIDIA sm_90+); overlap=False launches them plainly.
         self._launcher = None
@@ -411,6 +412,20 @@ class GpuBackend:
         is appended to `held`, which the graph keeps: the memory a graph replays into must never return to
         CuPy's pool, where something else could take it. None ends that."""
         self._held = held
+
+    def live_rows(self, live) -> None:
+        """While a chained speculative pass of R rows is captured (refspec/gpu_graphs.py, speculative_steps),
+        `live`, a device int32 [1] that the step ending each replay writes for the next: the kernels that can
+        then compute only its first live[0] rows (kernels_raw/portable.h, rs_live_rows: the dp4a GEMVs, the
+        RMSNorm and SiLU quantizers, RoPE with the KV write, attention, argmax). They read it before they wait
+        for the kernel ahead of them, so it must be written before the pass starts (by an earlier graph
+        replay or a copy), never by a kernel of the pass. Those rows' bits are the same; the other rows'
+        outputs are left as they were (the pass never reads them). None ends that."""
+        self._live = live
+
+    def _live_arg(self):
+        """The `live` argument of a launch (a null pointer outside live_rows)."""
+        return 0 if self._live is None else self._live
 
     def _new(self, shape, dtype=F32):
         out = self.cp.empty(shape, dtype)
@@ -616,7 +631,7 @@ class GpuBackend:
             staged = 4 * k <= RMSNORM_Q8_SHARED_BYTES  # the row staged in shared memory (see the kernel)
             parts = self._blocks(k // QK8_0, RMSNORM_Q8_BLOCKS_PER_PART)  # thread blocks per row
             self.function("quantize_q8_0", "rmsnorm_q8" if staged else "rmsnorm_q8_wide")(
-                (rows * parts,), (128,), (x, w, F32(eps), np.int32(k), np.int32(parts), xq, xd),
+                (rows * parts,), (128,), (x, w, F32(eps), np.int32(k), np.int32(parts), xq, xd, self._live_arg()),
                 shared_mem=4 * k if staged else 0)
         return xq, xd
 
@@ -635,7 +650,7 @@ class GpuBackend:
             threads = 128  # RS_QUANTIZE_THREADS: 4 groups of 32 lanes, a block of 32 values each
             self.function("quantize_q8_0", "silu_mul_q8")(
                 (self._blocks(n_blocks, threads // 32),), (threads,),
-                (gate, up, np.int64(g_stride), np.int32(rows), np.int32(n), xq, xd),
+                (gate, up, np.int64(g_stride), np.int32(rows), np.int32(n), xq, xd, self._live_arg()),
             )
         return xq, xd
 
@@ -650,6 +665,8 @@ class GpuBackend:
             base = self._input(base)
             if base.shape != (rows, n):
                 raise ValueError(f"q8_gemv: the residual {base.shape} is not [{rows}, {n}]")
+        if self._live is not None and rows > GEMV_MAX_ROWS:
+            raise ValueError(f"q8_gemv: live rows need one launch: at most {GEMV_MAX_ROWS} rows, got {rows}")
         y = self._empty((rows, n))
         for r0 in range(0, rows, GEMV_MAX_ROWS):
             part = min(GEMV_MAX_ROWS, rows - r0)
@@ -699,11 +716,10 @@ class GpuBackend:
         shared = 0  # only q8_gemv_mma has dynamic shared memory (_mma_grid opts in to what it picks)
         if config.kernel == "q8_gemv_mma":
             blocks, shared = self._mma_grid(kernel, config, rows, blocks, max_blocks)
-        kernel(
-            (blocks,), (config.threads(),),
-            (w.q, w.d, xq, xd, y, np.int32(n), np.int32(k), np.int32(rows), 0 if base is None else base),
-            shared_mem=shared,
-        )
+        args = (w.q, w.d, xq, xd, y, np.int32(n), np.int32(k), np.int32(rows), 0 if base is None else base)
+        if config.kernel != "q8_gemv_mma":  # (the tensor-core GEMV computes every row)
+            args += (self._live_arg(),)
+        kernel((blocks,), (config.threads(),), args, shared_mem=shared)
 
     def _mma_grid(self, kernel, config: GemvConfig, rows: int, tiles: int, max_blocks: int | None):
         """q8_gemv_mma's blocks and shared memory: a block for each tile, or, where the tiles are more than
@@ -785,7 +801,7 @@ class GpuBackend:
                 (rows, heads + kv_heads), (128,),  # RS_ROPE_KV_THREADS
                 (q, np.int64(q_stride), k, np.int64(k_stride), v, np.int64(v_stride), cos, sin, self._pos(pos),
                  np.int32(heads), np.int32(kv_heads), np.int32(dim), np.int32(half), np.int32(bool(neox)),
-                 np.int32(n_pos), out, k_cache, v_cache),
+                 np.int32(n_pos), out, k_cache, v_cache, self._live_arg()),
             )
         return out
 
@@ -826,7 +842,8 @@ class GpuBackend:
             self.function("attention", name, (name,))(
                 (units * slice_blocks,), (ATTN_SCORE_THREADS,),
                 (q, k_cache, v_cache, first, np.int32(rows), np.int32(heads), np.int32(kv_heads), np.int32(per),
-                 np.int32(dim), np.int32(cache_len), F32(scale), np.int32(slice_blocks), e_buf, max_buf, arrivals))
+                 np.int32(dim), np.int32(cache_len), F32(scale), np.int32(slice_blocks), e_buf, max_buf, arrivals,
+                 self._live_arg()))
             if self.platform == "hip":
                 threads = min(threads, ATTN_VALUES_MAX_THREADS_HIP)
             name = f"attention_values<{threads}>"
@@ -834,7 +851,7 @@ class GpuBackend:
                 (units * max_chunks,), (threads,),
                 (v_cache, first, np.int32(rows), np.int32(heads), np.int32(kv_heads), np.int32(per), np.int32(dim),
                  np.int32(cache_len), e_buf, max_buf, part_buf, arrivals, out,
-                 0 if xq is None else xq, 0 if xd is None else xd))
+                 0 if xq is None else xq, 0 if xd is None else xd, self._live_arg()))
         elif rows and heads:
             threads = self.attention_threads(rows * heads)
             name = f"attention<{bound}, {threads}>"
@@ -842,7 +859,7 @@ class GpuBackend:
                 (rows * heads,), (threads,),
                 (q, k_cache, v_cache, self._pos(pos), np.int32(rows), np.int32(heads), np.int32(kv_heads),
                  np.int32(dim), np.int32(cache_len), F32(scale), e_buf, part_buf, out,
-                 0 if xq is None else xq, 0 if xd is None else xd),
+                 0 if xq is None else xq, 0 if xd is None else xd, self._live_arg()),
             )
         return out, xq, xd
 
@@ -906,9 +923,10 @@ class GpuBackend:
             value = self._new((rows, parts), F32)
             index, bad = self._new((rows, parts), np.int32), self._new((rows, parts), np.int32)
             self.function("argmax", "argmax_part")(
-                (rows * parts,), (ARGMAX_THREADS,), (logits, np.int32(n), np.int32(parts), value, index, bad))
+                (rows * parts,), (ARGMAX_THREADS,), (logits, np.int32(n), np.int32(parts), value, index, bad,
+                                                     self._live_arg()))
             self.function("argmax", "argmax_final")(
-                (rows,), (ARGMAX_THREADS,), (value, index, bad, np.int32(parts), result))
+                (rows,), (ARGMAX_THREADS,), (value, index, bad, np.int32(parts), result, self._live_arg()))
         return result
 
     def greedy_next(self, result, inputs):

@@ -62,11 +62,12 @@ class GreedyGraph:
 class SpeculativeGraph:
     graph: object  # cupy.cuda.graph.Graph: a verify pass of `width` rows + argmax + speculative_next
     inputs: object  # device int32 [1 + width]: the pass's first position and ids (rewritten by the graph)
-    drafted: object  # device int32 [1]: how many of its ids after the first are guesses (the rest fill the width)
+    drafted: object  # device int32 [2]: how many of its ids after the first are guesses (the rest fill the width),
+    #                  and that + 1: the rows its kernels compute (GpuBackend.live_rows)
     ctx: object  # device int32 [n_pos + width]: the token at each position of the context
     result: object  # device int32 [2 + 2 * width]: the pass's record, its tokens (kernels_raw/ngram.hip)
     host: np.ndarray  # pinned host int32 [2, 2 + 2 * width]: the records of two queued passes
-    staging: np.ndarray  # pinned host int32 [n_pos + 2 * width + 2]: a context, the first input, its guesses
+    staging: np.ndarray  # pinned host int32 [n_pos + 2 * width + 3]: a context, the first input, drafted
     done: list  # two cupy.cuda.Event: recorded after each slot's copy
     held: list  # every array the captured pass allocated
 
@@ -304,16 +305,17 @@ class PassGraphs:
 
     def _stage_speculative(self, g: SpeculativeGraph, context: list[int], drafts: list[int]) -> None:
         """Copy the context, the first pass's input (its position, the last token, the guesses padded to the
-        width with that token) and the number of guesses to the device, from pinned memory, on the stream."""
+        width with that token), the number of guesses and the rows to compute (that + 1) to the device, from
+        pinned memory, on the stream."""
         n, width = len(context), g.inputs.shape[0] - 1
         staged = g.staging
         staged[:n] = context
         first = staged[n : n + 1 + width]
         first[0], first[1] = n - 1, context[-1]
         first[2:] = list(drafts) + [context[-1]] * (width - 1 - len(drafts))
-        staged[n + 1 + width] = len(drafts)
+        staged[n + 1 + width : n + 3 + width] = len(drafts), len(drafts) + 1
         runtime = self.be.cp.cuda.runtime
-        for dst, start, count in ((g.ctx, 0, n), (g.inputs, n, 1 + width), (g.drafted, n + 1 + width, 1)):
+        for dst, start, count in ((g.ctx, 0, n), (g.inputs, n, 1 + width), (g.drafted, n + 1 + width, 2)):
             runtime.memcpyAsync(dst.data.ptr, staged.ctypes.data + 4 * start, 4 * count, runtime.memcpyHostToDevice,
                                 self.stream.ptr)
 
@@ -321,19 +323,24 @@ class PassGraphs:
         """Run the first pass eagerly (compiling what it needs), then capture the same pass as a graph."""
         be, cp = self.be, self.be.cp
         n_pos = cache.n_pos
-        inputs, drafted = cp.empty(1 + width, np.int32), cp.empty(1, np.int32)
+        inputs, drafted = cp.empty(1 + width, np.int32), cp.empty(2, np.int32)
         ctx, record = cp.zeros(n_pos + width, np.int32), cp.zeros(2 + 2 * width, np.int32)
         chosen = cp.empty((width, 2), np.int32)
         held = [inputs, drafted, ctx, record, chosen]
         host = self._pinned((2, 2 + 2 * width), held)
-        staging = self._pinned((n_pos + 2 * width + 2,), held)
+        staging = self._pinned((n_pos + 2 * width + 3,), held)
         done = [cp.cuda.Event(block=False, disable_timing=True) for _ in range(2)]
         g = SpeculativeGraph(None, inputs, drafted, ctx, record, host, staging, done, held)
         self._stage_speculative(g, context, drafts)
 
         def step():
-            logits = self.tf.run(cache, inputs[1:], inputs[:1], width)
-            be.argmax_device(logits, chosen)
+            # the rows past the guesses are skipped by the kernels that can (their tokens are never accepted)
+            be.live_rows(drafted[1:])
+            try:
+                logits = self.tf.run(cache, inputs[1:], inputs[:1], width)
+                be.argmax_device(logits, chosen)
+            finally:
+                be.live_rows(None)
             be.speculative_next(inputs, chosen, ctx, drafted, record, width, n_pos, ngram)
 
         _, g.graph, _ = self._capture(step, held, f"a speculative pass of {width} rows")

@@ -3,7 +3,8 @@ copy prompt of `refspec bench decode`, chat-templated, and its greedy answer), e
 back-to-back graph replays, no host in between:
   * the greedy step's graph (one-row pass, argmax, greedy_next), as generate() chains it;
   * the speculative pass's graph (draft_max+1 rows, argmax, speculative_next), as speculative_generate chains it;
-  * the same pass without the step between passes: forward pass + argmax only, and the forward pass alone;
+  * the same pass without the step between passes: forward pass + argmax only (all rows, and computing only
+    the first 1 or all draft_max+1 rows: GpuBackend.live_rows), and the forward pass alone;
   * ngram_propose alone on the context (the drafting scan inside speculative_next).
 
     python3 tests/profile_spec.py MODEL.gguf [DRAFT_MAX] [REPEATS]
@@ -96,6 +97,12 @@ pos_d = cp.asarray(np.array([n - 1], np.int32))
 report["forward_argmax_ms"] = 1e3 * graph_seconds(
     cp, lambda: be.argmax_device(tf.run(cache, ids_d, pos_d, width)), repeats)
 report["forward_ms"] = 1e3 * graph_seconds(cp, lambda: tf.run(cache, ids_d, pos_d, width), repeats)
+for count in (1, width):  # the same pass computing only its first `count` rows (GpuBackend.live_rows)
+    live = cp.asarray(np.array([count], np.int32))
+    be.live_rows(live)
+    report[f"forward_argmax_live{count}_ms"] = 1e3 * graph_seconds(
+        cp, lambda: be.argmax_device(tf.run(cache, ids_d, pos_d, width)), repeats)
+    be.live_rows(None)
 report["forward_1row_argmax_ms"] = 1e3 * graph_seconds(
     cp, lambda: be.argmax_device(tf.run(cache, ids_d[:1], pos_d, 1)), repeats)
 

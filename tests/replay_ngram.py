@@ -39,11 +39,14 @@ from refspec.speculative import DRAFT_MAX, Drafter, NgramDrafter
 #   chained: passes chained on the device (the default on a GPU): no host time, draft_max + 1 rows every pass,
 #     at the copy prompts' positions (~120-200): 8 rows 0.87 ms on edit-code, 16 rows 1.04 ms (from the 15-guess
 #     run's 1.60x at 2.40 tokens a pass), a greedy step 0.694 ms (2026-12-02 03:40-03:44 UTC);
-#   chained-active: the same passes if their kernels skipped the rows past the guesses (not built: an estimate).
+#   chained-active: the passes as they run since 05:15 UTC, computing only their first 1 + guesses rows
+#     (GpuBackend.live_rows): one row 0.685 ms (fitted so that this loop, with a pass queued past each run's
+#     end, gives the measured 1.86x), 8 / 16 rows 0.13 / 0.257 ms more (forward passes at position 64), greedy
+#     0.654 ms a token (1528.5 tok/s on the copy prompts; 2026-12-02 05:15 UTC).
 COSTS = {
     "host-loop": (0.16, ((1, 0.61), (8, 0.738), (16, 0.841)), 0.70, False),
     "chained": (0.0, ((1, 0.694), (8, 0.87), (16, 1.04)), 0.694, True),
-    "chained-active": (0.0, ((1, 0.694), (8, 0.87), (16, 1.04)), 0.694, False),
+    "chained-active": (0.0, ((1, 0.685), (8, 0.815), (16, 0.942)), 0.654, False),
 }
 N_PREDICT = 128
 

@@ -19,13 +19,14 @@ from refspec.gpu import (ATTN_BOUNDS, ATTN_THREAD_CHOICES, ATTN_VALUES_MAX_THREA
 
 KERNELS = sorted(p.stem for p in kernel_dir().glob("*.hip"))
 GEMV_ARGS = ("const signed char*, const unsigned short*, const signed char*, const unsigned short*, float*, "
-             "int, int, int, const float*")
+             "int, int, int, const float*")  # q8_gemv_mma's; q8_gemv and q8_gemv_staged take `live` too
+LIVE_GEMV_ARGS = GEMV_ARGS + ", const int*"
 SCORES_ARGS = ("const float*, const float*, const float*, const int*, int, int, int, int, int, int, float, int, "
-               "float*, float*, int*")
+               "float*, float*, int*, const int*")
 VALUES_ARGS = ("const float*, const int*, int, int, int, int, int, int, const float*, const float*, float*, int*, "
-               "float*, signed char*, unsigned short*")
+               "float*, signed char*, unsigned short*, const int*")
 ATTENTION_ARGS = ("const float*, const float*, const float*, const int*, int, int, int, int, int, float, float*, "
-                  "float*, float*, signed char*, unsigned short*")
+                  "float*, float*, signed char*, unsigned short*, const int*")
 
 
 def values_threads(nvidia: bool) -> list[int]:
@@ -74,7 +75,7 @@ def source_file(tmp_path, stem: str, variants: bool):
         return kernel_dir() / f"{stem}.hip"
     lines = ['#include "q8_gemv.hip"']
     for name in gemv_instances(variants):
-        lines.append(f"template __global__ void {name}({GEMV_ARGS});")
+        lines.append(f"template __global__ void {name}({GEMV_ARGS if 'mma' in name else LIVE_GEMV_ARGS});")
     path = tmp_path / "q8_gemv_instances.hip"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -228,6 +229,9 @@ BEFORE_BEGIN = (
     r"rs_attention_prefetch\(kc, vc, pos, [^\[\]]*\)",
     r"const RsAttnUnit u\(unit, heads, kv_heads, per\)",
     r"const float\* (kc|vc) = (k|v)_cache \+ \(long long\)u\.kv_head \* cache_len \* dim",
+    # the live-row count: written before a pass starts, never by its kernels (portable.h, rs_live_rows)
+    r"rows = rs_live_rows\(live, rows\)",
+    r"if \((\(int\)blockIdx\.x|row|u\.row) >= rs_live_rows\(live, [^\[\]]*\)\) return",
 )
 
 

@@ -46,6 +46,7 @@ RS_DEVICE void rs_argmax_block(float& value, int& index, int& nonfinite) {
 // Stage 1. logits float32 [rows, n]; part p of a row covers span = ceil(n / parts) values from p * span.
 // part_value float32, part_index int32, part_bad int32 [rows, parts]: each part's largest finite value, its
 // lowest index (-1 if none) and whether the part holds NaN or infinity. Grid: rows * parts blocks.
+// `live`: only the first live[0] rows, or all where null (rs_live_rows).
 extern "C" __global__ void __launch_bounds__(RS_ARGMAX_THREADS)
 argmax_part(const float* __restrict__ logits, int n, int parts, float* __restrict__ part_value,
             int* __restrict__ part_index, int* __restrict__ part_bad, const int* __restrict__ live) {
@@ -83,6 +84,7 @@ argmax_part(const float* __restrict__ logits, int n, int parts, float* __restric
 
 // Stage 2: the parts of each row (parts <= RS_ARGMAX_THREADS) combined. result int32 [rows, 2]: (index, 1
 // if the row has NaN or infinity else 0). Grid: rows blocks.
+// `live`: only the first live[0] rows, or all where null (rs_live_rows).
 extern "C" __global__ void __launch_bounds__(RS_ARGMAX_THREADS)
 argmax_final(const float* __restrict__ part_value, const int* __restrict__ part_index,
              const int* __restrict__ part_bad, int parts, int* __restrict__ result, const int* __restrict__ live) {

@@ -314,6 +314,7 @@ RS_DEVICE void rs_attention_finish(const float* parts, long long head_stride, in
 // 0 .. pos0+rows-1 written; pos int32 [1] = pos0; e_buf float32 [rows*heads, cache_len]; part_buf float32
 // [rows*heads, ceil(cache_len / 256), dim+1]; out float32 [rows, heads, dim]; xq int8 [rows, heads*dim] and
 // xd fp16 [rows, heads*dim/32], or both null (then dim need not be a multiple of 32). Grid: rows*heads blocks.
+// `live`: only the first live[0] rows, or all where null (rs_live_rows).
 // MAXD: a multiple of 32 >= dim, at most RS_ATTN_MAX_DIM (the wrapper picks the smallest of 64, 128, 256,
 // 512): a lane's share of q and of a key is MAXD / 32 registers, with no loads or products for lanes past
 // dim wasted on a larger bound. THREADS: 512, 256 or 128 (each block may use up to 128 registers a thread).

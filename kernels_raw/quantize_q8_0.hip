@@ -32,6 +32,7 @@ quantize_q8_0(const float* __restrict__ x, int rows, int k, signed char* __restr
 // dynamic shared memory (the wrapper passes them; rows too long for that use rmsnorm_q8_wide, the same
 // arithmetic reading global memory). parts * RS_RMSNORM_Q8_GROUPS * RS_RMSNORM_Q8_PER_GROUP >= k / 32.
 // Grid: rows * parts blocks of RS_RMSNORM_Q8_THREADS threads.
+// `live`: only the first live[0] rows, or all where null (rs_live_rows).
 #define RS_RMSNORM_Q8_GROUPS (RS_RMSNORM_Q8_THREADS / 32)
 #define RS_RMSNORM_Q8_PER_GROUP 4  // Q8_0 blocks per group and part
 
@@ -123,6 +124,7 @@ rmsnorm_q8_wide(const float* __restrict__ x, const float* __restrict__ w, float 
 // does, (g / (1 + exp(-g))) * u, and the group quantizes the block (rs_quantize_block_lanes). gate and up
 // are rows of n values `stride` floats apart (views of the stacked gate/up GEMV output). Needs n % 32 == 0.
 // xq int8 [rows, n], xd fp16 [rows, n/32]. Grid: ceil(rows * n/32 / (threads/32)) blocks.
+// `live`: only the first live[0] rows, or all where null (rs_live_rows).
 extern "C" __global__ void __launch_bounds__(RS_QUANTIZE_THREADS)
 silu_mul_q8(const float* __restrict__ gate, const float* __restrict__ up, long long stride, int rows, int n,
             signed char* __restrict__ xq, unsigned short* __restrict__ xd, const int* __restrict__ live) {

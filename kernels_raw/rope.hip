@@ -45,7 +45,7 @@ rope(const float* __restrict__ x, const float* __restrict__ cos_table, const flo
 // (views of the stacked Q/K/V GEMV output); pos int32 [1]. Writes q_out float32 [rows, heads, dim] and
 // k_cache, v_cache float32 [kv_heads, cache_len, dim] at positions pos[0] .. pos[0]+rows-1.
 // Grid: (rows, heads + kv_heads) blocks: y < heads rotates query head y, the others key head y - heads and
-// copy its values.
+// copy its values. `live`: only the first live[0] rows, or all where null (rs_live_rows).
 extern "C" __global__ void __launch_bounds__(RS_ROPE_KV_THREADS)
 rope_kv(const float* __restrict__ q, long long q_stride, const float* __restrict__ k, long long k_stride,
         const float* __restrict__ v, long long v_stride, const float* __restrict__ cos_table,

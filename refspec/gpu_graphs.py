@@ -20,6 +20,11 @@ token one step behind and stops the chain at an end-of-generation id or the budg
 that is computed and thrown away: it writes only cache rows beyond the last token kept, and the recurrent
 state of its position, which the cache's bookkeeping then records).
 
+Speculative decoding with the ngram drafter (`speculative_steps`) chains its verify passes the same way: a
+pass of draft_max+1 rows, its argmax, and kernels_raw/ngram.hip's step (the accept rule, then the next
+guesses), which also writes how many rows the next pass computes: its kernels skip the rows past its guesses
+(GpuBackend.live_rows), so a pass that guesses nothing costs about what a one-row pass does.
+
 CuPy offers stream capture on CUDA only; on ROCm the backend says graphs_available = False and the eager path
 runs.
 """

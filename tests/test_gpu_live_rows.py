@@ -50,6 +50,13 @@ def assert_live(be, full, part, count: int, what: str, nan_equal: bool = False) 
     assert np.all(dead == POISON), f"{what}: a row past the {count} live ones was written"
 
 
+def draw_live(data):
+    """A generator, a launch's rows (2..16, the widths of a chained pass) and its live count (1..rows)."""
+    rng = rng_from(data)
+    rows = data.draw(st.integers(2, 16), label="rows")
+    return rng, rows, data.draw(st.integers(1, rows), label="live")
+
+
 STAGED = GemvConfig("q8_gemv_staged", 2, split=2)  # a q8_gemv_staged variant (`refspec bench gemv --variants`)
 
 
@@ -87,9 +94,7 @@ def test_gemv_of_more_rows_than_one_launch_refuses_live_rows(be):
 
 @given(data=st.data())
 def test_rmsnorm_q8_computes_only_the_live_rows(be, data):
-    rng = rng_from(data)
-    rows = data.draw(st.integers(2, 16), label="rows")
-    count = data.draw(st.integers(1, rows), label="live")
+    rng, rows, count = draw_live(data)
     k = data.draw(st.integers(1, 200) | st.just(12288 // QK8_0 + 1), label="blocks") * QK8_0  # + too long to stage
     x = be.asarray(floats(rng, (rows, k), data.draw(STYLES, label="x")))
     w = be.asarray(floats(rng, (k,), "normal"))
@@ -102,9 +107,7 @@ def test_rmsnorm_q8_computes_only_the_live_rows(be, data):
 
 @given(data=st.data())
 def test_silu_mul_q8_computes_only_the_live_rows(be, data):
-    rng = rng_from(data)
-    rows = data.draw(st.integers(2, 16), label="rows")
-    count = data.draw(st.integers(1, rows), label="live")
+    rng, rows, count = draw_live(data)
     n = data.draw(st.integers(1, 120), label="blocks") * QK8_0
     both = be.asarray(floats(rng, (rows, 2 * n), data.draw(STYLES, label="style")))
     gate, up = both[:, :n], both[:, n:]  # views of one stacked output, as the forward pass gives them
@@ -119,9 +122,7 @@ def test_silu_mul_q8_computes_only_the_live_rows(be, data):
 def test_rope_kv_writes_only_the_live_rows(be, data):
     """Rotated queries of the live rows; keys and values written at their positions only (the cache rows of
     the others keep what they held)."""
-    rng = rng_from(data)
-    rows = data.draw(st.integers(2, 16), label="rows")
-    count = data.draw(st.integers(1, rows), label="live")
+    rng, rows, count = draw_live(data)
     kv_heads = data.draw(st.integers(1, 3), label="kv_heads")
     heads = kv_heads * data.draw(st.integers(1, 4), label="group")
     dim = data.draw(st.sampled_from([32, 64, 128]), label="dim")
@@ -149,9 +150,7 @@ def test_rope_kv_writes_only_the_live_rows(be, data):
 @given(data=st.data())
 def test_attention_q8_computes_only_the_live_rows(be, data):
     """Every way attention launches (one kernel, or scores and values spread over positions)."""
-    rng = rng_from(data)
-    rows = data.draw(st.integers(2, 16), label="rows")
-    count = data.draw(st.integers(1, rows), label="live")
+    rng, rows, count = draw_live(data)
     kv_heads = data.draw(st.integers(1, 3), label="kv_heads")
     heads = kv_heads * data.draw(st.integers(1, 4) | st.sampled_from([5, 8, 9]), label="group")
     dim = data.draw(st.sampled_from([32, 64, 128]), label="dim")
@@ -172,9 +171,7 @@ def test_attention_q8_computes_only_the_live_rows(be, data):
 
 @given(data=st.data())
 def test_argmax_computes_only_the_live_rows(be, data):
-    rng = rng_from(data)
-    rows = data.draw(st.integers(2, 16), label="rows")
-    count = data.draw(st.integers(1, rows), label="live")
+    rng, rows, count = draw_live(data)
     n = data.draw(st.integers(1, 70000), label="n")
     logits = be.asarray(floats(rng, (rows, n), data.draw(STYLES, label="style")))
     full = be.argmax_device(logits)

@@ -9,6 +9,7 @@
 #define RS_NGRAM_KEPT 2048    // occurrences of an n-gram compared in shared memory; more are counted in global memory
 #define RS_NGRAM_MAX_N 8      // longest n-gram (the wrapper checks)
 #define RS_NGRAM_MAX_K 16     // most guesses a pass (the wrapper checks)
+#define RS_NGRAM_MAX_STOP 16  // end-of-generation ids the step knows (GpuBackend.speculative_next keeps the first)
 
 // Whether ctx[e-n .. e) equals the context's trailing n tokens tail[0 .. n).
 RS_DEVICE bool rs_ngram_at(const int* ctx, int e, int n, const int* tail) {
@@ -102,14 +103,18 @@ RS_DEVICE int rs_ngram_propose(const int* ctx, int len, int k, int max_n, int mi
 // the tokens from it); ctx
 // int32 [n_pos + width] (the context, token at each position) gets the tokens; then inputs and drafted are
 // the next pass's: the last token at the position after the others, the proposal for the context (padded
-// with that token), its length and that + 1, drafted int32 [2]. A next pass that would not fit the cache's n_pos positions is put at its
+// with that token), its length and that + 1, drafted int32 [2]. stop int32 [2 + RS_NGRAM_MAX_STOP]: the run's
+// context limit (its prompt plus its token budget), the number of its end-of-generation ids, the ids. When the
+// pass's tokens end the run as the host's loop ends it (one of them is such an id, or the context reaches the
+// limit), or the pass computed nothing (the run had ended before it), the next pass computes nothing either:
+// drafted[1] = 0 (rs_live_rows), and a pass queued past the end costs only its launches. A next pass that would not fit the cache's n_pos positions is put at its
 // end: the host never reads it (it reads a step behind and stops before the cache's end). Grid: 1 block.
 extern "C" __global__ void __launch_bounds__(RS_NGRAM_THREADS)
 speculative_next(int* __restrict__ inputs, const int* __restrict__ chosen, int* __restrict__ ctx,
-                 int* __restrict__ drafted, int* __restrict__ record, int width, int n_pos, int max_n, int min_n,
-                 int unigram_max) {
+                 int* __restrict__ drafted, int* __restrict__ record, const int* __restrict__ stop, int width,
+                 int n_pos, int max_n, int min_n, int unigram_max) {
   rs_kernel_begin();
-  __shared__ int len;
+  __shared__ int len, ended;
   __shared__ int proposal[RS_NGRAM_MAX_K];
   if (threadIdx.x == 0) {
     const int pos0 = inputs[0], real = drafted[0];
@@ -120,6 +125,12 @@ speculative_next(int* __restrict__ inputs, const int* __restrict__ chosen, int* 
     for (int j = 0; j < 2 * width; ++j) record[2 + j] = chosen[j];
     for (int j = 0; j <= ok; ++j) ctx[pos0 + 1 + j] = chosen[2 * j];
     len = pos0 + ok + 2;  // the context up to the pass's last token
+    int end = drafted[1] == 0 || len >= stop[0];
+    const int n_stop = min(stop[1], RS_NGRAM_MAX_STOP);
+    for (int j = 0; j <= ok; ++j) {
+      for (int i = 0; i < n_stop; ++i) end |= chosen[2 * j] == stop[2 + i];
+    }
+    ended = end;
   }
   __syncthreads();
   const int guesses = rs_ngram_propose(ctx, len, width - 1, max_n, min_n, unigram_max, proposal);
@@ -129,7 +140,7 @@ speculative_next(int* __restrict__ inputs, const int* __restrict__ chosen, int* 
     inputs[1] = last;
     for (int j = 0; j < width - 1; ++j) inputs[2 + j] = j < guesses ? proposal[j] : last;
     drafted[0] = guesses;
-    drafted[1] = guesses + 1;  // the rows the next pass's kernels compute (rs_live_rows)
+    drafted[1] = ended ? 0 : guesses + 1;  // the rows the next pass's kernels compute (rs_live_rows)
   }
 }
 

@@ -140,7 +140,7 @@ RS_DEVICE void rs_kernel_begin() {
 #endif
 }
 
-// The rows a launch computes: all `rows`, or, where `live` is not null, the first live[0] of them (at least 1).
+// The rows a launch computes: all `rows`, or, where `live` is not null, the first live[0] of them (0: none).
 // A chained speculative pass (refspec/gpu_graphs.py) has draft_max+1 rows whatever its drafter guessed; the
 // step before it writes live[0] = guesses + 1, and its kernels skip the rows past them, which nothing reads.
 // Each row's own operations are the same either way. Read before rs_kernel_begin (a load after it would put
@@ -149,7 +149,7 @@ RS_DEVICE void rs_kernel_begin() {
 RS_DEVICE int rs_live_rows(const int* live, int rows) {
   if (live == nullptr) return rows;
   const int n = live[0];
-  return n < 1 ? 1 : n < rows ? n : rows;
+  return n < 0 ? 0 : n < rows ? n : rows;
 }
 
 // A hint that the 128-byte line holding p will be read soon: NVIDIA fetches it into the L2 cache (every

@@ -43,6 +43,7 @@ COMPILE_OPTIONS = {
 GEMV_THREADS = {"q8_gemv": 128, "q8_gemv_staged": 256}  # RS_GEMV_THREADS, RS_GEMV_STAGED_THREADS
 NGRAM_THREADS = 256  # RS_NGRAM_THREADS (kernels_raw/ngram.hip)
 NGRAM_MAX_N, NGRAM_MAX_K = 8, 16  # RS_NGRAM_MAX_N, RS_NGRAM_MAX_K: the longest n-gram, the most guesses a pass
+NGRAM_MAX_STOP = 16  # RS_NGRAM_MAX_STOP: end-of-generation ids speculative_next knows
 GEMV_MMA_ROWS = 16  # weight rows per thread block of q8_gemv_mma (RS_MMA_ROWS); its NR is warps per block
 
 
@@ -933,15 +934,29 @@ class GpuBackend:
         """inputs (position, id) [2] of a one-row pass <- (position + 1, result[0, 0]): the next greedy step."""
         self.function("argmax", "greedy_next")((1,), (1,), (result, inputs))
 
-    def speculative_next(self, inputs, chosen, ctx, drafted, record, width: int, n_pos: int, ngram) -> None:
+    def speculative_next(self, inputs, chosen, ctx, drafted, record, stop, width: int, n_pos: int, ngram) -> None:
         """After a captured verify pass of `width` rows (refspec/gpu_graphs.py, speculative_steps): its
         tokens by the accept rule into `record` and `ctx`, and the next pass's input and guesses (NgramDrafter's
-        rule with ngram = (max_n, min_n, unigram_max)) into `inputs` and `drafted`; kernels_raw/ngram.hip's
-        speculative_next says each buffer's layout."""
+        rule with ngram = (max_n, min_n, unigram_max)) into `inputs` and `drafted`, with no rows to compute
+        when the pass ended the run (`stop`: stop_buffer's layout); kernels_raw/ngram.hip's speculative_next
+        says each buffer's layout."""
         max_n, min_n, unigram_max = ngram
         self.function("ngram", "speculative_next")(
-            (1,), (NGRAM_THREADS,), (inputs, chosen, ctx, drafted, record, np.int32(width), np.int32(n_pos),
+            (1,), (NGRAM_THREADS,), (inputs, chosen, ctx, drafted, record, stop, np.int32(width), np.int32(n_pos),
                                      np.int32(max_n), np.int32(min_n), np.int32(unigram_max)))
+
+    @staticmethod
+    def stop_buffer(limit: int | None, eog_ids) -> np.ndarray:
+        """speculative_next's `stop`, int32 [2 + NGRAM_MAX_STOP]: a run's context limit (None: none), how
+        many of its end-of-generation ids the step knows, those ids. Past NGRAM_MAX_STOP ids the step knows
+        the first ones: it may then miss an end the host sees (and compute a pass for nothing), never see
+        one the host does not."""
+        ids = sorted({int(t) for t in eog_ids})[:NGRAM_MAX_STOP]
+        out = np.zeros(2 + NGRAM_MAX_STOP, np.int32)
+        out[0] = np.iinfo(np.int32).max if limit is None else min(int(limit), np.iinfo(np.int32).max)
+        out[1] = len(ids)
+        out[2 : 2 + len(ids)] = ids
+        return out
 
     def ngram_propose(self, context, k: int, max_n: int = 4, min_n: int = 1, unigram_max: int = 7) -> list[int]:
         """NgramDrafter(max_n, min_n, unigram_max).propose(context, k) as kernels_raw/ngram.hip computes it on

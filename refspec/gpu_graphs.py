@@ -71,8 +71,10 @@ class SpeculativeGraph:
     #                  and that + 1: the rows its kernels compute (GpuBackend.live_rows)
     ctx: object  # device int32 [n_pos + width]: the token at each position of the context
     result: object  # device int32 [2 + 2 * width]: the pass's record, its tokens (kernels_raw/ngram.hip)
+    stop: object  # device int32 [2 + NGRAM_MAX_STOP]: what ends the run (GpuBackend.stop_buffer)
     host: np.ndarray  # pinned host int32 [2, 2 + 2 * width]: the records of two queued passes
-    staging: np.ndarray  # pinned host int32 [n_pos + 2 * width + 3]: a context, the first input, drafted
+    staging: np.ndarray  # pinned host int32 [n_pos + 2 * width + 5 + NGRAM_MAX_STOP]: a context, the first input,
+    #                      drafted, stop
     done: list  # two cupy.cuda.Event: recorded after each slot's copy
     held: list  # every array the captured pass allocated
 
@@ -268,7 +270,8 @@ class PassGraphs:
         return g
 
     # ---- speculative decoding with the ngram drafter, one pass ahead of the host
-    def speculative_steps(self, cache, context: list[int], drafts: list[int], width: int, ngram: tuple):
+    def speculative_steps(self, cache, context: list[int], drafts: list[int], width: int, ngram: tuple,
+                          limit: int | None = None, eog_ids=()):
         """Yield (ids, finite, guesses) for each verify pass of `width` rows: the tokens it yields by the
         accept rule of refspec/speculative.py (its accepted guesses, then the token after them), the
         NaN-or-infinity flags of those rows, and how many guesses it verified. The first pass verifies `drafts`
@@ -280,15 +283,18 @@ class PassGraphs:
         it and the pass queued after it (pass k+2 is queued only when pass k+1 is asked for) write cache rows
         up to 2 * width positions past the last token kept, which the cache should hold
         (refspec.speculative.CHAIN_SLACK); a pass that would not fit is moved to the cache's end, where no
-        token kept lies."""
+        token kept lies. `limit` (the context length at which the caller stops: its prompt plus its budget) and
+        `eog_ids` (the ids that stop it) let the device see the run end as the caller will: the pass queued
+        after the one that ends it then computes nothing (GpuBackend.live_rows)."""
         key = ("speculative", width, tuple(ngram))
+        stop = self.be.stop_buffer(limit, eog_ids)
         g = cache.graphs.get(key)
         with self.stream:
             if g is None:
-                g = self._record_speculative(cache, context, drafts, width, ngram, key)  # runs the first pass
+                g = self._record_speculative(cache, context, drafts, width, ngram, stop, key)  # runs the first pass
                 queued = [self._copy_result(g, 0)]
             else:
-                self._stage_speculative(g, context, drafts)
+                self._stage_speculative(g, context, drafts, stop)
                 queued = [self._queue_step(g, 0)]
             try:
                 step = 0
@@ -308,10 +314,10 @@ class PassGraphs:
             finally:
                 self.stream.synchronize()  # a pass queued past the last one read ends before anything else runs
 
-    def _stage_speculative(self, g: SpeculativeGraph, context: list[int], drafts: list[int]) -> None:
+    def _stage_speculative(self, g: SpeculativeGraph, context: list[int], drafts: list[int], stop) -> None:
         """Copy the context, the first pass's input (its position, the last token, the guesses padded to the
-        width with that token), the number of guesses and the rows to compute (that + 1) to the device, from
-        pinned memory, on the stream."""
+        width with that token), the number of guesses and the rows to compute (that + 1), and `stop` to the
+        device, from pinned memory, on the stream."""
         n, width = len(context), g.inputs.shape[0] - 1
         staged = g.staging
         staged[:n] = context
@@ -319,24 +325,26 @@ class PassGraphs:
         first[0], first[1] = n - 1, context[-1]
         first[2:] = list(drafts) + [context[-1]] * (width - 1 - len(drafts))
         staged[n + 1 + width : n + 3 + width] = len(drafts), len(drafts) + 1
+        staged[n + 3 + width : n + 3 + width + len(stop)] = stop
         runtime = self.be.cp.cuda.runtime
-        for dst, start, count in ((g.ctx, 0, n), (g.inputs, n, 1 + width), (g.drafted, n + 1 + width, 2)):
+        for dst, start, count in ((g.ctx, 0, n), (g.inputs, n, 1 + width), (g.drafted, n + 1 + width, 2),
+                                  (g.stop, n + 3 + width, len(stop))):
             runtime.memcpyAsync(dst.data.ptr, staged.ctypes.data + 4 * start, 4 * count, runtime.memcpyHostToDevice,
                                 self.stream.ptr)
 
-    def _record_speculative(self, cache, context, drafts, width: int, ngram, key) -> SpeculativeGraph:
+    def _record_speculative(self, cache, context, drafts, width: int, ngram, stop, key) -> SpeculativeGraph:
         """Run the first pass eagerly (compiling what it needs), then capture the same pass as a graph."""
         be, cp = self.be, self.be.cp
         n_pos = cache.n_pos
         inputs, drafted = cp.empty(1 + width, np.int32), cp.empty(2, np.int32)
         ctx, record = cp.zeros(n_pos + width, np.int32), cp.zeros(2 + 2 * width, np.int32)
-        chosen = cp.empty((width, 2), np.int32)
-        held = [inputs, drafted, ctx, record, chosen]
+        chosen, stop_dev = cp.empty((width, 2), np.int32), cp.empty(len(stop), np.int32)
+        held = [inputs, drafted, ctx, record, chosen, stop_dev]
         host = self._pinned((2, 2 + 2 * width), held)
-        staging = self._pinned((n_pos + 2 * width + 3,), held)
+        staging = self._pinned((n_pos + 2 * width + 3 + len(stop),), held)
         done = [cp.cuda.Event(block=False, disable_timing=True) for _ in range(2)]
-        g = SpeculativeGraph(None, inputs, drafted, ctx, record, host, staging, done, held)
-        self._stage_speculative(g, context, drafts)
+        g = SpeculativeGraph(None, inputs, drafted, ctx, record, stop_dev, host, staging, done, held)
+        self._stage_speculative(g, context, drafts, stop)
 
         def step():
             # the rows past the guesses are skipped by the kernels that can (their tokens are never accepted)
@@ -346,7 +354,7 @@ class PassGraphs:
                 be.argmax_device(logits, chosen)
             finally:
                 be.live_rows(None)
-            be.speculative_next(inputs, chosen, ctx, drafted, record, width, n_pos, ngram)
+            be.speculative_next(inputs, chosen, ctx, drafted, record, stop_dev, width, n_pos, ngram)
 
         _, g.graph, _ = self._capture(step, held, f"a speculative pass of {width} rows")
         cache.graphs[key] = g

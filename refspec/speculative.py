@@ -433,7 +433,8 @@ def _speculative_generate(tf, prompt_ids, n_predict, drafter, draft_max, adaptiv
             #     tokens past the budget are computed and not kept.
             t_pass = time.perf_counter()
             passes = tf.graphs.speculative_steps(cache, result.prompt_ids + result.ids, drafts, draft_max + 1,
-                                                 (drafter.max_n, drafter.min_n, drafter.unigram_max))
+                                                 (drafter.max_n, drafter.min_n, drafter.unigram_max),
+                                                 limit=n_prompt + budget, eog_ids=eog_ids)
             try:
                 for ids, finite, guessed in passes:
                     n_passes += 1

@@ -154,6 +154,46 @@ def test_ngram_kernel_proposes_what_the_drafter_proposes(gpu, data):
     assert gpu.ngram_propose(context, k, max_n, min_n, unigram_max) == want
 
 
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_step_sees_the_run_end_where_the_host_loop_does(gpu, data):
+    """speculative_next leaves the next pass no rows to compute (drafted[1] = 0) exactly where the host's loop
+    stops at this pass: an end-of-generation id among its tokens (the accepted guesses and the token after
+    them; ids in rejected rows do not count), or the context reaching the run's limit. A pass that computed
+    nothing (the run had ended) leaves none either. Otherwise: its guesses + 1."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    width = data.draw(st.integers(2, 16), label="width")
+    n_pos = 96
+    pos0 = data.draw(st.integers(0, n_pos - width - 1), label="pos0")
+    context = rng.integers(0, 5, pos0 + 1).astype(np.int32)
+    real = data.draw(st.integers(0, width - 1), label="real guesses")
+    guesses = rng.integers(0, 5, width - 1).astype(np.int32)
+    accepted = data.draw(st.integers(0, real), label="accepted")
+    chosen = np.zeros((width, 2), np.int32)
+    chosen[:, 0] = rng.integers(0, 5, width)
+    chosen[:accepted, 0] = guesses[:accepted]
+    if accepted < real:
+        chosen[accepted, 0] = (guesses[accepted] + 1) % 5  # the first rejected guess
+    tokens = [int(t) for t in chosen[: accepted + 1, 0]]
+    eog = data.draw(st.lists(st.integers(0, 6), max_size=20), label="eog ids")  # (past 16: the first 16 count)
+    limit = data.draw(st.none() | st.integers(pos0 + 1, pos0 + width + 2), label="limit")
+    dead = data.draw(st.booleans(), label="computed nothing")
+    cp = gpu.cp
+    inputs = cp.asarray(np.concatenate([[pos0, context[-1]], guesses]).astype(np.int32))
+    drafted = cp.asarray(np.array([real, 0 if dead else real + 1], np.int32))
+    ctx = cp.zeros(n_pos + width, np.int32)
+    ctx[: pos0 + 1] = cp.asarray(context)
+    record = cp.zeros(2 + 2 * width, np.int32)
+    stop = gpu.stop_buffer(limit, eog)
+    gpu.speculative_next(inputs, cp.asarray(chosen), ctx, drafted, record, cp.asarray(stop), width, n_pos, (4, 1, 7))
+    known = set(sorted(set(eog))[:16])
+    length = pos0 + 1 + len(tokens)  # the context after the pass's tokens
+    ends = dead or any(t in known for t in tokens) or (limit is not None and length >= limit)
+    got = [int(v) for v in drafted.get()]
+    assert int(record[0].get()) == len(tokens)
+    assert got[1] == (0 if ends else got[0] + 1), (got, tokens, eog, limit, length, dead)
+
+
 @pytest.mark.parametrize("context, max_n", [([0, 1] * 1500 + [0], 1), ([3] * 3000, 4),
                                             (list(np.random.default_rng(2).integers(0, 2, 5000)), 1)])
 def test_ngram_kernel_counts_past_what_shared_memory_keeps(gpu, context, max_n):

@@ -115,16 +115,15 @@ class Kernel:
 
     def __init__(self, fn, backend):
         self.fn, self.backend = fn, backend
-        # dynamic shared memory any launch may ask without opting in: 48 KiB a block, less the kernel's own
-        self.shared_allowed = 48 * 1024 - self.static_shared()
-        self._resident: dict[tuple[int, int], int] = {}
-
-    def static_shared(self) -> int:
-        """The kernel's static shared memory in bytes (__shared__ variables), as the driver reports it."""
+        # the kernel's static shared memory in bytes (__shared__ variables), as the driver reports it
         try:
-            return int(self.backend.cp.cuda.driver.funcGetAttribute(CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, self.fn.ptr))
+            self.static_shared = int(backend.cp.cuda.driver.funcGetAttribute(CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES,
+                                                                               fn.ptr))
         except Exception as err:  # a driver that cannot say: no launch should guess
             raise DeviceError(f"the driver could not report a kernel's shared memory ({err})") from err
+        # dynamic shared memory any launch may ask without opting in: 48 KiB a block, less the kernel's own
+        self.shared_allowed = 48 * 1024 - self.static_shared
+        self._resident: dict[tuple[int, int], int] = {}
 
     def resident_blocks(self, threads: int, shared: int) -> int:
         """How many blocks of `threads` threads and `shared` bytes of dynamic shared memory one multiprocessor
@@ -149,9 +148,9 @@ class Kernel:
             return
         cp = self.backend.cp
         limit = cp.cuda.Device().attributes.get("MaxSharedMemoryPerBlockOptin", 48 * 1024)
-        static = self.static_shared()
-        if nbytes + static > limit:
-            raise DeviceError(f"a kernel needs {nbytes} + {static} bytes of shared memory; this GPU grants {limit}")
+        if nbytes + self.static_shared > limit:
+            raise DeviceError(f"a kernel needs {nbytes} + {self.static_shared} bytes of shared memory; this GPU "
+                              f"grants {limit}")
         cp.cuda.driver.funcSetAttribute(self.fn.ptr, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, nbytes)
         cp.cuda.driver.funcSetAttribute(self.fn.ptr, CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100)
         self.shared_allowed = nbytes

@@ -33,20 +33,24 @@ from collections import Counter
 from refspec.speculative import DRAFT_MAX, Drafter, NgramDrafter
 
 # How a pass is costed (--cost): (host ms a pass, (rows, ms) of the device's pass: linear between and past the last
-# two, greedy's ms a token, whether every pass has draft_max + 1 rows), measured on the H200, default model.
+# two, greedy's ms a token, whether every pass has draft_max + 1 rows, passes of draft_max + 1 rows queued past
+# each run's end and waited for), measured on the H200, default model.
 #   host-loop: the loop on the host (refspec/speculative.py with chain=False): host time (acceptance, launch,
 #     transfer; drafting apart) plus a pass of 1 + guesses rows replayed at position 64 (2026-12-02 01:44 UTC);
 #   chained: passes chained on the device (the default on a GPU): no host time, draft_max + 1 rows every pass,
 #     at the copy prompts' positions (~120-200): 8 rows 0.87 ms on edit-code, 16 rows 1.04 ms (from the 15-guess
-#     run's 1.60x at 2.40 tokens a pass), a greedy step 0.694 ms (2026-12-02 03:40-03:44 UTC);
+#     run's 1.60x at 2.40 tokens a pass), a greedy step 0.694 ms (2026-12-02 03:40-03:44 UTC; these are means over
+#     a run's passes, the two then queued past its end included, so none is added);
 #   chained-active: the passes as they run since 05:15 UTC, computing only their first 1 + guesses rows
-#     (GpuBackend.live_rows): one row 0.685 ms (fitted so that this loop, with a pass queued past each run's
+#     (GpuBackend.live_rows): one row 0.685 ms (fitted so that this loop, with the pass queued past each run's
 #     end, gives the measured 1.86x), 8 / 16 rows 0.13 / 0.257 ms more (forward passes at position 64), greedy
-#     0.654 ms a token (1528.5 tok/s on the copy prompts; 2026-12-02 05:15 UTC).
+#     0.654 ms a token (1528.5 tok/s on the copy prompts; 2026-12-02 05:15 UTC). Optimistic where a pass's live
+#     rows are neither one nor all of them (the dp4a GEMV then computes all of them): with the ngram drafter at
+#     7 guesses that never happens; at 15, a one-token match's 7 guesses are 8 of 16 rows.
 COSTS = {
-    "host-loop": (0.16, ((1, 0.61), (8, 0.738), (16, 0.841)), 0.70, False),
-    "chained": (0.0, ((1, 0.694), (8, 0.87), (16, 1.04)), 0.694, True),
-    "chained-active": (0.0, ((1, 0.685), (8, 0.815), (16, 0.942)), 0.654, False),
+    "host-loop": (0.16, ((1, 0.61), (8, 0.738), (16, 0.841)), 0.70, False, 0),
+    "chained": (0.0, ((1, 0.694), (8, 0.87), (16, 1.04)), 0.694, True, 0),
+    "chained-active": (0.0, ((1, 0.685), (8, 0.815), (16, 0.942)), 0.654, False, 1),
 }
 N_PREDICT = 128
 
@@ -124,6 +128,7 @@ def replay(run: dict, drafter, draft_max: int, cost: str) -> dict:
         n_passes, n_drafted, n_accepted = n_passes + 1, n_drafted + len(drafts), n_accepted + n_ok
         ms += pass_ms(cost, draft_max + 1 if COSTS[cost][3] else len(drafts) + 1)
     assert out == greedy
+    ms += COSTS[cost][4] * pass_ms(cost, draft_max + 1)  # queued past the end, waited for
     return {"tokens": len(greedy) - 1, "passes": n_passes, "drafted": n_drafted, "accepted": n_accepted,
             "pass_ms": ms, "draft_ms": 1e3 * draft_seconds}
 
@@ -164,7 +169,7 @@ def main() -> None:
     runs = greedy_runs(args.model, OTHER_PROMPTS if args.other else COPY_PROMPTS, args.cache)
     drafters = {"previous": lambda: ScanNgramDrafter(first=False), "first": lambda: ScanNgramDrafter(first=True),
                 "ngram": NgramDrafter}
-    host, points, greedy, fixed = COSTS[args.cost]
+    host, points, greedy, fixed, _ = COSTS[args.cost]
     print(f"draft_max {args.draft_max}; cost {args.cost}: a pass costs {host} ms + "
           + ", ".join(f"{r} rows {t} ms" for r, t in points) + f"; greedy {greedy} ms a token"
           + ("; every pass draft_max + 1 rows" if fixed else ""))

@@ -196,7 +196,8 @@ RS_DEVICE void rs_gemv_rows(RsWeightBlocks<NR>& next, const signed char* __restr
 // Grid: ceil(N / (NR * RS_GEMV_THREADS/32 / SPLIT)) blocks of RS_GEMV_THREADS threads, rows <= RP * SPLIT.
 // Needs K % 32 == 0 and 16-byte aligned wq and xq (the wrapper checks). y = base + W x when base is not null
 // (base may not overlap y). With `live` (rs_live_rows) only the first *live rows are computed and stored; a
-// group left with one of its rows takes the one-row path (same operations for that row, same bits).
+// group left with one of its rows takes the one-row path, a group of more than 8 left with 8 or fewer the 8-row
+// path (same operations for each row, same bits).
 template <int RP, int NR, int SPLIT, int OCC>
 __global__ void RS_GEMV_BOUNDS(RS_GEMV_THREADS, OCC)
 q8_gemv(const signed char* __restrict__ wq, const unsigned short* __restrict__ wd,
@@ -216,6 +217,8 @@ q8_gemv(const signed char* __restrict__ wq, const unsigned short* __restrict__ w
   if (row0 >= n || r0 >= rows) return;  // the whole group leaves together
   if (RP > 1 && rows - r0 == 1) {
     rs_gemv_rows<1, NR>(next, wq, wd, xq, xd, y, row0, n, k, r0, rows, base);
+  } else if (RP > 8 && rows - r0 <= 8) {
+    rs_gemv_rows<(RP > 8 ? 8 : RP), NR>(next, wq, wd, xq, xd, y, row0, n, k, r0, rows, base);
   } else {
     rs_gemv_rows<RP, NR>(next, wq, wd, xq, xd, y, row0, n, k, r0, rows, base);
   }

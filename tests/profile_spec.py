@@ -7,7 +7,10 @@ back-to-back graph replays, no host in between:
     the first 1 or all draft_max+1 rows: GpuBackend.live_rows), and the forward pass alone;
   * ngram_propose alone on the context (the drafting scan inside speculative_next).
 
-    python3 tests/profile_spec.py MODEL.gguf [DRAFT_MAX] [REPEATS]
+    python3 tests/profile_spec.py MODEL.gguf [DRAFT_MAX] [REPEATS] [WIDTHS]
+
+WIDTHS (e.g. 8,12,16): also time a forward pass + argmax of each of these widths computing 1, 8 and all its
+rows, to compare the graph widths a draft_max could use.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from graph_timing import graph_seconds
 path = sys.argv[1]
 draft_max = int(sys.argv[2]) if len(sys.argv) > 2 else 7
 repeats = int(sys.argv[3]) if len(sys.argv) > 3 else 30
+widths = [int(w) for w in sys.argv[4].split(",")] if len(sys.argv) > 4 else []
 model = load_model(path)
 tok = load_tokenizer(model)
 be = GpuBackend()
@@ -71,7 +75,7 @@ report["greedy_step_ms"] = 1e3 * replays_seconds(g.graph, tf.graphs.stream, 4)
 
 # the speculative pass, chained: positions advance by its tokens (1 .. width) a replay; each replay repeats
 # from the same context (the inputs and context staged again)
-cache = tf.new_cache(n + 6 * width, n_states=width + 1)
+cache = tf.new_cache(n + 6 * max([width] + widths), n_states=width + 1)
 tf.forward(cache, context[:-1], 0)
 passes = tf.graphs.speculative_steps(cache, context, [], width, ngram)
 next(passes)
@@ -82,7 +86,7 @@ samples = []
 start, end = cp.cuda.Event(), cp.cuda.Event()
 with tf.graphs.stream as s:
     for _ in range(repeats):
-        tf.graphs._stage_speculative(sg, context, [])
+        tf.graphs._stage_speculative(sg, context, [], be.stop_buffer(None, []))  # no end: every pass computes
         start.record(s)
         for _ in range(4):
             sg.graph.launch(s)
@@ -103,6 +107,14 @@ for count in (1, width):  # the same pass computing only its first `count` rows 
     report[f"forward_argmax_live{count}_ms"] = 1e3 * graph_seconds(
         cp, lambda: be.argmax_device(tf.run(cache, ids_d, pos_d, width)), repeats)
     be.live_rows(None)
+for w in widths:  # other graph widths, computing 1, 8 or all their rows
+    ids_w = cp.asarray(np.array([context[-1]] * w, np.int32))
+    for count in sorted({1, min(8, w), w}):
+        live = cp.asarray(np.array([count], np.int32))
+        be.live_rows(live)
+        report[f"width{w}_live{count}_ms"] = 1e3 * graph_seconds(
+            cp, lambda: be.argmax_device(tf.run(cache, ids_w, pos_d, w)), repeats)
+        be.live_rows(None)
 report["forward_1row_argmax_ms"] = 1e3 * graph_seconds(
     cp, lambda: be.argmax_device(tf.run(cache, ids_d[:1], pos_d, 1)), repeats)
 

@@ -11,86 +11,85 @@
 #define RS_NGRAM_MAX_K 16     // most guesses a pass (the wrapper checks)
 #define RS_NGRAM_MAX_STOP 16  // end-of-generation ids the step knows (GpuBackend.speculative_next keeps the first)
 
-// Whether ctx[e-n .. e) equals the context's trailing n tokens tail[0 .. n).
-RS_DEVICE bool rs_ngram_at(const int* ctx, int e, int n, const int* tail) {
-  bool same = true;
-  for (int j = 0; j < n; ++j) same = same && ctx[e - n + j] == tail[j];
-  return same;
+// How many tokens before position e (at most cap) equal the context's last ones: the largest l <= cap with
+// ctx[e-l .. e) == ctx[len-l .. len), where back[j] = ctx[len-1-j] (the trailing tokens, newest first).
+RS_DEVICE int rs_ngram_match(const int* ctx, int e, int cap, const int* back) {
+  int l = 0;
+  while (l < cap && ctx[e - 1 - l] == back[l]) ++l;
+  return l;
 }
 
 // NgramDrafter's proposal for the context ctx[0 .. len), into out[0 .. k'), returning k' (0: none). For n from
 // min(max_n, len - 1) down to min_n: the places e (n <= e < len) where the trailing n-gram ended before, each
 // followed by the token ctx[e]; of those tokens the one that followed most often, ties to the one that
 // followed first; the guesses are what followed the n-gram where that token first followed it: ctx[e ..], at
-// most k (at most unigram_max for n = 1), running into the present as a copy of period len - e. Each
-// occurrence's count and first place come from comparing it with every other (kept in shared memory up to
-// RS_NGRAM_KEPT, else read again from the context); the best is the largest (count, -first) key, each
-// thread's largest compared by thread 0. Every thread of the block calls it; out is shared.
+// most k (at most unigram_max for n = 1), running into the present as a copy of period len - e.
+// The first n with a place is the longest match before any e: one scan finds it (each e's match length, the
+// block's largest). Each place's count and first place come from comparing it with every other (kept in
+// shared memory up to RS_NGRAM_KEPT, else read again from the context); the best is the largest (count, -first)
+// key. Every thread of the block calls it, with no thread inside a branch the others skip; out is shared.
 RS_DEVICE int rs_ngram_propose(const int* ctx, int len, int k, int max_n, int min_n, int unigram_max, int* out) {
-  __shared__ int kept_at[RS_NGRAM_KEPT], kept_token[RS_NGRAM_KEPT], tail[RS_NGRAM_MAX_N];
-  __shared__ unsigned long long best[RS_NGRAM_THREADS];  // each thread's largest key
-  __shared__ int found, guesses;
-  for (int n = min(max_n, len - 1); n >= min_n; --n) {
-    if (threadIdx.x == 0) {
-      for (int j = 0; j < n; ++j) tail[j] = ctx[len - n + j];
-      found = 0;
-    }
-    __syncthreads();
-    for (int e = n + threadIdx.x; e < len; e += blockDim.x) {
-      if (rs_ngram_at(ctx, e, n, tail)) {
-        const int slot = atomicAdd(&found, 1);
-        if (slot < RS_NGRAM_KEPT) {
-          kept_at[slot] = e;
-          kept_token[slot] = ctx[e];
-        }
-      }
-    }
-    __syncthreads();
-    const int m = found;
-    __syncthreads();  // (thread 0 sets it again for the next n)
-    if (m == 0) continue;  // the same for every thread
-    unsigned long long key = 0;  // (count << 32) | (0x7fffffff - first place): the largest wins
-    if (m <= RS_NGRAM_KEPT) {
-      for (int i = threadIdx.x; i < m; i += blockDim.x) {
-        int count = 0, first = kept_at[i];
-        for (int j = 0; j < m; ++j) {
-          if (kept_token[j] == kept_token[i]) {
-            ++count;
-            first = min(first, kept_at[j]);
-          }
-        }
-        key = max(key, ((unsigned long long)count << 32) | (unsigned)(0x7fffffff - first));
-      }
-    } else {
-      for (int e = n + threadIdx.x; e < len; e += blockDim.x) {
-        if (!rs_ngram_at(ctx, e, n, tail)) continue;
-        int count = 0, first = e;
-        for (int f = n; f < len; ++f) {
-          if (ctx[f] == ctx[e] && rs_ngram_at(ctx, f, n, tail)) {
-            ++count;
-            first = min(first, f);
-          }
-        }
-        key = max(key, ((unsigned long long)count << 32) | (unsigned)(0x7fffffff - first));
-      }
-    }
-    best[threadIdx.x] = key;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      for (int t = 1; t < blockDim.x; ++t) key = max(key, best[t]);
-      const int from = 0x7fffffff - (int)(key & 0xffffffffu);  // n <= from < len
-      guesses = n == 1 ? min(k, unigram_max) : k;
-      // the copy, period len - from where it runs into the present. One guess an iteration, not unrolled: nvcc
-      // 12 unrolled this loop into loads at ctx + 4 * (from + j + 1) + 4 * (2**32 - 1), 16 GiB off
-      const int* source = ctx + from;
-      const int period = len - from;
-#pragma unroll 1
-      for (int j = 0; j < guesses; ++j) out[j] = j < period ? source[j] : out[j - period];
-    }
-    __syncthreads();
-    return guesses;
+  __shared__ int kept_at[RS_NGRAM_KEPT], kept_token[RS_NGRAM_KEPT], back[RS_NGRAM_MAX_N];
+  __shared__ int longest, found;
+  __shared__ unsigned long long best;  // (count << 32) | (0x7fffffff - first place): the largest wins
+  const int cap = min(max_n, len - 1);
+  if (threadIdx.x < cap) back[threadIdx.x] = ctx[len - 1 - threadIdx.x];
+  if (threadIdx.x == 0) {
+    longest = 0;
+    found = 0;
+    best = 0;
   }
-  return 0;
+  __syncthreads();
+  int mine = 0;
+  for (int e = 1 + threadIdx.x; e < len; e += blockDim.x) mine = max(mine, rs_ngram_match(ctx, e, min(cap, e), back));
+  if (mine > 0) atomicMax(&longest, mine);
+  __syncthreads();
+  const int n = longest;  // the same for every thread
+  if (n < min_n || n == 0) return 0;
+  for (int e = n + threadIdx.x; e < len; e += blockDim.x) {
+    if (rs_ngram_match(ctx, e, n, back) == n) {
+      const int slot = atomicAdd(&found, 1);
+      if (slot < RS_NGRAM_KEPT) {
+        kept_at[slot] = e;
+        kept_token[slot] = ctx[e];
+      }
+    }
+  }
+  __syncthreads();
+  const int m = found;
+  unsigned long long key = 0;
+  if (m <= RS_NGRAM_KEPT) {
+    for (int i = threadIdx.x; i < m; i += blockDim.x) {
+      int count = 0, first = kept_at[i];
+      for (int j = 0; j < m; ++j) {
+        if (kept_token[j] == kept_token[i]) {
+          ++count;
+          first = min(first, kept_at[j]);
+        }
+      }
+      key = max(key, ((unsigned long long)count << 32) | (unsigned)(0x7fffffff - first));
+    }
+  } else {
+    for (int e = n + threadIdx.x; e < len; e += blockDim.x) {
+      if (rs_ngram_match(ctx, e, n, back) != n) continue;
+      int count = 0, first = e;
+      for (int f = n; f < len; ++f) {
+        if (ctx[f] == ctx[e] && rs_ngram_match(ctx, f, n, back) == n) {
+          ++count;
+          first = min(first, f);
+        }
+      }
+      key = max(key, ((unsigned long long)count << 32) | (unsigned)(0x7fffffff - first));
+    }
+  }
+  if (key) atomicMax(&best, key);
+  __syncthreads();
+  const int from = 0x7fffffff - (int)(best & 0xffffffffu);  // n <= from < len
+  const int guesses = n == 1 ? min(k, unigram_max) : k;
+  // the copy, period len - from where it runs into the present: guess j is ctx[from + j % period]
+  if (threadIdx.x < guesses) out[threadIdx.x] = ctx[from + threadIdx.x % (len - from)];
+  __syncthreads();
+  return guesses;
 }
 
 // The step after a verify pass of `width` rows (captured with the pass). inputs int32 [1 + width]: the pass's
@@ -100,48 +99,59 @@ RS_DEVICE int rs_ngram_propose(const int* ctx, int len, int k, int max_n, int mi
 // the first rejection (or the last real guess) give the pass's tokens. The pass computed only its first
 // drafted[0] + 1 rows (rs_live_rows): the others' (id, flag) are stale and never looked at. record int32
 // [2 + 2 * width] gets the tokens' number, the pass's real guesses and every row's (id, flag) (the host reads
-// the tokens from it); ctx
-// int32 [n_pos + width] (the context, token at each position) gets the tokens; then inputs and drafted are
-// the next pass's: the last token at the position after the others, the proposal for the context (padded
-// with that token), its length and that + 1, drafted int32 [2]. stop int32 [2 + RS_NGRAM_MAX_STOP]: the run's
-// context limit (its prompt plus its token budget), the number of its end-of-generation ids, the ids. When the
-// pass's tokens end the run as the host's loop ends it (one of them is such an id, or the context reaches the
-// limit), or the pass computed nothing (the run had ended before it), the next pass computes nothing either:
-// drafted[1] = 0 (rs_live_rows), and a pass queued past the end costs only its launches. A next pass that would not fit the cache's n_pos positions is put at its
-// end: the host never reads it (it reads a step behind and stops before the cache's end). Grid: 1 block.
+// the tokens from it); ctx int32 [n_pos + width] (the context, token at each position) gets the tokens; then
+// inputs and drafted are the next pass's: the last token at the position after the others, the proposal for
+// the context (padded with that token), its length and that + 1, drafted int32 [2]. stop int32
+// [2 + RS_NGRAM_MAX_STOP]: the run's context limit (its prompt plus its token budget), the number of its
+// end-of-generation ids, the ids. When the pass's tokens end the run as the host's loop ends it (one of them
+// is such an id, or the context reaches the limit), or the pass computed nothing (the run had ended before
+// it), the next pass computes nothing either: drafted[1] = 0 (rs_live_rows), and a pass queued past the end
+// costs only its launches. A next pass that would not fit the cache's n_pos positions is put at its end: the
+// host never reads it (it reads a step behind and stops before the cache's end). Each row, token and id is
+// looked at by a thread of its own (the step is on the path of every pass). Grid: 1 block.
 extern "C" __global__ void __launch_bounds__(RS_NGRAM_THREADS)
 speculative_next(int* __restrict__ inputs, const int* __restrict__ chosen, int* __restrict__ ctx,
                  int* __restrict__ drafted, int* __restrict__ record, const int* __restrict__ stop, int width,
                  int n_pos, int max_n, int min_n, int unigram_max) {
   rs_kernel_begin();
-  __shared__ int len, ended;
+  __shared__ int rejected, ended;
   __shared__ int proposal[RS_NGRAM_MAX_K];
-  if (threadIdx.x == 0) {
-    const int pos0 = inputs[0], real = drafted[0];
-    int ok = 0;
-    while (ok < real && chosen[2 * ok + 1] == 0 && chosen[2 * ok] == inputs[2 + ok]) ++ok;
-    record[0] = ok + 1;
-    record[1] = real;
-    for (int j = 0; j < 2 * width; ++j) record[2 + j] = chosen[j];
-    for (int j = 0; j <= ok; ++j) ctx[pos0 + 1 + j] = chosen[2 * j];
-    len = pos0 + ok + 2;  // the context up to the pass's last token
-    int end = drafted[1] == 0 || len >= stop[0];
-    const int n_stop = min(stop[1], RS_NGRAM_MAX_STOP);
-    for (int j = 0; j <= ok; ++j) {
-      for (int i = 0; i < n_stop; ++i) end |= chosen[2 * j] == stop[2 + i];
-    }
-    ended = end;
+  const int t = threadIdx.x;
+  const int pos0 = inputs[0], real = drafted[0], computed = drafted[1];
+  // the accept rule: the first row whose argmax is not finite or not its guess
+  const bool wrong = t < real && (chosen[2 * t + 1] != 0 || chosen[2 * t] != inputs[2 + t]);
+  if (t == 0) {
+    rejected = real;
+    ended = computed == 0;
   }
   __syncthreads();
+  if (wrong) atomicMin(&rejected, t);
+  if (t < 2 * width) record[2 + t] = chosen[t];
+  __syncthreads();
+  const int ok = rejected;  // the guesses accepted; the pass's tokens are rows 0 .. ok
+  const int len = pos0 + ok + 2;  // the context up to the pass's last token
+  if (t == 0) {
+    record[0] = ok + 1;
+    record[1] = real;
+  }
+  if (t <= ok) {
+    const int token = chosen[2 * t];
+    ctx[pos0 + 1 + t] = token;
+    const int n_stop = min(stop[1], RS_NGRAM_MAX_STOP);
+    bool end = t == 0 && len >= stop[0];
+    for (int i = 0; i < n_stop; ++i) end = end || token == stop[2 + i];
+    if (end) atomicOr(&ended, 1);
+  }
+  __syncthreads();  // the tokens are in ctx for every thread
   const int guesses = rs_ngram_propose(ctx, len, width - 1, max_n, min_n, unigram_max, proposal);
-  if (threadIdx.x == 0) {
-    const int last = ctx[len - 1];
+  const int last = ctx[len - 1];
+  if (t == 0) {
     inputs[0] = min(len - 1, n_pos - width);
     inputs[1] = last;
-    for (int j = 0; j < width - 1; ++j) inputs[2 + j] = j < guesses ? proposal[j] : last;
     drafted[0] = guesses;
     drafted[1] = ended ? 0 : guesses + 1;  // the rows the next pass's kernels compute (rs_live_rows)
   }
+  if (t < width - 1) inputs[2 + t] = t < guesses ? proposal[t] : last;
 }
 
 // The proposal alone, for tests: out int32 [1 + k] = (its length, the guesses). Grid: 1 block.

@@ -72,9 +72,10 @@ class SpeculativeGraph:
     ctx: object  # device int32 [n_pos + width]: the token at each position of the context
     result: object  # device int32 [2 + 2 * width]: the pass's record, its tokens (kernels_raw/ngram.hip)
     stop: object  # device int32 [2 + NGRAM_MAX_STOP]: what ends the run (GpuBackend.stop_buffer)
+    chosen: object  # device int32 [width, 2]: each row's argmax and NaN-or-infinity flag
     host: np.ndarray  # pinned host int32 [2, 2 + 2 * width]: the records of two queued passes
-    staging: np.ndarray  # pinned host int32 [n_pos + 2 * width + 5 + NGRAM_MAX_STOP]: a context, the first input,
-    #                      drafted, stop
+    staging: np.ndarray  # pinned host int32 [n_pos + 2 * width + 7 + NGRAM_MAX_STOP]: a context, the first input,
+    #                      drafted, stop, a first row's (id, flag)
     done: list  # two cupy.cuda.Event: recorded after each slot's copy
     held: list  # every array the captured pass allocated
 
@@ -285,7 +286,9 @@ class PassGraphs:
         (refspec.speculative.CHAIN_SLACK); a pass that would not fit is moved to the cache's end, where no
         token kept lies. `limit` (the context length at which the caller stops: its prompt plus its budget) and
         `eog_ids` (the ids that stop it) let the device see the run end as the caller will: the pass queued
-        after the one that ends it then computes nothing (GpuBackend.live_rows)."""
+        after the one that ends it then computes nothing (GpuBackend.live_rows). `drafts` None: the device
+        proposes the first pass's guesses too (speculative_next run once, as though a pass had just yielded
+        the context's last token), so the host drafts nothing."""
         key = ("speculative", width, tuple(ngram))
         stop = self.be.stop_buffer(limit, eog_ids)
         g = cache.graphs.get(key)
@@ -294,7 +297,7 @@ class PassGraphs:
                 g = self._record_speculative(cache, context, drafts, width, ngram, stop, key)  # runs the first pass
                 queued = [self._copy_result(g, 0)]
             else:
-                self._stage_speculative(g, context, drafts, stop)
+                self._stage_speculative(g, context, drafts, stop, ngram)
                 queued = [self._queue_step(g, 0)]
             try:
                 step = 0
@@ -314,23 +317,37 @@ class PassGraphs:
             finally:
                 self.stream.synchronize()  # a pass queued past the last one read ends before anything else runs
 
-    def _stage_speculative(self, g: SpeculativeGraph, context: list[int], drafts: list[int], stop) -> None:
+    def _stage_speculative(self, g: SpeculativeGraph, context: list[int], drafts: list[int] | None, stop,
+                           ngram: tuple) -> None:
         """Copy the context, the first pass's input (its position, the last token, the guesses padded to the
         width with that token), the number of guesses and the rows to compute (that + 1), and `stop` to the
-        device, from pinned memory, on the stream."""
+        device, from pinned memory, on the stream. drafts None: instead, the input of a pass that verified
+        nothing and yielded the context's last token (row 0 of `chosen`), and speculative_next after it, which
+        writes the first pass's input with the guesses it proposes."""
         n, width = len(context), g.inputs.shape[0] - 1
         staged = g.staging
         staged[:n] = context
         first = staged[n : n + 1 + width]
-        first[0], first[1] = n - 1, context[-1]
-        first[2:] = list(drafts) + [context[-1]] * (width - 1 - len(drafts))
-        staged[n + 1 + width : n + 3 + width] = len(drafts), len(drafts) + 1
-        staged[n + 3 + width : n + 3 + width + len(stop)] = stop
+        if drafts is None:  # the pass before: at n - 2 (its ids are never read), no guesses; it chose context[-1]
+            first[:] = n - 2, *[context[-1]] * width
+            staged[n + 1 + width : n + 3 + width] = 0, 1
+        else:
+            first[0], first[1] = n - 1, context[-1]
+            first[2:] = list(drafts) + [context[-1]] * (width - 1 - len(drafts))
+            staged[n + 1 + width : n + 3 + width] = len(drafts), len(drafts) + 1
+        at = n + 3 + width
+        staged[at : at + len(stop)] = stop
+        staged[at + len(stop) : at + len(stop) + 2] = context[-1], 0
+        copies = [(g.ctx, 0, n), (g.inputs, n, 1 + width), (g.drafted, n + 1 + width, 2), (g.stop, at, len(stop))]
+        if drafts is None:
+            copies.append((g.chosen, at + len(stop), 2))
         runtime = self.be.cp.cuda.runtime
-        for dst, start, count in ((g.ctx, 0, n), (g.inputs, n, 1 + width), (g.drafted, n + 1 + width, 2),
-                                  (g.stop, n + 3 + width, len(stop))):
+        for dst, start, count in copies:
             runtime.memcpyAsync(dst.data.ptr, staged.ctypes.data + 4 * start, 4 * count, runtime.memcpyHostToDevice,
                                 self.stream.ptr)
+        if drafts is None:  # (on the current stream: the caller's `with self.stream`)
+            self.be.speculative_next(g.inputs, g.chosen, g.ctx, g.drafted, g.result, g.stop, width,
+                                     g.ctx.shape[0] - width, ngram)
 
     def _record_speculative(self, cache, context, drafts, width: int, ngram, stop, key) -> SpeculativeGraph:
         """Run the first pass eagerly (compiling what it needs), then capture the same pass as a graph."""
@@ -341,10 +358,10 @@ class PassGraphs:
         chosen, stop_dev = cp.empty((width, 2), np.int32), cp.empty(len(stop), np.int32)
         held = [inputs, drafted, ctx, record, chosen, stop_dev]
         host = self._pinned((2, 2 + 2 * width), held)
-        staging = self._pinned((n_pos + 2 * width + 3 + len(stop),), held)
+        staging = self._pinned((n_pos + 2 * width + 5 + len(stop),), held)
         done = [cp.cuda.Event(block=False, disable_timing=True) for _ in range(2)]
-        g = SpeculativeGraph(None, inputs, drafted, ctx, record, stop_dev, host, staging, done, held)
-        self._stage_speculative(g, context, drafts, stop)
+        g = SpeculativeGraph(None, inputs, drafted, ctx, record, stop_dev, chosen, host, staging, done, held)
+        self._stage_speculative(g, context, drafts, stop, ngram)
 
         def step():
             # the rows past the guesses are skipped by the kernels that can (their tokens are never accepted)

@@ -417,13 +417,15 @@ def _speculative_generate(tf, prompt_ids, n_predict, drafter, draft_max, adaptiv
         #    (implied by the first cap as plan_context sizes the cache, kept because it is what forward needs).
         pos = n_prompt + len(result.ids) - 1
         k_pass = min(k, budget - len(result.ids) - 1, n_alloc - 1 - pos)
-        k_draft = k if chained else k_pass  # (a chained pass's tokens past the budget are dropped)
-        t_draft = time.perf_counter()
-        drafts = drafter.propose(result.prompt_ids + result.ids, k_draft) if k_pass else []
-        drafts = [int(t) for t in drafts[:k_draft]]
-        draft_seconds += time.perf_counter() - t_draft
-        if any(not 0 <= t < n_vocab for t in drafts):
-            raise UsageError(f"drafter {drafter.name!r} proposed a token outside the vocabulary: {drafts}")
+        if chained and k_pass:
+            drafts = None  # the device proposes the first chained pass's guesses too (same rule, no host time)
+        else:
+            t_draft = time.perf_counter()
+            drafts = drafter.propose(result.prompt_ids + result.ids, k_pass) if k_pass else []
+            drafts = [int(t) for t in drafts[:k_pass]]
+            draft_seconds += time.perf_counter() - t_draft
+            if any(not 0 <= t < n_vocab for t in drafts):
+                raise UsageError(f"drafter {drafter.name!r} proposed a token outside the vocabulary: {drafts}")
 
         if chained and k_pass:
             # 3'. Every later pass chained on the device: each pass's graph takes its tokens by the accept rule

@@ -86,7 +86,7 @@ samples = []
 start, end = cp.cuda.Event(), cp.cuda.Event()
 with tf.graphs.stream as s:
     for _ in range(repeats):
-        tf.graphs._stage_speculative(sg, context, [], be.stop_buffer(None, []))  # no end: every pass computes
+        tf.graphs._stage_speculative(sg, context, [], be.stop_buffer(None, []), ngram)  # no end: every pass computes
         start.record(s)
         for _ in range(4):
             sg.graph.launch(s)

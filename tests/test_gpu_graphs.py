@@ -192,6 +192,35 @@ def test_step_sees_the_run_end_where_the_host_loop_does(gpu, data):
     got = [int(v) for v in drafted.get()]
     assert int(record[0].get()) == len(tokens)
     assert got[1] == (0 if ends else got[0] + 1), (got, tokens, eog, limit, length, dead)
+    # the rest of the step: the record, the tokens into the context, the next pass's input and guesses
+    assert [int(v) for v in record[1:].get()] == [real] + [int(v) for v in chosen.ravel()]
+    full = [int(t) for t in context] + tokens
+    assert [int(v) for v in ctx[:length].get()] == full
+    proposal = NgramDrafter(4, 1, 7).propose(full, width - 1)
+    assert got[0] == len(proposal)
+    want = [min(length - 1, n_pos - width), full[-1]] + proposal + [full[-1]] * (width - 1 - len(proposal))
+    assert [int(v) for v in inputs.get()] == want
+
+
+def test_device_proposes_the_first_guesses_as_the_host_does(models, gpu):
+    """speculative_steps with drafts None (the device proposes the first pass's guesses, speculative_next run
+    as though a pass had yielded the context's last token): the same passes as with the host drafter's
+    proposal, for the graph's first capture and its replays."""
+    tf = Transformer(models("llama"), gpu)
+    prompt = [5, 6, 7, 8, 9] * 6 + [5, 6]
+    context = prompt + generate(tf, prompt, 1, eog_ids=()).ids
+    width, ngram = 8, (4, 1, 7)
+    host = NgramDrafter(*ngram).propose(context, width - 1)
+    runs = []
+    for drafts in (None, host, None):  # the first captures the graph, the others replay it
+        cache = tf.new_cache(len(context) + 12 * width, n_states=width + 1)
+        tf.forward(cache, context[:-1], 0)
+        passes = tf.graphs.speculative_steps(cache, context, drafts, width, ngram)
+        runs.append([(ids.tolist(), finite.tolist(), guesses) for ids, finite, guesses in
+                     (next(passes) for _ in range(6))])
+        passes.close()
+    assert runs[0][0][2] == len(host) > 0  # (the first pass verifies guesses)
+    assert runs[0] == runs[1] == runs[2]
 
 
 @pytest.mark.parametrize("context, max_n", [([0, 1] * 1500 + [0], 1), ([3] * 3000, 4),

@@ -207,8 +207,7 @@ def test_device_proposes_the_first_guesses_as_the_host_does(models, gpu):
     as though a pass had yielded the context's last token): the same passes as with the host drafter's
     proposal, for the graph's first capture and its replays."""
     tf = Transformer(models("llama"), gpu)
-    prompt = [5, 6, 7, 8, 9] * 6 + [5, 6]
-    context = prompt + generate(tf, prompt, 1, eog_ids=()).ids
+    context = [5, 6, 7, 8, 9] * 6 + [5, 6]  # its last token follows an earlier 5 too: guesses at once
     width, ngram = 8, (4, 1, 7)
     host = NgramDrafter(*ngram).propose(context, width - 1)
     runs = []

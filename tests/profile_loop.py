@@ -41,8 +41,12 @@ size = len(context) + 4 * width * (n + 4)
 report = {"model": path, "draft_max": draft_max, "context_tokens": len(context), "passes": n}
 
 
+the_cache = tf.new_cache(size, n_states=width + 1)  # one cache (its graphs are kept on it)
+
+
 def fresh_cache():
-    cache = tf.new_cache(size, n_states=width + 1)  # one size: the same storage and graphs each time
+    """The cache with the context's rows written again (the passes after it rewrite theirs)."""
+    cache = the_cache
     tf.forward(cache, context[:-1], 0)
     be.synchronize()
     return cache

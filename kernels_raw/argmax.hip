@@ -101,11 +101,25 @@ argmax_final(const float* __restrict__ part_value, const int* __restrict__ part_
   }
 }
 
+#define RS_GREEDY_MAX_STOP 16  // end-of-generation ids greedy_next knows (GpuBackend.stop_buffer keeps the first)
+
 // The next greedy step's input, on the device: inputs int32 [2] = (position, token id) of a captured pass of
-// one row (refspec/gpu_graphs.py, greedy_steps) becomes (position + 1, the id argmax chose, result[0]).
-// Grid: 1 block of 1 thread.
-extern "C" __global__ void greedy_next(const int* __restrict__ result, int* __restrict__ inputs) {
+// one row (refspec/gpu_graphs.py, greedy_steps) becomes (position + 1, the id argmax chose, result[0]). With
+// `live` (the rows the step's kernels compute, rs_live_rows; null: not counted): 0 once the id chosen is one of
+// stop's end-of-generation ids (stop int32 [2 + RS_GREEDY_MAX_STOP]: unused, their number, the ids), or once a
+// step computed nothing, so that a step queued past the run's end costs only its launches. The host's loop
+// stops at the same ids (it may know more: the step then computes a pass for nothing, never skips one the host
+// reads). Grid: 1 block of 1 thread.
+extern "C" __global__ void greedy_next(const int* __restrict__ result, int* __restrict__ inputs,
+                                       int* __restrict__ live, const int* __restrict__ stop) {
   rs_kernel_begin();
+  const int token = result[0];
   inputs[0] += 1;
-  inputs[1] = result[0];
+  inputs[1] = token;
+  if (live != nullptr) {
+    bool end = live[0] == 0;
+    const int n_stop = min(stop[1], RS_GREEDY_MAX_STOP);
+    for (int i = 0; i < n_stop; ++i) end = end || token == stop[2 + i];
+    live[0] = end ? 0 : 1;
+  }
 }

@@ -131,7 +131,7 @@ def _generate(tf, prompt_ids, n_predict, eog_ids, on_token, keep_logits) -> Gene
             pos = len(result.prompt_ids) + len(result.ids) - 1
             if chained:
                 if steps is None:
-                    steps = tf.graphs.greedy_steps(cache, token, pos, budget - len(result.ids))
+                    steps = tf.graphs.greedy_steps(cache, token, pos, budget - len(result.ids), eog_ids)
                 chosen = next(steps)
             else:
                 rows = tf.forward(cache, [token], pos)  # [1, V]

@@ -415,7 +415,7 @@ class GpuBackend:
         self._held = held
 
     def live_rows(self, live) -> None:
-        """While a chained speculative pass of R rows is captured (refspec/gpu_graphs.py, speculative_steps),
+        """While a chained pass of R rows is captured (refspec/gpu_graphs.py: speculative_steps, greedy_steps),
         `live`, a device int32 [1] that the step ending each replay writes for the next: the kernels that can
         then compute only its first live[0] rows (kernels_raw/portable.h, rs_live_rows: the dp4a GEMVs, the
         RMSNorm and SiLU quantizers, RoPE with the KV write, attention, argmax). They read it before they wait
@@ -930,9 +930,15 @@ class GpuBackend:
                 (rows,), (ARGMAX_THREADS,), (value, index, bad, np.int32(parts), result, self._live_arg()))
         return result
 
-    def greedy_next(self, result, inputs):
-        """inputs (position, id) [2] of a one-row pass <- (position + 1, result[0, 0]): the next greedy step."""
-        self.function("argmax", "greedy_next")((1,), (1,), (result, inputs))
+    def greedy_next(self, result, inputs, live=None, stop=None):
+        """inputs (position, id) [2] of a one-row pass <- (position + 1, result[0, 0]): the next greedy step.
+        With `live` (device int32 [1], the rows the next step computes: GpuBackend.live_rows) and `stop`
+        (stop_buffer's layout; its limit is not used): live <- 0 once the id is one of stop's ids or live was 0."""
+        if (live is None) != (stop is None):
+            raise ValueError("greedy_next: live and stop come together")
+        null = 0  # a null pointer (as _live_arg passes one)
+        self.function("argmax", "greedy_next")((1,), (1,), (result, inputs, null if live is None else live,
+                                                            null if stop is None else stop))
 
     def speculative_next(self, inputs, chosen, ctx, drafted, record, stop, width: int, n_pos: int, ngram) -> None:
         """After a captured verify pass of `width` rows (refspec/gpu_graphs.py, speculative_steps): its

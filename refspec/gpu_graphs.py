@@ -56,7 +56,9 @@ class PassGraph:
 @dataclass
 class GreedyGraph:
     graph: object  # cupy.cuda.graph.Graph: pass of one row + argmax + greedy_next
-    inputs: object  # device int32 [2]: the position, the token id (advanced by the graph itself)
+    state: object  # device int32 [3 + 2 + NGRAM_MAX_STOP]: inputs, live, then the run's stop buffer
+    inputs: object  # state[:2]: the position, the token id (advanced by the graph itself)
+    live: object  # state[2:3]: the rows the step computes (1, then 0 past the run's end), or None (qwen35)
     result: object  # device int32 [1, 2]: the argmax id and its NaN-or-infinity flag
     host: np.ndarray  # pinned host int32 [2, 2]: the results of two queued steps
     done: list  # two cupy.cuda.Event: recorded after each slot's copy
@@ -198,14 +200,17 @@ class PassGraphs:
         return result, graph, out
 
     # ---- greedy decoding, one step ahead of the host
-    def greedy_steps(self, cache, token: int, pos: int, n_steps: int):
+    def greedy_steps(self, cache, token: int, pos: int, n_steps: int, eog_ids=()):
         """Yield (ids [1], finite [1]) for n_steps greedy steps, as spec.argmax_rows of the logits of the
         pass of `token` at `pos`, then of the token each step chose at the next position: the same passes
-        and argmax kernel as forward() + argmax_rows, with one step always queued ahead of the host."""
+        and argmax kernel as forward() + argmax_rows, with one step always queued ahead of the host. A caller
+        that stops at one of `eog_ids` leaves the step queued after it computing nothing (greedy_next; not on
+        qwen35, whose steps also write recurrent state)."""
         if n_steps <= 0:
             return
         recurrent = self.tf.recurrent_layers()
         check_states(cache, recurrent, pos)  # (qwen35) the state the first step continues is held
+        state = np.concatenate([[pos, token, 1], self.be.stop_buffer(None, eog_ids)]).astype(np.int32)
         g = cache.graphs.get("greedy")
         launched = 1  # steps queued: each writes its position's cache rows and recurrent state
 
@@ -216,10 +221,10 @@ class PassGraphs:
 
         with self.stream:
             if g is None:
-                g = self._record_greedy(cache, token, pos)  # runs the first step eagerly
+                g = self._record_greedy(cache, state, live=not recurrent)  # runs the first step eagerly
                 queued = [self._copy_result(g, 0)]
             else:
-                g.inputs.set(np.array([pos, token], np.int32))
+                g.state.set(state)
                 queued = [self._queue_step(g, 0)]
             try:
                 for i in range(n_steps):
@@ -251,22 +256,29 @@ class PassGraphs:
         done.record(self.stream)
         return slot, done
 
-    def _record_greedy(self, cache, token: int, pos: int) -> GreedyGraph:
-        """Run one greedy step eagerly (compiling what it needs), then capture the same step as a graph."""
+    def _record_greedy(self, cache, state: np.ndarray, live: bool) -> GreedyGraph:
+        """Run one greedy step eagerly (compiling what it needs), then capture the same step as a graph. live:
+        its kernels compute the rows state[2] says (GpuBackend.live_rows), and greedy_next sets it to 0 past
+        the run's end."""
         be, cp = self.be, self.be.cp
-        inputs = cp.asarray(np.array([pos, token], np.int32))
+        state = cp.asarray(state)
+        inputs, count, stop = state[:2], state[2:3] if live else None, state[3:] if live else None
         result = cp.zeros((1, 2), np.int32)
-        held = [inputs, result]
+        held = [state, result]
         host = self._pinned((2, 2), held)
 
         def step():
-            logits = self.tf.run(cache, inputs[1:], inputs[:1], 1)
-            be.argmax_device(logits, result)
-            be.greedy_next(result, inputs)
+            be.live_rows(count)
+            try:
+                logits = self.tf.run(cache, inputs[1:], inputs[:1], 1)
+                be.argmax_device(logits, result)
+            finally:
+                be.live_rows(None)
+            be.greedy_next(result, inputs, count, stop)
 
         _, graph, _ = self._capture(step, held, "a greedy step")
         done = [cp.cuda.Event(block=False, disable_timing=True) for _ in range(2)]
-        g = cache.graphs["greedy"] = GreedyGraph(graph, inputs, result, host, done, held)
+        g = cache.graphs["greedy"] = GreedyGraph(graph, state, inputs, count, result, host, done, held)
         self.captured += 1
         return g
 

@@ -1,7 +1,7 @@
 """Replay the speculative loop offline, to compare n-gram drafting policies without a GPU (a tool, not a test):
 
-    python tests/replay_ngram.py [--draft-max 7] [--other] [--cost host-loop|chained|chained-active]
-                                 [-m MODEL] [--cache FILE]
+    python tests/replay_ngram.py [--draft-max 7] [--other] [--cost host-loop|chained|chained-active|graph-widths]
+                                 [--cold-max K] [-m MODEL] [--cache FILE]
 
 Greedy decoding of each of `refspec bench decode`'s four copy prompts (chat-templated, up to 128 new tokens,
 stopping at end of turn), and with --other of seven more chat prompts (three that copy, four that write
@@ -47,10 +47,20 @@ from refspec.speculative import DRAFT_MAX, Drafter, NgramDrafter
 #     0.654 ms a token (1528.5 tok/s on the copy prompts; 2026-12-02 05:15 UTC). Optimistic where a pass's live
 #     rows are neither one nor all of them (the dp4a GEMV then computes all of them): with the ngram drafter at
 #     7 guesses that never happens; at 15, a one-token match's 7 guesses are 8 of 16 rows.
+#   graph-widths: the passes as they run since 07:06 UTC (the step between passes in parallel, the first
+#     guesses drafted on the device): forward pass + argmax of a graph of draft_max + 1 rows (8, 12 or 16)
+#     computing its first 1 + guesses rows, WIDTH_COSTS, measured on edit-code's context
+#     (tests/results/profile_spec_widths_default_h200.json; the dp4a GEMV computes a whole group of rows, so a
+#     count between two points costs the upper one), plus 0.0185 ms a pass for the rest (the step, the copy of
+#     its result, the run's first and last passes: fitted so that 7 guesses give the measured 1.96x; 11 then
+#     give 1.97x, measured 1.969x), greedy 0.6508 ms a token (1536.6 tok/s; 2026-12-02 07:06 UTC).
+WIDTH_COSTS = {8: ((1, 0.662), (8, 0.787)), 12: ((1, 0.680), (8, 0.797), (12, 0.917)),
+               16: ((1, 0.754), (8, 0.862), (16, 0.916))}
 COSTS = {
     "host-loop": (0.16, ((1, 0.61), (8, 0.738), (16, 0.841)), 0.70, False, 0),
     "chained": (0.0, ((1, 0.694), (8, 0.87), (16, 1.04)), 0.694, True, 0),
     "chained-active": (0.0, ((1, 0.685), (8, 0.815), (16, 0.942)), 0.654, False, 1),
+    "graph-widths": (0.0185, None, 0.6508, False, 0),
 }
 N_PREDICT = 128
 
@@ -72,10 +82,13 @@ OTHER_PROMPTS = {
 }
 
 
-def pass_ms(cost: str, rows: int) -> float:
-    """A pass of `rows` rows by the cost model `cost`: its host time plus the device's, linear between the
-    measured points."""
+def pass_ms(cost: str, rows: int, width: int) -> float:
+    """A pass of `rows` rows (computed; `width`: its graph's rows) by the cost model `cost`: its host time plus
+    the device's, linear between the measured points (graph-widths: the next point up, from the graph's
+    width)."""
     host, points = COSTS[cost][:2]
+    if points is None:
+        return host + next(t for r, t in WIDTH_COSTS[width] if rows <= r)
     (r0, t0), (r1, t1) = next((a, b) for a, b in zip(points, points[1:]) if rows <= b[0] or b == points[-1])
     return host + t0 + (t1 - t0) * (rows - r0) / (r1 - r0)
 
@@ -105,15 +118,17 @@ def greedy_runs(model_path: str | None, prompts: dict, cache: pathlib.Path) -> d
     return runs
 
 
-def replay(run: dict, drafter, draft_max: int, cost: str) -> dict:
-    """The loop of refspec.speculative._speculative_generate over greedy's ids, k = draft_max (not adaptive)."""
+def replay(run: dict, drafter, draft_max: int, cost: str, cold_max: int | None = None) -> dict:
+    """The loop of refspec.speculative._speculative_generate over greedy's ids, k = draft_max (not adaptive;
+    with cold_max, at most cold_max after a pass that did not accept all its guesses, or guessed none)."""
     prompt, greedy, eog = run["prompt_ids"], run["ids"], set(run["eog_ids"])
     out = greedy[:1]  # the prompt's pass chooses the first token
     drafter.begin(None)
     n_passes = n_drafted = n_accepted = 0
     ms, draft_seconds = 0.0, 0.0
+    warm = False  # the last pass accepted all its guesses (at least one)
     while out[-1] not in eog and len(out) < N_PREDICT:
-        k = min(draft_max, N_PREDICT - len(out) - 1)
+        k = min(draft_max if warm or cold_max is None else min(draft_max, cold_max), N_PREDICT - len(out) - 1)
         t0 = time.perf_counter()
         drafts = drafter.propose(prompt + out, k)[:k] if k else []
         draft_seconds += time.perf_counter() - t0
@@ -125,10 +140,11 @@ def replay(run: dict, drafter, draft_max: int, cost: str) -> dict:
             if out[-1] in eog or len(out) >= N_PREDICT or not right:
                 break
         drafter.accepted(len(drafts), n_ok)
+        warm = 0 < len(drafts) == n_ok
         n_passes, n_drafted, n_accepted = n_passes + 1, n_drafted + len(drafts), n_accepted + n_ok
-        ms += pass_ms(cost, draft_max + 1 if COSTS[cost][3] else len(drafts) + 1)
+        ms += pass_ms(cost, draft_max + 1 if COSTS[cost][3] else len(drafts) + 1, draft_max + 1)
     assert out == greedy
-    ms += COSTS[cost][4] * pass_ms(cost, draft_max + 1)  # queued past the end, waited for
+    ms += COSTS[cost][4] * pass_ms(cost, draft_max + 1, draft_max + 1)  # queued past the end, waited for
     return {"tokens": len(greedy) - 1, "passes": n_passes, "drafted": n_drafted, "accepted": n_accepted,
             "pass_ms": ms, "draft_ms": 1e3 * draft_seconds}
 
@@ -163,6 +179,8 @@ def main() -> None:
     p.add_argument("--other", action="store_true", help="the seven other prompts instead of the copy prompts")
     p.add_argument("--cost", choices=sorted(COSTS), default="host-loop",
                    help="how a pass is costed (default host-loop; see COSTS in the source)")
+    p.add_argument("--cold-max", type=int, help="at most this many guesses after a pass that did not accept all of "
+                   "its guesses (default: draft_max every pass)")
     p.add_argument("--cache", type=pathlib.Path, default=pathlib.Path("/tmp/refspec-replay/greedy.json"),
                    help="where greedy's ids are kept (default /tmp/refspec-replay/greedy.json)")
     args = p.parse_args()
@@ -170,6 +188,9 @@ def main() -> None:
     drafters = {"previous": lambda: ScanNgramDrafter(first=False), "first": lambda: ScanNgramDrafter(first=True),
                 "ngram": NgramDrafter}
     host, points, greedy, fixed, _ = COSTS[args.cost]
+    if points is None and args.draft_max + 1 not in WIDTH_COSTS:
+        p.error(f"--cost graph-widths has graphs of {sorted(WIDTH_COSTS)} rows: --draft-max one less")
+    points = points or WIDTH_COSTS.get(args.draft_max + 1)
     print(f"draft_max {args.draft_max}; cost {args.cost}: a pass costs {host} ms + "
           + ", ".join(f"{r} rows {t} ms" for r, t in points) + f"; greedy {greedy} ms a token"
           + ("; every pass draft_max + 1 rows" if fixed else ""))
@@ -178,9 +199,10 @@ def main() -> None:
     totals = {name: Counter() for name in drafters}
     for prompt, run in runs.items():
         for name, make in drafters.items():
-            r = replay(run, make(), args.draft_max, args.cost)
+            r = replay(run, make(), args.draft_max, args.cost, args.cold_max)
             if name == "ngram":  # the least drafting time of three replays (the scans' time is not the point)
-                r["draft_ms"] = min([r["draft_ms"]] + [replay(run, make(), args.draft_max, args.cost)["draft_ms"]
+                r["draft_ms"] = min([r["draft_ms"]] + [replay(run, make(), args.draft_max, args.cost,
+                                                              args.cold_max)["draft_ms"]
                                                        for _ in range(2)])
             totals[name].update(r)
             print_row(prompt, name, r, greedy, args.cost == "host-loop")

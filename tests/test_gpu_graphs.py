@@ -202,6 +202,41 @@ def test_step_sees_the_run_end_where_the_host_loop_does(gpu, data):
     assert [int(v) for v in inputs.get()] == want
 
 
+@settings(max_examples=100, deadline=None)
+@given(token=st.integers(0, 6), eog=st.lists(st.integers(0, 6), max_size=20), computed=st.sampled_from([0, 1]))
+def test_greedy_step_sees_the_run_end_where_the_host_loop_does(gpu, token, eog, computed):
+    """greedy_next leaves the next step nothing to compute (live 0) exactly when the host's loop stops at the
+    token chosen (one of the run's end-of-generation ids; past 16 the first 16 count), or when this step
+    computed nothing; and advances the input either way."""
+    cp = gpu.cp
+    result = cp.asarray(np.array([[token, 0]], np.int32))
+    inputs = cp.asarray(np.array([41, 3], np.int32))
+    live = cp.asarray(np.array([computed], np.int32))
+    gpu.greedy_next(result, inputs, live, cp.asarray(gpu.stop_buffer(None, eog)))
+    ends = computed == 0 or token in set(sorted(set(eog))[:16])
+    assert [int(v) for v in inputs.get()] == [42, token]
+    assert int(live.get()[0]) == (0 if ends else 1)
+    plain = cp.asarray(np.array([41, 3], np.int32))
+    gpu.greedy_next(result, plain)  # without live: the input alone
+    assert [int(v) for v in plain.get()] == [42, token]
+
+
+@pytest.mark.parametrize("arch", sorted(SHAPES))
+def test_greedy_step_queued_past_the_end_computes_nothing(models, gpu, arch):
+    """A chained greedy run that stops at an end-of-generation id leaves the step queued after it no rows
+    (its live count 0); a run that stops at its budget, or whose stop ids never come, leaves it 1."""
+    tf = Transformer(models(arch), gpu)
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6]
+    want = generate(tf, prompt, 12, eog_ids=()).ids
+    firsts = [t for i, t in enumerate(want) if i >= 1 and want.index(t) == i]  # tokens a chained step chose first
+    assert firsts, want
+    for eog, count in (([firsts[-1]], 0), ([], 1), ([max(want) + 1], 1), ([firsts[0]], 0)):
+        got = generate(tf, prompt, 12, eog_ids=eog)
+        assert got.ids == (want[: want.index(eog[0]) + 1] if count == 0 else want)
+        (g,) = [slot.cache.graphs["greedy"] for slot in tf._cache_pool if "greedy" in slot.cache.graphs]
+        assert int(g.live.get()[0]) == count, (eog, got.stop_reason)
+
+
 def test_device_proposes_the_first_guesses_as_the_host_does(models, gpu):
     """speculative_steps with drafts None (the device proposes the first pass's guesses, speculative_next run
     as though a pass had yielded the context's last token): the same passes as with the host drafter's

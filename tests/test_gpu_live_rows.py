@@ -51,10 +51,10 @@ def assert_live(be, full, part, count: int, what: str, nan_equal: bool = False) 
 
 
 def draw_live(data):
-    """A generator, a launch's rows (2..16, the widths of a chained pass) and its live count (0..rows; 0: the
-    pass queued past a run's end)."""
+    """A generator, a launch's rows (1..16, the widths of a chained pass: 1 a greedy step) and its live count
+    (0..rows; 0: the pass queued past a run's end)."""
     rng = rng_from(data)
-    rows = data.draw(st.integers(2, 16), label="rows")
+    rows = data.draw(st.integers(1, 16), label="rows")
     return rng, rows, data.draw(st.integers(0, rows), label="live")
 
 
@@ -65,13 +65,13 @@ STAGED = GemvConfig("q8_gemv_staged", 2, split=2)  # a q8_gemv_staged variant (`
 @given(data=st.data())
 def test_gemv_computes_only_the_live_rows(be, data):
     """The dp4a GEMV the backend launches for each row count, and q8_gemv_staged, with and without the residual
-    add in its epilogue: a live count of 1 takes the one-row path of a group of several rows (q8_gemv), any
-    other count the group's own. (Few row counts for q8_gemv_staged: each is a template compiled at run time.)"""
+    add in its epilogue: a live count of 1 takes the one-row path of a group of several rows (q8_gemv), 2..8
+    of a group of 9..12 the 8-row path, any other count the group's own. (Few row counts for q8_gemv_staged: each is a template compiled at run time.)"""
     rng = rng_from(data)
     if data.draw(st.booleans(), label="staged"):
         config, rows = STAGED, data.draw(st.sampled_from([2, 7, GEMV_MAX_ROWS]), label="rows")
     else:
-        rows = data.draw(st.integers(2, GEMV_MAX_ROWS), label="rows")
+        rows = data.draw(st.integers(1, GEMV_MAX_ROWS), label="rows")
         config = GEMV_CONFIGS[rows]
     count = data.draw(st.integers(0, rows) | st.just(1), label="live")
     n = data.draw(st.integers(1, 200), label="n")

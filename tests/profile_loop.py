@@ -5,7 +5,9 @@ timed three ways, each from the same state:
   * replays + copies: the same, each followed by the copy of its result to pinned host memory and an event, as
     the loops queue them (still no host in between);
   * loop: PassGraphs.greedy_steps / speculative_steps as generate() and speculative_generate() drive them (the
-    host reads each step's result, one step behind), timed on the host from the first step read to the last.
+    host reads each step's result, one step behind), timed on the host from the first step read to the last;
+  * dead replays: the graph replayed with no live rows, as the pass queued past a run's end runs (its kernels
+    launch and return).
 For the greedy step and for the chained speculative pass (draft_max + 1 rows, the ngram drafter on the device).
 
     python3 tests/profile_loop.py MODEL.gguf [DRAFT_MAX] [N] [REPEATS]
@@ -16,6 +18,8 @@ import json
 import statistics
 import sys
 import time
+
+import numpy as np
 
 from refspec.bench_decode import COPY_PROMPTS
 from refspec.cli import load_model, load_tokenizer
@@ -68,9 +72,9 @@ def median_ms(run) -> float:
 
 
 for kind in ("greedy", "speculative"):
-    def start_state():
-        """A fresh cache at the context's end, the kind's graph staged for its first pass (not run); returns
-        (cache, graph)."""
+    def start_state(dead: bool = False):
+        """A fresh cache at the context's end, the kind's graph staged for its first pass (not run), with no
+        live rows if `dead`; returns (cache, graph)."""
         cache = fresh_cache()
         if kind == "greedy":
             steps = graphs.greedy_steps(cache, context[-1], len(context) - 1, 1)  # captures once
@@ -78,7 +82,8 @@ for kind in ("greedy", "speculative"):
             steps.close()
             cache = fresh_cache()
             g = cache.graphs["greedy"]
-            g.inputs.set(__import__("numpy").array([len(context) - 1, context[-1]], "int32"))
+            g.state.set(np.concatenate([[len(context) - 1, context[-1], 0 if dead else 1],
+                                        be.stop_buffer(None, [])]).astype(np.int32))
         else:
             steps = graphs.speculative_steps(cache, context, None, width, ngram)
             next(steps)
@@ -86,13 +91,19 @@ for kind in ("greedy", "speculative"):
             cache = fresh_cache()
             g = cache.graphs[("speculative", width, ngram)]
             with graphs.stream:
-                graphs._stage_speculative(g, context, None, be.stop_buffer(None, []), ngram)
+                # (dead: the run's limit is the context's length, so the step before the first pass ends it)
+                graphs._stage_speculative(g, context, None, be.stop_buffer(len(context) if dead else None, []),
+                                          ngram)
         be.synchronize()
         graphs.stream.synchronize()
         return cache, g
 
     def replays():
         cache, g = start_state()
+        return timed_on_device(lambda i: g.graph.launch(graphs.stream))
+
+    def replays_dead():
+        cache, g = start_state(dead=True)
         return timed_on_device(lambda i: g.graph.launch(graphs.stream))
 
     def replays_copies():
@@ -116,4 +127,5 @@ for kind in ("greedy", "speculative"):
     report[f"{kind}_replays_ms"] = median_ms(replays)
     report[f"{kind}_replays_copies_ms"] = median_ms(replays_copies)
     report[f"{kind}_loop_ms"] = median_ms(loop)
+    report[f"{kind}_dead_replays_ms"] = median_ms(replays_dead)
 print(json.dumps(report, indent=1))

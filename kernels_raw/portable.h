@@ -143,6 +143,7 @@ RS_DEVICE void rs_kernel_begin() {
 // The rows a launch computes: all `rows`, or, where `live` is not null, the first live[0] of them (0: none).
 // A chained speculative pass (refspec/gpu_graphs.py) has draft_max+1 rows whatever its drafter guessed; the
 // step before it writes live[0] = guesses + 1, and its kernels skip the rows past them, which nothing reads.
+// A pass or greedy step queued past a run's end gets 0 (speculative_next, greedy_next).
 // Each row's own operations are the same either way. Read before rs_kernel_begin (a load after it would put
 // its latency on every kernel's path): no kernel of a pass writes it, and the step that does ends the graph
 // replay before the pass's, which the stream completes before any of this one's kernels starts.

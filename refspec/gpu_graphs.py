@@ -349,9 +349,9 @@ class PassGraphs:
             staged[n + 1 + width : n + 3 + width] = len(drafts), len(drafts) + 1
         at = n + 3 + width
         staged[at : at + len(stop)] = stop
-        staged[at + len(stop) : at + len(stop) + 2] = context[-1], 0
         copies = [(g.ctx, 0, n), (g.inputs, n, 1 + width), (g.drafted, n + 1 + width, 2), (g.stop, at, len(stop))]
-        if drafts is None:
+        if drafts is None:  # the pass before chose the context's last token, finite
+            staged[at + len(stop) : at + len(stop) + 2] = context[-1], 0
             copies.append((g.chosen, at + len(stop), 2))
         runtime = self.be.cp.cuda.runtime
         for dst, start, count in copies:

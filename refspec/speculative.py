@@ -418,23 +418,14 @@ def _speculative_generate(tf, prompt_ids, n_predict, drafter, draft_max, adaptiv
         pos = n_prompt + len(result.ids) - 1
         k_pass = min(k, budget - len(result.ids) - 1, n_alloc - 1 - pos)
         if chained and k_pass:
-            drafts = None  # the device proposes the first chained pass's guesses too (same rule, no host time)
-        else:
-            t_draft = time.perf_counter()
-            drafts = drafter.propose(result.prompt_ids + result.ids, k_pass) if k_pass else []
-            drafts = [int(t) for t in drafts[:k_pass]]
-            draft_seconds += time.perf_counter() - t_draft
-            if any(not 0 <= t < n_vocab for t in drafts):
-                raise UsageError(f"drafter {drafter.name!r} proposed a token outside the vocabulary: {drafts}")
-
-        if chained and k_pass:
-            # 3'. Every later pass chained on the device: each pass's graph takes its tokens by the accept rule
-            #     and proposes the next guesses by the drafter's rule (kernels_raw/ngram.hip), so the host
-            #     reads a pass's tokens while the next one runs (refspec/gpu_graphs.py, speculative_steps).
-            #     Its passes are those of this loop with k = draft_max every pass, but for the cap at the end:
-            #     tokens past the budget are computed and not kept.
+            # 2'-3'. From here every pass is chained on the device: each pass's graph takes its tokens by the
+            #     accept rule and proposes the next guesses by the drafter's rule (kernels_raw/ngram.hip), so
+            #     the host reads a pass's tokens while the next one runs (refspec/gpu_graphs.py,
+            #     speculative_steps); the first pass's guesses are proposed there too (drafts None: no host
+            #     time). Its passes are those of this loop with k = draft_max every pass, but for the cap at
+            #     the end: tokens past the budget are computed and not kept.
             t_pass = time.perf_counter()
-            passes = tf.graphs.speculative_steps(cache, result.prompt_ids + result.ids, drafts, draft_max + 1,
+            passes = tf.graphs.speculative_steps(cache, result.prompt_ids + result.ids, None, draft_max + 1,
                                                  (drafter.max_n, drafter.min_n, drafter.unigram_max),
                                                  limit=n_prompt + budget, eog_ids=eog_ids)
             try:
@@ -449,6 +440,13 @@ def _speculative_generate(tf, prompt_ids, n_predict, drafter, draft_max, adaptiv
                 passes.close()  # the passes queued after the last one read end before anything else runs
             verify_ms.append(1e3 * (time.perf_counter() - t_pass) / max(1, n_passes))
             break
+
+        t_draft = time.perf_counter()
+        drafts = drafter.propose(result.prompt_ids + result.ids, k_pass) if k_pass else []
+        drafts = [int(t) for t in drafts[:k_pass]]
+        draft_seconds += time.perf_counter() - t_draft
+        if any(not 0 <= t < n_vocab for t in drafts):
+            raise UsageError(f"drafter {drafter.name!r} proposed a token outside the vocabulary: {drafts}")
         n_drafted += len(drafts)
 
         # 3. Verify: one pass over the newest token and the guesses. How many rows it has (set by the drafter

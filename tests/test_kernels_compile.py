@@ -280,3 +280,22 @@ def test_the_begin_check_finds_races():
     assert unsafe_before_begin(early_store) == ["f: 'y[i] = n' before rs_kernel_begin()"]
     early_load = ok.replace("blockIdx.x;", "y[0];")
     assert len(unsafe_before_begin(early_load)) == 1
+
+
+def kernel_define(stem: str, name: str) -> int:
+    """The value of `#define name value` in kernels_raw/<stem>.hip."""
+    found = re.search(rf"^#define {name} (\d+)", (kernel_dir() / f"{stem}.hip").read_text(), re.M)
+    assert found, f"{stem}.hip has no #define {name}"
+    return int(found.group(1))
+
+
+def test_step_kernels_and_the_backend_agree_on_their_buffers():
+    """The limits the step kernels are compiled with are the ones refspec/gpu.py sizes and checks their
+    buffers by: the stop buffer (GpuBackend.stop_buffer) that speculative_next and greedy_next both read, the
+    drafting's n-gram and guess limits, the ngram kernels' block."""
+    from refspec.gpu import NGRAM_MAX_K, NGRAM_MAX_N, NGRAM_MAX_STOP, NGRAM_THREADS
+
+    assert kernel_define("ngram", "RS_NGRAM_MAX_STOP") == kernel_define("argmax", "RS_GREEDY_MAX_STOP") == NGRAM_MAX_STOP
+    assert kernel_define("ngram", "RS_NGRAM_MAX_N") == NGRAM_MAX_N
+    assert kernel_define("ngram", "RS_NGRAM_MAX_K") == NGRAM_MAX_K
+    assert kernel_define("ngram", "RS_NGRAM_THREADS") == NGRAM_THREADS

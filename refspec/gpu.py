@@ -104,6 +104,15 @@ GEMV_CONFIGS = {r: GemvConfig("q8_gemv", 2) for r in (1, 2)}
 GEMV_CONFIGS.update({r: GemvConfig("q8_gemv", 4, split=2) for r in (3, 4)})
 GEMV_CONFIGS.update({r: GemvConfig("q8_gemv", 4) for r in range(5, 13)})
 GEMV_CONFIGS.update({r: GemvConfig("q8_gemv", 4, split=2, occ=2) for r in range(13, GEMV_MAX_ROWS + 1)})
+# 5-8 rows of a matrix with rows of more than 32 blocks (two rounds of a group's lanes, or more) that would give
+# fewer thread blocks than the GPU has multiprocessors under GEMV_CONFIGS[rows] (16 weight rows a block): two
+# weight rows and two activation rows a group, the four groups of a block sharing the weight rows, so 2 weight
+# rows a block. The default model's down projection (576 x 1536): 36 blocks -> 288, and a pass of 8 rows
+# 0.020 ms faster at 8 live rows, 0.025 at 2, 0.003 slower at one (H200, 2026-12-02, tests/profile_configs.py on
+# a SmolLM2-shaped synthetic model: tests/results/profile_configs_smol_shape_h200.json). Its matrices of 576
+# columns (one round of the lanes) gain nothing so, nor from any other mapping tried there.
+GEMV_FEW_BLOCKS = {r: GemvConfig("q8_gemv", 2, split=4) for r in range(5, 9)}
+GEMV_FEW_BLOCKS_MIN_K = 33 * QK8_0
 # The tensor-core GEMV (integer mma, NVIDIA sm_80+; same bits) for GEMVs of at least GEMV_MMA_MIN_ROWS rows
 # whose K is a multiple of 64 (GpuBackend(mma_min_rows=None) never uses it). tests/results/bench_gemv_h200.json
 # has the numbers. Matrices of more tiles than GEMV_MMA_STREAM_WAVES waves of thread blocks get blocks that
@@ -384,7 +393,7 @@ class GpuBackend:
 
     def _gemv_function(self, config: GemvConfig, rows: int):
         if not self._gemv_groups:
-            names = [c.name(r) for r, c in GEMV_CONFIGS.items()]
+            names = [c.name(r) for table in (GEMV_CONFIGS, GEMV_FEW_BLOCKS) for r, c in table.items()]
             if self.mma_min_rows is not None and self.mma_available:
                 names += [gemv_mma(r).name(r) for r in range(self.mma_min_rows, GEMV_MAX_ROWS + 1)]
             self.gemv_module(names)
@@ -678,10 +687,13 @@ class GpuBackend:
     def gemv_config(self, rows: int, k: int, n: int) -> GemvConfig:
         """The GEMV configuration q8_gemv launches for `rows` <= GEMV_MAX_ROWS rows of length k against an [n, k]
         matrix: the tensor-core kernel from mma_min_rows rows and mma_min_weights weights where it can run,
-        else GEMV_CONFIGS[rows]."""
+        else GEMV_FEW_BLOCKS[rows] for long rows of a matrix too short to fill the GPU, else GEMV_CONFIGS[rows]."""
         if (self.mma_min_rows is not None and rows >= self.mma_min_rows and n * k >= self.mma_min_weights
                 and self.mma_available and GEMV_MMA.takes(k)):
             return gemv_mma(rows)
+        if (rows in GEMV_FEW_BLOCKS and k >= GEMV_FEW_BLOCKS_MIN_K
+                and self._blocks(n, GEMV_CONFIGS[rows].weight_rows_per_block()) < self._multiprocessors):
+            return GEMV_FEW_BLOCKS[rows]
         return GEMV_CONFIGS[rows]
 
     def q8_gemv_add(self, x, w: GpuQ8, xq, xd):

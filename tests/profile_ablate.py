@@ -6,6 +6,8 @@ for others, as probes.
 
     python3 tests/profile_ablate.py PRESET|MODEL.gguf [ROWS,...] [REPEATS] [LABELS,...] [POSITION]
 
+ROWS: R (a pass of R rows) or R@C (a pass of R rows computing only its first C: GpuBackend.live_rows).
+
 LABELS picks some of the variants below (default: all); POSITION is where the timed passes start (default 64:
 the passes see that many earlier positions).
 """
@@ -14,6 +16,8 @@ from __future__ import annotations
 import json
 import sys
 import time
+
+import numpy as np
 
 import refspec.gpu
 from refspec.bench_decode import preset_model_path
@@ -24,7 +28,7 @@ from refspec.gpu import GpuBackend
 from graph_timing import pass_seconds
 
 preset = sys.argv[1]
-widths = [int(r) for r in sys.argv[2].split(",")] if len(sys.argv) > 2 else [1, 8, 16]
+widths = sys.argv[2].split(",") if len(sys.argv) > 2 else ["1", "8", "16"]
 repeats = int(sys.argv[3]) if len(sys.argv) > 3 else 50
 position = int(sys.argv[5]) if len(sys.argv) > 5 else 64
 model = load(preset if preset.endswith(".gguf") else preset_model_path(preset, print), log=lambda m: None)
@@ -44,11 +48,17 @@ def once(name):
     return op
 
 
-def pass_time(rows: int) -> float:
+def pass_time(rows: int, live: int | None = None) -> float:
+    """Seconds a pass of `rows` rows (computing the first `live`, if given) takes, replayed as its graph."""
     c = tf.new_cache(position + 64)
     c.graphs.clear()  # the storage comes back with the passes captured for it: capture them again
     tf.forward(c, [1] * position, 0)
-    return pass_seconds(tf, c, [5] * rows, position, repeats)
+    if live is not None:
+        be.live_rows(be.cp.asarray(np.array([live], np.int32)))
+    try:
+        return pass_seconds(tf, c, [5] * rows, position, repeats)
+    finally:
+        be.live_rows(None)
 
 
 def rmsnorm_q8_unstaged(x, w, eps):
@@ -68,14 +78,15 @@ replaced = {"rmsnorm_q8_unstaged": rmsnorm_q8_unstaged,
             "quantize_instead_of_rmsnorm_q8": lambda x, w, eps: be.quantize_q8(x)}
 report = {"preset": preset, "position": position, "date": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())}
 labels = sys.argv[4].split(",") if len(sys.argv) > 4 else list(variants) + list(replaced)
-for rows in widths:
-    for label in labels:
+for label in labels:  # the widths of one variant side by side (a process's pass times drift by a few percent)
+    for width in widths:
+        rows, _, live = width.partition("@")
         left_out = variants.get(label, [])
         for name, fn in real.items():
             setattr(be, name, once(name) if name in left_out else fn)
         if label in replaced:
             be.rmsnorm_q8 = replaced[label]
         kept.clear()
-        report[f"r{rows}_{label}_ms"] = round(pass_time(rows) * 1e3, 4)
-        print(rows, label, report[f"r{rows}_{label}_ms"], flush=True)
+        report[f"r{width}_{label}_ms"] = round(pass_time(int(rows), int(live) if live else None) * 1e3, 4)
+        print(width, label, report[f"r{width}_{label}_ms"], flush=True)
 print(json.dumps(report, indent=1))

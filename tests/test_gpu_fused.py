@@ -216,6 +216,23 @@ def test_tensor_cores_take_large_matrices_of_8_rows_and_more(be):
                                                                    GEMV_CONFIGS[16])
 
 
+def test_long_rows_of_a_short_matrix_take_more_thread_blocks(be):
+    """gemv_config: 5-8 rows of more than 32 blocks each against a matrix that would give fewer thread blocks
+    than multiprocessors take GEMV_FEW_BLOCKS (the default model's down projection); shorter rows, more weight
+    rows, other row counts keep GEMV_CONFIGS."""
+    from refspec.gpu import GEMV_CONFIGS, GEMV_FEW_BLOCKS, GEMV_FEW_BLOCKS_MIN_K
+
+    per_block = GEMV_CONFIGS[8].weight_rows_per_block()
+    short = per_block * (be._multiprocessors - 1)  # one block too few
+    for rows in range(5, 9):
+        assert be.gemv_config(rows, GEMV_FEW_BLOCKS_MIN_K, short) == GEMV_FEW_BLOCKS[rows]
+        assert be.gemv_config(rows, GEMV_FEW_BLOCKS_MIN_K - 32, short) == GEMV_CONFIGS[rows]
+        assert be.gemv_config(rows, GEMV_FEW_BLOCKS_MIN_K, per_block * be._multiprocessors) == GEMV_CONFIGS[rows]
+    for rows in (1, 4, 9, 16):
+        assert be.gemv_config(rows, GEMV_FEW_BLOCKS_MIN_K, short) == GEMV_CONFIGS[rows]
+    assert be.gemv_config(8, 1536, 576) == GEMV_FEW_BLOCKS[8]  # on any GPU of more than 36 multiprocessors
+
+
 def test_tensor_core_gemv_refuses_odd_block_counts(be):
     """K/32 odd: q8_gemv_mma refuses (its scale copies need pairs of blocks), and q8_gemv with tensor cores
     on takes the dp4a kernel for it, with the spec's bits."""

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refspec import spec
-from refspec.gpu import GEMV_CONFIGS, GEMV_MAX_ROWS, GemvConfig, gpu_available
+from refspec.gpu import GEMV_CONFIGS, GEMV_FEW_BLOCKS, GEMV_MAX_ROWS, GemvConfig, gpu_available
 from refspec.model import QK8_0
 
 from test_gpu_kernels import ATTENTION_LAUNCHES, STYLES, assert_same, attention_launch, floats, random_q8, rng_from
@@ -64,15 +64,17 @@ STAGED = GemvConfig("q8_gemv_staged", 2, split=2)  # a q8_gemv_staged variant (`
 @settings(max_examples=60)
 @given(data=st.data())
 def test_gemv_computes_only_the_live_rows(be, data):
-    """The dp4a GEMV the backend launches for each row count, and q8_gemv_staged, with and without the residual
-    add in its epilogue: a live count of 1 takes the one-row path of a group of several rows (q8_gemv), 2..8
-    of a group of 9..12 the 8-row path, any other count the group's own. (Few row counts for q8_gemv_staged: each is a template compiled at run time.)"""
+    """The dp4a GEMVs the backend launches for each row count (GEMV_CONFIGS, and GEMV_FEW_BLOCKS for 5-8 rows),
+    and q8_gemv_staged, with and without the residual add in its epilogue: a live count of 1 takes the one-row
+    path of a group of several rows (q8_gemv), 2..8 of a group of 9..12 the 8-row path, any other count the
+    group's own. (Few row counts for q8_gemv_staged: each is a template compiled at run time.)"""
     rng = rng_from(data)
     if data.draw(st.booleans(), label="staged"):
         config, rows = STAGED, data.draw(st.sampled_from([2, 7, GEMV_MAX_ROWS]), label="rows")
     else:
         rows = data.draw(st.integers(1, GEMV_MAX_ROWS), label="rows")
-        config = GEMV_CONFIGS[rows]
+        configs = [GEMV_CONFIGS[rows]] + ([GEMV_FEW_BLOCKS[rows]] if rows in GEMV_FEW_BLOCKS else [])
+        config = data.draw(st.sampled_from(configs), label="config")
     count = data.draw(st.integers(0, rows) | st.just(1), label="live")
     n = data.draw(st.integers(1, 200), label="n")
     k = data.draw(st.integers(1, 80), label="blocks") * QK8_0

@@ -1,7 +1,7 @@
 """Replay the speculative loop offline, to compare n-gram drafting policies without a GPU (a tool, not a test):
 
-    python tests/replay_ngram.py [--draft-max 7] [--other] [--cost host-loop|chained|chained-active|graph-widths]
-                                 [--cold-max K] [-m MODEL] [--cache FILE]
+    python tests/replay_ngram.py [--draft-max 7] [--other] [--cold-max K] [-m MODEL] [--cache FILE]
+                                 [--cost host-loop|chained|chained-active|graph-widths|few-blocks]
 
 Greedy decoding of each of `refspec bench decode`'s four copy prompts (chat-templated, up to 128 new tokens,
 stopping at end of turn), and with --other of seven more chat prompts (three that copy, four that write
@@ -54,13 +54,19 @@ from refspec.speculative import DRAFT_MAX, Drafter, NgramDrafter
 #     count between two points costs the upper one), plus 0.0185 ms a pass for the rest (the step, the copy of
 #     its result, the run's first and last passes: fitted so that 7 guesses give the measured 1.96x; 11 then
 #     give 1.97x, measured 1.969x), greedy 0.6508 ms a token (1536.6 tok/s; 2026-12-02 07:06 UTC).
+#   few-blocks: the same since the down projection's 8-row GEMV runs GEMV_FEW_BLOCKS (2026-12-02 09:03 UTC):
+#     graphs of 8 rows only, 0.668 / 0.761 ms at 1 / 8 live rows (tests/results/profile_spec_default_h200.json),
+#     0.733 at 2 (0.0285 less than at 8, tests/results/profile_configs_rule_default_h200.json), 0.024 ms a pass
+#     for the rest (fitted to the measured 1.983x), greedy 0.6519 ms a token (1533.9 tok/s).
 WIDTH_COSTS = {8: ((1, 0.662), (8, 0.787)), 12: ((1, 0.680), (8, 0.797), (12, 0.917)),
                16: ((1, 0.754), (8, 0.862), (16, 0.916))}
+FEW_BLOCKS_COSTS = {8: ((1, 0.668), (2, 0.733), (8, 0.761))}
 COSTS = {
     "host-loop": (0.16, ((1, 0.61), (8, 0.738), (16, 0.841)), 0.70, False, 0),
     "chained": (0.0, ((1, 0.694), (8, 0.87), (16, 1.04)), 0.694, True, 0),
     "chained-active": (0.0, ((1, 0.685), (8, 0.815), (16, 0.942)), 0.654, False, 1),
-    "graph-widths": (0.0185, None, 0.6508, False, 0),
+    "graph-widths": (0.0185, WIDTH_COSTS, 0.6508, False, 0),
+    "few-blocks": (0.024, FEW_BLOCKS_COSTS, 0.6519, False, 0),
 }
 N_PREDICT = 128
 
@@ -87,8 +93,8 @@ def pass_ms(cost: str, rows: int, width: int) -> float:
     the device's, linear between the measured points (graph-widths: the next point up, from the graph's
     width)."""
     host, points = COSTS[cost][:2]
-    if points is None:
-        return host + next(t for r, t in WIDTH_COSTS[width] if rows <= r)
+    if isinstance(points, dict):  # costs by graph width: the next point up
+        return host + next(t for r, t in points[width] if rows <= r)
     (r0, t0), (r1, t1) = next((a, b) for a, b in zip(points, points[1:]) if rows <= b[0] or b == points[-1])
     return host + t0 + (t1 - t0) * (rows - r0) / (r1 - r0)
 
@@ -188,9 +194,10 @@ def main() -> None:
     drafters = {"previous": lambda: ScanNgramDrafter(first=False), "first": lambda: ScanNgramDrafter(first=True),
                 "ngram": NgramDrafter}
     host, points, greedy, fixed, _ = COSTS[args.cost]
-    if points is None and args.draft_max + 1 not in WIDTH_COSTS:
-        p.error(f"--cost graph-widths has graphs of {sorted(WIDTH_COSTS)} rows: --draft-max one less")
-    points = points or WIDTH_COSTS.get(args.draft_max + 1)
+    if isinstance(points, dict):
+        if args.draft_max + 1 not in points:
+            p.error(f"--cost {args.cost} has graphs of {sorted(points)} rows: --draft-max one less")
+        points = points[args.draft_max + 1]
     print(f"draft_max {args.draft_max}; cost {args.cost}: a pass costs {host} ms + "
           + ", ".join(f"{r} rows {t} ms" for r, t in points) + f"; greedy {greedy} ms a token"
           + ("; every pass draft_max + 1 rows" if fixed else ""))

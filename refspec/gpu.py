@@ -924,6 +924,12 @@ class GpuBackend:
         result = self.cp.asnumpy(self.argmax_device(logits))
         return result[:, 0].astype(np.int64), result[:, 1] == 0
 
+    def pass_conditions(self, one: int, many: int, live, rows: int) -> None:
+        """Set the conditions of a captured pass's IF nodes from its live-row count (kernels_raw/graph_conditions.hip,
+        refspec/gpu_conditional.py): `one` to count == 1, `many` (unless 0) to count > 1."""
+        self.function("graph_conditions", "pass_conditions")(
+            (1,), (1,), (np.uint64(one), np.uint64(many), live, np.int32(rows)))
+
     def argmax_device(self, logits, result=None):
         """argmax_rows on the device: int32 [R, 2], (id, 1 if the row holds NaN or infinity else 0), into
         `result` when given (a captured pass keeps its own)."""

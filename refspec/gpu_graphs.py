@@ -23,7 +23,9 @@ state of its position, which the cache's bookkeeping then records).
 Speculative decoding with the ngram drafter (`speculative_steps`) chains its verify passes the same way: a
 pass of draft_max+1 rows, its argmax, and kernels_raw/ngram.hip's step (the accept rule, then the next
 guesses), which also writes how many rows the next pass computes: its kernels skip the rows past its guesses
-(GpuBackend.live_rows), so a pass that guesses nothing costs about what a one-row pass does.
+(GpuBackend.live_rows), so a pass that guesses nothing costs about what a one-row pass does. Where the driver
+offers conditional graph nodes (refspec/gpu_conditional.py) the pass is captured behind them: a pass that
+guesses nothing runs the one-row pass, a pass queued past a run's end runs no forward pass at all.
 
 CuPy offers stream capture on CUDA only; on ROCm the backend says graphs_available = False and the eager path
 runs.
@@ -36,6 +38,7 @@ import numpy as np
 
 from refspec.errors import DeviceError
 from refspec.forward import check_states, note_states
+from refspec.gpu_conditional import conditional_capture
 
 GRAPH_MAX_ROWS = 16  # passes of more rows (long prompt chunks) run eagerly: their launches are amortised
 
@@ -91,6 +94,9 @@ class PassGraphs:
         # argmax) and replays stay ordered without explicit waits.
         self.stream = self.be.cp.cuda.Stream(non_blocking=False)
         self.captured = 0  # graphs recorded (a statistic)
+        # Chained passes capture their forward pass behind conditional nodes where the driver can
+        # (refspec/gpu_conditional.py); None: captured as one body computing its live rows.
+        self.conditional = conditional_capture(self.be.cp, self.be.platform)
 
     def replay(self, cache, ids, pos0: int, layers=None, *, hidden: bool = False, mtp_from=None,
                argmax: bool = False):
@@ -178,17 +184,18 @@ class PassGraphs:
         self.captured += 1
         return result, g
 
-    def _capture(self, step, held: list, what: str):
+    def _capture(self, step, held: list, what: str, captured=None):
         """(step's result, the graph, the captured step's result): `step` runs once eagerly on the stream (its
         result is the caller's, and every kernel it needs gets compiled: compiling cannot happen inside a
-        capture), then is captured. The captured copy writes the same cache rows (and state slots) with the
-        same bits when it is replayed; everything it allocates is appended to `held`."""
+        capture), then is captured (or `captured`, the same work behind conditional nodes, whose kernels the
+        caller has compiled). The captured copy writes the same cache rows (and state slots) with the same bits
+        when it is replayed; everything it allocates is appended to `held`."""
         result = step()
         self.be.hold(held)
         try:
             self.stream.begin_capture()
             try:
-                out = step()
+                out = (captured or step)()
             finally:
                 graph = self.stream.end_capture()
         except DeviceError:
@@ -375,17 +382,33 @@ class PassGraphs:
         g = SpeculativeGraph(None, inputs, drafted, ctx, record, stop_dev, chosen, host, staging, done, held)
         self._stage_speculative(g, context, drafts, stop, ngram)
 
-        def step():
+        def forward_argmax(rows: int):
             # the rows past the guesses are skipped by the kernels that can (their tokens are never accepted)
-            be.live_rows(drafted[1:])
+            be.live_rows(drafted[1:] if rows > 1 else None)
             try:
-                logits = self.tf.run(cache, inputs[1:], inputs[:1], width)
-                be.argmax_device(logits, chosen)
+                logits = self.tf.run(cache, inputs[1 : 1 + rows], inputs[:1], rows)
+                be.argmax_device(logits, chosen[:rows])
             finally:
                 be.live_rows(None)
+
+        def step():
+            forward_argmax(width)
             be.speculative_next(inputs, chosen, ctx, drafted, record, stop_dev, width, n_pos, ngram)
 
-        _, g.graph, _ = self._capture(step, held, f"a speculative pass of {width} rows")
+        def branched():
+            # One of two bodies, by the rows the step before asked for: the one-row pass (row 0's operations are
+            # the same in both), all `width` rows computing their live ones, or neither (past the run's end).
+            one, many = self.conditional.handles(self.stream, 2)
+            be.pass_conditions(one, many, drafted[1:], width)
+            self.conditional.if_node(self.stream, one, lambda: forward_argmax(1))
+            self.conditional.if_node(self.stream, many, lambda: forward_argmax(width))
+            be.speculative_next(inputs, chosen, ctx, drafted, record, stop_dev, width, n_pos, ngram)
+
+        if self.conditional is not None:  # what the conditional capture runs, compiled before it
+            be.function("graph_conditions", "pass_conditions")
+            forward_argmax(1)
+        _, g.graph, _ = self._capture(step, held, f"a speculative pass of {width} rows",
+                                      branched if self.conditional is not None else None)
         cache.graphs[key] = g
         self.captured += 1
         return g

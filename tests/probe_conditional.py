@@ -99,22 +99,22 @@ def new_handle(graph) -> int:
     return handle.value
 
 
-def add_if_node(stream: int, handle: int):
-    """An IF node on `handle` after the capture's current nodes, made the capture's next dependency; its body graph."""
+def add_if_node(stream: int, handle: int, kind: int = 0, size: int = 1):
+    """An IF node (or a SWITCH node of `size` bodies: kind 2) on `handle` after the capture's current nodes, made
+    the capture's next dependency; its body graph (the list of them, for a SWITCH)."""
     graph, deps, count = capture_info(stream)
-    body = (P * 1)()
     params = NodeParams()
     params.type = CU_GRAPH_NODE_TYPE_CONDITIONAL
     params.conditional.handle = handle
-    params.conditional.type = CU_GRAPH_COND_TYPE_IF
-    params.conditional.size = 1
-    params.conditional.phGraph_out = ctypes.cast(body, P)
+    params.conditional.type = kind
+    params.conditional.size = size
     params.conditional.ctx = current_context()
     node = P()
     check(add_node(ctypes.byref(node), graph, deps, None, count, ctypes.byref(params)), "cuGraphAddNode")
+    body = ctypes.cast(params.conditional.phGraph_out, ctypes.POINTER(P))  # the driver's array of bodies
     check(update_dependencies(P(stream), ctypes.byref(node), None, SZ(1), CU_STREAM_SET_CAPTURE_DEPENDENCIES),
           "cuStreamUpdateCaptureDependencies")
-    return body[0]
+    return body[0] if kind == 0 else [body[i] for i in range(size)]
 
 
 def capture_into(body, launch_all) -> None:
@@ -135,6 +135,10 @@ extern "C" __global__ void set_conditions(unsigned long long one, unsigned long 
   cudaGraphSetConditional(one, n == 1);
   cudaGraphSetConditional(many, n > 1);
 }
+extern "C" __global__ void set_switch(unsigned long long handle, const int* live) {
+  const int n = *live;
+  cudaGraphSetConditional(handle, n < 0 ? 0 : n > 1 ? 2 : n);
+}
 """
 
 model = load_model(path)
@@ -151,9 +155,10 @@ tf.forward(cache, context[:-1], 0)
 ids_d = cp.asarray(np.array([context[-1]] * width, np.int32))
 pos_d = cp.asarray(np.array([n - 1], np.int32))
 live = cp.asarray(np.array([width], np.int32))
-set_conditions = cp.RawModule(code=SET_CONDITIONS).get_function("set_conditions")
+module = cp.RawModule(code=SET_CONDITIONS)
+set_conditions, set_switch = module.get_function("set_conditions"), module.get_function("set_switch")
 kept = []  # every pass captured: its graph writes into the arrays it allocated
-plain_ids, conditional_ids = (cp.full((width, 2), -7, np.int32) for _ in range(2))  # argmax (id, flag) a row
+plain_ids, conditional_ids, switch_ids = (cp.full((width, 2), -7, np.int32) for _ in range(3))  # argmax (id, flag) a row
 
 
 def wide(result):
@@ -190,6 +195,19 @@ def conditional_graph():
         return stream.end_capture(), stream
 
 
+def switch_graph():
+    """The same with one SWITCH node (CUDA 12.8+): body 0 empty, 1 the one-row pass, 2 the wide one."""
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        handle = new_handle(capture_info(stream.ptr)[0])
+        set_switch((1,), (1,), (np.uint64(handle), live))
+        bodies = add_if_node(stream.ptr, handle, kind=2, size=3)
+        capture_into(bodies[1], lambda: one_row(switch_ids))
+        capture_into(bodies[2], lambda: wide(switch_ids))
+        return stream.end_capture(), stream
+
+
 def replay_ms(graph, stream, count: int = 8) -> float:
     start, end = cp.cuda.Event(), cp.cuda.Event()
     times = []
@@ -207,6 +225,11 @@ def replay_ms(graph, stream, count: int = 8) -> float:
 report = {"model": path, "width": width, "context_tokens": n}
 plain = plain_graph(lambda: wide(plain_ids))
 conditional = conditional_graph()
+try:
+    switch = switch_graph()
+except RuntimeError as err:
+    switch = None
+    report["switch_error"] = str(err)
 single = plain_graph(lambda: one_row(cp.empty((1, 2), np.int32)))
 
 
@@ -222,12 +245,15 @@ def results(graph, stream, ids, count: int):
 
 for count in (0, 1, width):  # the same ids at every count, rows past the live ones untouched
     a, b = results(*plain, plain_ids, count), results(*conditional, conditional_ids, count)
-    report[f"ids_live{count}"] = {"plain": a, "conditional": b, "equal": a == b}
+    c = results(*switch, switch_ids, count) if switch else a
+    report[f"ids_live{count}"] = {"plain": a, "conditional": b, "switch": c, "equal": a == b == c}
 for _ in range(2):  # side by side, twice (a process's pass times drift)
     for count in (0, 1, width):
         live[...] = count
         cp.cuda.Device().synchronize()
         report.setdefault(f"plain_live{count}_ms", []).append(replay_ms(*plain))
         report.setdefault(f"conditional_live{count}_ms", []).append(replay_ms(*conditional))
+        if switch:
+            report.setdefault(f"switch_live{count}_ms", []).append(replay_ms(*switch))
     report.setdefault("one_row_ms", []).append(replay_ms(*single))
 print(json.dumps(report))

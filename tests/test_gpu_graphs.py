@@ -411,3 +411,50 @@ def test_overlapped_launches_equal_plain_launches(models, arch):
     for i, (a, b) in enumerate(zip(got.logits, want.logits)):
         assert_bits_equal(np.asarray(a), np.asarray(b), f"{arch}: chained greedy, logits of token {i}")
     assert generate(Transformer(model, over), prompt, 60, eog_ids=()).ids == want.ids  # chained steps
+
+
+@pytest.mark.parametrize("arch", sorted(SHAPES))
+def test_conditional_passes_equal_plain_ones(models, gpu, arch):
+    """Chained passes captured behind conditional nodes (refspec/gpu_conditional.py: the one-row body for a
+    pass that guesses nothing, nothing past a run's end) yield what passes captured as one body computing
+    their live rows yield, and leave the same KV cache bits: speculative passes over a run that guesses, then
+    guesses nothing, at several widths; greedy runs that stop at an end-of-generation id or their budget."""
+    tf = Transformer(models(arch), gpu)
+    conditional = tf.graphs.conditional
+    if conditional is None:
+        pytest.skip("no conditional graph nodes (NVIDIA, CUDA 12.4+ driver)")
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6]
+    want = generate(tf, prompt, 16, eog_ids=()).ids
+    guessed = set()
+    try:
+        for width in (2, 8, 16):
+            # the first pass guesses (the last two tokens came before), or guesses nothing (61 is new)
+            for context in ([5, 6, 7, 8, 9] * 6 + [5, 6], [5, 6, 7, 8, 9] * 6 + [5, 6, 61]):
+                runs = []
+                for way in (conditional, None):
+                    tf.graphs.conditional = way
+                    cache = tf.new_cache(len(context) + 14 * width, n_states=width + 1)
+                    cache.graphs.clear()  # pooled storage comes back with its graphs: capture them this way
+                    tf.forward(cache, context[:-1], 0)
+                    passes = tf.graphs.speculative_steps(cache, context, None, width, (4, 1, 7))
+                    got = [(ids.tolist(), finite.tolist(), guesses) for ids, finite, guesses in
+                           (next(passes) for _ in range(10))]
+                    passes.close()
+                    runs.append((got, [gpu.to_host(a).copy() for a in list(cache.k) + list(cache.v)]))
+                (a, a_kv), (b, b_kv) = runs
+                assert a == b, f"{arch}, width {width}, context ending {context[-3:]}"
+                guessed |= {g > 0 for _, _, g in a}
+                for i, (x, y) in enumerate(zip(a_kv, b_kv)):
+                    assert_bits_equal(x, y, f"{arch}, width {width}, context ending {context[-3:]}: cache array {i}")
+        assert guessed == {True, False}  # both bodies ran
+        for eog in ([want[5]], []):
+            got = []
+            for way in (conditional, None):
+                tf.graphs.conditional = way
+                for slot in tf._cache_pool:
+                    slot.cache.graphs.clear()
+                got.append(generate(tf, prompt, 16, eog_ids=eog))
+            assert got[0].ids == got[1].ids == want[: want.index(eog[0]) + 1 if eog else 16]
+            assert got[0].stop_reason == got[1].stop_reason
+    finally:
+        tf.graphs.conditional = conditional

@@ -27,6 +27,22 @@ def graph_seconds(cp, launch_all, repeats: int) -> float:
     return statistics.median(times)
 
 
+def replays_seconds(cp, graph, stream, count: int, repeats: int) -> float:
+    """Median over `repeats` of the seconds per replay of a captured graph replayed `count` times back to back
+    (after one untimed replay), timed with events."""
+    start, end = cp.cuda.Event(), cp.cuda.Event()
+    times = []
+    for _ in range(repeats):
+        graph.launch(stream)
+        start.record(stream)
+        for _ in range(count):
+            graph.launch(stream)
+        end.record(stream)
+        end.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, end) * 1e-3 / count)
+    return statistics.median(times)
+
+
 def pass_seconds(tf, cache, ids, pos: int, repeats: int) -> float:
     """Seconds per forward pass of `ids` at `pos` (graph replays where the Transformer has graphs), after 3
     untimed ones, queued back to back: the host never waits for one before queueing the next."""

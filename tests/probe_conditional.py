@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ctypes
 import json
-import statistics
 import sys
 
 import numpy as np
@@ -26,6 +25,8 @@ from refspec.cli import load_model, load_tokenizer
 from refspec.forward import Transformer
 from refspec.generate import generate
 from refspec.gpu import GpuBackend
+
+from graph_timing import replays_seconds
 
 path = sys.argv[1]
 width = int(sys.argv[2]) if len(sys.argv) > 2 else 8
@@ -208,18 +209,8 @@ def switch_graph():
         return stream.end_capture(), stream
 
 
-def replay_ms(graph, stream, count: int = 8) -> float:
-    start, end = cp.cuda.Event(), cp.cuda.Event()
-    times = []
-    for _ in range(repeats):
-        graph.launch(stream)
-        start.record(stream)
-        for _ in range(count):
-            graph.launch(stream)
-        end.record(stream)
-        end.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, end) / count)
-    return round(statistics.median(times), 4)
+def replay_ms(graph, stream) -> float:
+    return round(1e3 * replays_seconds(cp, graph, stream, 8, repeats), 4)
 
 
 report = {"model": path, "width": width, "context_tokens": n}

@@ -26,7 +26,7 @@ from refspec.forward import Transformer
 from refspec.generate import generate
 from refspec.gpu import GpuBackend
 
-from graph_timing import graph_seconds
+from graph_timing import graph_seconds, replays_seconds
 
 path = sys.argv[1]
 draft_max = int(sys.argv[2]) if len(sys.argv) > 2 else 7
@@ -49,21 +49,6 @@ n = len(context)
 report["context_tokens"] = n
 
 
-def replays_seconds(graph, stream, count: int) -> float:
-    """Median over `repeats` of the seconds per replay of `count` replays queued back to back."""
-    start, end = cp.cuda.Event(), cp.cuda.Event()
-    times = []
-    for _ in range(repeats):
-        graph.launch(stream)
-        start.record(stream)
-        for _ in range(count):
-            graph.launch(stream)
-        end.record(stream)
-        end.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, end) * 1e-3 / count)
-    return statistics.median(times)
-
-
 # the greedy step, chained: positions advance one a replay
 cache = tf.new_cache(n + 5 * repeats + 16)  # small, as generate's (attention_plan depends on it)
 tf.forward(cache, context[:-1], 0)
@@ -71,7 +56,7 @@ steps = tf.graphs.greedy_steps(cache, context[-1], n - 1, 2)
 for _ in steps:
     pass
 g = cache.graphs["greedy"]
-report["greedy_step_ms"] = 1e3 * replays_seconds(g.graph, tf.graphs.stream, 4)
+report["greedy_step_ms"] = 1e3 * replays_seconds(cp, g.graph, tf.graphs.stream, 4, repeats)
 
 # the speculative pass, chained: positions advance by its tokens (1 .. width) a replay; each replay repeats
 # from the same context (the inputs and context staged again)

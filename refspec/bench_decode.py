@@ -72,6 +72,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-overlap", action="store_true",
                    help="GPU: launch each kernel after the one before it has finished, instead of overlapping "
                         "their boundaries (programmatic dependent launch, NVIDIA sm_90+; same bits), to compare")
+    p.add_argument("--no-conditional", action="store_true",
+                   help="GPU: capture each chained verify pass as one body computing its live rows, instead of "
+                        "behind conditional graph nodes (NVIDIA, CUDA 12.4+; same bits), to compare")
     p.add_argument("--mma-min-rows", type=int, default=None, metavar="R",
                    help="GPU: GEMVs of R or more rows on integer tensor cores (NVIDIA sm_80+; same bits)")
     p.add_argument("--mma-min-weights", type=int, default=None, metavar="W",
@@ -109,6 +112,8 @@ def run(args) -> int:
     if args.no_overlap and backend.name == "gpu":
         backend.overlap = False
     tf = Transformer(model, backend, graphs=False if args.no_graphs else None)
+    if args.no_conditional and tf.graphs is not None:
+        tf.graphs.conditional = None
     pass_rows = parse_rows(args.pass_rows)
     if not 1 <= args.pass_position <= tf.config.n_ctx - max(pass_rows) - 8:
         raise UsageError(f"--pass-position must be in 1..{tf.config.n_ctx - max(pass_rows) - 8} (the context length "
@@ -143,6 +148,7 @@ def run(args) -> int:
         "quick": bool(args.quick),
         "graphs": tf.graphs is not None,
         "overlap": bool(getattr(backend, "overlap", False)),
+        "conditional": tf.graphs is not None and tf.graphs.conditional is not None,
         "greedy": greedy,
         "speculative": copy,
         "device": device,

@@ -33,6 +33,7 @@ from refspec.errors import DeviceError
 ABI_VERSION = 12040  # the CUDA version whose signatures the entry points below are taken with
 CU_GRAPH_NODE_TYPE_CONDITIONAL = 13
 CU_GRAPH_COND_TYPE_IF = 0
+CU_GRAPH_COND_TYPE_SWITCH = 2  # CUDA 12.8+ drivers
 CU_STREAM_SET_CAPTURE_DEPENDENCIES = 1
 CU_STREAM_CAPTURE_MODE_RELAXED = 2
 _P, _U64, _SIZE = ctypes.c_void_p, ctypes.c_uint64, ctypes.c_size_t
@@ -49,7 +50,8 @@ class _NodeParams(ctypes.Structure):  # CUgraphNodeParams: type, 3 ints, a union
 
 
 class ConditionalCapture:
-    """IF nodes in the graph a CuPy stream is capturing, each with a body captured from Python callables."""
+    """Conditional nodes (IF, SWITCH) in the graph a CuPy stream is capturing, their bodies captured from Python
+    callables."""
 
     def __init__(self, cp, libcuda):
         self.cp, self._cuda = cp, libcuda
@@ -76,7 +78,8 @@ class ConditionalCapture:
         if status:
             name = ctypes.c_char_p()
             self._cuda.cuGetErrorName(status, ctypes.byref(name))
-            raise DeviceError(f"{what} failed: {(name.value or b'CUDA error %d' % status).decode()}")
+            raise DeviceError(f"{what} failed ({(name.value or b'CUDA error %d' % status).decode()}): a conditional "
+                              "graph node; run with --no-graphs")
 
     def _graph(self, stream):
         """(graph, its current dependency nodes, how many) of the capture on `stream`."""
@@ -102,20 +105,35 @@ class ConditionalCapture:
 
     def if_node(self, stream, handle: int, body) -> None:
         """An IF node on `handle` after everything captured so far on `stream` (what is captured next comes
-        after it), running what body() launches, captured on a stream of its own."""
+        after it), running what body() launches."""
+        self._node(stream, handle, CU_GRAPH_COND_TYPE_IF, [body])
+
+    def switch_node(self, stream, handle: int, bodies: list) -> None:
+        """A SWITCH node on `handle` (CUDA 12.8+ drivers: an older one refuses it here) after everything captured
+        so far on `stream`: a value v < len(bodies) runs what bodies[v]() launches (None: nothing), any other
+        value nothing."""
+        self._node(stream, handle, CU_GRAPH_COND_TYPE_SWITCH, bodies)
+
+    def _node(self, stream, handle: int, kind: int, bodies: list) -> None:
         graph, deps, count = self._graph(stream)
         ctx = _P()
         self._check(self._context(ctypes.byref(ctx)), "cuCtxGetCurrent")
         params = _NodeParams(type=CU_GRAPH_NODE_TYPE_CONDITIONAL)
-        params.conditional = _ConditionalParams(handle=handle, type=CU_GRAPH_COND_TYPE_IF, size=1, ctx=ctx)
+        params.conditional = _ConditionalParams(handle=handle, type=kind, size=len(bodies), ctx=ctx)
         node = _P()
         self._check(self._add_node(ctypes.byref(node), graph, deps, None, count, ctypes.byref(params)),
                     "cuGraphAddNode (a conditional node)")
-        body_graph = ctypes.cast(params.conditional.graphs_out, ctypes.POINTER(_P))  # the driver's array of bodies
+        graphs = ctypes.cast(params.conditional.graphs_out, ctypes.POINTER(_P))  # the driver's array of bodies
         self._check(self._update(_P(stream.ptr), ctypes.byref(node), None, _SIZE(1),
                                  CU_STREAM_SET_CAPTURE_DEPENDENCIES), "cuStreamUpdateCaptureDependencies")
+        for i, body in enumerate(bodies):
+            if body is not None:
+                self._capture_body(graphs[i], body)
+
+    def _capture_body(self, graph, body) -> None:
+        """What body() launches, captured into `graph` (a conditional node's body) on a stream of its own."""
         side = self.cp.cuda.Stream(non_blocking=True)
-        self._check(self._begin_to_graph(_P(side.ptr), _P(body_graph[0]), None, None, _SIZE(0),
+        self._check(self._begin_to_graph(_P(side.ptr), _P(graph), None, None, _SIZE(0),
                                          CU_STREAM_CAPTURE_MODE_RELAXED), "cuStreamBeginCaptureToGraph")
         try:
             with side:

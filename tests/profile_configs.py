@@ -113,9 +113,10 @@ def fill_rule(nr: int):
         if config.kernel != "q8_gemv" or rows != width:
             return config
         for split in (1, 2, 4):
-            if -(-n_ // (nr * 4 // split)) >= be._multiprocessors:
+            config = GemvConfig("q8_gemv", nr, split)
+            if be._blocks(n_, config.weight_rows_per_block()) >= be._multiprocessors:
                 break
-        return GemvConfig("q8_gemv", nr, split)
+        return config
     return choose
 
 

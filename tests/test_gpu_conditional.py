@@ -47,3 +47,88 @@ def test_a_driver_without_the_entry_points_gets_none(monkeypatch):
         gpu_conditional.ConditionalCapture(None, OldDriver())
     monkeypatch.setattr(gpu_conditional.ctypes, "CDLL", lambda name: OldDriver())
     assert conditional_capture(None, "cuda") is None
+
+
+class _FakeDriver:
+    """Stands for the driver's entry points: records each call; the conditional node's bodies are graphs 101.."""
+
+    def __init__(self):
+        self.calls = []
+
+    def capture_info(self, stream, status, ident, graph, deps, edges, count):
+        graph._obj.value, deps._obj.value, count._obj.value = 7, 8, 1
+        self.calls.append(("info", stream.value))
+        return 0
+
+    def context(self, ctx):
+        ctx._obj.value = 9
+        return 0
+
+    def add_node(self, node, graph, deps, edges, count, params):
+        c = params._obj.conditional
+        self.bodies = (ctypes.c_void_p * c.size)(*range(101, 101 + c.size))
+        c.graphs_out = ctypes.cast(self.bodies, ctypes.c_void_p)
+        node._obj.value = 5
+        self.calls.append(("node", graph.value, deps.value, count.value, c.handle, c.type, c.size, c.ctx))
+        return 0
+
+    def update(self, stream, node, edges, count, flags):
+        self.calls.append(("update", stream.value, node._obj.value, count.value, flags))
+        return 0
+
+    def begin(self, stream, graph, deps, edges, count, mode):
+        self.calls.append(("begin", graph.value))
+        return 0
+
+    def end(self, stream, graph):
+        self.calls.append(("end",))
+        return 0
+
+
+class _FakeStream:
+    def __init__(self, non_blocking=False, ptr=3):
+        self.ptr = ptr
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _fake_capture():
+    fake = _FakeDriver()
+    cond = gpu_conditional.ConditionalCapture.__new__(gpu_conditional.ConditionalCapture)
+    cond.cp = type("cp", (), {"cuda": type("cuda", (), {"Stream": _FakeStream})})
+    cond._cuda = None
+    cond._capture_info, cond._context, cond._add_node = fake.capture_info, fake.context, fake.add_node
+    cond._update, cond._begin_to_graph, cond._end = fake.update, fake.begin, fake.end
+    return cond, fake
+
+
+def test_if_and_switch_nodes_are_added_after_the_capture_and_their_bodies_captured_into_them():
+    """The node goes after the capture's current nodes (graph, dependencies and count from
+    cuStreamGetCaptureInfo), with the handle, its type (IF 0, SWITCH 2), one body a callable and the context;
+    the capture then continues after it; each body with a callable is captured into the graph the driver gave
+    for it, in order, and None leaves its body empty."""
+    cond, fake = _fake_capture()
+    ran = []
+    cond.if_node(_FakeStream(ptr=3), 77, lambda: ran.append("if"))
+    assert fake.calls == [("info", 3), ("node", 7, 8, 1, 77, 0, 1, 9), ("update", 3, 5, 1, 1), ("begin", 101),
+                          ("end",)]
+    fake.calls.clear()
+    cond.switch_node(_FakeStream(ptr=4), 78, [None, lambda: ran.append("one"), lambda: ran.append("all")])
+    assert fake.calls == [("info", 4), ("node", 7, 8, 1, 78, 2, 3, 9), ("update", 4, 5, 1, 1), ("begin", 102),
+                          ("end",), ("begin", 103), ("end",)]
+    assert ran == ["if", "one", "all"]
+
+
+def test_a_body_that_raises_still_ends_its_capture():
+    cond, fake = _fake_capture()
+
+    def broken():
+        raise ValueError("a launch failed")
+
+    with pytest.raises(ValueError):
+        cond.if_node(_FakeStream(), 1, broken)
+    assert fake.calls[-2:] == [("begin", 101), ("end",)]

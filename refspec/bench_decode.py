@@ -149,6 +149,8 @@ def run(args) -> int:
         "graphs": tf.graphs is not None,
         "overlap": bool(getattr(backend, "overlap", False)),
         "conditional": tf.graphs is not None and tf.graphs.conditional is not None,
+        "conditional_node": (None if tf.graphs is None or tf.graphs.conditional is None  # chained verify passes
+                             else "switch" if tf.graphs.conditional.switch else "if"),
         "greedy": greedy,
         "speculative": copy,
         "device": device,

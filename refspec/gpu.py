@@ -926,9 +926,13 @@ class GpuBackend:
 
     def pass_conditions(self, one: int, many: int, live, rows: int) -> None:
         """Set the conditions of a captured pass's IF nodes from its live-row count (kernels_raw/graph_conditions.hip,
-        refspec/gpu_conditional.py): `one` to count == 1, `many` (unless 0) to count > 1."""
+        refspec/gpu_conditional.py): `one` to count == 1, `many` to count > 1."""
         self.function("graph_conditions", "pass_conditions")(
             (1,), (1,), (np.uint64(one), np.uint64(many), live, np.int32(rows)))
+
+    def pass_branch(self, branch: int, live, rows: int) -> None:
+        """Set the value of a captured pass's SWITCH node from its live-row count: min(count, 2)."""
+        self.function("graph_conditions", "pass_branch")((1,), (1,), (np.uint64(branch), live, np.int32(rows)))
 
     def argmax_device(self, logits, result=None):
         """argmax_rows on the device: int32 [R, 2], (id, 1 if the row holds NaN or infinity else 0), into

@@ -10,12 +10,12 @@ each runs its body: the one-row pass for a count of 1, the pass of all rows for 
 bodies are the same forward pass (refspec/forward.py) run for one row or for all: row 0's operations, and so its
 bits, are the same in both (the spec's ops do not depend on the batch).
 
-Measured on the default model (H200, 2026-12-02; tests/probe_conditional.py, tests/results/
-probe_conditional_default_h200.json): an 8-row pass past a run's end 0.343 -> 0.008 ms, one guessing nothing
-0.666 -> 0.659 (a one-row pass: 0.644), one computing all 8 rows 0.764 -> 0.778 (the extra kernel and the nodes'
-own cost); `ngram` on the copy prompts 3049 -> 3086 tokens/s. Greedy steps stay one body: a step past the run's
-end comes once a run, and the nodes would cost every step more than that saves. One SWITCH node (CUDA 12.8+;
-bodies: none, one row, all rows) instead of two IF nodes measured 0.005 / 0.652 / 0.770 ms, not yet used.
+Measured on the default model (H200, 2026-12-02 10:50 UTC; tests/probe_conditional.py, tests/results/
+probe_conditional_default_h200.json), an 8-row pass at 0 / 1 / 8 live rows: plain 0.347 / 0.668 / 0.765 ms, two IF
+nodes 0.008 / 0.664 / 0.778, one SWITCH node (CUDA 12.8+ drivers; bodies: none, one row, all rows) 0.005 / 0.656 /
+0.771 (a one-row pass: 0.646). So the SWITCH node is taken where the driver has it, the IF nodes before; `ngram` on
+the copy prompts went from 1.99x greedy (plain) to 2.06x. Greedy steps stay one body: a step past the run's end
+comes once a run, and the nodes would cost every step more than that saves.
 
 CuPy 14 has no API for conditional nodes, so this calls the driver through ctypes, as refspec/gpu_launch.py
 does: during CuPy's stream capture it adds the nodes to the graph being captured (cuStreamGetCaptureInfo,
@@ -31,6 +31,7 @@ import ctypes
 from refspec.errors import DeviceError
 
 ABI_VERSION = 12040  # the CUDA version whose signatures the entry points below are taken with
+SWITCH_VERSION = 12080  # the first driver with SWITCH nodes
 CU_GRAPH_NODE_TYPE_CONDITIONAL = 13
 CU_GRAPH_COND_TYPE_IF = 0
 CU_GRAPH_COND_TYPE_SWITCH = 2  # CUDA 12.8+ drivers
@@ -65,6 +66,8 @@ class ConditionalCapture:
         self._new_handle = self._entry("cuGraphConditionalHandleCreate", pointer(_U64), _P, _P, ctypes.c_uint,
                                        ctypes.c_uint)
         self._context = self._entry("cuCtxGetCurrent", pointer(_P))
+        # one SWITCH node where the driver has them, else two IF nodes (GpuGraphs' chained passes)
+        self.switch = switch_supported(libcuda)
 
     def _entry(self, name: str, *argtypes):
         fn, found = _P(), ctypes.c_int()
@@ -141,6 +144,12 @@ class ConditionalCapture:
         finally:
             done = _P()
             self._check(self._end(_P(side.ptr), ctypes.byref(done)), "cuStreamEndCapture (a conditional body)")
+
+
+def switch_supported(libcuda) -> bool:
+    """Whether the driver (cuDriverGetVersion) is CUDA 12.8 or newer, the first with SWITCH nodes."""
+    version = ctypes.c_int()
+    return libcuda.cuDriverGetVersion(ctypes.byref(version)) == 0 and version.value >= SWITCH_VERSION
 
 
 def conditional_capture(cp, platform: str):

@@ -398,14 +398,20 @@ class PassGraphs:
         def branched():
             # One of two bodies, by the rows the step before asked for: the one-row pass (row 0's operations are
             # the same in both), all `width` rows computing their live ones, or neither (past the run's end).
-            one, many = self.conditional.handles(self.stream, 2)
-            be.pass_conditions(one, many, drafted[1:], width)
-            self.conditional.if_node(self.stream, one, lambda: forward_argmax(1))
-            self.conditional.if_node(self.stream, many, lambda: forward_argmax(width))
+            bodies = [lambda: forward_argmax(1), lambda: forward_argmax(width)]
+            if self.conditional.switch:  # one SWITCH node on min(rows, 2)
+                (branch,) = self.conditional.handles(self.stream, 1)
+                be.pass_branch(branch, drafted[1:], width)
+                self.conditional.switch_node(self.stream, branch, [None, *bodies])
+            else:  # an IF node each (drivers before CUDA 12.8)
+                one, many = self.conditional.handles(self.stream, 2)
+                be.pass_conditions(one, many, drafted[1:], width)
+                self.conditional.if_node(self.stream, one, bodies[0])
+                self.conditional.if_node(self.stream, many, bodies[1])
             be.speculative_next(inputs, chosen, ctx, drafted, record, stop_dev, width, n_pos, ngram)
 
         if self.conditional is not None:  # what the conditional capture runs, compiled before it
-            be.function("graph_conditions", "pass_conditions")
+            be.function("graph_conditions", "pass_branch" if self.conditional.switch else "pass_conditions")
             forward_argmax(1)
         _, g.graph, _ = self._capture(step, held, f"a speculative pass of {width} rows",
                                       branched if self.conditional is not None else None)

@@ -3,7 +3,8 @@ past a run's end? A probe (device machine, a tool, not a test; CUDA 12.4+ driver
 refspec/gpu_conditional.py: during the stream capture of a pass, kernels_raw/graph_conditions.hip reads the
 live-row count and sets two conditions, `one` (count == 1) and `many` (count > 1); an IF node on each runs its
 body: the one-row pass + argmax for `one`, the WIDTH-row pass + argmax computing its live rows for `many`. A count
-of 0 runs neither. Beside it, one SWITCH node (CUDA 12.8+) with the bodies none, one row, WIDTH rows.
+of 0 runs neither. Beside it, one SWITCH node (CUDA 12.8+: what refspec's chained passes use there) with the
+bodies none, one row, WIDTH rows, its value min(count, 2) (graph_conditions.hip's pass_branch).
 
 On edit-code's context (165 tokens, as tests/profile_spec.py), timed as graph replays back to back, and the
 (id, flag) rows each writes compared:
@@ -36,15 +37,6 @@ width = int(sys.argv[2]) if len(sys.argv) > 2 else 8
 repeats = int(sys.argv[3]) if len(sys.argv) > 3 else 30
 CONTEXT = 165
 
-# the SWITCH node's value (refspec's passes use two IF nodes: kernels_raw/graph_conditions.hip)
-SET_SWITCH = r"""
-extern "C" __device__ void cudaGraphSetConditional(unsigned long long handle, unsigned int value);
-extern "C" __global__ void set_switch(unsigned long long handle, const int* live) {
-  const int n = *live;
-  cudaGraphSetConditional(handle, n < 0 ? 0 : n > 1 ? 2 : n);
-}
-"""
-
 model = load_model(path)
 tok = load_tokenizer(model)
 be = GpuBackend()
@@ -59,7 +51,6 @@ tf.forward(cache, context[:-1], 0)
 ids_d = cp.asarray(np.array([context[-1]] * width, np.int32))
 pos_d = cp.asarray(np.array([n - 1], np.int32))
 live = cp.asarray(np.array([width], np.int32))
-set_switch = cp.RawModule(code=SET_SWITCH).get_function("set_switch")
 cond = conditional_capture(cp, be.platform)
 if cond is None:
     sys.exit("probe_conditional: this GPU's driver has no conditional graph nodes (NVIDIA, CUDA 12.4+)")
@@ -106,9 +97,10 @@ def switch_graph():
     """The same with one SWITCH node (CUDA 12.8+): body 0 empty, 1 the one-row pass, 2 the wide one."""
     stream = cp.cuda.Stream(non_blocking=True)
     with stream:
+        be.function("graph_conditions", "pass_branch")
         stream.begin_capture()
         (handle,) = cond.handles(stream, 1)
-        set_switch((1,), (1,), (np.uint64(handle), live))
+        be.pass_branch(handle, live, width)
         cond.switch_node(stream, handle, [None, lambda: one_row(switch_ids), lambda: wide(switch_ids)])
         return stream.end_capture(), stream
 

@@ -132,3 +132,20 @@ def test_a_body_that_raises_still_ends_its_capture():
     with pytest.raises(ValueError):
         cond.if_node(_FakeStream(), 1, broken)
     assert fake.calls[-2:] == [("begin", 101), ("end",)]
+
+
+def test_switch_nodes_from_cuda_12_8_drivers():
+    """Chained passes take one SWITCH node where cuDriverGetVersion says 12.8 or newer, else two IF nodes."""
+
+    class Driver:
+        def __init__(self, version, status=0):
+            self.version, self.status = version, status
+
+        def cuDriverGetVersion(self, out):
+            out._obj.value = self.version
+            return self.status
+
+    assert gpu_conditional.switch_supported(Driver(12080))
+    assert gpu_conditional.switch_supported(Driver(13000))
+    assert not gpu_conditional.switch_supported(Driver(12060))
+    assert not gpu_conditional.switch_supported(Driver(13000, status=3))  # the call failed: IF nodes

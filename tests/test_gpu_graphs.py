@@ -416,13 +416,22 @@ def test_overlapped_launches_equal_plain_launches(models, arch):
 @pytest.mark.parametrize("arch", sorted(SHAPES))
 def test_conditional_passes_equal_plain_ones(models, gpu, arch):
     """Chained passes captured behind conditional nodes (refspec/gpu_conditional.py: the one-row body for a
-    pass that guesses nothing, nothing past a run's end) yield what passes captured as one body computing
-    their live rows yield, and leave the same KV cache bits: speculative passes over a run that guesses, then
-    guesses nothing, at several widths; greedy runs that stop at an end-of-generation id or their budget."""
+    pass that guesses nothing, nothing past a run's end), by one SWITCH node where the driver has them and by
+    two IF nodes, yield what passes captured as one body computing their live rows yield, and leave the same KV
+    cache bits: speculative passes over a run that guesses, then guesses nothing, at several widths; greedy runs
+    that stop at an end-of-generation id or their budget."""
     tf = Transformer(models(arch), gpu)
     conditional = tf.graphs.conditional
     if conditional is None:
         pytest.skip("no conditional graph nodes (NVIDIA, CUDA 12.4+ driver)")
+    switch = conditional.switch
+    ways = ([True] if switch else []) + [False, None]  # SWITCH node, IF nodes, one body
+    names = {True: "SWITCH node", False: "IF nodes", None: "one body"}
+
+    def capture_by(way):
+        tf.graphs.conditional = None if way is None else conditional
+        conditional.switch = bool(way)
+
     prompt = [3, 1, 4, 1, 5, 9, 2, 6]
     want = generate(tf, prompt, 16, eog_ids=()).ids
     guessed = set()
@@ -431,8 +440,8 @@ def test_conditional_passes_equal_plain_ones(models, gpu, arch):
             # the first pass guesses (the last two tokens came before), or guesses nothing (61 is new)
             for context in ([5, 6, 7, 8, 9] * 6 + [5, 6], [5, 6, 7, 8, 9] * 6 + [5, 6, 61]):
                 runs = []
-                for way in (conditional, None):
-                    tf.graphs.conditional = way
+                for way in ways:
+                    capture_by(way)
                     cache = tf.new_cache(len(context) + 14 * width, n_states=width + 1)
                     cache.graphs.clear()  # pooled storage comes back with its graphs: capture them this way
                     tf.forward(cache, context[:-1], 0)
@@ -441,20 +450,23 @@ def test_conditional_passes_equal_plain_ones(models, gpu, arch):
                            (next(passes) for _ in range(10))]
                     passes.close()
                     runs.append((got, [gpu.to_host(a).copy() for a in list(cache.k) + list(cache.v)]))
-                (a, a_kv), (b, b_kv) = runs
-                assert a == b, f"{arch}, width {width}, context ending {context[-3:]}"
-                guessed |= {g > 0 for _, _, g in a}
-                for i, (x, y) in enumerate(zip(a_kv, b_kv)):
-                    assert_bits_equal(x, y, f"{arch}, width {width}, context ending {context[-3:]}: cache array {i}")
+                b, b_kv = runs[-1]
+                for way, (a, a_kv) in zip(ways, runs):
+                    where = f"{arch}, {names[way]}, width {width}, context ending {context[-3:]}"
+                    assert a == b, where
+                    for i, (x, y) in enumerate(zip(a_kv, b_kv)):
+                        assert_bits_equal(x, y, f"{where}: cache array {i}")
+                guessed |= {g > 0 for _, _, g in runs[0][0]}
         assert guessed == {True, False}  # both bodies ran
         for eog in ([want[5]], []):
             got = []
-            for way in (conditional, None):
-                tf.graphs.conditional = way
+            for way in ways:
+                capture_by(way)
                 for slot in tf._cache_pool:
                     slot.cache.graphs.clear()
                 got.append(generate(tf, prompt, 16, eog_ids=eog))
-            assert got[0].ids == got[1].ids == want[: want.index(eog[0]) + 1 if eog else 16]
-            assert got[0].stop_reason == got[1].stop_reason
+            for run in got:
+                assert run.ids == want[: want.index(eog[0]) + 1 if eog else 16]
+                assert run.stop_reason == got[-1].stop_reason
     finally:
-        tf.graphs.conditional = conditional
+        tf.graphs.conditional, conditional.switch = conditional, switch

@@ -449,7 +449,7 @@ def test_bench_decode_quick(tmp_path):
     assert report["speculative"]["mismatches"] == [] and report["greedy"]["tokens_per_second_median"] > 0
     assert {r["method"] for r in report["speculative"]["runs"]} == {"greedy", "ngram", "layerskip"}
     assert all(r["identical"] for r in report["speculative"]["runs"])
-    assert report["conditional"] is False  # (no captured passes on the CPU)
+    assert report["conditional"] is False and report["conditional_node"] is None  # (no captured passes on the CPU)
     # the GPU comparison flags are accepted (and do nothing) on the CPU
     assert main(["bench", "decode", "-m", str(path), "--device", "cpu", "--quick", "--no-conditional",
                  "--no-overlap", "--json-out", str(out)]) == 0

@@ -161,9 +161,12 @@ RS_DEVICE void rs_gemv_place(int rp, long long& row0, int& r0) {
 
 // ------------------------------------------------------------------------------------------ q8_gemv
 // A group's sums over all its blocks, then the tree and the store, for RP activation rows r0 .. r0+RP-1 (rows
-// past `rows`: computed, never stored). `next` holds the lane's first weight blocks, loaded by the caller.
-template <int RP, int NR>
-RS_DEVICE void rs_gemv_rows(RsWeightBlocks<NR>& next, const signed char* __restrict__ wq,
+// past `rows`: computed, never stored). `ring` holds the lane's first DEPTH weight blocks (blocks lane,
+// lane+32, ..., loaded by the caller); the load of block b + 32*DEPTH goes out as block b is computed, so
+// DEPTH rounds of the lanes' weights are in flight. The adds are the spec's whatever DEPTH: block lane+32j in
+// increasing j.
+template <int RP, int NR, int DEPTH>
+RS_DEVICE void rs_gemv_rows(RsWeightBlocks<NR> (&ring)[DEPTH], const signed char* __restrict__ wq,
                             const unsigned short* __restrict__ wd, const signed char* __restrict__ xq,
                             const unsigned short* __restrict__ xd, float* __restrict__ y, long long row0, int n,
                             int k, int r0, int rows, const float* base) {
@@ -175,52 +178,67 @@ RS_DEVICE void rs_gemv_rows(RsWeightBlocks<NR>& next, const signed char* __restr
     for (int r = 0; r < RP; ++r) acc[i][r] = 0.0f;  // a lane value starts at +0.0
   }
 
-  for (int b = rs_lane(); b < nb; b += RS_LANES) {
-    const RsWeightBlocks<NR> w = next;
-    if (b + RS_LANES < nb) next.load(wq, wd, row0, n, k, b + RS_LANES);  // in flight while we compute
+  for (int first = rs_lane(); first < nb; first += DEPTH * RS_LANES) {
 #pragma unroll
-    for (int r = 0; r < RP; ++r) {
-      const int rr = r0 + r < rows ? r0 + r : rows - 1;  // rows past the end: computed, never stored
-      const int4* px = (const int4*)(xq + (long long)rr * k + (long long)b * RS_QK);
-      const int4 x0 = px[0], x1 = px[1];
-      const float xs = rs_half_to_float(xd[rr * nb + b]);
+    for (int d = 0; d < DEPTH; ++d) {
+      const int b = first + d * RS_LANES;
+      if (d > 0 && b >= nb) break;
+      const RsWeightBlocks<NR> w = ring[d];
+      if (b + DEPTH * RS_LANES < nb) ring[d].load(wq, wd, row0, n, k, b + DEPTH * RS_LANES);  // in flight
 #pragma unroll
-      for (int i = 0; i < NR; ++i) {
-        acc[i][r] = rs_gemv_step(acc[i][r], w.scale[i], xs, rs_block_dot(w.lo[i], w.hi[i], x0, x1));
+      for (int r = 0; r < RP; ++r) {
+        const int rr = r0 + r < rows ? r0 + r : rows - 1;  // rows past the end: computed, never stored
+        const int4* px = (const int4*)(xq + (long long)rr * k + (long long)b * RS_QK);
+        const int4 x0 = px[0], x1 = px[1];
+        const float xs = rs_half_to_float(xd[rr * nb + b]);
+#pragma unroll
+        for (int i = 0; i < NR; ++i) {
+          acc[i][r] = rs_gemv_step(acc[i][r], w.scale[i], xs, rs_block_dot(w.lo[i], w.hi[i], x0, x1));
+        }
       }
     }
   }
   rs_gemv_finish<RP, NR>(acc, row0, n, r0, rows, y, base);
 }
 
+// A lane's first DEPTH weight blocks (lane, lane+32, ...) of its group's rows, where they exist: weights only.
+template <int NR, int DEPTH>
+RS_DEVICE void rs_gemv_first_blocks(RsWeightBlocks<NR> (&ring)[DEPTH], const signed char* __restrict__ wq,
+                                    const unsigned short* __restrict__ wd, long long row0, int n, int k) {
+#pragma unroll
+  for (int d = 0; d < DEPTH; ++d) {
+    const int b = rs_lane() + d * RS_LANES;
+    if (row0 < n && b < k / RS_QK) ring[d].load(wq, wd, row0, n, k, b);
+  }
+}
+
 // Grid: ceil(N / (NR * RS_GEMV_THREADS/32 / SPLIT)) blocks of RS_GEMV_THREADS threads, rows <= RP * SPLIT.
 // Needs K % 32 == 0 and 16-byte aligned wq and xq (the wrapper checks). y = base + W x when base is not null
 // (base may not overlap y). With `live` (rs_live_rows) only the first *live rows are computed and stored; a
 // group left with one of its rows takes the one-row path, a group of more than 8 left with 8 or fewer the 8-row
-// path (same operations for each row, same bits).
-template <int RP, int NR, int SPLIT, int OCC>
+// path (same operations for each row, same bits). DEPTH: rounds of weight blocks in flight per lane (1 unless a
+// matrix gives too few thread blocks to keep the memory busy; refspec.gpu.GemvConfig.depth).
+template <int RP, int NR, int SPLIT, int OCC, int DEPTH = 1>
 __global__ void RS_GEMV_BOUNDS(RS_GEMV_THREADS, OCC)
 q8_gemv(const signed char* __restrict__ wq, const unsigned short* __restrict__ wd,
         const signed char* __restrict__ xq, const unsigned short* __restrict__ xd,
         float* __restrict__ y, int n, int k, int rows, const float* base, const int* __restrict__ live) {
-  const int nb = k / RS_QK;
-  const int lane = rs_lane();
   long long row0;
   int r0;
   rs_gemv_place<NR, SPLIT>(RP, row0, r0);
   // The first weight blocks are loaded before rs_kernel_begin (portable.h): weights are no kernel's output,
   // so they come in while the kernel before this one finishes.
-  RsWeightBlocks<NR> next;
-  if (row0 < n && lane < nb) next.load(wq, wd, row0, n, k, lane);
+  RsWeightBlocks<NR> ring[DEPTH];
+  rs_gemv_first_blocks<NR, DEPTH>(ring, wq, wd, row0, n, k);
   rows = rs_live_rows(live, rows);
   rs_kernel_begin();
   if (row0 >= n || r0 >= rows) return;  // the whole group leaves together
   if (RP > 1 && rows - r0 == 1) {
-    rs_gemv_rows<1, NR>(next, wq, wd, xq, xd, y, row0, n, k, r0, rows, base);
+    rs_gemv_rows<1, NR, DEPTH>(ring, wq, wd, xq, xd, y, row0, n, k, r0, rows, base);
   } else if (RP > 8 && rows - r0 <= 8) {
-    rs_gemv_rows<(RP > 8 ? 8 : RP), NR>(next, wq, wd, xq, xd, y, row0, n, k, r0, rows, base);
+    rs_gemv_rows<(RP > 8 ? 8 : RP), NR, DEPTH>(ring, wq, wd, xq, xd, y, row0, n, k, r0, rows, base);
   } else {
-    rs_gemv_rows<RP, NR>(next, wq, wd, xq, xd, y, row0, n, k, r0, rows, base);
+    rs_gemv_rows<RP, NR, DEPTH>(ring, wq, wd, xq, xd, y, row0, n, k, r0, rows, base);
   }
 }
 

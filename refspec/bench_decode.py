@@ -75,6 +75,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-conditional", action="store_true",
                    help="GPU: capture each chained verify pass as one body computing its live rows, instead of "
                         "behind conditional graph nodes (NVIDIA, CUDA 12.4+; same bits), to compare")
+    p.add_argument("--no-short-rows", action="store_true",
+                   help="GPU: one-row GEMVs of short rows without the deeper weight loads of GEMV_SHORT_ROWS "
+                        "(NVIDIA; same bits), to compare")
     p.add_argument("--mma-min-rows", type=int, default=None, metavar="R",
                    help="GPU: GEMVs of R or more rows on integer tensor cores (NVIDIA sm_80+; same bits)")
     p.add_argument("--mma-min-weights", type=int, default=None, metavar="W",
@@ -111,6 +114,8 @@ def run(args) -> int:
         backend.mma_min_weights = args.mma_min_weights
     if args.no_overlap and backend.name == "gpu":
         backend.overlap = False
+    if args.no_short_rows and backend.name == "gpu":
+        backend.short_rows = False
     tf = Transformer(model, backend, graphs=False if args.no_graphs else None)
     if args.no_conditional and tf.graphs is not None:
         tf.graphs.conditional = None
@@ -151,6 +156,7 @@ def run(args) -> int:
         "conditional": tf.graphs is not None and tf.graphs.conditional is not None,
         "conditional_node": (None if tf.graphs is None or tf.graphs.conditional is None  # chained verify passes
                              else "switch" if tf.graphs.conditional.switch else "if"),
+        "short_rows": bool(getattr(backend, "short_rows", False)),
         "greedy": greedy,
         "speculative": copy,
         "device": device,

@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also time the tensor-core GEMV's mappings (q8_gemv_mma; NVIDIA sm_80+) and the dp4a "
                              "kernel's configuration beside the production one")
     parser.add_argument("--variants", action="store_true",
-                        help="also time every GEMV variant (kernel/NR/SPLIT/OCC, refspec.gpu.GemvConfig) for each R")
+                        help="also time every GEMV variant (kernel/NR/SPLIT/OCC[/DEPTH], refspec.gpu.GemvConfig) "
+                             "for each R")
     parser.add_argument("--kernels", default="", help="with --variants: time only these kernels (comma-separated, "
                         "e.g. q8_gemv_staged)")
     parser.add_argument("--no-overlap", action="store_true",
@@ -181,7 +182,8 @@ def run(args: argparse.Namespace) -> int:
     }
     print(f"{name}: streaming read {read_bw / 1e9:.0f} GB/s; device-to-device copy {copy_bw / 1e9:.0f} GB/s (read + write; "
           + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in copies_measured.items()) + ")")
-    print(f"{'N x K':>14} {'MB':>6} {'R':>3} {'kernel/NR/SPLIT/OCC':>22} {'us':>9} {'GB/s':>7} {'of read':>8} {'x R=1':>6}")
+    print(f"{'N x K':>14} {'MB':>6} {'R':>3} {'kernel/NR/SPLIT/OCC[/DEPTH]':>26} {'us':>9} {'GB/s':>7} {'of read':>8} "
+          f"{'x R=1':>6}")
     rng = np.random.default_rng(0)
     for n, k in shapes:
         if k % 32:
@@ -212,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
                     base = seconds
                 entry = {
                     "n": n, "k": k, "rows": rows, "kernel": config.kernel, "nr": config.nr, "split": config.split,
-                    "occ": config.occ, "production": is_production,
+                    "occ": config.occ, "depth": config.depth, "production": is_production,
                     "seconds": seconds, "bytes": moved, "bytes_per_second": moved / seconds,
                     "fraction_of_read": moved / seconds / read_bw, "fraction_of_copy": moved / seconds / copy_bw,
                     "weight_copies": copies,
@@ -221,8 +223,9 @@ def run(args: argparse.Namespace) -> int:
                 report["results"].append(entry)
                 mark = "" if is_production else " (variant)"
                 ratio = f"{entry['over_r1']:6.2f}" if base and is_production else "      "
-                variant = f"{config.kernel}/{config.nr}/{config.split}/{config.occ}".replace("_gemv", "")
-                print(f"{n:>7}x{k:<6} {w_bytes / 1e6:6.1f} {rows:>3} {variant:>22} {seconds * 1e6:9.2f} "
+                variant = f"{config.kernel}/{config.nr}/{config.split}/{config.occ}".replace("_gemv", "") + (
+                    f"/{config.depth}" if config.depth != 1 else "")
+                print(f"{n:>7}x{k:<6} {w_bytes / 1e6:6.1f} {rows:>3} {variant:>26} {seconds * 1e6:9.2f} "
                       f"{moved / seconds / 1e9:7.0f} {entry['fraction_of_read']:8.1%} {ratio}{mark}", flush=True)
         del weights
         cp.get_default_memory_pool().free_all_blocks()

@@ -51,7 +51,8 @@ GEMV_MMA_ROWS = 16  # weight rows per thread block of q8_gemv_mma (RS_MMA_ROWS);
 class GemvConfig:
     """One way to run kernels_raw/q8_gemv.hip over R rows (its header explains the mapping), all giving the
     same bits: the kernel, NR weight rows per group of 32 lanes, SPLIT groups sharing them (each with
-    ceil(R / SPLIT) activation rows), OCC thread blocks per multiprocessor asked of the CUDA compiler.
+    ceil(R / SPLIT) activation rows), OCC thread blocks per multiprocessor asked of the CUDA compiler, and
+    for q8_gemv DEPTH rounds of weight blocks each lane has in flight.
     For q8_gemv_mma the three numbers are NR warps per thread block, SPLIT tiles of 16 weight rows per thread
     block (MT) and OCC rounds of weights in flight per warp (STAGES)."""
 
@@ -59,11 +60,13 @@ class GemvConfig:
     nr: int
     split: int = 1
     occ: int = 1
+    depth: int = 1  # q8_gemv: rounds of weight blocks a lane has in flight
 
     def name(self, rows: int) -> str:
         """The template instance for `rows` rows."""
         rp = rows if self.kernel == "q8_gemv_mma" else -(-rows // self.split)
-        return f"{self.kernel}<{rp}, {self.nr}, {self.split}, {self.occ}>"
+        more = f", {self.depth}" if self.depth != 1 else ""
+        return f"{self.kernel}<{rp}, {self.nr}, {self.split}, {self.occ}{more}>"
 
     def threads(self) -> int:
         return 32 * self.nr if self.kernel == "q8_gemv_mma" else GEMV_THREADS[self.kernel]
@@ -113,6 +116,19 @@ GEMV_CONFIGS.update({r: GemvConfig("q8_gemv", 4, split=2, occ=2) for r in range(
 # columns (one round of the lanes) gain nothing so, nor from any other mapping tried there.
 GEMV_FEW_BLOCKS = {r: GemvConfig("q8_gemv", 2, split=4) for r in range(5, 9)}
 GEMV_FEW_BLOCKS_MIN_K = 33 * QK8_0
+# One-row GEMVs over short rows (3 to 5 rounds of a group's 32 lanes, K of 3072 to 5120), on CUDA: a lane's
+# weight loads go out at most one round ahead of its adds, so a row of 4-5 rounds waits for the memory 2-3 times
+# in turn. With 3 rounds in flight (GEMV_SHORT_ROWS[3], 88 registers against 76: 5 blocks a multiprocessor
+# instead of 6) where the whole grid still fits the GPU at once, or with 2 (69 registers: 7 blocks) where the
+# usual mapping's grid does not fit and this one's does. Measured at R = 1 (H200, 2026-12-02, `refspec bench
+# gemv --variants`; tests/results/gemv_depth_small_h200.json, us): 4096 x 4096 (512 blocks) 5.66 -> 5.08,
+# 5120 x 5120 (640) 7.93 -> 7.51, 7168 x 5120 (896) 12.40 -> 10.61; left as they were, as neither applies:
+# 6144 x 4096 (768 blocks; 2 rounds took 7.50 against 7.03), 14336 x 4096 and larger (gemv_depth_h200.json).
+# Long rows gained nothing so. Greedy decoding with and without (`bench decode --no-short-rows`), in turn, in
+# one device call (short_rows_*_h200.json): qwen2.5-32b (its Q/K/V and output projections) 106.0 -> 107.25
+# tokens/s, llama-8b (its output projection) 406.9 -> 407.6-408.0.
+GEMV_SHORT_ROWS = {3: GemvConfig("q8_gemv", 2, depth=3), 2: GemvConfig("q8_gemv", 2, depth=2)}
+GEMV_SHORT_ROWS_K = (3 * 32 * QK8_0, 5 * 32 * QK8_0)  # (fewer rounds than 3 have too few loads to overlap)
 # The tensor-core GEMV (integer mma, NVIDIA sm_80+; same bits) for GEMVs of at least GEMV_MMA_MIN_ROWS rows
 # whose K is a multiple of 64 (GpuBackend(mma_min_rows=None) never uses it). tests/results/bench_gemv_h200.json
 # has the numbers. Matrices of more tiles than GEMV_MMA_STREAM_WAVES waves of thread blocks get blocks that
@@ -222,7 +238,7 @@ def _q8_bytes(w: Q8Matrix) -> int:
 
 def gemv_variants(rows: int) -> list[GemvConfig]:
     """The GEMV configurations for `rows` rows that `refspec bench gemv --variants` times (registers hold
-    NR * ceil(rows / SPLIT) sums and two sets of NR weight blocks per thread, so both are capped)."""
+    NR * ceil(rows / SPLIT) sums and DEPTH + 1 sets of NR weight blocks per thread, so both are capped)."""
     out = list(GEMV_MMA_VARIANTS)  # tensor cores: CUDA sm_80+ only
     for kernel in ("q8_gemv", "q8_gemv_staged"):
         for split in (1, 2, 4):
@@ -234,6 +250,8 @@ def gemv_variants(rows: int) -> list[GemvConfig]:
                     out.append(GemvConfig(kernel, nr, split))
                     if kernel == "q8_gemv" and nr * rp >= 32:
                         out.append(GemvConfig(kernel, nr, split, occ=2))
+                    if kernel == "q8_gemv" and nr <= 4 and nr * rp <= 8:  # more weights in flight, few blocks
+                        out += [GemvConfig(kernel, nr, split, depth=depth) for depth in (2, 3)]
     return out
 
 
@@ -283,6 +301,7 @@ class GpuBackend:
         # GEMVs of at least this many rows use q8_gemv_mma where the GPU has integer tensor cores (same bits)
         self.mma_min_rows = mma_min_rows
         self.mma_min_weights = mma_min_weights  # ... of matrices of at least this many weights
+        self.short_rows = True  # one-row GEMVs of short rows may take GEMV_SHORT_ROWS (False: to compare)
         self._modules: dict[tuple, object] = {}
         self._functions: dict[tuple, object] = {}
         self._gemv_groups: dict[str, tuple[str, ...]] = {}
@@ -394,11 +413,17 @@ class GpuBackend:
     def _gemv_function(self, config: GemvConfig, rows: int):
         if not self._gemv_groups:
             names = [c.name(r) for table in (GEMV_CONFIGS, GEMV_FEW_BLOCKS) for r, c in table.items()]
+            if self.platform == "cuda":
+                names += [c.name(1) for c in GEMV_SHORT_ROWS.values()]
             if self.mma_min_rows is not None and self.mma_available:
                 names += [gemv_mma(r).name(r) for r in range(self.mma_min_rows, GEMV_MAX_ROWS + 1)]
             self.gemv_module(names)
         name = config.name(rows)
         return self.function("q8_gemv", name, self._gemv_groups.get(name, (name,)))
+
+    def _resident(self, config: GemvConfig) -> int:
+        """How many thread blocks of a one-row dp4a GEMV in `config` the GPU holds at once (CUDA)."""
+        return self._gemv_function(config, 1).resident_blocks(config.threads(), 0) * self._multiprocessors
 
     @staticmethod
     def _blocks(n: int, threads: int) -> int:
@@ -687,10 +712,18 @@ class GpuBackend:
     def gemv_config(self, rows: int, k: int, n: int) -> GemvConfig:
         """The GEMV configuration q8_gemv launches for `rows` <= GEMV_MAX_ROWS rows of length k against an [n, k]
         matrix: the tensor-core kernel from mma_min_rows rows and mma_min_weights weights where it can run,
-        else GEMV_FEW_BLOCKS[rows] for long rows of a matrix too short to fill the GPU, else GEMV_CONFIGS[rows]."""
+        else GEMV_FEW_BLOCKS[rows] for long rows of a matrix too short to fill the GPU, GEMV_SHORT_ROWS for one
+        row of a short one, else GEMV_CONFIGS[rows]."""
         if (self.mma_min_rows is not None and rows >= self.mma_min_rows and n * k >= self.mma_min_weights
                 and self.mma_available and GEMV_MMA.takes(k)):
             return gemv_mma(rows)
+        if (rows == 1 and GEMV_SHORT_ROWS_K[0] <= k <= GEMV_SHORT_ROWS_K[1] and self.platform == "cuda"
+                and self.short_rows):
+            usual, blocks = GEMV_CONFIGS[1], self._blocks(n, GEMV_CONFIGS[1].weight_rows_per_block())
+            if blocks <= self._resident(GEMV_SHORT_ROWS[3]):
+                return GEMV_SHORT_ROWS[3]
+            if blocks > self._resident(usual) and blocks <= self._resident(GEMV_SHORT_ROWS[2]):
+                return GEMV_SHORT_ROWS[2]
         if (rows in GEMV_FEW_BLOCKS and k >= GEMV_FEW_BLOCKS_MIN_K
                 and self._blocks(n, GEMV_CONFIGS[rows].weight_rows_per_block()) < self._multiprocessors):
             return GEMV_FEW_BLOCKS[rows]

@@ -234,6 +234,36 @@ def test_long_rows_of_a_short_matrix_take_more_thread_blocks(be):
     assert be.gemv_config(8, 1536, 576) == down  # the default model's down projection
 
 
+def test_one_row_of_short_rows_takes_deeper_weight_loads(be):
+    """gemv_config: one row of 3-5 rounds of the lanes (K 3072..5120) on CUDA takes 3 rounds of weights in flight
+    where that grid fits the GPU at once, else 2 where the usual grid does not fit and that one does, else the
+    usual mapping; other K, other row counts and short_rows off keep GEMV_CONFIGS."""
+    from refspec.gpu import GEMV_CONFIGS, GEMV_SHORT_ROWS, GEMV_SHORT_ROWS_K
+
+    if be.platform != "cuda":
+        assert be.gemv_config(1, 4096, 4096) == GEMV_CONFIGS[1]
+        return
+    per_block = GEMV_CONFIGS[1].weight_rows_per_block()
+    deep, mid, usual = (be._resident(c) for c in (GEMV_SHORT_ROWS[3], GEMV_SHORT_ROWS[2], GEMV_CONFIGS[1]))
+    seen = set()
+    for blocks in sorted({deep, deep + 1, usual, usual + 1, mid, mid + 1}):
+        want = (GEMV_SHORT_ROWS[3] if blocks <= deep else GEMV_SHORT_ROWS[2] if usual < blocks <= mid
+                else GEMV_CONFIGS[1])
+        seen.add(want)
+        for k in (GEMV_SHORT_ROWS_K[0], 4096, GEMV_SHORT_ROWS_K[1]):
+            assert be.gemv_config(1, k, blocks * per_block) == want, (blocks, k)
+            assert be.gemv_config(2, k, blocks * per_block) == GEMV_CONFIGS[2]
+    if deep < usual < mid:  # the H200 with nvcc 13 (88, 76, 69 registers: 5, 6, 7 blocks a multiprocessor)
+        assert len(seen) == 3
+    for k in (GEMV_SHORT_ROWS_K[0] - 32, GEMV_SHORT_ROWS_K[1] + 32):
+        assert be.gemv_config(1, k, deep * per_block) == GEMV_CONFIGS[1]
+    be.short_rows = False
+    try:
+        assert be.gemv_config(1, 4096, deep * per_block) == GEMV_CONFIGS[1]
+    finally:
+        be.short_rows = True
+
+
 def test_tensor_core_gemv_refuses_odd_block_counts(be):
     """K/32 odd: q8_gemv_mma refuses (its scale copies need pairs of blocks), and q8_gemv with tensor cores
     on takes the dp4a kernel for it, with the spec's bits."""

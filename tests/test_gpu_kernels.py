@@ -97,17 +97,19 @@ def test_q8_gemv_equals_spec(be, data):
 
 
 VARIANTS = [GemvConfig("q8_gemv", nr, split, occ) for nr, split, occ in ((1, 1, 1), (4, 1, 1), (2, 2, 1), (8, 4, 2))]
+VARIANTS += [GemvConfig("q8_gemv", nr, split, depth=depth) for nr, split, depth in ((1, 1, 2), (2, 1, 3), (4, 2, 2))]
 VARIANTS += [GemvConfig("q8_gemv_staged", nr, split) for nr, split in ((1, 1), (4, 1), (2, 2), (8, 4))]
 VARIANTS += GEMV_MMA_VARIANTS  # tensor cores: skipped without
 
 
 @pytest.mark.parametrize("rows", [1, 2, 5, 8, 9, 13, 16])
-@pytest.mark.parametrize("config", VARIANTS, ids=lambda c: f"{c.kernel}-{c.nr}-{c.split}-{c.occ}")
+@pytest.mark.parametrize("config", VARIANTS, ids=lambda c: f"{c.kernel}-{c.nr}-{c.split}-{c.occ}-{c.depth}")
 @settings(max_examples=4)
 @given(data=st.data())
 def test_every_gemv_variant_equals_spec(be, rows, config, data):
     """Every mapping `refspec bench gemv --variants` can pick gives the spec's bits, not only the production
-    ones: SPLIT groups sharing weight rows (with a last group of fewer rows), staged activations, OCC."""
+    ones: SPLIT groups sharing weight rows (with a last group of fewer rows), staged activations, OCC, DEPTH
+    rounds of weights in flight (rows of fewer blocks than DEPTH rounds of the lanes, and of a part of one)."""
     mma = config.kernel == "q8_gemv_mma"  # its SPLIT is tiles of weight rows, and K a multiple of 64
     if (config.split > rows and not mma) or (mma and not be.mma_available):
         return

@@ -15,7 +15,7 @@ import pytest
 
 from refspec.gpu import (ATTN_BOUNDS, ATTN_THREAD_CHOICES, ATTN_VALUES_MAX_THREADS_HIP, COMPILE_OPTIONS,
                          GEMV_CONFIGS, GEMV_FEW_BLOCKS, GEMV_MAX_ROWS, GEMV_MMA, GEMV_MMA_MIN_ROWS, GEMV_MMA_WIDE,
-                         gemv_mma, gemv_variants, kernel_dir)
+                         GEMV_SHORT_ROWS, gemv_mma, gemv_variants, kernel_dir)
 
 KERNELS = sorted(p.stem for p in kernel_dir().glob("*.hip"))
 GEMV_ARGS = ("const signed char*, const unsigned short*, const signed char*, const unsigned short*, float*, "
@@ -58,6 +58,7 @@ def gemv_instances(variants: bool) -> list[str]:
     if variants:  # with the tensor-core GEMVs the backend launches on NVIDIA (CUDA only)
         names |= {c.name(r) for r in (1, 16) for c in gemv_variants(r)}
         names |= {gemv_mma(r).name(r) for r in range(GEMV_MMA_MIN_ROWS, GEMV_MAX_ROWS + 1)}
+        names |= {c.name(1) for c in GEMV_SHORT_ROWS.values()}
     return sorted(names)
 
 
@@ -217,8 +218,8 @@ BEFORE_BEGIN = (
     r"const (int|long long|bool) \w+ = [^\[\]]+",
     r"(int|long long) \w+(, \w+)*",
     r"rs_gemv_place<[^>]+>\([^\[\]]*\)",
-    r"RsWeightBlocks<NR> next",
-    r"if \(row0 < n && lane < nb\) next\.load\(wq, wd, row0, n, k, lane\)",
+    r"RsWeightBlocks<NR> ring\[DEPTH\]",
+    r"rs_gemv_first_blocks<NR, DEPTH>\(ring, wq, wd, row0, n, k\)",  # weights only
     r"constexpr int \w+ = [^\[\]]+",
     r"using Stage = RsMmaStage<LPW, MT, RP>",
     r"unsigned char\* const pipe = [^\[\]]+",

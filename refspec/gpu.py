@@ -282,7 +282,7 @@ class GpuBackend:
     NGRAM_MAX_N = NGRAM_MAX_N  # the longest n-gram kernels_raw/ngram.hip drafts from (refspec.speculative)
 
     def __init__(self, poison: int | None = None, mma_min_rows: int | None = GEMV_MMA_MIN_ROWS,
-                 overlap: bool | None = None, mma_min_weights: int = GEMV_MMA_MIN_WEIGHTS):
+                 overlap: bool | None = None, mma_min_weights: int = GEMV_MMA_MIN_WEIGHTS, short_rows: bool = True):
         if mma_min_rows is not None:
             mma_min_rows = checks.integer("mma_min_rows", mma_min_rows, 1, GEMV_MAX_ROWS)
         mma_min_weights = checks.integer("mma_min_weights", mma_min_weights, 0)
@@ -301,7 +301,7 @@ class GpuBackend:
         # GEMVs of at least this many rows use q8_gemv_mma where the GPU has integer tensor cores (same bits)
         self.mma_min_rows = mma_min_rows
         self.mma_min_weights = mma_min_weights  # ... of matrices of at least this many weights
-        self.short_rows = True  # one-row GEMVs of short rows may take GEMV_SHORT_ROWS (False: to compare)
+        self.short_rows = bool(short_rows)  # one-row GEMVs of short rows may take GEMV_SHORT_ROWS (False: to compare)
         self._modules: dict[tuple, object] = {}
         self._functions: dict[tuple, object] = {}
         self._gemv_groups: dict[str, tuple[str, ...]] = {}

@@ -1,6 +1,7 @@
 """One launch of each given GEMV configuration on one shape, for ncu's per-kernel counters (device only).
 
-    python3 tests/profile_gemv.py N K ROWS KERNEL/NR/SPLIT/OCC ...   e.g. 14336 4096 1 q8_gemv_mma/8/1/3
+    python3 tests/profile_gemv.py N K ROWS KERNEL/NR/SPLIT/OCC[/DEPTH] ...   e.g. 14336 4096 1 q8_gemv_mma/8/1/3
+                                                                          or 5120 27648 1 q8_gemv/2/1/1/2
 Each configuration runs twice (the first launch compiles and warms up): under
 `ncu --launch-skip 1 --launch-count 1 -k regex:q8_gemv`, give one configuration a run.
 """
@@ -12,8 +13,7 @@ from refspec.gpu import GemvConfig, GpuBackend
 from refspec.model import Q8Matrix
 
 n, k, rows = (int(v) for v in sys.argv[1:4])
-configs = [GemvConfig(kernel, int(nr), int(split), int(occ))
-           for kernel, nr, split, occ in (c.split("/") for c in sys.argv[4:])]
+configs = [GemvConfig(kernel, *(int(v) for v in numbers)) for kernel, *numbers in (c.split("/") for c in sys.argv[4:])]
 be = GpuBackend()
 cp = be.cp
 rng = np.random.default_rng(0)

@@ -152,6 +152,17 @@ def gemv_mma(rows: int) -> GemvConfig:
     return GEMV_MMA if rows <= 8 else GEMV_MMA_WIDE
 
 
+def production_gemv_names(cuda: bool, mma_min_rows: int | None) -> list[str]:
+    """The GEMV instances a backend launches, compiled as one module: GEMV_CONFIGS and GEMV_FEW_BLOCKS
+    everywhere; on CUDA also GEMV_SHORT_ROWS and, from mma_min_rows rows (None: never), the tensor-core GEMV."""
+    names = [c.name(r) for table in (GEMV_CONFIGS, GEMV_FEW_BLOCKS) for r, c in table.items()]
+    if cuda:
+        names += [c.name(1) for c in GEMV_SHORT_ROWS.values()]
+        if mma_min_rows is not None:
+            names += [gemv_mma(r).name(r) for r in range(mma_min_rows, GEMV_MAX_ROWS + 1)]
+    return names
+
+
 ATTN_MAX_DIM = 512  # RS_ATTN_MAX_DIM in attention.hip
 # Threads per block of attention<MAXD, THREADS>: 512 while each (row, head) block can have a multiprocessor of
 # its own, else 256 or 128 (2 or 4 blocks share one: RS_ATTN_MAX_THREADS / THREADS in its launch bounds).
@@ -412,12 +423,8 @@ class GpuBackend:
 
     def _gemv_function(self, config: GemvConfig, rows: int):
         if not self._gemv_groups:
-            names = [c.name(r) for table in (GEMV_CONFIGS, GEMV_FEW_BLOCKS) for r, c in table.items()]
-            if self.platform == "cuda":
-                names += [c.name(1) for c in GEMV_SHORT_ROWS.values()]
-            if self.mma_min_rows is not None and self.mma_available:
-                names += [gemv_mma(r).name(r) for r in range(self.mma_min_rows, GEMV_MAX_ROWS + 1)]
-            self.gemv_module(names)
+            self.gemv_module(production_gemv_names(self.platform == "cuda",
+                                                   self.mma_min_rows if self.mma_available else None))
         name = config.name(rows)
         return self.function("q8_gemv", name, self._gemv_groups.get(name, (name,)))
 

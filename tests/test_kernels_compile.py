@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from refspec.gpu import (ATTN_BOUNDS, ATTN_THREAD_CHOICES, ATTN_VALUES_MAX_THREADS_HIP, COMPILE_OPTIONS,
-                         GEMV_CONFIGS, GEMV_FEW_BLOCKS, GEMV_MAX_ROWS, GEMV_MMA, GEMV_MMA_MIN_ROWS, GEMV_MMA_WIDE,
-                         GEMV_SHORT_ROWS, gemv_mma, gemv_variants, kernel_dir)
+                         GEMV_CONFIGS, GEMV_MAX_ROWS, GEMV_MMA, GEMV_MMA_MIN_ROWS, GEMV_MMA_WIDE,
+                         gemv_variants, kernel_dir, production_gemv_names)
 
 KERNELS = sorted(p.stem for p in kernel_dir().glob("*.hip"))
 GEMV_ARGS = ("const signed char*, const unsigned short*, const signed char*, const unsigned short*, float*, "
@@ -54,11 +54,10 @@ def tool(*names: str) -> str:
 def gemv_instances(variants: bool) -> list[str]:
     """Every GEMV the backend launches; with `variants`, also the benchmark's variants for 1 and 16 rows (those
     are tuned and timed on NVIDIA GPUs only, so only the production ones must fit gfx906's registers)."""
-    names = {c.name(r) for table in (GEMV_CONFIGS, GEMV_FEW_BLOCKS) for r, c in table.items()}
-    if variants:  # with the tensor-core GEMVs the backend launches on NVIDIA (CUDA only)
+    # with `variants` (sm_90): also the short-row and tensor-core GEMVs the backend launches on NVIDIA
+    names = set(production_gemv_names(cuda=variants, mma_min_rows=GEMV_MMA_MIN_ROWS))
+    if variants:
         names |= {c.name(r) for r in (1, 16) for c in gemv_variants(r)}
-        names |= {gemv_mma(r).name(r) for r in range(GEMV_MMA_MIN_ROWS, GEMV_MAX_ROWS + 1)}
-        names |= {c.name(1) for c in GEMV_SHORT_ROWS.values()}
     return sorted(names)
 
 

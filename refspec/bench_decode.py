@@ -76,8 +76,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="GPU: capture each chained verify pass as one body computing its live rows, instead of "
                         "behind conditional graph nodes (NVIDIA, CUDA 12.4+; same bits), to compare")
     p.add_argument("--no-short-rows", action="store_true",
-                   help="GPU: one-row GEMVs of short rows without the deeper weight loads of GEMV_SHORT_ROWS "
-                        "(NVIDIA; same bits), to compare")
+                   help="GPU: one-row GEMVs over rows of 3072-5120 values with one round of weight loads in "
+                        "flight, instead of 2-3 where the grid fits the GPU (NVIDIA; same bits), to compare")
     p.add_argument("--mma-min-rows", type=int, default=None, metavar="R",
                    help="GPU: GEMVs of R or more rows on integer tensor cores (NVIDIA sm_80+; same bits)")
     p.add_argument("--mma-min-weights", type=int, default=None, metavar="W",

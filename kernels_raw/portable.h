@@ -163,34 +163,6 @@ RS_DEVICE void rs_prefetch_l2(const void* p) {
 #endif
 }
 
-// Reading ahead for the next kernel (refspec.gpu.GpuBackend.read_ahead). A decode pass alternates long GEMVs,
-// which keep the memory busy, with small kernels (norms, attention, RoPE), during which it idles. The blocks of
-// a GEMV's last wave, done with their own rows, ask the L2 cache for the first `bytes` of the next GEMV's
-// weight quants `q` (and the first bytes / 16 of its fp16 scales `d`: the scales of the same rows), so that
-// those bytes come in while the small kernels run. Blocks `from` .. gridDim.x - 1 share the range in
-// RS_AHEAD_CHUNK-byte requests of the bulk-copy unit (sm_90+: cp.async.bulk.prefetch.L2; a no-op elsewhere).
-// A hint: nothing is read into registers and nothing waits for it, so no bit depends on it. bytes: a
-// multiple of 256 (the wrapper's), q and d 16-byte aligned.
-#define RS_AHEAD_CHUNK 4096
-RS_DEVICE void rs_ahead_range(const void* p, long long bytes, long long part, long long parts) {
-#if !defined(RS_HIP) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  for (long long off = part * RS_AHEAD_CHUNK; off < bytes; off += parts * RS_AHEAD_CHUNK) {
-    const unsigned size = (unsigned)(bytes - off < RS_AHEAD_CHUNK ? bytes - off : RS_AHEAD_CHUNK);
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"((const char*)p + off), "r"(size) : "memory");
-  }
-#else
-  (void)p, (void)bytes, (void)part, (void)parts;
-#endif
-}
-
-RS_DEVICE void rs_read_ahead(const void* q, const void* d, long long bytes, int from) {
-  if (q == nullptr || bytes <= 0 || (int)blockIdx.x < from) return;
-  const long long parts = (long long)(gridDim.x - from) * blockDim.x;
-  const long long part = (long long)(blockIdx.x - from) * blockDim.x + threadIdx.x;
-  rs_ahead_range(q, bytes, part, parts);
-  rs_ahead_range(d, bytes / 16, parts - 1 - part, parts);  // the scales from the other end of the threads
-}
-
 // A load of what another block of the same kernel wrote before a __threadfence() and an atomic that this block
 // has seen: from the L2 cache, past this multiprocessor's L1 (which may hold an older copy of the line).
 RS_DEVICE float rs_load_coherent(const float* p) { return *(const volatile float*)p; }

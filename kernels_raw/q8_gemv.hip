@@ -222,8 +222,7 @@ template <int RP, int NR, int SPLIT, int OCC, int DEPTH = 1>
 __global__ void RS_GEMV_BOUNDS(RS_GEMV_THREADS, OCC)
 q8_gemv(const signed char* __restrict__ wq, const unsigned short* __restrict__ wd,
         const signed char* __restrict__ xq, const unsigned short* __restrict__ xd,
-        float* __restrict__ y, int n, int k, int rows, const float* base, const int* __restrict__ live,
-        const signed char* ahead_q, const unsigned short* ahead_d, long long ahead_bytes, int ahead_from) {
+        float* __restrict__ y, int n, int k, int rows, const float* base, const int* __restrict__ live) {
   long long row0;
   int r0;
   rs_gemv_place<NR, SPLIT>(RP, row0, r0);
@@ -233,16 +232,14 @@ q8_gemv(const signed char* __restrict__ wq, const unsigned short* __restrict__ w
   rs_gemv_first_blocks<NR, DEPTH>(ring, wq, wd, row0, n, k);
   rows = rs_live_rows(live, rows);
   rs_kernel_begin();
-  if (row0 < n && r0 < rows) {  // else the whole group has nothing to compute
-    if (RP > 1 && rows - r0 == 1) {
-      rs_gemv_rows<1, NR, DEPTH>(ring, wq, wd, xq, xd, y, row0, n, k, r0, rows, base);
-    } else if (RP > 8 && rows - r0 <= 8) {
-      rs_gemv_rows<(RP > 8 ? 8 : RP), NR, DEPTH>(ring, wq, wd, xq, xd, y, row0, n, k, r0, rows, base);
-    } else {
-      rs_gemv_rows<RP, NR, DEPTH>(ring, wq, wd, xq, xd, y, row0, n, k, r0, rows, base);
-    }
+  if (row0 >= n || r0 >= rows) return;  // the whole group leaves together
+  if (RP > 1 && rows - r0 == 1) {
+    rs_gemv_rows<1, NR, DEPTH>(ring, wq, wd, xq, xd, y, row0, n, k, r0, rows, base);
+  } else if (RP > 8 && rows - r0 <= 8) {
+    rs_gemv_rows<(RP > 8 ? 8 : RP), NR, DEPTH>(ring, wq, wd, xq, xd, y, row0, n, k, r0, rows, base);
+  } else {
+    rs_gemv_rows<RP, NR, DEPTH>(ring, wq, wd, xq, xd, y, row0, n, k, r0, rows, base);
   }
-  rs_read_ahead(ahead_q, ahead_d, ahead_bytes, ahead_from);
 }
 
 // ----------------------------------------------------------------------------------- q8_gemv_staged
@@ -304,8 +301,7 @@ template <int RP, int NR, int SPLIT, int OCC>
 __global__ void RS_GEMV_BOUNDS(RS_GEMV_STAGED_THREADS, OCC)
 q8_gemv_staged(const signed char* __restrict__ wq, const unsigned short* __restrict__ wd,
                const signed char* __restrict__ xq, const unsigned short* __restrict__ xd,
-               float* __restrict__ y, int n, int k, int rows, const float* base, const int* __restrict__ live,
-               const signed char* ahead_q, const unsigned short* ahead_d, long long ahead_bytes, int ahead_from) {
+               float* __restrict__ y, int n, int k, int rows, const float* base, const int* __restrict__ live) {
   __shared__ RsStagedChunk<RP * SPLIT> stage[2];
   const int nb = k / RS_QK;
   const int chunks = (nb + RS_LANES - 1) / RS_LANES;
@@ -354,7 +350,6 @@ q8_gemv_staged(const signed char* __restrict__ wq, const unsigned short* __restr
     __syncthreads();
   }
   if (active) rs_gemv_finish<RP, NR>(acc, row0, n, r0, rows, y, base);
-  rs_read_ahead(ahead_q, ahead_d, ahead_bytes, ahead_from);
 }
 
 // ----------------------------------------------------------------------------------------- q8_gemv_mma
@@ -631,8 +626,7 @@ template <int RP, int NR, int MT, int STAGES>
 __global__ void __launch_bounds__(RS_LANES * NR, NR == 8 && MT == 1 ? 2 : 1)  // 8 warps: up to 128 registers (it spilled at 80)
 q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict__ wd,
             const signed char* __restrict__ xq, const unsigned short* __restrict__ xd,
-            float* __restrict__ y, int n, int k, int rows, const float* base,
-            const signed char* ahead_q, const unsigned short* ahead_d, long long ahead_bytes, int ahead_from) {
+            float* __restrict__ y, int n, int k, int rows, const float* base) {
   constexpr int RT = (RP + 7) / 8;     // tiles of 8 activation rows
   constexpr int LPW = RS_LANES / NR;   // spec lanes per warp
   using Stage = RsMmaStage<LPW, MT, RP>;
@@ -778,6 +772,5 @@ q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict
     n0 += stride;
   }
   rs_copy_wait<0>();  // no copy is left in flight when the block ends
-  rs_read_ahead(ahead_q, ahead_d, ahead_bytes, ahead_from);
 }
 #endif

@@ -129,13 +129,6 @@ GEMV_FEW_BLOCKS_MIN_K = 33 * QK8_0
 # tokens/s, llama-8b (its output projection) 406.9 -> 407.6-408.0.
 GEMV_SHORT_ROWS = {3: GemvConfig("q8_gemv", 2, depth=3), 2: GemvConfig("q8_gemv", 2, depth=2)}
 GEMV_SHORT_ROWS_K = (3 * 32 * QK8_0, 5 * 32 * QK8_0)  # (fewer rounds than 3 have too few loads to overlap)
-# Reading ahead (kernels_raw/portable.h, rs_read_ahead; NVIDIA sm_90+): the last wave of each GEMV's thread blocks
-# asks the L2 cache for the first READ_AHEAD_BYTES of the next GEMV's weights (whole rows, and their scales), so
-# that they come in while the small kernels between the two run, when the memory would otherwise idle. Which
-# GEMV comes next is what came next the pass before (GpuBackend.q8_gemv learns it; a pass's order never
-# changes). A hint: no bit depends on it. Measured slower (H200, 2026-12-02, tests/results/read_ahead_*_h200.json:
-# llama-8b greedy 403.5 tokens/s without, 343-373 with 8-32 MB): off unless asked for.
-READ_AHEAD_BYTES = 16 * 1024 * 1024
 # The tensor-core GEMV (integer mma, NVIDIA sm_80+; same bits) for GEMVs of at least GEMV_MMA_MIN_ROWS rows
 # whose K is a multiple of 64 (GpuBackend(mma_min_rows=None) never uses it). tests/results/bench_gemv_h200.json
 # has the numbers. Matrices of more tiles than GEMV_MMA_STREAM_WAVES waves of thread blocks get blocks that
@@ -300,8 +293,7 @@ class GpuBackend:
     NGRAM_MAX_N = NGRAM_MAX_N  # the longest n-gram kernels_raw/ngram.hip drafts from (refspec.speculative)
 
     def __init__(self, poison: int | None = None, mma_min_rows: int | None = GEMV_MMA_MIN_ROWS,
-                 overlap: bool | None = None, mma_min_weights: int = GEMV_MMA_MIN_WEIGHTS, short_rows: bool = True,
-                 read_ahead: int | None = None):
+                 overlap: bool | None = None, mma_min_weights: int = GEMV_MMA_MIN_WEIGHTS, short_rows: bool = True):
         if mma_min_rows is not None:
             mma_min_rows = checks.integer("mma_min_rows", mma_min_rows, 1, GEMV_MAX_ROWS)
         mma_min_weights = checks.integer("mma_min_weights", mma_min_weights, 0)
@@ -321,10 +313,6 @@ class GpuBackend:
         self.mma_min_rows = mma_min_rows
         self.mma_min_weights = mma_min_weights  # ... of matrices of at least this many weights
         self.short_rows = bool(short_rows)  # one-row GEMVs of short rows may take GEMV_SHORT_ROWS (False: to compare)
-        # bytes of the next GEMV's weights each GEMV asks the L2 cache for (READ_AHEAD_BYTES; 0: none)
-        self.read_ahead = 0 if read_ahead is None else checks.integer("read_ahead", read_ahead, 0)
-        self._last_gemv = None  # the device address of the last matrix q8_gemv ran, and the one each was followed by
-        self._next_gemv: dict[int, GpuQ8] = {}
         self._modules: dict[tuple, object] = {}
         self._functions: dict[tuple, object] = {}
         self._gemv_groups: dict[str, tuple[str, ...]] = {}
@@ -722,27 +710,11 @@ class GpuBackend:
         if self._live is not None and rows > GEMV_MAX_ROWS:
             raise ValueError(f"q8_gemv: live rows need one launch: at most {GEMV_MAX_ROWS} rows, got {rows}")
         y = self._empty((rows, n))
-        ahead = self._ahead_of(w)
         for r0 in range(0, rows, GEMV_MAX_ROWS):
             part = min(GEMV_MAX_ROWS, rows - r0)
             self.launch_gemv(self.gemv_config(part, k, n), w, xq[r0 : r0 + part], xd[r0 : r0 + part],
-                             y[r0 : r0 + part], None if base is None else base[r0 : r0 + part],
-                             ahead=ahead if r0 + part == rows else None)
+                             y[r0 : r0 + part], None if base is None else base[r0 : r0 + part])
         return y
-
-    def _ahead_of(self, w: GpuQ8):
-        """What the GEMV over `w` reads ahead (READ_AHEAD_BYTES): (the next matrix, bytes), or None. Notes that
-        `w` came after the matrix before it, for the next pass."""
-        key = w.q.data.ptr
-        if self._last_gemv is not None and self._last_gemv != key:
-            self._next_gemv[self._last_gemv] = w
-        self._last_gemv = key
-        nxt = self._next_gemv.get(key)
-        if nxt is None or self.read_ahead <= 0:
-            return None
-        n, k = nxt.shape
-        rows = min(n, self.read_ahead // k) // 8 * 8  # whole rows, 256 bytes at a time (k % 32 == 0)
-        return (nxt, rows * k) if rows else None
 
     def gemv_config(self, rows: int, k: int, n: int) -> GemvConfig:
         """The GEMV configuration q8_gemv launches for `rows` <= GEMV_MAX_ROWS rows of length k against an [n, k]
@@ -778,8 +750,7 @@ class GpuBackend:
             return [y[:, w.start : w.stop] for w in ws]
         return [self.q8_gemv(w, xq, xd) for w in ws]
 
-    def launch_gemv(self, config: GemvConfig, w: GpuQ8, xq, xd, y, base=None, max_blocks: int | None = None,
-                    ahead=None):
+    def launch_gemv(self, config: GemvConfig, w: GpuQ8, xq, xd, y, base=None, max_blocks: int | None = None):
         """One launch of the GEMV in `config` over xq.shape[0] <= GEMV_MAX_ROWS rows, writing y (contiguous
         rows of a C-contiguous array), or base + the product when base (same shape as y) is given.
         refspec.bench_gemv and the tests call it with every variant. q8_gemv_mma's blocks each take every
@@ -801,11 +772,6 @@ class GpuBackend:
         args = (w.q, w.d, xq, xd, y, np.int32(n), np.int32(k), np.int32(rows), 0 if base is None else base)
         if config.kernel != "q8_gemv_mma":  # (the tensor-core GEMV computes every row)
             args += (self._live_arg(),)
-        if ahead is None:
-            args += (None, None, np.int64(0), np.int32(0))
-        else:  # read by the blocks past those that fit the GPU at once: its last wave
-            first = blocks - kernel.resident_blocks(config.threads(), shared) * self._multiprocessors
-            args += (ahead[0].q, ahead[0].d, np.int64(ahead[1]), np.int32(max(0, first)))
         kernel((blocks,), (config.threads(),), args, shared_mem=shared)
 
     def _mma_grid(self, kernel, config: GemvConfig, rows: int, tiles: int, max_blocks: int | None):

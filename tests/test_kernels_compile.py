@@ -18,11 +18,9 @@ from refspec.gpu import (ATTN_BOUNDS, ATTN_THREAD_CHOICES, ATTN_VALUES_MAX_THREA
                          gemv_variants, kernel_dir, production_gemv_names)
 
 KERNELS = sorted(p.stem for p in kernel_dir().glob("*.hip"))
-AHEAD_ARGS = ", const signed char*, const unsigned short*, long long, int"  # what each GEMV reads ahead
 GEMV_ARGS = ("const signed char*, const unsigned short*, const signed char*, const unsigned short*, float*, "
-             "int, int, int, const float*")  # q8_gemv_mma's, then AHEAD_ARGS; q8_gemv and q8_gemv_staged take `live` too
-LIVE_GEMV_ARGS = GEMV_ARGS + ", const int*" + AHEAD_ARGS
-GEMV_ARGS += AHEAD_ARGS
+             "int, int, int, const float*")  # q8_gemv_mma's; q8_gemv and q8_gemv_staged take `live` too
+LIVE_GEMV_ARGS = GEMV_ARGS + ", const int*"
 SCORES_ARGS = ("const float*, const float*, const float*, const int*, int, int, int, int, int, int, float, int, "
                "float*, float*, int*, const int*")
 VALUES_ARGS = ("const float*, const int*, int, int, int, int, int, int, const float*, const float*, float*, int*, "

@@ -373,21 +373,39 @@ q8_gemv_staged(const signed char* __restrict__ wq, const unsigned short* __restr
 // hides behind the pipeline as the weights' does, and a block with many tiles never waits for a tile's first
 // weights. Only the warp reads its buffers, so a __syncwarp orders the copies and the reads.
 //
-// The dot of a block does not depend on the order of its 32 products, so A (weights) and B (activations)
-// are loaded with the same permutation of k: a lane's 8 contiguous bytes t*8 .. t*8+7 of a block stand for the
-// fragment positions k = 4t .. 4t+3 and 16+4t .. 19+4t. The accumulator starts at the bits of 1.5 * 2**23, as
-// rs_block_dot's dp4a chain does, so the float is one subtraction away. CUDA on sm_80 and newer only (the
+// The fragments come from the stage buffers by ldmatrix, k in the blocks' own byte order for A (weights) and
+// B (activations) alike. The accumulator starts at the bits of 1.5 * 2**23, as rs_block_dot's dp4a chain
+// does, so the float is one subtraction away. CUDA on sm_80 and newer only (the
 // wrapper checks, and that K/32 is even: scales are copied 4 bytes at a time); HIP keeps q8_gemv.
 #if !defined(RS_HIP)
 #define RS_MMA_ROWS 16  // weight rows of one mma tile
 
-// c = A B + (1.5 * 2**23's bits) for the m16n8k32 fragments a (weights) and b0, b1 (activations).
-RS_DEVICE void rs_mma_s8(int (&c)[4], const int (&a)[4], int b0, int b1) {
+// c = A B + bias for the m16n8k32 fragments a (weights) and b0, b1 (activations); bias: the bits of
+// 1.5 * 2**23, four times (the mma's accumulator input).
+RS_DEVICE void rs_mma_s8(int (&c)[4], const int (&a)[4], int b0, int b1, const unsigned (&bias)[4]) {
 #if __CUDA_ARCH__ >= 800
   asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%10,%10,%10,%10};"
+      "{%10,%11,%12,%13};"
       : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(RS_DOT_BIAS));
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(bias[0]), "r"(bias[1]), "r"(bias[2]),
+        "r"(bias[3]));
+#else
+  __trap();
+#endif
+}
+
+// Four (COUNT = 4) or two 8x8 matrices of 16-bit elements from shared memory: lane l gives the address of row
+// l % 8 of matrix l / 8 (16 bytes), and gets from each matrix i the 4 bytes 4t .. 4t+3 of its row g (lane
+// l = 4g + t) in r[i]. Volatile: the stage buffers it reads are rewritten by cp.async from round to round.
+template <int COUNT>
+RS_DEVICE void rs_ldmatrix(int (&r)[COUNT], unsigned address) {
+#if __CUDA_ARCH__ >= 800
+  if constexpr (COUNT == 4) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(address));
+  } else {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(address));
+  }
 #else
   __trap();
 #endif
@@ -431,9 +449,9 @@ RS_DEVICE unsigned rs_keep(unsigned v) {
 
 // One warp's stage buffer for RP activation rows: the quants of its LPW blocks of the 16*MT weight rows, their
 // fp16 scales [16*MT][LPW], then the same for the RP activation rows. A row of quants is LPW * 32 bytes,
-// its 16-byte columns swizzled: column c of row r sits at c ^ 2*(r % LPW). The 8-byte fragment reads of
-// lanes (g, t), row g, bytes 32s + 8t, then fall in 32 distinct banks for each half warp (rows g and g + 4
-// share their banks, and each half warp reads 4 rows). The activation rows need no fragment padding either.
+// its 16-byte columns swizzled: column c of row r sits at c ^ key(r). The fragments are read by ldmatrix,
+// 16 bytes of each of 8 rows 8q .. 8q+7 at the same column at once; key(r) gives those 8 rows 8 different
+// 16-byte places in a 128-byte line, so that each read falls in 32 distinct banks.
 template <int LPW, int MT, int RP>
 struct RsMmaStage {
   static constexpr int ROWS = RS_MMA_ROWS * MT;
@@ -450,8 +468,12 @@ struct RsMmaStage {
   static constexpr int S_PER_LANE = (S_UNITS + RS_LANES - 1) / RS_LANES;
   static constexpr int XQ_PER_LANE = (XQ_UNITS + RS_LANES - 1) / RS_LANES;
   static constexpr int XS_PER_LANE = (XS_UNITS + RS_LANES - 1) / RS_LANES;
+  static constexpr int UNITS = 2 * LPW;  // 16-byte columns of a row
+  static_assert(UNITS >= 4, "rows of 64 bytes or more");
+  // the swizzle of row r: r % 8 for rows of 128 bytes or more; rows of 64 bytes pair up in a line, (r / 2) % 4
+  static RS_MEMBER int key(int r) { return UNITS >= 8 ? r % 8 : (r / 2) % 4; }
   // the byte offset of 16-byte column c of quant row r (from the start of its rows)
-  static RS_MEMBER int column(int r, int c) { return r * ROW_BYTES + 16 * (c ^ (2 * (r % LPW))); }
+  static RS_MEMBER int column(int r, int c) { return r * ROW_BYTES + 16 * (c ^ key(r)); }
 };
 
 // A row's LPW scales in a stage buffer, read at once.
@@ -659,14 +681,30 @@ q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict
       }
     }
   }
-  // Where this lane reads in a stage buffer: weight fragment row g (and g + 8 of each tile), the activation
-  // fragment row g of each tile (rows past the end: the last, never stored) and the scales of columns 2t,
-  // 2t+1. Block s of a row sits at 32 * (s ^ (row % LPW)) + 8t (the swizzle): rows g + 8 and g + 16m share
-  // g's (8 % LPW == 0).
-  int xrow[RT], c0[RT], c1[RT];
+  // Where this lane reads in a stage buffer. The fragments by ldmatrix: for the weights, matrix i = lane / 8 is
+  // rows 8 * (i % 2) .. +7 of a 16-row tile at bytes 16 * (i / 2) .. +15 of a block, so the four registers are
+  // the m16n8k32 A fragment (rows g and g + 8, k = 4t .. 4t+3 and 16+4t .. 19+4t); for the activations, matrix
+  // i is rows 8 * (i / 2) .. +7 (tile rt = i / 2) at bytes 16 * (i % 2) .. +15: B fragments b0, b1 of each tile
+  // (rows past the end: the last, never stored). Row j = lane % 8 of a matrix is this lane's: block s of it at
+  // 16 * ((2s + half) ^ key(row)) = (32s) ^ (16 * (key(row) ^ half)). Then the scales of columns 2t, 2t+1.
+  const int j8 = lane % 8, m8 = lane / 8;
+  const unsigned a_row = (unsigned)((j8 + 8 * (m8 % 2)) * Stage::ROW_BYTES);  // + tile m's 16 rows
+  const unsigned a_key = (unsigned)(16 * (Stage::key(j8 + 8 * (m8 % 2)) ^ (m8 / 2)));
+  const int x_r = (RT == 2 ? 8 * (m8 / 2) : 0) + j8 < rows ? (RT == 2 ? 8 * (m8 / 2) : 0) + j8 : rows - 1;
+  const unsigned x_row = (unsigned)(Stage::ACT + x_r * Stage::ROW_BYTES);
+  const unsigned x_key = (unsigned)(16 * (Stage::key(x_r) ^ (m8 % 2)));
+  unsigned a_at[LPW], x_at[LPW];  // this lane's ldmatrix offsets of block s in a stage buffer, worked out once
+#pragma unroll
+  for (int s = 0; s < LPW; ++s) {
+    a_at[s] = rs_keep(a_row + ((32u * s) ^ a_key));
+    x_at[s] = rs_keep(x_row + ((32u * s) ^ x_key));
+  }
+  unsigned bias[4];  // the mma's accumulator input, 1.5 * 2**23's bits
+#pragma unroll
+  for (int q = 0; q < 4; ++q) bias[q] = rs_keep((unsigned)RS_DOT_BIAS);
+  int c0[RT], c1[RT];
 #pragma unroll
   for (int rt = 0; rt < RT; ++rt) {
-    xrow[rt] = rt * 8 + g < rows ? rt * 8 + g : rows - 1;
     c0[rt] = rt * 8 + 2 * t < rows ? rt * 8 + 2 * t : rows - 1;
     c1[rt] = rt * 8 + 2 * t + 1 < rows ? rt * 8 + 2 * t + 1 : rows - 1;
   }
@@ -686,6 +724,7 @@ q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict
     __syncwarp();                // and so have the other lanes'
     const int b0 = i * RS_LANES + warp * LPW;
     const unsigned char* const buf = pipe + use * Stage::BYTES;
+    const unsigned buf_address = pipe_address + use * Stage::BYTES;
     use = use + 1 == STAGES ? 0 : use + 1;
     const unsigned short* scales = reinterpret_cast<const unsigned short*>(buf + Stage::SCALES);
     const unsigned short* xscales = reinterpret_cast<const unsigned short*>(buf + Stage::ACT_SCALES);
@@ -702,18 +741,15 @@ q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict
       const RsScaleRow<LPW> sc = *reinterpret_cast<const RsScaleRow<LPW>*>(scales + rc * LPW);
 #pragma unroll
       for (int s = 0; s < LPW; ++s) {
-        if (b0 + s >= nb) continue;  // the same for the whole warp
-        const int col = 32 * (s ^ (g % LPW)) + 8 * t;
-        const int2 wa = *(const int2*)(buf + ra * Stage::ROW_BYTES + col);
-        const int2 wc = *(const int2*)(buf + rc * Stage::ROW_BYTES + col);
-        const int a[4] = {wa.x, wc.x, wa.y, wc.y};
+        if (b0 + s >= nb) continue;  // the same for the whole warp (ldmatrix and mma need all its lanes)
+        int a[4], x[2 * RT];
+        rs_ldmatrix<4>(a, buf_address + a_at[s] + m * RS_MMA_ROWS * Stage::ROW_BYTES);
+        rs_ldmatrix<2 * RT>(x, buf_address + x_at[s]);
         const float fa = rs_half_to_float(sa.h[s]), fc = rs_half_to_float(sc.h[s]);
 #pragma unroll
         for (int rt = 0; rt < RT; ++rt) {
-          const int2 xv = *(const int2*)(buf + Stage::ACT + xrow[rt] * Stage::ROW_BYTES +
-                                         32 * (s ^ (xrow[rt] % LPW)) + 8 * t);
           int c[4];
-          rs_mma_s8(c, a, xv.x, xv.y);
+          rs_mma_s8(c, a, x[2 * rt], x[2 * rt + 1], bias);
           // c0: (row g, act 2t), c1: (g, 2t+1), c2: (g+8, 2t), c3: (g+8, 2t+1), each 1.5 * 2**23 + dot
           const float x0 = rs_half_to_float(xs0[rt].h[s]);
           acc[s][m][rt][0] = rs_gemv_step(acc[s][m][rt][0], fa, x0, rs_sub(rs_as_float(c[0]), 0x1.8p+23f));

@@ -29,6 +29,7 @@ from __future__ import annotations
 import ctypes
 
 from refspec.errors import DeviceError
+from refspec.gpu_launch import error_name
 
 ABI_VERSION = 12040  # the CUDA version whose signatures the entry points below are taken with
 SWITCH_VERSION = 12080  # the first driver with SWITCH nodes
@@ -79,9 +80,7 @@ class ConditionalCapture:
 
     def _check(self, status: int, what: str) -> None:
         if status:
-            name = ctypes.c_char_p()
-            self._cuda.cuGetErrorName(status, ctypes.byref(name))
-            raise DeviceError(f"{what} failed ({(name.value or b'CUDA error %d' % status).decode()}): a conditional "
+            raise DeviceError(f"{what} failed ({error_name(self._cuda.cuGetErrorName, status)}): a conditional "
                               "graph node; run with --no-graphs")
 
     def _graph(self, stream):

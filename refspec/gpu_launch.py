@@ -52,6 +52,14 @@ def _driver_function(name: str, what: str):
         raise DeviceError(f"the CUDA driver has no {name} (needed for {what}): {err}") from err
 
 
+def error_name(get_error_name, status: int) -> str:
+    """The driver's name for error `status` (through its cuGetErrorName, `get_error_name`), or "CUDA error N"
+    where it knows none."""
+    name = ctypes.c_char_p()
+    get_error_name(status, ctypes.byref(name))
+    return (name.value or b"CUDA error %d" % status).decode()
+
+
 @functools.cache
 def _driver():
     return ctypes.CDLL("libcuda.so.1")
@@ -104,9 +112,7 @@ class DependentLaunch:
         )
         status = self._launch(ctypes.byref(config), fn.ptr, params, None)
         if status:
-            name = ctypes.c_char_p()
-            self._error_name(status, ctypes.byref(name))
-            raise DeviceError(f"kernel launch failed: {(name.value or b'CUDA error %d' % status).decode()}")
+            raise DeviceError(f"kernel launch failed: {error_name(self._error_name, status)}")
 
 
 class Kernel:

@@ -149,3 +149,25 @@ def test_switch_nodes_from_cuda_12_8_drivers():
     assert gpu_conditional.switch_supported(Driver(13000))
     assert not gpu_conditional.switch_supported(Driver(12060))
     assert not gpu_conditional.switch_supported(Driver(13000, status=3))  # the call failed: IF nodes
+
+
+def test_a_failing_driver_call_is_one_refspec_error_naming_the_call_and_the_error():
+    """A driver call that fails during the capture raises DeviceError (one `refspec: error:` line) with the call,
+    the driver's name for the error (gpu_launch.error_name, shared with overlapped launches), or its number
+    where the driver knows no name, and what to do."""
+
+    class Driver:
+        @staticmethod
+        def cuGetErrorName(status, name):
+            name._obj.value = b"CUDA_ERROR_INVALID_VALUE" if status == 1 else None
+            return 0 if status == 1 else 100
+
+    cond, _ = _fake_capture()
+    cond._cuda = Driver()
+    cond._context = lambda ctx: 1
+    with pytest.raises(DeviceError, match=r"^cuCtxGetCurrent failed \(CUDA_ERROR_INVALID_VALUE\): a conditional "
+                                          r"graph node; run with --no-graphs$"):
+        cond.handles(_FakeStream(), 1)
+    cond._context = lambda ctx: 999
+    with pytest.raises(DeviceError, match=r"^cuCtxGetCurrent failed \(CUDA error 999\)"):
+        cond.handles(_FakeStream(), 1)

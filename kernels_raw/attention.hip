@@ -495,3 +495,81 @@ attention_values(const float* __restrict__ v_cache, const int* __restrict__ pos,
   rs_attention_finish<THREADS>(active == 1 ? &parts_chunk[0][0] : parts, stride, u.hb, active > 1, active, dim, total,
                                rh0, out, xq, xd);
 }
+
+// ---------------------------------------------------------------------------------------------- attention_heads
+// `attention` with a block per unit (row, kv head, part; RsAttnUnit) instead of per (row, head): the unit's hb <=
+// RS_ATTN_HEADS query heads share each key and value the block loads (phases 1 and 3 as attention_scores and
+// attention_values run them, for all the row's positions at once), and each head's phases are `attention`'s. For
+// passes of several rows over short caches: rows * kv_heads blocks instead of rows * heads, each reading its
+// keys and values once. Same operations, same bits: a score, e_t, chunk sum and output are each computed as in
+// `attention`, and the max is exact in any order. Up to RS_ATTN_HEADS_SHARED_POS positions the scores and chunk
+// sums stay in shared memory, beyond that in the scratch buffers (the same as `attention`'s, same layout).
+#define RS_ATTN_HEADS_SHARED_POS 512
+#define RS_ATTN_HEADS_SHARED_CHUNKS (RS_ATTN_HEADS_SHARED_POS / RS_ATTN_CHUNK)
+
+// q, k_cache, v_cache, pos, e_buf, part_buf, out, xq, xd, live as for `attention`; per: query heads a unit (at
+// most RS_ATTN_HEADS). Grid: rows * kv_heads * ceil(heads / kv_heads / per) blocks of THREADS threads.
+template <int MAXD, int THREADS>
+__global__ void RS_ATTN_BOUNDS(THREADS, MAXD <= 128)
+attention_heads(const float* __restrict__ q, const float* __restrict__ k_cache, const float* __restrict__ v_cache,
+                const int* __restrict__ pos, int rows, int heads, int kv_heads, int per, int dim, int cache_len,
+                float scale, float* __restrict__ e_buf, float* __restrict__ part_buf, float* __restrict__ out,
+                signed char* __restrict__ xq, unsigned short* __restrict__ xd, const int* __restrict__ live) {
+  const int unit = blockIdx.x;
+  const RsAttnUnit u(unit, heads, kv_heads, per);
+  const float* kc = k_cache + (long long)u.kv_head * cache_len * dim;
+  const float* vc = v_cache + (long long)u.kv_head * cache_len * dim;
+  if (u.row >= rs_live_rows(live, rows)) return;  // the whole block
+  rs_attention_prefetch(kc, vc, pos, cache_len, dim, 0, RS_ATTN_HEADS_SHARED_POS, rows * u.parts,
+                        u.row * u.parts + u.part, THREADS);
+  rs_kernel_begin();
+  __shared__ float group_max[RS_ATTN_HEADS][THREADS / RS_LANES];
+  __shared__ float m_head[RS_ATTN_HEADS];
+  __shared__ float total[RS_ATTN_HEADS][RS_ATTN_MAX_DIM + 1];
+  __shared__ float e_shared[RS_ATTN_HEADS][RS_ATTN_HEADS_SHARED_POS];
+  __shared__ float parts_shared[RS_ATTN_HEADS][RS_ATTN_HEADS_SHARED_CHUNKS * (RS_ATTN_MAX_DIM + 1)];
+  const int pos0 = pos[0];
+  const int n_pos = pos0 + rows;       // positions every row's sums run over
+  const int n_vis = pos0 + u.row + 1;  // positions this row sees
+  const bool small = n_pos <= RS_ATTN_HEADS_SHARED_POS;  // the same for the whole block
+  const long long rh0 = (long long)u.row * heads + u.h0;
+  const int max_chunks = (cache_len + RS_ATTN_CHUNK - 1) / RS_ATTN_CHUNK;
+  float* e = small ? &e_shared[0][0] : e_buf + rh0 * cache_len;
+  const long long e_stride = small ? RS_ATTN_HEADS_SHARED_POS : cache_len;
+  float* parts = small ? &parts_shared[0][0] : part_buf + rh0 * max_chunks * (dim + 1);
+  const long long parts_stride = small ? RS_ATTN_HEADS_SHARED_CHUNKS * (RS_ATTN_MAX_DIM + 1)
+                                       : (long long)max_chunks * (dim + 1);
+
+  // 1. scores of every head, each key loaded once; each head's max over t
+  float m[RS_ATTN_HEADS];
+  rs_attention_scores<MAXD, RS_ATTN_HEADS>(q + rh0 * dim, u.hb, kc, dim, scale, 0, n_vis, e, e_stride, 0, m);
+#pragma unroll
+  for (int i = 0; i < RS_ATTN_HEADS; ++i) {
+#pragma unroll
+    for (int offset = RS_LANES / 2; offset >= 1; offset /= 2) m[i] = rs_max_nan(m[i], rs_shfl_xor(m[i], offset));
+    if (rs_lane() == 0) group_max[i][rs_group()] = m[i];
+  }
+  __syncthreads();
+  if (threadIdx.x < u.hb) {  // head threadIdx.x's max (rs_max_nan: exact in any order)
+    float mi = group_max[threadIdx.x][0];
+    for (int g = 1; g < THREADS / RS_LANES; ++g) mi = rs_max_nan(mi, group_max[threadIdx.x][g]);
+    m_head[threadIdx.x] = mi;
+  }
+  __syncthreads();
+
+  // 2. e_t = exp(s_t - m) for the positions the row sees
+  for (int w = threadIdx.x; w < u.hb * n_vis; w += THREADS) {
+    const int i = w / n_vis, t = w % n_vis;
+    e[i * e_stride + t] = refspec_exp(rs_sub(e[i * e_stride + t], m_head[i]));
+  }
+  __syncthreads();
+
+  // 3. chunk sums of e_t * v[t, col] (each value loaded once for every head) and of e_t
+  const int n_chunks = (n_pos + RS_ATTN_CHUNK - 1) / RS_ATTN_CHUNK;
+  rs_attention_chunk_sums<THREADS, RS_ATTN_HEADS>(e, e_stride, 0, u.hb, vc, dim, n_vis, 0, n_chunks, parts,
+                                                  parts_stride);
+  __syncthreads();
+
+  // 4, 5. each head's chunks' sums in order, num / denom, quantized
+  rs_attention_finish<THREADS>(parts, parts_stride, u.hb, false, n_chunks, dim, total, rh0, out, xq, xd);
+}

@@ -48,6 +48,17 @@ GEMV_MMA_ROWS = 16  # weight rows per thread block of q8_gemv_mma (RS_MMA_ROWS);
 
 
 @dataclass(frozen=True)
+class AttnPlan:
+    """How attention runs (kernels_raw/attention.hip; every plan gives the same bits): `kernel` "attention" (one
+    kernel, a block per (row, query head)), "attention_heads" (one kernel, a block per (row, kv head) taking
+    `per` of its query heads) or "spread" (attention_scores then attention_values, spread over positions, each
+    block taking `per` query heads of one kv head)."""
+
+    kernel: str
+    per: int = 1
+
+
+@dataclass(frozen=True)
 class GemvConfig:
     """One way to run kernels_raw/q8_gemv.hip over R rows (its header explains the mapping), all giving the
     same bits: the kernel, NR weight rows per group of 32 lanes, SPLIT groups sharing them (each with
@@ -177,6 +188,15 @@ SM_THREADS = 2048  # threads one multiprocessor holds (NVIDIA sm_80+): attention
 ARGMAX_THREADS, ARGMAX_PER_THREAD = 256, 8  # RS_ARGMAX_THREADS, RS_ARGMAX_PER_THREAD in argmax.hip
 ARGMAX_MAX_PARTS = ARGMAX_THREADS  # argmax_final combines at most one part per thread
 ATTN_BOUNDS = (64, 128, 256, ATTN_MAX_DIM)  # the instances of attention<MAXD>: the smallest MAXD >= dim runs
+
+
+def attention_heads_max_threads(bound: int, hip: bool) -> int:
+    """The most threads a block of attention_heads<bound, THREADS> takes: 512 for heads up to 128 wide on NVIDIA;
+    else 256 (four heads' queries and keys in registers spill at 512 threads, which leave 128 registers a thread;
+    gfx906 as for attention_values)."""
+    return ATTN_THREAD_CHOICES[0] if bound <= 128 and not hip else ATTN_VALUES_MAX_THREADS_HIP
+
+
 # Dynamic shared memory rmsnorm_q8 stages a row in: the 48 KB any GPU grants a block without opting in, less
 # room for the kernel's own static shared variables (16 bytes on sm_90), which count against the same 48 KB.
 RMSNORM_Q8_SHARED_BYTES = 47 * 1024
@@ -881,9 +901,13 @@ class GpuBackend:
         part_buf = self._new((rows * heads, max_chunks, dim + 1), F32)
         out = self._empty(q.shape)
         xq, xd = self._q8_outputs(rows, heads * dim) if quantize else (None, None)
-        per = self.attention_plan(rows * heads, cache_len) if rows and heads else 0
+        plan = self.attention_plan(rows, heads, kv_heads, cache_len) if rows and heads else None
         bound = next(b for b in ATTN_BOUNDS if b >= dim)
-        if per:
+        outputs = (out, 0 if xq is None else xq, 0 if xd is None else xd, self._live_arg())
+        if plan is None:
+            pass
+        elif plan.kernel == "spread":
+            per = plan.per
             # units: (row, kv head, part), part p taking query heads per*p .. per*p+per-1 of the kv head's group
             units = rows * kv_heads * -(-(heads // kv_heads) // per)
             slices, first = -(-cache_len // ATTN_SLICE), self._pos(pos)
@@ -903,17 +927,22 @@ class GpuBackend:
             self.function("attention", name, (name,))(
                 (units * max_chunks,), (threads,),
                 (v_cache, first, np.int32(rows), np.int32(heads), np.int32(kv_heads), np.int32(per), np.int32(dim),
-                 np.int32(cache_len), e_buf, max_buf, part_buf, arrivals, out,
-                 0 if xq is None else xq, 0 if xd is None else xd, self._live_arg()))
-        elif rows and heads:
+                 np.int32(cache_len), e_buf, max_buf, part_buf, arrivals) + outputs)
+        elif plan.kernel == "attention_heads":
+            units = rows * kv_heads * -(-(heads // kv_heads) // plan.per)
+            threads = min(self.attention_threads(units), attention_heads_max_threads(bound, self.platform == "hip"))
+            name = f"attention_heads<{bound}, {threads}>"
+            self.function("attention", name, (name,))(
+                (units,), (threads,),
+                (q, k_cache, v_cache, self._pos(pos), np.int32(rows), np.int32(heads), np.int32(kv_heads),
+                 np.int32(plan.per), np.int32(dim), np.int32(cache_len), F32(scale), e_buf, part_buf) + outputs)
+        else:
             threads = self.attention_threads(rows * heads)
             name = f"attention<{bound}, {threads}>"
             self.function("attention", name, (name,))(
                 (rows * heads,), (threads,),
                 (q, k_cache, v_cache, self._pos(pos), np.int32(rows), np.int32(heads), np.int32(kv_heads),
-                 np.int32(dim), np.int32(cache_len), F32(scale), e_buf, part_buf, out,
-                 0 if xq is None else xq, 0 if xd is None else xd, self._live_arg()),
-            )
+                 np.int32(dim), np.int32(cache_len), F32(scale), e_buf, part_buf) + outputs)
         return out, xq, xd
 
     def attention_threads(self, blocks: int) -> int:
@@ -925,19 +954,32 @@ class GpuBackend:
                 return threads
         return ATTN_THREAD_CHOICES[-1]
 
-    def attention_plan(self, pairs: int, cache_len: int) -> int:
-        """How attention over a cache of cache_len positions for `pairs` (row, head) pairs runs: 0, one kernel
-        with a block per pair; k >= 1, two kernels spread over positions (attention_scores, attention_values),
-        each block taking k query heads of one kv head. A captured pass serves every position of its cache,
-        so the plan follows the cache's length: one kernel up to ATTN_SPLIT_CACHE positions unless the pairs
-        are many; one head a block for few pairs up to ATTN_ONE_HEAD_CACHE positions; else ATTN_HEADS. Any
-        plan gives the same bits. Measured on the H200 (tests/results/profile_attention_h200.json: 32 heads of
-        128, 8 kv heads, in us): one row at 64 / 160 / 1000 / 4000 positions: one kernel 6.6 / 10.9 / 49 /
-        257, one head a block 9.7 / 11.3 / 18.9 / 63, four 14.7 / 17.4 / 21.9 / 31.9; 16 rows: one kernel
-        18.1 / 31.5 / 166 / 1138, four heads a block 17.5 / 23.6 / 101 / 362."""
-        if cache_len <= ATTN_SPLIT_CACHE and pairs < 2 * self._multiprocessors:
-            return 0
-        return 1 if 2 * pairs <= self._multiprocessors and cache_len <= ATTN_ONE_HEAD_CACHE else ATTN_HEADS
+    def attention_plan(self, rows: int, heads: int, kv_heads: int, cache_len: int) -> AttnPlan:
+        """How attention over a cache of cache_len positions for `rows` rows of `heads` query heads (`kv_heads`
+        kv heads) runs; any plan gives the same bits. A captured pass serves every position of its cache, so
+        the plan follows the cache's length. Up to ATTN_SPLIT_CACHE positions, one kernel: a block per (row,
+        head) while those blocks fit the multiprocessors one each; else, with grouped query heads, a block per
+        (row, kv head) taking 2 or 4 of its query heads, the fewest that fit so (each key and value loaded
+        once for them); else a block per (row, head) again while they fit twice. Beyond that, two kernels spread
+        over positions: one query head a block for few pairs up to ATTN_ONE_HEAD_CACHE positions, else ATTN_HEADS.
+        Measured on the H200 (tests/results/profile_attention_heads_h200.json: 32 heads of 128, 8 kv heads, a chain
+        of 32, us a launch; 2026-12-02): at 64 / 160 / 400 positions, one row: a block per head 6.6 / 9.6 /
+        18.2, spread with one head a block 9.2 / 10.7 / 13.9; 8 rows: a block per head 10.5 / 16.1 / 32.6, two
+        heads a block 9.7 / 13.4 / 26.6; 16 rows: spread with four heads a block 17.0 / 23.6 / 47.3, a block of
+        four heads 13.1 / 18.7 / 37.8."""
+        pairs, sms = rows * heads, self._multiprocessors
+        group = heads // kv_heads if kv_heads else 1
+        if cache_len <= ATTN_SPLIT_CACHE:
+            if pairs <= sms:
+                return AttnPlan("attention")
+            for per in (2, ATTN_HEADS):
+                if group > 1 and rows * kv_heads * -(-group // per) <= sms:
+                    return AttnPlan("attention_heads", per)
+            if pairs < 2 * sms:
+                return AttnPlan("attention")
+        if 2 * pairs <= sms and cache_len <= ATTN_ONE_HEAD_CACHE:
+            return AttnPlan("spread", 1)
+        return AttnPlan("spread", ATTN_HEADS)
 
     def attention_spread(self, units: int, slices: int) -> int:
         """Blocks per unit (row, kv head, some of its query heads) of attention_scores for a launch of

@@ -1,10 +1,10 @@
 """The attention kernel's time in a pass (device machine, for tuning): attention_q8 at a llama-8b layer's shape
 (32 query heads, 8 kv heads, head size 128), 32 launches in a chain captured as one graph (what 32 layers
-cost), at several row counts and positions, as one kernel and as two spread over positions, with each thread
-count of ATTN_THREAD_CHOICES, the split with one query head a block and with four ("plan" and "picked": what
-GpuBackend.attention_plan and attention_threads choose).
+cost), at several row counts and positions, by each plan (one kernel a block per (row, head); one kernel a block
+per (row, kv head) with 2 or 4 of its query heads; two kernels spread over positions with one query head a block
+or four) with each thread count of ATTN_THREAD_CHOICES ("plan": what GpuBackend.attention_plan chooses).
 
-    python3 tests/profile_attention.py [REPEATS]
+    python3 tests/profile_attention.py [REPEATS] [POSITIONS,...] [ROWS,...]
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from refspec.gpu import ATTN_THREAD_CHOICES, GpuBackend
+from refspec.gpu import ATTN_THREAD_CHOICES, AttnPlan, GpuBackend
 
 from graph_timing import graph_seconds
 
@@ -21,7 +21,6 @@ repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 30
 be = GpuBackend()
 cp = be.cp
 heads, kv_heads, dim = 32, 8, 128
-pick = be.attention_threads
 
 
 def chain_us(q, kc, vc, pos) -> float:
@@ -33,20 +32,24 @@ def chain_us(q, kc, vc, pos) -> float:
 
 report = []
 rng = np.random.default_rng(0)
-for pos0 in (64, 160, 1000, 4000):
-    for rows in (1, 4, 8, 12, 16):
+positions = [int(p) for p in sys.argv[2].split(",")] if len(sys.argv) > 2 else [64, 160, 1000, 4000]
+row_counts = [int(r) for r in sys.argv[3].split(",")] if len(sys.argv) > 3 else [1, 4, 8, 12, 16]
+plans = {"one": AttnPlan("attention"), "heads2": AttnPlan("attention_heads", 2),
+         "heads4": AttnPlan("attention_heads", 4), "split1": AttnPlan("spread", 1), "split4": AttnPlan("spread", 4)}
+for pos0 in positions:
+    for rows in row_counts:
         cache = pos0 + rows + 100
         q = cp.asarray(rng.standard_normal((rows, heads, dim)).astype(np.float32))
         kc = cp.asarray(rng.standard_normal((kv_heads, cache, dim)).astype(np.float32))
         vc = cp.asarray(rng.standard_normal((kv_heads, cache, dim)).astype(np.float32))
         pos = cp.asarray(np.array([pos0], np.int32))
-        row = {"pos0": pos0, "rows": rows, "picked": pick(rows * heads),
-               "plan": be.attention_plan(rows * heads, cache)}
-        for plan in (0, 1, 4):
-            be.attention_plan = lambda pairs, cache_len, p=plan: p
+        plan = be.attention_plan(rows, heads, kv_heads, cache)
+        row = {"pos0": pos0, "rows": rows, "plan": f"{plan.kernel} {plan.per}"}
+        for label, plan in plans.items():
+            be.attention_plan = lambda *args, p=plan: p
             for threads in ATTN_THREAD_CHOICES:
                 be.attention_threads = lambda blocks, t=threads: t
-                row[f"us_{('one', 'split1', '', '', 'split4')[plan]}_{threads}"] = chain_us(q, kc, vc, pos)
+                row[f"us_{label}_{threads}"] = chain_us(q, kc, vc, pos)
         del be.attention_threads, be.attention_plan
         report.append(row)
         print(json.dumps(row), flush=True)

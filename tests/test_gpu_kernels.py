@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from refspec import spec
 from refspec.backends import CpuBackend
 from refspec.errors import NumericsError, UsageError
-from refspec.gpu import (ATTN_HEADS, ATTN_THREAD_CHOICES, GEMV_CONFIGS, GEMV_MAX_ROWS, GEMV_MMA_VARIANTS, GemvConfig,
-                         gpu_available)
+from refspec.gpu import (ATTN_HEADS, ATTN_THREAD_CHOICES, GEMV_CONFIGS, GEMV_MAX_ROWS, GEMV_MMA_VARIANTS, AttnPlan,
+                         GemvConfig, gpu_available)
 from refspec.model import QK8_0, Q8Matrix
 
 from bits import assert_bits_equal
@@ -272,11 +272,11 @@ def test_kv_write_equals_cpu(be, data):
 
 # -------------------------------------------------------------------------------------------- attention
 @contextlib.contextmanager
-def attention_launch(be, threads: int, plan: int, spread: int | None = None):
-    """Attention launched with `threads` threads per block whatever the launch's size, as one kernel (plan 0)
-    or as two spread over positions with `plan` query heads a block, and then with at most `spread` blocks per
-    unit computing scores (None: the backend's spread)."""
-    be.attention_plan = lambda pairs, cache_len: plan  # each shadows the method on this instance
+def attention_launch(be, threads: int, plan: AttnPlan, spread: int | None = None):
+    """Attention launched with `threads` threads per block whatever the launch's size, by `plan` (one kernel a
+    block per (row, head), one a block per (row, kv head), or two spread over positions), and then with at most
+    `spread` blocks per unit computing scores (None: the backend's spread)."""
+    be.attention_plan = lambda rows, heads, kv_heads, cache_len: plan  # each shadows the method on this instance
     be.attention_threads = lambda blocks: threads
     if spread is not None:
         be.attention_spread = lambda blocks, slices: min(slices, spread)
@@ -287,7 +287,9 @@ def attention_launch(be, threads: int, plan: int, spread: int | None = None):
         be.__dict__.pop("attention_spread", None)
 
 
-ATTENTION_LAUNCHES = st.tuples(st.sampled_from(ATTN_THREAD_CHOICES), st.integers(0, ATTN_HEADS),
+ATTENTION_PLANS = [AttnPlan("attention")] + [AttnPlan(kernel, per) for kernel in ("attention_heads", "spread")
+                                             for per in range(1, ATTN_HEADS + 1)]
+ATTENTION_LAUNCHES = st.tuples(st.sampled_from(ATTN_THREAD_CHOICES), st.sampled_from(ATTENTION_PLANS),
                                st.sampled_from([None, 1, 2, 3]))
 
 
@@ -295,9 +297,15 @@ def test_attention_threads_fill_the_gpu_once(be):
     sms = be._multiprocessors
     assert [be.attention_threads(b) for b in (1, sms, sms + 1, 2 * sms, 2 * sms + 1, 4 * sms, 4 * sms + 1)] == [
         512, 512, 256, 256, 128, 128, 128]
-    assert [be.attention_plan(p, n) for p, n in ((1, 512), (2 * sms - 1, 512), (2 * sms, 512), (1, 513),
-                                                 (sms // 2, 2048), (sms // 2 + 1, 2048), (1, 2049))] == [
-        0, 0, 4, 1, 1, 4, 4]
+    one, heads2, heads4 = AttnPlan("attention"), AttnPlan("attention_heads", 2), AttnPlan("attention_heads", 4)
+    split1, split4 = AttnPlan("spread", 1), AttnPlan("spread", 4)
+    # (rows, query heads, kv heads, cache length): 32 heads of 8 kv heads fill the multiprocessors by (row, head)
+    # up to sms // 32 rows, by (row, kv head, two heads) up to sms // 16, by (row, kv head, four heads) up to sms // 8
+    assert [be.attention_plan(*case) for case in (
+        (sms // 32, 32, 8, 512), (sms // 16, 32, 8, 512), (sms // 8, 32, 8, 512), (sms // 8 + 1, 32, 8, 512),
+        (sms // 16, 40, 8, 512), (sms // 8, 8, 8, 512), (1, 2 * sms - 1, 2 * sms - 1, 512), (1, 2 * sms, 2 * sms, 512),
+        (1, 32, 8, 513), (4, 32, 8, 513), (1, 32, 8, 2049))] == [
+        one, heads2, heads4, split4, heads4, one, one, split4, split1, split4, split4]
 
 
 @given(data=st.data())
@@ -322,8 +330,12 @@ def test_attention_equals_spec(be, data):
     assert_same(got, expected, what, nan_equal=True)
 
 
-@pytest.mark.parametrize("launch", [(t, plan, spread) for t in ATTN_THREAD_CHOICES for plan, spread in (
-    (0, None), (1, None), (ATTN_HEADS, 1))])
+ROW_ORDER_PLANS = ((AttnPlan("attention"), None), (AttnPlan("attention_heads", 2), None),
+                   (AttnPlan("attention_heads", ATTN_HEADS), None), (AttnPlan("spread", 1), None),
+                   (AttnPlan("spread", ATTN_HEADS), 1))
+
+
+@pytest.mark.parametrize("launch", [(t, plan, spread) for t in ATTN_THREAD_CHOICES for plan, spread in ROW_ORDER_PLANS])
 @pytest.mark.parametrize("bad", [np.inf, np.nan])
 def test_attention_row_never_depends_on_the_rows_after_it(be, bad, launch):
     """Keys and values that later rows of the pass wrote as infinite or NaN leave the earlier rows' bits

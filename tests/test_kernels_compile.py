@@ -15,7 +15,7 @@ import pytest
 
 from refspec.gpu import (ATTN_BOUNDS, ATTN_THREAD_CHOICES, ATTN_VALUES_MAX_THREADS_HIP, COMPILE_OPTIONS,
                          GEMV_CONFIGS, GEMV_MAX_ROWS, GEMV_MMA, GEMV_MMA_MIN_ROWS, GEMV_MMA_WIDE,
-                         gemv_variants, kernel_dir, production_gemv_names)
+                         attention_heads_max_threads, gemv_variants, kernel_dir, production_gemv_names)
 
 KERNELS = sorted(p.stem for p in kernel_dir().glob("*.hip"))
 GEMV_ARGS = ("const signed char*, const unsigned short*, const signed char*, const unsigned short*, float*, "
@@ -25,6 +25,8 @@ SCORES_ARGS = ("const float*, const float*, const float*, const int*, int, int, 
                "float*, float*, int*, const int*")
 VALUES_ARGS = ("const float*, const int*, int, int, int, int, int, int, const float*, const float*, float*, int*, "
                "float*, signed char*, unsigned short*, const int*")
+HEADS_ARGS = ("const float*, const float*, const float*, const int*, int, int, int, int, int, int, float, float*, "
+              "float*, float*, signed char*, unsigned short*, const int*")
 ATTENTION_ARGS = ("const float*, const float*, const float*, const int*, int, int, int, int, int, float, float*, "
                   "float*, float*, signed char*, unsigned short*, const int*")
 
@@ -34,8 +36,15 @@ def values_threads(nvidia: bool) -> list[int]:
     return [t for t in ATTN_THREAD_CHOICES if nvidia or t <= ATTN_VALUES_MAX_THREADS_HIP]
 
 
+def heads_instances(nvidia: bool) -> list[tuple[int, int]]:
+    """The attention_heads instances the backend launches: (MAXD, threads)."""
+    return [(b, t) for b in ATTN_BOUNDS for t in ATTN_THREAD_CHOICES
+            if t <= attention_heads_max_threads(b, hip=not nvidia)]
+
+
 def attention_instances(nvidia: bool) -> int:
-    return len(ATTN_BOUNDS) * (len(ATTN_THREAD_CHOICES) + 1) + len(values_threads(nvidia))
+    return (len(ATTN_BOUNDS) * (len(ATTN_THREAD_CHOICES) + 1) + len(values_threads(nvidia))
+            + len(heads_instances(nvidia)))
 
 
 NO_DIVISION = ("q8_gemv", "add", "rope", "embed", "kv_write")  # kernels whose float code must hold no FMA at all
@@ -69,6 +78,8 @@ def source_file(tmp_path, stem: str, variants: bool):
             f"template __global__ void attention<{b}, {t}>({ATTENTION_ARGS});\n"
             for b in ATTN_BOUNDS for t in ATTN_THREAD_CHOICES) + "".join(
             f"template __global__ void attention_scores<{b}>({SCORES_ARGS});\n" for b in ATTN_BOUNDS) + "".join(
+            f"template __global__ void attention_heads<{b}, {t}>({HEADS_ARGS});\n"
+            for b, t in heads_instances(variants)) + "".join(
             f"template __global__ void attention_values<{t}>({VALUES_ARGS});\n" for t in values_threads(variants)))
         return path
     if stem != "q8_gemv":

@@ -100,7 +100,7 @@ class GemvConfig:
             return 0
         lanes_per_warp, tile_rows = 32 // self.nr, GEMV_MMA_ROWS * self.split
         row_bytes = lanes_per_warp * QK8_0 + lanes_per_warp * 2  # a row's quants and scales, weights or activations
-        pipe = self.nr * self.occ * (-(-(tile_rows + rows) * row_bytes // 16) * 16)
+        pipe = self.nr * self.occ * (-(-(tile_rows + rows) * row_bytes // 128) * 128)  # buffers start on 128-byte lines
         partial = 32 * tile_rows * 8 * -(-rows // 8) * 4
         return max(pipe, partial) if one_tile else pipe + partial
 

@@ -190,6 +190,12 @@ ARGMAX_MAX_PARTS = ARGMAX_THREADS  # argmax_final combines at most one part per 
 ATTN_BOUNDS = (64, 128, 256, ATTN_MAX_DIM)  # the instances of attention<MAXD>: the smallest MAXD >= dim runs
 
 
+def attention_units(rows: int, heads: int, kv_heads: int, per: int) -> int:
+    """The units of attention_heads and the spread plan, a block's work each: (row, kv head, part), part p
+    taking query heads per*p .. per*p+per-1 of the kv head's group of heads / kv_heads."""
+    return rows * kv_heads * -(-(heads // kv_heads) // per)
+
+
 def attention_heads_max_threads(bound: int, hip: bool) -> int:
     """The most threads a block of attention_heads<bound, THREADS> takes: 512 for heads up to 128 wide on NVIDIA;
     else 256 (four heads' queries and keys in registers spill at 512 threads, which leave 128 registers a thread;
@@ -892,7 +898,8 @@ class GpuBackend:
         q, k_cache, v_cache = self._input(q), self._input(k_cache), self._input(v_cache)
         rows, heads, dim = q.shape
         kv_heads, cache_len, _ = k_cache.shape
-        if heads % kv_heads or dim > ATTN_MAX_DIM or v_cache.shape != k_cache.shape or k_cache.shape[2] != dim:
+        if (not kv_heads or heads % kv_heads or dim > ATTN_MAX_DIM or v_cache.shape != k_cache.shape
+                or k_cache.shape[2] != dim):
             raise ValueError(f"attention: q {q.shape} and cache {k_cache.shape} disagree")
         self._check_positions("attention", pos, rows, cache_len)
         scale = F32(1) / np.sqrt(F32(dim))  # as spec.attention computes it
@@ -901,15 +908,14 @@ class GpuBackend:
         part_buf = self._new((rows * heads, max_chunks, dim + 1), F32)
         out = self._empty(q.shape)
         xq, xd = self._q8_outputs(rows, heads * dim) if quantize else (None, None)
-        plan = self.attention_plan(rows, heads, kv_heads, cache_len) if rows and heads else None
+        if not (rows and heads):
+            return out, xq, xd
+        plan = self.attention_plan(rows, heads, kv_heads, cache_len)
         bound = next(b for b in ATTN_BOUNDS if b >= dim)
         outputs = (out, 0 if xq is None else xq, 0 if xd is None else xd, self._live_arg())
-        if plan is None:
-            pass
-        elif plan.kernel == "spread":
+        if plan.kernel == "spread":
             per = plan.per
-            # units: (row, kv head, part), part p taking query heads per*p .. per*p+per-1 of the kv head's group
-            units = rows * kv_heads * -(-(heads // kv_heads) // per)
+            units = attention_units(rows, heads, kv_heads, per)
             slices, first = -(-cache_len // ATTN_SLICE), self._pos(pos)
             threads = self.attention_threads(units)
             slice_blocks = self.attention_spread(units, slices)
@@ -929,7 +935,7 @@ class GpuBackend:
                 (v_cache, first, np.int32(rows), np.int32(heads), np.int32(kv_heads), np.int32(per), np.int32(dim),
                  np.int32(cache_len), e_buf, max_buf, part_buf, arrivals) + outputs)
         elif plan.kernel == "attention_heads":
-            units = rows * kv_heads * -(-(heads // kv_heads) // plan.per)
+            units = attention_units(rows, heads, kv_heads, plan.per)
             threads = min(self.attention_threads(units), attention_heads_max_threads(bound, self.platform == "hip"))
             name = f"attention_heads<{bound}, {threads}>"
             self.function("attention", name, (name,))(
@@ -968,12 +974,11 @@ class GpuBackend:
         heads a block 9.7 / 13.4 / 26.6; 16 rows: spread with four heads a block 17.0 / 23.6 / 47.3, a block of
         four heads 13.1 / 18.7 / 37.8."""
         pairs, sms = rows * heads, self._multiprocessors
-        group = heads // kv_heads if kv_heads else 1
         if cache_len <= ATTN_SPLIT_CACHE:
             if pairs <= sms:
                 return AttnPlan("attention")
             for per in (2, ATTN_HEADS):
-                if group > 1 and rows * kv_heads * -(-group // per) <= sms:
+                if heads > kv_heads and attention_units(rows, heads, kv_heads, per) <= sms:
                     return AttnPlan("attention_heads", per)
             if pairs < 2 * sms:
                 return AttnPlan("attention")

@@ -144,8 +144,16 @@ GEMV_SHORT_ROWS_K = (3 * 32 * QK8_0, 5 * 32 * QK8_0)  # (fewer rounds than 3 hav
 # whose K is a multiple of 64 (GpuBackend(mma_min_rows=None) never uses it). tests/results/bench_gemv_h200.json
 # has the numbers. Matrices of more tiles than GEMV_MMA_STREAM_WAVES waves of thread blocks get blocks that
 # stream many tiles each (GpuBackend._mma_grid).
+# 9-16 rows take tiles of 32 weight rows (GEMV_MMA_TALL) where its tiles fit the GPU at once or stream, as the
+# activations' copies, which every tile makes, then serve twice the weights (the L2 cache served 76-93 % of its peak
+# at 8-16 rows of 152064 x 3584 under ncu). It holds one block a multiprocessor (236 registers), so a matrix of
+# one to GEMV_MMA_STREAM_WAVES waves of its tiles takes GEMV_MMA's 16-row tiles, two blocks a multiprocessor.
+# H200, 2026-12-02, us at 16 rows (tests/results/gemv_tall_tiles_h200.json): 152064x3584 199.2 -> 178.8,
+# 28672x4096 45.5 -> 42.9, 14336x4096 26.1 -> 24.3, 4096x14336 20.9 -> 19.4, 4096x4096 7.64 -> 7.54, and
+# 6144x4096 (192 tall tiles) 13.68 -> 12.43 on GEMV_MMA (14.12 on GEMV_MMA_TALL), against (8, 1, 2)'s, which
+# they took before.
 GEMV_MMA = GemvConfig("q8_gemv_mma", 8, 1, 3)
-GEMV_MMA_WIDE = GemvConfig("q8_gemv_mma", 8, 1, 2)  # 9-16 rows: two rounds a warp, so that streaming blocks fit twice
+GEMV_MMA_TALL = GemvConfig("q8_gemv_mma", 8, 2, 2)
 GEMV_MMA_STREAM_WAVES = 2
 GEMV_MMA_MIN_ROWS = 8
 # ... and of at least this many weights: on smaller matrices the dp4a GEMV is the faster at 8-16 rows on the
@@ -159,8 +167,9 @@ GEMV_MMA_VARIANTS = [GemvConfig("q8_gemv_mma", nr, mt, stages)
 
 
 def gemv_mma(rows: int) -> GemvConfig:
-    """The tensor-core GEMV's configuration for `rows` rows."""
-    return GEMV_MMA if rows <= 8 else GEMV_MMA_WIDE
+    """The tensor-core GEMV's configuration for `rows` rows of a matrix that fits the GPU at once or streams
+    (GpuBackend.gemv_config: between the two, 9-16 rows take GEMV_MMA)."""
+    return GEMV_MMA if rows <= 8 else GEMV_MMA_TALL
 
 
 def production_gemv_names(cuda: bool, mma_min_rows: int | None) -> list[str]:
@@ -170,7 +179,8 @@ def production_gemv_names(cuda: bool, mma_min_rows: int | None) -> list[str]:
     if cuda:
         names += [c.name(1) for c in GEMV_SHORT_ROWS.values()]
         if mma_min_rows is not None:
-            names += [gemv_mma(r).name(r) for r in range(mma_min_rows, GEMV_MAX_ROWS + 1)]
+            names += [c.name(r) for r in range(mma_min_rows, GEMV_MAX_ROWS + 1)
+                      for c in dict.fromkeys((gemv_mma(r), GEMV_MMA))]
     return names
 
 
@@ -749,7 +759,7 @@ class GpuBackend:
         row of a short one, else GEMV_CONFIGS[rows]."""
         if (self.mma_min_rows is not None and rows >= self.mma_min_rows and n * k >= self.mma_min_weights
                 and self.mma_available and GEMV_MMA.takes(k)):
-            return gemv_mma(rows)
+            return self._mma_config(rows, n)
         if (rows == 1 and GEMV_SHORT_ROWS_K[0] <= k <= GEMV_SHORT_ROWS_K[1] and self.platform == "cuda"
                 and self.short_rows):
             usual, blocks = GEMV_CONFIGS[1], self._blocks(n, GEMV_CONFIGS[1].weight_rows_per_block())
@@ -761,6 +771,17 @@ class GpuBackend:
                 and self._blocks(n, GEMV_CONFIGS[rows].weight_rows_per_block()) < self._multiprocessors):
             return GEMV_FEW_BLOCKS[rows]
         return GEMV_CONFIGS[rows]
+
+    def _mma_config(self, rows: int, n: int) -> GemvConfig:
+        """gemv_mma(rows), except for 9-16 rows of a matrix whose tall tiles are more than the GPU holds at once
+        and at most GEMV_MMA_STREAM_WAVES times that (see GEMV_MMA_TALL): GEMV_MMA."""
+        config = gemv_mma(rows)
+        if config != GEMV_MMA_TALL:
+            return config
+        tiles = self._blocks(n, config.weight_rows_per_block())
+        wave = self._gemv_function(config, rows).resident_blocks(
+            config.threads(), config.shared_bytes(rows, one_tile=True)) * self._multiprocessors
+        return GEMV_MMA if wave < tiles <= GEMV_MMA_STREAM_WAVES * wave else config
 
     def q8_gemv_add(self, x, w: GpuQ8, xq, xd):
         """x + w @ (xq, xd): the residual add in the GEMV's epilogue."""
@@ -801,10 +822,12 @@ class GpuBackend:
         kernel((blocks,), (config.threads(),), args, shared_mem=shared)
 
     def _mma_grid(self, kernel, config: GemvConfig, rows: int, tiles: int, max_blocks: int | None):
-        """q8_gemv_mma's blocks and shared memory: a block for each tile, or, where the tiles are more than
-        GEMV_MMA_STREAM_WAVES times what the GPU holds at once and the tree's own memory costs no block a
-        multiprocessor, as many blocks as it holds, each streaming its tiles' weights without a gap (at most
-        max_blocks, with which the tests give a block many tiles)."""
+        """q8_gemv_mma's blocks and shared memory: a block for each tile where the GPU holds them all at once;
+        else, where the tree's own memory costs no block a multiprocessor, blocks that each stream their
+        tiles' weights without a gap: as many as the GPU holds for more tiles than GEMV_MMA_STREAM_WAVES times
+        that, else half as many as the tiles, two each (at most max_blocks, with which the tests give a block
+        many tiles). Two tiles a block instead of a second wave of blocks: 6144 x 4096 at 8 rows (384 tiles,
+        264 blocks at once) 10.85 -> 9.49 us (H200, 2026-12-02)."""
         one_tile, streamed = config.shared_bytes(rows, one_tile=True), config.shared_bytes(rows)
         for nbytes in (one_tile, streamed):
             kernel.allow_shared(nbytes)
@@ -813,8 +836,8 @@ class GpuBackend:
         slots = kernel.resident_blocks(threads, streamed) * self._multiprocessors
         if max_blocks is not None and max_blocks < tiles:
             return min(max_blocks, slots), streamed
-        if tiles > GEMV_MMA_STREAM_WAVES * fit * self._multiprocessors and slots == fit * self._multiprocessors:
-            return slots, streamed
+        if tiles > fit * self._multiprocessors and slots == fit * self._multiprocessors:
+            return (slots if tiles > GEMV_MMA_STREAM_WAVES * slots else -(-tiles // GEMV_MMA_STREAM_WAVES)), streamed
         return tiles, one_tile
 
     def rope(self, x, pos, cos, sin, neox):

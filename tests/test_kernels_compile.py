@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from refspec.gpu import (ATTN_BOUNDS, ATTN_THREAD_CHOICES, ATTN_VALUES_MAX_THREADS_HIP, COMPILE_OPTIONS,
-                         GEMV_CONFIGS, GEMV_MAX_ROWS, GEMV_MMA, GEMV_MMA_MIN_ROWS, GEMV_MMA_WIDE,
+                         GEMV_CONFIGS, GEMV_MAX_ROWS, GEMV_MMA, GEMV_MMA_MIN_ROWS, GEMV_MMA_TALL,
                          attention_heads_max_threads, gemv_variants, kernel_dir, production_gemv_names)
 
 KERNELS = sorted(p.stem for p in kernel_dir().glob("*.hip"))
@@ -174,7 +174,7 @@ def test_mma_shared_memory_sizes_agree(tmp_path):
     would let the kernel write past its memory."""
     nvcc = tool("nvcc")
     mma = (c for r in (1, 16) for c in gemv_variants(r) if c.kernel == "q8_gemv_mma")
-    configs = sorted({GEMV_MMA, GEMV_MMA_WIDE, *mma}, key=str)
+    configs = sorted({GEMV_MMA, GEMV_MMA_TALL, *mma}, key=str)
     cases = [(c, rows) for c in configs for rows in range(1, GEMV_MAX_ROWS + 1)]
     lines = ['#include <cstdio>', '#include "q8_gemv.hip"', "int main() {"]
     lines += [f'  std::printf("%d %d\\n", RsMmaShared<{rows}, {c.nr}, {c.split}, {c.occ}>::BYTES, '

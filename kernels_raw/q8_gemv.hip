@@ -629,6 +629,62 @@ struct RsMmaCopier {
   }
 };
 
+// One round of q8_gemv_mma for a warp: its LPW blocks (block b0 + s) of the tile's rows from the stage buffer
+// `buf` (shared address buf_address) into the lane sums acc, in increasing s. CHECK: some blocks lie past nb
+// (the last round of rows of a partial round), and are skipped.
+template <int LPW, int MT, int RT, bool ODD, bool CHECK, typename Stage>
+RS_DEVICE void rs_mma_round(float (&acc)[LPW][MT][RT][4], const unsigned char* buf, unsigned buf_address,
+                            const unsigned (&a_at)[LPW], const unsigned (&x_at)[LPW], const int (&c0)[RT],
+                            const int (&c1)[RT], const unsigned (&bias)[4], int g, int b0, int nb) {
+  const unsigned short* scales = reinterpret_cast<const unsigned short*>(buf + Stage::SCALES);
+  const unsigned short* xscales = reinterpret_cast<const unsigned short*>(buf + Stage::ACT_SCALES);
+  RsScaleRow<LPW> xs0[RT], xs1[RT];
+#pragma unroll
+  for (int rt = 0; rt < RT; ++rt) {
+    xs0[rt] = *reinterpret_cast<const RsScaleRow<LPW>*>(xscales + c0[rt] * LPW);
+    if (ODD) xs1[rt] = *reinterpret_cast<const RsScaleRow<LPW>*>(xscales + c1[rt] * LPW);
+  }
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    const int ra = m * RS_MMA_ROWS + g, rc = ra + 8;
+    const RsScaleRow<LPW> sa = *reinterpret_cast<const RsScaleRow<LPW>*>(scales + ra * LPW);
+    const RsScaleRow<LPW> sc = *reinterpret_cast<const RsScaleRow<LPW>*>(scales + rc * LPW);
+#pragma unroll
+    for (int s = 0; s < LPW; ++s) {
+      if (CHECK && b0 + s >= nb) continue;  // the same for the whole warp (ldmatrix and mma need all its lanes)
+      int a[4], x[2 * RT];
+      rs_ldmatrix<4>(a, buf_address + a_at[s] + m * RS_MMA_ROWS * Stage::ROW_BYTES);
+      rs_ldmatrix<2 * RT>(x, buf_address + x_at[s]);
+      const float fa = rs_half_to_float(sa.h[s]), fc = rs_half_to_float(sc.h[s]);
+#pragma unroll
+      for (int rt = 0; rt < RT; ++rt) {
+        int c[4];
+        rs_mma_s8(c, a, x[2 * rt], x[2 * rt + 1], bias);
+        // c0: (row g, act 2t), c1: (g, 2t+1), c2: (g+8, 2t), c3: (g+8, 2t+1), each 1.5 * 2**23 + dot
+        const float x0 = rs_half_to_float(xs0[rt].h[s]);
+        acc[s][m][rt][0] = rs_gemv_step(acc[s][m][rt][0], fa, x0, rs_sub(rs_as_float(c[0]), 0x1.8p+23f));
+        acc[s][m][rt][2] = rs_gemv_step(acc[s][m][rt][2], fc, x0, rs_sub(rs_as_float(c[2]), 0x1.8p+23f));
+        if (ODD) {
+          const float x1 = rs_half_to_float(xs1[rt].h[s]);
+          acc[s][m][rt][1] = rs_gemv_step(acc[s][m][rt][1], fa, x1, rs_sub(rs_as_float(c[1]), 0x1.8p+23f));
+          acc[s][m][rt][3] = rs_gemv_step(acc[s][m][rt][3], fc, x1, rs_sub(rs_as_float(c[3]), 0x1.8p+23f));
+        }
+      }
+    }
+  }
+}
+
+// The partial sums of a tile's tree, partial[lane][row][column], hold output (row, column) at column
+// column ^ key(row). A warp stores the values of one mma register at once: rows g, columns 2t (+1) of each of its
+// 32 lanes (g = lane / 4, t = lane % 4). Unswizzled, rows of 16 columns (16 activation rows) put the 8 rows g on
+// 2 groups of 16 banks, 4 rows on each (4-way conflicts), and rows of 8 columns 2 rows on each bank group of 8. The
+// key flips column bits that the 2t do not use (bits 0 and 3, or bit 0), so that the 32 stores fall in 32 banks;
+// the tree reads whole rows, which a key only permutes.
+template <int RT>
+RS_DEVICE int rs_mma_partial_key(int row) {
+  return RT == 2 ? ((row >> 1) & 1) | (((row >> 2) & 1) << 3) : (row >> 2) & 1;
+}
+
 // Dynamic shared memory of q8_gemv_mma<RP, NR, MT, STAGES> (refspec.gpu.GemvConfig.shared_bytes says the same):
 // the warps' stage buffers, then the partial sums [32 lanes][16*MT][8*RT] of a tile's tree (BYTES: apart, as
 // the stage buffers already hold the next tile's first rounds while the tree runs). A launch whose blocks take
@@ -711,6 +767,7 @@ q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict
     c1[rt] = rt * 8 + 2 * t + 1 < rows ? rt * 8 + 2 * t + 1 : rows - 1;
   }
   constexpr bool ODD = RP > 1;  // whether columns 2t+1 (c1, c3) hold any row: not for a single row
+  const int key_g = rs_mma_partial_key<RT>(g);  // the partial sums' swizzle for rows g and g + 8 of each tile
   // the partial sums: after the stage buffers, or in them where each block has one tile (drained by then)
   float(*partial)[RS_MMA_ROWS * MT][8 * RT] = reinterpret_cast<float(*)[RS_MMA_ROWS * MT][8 * RT]>(
       reinterpret_cast<unsigned char*>(rs_mma_shared) + (blocks >= tiles ? 0 : NR * STAGES * Stage::BYTES));
@@ -728,41 +785,12 @@ q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict
     const unsigned char* const buf = pipe + use * Stage::BYTES;
     const unsigned buf_address = pipe_address + use * Stage::BYTES;
     use = use + 1 == STAGES ? 0 : use + 1;
-    const unsigned short* scales = reinterpret_cast<const unsigned short*>(buf + Stage::SCALES);
-    const unsigned short* xscales = reinterpret_cast<const unsigned short*>(buf + Stage::ACT_SCALES);
-    RsScaleRow<LPW> xs0[RT], xs1[RT];
-#pragma unroll
-    for (int rt = 0; rt < RT; ++rt) {
-      xs0[rt] = *reinterpret_cast<const RsScaleRow<LPW>*>(xscales + c0[rt] * LPW);
-      if (ODD) xs1[rt] = *reinterpret_cast<const RsScaleRow<LPW>*>(xscales + c1[rt] * LPW);
-    }
-#pragma unroll
-    for (int m = 0; m < MT; ++m) {
-      const int ra = m * RS_MMA_ROWS + g, rc = ra + 8;
-      const RsScaleRow<LPW> sa = *reinterpret_cast<const RsScaleRow<LPW>*>(scales + ra * LPW);
-      const RsScaleRow<LPW> sc = *reinterpret_cast<const RsScaleRow<LPW>*>(scales + rc * LPW);
-#pragma unroll
-      for (int s = 0; s < LPW; ++s) {
-        if (b0 + s >= nb) continue;  // the same for the whole warp (ldmatrix and mma need all its lanes)
-        int a[4], x[2 * RT];
-        rs_ldmatrix<4>(a, buf_address + a_at[s] + m * RS_MMA_ROWS * Stage::ROW_BYTES);
-        rs_ldmatrix<2 * RT>(x, buf_address + x_at[s]);
-        const float fa = rs_half_to_float(sa.h[s]), fc = rs_half_to_float(sc.h[s]);
-#pragma unroll
-        for (int rt = 0; rt < RT; ++rt) {
-          int c[4];
-          rs_mma_s8(c, a, x[2 * rt], x[2 * rt + 1], bias);
-          // c0: (row g, act 2t), c1: (g, 2t+1), c2: (g+8, 2t), c3: (g+8, 2t+1), each 1.5 * 2**23 + dot
-          const float x0 = rs_half_to_float(xs0[rt].h[s]);
-          acc[s][m][rt][0] = rs_gemv_step(acc[s][m][rt][0], fa, x0, rs_sub(rs_as_float(c[0]), 0x1.8p+23f));
-          acc[s][m][rt][2] = rs_gemv_step(acc[s][m][rt][2], fc, x0, rs_sub(rs_as_float(c[2]), 0x1.8p+23f));
-          if (ODD) {
-            const float x1 = rs_half_to_float(xs1[rt].h[s]);
-            acc[s][m][rt][1] = rs_gemv_step(acc[s][m][rt][1], fa, x1, rs_sub(rs_as_float(c[1]), 0x1.8p+23f));
-            acc[s][m][rt][3] = rs_gemv_step(acc[s][m][rt][3], fc, x1, rs_sub(rs_as_float(c[3]), 0x1.8p+23f));
-          }
-        }
-      }
+    // a round whose blocks all exist (every round of rows of whole rounds) runs without a test per block, so
+    // that the compiler can overlap the blocks' loads, mma and adds
+    if (b0 + LPW <= nb) {
+      rs_mma_round<LPW, MT, RT, ODD, false, Stage>(acc, buf, buf_address, a_at, x_at, c0, c1, bias, g, b0, nb);
+    } else {
+      rs_mma_round<LPW, MT, RT, ODD, true, Stage>(acc, buf, buf_address, a_at, x_at, c0, c1, bias, g, b0, nb);
     }
     __syncwarp();  // every lane has read the buffer the next round's request overwrites
     if (++i < rounds) continue;
@@ -776,11 +804,11 @@ q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict
       for (int m = 0; m < MT; ++m) {
 #pragma unroll
         for (int rt = 0; rt < RT; ++rt) {
-          const int ra = m * RS_MMA_ROWS + g;
-          partial[l][ra][rt * 8 + 2 * t] = acc[s][m][rt][0];
-          partial[l][ra][rt * 8 + 2 * t + 1] = acc[s][m][rt][1];
-          partial[l][ra + 8][rt * 8 + 2 * t] = acc[s][m][rt][2];
-          partial[l][ra + 8][rt * 8 + 2 * t + 1] = acc[s][m][rt][3];
+          const int ra = m * RS_MMA_ROWS + g, col = (rt * 8 + 2 * t) ^ key_g;  // rows ra, ra + 8: the same key
+          partial[l][ra][col] = acc[s][m][rt][0];
+          partial[l][ra][col ^ 1] = acc[s][m][rt][1];
+          partial[l][ra + 8][col] = acc[s][m][rt][2];
+          partial[l][ra + 8][col ^ 1] = acc[s][m][rt][3];
 #pragma unroll
           for (int j = 0; j < 4; ++j) acc[s][m][rt][j] = 0.0f;
         }
@@ -794,7 +822,7 @@ q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict
       if (nrow >= n || col >= rows) continue;
       float v[RS_LANES];
 #pragma unroll
-      for (int l = 0; l < RS_LANES; ++l) v[l] = partial[l][row][col];
+      for (int l = 0; l < RS_LANES; ++l) v[l] = partial[l][row][col ^ rs_mma_partial_key<RT>(row)];
 #pragma unroll
       for (int l = 0; l < 16; ++l) v[l] = rs_add(v[l], v[l + 16]);
 #pragma unroll

@@ -151,7 +151,8 @@ GEMV_SHORT_ROWS_K = (3 * 32 * QK8_0, 5 * 32 * QK8_0)  # (fewer rounds than 3 hav
 # H200, 2026-12-02, us at 16 rows (tests/results/gemv_tall_tiles_h200.json): 152064x3584 199.2 -> 178.8,
 # 28672x4096 45.5 -> 42.9, 14336x4096 26.1 -> 24.3, 4096x14336 20.9 -> 19.4, 4096x4096 7.64 -> 7.54, and
 # 6144x4096 (192 tall tiles) 13.68 -> 12.43 on GEMV_MMA (14.12 on GEMV_MMA_TALL), against (8, 1, 2)'s, which
-# they took before.
+# they took before. Tall tiles need the kernel's branch-free rounds and swizzled tree: without them the llama-8b
+# pass of 12 / 16 rows took 4.09 / 4.16 ms against 3.64 / 3.68 with them (3.78 / 3.85 on (8, 1, 2)).
 GEMV_MMA = GemvConfig("q8_gemv_mma", 8, 1, 3)
 GEMV_MMA_TALL = GemvConfig("q8_gemv_mma", 8, 2, 2)
 GEMV_MMA_STREAM_WAVES = 2

@@ -779,9 +779,10 @@ class GpuBackend:
         config = gemv_mma(rows)
         if config != GEMV_MMA_TALL:
             return config
-        tiles = self._blocks(n, config.weight_rows_per_block())
-        wave = self._gemv_function(config, rows).resident_blocks(
-            config.threads(), config.shared_bytes(rows, one_tile=True)) * self._multiprocessors
+        tiles, kernel = self._blocks(n, config.weight_rows_per_block()), self._gemv_function(config, rows)
+        one_tile = config.shared_bytes(rows, one_tile=True)
+        kernel.allow_shared(one_tile)  # first: the occupancy it reports (and keeps) depends on the opt-in
+        wave = kernel.resident_blocks(config.threads(), one_tile) * self._multiprocessors
         return GEMV_MMA if wave < tiles <= GEMV_MMA_STREAM_WAVES * wave else config
 
     def q8_gemv_add(self, x, w: GpuQ8, xq, xd):

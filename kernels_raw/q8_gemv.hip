@@ -820,9 +820,10 @@ q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict
       const int row = o / (8 * RT), col = o % (8 * RT);
       const long long nrow = n0 + row;
       if (nrow >= n || col >= rows) continue;
+      const int at = col ^ rs_mma_partial_key<RT>(row);  // where the lanes' values of (row, col) sit
       float v[RS_LANES];
 #pragma unroll
-      for (int l = 0; l < RS_LANES; ++l) v[l] = partial[l][row][col ^ rs_mma_partial_key<RT>(row)];
+      for (int l = 0; l < RS_LANES; ++l) v[l] = partial[l][row][at];
 #pragma unroll
       for (int l = 0; l < 16; ++l) v[l] = rs_add(v[l], v[l + 16]);
 #pragma unroll

@@ -779,10 +779,8 @@ class GpuBackend:
         config = gemv_mma(rows)
         if config != GEMV_MMA_TALL:
             return config
-        tiles, kernel = self._blocks(n, config.weight_rows_per_block()), self._gemv_function(config, rows)
-        one_tile = config.shared_bytes(rows, one_tile=True)
-        kernel.allow_shared(one_tile)  # first: the occupancy it reports (and keeps) depends on the opt-in
-        wave = kernel.resident_blocks(config.threads(), one_tile) * self._multiprocessors
+        tiles = self._blocks(n, config.weight_rows_per_block())
+        _, _, wave, _ = self._mma_capacity(self._gemv_function(config, rows), config, rows)
         return GEMV_MMA if wave < tiles <= GEMV_MMA_STREAM_WAVES * wave else config
 
     def q8_gemv_add(self, x, w: GpuQ8, xq, xd):
@@ -830,17 +828,23 @@ class GpuBackend:
         that, else half as many as the tiles, two each (at most max_blocks, with which the tests give a block
         many tiles). Two tiles a block instead of a second wave of blocks: 6144 x 4096 at 8 rows (384 tiles,
         264 blocks at once) 10.85 -> 9.49 us (H200, 2026-12-02)."""
+        one_tile, streamed, wave, slots = self._mma_capacity(kernel, config, rows)
+        if max_blocks is not None and max_blocks < tiles:
+            return min(max_blocks, slots), streamed
+        if tiles > wave and slots == wave:
+            return (slots if tiles > GEMV_MMA_STREAM_WAVES * slots else -(-tiles // GEMV_MMA_STREAM_WAVES)), streamed
+        return tiles, one_tile
+
+    def _mma_capacity(self, kernel, config: GemvConfig, rows: int) -> tuple[int, int, int, int]:
+        """q8_gemv_mma's dynamic shared memory for blocks of one tile and for blocks that stream, both opted in
+        (first: the occupancy the driver reports, which the kernel keeps, depends on the opt-in), and how many
+        blocks of each the GPU holds at once."""
         one_tile, streamed = config.shared_bytes(rows, one_tile=True), config.shared_bytes(rows)
         for nbytes in (one_tile, streamed):
             kernel.allow_shared(nbytes)
-        threads = config.threads()
-        fit = kernel.resident_blocks(threads, one_tile)
-        slots = kernel.resident_blocks(threads, streamed) * self._multiprocessors
-        if max_blocks is not None and max_blocks < tiles:
-            return min(max_blocks, slots), streamed
-        if tiles > fit * self._multiprocessors and slots == fit * self._multiprocessors:
-            return (slots if tiles > GEMV_MMA_STREAM_WAVES * slots else -(-tiles // GEMV_MMA_STREAM_WAVES)), streamed
-        return tiles, one_tile
+        threads, sms = config.threads(), self._multiprocessors
+        wave = kernel.resident_blocks(threads, one_tile) * sms
+        return one_tile, streamed, wave, kernel.resident_blocks(threads, streamed) * sms
 
     def rope(self, x, pos, cos, sin, neox):
         x, cos, sin = self._input(x), self._input(cos), self._input(sin)

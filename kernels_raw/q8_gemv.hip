@@ -452,16 +452,20 @@ RS_DEVICE unsigned rs_keep(unsigned v) {
 // its 16-byte columns swizzled: column c of row r sits at c ^ key(r). The fragments are read by ldmatrix,
 // 16 bytes of each of 8 rows 8q .. 8q+7 at the same column at once; key(r) gives those 8 rows 8 different
 // 16-byte places in a 128-byte line, so that each read falls in 32 distinct banks.
-template <int LPW, int MT, int RP>
+template <int LPW, int MT, int RP, bool RES = false>
 struct RsMmaStage {
   static constexpr int ROWS = RS_MMA_ROWS * MT;
   static constexpr int ROW_BYTES = LPW * RS_QK;
   static constexpr int SCALES = ROWS * ROW_BYTES;     // offset of the weights' scales
-  static constexpr int ACT = SCALES + ROWS * LPW * 2;  // offset of the activations' quants
-  static constexpr int ACT_SCALES = ACT + RP * ROW_BYTES;
+  static constexpr int ACT = SCALES + ROWS * LPW * 2;  // offset of the activations' quants (not RES)
+  // The activations of a round: in the stage buffer after the weights, or (RES) in a slot of their own, one
+  // per round of a tile: XOFF is where their quants start in either, XSOFF their scales.
+  static constexpr int XOFF = RES ? 0 : ACT;
+  static constexpr int XSOFF = XOFF + RP * ROW_BYTES;
   // Each warp's buffers start on a 128-byte line: with buffers of 16-byte multiples (RP = 8: 3264 bytes) the
   // GEMVs of 8-14 rows took 5-40 % longer on the H200, and L2 served twice the sectors at 14 rows (ncu).
-  static constexpr int BYTES = (ACT_SCALES + RP * LPW * 2 + 127) / 128 * 128;
+  static constexpr int BYTES = ((RES ? ACT : XSOFF + RP * LPW * 2) + 127) / 128 * 128;
+  static constexpr int X_BYTES = (RP * ROW_BYTES + RP * LPW * 2 + 127) / 128 * 128;  // a RES slot
   static constexpr int Q_UNITS = ROWS * LPW * 2;   // 16-byte copies of weight quants a round
   static constexpr int S_UNITS = ROWS * LPW / 2;   // 4-byte copies of weight scales (pairs of blocks) a round
   static constexpr int XQ_UNITS = RP * LPW * 2;    // the same for the activations
@@ -489,10 +493,11 @@ struct alignas(2 * LPW) RsScaleRow {
 // lines), unit j of its 4-byte weight-scale copies unit j*32 + lane (row u / (LPW/2), pair u % (LPW/2)); the
 // activations' copies likewise. A round i later than the first reads 32*i blocks further: 1024*i bytes of
 // quants, 32*i scales. Rows past n (or past `rows`) are read as the last (a valid address); blocks past nb
-// are not copied (nor ever read).
-template <int LPW, int MT, int RP>
+// are not copied (nor ever read). RES: the activations of round i go to the warp's slot i (shared address
+// xres + i * X_BYTES), and only in the block's first tile: later tiles read them there.
+template <int LPW, int MT, int RP, bool RES = false>
 struct RsMmaCopier {
-  using Stage = RsMmaStage<LPW, MT, RP>;
+  using Stage = RsMmaStage<LPW, MT, RP, RES>;
   const signed char* q[Stage::Q_PER_LANE];
   const unsigned short* sc[Stage::S_PER_LANE];
   const signed char* xq[Stage::XQ_PER_LANE];
@@ -504,11 +509,15 @@ struct RsMmaCopier {
   int b0;      // the warp's first block of the first round
   long long req_n0;  // the tile of the next request (its first weight row), and the request's round in it
   int req_round;
+  bool req_first;    // whether the next request is in the block's first tile
+  unsigned xres;     // RES: the shared address of the warp's activation slots
 
   RS_MEMBER RsMmaCopier(const signed char* __restrict__ wq, const unsigned short* __restrict__ wd,
                         const signed char* __restrict__ aq, const unsigned short* __restrict__ ad, long long n0,
-                        int n, int rows, int k, int nb, int first_block, int lane) {
+                        int n, int rows, int k, int nb, int first_block, int lane, unsigned x_slots) {
     b0 = first_block;
+    req_first = true;
+    xres = x_slots;
     block = (lane % (2 * LPW)) / 2;  // the same for every j: 2*LPW divides 32
     pair = 2 * (lane % (LPW / 2));
     req_n0 = n0;
@@ -529,14 +538,14 @@ struct RsMmaCopier {
       const int u = j * RS_LANES + lane, row = u / (2 * LPW);
       const long long r = row < rows ? row : rows - 1;
       xq[j] = rs_keep(aq + r * k + (long long)b0 * RS_QK + 16 * (u % (2 * LPW)));
-      xqdst[j] = rs_keep((unsigned)(Stage::ACT + Stage::column(row, u % (2 * LPW))));
+      xqdst[j] = rs_keep((unsigned)(Stage::XOFF + Stage::column(row, u % (2 * LPW))));
     }
 #pragma unroll
     for (int j = 0; j < Stage::XS_PER_LANE; ++j) {
       const int u = j * RS_LANES + lane, row = u / (LPW / 2);
       const long long r = row < rows ? row : rows - 1;
       xs[j] = rs_keep(ad + r * nb + b0 + pair);
-      xsdst[j] = rs_keep((unsigned)(Stage::ACT_SCALES + (row * LPW + pair) * 2));
+      xsdst[j] = rs_keep((unsigned)(Stage::XSOFF + (row * LPW + pair) * 2));
     }
   }
 
@@ -557,9 +566,10 @@ struct RsMmaCopier {
     }
   }
 
-  // Request round i's weights (WEIGHTS) and activations (ACTS) into the stage buffer at shared address `buf`.
+  // Request round i's weights (WEIGHTS) into the stage buffer at shared address `buf` and its activations
+  // (ACTS) into the buffer at `xbuf` (the same but for RES).
   template <bool WEIGHTS, bool ACTS>
-  RS_MEMBER void copy(unsigned buf, int i, int nb) const {
+  RS_MEMBER void copy(unsigned buf, unsigned xbuf, int i, int nb) const {
     const long long qoff = (long long)i * (RS_LANES * RS_QK);
     const int soff = i * RS_LANES;
     const int lane = rs_lane();
@@ -572,7 +582,7 @@ struct RsMmaCopier {
 #pragma unroll
       for (int j = 0; j < Stage::XQ_PER_LANE; ++j) {
         if (ACTS && (Stage::XQ_UNITS % RS_LANES == 0 || j * RS_LANES + lane < Stage::XQ_UNITS))
-          rs_copy_async16(buf + xqdst[j], xq[j] + qoff);
+          rs_copy_async16(xbuf + xqdst[j], xq[j] + qoff);
       }
     }
     if (b0 + soff + pair < nb) {  // nb is even, so the pair's second block is there too
@@ -584,21 +594,30 @@ struct RsMmaCopier {
 #pragma unroll
       for (int j = 0; j < Stage::XS_PER_LANE; ++j) {
         if (ACTS && (Stage::XS_UNITS % RS_LANES == 0 || j * RS_LANES + lane < Stage::XS_UNITS))
-          rs_copy_async4(buf + xsdst[j], xs[j] + soff);
+          rs_copy_async4(xbuf + xsdst[j], xs[j] + soff);
       }
     }
   }
 
   // The next round of the block's stream (weights, activations as asked; nothing where `valid` is false) into
-  // `buf`, as one commit group; then on to the round after it: past a tile's last round, the next tile's first
-  // (`stride` rows further).
+  // `buf` (RES: the activations into their slot, in the first tile only), as one commit group; then on to the
+  // round after it: past a tile's last round, the next tile's first (`stride` rows further).
   template <bool WEIGHTS, bool ACTS>
   RS_MEMBER void next(unsigned buf, bool valid, const signed char* __restrict__ wq,
                       const unsigned short* __restrict__ wd, long long stride, int n, int k, int nb, int rounds,
                       int lane) {
-    if (valid) copy<WEIGHTS, ACTS>(buf, req_round, nb);
+    if (valid) {
+      if (!RES) {
+        copy<WEIGHTS, ACTS>(buf, buf, req_round, nb);
+      } else if (req_first) {
+        copy<WEIGHTS, ACTS>(buf, xres + req_round * Stage::X_BYTES, req_round, nb);
+      } else {
+        copy<WEIGHTS, false>(buf, 0, req_round, nb);
+      }
+    }
     rs_copy_commit();
     if (++req_round == rounds) {
+      req_first = false;
       req_round = 0;
       req_n0 += stride;
       point_weights(wq, wd, req_n0, n, k, nb, lane);
@@ -618,26 +637,29 @@ struct RsMmaCopier {
   }
 
   // Their activations, once the kernel before has finished: one commit group. The stream starts at a tile's
-  // first round, so its round q is round q % rounds of a tile.
+  // first round, so its round q is round q % rounds of a tile (RES: only the first tile's, to their slots).
   template <int STAGES>
   RS_MEMBER void first_activations(unsigned pipe, int total, int nb, int rounds) const {
 #pragma unroll
     for (int q = 0; q < STAGES - 1; ++q) {
-      if (q < total) copy<false, true>(pipe + q * Stage::BYTES, q % rounds, nb);
+      if (!RES && q < total) copy<false, true>(pipe + q * Stage::BYTES, pipe + q * Stage::BYTES, q % rounds, nb);
+      if (RES && q < total && q < rounds) copy<false, true>(0, xres + q * Stage::X_BYTES, q, nb);
     }
     rs_copy_commit();
   }
 };
 
 // One round of q8_gemv_mma for a warp: its LPW blocks (block b0 + s) of the tile's rows from the stage buffer
-// `buf` (shared address buf_address) into the lane sums acc, in increasing s. CHECK: some blocks lie past nb
-// (the last round of rows of a partial round), and are skipped.
+// `buf` (shared address buf_address) and of the activations from `xbuf` (xbuf_address: the same buffer, or a
+// RES slot) into the lane sums acc, in increasing s. CHECK: some blocks lie past nb (the last round of rows of
+// a partial round), and are skipped.
 template <int LPW, int MT, int RT, bool ODD, bool CHECK, typename Stage>
 RS_DEVICE void rs_mma_round(float (&acc)[LPW][MT][RT][4], const unsigned char* buf, unsigned buf_address,
-                            const unsigned (&a_at)[LPW], const unsigned (&x_at)[LPW], const int (&c0)[RT],
-                            const int (&c1)[RT], const unsigned (&bias)[4], int g, int b0, int nb) {
+                            const unsigned char* xbuf, unsigned xbuf_address, const unsigned (&a_at)[LPW],
+                            const unsigned (&x_at)[LPW], const int (&c0)[RT], const int (&c1)[RT],
+                            const unsigned (&bias)[4], int g, int b0, int nb) {
   const unsigned short* scales = reinterpret_cast<const unsigned short*>(buf + Stage::SCALES);
-  const unsigned short* xscales = reinterpret_cast<const unsigned short*>(buf + Stage::ACT_SCALES);
+  const unsigned short* xscales = reinterpret_cast<const unsigned short*>(xbuf + Stage::XSOFF);
   RsScaleRow<LPW> xs0[RT], xs1[RT];
 #pragma unroll
   for (int rt = 0; rt < RT; ++rt) {
@@ -654,7 +676,7 @@ RS_DEVICE void rs_mma_round(float (&acc)[LPW][MT][RT][4], const unsigned char* b
       if (CHECK && b0 + s >= nb) continue;  // the same for the whole warp (ldmatrix and mma need all its lanes)
       int a[4], x[2 * RT];
       rs_ldmatrix<4>(a, buf_address + a_at[s] + m * RS_MMA_ROWS * Stage::ROW_BYTES);
-      rs_ldmatrix<2 * RT>(x, buf_address + x_at[s]);
+      rs_ldmatrix<2 * RT>(x, xbuf_address + x_at[s]);
       const float fa = rs_half_to_float(sa.h[s]), fc = rs_half_to_float(sc.h[s]);
 #pragma unroll
       for (int rt = 0; rt < RT; ++rt) {
@@ -685,31 +707,40 @@ RS_DEVICE int rs_mma_partial_key(int row) {
   return RT == 2 ? ((row >> 1) & 1) | (((row >> 2) & 1) << 3) : (row >> 2) & 1;
 }
 
-// Dynamic shared memory of q8_gemv_mma<RP, NR, MT, STAGES> (refspec.gpu.GemvConfig.shared_bytes says the same):
-// the warps' stage buffers, then the partial sums [32 lanes][16*MT][8*RT] of a tile's tree (BYTES: apart, as
-// the stage buffers already hold the next tile's first rounds while the tree runs). A launch whose blocks take
-// one tile each needs only ONE_TILE: its partial sums reuse the drained stage buffers.
-template <int RP, int NR, int MT, int STAGES>
+// Dynamic shared memory of q8_gemv_mma<RP, NR, MT, STAGES, RES> (refspec.gpu.GemvConfig.shared_bytes says the
+// same): the warps' stage buffers, with RES each warp's activation slots for the `rounds` rounds of a tile
+// (pipe), then the partial sums [32 lanes][16*MT][8*RT] of a tile's tree (bytes: apart, as the stage buffers
+// already hold the next tile's first rounds while the tree runs). A launch whose blocks take one tile each
+// needs only one_tile: its partial sums reuse the drained buffers.
+template <int RP, int NR, int MT, int STAGES, bool RES = false>
 struct RsMmaShared {
+  using Stage = RsMmaStage<RS_LANES / NR, MT, RP, RES>;
   static constexpr int RT = (RP + 7) / 8;
-  static constexpr int PIPE = NR * STAGES * RsMmaStage<RS_LANES / NR, MT, RP>::BYTES;
   static constexpr int PARTIAL = RS_LANES * RS_MMA_ROWS * MT * 8 * RT * 4;
-  static constexpr int BYTES = PIPE + PARTIAL;
-  static constexpr int ONE_TILE = PIPE > PARTIAL ? PIPE : PARTIAL;
+  static constexpr __host__ __device__ int pipe(int rounds) {
+    return NR * STAGES * Stage::BYTES + (RES ? NR * rounds * Stage::X_BYTES : 0);
+  }
+  static constexpr __host__ __device__ int bytes(int rounds) { return pipe(rounds) + PARTIAL; }
+  static constexpr __host__ __device__ int one_tile(int rounds) { return pipe(rounds) > PARTIAL ? pipe(rounds) : PARTIAL; }
 };
 
+// RES (activations resident): a warp keeps the activations of every round of a tile in slots of its own, copied
+// with the block's first tile and read from there by its later tiles, which copy only weights (each warp reads
+// only its own blocks of the activations, the same in every tile). For blocks that stream many tiles: the copies
+// of the activations, R/16/MT of the weights' bytes a tile, go through the L2 cache once a block, not once a tile.
 // Grid: any number of blocks of 32*NR threads; block b takes tiles b, b + gridDim.x, ... of 16*MT weight rows
 // (the backend gives one block a tile, or, for matrices of many tiles, as many blocks as fit on the GPU at
-// once). rows <= RP <= 16; RsMmaShared<...>::BYTES of dynamic shared memory, or ONE_TILE with a block for each
-// tile. Needs K % 64 == 0, 16-byte aligned wq and xq and 4-byte aligned wd (the wrapper checks).
-template <int RP, int NR, int MT, int STAGES>
+// once). rows <= RP <= 16; RsMmaShared<...>::bytes(rounds) of dynamic shared memory, or one_tile(rounds) with a
+// block for each tile. Needs K % 64 == 0, 16-byte aligned wq and xq and 4-byte aligned wd (the wrapper checks).
+template <int RP, int NR, int MT, int STAGES, bool RES = false>
 __global__ void __launch_bounds__(RS_LANES * NR, NR == 8 && MT == 1 ? 2 : 1)  // 8 warps: up to 128 registers (it spilled at 80)
 q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict__ wd,
             const signed char* __restrict__ xq, const unsigned short* __restrict__ xd,
             float* __restrict__ y, int n, int k, int rows, const float* base) {
   constexpr int RT = (RP + 7) / 8;     // tiles of 8 activation rows
   constexpr int LPW = RS_LANES / NR;   // spec lanes per warp
-  using Stage = RsMmaStage<LPW, MT, RP>;
+  using Shared = RsMmaShared<RP, NR, MT, STAGES, RES>;
+  using Stage = typename Shared::Stage;
   extern __shared__ int4 rs_mma_shared[];
   const int nb = k / RS_QK;
   const int rounds = (nb + RS_LANES - 1) / RS_LANES;
@@ -721,7 +752,12 @@ q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict
   const int total = first < tiles ? ((tiles - 1 - first) / blocks + 1) * rounds : 0;  // the block's rounds
   unsigned char* const pipe = reinterpret_cast<unsigned char*>(rs_mma_shared) + warp * STAGES * Stage::BYTES;
   const unsigned pipe_address = (unsigned)__cvta_generic_to_shared(pipe);
-  RsMmaCopier<LPW, MT, RP> copier(wq, wd, xq, xd, (long long)first * Stage::ROWS, n, rows, k, nb, warp * LPW, lane);
+  // RES: this warp's activation slots, after every warp's stage buffers
+  unsigned char* const x_slots = reinterpret_cast<unsigned char*>(rs_mma_shared) + NR * STAGES * Stage::BYTES +
+                                 warp * rounds * Stage::X_BYTES;
+  const unsigned x_slots_address = (unsigned)__cvta_generic_to_shared(x_slots);
+  RsMmaCopier<LPW, MT, RP, RES> copier(wq, wd, xq, xd, (long long)first * Stage::ROWS, n, rows, k, nb, warp * LPW,
+                                       lane, x_slots_address);
   copier.template first_weights<STAGES>(pipe_address, total, wq, wd, stride, n, k, nb, rounds, lane);
   rs_kernel_begin();
   copier.template first_activations<STAGES>(pipe_address, total, nb, rounds);
@@ -749,7 +785,7 @@ q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict
   const unsigned a_row = (unsigned)((j8 + 8 * (m8 % 2)) * Stage::ROW_BYTES);  // + tile m's 16 rows
   const unsigned a_key = (unsigned)(16 * (Stage::key(j8 + 8 * (m8 % 2)) ^ (m8 / 2)));
   const int x_r = (RT == 2 ? 8 * (m8 / 2) : 0) + j8 < rows ? (RT == 2 ? 8 * (m8 / 2) : 0) + j8 : rows - 1;
-  const unsigned x_row = (unsigned)(Stage::ACT + x_r * Stage::ROW_BYTES);
+  const unsigned x_row = (unsigned)(Stage::XOFF + x_r * Stage::ROW_BYTES);
   const unsigned x_key = (unsigned)(16 * (Stage::key(x_r) ^ (m8 % 2)));
   unsigned a_at[LPW], x_at[LPW];  // this lane's ldmatrix offsets of block s in a stage buffer, worked out once
 #pragma unroll
@@ -770,7 +806,7 @@ q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict
   const int key_g = rs_mma_partial_key<RT>(g);  // the partial sums' swizzle for rows g and g + 8 of each tile
   // the partial sums: after the stage buffers, or in them where each block has one tile (drained by then)
   float(*partial)[RS_MMA_ROWS * MT][8 * RT] = reinterpret_cast<float(*)[RS_MMA_ROWS * MT][8 * RT]>(
-      reinterpret_cast<unsigned char*>(rs_mma_shared) + (blocks >= tiles ? 0 : NR * STAGES * Stage::BYTES));
+      reinterpret_cast<unsigned char*>(rs_mma_shared) + (blocks >= tiles ? 0 : Shared::pipe(rounds)));
 
   long long n0 = (long long)first * Stage::ROWS;  // the tile computed now (its first weight row)
   int use = 0, fill = STAGES - 1;  // the buffers of the round computed now and of the next request
@@ -784,13 +820,17 @@ q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict
     const int b0 = i * RS_LANES + warp * LPW;
     const unsigned char* const buf = pipe + use * Stage::BYTES;
     const unsigned buf_address = pipe_address + use * Stage::BYTES;
+    const unsigned char* const xbuf = RES ? x_slots + i * Stage::X_BYTES : buf;  // the round's activations
+    const unsigned xbuf_address = RES ? x_slots_address + i * Stage::X_BYTES : buf_address;
     use = use + 1 == STAGES ? 0 : use + 1;
     // a round whose blocks all exist (every round of rows of whole rounds) runs without a test per block, so
     // that the compiler can overlap the blocks' loads, mma and adds
     if (b0 + LPW <= nb) {
-      rs_mma_round<LPW, MT, RT, ODD, false, Stage>(acc, buf, buf_address, a_at, x_at, c0, c1, bias, g, b0, nb);
+      rs_mma_round<LPW, MT, RT, ODD, false, Stage>(acc, buf, buf_address, xbuf, xbuf_address, a_at, x_at, c0, c1,
+                                                   bias, g, b0, nb);
     } else {
-      rs_mma_round<LPW, MT, RT, ODD, true, Stage>(acc, buf, buf_address, a_at, x_at, c0, c1, bias, g, b0, nb);
+      rs_mma_round<LPW, MT, RT, ODD, true, Stage>(acc, buf, buf_address, xbuf, xbuf_address, a_at, x_at, c0, c1,
+                                                  bias, g, b0, nb);
     }
     __syncwarp();  // every lane has read the buffer the next round's request overwrites
     if (++i < rounds) continue;

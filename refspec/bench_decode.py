@@ -78,6 +78,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-short-rows", action="store_true",
                    help="GPU: one-row GEMVs over rows of 3072-5120 values with one round of weight loads in "
                         "flight, instead of 2-3 where the grid fits the GPU (NVIDIA; same bits), to compare")
+    p.add_argument("--no-resident", action="store_true",
+                   help="GPU: tensor-core GEMVs whose thread blocks take several tiles copy the activations with "
+                        "every tile, instead of once a block (NVIDIA sm_80+; same bits), to compare")
     p.add_argument("--mma-min-rows", type=int, default=None, metavar="R",
                    help="GPU: GEMVs of R or more rows on integer tensor cores (NVIDIA sm_80+; same bits)")
     p.add_argument("--mma-min-weights", type=int, default=None, metavar="W",
@@ -116,6 +119,8 @@ def run(args) -> int:
         backend.overlap = False
     if args.no_short_rows and backend.name == "gpu":
         backend.short_rows = False
+    if args.no_resident and backend.name == "gpu":
+        backend.resident_activations = False
     tf = Transformer(model, backend, graphs=False if args.no_graphs else None)
     if args.no_conditional and tf.graphs is not None:
         tf.graphs.conditional = None
@@ -157,6 +162,7 @@ def run(args) -> int:
         "conditional_node": (None if tf.graphs is None or tf.graphs.conditional is None  # chained verify passes
                              else "switch" if tf.graphs.conditional.switch else "if"),
         "short_rows": bool(getattr(backend, "short_rows", False)),
+        "resident_activations": bool(getattr(backend, "resident_activations", False)),
         "greedy": greedy,
         "speculative": copy,
         "device": device,

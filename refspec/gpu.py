@@ -21,7 +21,7 @@ import os
 import pathlib
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -65,18 +65,20 @@ class GemvConfig:
     ceil(R / SPLIT) activation rows), OCC thread blocks per multiprocessor asked of the CUDA compiler, and
     for q8_gemv DEPTH rounds of weight blocks each lane has in flight.
     For q8_gemv_mma the three numbers are NR warps per thread block, SPLIT tiles of 16 weight rows per thread
-    block (MT) and OCC rounds of weights in flight per warp (STAGES)."""
+    block (MT) and OCC rounds of weights in flight per warp (STAGES), and `resident` keeps each warp's
+    activations of a tile in shared memory for the block's later tiles (RES)."""
 
     kernel: str
     nr: int
     split: int = 1
     occ: int = 1
     depth: int = 1  # q8_gemv: rounds of weight blocks a lane has in flight
+    resident: bool = False  # q8_gemv_mma: the activations copied once a block, not once a tile
 
     def name(self, rows: int) -> str:
         """The template instance for `rows` rows."""
         rp = rows if self.kernel == "q8_gemv_mma" else -(-rows // self.split)
-        more = f", {self.depth}" if self.depth != 1 else ""
+        more = f", {self.depth}" if self.depth != 1 else ", true" if self.resident else ""
         return f"{self.kernel}<{rp}, {self.nr}, {self.split}, {self.occ}{more}>"
 
     def threads(self) -> int:
@@ -92,15 +94,24 @@ class GemvConfig:
         as it copies the scales of two blocks at once."""
         return self.kernel != "q8_gemv_mma" or k % (2 * QK8_0) == 0
 
-    def shared_bytes(self, rows: int, one_tile: bool = False) -> int:
-        """Dynamic shared memory of one thread block (kernels_raw/q8_gemv.hip's RsMmaShared: the warps' stage
-        buffers, then the partial sums of a tile's tree; with one_tile, for blocks of one tile each, the
-        larger of the two); the other kernels use none."""
+    def shared_bytes(self, rows: int, k: int, one_tile: bool = False) -> int:
+        """Dynamic shared memory of one thread block over rows of length k (kernels_raw/q8_gemv.hip's
+        RsMmaShared: the warps' stage buffers, and with `resident` their activation slots, a round of a tile
+        each; then the partial sums of a tile's tree; with one_tile, for blocks of one tile each, the larger of
+        the two); the other kernels use none."""
         if self.kernel != "q8_gemv_mma":
             return 0
         lanes_per_warp, tile_rows = 32 // self.nr, GEMV_MMA_ROWS * self.split
         row_bytes = lanes_per_warp * QK8_0 + lanes_per_warp * 2  # a row's quants and scales, weights or activations
-        pipe = self.nr * self.occ * (-(-(tile_rows + rows) * row_bytes // 128) * 128)  # buffers start on 128-byte lines
+
+        def lines(nbytes: int) -> int:  # buffers start on 128-byte lines
+            return -(-nbytes // 128) * 128
+
+        if self.resident:
+            rounds = -(-k // (QK8_0 * 32))
+            pipe = self.nr * (self.occ * lines(tile_rows * row_bytes) + rounds * lines(rows * row_bytes))
+        else:
+            pipe = self.nr * self.occ * lines((tile_rows + rows) * row_bytes)
         partial = 32 * tile_rows * 8 * -(-rows // 8) * 4
         return max(pipe, partial) if one_tile else pipe + partial
 
@@ -155,6 +166,14 @@ GEMV_SHORT_ROWS_K = (3 * 32 * QK8_0, 5 * 32 * QK8_0)  # (fewer rounds than 3 hav
 # pass of 12 / 16 rows took 4.09 / 4.16 ms against 3.64 / 3.68 with them (3.78 / 3.85 on (8, 1, 2)).
 GEMV_MMA = GemvConfig("q8_gemv_mma", 8, 1, 3)
 GEMV_MMA_TALL = GemvConfig("q8_gemv_mma", 8, 2, 2)
+# GEMV_MMA's blocks that stream two tiles or more keep each warp's activations of a tile in shared memory for
+# their later tiles (GemvConfig.resident), where those slots cost no block a multiprocessor: the activations'
+# copies then go through the L2 cache once a block instead of once a tile. A small gain at 8 rows, H200,
+# 2026-12-02, us (tests/results/gemv_resident_h200.json): 6144x4096 9.51 -> 9.20, 14336x4096 19.47 -> 19.21,
+# 152064x3584 145.97 -> 144.53, 128256x4096 139.69 -> 138.59, 28672x4096 35.26 -> 35.10; the llama-8b pass of 8 rows
+# 3.155 / 3.158 -> 3.136 / 3.127 ms in turn. Not for the tall tiles: at 16 rows 152064x3584 took 178.1 -> 186.3,
+# 128256x4096 173.0 -> 174.1.
+GEMV_MMA_RESIDENT = GemvConfig("q8_gemv_mma", 8, 1, 3, resident=True)
 GEMV_MMA_STREAM_WAVES = 2
 GEMV_MMA_MIN_ROWS = 8
 # ... and of at least this many weights: on smaller matrices the dp4a GEMV is the faster at 8-16 rows on the
@@ -165,6 +184,7 @@ GEMV_MMA_MIN_WEIGHTS = 4 * 1024 * 1024
 # The tensor-core mappings `refspec bench gemv --mma` and --variants time beside the production GEMV.
 GEMV_MMA_VARIANTS = [GemvConfig("q8_gemv_mma", nr, mt, stages)
                      for nr, mt, stages in ((8, 1, 3), (8, 1, 2), (8, 1, 4), (4, 1, 3), (8, 2, 2), (16, 1, 3))]
+GEMV_MMA_VARIANTS += [GEMV_MMA_RESIDENT, replace(GEMV_MMA_TALL, resident=True)]
 
 
 def gemv_mma(rows: int) -> GemvConfig:
@@ -181,7 +201,7 @@ def production_gemv_names(cuda: bool, mma_min_rows: int | None) -> list[str]:
         names += [c.name(1) for c in GEMV_SHORT_ROWS.values()]
         if mma_min_rows is not None:
             names += [c.name(r) for r in range(mma_min_rows, GEMV_MAX_ROWS + 1)
-                      for c in dict.fromkeys((gemv_mma(r), GEMV_MMA))]
+                      for c in dict.fromkeys((gemv_mma(r), GEMV_MMA, GEMV_MMA_RESIDENT))]
     return names
 
 
@@ -330,7 +350,8 @@ class GpuBackend:
     NGRAM_MAX_N = NGRAM_MAX_N  # the longest n-gram kernels_raw/ngram.hip drafts from (refspec.speculative)
 
     def __init__(self, poison: int | None = None, mma_min_rows: int | None = GEMV_MMA_MIN_ROWS,
-                 overlap: bool | None = None, mma_min_weights: int = GEMV_MMA_MIN_WEIGHTS, short_rows: bool = True):
+                 overlap: bool | None = None, mma_min_weights: int = GEMV_MMA_MIN_WEIGHTS, short_rows: bool = True,
+                 resident_activations: bool = True):
         if mma_min_rows is not None:
             mma_min_rows = checks.integer("mma_min_rows", mma_min_rows, 1, GEMV_MAX_ROWS)
         mma_min_weights = checks.integer("mma_min_weights", mma_min_weights, 0)
@@ -350,6 +371,8 @@ class GpuBackend:
         self.mma_min_rows = mma_min_rows
         self.mma_min_weights = mma_min_weights  # ... of matrices of at least this many weights
         self.short_rows = bool(short_rows)  # one-row GEMVs of short rows may take GEMV_SHORT_ROWS (False: to compare)
+        # tensor-core GEMVs whose blocks stream tiles keep their activations resident (False: to compare)
+        self.resident_activations = bool(resident_activations)
         self._modules: dict[tuple, object] = {}
         self._functions: dict[tuple, object] = {}
         self._gemv_groups: dict[str, tuple[str, ...]] = {}
@@ -760,7 +783,7 @@ class GpuBackend:
         row of a short one, else GEMV_CONFIGS[rows]."""
         if (self.mma_min_rows is not None and rows >= self.mma_min_rows and n * k >= self.mma_min_weights
                 and self.mma_available and GEMV_MMA.takes(k)):
-            return self._mma_config(rows, n)
+            return self._mma_config(rows, n, k)
         if (rows == 1 and GEMV_SHORT_ROWS_K[0] <= k <= GEMV_SHORT_ROWS_K[1] and self.platform == "cuda"
                 and self.short_rows):
             usual, blocks = GEMV_CONFIGS[1], self._blocks(n, GEMV_CONFIGS[1].weight_rows_per_block())
@@ -773,15 +796,25 @@ class GpuBackend:
             return GEMV_FEW_BLOCKS[rows]
         return GEMV_CONFIGS[rows]
 
-    def _mma_config(self, rows: int, n: int) -> GemvConfig:
+    def _mma_config(self, rows: int, n: int, k: int) -> GemvConfig:
         """gemv_mma(rows), except for 9-16 rows of a matrix whose tall tiles are more than the GPU holds at once
-        and at most GEMV_MMA_STREAM_WAVES times that (see GEMV_MMA_TALL): GEMV_MMA."""
+        and at most GEMV_MMA_STREAM_WAVES times that (see GEMV_MMA_TALL): GEMV_MMA. Then GEMV_MMA, where its
+        blocks take two tiles or more (_mma_grid), with its activations resident (GEMV_MMA_RESIDENT), if their
+        slots fit without costing a block a multiprocessor."""
         config = gemv_mma(rows)
-        if config != GEMV_MMA_TALL:
-            return config
         tiles = self._blocks(n, config.weight_rows_per_block())
-        _, _, wave, _ = self._mma_capacity(self._gemv_function(config, rows), config, rows)
-        return GEMV_MMA if wave < tiles <= GEMV_MMA_STREAM_WAVES * wave else config
+        _, _, wave, slots = self._mma_capacity(self._gemv_function(config, rows), config, rows, k)
+        if config == GEMV_MMA_TALL and wave < tiles <= GEMV_MMA_STREAM_WAVES * wave:
+            config = GEMV_MMA
+            tiles = self._blocks(n, config.weight_rows_per_block())
+            _, _, wave, slots = self._mma_capacity(self._gemv_function(config, rows), config, rows, k)
+        if config != GEMV_MMA or not self.resident_activations or tiles <= wave or slots != wave:
+            return config  # (a block a tile: nothing to keep)
+        resident = GEMV_MMA_RESIDENT
+        kernel = self._gemv_function(resident, rows)
+        if resident.shared_bytes(rows, k) > kernel.shared_limit():
+            return config
+        return resident if self._mma_capacity(kernel, resident, rows, k)[3] == slots else config
 
     def q8_gemv_add(self, x, w: GpuQ8, xq, xd):
         """x + w @ (xq, xd): the residual add in the GEMV's epilogue."""
@@ -815,31 +848,31 @@ class GpuBackend:
         kernel = self._gemv_function(config, rows)
         shared = 0  # only q8_gemv_mma has dynamic shared memory (_mma_grid opts in to what it picks)
         if config.kernel == "q8_gemv_mma":
-            blocks, shared = self._mma_grid(kernel, config, rows, blocks, max_blocks)
+            blocks, shared = self._mma_grid(kernel, config, rows, k, blocks, max_blocks)
         args = (w.q, w.d, xq, xd, y, np.int32(n), np.int32(k), np.int32(rows), 0 if base is None else base)
         if config.kernel != "q8_gemv_mma":  # (the tensor-core GEMV computes every row)
             args += (self._live_arg(),)
         kernel((blocks,), (config.threads(),), args, shared_mem=shared)
 
-    def _mma_grid(self, kernel, config: GemvConfig, rows: int, tiles: int, max_blocks: int | None):
+    def _mma_grid(self, kernel, config: GemvConfig, rows: int, k: int, tiles: int, max_blocks: int | None):
         """q8_gemv_mma's blocks and shared memory: a block for each tile where the GPU holds them all at once;
         else, where the tree's own memory costs no block a multiprocessor, blocks that each stream their
         tiles' weights without a gap: as many as the GPU holds for more tiles than GEMV_MMA_STREAM_WAVES times
         that, else half as many as the tiles, two each (at most max_blocks, with which the tests give a block
         many tiles). Two tiles a block instead of a second wave of blocks: 6144 x 4096 at 8 rows (384 tiles,
         264 blocks at once) 10.85 -> 9.49 us (H200, 2026-12-02)."""
-        one_tile, streamed, wave, slots = self._mma_capacity(kernel, config, rows)
+        one_tile, streamed, wave, slots = self._mma_capacity(kernel, config, rows, k)
         if max_blocks is not None and max_blocks < tiles:
             return min(max_blocks, slots), streamed
         if tiles > wave and slots == wave:
             return (slots if tiles > GEMV_MMA_STREAM_WAVES * slots else -(-tiles // GEMV_MMA_STREAM_WAVES)), streamed
         return tiles, one_tile
 
-    def _mma_capacity(self, kernel, config: GemvConfig, rows: int) -> tuple[int, int, int, int]:
+    def _mma_capacity(self, kernel, config: GemvConfig, rows: int, k: int) -> tuple[int, int, int, int]:
         """q8_gemv_mma's dynamic shared memory for blocks of one tile and for blocks that stream, both opted in
         (first: the occupancy the driver reports, which the kernel keeps, depends on the opt-in), and how many
         blocks of each the GPU holds at once."""
-        one_tile, streamed = config.shared_bytes(rows, one_tile=True), config.shared_bytes(rows)
+        one_tile, streamed = config.shared_bytes(rows, k, one_tile=True), config.shared_bytes(rows, k)
         for nbytes in (one_tile, streamed):
             kernel.allow_shared(nbytes)
         threads, sms = config.threads(), self._multiprocessors

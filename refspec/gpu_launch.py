@@ -146,6 +146,11 @@ class Kernel:
             self._resident[key] = max(1, count.value)
         return self._resident[key]
 
+    def shared_limit(self) -> int:
+        """The most dynamic shared memory a launch of this kernel may opt in to on this GPU."""
+        limit = self.backend.cp.cuda.Device().attributes.get("MaxSharedMemoryPerBlockOptin", 48 * 1024)
+        return limit - self.static_shared
+
     def allow_shared(self, nbytes: int) -> None:
         """Let launches ask for `nbytes` of dynamic shared memory (above 48 KiB a kernel must opt in). Such a
         kernel also asks for the most shared memory a multiprocessor can give (a carveout of 100 %), so that
@@ -153,10 +158,9 @@ class Kernel:
         if nbytes <= self.shared_allowed:
             return
         cp = self.backend.cp
-        limit = cp.cuda.Device().attributes.get("MaxSharedMemoryPerBlockOptin", 48 * 1024)
-        if nbytes + self.static_shared > limit:
+        if nbytes > self.shared_limit():
             raise DeviceError(f"a kernel needs {nbytes} + {self.static_shared} bytes of shared memory; this GPU "
-                              f"grants {limit}")
+                              f"grants {self.shared_limit() + self.static_shared}")
         cp.cuda.driver.funcSetAttribute(self.fn.ptr, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, nbytes)
         cp.cuda.driver.funcSetAttribute(self.fn.ptr, CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100)
         self.shared_allowed = nbytes

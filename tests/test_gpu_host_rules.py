@@ -1,59 +1,101 @@
-"""The tensor-core GEMV's host-side rules (GpuBackend._mma_config, _mma_grid) with a stand-in kernel, on any
+"""The tensor-core GEMV's host-side rules (GpuBackend._mma_config, _mma_grid) with stand-in kernels, on any
 machine: which mapping a row count and matrix take, and how many blocks a launch gets."""
+from dataclasses import replace
+
 import pytest
 
-from refspec.gpu import GEMV_MMA, GEMV_MMA_STREAM_WAVES, GEMV_MMA_TALL, GpuBackend
+from refspec.gpu import GEMV_MMA, GEMV_MMA_RESIDENT, GEMV_MMA_STREAM_WAVES, GEMV_MMA_TALL, GpuBackend
 
 SMS = 132
+SM_SHARED, BLOCK_SHARED = 228 * 1024, 227 * 1024  # an sm_90 multiprocessor's shared memory; a block's most
+RESIDENT_MMA, RESIDENT_TALL = GEMV_MMA_RESIDENT, replace(GEMV_MMA_TALL, resident=True)
 
 
 class StandInKernel:
-    """resident_blocks answers `fit` blocks a multiprocessor for one-tile shared memory, `streamed_fit` for the
-    streaming size (the larger); it records the calls, and refuses an occupancy question before the opt-in."""
+    """An occupancy calculator's answers as on sm_90: `fit` blocks a multiprocessor by their registers, fewer where
+    their shared memory (and 1 KiB each that the GPU keeps) does not fit 228 KiB. It records the calls, and
+    refuses an occupancy question before the opt-in and an opt-in past 227 KiB."""
 
-    def __init__(self, fit: int, streamed_fit: int | None = None):
-        self.fit, self.streamed_fit, self.allowed, self.calls = fit, streamed_fit or fit, 0, []
+    def __init__(self, fit: int):
+        self.fit, self.allowed, self.calls = fit, 48 * 1024, []
+
+    def shared_limit(self):
+        return BLOCK_SHARED
 
     def allow_shared(self, nbytes):
+        assert nbytes <= BLOCK_SHARED, "an opt-in past what a block may have"
         self.calls.append(("allow", nbytes))
         self.allowed = max(self.allowed, nbytes)
 
     def resident_blocks(self, threads, shared):
         self.calls.append(("resident", shared))
-        assert shared <= self.allowed or shared <= 48 * 1024, "occupancy asked before the opt-in"
-        return self.fit if shared == min(s for op, s in self.calls if op == "allow") else self.streamed_fit
+        assert shared <= self.allowed, "occupancy asked before the opt-in"
+        return max(1, min(self.fit, SM_SHARED // (shared + 1024)))
 
 
-def backend(kernel) -> GpuBackend:
+def backend(resident_activations: bool = True) -> GpuBackend:
+    """A GpuBackend of SMS multiprocessors whose GEMV kernels are stand-ins: the tall tiles' (236 registers) fit
+    once a multiprocessor, the others twice."""
+    kernels = {}
     be = object.__new__(GpuBackend)
     be._multiprocessors = SMS
-    be._gemv_function = lambda config, rows: kernel
+    be.resident_activations = resident_activations
+    be._gemv_function = lambda config, rows: kernels.setdefault(config, StandInKernel(fit=1 if config.split == 2 else 2))
+    be.kernels = kernels
     return be
 
 
 @pytest.mark.parametrize("rows", range(1, 17))
 def test_mma_config_takes_tall_tiles_where_they_fit_at_once_or_stream(rows):
-    kernel = StandInKernel(fit=1)
-    be = backend(kernel)
+    be = backend(resident_activations=False)
     tall = 2 * 16  # weight rows of a tall tile
     for tiles, expected in ((1, GEMV_MMA_TALL), (SMS, GEMV_MMA_TALL), (SMS + 1, GEMV_MMA),
                             (GEMV_MMA_STREAM_WAVES * SMS, GEMV_MMA), (GEMV_MMA_STREAM_WAVES * SMS + 1, GEMV_MMA_TALL)):
-        got = be._mma_config(rows, tiles * tall)
+        got = be._mma_config(rows, tiles * tall, 4096)
         assert got == (GEMV_MMA if rows <= 8 else expected), (rows, tiles)
-    if rows > 8:
-        assert kernel.calls[0] == ("allow", GEMV_MMA_TALL.shared_bytes(rows, one_tile=True))
+    for kernel in be.kernels.values():  # every occupancy question after its opt-in (the stand-in checks)
+        assert kernel.calls[0][0] == "allow"
+
+
+@pytest.mark.parametrize("rows, n, k, expected", [
+    (8, 4096, 4096, GEMV_MMA),  # 256 tiles, one wave of blocks (264): a block a tile, nothing to keep
+    (8, 6144, 4096, RESIDENT_MMA),  # 384 tiles: two a block
+    (8, 28672, 4096, RESIDENT_MMA),  # 1792 tiles streamed by 264 blocks
+    (8, 152064, 3584, RESIDENT_MMA),
+    (8, 28672, 14336, GEMV_MMA),  # 14 rounds of slots: a block a multiprocessor instead of two
+    (16, 152064, 3584, GEMV_MMA_TALL),  # tall tiles stream, but keep copying (they measured slower resident)
+    (16, 6144, 4096, GEMV_MMA),  # 1-2 waves of tall tiles take GEMV_MMA, whose blocks do not stream at 16 rows
+    (12, 4096, 4096, GEMV_MMA_TALL),  # 128 tall tiles: one wave
+])
+def test_mma_config_keeps_activations_resident_where_blocks_stream(rows, n, k, expected):
+    assert backend()._mma_config(rows, n, k) == expected
+    assert backend(resident_activations=False)._mma_config(rows, n, k) == replace(expected, resident=False)
+    assert RESIDENT_MMA == replace(GEMV_MMA, resident=True)
 
 
 def test_mma_grid_blocks():
-    be = backend(None)
-    rows, config = 8, GEMV_MMA
-    one_tile, streamed = config.shared_bytes(rows, one_tile=True), config.shared_bytes(rows)
+    be = backend()
+    rows, k, config = 8, 4096, GEMV_MMA
+    one_tile, streamed = config.shared_bytes(rows, k, one_tile=True), config.shared_bytes(rows, k)
     both = StandInKernel(fit=2)  # the streaming size fits as often as a tile's: blocks may stream
-    assert be._mma_grid(both, config, rows, 2 * SMS, None) == (2 * SMS, one_tile)  # one wave: a block a tile
-    assert be._mma_grid(both, config, rows, 384, None) == (192, streamed)  # 1-2 waves: two tiles a block
-    assert be._mma_grid(both, config, rows, 2 * SMS + 1, None) == (SMS + 1, streamed)
-    assert be._mma_grid(both, config, rows, 4 * SMS, None) == (2 * SMS, streamed)  # 2 waves exactly
-    assert be._mma_grid(both, config, rows, 4 * SMS + 1, None) == (2 * SMS, streamed)  # more: as many as fit
-    assert be._mma_grid(both, config, rows, 5, 3) == (3, streamed)  # the tests' cap
-    fewer = StandInKernel(fit=2, streamed_fit=1)  # streaming would cost a block a multiprocessor: never
-    assert be._mma_grid(fewer, config, rows, 10 * SMS, None) == (10 * SMS, one_tile)
+    assert be._mma_grid(both, config, rows, k, 2 * SMS, None) == (2 * SMS, one_tile)  # one wave: a block a tile
+    assert be._mma_grid(both, config, rows, k, 384, None) == (192, streamed)  # 1-2 waves: two tiles a block
+    assert be._mma_grid(both, config, rows, k, 2 * SMS + 1, None) == (SMS + 1, streamed)
+    assert be._mma_grid(both, config, rows, k, 4 * SMS, None) == (2 * SMS, streamed)  # 2 waves exactly
+    assert be._mma_grid(both, config, rows, k, 4 * SMS + 1, None) == (2 * SMS, streamed)  # more: as many as fit
+    assert be._mma_grid(both, config, rows, k, 5, 3) == (3, streamed)  # the tests' cap
+    resident = RESIDENT_MMA.shared_bytes(rows, k)
+    assert be._mma_grid(StandInKernel(fit=2), RESIDENT_MMA, rows, k, 4 * SMS + 1, None) == (2 * SMS, resident)
+    rows = 16  # GEMV_MMA at 16 rows: streaming would cost a block a multiprocessor: never
+    one_tile = config.shared_bytes(rows, k, one_tile=True)
+    assert be._mma_grid(StandInKernel(fit=2), config, rows, k, 10 * SMS, None) == (10 * SMS, one_tile)
+
+
+def test_resident_shared_bytes():
+    """The slots: a 128-byte line-aligned round of R activation rows (LPW blocks of quants and scales) for each
+    of a tile's rounds, a warp each, beside stage buffers of weights only."""
+    assert GEMV_MMA.shared_bytes(8, 4096) == 8 * 3 * 3328 + 16384
+    assert RESIDENT_MMA.shared_bytes(8, 4096) == 8 * (3 * 2176 + 4 * 1152) + 16384
+    assert RESIDENT_MMA.shared_bytes(8, 4160) == 8 * (3 * 2176 + 5 * 1152) + 16384  # a partial last round
+    assert RESIDENT_TALL.shared_bytes(16, 3584) == 8 * (2 * 4352 + 4 * 2176) + 65536
+    assert RESIDENT_TALL.shared_bytes(16, 3584, one_tile=True) == 8 * (2 * 4352 + 4 * 2176)

@@ -103,19 +103,22 @@ VARIANTS += GEMV_MMA_VARIANTS  # tensor cores: skipped without
 
 
 @pytest.mark.parametrize("rows", [1, 2, 5, 8, 9, 13, 16])
-@pytest.mark.parametrize("config", VARIANTS, ids=lambda c: f"{c.kernel}-{c.nr}-{c.split}-{c.occ}-{c.depth}")
+@pytest.mark.parametrize("config", VARIANTS,
+                         ids=lambda c: f"{c.kernel}-{c.nr}-{c.split}-{c.occ}-{c.depth}" + ("-res" if c.resident else ""))
 @settings(max_examples=4)
 @given(data=st.data())
 def test_every_gemv_variant_equals_spec(be, rows, config, data):
     """Every mapping `refspec bench gemv --variants` can pick gives the spec's bits, not only the production
     ones: SPLIT groups sharing weight rows (with a last group of fewer rows), staged activations, OCC, DEPTH
-    rounds of weights in flight (rows of fewer blocks than DEPTH rounds of the lanes, and of a part of one)."""
+    rounds of weights in flight (rows of fewer blocks than DEPTH rounds of the lanes, and of a part of one),
+    and the tensor-core GEMV's resident activations (blocks of 1 or 3 tiles: the later tiles read them)."""
     mma = config.kernel == "q8_gemv_mma"  # its SPLIT is tiles of weight rows, and K a multiple of 64
     if (config.split > rows and not mma) or (mma and not be.mma_available):
         return
     rng = rng_from(data)
     n = data.draw(st.integers(1, 200), label="n")
-    k = data.draw(st.integers(1, 150), label="blocks") * QK8_0 * (2 if mma else 1)
+    # (resident activations: rows of up to 5 rounds of the lanes, which every such mapping's slots fit)
+    k = data.draw(st.integers(1, 80 if config.resident else 150), label="blocks") * QK8_0 * (2 if mma else 1)
     w = random_q8(rng, n, k)
     xq, xd = spec.quantize_q8_0(floats(rng, (rows, k), "normal"))
     y = be._empty((rows, n))

@@ -169,16 +169,19 @@ def test_which_row_lengths_each_gemv_takes():
 
 def test_mma_shared_memory_sizes_agree(tmp_path):
     """The dynamic shared memory the backend gives q8_gemv_mma (GemvConfig.shared_bytes, for blocks that stream
-    many tiles or one) is what the kernel uses (RsMmaShared<...>::BYTES, ONE_TILE): a host program built by
-    nvcc prints the kernel's numbers for every tensor-core mapping and row count, without a GPU. Too little
-    would let the kernel write past its memory."""
+    many tiles or one) is what the kernel uses (RsMmaShared<...>::bytes, one_tile): a host program built by
+    nvcc prints the kernel's numbers for every tensor-core mapping, row count and (resident activations) rows
+    of 1-5 rounds, without a GPU. Too little would let the kernel write past its memory."""
     nvcc = tool("nvcc")
     mma = (c for r in (1, 16) for c in gemv_variants(r) if c.kernel == "q8_gemv_mma")
     configs = sorted({GEMV_MMA, GEMV_MMA_TALL, *mma}, key=str)
-    cases = [(c, rows) for c in configs for rows in range(1, GEMV_MAX_ROWS + 1)]
+    cases = [(c, rows, k) for c in configs for rows in range(1, GEMV_MAX_ROWS + 1)
+             for k in ((64, 1024, 1088, 3584, 5120) if c.resident else (4096,))]
     lines = ['#include <cstdio>', '#include "q8_gemv.hip"', "int main() {"]
-    lines += [f'  std::printf("%d %d\\n", RsMmaShared<{rows}, {c.nr}, {c.split}, {c.occ}>::BYTES, '
-              f'RsMmaShared<{rows}, {c.nr}, {c.split}, {c.occ}>::ONE_TILE);' for c, rows in cases]
+    for c, rows, k in cases:
+        shared = f"RsMmaShared<{rows}, {c.nr}, {c.split}, {c.occ}, {str(c.resident).lower()}>"
+        rounds = -(-k // 1024)
+        lines.append(f'  std::printf("%d %d\\n", {shared}::bytes({rounds}), {shared}::one_tile({rounds}));')
     lines += ["  return 0;", "}"]
     src = tmp_path / "mma_shared.cu"
     src.write_text("\n".join(lines) + "\n")
@@ -186,8 +189,11 @@ def test_mma_shared_memory_sizes_agree(tmp_path):
     options = [o.replace("--std=", "-std=") for o in COMPILE_OPTIONS["cuda"]]
     run([nvcc, "-arch=sm_90", *options, "-I", str(kernel_dir()), "-o", str(exe), str(src)])
     printed = [int(v) for v in run([str(exe)]).split()]
-    assert printed == [v for c, rows in cases for v in (c.shared_bytes(rows), c.shared_bytes(rows, one_tile=True))]
-    assert max(printed) <= 227 * 1024  # what an sm_90 block may opt in to
+    assert printed == [v for c, rows, k in cases
+                       for v in (c.shared_bytes(rows, k), c.shared_bytes(rows, k, one_tile=True))]
+    assert any(c.resident for c, _, _ in cases) and any(not c.resident for c, _, _ in cases)
+    fixed = [v for (c, _, _), v in zip(cases, printed[::2]) if not c.resident]  # (resident: the backend checks)
+    assert max(fixed) <= 227 * 1024  # what an sm_90 block may opt in to
 
 
 # ---- the HIP square root (portable.h, rs_sqrt_round), checked here in NumPy: its result from any estimate
@@ -231,10 +237,11 @@ BEFORE_BEGIN = (
     r"RsWeightBlocks<NR> ring\[DEPTH\]",
     r"rs_gemv_first_blocks<NR, DEPTH>\(ring, wq, wd, row0, n, k\)",  # weights only
     r"constexpr int \w+ = [^\[\]]+",
-    r"using Stage = RsMmaStage<LPW, MT, RP>",
-    r"unsigned char\* const pipe = [^\[\]]+",
-    r"RsMmaCopier<LPW, MT, RP> copier\(wq, wd, xq, xd, [^\[\]]*\)",  # addresses only
-    r"const unsigned pipe_address = \(unsigned\)__cvta_generic_to_shared\(pipe\)",
+    r"using Shared = RsMmaShared<RP, NR, MT, STAGES, RES>",
+    r"using Stage = typename Shared::Stage",
+    r"unsigned char\* const (pipe|x_slots) = [^\[\]]+",
+    r"RsMmaCopier<LPW, MT, RP, RES> copier\(wq, wd, xq, xd, [^\[\]]*\)",  # addresses only
+    r"const unsigned (pipe|x_slots)_address = \(unsigned\)__cvta_generic_to_shared\((pipe|x_slots)\)",
     r"copier\.template first_weights<STAGES>\(pipe_address, total, wq, wd, [^\[\]]*\)",  # weights only
     r"const float\* (kc|vc) = (k|v)_cache \+ \(long long\)kv_head \* cache_len \* dim",
     r"rs_attention_prefetch\(kc, vc, pos, [^\[\]]*\)",

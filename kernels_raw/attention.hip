@@ -17,7 +17,7 @@
 // Before waiting for the kernel before it (rs_kernel_begin), a block asks the L2 cache for its share of the
 // keys and values of the positions before pos0: earlier passes wrote them, and phases 1 and 3 read them (a
 // hint only: pos0 is read again after the wait, and a prefetch reads no value). The phases:
-//   1. each group of 32 lanes takes positions t (RS_ATTN_KEYS(MAXD) at a time, their loads in flight
+//   1. each group of 32 lanes takes positions t (RS_ATTN_KEYS(MAXD, heads) at a time, their loads in flight
 //      together) and computes s_t with spec.lane_sum over d; max over t (exact in any order).
 //   2. the scores of the positions the row sees become e_t (phase 3 reads no other).
 //   3. items (chunk, column), each taken by 4 neighbouring threads (those of column 0 also sum the
@@ -57,8 +57,12 @@
 #define RS_ATTN_SHARED_POS 1024  // up to this many positions, e_t and the chunk sums stay in shared memory
 #define RS_ATTN_SHARED_PARTS ((RS_ATTN_SHARED_POS / RS_ATTN_CHUNK) * (RS_ATTN_MAX_DIM + 1))
 
-// Keys a group loads at once in phase 1: more for short heads, whose keys take few registers.
-#define RS_ATTN_KEYS(maxd) ((maxd) <= 64 ? 8 : (maxd) <= 128 ? 4 : 2)
+// Keys a group loads at once in phase 1: more for short heads, whose keys take few registers, and for one query
+// head a block (heads of 128 then take 112 registers at 8 keys; four heads spill at 5): 16 groups then read 128
+// positions in one round of loads. With the trees of the keys past the end skipped (rs_attention_scores), the
+// llama-8b pass at position 64 took 2.469 / 2.996 / 3.602 ms at 1 / 8 / 16 rows against 2.479 / 3.020 / 3.661
+// (H200, 2026-12-02, in turn in one device call; tests/results/attention_keys_h200.json).
+#define RS_ATTN_KEYS(maxd, hb) ((maxd) <= 64 || ((maxd) <= 128 && (hb) == 1) ? 8 : (maxd) <= 128 ? 4 : 2)
 #define RS_ATTN_HEADS 4  // query heads of one kv head that attention_scores and attention_values take together, at most
 
 // spec._tree on 32 lane values held by 4 neighbouring threads, 8 each (lanes 8*part + a, a = 0..7): lane
@@ -98,8 +102,9 @@ RS_DEVICE void rs_attention_prefetch(const float* kc, const float* vc, const int
 }
 
 // Phase 1 over positions t_begin .. t_end-1 for hb <= HB query heads that share their keys (head i's query at
-// q + i*dim): group g takes t_begin + g, then every groups-th position, RS_ATTN_KEYS(MAXD) keys at a time,
-// their loads in flight together, each key used for every head. Lane l holds q[l + 32j] in registers and the
+// q + i*dim): group g takes t_begin + g, then every groups-th position, RS_ATTN_KEYS(MAXD, HB) keys at a time,
+// their loads in flight together, each key used for every head (keys past t_end: loaded as the first, not
+// used). Lane l holds q[l + 32j] in registers and the
 // key's elements l + 32j, added in the spec's order. Head i's s_t goes to e[i*e_stride + t - e_base]; m[i]
 // becomes the group's max of head i's scores (-inf if it had none).
 template <int MAXD, int HB>
@@ -116,7 +121,7 @@ RS_DEVICE void rs_attention_scores(const float* __restrict__ q, int hb, const fl
       qreg[i][j] = i < hb && d < dim ? q[i * dim + d] : 0.0f;
     }
   }
-  constexpr int KEYS = RS_ATTN_KEYS(MAXD);
+  constexpr int KEYS = RS_ATTN_KEYS(MAXD, HB);
   for (int t0 = t_begin + rs_group(); t0 < t_end; t0 += KEYS * rs_groups()) {
     float kreg[KEYS][MAXD / RS_LANES];
 #pragma unroll
@@ -132,6 +137,7 @@ RS_DEVICE void rs_attention_scores(const float* __restrict__ q, int hb, const fl
 #pragma unroll
     for (int u = 0; u < KEYS; ++u) {
       const int t = t0 + u * rs_groups();
+      if (t >= t_end) break;  // the same for the whole group: the last keys of the last round may lie past the end
 #pragma unroll
       for (int i = 0; i < HB; ++i) {
         if (i < hb) {  // the same for the whole block
@@ -141,10 +147,8 @@ RS_DEVICE void rs_attention_scores(const float* __restrict__ q, int hb, const fl
             if (rs_lane() + RS_LANES * j < dim) acc = rs_add(acc, rs_mul(qreg[i][j], kreg[u][j]));
           }
           const float s = rs_mul(rs_lane_tree(acc), scale);
-          if (t < t_end) {  // the same for the whole group
-            if (rs_lane() == 0) e[i * e_stride + t - e_base] = s;
-            m[i] = rs_max_nan(m[i], s);
-          }
+          if (rs_lane() == 0) e[i * e_stride + t - e_base] = s;
+          m[i] = rs_max_nan(m[i], s);
         }
       }
     }

@@ -33,14 +33,15 @@ class StandInKernel:
         return max(1, min(self.fit, SM_SHARED // (shared + 1024)))
 
 
-def backend(resident_activations: bool = True) -> GpuBackend:
+def backend(resident_activations: bool = True, fit: int | None = None) -> GpuBackend:
     """A GpuBackend of SMS multiprocessors whose GEMV kernels are stand-ins: the tall tiles' (236 registers) fit
-    once a multiprocessor, the others twice."""
+    once a multiprocessor, the others twice (or `fit` times, all of them)."""
     kernels = {}
     be = object.__new__(GpuBackend)
     be._multiprocessors = SMS
     be.resident_activations = resident_activations
-    be._gemv_function = lambda config, rows: kernels.setdefault(config, StandInKernel(fit=1 if config.split == 2 else 2))
+    be._gemv_function = lambda config, rows: kernels.setdefault(
+        config, StandInKernel(fit=fit or (1 if config.split == 2 else 2)))
     be.kernels = kernels
     return be
 
@@ -71,6 +72,15 @@ def test_mma_config_keeps_activations_resident_where_blocks_stream(rows, n, k, e
     assert backend()._mma_config(rows, n, k) == expected
     assert backend(resident_activations=False)._mma_config(rows, n, k) == replace(expected, resident=False)
     assert RESIDENT_MMA == replace(GEMV_MMA, resident=True)
+
+
+def test_mma_config_never_asks_for_slots_past_what_a_block_may_have():
+    """With blocks that fit once a multiprocessor anyway, only the opt-in limit stops the slots: 17 rounds of 8
+    rows fit a block (220 KiB), 18 do not (229 KiB; the stand-in refuses an opt-in past 227 KiB)."""
+    be = backend(fit=1)
+    assert be._mma_config(8, 28672, 17 * 1024) == RESIDENT_MMA
+    assert RESIDENT_MMA.shared_bytes(8, 18 * 1024) > BLOCK_SHARED
+    assert be._mma_config(8, 28672, 18 * 1024) == GEMV_MMA
 
 
 def test_mma_grid_blocks():

@@ -721,7 +721,9 @@ struct RsMmaShared {
     return NR * STAGES * Stage::BYTES + (RES ? NR * rounds * Stage::X_BYTES : 0);
   }
   static constexpr __host__ __device__ int bytes(int rounds) { return pipe(rounds) + PARTIAL; }
-  static constexpr __host__ __device__ int one_tile(int rounds) { return pipe(rounds) > PARTIAL ? pipe(rounds) : PARTIAL; }
+  static constexpr __host__ __device__ int one_tile(int rounds) {
+    return pipe(rounds) > PARTIAL ? pipe(rounds) : PARTIAL;
+  }
 };
 
 // RES (activations resident): a warp keeps the activations of every round of a tile in slots of its own, copied
@@ -753,8 +755,8 @@ q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict
   unsigned char* const pipe = reinterpret_cast<unsigned char*>(rs_mma_shared) + warp * STAGES * Stage::BYTES;
   const unsigned pipe_address = (unsigned)__cvta_generic_to_shared(pipe);
   // RES: this warp's activation slots, after every warp's stage buffers
-  unsigned char* const x_slots = reinterpret_cast<unsigned char*>(rs_mma_shared) + NR * STAGES * Stage::BYTES +
-                                 warp * rounds * Stage::X_BYTES;
+  unsigned char* const x_slots =
+      reinterpret_cast<unsigned char*>(rs_mma_shared) + Shared::pipe(0) + warp * rounds * Stage::X_BYTES;
   const unsigned x_slots_address = (unsigned)__cvta_generic_to_shared(x_slots);
   RsMmaCopier<LPW, MT, RP, RES> copier(wq, wd, xq, xd, (long long)first * Stage::ROWS, n, rows, k, nb, warp * LPW,
                                        lane, x_slots_address);

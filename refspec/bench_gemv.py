@@ -208,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
                 others = [v for v in others if v.kernel in args.kernels.split(",")]
             be.gemv_module(c.name(rows) for c in others)  # one compile for all of them
             # (resident activations take slots for all of a tile's rounds: long rows may not fit the GPU)
-            others = [v for v in others if v.shared_bytes(rows, k) <= be._gemv_function(v, rows).shared_limit()]
+            others = [v for v in others if be.gemv_fits(v, rows, k)]
             for config in [production, *others]:
                 seconds = timer(functools.partial(_launch, be, config, weights, xq, xd, y), copies)
                 is_production = config == production

@@ -376,6 +376,7 @@ class GpuBackend:
         self._modules: dict[tuple, object] = {}
         self._functions: dict[tuple, object] = {}
         self._gemv_groups: dict[str, tuple[str, ...]] = {}
+        self._mma_configs: dict[tuple, GemvConfig] = {}  # _mma_config's answers (an eager pass asks each launch)
         self._held: list | None = None  # while a pass is captured: every array it allocates (see hold)
         self._live = None  # while a chained speculative pass is captured: its live-row count (see live_rows)
         # Kernels launched so that each may start while the one before it finishes (refspec/gpu_launch.py;
@@ -800,7 +801,13 @@ class GpuBackend:
         """gemv_mma(rows), except for 9-16 rows of a matrix whose tall tiles are more than the GPU holds at once
         and at most GEMV_MMA_STREAM_WAVES times that (see GEMV_MMA_TALL): GEMV_MMA. Then GEMV_MMA, where its
         blocks take two tiles or more (_mma_grid), with its activations resident (GEMV_MMA_RESIDENT), if their
-        slots fit without costing a block a multiprocessor."""
+        slots fit without costing a block a multiprocessor. Worked out once per shape."""
+        key = (rows, n, k, self.resident_activations)
+        if key not in self._mma_configs:
+            self._mma_configs[key] = self._choose_mma_config(rows, n, k)
+        return self._mma_configs[key]
+
+    def _choose_mma_config(self, rows: int, n: int, k: int) -> GemvConfig:
         config = gemv_mma(rows)
         tiles = self._blocks(n, config.weight_rows_per_block())
         _, _, wave, slots = self._mma_capacity(self._gemv_function(config, rows), config, rows, k)
@@ -811,10 +818,16 @@ class GpuBackend:
         if config != GEMV_MMA or not self.resident_activations or tiles <= wave or slots != wave:
             return config  # (a block a tile: nothing to keep)
         resident = GEMV_MMA_RESIDENT
-        kernel = self._gemv_function(resident, rows)
-        if resident.shared_bytes(rows, k) > kernel.shared_limit():
+        if not self.gemv_fits(resident, rows, k):
             return config
-        return resident if self._mma_capacity(kernel, resident, rows, k)[3] == slots else config
+        _, _, _, resident_slots = self._mma_capacity(self._gemv_function(resident, rows), resident, rows, k)
+        return resident if resident_slots == slots else config
+
+    def gemv_fits(self, config: GemvConfig, rows: int, k: int) -> bool:
+        """Whether `config` can run rows of length k on this GPU: its shared memory (a resident GEMV's slots grow
+        with k) within what a block may opt in to."""
+        nbytes = config.shared_bytes(rows, k)
+        return nbytes == 0 or nbytes <= self._gemv_function(config, rows).shared_limit()
 
     def q8_gemv_add(self, x, w: GpuQ8, xq, xd):
         """x + w @ (xq, xd): the residual add in the GEMV's epilogue."""

@@ -40,6 +40,7 @@ def backend(resident_activations: bool = True, fit: int | None = None) -> GpuBac
     be = object.__new__(GpuBackend)
     be._multiprocessors = SMS
     be.resident_activations = resident_activations
+    be._mma_configs = {}
     be._gemv_function = lambda config, rows: kernels.setdefault(
         config, StandInKernel(fit=fit or (1 if config.split == 2 else 2)))
     be.kernels = kernels
@@ -81,6 +82,17 @@ def test_mma_config_never_asks_for_slots_past_what_a_block_may_have():
     assert be._mma_config(8, 28672, 17 * 1024) == RESIDENT_MMA
     assert RESIDENT_MMA.shared_bytes(8, 18 * 1024) > BLOCK_SHARED
     assert be._mma_config(8, 28672, 18 * 1024) == GEMV_MMA
+
+
+def test_mma_config_is_worked_out_once_per_shape():
+    """An eager pass asks for every launch: the second time asks the kernels nothing; the switch is part of it."""
+    be = backend()
+    assert be._mma_config(8, 28672, 4096) == RESIDENT_MMA
+    calls = sum(len(kernel.calls) for kernel in be.kernels.values())
+    assert be._mma_config(8, 28672, 4096) == RESIDENT_MMA
+    assert sum(len(kernel.calls) for kernel in be.kernels.values()) == calls
+    be.resident_activations = False
+    assert be._mma_config(8, 28672, 4096) == GEMV_MMA
 
 
 def test_mma_grid_blocks():

@@ -53,13 +53,35 @@ RS_DEVICE void rs_load_block(const float* __restrict__ p, float (&v)[RS_QK]) {
 // The same quantization with one block spread over a group of 32 lanes, lane i holding value i: amax by a
 // butterfly of rs_max_nan (max is exact in any order), then each lane rounds its own value. Same bits as
 // rs_quantize_block; 32 times less work per thread, for kernels whose blocks are too few to fill the GPU.
-RS_DEVICE void rs_quantize_block_lanes(float v, signed char* __restrict__ q, unsigned short* __restrict__ d) {
-  float amax = fabsf(v);
+// COUNT blocks at once, block j's values in v[j], stored at q[j] and d[j] where store[j] (the same for the
+// whole group): their butterflies and divisions are independent and interleave, so a group quantizes COUNT
+// blocks in about the time of one.
+template <int COUNT>
+RS_DEVICE void rs_quantize_blocks_lanes(const float (&v)[COUNT], signed char* const (&q)[COUNT],
+                                        unsigned short* const (&d)[COUNT], const bool (&store)[COUNT]) {
+  float amax[COUNT];
 #pragma unroll
-  for (int offset = RS_LANES / 2; offset >= 1; offset /= 2) amax = rs_max_nan(amax, rs_shfl_xor(amax, offset));
-  amax = rs_max_nan(0.0f, amax);  // as rs_quantize_block, which starts from 0
-  const float scale = rs_div(amax, 127.0f);
-  const float inv = scale == 0.0f ? 0.0f : rs_div(1.0f, scale);
-  q[rs_lane()] = (signed char)rs_round_q8(rs_mul(v, inv));
-  if (rs_lane() == 0) *d = rs_float_to_half(scale);
+  for (int j = 0; j < COUNT; ++j) amax[j] = fabsf(v[j]);
+#pragma unroll
+  for (int offset = RS_LANES / 2; offset >= 1; offset /= 2) {
+#pragma unroll
+    for (int j = 0; j < COUNT; ++j) amax[j] = rs_max_nan(amax[j], rs_shfl_xor(amax[j], offset));
+  }
+#pragma unroll
+  for (int j = 0; j < COUNT; ++j) {
+    const float scale = rs_div(rs_max_nan(0.0f, amax[j]), 127.0f);  // from 0, as rs_quantize_block's amax
+    const float inv = scale == 0.0f ? 0.0f : rs_div(1.0f, scale);
+    if (store[j]) {
+      q[j][rs_lane()] = (signed char)rs_round_q8(rs_mul(v[j], inv));
+      if (rs_lane() == 0) *d[j] = rs_float_to_half(scale);
+    }
+  }
+}
+
+RS_DEVICE void rs_quantize_block_lanes(float v, signed char* __restrict__ q, unsigned short* __restrict__ d) {
+  const float vs[1] = {v};
+  signed char* const qs[1] = {q};
+  unsigned short* const ds[1] = {d};
+  const bool store[1] = {true};
+  rs_quantize_blocks_lanes<1>(vs, qs, ds, store);
 }

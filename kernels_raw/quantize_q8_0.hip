@@ -27,8 +27,8 @@ quantize_q8_0(const float* __restrict__ x, int rows, int k, signed char* __restr
 // goes to part b % parts), so that one row fills many multiprocessors: each part first stages the whole row
 // in shared memory (all threads, the loads in flight together), then the row's 32 lanes (group 0) compute
 // inv = 1 / sqrt(lane_sum(x*x) / n + eps) as spec.rmsnorm does, every part the same, and each group takes
-// whole blocks, one value per lane, y = (x * inv) * w, and quantizes them (rs_quantize_block_lanes). The
-// weights a group needs are loaded before the sum, to be there when it ends. rmsnorm_q8 needs k * 4 bytes of
+// whole blocks, one value per lane, y = (x * inv) * w, and quantizes them together (rs_quantize_blocks_lanes).
+// The weights a group needs are loaded before the sum, to be there when it ends. rmsnorm_q8 needs k * 4 bytes of
 // dynamic shared memory (the wrapper passes them; rows too long for that use rmsnorm_q8_wide, the same
 // arithmetic reading global memory). parts * RS_RMSNORM_Q8_GROUPS * RS_RMSNORM_Q8_PER_GROUP >= k / 32.
 // Grid: rows * parts blocks of RS_RMSNORM_Q8_THREADS threads.
@@ -74,15 +74,20 @@ RS_DEVICE void rs_rmsnorm_q8_part(const float* __restrict__ xrow, const float* _
   }
   __syncthreads();
   const float inv = inv_shared;
+  float v[RS_RMSNORM_Q8_PER_GROUP];  // the group's blocks, quantized together
+  signed char* q[RS_RMSNORM_Q8_PER_GROUP];
+  unsigned short* d[RS_RMSNORM_Q8_PER_GROUP];
+  bool here[RS_RMSNORM_Q8_PER_GROUP];
 #pragma unroll
   for (int j = 0; j < RS_RMSNORM_Q8_PER_GROUP; ++j) {
     const int b = part + parts * (rs_group() + RS_RMSNORM_Q8_GROUPS * j);
-    if (b < nb) {  // the same for the whole group
-      const float v = rs_mul(rs_mul(xrow[b * RS_QK + lane], inv), wv[j]);
-      const long long block = (long long)row * nb + b;
-      rs_quantize_block_lanes(v, xq + block * RS_QK, xd + block);
-    }
+    const long long block = (long long)row * nb + b;
+    here[j] = b < nb;  // the same for the whole group
+    v[j] = here[j] ? rs_mul(rs_mul(xrow[b * RS_QK + lane], inv), wv[j]) : 0.0f;
+    q[j] = xq + block * RS_QK;
+    d[j] = xd + block;
   }
+  rs_quantize_blocks_lanes<RS_RMSNORM_Q8_PER_GROUP>(v, q, d, here);
 }
 
 extern "C" __global__ void __launch_bounds__(RS_RMSNORM_Q8_THREADS)

@@ -97,6 +97,10 @@ quantization). A backend that
         """x + w @ (xq, xd): the residual add."""
         return self.add(x, self.q8_gemv(w, xq, xd))
 
+    def q8_gemv_many_bias(self, ws, biases, xq, xd):
+        """q8_gemv_many, each output plus its bias repeated over the rows (qwen2's Q, K, V)."""
+        return [self.add(y, b) for y, b in zip(self.q8_gemv_many(ws, xq, xd), biases)]
+
     def conv1d_silu(self, x, w, ring, pos0):
         """silu of the DeltaNet conv1d's output (qwen35)."""
         return self.silu(self.conv1d_causal(x, w, ring, pos0))

@@ -213,9 +213,10 @@ class Transformer:
             else:
                 # attention block
                 hq, hd = be.rmsnorm_q8(x, lw.attn_norm, eps)  # [R, E] -> int8 [R, E], f16 [R, E/32]
-                q, k, v = be.q8_gemv_many((lw.wq, lw.wk, lw.wv), hq, hd)  # -> [R, H*D], [R, G*D], [R, G*D]
-                if cfg.has_qkv_bias:
-                    q, k, v = be.add(q, lw.bq), be.add(k, lw.bk), be.add(v, lw.bv)
+                if cfg.has_qkv_bias:  # qwen2: q + bq, k + bk, v + bv
+                    q, k, v = be.q8_gemv_many_bias((lw.wq, lw.wk, lw.wv), (lw.bq, lw.bk, lw.bv), hq, hd)
+                else:
+                    q, k, v = be.q8_gemv_many((lw.wq, lw.wk, lw.wv), hq, hd)  # -> [R, H*D], [R, G*D], [R, G*D]
                 if cfg.has_attn_gate:  # qwen35: each head's query is followed by its output gate
                     q, gate = be.split_query_gate(q, cfg.n_head, cfg.head_dim)  # [R, 2*H*D] -> [R, H, D] x 2
                 q = q.reshape(rows, cfg.n_head, cfg.head_dim)  # [R, H*D] -> [R, H, D]

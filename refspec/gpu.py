@@ -335,6 +335,8 @@ class GpuQ8:
     stack: "GpuQ8 | None" = None
     start: int = 0
     stop: int = 0
+    bias_rows: object = None  # a stack with biases (qwen2's Q/K/V): them, repeated, float32 [GEMV_MAX_ROWS, N]
+    bias: object = None  # a part of such a stack: its bias, a view of the stack's bias_rows[0]
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -582,17 +584,23 @@ class GpuBackend:
         """Every weight on the device, Q/K/V, gate/up and DeltaNet's qkv/z/beta/alpha as stacks (GpuQ8);
         refused before anything is uploaded when the device lacks the memory."""
         self.check_fits(weights)
-        uploaded: dict[int, GpuQ8] = {}
+        uploaded: dict[int, object] = {}
         for lw in weights.layers:
             for group in ((lw.wq, lw.wk, lw.wv), (lw.w_gate, lw.w_up), (lw.w_qkv, lw.w_z, lw.w_beta, lw.w_alpha)):
                 if all(isinstance(w, Q8Matrix) for w in group):  # (a DeltaNet layer has no Q/K/V, others no qkv/z/b/a)
-                    for source, matrix in self.upload_stack(group):
+                    parts = self.upload_stack(group)
+                    for source, matrix in parts:
                         uploaded[id(source)] = matrix
+                    if group[0] is lw.wq and lw.bq is not None:
+                        for source, bias in zip((lw.bq, lw.bk, lw.bv), self.upload_stack_biases(
+                                [m for _, m in parts], (lw.bq, lw.bk, lw.bv))):
+                            uploaded[id(source)] = bias
 
         def up(value):
+            if id(value) in uploaded:  # (a tied head shares the embedding's copy)
+                return uploaded[id(value)]
             if isinstance(value, Q8Matrix):
-                if id(value) not in uploaded:  # a tied head shares the embedding's copy
-                    uploaded[id(value)] = self.upload_q8(value)
+                uploaded[id(value)] = self.upload_q8(value)
                 return uploaded[id(value)]
             return None if value is None else self._input(value)
 
@@ -610,6 +618,8 @@ class GpuBackend:
             if w is not None and id(w) not in seen:
                 seen.add(id(w))
                 need += _q8_bytes(w) if isinstance(w, Q8Matrix) else np.asarray(w).nbytes
+        for lw in weights.layers:  # Q/K/V biases are held repeated over GEMV_MAX_ROWS rows (upload_stack_biases)
+            need += sum(np.asarray(b).nbytes * (GEMV_MAX_ROWS - 1) for b in (lw.bq, lw.bk, lw.bv) if b is not None)
         free, total = self.cp.cuda.runtime.memGetInfo()
         if need + reserve > free:
             raise DeviceError(
@@ -634,6 +644,21 @@ class GpuBackend:
             parts.append((w, GpuQ8(stack.q[start:stop], stack.d[start:stop], stack, start, stop)))
             start = stop
         return parts
+
+    def upload_stack_biases(self, parts: list[GpuQ8], biases) -> list:
+        """The biases of a stack's parts (qwen2's bq, bk, bv), each a float32 vector as long as its part:
+        uploaded as the stack's bias_rows, repeated over GEMV_MAX_ROWS rows, which q8_gemv_many_bias's one
+        launch adds in the GEMV's epilogue as it adds a residual. Returns each part's bias (part.bias), or
+        the biases uploaded apart where the parts are not one stack."""
+        biases = [np.asarray(b, dtype=np.float32) for b in biases]
+        stack = parts[0].stack
+        if (stack is None or any(p.stack is not stack for p in parts)
+                or [b.shape for b in biases] != [(p.stop - p.start,) for p in parts]):
+            return [self._input(b) for b in biases]
+        stack.bias_rows = self.cp.asarray(np.tile(np.concatenate(biases), (GEMV_MAX_ROWS, 1)))
+        for p in parts:
+            p.bias = stack.bias_rows[0, p.start : p.stop]
+        return [p.bias for p in parts]
 
     def upload_q8(self, w: Q8Matrix) -> GpuQ8:
         _check_q8(w)
@@ -757,8 +782,9 @@ class GpuBackend:
             )
         return xq, xd
 
-    def q8_gemv(self, w: GpuQ8, xq, xd, base=None):
-        """W8A8 GEMV [R, K] -> [R, N]; with `base` [R, N], base + the product (spec.add in the epilogue)."""
+    def q8_gemv(self, w: GpuQ8, xq, xd, base=None, *, biased: bool = False):
+        """W8A8 GEMV [R, K] -> [R, N]; with `base` [R, N], base + the product (spec.add in the epilogue);
+        biased: w.bias_rows + the product instead, its bias added to every row (q8_gemv_many_bias)."""
         xq, xd = self._input(xq, np.int8), self._input(xd, np.float16)
         rows, k = xq.shape
         n = w.shape[0]
@@ -768,13 +794,16 @@ class GpuBackend:
             base = self._input(base)
             if base.shape != (rows, n):
                 raise ValueError(f"q8_gemv: the residual {base.shape} is not [{rows}, {n}]")
+        if biased and (base is not None or w.bias_rows is None):
+            raise ValueError("q8_gemv: biased takes a stack uploaded with its biases, and no residual")
         if self._live is not None and rows > GEMV_MAX_ROWS:
             raise ValueError(f"q8_gemv: live rows need one launch: at most {GEMV_MAX_ROWS} rows, got {rows}")
         y = self._empty((rows, n))
         for r0 in range(0, rows, GEMV_MAX_ROWS):
             part = min(GEMV_MAX_ROWS, rows - r0)
+            add = w.bias_rows[:part] if biased else None if base is None else base[r0 : r0 + part]
             self.launch_gemv(self.gemv_config(part, k, n), w, xq[r0 : r0 + part], xd[r0 : r0 + part],
-                             y[r0 : r0 + part], None if base is None else base[r0 : r0 + part])
+                             y[r0 : r0 + part], add)
         return y
 
     def gemv_config(self, rows: int, k: int, n: int) -> GemvConfig:
@@ -836,12 +865,28 @@ class GpuBackend:
     def q8_gemv_many(self, ws, xq, xd):
         """GEMVs of several matrices over the same activation rows: one launch when they are the parts of
         one uploaded stack, in order (their outputs are then column views of one [R, sum N] array)."""
-        stack = ws[0].stack
-        if stack is not None and all(w.stack is stack for w in ws) and [w.start for w in ws] == [
-                0] + [w.stop for w in ws[:-1]] and ws[-1].stop == stack.stop:
-            y = self.q8_gemv(stack, xq, xd)
+        if self._whole_stack(ws):
+            y = self.q8_gemv(ws[0].stack, xq, xd)
             return [y[:, w.start : w.stop] for w in ws]
         return [self.q8_gemv(w, xq, xd) for w in ws]
+
+    def q8_gemv_many_bias(self, ws, biases, xq, xd):
+        """q8_gemv_many, each output plus its bias: one launch, the adds in the GEMV's epilogue (bias + sum,
+        spec.add's one rounding), when the matrices are one uploaded stack and the biases those uploaded with
+        it (upload_stack_biases); else the GEMVs, then an add each."""
+        if self._whole_stack(ws) and all(w.bias is not None and b is w.bias for w, b in zip(ws, biases)):
+            y = self.q8_gemv(ws[0].stack, xq, xd, biased=True)
+            return [y[:, w.start : w.stop] for w in ws]
+        if len(biases) != len(ws):
+            raise ValueError(f"q8_gemv_many_bias: {len(ws)} matrices, {len(biases)} biases")
+        return [self.add(y, b) for y, b in zip(self.q8_gemv_many(ws, xq, xd), biases)]
+
+    @staticmethod
+    def _whole_stack(ws) -> bool:
+        """Whether ws are every part of one uploaded stack, in order."""
+        stack = ws[0].stack
+        return stack is not None and all(w.stack is stack for w in ws) and [w.start for w in ws] == [
+            0] + [w.stop for w in ws[:-1]] and ws[-1].stop == stack.stop
 
     def launch_gemv(self, config: GemvConfig, w: GpuQ8, xq, xd, y, base=None, max_blocks: int | None = None):
         """One launch of the GEMV in `config` over xq.shape[0] <= GEMV_MAX_ROWS rows, writing y (contiguous

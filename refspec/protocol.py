@@ -3,7 +3,8 @@ refspec/speculative.py) call on a backend, and nothing else. refspec's CpuBacken
 GpuBackend (refspec/gpu.py) implement it; a foreign backend that implements it runs refspec's forward pass and
 can be checked op by op against the spec with `refspec check-backend MODULE:FACTORY` (refspec/testing).
 
-forward.py also calls five fused operations (pass_input, rope_kv, attention_q8, silu_mul_q8, q8_gemv_add);
+forward.py also calls fused operations (pass_input, rope_kv, attention_q8, silu_mul_q8, q8_gemv_add,
+q8_gemv_many_bias; for qwen35 conv1d_silu, gated_delta_rule, sigmoid_gate_q8, gated_rmsnorm_q8);
 a backend gets them by inheriting refspec.backends.FusedFromParts, which composes them from the methods below
 (a backend with its own fused kernels must give the bits of that composition).
 

@@ -142,6 +142,35 @@ def test_stacked_gemv_equals_separate_gemvs(be, data):
         assert_same(be.to_host(g), spec.q8_gemv(w, xq, xd), f"stacked gemv, part {i} R={rows} K={k}")
 
 
+@settings(max_examples=30)
+@given(data=st.data())
+def test_stacked_gemv_with_biases_equals_gemvs_then_adds(be, data):
+    """q8_gemv_many_bias over a stack uploaded with its biases (qwen2's Q/K/V: one launch, the adds in the
+    GEMV's epilogue from the biases repeated over the rows) gives spec.add(spec.q8_gemv(w), b) for each part:
+    more rows than one launch takes (their launches reuse the repeated rows), the tensor-core GEMV or not, and
+    biases not uploaded with the stack (a GEMV, then adds)."""
+    rng = rng_from(data)
+    rows = data.draw(st.one_of(st.integers(1, 16), st.integers(17, 40)), label="rows")
+    k = data.draw(st.integers(1, 50), label="block pairs") * 2 * QK8_0
+    ws = [random_q8(rng, data.draw(st.integers(1, 150), label=f"n{i}"), k) for i in range(3)]
+    biases = [floats(rng, (w.shape[0],), data.draw(STYLES, label=f"bias{i}")) for i, w in enumerate(ws)]
+    xq, xd = spec.quantize_q8_0(floats(rng, (rows, k), data.draw(STYLES, label="x")))
+    parts = [m for _, m in be.upload_stack(ws)]
+    uploaded = be.upload_stack_biases(parts, biases)
+    assert all(p.bias is b for p, b in zip(parts, uploaded)) and parts[0].stack.bias_rows.shape[0] == 16
+    given_biases = uploaded if data.draw(st.booleans(), label="uploaded biases") else [be.asarray(b) for b in biases]
+    saved = be.mma_min_weights
+    if data.draw(st.booleans(), label="tensor cores") and be.mma_available:
+        be.mma_min_weights = 0
+    try:
+        got = be.q8_gemv_many_bias(parts, given_biases, be.asarray(xq), be.asarray(xd))
+    finally:
+        be.mma_min_weights = saved
+    for i, (w, b, g) in enumerate(zip(ws, biases, got)):
+        expected = spec.add(spec.q8_gemv(w, xq, xd), b)
+        assert_same(be.to_host(g), expected, f"gemv + bias, part {i} R={rows} K={k}", nan_equal=True)
+
+
 @given(data=st.data())
 def test_add_on_column_views_equals_spec(be, data):
     rng = rng_from(data)

@@ -175,7 +175,11 @@ GEMV_MMA_TALL = GemvConfig("q8_gemv_mma", 8, 2, 2)
 # 128256x4096 173.0 -> 174.1.
 GEMV_MMA_RESIDENT = GemvConfig("q8_gemv_mma", 8, 1, 3, resident=True)
 GEMV_MMA_STREAM_WAVES = 2
-GEMV_MMA_MIN_ROWS = 8
+GEMV_MMA_MIN_ROWS = 3  # (2 rows: the dp4a GEMV is as fast in a pass; from 3 the tensor cores are faster)
+# In turn in one call, the llama-8b pass of 3 / 4 / 5 / 6 / 7 rows took 2.82 / 2.86 / 2.94 / 2.97 / 2.99 ms with
+# the tensor-core GEMV from 2 rows, 2.97-3.02 / 3.10-3.15 / 3.28-3.32 / 3.66-3.70 / 4.03-4.08 with it from 8 rows,
+# as before (H200, 2026-12-02 19:22-19:25 UTC, tests/results/mma_min_rows_llama8b_h200.json); 2 rows 2.73 against
+# 2.72-2.76.
 # ... and of at least this many weights: on smaller matrices the dp4a GEMV is the faster at 8-16 rows on the
 # H200 (576x576 to 1536x1536: 1.35-2.59 us against 1.64-2.69 at 8 rows, 1.47-3.08 against 2.09-3.33 at 16), the
 # tensor-core one from 2048x2048 on (3.01 against 3.31 us at 8 rows, 3.74 against 4.00 at 16; the 8B shapes by

@@ -231,16 +231,18 @@ def test_tensor_core_gemv_equals_spec(be, data):
     assert_same(be.to_host(y), expected, f"q8_gemv_mma R={rows} N={n} K={k} blocks<={max_blocks}", nan_equal=True)
 
 
-def test_tensor_cores_take_large_matrices_of_8_rows_and_more(be):
-    """gemv_config: the dp4a kernel below 8 rows and for small matrices (the default model's: faster there),
-    the tensor-core one for 8+ rows of a matrix of 4 M weights or more."""
-    from refspec.gpu import GEMV_CONFIGS, GEMV_MMA_MIN_WEIGHTS, gemv_mma
+def test_tensor_cores_take_large_matrices_from_3_rows(be):
+    """gemv_config: the dp4a kernel below GEMV_MMA_MIN_ROWS (3) rows and for small matrices (the default model's:
+    faster there), the tensor-core one from 3 rows of a matrix of 4 M weights or more."""
+    from refspec.gpu import GEMV_CONFIGS, GEMV_MMA_MIN_ROWS, GEMV_MMA_MIN_WEIGHTS, gemv_mma
 
-    assert be.gemv_config(7, 4096, 4096) == GEMV_CONFIGS[7]
+    assert GEMV_MMA_MIN_ROWS == 3
+    assert be.gemv_config(2, 4096, 4096) == GEMV_CONFIGS[2]
     assert be.gemv_config(8, 576, 3072) == GEMV_CONFIGS[8]  # 1.8 M weights
     assert be.gemv_config(16, 64, GEMV_MMA_MIN_WEIGHTS // 64 - 1) == GEMV_CONFIGS[16]
-    big = gemv_mma(8) if be.mma_available else GEMV_CONFIGS[8]
-    assert be.gemv_config(8, 4096, 4096) == big
+    for rows in (3, 7, 8):
+        big = gemv_mma(rows) if be.mma_available else GEMV_CONFIGS[rows]
+        assert be.gemv_config(rows, 4096, 4096) == big, rows
     assert be.gemv_config(16, 64, GEMV_MMA_MIN_WEIGHTS // 64) == (gemv_mma(16) if be.mma_available else
                                                                    GEMV_CONFIGS[16])
 

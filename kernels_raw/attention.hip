@@ -20,15 +20,13 @@
 //   1. each group of 32 lanes takes positions t (RS_ATTN_KEYS(MAXD, heads) at a time, their loads in flight
 //      together) and computes s_t with spec.lane_sum over d; max over t (exact in any order).
 //   2. the scores of the positions the row sees become e_t (phase 3 reads no other).
-//   3. items (chunk, column), each taken by 4 neighbouring threads (those of column 0 also sum the
-//      denominator's e_t from the same positions, in the same lanes and order as a column of its own): the
-//      chunk's position t goes to lane t % 32 (spec.lane_sum), and thread `part` of the item holds lanes
-//      8*part .. 8*part+7. It loads its lanes' positions in rounds of 2 per lane, every load of a round in
-//      flight together, and adds each lane's in order; then the spec's tree over the 32 lanes: lanes
-//      i+16 onto i (part 2 onto part 0, part 3 onto part 1, exchanged between the threads), i+8 onto i
-//      (part 1 onto part 0), then 4, 2, 1 apart inside part 0. Only the positions the row sees are added
-//      (a hidden e_t * v_t would be NaN where a later row wrote an infinite v_t; its e_t is +0 and
-//      changes no sum).
+//   3. items (chunk, 4 neighbouring columns), a group of 32 lanes each: the chunk's position t goes to lane
+//      t % 32 (spec.lane_sum), which loads its positions' values of the 4 columns (16 bytes each) and e_t, 4
+//      positions at a time with every load in flight together, and adds each lane's in order, for every
+//      head at once; the denominators (the e_t of the same positions, the same lanes and order) ride with
+//      the item of columns 0-3. Then the spec's tree over the 32 lanes for all the group's sums at once
+//      (RsTreeSlots). Only the positions the row sees are added (a hidden e_t * v_t would be NaN where a later
+//      row wrote an infinite v_t; its e_t is +0 and changes no sum).
 //   4. column totals: the chunks' sums added in order to +0.0 (spec.chunked_sum; chunks the row does not
 //      see add +0 and change nothing, a lane sum is never -0), then num / denom; then the quantization.
 // In `attention`, e_t and the chunk sums live in shared memory up to RS_ATTN_SHARED_POS positions, beyond
@@ -53,7 +51,6 @@
 #endif
 #define RS_ATTN_CHUNK 256    // spec.ATTN_CHUNK
 #define RS_ATTN_MAX_DIM 512  // head dims up to this (the wrapper checks)
-#define RS_ATTN_PARTS 4      // threads per (chunk, column) item in phase 3, 8 lanes each
 #define RS_ATTN_SHARED_POS 1024  // up to this many positions, e_t and the chunk sums stay in shared memory
 #define RS_ATTN_SHARED_PARTS ((RS_ATTN_SHARED_POS / RS_ATTN_CHUNK) * (RS_ATTN_MAX_DIM + 1))
 
@@ -64,27 +61,6 @@
 // (H200, 2026-12-02, in turn in one device call; tests/results/attention_keys_h200.json).
 #define RS_ATTN_KEYS(maxd, hb) ((maxd) <= 64 || ((maxd) <= 128 && (hb) == 1) ? 8 : (maxd) <= 128 ? 4 : 2)
 #define RS_ATTN_HEADS 4  // query heads of one kv head that attention_scores and attention_values take together, at most
-
-// spec._tree on 32 lane values held by 4 neighbouring threads, 8 each (lanes 8*part + a, a = 0..7): lane
-// i + width added onto lane i for width = 16, 8 (from another thread), then 4, 2, 1 (inside part 0). Every
-// thread of the group calls it (the exchanges need all 32 lanes); part 0 gets the sum.
-RS_DEVICE float rs_tree_of_parts(float (&lanes)[8]) {
-#pragma unroll
-  for (int a = 0; a < 8; ++a) {  // width 16: parts 2, 3 onto parts 0, 1 (threads 2 apart)
-    const float other = rs_shfl_xor(lanes[a], 2);
-    lanes[a] = rs_add(lanes[a], other);
-  }
-#pragma unroll
-  for (int a = 0; a < 8; ++a) {  // width 8: part 1 onto part 0 (threads 1 apart)
-    const float other = rs_shfl_xor(lanes[a], 1);
-    lanes[a] = rs_add(lanes[a], other);
-  }
-#pragma unroll
-  for (int a = 0; a < 4; ++a) lanes[a] = rs_add(lanes[a], lanes[a + 4]);
-#pragma unroll
-  for (int a = 0; a < 2; ++a) lanes[a] = rs_add(lanes[a], lanes[a + 2]);
-  return rs_add(lanes[0], lanes[1]);
-}
 
 // The keys and values of positions t_begin .. min(t_end, pos0, cache_len)-1 into the L2 cache, before the
 // wait: the `sharers` blocks that read them each take every sharers-th line. pos[0] may still be written by
@@ -172,103 +148,95 @@ RS_DEVICE float rs_attention_block_max(float m, float* group_max) {
 // Phase 3 for chunks chunk0 .. chunk0+n_chunks-1 and hb <= HB heads sharing their values: the chunk sums of
 // e_t * v[t, col] (col < dim) and of e_t (column dim) over the positions t < n_vis, head i's e_t read at
 // e[i*e_stride + t - e_base]; head i's sums of chunk c go to dst[i*dst_stride + (c - chunk0)*(dim+1) + col].
-// Numerators: items (chunk, column), each taken by 4 neighbouring threads: the chunk's position t goes to
-// lane t % 32 (spec.lane_sum), and thread `part` of the item holds lanes 8*part .. 8*part+7 of every head.
-// It loads its lanes' values in rounds of 2 per lane, every load of a round in flight together, and adds
-// each lane's in order, one value for all heads; then the spec's tree over the 32 lanes (rs_tree_of_parts).
-// Denominators, the same lanes and order: for one head (HB == 1), column 0's threads also add each lane's e_t
-// (loaded anyway) and take the same tree, which costs no loads; for more heads, a group of 32 lanes per
-// (chunk, head), lane l adding the chunk's positions l, l+32, ... in order, then rs_lane_tree (the same
-// additions). Only the positions the row sees are added (a hidden e_t * v_t would be NaN where
-// a later row wrote an infinite v_t; its e_t is +0 and changes no sum). Every thread calls it.
-template <int THREADS, int HB>
-RS_DEVICE void rs_attention_chunk_sums(const float* e, long long e_stride, int e_base, int hb,
-                                       const float* __restrict__ vc, int dim, int n_vis, int chunk0, int n_chunks,
-                                       float* dst, long long dst_stride) {
-  const int cols = dim + 1;
-  const int part = threadIdx.x % RS_ATTN_PARTS;
-  const int n_work = n_chunks * dim * RS_ATTN_PARTS;
-  for (int w0 = 0; w0 < n_work; w0 += THREADS) {  // the same trips for every thread: all shuffle
-    const int work = w0 + threadIdx.x;
-    const int item = work / RS_ATTN_PARTS;  // < n_chunks * dim where work < n_work
-    const int chunk = item / dim, col = item % dim;
+// Items (chunk, VEC neighbouring columns), one group of 32 lanes each: lane l takes the chunk's positions
+// l, l+32, ..., l+224 (spec.lane_sum; RS_ATTN_CHUNK = 8 * 32), loads 4 of them at a time (VEC values of each,
+// one load, and e_t of each head, all in flight together) and adds each in order to its lane values of every
+// (head, column), which start from +0.0; the item of the first columns also adds e_t to each head's denominator
+// lanes. Then the spec's tree over the 32 lanes, for the HB * VEC sums at once (RsTreeSlots) and for the
+// denominators (rs_lane_tree). Only the positions the row sees are added (a hidden e_t * v_t would be NaN where
+// a later row wrote an infinite v_t; its e_t is +0 and changes no sum): a chunk the row does not see at all
+// gets sums of +0. VEC = 4 where dim is a multiple of 4 and vc 16-byte aligned (rs_attention_chunk_sums), else 1.
+template <int VEC, int HB>
+RS_DEVICE void rs_attention_chunk_items(const float* e, long long e_stride, int e_base, int hb,
+                                        const float* __restrict__ vc, int dim, int n_vis, int chunk0, int n_chunks,
+                                        float* dst, long long dst_stride) {
+  constexpr int SLOTS = HB * VEC;  // slot i * VEC + c: head i, column c of the item
+  constexpr int AT_ONCE = 4;       // positions a lane loads together
+  const int cols = dim + 1, groups = dim / VEC, lane = rs_lane();
+  for (int item = rs_group(); item < n_chunks * groups; item += rs_groups()) {  // the same for the whole group
+    const int chunk = item / groups, col0 = VEC * (item % groups);
     const int base = (chunk0 + chunk) * RS_ATTN_CHUNK;
-    const int seen = work < n_work ? n_vis - base : 0;  // positions of the chunk the row sees, if > 0
-    float lanes[HB][8], denom[8];  // denom: one head's lanes of e_t (column 0's threads)
+    const int seen = n_vis - base;  // positions of the chunk the row sees, if > 0
+    const float* v0 = vc + (long long)base * dim + col0;
+    float acc[SLOTS], denom[HB];
 #pragma unroll
-    for (int a = 0; a < 8; ++a) denom[a] = 0.0f;
+    for (int s = 0; s < SLOTS; ++s) acc[s] = 0.0f;  // a lane value starts at +0.0
 #pragma unroll
-    for (int i = 0; i < HB; ++i) {
+    for (int i = 0; i < HB; ++i) denom[i] = 0.0f;
 #pragma unroll
-      for (int a = 0; a < 8; ++a) lanes[i][a] = 0.0f;
-    }
+    for (int round = 0; round < RS_ATTN_CHUNK / (RS_LANES * AT_ONCE); ++round) {
+      if (RS_LANES * AT_ONCE * round >= seen) break;  // the same for the whole group
+      float v[AT_ONCE][VEC], et[AT_ONCE][HB];
 #pragma unroll
-    for (int round = 0; round < 4; ++round) {
-      if (8 * part + RS_LANES * 2 * round >= seen) break;  // nothing of this round's positions is seen
-      // lane 8*part + a, position base + lane + 32 * (2 * round + r): its value, and (one head) its e_t
-      float vt[2][8], e1[2][HB == 1 ? 8 : 1];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-#pragma unroll
-        for (int a = 0; a < 8; ++a) {
-          const int off = 8 * part + a + RS_LANES * (2 * round + r);  // < RS_ATTN_CHUNK
-          vt[r][a] = off < seen ? vc[(long long)(base + off) * dim + col] : 0.0f;
-          if constexpr (HB == 1) e1[r][a] = off < seen ? e[base + off - e_base] : 0.0f;
+      for (int j = 0; j < AT_ONCE; ++j) {
+        const int off = lane + RS_LANES * (AT_ONCE * round + j);
+        const bool in = off < seen;
+        if constexpr (VEC == 4) {
+          const float4 x = in ? *reinterpret_cast<const float4*>(v0 + (long long)off * dim) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+          v[j][0] = x.x;
+          v[j][1] = x.y;
+          v[j][2] = x.z;
+          v[j][3] = x.w;
+        } else {
+          v[j][0] = in ? v0[(long long)off * dim] : 0.0f;
         }
+#pragma unroll
+        for (int i = 0; i < HB; ++i) et[j][i] = in && i < hb ? e[i * e_stride + base + off - e_base] : 0.0f;
       }
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
+      for (int j = 0; j < AT_ONCE; ++j) {
+        if (lane + RS_LANES * (AT_ONCE * round + j) < seen) {
 #pragma unroll
-        for (int i = 0; i < HB; ++i) {
-          if (i < hb) {  // the same for the whole block
-            float et[8];  // head i's e_t of the same positions, loaded together
+          for (int i = 0; i < HB; ++i) {
+            if (i < hb) {  // the same for the whole block
 #pragma unroll
-            for (int a = 0; a < 8; ++a) {
-              const int off = 8 * part + a + RS_LANES * (2 * round + r);
-              if constexpr (HB == 1) et[a] = e1[r][a];
-              else et[a] = off < seen ? e[i * e_stride + base + off - e_base] : 0.0f;
-            }
-#pragma unroll
-            for (int a = 0; a < 8; ++a) {
-              if (8 * part + a + RS_LANES * (2 * round + r) < seen) {
-                lanes[i][a] = rs_add(lanes[i][a], rs_mul(et[a], vt[r][a]));
-                if (HB == 1 && col == 0) denom[a] = rs_add(denom[a], et[a]);
-              }
+              for (int c = 0; c < VEC; ++c) acc[i * VEC + c] = rs_add(acc[i * VEC + c], rs_mul(et[j][i], v[j][c]));
+              denom[i] = rs_add(denom[i], et[j][i]);
             }
           }
         }
       }
     }
+    int first = 0;
+    bool owner = true;
+    RsTreeSlots<SLOTS, SLOTS, RS_LANES / 2>::run(acc, lane, first, owner);
 #pragma unroll
-    for (int i = 0; i < HB; ++i) {
-      if (i < hb) {  // the same for the whole block
-        const float sum = rs_tree_of_parts(lanes[i]);  // every thread: the exchanges need the whole group
-        if (part == 0 && work < n_work) dst[i * dst_stride + chunk * cols + col] = sum;
+    for (int s = 0; s < RsTreeCount<SLOTS, RS_LANES / 2>::value; ++s) {
+      const int slot = first + s, i = slot / VEC;
+      if (owner && i < hb) dst[i * dst_stride + chunk * cols + col0 + slot % VEC] = acc[s];
+    }
+    if (col0 == 0) {  // the same for the whole group
+#pragma unroll
+      for (int i = 0; i < HB; ++i) {
+        if (i < hb) {
+          const float sum = rs_lane_tree(denom[i]);
+          if (lane == 0) dst[i * dst_stride + chunk * cols + dim] = sum;
+        }
       }
     }
-    if constexpr (HB == 1) {
-      const float denom_sum = rs_tree_of_parts(denom);  // every thread, as above
-      if (part == 0 && work < n_work && col == 0) dst[chunk * cols + dim] = denom_sum;
-    }
   }
-  if constexpr (HB == 1) return;
-  for (int u = rs_group(); u < n_chunks * hb; u += rs_groups()) {  // the same for the whole group
-    const int chunk = u / hb, i = u % hb;
-    const int base = (chunk0 + chunk) * RS_ATTN_CHUNK;
-    const float* ec = e + i * e_stride + base - e_base;
-    float et[RS_ATTN_CHUNK / RS_LANES];  // e_t of the chunk's positions lane, lane + 32, ..., loaded together
-#pragma unroll
-    for (int j = 0; j < RS_ATTN_CHUNK / RS_LANES; ++j) {
-      const int off = rs_lane() + RS_LANES * j;
-      et[j] = off < n_vis - base ? ec[off] : 0.0f;
-    }
-    float acc = 0.0f;  // lane value: +0.0, then the e_t of those the row sees, in order
-#pragma unroll
-    for (int j = 0; j < RS_ATTN_CHUNK / RS_LANES; ++j) {
-      if (rs_lane() + RS_LANES * j < n_vis - base) acc = rs_add(acc, et[j]);
-    }
-    const float denom = rs_lane_tree(acc);
-    if (rs_lane() == 0) dst[i * dst_stride + chunk * cols + dim] = denom;
+}
+
+// Phase 3 (rs_attention_chunk_items) with 16-byte loads of 4 columns where dim and vc allow them. Every thread
+// calls it.
+template <int HB>
+RS_DEVICE void rs_attention_chunk_sums(const float* e, long long e_stride, int e_base, int hb,
+                                       const float* __restrict__ vc, int dim, int n_vis, int chunk0, int n_chunks,
+                                       float* dst, long long dst_stride) {
+  if (dim % 4 == 0 && reinterpret_cast<unsigned long long>(vc) % 16 == 0) {
+    rs_attention_chunk_items<4, HB>(e, e_stride, e_base, hb, vc, dim, n_vis, chunk0, n_chunks, dst, dst_stride);
+  } else {
+    rs_attention_chunk_items<1, HB>(e, e_stride, e_base, hb, vc, dim, n_vis, chunk0, n_chunks, dst, dst_stride);
   }
 }
 
@@ -361,7 +329,7 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
   const int n_chunks = (n_pos + RS_ATTN_CHUNK - 1) / RS_ATTN_CHUNK;
   const int max_chunks = (cache_len + RS_ATTN_CHUNK - 1) / RS_ATTN_CHUNK;
   float* parts = small ? parts_shared : part_buf + (long long)rh * max_chunks * (dim + 1);
-  rs_attention_chunk_sums<THREADS, 1>(e, 0, 0, 1, vc, dim, n_vis, 0, n_chunks, parts, 0);
+  rs_attention_chunk_sums<1>(e, 0, 0, 1, vc, dim, n_vis, 0, n_chunks, parts, 0);
   __syncthreads();
 
   // 4, 5. the chunks' sums in order, num / denom, quantized
@@ -484,7 +452,7 @@ attention_values(const float* __restrict__ v_cache, const int* __restrict__ pos,
   // head i's chunk sums: with one chunk, this block's, in parts_chunk[i]; else at parts + i * stride
   float* parts = part_buf + rh0 * chunks * (dim + 1);
   const long long stride = active == 1 ? RS_ATTN_MAX_DIM + 1 : (long long)chunks * (dim + 1);
-  rs_attention_chunk_sums<THREADS, RS_ATTN_HEADS>(&e_chunk[0][0], RS_ATTN_CHUNK, base, u.hb, vc, dim, n_vis, chunk,
+  rs_attention_chunk_sums<RS_ATTN_HEADS>(&e_chunk[0][0], RS_ATTN_CHUNK, base, u.hb, vc, dim, n_vis, chunk,
                                                   1, active == 1 ? &parts_chunk[0][0] : parts + chunk * (dim + 1),
                                                   stride);
   __syncthreads();
@@ -570,7 +538,7 @@ attention_heads(const float* __restrict__ q, const float* __restrict__ k_cache, 
 
   // 3. chunk sums of e_t * v[t, col] (each value loaded once for every head) and of e_t
   const int n_chunks = (n_pos + RS_ATTN_CHUNK - 1) / RS_ATTN_CHUNK;
-  rs_attention_chunk_sums<THREADS, RS_ATTN_HEADS>(e, e_stride, 0, u.hb, vc, dim, n_vis, 0, n_chunks, parts,
+  rs_attention_chunk_sums<RS_ATTN_HEADS>(e, e_stride, 0, u.hb, vc, dim, n_vis, 0, n_chunks, parts,
                                                   parts_stride);
   __syncthreads();
 

@@ -22,6 +22,7 @@
 //   q8_gemv_staged stages each 32-block chunk of all rows in shared memory, laid out so that each 16-byte
 //                  read of a group is contiguous, and shares it among the block's groups.
 #include "portable.h"
+#include "lane_sum.h"
 
 #define RS_QK 32                  // values per Q8_0 block (refspec.model.QK8_0)
 #define RS_GEMV_THREADS 128       // threads per block of q8_gemv: 4 groups of 32
@@ -54,51 +55,6 @@ RS_DEVICE float rs_block_dot(const int4 w0, const int4 w1, const int4 x0, const 
 RS_DEVICE float rs_gemv_step(float acc, float wscale, float xscale, float dot) {
   return rs_add(acc, rs_mul(rs_mul(wscale, xscale), dot));
 }
-
-// The spec's tree for the N sums of a group at once, slot s = i*R + r holding weight row i, activation row
-// r. At each offset (16, 8, 4, 2, 1) the group halves the slots it carries while their count is even: a lane
-// keeps the half selected by its offset bit and sends the other half to its partner, which adds it to the
-// same slots (lane value + partner's lane value, as in rs_lane_tree). With an odd count every slot is
-// exchanged, and the lanes with the offset bit set hold duplicates. Every slot sees rs_lane_tree's additions,
-// with 62 exchanges for 64 slots instead of 5 * 64. Templates keep every index a compile-time constant (no
-// register array may go to memory). After the last level this lane holds slots first .. first+COUNT-1.
-template <int COUNT, int OFFSET>
-struct RsTreeCount {  // how many slots a lane holds after the levels OFFSET, OFFSET/2, ..., 1
-  static constexpr int value = RsTreeCount<COUNT % 2 == 0 ? COUNT / 2 : COUNT, OFFSET / 2>::value;
-};
-template <int COUNT>
-struct RsTreeCount<COUNT, 0> {
-  static constexpr int value = COUNT;
-};
-
-template <int N, int COUNT, int OFFSET>
-struct RsTreeSlots {
-  RS_DEVICE void run(float (&v)[N], int lane, int& first, bool& owner) {
-    if (COUNT % 2 == 0) {
-      constexpr int half = COUNT / 2;
-      const bool upper = (lane & OFFSET) != 0;
-#pragma unroll
-      for (int i = 0; i < half; ++i) {
-        const float low = rs_opaque(v[i]), high = rs_opaque(v[half + i]);
-        const float send = upper ? low : high;
-        const float keep = upper ? high : low;
-        v[i] = rs_add(keep, rs_shfl_xor(send, OFFSET));
-      }
-      if (upper) first += half;
-      RsTreeSlots<N, COUNT % 2 == 0 ? COUNT / 2 : COUNT, OFFSET / 2>::run(v, lane, first, owner);
-    } else {
-#pragma unroll
-      for (int i = 0; i < COUNT; ++i) v[i] = rs_add(v[i], rs_shfl_xor(v[i], OFFSET));
-      if (lane & OFFSET) owner = false;
-      RsTreeSlots<N, COUNT, OFFSET / 2>::run(v, lane, first, owner);
-    }
-  }
-};
-
-template <int N, int COUNT>
-struct RsTreeSlots<N, COUNT, 0> {
-  RS_DEVICE void run(float (&)[N], int, int&, bool&) {}
-};
 
 // Final tree and store of a group's NR x RP sums: slot i*RP + r is weight row row0 + i, activation row r0 + r.
 // With `base` (a float32 [rows, n] array, or null) the store is base + sum, spec.add's one rounding: the

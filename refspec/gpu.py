@@ -217,6 +217,12 @@ ATTN_SLICE = 64  # RS_ATTN_SLICE: positions per slice of attention_scores
 ATTN_SCORE_THREADS = 256  # RS_ATTN_SCORE_THREADS: threads per block of attention_scores
 ATTN_VALUES_MAX_THREADS_HIP = 256  # attention_values<512> needs more registers than gfx906 gives 512 threads
 ATTN_HEADS = 4  # RS_ATTN_HEADS: query heads of one kv head per block of attention_scores and attention_values
+# The query heads a block of attention_heads takes, tried in this order (the first whose blocks fit the multiprocessors
+# one each). 3 splits a group of 5 (qwen2.5-32b) into blocks of 3 and 2 heads where 2 a block would not fit, instead
+# of 4 and 1 (the block of 4 sets the time); a group of 4 never takes it (3 fits only where 2 fits). qwen2.5-32b's
+# pass of 8 rows took 10.81 -> 10.77 ms at position 64 and 11.90 -> 11.69 at 300 (H200, 2026-12-03, in turn;
+# tests/results/attention_three_heads_qwen32b_h200.json).
+ATTN_HEADS_PER = (2, 3, ATTN_HEADS)
 ATTN_SPLIT_CACHE = 512  # caches longer than this run attention spread over positions (GpuBackend.attention_plan)
 ATTN_ONE_HEAD_CACHE = 2048  # up to this, a spread attention of few rows takes one query head a block
 SM_THREADS = 2048  # threads one multiprocessor holds (NVIDIA sm_80+): attention_scores fills them
@@ -1089,9 +1095,10 @@ class GpuBackend:
         kv heads) runs; any plan gives the same bits. A captured pass serves every position of its cache, so
         the plan follows the cache's length. Up to ATTN_SPLIT_CACHE positions, one kernel: a block per (row,
         head) while those blocks fit the multiprocessors one each; else, with grouped query heads, a block per
-        (row, kv head) taking 2 or 4 of its query heads, the fewest that fit so (each key and value loaded
-        once for them); else a block per (row, head) again while they fit twice. Beyond that, two kernels spread
-        over positions: one query head a block for few pairs up to ATTN_ONE_HEAD_CACHE positions, else ATTN_HEADS.
+        (row, kv head) taking 2, 3 or 4 of its query heads (ATTN_HEADS_PER), the fewest that fit so (each key
+        and value loaded once for them); else a block per (row, head) again while they fit twice. Beyond that,
+        two kernels spread over positions: one query head a block for few pairs up to ATTN_ONE_HEAD_CACHE
+        positions, else ATTN_HEADS.
         Measured on the H200 (tests/results/profile_attention_heads_h200.json: 32 heads of 128, 8 kv heads, a chain
         of 32, us a launch; 2026-12-02): at 64 / 160 / 400 positions, one row: a block per head 6.6 / 9.6 /
         18.2, spread with one head a block 9.2 / 10.7 / 13.9; 8 rows: a block per head 10.5 / 16.1 / 32.6, two
@@ -1101,7 +1108,7 @@ class GpuBackend:
         if cache_len <= ATTN_SPLIT_CACHE:
             if pairs <= sms:
                 return AttnPlan("attention")
-            for per in (2, ATTN_HEADS):
+            for per in ATTN_HEADS_PER:
                 if heads > kv_heads and attention_units(rows, heads, kv_heads, per) <= sms:
                     return AttnPlan("attention_heads", per)
             if pairs < 2 * sms:

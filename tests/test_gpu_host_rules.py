@@ -1,5 +1,6 @@
 """The tensor-core GEMV's host-side rules (GpuBackend._mma_config, _mma_grid) with stand-in kernels, on any
-machine: which mapping a row count and matrix take, and how many blocks a launch gets."""
+machine: which mapping a row count and matrix take, and how many blocks a launch gets; and attention's plan
+(GpuBackend.attention_plan), which needs only the multiprocessors' count."""
 from dataclasses import replace
 
 import pytest
@@ -121,3 +122,26 @@ def test_resident_shared_bytes():
     assert RESIDENT_MMA.shared_bytes(8, 4160) == 8 * (3 * 2176 + 5 * 1152) + 16384  # a partial last round
     assert RESIDENT_TALL.shared_bytes(16, 3584) == 8 * (2 * 4352 + 4 * 2176) + 65536
     assert RESIDENT_TALL.shared_bytes(16, 3584, one_tile=True) == 8 * (2 * 4352 + 4 * 2176)
+
+
+@pytest.mark.parametrize("rows", range(1, 17))
+@pytest.mark.parametrize("heads, kv_heads", [(32, 8), (40, 8), (24, 4), (64, 8), (28, 4)])
+def test_attention_heads_takes_the_fewest_heads_a_block_that_fit(rows, heads, kv_heads):
+    """Up to 512 positions, with more (row, head) pairs than multiprocessors: attention_heads with 2, 3 or 4 query
+    heads a block, the fewest whose blocks fit the multiprocessors once; a group of 5 heads then runs blocks of 3 and 2
+    where 2 a block would not fit, never 4 and 1 where 3 a block fits. A group of 4 never takes 3."""
+    be = backend()
+    group, pairs = heads // kv_heads, rows * heads
+    plan = be.attention_plan(rows, heads, kv_heads, 512)
+    fitting = [per for per in (2, 3, 4) if rows * kv_heads * -(-group // per) <= SMS]
+    if pairs <= SMS:
+        assert plan.kernel == "attention"
+    elif fitting:
+        assert (plan.kernel, plan.per) == ("attention_heads", fitting[0])
+        assert plan.per != 3 or -(-group // 3) < -(-group // 2)  # 3 only where it makes fewer blocks than 2
+    else:
+        assert plan.kernel in ("attention", "spread")
+    if group == 4:
+        assert plan.per != 3
+    if group == 5 and rows * kv_heads * 3 > SMS >= rows * kv_heads * 2 and pairs > SMS:
+        assert plan.per == 3

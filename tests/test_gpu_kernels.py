@@ -301,6 +301,7 @@ def test_attention_threads_fill_the_gpu_once(be):
     assert [be.attention_threads(b) for b in (1, sms, sms + 1, 2 * sms, 2 * sms + 1, 4 * sms, 4 * sms + 1)] == [
         512, 512, 256, 256, 128, 128, 128]
     one, heads2, heads4 = AttnPlan("attention"), AttnPlan("attention_heads", 2), AttnPlan("attention_heads", 4)
+    heads3 = AttnPlan("attention_heads", 3)
     split1, split4 = AttnPlan("spread", 1), AttnPlan("spread", 4)
     # (rows, query heads, kv heads, cache length): 32 heads of 8 kv heads fill the multiprocessors by (row, head)
     # up to sms // 32 rows, by (row, kv head, two heads) up to sms // 16, by (row, kv head, four heads) up to sms // 8
@@ -308,7 +309,7 @@ def test_attention_threads_fill_the_gpu_once(be):
         (sms // 32, 32, 8, 512), (sms // 16, 32, 8, 512), (sms // 8, 32, 8, 512), (sms // 8 + 1, 32, 8, 512),
         (sms // 16, 40, 8, 512), (sms // 8, 8, 8, 512), (1, 2 * sms - 1, 2 * sms - 1, 512), (1, 2 * sms, 2 * sms, 512),
         (1, 32, 8, 513), (4, 32, 8, 513), (1, 32, 8, 2049))] == [
-        one, heads2, heads4, split4, heads4, one, one, split4, split1, split4, split4]
+        one, heads2, heads4, split4, heads3, one, one, split4, split1, split4, split4]
 
 
 @given(data=st.data())

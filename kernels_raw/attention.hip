@@ -182,7 +182,8 @@ RS_DEVICE void rs_attention_chunk_items(const float* e, long long e_stride, int 
         const int off = lane + RS_LANES * (AT_ONCE * round + j);
         const bool in = off < seen;
         if constexpr (VEC == 4) {
-          const float4 x = in ? *reinterpret_cast<const float4*>(v0 + (long long)off * dim) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+          const float4 x = in ? *reinterpret_cast<const float4*>(v0 + (long long)off * dim)
+                              : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
           v[j][0] = x.x;
           v[j][1] = x.y;
           v[j][2] = x.z;
@@ -452,9 +453,8 @@ attention_values(const float* __restrict__ v_cache, const int* __restrict__ pos,
   // head i's chunk sums: with one chunk, this block's, in parts_chunk[i]; else at parts + i * stride
   float* parts = part_buf + rh0 * chunks * (dim + 1);
   const long long stride = active == 1 ? RS_ATTN_MAX_DIM + 1 : (long long)chunks * (dim + 1);
-  rs_attention_chunk_sums<RS_ATTN_HEADS>(&e_chunk[0][0], RS_ATTN_CHUNK, base, u.hb, vc, dim, n_vis, chunk,
-                                                  1, active == 1 ? &parts_chunk[0][0] : parts + chunk * (dim + 1),
-                                                  stride);
+  rs_attention_chunk_sums<RS_ATTN_HEADS>(&e_chunk[0][0], RS_ATTN_CHUNK, base, u.hb, vc, dim, n_vis, chunk, 1,
+                                         active == 1 ? &parts_chunk[0][0] : parts + chunk * (dim + 1), stride);
   __syncthreads();
   if (active > 1) {  // the last block of the unit to arrive adds the chunk sums up
     __threadfence();  // this block's chunk sums are visible to the block that adds them up
@@ -538,8 +538,7 @@ attention_heads(const float* __restrict__ q, const float* __restrict__ k_cache, 
 
   // 3. chunk sums of e_t * v[t, col] (each value loaded once for every head) and of e_t
   const int n_chunks = (n_pos + RS_ATTN_CHUNK - 1) / RS_ATTN_CHUNK;
-  rs_attention_chunk_sums<RS_ATTN_HEADS>(e, e_stride, 0, u.hb, vc, dim, n_vis, 0, n_chunks, parts,
-                                                  parts_stride);
+  rs_attention_chunk_sums<RS_ATTN_HEADS>(e, e_stride, 0, u.hb, vc, dim, n_vis, 0, n_chunks, parts, parts_stride);
   __syncthreads();
 
   // 4, 5. each head's chunks' sums in order, num / denom, quantized

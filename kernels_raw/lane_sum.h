@@ -18,12 +18,13 @@ RS_DEVICE float rs_lane_tree(float v) {
 RS_DEVICE float rs_max_nan(float m, float v) { return (v > m || rs_isnan(v)) ? v : m; }
 
 // The spec's tree for N sums of a group at once, each lane holding its lane value of every sum in slots
-// 0 .. N-1 (q8_gemv: slot i*R + r is weight row i, activation row r; attention: head i, column c). At each offset (16, 8, 4, 2, 1) the group halves the slots it carries while their count is even: a lane
-// keeps the half selected by its offset bit and sends the other half to its partner, which adds it to the
-// same slots (lane value + partner's lane value, as in rs_lane_tree). With an odd count every slot is
-// exchanged, and the lanes with the offset bit set hold duplicates. Every slot sees rs_lane_tree's additions,
-// with 62 exchanges for 64 slots instead of 5 * 64. Templates keep every index a compile-time constant (no
-// register array may go to memory). After the last level this lane holds slots first .. first+COUNT-1.
+// 0 .. N-1 (q8_gemv: slot i*R + r is weight row i, activation row r; attention: head i, column c). At each
+// offset (16, 8, 4, 2, 1) the group halves the slots it carries while their count is even: a lane keeps the
+// half selected by its offset bit and sends the other half to its partner, which adds it to the same slots
+// (lane value + partner's lane value, as in rs_lane_tree). With an odd count every slot is exchanged, and the
+// lanes with the offset bit set hold duplicates. Every slot sees rs_lane_tree's additions, with 62 exchanges
+// for 64 slots instead of 5 * 64. Templates keep every index a compile-time constant (no register array may go
+// to memory). After the last level this lane holds slots first .. first+COUNT-1.
 template <int COUNT, int OFFSET>
 struct RsTreeCount {  // how many slots a lane holds after the levels OFFSET, OFFSET/2, ..., 1
   static constexpr int value = RsTreeCount<COUNT % 2 == 0 ? COUNT / 2 : COUNT, OFFSET / 2>::value;

@@ -54,12 +54,14 @@
 #define RS_ATTN_SHARED_POS 1024  // up to this many positions, e_t and the chunk sums stay in shared memory
 #define RS_ATTN_SHARED_PARTS ((RS_ATTN_SHARED_POS / RS_ATTN_CHUNK) * (RS_ATTN_MAX_DIM + 1))
 
-// Keys a group loads at once in phase 1: more for short heads, whose keys take few registers, and for one query
-// head a block (heads of 128 then take 112 registers at 8 keys; four heads spill at 5): 16 groups then read 128
-// positions in one round of loads. With the trees of the keys past the end skipped (rs_attention_scores), the
+// Keys a group loads at once in phase 1: more for short heads, whose keys take few registers, and for one or two
+// query heads a block (heads of 128 then take 112 registers at 8 keys; four heads spill at 5): 16 groups then read
+// 128 positions in one round of loads. With the trees of the keys past the end skipped (rs_attention_scores), the
 // llama-8b pass at position 64 took 2.469 / 2.996 / 3.602 ms at 1 / 8 / 16 rows against 2.479 / 3.020 / 3.661
-// (H200, 2026-12-02, in turn in one device call; tests/results/attention_keys_h200.json).
-#define RS_ATTN_KEYS(maxd, hb) ((maxd) <= 64 || ((maxd) <= 128 && (hb) == 1) ? 8 : (maxd) <= 128 ? 4 : 2)
+// (H200, 2026-12-02, in turn in one device call; tests/results/attention_keys_h200.json). Two heads a block
+// (attention_heads<128, 512, 2>, 96 registers) at 8 keys: 8 rows at 64 / 160 / 400 positions 7.97 / 12.39 / 23.05
+// -> 7.66 / 12.30 / 22.51 us a launch (2026-12-03, tests/results/attention_heads_per_h200.json).
+#define RS_ATTN_KEYS(maxd, hb) ((maxd) <= 64 || ((maxd) <= 128 && (hb) <= 2) ? 8 : (maxd) <= 128 ? 4 : 2)
 #define RS_ATTN_HEADS 4  // query heads of one kv head that attention_scores and attention_values take together, at most
 
 // The keys and values of positions t_begin .. min(t_end, pos0, cache_len)-1 into the L2 cache, before the
@@ -202,7 +204,7 @@ RS_DEVICE void rs_attention_chunk_items(const float* e, long long e_stride, int 
             if (i < hb) {  // the same for the whole block
 #pragma unroll
               for (int c = 0; c < VEC; ++c) acc[i * VEC + c] = rs_add(acc[i * VEC + c], rs_mul(et[j][i], v[j][c]));
-              denom[i] = rs_add(denom[i], et[j][i]);
+              if (col0 == 0) denom[i] = rs_add(denom[i], et[j][i]);  // (the same for the whole group)
             }
           }
         }
@@ -479,9 +481,10 @@ attention_values(const float* __restrict__ v_cache, const int* __restrict__ pos,
 #define RS_ATTN_HEADS_SHARED_POS 512
 #define RS_ATTN_HEADS_SHARED_CHUNKS (RS_ATTN_HEADS_SHARED_POS / RS_ATTN_CHUNK)
 
-// q, k_cache, v_cache, pos, e_buf, part_buf, out, xq, xd, live as for `attention`; per: query heads a unit (at
-// most RS_ATTN_HEADS). Grid: rows * kv_heads * ceil(heads / kv_heads / per) blocks of THREADS threads.
-template <int MAXD, int THREADS>
+// q, k_cache, v_cache, pos, e_buf, part_buf, out, xq, xd, live as for `attention`; per: query heads a unit, at
+// most HB (<= RS_ATTN_HEADS; the backend compiles HB = per: the code and registers of only the heads a block has).
+// Grid: rows * kv_heads * ceil(heads / kv_heads / per) blocks of THREADS threads.
+template <int MAXD, int THREADS, int HB>
 __global__ void RS_ATTN_BOUNDS(THREADS, MAXD <= 128)
 attention_heads(const float* __restrict__ q, const float* __restrict__ k_cache, const float* __restrict__ v_cache,
                 const int* __restrict__ pos, int rows, int heads, int kv_heads, int per, int dim, int cache_len,
@@ -495,11 +498,11 @@ attention_heads(const float* __restrict__ q, const float* __restrict__ k_cache, 
   rs_attention_prefetch(kc, vc, pos, cache_len, dim, 0, RS_ATTN_HEADS_SHARED_POS, rows * u.parts,
                         u.row * u.parts + u.part, THREADS);
   rs_kernel_begin();
-  __shared__ float group_max[RS_ATTN_HEADS][THREADS / RS_LANES];
-  __shared__ float m_head[RS_ATTN_HEADS];
-  __shared__ float total[RS_ATTN_HEADS][RS_ATTN_MAX_DIM + 1];
-  __shared__ float e_shared[RS_ATTN_HEADS][RS_ATTN_HEADS_SHARED_POS];
-  __shared__ float parts_shared[RS_ATTN_HEADS][RS_ATTN_HEADS_SHARED_CHUNKS * (RS_ATTN_MAX_DIM + 1)];
+  __shared__ float group_max[HB][THREADS / RS_LANES];
+  __shared__ float m_head[HB];
+  __shared__ float total[HB][RS_ATTN_MAX_DIM + 1];
+  __shared__ float e_shared[HB][RS_ATTN_HEADS_SHARED_POS];
+  __shared__ float parts_shared[HB][RS_ATTN_HEADS_SHARED_CHUNKS * (RS_ATTN_MAX_DIM + 1)];
   const int pos0 = pos[0];
   const int n_pos = pos0 + rows;       // positions every row's sums run over
   const int n_vis = pos0 + u.row + 1;  // positions this row sees
@@ -513,10 +516,10 @@ attention_heads(const float* __restrict__ q, const float* __restrict__ k_cache, 
                                        : (long long)max_chunks * (dim + 1);
 
   // 1. scores of every head, each key loaded once; each head's max over t
-  float m[RS_ATTN_HEADS];
-  rs_attention_scores<MAXD, RS_ATTN_HEADS>(q + rh0 * dim, u.hb, kc, dim, scale, 0, n_vis, e, e_stride, 0, m);
+  float m[HB];
+  rs_attention_scores<MAXD, HB>(q + rh0 * dim, u.hb, kc, dim, scale, 0, n_vis, e, e_stride, 0, m);
 #pragma unroll
-  for (int i = 0; i < RS_ATTN_HEADS; ++i) {
+  for (int i = 0; i < HB; ++i) {
 #pragma unroll
     for (int offset = RS_LANES / 2; offset >= 1; offset /= 2) m[i] = rs_max_nan(m[i], rs_shfl_xor(m[i], offset));
     if (rs_lane() == 0) group_max[i][rs_group()] = m[i];
@@ -538,7 +541,7 @@ attention_heads(const float* __restrict__ q, const float* __restrict__ k_cache, 
 
   // 3. chunk sums of e_t * v[t, col] (each value loaded once for every head) and of e_t
   const int n_chunks = (n_pos + RS_ATTN_CHUNK - 1) / RS_ATTN_CHUNK;
-  rs_attention_chunk_sums<RS_ATTN_HEADS>(e, e_stride, 0, u.hb, vc, dim, n_vis, 0, n_chunks, parts, parts_stride);
+  rs_attention_chunk_sums<HB>(e, e_stride, 0, u.hb, vc, dim, n_vis, 0, n_chunks, parts, parts_stride);
   __syncthreads();
 
   // 4, 5. each head's chunks' sums in order, num / denom, quantized

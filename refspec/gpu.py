@@ -238,7 +238,7 @@ def attention_units(rows: int, heads: int, kv_heads: int, per: int) -> int:
 
 
 def attention_heads_max_threads(bound: int, hip: bool) -> int:
-    """The most threads a block of attention_heads<bound, THREADS> takes: 512 for heads up to 128 wide on NVIDIA;
+    """The most threads a block of attention_heads<bound, THREADS, per> takes: 512 for heads up to 128 wide on NVIDIA;
     else 256 (four heads' queries and keys in registers spill at 512 threads, which leave 128 registers a thread;
     gfx906 as for attention_values)."""
     return ATTN_THREAD_CHOICES[0] if bound <= 128 and not hip else ATTN_VALUES_MAX_THREADS_HIP
@@ -1067,7 +1067,7 @@ class GpuBackend:
         elif plan.kernel == "attention_heads":
             units = attention_units(rows, heads, kv_heads, plan.per)
             threads = min(self.attention_threads(units), attention_heads_max_threads(bound, self.platform == "hip"))
-            name = f"attention_heads<{bound}, {threads}>"
+            name = f"attention_heads<{bound}, {threads}, {plan.per}>"
             self.function("attention", name, (name,))(
                 (units,), (threads,),
                 (q, k_cache, v_cache, self._pos(pos), np.int32(rows), np.int32(heads), np.int32(kv_heads),

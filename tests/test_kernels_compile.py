@@ -13,8 +13,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from refspec.gpu import (ATTN_BOUNDS, ATTN_THREAD_CHOICES, ATTN_VALUES_MAX_THREADS_HIP, COMPILE_OPTIONS,
-                         GEMV_CONFIGS, GEMV_MAX_ROWS, GEMV_MMA, GEMV_MMA_MIN_ROWS, GEMV_MMA_TALL,
+from refspec.gpu import (ATTN_BOUNDS, ATTN_HEADS_PER, ATTN_THREAD_CHOICES, ATTN_VALUES_MAX_THREADS_HIP,
+                         COMPILE_OPTIONS, GEMV_CONFIGS, GEMV_MAX_ROWS, GEMV_MMA, GEMV_MMA_MIN_ROWS, GEMV_MMA_TALL,
                          attention_heads_max_threads, gemv_variants, kernel_dir, production_gemv_names)
 
 KERNELS = sorted(p.stem for p in kernel_dir().glob("*.hip"))
@@ -36,9 +36,9 @@ def values_threads(nvidia: bool) -> list[int]:
     return [t for t in ATTN_THREAD_CHOICES if nvidia or t <= ATTN_VALUES_MAX_THREADS_HIP]
 
 
-def heads_instances(nvidia: bool) -> list[tuple[int, int]]:
-    """The attention_heads instances the backend launches: (MAXD, threads)."""
-    return [(b, t) for b in ATTN_BOUNDS for t in ATTN_THREAD_CHOICES
+def heads_instances(nvidia: bool) -> list[tuple[int, int, int]]:
+    """The attention_heads instances the backend launches: (MAXD, threads, query heads a block)."""
+    return [(b, t, per) for b in ATTN_BOUNDS for t in ATTN_THREAD_CHOICES for per in ATTN_HEADS_PER
             if t <= attention_heads_max_threads(b, hip=not nvidia)]
 
 
@@ -78,8 +78,8 @@ def source_file(tmp_path, stem: str, variants: bool):
             f"template __global__ void attention<{b}, {t}>({ATTENTION_ARGS});\n"
             for b in ATTN_BOUNDS for t in ATTN_THREAD_CHOICES) + "".join(
             f"template __global__ void attention_scores<{b}>({SCORES_ARGS});\n" for b in ATTN_BOUNDS) + "".join(
-            f"template __global__ void attention_heads<{b}, {t}>({HEADS_ARGS});\n"
-            for b, t in heads_instances(variants)) + "".join(
+            f"template __global__ void attention_heads<{b}, {t}, {per}>({HEADS_ARGS});\n"
+            for b, t, per in heads_instances(variants)) + "".join(
             f"template __global__ void attention_values<{t}>({VALUES_ARGS});\n" for t in values_threads(variants)))
         return path
     if stem != "q8_gemv":

@@ -449,8 +449,9 @@ struct alignas(2 * LPW) RsScaleRow {
 // lines), unit j of its 4-byte weight-scale copies unit j*32 + lane (row u / (LPW/2), pair u % (LPW/2)); the
 // activations' copies likewise. A round i later than the first reads 32*i blocks further: 1024*i bytes of
 // quants, 32*i scales. Rows past n (or past `rows`) are read as the last (a valid address); blocks past nb
-// are not copied (nor ever read). RES: the activations of round i go to the warp's slot i (shared address
-// xres + i * X_BYTES), and only in the block's first tile: later tiles read them there.
+// are not copied (nor ever read). RES: the activations of round i go to slot i of the warp's lanes (shared
+// address xres + i * X_BYTES), all of them before the first round (first_activations); the stream then copies
+// weights only.
 template <int LPW, int MT, int RP, bool RES = false>
 struct RsMmaCopier {
   using Stage = RsMmaStage<LPW, MT, RP, RES>;
@@ -465,14 +466,12 @@ struct RsMmaCopier {
   int b0;      // the warp's first block of the first round
   long long req_n0;  // the tile of the next request (its first weight row), and the request's round in it
   int req_round;
-  bool req_first;    // whether the next request is in the block's first tile
-  unsigned xres;     // RES: the shared address of the warp's activation slots
+  unsigned xres;     // RES: the shared address of the activation slots of the warp's lanes
 
   RS_MEMBER RsMmaCopier(const signed char* __restrict__ wq, const unsigned short* __restrict__ wd,
                         const signed char* __restrict__ aq, const unsigned short* __restrict__ ad, long long n0,
                         int n, int rows, int k, int nb, int first_block, int lane, unsigned x_slots) {
     b0 = first_block;
-    req_first = true;
     xres = x_slots;
     block = (lane % (2 * LPW)) / 2;  // the same for every j: 2*LPW divides 32
     pair = 2 * (lane % (LPW / 2));
@@ -555,25 +554,16 @@ struct RsMmaCopier {
     }
   }
 
-  // The next round of the block's stream (weights, activations as asked; nothing where `valid` is false) into
-  // `buf` (RES: the activations into their slot, in the first tile only), as one commit group; then on to the
-  // round after it: past a tile's last round, the next tile's first (`stride` rows further).
+  // The next round of the block's stream (weights, activations as asked, RES: weights only; nothing where
+  // `valid` is false) into `buf`, as one commit group; then on to the round after it: past a tile's last
+  // round, the next tile's first (`stride` rows further).
   template <bool WEIGHTS, bool ACTS>
   RS_MEMBER void next(unsigned buf, bool valid, const signed char* __restrict__ wq,
                       const unsigned short* __restrict__ wd, long long stride, int n, int k, int nb, int rounds,
                       int lane) {
-    if (valid) {
-      if (!RES) {
-        copy<WEIGHTS, ACTS>(buf, buf, req_round, nb);
-      } else if (req_first) {
-        copy<WEIGHTS, ACTS>(buf, xres + req_round * Stage::X_BYTES, req_round, nb);
-      } else {
-        copy<WEIGHTS, false>(buf, 0, req_round, nb);
-      }
-    }
+    if (valid) copy<WEIGHTS, ACTS && !RES>(buf, buf, req_round, nb);
     rs_copy_commit();
     if (++req_round == rounds) {
-      req_first = false;
       req_round = 0;
       req_n0 += stride;
       point_weights(wq, wd, req_n0, n, k, nb, lane);
@@ -593,13 +583,18 @@ struct RsMmaCopier {
   }
 
   // Their activations, once the kernel before has finished: one commit group. The stream starts at a tile's
-  // first round, so its round q is round q % rounds of a tile (RES: only the first tile's, to their slots).
-  template <int STAGES>
-  RS_MEMBER void first_activations(unsigned pipe, int total, int nb, int rounds) const {
+  // first round, so its round q is round q % rounds of a tile. RES: every round's activations into their
+  // slots instead, rounds group, group + GROUPS, ... of them (the block's GROUPS warps of the same lanes share
+  // the slots, each copying a part).
+  template <int STAGES, int GROUPS>
+  RS_MEMBER void first_activations(unsigned pipe, int total, int nb, int rounds, int group) const {
+    if (RES) {
+      for (int q = group; q < rounds; q += GROUPS) copy<false, true>(0, xres + q * Stage::X_BYTES, q, nb);
+    } else {
 #pragma unroll
-    for (int q = 0; q < STAGES - 1; ++q) {
-      if (!RES && q < total) copy<false, true>(pipe + q * Stage::BYTES, pipe + q * Stage::BYTES, q % rounds, nb);
-      if (RES && q < total && q < rounds) copy<false, true>(0, xres + q * Stage::X_BYTES, q, nb);
+      for (int q = 0; q < STAGES - 1; ++q) {
+        if (q < total) copy<false, true>(pipe + q * Stage::BYTES, pipe + q * Stage::BYTES, q % rounds, nb);
+      }
     }
     rs_copy_commit();
   }
@@ -663,54 +658,77 @@ RS_DEVICE int rs_mma_partial_key(int row) {
   return RT == 2 ? ((row >> 1) & 1) | (((row >> 2) & 1) << 3) : (row >> 2) & 1;
 }
 
-// Dynamic shared memory of q8_gemv_mma<RP, NR, MT, STAGES, RES> (refspec.gpu.GemvConfig.shared_bytes says the
-// same): the warps' stage buffers, with RES each warp's activation slots for the `rounds` rounds of a tile
-// (pipe), then the partial sums [32 lanes][16*MT][8*RT] of a tile's tree (bytes: apart, as the stage buffers
-// already hold the next tile's first rounds while the tree runs). A launch whose blocks take one tile each
-// needs only one_tile: its partial sums reuse the drained buffers.
-template <int RP, int NR, int MT, int STAGES, bool RES = false>
+// Dynamic shared memory of q8_gemv_mma<RP, NR, MT, STAGES, RES, GROUPS> (refspec.gpu.GemvConfig.shared_bytes
+// says the same): the warps' stage buffers, with RES the activation slots of each of the NR warps' lanes for the
+// `rounds` rounds of a tile (shared by the GROUPS warps of the same lanes) (pipe), then each group's partial
+// sums [32 lanes][16*MT][8*RT] of a tile's tree (bytes: apart, as the stage buffers already hold the next
+// tile's first rounds while the tree runs). A launch of one group whose blocks take one tile each needs only
+// one_tile: its partial sums reuse the drained buffers.
+template <int RP, int NR, int MT, int STAGES, bool RES = false, int GROUPS = 1>
 struct RsMmaShared {
   using Stage = RsMmaStage<RS_LANES / NR, MT, RP, RES>;
   static constexpr int RT = (RP + 7) / 8;
   static constexpr int PARTIAL = RS_LANES * RS_MMA_ROWS * MT * 8 * RT * 4;
+  static constexpr __host__ __device__ int stages() { return GROUPS * NR * STAGES * Stage::BYTES; }
   static constexpr __host__ __device__ int pipe(int rounds) {
-    return NR * STAGES * Stage::BYTES + (RES ? NR * rounds * Stage::X_BYTES : 0);
+    return stages() + (RES ? NR * rounds * Stage::X_BYTES : 0);
   }
-  static constexpr __host__ __device__ int bytes(int rounds) { return pipe(rounds) + PARTIAL; }
+  static constexpr __host__ __device__ int bytes(int rounds) { return pipe(rounds) + GROUPS * PARTIAL; }
   static constexpr __host__ __device__ int one_tile(int rounds) {
-    return pipe(rounds) > PARTIAL ? pipe(rounds) : PARTIAL;
+    return GROUPS > 1 ? bytes(rounds) : pipe(rounds) > PARTIAL ? pipe(rounds) : PARTIAL;
   }
 };
 
-// RES (activations resident): a warp keeps the activations of every round of a tile in slots of its own, copied
-// with the block's first tile and read from there by its later tiles, which copy only weights (each warp reads
+// A barrier for the NR warps of group `group` of a q8_gemv_mma block (the whole block when it is one group):
+// barrier 1 or 2 (numbers known to the compiler, which otherwise sets aside all 16 of a block's).
+template <int NR, int GROUPS>
+RS_DEVICE void rs_mma_group_sync(int group) {
+  static_assert(GROUPS == 1 || GROUPS == 2, "one or two groups a block");
+  if (GROUPS == 1) {
+    __syncthreads();
+  } else if (group == 0) {
+    asm volatile("bar.sync 1, %0;" ::"n"(NR * RS_LANES) : "memory");
+  } else {
+    asm volatile("bar.sync 2, %0;" ::"n"(NR * RS_LANES) : "memory");
+  }
+}
+
+// RES (activations resident): the activations of every round of a tile sit in slots, one for each warp's lanes,
+// copied before the first round and read from there by every tile, which copies only weights (each warp reads
 // only its own blocks of the activations, the same in every tile). For blocks that stream many tiles: the copies
 // of the activations, R/16/MT of the weights' bytes a tile, go through the L2 cache once a block, not once a tile.
-// Grid: any number of blocks of 32*NR threads; block b takes tiles b, b + gridDim.x, ... of 16*MT weight rows
-// (the backend gives one block a tile, or, for matrices of many tiles, as many blocks as fit on the GPU at
-// once). rows <= RP <= 16; RsMmaShared<...>::bytes(rounds) of dynamic shared memory, or one_tile(rounds) with a
-// block for each tile. Needs K % 64 == 0, 16-byte aligned wq and xq and 4-byte aligned wd (the wrapper checks).
-template <int RP, int NR, int MT, int STAGES, bool RES = false>
-__global__ void __launch_bounds__(RS_LANES * NR, NR == 8 && MT == 1 ? 2 : 1)  // 8 warps: up to 128 registers (it spilled at 80)
+// GROUPS: a block of GROUPS groups of NR warps, each group a stream of tiles of its own (as a block of one group
+// would be), all sharing the RES slots: group g of block b is stream G*b + g of gridDim.x * G. Where two blocks
+// of one group fit a multiprocessor, one block of two holds the activations once, and so has room for more
+// rounds in flight (STAGES).
+// Grid: any number of blocks of 32*NR*GROUPS threads; stream s takes tiles s, s + streams, ... of 16*MT weight rows
+// (the backend gives one stream a tile, or, for matrices of many tiles, as many as fit on the GPU at once).
+// rows <= RP <= 16; RsMmaShared<...>::bytes(rounds) of dynamic shared memory, or one_tile(rounds) with a stream
+// for each tile. Needs K % 64 == 0, 16-byte aligned wq and xq and 4-byte aligned wd (the wrapper checks).
+template <int RP, int NR, int MT, int STAGES, bool RES = false, int GROUPS = 1>
+__global__ void __launch_bounds__(RS_LANES * NR * GROUPS, GROUPS == 1 && NR == 8 && MT == 1 ? 2 : 1)  // 8 warps: up to 128 registers (it spilled at 80)
 q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict__ wd,
             const signed char* __restrict__ xq, const unsigned short* __restrict__ xd,
             float* __restrict__ y, int n, int k, int rows, const float* base) {
   constexpr int RT = (RP + 7) / 8;     // tiles of 8 activation rows
   constexpr int LPW = RS_LANES / NR;   // spec lanes per warp
-  using Shared = RsMmaShared<RP, NR, MT, STAGES, RES>;
+  using Shared = RsMmaShared<RP, NR, MT, STAGES, RES, GROUPS>;
   using Stage = typename Shared::Stage;
   extern __shared__ int4 rs_mma_shared[];
   const int nb = k / RS_QK;
   const int rounds = (nb + RS_LANES - 1) / RS_LANES;
-  const int warp = threadIdx.x / RS_LANES, lane = rs_lane();
-  const int g = lane / 4, t = lane % 4;  // the fragment's group and thread-in-group
+  const int lane = rs_lane(), g = lane / 4, t = lane % 4;  // the fragment's group and thread-in-group
+  const int group = GROUPS == 1 ? 0 : threadIdx.x / (RS_LANES * NR);  // the block's group of warps (a stream)
+  const int warp = (GROUPS == 1 ? threadIdx.x : threadIdx.x % (RS_LANES * NR)) / RS_LANES;  // lanes warp*LPW ..
   const int tiles = (n + Stage::ROWS - 1) / Stage::ROWS;
-  const int first = blockIdx.x, blocks = gridDim.x;  // this block's first tile; it takes every blocks-th after
-  const long long stride = (long long)blocks * Stage::ROWS;  // rows from one of this block's tiles to the next
-  const int total = first < tiles ? ((tiles - 1 - first) / blocks + 1) * rounds : 0;  // the block's rounds
-  unsigned char* const pipe = reinterpret_cast<unsigned char*>(rs_mma_shared) + warp * STAGES * Stage::BYTES;
+  // this stream's first tile; it takes every blocks-th after
+  const int first = blockIdx.x * GROUPS + group, blocks = gridDim.x * GROUPS;
+  const long long stride = (long long)blocks * Stage::ROWS;  // rows from one of this stream's tiles to the next
+  const int total = first < tiles ? ((tiles - 1 - first) / blocks + 1) * rounds : 0;  // the stream's rounds
+  unsigned char* const pipe =
+      reinterpret_cast<unsigned char*>(rs_mma_shared) + threadIdx.x / RS_LANES * STAGES * Stage::BYTES;
   const unsigned pipe_address = (unsigned)__cvta_generic_to_shared(pipe);
-  // RES: this warp's activation slots, after every warp's stage buffers
+  // RES: the activation slots of this warp's lanes, after every warp's stage buffers
   unsigned char* const x_slots =
       reinterpret_cast<unsigned char*>(rs_mma_shared) + Shared::pipe(0) + warp * rounds * Stage::X_BYTES;
   const unsigned x_slots_address = (unsigned)__cvta_generic_to_shared(x_slots);
@@ -718,8 +736,9 @@ q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict
                                        lane, x_slots_address);
   copier.template first_weights<STAGES>(pipe_address, total, wq, wd, stride, n, k, nb, rounds, lane);
   rs_kernel_begin();
-  copier.template first_activations<STAGES>(pipe_address, total, nb, rounds);
+  copier.template first_activations<STAGES, GROUPS>(pipe_address, total, nb, rounds, group);
   rs_copy_wait<0>();  // the first round's weights were asked for first; the rest of the first rounds came with them
+  if (RES && GROUPS > 1) __syncthreads();  // and so have the other groups' copies of the shared slots
 
   float acc[LPW][MT][RT][4];
 #pragma unroll
@@ -764,7 +783,8 @@ q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict
   const int key_g = rs_mma_partial_key<RT>(g);  // the partial sums' swizzle for rows g and g + 8 of each tile
   // the partial sums: after the stage buffers, or in them where each block has one tile (drained by then)
   float(*partial)[RS_MMA_ROWS * MT][8 * RT] = reinterpret_cast<float(*)[RS_MMA_ROWS * MT][8 * RT]>(
-      reinterpret_cast<unsigned char*>(rs_mma_shared) + (blocks >= tiles ? 0 : Shared::pipe(rounds)));
+      reinterpret_cast<unsigned char*>(rs_mma_shared) +
+      (GROUPS == 1 && blocks >= tiles ? 0 : Shared::pipe(rounds) + group * Shared::PARTIAL));
 
   long long n0 = (long long)first * Stage::ROWS;  // the tile computed now (its first weight row)
   int use = 0, fill = STAGES - 1;  // the buffers of the round computed now and of the next request
@@ -794,7 +814,7 @@ q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict
     if (++i < rounds) continue;
     // The tile's last round: its sums meet in the spec's tree, and the next tile starts from +0.0.
     i = 0;
-    __syncthreads();  // every thread has read the partial sums of the block's tile before (and its buffers)
+    rs_mma_group_sync<NR, GROUPS>(group);  // the group has read the partial sums of its tile before (and buffers)
 #pragma unroll
     for (int s = 0; s < LPW; ++s) {
       const int l = warp * LPW + s;
@@ -812,9 +832,10 @@ q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict
         }
       }
     }
-    __syncthreads();
+    rs_mma_group_sync<NR, GROUPS>(group);
     // the spec's tree over the 32 lane values of each output: lane i + width onto lane i, width 16 .. 1
-    for (int o = threadIdx.x; o < RS_MMA_ROWS * MT * 8 * RT; o += blockDim.x) {
+    for (int o = GROUPS == 1 ? threadIdx.x : threadIdx.x % (RS_LANES * NR); o < RS_MMA_ROWS * MT * 8 * RT;
+         o += RS_LANES * NR) {
       const int row = o / (8 * RT), col = o % (8 * RT);
       const long long nrow = n0 + row;
       if (nrow >= n || col >= rows) continue;

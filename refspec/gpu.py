@@ -65,8 +65,9 @@ class GemvConfig:
     ceil(R / SPLIT) activation rows), OCC thread blocks per multiprocessor asked of the CUDA compiler, and
     for q8_gemv DEPTH rounds of weight blocks each lane has in flight.
     For q8_gemv_mma the three numbers are NR warps per thread block, SPLIT tiles of 16 weight rows per thread
-    block (MT) and OCC rounds of weights in flight per warp (STAGES), and `resident` keeps each warp's
-    activations of a tile in shared memory for the block's later tiles (RES)."""
+    block (MT) and OCC rounds of weights in flight per warp (STAGES), `resident` keeps the activations of a tile
+    in shared memory for every tile (RES), and `groups` (1 or 2) is the streams of tiles a block runs, GROUPS
+    groups of NR warps sharing those activations."""
 
     kernel: str
     nr: int
@@ -74,15 +75,18 @@ class GemvConfig:
     occ: int = 1
     depth: int = 1  # q8_gemv: rounds of weight blocks a lane has in flight
     resident: bool = False  # q8_gemv_mma: the activations copied once a block, not once a tile
+    groups: int = 1  # q8_gemv_mma: streams of tiles a block runs
 
     def name(self, rows: int) -> str:
         """The template instance for `rows` rows."""
         rp = rows if self.kernel == "q8_gemv_mma" else -(-rows // self.split)
         more = f", {self.depth}" if self.depth != 1 else ", true" if self.resident else ""
+        if self.groups != 1:
+            more = f", {str(self.resident).lower()}, {self.groups}"
         return f"{self.kernel}<{rp}, {self.nr}, {self.split}, {self.occ}{more}>"
 
     def threads(self) -> int:
-        return 32 * self.nr if self.kernel == "q8_gemv_mma" else GEMV_THREADS[self.kernel]
+        return 32 * self.nr * self.groups if self.kernel == "q8_gemv_mma" else GEMV_THREADS[self.kernel]
 
     def weight_rows_per_block(self) -> int:
         if self.kernel == "q8_gemv_mma":
@@ -98,7 +102,7 @@ class GemvConfig:
         """Dynamic shared memory of one thread block over rows of length k (kernels_raw/q8_gemv.hip's
         RsMmaShared: the warps' stage buffers, and with `resident` their activation slots, a round of a tile
         each; then the partial sums of a tile's tree; with one_tile, for blocks of one tile each, the larger of
-        the two); the other kernels use none."""
+        the two, for a block of one group); the other kernels use none."""
         if self.kernel != "q8_gemv_mma":
             return 0
         lanes_per_warp, tile_rows = 32 // self.nr, GEMV_MMA_ROWS * self.split
@@ -109,11 +113,11 @@ class GemvConfig:
 
         if self.resident:
             rounds = -(-k // (QK8_0 * 32))
-            pipe = self.nr * (self.occ * lines(tile_rows * row_bytes) + rounds * lines(rows * row_bytes))
+            pipe = self.nr * (self.groups * self.occ * lines(tile_rows * row_bytes) + rounds * lines(rows * row_bytes))
         else:
-            pipe = self.nr * self.occ * lines((tile_rows + rows) * row_bytes)
+            pipe = self.groups * self.nr * self.occ * lines((tile_rows + rows) * row_bytes)
         partial = 32 * tile_rows * 8 * -(-rows // 8) * 4
-        return max(pipe, partial) if one_tile else pipe + partial
+        return max(pipe, partial) if one_tile and self.groups == 1 else pipe + self.groups * partial
 
 
 # The GEMV runs at most GEMV_MAX_ROWS activation rows per launch; more rows are split into launches of that
@@ -174,6 +178,14 @@ GEMV_MMA_TALL = GemvConfig("q8_gemv_mma", 8, 2, 2)
 # 3.155 / 3.158 -> 3.136 / 3.127 ms in turn. Not for the tall tiles: at 16 rows 152064x3584 took 178.1 -> 186.3,
 # 128256x4096 173.0 -> 174.1.
 GEMV_MMA_RESIDENT = GemvConfig("q8_gemv_mma", 8, 1, 3, resident=True)
+# Where GEMV_MMA_RESIDENT runs two blocks a multiprocessor, each holding the same activations, one block of two
+# streams (GemvConfig.groups) holds them once, and so has room for a fourth round of weights in flight a warp
+# (ncu had GEMV_MMA_RESIDENT's warps waiting for their copies a third of the time, DRAM at 74 %). Up to 8 rows
+# (its slots at 16 rows leave room for one round). H200, 2026-12-03 (tests/results/gemv_two_streams_h200.json),
+# us at 8 rows: 14336x4096 19.46 -> 18.66, 6144x4096 9.26 -> 9.40, 128256x4096 139.37 -> 138.88, 28672x4096
+# 34.74 -> 34.89; the llama-8b pass (graph replay, trees in turn, twice) of 4 rows 2.795 / 2.796 -> 2.766 /
+# 2.767 ms, of 8 rows 2.904 / 2.900 -> 2.862 / 2.862.
+GEMV_MMA_TWO_STREAMS = GemvConfig("q8_gemv_mma", 8, 1, 4, resident=True, groups=2)
 GEMV_MMA_STREAM_WAVES = 2
 GEMV_MMA_MIN_ROWS = 3  # (2 rows: the dp4a GEMV is as fast in a pass; from 3 the tensor cores are faster)
 # In turn in one call, the llama-8b pass of 3 / 4 / 5 / 6 / 7 rows took 2.82 / 2.86 / 2.94 / 2.97 / 2.99 ms with
@@ -188,7 +200,7 @@ GEMV_MMA_MIN_WEIGHTS = 4 * 1024 * 1024
 # The tensor-core mappings `refspec bench gemv --mma` and --variants time beside the production GEMV.
 GEMV_MMA_VARIANTS = [GemvConfig("q8_gemv_mma", nr, mt, stages)
                      for nr, mt, stages in ((8, 1, 3), (8, 1, 2), (8, 1, 4), (4, 1, 3), (8, 2, 2), (16, 1, 3))]
-GEMV_MMA_VARIANTS += [GEMV_MMA_RESIDENT, replace(GEMV_MMA_TALL, resident=True)]
+GEMV_MMA_VARIANTS += [GEMV_MMA_RESIDENT, replace(GEMV_MMA_TALL, resident=True), GEMV_MMA_TWO_STREAMS]
 
 
 def gemv_mma(rows: int) -> GemvConfig:
@@ -206,6 +218,7 @@ def production_gemv_names(cuda: bool, mma_min_rows: int | None) -> list[str]:
         if mma_min_rows is not None:
             names += [c.name(r) for r in range(mma_min_rows, GEMV_MAX_ROWS + 1)
                       for c in dict.fromkeys((gemv_mma(r), GEMV_MMA, GEMV_MMA_RESIDENT))]
+            names += [GEMV_MMA_TWO_STREAMS.name(r) for r in range(mma_min_rows, 9)]
     return names
 
 
@@ -839,8 +852,9 @@ class GpuBackend:
     def _mma_config(self, rows: int, n: int, k: int) -> GemvConfig:
         """gemv_mma(rows), except for 9-16 rows of a matrix whose tall tiles are more than the GPU holds at once
         and at most GEMV_MMA_STREAM_WAVES times that (see GEMV_MMA_TALL): GEMV_MMA. Then GEMV_MMA, where its
-        blocks take two tiles or more (_mma_grid), with its activations resident (GEMV_MMA_RESIDENT), if their
-        slots fit without costing a block a multiprocessor. Worked out once per shape."""
+        blocks take two tiles or more (_mma_grid), with its activations resident, if their slots fit without
+        costing a stream of tiles: GEMV_MMA_TWO_STREAMS up to 8 rows, else GEMV_MMA_RESIDENT. Worked out once
+        per shape."""
         key = (rows, n, k, self.resident_activations)
         if key not in self._mma_configs:
             self._mma_configs[key] = self._choose_mma_config(rows, n, k)
@@ -856,11 +870,12 @@ class GpuBackend:
             _, _, wave, slots = self._mma_capacity(self._gemv_function(config, rows), config, rows, k)
         if config != GEMV_MMA or not self.resident_activations or tiles <= wave or slots != wave:
             return config  # (a block a tile: nothing to keep)
-        resident = GEMV_MMA_RESIDENT
-        if not self.gemv_fits(resident, rows, k):
-            return config
-        _, _, _, resident_slots = self._mma_capacity(self._gemv_function(resident, rows), resident, rows, k)
-        return resident if resident_slots == slots else config
+        for resident in ((GEMV_MMA_TWO_STREAMS,) if rows <= 8 else ()) + (GEMV_MMA_RESIDENT,):
+            if self.gemv_fits(resident, rows, k):
+                _, _, _, resident_slots = self._mma_capacity(self._gemv_function(resident, rows), resident, rows, k)
+                if resident_slots == slots:
+                    return resident
+        return config
 
     def gemv_fits(self, config: GemvConfig, rows: int, k: int) -> bool:
         """Whether `config` can run rows of length k on this GPU: its shared memory (a resident GEMV's slots grow
@@ -928,24 +943,28 @@ class GpuBackend:
         tiles' weights without a gap: as many as the GPU holds for more tiles than GEMV_MMA_STREAM_WAVES times
         that, else half as many as the tiles, two each (at most max_blocks, with which the tests give a block
         many tiles). Two tiles a block instead of a second wave of blocks: 6144 x 4096 at 8 rows (384 tiles,
-        264 blocks at once) 10.85 -> 9.49 us (H200, 2026-12-02)."""
+        264 blocks at once) 10.85 -> 9.49 us (H200, 2026-12-02). All of this counts streams of tiles, of which a
+        block runs config.groups."""
         one_tile, streamed, wave, slots = self._mma_capacity(kernel, config, rows, k)
         if max_blocks is not None and max_blocks < tiles:
-            return min(max_blocks, slots), streamed
-        if tiles > wave and slots == wave:
-            return (slots if tiles > GEMV_MMA_STREAM_WAVES * slots else -(-tiles // GEMV_MMA_STREAM_WAVES)), streamed
-        return tiles, one_tile
+            streams, shared = min(max_blocks, slots), streamed
+        elif tiles > wave and slots == wave:
+            streams = slots if tiles > GEMV_MMA_STREAM_WAVES * slots else -(-tiles // GEMV_MMA_STREAM_WAVES)
+            shared = streamed
+        else:
+            streams, shared = tiles, one_tile
+        return -(-streams // config.groups), shared
 
     def _mma_capacity(self, kernel, config: GemvConfig, rows: int, k: int) -> tuple[int, int, int, int]:
         """q8_gemv_mma's dynamic shared memory for blocks of one tile and for blocks that stream, both opted in
         (first: the occupancy the driver reports, which the kernel keeps, depends on the opt-in), and how many
-        blocks of each the GPU holds at once."""
+        streams of tiles of each the GPU holds at once (config.groups a block)."""
         one_tile, streamed = config.shared_bytes(rows, k, one_tile=True), config.shared_bytes(rows, k)
         for nbytes in (one_tile, streamed):
             kernel.allow_shared(nbytes)
-        threads, sms = config.threads(), self._multiprocessors
-        wave = kernel.resident_blocks(threads, one_tile) * sms
-        return one_tile, streamed, wave, kernel.resident_blocks(threads, streamed) * sms
+        threads, streams = config.threads(), self._multiprocessors * config.groups
+        wave = kernel.resident_blocks(threads, one_tile) * streams
+        return one_tile, streamed, wave, kernel.resident_blocks(threads, streamed) * streams
 
     def rope(self, x, pos, cos, sin, neox):
         x, cos, sin = self._input(x), self._input(cos), self._input(sin)

@@ -5,11 +5,12 @@ from dataclasses import replace
 
 import pytest
 
-from refspec.gpu import GEMV_MMA, GEMV_MMA_RESIDENT, GEMV_MMA_STREAM_WAVES, GEMV_MMA_TALL, GpuBackend
+from refspec.gpu import (GEMV_MMA, GEMV_MMA_RESIDENT, GEMV_MMA_STREAM_WAVES, GEMV_MMA_TALL, GEMV_MMA_TWO_STREAMS,
+                         GpuBackend)
 
 SMS = 132
 SM_SHARED, BLOCK_SHARED = 228 * 1024, 227 * 1024  # an sm_90 multiprocessor's shared memory; a block's most
-RESIDENT_MMA, RESIDENT_TALL = GEMV_MMA_RESIDENT, replace(GEMV_MMA_TALL, resident=True)
+RESIDENT_MMA, RESIDENT_TALL, TWO_STREAMS = GEMV_MMA_RESIDENT, replace(GEMV_MMA_TALL, resident=True), GEMV_MMA_TWO_STREAMS
 
 
 class StandInKernel:
@@ -35,15 +36,16 @@ class StandInKernel:
 
 
 def backend(resident_activations: bool = True, fit: int | None = None) -> GpuBackend:
-    """A GpuBackend of SMS multiprocessors whose GEMV kernels are stand-ins: the tall tiles' (236 registers) fit
-    once a multiprocessor, the others twice (or `fit` times, all of them)."""
+    """A GpuBackend of SMS multiprocessors whose GEMV kernels are stand-ins: the tall tiles' (236 registers) and
+    the blocks of two streams (512 threads) fit once a multiprocessor, the others twice (or `fit` times, all of
+    them)."""
     kernels = {}
     be = object.__new__(GpuBackend)
     be._multiprocessors = SMS
     be.resident_activations = resident_activations
     be._mma_configs = {}
     be._gemv_function = lambda config, rows: kernels.setdefault(
-        config, StandInKernel(fit=fit or (1 if config.split == 2 else 2)))
+        config, StandInKernel(fit=fit or (1 if config.split == 2 or config.groups == 2 else 2)))
     be.kernels = kernels
     return be
 
@@ -62,9 +64,12 @@ def test_mma_config_takes_tall_tiles_where_they_fit_at_once_or_stream(rows):
 
 @pytest.mark.parametrize("rows, n, k, expected", [
     (8, 4096, 4096, GEMV_MMA),  # 256 tiles, one wave of blocks (264): a block a tile, nothing to keep
-    (8, 6144, 4096, RESIDENT_MMA),  # 384 tiles: two a block
-    (8, 28672, 4096, RESIDENT_MMA),  # 1792 tiles streamed by 264 blocks
-    (8, 152064, 3584, RESIDENT_MMA),
+    (8, 6144, 4096, TWO_STREAMS),  # 384 tiles: two a stream, two streams a block sharing the activations
+    (8, 28672, 4096, TWO_STREAMS),  # 1792 tiles streamed by 264 streams
+    (8, 152064, 3584, TWO_STREAMS),
+    (3, 28672, 5120, TWO_STREAMS),
+    (8, 28672, 6144, TWO_STREAMS),  # 6 rounds: the most whose slots fit beside two streams' stage buffers
+    (8, 28672, 7168, GEMV_MMA),  # 7 (and one block a multiprocessor of one stream, too)
     (8, 28672, 14336, GEMV_MMA),  # 14 rounds of slots: a block a multiprocessor instead of two
     (16, 152064, 3584, GEMV_MMA_TALL),  # tall tiles stream, but keep copying (they measured slower resident)
     (16, 6144, 4096, GEMV_MMA),  # 1-2 waves of tall tiles take GEMV_MMA, whose blocks do not stream at 16 rows
@@ -72,8 +77,15 @@ def test_mma_config_takes_tall_tiles_where_they_fit_at_once_or_stream(rows):
 ])
 def test_mma_config_keeps_activations_resident_where_blocks_stream(rows, n, k, expected):
     assert backend()._mma_config(rows, n, k) == expected
-    assert backend(resident_activations=False)._mma_config(rows, n, k) == replace(expected, resident=False)
+    unkept = gemv_mma_plain(expected)
+    assert backend(resident_activations=False)._mma_config(rows, n, k) == unkept
     assert RESIDENT_MMA == replace(GEMV_MMA, resident=True)
+    assert TWO_STREAMS == replace(GEMV_MMA, occ=4, resident=True, groups=2)
+
+
+def gemv_mma_plain(config):
+    """The mapping a shape takes without resident activations: GEMV_MMA for either resident one."""
+    return GEMV_MMA if config in (RESIDENT_MMA, TWO_STREAMS) else config
 
 
 def test_mma_config_never_asks_for_slots_past_what_a_block_may_have():
@@ -88,9 +100,9 @@ def test_mma_config_never_asks_for_slots_past_what_a_block_may_have():
 def test_mma_config_is_worked_out_once_per_shape():
     """An eager pass asks for every launch: the second time asks the kernels nothing; the switch is part of it."""
     be = backend()
-    assert be._mma_config(8, 28672, 4096) == RESIDENT_MMA
+    assert be._mma_config(8, 28672, 4096) == TWO_STREAMS
     calls = sum(len(kernel.calls) for kernel in be.kernels.values())
-    assert be._mma_config(8, 28672, 4096) == RESIDENT_MMA
+    assert be._mma_config(8, 28672, 4096) == TWO_STREAMS
     assert sum(len(kernel.calls) for kernel in be.kernels.values()) == calls
     be.resident_activations = False
     assert be._mma_config(8, 28672, 4096) == GEMV_MMA
@@ -109,6 +121,12 @@ def test_mma_grid_blocks():
     assert be._mma_grid(both, config, rows, k, 5, 3) == (3, streamed)  # the tests' cap
     resident = RESIDENT_MMA.shared_bytes(rows, k)
     assert be._mma_grid(StandInKernel(fit=2), RESIDENT_MMA, rows, k, 4 * SMS + 1, None) == (2 * SMS, resident)
+    two = TWO_STREAMS.shared_bytes(rows, k)  # blocks of two streams: half as many blocks for the same streams
+    assert TWO_STREAMS.shared_bytes(rows, k, one_tile=True) == two
+    assert be._mma_grid(StandInKernel(fit=1), TWO_STREAMS, rows, k, 4 * SMS + 1, None) == (SMS, two)
+    assert be._mma_grid(StandInKernel(fit=1), TWO_STREAMS, rows, k, 384, None) == (96, two)  # 192 streams
+    assert be._mma_grid(StandInKernel(fit=1), TWO_STREAMS, rows, k, 2 * SMS, None) == (SMS, two)  # a tile each
+    assert be._mma_grid(StandInKernel(fit=1), TWO_STREAMS, rows, k, 5, 3) == (2, two)  # 3 streams: 2 blocks
     rows = 16  # GEMV_MMA at 16 rows: streaming would cost a block a multiprocessor: never
     one_tile = config.shared_bytes(rows, k, one_tile=True)
     assert be._mma_grid(StandInKernel(fit=2), config, rows, k, 10 * SMS, None) == (10 * SMS, one_tile)
@@ -122,6 +140,9 @@ def test_resident_shared_bytes():
     assert RESIDENT_MMA.shared_bytes(8, 4160) == 8 * (3 * 2176 + 5 * 1152) + 16384  # a partial last round
     assert RESIDENT_TALL.shared_bytes(16, 3584) == 8 * (2 * 4352 + 4 * 2176) + 65536
     assert RESIDENT_TALL.shared_bytes(16, 3584, one_tile=True) == 8 * (2 * 4352 + 4 * 2176)
+    # two streams: both groups' stage buffers (four rounds), the slots once, a tree's partial sums each
+    assert TWO_STREAMS.shared_bytes(8, 4096) == 8 * (2 * 4 * 2176 + 4 * 1152) + 2 * 16384
+    assert TWO_STREAMS.shared_bytes(8, 4096) + 1024 <= SM_SHARED  # one block a multiprocessor
 
 
 @pytest.mark.parametrize("rows", range(1, 17))

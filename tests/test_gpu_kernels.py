@@ -104,27 +104,52 @@ VARIANTS += GEMV_MMA_VARIANTS  # tensor cores: skipped without
 
 @pytest.mark.parametrize("rows", [1, 2, 5, 8, 9, 13, 16])
 @pytest.mark.parametrize("config", VARIANTS,
-                         ids=lambda c: f"{c.kernel}-{c.nr}-{c.split}-{c.occ}-{c.depth}" + ("-res" if c.resident else ""))
+                         ids=lambda c: f"{c.kernel}-{c.nr}-{c.split}-{c.occ}-{c.depth}" + ("-res" if c.resident else "")
+                         + (f"-g{c.groups}" if c.groups != 1 else ""))
 @settings(max_examples=4)
 @given(data=st.data())
 def test_every_gemv_variant_equals_spec(be, rows, config, data):
     """Every mapping `refspec bench gemv --variants` can pick gives the spec's bits, not only the production
     ones: SPLIT groups sharing weight rows (with a last group of fewer rows), staged activations, OCC, DEPTH
     rounds of weights in flight (rows of fewer blocks than DEPTH rounds of the lanes, and of a part of one),
-    and the tensor-core GEMV's resident activations (blocks of 1 or 3 tiles: the later tiles read them)."""
+    and the tensor-core GEMV's resident activations (blocks of 1 or 3 tiles: the later tiles read them), also
+    shared by a block's two streams of tiles."""
     mma = config.kernel == "q8_gemv_mma"  # its SPLIT is tiles of weight rows, and K a multiple of 64
     if (config.split > rows and not mma) or (mma and not be.mma_available):
         return
     rng = rng_from(data)
     n = data.draw(st.integers(1, 200), label="n")
-    # (resident activations: rows of up to 5 rounds of the lanes, which every such mapping's slots fit)
-    k = data.draw(st.integers(1, 80 if config.resident else 150), label="blocks") * QK8_0 * (2 if mma else 1)
+    # (resident activations: rows of up to 5 rounds of the lanes, or as many as the mapping's slots fit)
+    top = 80 if config.resident else 150
+    while mma and top > 1 and not be.gemv_fits(config, rows, top * 2 * QK8_0):
+        top -= 16  # a round of the lanes (16 pairs of blocks) fewer
+    k = data.draw(st.integers(1, top), label="blocks") * QK8_0 * (2 if mma else 1)
     w = random_q8(rng, n, k)
     xq, xd = spec.quantize_q8_0(floats(rng, (rows, k), "normal"))
     y = be._empty((rows, n))
     max_blocks = data.draw(st.sampled_from([None, 1, 3]), label="max blocks") if mma else None  # tiles a block
     be.launch_gemv(config, be.upload_q8(w), be.asarray(xq), be.asarray(xd), y, max_blocks=max_blocks)
     assert_same(be.to_host(y), spec.q8_gemv(w, xq, xd), f"{config} R={rows} N={n} K={k} blocks<={max_blocks}")
+
+
+@pytest.mark.parametrize("rows", [3, 5, 8])
+@pytest.mark.parametrize("rounds", [1, 3.5, 6])
+def test_streaming_tensor_core_gemv_equals_spec(rows, rounds):
+    """The mapping the backend itself picks for a matrix of many more tiles than the GPU holds at once: two
+    streams of tiles a block sharing their resident activations (rows of 1 to 6 rounds of the lanes, the most
+    whose slots fit), with the spec's bits."""
+    from refspec.gpu import GEMV_MMA_TWO_STREAMS, GpuBackend
+
+    be = GpuBackend(mma_min_rows=3, mma_min_weights=0)
+    if not be.mma_available:
+        pytest.skip("no integer tensor cores")
+    rng = np.random.default_rng(rows)
+    n, k = 16 * 8 * be._multiprocessors + 40, int(rounds * 32) * QK8_0  # 4 tiles a stream, a partial last one
+    assert be.gemv_config(rows, k, n) == GEMV_MMA_TWO_STREAMS
+    w = random_q8(rng, n, k)
+    xq, xd = spec.quantize_q8_0(floats(rng, (rows, k), "normal"))
+    got = be.to_host(be.q8_gemv(be.upload_q8(w), be.asarray(xq), be.asarray(xd)))
+    assert_same(got, spec.q8_gemv(w, xq, xd), f"q8_gemv R={rows} N={n} K={k}")
 
 
 def test_gemv_configs_cover_every_row_count():

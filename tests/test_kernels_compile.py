@@ -179,7 +179,7 @@ def test_mma_shared_memory_sizes_agree(tmp_path):
              for k in ((64, 1024, 1088, 3584, 5120) if c.resident else (4096,))]
     lines = ['#include <cstdio>', '#include "q8_gemv.hip"', "int main() {"]
     for c, rows, k in cases:
-        shared = f"RsMmaShared<{rows}, {c.nr}, {c.split}, {c.occ}, {str(c.resident).lower()}>"
+        shared = f"RsMmaShared<{rows}, {c.nr}, {c.split}, {c.occ}, {str(c.resident).lower()}, {c.groups}>"
         rounds = -(-k // 1024)
         lines.append(f'  std::printf("%d %d\\n", {shared}::bytes({rounds}), {shared}::one_tile({rounds}));')
     lines += ["  return 0;", "}"]
@@ -237,7 +237,7 @@ BEFORE_BEGIN = (
     r"RsWeightBlocks<NR> ring\[DEPTH\]",
     r"rs_gemv_first_blocks<NR, DEPTH>\(ring, wq, wd, row0, n, k\)",  # weights only
     r"constexpr int \w+ = [^\[\]]+",
-    r"using Shared = RsMmaShared<RP, NR, MT, STAGES, RES>",
+    r"using Shared = RsMmaShared<RP, NR, MT, STAGES, RES, GROUPS>",
     r"using Stage = typename Shared::Stage",
     r"unsigned char\* const (pipe|x_slots) = [^\[\]]+",
     r"RsMmaCopier<LPW, MT, RP, RES> copier\(wq, wd, xq, xd, [^\[\]]*\)",  # addresses only

@@ -402,6 +402,10 @@ RS_DEVICE unsigned rs_keep(unsigned v) {
   asm volatile("" : "+r"(v));
   return v;
 }
+RS_DEVICE int rs_keep(int v) {
+  asm volatile("" : "+r"(v));
+  return v;
+}
 
 // One warp's stage buffer for RP activation rows: the quants of its LPW blocks of the 16*MT weight rows, their
 // fp16 scales [16*MT][LPW], then the same for the RP activation rows. A row of quants is LPW * 32 bytes,
@@ -463,6 +467,7 @@ struct RsMmaCopier {
   unsigned xqdst[Stage::XQ_PER_LANE], xsdst[Stage::XS_PER_LANE];
   int block;   // the block (0 .. LPW-1 of the warp's) this lane's quant copies fall in
   int pair;    // the first of the two blocks this lane's scale copies hold
+  int q_left, s_left;  // a round's quant (scale) copies exist while 32 * its index < q_left (s_left)
   int b0;      // the warp's first block of the first round
   long long req_n0;  // the tile of the next request (its first weight row), and the request's round in it
   int req_round;
@@ -475,6 +480,8 @@ struct RsMmaCopier {
     xres = x_slots;
     block = (lane % (2 * LPW)) / 2;  // the same for every j: 2*LPW divides 32
     pair = 2 * (lane % (LPW / 2));
+    q_left = rs_keep(nb - b0 - block);  // (kept: the compiler otherwise works them out again every round)
+    s_left = rs_keep(nb - b0 - pair);
     req_n0 = n0;
     req_round = 0;
 #pragma unroll
@@ -528,7 +535,7 @@ struct RsMmaCopier {
     const long long qoff = (long long)i * (RS_LANES * RS_QK);
     const int soff = i * RS_LANES;
     const int lane = rs_lane();
-    if (b0 + soff + block < nb) {
+    if (soff < q_left) {  // b0 + soff + block < nb
 #pragma unroll
       for (int j = 0; j < Stage::Q_PER_LANE; ++j) {
         if (WEIGHTS && (Stage::Q_UNITS % RS_LANES == 0 || j * RS_LANES + lane < Stage::Q_UNITS))
@@ -540,7 +547,7 @@ struct RsMmaCopier {
           rs_copy_async16(xbuf + xqdst[j], xq[j] + qoff);
       }
     }
-    if (b0 + soff + pair < nb) {  // nb is even, so the pair's second block is there too
+    if (soff < s_left) {  // b0 + soff + pair < nb; nb is even, so the pair's second block is there too
 #pragma unroll
       for (int j = 0; j < Stage::S_PER_LANE; ++j) {
         if (WEIGHTS && (Stage::S_UNITS % RS_LANES == 0 || j * RS_LANES + lane < Stage::S_UNITS))
@@ -602,26 +609,25 @@ struct RsMmaCopier {
 
 // One round of q8_gemv_mma for a warp: its LPW blocks (block b0 + s) of the tile's rows from the stage buffer
 // `buf` (shared address buf_address) and of the activations from `xbuf` (xbuf_address: the same buffer, or a
-// RES slot) into the lane sums acc, in increasing s. CHECK: some blocks lie past nb (the last round of rows of
-// a partial round), and are skipped.
+// RES slot) into the lane sums acc, in increasing s. The lane's scales sit at byte ws_at of `buf` (row g of
+// the weights; row g + 16m at + 32 m LPW, g + 8 at + 16 LPW) and xs_at[rt][c] of `xbuf` (activation rows c0,
+// c1 of tile rt). CHECK: some blocks lie past nb (the last round of rows of a partial round), and are skipped.
 template <int LPW, int MT, int RT, bool ODD, bool CHECK, typename Stage>
 RS_DEVICE void rs_mma_round(float (&acc)[LPW][MT][RT][4], const unsigned char* buf, unsigned buf_address,
                             const unsigned char* xbuf, unsigned xbuf_address, const unsigned (&a_at)[LPW],
-                            const unsigned (&x_at)[LPW], const int (&c0)[RT], const int (&c1)[RT],
-                            const unsigned (&bias)[4], int g, int b0, int nb) {
-  const unsigned short* scales = reinterpret_cast<const unsigned short*>(buf + Stage::SCALES);
-  const unsigned short* xscales = reinterpret_cast<const unsigned short*>(xbuf + Stage::XSOFF);
+                            const unsigned (&x_at)[LPW], const unsigned (&xs_at)[RT][2], unsigned ws_at,
+                            const unsigned (&bias)[4], int b0, int nb) {
   RsScaleRow<LPW> xs0[RT], xs1[RT];
 #pragma unroll
   for (int rt = 0; rt < RT; ++rt) {
-    xs0[rt] = *reinterpret_cast<const RsScaleRow<LPW>*>(xscales + c0[rt] * LPW);
-    if (ODD) xs1[rt] = *reinterpret_cast<const RsScaleRow<LPW>*>(xscales + c1[rt] * LPW);
+    xs0[rt] = *reinterpret_cast<const RsScaleRow<LPW>*>(xbuf + xs_at[rt][0]);
+    if (ODD) xs1[rt] = *reinterpret_cast<const RsScaleRow<LPW>*>(xbuf + xs_at[rt][1]);
   }
 #pragma unroll
   for (int m = 0; m < MT; ++m) {
-    const int ra = m * RS_MMA_ROWS + g, rc = ra + 8;
-    const RsScaleRow<LPW> sa = *reinterpret_cast<const RsScaleRow<LPW>*>(scales + ra * LPW);
-    const RsScaleRow<LPW> sc = *reinterpret_cast<const RsScaleRow<LPW>*>(scales + rc * LPW);
+    const unsigned char* const rows_a = buf + ws_at + m * RS_MMA_ROWS * LPW * 2;  // rows g, g + 8 of tile m
+    const RsScaleRow<LPW> sa = *reinterpret_cast<const RsScaleRow<LPW>*>(rows_a);
+    const RsScaleRow<LPW> sc = *reinterpret_cast<const RsScaleRow<LPW>*>(rows_a + 8 * LPW * 2);
 #pragma unroll
     for (int s = 0; s < LPW; ++s) {
       if (CHECK && b0 + s >= nb) continue;  // the same for the whole warp (ldmatrix and mma need all its lanes)
@@ -773,12 +779,18 @@ q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict
   unsigned bias[4];  // the mma's accumulator input, 1.5 * 2**23's bits
 #pragma unroll
   for (int q = 0; q < 4; ++q) bias[q] = rs_keep((unsigned)RS_DOT_BIAS);
-  int c0[RT], c1[RT];
+  // Where this lane's activation scales sit: rows c0 = 8rt + 2t, c1 = c0 + 1 (past the end: the last). Up to 8
+  // rows kept in registers (the compiler otherwise works them out again every round); at 9-16 rows that spills.
+  unsigned xs_at[RT][2];
 #pragma unroll
   for (int rt = 0; rt < RT; ++rt) {
-    c0[rt] = rt * 8 + 2 * t < rows ? rt * 8 + 2 * t : rows - 1;
-    c1[rt] = rt * 8 + 2 * t + 1 < rows ? rt * 8 + 2 * t + 1 : rows - 1;
+    const int c0 = rt * 8 + 2 * t < rows ? rt * 8 + 2 * t : rows - 1;
+    const int c1 = rt * 8 + 2 * t + 1 < rows ? rt * 8 + 2 * t + 1 : rows - 1;
+    xs_at[rt][0] = Stage::XSOFF + c0 * LPW * 2;
+    xs_at[rt][1] = Stage::XSOFF + c1 * LPW * 2;
+    if (RT == 1) xs_at[rt][0] = rs_keep(xs_at[rt][0]), xs_at[rt][1] = rs_keep(xs_at[rt][1]);
   }
+  const unsigned ws_at = rs_keep((unsigned)(Stage::SCALES + g * LPW * 2));  // and the weights' (row g)
   constexpr bool ODD = RP > 1;  // whether columns 2t+1 (c1, c3) hold any row: not for a single row
   const int key_g = rs_mma_partial_key<RT>(g);  // the partial sums' swizzle for rows g and g + 8 of each tile
   // the partial sums: after the stage buffers, or in them where each block has one tile (drained by then)
@@ -804,11 +816,11 @@ q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict
     // a round whose blocks all exist (every round of rows of whole rounds) runs without a test per block, so
     // that the compiler can overlap the blocks' loads, mma and adds
     if (b0 + LPW <= nb) {
-      rs_mma_round<LPW, MT, RT, ODD, false, Stage>(acc, buf, buf_address, xbuf, xbuf_address, a_at, x_at, c0, c1,
-                                                   bias, g, b0, nb);
+      rs_mma_round<LPW, MT, RT, ODD, false, Stage>(acc, buf, buf_address, xbuf, xbuf_address, a_at, x_at, xs_at,
+                                                   ws_at, bias, b0, nb);
     } else {
-      rs_mma_round<LPW, MT, RT, ODD, true, Stage>(acc, buf, buf_address, xbuf, xbuf_address, a_at, x_at, c0, c1,
-                                                  bias, g, b0, nb);
+      rs_mma_round<LPW, MT, RT, ODD, true, Stage>(acc, buf, buf_address, xbuf, xbuf_address, a_at, x_at, xs_at,
+                                                  ws_at, bias, b0, nb);
     }
     __syncwarp();  // every lane has read the buffer the next round's request overwrites
     if (++i < rounds) continue;

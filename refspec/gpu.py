@@ -186,6 +186,21 @@ GEMV_MMA_RESIDENT = GemvConfig("q8_gemv_mma", 8, 1, 3, resident=True)
 # 34.74 -> 34.89; the llama-8b pass (graph replay, trees in turn, twice) of 4 rows 2.795 / 2.796 -> 2.766 /
 # 2.767 ms, of 8 rows 2.904 / 2.900 -> 2.862 / 2.862.
 GEMV_MMA_TWO_STREAMS = GemvConfig("q8_gemv_mma", 8, 1, 4, resident=True, groups=2)
+# 9-16 rows of a matrix of more tall tiles than the GPU holds at once: blocks of two streams of GEMV_MMA's 16-row
+# tiles sharing their resident activations, two rounds of weights in flight a warp, in place of GEMV_MMA_TALL
+# where the tall tiles stream and of GEMV_MMA for one to two waves of them (the same weight rows in flight a
+# multiprocessor as the tall tiles; 128 registers against 234, and the activations copied once a block instead
+# of once a tile). Its slots fit beside the stage buffers up to
+# rows of 5 rounds of the lanes at 16 rows (K <= 5120), 6 at 12. H200, 2026-12-03, us at 16 rows (`refspec bench
+# gemv --mma`, tests/results/gemv_two_streams_16_h200.json): 28672x4096 41.66 -> 39.15, 128256x4096 167.63 ->
+# 150.72, 152064x3584 175.02 -> 161.01, 14336x4096 23.91 -> 23.26; the llama-8b pass (graph replay, in turn) of
+# 12 rows 3.413-3.439 -> 3.315-3.344 ms, of 16 rows 3.495-3.512 -> 3.379-3.403; qwen2.5-32b's of 12 / 16 rows
+# 12.89-12.93 / 14.00-14.01 -> 12.50-12.52 / 13.57-13.58. For 1-2 waves of tall tiles, us at 12 / 16 rows against
+# GEMV_MMA: 7168x5120 15.92 / 16.56 -> 14.51 / 14.74, 6144x4096 11.98 / 12.74 -> 12.01 / 12.15; the passes of 12 /
+# 16 rows: qwen2.5-32b -0.02 / -0.06 to -0.07 ms, llama-8b +0.005 to +0.019 / -0.002 to -0.014. The rule before
+# it -> this one, 12 / 16 rows (23:14-23:19 UTC, `pass_ab_final`): llama-8b 3.42 / 3.51 -> 3.35 / 3.38-3.39 ms,
+# qwen2.5-32b 13.03 / 14.07-14.09 -> 12.63-12.64 / 13.61-13.62.
+GEMV_MMA_TWO_STREAMS_16 = GemvConfig("q8_gemv_mma", 8, 1, 2, resident=True, groups=2)
 GEMV_MMA_STREAM_WAVES = 2
 GEMV_MMA_MIN_ROWS = 3  # (2 rows: the dp4a GEMV is as fast in a pass; from 3 the tensor cores are faster)
 # In turn in one call, the llama-8b pass of 3 / 4 / 5 / 6 / 7 rows took 2.82 / 2.86 / 2.94 / 2.97 / 2.99 ms with
@@ -200,13 +215,19 @@ GEMV_MMA_MIN_WEIGHTS = 4 * 1024 * 1024
 # The tensor-core mappings `refspec bench gemv --mma` and --variants time beside the production GEMV.
 GEMV_MMA_VARIANTS = [GemvConfig("q8_gemv_mma", nr, mt, stages)
                      for nr, mt, stages in ((8, 1, 3), (8, 1, 2), (8, 1, 4), (4, 1, 3), (8, 2, 2), (16, 1, 3))]
-GEMV_MMA_VARIANTS += [GEMV_MMA_RESIDENT, replace(GEMV_MMA_TALL, resident=True), GEMV_MMA_TWO_STREAMS]
+GEMV_MMA_VARIANTS += [GEMV_MMA_RESIDENT, replace(GEMV_MMA_TALL, resident=True), GEMV_MMA_TWO_STREAMS,
+                      GEMV_MMA_TWO_STREAMS_16]
 
 
 def gemv_mma(rows: int) -> GemvConfig:
     """The tensor-core GEMV's configuration for `rows` rows of a matrix that fits the GPU at once or streams
     (GpuBackend.gemv_config: between the two, 9-16 rows take GEMV_MMA)."""
     return GEMV_MMA if rows <= 8 else GEMV_MMA_TALL
+
+
+def two_streams(rows: int) -> GemvConfig:
+    """The tensor-core GEMV's blocks of two streams for `rows` rows (GpuBackend._mma_config says where)."""
+    return GEMV_MMA_TWO_STREAMS if rows <= 8 else GEMV_MMA_TWO_STREAMS_16
 
 
 def production_gemv_names(cuda: bool, mma_min_rows: int | None) -> list[str]:
@@ -218,7 +239,7 @@ def production_gemv_names(cuda: bool, mma_min_rows: int | None) -> list[str]:
         if mma_min_rows is not None:
             names += [c.name(r) for r in range(mma_min_rows, GEMV_MAX_ROWS + 1)
                       for c in dict.fromkeys((gemv_mma(r), GEMV_MMA, GEMV_MMA_RESIDENT))]
-            names += [GEMV_MMA_TWO_STREAMS.name(r) for r in range(mma_min_rows, 9)]
+            names += [two_streams(r).name(r) for r in range(mma_min_rows, GEMV_MAX_ROWS + 1)]
     return names
 
 
@@ -853,8 +874,10 @@ class GpuBackend:
         """gemv_mma(rows), except for 9-16 rows of a matrix whose tall tiles are more than the GPU holds at once
         and at most GEMV_MMA_STREAM_WAVES times that (see GEMV_MMA_TALL): GEMV_MMA. Then GEMV_MMA, where its
         blocks take two tiles or more (_mma_grid), with its activations resident, if their slots fit without
-        costing a stream of tiles: GEMV_MMA_TWO_STREAMS up to 8 rows, else GEMV_MMA_RESIDENT. Worked out once
-        per shape."""
+        costing a stream of tiles: GEMV_MMA_TWO_STREAMS up to 8 rows, else GEMV_MMA_RESIDENT. But first, where
+        GEMV_MMA_TALL's tiles (9-16 rows) are more than the GPU holds at once, GEMV_MMA_TWO_STREAMS_16 with
+        resident activations, if its slots fit and it holds twice the tall tile's streams (the same weight rows
+        in flight). Worked out once per shape."""
         key = (rows, n, k, self.resident_activations)
         if key not in self._mma_configs:
             self._mma_configs[key] = self._choose_mma_config(rows, n, k)
@@ -864,6 +887,12 @@ class GpuBackend:
         config = gemv_mma(rows)
         tiles = self._blocks(n, config.weight_rows_per_block())
         _, _, wave, slots = self._mma_capacity(self._gemv_function(config, rows), config, rows, k)
+        if config == GEMV_MMA_TALL and tiles > wave and slots == wave:
+            two = GEMV_MMA_TWO_STREAMS_16
+            if self.resident_activations and self.gemv_fits(two, rows, k):
+                _, _, _, two_slots = self._mma_capacity(self._gemv_function(two, rows), two, rows, k)
+                if two_slots >= 2 * slots:
+                    return two
         if config == GEMV_MMA_TALL and wave < tiles <= GEMV_MMA_STREAM_WAVES * wave:
             config = GEMV_MMA
             tiles = self._blocks(n, config.weight_rows_per_block())

@@ -6,11 +6,12 @@ from dataclasses import replace
 import pytest
 
 from refspec.gpu import (GEMV_MMA, GEMV_MMA_RESIDENT, GEMV_MMA_STREAM_WAVES, GEMV_MMA_TALL, GEMV_MMA_TWO_STREAMS,
-                         GpuBackend)
+                         GEMV_MMA_TWO_STREAMS_16, GpuBackend)
 
 SMS = 132
 SM_SHARED, BLOCK_SHARED = 228 * 1024, 227 * 1024  # an sm_90 multiprocessor's shared memory; a block's most
 RESIDENT_MMA, RESIDENT_TALL, TWO_STREAMS = GEMV_MMA_RESIDENT, replace(GEMV_MMA_TALL, resident=True), GEMV_MMA_TWO_STREAMS
+TWO_16 = GEMV_MMA_TWO_STREAMS_16
 
 
 class StandInKernel:
@@ -71,21 +72,57 @@ def test_mma_config_takes_tall_tiles_where_they_fit_at_once_or_stream(rows):
     (8, 28672, 6144, TWO_STREAMS),  # 6 rounds: the most whose slots fit beside two streams' stage buffers
     (8, 28672, 7168, GEMV_MMA),  # 7 (and one block a multiprocessor of one stream, too)
     (8, 28672, 14336, GEMV_MMA),  # 14 rounds of slots: a block a multiprocessor instead of two
-    (16, 152064, 3584, GEMV_MMA_TALL),  # tall tiles stream, but keep copying (they measured slower resident)
-    (16, 6144, 4096, GEMV_MMA),  # 1-2 waves of tall tiles take GEMV_MMA, whose blocks do not stream at 16 rows
+    (16, 152064, 3584, TWO_16),  # tall tiles stream: two streams of 16-row tiles a block instead
+    (16, 28672, 4096, TWO_16),  # 896 tall tiles
+    (9, 28672, 4096, TWO_16),
+    (16, 27648, 5120, TWO_16),  # 5 rounds: the most whose slots of 16 rows fit beside two rounds of two streams
+    (16, 28672, 6144, GEMV_MMA_TALL),  # 6 do not: tall tiles
+    (12, 28672, 6144, TWO_16),  # (slots of 12 rows: 6 rounds fit)
+    (16, 6144, 4096, TWO_16),  # 1-2 waves of tall tiles: two streams of 16-row tiles too (two tiles a stream)
+    (16, 7168, 5120, TWO_16),
+    (16, 6144, 6144, GEMV_MMA),  # where those do not fit: GEMV_MMA, whose blocks do not stream at 16 rows
     (12, 4096, 4096, GEMV_MMA_TALL),  # 128 tall tiles: one wave
 ])
 def test_mma_config_keeps_activations_resident_where_blocks_stream(rows, n, k, expected):
     assert backend()._mma_config(rows, n, k) == expected
-    unkept = gemv_mma_plain(expected)
-    assert backend(resident_activations=False)._mma_config(rows, n, k) == unkept
+    assert backend(resident_activations=False)._mma_config(rows, n, k) == unkept(rows, n, k, expected)
     assert RESIDENT_MMA == replace(GEMV_MMA, resident=True)
     assert TWO_STREAMS == replace(GEMV_MMA, occ=4, resident=True, groups=2)
+    assert TWO_16 == replace(GEMV_MMA, occ=2, resident=True, groups=2)
 
 
 def gemv_mma_plain(config):
-    """The mapping a shape takes without resident activations: GEMV_MMA for either resident one."""
+    """The mapping a shape takes without resident activations: GEMV_MMA for either resident one of 16-row tiles."""
     return GEMV_MMA if config in (RESIDENT_MMA, TWO_STREAMS) else config
+
+
+def unkept(rows, n, k, config):
+    """What backend(resident_activations=False) picks: GEMV_MMA for the resident 16-row mappings, and in place of
+    two streams of 16-row tiles the tall tiles where they stream, GEMV_MMA for 1-2 waves of them."""
+    if config != TWO_16:
+        return gemv_mma_plain(config)
+    return GEMV_MMA_TALL if -(-n // 32) > GEMV_MMA_STREAM_WAVES * SMS else GEMV_MMA
+
+
+def test_two_streams_at_16_rows_need_twice_the_tall_tiles_streams():
+    """Where the GPU would hold fewer streams of 16-row tiles than twice the tall tiles' (here: no block of two
+    streams a multiprocessor), fewer weight rows would be in flight: the tall tiles stream."""
+    be = backend()
+    be._gemv_function = lambda config, rows: be.kernels.setdefault(
+        config, NoRoom() if config == TWO_16 else StandInKernel(fit=1))
+    assert be._mma_config(16, 28672, 4096) == GEMV_MMA_TALL
+    assert backend()._mma_config(16, 28672, 4096) == TWO_16
+
+
+class NoRoom(StandInKernel):
+    """A stand-in whose blocks fit no multiprocessor."""
+
+    def __init__(self):
+        super().__init__(fit=1)
+
+    def resident_blocks(self, threads, shared):
+        super().resident_blocks(threads, shared)
+        return 0
 
 
 def test_mma_config_never_asks_for_slots_past_what_a_block_may_have():
@@ -143,6 +180,10 @@ def test_resident_shared_bytes():
     # two streams: both groups' stage buffers (four rounds), the slots once, a tree's partial sums each
     assert TWO_STREAMS.shared_bytes(8, 4096) == 8 * (2 * 4 * 2176 + 4 * 1152) + 2 * 16384
     assert TWO_STREAMS.shared_bytes(8, 4096) + 1024 <= SM_SHARED  # one block a multiprocessor
+    # and of 16-row tiles at 16 rows: two rounds each, the slots of 16 rows once, two trees of 16 rows
+    assert TWO_16.shared_bytes(16, 4096) == 8 * (2 * 2 * 2176 + 4 * 2176) + 2 * 32768 == 204800
+    assert TWO_16.shared_bytes(16, 5120) + 1024 <= SM_SHARED < TWO_16.shared_bytes(16, 6144) + 1024
+    assert TWO_16.shared_bytes(12, 6144) == 8 * (2 * 2 * 2176 + 6 * 1664) + 2 * 32768  # 12 rows: 13 lines a round
 
 
 @pytest.mark.parametrize("rows", range(1, 17))

@@ -132,20 +132,41 @@ def test_every_gemv_variant_equals_spec(be, rows, config, data):
     assert_same(be.to_host(y), spec.q8_gemv(w, xq, xd), f"{config} R={rows} N={n} K={k} blocks<={max_blocks}")
 
 
-@pytest.mark.parametrize("rows", [3, 5, 8])
-@pytest.mark.parametrize("rounds", [1, 3.5, 6])
+@pytest.mark.parametrize("rows", [3, 5, 8, 9, 12, 16])
+@pytest.mark.parametrize("rounds", [1, 3.5, 5, 6])
 def test_streaming_tensor_core_gemv_equals_spec(rows, rounds):
     """The mapping the backend itself picks for a matrix of many more tiles than the GPU holds at once: two
     streams of tiles a block sharing their resident activations (rows of 1 to 6 rounds of the lanes, the most
-    whose slots fit), with the spec's bits."""
-    from refspec.gpu import GEMV_MMA_TWO_STREAMS, GpuBackend
+    whose slots fit at 8 rows; 5 or more at 9-16 rows, beyond which the tall tiles stream), with the spec's bits."""
+    from refspec.gpu import GEMV_MMA_TALL, GpuBackend, two_streams
 
     be = GpuBackend(mma_min_rows=3, mma_min_weights=0)
     if not be.mma_available:
         pytest.skip("no integer tensor cores")
     rng = np.random.default_rng(rows)
     n, k = 16 * 8 * be._multiprocessors + 40, int(rounds * 32) * QK8_0  # 4 tiles a stream, a partial last one
-    assert be.gemv_config(rows, k, n) == GEMV_MMA_TWO_STREAMS
+    fits = be.gemv_fits(two_streams(rows), rows, k)
+    assert fits or (rows > 8 and rounds > 5)
+    assert be.gemv_config(rows, k, n) == (two_streams(rows) if fits else GEMV_MMA_TALL)
+    w = random_q8(rng, n, k)
+    xq, xd = spec.quantize_q8_0(floats(rng, (rows, k), "normal"))
+    got = be.to_host(be.q8_gemv(be.upload_q8(w), be.asarray(xq), be.asarray(xd)))
+    assert_same(got, spec.q8_gemv(w, xq, xd), f"q8_gemv R={rows} N={n} K={k}")
+
+
+@pytest.mark.parametrize("rows", [9, 16])
+@pytest.mark.parametrize("rounds", [3.5, 5])
+def test_one_to_two_waves_of_tall_tiles_equal_spec(rows, rounds):
+    """9-16 rows of a matrix of one and a half waves of tall tiles (32 weight rows): the backend picks two streams
+    of 16-row tiles a block, two tiles a stream, the last one partial; the spec's bits."""
+    from refspec.gpu import GEMV_MMA_TWO_STREAMS_16, GpuBackend
+
+    be = GpuBackend(mma_min_rows=3, mma_min_weights=0)
+    if not be.mma_available:
+        pytest.skip("no integer tensor cores")
+    rng = np.random.default_rng(rows + 100)
+    n, k = 48 * be._multiprocessors + 24, int(rounds * 32) * QK8_0
+    assert be.gemv_config(rows, k, n) == GEMV_MMA_TWO_STREAMS_16
     w = random_q8(rng, n, k)
     xq, xd = spec.quantize_q8_0(floats(rng, (rows, k), "normal"))
     got = be.to_host(be.q8_gemv(be.upload_q8(w), be.asarray(xq), be.asarray(xd)))

@@ -202,6 +202,17 @@ GEMV_MMA_TWO_STREAMS = GemvConfig("q8_gemv_mma", 8, 1, 4, resident=True, groups=
 # qwen2.5-32b 13.03 / 14.07-14.09 -> 12.63-12.64 / 13.61-13.62.
 GEMV_MMA_TWO_STREAMS_16 = GemvConfig("q8_gemv_mma", 8, 1, 2, resident=True, groups=2)
 GEMV_MMA_STREAM_WAVES = 2
+# 3-8 rows of long rows (K >= GEMV_MMA_NARROW_MIN_K) of a matrix of at most GEMV_MMA_STREAM_WAVES waves of
+# GEMV_MMA's tiles, where GEMV_MMA would run without resident activations (they do not fit, or there is no
+# later tile to keep them for): blocks of 4 warps, each warp the spec's lanes 8w .. 8w+7 (rows of 256 bytes a
+# round), three rounds in flight; the same shared memory a block. The down projections, pass of 3 / 4 / 6 / 8
+# rows, graph replay, in turn, twice (H200, 2026-12-03 23:37-23:41 UTC, tests/profile_pass_swaps.py,
+# tests/results/gemv_mma_narrow_h200.json): llama-8b (4096 x 14336, 256 tiles) 2.690 / 2.722 / 2.804 / 2.829 ms
+# -> 2.684 / 2.702 / 2.784 / 2.825, again 2.682 / 2.717 / 2.798 / 2.823 -> 2.676 / 2.695 / 2.779 / 2.818;
+# qwen2.5-32b (5120 x 27648, 320 tiles) at 4 / 8 rows 9.943 / 10.589 -> 9.875 / 10.369, again 9.942 / 10.576 ->
+# 9.880 / 10.364. (Not measured on matrices that stream more tiles a block: there GEMV_MMA stays.)
+GEMV_MMA_NARROW = GemvConfig("q8_gemv_mma", 4, 1, 3)
+GEMV_MMA_NARROW_MIN_K = 8192
 GEMV_MMA_MIN_ROWS = 3  # (2 rows: the dp4a GEMV is as fast in a pass; from 3 the tensor cores are faster)
 # In turn in one call, the llama-8b pass of 3 / 4 / 5 / 6 / 7 rows took 2.82 / 2.86 / 2.94 / 2.97 / 2.99 ms with
 # the tensor-core GEMV from 2 rows, 2.97-3.02 / 3.10-3.15 / 3.28-3.32 / 3.66-3.70 / 4.03-4.08 with it from 8 rows,
@@ -240,6 +251,7 @@ def production_gemv_names(cuda: bool, mma_min_rows: int | None) -> list[str]:
             names += [c.name(r) for r in range(mma_min_rows, GEMV_MAX_ROWS + 1)
                       for c in dict.fromkeys((gemv_mma(r), GEMV_MMA, GEMV_MMA_RESIDENT))]
             names += [two_streams(r).name(r) for r in range(mma_min_rows, GEMV_MAX_ROWS + 1)]
+            names += [GEMV_MMA_NARROW.name(r) for r in range(mma_min_rows, 9)]
     return names
 
 
@@ -877,10 +889,16 @@ class GpuBackend:
         costing a stream of tiles: GEMV_MMA_TWO_STREAMS up to 8 rows, else GEMV_MMA_RESIDENT. But first, where
         GEMV_MMA_TALL's tiles (9-16 rows) are more than the GPU holds at once, GEMV_MMA_TWO_STREAMS_16 with
         resident activations, if its slots fit and it holds twice the tall tile's streams (the same weight rows
-        in flight). Worked out once per shape."""
+        in flight). Last, in place of GEMV_MMA at 3-8 rows, GEMV_MMA_NARROW for rows of GEMV_MMA_NARROW_MIN_K or
+        more where its tiles are at most GEMV_MMA_STREAM_WAVES waves. Worked out once per shape."""
         key = (rows, n, k, self.resident_activations)
         if key not in self._mma_configs:
-            self._mma_configs[key] = self._choose_mma_config(rows, n, k)
+            config = self._choose_mma_config(rows, n, k)
+            if config == GEMV_MMA and rows <= 8 and k >= GEMV_MMA_NARROW_MIN_K:
+                _, _, wave, _ = self._mma_capacity(self._gemv_function(config, rows), config, rows, k)
+                if self._blocks(n, config.weight_rows_per_block()) <= GEMV_MMA_STREAM_WAVES * wave:
+                    config = GEMV_MMA_NARROW
+            self._mma_configs[key] = config
         return self._mma_configs[key]
 
     def _choose_mma_config(self, rows: int, n: int, k: int) -> GemvConfig:

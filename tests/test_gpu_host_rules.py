@@ -5,8 +5,8 @@ from dataclasses import replace
 
 import pytest
 
-from refspec.gpu import (GEMV_MMA, GEMV_MMA_RESIDENT, GEMV_MMA_STREAM_WAVES, GEMV_MMA_TALL, GEMV_MMA_TWO_STREAMS,
-                         GEMV_MMA_TWO_STREAMS_16, GpuBackend)
+from refspec.gpu import (GEMV_MMA, GEMV_MMA_NARROW, GEMV_MMA_NARROW_MIN_K, GEMV_MMA_RESIDENT, GEMV_MMA_STREAM_WAVES,
+                         GEMV_MMA_TALL, GEMV_MMA_TWO_STREAMS, GEMV_MMA_TWO_STREAMS_16, GpuBackend)
 
 SMS = 132
 SM_SHARED, BLOCK_SHARED = 228 * 1024, 227 * 1024  # an sm_90 multiprocessor's shared memory; a block's most
@@ -71,7 +71,16 @@ def test_mma_config_takes_tall_tiles_where_they_fit_at_once_or_stream(rows):
     (3, 28672, 5120, TWO_STREAMS),
     (8, 28672, 6144, TWO_STREAMS),  # 6 rounds: the most whose slots fit beside two streams' stage buffers
     (8, 28672, 7168, GEMV_MMA),  # 7 (and one block a multiprocessor of one stream, too)
-    (8, 28672, 14336, GEMV_MMA),  # 14 rounds of slots: a block a multiprocessor instead of two
+    (8, 28672, 14336, GEMV_MMA),  # 14 rounds of slots: a block a multiprocessor instead of two (and 1792 tiles:
+    # more than two waves, so not GEMV_MMA_NARROW)
+    (8, 4096, 14336, GEMV_MMA_NARROW),  # llama-8b's down projection: 256 tiles of rows of 14336
+    (3, 4096, 14336, GEMV_MMA_NARROW),
+    (4, 5120, 27648, GEMV_MMA_NARROW),  # qwen2.5-32b's: 320 tiles (a block of one tile a multiprocessor twice: 264)
+    (8, 2 * 264 * 16, 8192, GEMV_MMA_NARROW),  # two waves of tiles of rows of GEMV_MMA_NARROW_MIN_K
+    (8, 2 * 264 * 16 + 1, 8192, GEMV_MMA),  # a tile more
+    (8, 4096, 8192 - 64, GEMV_MMA),  # rows a pair of blocks shorter
+    (3, 301 * 16, 8192 + 192, TWO_STREAMS),  # where 3 rows' activations fit slots beside two streams: those first
+    (12, 4096, 14336, GEMV_MMA_TALL),  # 9-16 rows: as before
     (16, 152064, 3584, TWO_16),  # tall tiles stream: two streams of 16-row tiles a block instead
     (16, 28672, 4096, TWO_16),  # 896 tall tiles
     (9, 28672, 4096, TWO_16),
@@ -89,6 +98,7 @@ def test_mma_config_keeps_activations_resident_where_blocks_stream(rows, n, k, e
     assert RESIDENT_MMA == replace(GEMV_MMA, resident=True)
     assert TWO_STREAMS == replace(GEMV_MMA, occ=4, resident=True, groups=2)
     assert TWO_16 == replace(GEMV_MMA, occ=2, resident=True, groups=2)
+    assert GEMV_MMA_NARROW == replace(GEMV_MMA, nr=4) and GEMV_MMA_NARROW_MIN_K == 8192
 
 
 def gemv_mma_plain(config):
@@ -97,8 +107,11 @@ def gemv_mma_plain(config):
 
 
 def unkept(rows, n, k, config):
-    """What backend(resident_activations=False) picks: GEMV_MMA for the resident 16-row mappings, and in place of
-    two streams of 16-row tiles the tall tiles where they stream, GEMV_MMA for 1-2 waves of them."""
+    """What backend(resident_activations=False) picks: GEMV_MMA for the resident 16-row mappings (or
+    GEMV_MMA_NARROW where its rule takes it), and in place of two streams of 16-row tiles the tall tiles where
+    they stream, GEMV_MMA for 1-2 waves of them."""
+    if config in (RESIDENT_MMA, TWO_STREAMS) and k >= GEMV_MMA_NARROW_MIN_K and -(-n // 16) <= 2 * 2 * SMS:
+        return GEMV_MMA_NARROW
     if config != TWO_16:
         return gemv_mma_plain(config)
     return GEMV_MMA_TALL if -(-n // 32) > GEMV_MMA_STREAM_WAVES * SMS else GEMV_MMA

@@ -154,6 +154,29 @@ def test_streaming_tensor_core_gemv_equals_spec(rows, rounds):
     assert_same(got, spec.q8_gemv(w, xq, xd), f"q8_gemv R={rows} N={n} K={k}")
 
 
+@pytest.mark.parametrize("rows, tiles", [(3, 201), (5, 201), (8, 201), (8, 301)])
+def test_narrow_blocks_of_long_rows_equal_spec(rows, tiles):
+    """3-8 rows of rows of 8 rounds of the lanes and part of a ninth, over less than a wave of GEMV_MMA's blocks
+    or (8 rows, whose activations do not fit slots beside two streams) more, the last tile partial: the backend
+    picks GEMV_MMA_NARROW (4 warps a block, 8 lanes a warp); the spec's bits, alone and with a residual added."""
+    from refspec.gpu import GEMV_MMA_NARROW, GpuBackend
+
+    be = GpuBackend(mma_min_rows=3, mma_min_weights=0)
+    if not be.mma_available:
+        pytest.skip("no integer tensor cores")
+    rng = np.random.default_rng(rows + tiles)
+    n, k = tiles * 16 - 8, 8192 + 3 * 2 * QK8_0
+    assert be.gemv_config(rows, k, n) == GEMV_MMA_NARROW
+    w = random_q8(rng, n, k)
+    xq, xd = spec.quantize_q8_0(floats(rng, (rows, k), "normal"))
+    expected = spec.q8_gemv(w, xq, xd)
+    got = be.to_host(be.q8_gemv(be.upload_q8(w), be.asarray(xq), be.asarray(xd)))
+    assert_same(got, expected, f"q8_gemv R={rows} N={n} K={k}")
+    x = floats(rng, (rows, n), "normal")  # and with the residual added in the epilogue, as a down projection runs
+    got = be.to_host(be.q8_gemv_add(be.asarray(x), be.upload_q8(w), be.asarray(xq), be.asarray(xd)))
+    assert_same(got, spec.add(x, expected), f"q8_gemv_add R={rows} N={n} K={k}")
+
+
 @pytest.mark.parametrize("rows", [9, 16])
 @pytest.mark.parametrize("rounds", [3.5, 5])
 def test_one_to_two_waves_of_tall_tiles_equal_spec(rows, rounds):

@@ -54,3 +54,12 @@ def pass_seconds(tf, cache, ids, pos: int, repeats: int) -> float:
         tf.forward(cache, ids, pos)
     tf.be.synchronize()
     return (time.perf_counter() - t0) / repeats
+
+
+def fresh_pass_seconds(tf, rows: int, position: int, repeats: int) -> float:
+    """pass_seconds of `rows` rows at `position` on a new cache of position + 64 positions, the first `position`
+    written by a prompt pass, its passes captured anew (each call sees the backend as it is then)."""
+    cache = tf.new_cache(position + 64)
+    cache.graphs.clear()  # (the storage may come back with passes captured for it)
+    tf.forward(cache, [1] * position, 0)
+    return pass_seconds(tf, cache, [5] * rows, position, repeats)

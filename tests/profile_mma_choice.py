@@ -23,7 +23,7 @@ from refspec.gguf_model import load
 from refspec.gpu import (GEMV_MMA, GEMV_MMA_RESIDENT, GEMV_MMA_STREAM_WAVES, GEMV_MMA_TALL,
                          GEMV_MMA_TWO_STREAMS_16, GpuBackend)
 
-from graph_timing import pass_seconds
+from graph_timing import fresh_pass_seconds
 
 preset = sys.argv[1]
 widths = [int(w) for w in sys.argv[2].split(",")] if len(sys.argv) > 2 else [8, 12, 16]
@@ -74,10 +74,7 @@ def pass_ms(choose, rows: int, label: str) -> float:
 
     be.gemv_config = recorded
     try:
-        cache = tf.new_cache(POSITION + 64)
-        cache.graphs.clear()  # (the storage may come back with passes captured for it)
-        tf.forward(cache, [1] * POSITION, 0)
-        return 1e3 * pass_seconds(tf, cache, [5] * rows, POSITION, repeats)
+        return 1e3 * fresh_pass_seconds(tf, rows, POSITION, repeats)
     finally:
         be.gemv_config = production
 

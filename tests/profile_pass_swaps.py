@@ -21,7 +21,7 @@ from refspec.forward import Transformer
 from refspec.gguf_model import load
 from refspec.gpu import AttnPlan, GemvConfig, GpuBackend
 
-from graph_timing import pass_seconds
+from graph_timing import fresh_pass_seconds
 
 POSITION = 64
 
@@ -70,10 +70,7 @@ def pass_ms(label: str, rows: int) -> float:
 
     be.gemv_config, be.attention_plan = choose, attention_plan
     try:
-        cache = tf.new_cache(POSITION + 64)
-        cache.graphs.clear()  # (the storage may come back with passes captured for it)
-        tf.forward(cache, [1] * POSITION, 0)
-        return 1e3 * pass_seconds(tf, cache, [5] * rows, POSITION, repeats)
+        return 1e3 * fresh_pass_seconds(tf, rows, POSITION, repeats)
     finally:
         be.gemv_config, be.attention_plan = production, plan
 

@@ -893,12 +893,7 @@ class GpuBackend:
         more where its tiles are at most GEMV_MMA_STREAM_WAVES waves. Worked out once per shape."""
         key = (rows, n, k, self.resident_activations)
         if key not in self._mma_configs:
-            config = self._choose_mma_config(rows, n, k)
-            if config == GEMV_MMA and rows <= 8 and k >= GEMV_MMA_NARROW_MIN_K:
-                _, _, wave, _ = self._mma_capacity(self._gemv_function(config, rows), config, rows, k)
-                if self._blocks(n, config.weight_rows_per_block()) <= GEMV_MMA_STREAM_WAVES * wave:
-                    config = GEMV_MMA_NARROW
-            self._mma_configs[key] = config
+            self._mma_configs[key] = self._choose_mma_config(rows, n, k)
         return self._mma_configs[key]
 
     def _choose_mma_config(self, rows: int, n: int, k: int) -> GemvConfig:
@@ -915,13 +910,15 @@ class GpuBackend:
             config = GEMV_MMA
             tiles = self._blocks(n, config.weight_rows_per_block())
             _, _, wave, slots = self._mma_capacity(self._gemv_function(config, rows), config, rows, k)
-        if config != GEMV_MMA or not self.resident_activations or tiles <= wave or slots != wave:
-            return config  # (a block a tile: nothing to keep)
-        for resident in ((GEMV_MMA_TWO_STREAMS,) if rows <= 8 else ()) + (GEMV_MMA_RESIDENT,):
-            if self.gemv_fits(resident, rows, k):
-                _, _, _, resident_slots = self._mma_capacity(self._gemv_function(resident, rows), resident, rows, k)
-                if resident_slots == slots:
-                    return resident
+        if config == GEMV_MMA and self.resident_activations and tiles > wave and slots == wave:
+            for resident in ((GEMV_MMA_TWO_STREAMS,) if rows <= 8 else ()) + (GEMV_MMA_RESIDENT,):
+                if self.gemv_fits(resident, rows, k):
+                    _, _, _, resident_slots = self._mma_capacity(self._gemv_function(resident, rows), resident, rows, k)
+                    if resident_slots == slots:
+                        return resident
+        # (else a block a tile, or no slots to spare: nothing to keep)
+        if config == GEMV_MMA and rows <= 8 and k >= GEMV_MMA_NARROW_MIN_K and tiles <= GEMV_MMA_STREAM_WAVES * wave:
+            return GEMV_MMA_NARROW
         return config
 
     def gemv_fits(self, config: GemvConfig, rows: int, k: int) -> bool:

@@ -110,7 +110,8 @@ def unkept(rows, n, k, config):
     """What backend(resident_activations=False) picks: GEMV_MMA for the resident 16-row mappings (or
     GEMV_MMA_NARROW where its rule takes it), and in place of two streams of 16-row tiles the tall tiles where
     they stream, GEMV_MMA for 1-2 waves of them."""
-    if config in (RESIDENT_MMA, TWO_STREAMS) and k >= GEMV_MMA_NARROW_MIN_K and -(-n // 16) <= 2 * 2 * SMS:
+    waves = -(-n // 16) / (2 * SMS)  # of GEMV_MMA's tiles (blocks of one tile fit twice a multiprocessor)
+    if config in (RESIDENT_MMA, TWO_STREAMS) and k >= GEMV_MMA_NARROW_MIN_K and waves <= GEMV_MMA_STREAM_WAVES:
         return GEMV_MMA_NARROW
     if config != TWO_16:
         return gemv_mma_plain(config)

@@ -1159,14 +1159,20 @@ class GpuBackend:
         the plan follows the cache's length. Up to ATTN_SPLIT_CACHE positions, one kernel: a block per (row,
         head) while those blocks fit the multiprocessors one each; else, with grouped query heads, a block per
         (row, kv head) taking 2, 3 or 4 of its query heads (ATTN_HEADS_PER), the fewest that fit so (each key
-        and value loaded once for them); else a block per (row, head) again while they fit twice. Beyond that,
-        two kernels spread over positions: one query head a block for few pairs up to ATTN_ONE_HEAD_CACHE
-        positions, else ATTN_HEADS.
+        and value loaded once for them); else a block per (row, head) again while they fit twice; else blocks
+        of 2, 3 or 4 query heads again, the fewest that fit the multiprocessors two each (attention_threads then
+        gives them 256 threads). Beyond that, two kernels spread over positions: one query head a block for few
+        pairs up to ATTN_ONE_HEAD_CACHE positions, else ATTN_HEADS.
         Measured on the H200 (tests/results/profile_attention_heads_h200.json: 32 heads of 128, 8 kv heads, a chain
         of 32, us a launch; 2026-12-02): at 64 / 160 / 400 positions, one row: a block per head 6.6 / 9.6 /
         18.2, spread with one head a block 9.2 / 10.7 / 13.9; 8 rows: a block per head 10.5 / 16.1 / 32.6, two
         heads a block 9.7 / 13.4 / 26.6; 16 rows: spread with four heads a block 17.0 / 23.6 / 47.3, a block of
-        four heads 13.1 / 18.7 / 37.8."""
+        four heads 13.1 / 18.7 / 37.8. Two blocks a multiprocessor: qwen2.5-32b (40 heads, 8 kv heads) at 9-16
+        rows, where no block of heads fits once, ran spread (ATTN_HEADS); the pass at position 64 (graph replay,
+        in turn, twice; H200, 2026-12-04, tests/results/attention_two_a_sm_qwen32b_h200.json), ms, spread ->
+        two heads a block (216-264 blocks) at 9 / 10 / 11 rows 13.03 / 12.57 / 12.64 -> 12.48 / 12.01 / 12.10,
+        three (192-256) at 12 / 13 / 16 rows 12.66 / 13.29 / 13.63 -> 12.24 / 12.87 / 13.15; those were the best
+        of the plans timed at each (a block per (row, head): 12.58 / 12.15 / 12.27 / 12.38 / 13.01 / 13.44)."""
         pairs, sms = rows * heads, self._multiprocessors
         if cache_len <= ATTN_SPLIT_CACHE:
             if pairs <= sms:
@@ -1176,6 +1182,9 @@ class GpuBackend:
                     return AttnPlan("attention_heads", per)
             if pairs < 2 * sms:
                 return AttnPlan("attention")
+            for per in ATTN_HEADS_PER:
+                if heads > kv_heads and attention_units(rows, heads, kv_heads, per) <= 2 * sms:
+                    return AttnPlan("attention_heads", per)
         if 2 * pairs <= sms and cache_len <= ATTN_ONE_HEAD_CACHE:
             return AttnPlan("spread", 1)
         return AttnPlan("spread", ATTN_HEADS)

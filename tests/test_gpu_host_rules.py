@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 
 from refspec.gpu import (GEMV_MMA, GEMV_MMA_NARROW, GEMV_MMA_NARROW_MIN_K, GEMV_MMA_RESIDENT, GEMV_MMA_STREAM_WAVES,
-                         GEMV_MMA_TALL, GEMV_MMA_TWO_STREAMS, GEMV_MMA_TWO_STREAMS_16, GpuBackend)
+                         GEMV_MMA_TALL, GEMV_MMA_TWO_STREAMS, GEMV_MMA_TWO_STREAMS_16, AttnPlan, GpuBackend, attention_units)
 
 SMS = 132
 SM_SHARED, BLOCK_SHARED = 228 * 1024, 227 * 1024  # an sm_90 multiprocessor's shared memory; a block's most
@@ -205,19 +205,39 @@ def test_resident_shared_bytes():
 def test_attention_heads_takes_the_fewest_heads_a_block_that_fit(rows, heads, kv_heads):
     """Up to 512 positions, with more (row, head) pairs than multiprocessors: attention_heads with 2, 3 or 4 query
     heads a block, the fewest whose blocks fit the multiprocessors once; a group of 5 heads then runs blocks of 3 and 2
-    where 2 a block would not fit, never 4 and 1 where 3 a block fits. A group of 4 never takes 3."""
+    where 2 a block would not fit, never 4 and 1 where 3 a block fits. A group of 4 never takes 3. Where none fits
+    once: a block per (row, head) while those fit twice, else again the fewest heads a block that fit twice (qwen2.5-32b
+    at 9-16 rows), else spread."""
     be = backend()
     group, pairs = heads // kv_heads, rows * heads
     plan = be.attention_plan(rows, heads, kv_heads, 512)
     fitting = [per for per in (2, 3, 4) if rows * kv_heads * -(-group // per) <= SMS]
+    fitting_twice = [per for per in (2, 3, 4) if rows * kv_heads * -(-group // per) <= 2 * SMS]
     if pairs <= SMS:
         assert plan.kernel == "attention"
     elif fitting:
         assert (plan.kernel, plan.per) == ("attention_heads", fitting[0])
-        assert plan.per != 3 or -(-group // 3) < -(-group // 2)  # 3 only where it makes fewer blocks than 2
+    elif pairs < 2 * SMS:
+        assert plan.kernel == "attention"
+    elif fitting_twice:
+        assert (plan.kernel, plan.per) == ("attention_heads", fitting_twice[0])
+        assert be.attention_threads(attention_units(rows, heads, kv_heads, plan.per)) == 256  # two a multiprocessor
     else:
-        assert plan.kernel in ("attention", "spread")
+        assert plan.kernel == "spread"
+    if plan.kernel == "attention_heads":
+        assert plan.per != 3 or -(-group // 3) < -(-group // 2)  # 3 only where it makes fewer blocks than 2
     if group == 4:
         assert plan.per != 3
     if group == 5 and rows * kv_heads * 3 > SMS >= rows * kv_heads * 2 and pairs > SMS:
         assert plan.per == 3
+
+
+def test_qwen2_5_32b_attention_at_9_to_16_rows_runs_blocks_of_heads_two_a_multiprocessor():
+    """40 query heads of 8 kv heads: no block of heads fits the multiprocessors once from 9 rows; two of 2 heads
+    fit up to 11 rows (264 blocks), two of 3 up to 16, rather than spreading over positions (which a longer
+    cache still does)."""
+    be = backend()
+    two, three = AttnPlan("attention_heads", 2), AttnPlan("attention_heads", 3)
+    assert [be.attention_plan(rows, 40, 8, 512) for rows in range(9, 17)] == [two] * 3 + [three] * 5
+    assert be.attention_plan(16, 40, 8, 513) == AttnPlan("spread", 4)
+    assert be.attention_plan(17, 40, 8, 512) == AttnPlan("spread", 4)  # 272 blocks of 3 or 4 heads

@@ -373,12 +373,13 @@ def test_attention_threads_fill_the_gpu_once(be):
     heads3 = AttnPlan("attention_heads", 3)
     split1, split4 = AttnPlan("spread", 1), AttnPlan("spread", 4)
     # (rows, query heads, kv heads, cache length): 32 heads of 8 kv heads fill the multiprocessors by (row, head)
-    # up to sms // 32 rows, by (row, kv head, two heads) up to sms // 16, by (row, kv head, four heads) up to sms // 8
+    # up to sms // 32 rows, by (row, kv head, two heads) up to sms // 16, by (row, kv head, four heads) up to sms // 8,
+    # and then two of those blocks a multiprocessor up to sms // 4
     assert [be.attention_plan(*case) for case in (
         (sms // 32, 32, 8, 512), (sms // 16, 32, 8, 512), (sms // 8, 32, 8, 512), (sms // 8 + 1, 32, 8, 512),
         (sms // 16, 40, 8, 512), (sms // 8, 8, 8, 512), (1, 2 * sms - 1, 2 * sms - 1, 512), (1, 2 * sms, 2 * sms, 512),
         (1, 32, 8, 513), (4, 32, 8, 513), (1, 32, 8, 2049))] == [
-        one, heads2, heads4, split4, heads3, one, one, split4, split1, split4, split4]
+        one, heads2, heads4, heads4, heads3, one, one, split4, split1, split4, split4]
 
 
 @given(data=st.data())
@@ -401,6 +402,25 @@ def test_attention_equals_spec(be, data):
         got = be.to_host(be.attention(be.asarray(q), be.asarray(kc), be.asarray(vc), pos0))
     what = f"attention R={rows} H={heads} G={kv_heads} D={dim} pos0={pos0} launch={launch}"
     assert_same(got, expected, what, nan_equal=True)
+
+
+@pytest.mark.parametrize("rows", [9, 12, 16])
+def test_attention_of_forty_heads_as_planned_equals_spec(be, rows):
+    """qwen2.5-32b's attention (40 heads of 128, 8 kv heads) at 9-16 rows as the backend plans it (on an H200,
+    blocks of 2 or 3 query heads, two a multiprocessor), plain and quantized, across a chunk boundary."""
+    rng = np.random.default_rng(rows)
+    pos0 = 250
+    q = rng.standard_normal((rows, 40, 128)).astype(F32)
+    kc = rng.standard_normal((8, pos0 + rows, 128)).astype(F32)
+    vc = rng.standard_normal((8, pos0 + rows, 128)).astype(F32)
+    expected = spec.attention(q, kc, vc, pos0)
+    args = (be.asarray(q), be.asarray(kc), be.asarray(vc), pos0)
+    what = f"attention R={rows} plan={be.attention_plan(rows, 40, 8, pos0 + rows)}"
+    assert_same(be.to_host(be.attention(*args)), expected, what)
+    eq, ed = spec.quantize_q8_0(expected.reshape(rows, -1))
+    gq, gd = be.attention_q8(*args)
+    assert_same(be.to_host(gq), eq, what + " quants")
+    assert_same(be.to_host(gd), ed, what + " scales")
 
 
 ROW_ORDER_PLANS = ((AttnPlan("attention"), None), (AttnPlan("attention_heads", 2), None),

@@ -61,7 +61,7 @@ def pass_ms(label: str, rows: int) -> float:
     table = swaps[label]
 
     def choose(r, k, n):
-        config = table.get((n, k)) or production(r, k, n)
+        config = (table.get((n, k)) if r in widths else None) or production(r, k, n)  # (not the prefill's 16 rows)
         chosen.setdefault(label, {})[f"{r} rows {n}x{k}"] = config.name(r)
         return config
 

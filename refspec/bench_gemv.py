@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also time the tensor-core GEMV's mappings (q8_gemv_mma; NVIDIA sm_80+) and the dp4a "
                              "kernel's configuration beside the production one")
     parser.add_argument("--variants", action="store_true",
-                        help="also time every GEMV variant (kernel/NR/SPLIT/OCC[/DEPTH], refspec.gpu.GemvConfig) "
+                        help="also time every GEMV variant (kernel/NR/SPLIT/OCC[/DEPTH], refspec.gpu_mappings.GemvConfig) "
                              "for each R")
     parser.add_argument("--kernels", default="", help="with --variants: time only these kernels (comma-separated, "
                         "e.g. q8_gemv_staged)")
@@ -151,7 +151,8 @@ def _launch(be, config, weights: list, xq, xd, y, i: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from refspec.gpu import GEMV_CONFIGS, GEMV_MMA_VARIANTS, GpuBackend, gemv_variants, gpu_available
+    from refspec.gpu import GpuBackend, gpu_available
+    from refspec.gpu_mappings import GEMV_CONFIGS, GEMV_MMA_VARIANTS, gemv_variants
 
     if not gpu_available():
         raise UsageError("refspec bench gemv needs a GPU (CuPy sees none)")

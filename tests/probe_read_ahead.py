@@ -27,7 +27,8 @@ import sys
 
 import numpy as np
 
-from refspec.gpu import COMPILE_OPTIONS, GEMV_CONFIGS, GpuBackend, GpuQ8, kernel_dir
+from refspec.gpu import COMPILE_OPTIONS, GpuBackend, GpuQ8, kernel_dir
+from refspec.gpu_mappings import GEMV_CONFIGS
 
 from graph_timing import graph_seconds
 

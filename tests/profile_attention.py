@@ -13,7 +13,8 @@ import sys
 
 import numpy as np
 
-from refspec.gpu import ATTN_THREAD_CHOICES, AttnPlan, GpuBackend
+from refspec.gpu import GpuBackend
+from refspec.gpu_mappings import ATTN_THREAD_CHOICES, AttnPlan
 
 from graph_timing import graph_seconds
 

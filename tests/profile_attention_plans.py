@@ -13,7 +13,8 @@ import sys
 from refspec.bench_decode import preset_model_path, time_pass
 from refspec.forward import Transformer
 from refspec.gguf_model import load
-from refspec.gpu import ATTN_HEADS, ATTN_ONE_HEAD_CACHE, ATTN_SPLIT_CACHE, AttnPlan, GpuBackend
+from refspec.gpu import GpuBackend
+from refspec.gpu_mappings import ATTN_HEADS, ATTN_ONE_HEAD_CACHE, ATTN_SPLIT_CACHE, AttnPlan
 
 preset = sys.argv[1]
 widths = [int(r) for r in sys.argv[2].split(",")] if len(sys.argv) > 2 else [1, 8, 12, 16]

@@ -15,7 +15,8 @@ import numpy as np
 from refspec.bench_decode import preset_model_path
 from refspec.forward import Transformer
 from refspec.gguf_model import load
-from refspec.gpu import GEMV_CONFIGS, GpuBackend
+from refspec.gpu import GpuBackend
+from refspec.gpu_mappings import GEMV_CONFIGS
 
 from graph_timing import graph_seconds, pass_seconds
 

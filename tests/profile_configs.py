@@ -24,7 +24,8 @@ from refspec.bench_decode import COPY_PROMPTS
 from refspec.cli import load_model, load_tokenizer
 from refspec.forward import Transformer
 from refspec.generate import generate
-from refspec.gpu import GEMV_CONFIGS, GemvConfig, GpuBackend
+from refspec.gpu import GpuBackend
+from refspec.gpu_mappings import GEMV_CONFIGS, GemvConfig
 
 from graph_timing import graph_seconds
 

@@ -9,7 +9,8 @@ import sys
 
 import numpy as np
 
-from refspec.gpu import GemvConfig, GpuBackend
+from refspec.gpu import GpuBackend
+from refspec.gpu_mappings import GemvConfig
 from refspec.model import Q8Matrix
 
 n, k, rows = (int(v) for v in sys.argv[1:4])

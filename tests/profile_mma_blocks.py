@@ -13,7 +13,8 @@ import sys
 
 import numpy as np
 
-from refspec.gpu import GpuBackend, gemv_mma
+from refspec.gpu import GpuBackend
+from refspec.gpu_mappings import gemv_mma
 from refspec.model import Q8Matrix
 
 sys.path.insert(0, "tests")

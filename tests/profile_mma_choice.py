@@ -20,8 +20,9 @@ import time
 from refspec.bench_decode import preset_model_path
 from refspec.forward import Transformer
 from refspec.gguf_model import load
-from refspec.gpu import (GEMV_MMA, GEMV_MMA_RESIDENT, GEMV_MMA_STREAM_WAVES, GEMV_MMA_TALL,
-                         GEMV_MMA_TWO_STREAMS_16, GpuBackend)
+from refspec.gpu import GpuBackend
+from refspec.gpu_mappings import (GEMV_MMA, GEMV_MMA_RESIDENT, GEMV_MMA_STREAM_WAVES, GEMV_MMA_TALL,
+                                  GEMV_MMA_TWO_STREAMS_16)
 
 from graph_timing import fresh_pass_seconds
 

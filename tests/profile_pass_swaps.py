@@ -19,7 +19,8 @@ import time
 from refspec.bench_decode import preset_model_path
 from refspec.forward import Transformer
 from refspec.gguf_model import load
-from refspec.gpu import AttnPlan, GemvConfig, GpuBackend
+from refspec.gpu import GpuBackend
+from refspec.gpu_mappings import AttnPlan, GemvConfig
 
 from graph_timing import fresh_pass_seconds
 

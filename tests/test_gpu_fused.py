@@ -208,7 +208,7 @@ def test_tensor_core_gemv_equals_spec(be, data):
     """q8_gemv_mma (integer mma; NVIDIA sm_80+) gives spec.q8_gemv's bits: tiles cut by N, R and the
     block count, extreme scales, with and without the residual, and few thread blocks, each taking many tiles
     in one stream of rounds (rows of one round only: the first requests already cross into later tiles)."""
-    from refspec.gpu import gemv_mma
+    from refspec.gpu_mappings import gemv_mma
 
     if not be.mma_available:
         pytest.skip("no integer tensor cores")
@@ -234,7 +234,7 @@ def test_tensor_core_gemv_equals_spec(be, data):
 def test_tensor_cores_take_large_matrices_from_3_rows(be):
     """gemv_config: the dp4a kernel below GEMV_MMA_MIN_ROWS (3) rows and for small matrices (the default model's:
     faster there), the tensor-core one from 3 rows of a matrix of 4 M weights or more."""
-    from refspec.gpu import GEMV_CONFIGS, GEMV_MMA_MIN_ROWS, GEMV_MMA_MIN_WEIGHTS, gemv_mma, two_streams
+    from refspec.gpu_mappings import GEMV_CONFIGS, GEMV_MMA_MIN_ROWS, GEMV_MMA_MIN_WEIGHTS, gemv_mma, two_streams
 
     assert GEMV_MMA_MIN_ROWS == 3
     assert be.gemv_config(2, 4096, 4096) == GEMV_CONFIGS[2]
@@ -252,7 +252,7 @@ def test_long_rows_of_a_short_matrix_take_more_thread_blocks(be):
     """gemv_config: 5-8 rows of more than 32 blocks each against a matrix that would give fewer thread blocks
     than multiprocessors take GEMV_FEW_BLOCKS (the default model's down projection); shorter rows, more weight
     rows, other row counts keep GEMV_CONFIGS."""
-    from refspec.gpu import GEMV_CONFIGS, GEMV_FEW_BLOCKS, GEMV_FEW_BLOCKS_MIN_K
+    from refspec.gpu_mappings import GEMV_CONFIGS, GEMV_FEW_BLOCKS, GEMV_FEW_BLOCKS_MIN_K
 
     per_block = GEMV_CONFIGS[8].weight_rows_per_block()
     short = per_block * (be._multiprocessors - 1)  # one block too few
@@ -270,7 +270,7 @@ def test_one_row_of_short_rows_takes_deeper_weight_loads(be):
     """gemv_config: one row of 3-5 rounds of the lanes (K 3072..5120) on CUDA takes 3 rounds of weights in flight
     where that grid fits the GPU at once, else 2 where the usual grid does not fit and that one does, else the
     usual mapping; other K, other row counts and short_rows off keep GEMV_CONFIGS."""
-    from refspec.gpu import GEMV_CONFIGS, GEMV_SHORT_ROWS, GEMV_SHORT_ROWS_K
+    from refspec.gpu_mappings import GEMV_CONFIGS, GEMV_SHORT_ROWS, GEMV_SHORT_ROWS_K
 
     if be.platform != "cuda":
         assert be.gemv_config(1, 4096, 4096) == GEMV_CONFIGS[1]
@@ -299,7 +299,8 @@ def test_one_row_of_short_rows_takes_deeper_weight_loads(be):
 def test_tensor_core_gemv_refuses_odd_block_counts(be):
     """K/32 odd: q8_gemv_mma refuses (its scale copies need pairs of blocks), and q8_gemv with tensor cores
     on takes the dp4a kernel for it, with the spec's bits."""
-    from refspec.gpu import GEMV_MMA, GpuBackend
+    from refspec.gpu import GpuBackend
+    from refspec.gpu_mappings import GEMV_MMA
 
     if not be.mma_available:
         pytest.skip("no integer tensor cores")

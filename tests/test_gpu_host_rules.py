@@ -5,8 +5,10 @@ from dataclasses import replace
 
 import pytest
 
-from refspec.gpu import (GEMV_MMA, GEMV_MMA_NARROW, GEMV_MMA_NARROW_MIN_K, GEMV_MMA_RESIDENT, GEMV_MMA_STREAM_WAVES,
-                         GEMV_MMA_TALL, GEMV_MMA_TWO_STREAMS, GEMV_MMA_TWO_STREAMS_16, AttnPlan, GpuBackend, attention_units)
+from refspec.gpu import GpuBackend
+from refspec.gpu_mappings import (GEMV_MMA, GEMV_MMA_NARROW, GEMV_MMA_NARROW_MIN_K, GEMV_MMA_RESIDENT,
+                                  GEMV_MMA_STREAM_WAVES, GEMV_MMA_TALL, GEMV_MMA_TWO_STREAMS, GEMV_MMA_TWO_STREAMS_16,
+                                  AttnPlan, attention_units)
 
 SMS = 132
 SM_SHARED, BLOCK_SHARED = 228 * 1024, 227 * 1024  # an sm_90 multiprocessor's shared memory; a block's most

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from refspec import spec
 from refspec.backends import CpuBackend
 from refspec.errors import NumericsError, UsageError
-from refspec.gpu import (ATTN_HEADS, ATTN_THREAD_CHOICES, GEMV_CONFIGS, GEMV_MAX_ROWS, GEMV_MMA_VARIANTS, AttnPlan,
-                         GemvConfig, gpu_available)
+from refspec.gpu import gpu_available
+from refspec.gpu_mappings import (ATTN_HEADS, ATTN_THREAD_CHOICES, GEMV_CONFIGS, GEMV_MAX_ROWS, GEMV_MMA_VARIANTS,
+                                  AttnPlan, GemvConfig)
 from refspec.model import QK8_0, Q8Matrix
 
 from bits import assert_bits_equal
@@ -138,7 +139,8 @@ def test_streaming_tensor_core_gemv_equals_spec(rows, rounds):
     """The mapping the backend itself picks for a matrix of many more tiles than the GPU holds at once: two
     streams of tiles a block sharing their resident activations (rows of 1 to 6 rounds of the lanes, the most
     whose slots fit at 8 rows; 5 or more at 9-16 rows, beyond which the tall tiles stream), with the spec's bits."""
-    from refspec.gpu import GEMV_MMA_TALL, GpuBackend, two_streams
+    from refspec.gpu import GpuBackend
+    from refspec.gpu_mappings import GEMV_MMA_TALL, two_streams
 
     be = GpuBackend(mma_min_rows=3, mma_min_weights=0)
     if not be.mma_available:
@@ -159,7 +161,8 @@ def test_narrow_blocks_of_long_rows_equal_spec(rows, tiles):
     """3-8 rows of rows of 8 rounds of the lanes and part of a ninth, over less than a wave of GEMV_MMA's blocks
     or (8 rows, whose activations do not fit slots beside two streams) more, the last tile partial: the backend
     picks GEMV_MMA_NARROW (4 warps a block, 8 lanes a warp); the spec's bits, alone and with a residual added."""
-    from refspec.gpu import GEMV_MMA_NARROW, GpuBackend
+    from refspec.gpu import GpuBackend
+    from refspec.gpu_mappings import GEMV_MMA_NARROW
 
     be = GpuBackend(mma_min_rows=3, mma_min_weights=0)
     if not be.mma_available:
@@ -182,7 +185,8 @@ def test_narrow_blocks_of_long_rows_equal_spec(rows, tiles):
 def test_one_to_two_waves_of_tall_tiles_equal_spec(rows, rounds):
     """9-16 rows of a matrix of one and a half waves of tall tiles (32 weight rows): the backend picks two streams
     of 16-row tiles a block, two tiles a stream, the last one partial; the spec's bits."""
-    from refspec.gpu import GEMV_MMA_TWO_STREAMS_16, GpuBackend
+    from refspec.gpu import GpuBackend
+    from refspec.gpu_mappings import GEMV_MMA_TWO_STREAMS_16
 
     be = GpuBackend(mma_min_rows=3, mma_min_weights=0)
     if not be.mma_available:

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refspec import spec
-from refspec.gpu import GEMV_CONFIGS, GEMV_FEW_BLOCKS, GEMV_MAX_ROWS, GemvConfig, gpu_available
+from refspec.gpu import gpu_available
+from refspec.gpu_mappings import GEMV_CONFIGS, GEMV_FEW_BLOCKS, GEMV_MAX_ROWS, GemvConfig
 from refspec.model import QK8_0
 
 from test_gpu_kernels import ATTENTION_LAUNCHES, STYLES, assert_same, attention_launch, floats, random_q8, rng_from

@@ -13,9 +13,10 @@ import subprocess
 import numpy as np
 import pytest
 
-from refspec.gpu import (ATTN_BOUNDS, ATTN_HEADS_PER, ATTN_THREAD_CHOICES, ATTN_VALUES_MAX_THREADS_HIP,
-                         COMPILE_OPTIONS, GEMV_CONFIGS, GEMV_MAX_ROWS, GEMV_MMA, GEMV_MMA_MIN_ROWS, GEMV_MMA_TALL,
-                         attention_heads_max_threads, gemv_variants, kernel_dir, production_gemv_names)
+from refspec.gpu import COMPILE_OPTIONS, kernel_dir
+from refspec.gpu_mappings import (ATTN_BOUNDS, ATTN_HEADS_PER, ATTN_THREAD_CHOICES, ATTN_VALUES_MAX_THREADS_HIP,
+                                  GEMV_CONFIGS, GEMV_MAX_ROWS, GEMV_MMA, GEMV_MMA_MIN_ROWS, GEMV_MMA_TALL,
+                                  attention_heads_max_threads, gemv_variants, production_gemv_names)
 
 KERNELS = sorted(p.stem for p in kernel_dir().glob("*.hip"))
 GEMV_ARGS = ("const signed char*, const unsigned short*, const signed char*, const unsigned short*, float*, "

@@ -20,6 +20,10 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+if [ -f .cache-kernels/kernels.tar.gz ]; then  # compiled kernels from tests/device_check.sh (its header says how)
+  KERNEL_CACHE=$(python3 -c "from refspec.gpu import kernel_cache_dir; print(kernel_cache_dir())")
+  mkdir -p "$KERNEL_CACHE" && tar -xzf .cache-kernels/kernels.tar.gz -C "$KERNEL_CACHE" || true
+fi
 LLAMA_BENCH=""
 if [ -f .anchors/llama-bench.xz ]; then
   xz -dc .anchors/llama-bench.xz > /tmp/llama-bench && chmod +x /tmp/llama-bench && LLAMA_BENCH=/tmp/llama-bench

@@ -9,6 +9,9 @@
 #   5. a short summary table last.
 # Logs and JSON go to $OUT (default /tmp/refspec-device-check). STEPS="tests bench" picks steps;
 # PYTEST_ARGS adds pytest arguments (e.g. "-k default_model").
+# Compiling the kernels takes a good part of a fresh machine's run. The compiled kernels come back as
+# $OUT/kernels.tar.gz (refspec's disk cache, keyed by source, options, toolchain and GPU); carried back as
+# .cache-kernels/kernels.tar.gz, they fill the cache first, and only changed sources compile again.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -34,6 +37,12 @@ elif compgen -G ".cache-model/a/*.part" >/dev/null && compgen -G ".cache-model/b
   mkdir -p "$XDG_CACHE_HOME/refspec"
   cat .cache-model/a/*.part .cache-model/b/*.part > "$XDG_CACHE_HOME/refspec/$GGUF"
   model_note="default model: joined from .cache-model/a and b"
+fi
+KERNEL_CACHE=$(python3 -c "from refspec.gpu import kernel_cache_dir; print(kernel_cache_dir())")
+if [ -f .cache-kernels/kernels.tar.gz ]; then
+  mkdir -p "$KERNEL_CACHE" && tar -xzf .cache-kernels/kernels.tar.gz -C "$KERNEL_CACHE" \
+    && echo "kernel cache: $(ls "$KERNEL_CACHE" | wc -l) files from .cache-kernels" \
+    || echo "kernel cache: .cache-kernels/kernels.tar.gz could not be unpacked (compiling afresh)"
 fi
 model_ok=$(python3 - <<'EOF'
 import hashlib
@@ -75,6 +84,10 @@ if [[ " $STEPS " == *" bench "* ]]; then
   # shellcheck disable=SC2086  # BENCH_ARGS is a list of arguments
   python3 -m refspec.bench_gemv ${BENCH_ARGS:---variants} --json-out "$OUT/bench_gemv.json" 2>&1 | tee "$OUT/bench_gemv.log"
   bench_status=$([ "${PIPESTATUS[0]}" -eq 0 ] && echo done || echo FAILED)
+fi
+
+if [ -d "$KERNEL_CACHE" ]; then
+  tar -czf "$OUT/kernels.tar.gz" -C "$KERNEL_CACHE" . 2>/dev/null || rm -f "$OUT/kernels.tar.gz"
 fi
 
 echo

@@ -643,25 +643,27 @@ class GpuBackend:
         return self._mma_configs[key]
 
     def _choose_mma_config(self, rows: int, n: int, k: int) -> GemvConfig:
+        def capacity(config: GemvConfig) -> tuple[int, int]:  # streams at once: of one tile a block, and streaming
+            _, _, wave, slots = self._mma_capacity(self._gemv_function(config, rows), config, rows, k)
+            return wave, slots
+
+        def fits(config: GemvConfig) -> bool:  # a resident mapping whose slots fit
+            return self.resident_activations and self.gemv_fits(config, rows, k)
+
         config = gemv_mma(rows)
         tiles = self._blocks(n, config.weight_rows_per_block())
-        _, _, wave, slots = self._mma_capacity(self._gemv_function(config, rows), config, rows, k)
-        if config == GEMV_MMA_TALL and tiles > wave and slots == wave:
-            two = GEMV_MMA_TWO_STREAMS_16
-            if self.resident_activations and self.gemv_fits(two, rows, k):
-                _, _, _, two_slots = self._mma_capacity(self._gemv_function(two, rows), two, rows, k)
-                if two_slots >= 2 * slots:
-                    return two
+        wave, slots = capacity(config)
+        two = GEMV_MMA_TWO_STREAMS_16
+        if config == GEMV_MMA_TALL and tiles > wave and slots == wave and fits(two) and capacity(two)[1] >= 2 * slots:
+            return two
         if config == GEMV_MMA_TALL and wave < tiles <= GEMV_MMA_STREAM_WAVES * wave:
             config = GEMV_MMA
             tiles = self._blocks(n, config.weight_rows_per_block())
-            _, _, wave, slots = self._mma_capacity(self._gemv_function(config, rows), config, rows, k)
-        if config == GEMV_MMA and self.resident_activations and tiles > wave and slots == wave:
+            wave, slots = capacity(config)
+        if config == GEMV_MMA and tiles > wave and slots == wave:
             for resident in ((GEMV_MMA_TWO_STREAMS,) if rows <= 8 else ()) + (GEMV_MMA_RESIDENT,):
-                if self.gemv_fits(resident, rows, k):
-                    _, _, _, resident_slots = self._mma_capacity(self._gemv_function(resident, rows), resident, rows, k)
-                    if resident_slots == slots:
-                        return resident
+                if fits(resident) and capacity(resident)[1] == slots:
+                    return resident
         # (else a block a tile, or no slots to spare: nothing to keep)
         if config == GEMV_MMA and rows <= 8 and k >= GEMV_MMA_NARROW_MIN_K and tiles <= GEMV_MMA_STREAM_WAVES * wave:
             return GEMV_MMA_NARROW
@@ -921,16 +923,13 @@ class GpuBackend:
         of the plans timed at each (a block per (row, head): 12.58 / 12.15 / 12.27 / 12.38 / 13.01 / 13.44)."""
         pairs, sms = rows * heads, self._multiprocessors
         if cache_len <= ATTN_SPLIT_CACHE:
-            if pairs <= sms:
-                return AttnPlan("attention")
-            for per in ATTN_HEADS_PER:
-                if heads > kv_heads and attention_units(rows, heads, kv_heads, per) <= sms:
-                    return AttnPlan("attention_heads", per)
-            if pairs < 2 * sms:
-                return AttnPlan("attention")
-            for per in ATTN_HEADS_PER:
-                if heads > kv_heads and attention_units(rows, heads, kv_heads, per) <= 2 * sms:
-                    return AttnPlan("attention_heads", per)
+            pers = [per for per in ATTN_HEADS_PER if heads > kv_heads]  # query heads a block, fewest first
+            for once in (True, False):  # the blocks fit the multiprocessors once each, else twice
+                if pairs <= sms or (not once and pairs < 2 * sms):
+                    return AttnPlan("attention")
+                for per in pers:
+                    if attention_units(rows, heads, kv_heads, per) <= (1 if once else 2) * sms:
+                        return AttnPlan("attention_heads", per)
         if 2 * pairs <= sms and cache_len <= ATTN_ONE_HEAD_CACHE:
             return AttnPlan("spread", 1)
         return AttnPlan("spread", ATTN_HEADS)

@@ -3,7 +3,8 @@ the pass of R rows of a preset model or a GGUF file at position 64, replayed as 
 own choice ("production") and with each variant, in turn, ROUNDS times (a pass's time drifts by a few percent
 over a run). A variant is LABEL=SWAP[+SWAP...], a swap NxK:NR,MT,STAGES[,res[,GROUPS]] (a tensor-core
 mapping, GemvConfig("q8_gemv_mma", NR, MT, STAGES, resident, GROUPS)) for that matrix at every width timed, or
-attn:KERNEL,PER (attention's plan, AttnPlan(KERNEL, PER), for every width above one row):
+attn:KERNEL,PER[,THREADS] (attention's plan, AttnPlan(KERNEL, PER), for every width above one row, with
+THREADS threads a block where given, else GpuBackend.attention_threads's):
 
     python3 tests/profile_pass_swaps.py PRESET|MODEL.gguf ROWS,... REPEATS ROUNDS VARIANT...
 
@@ -27,11 +28,11 @@ from graph_timing import fresh_pass_seconds
 POSITION = 64
 
 
-def parse_swap(text: str) -> tuple[tuple[int, int] | str, GemvConfig | AttnPlan]:
+def parse_swap(text: str) -> tuple[tuple[int, int] | str, GemvConfig | tuple[AttnPlan, int | None]]:
     shape, mapping = text.split(":")
     if shape == "attn":
-        kernel, per = mapping.split(",")
-        return "attn", AttnPlan(kernel, int(per))
+        kernel, per, *threads = mapping.split(",")
+        return "attn", (AttnPlan(kernel, int(per)), int(threads[0]) if threads else None)
     n, k = (int(v) for v in shape.split("x"))
     parts = mapping.split(",")
     nr, mt, stages = (int(v) for v in parts[:3])
@@ -50,7 +51,7 @@ model = load(preset if preset.endswith(".gguf") else preset_model_path(preset, p
 be = GpuBackend()
 tf = Transformer(model, be)
 production = be.gemv_config
-plan = be.attention_plan
+plan, attention_threads = be.attention_plan, be.attention_threads
 chosen: dict = {}
 for table in swaps.values():  # compiled before any capture
     for key, config in table.items():
@@ -67,13 +68,15 @@ def pass_ms(label: str, rows: int) -> float:
         return config
 
     def attention_plan(rows, heads, kv_heads, cache_len):
-        return table["attn"] if rows > 1 and "attn" in table else plan(rows, heads, kv_heads, cache_len)
+        forced = rows > 1 and "attn" in table
+        be.attention_threads = (lambda units: table["attn"][1]) if forced and table["attn"][1] else attention_threads
+        return table["attn"][0] if forced else plan(rows, heads, kv_heads, cache_len)
 
     be.gemv_config, be.attention_plan = choose, attention_plan
     try:
         return 1e3 * fresh_pass_seconds(tf, rows, POSITION, repeats)
     finally:
-        be.gemv_config, be.attention_plan = production, plan
+        be.gemv_config, be.attention_plan, be.attention_threads = production, plan, attention_threads
 
 
 report = {"preset": preset, "position": POSITION, "repeats": repeats, "swaps": sys.argv[5:],

@@ -255,7 +255,6 @@ def attention_heads_max_threads(bound: int, hip: bool) -> int:
     return ATTN_THREAD_CHOICES[0] if bound <= 128 and not hip else ATTN_VALUES_MAX_THREADS_HIP
 
 
-
 def gemv_variants(rows: int) -> list[GemvConfig]:
     """The GEMV configurations for `rows` rows that `refspec bench gemv --variants` times (registers hold
     NR * ceil(rows / SPLIT) sums and DEPTH + 1 sets of NR weight blocks per thread, so both are capped)."""

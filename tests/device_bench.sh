@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU benchmarks at real size, in one script (run from anywhere on a machine with a GPU and CuPy):
-#   1. install the carried wheels (.whl/*.whl) as tests/device_check.sh does;
+#   1. install the carried wheels (.whl/*.whl) and fill the kernel cache (tests/device_setup.sh);
 #   2. for each synthetic preset in PRESETS (default llama-8b): refspec bench decode --preset (graphs on;
 #      with EAGER=1 also --no-graphs), and llama.cpp's llama-bench on the same file when .anchors/llama-bench.xz
 #      was carried (tg128 and passes of 1..16 rows);
@@ -8,22 +8,14 @@
 # JSON and logs go to $OUT. Files written for presets are removed after use unless KEEP=1 (disk is small).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
 OUT=${OUT:-/tmp/refspec-device-bench}
 PRESETS=${PRESETS:-llama-8b}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 export XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/refspec-cache}
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || { echo "device_bench: installing .whl/ failed" >&2; exit 2; }
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-if [ -f .cache-kernels/kernels.tar.gz ]; then  # compiled kernels from tests/device_check.sh (its header says how)
-  KERNEL_CACHE=$(python3 -c "from refspec.gpu import kernel_cache_dir; print(kernel_cache_dir())")
-  mkdir -p "$KERNEL_CACHE" && tar -xzf .cache-kernels/kernels.tar.gz -C "$KERNEL_CACHE" || true
-fi
+. tests/device_setup.sh
+device_install_wheels
+device_kernels
 LLAMA_BENCH=""
 if [ -f .anchors/llama-bench.xz ]; then
   xz -dc .anchors/llama-bench.xz > /tmp/llama-bench && chmod +x /tmp/llama-bench && LLAMA_BENCH=/tmp/llama-bench

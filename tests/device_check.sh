@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole GPU check, in one script, on a machine with a GPU and CuPy (run from anywhere):
-#   1. install the carried wheels (.whl/*.whl, e.g. gguf, which such a machine may lack) into /tmp/site;
+#   1. install the carried wheels (.whl/*.whl, e.g. gguf, which such a machine may lack) into /tmp/site
+#      (tests/device_setup.sh, as the compiled kernels below);
 #   2. find the default model: the refspec cache as usual, or .cache-model/refspec/, or the two halves of a
 #      GGUF carried as .cache-model/a/*.part and .cache-model/b/*.part (a transfer limit), joined and checked
 #      against refspec.default_model.GGUF_SHA256; without it the default-model test is left out (noted);
@@ -20,12 +21,8 @@ STEPS=${STEPS:-tests bench}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || { echo "device_check: installing .whl/ failed" >&2; exit 2; }
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+. tests/device_setup.sh
+device_install_wheels
 
 GGUF=SmolLM2-135M-Instruct.Q4_1.gguf
 model_note="default model: from the refspec cache"
@@ -38,12 +35,7 @@ elif compgen -G ".cache-model/a/*.part" >/dev/null && compgen -G ".cache-model/b
   cat .cache-model/a/*.part .cache-model/b/*.part > "$XDG_CACHE_HOME/refspec/$GGUF"
   model_note="default model: joined from .cache-model/a and b"
 fi
-KERNEL_CACHE=$(python3 -c "from refspec.gpu import kernel_cache_dir; print(kernel_cache_dir())")
-if [ -f .cache-kernels/kernels.tar.gz ]; then
-  mkdir -p "$KERNEL_CACHE" && tar -xzf .cache-kernels/kernels.tar.gz -C "$KERNEL_CACHE" \
-    && echo "kernel cache: $(ls "$KERNEL_CACHE" | wc -l) files from .cache-kernels" \
-    || echo "kernel cache: .cache-kernels/kernels.tar.gz could not be unpacked (compiling afresh)"
-fi
+device_kernels  # (after XDG_CACHE_HOME, which the kernel cache follows)
 model_ok=$(python3 - <<'EOF'
 import hashlib
 from refspec import default_model as dm

@@ -1,0 +1,25 @@
+# Set-up shared by tests/device_check.sh and tests/device_bench.sh (sourced from the repository root; also for
+# a one-off command on the device machine: `. tests/device_setup.sh && device_install_wheels && device_kernels`).
+
+# The carried wheels (.whl/*.whl, e.g. gguf, which the machine may lack) into /tmp/site, and PYTHONPATH to them
+# and to the repository. Exits 2 if they do not install.
+device_install_wheels() {
+  if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+      .whl/*.whl || { echo "device set-up: installing .whl/ failed" >&2; exit 2; }
+    export PYTHONPATH=/tmp/site
+  fi
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+}
+
+# KERNEL_CACHE: refspec's compiled-kernel cache (it follows XDG_CACHE_HOME: set that first), filled from
+# .cache-kernels/kernels.tar.gz where it was carried (tests/device_check.sh hands the cache back as
+# $OUT/kernels.tar.gz), so that only changed sources compile.
+device_kernels() {
+  KERNEL_CACHE=$(python3 -c "from refspec.gpu import kernel_cache_dir; print(kernel_cache_dir())")
+  if [ -f .cache-kernels/kernels.tar.gz ]; then
+    mkdir -p "$KERNEL_CACHE" && tar -xzf .cache-kernels/kernels.tar.gz -C "$KERNEL_CACHE" \
+      && echo "kernel cache: $(ls "$KERNEL_CACHE" | wc -l) files from .cache-kernels" \
+      || echo "kernel cache: .cache-kernels/kernels.tar.gz could not be unpacked (compiling afresh)"
+  fi
+}

@@ -26,7 +26,8 @@ spins SPIN cycles, as an RMSNorm would work) that the next phase waits for in tu
                     of them requested before the wait; with _small, the small op between
     k_gemvlike      the one-row GEMV's weight reads alone (its grid, two rows a warp, 32 bytes a lane a round, one
                     round ahead), no arithmetic; _coalesced: each load a whole 512-byte run; _tiled: the matrix
-                    stored so that a block's 8 rows are read as one contiguous run a round
+                    stored so that a block's 8 rows are read as one contiguous run a round; _512: blocks of 16 warps
+    k_deep_2_1_128  k_deep_2_1 in blocks of 128 threads (four times the blocks), as the GEMV's
 
 WAYS=name,name,... runs only those.
 
@@ -156,12 +157,13 @@ static __device__ void read_deep(const int4* p, long long n16, int* out) {
   long long begin, end;
   share(n16, begin, end);
   int4 ring[DEPTH][INFLIGHT];
-  const long long round = INFLIGHT * T;
+  const int threads = blockDim.x;  // (T, or fewer: the probe's block-size variants)
+  const long long round = INFLIGHT * threads;
 #pragma unroll
   for (int d = 0; d < PRE; ++d) {
 #pragma unroll
     for (int u = 0; u < INFLIGHT; ++u) {
-      const long long i = begin + threadIdx.x + d * round + u * T;
+      const long long i = begin + threadIdx.x + d * round + u * threads;
       ring[d][u] = i < end ? p[i] : make_int4(0, 0, 0, 0);
     }
   }
@@ -170,7 +172,7 @@ static __device__ void read_deep(const int4* p, long long n16, int* out) {
   for (int d = PRE; d < DEPTH; ++d) {
 #pragma unroll
     for (int u = 0; u < INFLIGHT; ++u) {
-      const long long i = begin + threadIdx.x + d * round + u * T;
+      const long long i = begin + threadIdx.x + d * round + u * threads;
       ring[d][u] = i < end ? p[i] : make_int4(0, 0, 0, 0);
     }
   }
@@ -182,7 +184,7 @@ static __device__ void read_deep(const int4* p, long long n16, int* out) {
 #pragma unroll
       for (int u = 0; u < INFLIGHT; ++u) {
         acc ^= ring[d][u].x ^ ring[d][u].y ^ ring[d][u].z ^ ring[d][u].w;
-        const long long j = i0 + (DEPTH + d) * round + u * T;
+        const long long j = i0 + (DEPTH + d) * round + u * threads;
         ring[d][u] = j < end ? p[j] : make_int4(0, 0, 0, 0);
       }
     }
@@ -204,7 +206,7 @@ extern "C" __global__ void __launch_bounds__(T) k_deep_2_2(const int4* p, long l
 template <bool COALESCED, bool TILED = false>
 static __device__ void read_gemvlike(const int4* p, long long n16, int k, int* out) {
   const long long rows = n16 * 16 / k;
-  const long long row0 = ((long long)blockIdx.x * 4 + threadIdx.x / 32) * 2;
+  const long long row0 = ((long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * 2;
   const int lane = threadIdx.x % 32;
   const char* base = (const char*)p;
   const int o0 = COALESCED ? 16 * lane : 32 * lane, o1 = COALESCED ? 512 + 16 * lane : 32 * lane + 16;
@@ -244,7 +246,7 @@ static __device__ void read_gemvlike(const int4* p, long long n16, int k, int* o
   }
   if (acc == 0x7e57ab1e) out[blockIdx.x] = acc;
 }
-extern "C" __global__ void __launch_bounds__(128) k_gemvlike(const int4* p, long long n16, int k, int* out) { read_gemvlike<false>(p, n16, k, out); }
+extern "C" __global__ void __launch_bounds__(512) k_gemvlike(const int4* p, long long n16, int k, int* out) { read_gemvlike<false>(p, n16, k, out); }
 extern "C" __global__ void __launch_bounds__(128) k_gemvlike_tiled(const int4* p, long long n16, int k, int* out) { read_gemvlike<false, true>(p, n16, k, out); }
 extern "C" __global__ void __launch_bounds__(128) k_gemvlike_coalesced(const int4* p, long long n16, int k, int* out) { read_gemvlike<true>(p, n16, k, out); }
 
@@ -308,12 +310,12 @@ def per_phase(launch) -> float:
     return graph_seconds(cp, launch, repeats) / steps * 1e6
 
 
-def kernels(small: bool, spin_cycles: int = spin, fn=None):
+def kernels(small: bool, spin_cycles: int = spin, fn=None, threads: int = 512):
     fn = fn or k_read
 
     def launch():
         for step in range(steps):
-            be._launcher.launch(fn, (grid,), (512,), (phase_bufs[step % phases], np.int64(phase_units[step % phases]),
+            be._launcher.launch(fn, (grid * 512 // threads,), (threads,), (phase_bufs[step % phases], np.int64(phase_units[step % phases]),
                                                           out))
             if small:
                 be._launcher.launch(k_small, (1,), (128,), (out, np.int32(grid), res, np.int64(spin_cycles)))
@@ -323,12 +325,12 @@ def kernels(small: bool, spin_cycles: int = spin, fn=None):
 row_bytes = [14336, 4096]  # the rows of the default sizes' matrices (llama-8b's down projection, its Q/K/V)
 
 
-def gemvlike(fn):
+def gemvlike(fn, threads: int = 128):
     def launch():
         for step in range(steps):
             i = order[step % phases] // 2
             rows = phase_units[step % phases] * 16 // row_bytes[i]
-            be._launcher.launch(fn, (-(-rows // 8),), (128,), (phase_bufs[step % phases],
+            be._launcher.launch(fn, (-(-rows // (threads // 16)),), (threads,), (phase_bufs[step % phases],
                                                                np.int64(phase_units[step % phases]),
                                                                np.int32(row_bytes[i]), out))
     return per_phase(launch)
@@ -385,6 +387,8 @@ ways = {
     "k_gemvlike": lambda: gemvlike(like[0]),
     "k_gemvlike_coalesced": lambda: gemvlike(like[1]),
     "k_gemvlike_tiled": lambda: gemvlike(like[2]),
+    "k_gemvlike_512": lambda: gemvlike(like[0], 512),
+    "k_deep_2_1_128": lambda: kernels(False, fn=deep["k_deep_2_1"], threads=128),
     "k_gemv": lambda: gemvs(False),
     "k_gemv_small": lambda: gemvs(True),
 }

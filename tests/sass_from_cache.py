@@ -11,8 +11,8 @@ as on the H200: CUDA, tensor cores from GEMV_MMA_MIN_ROWS rows), else the module
 alone. TOOLCHAIN (default "cuda,14.2.0,13.0,90": CuPy, NVRTC and compute capability of the device machine) and
 NVDISASM (default /tmp/nvd/nvidia/cu13/bin/nvdisasm) can be set. Writes OUT_DIR/<instance>.sass (default /tmp/sass).
 
-NVRTC's binaries as cached end one byte short of their last program header (the driver loads them; nvdisasm calls
-them invalid ELF): a zero byte is appended to a copy first.
+The binaries in the cache end one byte short of their last program header (the driver loads them; nvdisasm calls
+them invalid ELF; why, not looked into): a zero byte is appended to a copy first.
 """
 from __future__ import annotations
 

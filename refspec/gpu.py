@@ -92,6 +92,13 @@ def kernel_cache_dir() -> pathlib.Path:
     return pathlib.Path(base) / "refspec" / "kernels"
 
 
+def kernel_cache_name(stem: str, options: tuple, name_expressions: tuple, toolchain: tuple) -> str:
+    """The file stem under kernel_cache_dir() of kernels_raw/<stem>.hip compiled with `options` for these template
+    instances by `toolchain` (GpuBackend._toolchain): keyed by all of them and the expanded source."""
+    key = hashlib.sha256(repr((kernel_source(stem), options, name_expressions, toolchain)).encode()).hexdigest()
+    return f"{stem}-{key[:32]}"
+
+
 def _write_atomically(path: pathlib.Path, data: bytes) -> None:
     """Best effort: a cache that cannot be written only costs a compile next time."""
     try:
@@ -246,8 +253,7 @@ class GpuBackend:
         is cached here under $XDG_CACHE_HOME/refspec/kernels, keyed by source, options and toolchain."""
         source = kernel_source(stem)
         options = COMPILE_OPTIONS[self.platform]
-        key = hashlib.sha256(repr((source, options, name_expressions, self._toolchain())).encode()).hexdigest()
-        path = kernel_cache_dir() / f"{stem}-{key[:32]}"
+        path = kernel_cache_dir() / kernel_cache_name(stem, options, name_expressions, self._toolchain())
         binary = mapping = None
         try:
             binary = path.with_suffix(".bin").read_bytes()

@@ -16,8 +16,8 @@ them invalid ELF; why, not looked into): a zero byte is appended to a copy first
 """
 from __future__ import annotations
 
-import hashlib
 import io
+import json
 import os
 import pathlib
 import re
@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tarfile
 
-from refspec.gpu import COMPILE_OPTIONS, kernel_source
+from refspec.gpu import COMPILE_OPTIONS, kernel_cache_name
 from refspec.gpu_mappings import GEMV_MMA_MIN_ROWS, production_gemv_names
 
 stem, instance = sys.argv[1], sys.argv[2]
@@ -43,15 +43,14 @@ if stem == "q8_gemv":
     groups.append(tuple(sorted(set(production_gemv_names(True, GEMV_MMA_MIN_ROWS)))))
 groups.append((instance,))
 for group in groups:
-    key = hashlib.sha256(repr((kernel_source(stem), COMPILE_OPTIONS[platform], group, toolchain)).encode()).hexdigest()
-    name = f"{stem}-{key[:32]}"
+    name = kernel_cache_name(stem, COMPILE_OPTIONS[platform], group, toolchain)
     if f"{name}.bin" in members and (len(group) == 1 or instance in group):
         break
 else:
     sys.exit(f"no cached module of kernels_raw/{stem}.hip holds {instance} (toolchain {toolchain})")
 
 binary = archive.extractfile(members[f"{name}.bin"]).read()
-mapping = __import__("json").load(io.TextIOWrapper(archive.extractfile(members[f"{name}.json"])))
+mapping = json.load(io.TextIOWrapper(archive.extractfile(members[f"{name}.json"])))
 mangled = mapping.get(instance, instance)
 out_dir.mkdir(parents=True, exist_ok=True)
 cubin = out_dir / f"{name}.cubin"

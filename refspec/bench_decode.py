@@ -78,6 +78,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-short-rows", action="store_true",
                    help="GPU: one-row GEMVs over rows of 3072-5120 values with one round of weight loads in "
                         "flight, instead of 2-3 where the grid fits the GPU (NVIDIA; same bits), to compare")
+    p.add_argument("--no-even-blocks", action="store_true",
+                   help="GPU: one-row GEMVs over rows of 8192 or more values whose grid is one wave leave the "
+                        "hardware to place their blocks, instead of holding each multiprocessor to an even share "
+                        "(NVIDIA; same bits), to compare")
     p.add_argument("--no-resident", action="store_true",
                    help="GPU: tensor-core GEMVs whose thread blocks take several tiles copy the activations with "
                         "every tile, instead of once a block (NVIDIA sm_80+; same bits), to compare")
@@ -119,6 +123,8 @@ def run(args) -> int:
         backend.overlap = False
     if args.no_short_rows and backend.name == "gpu":
         backend.short_rows = False
+    if args.no_even_blocks and backend.name == "gpu":
+        backend.even_blocks = False
     if args.no_resident and backend.name == "gpu":
         backend.resident_activations = False
     tf = Transformer(model, backend, graphs=False if args.no_graphs else None)
@@ -162,6 +168,7 @@ def run(args) -> int:
         "conditional_node": (None if tf.graphs is None or tf.graphs.conditional is None  # chained verify passes
                              else "switch" if tf.graphs.conditional.switch else "if"),
         "short_rows": bool(getattr(backend, "short_rows", False)),
+        "even_blocks": bool(getattr(backend, "even_blocks", False)),
         "resident_activations": bool(getattr(backend, "resident_activations", False)),
         "greedy": greedy,
         "speculative": copy,

@@ -21,7 +21,7 @@ import os
 import pathlib
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -30,12 +30,12 @@ from refspec.errors import DeviceError, UsageError
 from refspec.gpu_launch import DependentLaunch, Kernel
 from refspec.gpu_mappings import (ATTN_BOUNDS, ATTN_HEADS, ATTN_HEADS_PER, ATTN_MAX_DIM, ATTN_ONE_HEAD_CACHE,
                                   ATTN_SCORE_THREADS, ATTN_SLICE, ATTN_SPLIT_CACHE, ATTN_THREAD_CHOICES,
-                                  ATTN_VALUES_MAX_THREADS_HIP, GEMV_CONFIGS, GEMV_FEW_BLOCKS, GEMV_FEW_BLOCKS_MIN_K,
-                                  GEMV_MAX_ROWS, GEMV_MMA, GEMV_MMA_MIN_ROWS, GEMV_MMA_MIN_WEIGHTS, GEMV_MMA_NARROW,
-                                  GEMV_MMA_NARROW_MIN_K, GEMV_MMA_RESIDENT, GEMV_MMA_STREAM_WAVES, GEMV_MMA_TALL,
-                                  GEMV_MMA_TWO_STREAMS, GEMV_MMA_TWO_STREAMS_16, GEMV_SHORT_ROWS, GEMV_SHORT_ROWS_K,
-                                  SM_THREADS, AttnPlan, GemvConfig, attention_heads_max_threads, attention_units,
-                                  gemv_mma, production_gemv_names)
+                                  ATTN_VALUES_MAX_THREADS_HIP, GEMV_CONFIGS, GEMV_EVEN_MIN_K, GEMV_FEW_BLOCKS,
+                                  GEMV_FEW_BLOCKS_MIN_K, GEMV_MAX_ROWS, GEMV_MMA, GEMV_MMA_MIN_ROWS,
+                                  GEMV_MMA_MIN_WEIGHTS, GEMV_MMA_NARROW, GEMV_MMA_NARROW_MIN_K, GEMV_MMA_RESIDENT,
+                                  GEMV_MMA_STREAM_WAVES, GEMV_MMA_TALL, GEMV_MMA_TWO_STREAMS, GEMV_MMA_TWO_STREAMS_16,
+                                  GEMV_SHORT_ROWS, GEMV_SHORT_ROWS_K, SM_THREADS, AttnPlan, GemvConfig,
+                                  attention_heads_max_threads, attention_units, gemv_mma, production_gemv_names)
 from refspec.model import QK8_0, LayerWeights, ModelWeights, MtpWeights, Q8Matrix
 
 F32 = np.float32
@@ -162,7 +162,7 @@ class GpuBackend:
 
     def __init__(self, poison: int | None = None, mma_min_rows: int | None = GEMV_MMA_MIN_ROWS,
                  overlap: bool | None = None, mma_min_weights: int = GEMV_MMA_MIN_WEIGHTS, short_rows: bool = True,
-                 resident_activations: bool = True):
+                 resident_activations: bool = True, even_blocks: bool = True):
         if mma_min_rows is not None:
             mma_min_rows = checks.integer("mma_min_rows", mma_min_rows, 1, GEMV_MAX_ROWS)
         mma_min_weights = checks.integer("mma_min_weights", mma_min_weights, 0)
@@ -182,6 +182,10 @@ class GpuBackend:
         self.mma_min_rows = mma_min_rows
         self.mma_min_weights = mma_min_weights  # ... of matrices of at least this many weights
         self.short_rows = bool(short_rows)  # one-row GEMVs of short rows may take GEMV_SHORT_ROWS (False: to compare)
+        # one-row GEMVs of long rows in one wave hold each multiprocessor to an even share of blocks (False: to
+        # compare; GEMV_EVEN_MIN_K)
+        self.even_blocks = bool(even_blocks)
+        self._even_shared_bytes: dict[tuple, int] = {}
         # tensor-core GEMVs whose blocks stream tiles keep their activations resident (False: to compare)
         self.resident_activations = bool(resident_activations)
         self._modules: dict[tuple, object] = {}
@@ -618,7 +622,8 @@ class GpuBackend:
         """The GEMV configuration q8_gemv launches for `rows` <= GEMV_MAX_ROWS rows of length k against an [n, k]
         matrix: the tensor-core kernel from mma_min_rows rows and mma_min_weights weights where it can run,
         else GEMV_FEW_BLOCKS[rows] for long rows of a matrix too short to fill the GPU, GEMV_SHORT_ROWS for one
-        row of a short one, else GEMV_CONFIGS[rows]."""
+        row of a short one, GEMV_CONFIGS[1] held to even blocks a multiprocessor (GEMV_EVEN_MIN_K) for one long
+        row where its grid is one wave, else GEMV_CONFIGS[rows]."""
         if (self.mma_min_rows is not None and rows >= self.mma_min_rows and n * k >= self.mma_min_weights
                 and self.mma_available and GEMV_MMA.takes(k)):
             return self._mma_config(rows, n, k)
@@ -632,6 +637,11 @@ class GpuBackend:
         if (rows in GEMV_FEW_BLOCKS and k >= GEMV_FEW_BLOCKS_MIN_K
                 and self._blocks(n, GEMV_CONFIGS[rows].weight_rows_per_block()) < self._multiprocessors):
             return GEMV_FEW_BLOCKS[rows]
+        if rows == 1 and k >= GEMV_EVEN_MIN_K and self.platform == "cuda" and self.even_blocks:
+            usual, sms = GEMV_CONFIGS[1], self._multiprocessors
+            blocks, wave = self._blocks(n, usual.weight_rows_per_block()), self._resident(usual)
+            if sms < blocks <= wave and -(-blocks // sms) * sms < wave:  # one wave, not already even
+                return replace(usual, even=True)
         return GEMV_CONFIGS[rows]
 
     def _mma_config(self, rows: int, n: int, k: int) -> GemvConfig:
@@ -730,10 +740,27 @@ class GpuBackend:
         shared = 0  # only q8_gemv_mma has dynamic shared memory (_mma_grid opts in to what it picks)
         if config.kernel == "q8_gemv_mma":
             blocks, shared = self._mma_grid(kernel, config, rows, k, blocks, max_blocks)
+        elif config.even:
+            shared = self._even_shared(kernel, config, blocks)
         args = (w.q, w.d, xq, xd, y, np.int32(n), np.int32(k), np.int32(rows), 0 if base is None else base)
         if config.kernel != "q8_gemv_mma":  # (the tensor-core GEMV computes every row)
             args += (self._live_arg(),)
         kernel((blocks,), (config.threads(),), args, shared_mem=shared)
+
+    def _even_shared(self, kernel, config: GemvConfig, blocks: int) -> int:
+        """Dynamic shared memory (bytes; the kernel uses none) that lets a multiprocessor hold at most
+        ceil(blocks / multiprocessors) of the grid's blocks (GemvConfig.even, GEMV_EVEN_MIN_K): the least whole
+        KiB that does, or 0 where none up to what a launch may ask without opting in does (an opt-in would ask
+        the largest shared-memory carveout for every launch of the kernel, the cache of its activations the
+        smaller). CUDA."""
+        per = -(-blocks // self._multiprocessors)
+        key = (config.name(1), per)
+        if key not in self._even_shared_bytes:
+            shared, limit = 0, kernel.shared_allowed
+            while shared <= limit and kernel.resident_blocks(config.threads(), shared) > per:
+                shared += 1024
+            self._even_shared_bytes[key] = shared if shared <= limit else 0
+        return self._even_shared_bytes[key]
 
     def _mma_grid(self, kernel, config: GemvConfig, rows: int, k: int, tiles: int, max_blocks: int | None):
         """q8_gemv_mma's blocks and shared memory: a block for each tile where the GPU holds them all at once;

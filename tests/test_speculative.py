@@ -452,7 +452,7 @@ def test_bench_decode_quick(tmp_path):
     assert report["conditional"] is False and report["conditional_node"] is None  # (no captured passes on the CPU)
     # the GPU comparison flags are accepted (and do nothing) on the CPU
     assert main(["bench", "decode", "-m", str(path), "--device", "cpu", "--quick", "--no-conditional",
-                 "--no-overlap", "--no-short-rows", "--json-out", str(out)]) == 0
+                 "--no-overlap", "--no-short-rows", "--no-even-blocks", "--json-out", str(out)]) == 0
     assert json.loads(out.read_text())["speculative"]["mismatches"] == []
 
 

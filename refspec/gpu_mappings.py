@@ -130,7 +130,10 @@ GEMV_FEW_BLOCKS_MIN_K = 33 * QK8_0
 # a multiprocessor's last end after the first warp's start by the warps it ran: 4 warps 13.3 us, 16 14.7, 24
 # 15.4; read ceiling 13.8. With dynamic shared memory that the kernel never touches holding each multiprocessor
 # to ceil(blocks / multiprocessors) blocks (GemvConfig.even), us per GEMV (graph replays): 4096 x 14336 18.15 ->
-# 16.77, 5120 x 27648 39.96 -> 38.41; 4096 x 4096 5.22 -> 5.33 (short rows: not taken there).
+# 16.77, 5120 x 27648 39.96 -> 38.41; 4096 x 4096 5.22 -> 5.33 (short rows: not taken there). In the llama-8b
+# pass of one row (tests/profile_even_blocks.py, in turn; even_blocks_pass_llama8b_2026_12_04_h200.json) 2.427-2.430
+# -> 2.414-2.420 ms. Tried on q8_gemv_mma's grids of one tile a block in one wave (3-16 rows), not kept: the pass of
+# 4 / 8 rows the same, of 16 rows +0.003 to +0.007 ms (even_blocks_mma_pass_llama8b_2026_12_04_h200.json).
 GEMV_EVEN_MIN_K = 8192
 GEMV_SHORT_ROWS = {3: GemvConfig("q8_gemv", 2, depth=3), 2: GemvConfig("q8_gemv", 2, depth=2)}
 GEMV_SHORT_ROWS_K = (3 * 32 * QK8_0, 5 * 32 * QK8_0)  # (fewer rounds than 3 have too few loads to overlap)

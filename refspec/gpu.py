@@ -303,9 +303,9 @@ class GpuBackend:
         name = config.name(rows)
         return self.function("q8_gemv", name, self._gemv_groups.get(name, (name,)))
 
-    def _resident(self, config: GemvConfig) -> int:
-        """How many thread blocks of a one-row dp4a GEMV in `config` the GPU holds at once (CUDA)."""
-        return self._gemv_function(config, 1).resident_blocks(config.threads(), 0) * self._multiprocessors
+    def _resident(self, config: GemvConfig, rows: int = 1) -> int:
+        """How many thread blocks of a dp4a GEMV of `rows` rows in `config` the GPU holds at once (CUDA)."""
+        return self._gemv_function(config, rows).resident_blocks(config.threads(), 0) * self._multiprocessors
 
     @staticmethod
     def _blocks(n: int, threads: int) -> int:
@@ -622,8 +622,8 @@ class GpuBackend:
         """The GEMV configuration q8_gemv launches for `rows` <= GEMV_MAX_ROWS rows of length k against an [n, k]
         matrix: the tensor-core kernel from mma_min_rows rows and mma_min_weights weights where it can run,
         else GEMV_FEW_BLOCKS[rows] for long rows of a matrix too short to fill the GPU, GEMV_SHORT_ROWS for one
-        row of a short one, GEMV_CONFIGS[1] held to even blocks a multiprocessor (GEMV_EVEN_MIN_K) for one long
-        row where its grid is one wave, else GEMV_CONFIGS[rows]."""
+        row of a short one, GEMV_CONFIGS[rows] held to even blocks a multiprocessor (GEMV_EVEN_MIN_K) for one or
+        two long rows where its grid is one wave, else GEMV_CONFIGS[rows]."""
         if (self.mma_min_rows is not None and rows >= self.mma_min_rows and n * k >= self.mma_min_weights
                 and self.mma_available and GEMV_MMA.takes(k)):
             return self._mma_config(rows, n, k)
@@ -637,9 +637,9 @@ class GpuBackend:
         if (rows in GEMV_FEW_BLOCKS and k >= GEMV_FEW_BLOCKS_MIN_K
                 and self._blocks(n, GEMV_CONFIGS[rows].weight_rows_per_block()) < self._multiprocessors):
             return GEMV_FEW_BLOCKS[rows]
-        if rows == 1 and k >= GEMV_EVEN_MIN_K and self.platform == "cuda" and self.even_blocks:
-            usual, sms = GEMV_CONFIGS[1], self._multiprocessors
-            blocks, wave = self._blocks(n, usual.weight_rows_per_block()), self._resident(usual)
+        if rows <= 2 and k >= GEMV_EVEN_MIN_K and self.platform == "cuda" and self.even_blocks:
+            usual, sms = GEMV_CONFIGS[rows], self._multiprocessors
+            blocks, wave = self._blocks(n, usual.weight_rows_per_block()), self._resident(usual, rows)
             if sms < blocks <= wave and -(-blocks // sms) * sms < wave:  # one wave, not already even
                 return replace(usual, even=True)
         return GEMV_CONFIGS[rows]
@@ -741,20 +741,20 @@ class GpuBackend:
         if config.kernel == "q8_gemv_mma":
             blocks, shared = self._mma_grid(kernel, config, rows, k, blocks, max_blocks)
         elif config.even:
-            shared = self._even_shared(kernel, config, blocks)
+            shared = self._even_shared(kernel, config, rows, blocks)
         args = (w.q, w.d, xq, xd, y, np.int32(n), np.int32(k), np.int32(rows), 0 if base is None else base)
         if config.kernel != "q8_gemv_mma":  # (the tensor-core GEMV computes every row)
             args += (self._live_arg(),)
         kernel((blocks,), (config.threads(),), args, shared_mem=shared)
 
-    def _even_shared(self, kernel, config: GemvConfig, blocks: int) -> int:
+    def _even_shared(self, kernel, config: GemvConfig, rows: int, blocks: int) -> int:
         """Dynamic shared memory (bytes; the kernel uses none) that lets a multiprocessor hold at most
         ceil(blocks / multiprocessors) of the grid's blocks (GemvConfig.even, GEMV_EVEN_MIN_K): the least whole
         KiB that does, or 0 where none up to what a launch may ask without opting in does (an opt-in would ask
         the largest shared-memory carveout for every launch of the kernel, the cache of its activations the
         smaller). CUDA."""
         per = -(-blocks // self._multiprocessors)
-        key = (config.name(1), per)
+        key = (config.name(rows), per)
         if key not in self._even_shared_bytes:
             shared, limit = 0, kernel.shared_allowed
             while shared <= limit and kernel.resident_blocks(config.threads(), shared) > per:

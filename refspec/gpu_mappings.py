@@ -121,19 +121,20 @@ GEMV_FEW_BLOCKS_MIN_K = 33 * QK8_0
 # Long rows gained nothing so. Greedy decoding with and without (`bench decode --no-short-rows`), in turn, in
 # one device call (short_rows_*_h200.json): qwen2.5-32b (its Q/K/V and output projections) 106.0 -> 107.25
 # tokens/s, llama-8b (its output projection) 406.9 -> 407.6-408.0.
-# One-row GEMVs over long rows whose grid is one wave of more blocks than multiprocessors (llama-8b's down
-# projection, 4096 x 14336: 512 blocks of 4 warps, up to 6 a multiprocessor), on CUDA: the hardware does not
-# spread such a grid evenly. A kernel launched while the one before it still runs (GpuBackend.overlap) finds
-# some multiprocessors full and others free, and the free ones take up to 6 blocks where an even share is 4. Each
-# warp reads its rows in turn, so those multiprocessors finish last: warps' ends stamped by %globaltimer
-# (tests/probe_gemv_tail.py, H200, 2026-12-04, tests/results/gemv_tail_cap_2026_12_04_h200.json), 4096 x 14336,
-# a multiprocessor's last end after the first warp's start by the warps it ran: 4 warps 13.3 us, 16 14.7, 24
-# 15.4; read ceiling 13.8. With dynamic shared memory that the kernel never touches holding each multiprocessor
-# to ceil(blocks / multiprocessors) blocks (GemvConfig.even), us per GEMV (graph replays): 4096 x 14336 18.15 ->
-# 16.77, 5120 x 27648 39.96 -> 38.41; 4096 x 4096 5.22 -> 5.33 (short rows: not taken there). In the llama-8b
-# pass of one row (tests/profile_even_blocks.py, in turn; even_blocks_pass_llama8b_2026_12_04_h200.json) 2.427-2.430
-# -> 2.414-2.420 ms. Tried on q8_gemv_mma's grids of one tile a block in one wave (3-16 rows), not kept: the pass of
-# 4 / 8 rows the same, of 16 rows +0.003 to +0.007 ms (even_blocks_mma_pass_llama8b_2026_12_04_h200.json).
+# One- and two-row GEMVs over long rows whose grid is one wave of more blocks than multiprocessors (llama-8b's
+# down projection, 4096 x 14336: 512 blocks of 4 warps), on CUDA: the hardware does not spread such a grid evenly.
+# A kernel launched while the one before it still runs (GpuBackend.overlap) finds some multiprocessors full and
+# others free, and the free ones take up to 6 blocks where an even share is 4. Each warp reads its rows in turn,
+# so those multiprocessors finish last. Warps' ends stamped by %globaltimer (tests/probe_gemv_tail.py, H200,
+# 2026-12-04, tests/results/gemv_tail_cap_2026_12_04_h200.json), 4096 x 14336: a multiprocessor's last end
+# after the first warp's start, by the warps it ran, 4 warps 13.3 us, 16 14.7, 24 15.4 (read ceiling 13.8).
+# With dynamic shared memory that the kernel never touches holding each multiprocessor to ceil(blocks /
+# multiprocessors) blocks (GemvConfig.even), us per GEMV (graph replays): 4096 x 14336 18.15 -> 16.77, 5120 x
+# 27648 39.96 -> 38.41; 4096 x 4096 5.22 -> 5.33 (short rows: not taken there). The llama-8b pass in turn
+# (tests/profile_even_blocks.py; even_blocks_pass_rows12_llama8b_2026_12_04_h200.json), 1 / 2 rows 2.427 /
+# 2.630-2.631 -> 2.415-2.417 / 2.610-2.611 ms. Tried on q8_gemv_mma's grids of one tile a block in one wave
+# (3-16 rows), not kept: the pass of 4 / 8 rows the same, of 16 rows +0.003 to +0.007 ms
+# (even_blocks_mma_pass_llama8b_2026_12_04_h200.json).
 GEMV_EVEN_MIN_K = 8192
 GEMV_SHORT_ROWS = {3: GemvConfig("q8_gemv", 2, depth=3), 2: GemvConfig("q8_gemv", 2, depth=2)}
 GEMV_SHORT_ROWS_K = (3 * 32 * QK8_0, 5 * 32 * QK8_0)  # (fewer rounds than 3 have too few loads to overlap)

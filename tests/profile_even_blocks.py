@@ -34,7 +34,7 @@ evened: set[str] = set()
 def watch(rows, k, n):
     config = production(rows, k, n)
     if config.even:
-        evened.add(f"{rows} row {n}x{k}")
+        evened.add(f"{rows} rows {n}x{k}")
     return config
 
 

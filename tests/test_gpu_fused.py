@@ -297,65 +297,69 @@ def test_one_row_of_short_rows_takes_deeper_weight_loads(be):
 
 
 def test_one_long_row_in_one_wave_takes_even_blocks(be):
-    """gemv_config: one row of GEMV_EVEN_MIN_K or more on CUDA, over a grid of one wave of more blocks than
-    multiprocessors whose even share is fewer blocks a multiprocessor than fit, takes GEMV_CONFIGS[1] with
-    `even`; shorter rows, grids of one block a multiprocessor or of more than a wave, two rows, and even_blocks
-    off keep GEMV_CONFIGS."""
+    """gemv_config: one or two rows of GEMV_EVEN_MIN_K or more on CUDA, over a grid of one wave of more blocks
+    than multiprocessors whose even share is fewer blocks a multiprocessor than fit, take GEMV_CONFIGS[rows] with
+    `even`; shorter rows, grids of one block a multiprocessor or of more than a wave, and even_blocks off keep
+    GEMV_CONFIGS."""
     from dataclasses import replace
 
     from refspec.gpu_mappings import GEMV_CONFIGS, GEMV_EVEN_MIN_K
 
-    usual = GEMV_CONFIGS[1]
-    even = replace(usual, even=True)
-    per_block = usual.weight_rows_per_block()
+    per_block = GEMV_CONFIGS[1].weight_rows_per_block()
+    assert GEMV_CONFIGS[2].weight_rows_per_block() == per_block
     if be.platform != "cuda":
-        assert be.gemv_config(1, 14336, 4096) == usual
+        assert be.gemv_config(1, 14336, 4096) == GEMV_CONFIGS[1]
         return
-    sms, wave = be._multiprocessors, be._resident(usual)
-    seen = set()
-    for blocks in sorted({sms, sms + 1, 2 * sms + 1, 3 * sms, wave - sms, wave - 1, wave, wave + 1}):
-        want = even if sms < blocks <= wave and -(-blocks // sms) * sms < wave else usual
-        seen.add(want)
-        for k in (GEMV_EVEN_MIN_K, 14336):
-            assert be.gemv_config(1, k, blocks * per_block) == want, (blocks, k)
-            assert be.gemv_config(2, k, blocks * per_block) == GEMV_CONFIGS[2]
-        assert be.gemv_config(1, GEMV_EVEN_MIN_K - 32, blocks * per_block) == usual
-    assert seen == {even, usual}
+    for rows in (1, 2):
+        usual = GEMV_CONFIGS[rows]
+        even = replace(usual, even=True)
+        sms, wave = be._multiprocessors, be._resident(usual, rows)
+        seen = set()
+        for blocks in sorted({sms, sms + 1, 2 * sms + 1, 3 * sms, wave - sms, wave - 1, wave, wave + 1}):
+            want = even if sms < blocks <= wave and -(-blocks // sms) * sms < wave else usual
+            seen.add(want)
+            for k in (GEMV_EVEN_MIN_K, 14336):
+                assert be.gemv_config(rows, k, blocks * per_block) == want, (rows, blocks, k)
+            assert be.gemv_config(rows, GEMV_EVEN_MIN_K - 32, blocks * per_block) == usual
+        assert seen == {even, usual}, rows
+    assert be.gemv_config(3, 14336, 4096) != replace(GEMV_CONFIGS[3], even=True)
     be.even_blocks = False
     try:
-        assert be.gemv_config(1, 14336, 4096) == usual
+        assert be.gemv_config(1, 14336, 4096) == GEMV_CONFIGS[1]
     finally:
         be.even_blocks = True
 
 
 def test_even_blocks_gemv_equals_spec_and_holds_the_share(be):
-    """A one-row GEMV with `even` (dynamic shared memory it never touches, so that a multiprocessor holds at most
-    ceil(blocks / multiprocessors) blocks) gives spec.q8_gemv's bits, with and without the residual; the shared
-    memory asked does hold the share (4 blocks a multiprocessor here) and a plain launch's would not."""
+    """A one- or two-row GEMV with `even` (dynamic shared memory it never touches, so that a multiprocessor holds
+    at most ceil(blocks / multiprocessors) blocks) gives spec.q8_gemv's bits, with and without the residual; the
+    shared memory asked does hold the share (4 blocks a multiprocessor here) and a plain launch's would not."""
     from dataclasses import replace
 
     from refspec.gpu_mappings import GEMV_CONFIGS
 
     if be.platform != "cuda":
         pytest.skip("the occupancy calculator is CUDA's")
-    config = replace(GEMV_CONFIGS[1], even=True)
     sms, k = be._multiprocessors, 8192
-    blocks = 3 * sms + 1  # 4 a multiprocessor at most
-    n = blocks * config.weight_rows_per_block() - 3  # (the last group computes rows past the end, never stored)
-    kernel = be._gemv_function(config, 1)
-    shared = be._even_shared(kernel, config, -(-n // config.weight_rows_per_block()))
-    assert shared > 0 and kernel.resident_blocks(config.threads(), shared) == 4 < kernel.resident_blocks(
-        config.threads(), 0)
     rng = np.random.default_rng(11)
-    w = random_q8(rng, n, k)
-    xq, xd = spec.quantize_q8_0(floats(rng, (1, k), "normal"))
-    x = floats(rng, (1, n), "normal")
-    for base in (None, x):
-        expected = spec.q8_gemv(w, xq, xd) if base is None else spec.add(x, spec.q8_gemv(w, xq, xd))
-        y = be._empty((1, n))
-        be.launch_gemv(config, be.upload_q8(w), be.asarray(xq), be.asarray(xd), y,
-                       None if base is None else be.asarray(base))
-        assert_same(be.to_host(y), expected, f"even q8_gemv N={n} K={k} residual={base is not None}", nan_equal=True)
+    for rows in (1, 2):
+        config = replace(GEMV_CONFIGS[rows], even=True)
+        blocks = 3 * sms + 1  # 4 a multiprocessor at most
+        n = blocks * config.weight_rows_per_block() - 3  # (the last group computes rows past the end, never stored)
+        kernel = be._gemv_function(config, rows)
+        shared = be._even_shared(kernel, config, rows, blocks)
+        assert shared > 0 and kernel.resident_blocks(config.threads(), shared) == 4 < kernel.resident_blocks(
+            config.threads(), 0)
+        w = random_q8(rng, n, k)
+        xq, xd = spec.quantize_q8_0(floats(rng, (rows, k), "normal"))
+        x = floats(rng, (rows, n), "normal")
+        for base in (None, x):
+            expected = spec.q8_gemv(w, xq, xd) if base is None else spec.add(x, spec.q8_gemv(w, xq, xd))
+            y = be._empty((rows, n))
+            be.launch_gemv(config, be.upload_q8(w), be.asarray(xq), be.asarray(xd), y,
+                           None if base is None else be.asarray(base))
+            assert_same(be.to_host(y), expected, f"even q8_gemv R={rows} N={n} residual={base is not None}",
+                        nan_equal=True)
 
 
 def test_tensor_core_gemv_refuses_odd_block_counts(be):

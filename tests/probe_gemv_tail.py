@@ -7,8 +7,9 @@ the warps of one wave finish at different times, the memory idles in the tail.
 The kernel is production's one-row path (q8_gemv<1, 2, 1, 1, DEPTH>'s own functions, the DEPTH GpuBackend
 chooses) with %globaltimer read by each warp: at its start, after rs_kernel_begin and at its end, and its
 multiprocessor's id. Launched over COPIES weight copies in one captured graph, as bench gemv times them; the stamps
-of the copies after the first are summarised: the kernel's span (first start to last end), and each warp's end
-after the first warp passed rs_kernel_begin (percentiles), per multiprocessor too.
+of the copies after the first are summarised: the kernel's span (first start to last end), each warp's end
+after the first warp passed rs_kernel_begin (percentiles), per multiprocessor too, and the gap from a copy's last
+warp end to the next copy's first warp past its wait.
 
     python3 tests/probe_gemv_tail.py [SHAPES] [REPEATS]
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import os
 import sys
 
 import numpy as np
@@ -141,6 +143,7 @@ for n, k in shapes:
     y = cp.empty((1, n), np.float32)
     config = be.gemv_config(1, k, n)
     depth = config.depth if config.kernel == "q8_gemv" and config.nr == 2 and config.split == 1 else 1
+    depth = int(os.environ.get("DEPTH", depth))  # DEPTH=2 or 3: every shape at that depth
     warps = -(-n // 2)
     grid = (-(-warps // 4),)
     stamps = cp.zeros((copies, grid[0] * 4, 4), np.uint64)
@@ -157,8 +160,13 @@ for n, k in shapes:
                                                                stamps[c]), shared)
 
         seconds = graph_seconds(cp, launch, repeats) / copies
-        s = cp.asnumpy(stamps)[1:, :warps].astype(np.int64)  # copies after the first, real warps
-        row[f"cap_{cap}"] = {"shared": shared, "us": round(seconds * 1e6, 2), **summarise(s)}
+        every = cp.asnumpy(stamps)[:, :warps].astype(np.int64)
+        s = every[1:]  # copies after the first, real warps
+        # the boundary: from the last warp's end of a copy to the first warp's passing of the wait in the next
+        gaps = [(every[c, :, 2].min() - every[c - 1, :, 3].max()) / 1000 for c in range(1, copies)]
+        row[f"cap_{cap}"] = {"shared": shared, "us": round(seconds * 1e6, 2),
+                             "gap_us_median_max": [round(float(np.median(gaps)), 2), round(float(max(gaps)), 2)],
+                             **summarise(s)}
     print(json.dumps(row), flush=True)
     results.append(row)
 

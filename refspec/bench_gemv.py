@@ -130,9 +130,7 @@ def read_bandwidth(be, timer: _Timer, nbytes: int = READ_BYTES) -> float:
     def launch(_):
         fn((8 * sms,), (256,), (data, np.int64(nbytes // 16), out))
 
-    seconds = timer(launch, 1)
-    del data
-    return nbytes / seconds
+    return nbytes / timer(launch, 1)  # (the buffer goes with this frame)
 
 
 def _random_weights(cp, be, n: int, k: int, copies: int):
@@ -218,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
                 entry = {
                     "n": n, "k": k, "rows": rows, "kernel": config.kernel, "nr": config.nr, "split": config.split,
                     "occ": config.occ, "depth": config.depth, "resident": config.resident, "groups": config.groups,
-                    "production": is_production,
+                    "even": config.even, "production": is_production,
                     "seconds": seconds, "bytes": moved, "bytes_per_second": moved / seconds,
                     "fraction_of_read": moved / seconds / read_bw, "fraction_of_copy": moved / seconds / copy_bw,
                     "weight_copies": copies,
@@ -229,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
                 ratio = f"{entry['over_r1']:6.2f}" if base and is_production else "      "
                 variant = f"{config.kernel}/{config.nr}/{config.split}/{config.occ}".replace("_gemv", "") + (
                     f"/{config.depth}" if config.depth != 1 else "/res" if config.resident else "") + (
-                    f"/g{config.groups}" if config.groups != 1 else "")
+                    f"/g{config.groups}" if config.groups != 1 else "") + ("/even" if config.even else "")
                 print(f"{n:>7}x{k:<6} {w_bytes / 1e6:6.1f} {rows:>3} {variant:>26} {seconds * 1e6:9.2f} "
                       f"{moved / seconds / 1e9:7.0f} {entry['fraction_of_read']:8.1%} {ratio}{mark}", flush=True)
         del weights

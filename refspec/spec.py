@@ -421,7 +421,7 @@ def conv1d_causal(x: np.ndarray, state: np.ndarray, w: np.ndarray) -> tuple[np.n
         y[r, c] = lane_sum over t < K of (w[c, t] * in[r + t, c]),  in = state's rows, then x's rows
     and windows[r] = the state after row r (its K-1 newest inputs), so a decoder may resume after any row."""
     x = np.asarray(x, F32)
-    rows, taps = x.shape[0], w.shape[1]
+    taps = w.shape[1]
     seq = np.concatenate([np.asarray(state, F32).T, x])  # [K-1+R, C]
     win = np.lib.stride_tricks.sliding_window_view(seq, taps, axis=0)  # [R, C, K]: rows r .. r+K-1
     y = lane_sum(win * np.asarray(w, F32))  # [R, C]

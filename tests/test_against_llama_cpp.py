@@ -19,7 +19,7 @@ from refspec.forward import Transformer
 from refspec.generate import generate
 from refspec.gguf_model import load, read_metadata
 from refspec.synthetic import write_model
-from refspec.tokenizer import _PRE_TOKENIZERS, _SPACE_ESCAPED, Tokenizer
+from refspec.tokenizer import _PRE_TOKENIZERS, Tokenizer
 
 if os.environ.get("CI") == "true":
     import llama_cpp

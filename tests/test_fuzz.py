@@ -16,8 +16,6 @@ import tempfile
 import time
 import traceback
 
-import pytest
-
 SEED = 20261201
 N_CASES = 300
 CASE_SECONDS = 10  # generous: a case takes ~0.1 s; the bound is for hangs, on a shared CI machine

@@ -7,7 +7,7 @@ from gguf import GGUFValueType
 from gguf.gguf_writer import GGUFValue
 
 from refspec import synthetic
-from refspec.errors import ModelFileError, RefspecError, TokenizerError, UnsupportedModelError, UsageError
+from refspec.errors import ModelFileError, TokenizerError, UnsupportedModelError, UsageError
 from refspec.gguf_model import load
 from refspec.metadata import MetadataReader
 from refspec.tokenizer import Tokenizer

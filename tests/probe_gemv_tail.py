@@ -119,6 +119,20 @@ def summarise(s: np.ndarray) -> dict:
         sm_ends.append(last[count > 0] * 1000)
         for i in np.flatnonzero(count):
             by_count.setdefault(int(count[i]), []).append(float(last[i]))
+    # placement: a multiprocessor's first block start (before its wait) after the copy's first warp passed its
+    # wait (negative: placed while the GEMV before still ran), against its last end
+    placed, finished = [], []
+    for c in s:
+        first_begin = c[:, 2].min()
+        sm = c[:, 0].astype(np.int64)
+        start = np.full(256, np.iinfo(np.int64).max)
+        np.minimum.at(start, sm, c[:, 1] - first_begin)
+        last = np.full(256, np.iinfo(np.int64).min)
+        np.maximum.at(last, sm, c[:, 3] - first_begin)
+        used = np.flatnonzero(np.bincount(sm, minlength=256))
+        placed.append(start[used] / 1000)
+        finished.append(last[used] / 1000)
+    placed, finished = np.concatenate(placed), np.concatenate(finished)
     ends, sm_ends = np.concatenate(ends), np.concatenate(sm_ends)
     sm_last = np.array(sm_last)
     used = np.flatnonzero(sm_last.max(axis=0) > 0)
@@ -128,6 +142,8 @@ def summarise(s: np.ndarray) -> dict:
             "sm_last_end_us_p10_p50_p90_max": [pct(sm_ends, q) for q in (10, 50, 90, 100)],
             "sm_last_end_us_by_warps_on_it": {w: [len(v), round(float(np.mean(v)), 2)]
                                               for w, v in sorted(by_count.items())},
+            "sm_placed_us_p10_p50_p90_max": [round(float(np.percentile(placed, q)), 2) for q in (10, 50, 90, 100)],
+            "sm_placed_vs_end_correlation": float(np.corrcoef(placed, finished)[0, 1]),
             "sm_end_correlation_between_copies": (float(np.corrcoef(sm_last[0, used], sm_last[1, used])[0, 1])
                                                   if len(sm_last) > 1 else None)}
 

@@ -63,3 +63,20 @@ def fresh_pass_seconds(tf, rows: int, position: int, repeats: int) -> float:
     cache.graphs.clear()  # (the storage may come back with passes captured for it)
     tf.forward(cache, [1] * position, 0)
     return pass_seconds(tf, cache, [5] * rows, position, repeats)
+
+
+def one_row_operands(cp, be, rng, n: int, k: int, min_copies: int):
+    """For the one-row GEMV probes (tests/probe_gemv_*.py): the bytes of an [n, k] Q8_0 matrix, random copies of
+    it, at least min_copies and enough (300 MB) that the L2 cache holds none when it is read again, and one
+    random quantized activation row (xq, xd) on the device."""
+    import math
+
+    import numpy as np
+
+    from refspec.bench_gemv import _random_weights
+
+    weight_bytes = n * k + n * (k // 32) * 2
+    copies = _random_weights(cp, be, n, k, max(min_copies, math.ceil(300e6 / weight_bytes)))
+    xq = cp.asarray(rng.integers(-127, 128, (1, k), dtype=np.int8))
+    xd = cp.asarray((rng.random((1, k // 32), dtype=np.float32) * 0.01 + 1e-3).astype(np.float16))
+    return weight_bytes, copies, xq, xd

@@ -19,22 +19,22 @@ operations, same bits (checked here against production on each shape). Needs K %
     python3 tests/probe_gemv_bulk.py [SHAPES] [CONFIGS] [REPEATS]
 
 SHAPES: NxK,... (default llama-8b's and qwen2.5-32b's one-row shapes); CONFIGS: NR/STAGES,... (default
-1/4,1/8,2/2,2/4,2/5,4/2; a ring is at most 48 KB a block). Prints JSON: us per GEMV for production and each config, the fraction of the read
-ceiling, and whether the bits equal production's.
+1/4,1/8,2/2,2/4,2/5,4/2; a ring is at most 48 KB a block). Prints JSON: us per GEMV for production and each
+config, the fraction of the read ceiling, and whether the bits equal production's. Measured: nowhere faster
+(README, "Bulk copies"; tests/results/gemv_bulk_probe_2026_12_04_h200.json).
 """
 from __future__ import annotations
 
 import datetime
 import json
-import math
 import sys
 
 import numpy as np
 
-from refspec.bench_gemv import _Timer, _random_weights, read_bandwidth
+from refspec.bench_gemv import _Timer, read_bandwidth
 from refspec.gpu import COMPILE_OPTIONS, GpuBackend, kernel_source
 
-from graph_timing import graph_seconds
+from graph_timing import graph_seconds, one_row_operands
 
 shapes = [tuple(int(v) for v in s.split("x")) for s in (sys.argv[1] if len(sys.argv) > 1 else
           "6144x4096,4096x4096,28672x4096,4096x14336,128256x4096,7168x5120,5120x5120,55296x5120,5120x27648").split(",")]
@@ -148,11 +148,8 @@ ceiling = read_bandwidth(be, timer)
 results = []
 rng = np.random.default_rng(0)
 for n, k in shapes:
-    weight_bytes = n * k + n * (k // 32) * 2
-    copies = max(2, math.ceil(300e6 / weight_bytes))
-    ws = _random_weights(cp, be, n, k, copies)
-    xq = cp.asarray(rng.integers(-127, 128, (1, k), dtype=np.int8))
-    xd = cp.asarray((rng.random((1, k // 32), dtype=np.float32) * 0.01 + 1e-3).astype(np.float16))
+    weight_bytes, ws, xq, xd = one_row_operands(cp, be, rng, n, k, 2)
+    copies = len(ws)
     base = cp.asarray(rng.standard_normal((1, n), dtype=np.float32))
     y = cp.empty((1, n), np.float32)
     config = be.gemv_config(1, k, n)

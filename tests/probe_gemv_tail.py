@@ -20,17 +20,16 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 import os
 import sys
 
 import numpy as np
 
-from refspec.bench_gemv import _Timer, _random_weights, read_bandwidth
+from refspec.bench_gemv import _Timer, read_bandwidth
 from refspec.gpu import COMPILE_OPTIONS, GpuBackend, kernel_source
 from refspec.gpu_launch import Kernel
 
-from graph_timing import graph_seconds
+from graph_timing import graph_seconds, one_row_operands
 
 shapes = [tuple(int(v) for v in s.split("x")) for s in (sys.argv[1] if len(sys.argv) > 1 else
           "4096x14336,28672x4096,6144x4096,4096x4096,128256x4096,5120x27648").split(",")]
@@ -151,11 +150,8 @@ def summarise(s: np.ndarray) -> dict:
 results = []
 rng = np.random.default_rng(0)
 for n, k in shapes:
-    weight_bytes = n * k + n * (k // 32) * 2
-    copies = max(3, math.ceil(300e6 / weight_bytes))
-    ws = _random_weights(cp, be, n, k, copies)
-    xq = cp.asarray(rng.integers(-127, 128, (1, k), dtype=np.int8))
-    xd = cp.asarray((rng.random((1, k // 32), dtype=np.float32) * 0.01 + 1e-3).astype(np.float16))
+    weight_bytes, ws, xq, xd = one_row_operands(cp, be, rng, n, k, 3)
+    copies = len(ws)
     y = cp.empty((1, n), np.float32)
     config = be.gemv_config(1, k, n)
     depth = config.depth if config.kernel == "q8_gemv" and config.nr == 2 and config.split == 1 else 1

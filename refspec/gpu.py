@@ -740,7 +740,7 @@ class GpuBackend:
         shared = 0  # only q8_gemv_mma has dynamic shared memory (_mma_grid opts in to what it picks)
         if config.kernel == "q8_gemv_mma":
             blocks, shared = self._mma_grid(kernel, config, rows, k, blocks, max_blocks)
-        elif config.even:
+        elif config.even and self.platform == "cuda":  # (HIP: no occupancy calculator; the hardware places them)
             shared = self._even_shared(kernel, config, rows, blocks)
         args = (w.q, w.d, xq, xd, y, np.int32(n), np.int32(k), np.int32(rows), 0 if base is None else base)
         if config.kernel != "q8_gemv_mma":  # (the tensor-core GEMV computes every row)

@@ -24,6 +24,12 @@ needs no reset between graph replays: a claim c is unit 4G + c % (U - 3G).
 Same terms, same order, same tree: the bits of production (checked here on each shape). Needs K % 1024 == 0.
 
     python3 tests/probe_gemv_pool.py [SHAPES] [REPEATS]
+    python3 tests/probe_gemv_pool.py --simulate     (no GPU: the slot protocol, modelled in Python)
+
+--simulate runs the protocol (publication, in-order claims, slot reuse, the count across launches) with warps
+interleaved at random, 300 random grids and shapes, 3 launches each sharing one count, and checks that every unit is
+done exactly once, that each launch makes exactly the claims it should, and that nothing deadlocks (passed when
+written).
 
 Prints JSON: us per GEMV for production and the pool, the fraction of the read ceiling, whether the bits equal
 production's, and whether a watchdog fired.
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import random
 import sys
 
 import numpy as np
@@ -42,11 +49,99 @@ from refspec.gpu_launch import Kernel
 
 from graph_timing import graph_seconds, one_row_operands
 
+WARPS, SLOTS = 32, 4
+
+
+def simulate_launch(G, W, units, per_slot, count, rng):
+    """One launch of G blocks of W warps over `units` units of per_slot items, as the kernel's protocol runs
+    (its waits as yields; a random scheduler picks the next warp step); count: the global count, [int]."""
+    claims = units > SLOTS * G
+    per_launch = units - (SLOTS - 1) * G
+    processed = []
+    nclaims = [0]
+    blocks = []
+    for b in range(G):
+        blk = {"published": [(s, b + s * G if b + s * G < units else -1) for s in range(SLOTS)],  # (slot, unit)
+               "items_done": [0] * SLOTS, "ended": False}
+        blocks.append(blk)
+
+    def unit_of(blk, slot):
+        v = blk["published"][slot % SLOTS]
+        return v[1] if v[0] == slot else None  # None: not yet published
+
+    def warp(b, w):
+        blk = blocks[b]
+        p = w
+        unit = b if b < units else -1
+        while unit >= 0:
+            slot = p // per_slot
+            q = p + W
+            while True:
+                nu = unit_of(blk, q // per_slot)
+                if nu is not None:
+                    break
+                yield "wait"
+            yield "step"
+            blk["items_done"][slot % SLOTS] += 1
+            done = blk["items_done"][slot % SLOTS]
+            yield "step"
+            if done == per_slot:
+                processed.append(unit)
+                if slot > 0:
+                    while unit_of(blk, slot - 1 + SLOTS) is None:
+                        yield "wait"
+                blk["items_done"][slot % SLOTS] = 0
+                target = slot + SLOTS
+                claimed = -1
+                if not claims:
+                    f = b + target * G
+                    claimed = f if f < units else -1
+                elif not blk["ended"]:
+                    c = count[0] % per_launch
+                    count[0] += 1
+                    nclaims[0] += 1
+                    yield "step"
+                    claimed = SLOTS * G + c
+                    if claimed >= units:
+                        claimed, blk["ended"] = -1, True
+                blk["published"][slot % SLOTS] = (target, claimed)
+                yield "step"
+            p, unit = q, nu
+
+    gens = [warp(b, w) for b in range(G) for w in range(W)]
+    live = list(range(len(gens)))
+    stall = 0
+    while live:
+        i = rng.choice(live)
+        try:
+            r = next(gens[i])
+            stall = stall + 1 if r == "wait" else 0
+            if stall > 200000:
+                raise RuntimeError("deadlock")
+        except StopIteration:
+            live.remove(i)
+    assert sorted(processed) == list(range(units)), (len(processed), units)
+    if claims:
+        assert nclaims[0] == per_launch, (nclaims[0], per_launch)
+    else:
+        assert nclaims[0] == 0
+    return nclaims[0]
+
+
+if sys.argv[1:2] == ["--simulate"]:
+    rng = random.Random(1)
+    for _ in range(300):
+        G, W, rounds = rng.randint(1, 6), rng.choice([2, 3, 4, 8]), rng.randint(1, 6)
+        per_slot, count = -(-W // rounds) * rounds, [0]
+        units = rng.randint(G, 40 * G)
+        for _ in range(3):
+            simulate_launch(G, W, units, per_slot, count, rng)
+    print("the slot protocol: every unit once, the claims a launch should make, no deadlock (300 grids x 3)")
+    sys.exit(0)
+
 shapes = [tuple(int(v) for v in s.split("x")) for s in (sys.argv[1] if len(sys.argv) > 1 else
           "4096x14336,6144x4096,4096x4096,28672x4096,5120x27648").split(",")]
 repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 20
-
-WARPS, SLOTS = 32, 4
 
 POOL = r'''
 // ------------------------------------------------------------------------------------------- q8_gemv_pool

@@ -79,7 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="GPU: one-row GEMVs over rows of 3072-5120 values with one round of weight loads in "
                         "flight, instead of 2-3 where the grid fits the GPU (NVIDIA; same bits), to compare")
     p.add_argument("--no-even-blocks", action="store_true",
-                   help="GPU: one-row GEMVs over rows of 8192 or more values whose grid is one wave leave the "
+                   help="GPU: one- and two-row GEMVs over rows of 8192 or more values whose grid is one wave leave the "
                         "hardware to place their blocks, instead of holding each multiprocessor to an even share "
                         "(NVIDIA; same bits), to compare")
     p.add_argument("--no-resident", action="store_true",

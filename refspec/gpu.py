@@ -182,8 +182,8 @@ class GpuBackend:
         self.mma_min_rows = mma_min_rows
         self.mma_min_weights = mma_min_weights  # ... of matrices of at least this many weights
         self.short_rows = bool(short_rows)  # one-row GEMVs of short rows may take GEMV_SHORT_ROWS (False: to compare)
-        # one-row GEMVs of long rows in one wave hold each multiprocessor to an even share of blocks (False: to
-        # compare; GEMV_EVEN_MIN_K)
+        # one- and two-row GEMVs of long rows in one wave hold each multiprocessor to an even share of blocks
+        # (False: to compare; GEMV_EVEN_MIN_K)
         self.even_blocks = bool(even_blocks)
         self._even_shared_bytes: dict[tuple, int] = {}
         # tensor-core GEMVs whose blocks stream tiles keep their activations resident (False: to compare)

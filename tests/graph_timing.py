@@ -80,3 +80,16 @@ def one_row_operands(cp, be, rng, n: int, k: int, min_copies: int):
     xq = cp.asarray(rng.integers(-127, 128, (1, k), dtype=np.int8))
     xd = cp.asarray((rng.random((1, k // 32), dtype=np.float32) * 0.01 + 1e-3).astype(np.float16))
     return weight_bytes, copies, xq, xd
+
+
+def one_row_reference(cp, be, rng, ws, xq, xd):
+    """For the one-row GEMV probes: the production GEMV's bits over the first of the weight copies `ws` with a
+    random residual, and what it took: (config, y [1, n] to write into, base [1, n], bits as uint32)."""
+    import numpy as np
+
+    n, k = ws[0].shape
+    base = cp.asarray(rng.standard_normal((1, n), dtype=np.float32))
+    y = cp.empty((1, n), np.float32)
+    config = be.gemv_config(1, k, n)
+    be.launch_gemv(config, ws[0], xq, xd, y, base=base)
+    return config, y, base, cp.asnumpy(y).view(np.uint32)

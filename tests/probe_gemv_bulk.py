@@ -34,7 +34,7 @@ import numpy as np
 from refspec.bench_gemv import _Timer, read_bandwidth
 from refspec.gpu import COMPILE_OPTIONS, GpuBackend, kernel_source
 
-from graph_timing import graph_seconds, one_row_operands
+from graph_timing import graph_seconds, one_row_operands, one_row_reference
 
 shapes = [tuple(int(v) for v in s.split("x")) for s in (sys.argv[1] if len(sys.argv) > 1 else
           "6144x4096,4096x4096,28672x4096,4096x14336,128256x4096,7168x5120,5120x5120,55296x5120,5120x27648").split(",")]
@@ -150,11 +150,7 @@ rng = np.random.default_rng(0)
 for n, k in shapes:
     weight_bytes, ws, xq, xd = one_row_operands(cp, be, rng, n, k, 2)
     copies = len(ws)
-    base = cp.asarray(rng.standard_normal((1, n), dtype=np.float32))
-    y = cp.empty((1, n), np.float32)
-    config = be.gemv_config(1, k, n)
-    be.launch_gemv(config, ws[0], xq, xd, y, base=base)
-    reference = cp.asnumpy(y).view(np.uint32)
+    config, y, base, reference = one_row_reference(cp, be, rng, ws, xq, xd)
 
     def production():
         for w in ws:

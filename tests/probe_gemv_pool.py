@@ -47,7 +47,7 @@ from refspec.bench_gemv import _Timer, read_bandwidth
 from refspec.gpu import COMPILE_OPTIONS, GpuBackend, kernel_source
 from refspec.gpu_launch import Kernel
 
-from graph_timing import graph_seconds, one_row_operands
+from graph_timing import graph_seconds, one_row_operands, one_row_reference
 
 WARPS, SLOTS = 32, 4
 
@@ -296,11 +296,7 @@ for n, k in shapes:
         continue
     weight_bytes, ws, xq, xd = one_row_operands(cp, be, rng, n, k, 2)
     copies = len(ws)
-    base = cp.asarray(rng.standard_normal((1, n), dtype=np.float32))
-    y = cp.empty((1, n), np.float32)
-    config = be.gemv_config(1, k, n)
-    be.launch_gemv(config, ws[0], xq, xd, y, base=base)
-    reference = cp.asnumpy(y).view(np.uint32)
+    config, y, base, reference = one_row_reference(cp, be, rng, ws, xq, xd)
 
     rounds = k // 1024
     m = -(-WARPS // rounds)

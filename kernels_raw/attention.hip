@@ -81,10 +81,12 @@ RS_DEVICE void rs_attention_prefetch(const float* kc, const float* vc, const int
 
 // Phase 1 over positions t_begin .. t_end-1 for hb <= HB query heads that share their keys (head i's query at
 // q + i*dim): group g takes t_begin + g, then every groups-th position, RS_ATTN_KEYS(MAXD, HB) keys at a time,
-// their loads in flight together, each key used for every head (keys past t_end: loaded as the first, not
-// used). Lane l holds q[l + 32j] in registers and the
-// key's elements l + 32j, added in the spec's order. Head i's s_t goes to e[i*e_stride + t - e_base]; m[i]
-// becomes the group's max of head i's scores (-inf if it had none).
+// their loads in flight together, each key used for every head (keys past t_end: loaded as the first, their
+// sums computed and never used). Lane l holds q[l + 32j] in registers and the key's elements l + 32j, added
+// in the spec's order into slot u*HB + i (key u, head i); the spec's tree then runs for all KEYS*HB slots at
+// once (RsTreeSlots: 16 exchanges for 16 slots where one tree a slot took 80), and the lane that ends up
+// owning a slot scales it. Head i's s_t goes to e[i*e_stride + t - e_base]; m[i] becomes the group's max of
+// head i's scores (-inf if it had none), the same in every lane of the group.
 template <int MAXD, int HB>
 RS_DEVICE void rs_attention_scores(const float* __restrict__ q, int hb, const float* __restrict__ kc, int dim,
                                    float scale, int t_begin, int t_end, float* __restrict__ e, long long e_stride,
@@ -100,6 +102,7 @@ RS_DEVICE void rs_attention_scores(const float* __restrict__ q, int hb, const fl
     }
   }
   constexpr int KEYS = RS_ATTN_KEYS(MAXD, HB);
+  constexpr int SLOTS = KEYS * HB;  // slot u * HB + i: key u, head i
   for (int t0 = t_begin + rs_group(); t0 < t_end; t0 += KEYS * rs_groups()) {
     float kreg[KEYS][MAXD / RS_LANES];
 #pragma unroll
@@ -112,33 +115,47 @@ RS_DEVICE void rs_attention_scores(const float* __restrict__ q, int hb, const fl
         kreg[u][j] = d < dim ? kt[d] : 0.0f;
       }
     }
+    float acc[SLOTS];  // lane values: +0.0, then q[l]*k[l], q[l+32]*k[l+32], ...
 #pragma unroll
     for (int u = 0; u < KEYS; ++u) {
-      const int t = t0 + u * rs_groups();
-      if (t >= t_end) break;  // the same for the whole group: the last keys of the last round may lie past the end
 #pragma unroll
       for (int i = 0; i < HB; ++i) {
-        if (i < hb) {  // the same for the whole block
-          float acc = 0.0f;  // lane value: +0.0, then q[l]*k[l], q[l+32]*k[l+32], ...
+        float a = 0.0f;
 #pragma unroll
-          for (int j = 0; j < MAXD / RS_LANES; ++j) {
-            if (rs_lane() + RS_LANES * j < dim) acc = rs_add(acc, rs_mul(qreg[i][j], kreg[u][j]));
-          }
-          const float s = rs_mul(rs_lane_tree(acc), scale);
-          if (rs_lane() == 0) e[i * e_stride + t - e_base] = s;
-          m[i] = rs_max_nan(m[i], s);
+        for (int j = 0; j < MAXD / RS_LANES; ++j) {
+          if (rs_lane() + RS_LANES * j < dim) a = rs_add(a, rs_mul(qreg[i][j], kreg[u][j]));
         }
+        acc[u * HB + i] = a;
+      }
+    }
+    int first = 0;
+    bool owner = true;
+    RsTreeSlots<SLOTS, SLOTS, RS_LANES / 2>::run(acc, rs_lane(), first, owner);
+#pragma unroll
+    for (int c = 0; c < RsTreeCount<SLOTS, RS_LANES / 2>::value; ++c) {
+      const int slot = first + c, u = slot / HB, i = slot % HB;
+      const int t = t0 + u * rs_groups();
+      const bool used = owner && t < t_end && i < hb;
+      const float s = rs_mul(acc[c], scale);
+      if (used) e[i * e_stride + t - e_base] = s;
+#pragma unroll
+      for (int h = 0; h < HB; ++h) {  // every m[h] written each time (no register array indexed at run time)
+        m[h] = rs_max_nan(m[h], used && h == i ? s : rs_as_float((int)0xff800000));
       }
     }
   }
+#pragma unroll
+  for (int i = 0; i < HB; ++i) {  // the group's max of head i in every lane (exact in any order)
+#pragma unroll
+    for (int offset = RS_LANES / 2; offset >= 1; offset /= 2) m[i] = rs_max_nan(m[i], rs_shfl_xor(m[i], offset));
+  }
 }
 
-// The max (rs_max_nan, exact in any order) of every thread's m, for the whole block; group_max holds
-// THREADS / 32 floats of shared memory, free again when it returns. Every thread calls it.
+// The max (rs_max_nan, exact in any order) of the groups' m (each the same in every lane of its group, as
+// rs_attention_scores leaves it), for the whole block; group_max holds THREADS / 32 floats of shared memory,
+// free again when it returns. Every thread calls it.
 template <int THREADS>
 RS_DEVICE float rs_attention_block_max(float m, float* group_max) {
-#pragma unroll
-  for (int offset = RS_LANES / 2; offset >= 1; offset /= 2) m = rs_max_nan(m, rs_shfl_xor(m, offset));
   if (rs_lane() == 0) group_max[rs_group()] = m;
   __syncthreads();
   m = group_max[0];
@@ -519,9 +536,7 @@ attention_heads(const float* __restrict__ q, const float* __restrict__ k_cache, 
   float m[HB];
   rs_attention_scores<MAXD, HB>(q + rh0 * dim, u.hb, kc, dim, scale, 0, n_vis, e, e_stride, 0, m);
 #pragma unroll
-  for (int i = 0; i < HB; ++i) {
-#pragma unroll
-    for (int offset = RS_LANES / 2; offset >= 1; offset /= 2) m[i] = rs_max_nan(m[i], rs_shfl_xor(m[i], offset));
+  for (int i = 0; i < HB; ++i) {  // each group's max (its lanes hold the same) of each head
     if (rs_lane() == 0) group_max[i][rs_group()] = m[i];
   }
   __syncthreads();

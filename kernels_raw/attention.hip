@@ -17,7 +17,7 @@
 // Before waiting for the kernel before it (rs_kernel_begin), a block asks the L2 cache for its share of the
 // keys and values of the positions before pos0: earlier passes wrote them, and phases 1 and 3 read them (a
 // hint only: pos0 is read again after the wait, and a prefetch reads no value). The phases:
-//   1. each group of 32 lanes takes positions t (RS_ATTN_KEYS(MAXD, heads) at a time, their loads in flight
+//   1. each group of 32 lanes takes positions t (RS_ATTN_KEYS(MAXD) at a time, their loads in flight
 //      together) and computes s_t with spec.lane_sum over d; max over t (exact in any order).
 //   2. the scores of the positions the row sees become e_t (phase 3 reads no other).
 //   3. items (chunk, 4 neighbouring columns), a group of 32 lanes each: the chunk's position t goes to lane
@@ -54,14 +54,15 @@
 #define RS_ATTN_SHARED_POS 1024  // up to this many positions, e_t and the chunk sums stay in shared memory
 #define RS_ATTN_SHARED_PARTS ((RS_ATTN_SHARED_POS / RS_ATTN_CHUNK) * (RS_ATTN_MAX_DIM + 1))
 
-// Keys a group loads at once in phase 1: more for short heads, whose keys take few registers, and for one or two
-// query heads a block (heads of 128 then take 112 registers at 8 keys; four heads spill at 5): 16 groups then read
-// 128 positions in one round of loads. With the trees of the keys past the end skipped (rs_attention_scores), the
-// llama-8b pass at position 64 took 2.469 / 2.996 / 3.602 ms at 1 / 8 / 16 rows against 2.479 / 3.020 / 3.661
-// (H200, 2026-12-02, in turn in one device call; tests/results/attention_keys_h200.json). Two heads a block
-// (attention_heads<128, 512, 2>, 96 registers) at 8 keys: 8 rows at 64 / 160 / 400 positions 7.97 / 12.39 / 23.05
-// -> 7.66 / 12.30 / 22.51 us a launch (2026-12-03, tests/results/attention_heads_per_h200.json).
-#define RS_ATTN_KEYS(maxd, hb) ((maxd) <= 64 || ((maxd) <= 128 && (hb) <= 2) ? 8 : (maxd) <= 128 ? 4 : 2)
+// Keys a group loads at once in phase 1: 8 for heads up to 128 wide, 4 up to 256, else 2 (16 groups then read
+// 128 positions in one round of loads). Before phase 1's trees ran as one slot tree a round, heads of 128 took 4
+// keys at 3-4 heads a block (four heads spilled at 5); now 8 fit them (118 registers, no spills), and 256-wide
+// heads 4. H200, 2026-12-04, a chain of 32 launches as planned, us at position 64 / 300 (in turn, twice;
+// tests/results/attention_keys8_ab_2026_12_04_h200.txt): llama-8b's 16 rows (4 heads a block) 9.77 -> 9.01 /
+// 20.16 -> 19.25; qwen2.5-32b's 40 heads at 8 rows 8.67 -> 8.05 / 18.62 -> 17.58, 16 rows 12.73 -> 12.59 /
+// 32.27 -> 28.92; qwen3.5-27b's 24 heads of 256 at 8 rows 13.69 -> 12.80 / 36.95 -> 31.15, 16 rows 19.65 ->
+// 17.29 / 56.89 -> 44.18, one row 7.36 -> 7.42 / 19.62 -> 18.68; the one- and two-head blocks unchanged.
+#define RS_ATTN_KEYS(maxd) ((maxd) <= 128 ? 8 : (maxd) <= 256 ? 4 : 2)
 #define RS_ATTN_HEADS 4  // query heads of one kv head that attention_scores and attention_values take together, at most
 
 // The keys and values of positions t_begin .. min(t_end, pos0, cache_len)-1 into the L2 cache, before the
@@ -80,7 +81,7 @@ RS_DEVICE void rs_attention_prefetch(const float* kc, const float* vc, const int
 }
 
 // Phase 1 over positions t_begin .. t_end-1 for hb <= HB query heads that share their keys (head i's query at
-// q + i*dim): group g takes t_begin + g, then every groups-th position, RS_ATTN_KEYS(MAXD, HB) keys at a time,
+// q + i*dim): group g takes t_begin + g, then every groups-th position, RS_ATTN_KEYS(MAXD) keys at a time,
 // their loads in flight together, each key used for every head (keys past t_end: loaded as the first, their
 // sums computed and never used). Lane l holds q[l + 32j] in registers and the key's elements l + 32j, added
 // in the spec's order into slot u*HB + i (key u, head i); the spec's tree then runs for all KEYS*HB slots at
@@ -101,7 +102,7 @@ RS_DEVICE void rs_attention_scores(const float* __restrict__ q, int hb, const fl
       qreg[i][j] = i < hb && d < dim ? q[i * dim + d] : 0.0f;
     }
   }
-  constexpr int KEYS = RS_ATTN_KEYS(MAXD, HB);
+  constexpr int KEYS = RS_ATTN_KEYS(MAXD);
   constexpr int SLOTS = KEYS * HB;  // slot u * HB + i: key u, head i
   for (int t0 = t_begin + rs_group(); t0 < t_end; t0 += KEYS * rs_groups()) {
     float kreg[KEYS][MAXD / RS_LANES];

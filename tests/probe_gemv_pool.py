@@ -1,7 +1,11 @@
 """Does a one-row GEMV whose work a multiprocessor takes from a shared pool, in units far smaller than a warp's
-rows, finish closer to the read ceiling than production (device machine; a tool, not a test)? NOT YET RUN: written
-on 2026-12-04 after the device time was spent; its first run should be short (one shape) in case it hangs (each
-spin has a watchdog that gives up, sets a flag and lets the kernel end, and the probe reports it).
+rows, finish closer to the read ceiling than production (device machine; a tool, not a test)? No: run on
+2026-12-04 (H200, tests/results/gemv_pool_probe_2026_12_04_h200.json), its bits equal production's on all five
+shapes, also after many replays with the count far along, and no watchdog fired; but it took 2.7-4.3x
+production's time (4096 x 14336 44.9 against 16.4 us, 6144 x 4096 26.9 against 6.75, 5120 x 27648 87.8 against
+38.7). Likely causes, not measured apart: a warp keeps one item (one round of one row, about 1 KB) in flight
+where production's keep a round of two rows, and every slot waits for the one before it to be claimed. Each spin has a watchdog that gives up, sets a flag and
+lets the kernel end, and the probe reports it.
 
 Why (README, "Then even blocks"): on 4096 x 14336 with even blocks, multiprocessors with the same work (16 warps,
 2 rows each) ended 13.9 (p10), 14.2 (p50) and 16.3-16.6 us (last) after the first warp passed its wait; 6144 x

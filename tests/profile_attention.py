@@ -4,7 +4,9 @@ cost), at several row counts and positions, by each plan (one kernel a block per
 per (row, kv head) with 2 or 4 of its query heads; two kernels spread over positions with one query head a block
 or four) with each thread count of ATTN_THREAD_CHOICES ("plan": what GpuBackend.attention_plan chooses).
 
-    python3 tests/profile_attention.py [REPEATS] [POSITIONS,...] [ROWS,...]
+    python3 tests/profile_attention.py [REPEATS] [POSITIONS,...] [ROWS,...] [HEADSxKV_HEADSxDIM]
+
+(the last: another layer's shape, e.g. 40x8x128 for qwen2.5-32b or 24x4x256 for qwen3.5-27b's gated attention)
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from graph_timing import graph_seconds
 repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 30
 be = GpuBackend()
 cp = be.cp
-heads, kv_heads, dim = 32, 8, 128
+heads, kv_heads, dim = (int(v) for v in sys.argv[4].split("x")) if len(sys.argv) > 4 else (32, 8, 128)
 
 
 def chain_us(q, kc, vc, pos) -> float:
@@ -45,7 +47,8 @@ for pos0 in positions:
         vc = cp.asarray(rng.standard_normal((kv_heads, cache, dim)).astype(np.float32))
         pos = cp.asarray(np.array([pos0], np.int32))
         plan = be.attention_plan(rows, heads, kv_heads, cache)
-        row = {"pos0": pos0, "rows": rows, "plan": f"{plan.kernel} {plan.per}"}
+        row = {"shape": f"{heads}x{kv_heads}x{dim}", "pos0": pos0, "rows": rows, "plan": f"{plan.kernel} {plan.per}",
+               "us_plan": chain_us(q, kc, vc, pos)}  # as the backend plans it (plan and threads)
         for label, plan in plans.items():
             be.attention_plan = lambda *args, p=plan: p
             for threads in ATTN_THREAD_CHOICES:

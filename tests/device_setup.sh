@@ -1,4 +1,4 @@
-# Set-up shared by tests/device_check.sh and tests/device_bench.sh (sourced from the repository root; also for
+# Set-up shared by tests/device_check.sh, tests/device_bench.sh and the one-call tools (tests/profile_*_stalls.sh) (sourced from the
 # a one-off command on the device machine: `. tests/device_setup.sh && device_install_wheels && device_kernels`).
 
 # The carried wheels (.whl/*.whl, e.g. gguf, which the machine may lack) into /tmp/site, and PYTHONPATH to them
@@ -22,4 +22,16 @@ device_kernels() {
       && echo "kernel cache: $(ls "$KERNEL_CACHE" | wc -l) files from .cache-kernels" \
       || echo "kernel cache: .cache-kernels/kernels.tar.gz could not be unpacked (compiling afresh)"
   fi
+}
+
+# The set-up of a one-call device tool (tests/profile_*_stalls.sh): OUT (default $1) made, the kernel cache under
+# XDG_CACHE_HOME (default /tmp/refspec-cache), unbuffered Python, the carried wheels and kernels, and NCU: the
+# path of ncu where the machine has one, else empty.
+device_tool_setup() {
+  OUT=${OUT:-$1}
+  mkdir -p "$OUT"
+  export XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/refspec-cache} PYTHONUNBUFFERED=1
+  device_install_wheels
+  device_kernels
+  NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
 }

@@ -5,13 +5,8 @@
 # of 32 (tests/profile_attention.py). One device call; output under $OUT. Carry .whl and .cache-kernels.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/refspec-attention-stalls}
-mkdir -p "$OUT"
-export XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/refspec-cache} PYTHONUNBUFFERED=1
 . tests/device_setup.sh
-device_install_wheels
-device_kernels
-NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
+device_tool_setup /tmp/refspec-attention-stalls
 POS=${POS:-64}
 if [ -n "$NCU" ]; then
   for r in ${ROWS:-1 8 16}; do

@@ -7,13 +7,8 @@
 # tests/sass_from_cache.py reads here from the carried kernel cache. Carry .whl and .cache-kernels.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/refspec-gemv-stalls}
-mkdir -p "$OUT"
-export XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/refspec-cache} PYTHONUNBUFFERED=1
 . tests/device_setup.sh
-device_install_wheels
-device_kernels
-NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
+device_tool_setup /tmp/refspec-gemv-stalls
 
 if [ -n "$NCU" ]; then
   for d in 1 2; do

@@ -1,5 +1,6 @@
-# Set-up shared by tests/device_check.sh, tests/device_bench.sh and the one-call tools (tests/profile_*_stalls.sh) (sourced from the
-# a one-off command on the device machine: `. tests/device_setup.sh && device_install_wheels && device_kernels`).
+# Set-up shared by tests/device_check.sh, tests/device_bench.sh and the one-call tools (tests/profile_*_stalls.sh),
+# sourced from the repository root; also for a one-off command on the device machine:
+# `. tests/device_setup.sh && device_install_wheels && device_kernels`.
 
 # The carried wheels (.whl/*.whl, e.g. gguf, which the machine may lack) into /tmp/site, and PYTHONPATH to them
 # and to the repository. Exits 2 if they do not install.

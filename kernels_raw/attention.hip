@@ -20,9 +20,10 @@
 //   1. each group of 32 lanes takes positions t (RS_ATTN_KEYS(MAXD) at a time, their loads in flight
 //      together) and computes s_t with spec.lane_sum over d; max over t (exact in any order).
 //   2. the scores of the positions the row sees become e_t (phase 3 reads no other).
-//   3. items (chunk, 4 neighbouring columns), a group of 32 lanes each: the chunk's position t goes to lane
-//      t % 32 (spec.lane_sum), which loads its positions' values of the 4 columns (16 bytes each) and e_t, 4
-//      positions at a time with every load in flight together, and adds each lane's in order, for every
+//   3. items (chunk, 8 or 4 neighbouring columns: 8 for blocks of up to two heads), a group of 32 lanes each:
+//      the chunk's position t goes to lane t % 32 (spec.lane_sum), which loads its positions' values of the
+//      item's columns (16 bytes a load) and e_t, 4 positions at a time with every load in flight together,
+//      and adds each lane's in order, for every
 //      head at once; the denominators (the e_t of the same positions, the same lanes and order) ride with
 //      the item of columns 0-3. Then the spec's tree over the 32 lanes for all the group's sums at once
 //      (RsTreeSlots). Only the positions the row sees are added (a hidden e_t * v_t would be NaN where a later
@@ -175,7 +176,8 @@ RS_DEVICE float rs_attention_block_max(float m, float* group_max) {
 // lanes. Then the spec's tree over the 32 lanes, for the HB * VEC sums at once (RsTreeSlots) and for the
 // denominators (rs_lane_tree). Only the positions the row sees are added (a hidden e_t * v_t would be NaN where
 // a later row wrote an infinite v_t; its e_t is +0 and changes no sum): a chunk the row does not see at all
-// gets sums of +0. VEC = 4 where dim is a multiple of 4 and vc 16-byte aligned (rs_attention_chunk_sums), else 1.
+// gets sums of +0. VEC = 8 or 4 where dim is a multiple of it and vc 16-byte aligned (rs_attention_chunk_sums),
+// else 1.
 template <int VEC, int HB>
 RS_DEVICE void rs_attention_chunk_items(const float* e, long long e_stride, int e_base, int hb,
                                         const float* __restrict__ vc, int dim, int n_vis, int chunk0, int n_chunks,
@@ -201,13 +203,16 @@ RS_DEVICE void rs_attention_chunk_items(const float* e, long long e_stride, int 
       for (int j = 0; j < AT_ONCE; ++j) {
         const int off = lane + RS_LANES * (AT_ONCE * round + j);
         const bool in = off < seen;
-        if constexpr (VEC == 4) {
-          const float4 x = in ? *reinterpret_cast<const float4*>(v0 + (long long)off * dim)
-                              : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-          v[j][0] = x.x;
-          v[j][1] = x.y;
-          v[j][2] = x.z;
-          v[j][3] = x.w;
+        if constexpr (VEC == 4 || VEC == 8) {
+#pragma unroll
+          for (int h = 0; h < VEC / 4; ++h) {
+            const float4 x = in ? reinterpret_cast<const float4*>(v0 + (long long)off * dim)[h]
+                                : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            v[j][4 * h] = x.x;
+            v[j][4 * h + 1] = x.y;
+            v[j][4 * h + 2] = x.z;
+            v[j][4 * h + 3] = x.w;
+          }
         } else {
           v[j][0] = in ? v0[(long long)off * dim] : 0.0f;
         }
@@ -248,13 +253,21 @@ RS_DEVICE void rs_attention_chunk_items(const float* e, long long e_stride, int 
   }
 }
 
-// Phase 3 (rs_attention_chunk_items) with 16-byte loads of 4 columns where dim and vc allow them. Every thread
-// calls it.
+// Phase 3 (rs_attention_chunk_items) with 16-byte loads where dim and vc allow them: items of 8 columns (two loads
+// a position) for blocks of up to two heads, so that a group of a 128-wide head's 16 takes one item instead of two
+// in turn; 4 columns for more heads (registers). Every thread calls it.
 template <int HB>
 RS_DEVICE void rs_attention_chunk_sums(const float* e, long long e_stride, int e_base, int hb,
                                        const float* __restrict__ vc, int dim, int n_vis, int chunk0, int n_chunks,
                                        float* dst, long long dst_stride) {
-  if (dim % 4 == 0 && reinterpret_cast<unsigned long long>(vc) % 16 == 0) {
+  const bool aligned = reinterpret_cast<unsigned long long>(vc) % 16 == 0;
+  if constexpr (HB <= 2) {
+    if (dim % 8 == 0 && aligned) {
+      rs_attention_chunk_items<8, HB>(e, e_stride, e_base, hb, vc, dim, n_vis, chunk0, n_chunks, dst, dst_stride);
+      return;
+    }
+  }
+  if (dim % 4 == 0 && aligned) {
     rs_attention_chunk_items<4, HB>(e, e_stride, e_base, hb, vc, dim, n_vis, chunk0, n_chunks, dst, dst_stride);
   } else {
     rs_attention_chunk_items<1, HB>(e, e_stride, e_base, hb, vc, dim, n_vis, chunk0, n_chunks, dst, dst_stride);

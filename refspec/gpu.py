@@ -623,7 +623,8 @@ class GpuBackend:
         matrix: the tensor-core kernel from mma_min_rows rows and mma_min_weights weights where it can run,
         else GEMV_FEW_BLOCKS[rows] for long rows of a matrix too short to fill the GPU, GEMV_SHORT_ROWS for one
         row of a short one, GEMV_CONFIGS[rows] held to even blocks a multiprocessor (GEMV_EVEN_MIN_K) for one or
-        two long rows where its grid is one wave, else GEMV_CONFIGS[rows]."""
+        two long rows where its grid is one wave and shared memory can hold it there (_even_shared), else
+        GEMV_CONFIGS[rows]."""
         if (self.mma_min_rows is not None and rows >= self.mma_min_rows and n * k >= self.mma_min_weights
                 and self.mma_available and GEMV_MMA.takes(k)):
             return self._mma_config(rows, n, k)
@@ -640,8 +641,11 @@ class GpuBackend:
         if rows <= 2 and k >= GEMV_EVEN_MIN_K and self.platform == "cuda" and self.even_blocks:
             usual, sms = GEMV_CONFIGS[rows], self._multiprocessors
             blocks, wave = self._blocks(n, usual.weight_rows_per_block()), self._resident(usual, rows)
-            if sms < blocks <= wave and -(-blocks // sms) * sms < wave:  # one wave, not already even
-                return replace(usual, even=True)
+            even = replace(usual, even=True)
+            # one wave, not already even, and some shared memory a launch may ask for makes it even
+            if (sms < blocks <= wave and -(-blocks // sms) * sms < wave
+                    and self._even_shared(self._gemv_function(usual, rows), even, rows, blocks) > 0):
+                return even
         return GEMV_CONFIGS[rows]
 
     def _mma_config(self, rows: int, n: int, k: int) -> GemvConfig:

@@ -298,8 +298,9 @@ def test_one_row_of_short_rows_takes_deeper_weight_loads(be):
 
 def test_one_long_row_in_one_wave_takes_even_blocks(be):
     """gemv_config: one or two rows of GEMV_EVEN_MIN_K or more on CUDA, over a grid of one wave of more blocks
-    than multiprocessors whose even share is fewer blocks a multiprocessor than fit, take GEMV_CONFIGS[rows] with
-    `even`; shorter rows, grids of one block a multiprocessor or of more than a wave, and even_blocks off keep
+    than multiprocessors whose even share is fewer blocks a multiprocessor than fit and can be held by shared
+    memory a launch may ask for (_even_shared, the least such KiB), take GEMV_CONFIGS[rows] with `even`; shorter
+    rows, shares no such memory holds, grids of one block a multiprocessor or of more than a wave, and even_blocks off keep
     GEMV_CONFIGS."""
     from dataclasses import replace
 
@@ -316,7 +317,13 @@ def test_one_long_row_in_one_wave_takes_even_blocks(be):
         sms, wave = be._multiprocessors, be._resident(usual, rows)
         seen = set()
         for blocks in sorted({sms, sms + 1, 2 * sms + 1, 3 * sms, wave - sms, wave - 1, wave, wave + 1}):
-            want = even if sms < blocks <= wave and -(-blocks // sms) * sms < wave else usual
+            kernel = be._gemv_function(usual, rows)
+            per = -(-blocks // sms)
+            shared = be._even_shared(kernel, even, rows, blocks)
+            if shared:  # the least whole KiB that holds a multiprocessor to `per` blocks
+                assert kernel.resident_blocks(usual.threads(), shared) <= per < kernel.resident_blocks(
+                    usual.threads(), shared - 1024), (rows, blocks, shared)
+            want = even if sms < blocks <= wave and per * sms < wave and shared > 0 else usual
             seen.add(want)
             for k in (GEMV_EVEN_MIN_K, 14336):
                 assert be.gemv_config(rows, k, blocks * per_block) == want, (rows, blocks, k)

@@ -1,5 +1,5 @@
 """What a pass costs with some matrices' GEMV mapping swapped (device machine, for tuning; a tool, not a test):
-the pass of R rows of a preset model or a GGUF file at position 64, replayed as its graph, with the backend's
+the pass of R rows of a preset model or a GGUF file at position 64 (or $POSITION), replayed as its graph, with the backend's
 own choice ("production") and with each variant, in turn, ROUNDS times (a pass's time drifts by a few percent
 over a run). A variant is LABEL=SWAP[+SWAP...], a swap NxK:NR,MT,STAGES[,res[,GROUPS]] (a tensor-core
 mapping, GemvConfig("q8_gemv_mma", NR, MT, STAGES, resident, GROUPS)) for that matrix at every width timed, or
@@ -14,6 +14,7 @@ e.g. `llama-8b 4,8 40 3 qkv4=6144x4096:4,1,3 o2=4096x4096:8,1,2`. Prints each ti
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -25,7 +26,7 @@ from refspec.gpu_mappings import AttnPlan, GemvConfig
 
 from graph_timing import fresh_pass_seconds
 
-POSITION = 64
+POSITION = int(os.environ.get("POSITION", "64"))  # the passes' position (POSITION=4000: a long context)
 
 
 def parse_swap(text: str) -> tuple[tuple[int, int] | str, GemvConfig | tuple[AttnPlan, int | None]]:

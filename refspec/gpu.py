@@ -639,11 +639,11 @@ class GpuBackend:
                 and self._blocks(n, GEMV_CONFIGS[rows].weight_rows_per_block()) < self._multiprocessors):
             return GEMV_FEW_BLOCKS[rows]
         if rows <= 2 and k >= GEMV_EVEN_MIN_K and self.platform == "cuda" and self.even_blocks:
-            usual, sms = GEMV_CONFIGS[rows], self._multiprocessors
-            blocks, wave = self._blocks(n, usual.weight_rows_per_block()), self._resident(usual, rows)
-            even = replace(usual, even=True)
-            # one wave, not already even, and some shared memory a launch may ask for makes it even
-            if (sms < blocks <= wave and -(-blocks // sms) * sms < wave
+            usual, even = GEMV_CONFIGS[rows], replace(GEMV_CONFIGS[rows], even=True)
+            blocks = self._blocks(n, usual.weight_rows_per_block())
+            # shared memory that holds a multiprocessor to fewer blocks than fit (so the grid is one wave, not
+            # already even); one block a multiprocessor needs none
+            if (blocks > self._multiprocessors
                     and self._even_shared(self._gemv_function(usual, rows), even, rows, blocks) > 0):
                 return even
         return GEMV_CONFIGS[rows]

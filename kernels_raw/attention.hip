@@ -25,7 +25,7 @@
 //      item's columns (16 bytes a load) and e_t, 4 positions at a time with every load in flight together,
 //      and adds each lane's in order, for every
 //      head at once; the denominators (the e_t of the same positions, the same lanes and order) ride with
-//      the item of columns 0-3. Then the spec's tree over the 32 lanes for all the group's sums at once
+//      the item of column 0. Then the spec's tree over the 32 lanes for all the group's sums at once
 //      (RsTreeSlots). Only the positions the row sees are added (a hidden e_t * v_t would be NaN where a later
 //      row wrote an infinite v_t; its e_t is +0 and changes no sum).
 //   4. column totals: the chunks' sums added in order to +0.0 (spec.chunked_sum; chunks the row does not

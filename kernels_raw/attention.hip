@@ -178,12 +178,11 @@ RS_DEVICE float rs_attention_block_max(float m, float* group_max) {
 // a later row wrote an infinite v_t; its e_t is +0 and changes no sum): a chunk the row does not see at all
 // gets sums of +0. VEC = 8 or 4 where dim is a multiple of it and vc 16-byte aligned (rs_attention_chunk_sums),
 // else 1.
-template <int VEC, int HB>
+template <int VEC, int HB, int AT_ONCE = 4>
 RS_DEVICE void rs_attention_chunk_items(const float* e, long long e_stride, int e_base, int hb,
                                         const float* __restrict__ vc, int dim, int n_vis, int chunk0, int n_chunks,
                                         float* dst, long long dst_stride) {
   constexpr int SLOTS = HB * VEC;  // slot i * VEC + c: head i, column c of the item
-  constexpr int AT_ONCE = 4;       // positions a lane loads together
   const int cols = dim + 1, groups = dim / VEC, lane = rs_lane();
   for (int item = rs_group(); item < n_chunks * groups; item += rs_groups()) {  // the same for the whole group
     const int chunk = item / groups, col0 = VEC * (item % groups);
@@ -256,21 +255,21 @@ RS_DEVICE void rs_attention_chunk_items(const float* e, long long e_stride, int 
 // Phase 3 (rs_attention_chunk_items) with 16-byte loads where dim and vc allow them: items of 8 columns (two loads
 // a position) for blocks of up to two heads, so that a group of a 128-wide head's 16 takes one item instead of two
 // in turn; 4 columns for more heads (registers). Every thread calls it.
-template <int HB>
+template <int HB, int AT_ONCE = 4>
 RS_DEVICE void rs_attention_chunk_sums(const float* e, long long e_stride, int e_base, int hb,
                                        const float* __restrict__ vc, int dim, int n_vis, int chunk0, int n_chunks,
                                        float* dst, long long dst_stride) {
   const bool aligned = reinterpret_cast<unsigned long long>(vc) % 16 == 0;
   if constexpr (HB <= 2) {
     if (dim % 8 == 0 && aligned) {
-      rs_attention_chunk_items<8, HB>(e, e_stride, e_base, hb, vc, dim, n_vis, chunk0, n_chunks, dst, dst_stride);
+      rs_attention_chunk_items<8, HB, AT_ONCE>(e, e_stride, e_base, hb, vc, dim, n_vis, chunk0, n_chunks, dst, dst_stride);
       return;
     }
   }
   if (dim % 4 == 0 && aligned) {
-    rs_attention_chunk_items<4, HB>(e, e_stride, e_base, hb, vc, dim, n_vis, chunk0, n_chunks, dst, dst_stride);
+    rs_attention_chunk_items<4, HB, AT_ONCE>(e, e_stride, e_base, hb, vc, dim, n_vis, chunk0, n_chunks, dst, dst_stride);
   } else {
-    rs_attention_chunk_items<1, HB>(e, e_stride, e_base, hb, vc, dim, n_vis, chunk0, n_chunks, dst, dst_stride);
+    rs_attention_chunk_items<1, HB, AT_ONCE>(e, e_stride, e_base, hb, vc, dim, n_vis, chunk0, n_chunks, dst, dst_stride);
   }
 }
 
@@ -443,8 +442,19 @@ attention_scores(const float* __restrict__ q, const float* __restrict__ k_cache,
 // part_buf float32 [rows*heads, ceil(cache_len / 256), dim+1]; arrivals int32 [units]; out, xq, xd as for
 // `attention`. Grid: units*ceil(cache_len / 256) blocks of THREADS threads (at most 256 on HIP: gfx906 spills
 // at 512).
+// On NVIDIA two blocks of 512 threads a multiprocessor (at most 64 registers a thread), with phase 3 loading one
+// position a lane at a time (RS_ATTN_VALUES_AT_ONCE; the same additions in the same order): over long caches a
+// pass of several rows launches units x chunks blocks, and at 116 registers a multiprocessor held one block of 512
+// (ncu at 8 rows over 4000 positions: 8.2 waves, 25 % occupancy; tests/results/ncu_attention_spread_r8_pos4000_h200.txt).
+#if defined(RS_HIP)
+#define RS_ATTN_VALUES_BOUNDS(threads) __launch_bounds__(threads)
+#define RS_ATTN_VALUES_AT_ONCE 4  // positions a lane of attention_values loads at once in phase 3
+#else
+#define RS_ATTN_VALUES_BOUNDS(threads) __launch_bounds__(threads, 2 * RS_ATTN_MAX_THREADS / (threads))
+#define RS_ATTN_VALUES_AT_ONCE 1  // (2 spills 8 bytes at 64 registers)
+#endif
 template <int THREADS>
-__global__ void RS_ATTN_BOUNDS(THREADS, true)
+__global__ void RS_ATTN_VALUES_BOUNDS(THREADS)
 attention_values(const float* __restrict__ v_cache, const int* __restrict__ pos, int rows, int heads, int kv_heads,
                  int per, int dim, int cache_len, const float* __restrict__ e_buf, const float* __restrict__ max_buf,
                  float* part_buf, int* arrivals, float* __restrict__ out, signed char* __restrict__ xq,
@@ -486,7 +496,8 @@ attention_values(const float* __restrict__ v_cache, const int* __restrict__ pos,
   // head i's chunk sums: with one chunk, this block's, in parts_chunk[i]; else at parts + i * stride
   float* parts = part_buf + rh0 * chunks * (dim + 1);
   const long long stride = active == 1 ? RS_ATTN_MAX_DIM + 1 : (long long)chunks * (dim + 1);
-  rs_attention_chunk_sums<RS_ATTN_HEADS>(&e_chunk[0][0], RS_ATTN_CHUNK, base, u.hb, vc, dim, n_vis, chunk, 1,
+  rs_attention_chunk_sums<RS_ATTN_HEADS, RS_ATTN_VALUES_AT_ONCE>(&e_chunk[0][0], RS_ATTN_CHUNK, base, u.hb, vc, dim,
+                                                                  n_vis, chunk, 1,
                                          active == 1 ? &parts_chunk[0][0] : parts + chunk * (dim + 1), stride);
   __syncthreads();
   if (active > 1) {  // the last block of the unit to arrive adds the chunk sums up

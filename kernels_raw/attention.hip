@@ -170,8 +170,8 @@ RS_DEVICE float rs_attention_block_max(float m, float* group_max) {
 // e_t * v[t, col] (col < dim) and of e_t (column dim) over the positions t < n_vis, head i's e_t read at
 // e[i*e_stride + t - e_base]; head i's sums of chunk c go to dst[i*dst_stride + (c - chunk0)*(dim+1) + col].
 // Items (chunk, VEC neighbouring columns), one group of 32 lanes each: lane l takes the chunk's positions
-// l, l+32, ..., l+224 (spec.lane_sum; RS_ATTN_CHUNK = 8 * 32), loads 4 of them at a time (VEC values of each,
-// one load, and e_t of each head, all in flight together) and adds each in order to its lane values of every
+// l, l+32, ..., l+224 (spec.lane_sum; RS_ATTN_CHUNK = 8 * 32), loads AT_ONCE of them at a time (VEC values of
+// each, one load, and e_t of each head, all in flight together) and adds each in order to its lane values of every
 // (head, column), which start from +0.0; the item of the first columns also adds e_t to each head's denominator
 // lanes. Then the spec's tree over the 32 lanes, for the HB * VEC sums at once (RsTreeSlots) and for the
 // denominators (rs_lane_tree). Only the positions the row sees are added (a hidden e_t * v_t would be NaN where
@@ -262,14 +262,17 @@ RS_DEVICE void rs_attention_chunk_sums(const float* e, long long e_stride, int e
   const bool aligned = reinterpret_cast<unsigned long long>(vc) % 16 == 0;
   if constexpr (HB <= 2) {
     if (dim % 8 == 0 && aligned) {
-      rs_attention_chunk_items<8, HB, AT_ONCE>(e, e_stride, e_base, hb, vc, dim, n_vis, chunk0, n_chunks, dst, dst_stride);
+      rs_attention_chunk_items<8, HB, AT_ONCE>(e, e_stride, e_base, hb, vc, dim, n_vis, chunk0, n_chunks, dst,
+                                              dst_stride);
       return;
     }
   }
   if (dim % 4 == 0 && aligned) {
-    rs_attention_chunk_items<4, HB, AT_ONCE>(e, e_stride, e_base, hb, vc, dim, n_vis, chunk0, n_chunks, dst, dst_stride);
+    rs_attention_chunk_items<4, HB, AT_ONCE>(e, e_stride, e_base, hb, vc, dim, n_vis, chunk0, n_chunks, dst,
+                                            dst_stride);
   } else {
-    rs_attention_chunk_items<1, HB, AT_ONCE>(e, e_stride, e_base, hb, vc, dim, n_vis, chunk0, n_chunks, dst, dst_stride);
+    rs_attention_chunk_items<1, HB, AT_ONCE>(e, e_stride, e_base, hb, vc, dim, n_vis, chunk0, n_chunks, dst,
+                                            dst_stride);
   }
 }
 
@@ -442,19 +445,21 @@ attention_scores(const float* __restrict__ q, const float* __restrict__ k_cache,
 // part_buf float32 [rows*heads, ceil(cache_len / 256), dim+1]; arrivals int32 [units]; out, xq, xd as for
 // `attention`. Grid: units*ceil(cache_len / 256) blocks of THREADS threads (at most 256 on HIP: gfx906 spills
 // at 512).
-// On NVIDIA two blocks of 512 threads a multiprocessor (at most 64 registers a thread), with phase 3 loading one
-// position a lane at a time (RS_ATTN_VALUES_AT_ONCE; the same additions in the same order): over long caches a
-// pass of several rows launches units x chunks blocks, and at 116 registers a multiprocessor held one block of 512
-// (ncu at 8 rows over 4000 positions: 8.2 waves, 25 % occupancy; tests/results/ncu_attention_spread_r8_pos4000_h200.txt).
+// PAIRED (NVIDIA only; the backend launches it where the grid is more than one wave of the blocks a
+// multiprocessor holds otherwise): twice as many blocks a multiprocessor (two of 512 threads: at most 64 registers
+// a thread, no spills) with phase 3 loading one position a lane at a time instead of 4 (the same additions in the
+// same order). Over long caches a pass of several rows launches units x chunks blocks, and at 116 registers a
+// multiprocessor held one block of 512 (ncu at 8 rows over 4000 positions: 8.2 waves, 25 % occupancy;
+// tests/results/ncu_attention_spread_r8_pos4000_h200.txt); a grid of one wave keeps the registers (one row over
+// 4000 positions: 20.2 us a layer, 24.9 paired).
 #if defined(RS_HIP)
-#define RS_ATTN_VALUES_BOUNDS(threads) __launch_bounds__(threads)
-#define RS_ATTN_VALUES_AT_ONCE 4  // positions a lane of attention_values loads at once in phase 3
+#define RS_ATTN_VALUES_BOUNDS(threads, paired) __launch_bounds__(threads)
 #else
-#define RS_ATTN_VALUES_BOUNDS(threads) __launch_bounds__(threads, 2 * RS_ATTN_MAX_THREADS / (threads))
-#define RS_ATTN_VALUES_AT_ONCE 1  // (2 spills 8 bytes at 64 registers)
+#define RS_ATTN_VALUES_BOUNDS(threads, paired) \
+  __launch_bounds__(threads, ((paired) ? 2 : 1) * RS_ATTN_MAX_THREADS / (threads))
 #endif
-template <int THREADS>
-__global__ void RS_ATTN_VALUES_BOUNDS(THREADS)
+template <int THREADS, bool PAIRED>
+__global__ void RS_ATTN_VALUES_BOUNDS(THREADS, PAIRED)
 attention_values(const float* __restrict__ v_cache, const int* __restrict__ pos, int rows, int heads, int kv_heads,
                  int per, int dim, int cache_len, const float* __restrict__ e_buf, const float* __restrict__ max_buf,
                  float* part_buf, int* arrivals, float* __restrict__ out, signed char* __restrict__ xq,
@@ -496,9 +501,10 @@ attention_values(const float* __restrict__ v_cache, const int* __restrict__ pos,
   // head i's chunk sums: with one chunk, this block's, in parts_chunk[i]; else at parts + i * stride
   float* parts = part_buf + rh0 * chunks * (dim + 1);
   const long long stride = active == 1 ? RS_ATTN_MAX_DIM + 1 : (long long)chunks * (dim + 1);
-  rs_attention_chunk_sums<RS_ATTN_HEADS, RS_ATTN_VALUES_AT_ONCE>(&e_chunk[0][0], RS_ATTN_CHUNK, base, u.hb, vc, dim,
-                                                                  n_vis, chunk, 1,
-                                         active == 1 ? &parts_chunk[0][0] : parts + chunk * (dim + 1), stride);
+  rs_attention_chunk_sums<RS_ATTN_HEADS, PAIRED ? 1 : 4>(&e_chunk[0][0], RS_ATTN_CHUNK, base, u.hb, vc, dim, n_vis,
+                                                         chunk, 1,
+                                                         active == 1 ? &parts_chunk[0][0] : parts + chunk * (dim + 1),
+                                                         stride);
   __syncthreads();
   if (active > 1) {  // the last block of the unit to arrive adds the chunk sums up
     __threadfence();  // this block's chunk sums are visible to the block that adds them up

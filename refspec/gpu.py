@@ -28,7 +28,7 @@ import numpy as np
 from refspec import checks, spec
 from refspec.errors import DeviceError, UsageError
 from refspec.gpu_launch import DependentLaunch, Kernel
-from refspec.gpu_mappings import (ATTN_BOUNDS, ATTN_HEADS, ATTN_HEADS_PER, ATTN_MAX_DIM, ATTN_ONE_HEAD_CACHE,
+from refspec.gpu_mappings import (ATTN_BOUNDS, ATTN_HEADS, ATTN_HEADS_PER, ATTN_MAX_DIM,
                                   ATTN_SCORE_THREADS, ATTN_SLICE, ATTN_SPLIT_CACHE, ATTN_THREAD_CHOICES,
                                   ATTN_VALUES_MAX_THREADS_HIP, GEMV_CONFIGS, GEMV_EVEN_MIN_K, GEMV_FEW_BLOCKS,
                                   GEMV_FEW_BLOCKS_MIN_K, GEMV_MAX_ROWS, GEMV_MMA, GEMV_MMA_MIN_ROWS,
@@ -907,7 +907,8 @@ class GpuBackend:
                  self._live_arg()))
             if self.platform == "hip":
                 threads = min(threads, ATTN_VALUES_MAX_THREADS_HIP)
-            name = f"attention_values<{threads}>"
+            paired = self.attention_values_paired(units * max_chunks, threads)
+            name = f"attention_values<{threads}, {'true' if paired else 'false'}>"
             self.function("attention", name, (name,))(
                 (units * max_chunks,), (threads,),
                 (v_cache, first, np.int32(rows), np.int32(heads), np.int32(kv_heads), np.int32(per), np.int32(dim),
@@ -938,6 +939,15 @@ class GpuBackend:
                 return threads
         return ATTN_THREAD_CHOICES[-1]
 
+    def attention_values_paired(self, blocks: int, threads: int) -> bool:
+        """Whether attention_values runs its launch of `blocks` blocks of `threads` threads as the kernel that
+        takes twice as many blocks a multiprocessor (fewer registers, fewer loads in flight; NVIDIA only): where
+        the other would take more than two waves. Either gives the same bits. H200, 2026-12-04, llama-8b's shape
+        (a chain of 32, us a launch; tests/results/attention_values_paired_h200.txt): 8 rows over 1000 / 4000
+        positions (2.4 / 7.8 waves) 38.0 / 129.5 -> 31.9 / 109.0 paired, 16 rows 69.7 / 247.3 -> 58.9 / 200.6; one
+        row over 1000 (1.2 waves) 18.2 -> 22.4, over 4000 (one wave) 20.2 -> 24.9."""
+        return self.platform != "hip" and blocks > 2 * self._multiprocessors * (ATTN_THREAD_CHOICES[0] // threads)
+
     def attention_plan(self, rows: int, heads: int, kv_heads: int, cache_len: int) -> AttnPlan:
         """How attention over a cache of cache_len positions for `rows` rows of `heads` query heads (`kv_heads`
         kv heads) runs; any plan gives the same bits. A captured pass serves every position of its cache, so
@@ -946,8 +956,11 @@ class GpuBackend:
         (row, kv head) taking 2, 3 or 4 of its query heads (ATTN_HEADS_PER), the fewest that fit so (each key
         and value loaded once for them); else a block per (row, head) again while they fit twice; else blocks
         of 2, 3 or 4 query heads again, the fewest that fit the multiprocessors two each (attention_threads then
-        gives them 256 threads). Beyond that, two kernels spread over positions: one query head a block for few
-        pairs up to ATTN_ONE_HEAD_CACHE positions, else ATTN_HEADS.
+        gives them 256 threads). Beyond that, two kernels spread over positions, ATTN_HEADS query heads a block (one
+        a block, for few pairs up to 2048 positions before 2026-12-04, ran slower at every length timed then: one
+        row, a chain of 32, us a launch, H200, tests/results/attention_values_paired_h200.txt: llama-8b's shape
+        at 600 / 800 / 1000 / 1400 positions 16.2 / 16.8 / 18.4 / 28.6 -> 14.7 / 15.1 / 15.1 / 16.0,
+        qwen2.5-32b's at 600 / 1000 16.9 / 27.4 -> 15.5 / 15.8).
         Measured on the H200 (tests/results/profile_attention_heads_h200.json: 32 heads of 128, 8 kv heads, a chain
         of 32, us a launch; 2026-12-02): at 64 / 160 / 400 positions, one row: a block per head 6.6 / 9.6 /
         18.2, spread with one head a block 9.2 / 10.7 / 13.9; 8 rows: a block per head 10.5 / 16.1 / 32.6, two
@@ -967,8 +980,6 @@ class GpuBackend:
                 for per in pers:
                     if attention_units(rows, heads, kv_heads, per) <= (1 if once else 2) * sms:
                         return AttnPlan("attention_heads", per)
-        if 2 * pairs <= sms and cache_len <= ATTN_ONE_HEAD_CACHE:
-            return AttnPlan("spread", 1)
         return AttnPlan("spread", ATTN_HEADS)
 
     def attention_spread(self, units: int, slices: int) -> int:

@@ -253,7 +253,6 @@ ATTN_HEADS = 4  # RS_ATTN_HEADS: query heads of one kv head per block of attenti
 # tests/results/attention_three_heads_qwen32b_h200.json).
 ATTN_HEADS_PER = (2, 3, ATTN_HEADS)
 ATTN_SPLIT_CACHE = 512  # caches longer than this run attention spread over positions (GpuBackend.attention_plan)
-ATTN_ONE_HEAD_CACHE = 2048  # up to this, a spread attention of few rows takes one query head a block
 SM_THREADS = 2048  # threads one multiprocessor holds (NVIDIA sm_80+): attention_scores fills them
 ATTN_BOUNDS = (64, 128, 256, ATTN_MAX_DIM)  # the instances of attention<MAXD>: the smallest MAXD >= dim runs
 

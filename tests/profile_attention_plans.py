@@ -14,7 +14,7 @@ from refspec.bench_decode import preset_model_path, time_pass
 from refspec.forward import Transformer
 from refspec.gguf_model import load
 from refspec.gpu import GpuBackend
-from refspec.gpu_mappings import ATTN_HEADS, ATTN_ONE_HEAD_CACHE, ATTN_SPLIT_CACHE, AttnPlan
+from refspec.gpu_mappings import ATTN_HEADS, ATTN_SPLIT_CACHE, AttnPlan
 
 preset = sys.argv[1]
 widths = [int(r) for r in sys.argv[2].split(",")] if len(sys.argv) > 2 else [1, 8, 12, 16]
@@ -24,6 +24,7 @@ model = load(preset if preset.endswith(".gguf") else preset_model_path(preset, p
 be = GpuBackend()
 tf = Transformer(model, be)
 planned = GpuBackend.attention_plan
+ONE_HEAD_CACHE = 2048  # the rules before 2026-12-04: up to this, a spread attention of few rows took one head a block
 
 
 def per_head_rule(self, rows, heads, kv_heads, cache_len):
@@ -31,9 +32,17 @@ def per_head_rule(self, rows, heads, kv_heads, cache_len):
     pairs = rows * heads
     if cache_len <= ATTN_SPLIT_CACHE and pairs < 2 * self._multiprocessors:
         return AttnPlan("attention")
-    if 2 * pairs <= self._multiprocessors and cache_len <= ATTN_ONE_HEAD_CACHE:
+    if 2 * pairs <= self._multiprocessors and cache_len <= ONE_HEAD_CACHE:
         return AttnPlan("spread", 1)
     return AttnPlan("spread", ATTN_HEADS)
+
+
+def one_head_spread(self, rows, heads, kv_heads, cache_len):
+    """main's, but a spread attention of few (row, head) pairs over up to ONE_HEAD_CACHE positions takes one
+    query head a block (the rule before 2026-12-04)."""
+    if ATTN_SPLIT_CACHE < cache_len <= ONE_HEAD_CACHE and 2 * rows * heads <= self._multiprocessors:
+        return AttnPlan("spread", 1)
+    return planned(self, rows, heads, kv_heads, cache_len)
 
 
 def heads_from_twice(self, rows, heads, kv_heads, cache_len):
@@ -43,7 +52,8 @@ def heads_from_twice(self, rows, heads, kv_heads, cache_len):
     return planned(self, rows, heads, kv_heads, cache_len)
 
 
-rules = {"per_head": per_head_rule, "main": planned, "heads_from_twice": heads_from_twice}
+rules = {"per_head": per_head_rule, "main": planned, "heads_from_twice": heads_from_twice,
+         "one_head_spread": one_head_spread}
 report = {"model": preset, "repeats": repeats, "ms": {}}
 for position in positions:
     cache = tf.new_cache(position + max(widths) + 8)

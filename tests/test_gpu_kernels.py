@@ -348,25 +348,29 @@ def test_kv_write_equals_cpu(be, data):
 
 # -------------------------------------------------------------------------------------------- attention
 @contextlib.contextmanager
-def attention_launch(be, threads: int, plan: AttnPlan, spread: int | None = None):
+def attention_launch(be, threads: int, plan: AttnPlan, spread: int | None = None, paired: bool | None = None):
     """Attention launched with `threads` threads per block whatever the launch's size, by `plan` (one kernel a
     block per (row, head), one a block per (row, kv head), or two spread over positions), and then with at most
-    `spread` blocks per unit computing scores (None: the backend's spread)."""
+    `spread` blocks per unit computing scores (None: the backend's spread) and attention_values paired or not
+    (None: as the backend chooses; HIP has only the unpaired kernel)."""
     be.attention_plan = lambda rows, heads, kv_heads, cache_len: plan  # each shadows the method on this instance
     be.attention_threads = lambda blocks: threads
     if spread is not None:
         be.attention_spread = lambda blocks, slices: min(slices, spread)
+    if paired is not None:
+        be.attention_values_paired = lambda blocks, threads: paired and be.platform != "hip"
     try:
         yield
     finally:
         del be.attention_plan, be.attention_threads
         be.__dict__.pop("attention_spread", None)
+        be.__dict__.pop("attention_values_paired", None)
 
 
 ATTENTION_PLANS = [AttnPlan("attention")] + [AttnPlan(kernel, per) for kernel in ("attention_heads", "spread")
                                              for per in range(1, ATTN_HEADS + 1)]
 ATTENTION_LAUNCHES = st.tuples(st.sampled_from(ATTN_THREAD_CHOICES), st.sampled_from(ATTENTION_PLANS),
-                               st.sampled_from([None, 1, 2, 3]))
+                               st.sampled_from([None, 1, 2, 3]), st.sampled_from([None, False, True]))
 
 
 def test_attention_threads_fill_the_gpu_once(be):
@@ -375,7 +379,7 @@ def test_attention_threads_fill_the_gpu_once(be):
         512, 512, 256, 256, 128, 128, 128]
     one, heads2, heads4 = AttnPlan("attention"), AttnPlan("attention_heads", 2), AttnPlan("attention_heads", 4)
     heads3 = AttnPlan("attention_heads", 3)
-    split1, split4 = AttnPlan("spread", 1), AttnPlan("spread", 4)
+    split4 = AttnPlan("spread", 4)
     # (rows, query heads, kv heads, cache length): 32 heads of 8 kv heads fill the multiprocessors by (row, head)
     # up to sms // 32 rows, by (row, kv head, two heads) up to sms // 16, by (row, kv head, four heads) up to sms // 8,
     # and then two of those blocks a multiprocessor up to sms // 4
@@ -383,7 +387,16 @@ def test_attention_threads_fill_the_gpu_once(be):
         (sms // 32, 32, 8, 512), (sms // 16, 32, 8, 512), (sms // 8, 32, 8, 512), (sms // 8 + 1, 32, 8, 512),
         (sms // 16, 40, 8, 512), (sms // 8, 8, 8, 512), (1, 2 * sms - 1, 2 * sms - 1, 512), (1, 2 * sms, 2 * sms, 512),
         (1, 32, 8, 513), (4, 32, 8, 513), (1, 32, 8, 2049))] == [
-        one, heads2, heads4, heads4, heads3, one, one, split4, split1, split4, split4]
+        one, heads2, heads4, heads4, heads3, one, one, split4, split4, split4, split4]
+
+
+def test_attention_values_pairs_blocks_beyond_one_wave(be):
+    """attention_values takes its paired kernel (two blocks of 512 threads a multiprocessor) on NVIDIA where the
+    unpaired one's blocks (512 / threads of them a multiprocessor) would take more than two waves."""
+    sms, nvidia = be._multiprocessors, be.platform != "hip"
+    assert [be.attention_values_paired(blocks, threads) for blocks, threads in (
+        (sms + 1, 512), (2 * sms, 512), (2 * sms + 1, 512), (4 * sms, 256), (4 * sms + 1, 256), (8 * sms + 1, 128))
+    ] == [False, False, nvidia, False, nvidia, nvidia]
 
 
 @given(data=st.data())
@@ -400,7 +413,7 @@ def test_attention_equals_spec(be, data):
     q = floats(rng, (rows, heads, dim), "normal") * scale
     kc = floats(rng, (kv_heads, cache_len, dim), "normal") * scale
     vc = floats(rng, (kv_heads, cache_len, dim), data.draw(STYLES))
-    launch = data.draw(ATTENTION_LAUNCHES, label="threads, split, spread")
+    launch = data.draw(ATTENTION_LAUNCHES, label="threads, plan, spread, paired")
     expected = spec.attention(q, kc, vc, pos0)
     with attention_launch(be, *launch):
         got = be.to_host(be.attention(be.asarray(q), be.asarray(kc), be.asarray(vc), pos0))
@@ -427,12 +440,13 @@ def test_attention_of_forty_heads_as_planned_equals_spec(be, rows):
     assert_same(be.to_host(gd), ed, what + " scales")
 
 
-ROW_ORDER_PLANS = ((AttnPlan("attention"), None), (AttnPlan("attention_heads", 2), None),
-                   (AttnPlan("attention_heads", ATTN_HEADS), None), (AttnPlan("spread", 1), None),
-                   (AttnPlan("spread", ATTN_HEADS), 1))
+ROW_ORDER_PLANS = ((AttnPlan("attention"), None, None), (AttnPlan("attention_heads", 2), None, None),
+                   (AttnPlan("attention_heads", ATTN_HEADS), None, None), (AttnPlan("spread", 1), None, False),
+                   (AttnPlan("spread", 1), None, True), (AttnPlan("spread", ATTN_HEADS), 1, False),
+                   (AttnPlan("spread", ATTN_HEADS), 1, True))
 
 
-@pytest.mark.parametrize("launch", [(t, plan, spread) for t in ATTN_THREAD_CHOICES for plan, spread in ROW_ORDER_PLANS])
+@pytest.mark.parametrize("launch", [(t, *plan) for t in ATTN_THREAD_CHOICES for plan in ROW_ORDER_PLANS])
 @pytest.mark.parametrize("bad", [np.inf, np.nan])
 def test_attention_row_never_depends_on_the_rows_after_it(be, bad, launch):
     """Keys and values that later rows of the pass wrote as infinite or NaN leave the earlier rows' bits

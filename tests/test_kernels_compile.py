@@ -37,6 +37,11 @@ def values_threads(nvidia: bool) -> list[int]:
     return [t for t in ATTN_THREAD_CHOICES if nvidia or t <= ATTN_VALUES_MAX_THREADS_HIP]
 
 
+def values_paired(nvidia: bool) -> list[str]:
+    """attention_values' PAIRED instances the backend launches: both on NVIDIA, unpaired on HIP."""
+    return ["false", "true"] if nvidia else ["false"]
+
+
 def heads_instances(nvidia: bool) -> list[tuple[int, int, int]]:
     """The attention_heads instances the backend launches: (MAXD, threads, query heads a block)."""
     return [(b, t, per) for b in ATTN_BOUNDS for t in ATTN_THREAD_CHOICES for per in ATTN_HEADS_PER
@@ -44,7 +49,7 @@ def heads_instances(nvidia: bool) -> list[tuple[int, int, int]]:
 
 
 def attention_instances(nvidia: bool) -> int:
-    return (len(ATTN_BOUNDS) * (len(ATTN_THREAD_CHOICES) + 1) + len(values_threads(nvidia))
+    return (len(ATTN_BOUNDS) * (len(ATTN_THREAD_CHOICES) + 1) + len(values_threads(nvidia)) * len(values_paired(nvidia))
             + len(heads_instances(nvidia)))
 
 
@@ -81,7 +86,8 @@ def source_file(tmp_path, stem: str, variants: bool):
             f"template __global__ void attention_scores<{b}>({SCORES_ARGS});\n" for b in ATTN_BOUNDS) + "".join(
             f"template __global__ void attention_heads<{b}, {t}, {per}>({HEADS_ARGS});\n"
             for b, t, per in heads_instances(variants)) + "".join(
-            f"template __global__ void attention_values<{t}>({VALUES_ARGS});\n" for t in values_threads(variants)))
+            f"template __global__ void attention_values<{t}, {paired}>({VALUES_ARGS});\n"
+            for t in values_threads(variants) for paired in values_paired(variants)))
         return path
     if stem != "q8_gemv":
         return kernel_dir() / f"{stem}.hip"

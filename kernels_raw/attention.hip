@@ -88,21 +88,27 @@ RS_DEVICE void rs_attention_prefetch(const float* kc, const float* vc, const int
 // in the spec's order into slot u*HB + i (key u, head i); the spec's tree then runs for all KEYS*HB slots at
 // once (RsTreeSlots: 16 exchanges for 16 slots where one tree a slot took 80), and the lane that ends up
 // owning a slot scales it. Head i's s_t goes to e[i*e_stride + t - e_base]; m[i] becomes the group's max of
-// head i's scores (-inf if it had none), the same in every lane of the group.
+// head i's scores (-inf if it had none), the same in every lane of the group. rs_attention_scores_of takes
+// the queries as rs_attention_load_q left them in registers (attention_scores loads them once for all its
+// slices).
 template <int MAXD, int HB>
-RS_DEVICE void rs_attention_scores(const float* __restrict__ q, int hb, const float* __restrict__ kc, int dim,
-                                   float scale, int t_begin, int t_end, float* __restrict__ e, long long e_stride,
-                                   int e_base, float (&m)[HB]) {
-  float qreg[HB][MAXD / RS_LANES];
+RS_DEVICE void rs_attention_load_q(const float* __restrict__ q, int hb, int dim, float (&qreg)[HB][MAXD / RS_LANES]) {
 #pragma unroll
   for (int i = 0; i < HB; ++i) {
-    m[i] = rs_as_float((int)0xff800000);  // -inf
 #pragma unroll
     for (int j = 0; j < MAXD / RS_LANES; ++j) {
       const int d = rs_lane() + RS_LANES * j;
       qreg[i][j] = i < hb && d < dim ? q[i * dim + d] : 0.0f;
     }
   }
+}
+
+template <int MAXD, int HB>
+RS_DEVICE void rs_attention_scores_of(const float (&qreg)[HB][MAXD / RS_LANES], int hb,
+                                      const float* __restrict__ kc, int dim, float scale, int t_begin, int t_end,
+                                      float* __restrict__ e, long long e_stride, int e_base, float (&m)[HB]) {
+#pragma unroll
+  for (int i = 0; i < HB; ++i) m[i] = rs_as_float((int)0xff800000);  // -inf
   constexpr int KEYS = RS_ATTN_KEYS(MAXD);
   constexpr int SLOTS = KEYS * HB;  // slot u * HB + i: key u, head i
   for (int t0 = t_begin + rs_group(); t0 < t_end; t0 += KEYS * rs_groups()) {
@@ -151,6 +157,15 @@ RS_DEVICE void rs_attention_scores(const float* __restrict__ q, int hb, const fl
 #pragma unroll
     for (int offset = RS_LANES / 2; offset >= 1; offset /= 2) m[i] = rs_max_nan(m[i], rs_shfl_xor(m[i], offset));
   }
+}
+
+template <int MAXD, int HB>
+RS_DEVICE void rs_attention_scores(const float* __restrict__ q, int hb, const float* __restrict__ kc, int dim,
+                                   float scale, int t_begin, int t_end, float* __restrict__ e, long long e_stride,
+                                   int e_base, float (&m)[HB]) {
+  float qreg[HB][MAXD / RS_LANES];
+  rs_attention_load_q<MAXD, HB>(q, hb, dim, qreg);
+  rs_attention_scores_of<MAXD, HB>(qreg, hb, kc, dim, scale, t_begin, t_end, e, e_stride, e_base, m);
 }
 
 // The max (rs_max_nan, exact in any order) of the groups' m (each the same in every lane of its group, as
@@ -422,11 +437,13 @@ attention_scores(const float* __restrict__ q, const float* __restrict__ k_cache,
   if (first == 0 && threadIdx.x == 0) arrivals[unit] = 0;
   const int n_vis = pos[0] + u.row + 1;
   const long long rh0 = (long long)u.row * heads + u.h0;
+  float qreg[RS_ATTN_HEADS][MAXD / RS_LANES];
+  rs_attention_load_q<MAXD, RS_ATTN_HEADS>(q + rh0 * dim, u.hb, dim, qreg);
   for (int slice = first; slice * RS_ATTN_SLICE < n_vis; slice += slice_blocks) {  // the same for the whole block
     const int t_begin = slice * RS_ATTN_SLICE, t_end = min(t_begin + RS_ATTN_SLICE, n_vis);
     float m[RS_ATTN_HEADS];
-    rs_attention_scores<MAXD, RS_ATTN_HEADS>(q + rh0 * dim, u.hb, kc, dim, scale, t_begin, t_end,
-                                             e_buf + rh0 * cache_len, cache_len, 0, m);
+    rs_attention_scores_of<MAXD, RS_ATTN_HEADS>(qreg, u.hb, kc, dim, scale, t_begin, t_end, e_buf + rh0 * cache_len,
+                                                cache_len, 0, m);
 #pragma unroll
     for (int i = 0; i < RS_ATTN_HEADS; ++i) {  // each group's max (its lanes hold the same) of each head
       if (rs_lane() == 0) group_max[i][rs_group()] = m[i];

@@ -16,6 +16,8 @@ if [ -n "$NCU" ]; then
     "$NCU" -i "$OUT/ncu_attn_r$r.ncu-rep" --page source --csv --print-source cuda,sass > "$OUT/ncu_attn_r${r}_source.csv" 2>&1
     grep -E "attention|Duration|Achieved Occupancy|Registers Per|Issue Slots Busy|L2 Hit" "$OUT/ncu_attn_r${r}_details.txt" \
       | head -12 | sed "s/^/rows $r: /"
+    "$NCU" -i "$OUT/ncu_attn_r$r.ncu-rep" --page source --csv --print-source sass > /tmp/ncu_attn_sass.csv 2>&1
+    python3 tests/ncu_sass_summary.py /tmp/ncu_attn_sass.csv | tee "$OUT/ncu_attn_r${r}_summary.txt"
   done
 fi
 python3 tests/profile_attention.py 20 "$POS,300" 1,8,16 | tee "$OUT/profile_attention.jsonl"

@@ -43,13 +43,15 @@
 // that two or four share one instead of waiting for a second wave (refspec.gpu.GpuBackend.attention_threads).
 // Every output is the same sequence of operations with any of them.
 #define RS_ATTN_MAX_THREADS 512
-// Launch bounds: on NVIDIA, 2048 / THREADS blocks per multiprocessor (up to 128 registers a thread) where
-// `fits` (the head size's registers allow it), else one.
+// Launch bounds: on NVIDIA, at least `blocks` blocks of `threads` a multiprocessor (65536 registers shared by
+// them); RS_ATTN_BOUNDS: RS_ATTN_MAX_THREADS / THREADS blocks (up to 128 registers a thread) where `fits` (the
+// head size's registers allow it), else one.
 #if defined(RS_HIP)
-#define RS_ATTN_BOUNDS(threads, fits) __launch_bounds__(threads)  // HIP's second argument means something else
+#define RS_ATTN_LAUNCH(threads, blocks) __launch_bounds__(threads)  // HIP's second argument means something else
 #else
-#define RS_ATTN_BOUNDS(threads, fits) __launch_bounds__(threads, (fits) ? RS_ATTN_MAX_THREADS / (threads) : 1)
+#define RS_ATTN_LAUNCH(threads, blocks) __launch_bounds__(threads, blocks)
 #endif
+#define RS_ATTN_BOUNDS(threads, fits) RS_ATTN_LAUNCH(threads, (fits) ? RS_ATTN_MAX_THREADS / (threads) : 1)
 #define RS_ATTN_CHUNK 256    // spec.ATTN_CHUNK
 #define RS_ATTN_MAX_DIM 512  // head dims up to this (the wrapper checks)
 #define RS_ATTN_SHARED_POS 1024  // up to this many positions, e_t and the chunk sums stay in shared memory
@@ -462,21 +464,15 @@ attention_scores(const float* __restrict__ q, const float* __restrict__ k_cache,
 // part_buf float32 [rows*heads, ceil(cache_len / 256), dim+1]; arrivals int32 [units]; out, xq, xd as for
 // `attention`. Grid: units*ceil(cache_len / 256) blocks of THREADS threads (at most 256 on HIP: gfx906 spills
 // at 512).
-// PAIRED (NVIDIA only; the backend launches it where the grid is more than one wave of the blocks a
-// multiprocessor holds otherwise): twice as many blocks a multiprocessor (two of 512 threads: at most 64 registers
-// a thread, no spills) with phase 3 loading one position a lane at a time instead of 4 (the same additions in the
-// same order). Over long caches a pass of several rows launches units x chunks blocks, and at 116 registers a
-// multiprocessor held one block of 512 (ncu at 8 rows over 4000 positions: 8.2 waves, 25 % occupancy;
-// tests/results/ncu_attention_spread_r8_pos4000_h200.txt); a grid of one wave keeps the registers (one row over
-// 4000 positions: 20.2 us a layer, 24.9 paired).
-#if defined(RS_HIP)
-#define RS_ATTN_VALUES_BOUNDS(threads, paired) __launch_bounds__(threads)
-#else
-#define RS_ATTN_VALUES_BOUNDS(threads, paired) \
-  __launch_bounds__(threads, ((paired) ? 2 : 1) * RS_ATTN_MAX_THREADS / (threads))
-#endif
+// PAIRED (NVIDIA only; the backend launches it where the unpaired grid would take more than two waves,
+// GpuBackend.attention_values_paired): twice as many blocks a multiprocessor (two of 512 threads: at most 64
+// registers a thread, no spills) with phase 3 loading one position a lane at a time instead of 4 (the same
+// additions in the same order). Over long caches a pass of several rows launches units x chunks blocks, and at 116
+// registers a multiprocessor held one block of 512 (ncu at 8 rows over 4000 positions: 8.2 waves, 25 % occupancy;
+// tests/results/ncu_attention_spread_r8_pos4000_h200.txt); a short grid keeps the registers (one row over 4000
+// positions, one wave: 20.2 us a layer, 24.9 paired).
 template <int THREADS, bool PAIRED>
-__global__ void RS_ATTN_VALUES_BOUNDS(THREADS, PAIRED)
+__global__ void RS_ATTN_LAUNCH(THREADS, (PAIRED ? 2 : 1) * RS_ATTN_MAX_THREADS / THREADS)
 attention_values(const float* __restrict__ v_cache, const int* __restrict__ pos, int rows, int heads, int kv_heads,
                  int per, int dim, int cache_len, const float* __restrict__ e_buf, const float* __restrict__ max_buf,
                  float* part_buf, int* arrivals, float* __restrict__ out, signed char* __restrict__ xq,

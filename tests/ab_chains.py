@@ -13,7 +13,7 @@ import numpy as np
 
 from refspec.gpu import GpuBackend
 
-from graph_timing import fresh_pass_seconds, graph_seconds
+from graph_timing import attention_chain_us, fresh_pass_seconds
 
 label = sys.argv[1]
 be = GpuBackend()
@@ -25,11 +25,7 @@ for pos0 in (1000, 4000):
         q = cp.asarray(rng.standard_normal((rows, 32, 128)).astype(np.float32))
         kc, vc = (cp.asarray(rng.standard_normal((8, cache, 128)).astype(np.float32)) for _ in range(2))
         pos = cp.asarray(np.array([pos0], np.int32))
-
-        def chain():
-            for _ in range(32):
-                be.attention_q8(q, kc, vc, pos)
-        us = round(graph_seconds(cp, chain, 10) * 1e6 / 32, 2)
+        us = attention_chain_us(be, q, kc, vc, pos, 10)
         print(json.dumps({"label": label, "pos": pos0, "rows": rows, "us": us}), flush=True)
 if sys.argv[2:] == ["passes"]:
     from refspec.bench_decode import preset_model_path

@@ -27,6 +27,15 @@ def graph_seconds(cp, launch_all, repeats: int) -> float:
     return statistics.median(times)
 
 
+def attention_chain_us(be, q, kc, vc, pos, repeats: int) -> float:
+    """Microseconds a launch of attention_q8(q, kc, vc, pos) as the backend plans it, from a chain of 32 captured
+    as one graph (what 32 layers cost; tests/profile_attention.py, tests/ab_chains.py)."""
+    def chain():
+        for _ in range(32):
+            be.attention_q8(q, kc, vc, pos)
+    return round(graph_seconds(be.cp, chain, repeats) * 1e6 / 32, 2)
+
+
 def replays_seconds(cp, graph, stream, count: int, repeats: int) -> float:
     """Median over `repeats` of the seconds per replay of a captured graph replayed `count` times back to back
     (after one untimed replay), timed with events."""

@@ -18,7 +18,7 @@ import numpy as np
 from refspec.gpu import GpuBackend
 from refspec.gpu_mappings import ATTN_THREAD_CHOICES, AttnPlan
 
-from graph_timing import graph_seconds
+from graph_timing import attention_chain_us
 
 repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 30
 be = GpuBackend()
@@ -27,10 +27,7 @@ heads, kv_heads, dim = (int(v) for v in sys.argv[4].split("x")) if len(sys.argv)
 
 
 def chain_us(q, kc, vc, pos) -> float:
-    def chain():
-        for _ in range(32):
-            be.attention_q8(q, kc, vc, pos)
-    return round(graph_seconds(cp, chain, repeats) * 1e6 / 32, 2)
+    return attention_chain_us(be, q, kc, vc, pos, repeats)
 
 
 report = []

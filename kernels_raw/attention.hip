@@ -11,7 +11,7 @@
 // .attention_plan picks one per launch:
 //   `attention`: one block per (row, head) runs every phase below (short contexts: the fewest steps);
 //   `attention_scores` then `attention_values` spread a row's positions over many blocks, each block taking
-//     one or more query heads of a kv head (long contexts, many rows): phase 1 by slices of 64 positions,
+//     one or more query heads of a kv head (long contexts, many rows): phase 1 by slices of 64-256 positions,
 //     phases 2 and 3 by chunks of 256 (each with the max of the slices' maxes), and phase 4 in the last
 //     chunk's block to finish.
 // Before waiting for the kernel before it (rs_kernel_begin), a block asks the L2 cache for its share of the
@@ -392,15 +392,16 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
 // ------------------------------------------------------------------------- attention_scores, attention_values
 // The same attention in two kernels, spread over positions, and each block taking `per` <= RS_ATTN_HEADS query heads
 // that share one kv head (their keys and values read once for all of them): attention_scores computes the scores of
-// slices of RS_ATTN_SLICE positions (phase 1) and each slice's max; attention_values, one block per chunk of 256
+// slices of slice_len positions (phase 1) and each slice's max; attention_values, one block per chunk of 256
 // positions, takes the max of the slices' maxes (m), e_t for its chunk (phase 2) and the chunk sums (phase 3); the last
 // of a unit's chunk blocks to finish adds the chunks in order and divides (phases 4, 5). Same operations, same bits:
 // each score, e_t and chunk sum is computed as in `attention`, and max is exact in any order. A unit is (row, kv head,
 // part): part p of a kv head's group of query heads is heads per*p .. per*p+per-1 of the group (fewer in the last
 // part). A launch's grid depends on the cache length only (a captured pass serves every position): blocks past the
 // positions a row sees end at once, and a block of attention_scores takes every slice_blocks-th slice after its first
-// where a row has more slices than that.
-#define RS_ATTN_SLICE 64           // positions per slice of attention_scores
+// where a row has more slices than that. slice_len (a multiple of 64, the backend's GpuBackend.attention_slice) is
+// the positions of a slice: a block pays a slice's end (its max across groups, two barriers) once for slice_len / 64
+// rounds of its key loop, and has fewer slices to take where the cache is short.
 #define RS_ATTN_SCORE_THREADS 256  // threads per block of attention_scores
 
 // Where a unit's heads are: its row, kv head, part (of `parts`), first head h0 and number of heads hb.
@@ -417,22 +418,22 @@ struct RsAttnUnit {
   }
 };
 
-// e_buf float32 [rows*heads, cache_len]: the scores; max_buf float32 [rows*heads, ceil(cache_len / 64)];
+// e_buf float32 [rows*heads, cache_len]: the scores; max_buf float32 [rows*heads, ceil(cache_len / slice_len)];
 // arrivals int32 [units], set to 0 here for attention_values. Grid: units*slice_blocks blocks, units =
 // rows * kv_heads * ceil(heads / kv_heads / per).
 template <int MAXD>
 __global__ void RS_ATTN_BOUNDS(RS_ATTN_SCORE_THREADS, false)  // (one block: else nvcc caps it at 64 registers)
 attention_scores(const float* __restrict__ q, const float* __restrict__ k_cache, const float* __restrict__ v_cache,
                  const int* __restrict__ pos, int rows, int heads, int kv_heads, int per, int dim, int cache_len,
-                 float scale, int slice_blocks, float* __restrict__ e_buf, float* __restrict__ max_buf,
+                 float scale, int slice_len, int slice_blocks, float* __restrict__ e_buf, float* __restrict__ max_buf,
                  int* __restrict__ arrivals, const int* __restrict__ live) {
   const int unit = blockIdx.x / slice_blocks, first = blockIdx.x % slice_blocks;
   const RsAttnUnit u(unit, heads, kv_heads, per);
-  const int slices = (cache_len + RS_ATTN_SLICE - 1) / RS_ATTN_SLICE;
+  const int slices = (cache_len + slice_len - 1) / slice_len;
   const float* kc = k_cache + (long long)u.kv_head * cache_len * dim;
   const float* vc = v_cache + (long long)u.kv_head * cache_len * dim;
   if (u.row >= rs_live_rows(live, rows)) return;  // the whole block (attention_values skips the unit too)
-  rs_attention_prefetch(kc, vc, pos, cache_len, dim, first * RS_ATTN_SLICE, (first + 1) * RS_ATTN_SLICE,
+  rs_attention_prefetch(kc, vc, pos, cache_len, dim, first * slice_len, (first + 1) * slice_len,
                         rows * u.parts, u.row * u.parts + u.part, RS_ATTN_SCORE_THREADS);
   rs_kernel_begin();
   __shared__ float group_max[RS_ATTN_HEADS][RS_ATTN_SCORE_THREADS / RS_LANES];
@@ -441,8 +442,8 @@ attention_scores(const float* __restrict__ q, const float* __restrict__ k_cache,
   const long long rh0 = (long long)u.row * heads + u.h0;
   float qreg[RS_ATTN_HEADS][MAXD / RS_LANES];
   rs_attention_load_q<MAXD, RS_ATTN_HEADS>(q + rh0 * dim, u.hb, dim, qreg);
-  for (int slice = first; slice * RS_ATTN_SLICE < n_vis; slice += slice_blocks) {  // the same for the whole block
-    const int t_begin = slice * RS_ATTN_SLICE, t_end = min(t_begin + RS_ATTN_SLICE, n_vis);
+  for (int slice = first; slice * slice_len < n_vis; slice += slice_blocks) {  // the same for the whole block
+    const int t_begin = slice * slice_len, t_end = min(t_begin + slice_len, n_vis);
     float m[RS_ATTN_HEADS];
     rs_attention_scores_of<MAXD, RS_ATTN_HEADS>(qreg, u.hb, kc, dim, scale, t_begin, t_end, e_buf + rh0 * cache_len,
                                                 cache_len, 0, m);
@@ -460,7 +461,7 @@ attention_scores(const float* __restrict__ q, const float* __restrict__ k_cache,
   }
 }
 
-// v_cache, pos, rows .. cache_len, e_buf, max_buf as for attention_scores (which ran just before);
+// v_cache, pos, rows .. cache_len, slice_len, e_buf, max_buf as for attention_scores (which ran just before);
 // part_buf float32 [rows*heads, ceil(cache_len / 256), dim+1]; arrivals int32 [units]; out, xq, xd as for
 // `attention`. Grid: units*ceil(cache_len / 256) blocks of THREADS threads (at most 256 on HIP: gfx906 spills
 // at 512).
@@ -474,8 +475,8 @@ attention_scores(const float* __restrict__ q, const float* __restrict__ k_cache,
 template <int THREADS, bool PAIRED>
 __global__ void RS_ATTN_LAUNCH(THREADS, (PAIRED ? 2 : 1) * RS_ATTN_MAX_THREADS / THREADS)
 attention_values(const float* __restrict__ v_cache, const int* __restrict__ pos, int rows, int heads, int kv_heads,
-                 int per, int dim, int cache_len, const float* __restrict__ e_buf, const float* __restrict__ max_buf,
-                 float* part_buf, int* arrivals, float* __restrict__ out, signed char* __restrict__ xq,
+                 int per, int dim, int cache_len, int slice_len, const float* __restrict__ e_buf,
+                 const float* __restrict__ max_buf, float* part_buf, int* arrivals, float* __restrict__ out, signed char* __restrict__ xq,
                  unsigned short* __restrict__ xd, const int* __restrict__ live) {
   const int chunks = (cache_len + RS_ATTN_CHUNK - 1) / RS_ATTN_CHUNK;
   const int unit = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
@@ -492,13 +493,13 @@ attention_values(const float* __restrict__ v_cache, const int* __restrict__ pos,
   if (base >= n_vis) return;  // the whole block
   const float* vc = v_cache + (long long)u.kv_head * cache_len * dim;
   const long long rh0 = (long long)u.row * heads + u.h0;
-  const int slices = (cache_len + RS_ATTN_SLICE - 1) / RS_ATTN_SLICE;
+  const int slices = (cache_len + slice_len - 1) / slice_len;
   const int active = (n_vis + RS_ATTN_CHUNK - 1) / RS_ATTN_CHUNK;  // chunks this row sees
 
   if (rs_group() < u.hb) {  // group i: head i's m, the max of the maxes of the slices the row sees
     const int i = rs_group();
     float m = rs_as_float((int)0xff800000);
-    for (int s = rs_lane(); s * RS_ATTN_SLICE < n_vis; s += RS_LANES)
+    for (int s = rs_lane(); s * slice_len < n_vis; s += RS_LANES)
       m = rs_max_nan(m, max_buf[(rh0 + i) * slices + s]);
 #pragma unroll
     for (int offset = RS_LANES / 2; offset >= 1; offset /= 2) m = rs_max_nan(m, rs_shfl_xor(m, offset));

@@ -242,7 +242,14 @@ ATTN_MAX_DIM = 512  # RS_ATTN_MAX_DIM in attention.hip
 # Threads per block of attention<MAXD, THREADS>: 512 while each (row, head) block can have a multiprocessor of
 # its own, else 256 or 128 (2 or 4 blocks share one: RS_ATTN_MAX_THREADS / THREADS in its launch bounds).
 ATTN_THREAD_CHOICES = (512, 256, 128)
-ATTN_SLICE = 64  # RS_ATTN_SLICE: positions per slice of attention_scores
+# Positions per slice of attention_scores (its slice_len), tried largest first: GpuBackend.attention_slice takes the
+# first whose units x slices reach 3/2 of the multiprocessors' count, else the last. A slice pays its end (the max
+# across the block's groups, two barriers: ~155 of ~710 sm_90 instructions a 64-position slice at heads of 128) once
+# for its slice_len / 64 rounds of the key loop; a shorter slice gives a short cache more blocks. H200, 2026-12-04,
+# llama-8b's shape, a chain of 32, us a launch at slices of 64 / 128 / 256 in turn, twice
+# (tests/results/attention_slice_h200.txt): one row over 1000 positions 14.8 / 15.1 / 16.6, over 4000 19.7 / 18.7 /
+# 20.6; 8 rows 31.1 / 28.2 / 27.4 and 102.0 / 97.0 / 94.1; 16 rows 55.9 / 53.0 / 50.7 and 185.4 / 178.0 / 174.3.
+ATTN_SLICES = (256, 128, 64)
 ATTN_SCORE_THREADS = 256  # RS_ATTN_SCORE_THREADS: threads per block of attention_scores
 ATTN_VALUES_MAX_THREADS_HIP = 256  # attention_values<512> needs more registers than gfx906 gives 512 threads
 ATTN_HEADS = 4  # RS_ATTN_HEADS: query heads of one kv head per block of attention_scores and attention_values

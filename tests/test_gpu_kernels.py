@@ -15,8 +15,8 @@ from refspec import spec
 from refspec.backends import CpuBackend
 from refspec.errors import NumericsError, UsageError
 from refspec.gpu import gpu_available
-from refspec.gpu_mappings import (ATTN_HEADS, ATTN_THREAD_CHOICES, GEMV_CONFIGS, GEMV_MAX_ROWS, GEMV_MMA_VARIANTS,
-                                  AttnPlan, GemvConfig)
+from refspec.gpu_mappings import (ATTN_HEADS, ATTN_SLICES, ATTN_THREAD_CHOICES, GEMV_CONFIGS, GEMV_MAX_ROWS,
+                                  GEMV_MMA_VARIANTS, AttnPlan, GemvConfig)
 from refspec.model import QK8_0, Q8Matrix
 
 from bits import assert_bits_equal
@@ -348,29 +348,35 @@ def test_kv_write_equals_cpu(be, data):
 
 # -------------------------------------------------------------------------------------------- attention
 @contextlib.contextmanager
-def attention_launch(be, threads: int, plan: AttnPlan, spread: int | None = None, paired: bool | None = None):
+def attention_launch(be, threads: int, plan: AttnPlan, spread: int | None = None, paired: bool | None = None,
+                     slice_len: int | None = None):
     """Attention launched with `threads` threads per block whatever the launch's size, by `plan` (one kernel a
     block per (row, head), one a block per (row, kv head), or two spread over positions), and then with at most
-    `spread` blocks per unit computing scores (None: the backend's spread) and attention_values paired or not
-    (None: as the backend chooses; HIP has only the unpaired kernel)."""
+    `spread` blocks per unit computing scores (None: the backend's spread), attention_values paired or not
+    (None: as the backend chooses; HIP has only the unpaired kernel) and slices of `slice_len` positions (None:
+    the backend's)."""
     be.attention_plan = lambda rows, heads, kv_heads, cache_len: plan  # each shadows the method on this instance
     be.attention_threads = lambda blocks: threads
     if spread is not None:
         be.attention_spread = lambda blocks, slices: min(slices, spread)
     if paired is not None:
         be.attention_values_paired = lambda blocks, threads: paired and be.platform != "hip"
+    if slice_len is not None:
+        be.attention_slice = lambda units, cache_len: slice_len
     try:
         yield
     finally:
         del be.attention_plan, be.attention_threads
-        be.__dict__.pop("attention_spread", None)
-        be.__dict__.pop("attention_values_paired", None)
+        for name in ("attention_spread", "attention_values_paired", "attention_slice"):
+            be.__dict__.pop(name, None)
 
 
 ATTENTION_PLANS = [AttnPlan("attention")] + [AttnPlan(kernel, per) for kernel in ("attention_heads", "spread")
                                              for per in range(1, ATTN_HEADS + 1)]
+# (threads, plan, spread, paired, slice_len); slices of 32 and 96 positions too, off the backend's choices
 ATTENTION_LAUNCHES = st.tuples(st.sampled_from(ATTN_THREAD_CHOICES), st.sampled_from(ATTENTION_PLANS),
-                               st.sampled_from([None, 1, 2, 3]), st.sampled_from([None, False, True]))
+                               st.sampled_from([None, 1, 2, 3]), st.sampled_from([None, False, True]),
+                               st.sampled_from((None, 32, 96) + ATTN_SLICES))
 
 
 def test_attention_threads_fill_the_gpu_once(be):
@@ -399,6 +405,19 @@ def test_attention_values_pairs_blocks_beyond_one_wave(be):
     ] == [False, False, nvidia, False, nvidia, nvidia]
 
 
+def test_attention_slice_gives_the_multiprocessors_blocks(be):
+    """attention_scores takes the longest slice whose units x slices reach 3/2 of the multiprocessors' count,
+    else the shortest; on an H200 (132), llama-8b's one row (8 units) over 1101 positions 64, over 4101 128, and
+    8 rows (64 units) over 1101 256."""
+    sms = be._multiprocessors
+    least = -(-3 * sms // 2)
+    assert [be.attention_slice(units, cache_len) for units, cache_len in (
+        (1, 256 * least), (1, 256 * (least - 1)), (1, 128 * least), (1, 128 * (least - 1)), (least, 1),
+        (least - 1, 1))] == [256, 128, 128, 64, 256, 64]
+    if sms == 132:
+        assert [be.attention_slice(*case) for case in ((8, 1101), (8, 4101), (64, 1101))] == [64, 128, 256]
+
+
 @given(data=st.data())
 def test_attention_equals_spec(be, data):
     rng = rng_from(data)
@@ -413,7 +432,7 @@ def test_attention_equals_spec(be, data):
     q = floats(rng, (rows, heads, dim), "normal") * scale
     kc = floats(rng, (kv_heads, cache_len, dim), "normal") * scale
     vc = floats(rng, (kv_heads, cache_len, dim), data.draw(STYLES))
-    launch = data.draw(ATTENTION_LAUNCHES, label="threads, plan, spread, paired")
+    launch = data.draw(ATTENTION_LAUNCHES, label="threads, plan, spread, paired, slice")
     expected = spec.attention(q, kc, vc, pos0)
     with attention_launch(be, *launch):
         got = be.to_host(be.attention(be.asarray(q), be.asarray(kc), be.asarray(vc), pos0))
@@ -443,7 +462,8 @@ def test_attention_of_forty_heads_as_planned_equals_spec(be, rows):
 ROW_ORDER_PLANS = ((AttnPlan("attention"), None, None), (AttnPlan("attention_heads", 2), None, None),
                    (AttnPlan("attention_heads", ATTN_HEADS), None, None), (AttnPlan("spread", 1), None, False),
                    (AttnPlan("spread", 1), None, True), (AttnPlan("spread", ATTN_HEADS), 1, False),
-                   (AttnPlan("spread", ATTN_HEADS), 1, True))
+                   (AttnPlan("spread", ATTN_HEADS), 1, True), (AttnPlan("spread", 1), None, False, 128),
+                   (AttnPlan("spread", ATTN_HEADS), 1, True, 256))
 
 
 @pytest.mark.parametrize("launch", [(t, *plan) for t in ATTN_THREAD_CHOICES for plan in ROW_ORDER_PLANS])

@@ -22,10 +22,10 @@ KERNELS = sorted(p.stem for p in kernel_dir().glob("*.hip"))
 GEMV_ARGS = ("const signed char*, const unsigned short*, const signed char*, const unsigned short*, float*, "
              "int, int, int, const float*")  # q8_gemv_mma's; q8_gemv and q8_gemv_staged take `live` too
 LIVE_GEMV_ARGS = GEMV_ARGS + ", const int*"
-SCORES_ARGS = ("const float*, const float*, const float*, const int*, int, int, int, int, int, int, float, int, "
+SCORES_ARGS = ("const float*, const float*, const float*, const int*, int, int, int, int, int, int, float, int, int, "
                "float*, float*, int*, const int*")
-VALUES_ARGS = ("const float*, const int*, int, int, int, int, int, int, const float*, const float*, float*, int*, "
-               "float*, signed char*, unsigned short*, const int*")
+VALUES_ARGS = ("const float*, const int*, int, int, int, int, int, int, int, const float*, const float*, float*, "
+               "int*, float*, signed char*, unsigned short*, const int*")
 HEADS_ARGS = ("const float*, const float*, const float*, const int*, int, int, int, int, int, int, float, float*, "
               "float*, float*, signed char*, unsigned short*, const int*")
 ATTENTION_ARGS = ("const float*, const float*, const float*, const int*, int, int, int, int, int, float, float*, "

@@ -4,10 +4,13 @@ rules that give a block per (row, kv head) from fewer or more (row, head) pairs.
 bits; this times them where they sit in a pass (tests/profile_attention.py times the kernel alone).
 
     python3 tests/profile_attention_plans.py PRESET|MODEL.gguf [ROWS,...] [POSITIONS,...] [REPEATS] [JSON]
+
+RULES (environment, e.g. RULES=main,per_head_short) picks some of the rules below.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from refspec.bench_decode import preset_model_path, time_pass
@@ -52,8 +55,18 @@ def heads_from_twice(self, rows, heads, kv_heads, cache_len):
     return planned(self, rows, heads, kv_heads, cache_len)
 
 
+def per_head_short(self, rows, heads, kv_heads, cache_len):
+    """A block per (row, head) over every short cache, however many blocks (attention_threads gives them 128
+    threads past two a multiprocessor); main's plan beyond ATTN_SPLIT_CACHE."""
+    if cache_len <= ATTN_SPLIT_CACHE:
+        return AttnPlan("attention")
+    return planned(self, rows, heads, kv_heads, cache_len)
+
+
 rules = {"per_head": per_head_rule, "main": planned, "heads_from_twice": heads_from_twice,
-         "one_head_spread": one_head_spread}
+         "one_head_spread": one_head_spread, "per_head_short": per_head_short}
+if os.environ.get("RULES"):  # e.g. RULES=main,per_head_short
+    rules = {name: rules[name] for name in os.environ["RULES"].split(",")}
 report = {"model": preset, "repeats": repeats, "ms": {}}
 for position in positions:
     cache = tf.new_cache(position + max(widths) + 8)

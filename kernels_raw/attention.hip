@@ -399,9 +399,9 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
 // part): part p of a kv head's group of query heads is heads per*p .. per*p+per-1 of the group (fewer in the last
 // part). A launch's grid depends on the cache length only (a captured pass serves every position): blocks past the
 // positions a row sees end at once, and a block of attention_scores takes every slice_blocks-th slice after its first
-// where a row has more slices than that. slice_len (a multiple of 64, the backend's GpuBackend.attention_slice) is
-// the positions of a slice: a block pays a slice's end (its max across groups, two barriers) once for slice_len / 64
-// rounds of its key loop, and has fewer slices to take where the cache is short.
+// where a row has more slices than that. slice_len is the positions of a slice (any length gives the same bits; the
+// backend takes 64, 128 or 256: GpuBackend.attention_slice): a block pays a slice's end (its max across groups, two
+// barriers) once for slice_len / 64 rounds of its key loop, and has fewer slices to take where the cache is short.
 #define RS_ATTN_SCORE_THREADS 256  // threads per block of attention_scores
 
 // Where a unit's heads are: its row, kv head, part (of `parts`), first head h0 and number of heads hb.
@@ -476,8 +476,8 @@ template <int THREADS, bool PAIRED>
 __global__ void RS_ATTN_LAUNCH(THREADS, (PAIRED ? 2 : 1) * RS_ATTN_MAX_THREADS / THREADS)
 attention_values(const float* __restrict__ v_cache, const int* __restrict__ pos, int rows, int heads, int kv_heads,
                  int per, int dim, int cache_len, int slice_len, const float* __restrict__ e_buf,
-                 const float* __restrict__ max_buf, float* part_buf, int* arrivals, float* __restrict__ out, signed char* __restrict__ xq,
-                 unsigned short* __restrict__ xd, const int* __restrict__ live) {
+                 const float* __restrict__ max_buf, float* part_buf, int* arrivals, float* __restrict__ out,
+                 signed char* __restrict__ xq, unsigned short* __restrict__ xd, const int* __restrict__ live) {
   const int chunks = (cache_len + RS_ATTN_CHUNK - 1) / RS_ATTN_CHUNK;
   const int unit = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
   const RsAttnUnit u(unit, heads, kv_heads, per);

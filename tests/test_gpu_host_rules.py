@@ -1,6 +1,6 @@
 """The tensor-core GEMV's host-side rules (GpuBackend._mma_config, _mma_grid) with stand-in kernels, on any
 machine: which mapping a row count and matrix take, and how many blocks a launch gets; and attention's plan
-(GpuBackend.attention_plan), which needs only the multiprocessors' count."""
+(GpuBackend.attention_plan) and its slices (GpuBackend.attention_slice), which need only the multiprocessors' count."""
 from dataclasses import replace
 
 import pytest
@@ -243,3 +243,18 @@ def test_qwen2_5_32b_attention_at_9_to_16_rows_runs_blocks_of_heads_two_a_multip
     assert [be.attention_plan(rows, 40, 8, 512) for rows in range(9, 17)] == [two] * 3 + [three] * 5
     assert be.attention_plan(16, 40, 8, 513) == AttnPlan("spread", 4)
     assert be.attention_plan(17, 40, 8, 512) == AttnPlan("spread", 4)  # 272 blocks of 3 or 4 heads
+
+
+@pytest.mark.parametrize("sms", [SMS, 60])  # the H200's multiprocessors, and an MI50's compute units
+def test_attention_slice_reaches_three_halves_of_the_multiprocessors(sms):
+    """attention_scores' slice: the longest of 256, 128, 64 positions whose units x slices reach 3/2 of the
+    multiprocessors, else 64; on an H200, llama-8b's one row (8 units) over 1101 / 4101 positions 64 / 128, and 8
+    rows (64 units) 256. (tests/test_gpu_kernels.py asks the same of the device's own count.)"""
+    be = backend()
+    be._multiprocessors = sms
+    least = -(-3 * sms // 2)
+    assert [be.attention_slice(units, cache_len) for units, cache_len in (
+        (1, 256 * least), (1, 256 * (least - 1)), (1, 128 * least), (1, 128 * (least - 1)), (least, 1),
+        (least - 1, 1))] == [256, 128, 128, 64, 256, 64]
+    if sms == SMS:
+        assert [be.attention_slice(*case) for case in ((8, 1101), (8, 4101), (64, 1101))] == [64, 128, 256]

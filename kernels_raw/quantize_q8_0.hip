@@ -128,17 +128,22 @@ rmsnorm_q8_wide(const float* __restrict__ x, const float* __restrict__ w, float 
 // SiLU(gate) * up, then quantization: lane i of a group of 32 computes value i of one block as spec.silu_mul
 // does, (g / (1 + exp(-g))) * u, and the group quantizes the block (rs_quantize_block_lanes). gate and up
 // are rows of n values `stride` floats apart (views of the stacked gate/up GEMV output). Needs n % 32 == 0.
-// xq int8 [rows, n], xd fp16 [rows, n/32]. Grid: ceil(rows * n/32 / (threads/32)) blocks.
+// xq int8 [rows, n], xd fp16 [rows, n/32]. Grid: (rows, ceil(n/32 / (threads/32))) blocks of up to
+// RS_SILU_Q8_MAX_THREADS threads: block (row, y) takes blocks y*groups .. y*groups+groups-1 of the row, one a
+// group. The backend launches 512 threads a block (refspec.gpu.SILU_Q8_THREADS): the gate/up GEMV before it fills
+// the multiprocessors, so its blocks start as that GEMV's leave, and fewer of them start sooner.
 // `live`: only the first live[0] rows, or all where null (rs_live_rows).
-extern "C" __global__ void __launch_bounds__(RS_QUANTIZE_THREADS)
+#define RS_SILU_Q8_MAX_THREADS 1024
+extern "C" __global__ void __launch_bounds__(RS_SILU_Q8_MAX_THREADS)
 silu_mul_q8(const float* __restrict__ gate, const float* __restrict__ up, long long stride, int rows, int n,
             signed char* __restrict__ xq, unsigned short* __restrict__ xd, const int* __restrict__ live) {
-  rows = rs_live_rows(live, rows);
+  const int row = blockIdx.x;
+  if (row >= rs_live_rows(live, rows)) return;  // the whole block
   rs_kernel_begin();
-  const int nb = n / RS_QK;
-  const long long block = (long long)blockIdx.x * rs_groups() + rs_group();  // = row * nb + b
-  if (block >= (long long)rows * nb) return;  // the whole group leaves together
-  const long long at = (block / nb) * stride + (block % nb) * RS_QK + rs_lane();
+  const int nb = n / RS_QK, b = blockIdx.y * rs_groups() + rs_group();
+  if (b >= nb) return;  // the whole group leaves together
+  const long long at = row * stride + b * RS_QK + rs_lane();
   const float v = rs_silu_mul(gate[at], up[at]);
+  const long long block = (long long)row * nb + b;
   rs_quantize_block_lanes(v, xq + block * RS_QK, xd + block);
 }

@@ -59,6 +59,16 @@ ARGMAX_MAX_PARTS = ARGMAX_THREADS  # argmax_final combines at most one part per 
 # room for the kernel's own static shared variables (16 bytes on sm_90), which count against the same 48 KB.
 RMSNORM_Q8_SHARED_BYTES = 47 * 1024
 RMSNORM_Q8_BLOCKS_PER_PART = 16  # Q8_0 blocks of a row per thread block of rmsnorm_q8: 4 groups x 4 each
+# Threads per block of silu_mul_q8 (up to RS_SILU_Q8_MAX_THREADS; a group of 32 a Q8_0 block of a row). It follows
+# the gate/up GEMV, which fills the multiprocessors at 3-16 rows, so its blocks start only as that GEMV's leave:
+# fewer, larger blocks start sooner, the arithmetic the same. H200, 2026-12-04, the llama-8b pass at position 64
+# (graph replay, variants in turn, three times; tests/results/small_blocks_llama8b_h200.json), 128 -> 512 threads:
+# 1 / 8 / 16 rows 2.371-2.374 / 2.788-2.791 / 3.329-3.336 -> 2.373-2.375 / 2.771-2.773 / 3.307-3.308 ms; 1024
+# threads: 2.379-2.382 / 2.768-2.769 / 3.306-3.307. rope_kv, after the Q/K/V GEMV, gained nothing from blocks of 4
+# (row, head) slots (2.772 / 3.306 at 8 / 16 rows beside 2.772 / 3.307). Four Q8_0 blocks a group of 32 lanes
+# instead (fewer blocks, a longer chain a thread) was slower: 2.393 / 2.810 / 3.339 -> 2.436-2.440 / 2.891 /
+# 3.427-3.434 (tests/results/silu_four_blocks_a_group_tried_h200.json).
+SILU_Q8_THREADS = 512
 
 
 def kernel_dir() -> pathlib.Path:
@@ -587,9 +597,9 @@ class GpuBackend:
         xq, xd = self._q8_outputs(rows, n)
         n_blocks = rows * (n // QK8_0)
         if n_blocks:
-            threads = 128  # RS_QUANTIZE_THREADS: 4 groups of 32 lanes, a block of 32 values each
+            threads = min(SILU_Q8_THREADS, QK8_0 * (n // QK8_0))  # groups of 32 lanes, a Q8_0 block each
             self.function("quantize_q8_0", "silu_mul_q8")(
-                (self._blocks(n_blocks, threads // 32),), (threads,),
+                (rows, self._blocks(n // QK8_0, threads // QK8_0)), (threads,),
                 (gate, up, np.int64(g_stride), np.int32(rows), np.int32(n), xq, xd, self._live_arg()),
             )
         return xq, xd

@@ -5,7 +5,9 @@ bits; this times them where they sit in a pass (tests/profile_attention.py times
 
     python3 tests/profile_attention_plans.py PRESET|MODEL.gguf [ROWS,...] [POSITIONS,...] [REPEATS] [JSON]
 
-RULES (environment, e.g. RULES=main,per_head_short) picks some of the rules below.
+RULES (environment, e.g. RULES=main,per_head_short) picks some of the rules below. A rule named NAME@T runs rule
+NAME with attention_heads' blocks capped at T threads (e.g. main@256: 8 warps a block, so that a block of the next
+GEMV fits beside it on a multiprocessor while the attention runs).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import sys
 from refspec.bench_decode import preset_model_path, time_pass
 from refspec.forward import Transformer
 from refspec.gguf_model import load
+from refspec import gpu
 from refspec.gpu import GpuBackend
 from refspec.gpu_mappings import ATTN_HEADS, ATTN_SPLIT_CACHE, AttnPlan
 
@@ -65,8 +68,9 @@ def per_head_short(self, rows, heads, kv_heads, cache_len):
 
 rules = {"per_head": per_head_rule, "main": planned, "heads_from_twice": heads_from_twice,
          "one_head_spread": one_head_spread, "per_head_short": per_head_short}
-if os.environ.get("RULES"):  # e.g. RULES=main,per_head_short
-    rules = {name: rules[name] for name in os.environ["RULES"].split(",")}
+if os.environ.get("RULES"):  # e.g. RULES=main,per_head_short,main@256
+    rules = {name: rules[name.split("@")[0]] for name in os.environ["RULES"].split(",")}
+heads_max_threads = gpu.attention_heads_max_threads
 report = {"model": preset, "repeats": repeats, "ms": {}}
 for position in positions:
     cache = tf.new_cache(position + max(widths) + 8)
@@ -75,6 +79,9 @@ for position in positions:
     for sweep in range(2):  # each rule twice, in turn
         for name, rule in rules.items():
             be.attention_plan = rule.__get__(be)
+            cap = int(name.split("@")[1]) if "@" in name else None
+            gpu.attention_heads_max_threads = (heads_max_threads if cap is None else
+                                               lambda bound, hip, cap=cap: min(cap, heads_max_threads(bound, hip)))
             cache.graphs.clear()  # capture the passes again with this rule's plans
             for rows in widths:
                 ids = [(7 * i + 3) % tf.config.n_vocab for i in range(rows)]
@@ -82,6 +89,7 @@ for position in positions:
                 report["ms"].setdefault(f"{name} pos={position} rows={rows}", []).append(ms)
                 print(f"{name:17s} pos={position:5d} rows={rows:3d} {ms:.3f} ms", flush=True)
     del be.attention_plan
+    gpu.attention_heads_max_threads = heads_max_threads
 if len(sys.argv) > 5:
     with open(sys.argv[5], "w") as f:
         json.dump(report, f, indent=1)

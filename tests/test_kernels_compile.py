@@ -324,3 +324,12 @@ def test_step_kernels_and_the_backend_agree_on_their_buffers():
     assert kernel_define("ngram", "RS_NGRAM_MAX_N") == NGRAM_MAX_N
     assert kernel_define("ngram", "RS_NGRAM_MAX_K") == NGRAM_MAX_K
     assert kernel_define("ngram", "RS_NGRAM_THREADS") == NGRAM_THREADS
+
+
+def test_silu_blocks_are_within_the_kernels_bounds():
+    """silu_mul_q8's blocks (refspec.gpu.SILU_Q8_THREADS, a group of 32 lanes a Q8_0 block) are within its launch
+    bounds (RS_SILU_Q8_MAX_THREADS): a larger block would not launch at all."""
+    from refspec.gpu import SILU_Q8_THREADS
+
+    bound = kernel_define("quantize_q8_0", "RS_SILU_Q8_MAX_THREADS")
+    assert SILU_Q8_THREADS % 32 == 0 and 32 <= SILU_Q8_THREADS <= bound

@@ -8,7 +8,7 @@
 #include "quantize.h"
 
 #define RS_QUANTIZE_THREADS 128    // threads per block of quantize_q8_0
-#define RS_RMSNORM_Q8_THREADS 128  // threads per block of rmsnorm_q8 (one row per block)
+#define RS_RMSNORM_Q8_MAX_THREADS 512  // threads per block of rmsnorm_q8 and rmsnorm_q8_wide, at most
 #define RS_RMSNORM_STAGE 16        // 16-byte loads of the row a thread of rmsnorm_q8 has in flight at once
 
 // x float32 [rows, k] -> xq int8 [rows, k], xd fp16 [rows, k/32]. Grid: ceil(rows * k/32 / threads) blocks.
@@ -30,10 +30,9 @@ quantize_q8_0(const float* __restrict__ x, int rows, int k, signed char* __restr
 // whole blocks, one value per lane, y = (x * inv) * w, and quantizes them together (rs_quantize_blocks_lanes).
 // The weights a group needs are loaded before the sum, to be there when it ends. rmsnorm_q8 needs k * 4 bytes of
 // dynamic shared memory (the wrapper passes them; rows too long for that use rmsnorm_q8_wide, the same
-// arithmetic reading global memory). parts * RS_RMSNORM_Q8_GROUPS * RS_RMSNORM_Q8_PER_GROUP >= k / 32.
-// Grid: rows * parts blocks of RS_RMSNORM_Q8_THREADS threads.
+// arithmetic reading global memory). parts * groups * RS_RMSNORM_Q8_PER_GROUP >= k / 32 (groups: of 32 threads
+// a block). Grid: rows * parts blocks of a multiple of 32 threads, up to RS_RMSNORM_Q8_MAX_THREADS.
 // `live`: only the first live[0] rows, or all where null (rs_live_rows).
-#define RS_RMSNORM_Q8_GROUPS (RS_RMSNORM_Q8_THREADS / 32)
 #define RS_RMSNORM_Q8_PER_GROUP 4  // Q8_0 blocks per group and part
 
 RS_DEVICE void rs_rmsnorm_q8_part(const float* __restrict__ xrow, const float* __restrict__ w, float eps, int k,
@@ -44,7 +43,7 @@ RS_DEVICE void rs_rmsnorm_q8_part(const float* __restrict__ xrow, const float* _
   float wv[RS_RMSNORM_Q8_PER_GROUP];  // this lane's weight in each of its group's blocks
 #pragma unroll
   for (int j = 0; j < RS_RMSNORM_Q8_PER_GROUP; ++j) {
-    const int b = part + parts * (rs_group() + RS_RMSNORM_Q8_GROUPS * j);
+    const int b = part + parts * (rs_group() + rs_groups() * j);
     wv[j] = b < nb ? w[b * RS_QK + lane] : 0.0f;
   }
   if (rs_group() == 0) {
@@ -80,7 +79,7 @@ RS_DEVICE void rs_rmsnorm_q8_part(const float* __restrict__ xrow, const float* _
   bool here[RS_RMSNORM_Q8_PER_GROUP];
 #pragma unroll
   for (int j = 0; j < RS_RMSNORM_Q8_PER_GROUP; ++j) {
-    const int b = part + parts * (rs_group() + RS_RMSNORM_Q8_GROUPS * j);
+    const int b = part + parts * (rs_group() + rs_groups() * j);
     const long long block = (long long)row * nb + b;
     here[j] = b < nb;  // the same for the whole group
     v[j] = here[j] ? rs_mul(rs_mul(xrow[b * RS_QK + lane], inv), wv[j]) : 0.0f;
@@ -90,7 +89,7 @@ RS_DEVICE void rs_rmsnorm_q8_part(const float* __restrict__ xrow, const float* _
   rs_quantize_blocks_lanes<RS_RMSNORM_Q8_PER_GROUP>(v, q, d, here);
 }
 
-extern "C" __global__ void __launch_bounds__(RS_RMSNORM_Q8_THREADS)
+extern "C" __global__ void __launch_bounds__(RS_RMSNORM_Q8_MAX_THREADS)
 rmsnorm_q8(const float* __restrict__ x, const float* __restrict__ w, float eps, int k, int parts,
            signed char* __restrict__ xq, unsigned short* __restrict__ xd, const int* __restrict__ live) {
   extern __shared__ float4 rs_row4[];  // the row, k floats
@@ -116,7 +115,7 @@ rmsnorm_q8(const float* __restrict__ x, const float* __restrict__ w, float eps, 
   rs_rmsnorm_q8_part((const float*)rs_row4, w, eps, k, row, part, parts, xq, xd);
 }
 
-extern "C" __global__ void __launch_bounds__(RS_RMSNORM_Q8_THREADS)
+extern "C" __global__ void __launch_bounds__(RS_RMSNORM_Q8_MAX_THREADS)
 rmsnorm_q8_wide(const float* __restrict__ x, const float* __restrict__ w, float eps, int k, int parts,
                 signed char* __restrict__ xq, unsigned short* __restrict__ xd, const int* __restrict__ live) {
   const int row = blockIdx.x / parts, part = blockIdx.x % parts;

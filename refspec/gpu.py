@@ -58,7 +58,20 @@ ARGMAX_MAX_PARTS = ARGMAX_THREADS  # argmax_final combines at most one part per 
 # Dynamic shared memory rmsnorm_q8 stages a row in: the 48 KB any GPU grants a block without opting in, less
 # room for the kernel's own static shared variables (16 bytes on sm_90), which count against the same 48 KB.
 RMSNORM_Q8_SHARED_BYTES = 47 * 1024
-RMSNORM_Q8_BLOCKS_PER_PART = 16  # Q8_0 blocks of a row per thread block of rmsnorm_q8: 4 groups x 4 each
+RMSNORM_Q8_PER_GROUP = 4  # RS_RMSNORM_Q8_PER_GROUP: Q8_0 blocks of a row a group of rmsnorm_q8 takes, at most
+# Threads per block of rmsnorm_q8, at most (RS_RMSNORM_Q8_MAX_THREADS; fewer where a row has fewer Q8_0 blocks than
+# its groups take). It follows the output and down projections (with the residual add), so its blocks, like
+# silu_mul_q8's below, start as those GEMVs' leave, and the GEMV after it starts beside them: fewer, larger blocks
+# (a row in 4 parts of 256 threads instead of 8 of 128 for rows of 4096) make the passes faster at every width. H200,
+# 2026-12-04, passes at position 64 (graph replay, variants in turn; tests/profile_small_blocks.py,
+# tests/results/rmsnorm_blocks_{llama8b,qwen32b}_h200.json), 128 / 256 / 512 threads, ms at 1 / 8 / 16 rows:
+# llama-8b 2.368-2.369 / 2.760-2.762 / 3.273-3.277, 2.328-2.329 / 2.739-2.741 / 3.233-3.236, 2.321-2.323 /
+# 2.744-2.745 / 3.224-3.227; qwen2.5-32b 8.833-8.842 / 10.246-10.252 / 12.924-12.943, 8.801-8.805 / 10.194-10.196 /
+# 12.849-12.852, 8.781-8.783 / 10.235 / 12.832-12.847. 256 is the fastest at 8 rows, 512 at 1 and 16 by less
+# than 256 gains over 128 there. With 4 loads a thread in flight instead of 16 (40 registers instead of 82) the
+# 8- and 16-row passes were slower, by 0.04-0.05 and 0.13-0.14 ms
+# (tests/results/rmsnorm_stage4_tried_llama8b_h200.json).
+RMSNORM_Q8_THREADS = 256
 # Threads per block of silu_mul_q8 (up to RS_SILU_Q8_MAX_THREADS; a group of 32 a Q8_0 block of a row). It follows
 # the gate/up GEMV, which fills the multiprocessors at 3-16 rows, so its blocks start only as that GEMV's leave:
 # fewer, larger blocks start sooner, the arithmetic the same. H200, 2026-12-04, the llama-8b pass at position 64
@@ -579,9 +592,12 @@ class GpuBackend:
         xq, xd = self._q8_outputs(rows, k)
         if rows and k:
             staged = 4 * k <= RMSNORM_Q8_SHARED_BYTES  # the row staged in shared memory (see the kernel)
-            parts = self._blocks(k // QK8_0, RMSNORM_Q8_BLOCKS_PER_PART)  # thread blocks per row
+            nb = k // QK8_0  # a group of 32 lanes takes up to RMSNORM_Q8_PER_GROUP of them a part
+            threads = min(RMSNORM_Q8_THREADS, QK8_0 * self._blocks(nb, RMSNORM_Q8_PER_GROUP))
+            parts = self._blocks(nb, threads // QK8_0 * RMSNORM_Q8_PER_GROUP)  # thread blocks per row
             self.function("quantize_q8_0", "rmsnorm_q8" if staged else "rmsnorm_q8_wide")(
-                (rows * parts,), (128,), (x, w, F32(eps), np.int32(k), np.int32(parts), xq, xd, self._live_arg()),
+                (rows * parts,), (threads,),
+                (x, w, F32(eps), np.int32(k), np.int32(parts), xq, xd, self._live_arg()),
                 shared_mem=4 * k if staged else 0)
         return xq, xd
 

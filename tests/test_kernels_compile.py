@@ -326,10 +326,13 @@ def test_step_kernels_and_the_backend_agree_on_their_buffers():
     assert kernel_define("ngram", "RS_NGRAM_THREADS") == NGRAM_THREADS
 
 
-def test_silu_blocks_are_within_the_kernels_bounds():
-    """silu_mul_q8's blocks (refspec.gpu.SILU_Q8_THREADS, a group of 32 lanes a Q8_0 block) are within its launch
-    bounds (RS_SILU_Q8_MAX_THREADS): a larger block would not launch at all."""
-    from refspec.gpu import SILU_Q8_THREADS
+def test_small_kernels_blocks_are_within_their_bounds():
+    """The blocks of silu_mul_q8 and rmsnorm_q8 (refspec.gpu.SILU_Q8_THREADS, RMSNORM_Q8_THREADS: groups of 32
+    lanes) are within their launch bounds (RS_SILU_Q8_MAX_THREADS, RS_RMSNORM_Q8_MAX_THREADS): a larger block
+    would not launch at all; and both sides take the same Q8_0 blocks a group of rmsnorm_q8."""
+    from refspec.gpu import RMSNORM_Q8_PER_GROUP, RMSNORM_Q8_THREADS, SILU_Q8_THREADS
 
-    bound = kernel_define("quantize_q8_0", "RS_SILU_Q8_MAX_THREADS")
-    assert SILU_Q8_THREADS % 32 == 0 and 32 <= SILU_Q8_THREADS <= bound
+    bounds = ((SILU_Q8_THREADS, "RS_SILU_Q8_MAX_THREADS"), (RMSNORM_Q8_THREADS, "RS_RMSNORM_Q8_MAX_THREADS"))
+    for threads, bound in bounds:
+        assert threads % 32 == 0 and 32 <= threads <= kernel_define("quantize_q8_0", bound)
+    assert kernel_define("quantize_q8_0", "RS_RMSNORM_Q8_PER_GROUP") == RMSNORM_Q8_PER_GROUP

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Kernel sources A/B in whole passes, in one device call: variant "main" is the carried tree; each other variant NAME
+# is the directory .ab/NAME/ (carry .ab), whose files replace those of the same names in kernels_raw/ while it runs.
+# For each variant other than main, first the GPU tests that TESTS selects (pytest -k; default: none) with its
+# sources; then ROUNDS rounds, each running every variant in turn in a fresh process (tests/pass_times.py: graph
+# replays of the PRESET's pass at ROWS, position $POSITION or 64); last, a summary, and a check that every variant's
+# logits have the same digest at each width (exit 1 if not). Carry .whl and .cache-kernels too. Output under $OUT.
+#   e.g. mkdir -p .ab/finish && git show try/attention-finish:kernels_raw/attention.hip > .ab/finish/attention.hip
+#        VARIANTS=finish TESTS=attention OUT=$OUT bash tests/ab_pass_sources.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/refspec-ab}
+mkdir -p "$OUT"
+export XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/refspec-cache} PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+. tests/device_setup.sh
+device_install_wheels
+device_kernels
+PRESET=${PRESET:-llama-8b}
+ROWS=${ROWS:-1,8,16}
+VARIANTS="main ${VARIANTS:-}"
+backup=$(mktemp -d)
+cp -a kernels_raw/. "$backup/"
+use() {  # the sources of variant $1 in kernels_raw/
+  cp -a "$backup/." kernels_raw/
+  [ "$1" = main ] || cp -a ".ab/$1/." kernels_raw/
+}
+status=0
+for v in $VARIANTS; do
+  [ "$v" = main ] && continue
+  [ -d ".ab/$v" ] || { echo "ab_pass_sources: no .ab/$v/ (carry .ab)" >&2; exit 2; }
+  if [ -n "${TESTS:-}" ]; then
+    use "$v"
+    python3 -m pytest -q -m gpu -p no:cacheprovider tests -k "$TESTS" > "$OUT/tests_$v.log" 2>&1 || status=1
+    echo "tests of $v (-k '$TESTS'): $(tail -1 "$OUT/tests_$v.log")"
+  fi
+done
+for round in $(seq "${ROUNDS:-2}"); do
+  for v in $VARIANTS; do
+    use "$v"
+    (cd tests && python3 pass_times.py "$PRESET" "$ROWS" "${REPEATS:-50}" "$v" "$OUT/pass_times.jsonl") \
+      2> "$OUT/pass_times_$v.err" || { status=1; tail -3 "$OUT/pass_times_$v.err"; }
+  done
+done
+use main
+python3 - "$OUT/pass_times.jsonl" <<'PY' || status=1
+import collections, json, sys
+runs = [json.loads(line) for line in open(sys.argv[1])]
+times, digests = collections.defaultdict(list), collections.defaultdict(set)
+for r in runs:
+    for rows, ms in r["ms"].items():
+        times[(r["label"], int(rows))].append(ms)
+        digests[int(rows)].add(r["logits_sha256"][rows])
+for (label, rows), ms in sorted(times.items(), key=lambda kv: (kv[0][1], kv[0][0] != "main", kv[0][0])):
+    print(f"{label:12s} rows={rows:3d} ms {min(ms):.4f}-{max(ms):.4f} ({len(ms)} runs)")
+bad = sorted(rows for rows, d in digests.items() if len(d) != 1)
+print("logits: the same bits in every variant at each width" if not bad else f"logits DIFFER at rows {bad}")
+sys.exit(1 if bad else 0)
+PY
+exit $status

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Kernel sources A/B in whole passes, in one device call: variant "main" is the carried tree; each other variant NAME
-# is the directory .ab/NAME/ (carry .ab), whose files replace those of the same names in kernels_raw/ while it runs.
+# Sources A/B in whole passes, in one device call: variant "main" is the carried tree; each other variant NAME is the
+# directory .ab/NAME/ (carry .ab), laid out as the repository (e.g. .ab/NAME/kernels_raw/attention.hip), whose files
+# replace the tree's while it runs (kernels and Python alike: each run is a fresh process).
 # For each variant other than main, first the GPU tests that TESTS selects (pytest -k; default: none) with its
 # sources; then ROUNDS rounds, each running every variant in turn in a fresh process (tests/pass_times.py: graph
 # replays of the PRESET's pass at ROWS, position $POSITION or 64); last, a summary, and a check that every variant's
 # logits have the same digest at each width (exit 1 if not). Carry .whl and .cache-kernels too. Output under $OUT.
-#   e.g. mkdir -p .ab/finish && git show try/attention-finish:kernels_raw/attention.hip > .ab/finish/attention.hip
+#   e.g. mkdir -p .ab/finish/kernels_raw
+#        git show try/attention-finish:kernels_raw/attention.hip > .ab/finish/kernels_raw/attention.hip
 #        VARIANTS=finish TESTS=attention OUT=$OUT bash tests/ab_pass_sources.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,10 +21,14 @@ PRESET=${PRESET:-llama-8b}
 ROWS=${ROWS:-1,8,16}
 VARIANTS="main ${VARIANTS:-}"
 backup=$(mktemp -d)
-cp -a kernels_raw/. "$backup/"
-use() {  # the sources of variant $1 in kernels_raw/
-  cp -a "$backup/." kernels_raw/
-  [ "$1" = main ] || cp -a ".ab/$1/." kernels_raw/
+for v in $VARIANTS; do  # the tree's own copies of every file a variant replaces
+  [ "$v" = main ] || [ ! -d ".ab/$v" ] || (cd ".ab/$v" && find . -type f) | while read -r f; do
+    [ -f "$f" ] && mkdir -p "$backup/$(dirname "$f")" && cp -a "$f" "$backup/$f"
+  done
+done
+use() {  # the sources of variant $1 in the tree
+  cp -a "$backup/." ./
+  [ "$1" = main ] || cp -a ".ab/$1/." ./
 }
 status=0
 for v in $VARIANTS; do

@@ -611,11 +611,11 @@ class GpuBackend:
                 raise ValueError(f"silu_mul_q8: gate {gate.shape} and up {up.shape} differ")
         rows, n = gate.shape
         xq, xd = self._q8_outputs(rows, n)
-        n_blocks = rows * (n // QK8_0)
-        if n_blocks:
-            threads = min(SILU_Q8_THREADS, QK8_0 * (n // QK8_0))  # groups of 32 lanes, a Q8_0 block each
+        nb = n // QK8_0  # Q8_0 blocks of a row
+        if rows and nb:
+            threads = min(SILU_Q8_THREADS, QK8_0 * nb)  # groups of 32 lanes, a Q8_0 block each
             self.function("quantize_q8_0", "silu_mul_q8")(
-                (rows, self._blocks(n // QK8_0, threads // QK8_0)), (threads,),
+                (rows, self._blocks(nb, threads // QK8_0)), (threads,),
                 (gate, up, np.int64(g_stride), np.int32(rows), np.int32(n), xq, xd, self._live_arg()),
             )
         return xq, xd

@@ -82,6 +82,19 @@ RMSNORM_Q8_THREADS = 256
 # instead (fewer blocks, a longer chain a thread) was slower: 2.393 / 2.810 / 3.339 -> 2.436-2.440 / 2.891 /
 # 3.427-3.434 (tests/results/silu_four_blocks_a_group_tried_h200.json).
 SILU_Q8_THREADS = 512
+GRID_Y_MAX = 65535  # the most blocks a launch's grid may have along y (CUDA and HIP)
+
+
+def silu_mul_q8_grid(rows: int, n: int) -> tuple[tuple[int, int], int]:
+    """silu_mul_q8's grid (rows, parts of a row) and threads a block for `rows` rows of n values (n // 32 >= 1
+    Q8_0 blocks); a row of more blocks than GRID_Y_MAX parts hold is refused (DeviceError), not launched."""
+    nb = n // QK8_0
+    threads = min(SILU_Q8_THREADS, QK8_0 * nb)  # groups of 32 lanes, a Q8_0 block each
+    parts = -(-nb // (threads // QK8_0))
+    if parts > GRID_Y_MAX:
+        raise DeviceError(f"silu_mul_q8: rows of {n} values are more than the GPU kernel takes "
+                          f"({GRID_Y_MAX * SILU_Q8_THREADS} at most)")
+    return (rows, parts), threads
 
 
 def kernel_dir() -> pathlib.Path:
@@ -611,11 +624,10 @@ class GpuBackend:
                 raise ValueError(f"silu_mul_q8: gate {gate.shape} and up {up.shape} differ")
         rows, n = gate.shape
         xq, xd = self._q8_outputs(rows, n)
-        nb = n // QK8_0  # Q8_0 blocks of a row
-        if rows and nb:
-            threads = min(SILU_Q8_THREADS, QK8_0 * nb)  # groups of 32 lanes, a Q8_0 block each
+        if rows and n // QK8_0:
+            grid, threads = silu_mul_q8_grid(rows, n)
             self.function("quantize_q8_0", "silu_mul_q8")(
-                (rows, self._blocks(nb, threads // QK8_0)), (threads,),
+                grid, (threads,),
                 (gate, up, np.int64(g_stride), np.int32(rows), np.int32(n), xq, xd, self._live_arg()),
             )
         return xq, xd

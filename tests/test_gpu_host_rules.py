@@ -258,3 +258,17 @@ def test_attention_slice_reaches_three_halves_of_the_multiprocessors(sms):
         (least - 1, 1))] == [256, 128, 128, 64, 256, 64]
     if sms == SMS:
         assert [be.attention_slice(*case) for case in ((8, 1101), (8, 4101), (64, 1101))] == [64, 128, 256]
+
+
+def test_silu_grid_takes_a_row_in_parts_and_refuses_rows_past_the_grid():
+    """silu_mul_q8's grid: a block of up to SILU_Q8_THREADS threads (32 a Q8_0 block) for each part of each row;
+    rows whose parts would pass the grid's y limit get a DeviceError (one line from the CLI), not a failed launch."""
+    from refspec.errors import DeviceError
+    from refspec.gpu import GRID_Y_MAX, SILU_Q8_THREADS, silu_mul_q8_grid
+
+    groups = SILU_Q8_THREADS // 32
+    assert silu_mul_q8_grid(8, 14336) == ((8, -(-448 // groups)), SILU_Q8_THREADS)
+    assert silu_mul_q8_grid(1, 96) == ((1, 1), 96)  # fewer blocks than a block's groups: one group each
+    assert silu_mul_q8_grid(3, GRID_Y_MAX * SILU_Q8_THREADS) == ((3, GRID_Y_MAX), SILU_Q8_THREADS)
+    with pytest.raises(DeviceError, match="silu_mul_q8"):
+        silu_mul_q8_grid(3, GRID_Y_MAX * SILU_Q8_THREADS + 32)

@@ -171,15 +171,14 @@ RS_DEVICE void rs_attention_scores(const float* __restrict__ q, int hb, const fl
 }
 
 // The max (rs_max_nan, exact in any order) of the groups' m (each the same in every lane of its group, as
-// rs_attention_scores leaves it), for the whole block; group_max holds THREADS / 32 floats of shared memory,
-// free again when it returns. Every thread calls it.
+// rs_attention_scores leaves it), for the whole block; group_max holds THREADS / 32 floats of shared memory, which
+// stay in use (a caller writes them again only after another barrier). Every thread calls it.
 template <int THREADS>
 RS_DEVICE float rs_attention_block_max(float m, float* group_max) {
   if (rs_lane() == 0) group_max[rs_group()] = m;
   __syncthreads();
   m = group_max[0];
   for (int i = 1; i < THREADS / RS_LANES; ++i) m = rs_max_nan(m, group_max[i]);
-  __syncthreads();
   return m;
 }
 
@@ -297,41 +296,39 @@ RS_DEVICE void rs_attention_chunk_sums(const float* e, long long e_stride, int e
 // parts[i*head_stride + c*(dim+1) + col], c < n_chunks, added in order to +0.0 (spec.chunked_sum), then
 // num / denom to out, and, with xq, each head's blocks of 32 outputs quantized, one per group of 32 lanes, one
 // value per lane (rs_quantize_block_lanes): block b of head h is block h * dim/32 + b of the row's
-// [heads*dim]. `coherent`: parts were written by other blocks of this kernel (read from L2, past this
-// multiprocessor's L1). total: shared memory, free again when it returns. Every thread calls it, after a
-// barrier that follows the writes of parts.
+// [heads*dim]. Each thread adds up the columns it divides, the denominator's included (every lane the same
+// sums in the same order), so no thread waits for another: with xq a group computes its block's 32 outputs and
+// quantizes them at once. `coherent`: parts were written by other blocks of this kernel (read from L2, past this
+// multiprocessor's L1). Every thread calls it, after a barrier that follows the writes of parts.
+RS_DEVICE float rs_attention_output(const float* parts, bool coherent, int n_chunks, int dim, int d) {
+  float num = 0.0f, denom = 0.0f;
+  for (int chunk = 0; chunk < n_chunks; ++chunk) {
+    const float* p = parts + chunk * (dim + 1);
+    num = rs_add(num, coherent ? rs_load_coherent(p + d) : p[d]);
+    denom = rs_add(denom, coherent ? rs_load_coherent(p + dim) : p[dim]);
+  }
+  return rs_div(num, denom);
+}
+
 template <int THREADS>
 RS_DEVICE void rs_attention_finish(const float* parts, long long head_stride, int hb, bool coherent, int n_chunks,
-                                   int dim, float (*total)[RS_ATTN_MAX_DIM + 1], long long rh0,
-                                   float* __restrict__ out, signed char* __restrict__ xq,
+                                   int dim, long long rh0, float* __restrict__ out, signed char* __restrict__ xq,
                                    unsigned short* __restrict__ xd) {
-  const int cols = dim + 1;
-  for (int w = threadIdx.x; w < hb * cols; w += THREADS) {
-    const int i = w / cols, col = w % cols;
-    float sum = 0.0f;
-    for (int chunk = 0; chunk < n_chunks; ++chunk) {
-      const float* p = parts + i * head_stride + chunk * cols + col;
-      sum = rs_add(sum, coherent ? rs_load_coherent(p) : *p);
-    }
-    total[i][col] = sum;
-  }
-  __syncthreads();
-  for (int w = threadIdx.x; w < hb * dim; w += THREADS) {
-    const int i = w / dim, d = w % dim;
-    const float o = rs_div(total[i][d], total[i][dim]);
-    out[(rh0 + i) * dim + d] = o;
-    total[i][d] = o;  // only this thread reads total[i][d]; total[i][dim] stays
-  }
-  __syncthreads();
-  if (xq) {
+  if (xq) {  // (dim is a multiple of 32)
     const int per_head = dim / RS_QK;
     for (int b = rs_group(); b < hb * per_head; b += rs_groups()) {  // the same for the whole group
-      const int i = b / per_head, j = b % per_head;
-      const long long block = (rh0 + i) * per_head + j;
-      rs_quantize_block_lanes(total[i][j * RS_QK + rs_lane()], xq + block * RS_QK, xd + block);
+      const int i = b / per_head, d = (b % per_head) * RS_QK + rs_lane();
+      const float o = rs_attention_output(parts + i * head_stride, coherent, n_chunks, dim, d);
+      out[(rh0 + i) * dim + d] = o;
+      const long long block = (rh0 + i) * per_head + b % per_head;
+      rs_quantize_block_lanes(o, xq + block * RS_QK, xd + block);
+    }
+  } else {
+    for (int w = threadIdx.x; w < hb * dim; w += THREADS) {
+      const int i = w / dim, d = w % dim;
+      out[(rh0 + i) * dim + d] = rs_attention_output(parts + i * head_stride, coherent, n_chunks, dim, d);
     }
   }
-  __syncthreads();
 }
 
 // ----------------------------------------------------------------------------------------- attention
@@ -360,7 +357,6 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
                         row * group_size + head % group_size, THREADS);
   rs_kernel_begin();
   __shared__ float group_max[THREADS / RS_LANES];
-  __shared__ float total[1][RS_ATTN_MAX_DIM + 1];
   __shared__ float e_shared[RS_ATTN_SHARED_POS];
   __shared__ float parts_shared[RS_ATTN_SHARED_PARTS];
   const int pos0 = pos[0];
@@ -386,7 +382,7 @@ attention(const float* __restrict__ q, const float* __restrict__ k_cache, const 
   __syncthreads();
 
   // 4, 5. the chunks' sums in order, num / denom, quantized
-  rs_attention_finish<THREADS>(parts, 0, 1, false, n_chunks, dim, total, rh, out, xq, xd);
+  rs_attention_finish<THREADS>(parts, 0, 1, false, n_chunks, dim, rh, out, xq, xd);
 }
 
 // ------------------------------------------------------------------------- attention_scores, attention_values
@@ -486,7 +482,6 @@ attention_values(const float* __restrict__ v_cache, const int* __restrict__ pos,
   __shared__ float m_head[RS_ATTN_HEADS];
   __shared__ float e_chunk[RS_ATTN_HEADS][RS_ATTN_CHUNK];
   __shared__ float parts_chunk[RS_ATTN_HEADS][RS_ATTN_MAX_DIM + 1];
-  __shared__ float total[RS_ATTN_HEADS][RS_ATTN_MAX_DIM + 1];
   __shared__ int last;
   const int n_vis = pos[0] + u.row + 1;
   const int base = chunk * RS_ATTN_CHUNK;
@@ -528,8 +523,8 @@ attention_values(const float* __restrict__ v_cache, const int* __restrict__ pos,
     if (!last) return;
     __threadfence();
   }
-  rs_attention_finish<THREADS>(active == 1 ? &parts_chunk[0][0] : parts, stride, u.hb, active > 1, active, dim, total,
-                               rh0, out, xq, xd);
+  rs_attention_finish<THREADS>(active == 1 ? &parts_chunk[0][0] : parts, stride, u.hb, active > 1, active, dim, rh0,
+                               out, xq, xd);
 }
 
 // ---------------------------------------------------------------------------------------------- attention_heads
@@ -561,8 +556,6 @@ attention_heads(const float* __restrict__ q, const float* __restrict__ k_cache, 
                         u.row * u.parts + u.part, THREADS);
   rs_kernel_begin();
   __shared__ float group_max[HB][THREADS / RS_LANES];
-  __shared__ float m_head[HB];
-  __shared__ float total[HB][RS_ATTN_MAX_DIM + 1];
   __shared__ float e_shared[HB][RS_ATTN_HEADS_SHARED_POS];
   __shared__ float parts_shared[HB][RS_ATTN_HEADS_SHARED_CHUNKS * (RS_ATTN_MAX_DIM + 1)];
   const int pos0 = pos[0];
@@ -585,17 +578,14 @@ attention_heads(const float* __restrict__ q, const float* __restrict__ k_cache, 
     if (rs_lane() == 0) group_max[i][rs_group()] = m[i];
   }
   __syncthreads();
-  if (threadIdx.x < u.hb) {  // head threadIdx.x's max (rs_max_nan: exact in any order)
-    float mi = group_max[threadIdx.x][0];
-    for (int g = 1; g < THREADS / RS_LANES; ++g) mi = rs_max_nan(mi, group_max[threadIdx.x][g]);
-    m_head[threadIdx.x] = mi;
-  }
-  __syncthreads();
 
-  // 2. e_t = exp(s_t - m) for the positions the row sees
+  // 2. e_t = exp(s_t - m) for the positions the row sees, m head i's max over its groups' (rs_max_nan: exact in any
+  // order), which each thread takes for itself (no barrier)
   for (int w = threadIdx.x; w < u.hb * n_vis; w += THREADS) {
     const int i = w / n_vis, t = w % n_vis;
-    e[i * e_stride + t] = refspec_exp(rs_sub(e[i * e_stride + t], m_head[i]));
+    float mi = group_max[i][0];
+    for (int g = 1; g < THREADS / RS_LANES; ++g) mi = rs_max_nan(mi, group_max[i][g]);
+    e[i * e_stride + t] = refspec_exp(rs_sub(e[i * e_stride + t], mi));
   }
   __syncthreads();
 
@@ -605,5 +595,5 @@ attention_heads(const float* __restrict__ q, const float* __restrict__ k_cache, 
   __syncthreads();
 
   // 4, 5. each head's chunks' sums in order, num / denom, quantized
-  rs_attention_finish<THREADS>(parts, parts_stride, u.hb, false, n_chunks, dim, total, rh0, out, xq, xd);
+  rs_attention_finish<THREADS>(parts, parts_stride, u.hb, false, n_chunks, dim, rh0, out, xq, xd);
 }

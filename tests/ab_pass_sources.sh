@@ -6,6 +6,8 @@
 # sources; then ROUNDS rounds, each running every variant in turn in a fresh process (tests/pass_times.py: graph
 # replays of the PRESET's pass at ROWS, position $POSITION or 64); last, a summary, and a check that every variant's
 # logits have the same digest at each width (exit 1 if not). Carry .whl and .cache-kernels too. Output under $OUT.
+# GEMV_SHAPES (e.g. 5120x5120,7168x5120) also times those GEMVs alone in each round, each variant's production
+# mapping (refspec bench gemv, rows GEMV_ROWS or 1,8,16), into $OUT/gemv_times.jsonl and the summary.
 #   e.g. mkdir -p .ab/finish/kernels_raw
 #        git show try/attention-finish:kernels_raw/attention.hip > .ab/finish/kernels_raw/attention.hip
 #        VARIANTS=finish TESTS=attention OUT=$OUT bash tests/ab_pass_sources.sh
@@ -45,6 +47,12 @@ for round in $(seq "${ROUNDS:-2}"); do
     use "$v"
     (cd tests && python3 pass_times.py "$PRESET" "$ROWS" "${REPEATS:-50}" "$v" "$OUT/pass_times.jsonl") \
       2> "$OUT/pass_times_$v.err" || { status=1; tail -3 "$OUT/pass_times_$v.err"; }
+    if [ -n "${GEMV_SHAPES:-}" ]; then
+      python3 -m refspec.bench_gemv --shapes "$GEMV_SHAPES" --rows "${GEMV_ROWS:-1,8,16}" --json-out /tmp/ab_gemv.json \
+        > "$OUT/bench_gemv_$v.log" 2>&1 || { status=1; tail -3 "$OUT/bench_gemv_$v.log"; }
+      python3 -c "import json, sys; r = json.load(open('/tmp/ab_gemv.json'))['results']; print(json.dumps({'label': sys.argv[1], 'us': {f\"{e['n']}x{e['k']} R={e['rows']}\": round(e['seconds'] * 1e6, 3) for e in r if e['production']}}))" \
+        "$v" >> "$OUT/gemv_times.jsonl" || status=1
+    fi
   done
 done
 use main
@@ -58,6 +66,16 @@ for r in runs:
         digests[int(rows)].add(r["logits_sha256"][rows])
 for (label, rows), ms in sorted(times.items(), key=lambda kv: (kv[0][1], kv[0][0] != "main", kv[0][0])):
     print(f"{label:12s} rows={rows:3d} ms {min(ms):.4f}-{max(ms):.4f} ({len(ms)} runs)")
+try:
+    gemv = collections.defaultdict(list)
+    for line in open(sys.argv[1].replace("pass_times.jsonl", "gemv_times.jsonl")):
+        r = json.loads(line)
+        for what, us in r["us"].items():
+            gemv[(what, r["label"])].append(us)
+    for (what, label), us in sorted(gemv.items(), key=lambda kv: (kv[0][0], kv[0][1] != "main", kv[0][1])):
+        print(f"{label:12s} {what:22s} us {min(us):.2f}-{max(us):.2f} ({len(us)} runs)")
+except FileNotFoundError:
+    pass
 bad = sorted(rows for rows, d in digests.items() if len(d) != 1)
 print("logits: the same bits in every variant at each width" if not bad else f"logits DIFFER at rows {bad}")
 sys.exit(1 if bad else 0)

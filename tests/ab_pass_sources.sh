@@ -56,7 +56,7 @@ for round in $(seq "${ROUNDS:-2}"); do
   done
 done
 use main
-python3 - "$OUT/pass_times.jsonl" <<'PY' || status=1
+python3 - "$OUT/pass_times.jsonl" "$OUT/gemv_times.jsonl" <<'PY' || status=1
 import collections, json, sys
 runs = [json.loads(line) for line in open(sys.argv[1])]
 times, digests = collections.defaultdict(list), collections.defaultdict(set)
@@ -68,7 +68,7 @@ for (label, rows), ms in sorted(times.items(), key=lambda kv: (kv[0][1], kv[0][0
     print(f"{label:12s} rows={rows:3d} ms {min(ms):.4f}-{max(ms):.4f} ({len(ms)} runs)")
 try:
     gemv = collections.defaultdict(list)
-    for line in open(sys.argv[1].replace("pass_times.jsonl", "gemv_times.jsonl")):
+    for line in open(sys.argv[2]):
         r = json.loads(line)
         for what, us in r["us"].items():
             gemv[(what, r["label"])].append(us)

@@ -704,9 +704,10 @@ RS_DEVICE void rs_mma_group_sync(int group) {
 // only its own blocks of the activations, the same in every tile). For blocks that stream many tiles: the copies
 // of the activations, R/16/MT of the weights' bytes a tile, go through the L2 cache once a block, not once a tile.
 // GROUPS: a block of GROUPS groups of NR warps, each group a stream of tiles of its own (as a block of one group
-// would be), all sharing the RES slots: group g of block b is stream G*b + g of gridDim.x * G. Where two blocks
-// of one group fit a multiprocessor, one block of two holds the activations once, and so has room for more
-// rounds in flight (STAGES).
+// would be), all sharing the RES slots: group g of block b is stream b + g * gridDim.x of gridDim.x * G, so that
+// a grid of a block a multiprocessor deals tiles b, b + gridDim.x, b + 2 * gridDim.x, ... to block b (its tiles
+// differ by at most one from any other block's). Where two blocks of one group fit a multiprocessor, one block of
+// two holds the activations once, and so has room for more rounds in flight (STAGES).
 // Grid: any number of blocks of 32*NR*GROUPS threads; stream s takes tiles s, s + streams, ... of 16*MT weight rows
 // (the backend gives one stream a tile, or, for matrices of many tiles, as many as fit on the GPU at once).
 // rows <= RP <= 16; RsMmaShared<...>::bytes(rounds) of dynamic shared memory, or one_tile(rounds) with a stream
@@ -728,7 +729,7 @@ q8_gemv_mma(const signed char* __restrict__ wq, const unsigned short* __restrict
   const int warp = (GROUPS == 1 ? threadIdx.x : threadIdx.x % (RS_LANES * NR)) / RS_LANES;  // lanes warp*LPW ..
   const int tiles = (n + Stage::ROWS - 1) / Stage::ROWS;
   // this stream's first tile; it takes every blocks-th after
-  const int first = blockIdx.x * GROUPS + group, blocks = gridDim.x * GROUPS;
+  const int first = blockIdx.x + group * gridDim.x, blocks = gridDim.x * GROUPS;
   const long long stride = (long long)blocks * Stage::ROWS;  // rows from one of this stream's tiles to the next
   const int total = first < tiles ? ((tiles - 1 - first) / blocks + 1) * rounds : 0;  // the stream's rounds
   unsigned char* const pipe =

@@ -808,15 +808,23 @@ class GpuBackend:
         """q8_gemv_mma's blocks and shared memory: a block for each tile where the GPU holds them all at once;
         else, where the tree's own memory costs no block a multiprocessor, blocks that each stream their
         tiles' weights without a gap: as many as the GPU holds for more tiles than GEMV_MMA_STREAM_WAVES times
-        that, else half as many as the tiles, two each (at most max_blocks, with which the tests give a block
-        many tiles). Two tiles a block instead of a second wave of blocks: 6144 x 4096 at 8 rows (384 tiles,
-        264 blocks at once) 10.85 -> 9.49 us (H200, 2026-12-02). All of this counts streams of tiles, of which a
-        block runs config.groups."""
+        that, or for blocks of two streams (config.groups 2: a block a multiprocessor, which the kernel deals
+        tiles b, b + blocks, ..., so that no multiprocessor reads more than one tile above another's), else half
+        as many as the tiles, two each (at most max_blocks, with which the tests give a block many tiles). Two
+        tiles a block instead of a second wave of blocks: 6144 x 4096 at 8 rows (384 tiles, 264 blocks at once)
+        10.85 -> 9.49 us (H200, 2026-12-02). Every slot for blocks of two streams instead of half as many streams
+        as tiles: 5120 x 5120 at 8 / 16 rows (320 tiles: 80 multiprocessors reading 4 tiles, 52 idle, against 2-3
+        tiles on each of 132) 10.24 / 13.69 -> 9.03 / 12.31 us, 6144 x 4096 9.33 / 12.09 -> 9.10 / 10.94
+        (H200, 2026-12-04, tests/results/balanced_streams_h200.json). All of this counts streams of tiles, of
+        which a block runs config.groups."""
         one_tile, streamed, wave, slots = self._mma_capacity(kernel, config, rows, k)
         if max_blocks is not None and max_blocks < tiles:
             streams, shared = min(max_blocks, slots), streamed
         elif tiles > wave and slots == wave:
-            streams = slots if tiles > GEMV_MMA_STREAM_WAVES * slots else -(-tiles // GEMV_MMA_STREAM_WAVES)
+            if config.groups > 1 or tiles > GEMV_MMA_STREAM_WAVES * slots:
+                streams = slots
+            else:
+                streams = -(-tiles // GEMV_MMA_STREAM_WAVES)
             shared = streamed
         else:
             streams, shared = tiles, one_tile

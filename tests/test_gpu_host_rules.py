@@ -177,7 +177,9 @@ def test_mma_grid_blocks():
     two = TWO_STREAMS.shared_bytes(rows, k)  # blocks of two streams: half as many blocks for the same streams
     assert TWO_STREAMS.shared_bytes(rows, k, one_tile=True) == two
     assert be._mma_grid(StandInKernel(fit=1), TWO_STREAMS, rows, k, 4 * SMS + 1, None) == (SMS, two)
-    assert be._mma_grid(StandInKernel(fit=1), TWO_STREAMS, rows, k, 384, None) == (96, two)  # 192 streams
+    # one to two waves: every slot, not half as many streams as tiles (96 blocks for 384 tiles)
+    assert be._mma_grid(StandInKernel(fit=1), TWO_STREAMS, rows, k, 384, None) == (SMS, two)
+    assert be._mma_grid(StandInKernel(fit=1), TWO_STREAMS, rows, k, 2 * SMS + 1, None) == (SMS, two)
     assert be._mma_grid(StandInKernel(fit=1), TWO_STREAMS, rows, k, 2 * SMS, None) == (SMS, two)  # a tile each
     assert be._mma_grid(StandInKernel(fit=1), TWO_STREAMS, rows, k, 5, 3) == (2, two)  # 3 streams: 2 blocks
     rows = 16  # GEMV_MMA at 16 rows: streaming would cost a block a multiprocessor: never

@@ -156,6 +156,27 @@ def test_streaming_tensor_core_gemv_equals_spec(rows, rounds):
     assert_same(got, spec.q8_gemv(w, xq, xd), f"q8_gemv R={rows} N={n} K={k}")
 
 
+@pytest.mark.parametrize("rows", [3, 8])
+@pytest.mark.parametrize("waves", [1.2, 1.9])
+def test_two_streams_over_one_to_two_waves_equal_spec(rows, waves):
+    """Blocks of two streams over a matrix of one to two waves of tiles (qwen2.5-32b's 5120 x 5120 at 8 rows
+    is 1.2 waves): the mapping the backend picks there, whichever tiles its grid deals each stream, and the
+    spec's bits, a partial last tile included."""
+    from refspec.gpu import GpuBackend
+    from refspec.gpu_mappings import GEMV_MMA_TWO_STREAMS
+
+    be = GpuBackend(mma_min_rows=3, mma_min_weights=0)
+    if not be.mma_available:
+        pytest.skip("no integer tensor cores")
+    rng = np.random.default_rng(rows)
+    n, k = int(16 * 2 * be._multiprocessors * waves) + 9, 5120
+    assert be.gemv_config(rows, k, n) == GEMV_MMA_TWO_STREAMS
+    w = random_q8(rng, n, k)
+    xq, xd = spec.quantize_q8_0(floats(rng, (rows, k), "normal"))
+    got = be.to_host(be.q8_gemv(be.upload_q8(w), be.asarray(xq), be.asarray(xd)))
+    assert_same(got, spec.q8_gemv(w, xq, xd), f"q8_gemv R={rows} N={n} K={k}")
+
+
 @pytest.mark.parametrize("rows, tiles", [(3, 201), (5, 201), (8, 201), (8, 301)])
 def test_narrow_blocks_of_long_rows_equal_spec(rows, tiles):
     """3-8 rows of rows of 8 rounds of the lanes and part of a ninth, over less than a wave of GEMV_MMA's blocks

@@ -13,13 +13,8 @@
 # step, so that what finished still comes back.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/refspec-pass-vs-position}
-mkdir -p "$OUT"
-export XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/refspec-cache} PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 . tests/device_setup.sh
-device_install_wheels
-device_kernels
-NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
+device_tool_setup /tmp/refspec-pass-vs-position  # OUT, the kernel cache, the wheels, NCU
 limit=${STEP_TIMEOUT:-150}
 status=0
 for preset in ${PRESETS:-llama-8b}; do

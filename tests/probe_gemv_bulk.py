@@ -6,7 +6,7 @@ Why: the production one-row GEMV (kernels_raw/q8_gemv.hip, q8_gemv<1, 2, 1, 1>) 
 in flight, in registers; a matrix of few rows (llama-8b's down projection: 4096 rows, 2048 warps, about 16 a
 multiprocessor) then has about 31 KB a multiprocessor in flight, and reads at about 80 % of the ceiling, while a
 streaming read with 128 KB a multiprocessor in flight reads at 97 % (tests/probe_grid_barrier.py). Deeper rings in
-registers (DEPTH 2-3) and a cp.async ring of 16-byte copies did not pay (README, issue 7).
+registers (DEPTH 2-3) and a cp.async ring of 16-byte copies did not pay (docs/gpu-performance-log.md).
 
 q8_gemv_bulk<NR, STAGES>: blocks of 4 warps; warp g owns weight rows row0 .. row0+NR-1 and one activation row.
 Round j of a row is its 32 blocks 32j .. 32j+31: 1024 contiguous bytes of quants and 64 of scales. Lane 0 of the
@@ -21,7 +21,7 @@ operations, same bits (checked here against production on each shape). Needs K %
 SHAPES: NxK,... (default llama-8b's and qwen2.5-32b's one-row shapes); CONFIGS: NR/STAGES,... (default
 1/4,1/8,2/2,2/4,2/5,4/2; a ring is at most 48 KB a block). Prints JSON: us per GEMV for production and each
 config, the fraction of the read ceiling, and whether the bits equal production's. Measured: nowhere faster
-(README, "Bulk copies"; tests/results/gemv_bulk_probe_2026_12_04_h200.json).
+(docs/gpu-performance-log.md, "Bulk copies"; tests/results/gemv_bulk_probe_2026_12_04_h200.json).
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ production's time (4096 x 14336 44.9 against 16.4 us, 6144 x 4096 26.9 against 6
 where production's keep a round of two rows, and every slot waits for the one before it to be claimed. Each spin has a watchdog that gives up, sets a flag and
 lets the kernel end, and the probe reports it.
 
-Why (README, "Then even blocks"): on 4096 x 14336 with even blocks, multiprocessors with the same work (16 warps,
+Why (docs/gpu-performance-log.md, "Then even blocks"): on 4096 x 14336 with even blocks, multiprocessors with the same work (16 warps,
 2 rows each) ended 13.9 (p10), 14.2 (p50) and 16.3-16.6 us (last) after the first warp passed its wait; 6144 x
 4096 p50 5.5 against 6.3-7.3, 4096 x 4096 p50 3.5 against 4.5-5.0. Not placement, not the same multiprocessors
 each time. Work handed out as each multiprocessor gets through its own would end them together, if the units are

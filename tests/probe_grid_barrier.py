@@ -1,7 +1,7 @@
 """What does a boundary between two dependent phases of a decode pass cost, as kernels and inside one persistent
 kernel (device machine; a tool, not a test)? The question behind a persistent multi-op kernel: a one-row llama-8b
 pass reads its weights at 83 % of the read ceiling with the small kernels left out and at 72 % with them, and no
-boundary fusion tried so far has paid (README, issue 7's notes).
+boundary fusion tried so far has paid (docs/gpu-performance-log.md).
 
 A chain of COUNT pairs of phases, each phase a streaming read of a matrix-sized buffer (by default the sizes of
 llama-8b's down projection and its Q/K/V, 62.4 and 26.7 MB; four buffers in turn, so that the L2 cache holds none

@@ -33,7 +33,8 @@ from refspec.gpu_mappings import (ATTN_BOUNDS, ATTN_HEADS, ATTN_HEADS_PER, ATTN_
                                   ATTN_VALUES_MAX_THREADS_HIP, GEMV_CONFIGS, GEMV_EVEN_MIN_K, GEMV_FEW_BLOCKS,
                                   GEMV_FEW_BLOCKS_MIN_K, GEMV_MAX_ROWS, GEMV_MMA, GEMV_MMA_MIN_ROWS,
                                   GEMV_MMA_MIN_WEIGHTS, GEMV_MMA_NARROW, GEMV_MMA_NARROW_MIN_K, GEMV_MMA_RESIDENT,
-                                  GEMV_MMA_STREAM_WAVES, GEMV_MMA_TALL, GEMV_MMA_TWO_STREAMS, GEMV_MMA_TWO_STREAMS_16,
+                                  GEMV_MMA_STREAM_WAVES, GEMV_MMA_TALL, GEMV_MMA_TALL_LONG_MIN_K,
+                                  GEMV_MMA_TALL_LONG_ROWS, GEMV_MMA_TWO_STREAMS, GEMV_MMA_TWO_STREAMS_16,
                                   GEMV_SHORT_ROWS, GEMV_SHORT_ROWS_K, SM_THREADS, AttnPlan, GemvConfig,
                                   attention_heads_max_threads, attention_units, gemv_mma, production_gemv_names)
 from refspec.model import QK8_0, LayerWeights, ModelWeights, MtpWeights, Q8Matrix
@@ -688,7 +689,8 @@ class GpuBackend:
 
     def _mma_config(self, rows: int, n: int, k: int) -> GemvConfig:
         """gemv_mma(rows), except for 9-16 rows of a matrix whose tall tiles are more than the GPU holds at once
-        and at most GEMV_MMA_STREAM_WAVES times that (see GEMV_MMA_TALL): GEMV_MMA. Then GEMV_MMA, where its
+        and at most GEMV_MMA_STREAM_WAVES times that (see GEMV_MMA_TALL): GEMV_MMA (but not for rows of
+        GEMV_MMA_TALL_LONG_MIN_K or more at GEMV_MMA_TALL_LONG_ROWS rows). Then GEMV_MMA, where its
         blocks take two tiles or more (_mma_grid), with its activations resident, if their slots fit without
         costing a stream of tiles: GEMV_MMA_TWO_STREAMS up to 8 rows, else GEMV_MMA_RESIDENT. But first, where
         GEMV_MMA_TALL's tiles (9-16 rows) are more than the GPU holds at once, GEMV_MMA_TWO_STREAMS_16 with
@@ -714,7 +716,8 @@ class GpuBackend:
         two = GEMV_MMA_TWO_STREAMS_16
         if config == GEMV_MMA_TALL and tiles > wave and slots == wave and fits(two) and capacity(two)[1] >= 2 * slots:
             return two
-        if config == GEMV_MMA_TALL and wave < tiles <= GEMV_MMA_STREAM_WAVES * wave:
+        long_rows = k >= GEMV_MMA_TALL_LONG_MIN_K and rows in GEMV_MMA_TALL_LONG_ROWS
+        if config == GEMV_MMA_TALL and wave < tiles <= GEMV_MMA_STREAM_WAVES * wave and not long_rows:
             config = GEMV_MMA
             tiles = self._blocks(n, config.weight_rows_per_block())
             wave, slots = capacity(config)

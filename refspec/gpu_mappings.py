@@ -185,6 +185,16 @@ GEMV_MMA_TWO_STREAMS = GemvConfig("q8_gemv_mma", 8, 1, 4, resident=True, groups=
 # qwen2.5-32b 13.03 / 14.07-14.09 -> 12.63-12.64 / 13.61-13.62.
 GEMV_MMA_TWO_STREAMS_16 = GemvConfig("q8_gemv_mma", 8, 1, 2, resident=True, groups=2)
 GEMV_MMA_STREAM_WAVES = 2
+# ... except for rows of GEMV_MMA_TALL_LONG_MIN_K or more at GEMV_MMA_TALL_LONG_ROWS rows, where the tall tiles
+# stay: GEMV_MMA's tiles of 8 activation rows pay most there. H200, 2026-12-04, `refspec bench gemv --mma` (one
+# launch alone, tests/results/gemv_tall_long_rows_h200.json), us GEMV_MMA / GEMV_MMA_TALL at 9 / 10 / 11 / 12 / 13 /
+# 14 / 15 / 16 rows: 5120 x 27648 (qwen2.5-32b's down projection, 160 tall tiles) 59.5 / 51.3 / 51.1 / 50.5 / 60.1 /
+# 68.3 / 60.7 / 64.0 against 54.9 / 54.6 / 54.8 / 53.9 / 55.3 / 55.5 / 55.5 / 54.1; 5120 x 17408 (qwen3.5-27b's) 38.5 /
+# 33.4 / 33.2 / 32.6 / 38.1 / 39.6 / 38.2 / 37.5 against 36.0 / 36.1 / 36.2 / 35.5 / 36.6 / 36.8 / 36.8 / 35.6. The
+# qwen2.5-32b pass (graph replay, in turn, twice; tests/results/gemv_tall_long_rows_h200.json) with the tall tiles
+# at 9-16 rows: 12 rows 11.80-11.81 -> 12.06 ms, 16 rows 12.81 -> 12.23-12.24 (8.87 one row).
+GEMV_MMA_TALL_LONG_MIN_K = 16384
+GEMV_MMA_TALL_LONG_ROWS = (9, 13, 14, 15, 16)
 # 3-8 rows of long rows (K >= GEMV_MMA_NARROW_MIN_K) of a matrix of at most GEMV_MMA_STREAM_WAVES waves of
 # GEMV_MMA's tiles, where GEMV_MMA would run without resident activations (they do not fit, or there is no
 # later tile to keep them for): blocks of 4 warps, each warp the spec's lanes 8w .. 8w+7 (rows of 256 bytes a

@@ -7,7 +7,8 @@ import pytest
 
 from refspec.gpu import GpuBackend
 from refspec.gpu_mappings import (GEMV_MMA, GEMV_MMA_NARROW, GEMV_MMA_NARROW_MIN_K, GEMV_MMA_RESIDENT,
-                                  GEMV_MMA_STREAM_WAVES, GEMV_MMA_TALL, GEMV_MMA_TWO_STREAMS, GEMV_MMA_TWO_STREAMS_16,
+                                  GEMV_MMA_STREAM_WAVES, GEMV_MMA_TALL, GEMV_MMA_TALL_LONG_MIN_K,
+                                  GEMV_MMA_TALL_LONG_ROWS, GEMV_MMA_TWO_STREAMS, GEMV_MMA_TWO_STREAMS_16,
                                   AttnPlan, attention_units)
 
 SMS = 132
@@ -93,6 +94,12 @@ def test_mma_config_takes_tall_tiles_where_they_fit_at_once_or_stream(rows):
     (16, 7168, 5120, TWO_16),
     (16, 6144, 6144, GEMV_MMA),  # where those do not fit: GEMV_MMA, whose blocks do not stream at 16 rows
     (12, 4096, 4096, GEMV_MMA_TALL),  # 128 tall tiles: one wave
+    (16, 5120, 27648, GEMV_MMA_TALL),  # 1-2 waves of tall tiles of long rows (no room for slots): tall tiles at
+    (13, 5120, 27648, GEMV_MMA_TALL),  # 9 and 13-16 rows (GEMV_MMA_TALL_LONG_ROWS)
+    (9, 5120, 17408, GEMV_MMA_TALL),
+    (12, 5120, 27648, GEMV_MMA),  # at 10-12 rows GEMV_MMA
+    (10, 5120, 17408, GEMV_MMA),
+    (16, 5120, 16384 - 64, GEMV_MMA),  # rows a pair of blocks shorter than GEMV_MMA_TALL_LONG_MIN_K
 ])
 def test_mma_config_keeps_activations_resident_where_blocks_stream(rows, n, k, expected):
     assert backend()._mma_config(rows, n, k) == expected
@@ -101,6 +108,7 @@ def test_mma_config_keeps_activations_resident_where_blocks_stream(rows, n, k, e
     assert TWO_STREAMS == replace(GEMV_MMA, occ=4, resident=True, groups=2)
     assert TWO_16 == replace(GEMV_MMA, occ=2, resident=True, groups=2)
     assert GEMV_MMA_NARROW == replace(GEMV_MMA, nr=4) and GEMV_MMA_NARROW_MIN_K == 8192
+    assert GEMV_MMA_TALL_LONG_MIN_K == 16384 and GEMV_MMA_TALL_LONG_ROWS == (9, 13, 14, 15, 16)
 
 
 def gemv_mma_plain(config):

@@ -11,7 +11,8 @@
 // .attention_plan picks one per launch:
 //   `attention`: one block per (row, head) runs every phase below (short contexts: the fewest steps);
 //   `attention_scores` then `attention_values` spread a row's positions over many blocks, each block taking
-//     one or more query heads of a kv head (long contexts, many rows): phase 1 by slices of 64-256 positions,
+//     one or more query heads of a kv head (long contexts, many rows; attention_values' blocks those heads of
+//     one or more consecutive rows): phase 1 by slices of 64-256 positions,
 //     phases 2 and 3 by chunks of 256 (each with the max of the slices' maxes), and phase 4 in the last
 //     chunk's block to finish.
 // Before waiting for the kernel before it (rs_kernel_begin), a block asks the L2 cache for its share of the
@@ -193,31 +194,37 @@ RS_DEVICE float rs_attention_block_max(float m, float* group_max) {
 // denominators (rs_lane_tree). Only the positions the row sees are added (a hidden e_t * v_t would be NaN where
 // a later row wrote an infinite v_t; its e_t is +0 and changes no sum): a chunk the row does not see at all
 // gets sums of +0. VEC = 8 or 4 where dim is a multiple of it and vc 16-byte aligned (rs_attention_chunk_sums),
-// else 1.
-template <int VEC, int HB, int AT_ONCE = 4>
+// else 1. RG > 1 (attention_values' units of rows): the same for rg <= RG consecutive rows at once, row r's head i
+// its e_t at e[(r*HB + i)*e_stride + ...] and its sums at dst + r*dst_row_stride + i*dst_stride; n_vis is the
+// first row's, row r sees r positions more, and adds only those (each value loaded once for every row and head).
+template <int VEC, int HB, int AT_ONCE = 4, int RG = 1>
 RS_DEVICE void rs_attention_chunk_items(const float* e, long long e_stride, int e_base, int hb,
                                         const float* __restrict__ vc, int dim, int n_vis, int chunk0, int n_chunks,
-                                        float* dst, long long dst_stride) {
-  constexpr int SLOTS = HB * VEC;  // slot i * VEC + c: head i, column c of the item
+                                        float* dst, long long dst_stride, int rows_given, long long dst_row_stride) {
+  const int rg = RG == 1 ? 1 : rows_given;  // rows of the unit (RG = 1: the compiler knows it)
+  constexpr int SLOTS = RG * HB * VEC;  // slot (r * HB + i) * VEC + c: row r, head i, column c of the item
   const int cols = dim + 1, groups = dim / VEC, lane = rs_lane();
   for (int item = rs_group(); item < n_chunks * groups; item += rs_groups()) {  // the same for the whole group
     const int chunk = item / groups, col0 = VEC * (item % groups);
     const int base = (chunk0 + chunk) * RS_ATTN_CHUNK;
-    const int seen = n_vis - base;  // positions of the chunk the row sees, if > 0
+    const int seen = n_vis - base;  // positions of the chunk the first row sees, if > 0 (row r sees r more)
     const float* v0 = vc + (long long)base * dim + col0;
-    float acc[SLOTS], denom[HB];
+    float acc[SLOTS], denom[RG][HB];
 #pragma unroll
     for (int s = 0; s < SLOTS; ++s) acc[s] = 0.0f;  // a lane value starts at +0.0
 #pragma unroll
-    for (int i = 0; i < HB; ++i) denom[i] = 0.0f;
+    for (int r = 0; r < RG; ++r) {
+#pragma unroll
+      for (int i = 0; i < HB; ++i) denom[r][i] = 0.0f;
+    }
 #pragma unroll
     for (int round = 0; round < RS_ATTN_CHUNK / (RS_LANES * AT_ONCE); ++round) {
-      if (RS_LANES * AT_ONCE * round >= seen) break;  // the same for the whole group
-      float v[AT_ONCE][VEC], et[AT_ONCE][HB];
+      if (RS_LANES * AT_ONCE * round >= seen + rg - 1) break;  // the same for the whole group
+      float v[AT_ONCE][VEC], et[AT_ONCE][RG][HB];
 #pragma unroll
       for (int j = 0; j < AT_ONCE; ++j) {
         const int off = lane + RS_LANES * (AT_ONCE * round + j);
-        const bool in = off < seen;
+        const bool in = off < seen + rg - 1;  // some row sees it
         if constexpr (VEC == 4 || VEC == 8) {
 #pragma unroll
           for (int h = 0; h < VEC / 4; ++h) {
@@ -232,17 +239,28 @@ RS_DEVICE void rs_attention_chunk_items(const float* e, long long e_stride, int 
           v[j][0] = in ? v0[(long long)off * dim] : 0.0f;
         }
 #pragma unroll
-        for (int i = 0; i < HB; ++i) et[j][i] = in && i < hb ? e[i * e_stride + base + off - e_base] : 0.0f;
+        for (int r = 0; r < RG; ++r) {
+#pragma unroll
+          for (int i = 0; i < HB; ++i) {
+            et[j][r][i] = off < seen + r && r < rg && i < hb ? e[(r * HB + i) * e_stride + base + off - e_base] : 0.0f;
+          }
+        }
       }
 #pragma unroll
       for (int j = 0; j < AT_ONCE; ++j) {
-        if (lane + RS_LANES * (AT_ONCE * round + j) < seen) {
 #pragma unroll
-          for (int i = 0; i < HB; ++i) {
-            if (i < hb) {  // the same for the whole block
+        for (int r = 0; r < RG; ++r) {
+          if (lane + RS_LANES * (AT_ONCE * round + j) < seen + r && r < rg) {
 #pragma unroll
-              for (int c = 0; c < VEC; ++c) acc[i * VEC + c] = rs_add(acc[i * VEC + c], rs_mul(et[j][i], v[j][c]));
-              if (col0 == 0) denom[i] = rs_add(denom[i], et[j][i]);  // (the same for the whole group)
+            for (int i = 0; i < HB; ++i) {
+              if (i < hb) {  // the same for the whole block
+#pragma unroll
+                for (int c = 0; c < VEC; ++c) {
+                  const int s = (r * HB + i) * VEC + c;
+                  acc[s] = rs_add(acc[s], rs_mul(et[j][r][i], v[j][c]));
+                }
+                if (col0 == 0) denom[r][i] = rs_add(denom[r][i], et[j][r][i]);  // (the same for the whole group)
+              }
             }
           }
         }
@@ -253,15 +271,18 @@ RS_DEVICE void rs_attention_chunk_items(const float* e, long long e_stride, int 
     RsTreeSlots<SLOTS, SLOTS, RS_LANES / 2>::run(acc, lane, first, owner);
 #pragma unroll
     for (int s = 0; s < RsTreeCount<SLOTS, RS_LANES / 2>::value; ++s) {
-      const int slot = first + s, i = slot / VEC;
-      if (owner && i < hb) dst[i * dst_stride + chunk * cols + col0 + slot % VEC] = acc[s];
+      const int slot = first + s, r = RG == 1 ? 0 : slot / (HB * VEC), i = slot / VEC % HB;
+      if (owner && i < hb && r < rg) dst[r * dst_row_stride + i * dst_stride + chunk * cols + col0 + slot % VEC] = acc[s];
     }
     if (col0 == 0) {  // the same for the whole group
 #pragma unroll
-      for (int i = 0; i < HB; ++i) {
-        if (i < hb) {
-          const float sum = rs_lane_tree(denom[i]);
-          if (lane == 0) dst[i * dst_stride + chunk * cols + dim] = sum;
+      for (int r = 0; r < RG; ++r) {
+#pragma unroll
+        for (int i = 0; i < HB; ++i) {
+          if (i < hb && r < rg) {
+            const float sum = rs_lane_tree(denom[r][i]);
+            if (lane == 0) dst[r * dst_row_stride + i * dst_stride + chunk * cols + dim] = sum;
+          }
         }
       }
     }
@@ -271,24 +292,24 @@ RS_DEVICE void rs_attention_chunk_items(const float* e, long long e_stride, int 
 // Phase 3 (rs_attention_chunk_items) with 16-byte loads where dim and vc allow them: items of 8 columns (two loads
 // a position) for blocks of up to two heads, so that a group of a 128-wide head's 16 takes one item instead of two
 // in turn; 4 columns for more heads (registers). Every thread calls it.
-template <int HB, int AT_ONCE = 4>
+template <int HB, int AT_ONCE = 4, int RG = 1>
 RS_DEVICE void rs_attention_chunk_sums(const float* e, long long e_stride, int e_base, int hb,
                                        const float* __restrict__ vc, int dim, int n_vis, int chunk0, int n_chunks,
-                                       float* dst, long long dst_stride) {
+                                       float* dst, long long dst_stride, int rg = 1, long long dst_row_stride = 0) {
   const bool aligned = reinterpret_cast<unsigned long long>(vc) % 16 == 0;
-  if constexpr (HB <= 2) {
+  if constexpr (HB * RG <= 2) {
     if (dim % 8 == 0 && aligned) {
-      rs_attention_chunk_items<8, HB, AT_ONCE>(e, e_stride, e_base, hb, vc, dim, n_vis, chunk0, n_chunks, dst,
-                                              dst_stride);
+      rs_attention_chunk_items<8, HB, AT_ONCE, RG>(e, e_stride, e_base, hb, vc, dim, n_vis, chunk0, n_chunks, dst,
+                                                  dst_stride, rg, dst_row_stride);
       return;
     }
   }
   if (dim % 4 == 0 && aligned) {
-    rs_attention_chunk_items<4, HB, AT_ONCE>(e, e_stride, e_base, hb, vc, dim, n_vis, chunk0, n_chunks, dst,
-                                            dst_stride);
+    rs_attention_chunk_items<4, HB, AT_ONCE, RG>(e, e_stride, e_base, hb, vc, dim, n_vis, chunk0, n_chunks, dst,
+                                                dst_stride, rg, dst_row_stride);
   } else {
-    rs_attention_chunk_items<1, HB, AT_ONCE>(e, e_stride, e_base, hb, vc, dim, n_vis, chunk0, n_chunks, dst,
-                                            dst_stride);
+    rs_attention_chunk_items<1, HB, AT_ONCE, RG>(e, e_stride, e_base, hb, vc, dim, n_vis, chunk0, n_chunks, dst,
+                                                dst_stride, rg, dst_row_stride);
   }
 }
 
@@ -468,7 +489,11 @@ attention_scores(const float* __restrict__ q, const float* __restrict__ k_cache,
 // registers a multiprocessor held one block of 512 (ncu at 8 rows over 4000 positions: 8.2 waves, 25 % occupancy;
 // tests/results/ncu_attention_spread_r8_pos4000_h200.txt); a short grid keeps the registers (one row over 4000
 // positions, one wave: 20.2 us a layer, 24.9 paired).
-template <int THREADS, bool PAIRED>
+// RG (rows a unit): a unit is (group of RG consecutive rows, kv head, part), its units numbered as
+// RsAttnUnit numbers (row, kv head, part) with the group in place of the row; each value the block loads serves
+// every (row, head) of the unit, row r of the group adding only the positions it sees (one more than the row before).
+// Grid: units*ceil(cache_len / 256) blocks with units = ceil(rows / RG) * kv_heads * ceil(heads / kv_heads / per).
+template <int THREADS, bool PAIRED, int RG>
 __global__ void RS_ATTN_LAUNCH(THREADS, (PAIRED ? 2 : 1) * RS_ATTN_MAX_THREADS / THREADS)
 attention_values(const float* __restrict__ v_cache, const int* __restrict__ pos, int rows, int heads, int kv_heads,
                  int per, int dim, int cache_len, int slice_len, const float* __restrict__ e_buf,
@@ -476,44 +501,50 @@ attention_values(const float* __restrict__ v_cache, const int* __restrict__ pos,
                  signed char* __restrict__ xq, unsigned short* __restrict__ xd, const int* __restrict__ live) {
   const int chunks = (cache_len + RS_ATTN_CHUNK - 1) / RS_ATTN_CHUNK;
   const int unit = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
-  const RsAttnUnit u(unit, heads, kv_heads, per);
-  if (u.row >= rs_live_rows(live, rows)) return;  // the whole block
+  const RsAttnUnit u(unit, heads, kv_heads, per);  // u.row: the group of rows
+  const int row0 = u.row * RG;
+  if (row0 >= rs_live_rows(live, rows)) return;  // the whole block
+  const int rg = RG == 1 ? 1 : min(RG, rs_live_rows(live, rows) - row0);  // rows of the unit
   rs_kernel_begin();
-  __shared__ float m_head[RS_ATTN_HEADS];
-  __shared__ float e_chunk[RS_ATTN_HEADS][RS_ATTN_CHUNK];
-  __shared__ float parts_chunk[RS_ATTN_HEADS][RS_ATTN_MAX_DIM + 1];
+  __shared__ float m_head[RG][RS_ATTN_HEADS];
+  __shared__ float e_chunk[RG][RS_ATTN_HEADS][RS_ATTN_CHUNK];
+  __shared__ float parts_chunk[RG][RS_ATTN_HEADS][RS_ATTN_MAX_DIM + 1];
   __shared__ int last;
-  const int n_vis = pos[0] + u.row + 1;
+  const int n_vis = pos[0] + row0 + 1;  // positions the unit's first row sees (row r: r more)
   const int base = chunk * RS_ATTN_CHUNK;
-  if (base >= n_vis) return;  // the whole block
+  if (base >= n_vis + rg - 1) return;  // the whole block
   const float* vc = v_cache + (long long)u.kv_head * cache_len * dim;
-  const long long rh0 = (long long)u.row * heads + u.h0;
+  const long long rh0 = (long long)row0 * heads + u.h0;  // row r's head i: rh0 + r * heads + i
   const int slices = (cache_len + slice_len - 1) / slice_len;
-  const int active = (n_vis + RS_ATTN_CHUNK - 1) / RS_ATTN_CHUNK;  // chunks this row sees
+  const int active = (n_vis + rg - 1 + RS_ATTN_CHUNK - 1) / RS_ATTN_CHUNK;  // chunks the unit's last row sees
 
-  if (rs_group() < u.hb) {  // group i: head i's m, the max of the maxes of the slices the row sees
-    const int i = rs_group();
+  for (int s = rs_group(); s < rg * u.hb; s += rs_groups()) {  // (row, head) s: m, the max of its slices' maxes
+    const int r = s / u.hb, i = s % u.hb;
+    const long long rh = rh0 + (long long)r * heads + i;
     float m = rs_as_float((int)0xff800000);
-    for (int s = rs_lane(); s * slice_len < n_vis; s += RS_LANES)
-      m = rs_max_nan(m, max_buf[(rh0 + i) * slices + s]);
+    for (int sl = rs_lane(); sl * slice_len < n_vis + r; sl += RS_LANES) m = rs_max_nan(m, max_buf[rh * slices + sl]);
 #pragma unroll
     for (int offset = RS_LANES / 2; offset >= 1; offset /= 2) m = rs_max_nan(m, rs_shfl_xor(m, offset));
-    if (rs_lane() == 0) m_head[i] = m;
+    if (rs_lane() == 0) m_head[r][i] = m;
   }
   __syncthreads();
-  const int len = min(RS_ATTN_CHUNK, n_vis - base);  // positions of the chunk the row sees
-  for (int w = threadIdx.x; w < u.hb * len; w += THREADS) {
-    const int i = w / len, t = w % len;
-    e_chunk[i][t] = refspec_exp(rs_sub(e_buf[(rh0 + i) * cache_len + base + t], m_head[i]));
+  const int len = min(RS_ATTN_CHUNK, n_vis + rg - 1 - base);  // positions of the chunk the last row sees
+  for (int w = threadIdx.x; w < rg * u.hb * len; w += THREADS) {
+    const int r = w / (u.hb * len), i = w / len % u.hb, t = w % len;
+    if (RG == 1 || t < n_vis + r - base) {  // the positions of the chunk row r sees
+      const long long rh = rh0 + (long long)r * heads + i;
+      e_chunk[r][i][t] = refspec_exp(rs_sub(e_buf[rh * cache_len + base + t], m_head[r][i]));
+    }
   }
   __syncthreads();
-  // head i's chunk sums: with one chunk, this block's, in parts_chunk[i]; else at parts + i * stride
+  // row r's head i's chunk sums: with one chunk, this block's, in parts_chunk[r][i]; else at parts + r * row_stride
+  // + i * stride
   float* parts = part_buf + rh0 * chunks * (dim + 1);
   const long long stride = active == 1 ? RS_ATTN_MAX_DIM + 1 : (long long)chunks * (dim + 1);
-  rs_attention_chunk_sums<RS_ATTN_HEADS, PAIRED ? 1 : 4>(&e_chunk[0][0], RS_ATTN_CHUNK, base, u.hb, vc, dim, n_vis,
-                                                         chunk, 1,
-                                                         active == 1 ? &parts_chunk[0][0] : parts + chunk * (dim + 1),
-                                                         stride);
+  const long long row_stride = active == 1 ? RS_ATTN_HEADS * (RS_ATTN_MAX_DIM + 1) : heads * stride;
+  rs_attention_chunk_sums<RS_ATTN_HEADS, (PAIRED || RG > 2 ? 1 : RG > 1 ? 2 : 4), RG>(
+      &e_chunk[0][0][0], RS_ATTN_CHUNK, base, u.hb, vc, dim, n_vis, chunk, 1,
+      active == 1 ? &parts_chunk[0][0][0] : parts + chunk * (dim + 1), stride, rg, row_stride);
   __syncthreads();
   if (active > 1) {  // the last block of the unit to arrive adds the chunk sums up
     __threadfence();  // this block's chunk sums are visible to the block that adds them up
@@ -523,8 +554,10 @@ attention_values(const float* __restrict__ v_cache, const int* __restrict__ pos,
     if (!last) return;
     __threadfence();
   }
-  rs_attention_finish<THREADS>(active == 1 ? &parts_chunk[0][0] : parts, stride, u.hb, active > 1, active, dim, rh0,
-                               out, xq, xd);
+  for (int r = 0; r < rg; ++r) {  // (a row's chunks past those it sees hold sums of +0: they change nothing)
+    rs_attention_finish<THREADS>((active == 1 ? &parts_chunk[0][0][0] : parts) + r * row_stride, stride, u.hb,
+                                 active > 1, active, dim, rh0 + (long long)r * heads, out, xq, xd);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------- attention_heads

@@ -30,7 +30,7 @@ from refspec.errors import DeviceError, UsageError
 from refspec.gpu_launch import DependentLaunch, Kernel
 from refspec.gpu_mappings import (ATTN_BOUNDS, ATTN_HEADS, ATTN_HEADS_PER, ATTN_MAX_DIM,
                                   ATTN_SCORE_THREADS, ATTN_SLICES, ATTN_SPLIT_CACHE, ATTN_THREAD_CHOICES,
-                                  ATTN_VALUES_MAX_THREADS_HIP, GEMV_CONFIGS, GEMV_EVEN_MIN_K, GEMV_FEW_BLOCKS,
+                                  ATTN_VALUES_MAX_THREADS_HIP, ATTN_VALUES_ROWS, GEMV_CONFIGS, GEMV_EVEN_MIN_K, GEMV_FEW_BLOCKS,
                                   GEMV_FEW_BLOCKS_MIN_K, GEMV_MAX_ROWS, GEMV_MMA, GEMV_MMA_MIN_ROWS,
                                   GEMV_MMA_MIN_WEIGHTS, GEMV_MMA_NARROW, GEMV_MMA_NARROW_MIN_K, GEMV_MMA_RESIDENT,
                                   GEMV_MMA_STREAM_WAVES, GEMV_MMA_TALL, GEMV_MMA_TALL_LONG_MIN_K,
@@ -955,10 +955,14 @@ class GpuBackend:
                 (q, k_cache, v_cache, first, np.int32(rows), np.int32(heads), np.int32(kv_heads), np.int32(per),
                  np.int32(dim), np.int32(cache_len), F32(scale), np.int32(slice_len), np.int32(slice_blocks), e_buf,
                  max_buf, arrivals, self._live_arg()))
+            rg = self.attention_values_rows(rows, units * max_chunks)
+            if rg > 1:  # units of rg rows, as many threads a block as fill the multiprocessors once, unpaired
+                units = attention_units(-(-rows // rg), heads, kv_heads, per)
+                threads = self.attention_threads(units * max_chunks)
             if self.platform == "hip":
                 threads = min(threads, ATTN_VALUES_MAX_THREADS_HIP)
-            paired = self.attention_values_paired(units * max_chunks, threads)
-            name = f"attention_values<{threads}, {'true' if paired else 'false'}>"
+            paired = rg == 1 and self.attention_values_paired(units * max_chunks, threads)
+            name = f"attention_values<{threads}, {'true' if paired else 'false'}, {rg}>"
             self.function("attention", name, (name,))(
                 (units * max_chunks,), (threads,),
                 (v_cache, first, np.int32(rows), np.int32(heads), np.int32(kv_heads), np.int32(per), np.int32(dim),
@@ -988,6 +992,12 @@ class GpuBackend:
             if blocks <= self._multiprocessors * (ATTN_THREAD_CHOICES[0] // threads):
                 return threads
         return ATTN_THREAD_CHOICES[-1]
+
+    def attention_values_rows(self, rows: int, blocks: int) -> int:
+        """Rows a unit of attention_values takes (its RG) in a launch of `rows` rows whose units of one row
+        would take `blocks` blocks: one while those fit the multiprocessors once, else ATTN_VALUES_ROWS (at most
+        `rows`). Any choice gives the same bits."""
+        return 1 if blocks <= self._multiprocessors else max(1, min(ATTN_VALUES_ROWS, rows))
 
     def attention_values_paired(self, blocks: int, threads: int) -> bool:
         """Whether attention_values runs its launch of `blocks` blocks of `threads` threads as the kernel that

@@ -263,6 +263,16 @@ ATTN_SLICES = (256, 128, 64)
 ATTN_SCORE_THREADS = 256  # RS_ATTN_SCORE_THREADS: threads per block of attention_scores
 ATTN_VALUES_MAX_THREADS_HIP = 256  # attention_values<512> needs more registers than gfx906 gives 512 threads
 ATTN_HEADS = 4  # RS_ATTN_HEADS: query heads of one kv head per block of attention_scores and attention_values
+# Rows a unit of attention_values takes (its RG) where one-row units would take more than one wave
+# (GpuBackend.attention_values_rows): each value a block loads serves the query heads of that many consecutive rows,
+# so a long cache's values pass through L1 half as often (ncu had its L1/TEX pipe 72 % busy at 16 rows over 1984
+# positions); such a launch runs unpaired, as many threads a block as fill the multiprocessors once. H200,
+# 2026-12-04, the llama-8b pass (graph replay, in turn, twice; tests/results/attention_values_rows_2026_12_04_h200.json),
+# ms at 1 / 2 / 4 / 8 / 16 rows, one row a unit -> 2 -> 3: position 1984 2.762 / 2.992 / 3.640 / 4.096 / 5.848 ->
+# 2.766 / 3.003 / 3.433 / 4.048 / 5.670 -> 2.772 / 3.007 / 3.559 / 4.400 / 6.418; position 960 at 8 / 16 rows 3.592 /
+# 4.440 -> 3.371 / 4.356 -> 3.534 / 4.755 (3 rows: 128 registers and one position a lane in flight, else spills; 4:
+# more shared memory than a block may have).
+ATTN_VALUES_ROWS = 2
 # The query heads a block of attention_heads takes, tried in this order (the first whose blocks fit the multiprocessors
 # one each). 3 splits a group of 5 (qwen2.5-32b) into blocks of 3 and 2 heads where 2 a block would not fit, instead
 # of 4 and 1 (the block of 4 sets the time); a group of 4 never takes it (3 fits only where 2 fits). qwen2.5-32b's

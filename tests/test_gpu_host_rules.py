@@ -9,7 +9,7 @@ from refspec.gpu import GpuBackend
 from refspec.gpu_mappings import (GEMV_MMA, GEMV_MMA_NARROW, GEMV_MMA_NARROW_MIN_K, GEMV_MMA_RESIDENT,
                                   GEMV_MMA_STREAM_WAVES, GEMV_MMA_TALL, GEMV_MMA_TALL_LONG_MIN_K,
                                   GEMV_MMA_TALL_LONG_ROWS, GEMV_MMA_TWO_STREAMS, GEMV_MMA_TWO_STREAMS_16,
-                                  AttnPlan, attention_units)
+                                  ATTN_VALUES_ROWS, AttnPlan, attention_units)
 
 SMS = 132
 SM_SHARED, BLOCK_SHARED = 228 * 1024, 227 * 1024  # an sm_90 multiprocessor's shared memory; a block's most
@@ -268,6 +268,19 @@ def test_attention_slice_reaches_three_halves_of_the_multiprocessors(sms):
         (least - 1, 1))] == [256, 128, 128, 64, 256, 64]
     if sms == SMS:
         assert [be.attention_slice(*case) for case in ((8, 1101), (8, 4101), (64, 1101))] == [64, 128, 256]
+
+
+def test_attention_values_takes_units_of_rows_only_beyond_one_wave():
+    """attention_values' rows a unit: one while the one-row units' blocks fit the multiprocessors once, else
+    ATTN_VALUES_ROWS (never more than the launch's rows); on an H200, llama-8b's 2 rows over 1984 positions (16
+    units x 8 chunks = 128 blocks) one, 4 rows (256 blocks) two."""
+    be = backend()
+    assert ATTN_VALUES_ROWS == 2
+    assert [be.attention_values_rows(rows, blocks) for rows, blocks in (
+        (16, SMS), (16, SMS + 1), (1, 1000), (2, 10 * SMS), (3, SMS + 1))] == [1, 2, 1, 2, 2]
+    chunks = -(-1984 // 256)
+    assert [be.attention_values_rows(rows, attention_units(rows, 32, 8, 4) * chunks) for rows in (1, 2, 4, 8, 16)] == [
+        1, 1, 2, 2, 2]
 
 
 def test_silu_grid_takes_a_row_in_parts_and_refuses_rows_past_the_grid():

@@ -15,6 +15,7 @@ import pytest
 
 from refspec.gpu import COMPILE_OPTIONS, kernel_dir
 from refspec.gpu_mappings import (ATTN_BOUNDS, ATTN_HEADS_PER, ATTN_THREAD_CHOICES, ATTN_VALUES_MAX_THREADS_HIP,
+                                  ATTN_VALUES_ROWS,
                                   GEMV_CONFIGS, GEMV_MAX_ROWS, GEMV_MMA, GEMV_MMA_MIN_ROWS, GEMV_MMA_TALL,
                                   attention_heads_max_threads, gemv_variants, production_gemv_names)
 
@@ -48,8 +49,15 @@ def heads_instances(nvidia: bool) -> list[tuple[int, int, int]]:
             if t <= attention_heads_max_threads(b, hip=not nvidia)]
 
 
+def values_instances(nvidia: bool) -> list[tuple[int, str, int]]:
+    """The attention_values instances the backend launches: (threads, PAIRED, rows a unit); units of several rows
+    only unpaired."""
+    return [(t, paired, rg) for t in values_threads(nvidia) for rg in sorted({1, ATTN_VALUES_ROWS})
+            for paired in values_paired(nvidia) if rg == 1 or paired == "false"]
+
+
 def attention_instances(nvidia: bool) -> int:
-    return (len(ATTN_BOUNDS) * (len(ATTN_THREAD_CHOICES) + 1) + len(values_threads(nvidia)) * len(values_paired(nvidia))
+    return (len(ATTN_BOUNDS) * (len(ATTN_THREAD_CHOICES) + 1) + len(values_instances(nvidia))
             + len(heads_instances(nvidia)))
 
 
@@ -86,8 +94,8 @@ def source_file(tmp_path, stem: str, variants: bool):
             f"template __global__ void attention_scores<{b}>({SCORES_ARGS});\n" for b in ATTN_BOUNDS) + "".join(
             f"template __global__ void attention_heads<{b}, {t}, {per}>({HEADS_ARGS});\n"
             for b, t, per in heads_instances(variants)) + "".join(
-            f"template __global__ void attention_values<{t}, {paired}>({VALUES_ARGS});\n"
-            for t in values_threads(variants) for paired in values_paired(variants)))
+            f"template __global__ void attention_values<{t}, {paired}, {rg}>({VALUES_ARGS});\n"
+            for t, paired, rg in values_instances(variants)))
         return path
     if stem != "q8_gemv":
         return kernel_dir() / f"{stem}.hip"
@@ -256,7 +264,7 @@ BEFORE_BEGIN = (
     r"const float\* (kc|vc) = (k|v)_cache \+ \(long long\)u\.kv_head \* cache_len \* dim",
     # the live-row count: written before a pass starts, never by its kernels (portable.h, rs_live_rows)
     r"rows = rs_live_rows\(live, rows\)",
-    r"if \((\(int\)blockIdx\.x|row|u\.row) >= rs_live_rows\(live, [^\[\]]*\)\) return",
+    r"if \((\(int\)blockIdx\.x|row0?|u\.row) >= rs_live_rows\(live, [^\[\]]*\)\) return",
 )
 
 

@@ -200,12 +200,15 @@ RS_DEVICE float rs_attention_block_max(float m, float* group_max) {
 template <int VEC, int HB, int AT_ONCE = 4, int RG = 1>
 RS_DEVICE void rs_attention_chunk_items(const float* e, long long e_stride, int e_base, int hb,
                                         const float* __restrict__ vc, int dim, int n_vis, int chunk0, int n_chunks,
-                                        float* dst, long long dst_stride, int rows_given, long long dst_row_stride) {
+                                        float* dst, long long dst_stride, int rows_given, long long dst_row_stride,
+                                        int col_part, int col_parts) {
   const int rg = RG == 1 ? 1 : rows_given;  // rows of the unit (RG = 1: the compiler knows it)
   constexpr int SLOTS = RG * HB * VEC;  // slot (r * HB + i) * VEC + c: row r, head i, column c of the item
-  const int cols = dim + 1, groups = dim / VEC, lane = rs_lane();
+  // the items of columns VEC * (g0 .. g0+groups-1): part col_part of col_parts of the dim / VEC column groups
+  const int per_part = (dim / VEC + col_parts - 1) / col_parts, g0 = col_part * per_part;
+  const int cols = dim + 1, groups = max(0, min(per_part, dim / VEC - g0)), lane = rs_lane();
   for (int item = rs_group(); item < n_chunks * groups; item += rs_groups()) {  // the same for the whole group
-    const int chunk = item / groups, col0 = VEC * (item % groups);
+    const int chunk = item / groups, col0 = VEC * (g0 + item % groups);
     const int base = (chunk0 + chunk) * RS_ATTN_CHUNK;
     const int seen = n_vis - base;  // positions of the chunk the first row sees, if > 0 (row r sees r more)
     const float* v0 = vc + (long long)base * dim + col0;
@@ -295,21 +298,22 @@ RS_DEVICE void rs_attention_chunk_items(const float* e, long long e_stride, int 
 template <int HB, int AT_ONCE = 4, int RG = 1>
 RS_DEVICE void rs_attention_chunk_sums(const float* e, long long e_stride, int e_base, int hb,
                                        const float* __restrict__ vc, int dim, int n_vis, int chunk0, int n_chunks,
-                                       float* dst, long long dst_stride, int rg = 1, long long dst_row_stride = 0) {
+                                       float* dst, long long dst_stride, int rg = 1, long long dst_row_stride = 0,
+                                       int col_part = 0, int col_parts = 1) {
   const bool aligned = reinterpret_cast<unsigned long long>(vc) % 16 == 0;
   if constexpr (HB * RG <= 2) {
     if (dim % 8 == 0 && aligned) {
       rs_attention_chunk_items<8, HB, AT_ONCE, RG>(e, e_stride, e_base, hb, vc, dim, n_vis, chunk0, n_chunks, dst,
-                                                  dst_stride, rg, dst_row_stride);
+                                                  dst_stride, rg, dst_row_stride, col_part, col_parts);
       return;
     }
   }
   if (dim % 4 == 0 && aligned) {
     rs_attention_chunk_items<4, HB, AT_ONCE, RG>(e, e_stride, e_base, hb, vc, dim, n_vis, chunk0, n_chunks, dst,
-                                                dst_stride, rg, dst_row_stride);
+                                                dst_stride, rg, dst_row_stride, col_part, col_parts);
   } else {
     rs_attention_chunk_items<1, HB, AT_ONCE, RG>(e, e_stride, e_base, hb, vc, dim, n_vis, chunk0, n_chunks, dst,
-                                                dst_stride, rg, dst_row_stride);
+                                                dst_stride, rg, dst_row_stride, col_part, col_parts);
   }
 }
 
@@ -492,15 +496,20 @@ attention_scores(const float* __restrict__ q, const float* __restrict__ k_cache,
 // RG (rows a unit): a unit is (group of RG consecutive rows, kv head, part), its units numbered as
 // RsAttnUnit numbers (row, kv head, part) with the group in place of the row; each value the block loads serves
 // every (row, head) of the unit, row r of the group adding only the positions it sees (one more than the row before).
-// Grid: units*ceil(cache_len / 256) blocks with units = ceil(rows / RG) * kv_heads * ceil(heads / kv_heads / per).
+// Grid: units*ceil(cache_len / 256)*col_parts blocks with units = ceil(rows / RG) * kv_heads * ceil(heads / kv_heads
+// / per). col_parts: the blocks of a (unit, chunk), each taking that part of the columns' items (a column's sums
+// are its own: any split gives the same bits), so that a launch of few units and chunks fills the GPU.
 template <int THREADS, bool PAIRED, int RG>
 __global__ void RS_ATTN_LAUNCH(THREADS, (PAIRED ? 2 : 1) * RS_ATTN_MAX_THREADS / THREADS)
 attention_values(const float* __restrict__ v_cache, const int* __restrict__ pos, int rows, int heads, int kv_heads,
                  int per, int dim, int cache_len, int slice_len, const float* __restrict__ e_buf,
                  const float* __restrict__ max_buf, float* part_buf, int* arrivals, float* __restrict__ out,
-                 signed char* __restrict__ xq, unsigned short* __restrict__ xd, const int* __restrict__ live) {
+                 signed char* __restrict__ xq, unsigned short* __restrict__ xd, const int* __restrict__ live,
+                 int col_parts_given) {
+  const int col_parts = PAIRED ? 1 : col_parts_given;  // (the backend pairs only launches of more than one wave)
   const int chunks = (cache_len + RS_ATTN_CHUNK - 1) / RS_ATTN_CHUNK;
-  const int unit = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
+  const int unit = blockIdx.x / (chunks * col_parts), chunk = blockIdx.x / col_parts % chunks;
+  const int col_part = blockIdx.x % col_parts;
   const RsAttnUnit u(unit, heads, kv_heads, per);  // u.row: the group of rows
   const int row0 = u.row * RG;
   if (row0 >= rs_live_rows(live, rows)) return;  // the whole block
@@ -517,6 +526,7 @@ attention_values(const float* __restrict__ v_cache, const int* __restrict__ pos,
   const long long rh0 = (long long)row0 * heads + u.h0;  // row r's head i: rh0 + r * heads + i
   const int slices = (cache_len + slice_len - 1) / slice_len;
   const int active = (n_vis + rg - 1 + RS_ATTN_CHUNK - 1) / RS_ATTN_CHUNK;  // chunks the unit's last row sees
+  const bool alone = active == 1 && col_parts == 1;  // the unit's only block: its sums stay in shared memory
 
   for (int s = rs_group(); s < rg * u.hb; s += rs_groups()) {  // (row, head) s: m, the max of its slices' maxes
     const int r = s / u.hb, i = s % u.hb;
@@ -537,26 +547,25 @@ attention_values(const float* __restrict__ v_cache, const int* __restrict__ pos,
     }
   }
   __syncthreads();
-  // row r's head i's chunk sums: with one chunk, this block's, in parts_chunk[r][i]; else at parts + r * row_stride
-  // + i * stride
+  // row r's head i's chunk sums: alone, in parts_chunk[r][i]; else at parts + r * row_stride + i * stride
   float* parts = part_buf + rh0 * chunks * (dim + 1);
-  const long long stride = active == 1 ? RS_ATTN_MAX_DIM + 1 : (long long)chunks * (dim + 1);
-  const long long row_stride = active == 1 ? RS_ATTN_HEADS * (RS_ATTN_MAX_DIM + 1) : heads * stride;
+  const long long stride = alone ? RS_ATTN_MAX_DIM + 1 : (long long)chunks * (dim + 1);
+  const long long row_stride = alone ? RS_ATTN_HEADS * (RS_ATTN_MAX_DIM + 1) : heads * stride;
   rs_attention_chunk_sums<RS_ATTN_HEADS, (PAIRED || RG > 2 ? 1 : RG > 1 ? 2 : 4), RG>(
       &e_chunk[0][0][0], RS_ATTN_CHUNK, base, u.hb, vc, dim, n_vis, chunk, 1,
-      active == 1 ? &parts_chunk[0][0][0] : parts + chunk * (dim + 1), stride, rg, row_stride);
+      alone ? &parts_chunk[0][0][0] : parts + chunk * (dim + 1), stride, rg, row_stride, col_part, col_parts);
   __syncthreads();
-  if (active > 1) {  // the last block of the unit to arrive adds the chunk sums up
+  if (!alone) {  // the last block of the unit to arrive adds the chunk sums up
     __threadfence();  // this block's chunk sums are visible to the block that adds them up
     __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(&arrivals[unit], 1) + 1 == active;
+    if (threadIdx.x == 0) last = atomicAdd(&arrivals[unit], 1) + 1 == active * col_parts;
     __syncthreads();
     if (!last) return;
     __threadfence();
   }
   for (int r = 0; r < rg; ++r) {  // (a row's chunks past those it sees hold sums of +0: they change nothing)
-    rs_attention_finish<THREADS>((active == 1 ? &parts_chunk[0][0][0] : parts) + r * row_stride, stride, u.hb,
-                                 active > 1, active, dim, rh0 + (long long)r * heads, out, xq, xd);
+    rs_attention_finish<THREADS>((alone ? &parts_chunk[0][0][0] : parts) + r * row_stride, stride, u.hb, !alone,
+                                 active, dim, rh0 + (long long)r * heads, out, xq, xd);
   }
 }
 

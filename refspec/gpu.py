@@ -30,7 +30,8 @@ from refspec.errors import DeviceError, UsageError
 from refspec.gpu_launch import DependentLaunch, Kernel
 from refspec.gpu_mappings import (ATTN_BOUNDS, ATTN_HEADS, ATTN_HEADS_PER, ATTN_MAX_DIM,
                                   ATTN_SCORE_THREADS, ATTN_SLICES, ATTN_SPLIT_CACHE, ATTN_THREAD_CHOICES,
-                                  ATTN_VALUES_MAX_THREADS_HIP, ATTN_VALUES_ROWS, GEMV_CONFIGS, GEMV_EVEN_MIN_K, GEMV_FEW_BLOCKS,
+                                  ATTN_VALUES_COL_PARTS, ATTN_VALUES_MAX_THREADS_HIP, ATTN_VALUES_ROWS,
+                                  GEMV_CONFIGS, GEMV_EVEN_MIN_K, GEMV_FEW_BLOCKS,
                                   GEMV_FEW_BLOCKS_MIN_K, GEMV_MAX_ROWS, GEMV_MMA, GEMV_MMA_MIN_ROWS,
                                   GEMV_MMA_MIN_WEIGHTS, GEMV_MMA_NARROW, GEMV_MMA_NARROW_MIN_K, GEMV_MMA_RESIDENT,
                                   GEMV_MMA_STREAM_WAVES, GEMV_MMA_TALL, GEMV_MMA_TALL_LONG_MIN_K,
@@ -962,11 +963,13 @@ class GpuBackend:
             if self.platform == "hip":
                 threads = min(threads, ATTN_VALUES_MAX_THREADS_HIP)
             paired = rg == 1 and self.attention_values_paired(units * max_chunks, threads)
+            col_parts = 1 if paired else self.attention_values_col_parts(units * max_chunks)
             name = f"attention_values<{threads}, {'true' if paired else 'false'}, {rg}>"
             self.function("attention", name, (name,))(
-                (units * max_chunks,), (threads,),
+                (units * max_chunks * col_parts,), (threads,),
                 (v_cache, first, np.int32(rows), np.int32(heads), np.int32(kv_heads), np.int32(per), np.int32(dim),
-                 np.int32(cache_len), np.int32(slice_len), e_buf, max_buf, part_buf, arrivals) + outputs)
+                 np.int32(cache_len), np.int32(slice_len), e_buf, max_buf, part_buf, arrivals) + outputs
+                + (np.int32(col_parts),))
         elif plan.kernel == "attention_heads":
             units = attention_units(rows, heads, kv_heads, plan.per)
             threads = min(self.attention_threads(units), attention_heads_max_threads(bound, self.platform == "hip"))
@@ -998,6 +1001,12 @@ class GpuBackend:
         would take `blocks` blocks: one while those fit the multiprocessors once, else ATTN_VALUES_ROWS (at most
         `rows`). Any choice gives the same bits."""
         return 1 if blocks <= self._multiprocessors else max(1, min(ATTN_VALUES_ROWS, rows))
+
+    def attention_values_col_parts(self, blocks: int) -> int:
+        """Blocks per (unit, chunk) of attention_values, each taking that part of the columns, for a launch of
+        `blocks` (unit, chunk) pairs: the most of ATTN_VALUES_COL_PARTS whose blocks fit the multiprocessors once,
+        else one. Any choice gives the same bits (a column's sums are its own)."""
+        return max([p for p in ATTN_VALUES_COL_PARTS if blocks * p <= self._multiprocessors], default=1)
 
     def attention_values_paired(self, blocks: int, threads: int) -> bool:
         """Whether attention_values runs its launch of `blocks` blocks of `threads` threads as the kernel that

@@ -273,6 +273,13 @@ ATTN_HEADS = 4  # RS_ATTN_HEADS: query heads of one kv head per block of attenti
 # 4.440 -> 3.371 / 4.356 -> 3.534 / 4.755 (3 rows: 128 registers and one position a lane in flight, else spills; 4:
 # more shared memory than a block may have).
 ATTN_VALUES_ROWS = 2
+# Blocks a (unit, chunk) of attention_values may take, each a part of the columns (GpuBackend.attention_values_col_parts:
+# the most whose blocks fit the multiprocessors once), so that a launch of few units and chunks (one row over a cache
+# of 2048 positions: 8 units x 8 chunks on 132 multiprocessors) fills the GPU. H200, 2026-12-04, the llama-8b pass
+# (graph replay, in turn, twice; tests/results/attention_values_col_parts_2026_12_04_h200.json), ms, one part -> these:
+# one row at 1984 positions 2.745-2.749 -> 2.664-2.665 (two parts), at 960 2.665-2.668 -> 2.541-2.543 (four); two rows
+# at 960 2.877-2.878 -> 2.803-2.806 (two); launches of a wave or more unchanged.
+ATTN_VALUES_COL_PARTS = (1, 2, 4, 8)
 # The query heads a block of attention_heads takes, tried in this order (the first whose blocks fit the multiprocessors
 # one each). 3 splits a group of 5 (qwen2.5-32b) into blocks of 3 and 2 heads where 2 a block would not fit, instead
 # of 4 and 1 (the block of 4 sets the time); a group of 4 never takes it (3 fits only where 2 fits). qwen2.5-32b's

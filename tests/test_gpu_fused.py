@@ -88,7 +88,7 @@ def test_attention_q8_equals_attention_then_quantize(be, data):
     vc = floats(rng, (kv_heads, cache_len, dim), data.draw(STYLES, label="v"))
     eq, ed = CPU.attention_q8(q, kc, vc, pos0)
     pos = be.asarray(np.array([pos0], np.int32)) if data.draw(st.booleans(), label="device pos") else pos0
-    launch = data.draw(ATTENTION_LAUNCHES, label="threads, plan, spread, paired, slice, rows a unit")
+    launch = data.draw(ATTENTION_LAUNCHES, label="threads, plan, spread, paired, slice, rows a unit, column parts")
     with attention_launch(be, *launch):
         gq, gd = be.attention_q8(be.asarray(q), be.asarray(kc), be.asarray(vc), pos)
     what = f"attention_q8 R={rows} H={heads} G={kv_heads} D={dim} pos0={pos0} launch={launch}"

@@ -283,6 +283,17 @@ def test_attention_values_takes_units_of_rows_only_beyond_one_wave():
         1, 1, 2, 2, 2]
 
 
+def test_attention_values_splits_the_columns_of_a_launch_of_few_blocks():
+    """attention_values' blocks a (unit, chunk): the most of 1, 2, 4, 8 whose blocks fit the multiprocessors once;
+    on an H200, llama-8b's one row over 1984 positions (8 units x 8 chunks) two, over 960 (8 x 4) four, and 2 rows
+    over 1984 (128 (unit, chunk) pairs) one."""
+    be = backend()
+    assert [be.attention_values_col_parts(blocks) for blocks in (1, 16, 17, 33, 34, 66, 67, SMS, SMS + 1)] == [
+        8, 8, 4, 4, 2, 2, 1, 1, 1]
+    assert [be.attention_values_col_parts(8 * chunks) for chunks in (8, 4)] == [2, 4]
+    assert be.attention_values_col_parts(16 * 8) == 1
+
+
 def test_silu_grid_takes_a_row_in_parts_and_refuses_rows_past_the_grid():
     """silu_mul_q8's grid: a block of up to SILU_Q8_THREADS threads (32 a Q8_0 block) for each part of each row;
     rows whose parts would pass the grid's y limit get a DeviceError (one line from the CLI), not a failed launch."""

@@ -370,13 +370,14 @@ def test_kv_write_equals_cpu(be, data):
 # -------------------------------------------------------------------------------------------- attention
 @contextlib.contextmanager
 def attention_launch(be, threads: int, plan: AttnPlan, spread: int | None = None, paired: bool | None = None,
-                     slice_len: int | None = None, rows_a_unit: int | None = None):
+                     slice_len: int | None = None, rows_a_unit: int | None = None, col_parts: int | None = None):
     """Attention launched with `threads` threads per block whatever the launch's size, by `plan` (one kernel a
     block per (row, head), one a block per (row, kv head), or two spread over positions), and then with at most
     `spread` blocks per unit computing scores (None: the backend's spread), attention_values paired or not
     (None: as the backend chooses; HIP has only the unpaired kernel; units of several rows are never paired),
-    slices of `slice_len` positions (None: the backend's) and units of attention_values of `rows_a_unit` rows
-    (None: the backend's)."""
+    slices of `slice_len` positions (None: the backend's), units of attention_values of `rows_a_unit` rows and
+    `col_parts` blocks a (unit, chunk), each a part of the columns (None: the backend's; the paired kernel takes
+    one))."""
     be.attention_plan = lambda rows, heads, kv_heads, cache_len: plan  # each shadows the method on this instance
     be.attention_threads = lambda blocks: threads
     if spread is not None:
@@ -387,21 +388,26 @@ def attention_launch(be, threads: int, plan: AttnPlan, spread: int | None = None
         be.attention_slice = lambda units, cache_len: slice_len
     if rows_a_unit is not None:
         be.attention_values_rows = lambda rows, blocks: max(1, min(rows_a_unit, rows))
+    if col_parts is not None:
+        be.attention_values_col_parts = lambda blocks: col_parts
     try:
         yield
     finally:
         del be.attention_plan, be.attention_threads
-        for name in ("attention_spread", "attention_values_paired", "attention_slice", "attention_values_rows"):
+        for name in ("attention_spread", "attention_values_paired", "attention_slice", "attention_values_rows",
+                     "attention_values_col_parts"):
             be.__dict__.pop(name, None)
 
 
 ATTENTION_PLANS = [AttnPlan("attention")] + [AttnPlan(kernel, per) for kernel in ("attention_heads", "spread")
                                              for per in range(1, ATTN_HEADS + 1)]
-# (threads, plan, spread, paired, slice_len, rows a unit of attention_values); slices of 32 and 96 positions and
-# units of 3 rows too, off the backend's choices
+# (threads, plan, spread, paired, slice_len, rows a unit of attention_values, its column parts); slices of 32 and
+# 96 positions, units of 3 rows and 3 or 64 column parts (more than a head of 128 has items: parts with none) too,
+# off the backend's choices
 ATTENTION_LAUNCHES = st.tuples(st.sampled_from(ATTN_THREAD_CHOICES), st.sampled_from(ATTENTION_PLANS),
                                st.sampled_from([None, 1, 2, 3]), st.sampled_from([None, False, True]),
-                               st.sampled_from((None, 32, 96) + ATTN_SLICES), st.sampled_from([None, 1, 2, 3]))
+                               st.sampled_from((None, 32, 96) + ATTN_SLICES), st.sampled_from([None, 1, 2, 3]),
+                               st.sampled_from([None, 1, 2, 3, 8, 64]))
 
 
 def test_attention_threads_fill_the_gpu_once(be):
@@ -457,7 +463,7 @@ def test_attention_equals_spec(be, data):
     q = floats(rng, (rows, heads, dim), "normal") * scale
     kc = floats(rng, (kv_heads, cache_len, dim), "normal") * scale
     vc = floats(rng, (kv_heads, cache_len, dim), data.draw(STYLES))
-    launch = data.draw(ATTENTION_LAUNCHES, label="threads, plan, spread, paired, slice, rows a unit")
+    launch = data.draw(ATTENTION_LAUNCHES, label="threads, plan, spread, paired, slice, rows a unit, column parts")
     expected = spec.attention(q, kc, vc, pos0)
     with attention_launch(be, *launch):
         got = be.to_host(be.attention(be.asarray(q), be.asarray(kc), be.asarray(vc), pos0))
@@ -489,7 +495,8 @@ ROW_ORDER_PLANS = ((AttnPlan("attention"), None, None), (AttnPlan("attention_hea
                    (AttnPlan("spread", 1), None, True), (AttnPlan("spread", ATTN_HEADS), 1, False),
                    (AttnPlan("spread", ATTN_HEADS), 1, True), (AttnPlan("spread", 1), None, False, 128),
                    (AttnPlan("spread", ATTN_HEADS), 1, True, 256), (AttnPlan("spread", ATTN_HEADS), 1, False, None, 2),
-                   (AttnPlan("spread", 1), None, False, None, 3), (AttnPlan("spread", 2), 2, None, 64, 2))
+                   (AttnPlan("spread", 1), None, False, None, 3), (AttnPlan("spread", 2), 2, None, 64, 2),
+                   (AttnPlan("spread", ATTN_HEADS), None, False, None, 1, 4), (AttnPlan("spread", 1), 1, False, 64, 2, 3))
 
 
 @pytest.mark.parametrize("launch", [(t, *plan) for t in ATTN_THREAD_CHOICES for plan in ROW_ORDER_PLANS])

@@ -163,7 +163,7 @@ def test_attention_q8_computes_only_the_live_rows(be, data):
     q = be.asarray(floats(rng, (rows, heads, dim), data.draw(STYLES, label="q")))
     kc, vc = (be.asarray(floats(rng, (kv_heads, cache_len, dim), "normal")) for _ in range(2))
     pos = be.asarray(np.array([pos0], np.int32))
-    launch = data.draw(ATTENTION_LAUNCHES, label="threads, plan, spread, paired, slice, rows a unit")
+    launch = data.draw(ATTENTION_LAUNCHES, label="threads, plan, spread, paired, slice, rows a unit, column parts")
     with attention_launch(be, *launch):
         fq, fd = be.attention_q8(q, kc, vc, pos)
         with live(be, count):

@@ -26,7 +26,7 @@ LIVE_GEMV_ARGS = GEMV_ARGS + ", const int*"
 SCORES_ARGS = ("const float*, const float*, const float*, const int*, int, int, int, int, int, int, float, int, int, "
                "float*, float*, int*, const int*")
 VALUES_ARGS = ("const float*, const int*, int, int, int, int, int, int, int, const float*, const float*, float*, "
-               "int*, float*, signed char*, unsigned short*, const int*")
+               "int*, float*, signed char*, unsigned short*, const int*, int")
 HEADS_ARGS = ("const float*, const float*, const float*, const int*, int, int, int, int, int, int, float, float*, "
               "float*, float*, signed char*, unsigned short*, const int*")
 ATTENTION_ARGS = ("const float*, const float*, const float*, const int*, int, int, int, int, int, float, float*, "

@@ -11,8 +11,8 @@
 // .attention_plan picks one per launch:
 //   `attention`: one block per (row, head) runs every phase below (short contexts: the fewest steps);
 //   `attention_scores` then `attention_values` spread a row's positions over many blocks, each block taking
-//     one or more query heads of a kv head (long contexts, many rows; attention_values' blocks those heads of
-//     one or more consecutive rows): phase 1 by slices of 64-256 positions,
+//     one or more query heads of a kv head, of one or more consecutive rows (long contexts, many rows): phase 1
+//     by slices of 64-256 positions,
 //     phases 2 and 3 by chunks of 256 (each with the max of the slices' maxes), and phase 4 in the last
 //     chunk's block to finish.
 // Before waiting for the kernel before it (rs_kernel_begin), a block asks the L2 cache for its share of the
@@ -106,20 +106,26 @@ RS_DEVICE void rs_attention_load_q(const float* __restrict__ q, int hb, int dim,
   }
 }
 
-template <int MAXD, int HB>
-RS_DEVICE void rs_attention_scores_of(const float (&qreg)[HB][MAXD / RS_LANES], int hb,
+// RG > 1 (attention_scores' units of rows): the same for rg <= RG consecutive rows at once, each key loaded once for
+// all of them (RS_ATTN_KEYS(MAXD) / RG keys at a time): row r's head i is slot r*HB + i of qreg and m, sees the
+// positions before min(t_end + r, t_stop), and writes its scores at e[r*e_row_stride + i*e_stride + t - e_base].
+template <int MAXD, int HB, int RG = 1>
+RS_DEVICE void rs_attention_scores_of(const float (&qreg)[RG * HB][MAXD / RS_LANES], int hb,
                                       const float* __restrict__ kc, int dim, float scale, int t_begin, int t_end,
-                                      float* __restrict__ e, long long e_stride, int e_base, float (&m)[HB]) {
+                                      float* __restrict__ e, long long e_stride, int e_base, float (&m)[RG * HB],
+                                      int rows_given = 1, int t_stop = 0, long long e_row_stride = 0) {
+  const int rg = RG == 1 ? 1 : rows_given;
+  const int t_last = RG == 1 ? t_end : min(t_end + rg - 1, t_stop);  // the last row's end
 #pragma unroll
-  for (int i = 0; i < HB; ++i) m[i] = rs_as_float((int)0xff800000);  // -inf
-  constexpr int KEYS = RS_ATTN_KEYS(MAXD);
-  constexpr int SLOTS = KEYS * HB;  // slot u * HB + i: key u, head i
-  for (int t0 = t_begin + rs_group(); t0 < t_end; t0 += KEYS * rs_groups()) {
+  for (int i = 0; i < RG * HB; ++i) m[i] = rs_as_float((int)0xff800000);  // -inf
+  constexpr int KEYS = RS_ATTN_KEYS(MAXD) / RG;
+  constexpr int SLOTS = KEYS * RG * HB;  // slot (u * RG + r) * HB + i: key u, row r, head i
+  for (int t0 = t_begin + rs_group(); t0 < t_last; t0 += KEYS * rs_groups()) {
     float kreg[KEYS][MAXD / RS_LANES];
 #pragma unroll
     for (int u = 0; u < KEYS; ++u) {
       const int t = t0 + u * rs_groups();
-      const float* kt = kc + (long long)(t < t_end ? t : t0) * dim;
+      const float* kt = kc + (long long)(t < t_last ? t : t0) * dim;
 #pragma unroll
       for (int j = 0; j < MAXD / RS_LANES; ++j) {
         const int d = rs_lane() + RS_LANES * j;
@@ -130,13 +136,13 @@ RS_DEVICE void rs_attention_scores_of(const float (&qreg)[HB][MAXD / RS_LANES], 
 #pragma unroll
     for (int u = 0; u < KEYS; ++u) {
 #pragma unroll
-      for (int i = 0; i < HB; ++i) {
+      for (int i = 0; i < RG * HB; ++i) {
         float a = 0.0f;
 #pragma unroll
         for (int j = 0; j < MAXD / RS_LANES; ++j) {
           if (rs_lane() + RS_LANES * j < dim) a = rs_add(a, rs_mul(qreg[i][j], kreg[u][j]));
         }
-        acc[u * HB + i] = a;
+        acc[u * RG * HB + i] = a;
       }
     }
     int first = 0;
@@ -144,19 +150,19 @@ RS_DEVICE void rs_attention_scores_of(const float (&qreg)[HB][MAXD / RS_LANES], 
     RsTreeSlots<SLOTS, SLOTS, RS_LANES / 2>::run(acc, rs_lane(), first, owner);
 #pragma unroll
     for (int c = 0; c < RsTreeCount<SLOTS, RS_LANES / 2>::value; ++c) {
-      const int slot = first + c, u = slot / HB, i = slot % HB;
+      const int slot = first + c, u = slot / (RG * HB), ri = slot % (RG * HB), r = ri / HB, i = ri % HB;
       const int t = t0 + u * rs_groups();
-      const bool used = owner && t < t_end && i < hb;
+      const bool used = owner && t < (RG == 1 ? t_end : min(t_end + r, t_stop)) && i < hb && r < rg;
       const float s = rs_mul(acc[c], scale);
-      if (used) e[i * e_stride + t - e_base] = s;
+      if (used) e[(RG == 1 ? 0 : r * e_row_stride) + i * e_stride + t - e_base] = s;
 #pragma unroll
-      for (int h = 0; h < HB; ++h) {  // every m[h] written each time (no register array indexed at run time)
-        m[h] = rs_max_nan(m[h], used && h == i ? s : rs_as_float((int)0xff800000));
+      for (int h = 0; h < RG * HB; ++h) {  // every m[h] written each time (no register array indexed at run time)
+        m[h] = rs_max_nan(m[h], used && h == ri ? s : rs_as_float((int)0xff800000));
       }
     }
   }
 #pragma unroll
-  for (int i = 0; i < HB; ++i) {  // the group's max of head i in every lane (exact in any order)
+  for (int i = 0; i < RG * HB; ++i) {  // the group's max of slot i in every lane (exact in any order)
 #pragma unroll
     for (int offset = RS_LANES / 2; offset >= 1; offset /= 2) m[i] = rs_max_nan(m[i], rs_shfl_xor(m[i], offset));
   }
@@ -275,7 +281,9 @@ RS_DEVICE void rs_attention_chunk_items(const float* e, long long e_stride, int 
 #pragma unroll
     for (int s = 0; s < RsTreeCount<SLOTS, RS_LANES / 2>::value; ++s) {
       const int slot = first + s, r = RG == 1 ? 0 : slot / (HB * VEC), i = slot / VEC % HB;
-      if (owner && i < hb && r < rg) dst[r * dst_row_stride + i * dst_stride + chunk * cols + col0 + slot % VEC] = acc[s];
+      if (owner && i < hb && r < rg) {
+        dst[r * dst_row_stride + i * dst_stride + chunk * cols + col0 + slot % VEC] = acc[s];
+      }
     }
     if (col0 == 0) {  // the same for the whole group
 #pragma unroll
@@ -440,43 +448,52 @@ struct RsAttnUnit {
 };
 
 // e_buf float32 [rows*heads, cache_len]: the scores; max_buf float32 [rows*heads, ceil(cache_len / slice_len)];
-// arrivals int32 [units], set to 0 here for attention_values. Grid: units*slice_blocks blocks, units =
-// rows * kv_heads * ceil(heads / kv_heads / per).
-template <int MAXD>
+// arrivals int32 [units], set to 0 here for attention_values (which takes the same units). RG: rows a unit, as
+// attention_values' (each key loaded once for the query heads of both rows; a row's positions as its own). Grid:
+// units*slice_blocks blocks, units = ceil(rows / RG) * kv_heads * ceil(heads / kv_heads / per).
+template <int MAXD, int RG>
 __global__ void RS_ATTN_BOUNDS(RS_ATTN_SCORE_THREADS, false)  // (one block: else nvcc caps it at 64 registers)
 attention_scores(const float* __restrict__ q, const float* __restrict__ k_cache, const float* __restrict__ v_cache,
                  const int* __restrict__ pos, int rows, int heads, int kv_heads, int per, int dim, int cache_len,
                  float scale, int slice_len, int slice_blocks, float* __restrict__ e_buf, float* __restrict__ max_buf,
                  int* __restrict__ arrivals, const int* __restrict__ live) {
   const int unit = blockIdx.x / slice_blocks, first = blockIdx.x % slice_blocks;
-  const RsAttnUnit u(unit, heads, kv_heads, per);
+  const RsAttnUnit u(unit, heads, kv_heads, per);  // u.row: the group of rows
   const int slices = (cache_len + slice_len - 1) / slice_len;
   const float* kc = k_cache + (long long)u.kv_head * cache_len * dim;
   const float* vc = v_cache + (long long)u.kv_head * cache_len * dim;
-  if (u.row >= rs_live_rows(live, rows)) return;  // the whole block (attention_values skips the unit too)
+  const int row0 = u.row * RG;
+  if (row0 >= rs_live_rows(live, rows)) return;  // the whole block (attention_values skips the unit too)
   rs_attention_prefetch(kc, vc, pos, cache_len, dim, first * slice_len, (first + 1) * slice_len,
-                        rows * u.parts, u.row * u.parts + u.part, RS_ATTN_SCORE_THREADS);
+                        (rows + RG - 1) / RG * u.parts, u.row * u.parts + u.part, RS_ATTN_SCORE_THREADS);
   rs_kernel_begin();
-  __shared__ float group_max[RS_ATTN_HEADS][RS_ATTN_SCORE_THREADS / RS_LANES];
+  __shared__ float group_max[RG * RS_ATTN_HEADS][RS_ATTN_SCORE_THREADS / RS_LANES];
   if (first == 0 && threadIdx.x == 0) arrivals[unit] = 0;
-  const int n_vis = pos[0] + u.row + 1;
-  const long long rh0 = (long long)u.row * heads + u.h0;
-  float qreg[RS_ATTN_HEADS][MAXD / RS_LANES];
-  rs_attention_load_q<MAXD, RS_ATTN_HEADS>(q + rh0 * dim, u.hb, dim, qreg);
-  for (int slice = first; slice * slice_len < n_vis; slice += slice_blocks) {  // the same for the whole block
-    const int t_begin = slice * slice_len, t_end = min(t_begin + slice_len, n_vis);
-    float m[RS_ATTN_HEADS];
-    rs_attention_scores_of<MAXD, RS_ATTN_HEADS>(qreg, u.hb, kc, dim, scale, t_begin, t_end, e_buf + rh0 * cache_len,
-                                                cache_len, 0, m);
+  const int rg = RG == 1 ? 1 : min(RG, rs_live_rows(live, rows) - row0);  // rows of the unit
+  const int n_vis = pos[0] + row0 + 1;  // positions the unit's first row sees (row r: r more)
+  const long long rh0 = (long long)row0 * heads + u.h0;  // row r's head i: rh0 + r * heads + i
+  using RowQueries = float[RS_ATTN_HEADS][MAXD / RS_LANES];  // one row's heads: RS_ATTN_HEADS slots of qreg
+  float qreg[RG * RS_ATTN_HEADS][MAXD / RS_LANES];
 #pragma unroll
-    for (int i = 0; i < RS_ATTN_HEADS; ++i) {  // each group's max (its lanes hold the same) of each head
+  for (int r = 0; r < RG; ++r) {
+    rs_attention_load_q<MAXD, RS_ATTN_HEADS>(q + (rh0 + (long long)r * heads) * dim, r < rg ? u.hb : 0, dim,
+                                             *reinterpret_cast<RowQueries*>(qreg[r * RS_ATTN_HEADS]));
+  }
+  for (int slice = first; slice * slice_len < n_vis + rg - 1; slice += slice_blocks) {  // the same for the whole block
+    const int t_begin = slice * slice_len, t_stop = t_begin + slice_len, t_end = min(t_stop, n_vis);
+    float m[RG * RS_ATTN_HEADS];
+    rs_attention_scores_of<MAXD, RS_ATTN_HEADS, RG>(qreg, u.hb, kc, dim, scale, t_begin, t_end, e_buf + rh0 * cache_len,
+                                                    cache_len, 0, m, rg, t_stop, (long long)heads * cache_len);
+#pragma unroll
+    for (int i = 0; i < RG * RS_ATTN_HEADS; ++i) {  // each group's max (its lanes hold the same) of each slot
       if (rs_lane() == 0) group_max[i][rs_group()] = m[i];
     }
     __syncthreads();
-    if (threadIdx.x < u.hb) {  // the slice's max of head threadIdx.x (rs_max_nan: exact in any order)
-      float mi = group_max[threadIdx.x][0];
-      for (int g = 1; g < RS_ATTN_SCORE_THREADS / RS_LANES; ++g) mi = rs_max_nan(mi, group_max[threadIdx.x][g]);
-      max_buf[(rh0 + threadIdx.x) * slices + slice] = mi;
+    if (threadIdx.x < rg * u.hb) {  // the slice's max of one row's head (rs_max_nan: exact in any order)
+      const int r = threadIdx.x / u.hb, i = threadIdx.x % u.hb, slot = r * RS_ATTN_HEADS + i;
+      float mi = group_max[slot][0];
+      for (int g = 1; g < RS_ATTN_SCORE_THREADS / RS_LANES; ++g) mi = rs_max_nan(mi, group_max[slot][g]);
+      max_buf[(rh0 + (long long)r * heads + i) * slices + slice] = mi;
     }
     __syncthreads();
   }

@@ -944,22 +944,22 @@ class GpuBackend:
         if plan.kernel == "spread":
             per = plan.per
             units = attention_units(rows, heads, kv_heads, per)
+            threads = self.attention_threads(units)
+            rg = self.attention_values_rows(rows, units * max_chunks)  # rows a unit, of both kernels
+            if rg > 1:  # units of rg rows, as many threads a block as fill the multiprocessors once, unpaired
+                units = attention_units(-(-rows // rg), heads, kv_heads, per)
+                threads = self.attention_threads(units * max_chunks)
             slice_len = self.attention_slice(units, cache_len)
             slices, first = -(-cache_len // slice_len), self._pos(pos)
-            threads = self.attention_threads(units)
             slice_blocks = self.attention_spread(units, slices)
             max_buf = self._new((rows * heads, slices), F32)
             arrivals = self._new((units,), np.int32)
-            name = f"attention_scores<{bound}>"
+            name = f"attention_scores<{bound}, {rg}>"
             self.function("attention", name, (name,))(
                 (units * slice_blocks,), (ATTN_SCORE_THREADS,),
                 (q, k_cache, v_cache, first, np.int32(rows), np.int32(heads), np.int32(kv_heads), np.int32(per),
                  np.int32(dim), np.int32(cache_len), F32(scale), np.int32(slice_len), np.int32(slice_blocks), e_buf,
                  max_buf, arrivals, self._live_arg()))
-            rg = self.attention_values_rows(rows, units * max_chunks)
-            if rg > 1:  # units of rg rows, as many threads a block as fill the multiprocessors once, unpaired
-                units = attention_units(-(-rows // rg), heads, kv_heads, per)
-                threads = self.attention_threads(units * max_chunks)
             if self.platform == "hip":
                 threads = min(threads, ATTN_VALUES_MAX_THREADS_HIP)
             paired = rg == 1 and self.attention_values_paired(units * max_chunks, threads)
@@ -997,9 +997,9 @@ class GpuBackend:
         return ATTN_THREAD_CHOICES[-1]
 
     def attention_values_rows(self, rows: int, blocks: int) -> int:
-        """Rows a unit of attention_values takes (its RG) in a launch of `rows` rows whose units of one row
-        would take `blocks` blocks: one while those fit the multiprocessors once, else ATTN_VALUES_ROWS (at most
-        `rows`). Any choice gives the same bits."""
+        """Rows a unit of attention_values and attention_scores takes (their RG) in a launch of `rows` rows whose
+        units of one row would take `blocks` blocks of attention_values: one while those fit the multiprocessors
+        once, else ATTN_VALUES_ROWS (at most `rows`). Any choice gives the same bits."""
         return 1 if blocks <= self._multiprocessors else max(1, min(ATTN_VALUES_ROWS, rows))
 
     def attention_values_col_parts(self, blocks: int) -> int:

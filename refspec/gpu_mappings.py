@@ -263,22 +263,26 @@ ATTN_SLICES = (256, 128, 64)
 ATTN_SCORE_THREADS = 256  # RS_ATTN_SCORE_THREADS: threads per block of attention_scores
 ATTN_VALUES_MAX_THREADS_HIP = 256  # attention_values<512> needs more registers than gfx906 gives 512 threads
 ATTN_HEADS = 4  # RS_ATTN_HEADS: query heads of one kv head per block of attention_scores and attention_values
-# Rows a unit of attention_values takes (its RG) where one-row units would take more than one wave
-# (GpuBackend.attention_values_rows): each value a block loads serves the query heads of that many consecutive rows,
-# so a long cache's values pass through L1 half as often (ncu had its L1/TEX pipe 72 % busy at 16 rows over 1984
-# positions); such a launch runs unpaired, as many threads a block as fill the multiprocessors once. H200,
-# 2026-12-04, the llama-8b pass (graph replay, in turn, twice; tests/results/attention_values_rows_2026_12_04_h200.json),
-# ms at 1 / 2 / 4 / 8 / 16 rows, one row a unit -> 2 -> 3: position 1984 2.762 / 2.992 / 3.640 / 4.096 / 5.848 ->
-# 2.766 / 3.003 / 3.433 / 4.048 / 5.670 -> 2.772 / 3.007 / 3.559 / 4.400 / 6.418; position 960 at 8 / 16 rows 3.592 /
-# 4.440 -> 3.371 / 4.356 -> 3.534 / 4.755 (3 rows: 128 registers and one position a lane in flight, else spills; 4:
-# more shared memory than a block may have).
+# Rows a unit of attention_values and attention_scores takes (their RG) where one-row units would take more than one
+# wave (GpuBackend.attention_values_rows): each value a block loads serves the query heads of that many consecutive
+# rows, so a long cache's values pass through L1 half as often (ncu had its L1/TEX pipe 72 % busy at 16 rows over 1984
+# positions); such a launch runs unpaired, as many threads a block as fill the multiprocessors once. H200, 2026-12-04,
+# the llama-8b pass (graph replay, in turn, twice; tests/results/attention_values_rows_2026_12_04_h200.json), ms at 1 /
+# 2 / 4 / 8 / 16 rows, one row a unit -> 2 -> 3: position 1984 2.762 / 2.992 / 3.640 / 4.096 / 5.848 -> 2.766 / 3.003 /
+# 3.433 / 4.048 / 5.670 -> 2.772 / 3.007 / 3.559 / 4.400 / 6.418; position 960 at 8 / 16 rows 3.592 / 4.440 -> 3.371 /
+# 4.356 -> 3.534 / 4.755 (3 rows: 128 registers and one position a lane in flight, else spills; 4: more shared memory
+# than a block may have). attention_scores takes the same units (each key loaded once for both rows' queries, 4 keys a
+# group in flight instead of 8): in turn, twice, same bits, the pass at 1984 positions 4 / 8 / 16 rows 3.409-3.414 /
+# 4.070-4.075 / 5.661-5.674 -> 3.389-3.396 / 3.978-3.984 / 5.601-5.603 ms, at 960 16 rows 4.340-4.343 -> 4.264-4.265
+# (tests/results/attention_scores_rows_2026_12_04_h200.json).
 ATTN_VALUES_ROWS = 2
-# Blocks a (unit, chunk) of attention_values may take, each a part of the columns (GpuBackend.attention_values_col_parts:
-# the most whose blocks fit the multiprocessors once), so that a launch of few units and chunks (one row over a cache
-# of 2048 positions: 8 units x 8 chunks on 132 multiprocessors) fills the GPU. H200, 2026-12-04, the llama-8b pass
-# (graph replay, in turn, twice; tests/results/attention_values_col_parts_2026_12_04_h200.json), ms, one part -> these:
-# one row at 1984 positions 2.745-2.749 -> 2.664-2.665 (two parts), at 960 2.665-2.668 -> 2.541-2.543 (four); two rows
-# at 960 2.877-2.878 -> 2.803-2.806 (two); launches of a wave or more unchanged.
+# Blocks a (unit, chunk) of attention_values may take, each a part of the columns
+# (GpuBackend.attention_values_col_parts: the most whose blocks fit the multiprocessors once), so that a launch of few
+# units and chunks (one row over a cache of 2048 positions: 8 units x 8 chunks on 132 multiprocessors) fills the GPU.
+# H200, 2026-12-04, the llama-8b pass (graph replay, in turn, twice;
+# tests/results/attention_values_col_parts_2026_12_04_h200.json), ms, one part -> these: one row at 1984 positions
+# 2.745-2.749 -> 2.664-2.665 (two parts), at 960 2.665-2.668 -> 2.541-2.543 (four); two rows at 960 2.877-2.878 ->
+# 2.803-2.806 (two); launches of a wave or more unchanged.
 ATTN_VALUES_COL_PARTS = (1, 2, 4, 8)
 # The query heads a block of attention_heads takes, tried in this order (the first whose blocks fit the multiprocessors
 # one each). 3 splits a group of 5 (qwen2.5-32b) into blocks of 3 and 2 heads where 2 a block would not fit, instead

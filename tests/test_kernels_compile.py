@@ -57,7 +57,7 @@ def values_instances(nvidia: bool) -> list[tuple[int, str, int]]:
 
 
 def attention_instances(nvidia: bool) -> int:
-    return (len(ATTN_BOUNDS) * (len(ATTN_THREAD_CHOICES) + 1) + len(values_instances(nvidia))
+    return (len(ATTN_BOUNDS) * (len(ATTN_THREAD_CHOICES) + len({1, ATTN_VALUES_ROWS})) + len(values_instances(nvidia))
             + len(heads_instances(nvidia)))
 
 
@@ -91,7 +91,8 @@ def source_file(tmp_path, stem: str, variants: bool):
         path.write_text('#include "attention.hip"\n' + "".join(
             f"template __global__ void attention<{b}, {t}>({ATTENTION_ARGS});\n"
             for b in ATTN_BOUNDS for t in ATTN_THREAD_CHOICES) + "".join(
-            f"template __global__ void attention_scores<{b}>({SCORES_ARGS});\n" for b in ATTN_BOUNDS) + "".join(
+            f"template __global__ void attention_scores<{b}, {rg}>({SCORES_ARGS});\n" for b in ATTN_BOUNDS
+            for rg in sorted({1, ATTN_VALUES_ROWS})) + "".join(
             f"template __global__ void attention_heads<{b}, {t}, {per}>({HEADS_ARGS});\n"
             for b, t, per in heads_instances(variants)) + "".join(
             f"template __global__ void attention_values<{t}, {paired}, {rg}>({VALUES_ARGS});\n"

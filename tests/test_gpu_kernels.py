@@ -375,9 +375,9 @@ def attention_launch(be, threads: int, plan: AttnPlan, spread: int | None = None
     block per (row, head), one a block per (row, kv head), or two spread over positions), and then with at most
     `spread` blocks per unit computing scores (None: the backend's spread), attention_values paired or not
     (None: as the backend chooses; HIP has only the unpaired kernel; units of several rows are never paired),
-    slices of `slice_len` positions (None: the backend's), units of attention_values of `rows_a_unit` rows and
-    `col_parts` blocks a (unit, chunk), each a part of the columns (None: the backend's; the paired kernel takes
-    one))."""
+    slices of `slice_len` positions (None: the backend's), units of `rows_a_unit` rows in both spread kernels and
+    `col_parts` blocks of attention_values a (unit, chunk), each a part of the columns (None: the backend's; the
+    paired kernel takes one)."""
     be.attention_plan = lambda rows, heads, kv_heads, cache_len: plan  # each shadows the method on this instance
     be.attention_threads = lambda blocks: threads
     if spread is not None:
@@ -496,7 +496,8 @@ ROW_ORDER_PLANS = ((AttnPlan("attention"), None, None), (AttnPlan("attention_hea
                    (AttnPlan("spread", ATTN_HEADS), 1, True), (AttnPlan("spread", 1), None, False, 128),
                    (AttnPlan("spread", ATTN_HEADS), 1, True, 256), (AttnPlan("spread", ATTN_HEADS), 1, False, None, 2),
                    (AttnPlan("spread", 1), None, False, None, 3), (AttnPlan("spread", 2), 2, None, 64, 2),
-                   (AttnPlan("spread", ATTN_HEADS), None, False, None, 1, 4), (AttnPlan("spread", 1), 1, False, 64, 2, 3))
+                   (AttnPlan("spread", ATTN_HEADS), None, False, None, 1, 4),
+                   (AttnPlan("spread", 1), 1, False, 64, 2, 3))
 
 
 @pytest.mark.parametrize("launch", [(t, *plan) for t in ATTN_THREAD_CHOICES for plan in ROW_ORDER_PLANS])

@@ -49,15 +49,18 @@ def heads_instances(nvidia: bool) -> list[tuple[int, int, int]]:
             if t <= attention_heads_max_threads(b, hip=not nvidia)]
 
 
+UNIT_ROWS = sorted({1, ATTN_VALUES_ROWS})  # rows a unit of attention_scores and attention_values, as launched
+
+
 def values_instances(nvidia: bool) -> list[tuple[int, str, int]]:
     """The attention_values instances the backend launches: (threads, PAIRED, rows a unit); units of several rows
     only unpaired."""
-    return [(t, paired, rg) for t in values_threads(nvidia) for rg in sorted({1, ATTN_VALUES_ROWS})
+    return [(t, paired, rg) for t in values_threads(nvidia) for rg in UNIT_ROWS
             for paired in values_paired(nvidia) if rg == 1 or paired == "false"]
 
 
 def attention_instances(nvidia: bool) -> int:
-    return (len(ATTN_BOUNDS) * (len(ATTN_THREAD_CHOICES) + len({1, ATTN_VALUES_ROWS})) + len(values_instances(nvidia))
+    return (len(ATTN_BOUNDS) * (len(ATTN_THREAD_CHOICES) + len(UNIT_ROWS)) + len(values_instances(nvidia))
             + len(heads_instances(nvidia)))
 
 
@@ -92,7 +95,7 @@ def source_file(tmp_path, stem: str, variants: bool):
             f"template __global__ void attention<{b}, {t}>({ATTENTION_ARGS});\n"
             for b in ATTN_BOUNDS for t in ATTN_THREAD_CHOICES) + "".join(
             f"template __global__ void attention_scores<{b}, {rg}>({SCORES_ARGS});\n" for b in ATTN_BOUNDS
-            for rg in sorted({1, ATTN_VALUES_ROWS})) + "".join(
+            for rg in UNIT_ROWS) + "".join(
             f"template __global__ void attention_heads<{b}, {t}, {per}>({HEADS_ARGS});\n"
             for b, t, per in heads_instances(variants)) + "".join(
             f"template __global__ void attention_values<{t}, {paired}, {rg}>({VALUES_ARGS});\n"

@@ -283,6 +283,21 @@ def test_attention_values_takes_units_of_rows_only_beyond_one_wave():
         1, 1, 2, 2, 2]
 
 
+def test_attention_values_threads_in_units_of_rows():
+    """attention_values' threads a block in units of rows: 512 or 256 where that runs the launch in one wave; past
+    that 128 only where its last wave (four blocks a multiprocessor) is at least 7/8 full, 512 up to three waves of
+    it, else 256. On an H200, llama-8b over caches of 9 / 12 / 8 / 16 chunks (2100 / 3000 / 2048 / 4096 positions)
+    at 8 rows (32 units of two rows) and at 16 (64 units): 288 / 384 / 256 / 512 blocks and 576 / 768 / 512 / 1024."""
+    be = backend()
+    cases = {1: 512, SMS: 512, SMS + 1: 256, 2 * SMS: 256, 2 * SMS + 1: 512, 3 * SMS: 512, 3 * SMS + 1: 256,
+             461: 256, 462: 128, 4 * SMS: 128, 4 * SMS + 1: 256, 4 * SMS + 461: 256, 4 * SMS + 462: 128,
+             8 * SMS: 128, 8 * SMS + 1: 256, 100 * 4 * SMS: 128}
+    assert {blocks: be.attention_values_threads(blocks) for blocks in cases} == cases
+    units_of_two = {rows: attention_units(rows // 2, 32, 8, 4) for rows in (8, 16)}
+    assert [be.attention_values_threads(units_of_two[8] * chunks) for chunks in (9, 12, 8, 16)] == [512, 512, 256, 128]
+    assert [be.attention_values_threads(units_of_two[16] * chunks) for chunks in (9, 12, 8, 16)] == [256, 256, 128, 128]
+
+
 def test_attention_values_splits_the_columns_of_a_launch_of_few_blocks():
     """attention_values' blocks a (unit, chunk): the most of 1, 2, 4, 8 whose blocks fit the multiprocessors once;
     on an H200, llama-8b's one row over 1984 positions (8 units x 8 chunks) two, over 960 (8 x 4) four, and 2 rows

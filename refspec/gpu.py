@@ -1004,17 +1004,17 @@ class GpuBackend:
 
     def attention_values_threads(self, blocks: int) -> int:
         """Threads a block of attention_values in units of rows (attention_values_rows > 1) for a launch of `blocks`
-        blocks: 512 or 256 where that runs them in one wave, else 128 only where the last wave of its blocks (four a
-        multiprocessor) is at least 7/8 full, else 512 up to three waves of it, else 256. A 128-thread block's 4
-        groups take 8 of a chunk's 32 items (of 4 columns) each in turn, so a launch of them that leaves
-        multiprocessors with fewer blocks (a last wave mostly empty) costs more than one of larger blocks in more
-        waves; the rule before (128 past two waves of 256) lost most there. Any choice gives the same bits. H200,
-        2026-12-04, whole passes, this rule against the one before, in turn, twice, same logits bits
-        (tests/results/attention_values_threads_2026_12_04_h200.json), ms: llama-8b at 2100 positions (9 chunks), 8 /
-        16 rows 4.957-4.975 / 6.223 -> 4.414-4.425 / 6.102; at 3000 (12 chunks) 5.284-5.288 / 7.454-7.455 ->
+        blocks: 512 or 256 where that runs them in one wave; else 128 only where the last wave of its blocks (four a
+        multiprocessor) is at least 7/8 full; else 512 where that takes at most three waves; else 256. A 128-thread
+        block's 4 groups take 8 of a chunk's 32 items (of 4 columns) each in turn, so a launch of them whose last
+        wave is mostly empty costs more than larger blocks in more waves; the rule before (128 wherever 256 took
+        more than one wave) lost most there. Any choice gives the same bits. H200, 2026-12-04, whole passes, this
+        rule against the one before, in turn, twice, same logits bits
+        (tests/results/attention_values_threads_2026_12_04_h200.json), ms: llama-8b at 2100 positions (9 chunks),
+        8 / 16 rows 4.957-4.975 / 6.223 -> 4.414-4.425 / 6.102; at 3000 (12 chunks) 5.284-5.288 / 7.454-7.455 ->
         5.040-5.045 / 6.924-6.925; qwen2.5-32b at 2100 16.111-16.132 / 22.309-22.316 -> 15.694-15.721 /
-        21.892-21.897. Chains of 32 over 3-16 chunks (tests/profile_attention_threads.py) put the best thread count
-        where this rule does, or within 2.3 %."""
+        21.892-21.897. Chains of 32 over 3-16 chunks (tests/profile_attention_threads.py) put the best thread
+        count where this rule does, or within 2.3 %."""
         sms, most = self._multiprocessors, ATTN_THREAD_CHOICES[0]
         for threads in ATTN_THREAD_CHOICES[:2]:
             if blocks <= sms * (most // threads):

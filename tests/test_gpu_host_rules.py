@@ -285,8 +285,8 @@ def test_attention_values_takes_units_of_rows_only_beyond_one_wave():
 
 def test_attention_values_threads_in_units_of_rows():
     """attention_values' threads a block in units of rows: 512 or 256 where that runs the launch in one wave; past
-    that 128 only where its last wave (four blocks a multiprocessor) is at least 7/8 full, 512 up to three waves of
-    it, else 256. On an H200, llama-8b over caches of 9 / 12 / 8 / 16 chunks (2100 / 3000 / 2048 / 4096 positions)
+    that 128 only where its last wave (four blocks a multiprocessor) is at least 7/8 full, else 512 where that takes
+    at most three waves, else 256. On an H200, llama-8b over caches of 9 / 12 / 8 / 16 chunks (2100 / 3000 / 2048 / 4096 positions)
     at 8 rows (32 units of two rows) and at 16 (64 units): 288 / 384 / 256 / 512 blocks and 576 / 768 / 512 / 1024."""
     be = backend()
     cases = {1: 512, SMS: 512, SMS + 1: 256, 2 * SMS: 256, 2 * SMS + 1: 512, 3 * SMS: 512, 3 * SMS + 1: 256,

@@ -946,7 +946,7 @@ class GpuBackend:
             units = attention_units(rows, heads, kv_heads, per)
             threads = self.attention_threads(units)
             rg = self.attention_values_rows(rows, units * max_chunks)  # rows a unit, of both kernels
-            if rg > 1:  # units of rg rows, as many threads a block as fill the multiprocessors once, unpaired
+            if rg > 1:  # units of rg rows, unpaired, their own threads rule
                 units = attention_units(-(-rows // rg), heads, kv_heads, per)
                 threads = self.attention_values_threads(units * max_chunks)
             slice_len = self.attention_slice(units, cache_len)
@@ -1015,15 +1015,11 @@ class GpuBackend:
         5.040-5.045 / 6.924-6.925; qwen2.5-32b at 2100 16.111-16.132 / 22.309-22.316 -> 15.694-15.721 /
         21.892-21.897. Chains of 32 over 3-16 chunks (tests/profile_attention_threads.py) put the best thread
         count where this rule does, or within 2.3 %."""
-        sms, most = self._multiprocessors, ATTN_THREAD_CHOICES[0]
-        for threads in ATTN_THREAD_CHOICES[:2]:
-            if blocks <= sms * (most // threads):
-                return threads
-        smallest = ATTN_THREAD_CHOICES[-1]
-        wave = sms * (most // smallest)
-        if (blocks % wave or wave) * 8 >= 7 * wave:
-            return smallest
-        return most if blocks <= 3 * sms else ATTN_THREAD_CHOICES[1]
+        threads, most, smallest = self.attention_threads(blocks), ATTN_THREAD_CHOICES[0], ATTN_THREAD_CHOICES[-1]
+        wave = self._multiprocessors * (most // smallest)  # blocks of the smallest a wave
+        if threads != smallest or (blocks % wave or wave) * 8 >= 7 * wave:
+            return threads
+        return most if blocks <= 3 * self._multiprocessors else ATTN_THREAD_CHOICES[1]
 
     def attention_values_col_parts(self, blocks: int) -> int:
         """Blocks per (unit, chunk) of attention_values, each taking that part of the columns, for a launch of

@@ -266,7 +266,7 @@ ATTN_HEADS = 4  # RS_ATTN_HEADS: query heads of one kv head per block of attenti
 # Rows a unit of attention_values and attention_scores takes (their RG) where one-row units would take more than one
 # wave (GpuBackend.attention_values_rows): each value a block loads serves the query heads of that many consecutive
 # rows, so a long cache's values pass through L1 half as often (ncu had its L1/TEX pipe 72 % busy at 16 rows over 1984
-# positions); such a launch runs unpaired, as many threads a block as fill the multiprocessors once. H200, 2026-12-04,
+# positions); such a launch runs unpaired, its threads by GpuBackend.attention_values_threads. H200, 2026-12-04,
 # the llama-8b pass (graph replay, in turn, twice; tests/results/attention_values_rows_2026_12_04_h200.json), ms at 1 /
 # 2 / 4 / 8 / 16 rows, one row a unit -> 2 -> 3: position 1984 2.762 / 2.992 / 3.640 / 4.096 / 5.848 -> 2.766 / 3.003 /
 # 3.433 / 4.048 / 5.670 -> 2.772 / 3.007 / 3.559 / 4.400 / 6.418; position 960 at 8 / 16 rows 3.592 / 4.440 -> 3.371 /

@@ -27,6 +27,27 @@ def graph_seconds(cp, launch_all, repeats: int) -> float:
     return statistics.median(times)
 
 
+def attention_operands(cp, rng, rows: int, heads: int, kv_heads: int, dim: int, cache: int, pos0: int):
+    """Random operands of attention_q8 on the device, drawn in this order: q [rows, heads, dim], the k and v caches
+    [kv_heads, cache, dim], and pos = [pos0] (tests/profile_attention*.py)."""
+    import numpy as np
+
+    q = cp.asarray(rng.standard_normal((rows, heads, dim)).astype(np.float32))
+    kc = cp.asarray(rng.standard_normal((kv_heads, cache, dim)).astype(np.float32))
+    vc = cp.asarray(rng.standard_normal((kv_heads, cache, dim)).astype(np.float32))
+    return q, kc, vc, cp.asarray(np.array([pos0], np.int32))
+
+
+def force_attention_threads(be, threads: int | None) -> None:
+    """Every attention launch of `be` with `threads` threads a block from now on (both of its rules: attention_threads
+    and, for attention_values in units of rows, attention_values_threads); None: its own rules again."""
+    if threads is None:
+        for name in ("attention_threads", "attention_values_threads"):
+            be.__dict__.pop(name, None)
+    else:
+        be.attention_threads = be.attention_values_threads = lambda blocks: threads
+
+
 def attention_chain_us(be, q, kc, vc, pos, repeats: int) -> float:
     """Microseconds a launch of attention_q8(q, kc, vc, pos) as the backend plans it, from a chain of 32 captured
     as one graph (what 32 layers cost; tests/profile_attention.py, tests/ab_chains.py)."""

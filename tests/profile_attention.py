@@ -18,7 +18,7 @@ import numpy as np
 from refspec.gpu import GpuBackend
 from refspec.gpu_mappings import ATTN_THREAD_CHOICES, AttnPlan
 
-from graph_timing import attention_chain_us
+from graph_timing import attention_chain_us, attention_operands, force_attention_threads
 
 repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 30
 be = GpuBackend()
@@ -39,18 +39,16 @@ plans = {"one": AttnPlan("attention"), "heads2": AttnPlan("attention_heads", 2),
 for pos0 in positions:
     for rows in row_counts:
         cache = pos0 + rows + 100
-        q = cp.asarray(rng.standard_normal((rows, heads, dim)).astype(np.float32))
-        kc = cp.asarray(rng.standard_normal((kv_heads, cache, dim)).astype(np.float32))
-        vc = cp.asarray(rng.standard_normal((kv_heads, cache, dim)).astype(np.float32))
-        pos = cp.asarray(np.array([pos0], np.int32))
+        q, kc, vc, pos = attention_operands(cp, rng, rows, heads, kv_heads, dim, cache, pos0)
         plan = be.attention_plan(rows, heads, kv_heads, cache)
         row = {"shape": f"{heads}x{kv_heads}x{dim}", "pos0": pos0, "rows": rows, "plan": f"{plan.kernel} {plan.per}",
                "us_plan": chain_us(q, kc, vc, pos)}  # as the backend plans it (plan and threads)
         for label, plan in plans.items():
             be.attention_plan = lambda *args, p=plan: p
             for threads in ATTN_THREAD_CHOICES:
-                be.attention_threads = lambda blocks, t=threads: t
+                force_attention_threads(be, threads)
                 row[f"us_{label}_{threads}"] = chain_us(q, kc, vc, pos)
-        del be.attention_threads, be.attention_plan
+        force_attention_threads(be, None)
+        del be.attention_plan
         report.append(row)
         print(json.dumps(row), flush=True)

@@ -14,6 +14,8 @@ import numpy as np
 from refspec import gpu
 from refspec.gpu import GpuBackend
 
+from graph_timing import attention_operands
+
 if os.environ.get("LINEINFO"):  # source lines in ncu's report (another cache key: these compile afresh)
     gpu.COMPILE_OPTIONS["cuda"] += ("-lineinfo",)
 
@@ -24,10 +26,7 @@ pos0 = int(sys.argv[2]) if len(sys.argv) > 2 else 64
 rng = np.random.default_rng(0)
 for rows in (int(r) for r in sys.argv[1].split(",")):
     cache = pos0 + rows + 100
-    q = cp.asarray(rng.standard_normal((rows, heads, dim)).astype(np.float32))
-    kc = cp.asarray(rng.standard_normal((kv_heads, cache, dim)).astype(np.float32))
-    vc = cp.asarray(rng.standard_normal((kv_heads, cache, dim)).astype(np.float32))
-    pos = cp.asarray(np.array([pos0], np.int32))
+    q, kc, vc, pos = attention_operands(cp, rng, rows, heads, kv_heads, dim, cache, pos0)
     print(rows, be.attention_plan(rows, heads, kv_heads, cache), flush=True)
     for _ in range(3):
         be.attention_q8(q, kc, vc, pos)

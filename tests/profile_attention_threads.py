@@ -16,7 +16,7 @@ import numpy as np
 from refspec.gpu import GpuBackend
 from refspec.gpu_mappings import ATTN_THREAD_CHOICES
 
-from graph_timing import attention_chain_us
+from graph_timing import attention_chain_us, attention_operands, force_attention_threads
 
 out = open(sys.argv[1], "w")
 row_counts = [int(r) for r in sys.argv[2].split(",")] if len(sys.argv) > 2 else [4, 8, 16]
@@ -32,16 +32,13 @@ for shape in ("32x8x128", "40x8x128"):
             pos0 = cache - 64
             if be.attention_plan(rows, heads, kv_heads, cache).kernel != "spread":
                 continue
-            q = cp.asarray(rng.standard_normal((rows, heads, dim)).astype(np.float32))
-            kc = cp.asarray(rng.standard_normal((kv_heads, cache, dim)).astype(np.float32))
-            vc = cp.asarray(rng.standard_normal((kv_heads, cache, dim)).astype(np.float32))
-            pos = cp.asarray(np.array([pos0], np.int32))
+            q, kc, vc, pos = attention_operands(cp, rng, rows, heads, kv_heads, dim, cache, pos0)
             row = {"shape": shape, "rows": rows, "chunks": chunks, "pos0": pos0,
                    "plan_us": attention_chain_us(be, q, kc, vc, pos, 10)}
-            for threads in ATTN_THREAD_CHOICES:  # every launch of the chain, both thread rules
-                be.attention_threads = be.attention_values_threads = lambda blocks, t=threads: t
+            for threads in ATTN_THREAD_CHOICES:
+                force_attention_threads(be, threads)
                 row[f"t{threads}"] = attention_chain_us(be, q, kc, vc, pos, 10)
-            del be.attention_threads, be.attention_values_threads
+            force_attention_threads(be, None)
             out.write(json.dumps(row) + "\n")
             out.flush()
             print(json.dumps(row), flush=True)

@@ -4,7 +4,8 @@ own choice ("production") and with each variant, in turn, ROUNDS times (a pass's
 over a run). A variant is LABEL=SWAP[+SWAP...], a swap NxK:NR,MT,STAGES[,res[,GROUPS]] (a tensor-core
 mapping, GemvConfig("q8_gemv_mma", NR, MT, STAGES, resident, GROUPS)) for that matrix at every width timed, or
 attn:KERNEL,PER[,THREADS] (attention's plan, AttnPlan(KERNEL, PER), for every width above one row, with
-THREADS threads a block where given, else GpuBackend.attention_threads's):
+THREADS threads a block where given (both thread rules: tests/graph_timing.force_attention_threads), else the
+backend's own):
 
     python3 tests/profile_pass_swaps.py PRESET|MODEL.gguf ROWS,... REPEATS ROUNDS VARIANT...
 
@@ -24,7 +25,7 @@ from refspec.gguf_model import load
 from refspec.gpu import GpuBackend
 from refspec.gpu_mappings import AttnPlan, GemvConfig
 
-from graph_timing import fresh_pass_seconds
+from graph_timing import force_attention_threads, fresh_pass_seconds
 
 POSITION = int(os.environ.get("POSITION", "64"))  # the passes' position (POSITION=4000: a long context)
 
@@ -52,7 +53,7 @@ model = load(preset if preset.endswith(".gguf") else preset_model_path(preset, p
 be = GpuBackend()
 tf = Transformer(model, be)
 production = be.gemv_config
-plan, attention_threads = be.attention_plan, be.attention_threads
+plan = be.attention_plan
 chosen: dict = {}
 for table in swaps.values():  # compiled before any capture
     for key, config in table.items():
@@ -70,14 +71,15 @@ def pass_ms(label: str, rows: int) -> float:
 
     def attention_plan(rows, heads, kv_heads, cache_len):
         forced = rows > 1 and "attn" in table
-        be.attention_threads = (lambda units: table["attn"][1]) if forced and table["attn"][1] else attention_threads
+        force_attention_threads(be, table["attn"][1] if forced else None)
         return table["attn"][0] if forced else plan(rows, heads, kv_heads, cache_len)
 
     be.gemv_config, be.attention_plan = choose, attention_plan
     try:
         return 1e3 * fresh_pass_seconds(tf, rows, POSITION, repeats)
     finally:
-        be.gemv_config, be.attention_plan, be.attention_threads = production, plan, attention_threads
+        be.gemv_config, be.attention_plan = production, plan
+        force_attention_threads(be, None)
 
 
 report = {"preset": preset, "position": POSITION, "repeats": repeats, "swaps": sys.argv[5:],

@@ -140,6 +140,18 @@ RS_DEVICE void rs_kernel_begin() {
 #endif
 }
 
+// rs_kernel_begin with the next kernel let go first: it may start as soon as every block of this one has
+// started, not once they have all waited. silu_mul_q8 (between two GEMVs: the down projection's GEMV then loads its
+// first weights while the SiLU still waits for the gate/up GEMV) and rope_kv (attention then asks for the older
+// keys and values sooner) begin so; the other kernels measured slower so, or no faster (whole passes,
+// tests/results/early_launch_2026_12_04_h200.json). Scheduling only: the wait and every bit are the same.
+RS_DEVICE void rs_kernel_begin_early() {
+#if !defined(RS_HIP) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 // The rows a launch computes: all `rows`, or, where `live` is not null, the first live[0] of them (0: none).
 // A chained speculative pass (refspec/gpu_graphs.py) has draft_max+1 rows whatever its drafter guessed; the
 // step before it writes live[0] = guesses + 1, and its kernels skip the rows past them, which nothing reads.

@@ -138,7 +138,7 @@ silu_mul_q8(const float* __restrict__ gate, const float* __restrict__ up, long l
             signed char* __restrict__ xq, unsigned short* __restrict__ xd, const int* __restrict__ live) {
   const int row = blockIdx.x;
   if (row >= rs_live_rows(live, rows)) return;  // the whole block
-  rs_kernel_begin();
+  rs_kernel_begin_early();
   const int nb = n / RS_QK, b = blockIdx.y * rs_groups() + rs_group();
   if (b >= nb) return;  // the whole group leaves together
   const long long at = row * stride + b * RS_QK + rs_lane();

@@ -54,7 +54,7 @@ rope_kv(const float* __restrict__ q, long long q_stride, const float* __restrict
         float* __restrict__ v_cache, const int* __restrict__ live) {
   const int row = blockIdx.x, slot = blockIdx.y;
   if (row >= rs_live_rows(live, gridDim.x)) return;  // (no key or value of it is written)
-  rs_kernel_begin();
+  rs_kernel_begin_early();  // (attention, after it, asks the L2 cache for the older keys and values sooner)
   const long long p = pos[0] + row;
   const float* c = cos_table + p * half;
   const float* s = sin_table + p * half;

@@ -272,15 +272,19 @@ BEFORE_BEGIN = (
 )
 
 
+BEGIN = re.compile(r"rs_kernel_begin(_early)?\(\);")  # the wait (portable.h), either way of letting the next kernel go
+
+
 def kernels_before_begin(source: str) -> dict[str, list[str] | None]:
-    """For each __global__ function of a source: the statements before its rs_kernel_begin() (comments
-    dropped), or None if it never calls it."""
+    """For each __global__ function of a source: the statements before its rs_kernel_begin() or
+    rs_kernel_begin_early() (comments dropped), or None if it never calls either."""
     source = re.sub(r"//[^\n]*", "", source)
     out = {}
     for m in re.finditer(r"__global__", source):
         body = source.index("{", m.end())
         name = re.findall(r"(\w+)\s*\(", source[m.end() : body])[-1]  # after __launch_bounds__(...)
-        end = source.find("rs_kernel_begin();", body)
+        found = BEGIN.search(source, body)
+        end = found.start() if found else -1
         nxt = source.find("__global__", body)
         if end < 0 or (0 <= nxt < end):
             out[name] = None
@@ -312,11 +316,30 @@ def test_every_kernel_waits_for_the_kernel_before_it(stem):
 def test_the_begin_check_finds_races():
     ok = "__global__ void f(int* y, int n) {\n  const int i = blockIdx.x;\n  rs_kernel_begin();\n  y[i] = n;\n}\n"
     assert unsafe_before_begin(ok) == []
+    early = ok.replace("rs_kernel_begin();", "rs_kernel_begin_early();")
+    assert unsafe_before_begin(early) == []
+    assert unsafe_before_begin(early.replace("  const int i = blockIdx.x;", "  y[0] = n;")) == \
+        ["f: 'y[0] = n' before rs_kernel_begin()"]
     assert unsafe_before_begin(ok.replace("  rs_kernel_begin();\n", "")) == ["f: no rs_kernel_begin()"]
     early_store = ok.replace("  rs_kernel_begin();\n  y[i] = n;", "  y[i] = n;\n  rs_kernel_begin();")
     assert unsafe_before_begin(early_store) == ["f: 'y[i] = n' before rs_kernel_begin()"]
     early_load = ok.replace("blockIdx.x;", "y[0];")
     assert len(unsafe_before_begin(early_load)) == 1
+
+
+def test_only_the_measured_kernels_let_the_next_one_go_early():
+    """rs_kernel_begin_early (portable.h) is where whole passes measured faster with it: silu_mul_q8 and rope_kv
+    (tests/results/early_launch_2026_12_04_h200.json); every other kernel lets the next go after its wait."""
+    early = set()
+    for stem in KERNELS:
+        source = re.sub(r"//[^\n]*", "", (kernel_dir() / f"{stem}.hip").read_text())
+        for m in re.finditer(r"__global__", source):
+            body = source.index("{", m.end())
+            name = re.findall(r"(\w+)\s*\(", source[m.end() : body])[-1]
+            found = BEGIN.search(source, body)
+            if found and found.group(1):
+                early.add(name)
+    assert early == {"silu_mul_q8", "rope_kv"}
 
 
 def kernel_define(stem: str, name: str) -> int:

@@ -5,7 +5,9 @@
 #      with EAGER=1 also --no-graphs), and llama.cpp's llama-bench on the same file when .anchors/llama-bench.xz
 #      was carried (tg128 and passes of 1..16 rows);
 #   3. with GEMV=1, refspec bench gemv (production kernels; GEMV_ARGS=--mma adds the other mappings).
-# JSON and logs go to $OUT. Files written for presets are removed after use unless KEEP=1 (disk is small).
+# JSON and logs go to $OUT: per preset its two JSON files, and one log for all of them (bench_decode.log; llama-bench's
+# own log only where it failed), since a device call returns at most 8 files. Files written for presets are removed
+# after use unless KEEP=1 (disk is small).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/refspec-device-bench}
@@ -26,16 +28,18 @@ status=0
 for preset in $PRESETS; do
   t0=$(date +%s)
   python3 -m refspec.cli bench decode --preset "$preset" --repeats "${REPEATS:-3}" \
-    --json-out "$OUT/bench_decode_$preset.json" 2>&1 | tee "$OUT/bench_decode_$preset.log" || status=1
+    --json-out "$OUT/bench_decode_$preset.json" 2>&1 | tee -a "$OUT/bench_decode.log" || status=1
   if [ "${EAGER:-0}" = 1 ]; then
     python3 -m refspec.cli bench decode --preset "$preset" --repeats 1 --no-graphs \
-      --json-out "$OUT/bench_decode_${preset}_eager.json" 2>&1 | tee "$OUT/bench_decode_${preset}_eager.log" || status=1
+      --json-out "$OUT/bench_decode_${preset}_eager.json" 2>&1 | tee -a "$OUT/bench_decode.log" || status=1
   fi
   file="$XDG_CACHE_HOME/refspec/synthetic/$preset.gguf"
   if [ -n "$LLAMA_BENCH" ] && [ -f "$file" ]; then
-    "$LLAMA_BENCH" -m "$file" -ngl 99 -p 1,2,4,8,12,16 -n 128 -r 3 -o json > "$OUT/llama_bench_$preset.json" \
-      2> "$OUT/llama_bench_$preset.log" || echo "llama-bench failed on $preset (see its log)"
-    python3 - "$OUT/llama_bench_$preset.json" <<'PY' || true
+    if ! "$LLAMA_BENCH" -m "$file" -ngl 99 -p 1,2,4,8,12,16 -n 128 -r 3 -o json > "$OUT/llama_bench_$preset.json" \
+      2> "/tmp/llama_bench_$preset.log"; then
+      cp "/tmp/llama_bench_$preset.log" "$OUT/"
+      echo "llama-bench failed on $preset (see llama_bench_$preset.log)"
+    else python3 - "$OUT/llama_bench_$preset.json" <<'PY' || true
 import json, sys
 rows = json.load(open(sys.argv[1]))
 for r in rows:
@@ -44,7 +48,8 @@ for r in rows:
     print(f"llama.cpp {what}: {r['avg_ts']:.1f} tokens/s; best pass {min(ms):.3f} ms" if not r["n_gen"] else
           f"llama.cpp {what}: {r['avg_ts']:.1f} tokens/s ({1e3 / r['avg_ts']:.3f} ms/token)")
 PY
-  fi
+    fi
+  fi 2>&1 | tee -a "$OUT/bench_decode.log"
   [ "${KEEP:-0}" = 1 ] || rm -f "$file"
   echo "$preset: $(( $(date +%s) - t0 )) s"
 done

@@ -3,9 +3,10 @@
 # directory .ab/NAME/ (carry .ab), laid out as the repository (e.g. .ab/NAME/kernels_raw/attention.hip), whose files
 # replace the tree's while it runs (kernels and Python alike: each run is a fresh process).
 # For each variant other than main, first the GPU tests that TESTS selects (pytest -k; default: none) with its
-# sources; then ROUNDS rounds, each running every variant in turn in a fresh process (tests/pass_times.py: graph
-# replays of the PRESET's pass at ROWS, position $POSITION or 64); last, a summary, and a check that every variant's
-# logits have the same digest at each width (exit 1 if not). Carry .whl and .cache-kernels too. Output under $OUT.
+# sources; then ROUNDS rounds, each running, for each preset of PRESETS (default $PRESET or llama-8b), every variant
+# in turn in a fresh process (tests/pass_times.py: graph replays of the preset's pass at ROWS, position $POSITION or
+# 64); last, a summary by preset, and a check that every variant's logits have the same digest at each preset and
+# width (exit 1 if not). Carry .whl and .cache-kernels too. Output under $OUT.
 # GEMV_SHAPES (e.g. 5120x5120,7168x5120) also times those GEMVs alone in each round, each variant's production
 # mapping (refspec bench gemv, rows GEMV_ROWS or 1,8,16), into $OUT/gemv_times.jsonl and the summary.
 #   e.g. mkdir -p .ab/finish/kernels_raw
@@ -19,7 +20,7 @@ export XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/refspec-cache} PYTHONUNBUFFERED=1 P
 . tests/device_setup.sh
 device_install_wheels
 device_kernels
-PRESET=${PRESET:-llama-8b}
+PRESETS=${PRESETS:-${PRESET:-llama-8b}}
 ROWS=${ROWS:-1,8,16}
 VARIANTS="main ${VARIANTS:-}"
 backup=$(mktemp -d)
@@ -43,17 +44,22 @@ for v in $VARIANTS; do
   fi
 done
 for round in $(seq "${ROUNDS:-2}"); do
-  for v in $VARIANTS; do
-    use "$v"
-    (cd tests && python3 pass_times.py "$PRESET" "$ROWS" "${REPEATS:-50}" "$v" "$OUT/pass_times.jsonl") \
-      2> "$OUT/pass_times_$v.err" || { status=1; tail -3 "$OUT/pass_times_$v.err"; }
-    if [ -n "${GEMV_SHAPES:-}" ]; then
+  for preset in $PRESETS; do
+    for v in $VARIANTS; do
+      use "$v"
+      (cd tests && python3 pass_times.py "$preset" "$ROWS" "${REPEATS:-50}" "$v" "$OUT/pass_times.jsonl") \
+        2>> "$OUT/pass_times.err" || { status=1; tail -3 "$OUT/pass_times.err"; }
+    done
+  done
+  if [ -n "${GEMV_SHAPES:-}" ]; then
+    for v in $VARIANTS; do
+      use "$v"
       python3 -m refspec.bench_gemv --shapes "$GEMV_SHAPES" --rows "${GEMV_ROWS:-1,8,16}" --json-out /tmp/ab_gemv.json \
         > "$OUT/bench_gemv_$v.log" 2>&1 || { status=1; tail -3 "$OUT/bench_gemv_$v.log"; }
       python3 -c "import json, sys; r = json.load(open('/tmp/ab_gemv.json'))['results']; print(json.dumps({'label': sys.argv[1], 'us': {f\"{e['n']}x{e['k']} R={e['rows']}\": round(e['seconds'] * 1e6, 3) for e in r if e['production']}}))" \
         "$v" >> "$OUT/gemv_times.jsonl" || status=1
-    fi
-  done
+    done
+  fi
 done
 use main
 python3 - "$OUT/pass_times.jsonl" "$OUT/gemv_times.jsonl" <<'PY' || status=1
@@ -62,10 +68,10 @@ runs = [json.loads(line) for line in open(sys.argv[1])]
 times, digests = collections.defaultdict(list), collections.defaultdict(set)
 for r in runs:
     for rows, ms in r["ms"].items():
-        times[(r["label"], int(rows))].append(ms)
-        digests[int(rows)].add(r["logits_sha256"][rows])
-for (label, rows), ms in sorted(times.items(), key=lambda kv: (kv[0][1], kv[0][0] != "main", kv[0][0])):
-    print(f"{label:12s} rows={rows:3d} ms {min(ms):.4f}-{max(ms):.4f} ({len(ms)} runs)")
+        times[(r["preset"], r["label"], int(rows))].append(ms)
+        digests[(r["preset"], int(rows))].add(r["logits_sha256"][rows])
+for (preset, label, rows), ms in sorted(times.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1] != "main", kv[0][1])):
+    print(f"{preset:12s} {label:12s} rows={rows:3d} ms {min(ms):.4f}-{max(ms):.4f} ({len(ms)} runs)")
 try:
     gemv = collections.defaultdict(list)
     for line in open(sys.argv[2]):
@@ -77,7 +83,7 @@ try:
 except FileNotFoundError:
     pass
 bad = sorted(rows for rows, d in digests.items() if len(d) != 1)
-print("logits: the same bits in every variant at each width" if not bad else f"logits DIFFER at rows {bad}")
+print("logits: the same bits in every variant at each preset and width" if not bad else f"logits DIFFER at {bad}")
 sys.exit(1 if bad else 0)
 PY
 exit $status

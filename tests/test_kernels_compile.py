@@ -275,22 +275,23 @@ BEFORE_BEGIN = (
 BEGIN = re.compile(r"rs_kernel_begin(_early)?\(\);")  # the wait (portable.h), either way of letting the next kernel go
 
 
-def kernels_before_begin(source: str) -> dict[str, list[str] | None]:
-    """For each __global__ function of a source: the statements before its rs_kernel_begin() or
-    rs_kernel_begin_early() (comments dropped), or None if it never calls either."""
+def kernel_begins(source: str):
+    """(name, source without comments, the index of its body's "{", the match of its wait or None) for each
+    __global__ function of a source; a wait past the next kernel's start is not its own."""
     source = re.sub(r"//[^\n]*", "", source)
-    out = {}
     for m in re.finditer(r"__global__", source):
         body = source.index("{", m.end())
         name = re.findall(r"(\w+)\s*\(", source[m.end() : body])[-1]  # after __launch_bounds__(...)
         found = BEGIN.search(source, body)
-        end = found.start() if found else -1
         nxt = source.find("__global__", body)
-        if end < 0 or (0 <= nxt < end):
-            out[name] = None
-        else:
-            out[name] = [s.strip() for s in source[body + 1 : end].split(";") if s.strip()]
-    return out
+        yield name, source, body, None if found is None or 0 <= nxt < found.start() else found
+
+
+def kernels_before_begin(source: str) -> dict[str, list[str] | None]:
+    """For each __global__ function of a source: the statements before its rs_kernel_begin() or
+    rs_kernel_begin_early() (comments dropped), or None if it never calls either."""
+    return {name: None if found is None else [s.strip() for s in text[body + 1 : found.start()].split(";") if s.strip()]
+            for name, text, body, found in kernel_begins(source)}
 
 
 def unsafe_before_begin(source: str) -> list[str]:
@@ -330,15 +331,8 @@ def test_the_begin_check_finds_races():
 def test_only_the_measured_kernels_let_the_next_one_go_early():
     """rs_kernel_begin_early (portable.h) is where whole passes measured faster with it: silu_mul_q8 and rope_kv
     (tests/results/early_launch_2026_12_04_h200.json); every other kernel lets the next go after its wait."""
-    early = set()
-    for stem in KERNELS:
-        source = re.sub(r"//[^\n]*", "", (kernel_dir() / f"{stem}.hip").read_text())
-        for m in re.finditer(r"__global__", source):
-            body = source.index("{", m.end())
-            name = re.findall(r"(\w+)\s*\(", source[m.end() : body])[-1]
-            found = BEGIN.search(source, body)
-            if found and found.group(1):
-                early.add(name)
+    early = {name for stem in KERNELS for name, _, _, found in kernel_begins((kernel_dir() / f"{stem}.hip").read_text())
+             if found and found.group(1)}
     assert early == {"silu_mul_q8", "rope_kv"}
 
 

@@ -13,7 +13,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from refspec.gpu import COMPILE_OPTIONS, kernel_dir
+from refspec.gpu import COMPILE_OPTIONS, kernel_dir, kernel_source
 from refspec.gpu_mappings import (ATTN_BOUNDS, ATTN_HEADS_PER, ATTN_THREAD_CHOICES, ATTN_VALUES_MAX_THREADS_HIP,
                                   ATTN_VALUES_ROWS,
                                   GEMV_CONFIGS, GEMV_MAX_ROWS, GEMV_MMA, GEMV_MMA_MIN_ROWS, GEMV_MMA_TALL,
@@ -177,6 +177,22 @@ def test_sm90(tmp_path, stem):
         run([*common, "-ptx", "-o", str(ptx)])
         fused = re.findall(r"\b(fma\.rn\.f32|mad\.f32|mad\.rn\.f32)\b", ptx.read_text())
         assert not fused, f"{stem}: fused multiply-add in PTX"
+
+
+def test_timeline_probe_instruments_every_kernel(tmp_path):
+    """tests/probe_timeline.py rewrites rs_kernel_begin() and rs_kernel_begin_early() in every source (a ValueError
+    where portable.h no longer defines them as it expects), and a rewritten source compiles for sm_90 (the probe
+    itself runs on the device only)."""
+    from probe_timeline import instrument
+
+    for stem in KERNELS:
+        assert instrument(kernel_source(stem)).count("rs_timeline_open()") == 3, stem  # defined, then used twice
+    with pytest.raises(ValueError):
+        instrument(kernel_source("rmsnorm").replace("rs_kernel_begin_early() {", "rs_kernel_begin_early(void) {"))
+    src = tmp_path / "quantize_q8_0_timeline.cu"  # both waits: rmsnorm_q8 the usual one, silu_mul_q8 the early one
+    src.write_text(instrument(kernel_source("quantize_q8_0")))
+    options = [o.replace("--std=", "-std=") for o in COMPILE_OPTIONS["cuda"]]
+    run([tool("nvcc"), "-arch=sm_90", *options, "-x", "cu", str(src), "-cubin", "-o", str(tmp_path / "q.cubin")])
 
 
 def test_which_row_lengths_each_gemv_takes():

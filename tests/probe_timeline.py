@@ -1,0 +1,222 @@
+"""Where a forward pass's time goes on the GPU, kernel by kernel, boundaries included (device machine; a tool, not
+a test). The question it answers: of a pass's time, how much does each kernel cost in place, from the moment it
+may start its work (the kernel before it has finished: its wait let it go) to the moment the kernel after it may?
+`ncu` times kernels one at a time, without the overlap of programmatic dependent launch, and the ablations of
+tests/profile_ablate.py only say what a pass costs without one kind of kernel; Nsight Systems does not run on the
+device machine.
+
+Every kernel of kernels_raw/ calls rs_kernel_begin() (or rs_kernel_begin_early()) once, before any work that
+depends on the kernel before it. In a build for this probe (`instrument`: the sources as compiled for the backend,
+with those two functions rewritten; nothing else changes, and production's cached kernels are not touched) thread 0
+of block 0 of every kernel reads %globaltimer when it starts and again when its wait lets it go, and writes both
+to a buffer in launch order (one atomic add before its wait, two stores after). Every kernel waits for the whole
+kernel before it, so the release times are in launch order and kernel i's time in place is release(i+1) -
+release(i); start(i) - release(i-1) says how early it was on the multiprocessors.
+
+    python3 tests/probe_timeline.py PRESET ROWS,... [REPLAYS] [JSON_OUT]
+
+PRESET: a `refspec bench decode --preset` name (its synthetic model, written once) or a .gguf path. The pass is at
+position $POSITION (default 64), as tests/pass_times.py runs it, replayed as its graph REPLAYS times (default 20);
+per kernel the median over the replays. The kernels' names come from the same pass run eagerly (the graph is that
+pass captured); the probe says so where the counts differ. Also the pass's time in the production build and in
+this one with the notes off and on (back-to-back replays), which says how much the notes themselves cost. Output: a table per
+width on stdout, and one JSON object appended to JSON_OUT (default timeline.jsonl).
+"""
+from __future__ import annotations
+
+import re
+
+CAPACITY = 1 << 14  # kernels noted per replay, at most (a llama-8b pass: ~230)
+
+_HELPERS = """
+// ---- tests/probe_timeline.py: block 0 of every kernel notes its start and the release of its wait
+extern "C" {
+__device__ unsigned long long* rs_timeline;  // [0] notes taken, [1] capacity, then (start, release) pairs
+}
+struct RsTimelineNote {
+  unsigned long long slot, start, capacity;
+  bool on;
+};
+RS_DEVICE unsigned long long rs_timeline_now() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+RS_DEVICE RsTimelineNote rs_timeline_open() {
+  RsTimelineNote n{0, 0, 0, rs_timeline != nullptr &&
+                                (blockIdx.x | blockIdx.y | blockIdx.z | threadIdx.x | threadIdx.y | threadIdx.z) == 0};
+  if (n.on) {
+    n.start = rs_timeline_now();
+    n.capacity = rs_timeline[1];
+    n.slot = atomicAdd(rs_timeline, 1ULL);
+  }
+  return n;
+}
+RS_DEVICE void rs_timeline_close(const RsTimelineNote& n) {
+  if (n.on && n.slot < n.capacity) {
+    rs_timeline[2 + 2 * n.slot] = n.start;
+    rs_timeline[3 + 2 * n.slot] = rs_timeline_now();
+  }
+}
+"""
+_BEGIN = re.compile(r"(RS_DEVICE void rs_kernel_begin(?:_early)?\(\) \{\n)(.*?\n)(\})", re.DOTALL)
+
+
+def instrument(source: str) -> str:
+    """A kernel source (portable.h expanded, as refspec.gpu.kernel_source gives it) whose rs_kernel_begin() and
+    rs_kernel_begin_early() note block 0's start and release in the probe's buffer (`rs_timeline`, null: no
+    notes). Raises ValueError where the source does not define both as portable.h does today."""
+    found = _BEGIN.findall(source)
+    if len(found) != 2:
+        raise ValueError(f"expected rs_kernel_begin and rs_kernel_begin_early once each, found {len(found)}")
+    first = _BEGIN.search(source).start()
+    body = _BEGIN.sub(r"\1  const RsTimelineNote rs_note = rs_timeline_open();\n\2  rs_timeline_close(rs_note);\n\3",
+                      source[first:])
+    return source[:first] + _HELPERS + body
+
+
+def _kind(name: str) -> str:
+    return name.split("<")[0]
+
+
+def main(argv: list[str]) -> None:
+    import ctypes
+    import json
+    import os
+    import statistics
+
+    import numpy as np
+
+    import refspec.gpu as gpu
+    from refspec.bench_decode import preset_model_path
+    from refspec.forward import Transformer
+    from refspec.gguf_model import load
+    from refspec.gpu_launch import Kernel, _driver_function
+
+    from graph_timing import pass_seconds
+
+    preset, widths = argv[1], [int(r) for r in argv[2].split(",")]
+    replays = int(argv[3]) if len(argv) > 3 else 20
+    out_path = argv[4] if len(argv) > 4 else "timeline.jsonl"
+    position = int(os.environ.get("POSITION", "64"))
+    model = load(preset if preset.endswith(".gguf") else preset_model_path(preset, print), log=lambda m: None)
+
+    def ids_of(rows):
+        return [(7 * i + 3) % model.config.n_vocab for i in range(rows)]
+
+    def pass_ms(be):
+        tf = Transformer(model, be)
+        cache = tf.new_cache(position + max(widths) + 8)
+        tf.forward(cache, [1] * position, 0)
+        return {rows: round(1e3 * pass_seconds(tf, cache, ids_of(rows), position, 50), 4) for rows in widths}
+
+    production_ms = pass_ms(gpu.GpuBackend())  # the production build first, before the sources are rewritten
+
+    production_source = gpu.kernel_source
+    gpu.kernel_source = lambda stem: instrument(production_source(stem))
+    labels, launches, recording = {}, [], [False]
+    plain_function, plain_call = gpu.GpuBackend.function, Kernel.__call__
+
+    def function(self, stem, name, name_expressions=()):
+        fn = plain_function(self, stem, name, name_expressions)
+        labels[id(fn)] = name
+        return fn
+
+    def call(self, grid, block, args, shared_mem=0):
+        if recording[0]:
+            launches.append((labels.get(id(self), "?"), list(np.atleast_1d(grid).tolist()),
+                             list(np.atleast_1d(block).tolist())))
+        return plain_call(self, grid, block, args, shared_mem)
+
+    gpu.GpuBackend.function, Kernel.__call__ = function, call
+    be = gpu.GpuBackend()
+    cp = be.cp
+    device = cp.cuda.Device()
+    built_ms = pass_ms(be)  # the rewritten build with the notes off (this loads every module the passes use)
+
+    buf = cp.zeros(2 + 2 * CAPACITY, dtype=cp.uint64)
+    buf[1] = CAPACITY
+    get_global = _driver_function("cuModuleGetGlobal_v2", "the timeline probe")
+    get_global.argtypes = [ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_size_t), ctypes.c_void_p,
+                           ctypes.c_char_p]
+    copy_in = _driver_function("cuMemcpyHtoD_v2", "the timeline probe")
+    copy_in.argtypes = [ctypes.c_uint64, ctypes.c_void_p, ctypes.c_size_t]
+    address = ctypes.c_uint64(buf.data.ptr)
+
+    def notes_on():  # every loaded module's rs_timeline -> buf (modules load lazily: again before each width)
+        for module, _ in be._modules.values():
+            where, size = ctypes.c_uint64(0), ctypes.c_size_t(0)
+            if get_global(ctypes.byref(where), ctypes.byref(size), ctypes.c_void_p(module.ptr), b"rs_timeline") == 0:
+                copy_in(where.value, ctypes.byref(address), 8)
+
+    notes_on()
+    timeline_ms = pass_ms(be)  # with the notes (past the capacity they still take their atomic add, not the stores)
+    record = {"preset": preset, "position": position, "replays": replays, "gpu": cp.cuda.runtime.getDeviceProperties(
+        0)["name"].decode(), "production_ms": production_ms, "built_ms": built_ms, "timeline_ms": timeline_ms,
+        "widths": {}}
+    for rows in widths:
+        eager = Transformer(model, be, graphs=False)
+        eager_cache = eager.new_cache(position + rows + 8)
+        eager.forward(eager_cache, [1] * position, 0)
+        device.synchronize()
+        launches.clear()
+        recording[0] = True
+        eager.forward(eager_cache, ids_of(rows), position)
+        device.synchronize()
+        recording[0] = False
+        names = list(launches)
+
+        tf = Transformer(model, be)
+        cache = tf.new_cache(position + rows + 8)
+        tf.forward(cache, [1] * position, 0)
+        for _ in range(3):
+            tf.forward(cache, ids_of(rows), position)  # captured, then replayed
+        notes_on()
+        notes = []
+        for _ in range(replays):
+            device.synchronize()  # (the reset runs on CuPy's stream, the replay on the graph's: the whole device)
+            buf[0] = 0
+            device.synchronize()
+            tf.forward(cache, ids_of(rows), position)
+            device.synchronize()
+            host = cp.asnumpy(buf)
+            taken = int(min(host[0], CAPACITY))
+            pairs = host[2 : 2 + 2 * taken].reshape(taken, 2).astype(np.int64)
+            notes.append(pairs[np.argsort(pairs[:, 1], kind="stable")])
+        counts = {len(n) for n in notes}
+        count = min(counts)
+        t0 = [n[0, 1] for n in notes]
+        kernels = []
+        for i in range(count):
+            start = statistics.median(float(n[i, 0] - t) for n, t in zip(notes, t0))
+            release = statistics.median(float(n[i, 1] - t) for n, t in zip(notes, t0))
+            span = statistics.median(float(n[i + 1, 1] - n[i, 1]) for n in notes) if i + 1 < count else None
+            name, grid, block = names[i] if len(names) == count else ("?", [], [])
+            kernels.append({"name": name, "grid": grid, "block": block, "start_us": round(start / 1e3, 3),
+                            "release_us": round(release / 1e3, 3),
+                            "span_us": None if span is None else round(span / 1e3, 3)})
+        by_kind: dict[str, list] = {}
+        for k in kernels:
+            if k["span_us"] is not None:
+                entry = by_kind.setdefault(_kind(k["name"]), [0, 0.0])
+                entry[0] += 1
+                entry[1] += k["span_us"]
+        record["widths"][rows] = {
+            "notes_per_replay": sorted(counts), "eager_launches": len(names),
+            "names_matched": len(names) == count, "kernels": kernels,
+            "by_kind_us": {kind: {"count": n, "total_us": round(total, 2)} for kind, (n, total) in by_kind.items()},
+            "first_to_last_release_us": kernels[-1]["release_us"] if kernels else None,
+        }
+        print(f"rows={rows}: {count} kernels noted a replay ({sorted(counts)}), {len(names)} launched eagerly"
+              f"{'' if len(names) == count else ' (names not matched)'}; pass {production_ms[rows]:.4f} ms production,"
+              f" {built_ms[rows]:.4f} rewritten, {timeline_ms[rows]:.4f} with the notes")
+        for kind, (n, total) in sorted(by_kind.items(), key=lambda kv: -kv[1][1]):
+            print(f"  {kind:24s} {n:5d} x {total / max(n, 1):8.3f} us = {total / 1e3:7.4f} ms")
+    with open(out_path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv)

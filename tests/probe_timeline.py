@@ -151,9 +151,10 @@ def main(argv: list[str]) -> None:
 
     notes_on()
     timeline_ms = pass_ms(be)  # with the notes (past the capacity they still take their atomic add, not the stores)
-    record = {"preset": preset, "position": position, "replays": replays, "gpu": cp.cuda.runtime.getDeviceProperties(
-        0)["name"].decode(), "production_ms": production_ms, "built_ms": built_ms, "timeline_ms": timeline_ms,
-        "widths": {}}
+    gpu_name = cp.cuda.runtime.getDeviceProperties(device.id)["name"]
+    record = {"preset": preset, "position": position, "replays": replays,
+              "gpu": gpu_name.decode() if isinstance(gpu_name, bytes) else gpu_name, "production_ms": production_ms,
+              "built_ms": built_ms, "timeline_ms": timeline_ms, "widths": {}}
     for rows in widths:
         eager = Transformer(model, be, graphs=False)
         eager_cache = eager.new_cache(position + rows + 8)

@@ -79,11 +79,39 @@ def _kind(name: str) -> str:
     return name.split("<")[0]
 
 
+def in_place(notes, names):
+    """Per kernel, the medians over replays of its start and release (us from the first kernel's release) and of its
+    span (the next kernel's release - its own; None for the last), and the spans summed by kind (the name up to its
+    template arguments). `notes`: one int64 array [kernels, 2] of (start, release) ns a replay, in any order; `names`:
+    the eager pass's launches (name, grid, block), used where their count is the notes'."""
+    import statistics
+
+    import numpy as np
+
+    notes = [n[np.argsort(n[:, 1], kind="stable")] for n in notes]  # release order is launch order
+    count = min(len(n) for n in notes)
+    t0 = [n[0, 1] for n in notes]
+    kernels = []
+    for i in range(count):
+        start = statistics.median(float(n[i, 0] - t) for n, t in zip(notes, t0))
+        release = statistics.median(float(n[i, 1] - t) for n, t in zip(notes, t0))
+        span = statistics.median(float(n[i + 1, 1] - n[i, 1]) for n in notes) if i + 1 < count else None
+        name, grid, block = names[i] if len(names) == count else ("?", [], [])
+        kernels.append({"name": name, "grid": grid, "block": block, "start_us": round(start / 1e3, 3),
+                        "release_us": round(release / 1e3, 3), "span_us": None if span is None else round(span / 1e3, 3)})
+    by_kind: dict[str, dict] = {}
+    for k in kernels:
+        if k["span_us"] is not None:
+            entry = by_kind.setdefault(_kind(k["name"]), {"count": 0, "total_us": 0.0})
+            entry["count"] += 1
+            entry["total_us"] = round(entry["total_us"] + k["span_us"], 3)
+    return kernels, by_kind
+
+
 def main(argv: list[str]) -> None:
     import ctypes
     import json
     import os
-    import statistics
 
     import numpy as np
 
@@ -182,37 +210,20 @@ def main(argv: list[str]) -> None:
             device.synchronize()
             host = cp.asnumpy(buf)
             taken = int(min(host[0], CAPACITY))
-            pairs = host[2 : 2 + 2 * taken].reshape(taken, 2).astype(np.int64)
-            notes.append(pairs[np.argsort(pairs[:, 1], kind="stable")])
-        counts = {len(n) for n in notes}
-        count = min(counts)
-        t0 = [n[0, 1] for n in notes]
-        kernels = []
-        for i in range(count):
-            start = statistics.median(float(n[i, 0] - t) for n, t in zip(notes, t0))
-            release = statistics.median(float(n[i, 1] - t) for n, t in zip(notes, t0))
-            span = statistics.median(float(n[i + 1, 1] - n[i, 1]) for n in notes) if i + 1 < count else None
-            name, grid, block = names[i] if len(names) == count else ("?", [], [])
-            kernels.append({"name": name, "grid": grid, "block": block, "start_us": round(start / 1e3, 3),
-                            "release_us": round(release / 1e3, 3),
-                            "span_us": None if span is None else round(span / 1e3, 3)})
-        by_kind: dict[str, list] = {}
-        for k in kernels:
-            if k["span_us"] is not None:
-                entry = by_kind.setdefault(_kind(k["name"]), [0, 0.0])
-                entry[0] += 1
-                entry[1] += k["span_us"]
+            notes.append(host[2 : 2 + 2 * taken].reshape(taken, 2).astype(np.int64))
+        counts = sorted({len(n) for n in notes})
+        kernels, by_kind = in_place(notes, names)
         record["widths"][rows] = {
-            "notes_per_replay": sorted(counts), "eager_launches": len(names),
-            "names_matched": len(names) == count, "kernels": kernels,
-            "by_kind_us": {kind: {"count": n, "total_us": round(total, 2)} for kind, (n, total) in by_kind.items()},
+            "notes_per_replay": counts, "eager_launches": len(names), "names_matched": len(names) == len(kernels),
+            "kernels": kernels, "by_kind_us": by_kind,
             "first_to_last_release_us": kernels[-1]["release_us"] if kernels else None,
         }
-        print(f"rows={rows}: {count} kernels noted a replay ({sorted(counts)}), {len(names)} launched eagerly"
-              f"{'' if len(names) == count else ' (names not matched)'}; pass {production_ms[rows]:.4f} ms production,"
-              f" {built_ms[rows]:.4f} rewritten, {timeline_ms[rows]:.4f} with the notes")
-        for kind, (n, total) in sorted(by_kind.items(), key=lambda kv: -kv[1][1]):
-            print(f"  {kind:24s} {n:5d} x {total / max(n, 1):8.3f} us = {total / 1e3:7.4f} ms")
+        print(f"rows={rows}: {len(kernels)} kernels noted a replay ({counts}), {len(names)} launched eagerly"
+              f"{'' if len(names) == len(kernels) else ' (names not matched)'}; pass {production_ms[rows]:.4f} ms "
+              f"production, {built_ms[rows]:.4f} rewritten, {timeline_ms[rows]:.4f} with the notes")
+        for kind, entry in sorted(by_kind.items(), key=lambda kv: -kv[1]["total_us"]):
+            n, total = entry["count"], entry["total_us"]
+            print(f"  {kind:24s} {n:5d} x {total / n:8.3f} us = {total / 1e3:7.4f} ms")
     with open(out_path, "a") as f:
         f.write(json.dumps(record) + "\n")
 

@@ -1,0 +1,31 @@
+"""The timeline probe's arithmetic (tests/probe_timeline.py, a device tool): notes in any order become kernels in
+launch order, each costing the next kernel's release minus its own, medians over replays, summed by kind."""
+import numpy as np
+
+from probe_timeline import in_place
+
+NAMES = [("rmsnorm_q8", [4], [256]), ("q8_gemv<1, 2, 1, 1, 1>", [768], [128]), ("q8_gemv<1, 2, 1, 1, 3>", [512], [128])]
+
+
+def replay(t0, starts, releases, order):
+    notes = np.array(list(zip(starts, releases)), dtype=np.int64) + t0
+    return notes[order]
+
+
+def test_spans_are_release_to_release_in_launch_order():
+    notes = [replay(10_000, [0, 500, 2_000], [1_000, 3_000, 9_000], [2, 0, 1]),  # as the atomic adds ordered them
+             replay(50_000, [0, 700, 2_500], [1_000, 3_400, 9_000], [1, 2, 0]),
+             replay(90_000, [0, 600, 2_400], [1_000, 3_200, 9_200], [0, 1, 2])]
+    kernels, by_kind = in_place(notes, NAMES)
+    assert [k["name"] for k in kernels] == [n for n, _, _ in NAMES]
+    assert [k["release_us"] for k in kernels] == [0.0, 2.2, 8.0]  # medians of 2.0 / 2.4 / 2.2 and 8.0 / 8.0 / 8.2
+    assert [k["start_us"] for k in kernels] == [-1.0, -0.4, 1.4]
+    assert [k["span_us"] for k in kernels] == [2.2, 6.0, None]  # medians of 2.0 / 2.4 / 2.2 and 6.0 / 5.6 / 6.0
+    assert by_kind == {"rmsnorm_q8": {"count": 1, "total_us": 2.2}, "q8_gemv": {"count": 1, "total_us": 6.0}}
+
+
+def test_names_are_left_out_where_the_counts_differ():
+    notes = [replay(0, [0, 1, 2], [10, 20, 30], [0, 1, 2])]
+    kernels, by_kind = in_place(notes, NAMES[:2])
+    assert [k["name"] for k in kernels] == ["?"] * 3
+    assert by_kind == {"?": {"count": 2, "total_us": 0.02}}

@@ -112,9 +112,12 @@ def run(args) -> int:
         raise UsageError(f"--mma-min-rows must be in 1..16 (rows of one GEMV launch), got {args.mma_min_rows}")
     if args.mma_min_weights is not None and args.mma_min_weights < 0:
         raise UsageError(f"--mma-min-weights must be at least 0, got {args.mma_min_weights}")
+    pass_rows = parse_rows(args.pass_rows)
+    if args.preset:
+        check_preset(args.preset)
+    backend = make_backend(args.device)  # before a preset's model is written: no GPU, no 8-34 GB file
     model = load_model(preset_model_path(args.preset, note) if args.preset else args.model)
     tok = load_tokenizer(model)
-    backend = make_backend(args.device)
     if args.mma_min_rows is not None and backend.name == "gpu":
         backend.mma_min_rows = args.mma_min_rows
     if args.mma_min_weights is not None and backend.name == "gpu":
@@ -130,7 +133,6 @@ def run(args) -> int:
     tf = Transformer(model, backend, graphs=False if args.no_graphs else None)
     if args.no_conditional and tf.graphs is not None:
         tf.graphs.conditional = None
-    pass_rows = parse_rows(args.pass_rows)
     if not 1 <= args.pass_position <= tf.config.n_ctx - max(pass_rows) - 8:
         raise UsageError(f"--pass-position must be in 1..{tf.config.n_ctx - max(pass_rows) - 8} (the context length "
                          f"{tf.config.n_ctx} less the rows), got {args.pass_position}")
@@ -187,16 +189,23 @@ def run(args) -> int:
     return 0
 
 
+def check_preset(name: str) -> None:
+    """UsageError unless `name` is a preset of refspec.synthetic."""
+    from refspec.errors import UsageError
+    from refspec.synthetic import PRESETS
+
+    if name not in PRESETS:
+        raise UsageError(f"unknown preset {name!r}: choose one of {', '.join(sorted(PRESETS))}")
+
+
 def preset_model_path(name: str, note):
     """The synthetic model of preset `name`, written to the cache the first time (atomically)."""
     import pathlib
 
     from refspec.default_model import default_cache_dir
-    from refspec.errors import UsageError
     from refspec.synthetic import PRESETS, write_model
 
-    if name not in PRESETS:
-        raise UsageError(f"unknown preset {name!r}: choose one of {', '.join(sorted(PRESETS))}")
+    check_preset(name)
     path = default_cache_dir() / "synthetic" / f"{name}.gguf"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)

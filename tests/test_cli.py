@@ -188,3 +188,20 @@ def test_bench_decode_arguments_are_one_line(model):
         line = one_line_error(refspec("bench", "decode", "-m", model, "--device", "cpu", "--quick", *args,
                                       check=False))
         assert fragment in line
+
+
+def test_bench_decode_says_there_is_no_gpu_before_writing_a_preset(tmp_path, monkeypatch):
+    """Asked for the GPU on a machine without one, `bench decode --preset` fails at once, before it writes the
+    preset's model (8-34 GB) into the cache."""
+    from refspec.backends import make_backend
+    from refspec.errors import DeviceError
+
+    try:
+        make_backend("gpu")
+        pytest.skip("this machine has a GPU")
+    except DeviceError:
+        pass
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    line = one_line_error(refspec("bench", "decode", "--preset", "llama-8b", "--device", "gpu", check=False, timeout=60))
+    assert "no GPU found" in line
+    assert not list(tmp_path.rglob("*.gguf"))

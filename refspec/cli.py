@@ -97,9 +97,9 @@ def cmd_generate(args) -> int:
     llama_flags.answer(args, note)
     check_generate_args(args)
     text = prompt_text(args)  # read before the model loads: a missing file fails at once
+    backend = make_backend(args.device)  # and the device: no GPU, no fetching of the default model first
     model = load_model(args.model)
     tok = load_tokenizer(model)
-    backend = make_backend(args.device)
     note(f"model {model.config.arch}, {model.config.n_layer} layers, device {backend.name}")
     tf = Transformer(model, backend, graphs=False if args.no_graphs else None)
     if args.chat and text is None:

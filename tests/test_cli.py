@@ -190,9 +190,10 @@ def test_bench_decode_arguments_are_one_line(model):
         assert fragment in line
 
 
-def test_bench_decode_says_there_is_no_gpu_before_writing_a_preset(tmp_path, monkeypatch):
-    """Asked for the GPU on a machine without one, `bench decode --preset` fails at once, before it writes the
-    preset's model (8-34 GB) into the cache."""
+@pytest.mark.parametrize("command", [("bench", "decode", "--preset", "llama-8b"), ("generate", "-p", "hi", "-n", "1")])
+def test_no_gpu_is_said_before_a_model_is_written_or_fetched(tmp_path, monkeypatch, command):
+    """Asked for the GPU on a machine without one, `bench decode --preset` and `generate` (the default model) fail
+    at once, before they write a preset's model (8-34 GB) or fetch the default model into an empty cache."""
     from refspec.backends import make_backend
     from refspec.errors import DeviceError
 
@@ -202,6 +203,6 @@ def test_bench_decode_says_there_is_no_gpu_before_writing_a_preset(tmp_path, mon
     except DeviceError:
         pass
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    line = one_line_error(refspec("bench", "decode", "--preset", "llama-8b", "--device", "gpu", check=False, timeout=60))
+    line = one_line_error(refspec(*command, "--device", "gpu", check=False, timeout=60))
     assert "no GPU found" in line
-    assert not list(tmp_path.rglob("*.gguf"))
+    assert not list(tmp_path.rglob("*"))  # the cache stayed empty

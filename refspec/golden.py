@@ -252,6 +252,7 @@ def run(args) -> int:
 
     if not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
         raise UsageError(f"cannot write {args.output}: its directory does not exist")
+    options = _engine_options(args)  # refspec's backend first: no GPU is said before a model is fetched or loaded
     model = load_cli_model(args.model)
     n_prompt = None
     if args.ids is not None:
@@ -265,7 +266,7 @@ def run(args) -> int:
         from refspec.llamacpp import dump as engine_dump
     else:
         engine_dump = dump
-    golden = engine_dump(model, prompt_ids, args.n_predict, **_engine_options(args))
+    golden = engine_dump(model, prompt_ids, args.n_predict, **options)
     if n_prompt is not None and not args.n_predict:
         golden.metadata["n_prompt"] = str(n_prompt)  # the same split as the source file
     size = save(golden, args.output)
@@ -280,5 +281,7 @@ def run(args) -> int:
 
 def _engine_options(args) -> dict:
     if args.engine == "refspec":
-        return {"layers": args.layers, "device": args.device}
+        from refspec.backends import make_backend
+
+        return {"layers": args.layers, "backend": make_backend(args.device)}
     return {"layers": args.layers, "kv_cache": args.kv_cache}

@@ -190,10 +190,12 @@ def test_bench_decode_arguments_are_one_line(model):
         assert fragment in line
 
 
-@pytest.mark.parametrize("command", [("bench", "decode", "--preset", "llama-8b"), ("generate", "-p", "hi", "-n", "1")])
+@pytest.mark.parametrize("command", [("bench", "decode", "--preset", "llama-8b"), ("generate", "-p", "hi", "-n", "1"),
+                                     ("dump", "-p", "hi", "-o", os.devnull)])
 def test_no_gpu_is_said_before_a_model_is_written_or_fetched(tmp_path, monkeypatch, command):
-    """Asked for the GPU on a machine without one, `bench decode --preset` and `generate` (the default model) fail
-    at once, before they write a preset's model (8-34 GB) or fetch the default model into an empty cache."""
+    """Asked for the GPU on a machine without one, `bench decode --preset`, `generate` and `dump` (the default
+    model) fail at once, before they write a preset's model (8-34 GB) or fetch the default model into an empty
+    cache."""
     from refspec.backends import make_backend
     from refspec.errors import DeviceError
 

@@ -39,6 +39,7 @@ class KVCache:
     conv: list = field(default_factory=list)
     ssm: list = field(default_factory=list)
     state_pos: list = field(default_factory=list)  # per DeltaNet layer: the position each slot's state follows
+    started: bool = False  # whether a pass from position 0 has run (forward refuses later positions before it)
 
 
 @dataclass(eq=False)
@@ -150,6 +151,9 @@ class Transformer:
         (out, (ids, finite)), `out` being what the call returns without it. A captured pass computes it in
         its graph and brings it back in one small transfer, so a decoder reads its tokens with no launch.
 
+        A pass at pos0 > 0 on a cache that has not run a pass from position 0 raises UsageError: its rows would
+        attend to keys and values nobody wrote (the cache is zeros there). Later gaps are the caller's to avoid.
+
         DeltaNet layers (qwen35) read the state after pos0-1 from the cache's ring: a pass whose state is no
         longer held raises UsageError before anything runs (check_states)."""
         cfg = self.config
@@ -172,6 +176,9 @@ class Transformer:
                              f"not {getattr(mtp_from, 'shape', type(mtp_from).__name__)}")
         recurrent = self.recurrent_layers(layers, mtp_from is not None)
         check_states(cache, recurrent, pos0)  # on the host, before the pass: a captured pass cannot raise
+        if pos0 > 0 and not cache.started:  # its rows would attend to keys and values nobody wrote
+            raise UsageError(f"positions 0..{pos0 - 1} of this cache never ran: run the tokens before position "
+                             f"{pos0} first, from position 0")
         if self.graphs is not None and rows <= self.graphs.max_rows and not taps:
             out = self.graphs.replay(cache, ids, pos0, layers, hidden=hidden, mtp_from=mtp_from, argmax=argmax)
         else:
@@ -180,6 +187,7 @@ class Transformer:
             if argmax:
                 out = out, self.be.argmax_rows(out[0] if isinstance(out, tuple) else out)
         note_states(cache, recurrent, pos0, rows)
+        cache.started = True
         return out
 
     def recurrent_layers(self, layers=None, mtp: bool = False) -> list[int]:

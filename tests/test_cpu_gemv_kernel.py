@@ -236,6 +236,9 @@ def test_compiled_forward_equals_the_blas_path(tmp_path, arch, shape):
     compiled, blas = Transformer(model, CpuBackend()), Transformer(model, SpecOps(resident_bytes=1 << 40))
     assert compiled.weights.layers[0].wq.stack.wf is None and blas.weights.layers[0].wq.stack.wf is not None
     for rows in (1, 9):
-        ids = list(np.random.default_rng(rows).integers(0, model.config.n_vocab, rows))
-        want = blas.forward(blas.new_cache(16), ids, 2)
-        assert_bits_equal(compiled.forward(compiled.new_cache(16), ids, 2), want, f"{arch}, {rows} rows")
+        ids = list(np.random.default_rng(rows).integers(0, model.config.n_vocab, rows + 2))
+        caches = blas.new_cache(16), compiled.new_cache(16)
+        want = [blas.forward(caches[0], ids[:2], 0), blas.forward(caches[0], ids[2:], 2)]  # a prefix, then the rows
+        for got, expected in zip([compiled.forward(caches[1], ids[:2], 0), compiled.forward(caches[1], ids[2:], 2)],
+                                 want):
+            assert_bits_equal(got, expected, f"{arch}, {rows} rows")

@@ -51,9 +51,12 @@ def test_streamed_forward_equals_resident_forward(model_files, arch, rows, threa
     streamed = Transformer(model, streamed_backend(threads, task_work))
     assert resident.weights.layers[0].wq.stack.wf is not None  # really a float32 copy
     assert streamed.weights.layers[0].wq.stack.wf is None  # really streamed
-    ids = list(np.random.default_rng(rows).integers(0, model.config.n_vocab, rows))
-    want = resident.forward(resident.new_cache(16), ids, 3)
-    got = streamed.forward(streamed.new_cache(16), ids, 3)
+    ids = list(np.random.default_rng(rows).integers(0, model.config.n_vocab, rows + 3))
+    caches = resident.new_cache(16), streamed.new_cache(16)
+    for tf, cache in zip((resident, streamed), caches):
+        tf.forward(cache, ids[:3], 0)  # the positions before the rows
+    want = resident.forward(caches[0], ids[3:], 3)
+    got = streamed.forward(caches[1], ids[3:], 3)
     assert_bits_equal(got, want, f"{arch}: streamed vs resident logits, {rows} rows")
 
 

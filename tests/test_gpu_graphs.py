@@ -373,6 +373,7 @@ def test_caches_of_similar_lengths_share_storage_and_graphs(models, gpu):
     assert got.ids == generate(eager, [5, 6, 7, 8], 41, eog_ids=()).ids
     cache = tf.new_cache(10)
     assert cache.n_pos == 10 and cache.k[0].shape[1] == min(tf.CACHE_ROUND, N_CTX)
+    tf.forward(cache, [1] * 9, 0)
     tf.forward(cache, [1], 9)
     with pytest.raises(ContextLengthError):
         tf.forward(cache, [1], 10)

@@ -41,6 +41,8 @@ CALLS = {  # name: (call(tf, tok, cache), fragment of the UsageError)
     "no token ids": (lambda tf, tok, c: tf.forward(c, [], 0), "empty"),
     "ids as a string": (lambda tf, tok, c: tf.forward(c, "12", 0), "not str"),
     "negative position": (lambda tf, tok, c: tf.forward(c, [5], -5), "pos0 is -5, must be at least 0"),
+    "position 3 of a fresh cache": (lambda tf, tok, c: tf.forward(tf.new_cache(16), [5], 3),
+                                    "positions 0..2 of this cache never ran"),
     "float position": (lambda tf, tok, c: tf.forward(c, [5], 1.5), "pos0 must be an integer"),
     "layers=[7] on 2 layers": (lambda tf, tok, c: tf.forward(c, [5], 0, layers=[7]), "layers[0] is 7, must be in 0..1"),
     "layers out of order": (lambda tf, tok, c: tf.forward(c, [5], 0, layers=[1, 0]), "increasing"),
@@ -99,6 +101,7 @@ def test_right_calls_still_work(parts):
     tf, tok, cache = parts
     logits = tf.forward(cache, np.array([5, 6]), 0, layers=[0, 1])  # NumPy integers are integers
     assert logits.shape == (2, tf.config.n_vocab)
+    assert tf.forward(cache, [7], 2).shape == (1, tf.config.n_vocab)  # after the positions before it
     assert generate(tf, tok.encode("hello"), -1).stop_reason in ("eog", "context")
     assert tok.decode(tok.encode("hello world")) == "hello world"
 

@@ -18,8 +18,9 @@ Drafters here load no second model:
 """
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -279,6 +280,14 @@ def make_drafter(name: str, tf: Transformer) -> Drafter:
 
 
 # ------------------------------------------------------------------------------------------- the loop
+def checked_guesses(drafter: Drafter, proposal, k: int, n_vocab: int) -> list[int]:
+    """The first k of a drafter's proposal, checked as prompt ids are: a sequence (a generator too: only k are
+    taken) of integers in 0..n_vocab-1, bools and floats refused. A drafter may propose fewer, or more."""
+    if isinstance(proposal, Iterable) and not isinstance(proposal, (str, bytes)):
+        proposal = list(itertools.islice(proposal, k))
+    return checks.token_ids(f"drafter {drafter.name!r}: its guesses", proposal, n_vocab, allow_empty=True)
+
+
 CHAIN_SLACK = 2  # cache positions a chained run needs past the budget, in passes (one is queued past the one read)
 
 
@@ -442,11 +451,9 @@ def _speculative_generate(tf, prompt_ids, n_predict, drafter, draft_max, adaptiv
             break
 
         t_draft = time.perf_counter()
-        drafts = drafter.propose(result.prompt_ids + result.ids, k_pass) if k_pass else []
-        drafts = [int(t) for t in drafts[:k_pass]]
+        proposal = drafter.propose(result.prompt_ids + result.ids, k_pass) if k_pass else []
+        drafts = checked_guesses(drafter, proposal, k_pass, n_vocab)
         draft_seconds += time.perf_counter() - t_draft
-        if any(not 0 <= t < n_vocab for t in drafts):
-            raise UsageError(f"drafter {drafter.name!r} proposed a token outside the vocabulary: {drafts}")
         n_drafted += len(drafts)
 
         # 3. Verify: one pass over the newest token and the guesses. How many rows it has (set by the drafter

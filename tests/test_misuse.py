@@ -1,5 +1,6 @@
 """Careless calls: every public function checks its arguments and raises refspec's own errors (UsageError and
 friends), never TypeError/IndexError/ValueError from inside, and never quietly converts a wrong value."""
+import itertools
 import subprocess
 import sys
 
@@ -15,7 +16,7 @@ from refspec.forward import Transformer
 from refspec.generate import generate
 from refspec.gpu import GpuBackend
 from refspec.gguf_model import load
-from refspec.speculative import LayerSkipDrafter, make_drafter, speculative_generate
+from refspec.speculative import Drafter, LayerSkipDrafter, make_drafter, speculative_generate
 from refspec.tokenizer import Tokenizer
 
 
@@ -28,6 +29,20 @@ def parts(tmp_path_factory):
     model = LOADED["model"] = load(path, log=lambda m: None)
     tf = Transformer(model, make_backend("cpu"))
     return tf, Tokenizer.from_metadata(model.metadata), tf.new_cache(16)
+
+
+class Proposes(Drafter):
+    """A drafter whose every proposal is `proposal()`."""
+
+    def __init__(self, proposal):
+        self.proposal = proposal
+
+    def propose(self, context, k):
+        return self.proposal()
+
+
+def speculate_with(tf, proposal):
+    return speculative_generate(tf, [1, 2, 3], 4, drafter=Proposes(proposal), draft_max=3, eog_ids=())
 
 
 CALLS = {  # name: (call(tf, tok, cache), fragment of the UsageError)
@@ -76,6 +91,12 @@ CALLS = {  # name: (call(tf, tok, cache), fragment of the UsageError)
         tf, [1, 2], 2, drafter=make_drafter("ngram", tf), adaptive="yes"), "adaptive must be True or False"),
     "speculative chain 'yes'": (lambda tf, tok, c: speculative_generate(
         tf, [1, 2], 2, drafter=make_drafter("ngram", tf), chain="yes"), "chain must be True or False"),
+    "drafter proposes None": (lambda tf, tok, c: speculate_with(tf, lambda: None), "guesses must be a sequence"),
+    "drafter proposes a string": (lambda tf, tok, c: speculate_with(tf, lambda: "12"), "not str"),
+    "drafter proposes a float": (lambda tf, tok, c: speculate_with(tf, lambda: [1.5]), "guesses[0] must be an integer"),
+    "drafter proposes a bool": (lambda tf, tok, c: speculate_with(tf, lambda: [True]), "guesses[0] must be an integer"),
+    "drafter proposes past the vocabulary": (lambda tf, tok, c: speculate_with(tf, lambda: [tf.config.n_vocab]),
+                                             "its guesses[0] is"),
     "layer-skip layers=[7]": (lambda tf, tok, c: LayerSkipDrafter(tf, layers=[7]), "layers[0] is 7"),
     "layer-skip layers=[0.5]": (lambda tf, tok, c: LayerSkipDrafter(tf, layers=[0.5]), "not float"),
     "unknown drafter": (lambda tf, tok, c: make_drafter("psychic", tf), "unknown drafter"),
@@ -102,6 +123,9 @@ def test_right_calls_still_work(parts):
     logits = tf.forward(cache, np.array([5, 6]), 0, layers=[0, 1])  # NumPy integers are integers
     assert logits.shape == (2, tf.config.n_vocab)
     assert tf.forward(cache, [7], 2).shape == (1, tf.config.n_vocab)  # after the positions before it
+    want = generate(tf, [1, 2, 3], 4, eog_ids=()).ids
+    for proposal in (lambda: itertools.count(1), lambda: np.arange(1, 100), lambda: []):  # endless, many, none
+        assert speculate_with(tf, proposal).ids == want
     assert generate(tf, tok.encode("hello"), -1).stop_reason in ("eog", "context")
     assert tok.decode(tok.encode("hello world")) == "hello world"
 

@@ -464,22 +464,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(Exception):
+    """SIGTERM, raised in the main thread as Ctrl-C raises KeyboardInterrupt, so that what a command was writing
+    is cleaned up on the way out (a partial model file, a half-written cache entry)."""
+
+
+_STOPPED: dict[str, int] = {}  # the signal that stopped the running command, if one did
+
+
+def _stop(signum, frame):
+    import signal
+
+    _STOPPED["signal"] = signum
+    raise KeyboardInterrupt if signum == signal.SIGINT else _Terminated
+
+
 def main(argv=None) -> int:
+    import signal
+    import threading
+
+    _STOPPED.clear()
+    stops = (signal.SIGINT, signal.SIGTERM)
+    main_thread = threading.current_thread() is threading.main_thread()  # (only there can a handler be set)
+    previous = [signal.signal(s, _stop) for s in stops] if main_thread else []
     try:
         args = build_parser().parse_args(argv)
         return args.run(args)
-    except RefspecError as err:
+    except BaseException as err:
+        return _exit_status(err)
+    finally:
+        for s, handler in zip(stops, previous):
+            if handler is not None:
+                signal.signal(s, handler)
+
+
+def _exit_status(err: BaseException) -> int:
+    """The exit status for what ended a command (after printing its one line), or `err` raised again."""
+    stopped = _STOPPED.get("signal")
+    if stopped is not None:  # what reached here may be another exception: numpy turns one raised in its C code
+        import signal       # (a signal's, during a write) into a TypeError
+
+        print("refspec: interrupted" if stopped == signal.SIGINT else "refspec: terminated", file=sys.stderr)
+        return 128 + stopped
+    if isinstance(err, RefspecError):
         print(f"refspec: error: {err}", file=sys.stderr)
         return 1
-    except MemoryError:
+    if isinstance(err, MemoryError):
         print("refspec: error: out of memory (the model or the request needs more than this machine has)",
               file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    if isinstance(err, KeyboardInterrupt):
         print("refspec: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
+    if isinstance(err, BrokenPipeError):
         return 0
+    raise err
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import argparse
 import math
 import os
 import pathlib
+import shutil
 import sys
 from typing import Any, Iterable, Mapping, NamedTuple
 
@@ -261,6 +262,8 @@ def write_model(path: str | os.PathLike, *, arch: str = "llama", n_layer: int = 
         else:
             writer.add_tensor_info(name, tensor.shape, tensor.dtype, tensor.nbytes)
 
+    _check_room(out, sum(tensor.nbytes for tensor in tensors.values()))
+
     def write(temporary: str) -> None:
         writer.write_header_to_file(pathlib.Path(temporary))
         writer.write_kv_data_to_file()
@@ -331,6 +334,18 @@ def _output_path(path) -> pathlib.Path:
     if out.exists() and not out.is_file():  # a device or a FIFO would be replaced by the rename
         raise UsageError(f"{out} exists and is not a regular file")
     return out
+
+
+def _check_room(out: pathlib.Path, nbytes: int) -> None:
+    """OutputError, before anything is written, where out's file system has less room than the tensors' nbytes
+    (a request of terabytes would otherwise write until the disk is full)."""
+    try:
+        free = shutil.disk_usage(out.parent).free
+    except OSError:
+        return  # (a missing directory fails at the write, with its own message)
+    if nbytes > free:
+        raise OutputError(f"cannot write {out}: the model takes {nbytes / 1e9:.1f} GB and its file system has "
+                          f"{free / 1e9:.1f} GB free")
 
 
 def _write_atomically(out: pathlib.Path, write, close) -> None:

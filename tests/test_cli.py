@@ -167,6 +167,32 @@ def test_synthetic_on_a_full_disk_leaves_no_partial_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_synthetic_refuses_a_model_larger_than_the_disk_before_writing(tmp_path):
+    line = one_line_error(refspec("synthetic", str(tmp_path / "m.gguf"), "--n-embd", "65536", "--n-layer", "1000",
+                                  check=False, timeout=60))
+    assert "cannot write" in line and "GB free" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_ends_a_write_cleanly(tmp_path):
+    """SIGTERM (a job scheduler's stop, `timeout`) ends a command as Ctrl-C does: one line, status 143, and the
+    model file it was writing removed."""
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "refspec.cli", "synthetic", str(tmp_path / "m.gguf"), "--n-embd",
+                             "4096", "--n-ff", "14336", "--n-layer", "32"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob(".m.gguf.*.partial")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # (a no-op once it has ended)
+    assert proc.returncode == 143 and stderr.strip().splitlines()[-1] == "refspec: terminated", stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_synthetic_rope_scaling_and_info(tmp_path):
     path = tmp_path / "yarn.gguf"
     refspec("synthetic", str(path), "--rope-scaling", "yarn", "--rope-factor", "8", "--rope-orig-ctx", "32")

@@ -164,16 +164,27 @@ def parse_ids(text: str) -> list[int]:
 
 # ------------------------------------------------------------------------------------------------- files
 def save(golden: Golden, path) -> int:
-    """Write a golden file; returns its size in bytes."""
+    """Write a golden file; returns its size in bytes. The file is written beside `path` and renamed to it once
+    complete, so a failure (a full disk, an interrupt) leaves no truncated golden file behind and an older one
+    intact. A path that exists and is not a regular file (a device, a FIFO) is refused: the rename would replace
+    it (safetensors' own writer renames too)."""
     from safetensors import SafetensorError
     from safetensors.numpy import save_file
 
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise UsageError(f"cannot write {path}: it exists and is not a regular file")
     tensors = {TOKEN_IDS: np.ascontiguousarray(golden.token_ids, np.int32)}
     tensors.update({name: np.ascontiguousarray(t, np.float32) for name, t in golden.tensors.items()})
+    partial = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.partial")
     try:
-        save_file(tensors, os.fspath(path), metadata={k: str(v) for k, v in golden.metadata.items()})
+        save_file(tensors, partial, metadata={k: str(v) for k, v in golden.metadata.items()})
+        os.replace(partial, path)
     except (OSError, SafetensorError) as err:
         raise UsageError(f"cannot write {path}: {_one_line(err)}") from err
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
     return os.path.getsize(path)
 
 
@@ -252,6 +263,8 @@ def run(args) -> int:
 
     if not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
         raise UsageError(f"cannot write {args.output}: its directory does not exist")
+    if os.path.exists(args.output) and not os.path.isfile(args.output):  # checked again by save(), after the run
+        raise UsageError(f"cannot write {args.output}: it exists and is not a regular file")
     options = _engine_options(args)  # refspec's backend first: no GPU is said before a model is fetched or loaded
     model = load_cli_model(args.model)
     n_prompt = None

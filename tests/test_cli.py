@@ -217,7 +217,7 @@ def test_bench_decode_arguments_are_one_line(model):
 
 
 @pytest.mark.parametrize("command", [("bench", "decode", "--preset", "llama-8b"), ("generate", "-p", "hi", "-n", "1"),
-                                     ("dump", "-p", "hi", "-o", os.devnull)])
+                                     ("dump", "-p", "hi", "-o", "golden.safetensors")])
 def test_no_gpu_is_said_before_a_model_is_written_or_fetched(tmp_path, monkeypatch, command):
     """Asked for the GPU on a machine without one, `bench decode --preset`, `generate` and `dump` (the default
     model) fail at once, before they write a preset's model (8-34 GB) or fetch the default model into an empty
@@ -231,6 +231,7 @@ def test_no_gpu_is_said_before_a_model_is_written_or_fetched(tmp_path, monkeypat
     except DeviceError:
         pass
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # (where dump would write)
     line = one_line_error(refspec(*command, "--device", "gpu", check=False, timeout=60))
     assert "no GPU found" in line
-    assert not list(tmp_path.rglob("*"))  # the cache stayed empty
+    assert not list(tmp_path.rglob("*"))  # the cache stayed empty, and nothing was written

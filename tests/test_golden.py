@@ -1,6 +1,8 @@
 """Golden files (`refspec dump`): what they hold, that it is what the forward pass computes, and that
 anything else is refused with one line."""
 import hashlib
+import os
+import stat
 import json
 import subprocess
 import sys
@@ -136,3 +138,36 @@ def test_parse_ids_accepts_common_spellings():
     assert golden.parse_ids("1,2, 3") == golden.parse_ids("[1, 2, 3]") == golden.parse_ids("1 2 3") == [1, 2, 3]
     with pytest.raises(UsageError):
         golden.parse_ids("1.5")
+
+
+def test_a_failed_save_leaves_no_partial_file_and_the_old_one_intact(tmp_path, full_dump, monkeypatch):
+    import safetensors.numpy
+
+    path = tmp_path / "g.safetensors"
+    golden.save(full_dump, path)
+    before = path.read_bytes()
+
+    def full_disk(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"\0" * 100)  # some of it, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", full_disk)
+    with pytest.raises(UsageError, match="cannot write .*No space left on device"):
+        golden.save(full_dump, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.safetensors"] and path.read_bytes() == before
+    monkeypatch.undo()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # (not /dev/null: run as root, a regression would replace the machine's /dev/null)
+    with pytest.raises(UsageError, match="exists and is not a regular file"):
+        golden.save(full_dump, fifo)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_dump_refuses_a_path_that_is_not_a_regular_file_before_running(tmp_path, model_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    proc = refspec("dump", "-m", str(model_path), "-p", "hi", "-o", str(fifo), "--device", "cpu")
+    assert proc.returncode == 1 and proc.stderr.strip() == f"refspec: error: cannot write {fifo}: it exists and is " \
+                                                           "not a regular file"
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)

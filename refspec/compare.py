@@ -284,10 +284,30 @@ def add_arguments(p) -> None:
     p.add_argument("--plot", metavar="FILE.png", help="draw NMSE per tensor and per position into FILE.png")
 
 
+def check_plot_path(path: str) -> None:
+    """UsageError unless `path` names a file matplotlib writes as given: not a directory (matplotlib would write
+    DIR.png beside it), in a directory that exists, with an extension of a format it knows (else: its exception, or
+    .png appended). Checked before the comparison runs."""
+    fmt = os.path.splitext(path)[1].lower().lstrip(".")
+    if os.path.isdir(path):
+        raise UsageError(f"--plot {path}: a directory; give a file name such as nmse.png")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise UsageError(f"cannot write {path}: its directory does not exist")
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise UsageError("plots need matplotlib: pip install matplotlib") from None
+    formats = sorted(Figure().canvas.get_supported_filetypes())
+    if fmt not in formats:
+        raise UsageError(f"--plot {path}: the file name must end in one of " + ", ".join(f".{f}" for f in formats))
+
+
 def run(args) -> int:
     for flag, value in (("--nmse-max", args.nmse_max), ("--ulp-max", args.ulp_max)):
         if value is not None and not value >= 0:
             raise UsageError(f"{flag} must be 0 or more, got {value}")
+    if args.plot:
+        check_plot_path(args.plot)
     threshold = args.nmse_max if args.nmse_max is not None else DEFAULT_NMSE_THRESHOLD
     report = compare_files(args.a, args.b, threshold)
     failed = failures(report, nmse_max=args.nmse_max, ulp_max=args.ulp_max, bitwise=args.bitwise)

@@ -146,3 +146,17 @@ def test_cli_bad_input_is_one_line(files, tmp_path):
         assert len(lines) == 1 and lines[0].startswith("refspec: error: ") and message in lines[0], (name, proc.stderr)
     proc = refspec("compare", str(d / "ref.safetensors"), str(d / "ref.safetensors"), "--nmse-max", "-1")
     assert proc.returncode == 1 and "--nmse-max must be" in proc.stderr
+
+
+def test_cli_plot_paths_are_checked_before_comparing(files, tmp_path):
+    """--plot names the file written: a directory (matplotlib wrote DIR.png beside it), an unknown extension (a
+    traceback) or no extension (.png appended) is one line, and nothing is written."""
+    d, _ = files
+    ref = str(d / "ref.safetensors")
+    (tmp_path / "plots").mkdir()
+    for plot, message in ((tmp_path / "plots", "a directory"), (tmp_path / "p.txt", "must end in one of .avif"),
+                          (tmp_path / "p", ".png"), (tmp_path / "no" / "p.png", "its directory does not exist")):
+        proc = refspec("compare", ref, ref, "--plot", str(plot))
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1 and message in lines[0], (plot, proc.stderr)
+    assert [p.name for p in tmp_path.iterdir()] == ["plots"] and not list((tmp_path / "plots").iterdir())

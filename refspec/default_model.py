@@ -21,6 +21,7 @@ import zipfile
 import zlib
 from typing import Callable
 
+from refspec import checks
 from refspec.errors import ModelFetchError
 from refspec.gguf_model import print_to_stderr
 from refspec.requantize import requantize_to_q8_0
@@ -47,6 +48,7 @@ def default_model_path(fetch: bool = True, *, cache_dir: str | os.PathLike | Non
                        log: Callable[[str], None] = print_to_stderr) -> pathlib.Path:
     """The cached default model's path (the Q8_0 file); fetches and converts it first (once) when it is not
     cached and ``fetch`` is true. Raises ModelFetchError when it is not cached and cannot be made or verified."""
+    checks.flag("fetch", fetch)  # (a string such as "no" would be true, and fetch)
     directory = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = directory / Q8_0_NAME
     if path.is_file() and path.stat().st_size == Q8_0_SIZE:

@@ -164,6 +164,7 @@ class Transformer:
         layers = None if layers is None else checks.layer_subset(layers, cfg.n_layer)
         checks.callback("taps", taps)
         checks.flag("argmax", argmax)
+        checks.flag("hidden", hidden)
         rows = len(ids)
         if pos0 + rows > cache.n_pos:
             raise ContextLengthError(

@@ -733,7 +733,7 @@ class Tokenizer:
     def token_bytes(self, token_id: int, *, skip_special: bool = False) -> bytes:
         """The bytes llama.cpp's token_to_piece prints for the token (see the module docstring)."""
         token_id = self._check_id(token_id)
-        if skip_special and token_id in self._control_ids:
+        if checks.flag("skip_special", skip_special) and token_id in self._control_ids:
             return b""
         piece = self._pieces[token_id]
         if piece is None:
@@ -761,6 +761,8 @@ class Tokenizer:
     def decode_bytes(self, ids: Iterable[int], *, skip_special: bool = False, continuation: bool = False) -> bytes:
         if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
             raise UsageError(f"decode takes a sequence of token ids, not {type(ids).__name__}")
+        checks.flag("skip_special", skip_special)
+        checks.flag("continuation", continuation)
         pieces = [self.token_bytes(i, skip_special=skip_special) for i in ids]
         if pieces and self.add_space_prefix and not continuation and pieces[0].startswith(b" "):
             pieces[0] = pieces[0][1:]
@@ -768,7 +770,8 @@ class Tokenizer:
 
     def stream(self, *, skip_special: bool = False, continuation: bool = False) -> StreamDecoder:
         """A decoder fed one id at a time; see ``StreamDecoder``."""
-        return StreamDecoder(self, skip_special=skip_special, continuation=continuation)
+        return StreamDecoder(self, skip_special=checks.flag("skip_special", skip_special),
+                             continuation=checks.flag("continuation", continuation))
 
     def is_eog(self, token_id: int) -> bool:
         return token_id in self.eog_ids

@@ -11,6 +11,7 @@ from gguf.gguf_writer import GGUFValue
 
 from refspec import synthetic
 from refspec.backends import make_backend
+from refspec.default_model import default_model_path
 from refspec.errors import UsageError
 from refspec.forward import Transformer
 from refspec.generate import generate
@@ -71,6 +72,13 @@ CALLS = {  # name: (call(tf, tok, cache), fragment of the UsageError)
     "encode(add_bos='no')": (lambda tf, tok, c: tok.encode("a", add_bos="no"), "add_bos must be True or False"),
     "decode(floats)": (lambda tf, tok, c: tok.decode([1.5]), "token id must be an integer, not float"),
     "decode(str)": (lambda tf, tok, c: tok.decode("abc"), "not str"),
+    "decode(continuation='yes')": (lambda tf, tok, c: tok.decode([1], continuation="yes"),
+                                   "continuation must be True or False"),
+    "decode(skip_special=1)": (lambda tf, tok, c: tok.decode([1], skip_special=1), "skip_special must be True or False"),
+    "stream(skip_special='x')": (lambda tf, tok, c: tok.stream(skip_special="x"), "skip_special must be True or False"),
+    "forward(hidden='yes')": (lambda tf, tok, c: tf.forward(c, [5], 0, hidden="yes"), "hidden must be True or False"),
+    "default_model_path(fetch='no')": (lambda tf, tok, c: default_model_path(fetch="no"),
+                                       "fetch must be True or False"),
     "token_text(None)": (lambda tf, tok, c: tok.token_text(None), "not NoneType"),
     "chat messages a string": (lambda tf, tok, c: tok.apply_chat_template("hi"), "list of dicts"),
     "chat messages not JSON": (lambda tf, tok, c: tok.apply_chat_template([{"role": "user", "content": {1, 2}}]),

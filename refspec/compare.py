@@ -148,8 +148,14 @@ def logits_stats(a: np.ndarray, b: np.ndarray, positions: np.ndarray) -> dict:
             "top5_overlap_min": min(row["top5_overlap"] for row in rows), "per_position": rows}
 
 
+def _check_threshold(nmse_threshold) -> None:
+    if isinstance(nmse_threshold, bool) or not isinstance(nmse_threshold, (int, float)) or not nmse_threshold >= 0:
+        raise UsageError(f"nmse_threshold must be 0 or more, got {nmse_threshold!r}")  # (NaN too)
+
+
 def compare(a: golden.Golden, b: Rows, nmse_threshold: float = DEFAULT_NMSE_THRESHOLD) -> dict:
     """The comparison report (a dict, JSON-ready) of reference `a` and `b`."""
+    _check_threshold(nmse_threshold)
     names = [name for name in a.tensors if name in b.tensors]  # A's forward order
     stats = {}
     for name in names:
@@ -175,6 +181,7 @@ def compare(a: golden.Golden, b: Rows, nmse_threshold: float = DEFAULT_NMSE_THRE
 
 
 def compare_files(path_a, path_b, nmse_threshold: float = DEFAULT_NMSE_THRESHOLD) -> dict:
+    _check_threshold(nmse_threshold)  # before the files are read
     reference = golden.load(path_a)
     report = compare(reference, load_other(path_b, reference), nmse_threshold)
     report["a"]["path"], report["b"]["path"] = os.fspath(path_a), os.fspath(path_b)

@@ -59,6 +59,8 @@ class Transformer:
         None means yes where the backend offers them (backend.graphs_available)."""
         if not isinstance(model, Model) or not hasattr(backend, "upload_weights"):
             raise UsageError("Transformer(model, backend) takes a Model (refspec.load) and a backend (make_backend)")
+        if graphs is not None:
+            checks.flag("graphs", graphs)
         self.config = model.config
         self.metadata = model.metadata  # general.* and tokenizer.* keys: generate() finds the end-of-generation ids here
         self.be = backend

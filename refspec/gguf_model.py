@@ -33,6 +33,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType
 from gguf import quants as ggml_quants
 
+from refspec import checks
 from refspec.errors import ModelFileError, UnsupportedModelError, UsageError
 from refspec.metadata import REQUIRED, MetadataReader
 from refspec.model import (ARCHITECTURES, HYBRID_ARCHITECTURES, Q8_0_BLOCK, QK8_0, LayerWeights, Model,
@@ -159,6 +160,7 @@ def print_to_stderr(message: str) -> None:
 def load(path: str | os.PathLike, *, log: Callable[[str], None] = print_to_stderr) -> Model:
     """Read, validate and convert the GGUF model at ``path``. Raises ModelFileError (or its subclass
     UnsupportedModelError) for anything refspec cannot trust or run."""
+    checks.callback("log", log)
     file = read_header(path)
     config = read_config(file)
     weights = _read_weights(file.name, config, file.tensors, log)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from refspec import checks
 from refspec.errors import GoldenFileError, UsageError
 
 FORMAT = "refspec-golden"
@@ -95,6 +96,7 @@ def dump(model, prompt_ids: list[int], n_predict: int = 0, *, layers: bool = Fal
     from refspec.generate import generate
     from refspec.spec import SPEC_VERSION
 
+    checks.flag("layers", layers)
     model = load_model(model)
     backend = backend if backend is not None else make_backend(device)
     tf = Transformer(model, backend)

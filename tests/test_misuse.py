@@ -9,7 +9,7 @@ import pytest
 from gguf import GGUFValueType
 from gguf.gguf_writer import GGUFValue
 
-from refspec import synthetic
+from refspec import compare, golden, synthetic
 from refspec.backends import make_backend
 from refspec.default_model import default_model_path
 from refspec.errors import UsageError
@@ -51,6 +51,13 @@ CALLS = {  # name: (call(tf, tok, cache), fragment of the UsageError)
     "load(NUL in path)": (lambda tf, tok, c: load("model\0.gguf"), "NUL"),
     "load(bytes)": (lambda tf, tok, c: load(b"model.gguf"), "not bytes"),
     "load('')": (lambda tf, tok, c: load(""), "empty"),
+    "load(log=3)": (lambda tf, tok, c: load(LOADED["model"].path, log=3), "log must be callable"),
+    "golden.dump(layers='yes')": (lambda tf, tok, c: golden.dump(LOADED["model"], [1, 2], 1, layers="yes"),
+                                  "layers must be True or False"),
+    "compare_files(threshold=-1)": (lambda tf, tok, c: compare.compare_files("a", "b", -1.0),
+                                    "nmse_threshold must be 0 or more"),
+    "Transformer(graphs='yes')": (lambda tf, tok, c: Transformer(LOADED["model"], make_backend("cpu"), graphs="yes"),
+                                  "graphs must be True or False"),
     "float token id": (lambda tf, tok, c: tf.forward(c, [5.0], 0), "ids[0] must be an integer, not float"),
     "bool token id": (lambda tf, tok, c: tf.forward(c, [True], 0), "not a bool"),
     "token id out of range": (lambda tf, tok, c: tf.forward(c, [tf.config.n_vocab], 0), "ids[0] is"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
 from refspec import __version__
@@ -473,14 +474,11 @@ _STOPPED: dict[str, int] = {}  # the signal that stopped the running command, if
 
 
 def _stop(signum, frame):
-    import signal
-
     _STOPPED["signal"] = signum
     raise KeyboardInterrupt if signum == signal.SIGINT else _Terminated
 
 
 def main(argv=None) -> int:
-    import signal
     import threading
 
     _STOPPED.clear()
@@ -502,8 +500,7 @@ def _exit_status(err: BaseException) -> int:
     """The exit status for what ended a command (after printing its one line), or `err` raised again."""
     stopped = _STOPPED.get("signal")
     if stopped is not None:  # what reached here may be another exception: numpy turns one raised in its C code
-        import signal       # (a signal's, during a write) into a TypeError
-
+        # (a signal's, during a write) into a TypeError
         print("refspec: interrupted" if stopped == signal.SIGINT else "refspec: terminated", file=sys.stderr)
         return 128 + stopped
     if isinstance(err, RefspecError):

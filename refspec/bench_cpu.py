@@ -40,12 +40,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from refspec import checks
     from refspec.bench_decode import preset_model_path
     from refspec.cli import note
     from refspec.errors import UsageError
 
     if args.prompt_tokens < 1 or args.decode_tokens < 0 or (args.threads is not None and args.threads < 1):
         raise UsageError("--prompt-tokens and --threads must be at least 1, --decode-tokens at least 0")
+    if args.json_out:
+        checks.output_file("--json-out", args.json_out)
     path = pathlib.Path(args.model) if args.model else preset_model_path(args.preset, note)
     result = measure(path, args.prompt_tokens, args.decode_tokens, args.threads)
     if result is None:
@@ -102,11 +105,11 @@ def measure_here(path: str, prompt_tokens: int, decode_tokens: int, threads: int
         cpu, start = time.process_time(), time.perf_counter()
         logits = tf.forward(cache, [token], prompt_tokens + i)
         token = int(np.argmax(logits[-1]))
-        steps.append(round(time.perf_counter() - start, 3))
-        step_cpu.append(round(time.process_time() - cpu, 3))
+        steps.append(time.perf_counter() - start)
+        step_cpu.append(time.process_time() - cpu)
     size = os.path.getsize(path)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-    step = statistics.median(steps) if steps else None
+    step = statistics.median(steps) if steps else None  # (unrounded: a tiny model's step rounds to 0.000 s)
     return {
         "file_bytes": size, "arch": cfg.arch, "n_layer": cfg.n_layer, "n_embd": cfg.n_embd,
         "n_vocab": cfg.n_vocab, "threads": tf.be.threads, "streamed": tf.weights.output.stack.wf is None,
@@ -115,9 +118,10 @@ def measure_here(path: str, prompt_tokens: int, decode_tokens: int, threads: int
         "prompt_tokens": prompt_tokens, "prompt_seconds": round(t4 - t3, 3),
         "prompt_tokens_per_second": round(prompt_tokens / (t4 - t3), 3),
         "prompt_cpu_seconds": round(c4 - c3, 3),
-        "decode_step_seconds": steps, "decode_step_seconds_median": step,
-        "decode_step_cpu_seconds": step_cpu,
-        "decode_step_cpu_seconds_median": statistics.median(step_cpu) if step_cpu else None,
+        "decode_step_seconds": [round(s, 3) for s in steps],
+        "decode_step_seconds_median": None if step is None else round(step, 6),
+        "decode_step_cpu_seconds": [round(s, 3) for s in step_cpu],
+        "decode_step_cpu_seconds_median": round(statistics.median(step_cpu), 3) if step_cpu else None,
         "decode_tokens_per_second": round(1 / step, 3) if step else None,
         "peak_rss_bytes": peak, "peak_rss_over_file": round(peak / size, 4),
     }

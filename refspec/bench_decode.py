@@ -98,9 +98,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from refspec import checks
     from refspec.backends import make_backend
     from refspec.cli import load_model, load_tokenizer, note
-    from refspec.errors import UsageError
+    from refspec.errors import ContextLengthError, UsageError
     from refspec.forward import Transformer
     from refspec.generate import generate
 
@@ -113,6 +114,8 @@ def run(args) -> int:
     if args.mma_min_weights is not None and args.mma_min_weights < 0:
         raise UsageError(f"--mma-min-weights must be at least 0, got {args.mma_min_weights}")
     pass_rows = parse_rows(args.pass_rows)
+    if args.json_out:
+        checks.output_file("--json-out", args.json_out)
     if args.preset:
         check_preset(args.preset)
     backend = make_backend(args.device)  # before a preset's model is written: no GPU, no 8-34 GB file
@@ -138,6 +141,12 @@ def run(args) -> int:
                          f"{tf.config.n_ctx} less the rows), got {args.pass_position}")
     repeats, n_greedy, n_copy = (1, 8, 16) if args.quick else (args.repeats, GREEDY_NEW_TOKENS, args.n_predict)
     prompts = dict(list(COPY_PROMPTS.items())[:2]) if args.quick else COPY_PROMPTS
+    if not args.preset:  # (presets run no copy prompts)
+        for name, text in prompts.items():
+            n = len(copy_prompt_ids(tok, text))
+            if n >= tf.config.n_ctx:
+                raise ContextLengthError(f"the copy prompt {name!r} has {n} tokens; the model's context holds "
+                                         f"{tf.config.n_ctx}, too few for it and an answer")
     note(f"model {model.config.arch}, {model.config.n_layer} layers, device {backend.name}")
 
     generate(tf, tok.encode(GREEDY_PROMPT)[:4], 2, eog_ids=())  # warm up: the first pass touches every weight page
@@ -332,6 +341,11 @@ def median_run(run, repeats: int):
     return results[len(results) // 2]
 
 
+def copy_prompt_ids(tok, text: str) -> list[int]:
+    """A copy prompt as the benchmark feeds it: one user message, chat-templated."""
+    return tok.encode(tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True))
+
+
 def bench_copy_prompts(tf, tok, prompts: dict, n_predict: int, draft_max: int, note, repeats: int = 1) -> dict:
     """(b): each prompt, chat-templated, decoded greedily and with each drafter (each the median of
     `repeats` runs by decoding time); outputs compared."""
@@ -341,8 +355,8 @@ def bench_copy_prompts(tf, tok, prompts: dict, n_predict: int, draft_max: int, n
     drafters = DRAFTERS + (("mtp",) if tf.weights.mtp is not None else ())
     rows, mismatches = [], []
     for name, text in prompts.items():
-        ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True))
-        n_new = min(n_predict, tf.config.n_ctx - len(ids))  # a short context (a test model) cuts the answer
+        ids = copy_prompt_ids(tok, text)
+        n_new = min(n_predict, tf.config.n_ctx - len(ids))  # a short context (a test model) cuts the answer (run checks)
         reference = median_run(lambda: generate(tf, ids, n_new, eog_ids=tok.eog_ids), repeats)
         rows.append(run_row(name, "greedy", reference, reference))
         for drafter in drafters:

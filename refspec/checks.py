@@ -4,6 +4,7 @@ truncated, a negative position indexing from the end, a bool taken for 1)."""
 from __future__ import annotations
 
 import operator
+import os
 from collections.abc import Iterable
 
 from refspec.errors import UsageError
@@ -69,6 +70,15 @@ def flag(name: str, value) -> bool:
 def callback(name: str, value) -> None:
     if value is not None and not callable(value):
         raise UsageError(f"{name} must be callable or None, not {type(value).__name__}")
+
+
+def output_file(flag: str, path: str) -> None:
+    """A file a command writes when it ends (--json-out): its directory must exist and it must not be a directory,
+    checked before the command runs, so that minutes of work do not end in an error."""
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path}: a directory; give a file name")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise UsageError(f"{flag} {path}: its directory does not exist")
 
 
 def _short(value) -> str:

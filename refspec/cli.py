@@ -515,7 +515,23 @@ def _exit_status(err: BaseException) -> int:
         return 130
     if isinstance(err, BrokenPipeError):
         return 0
+    if isinstance(err, OSError):  # the system refused what a command asked (output to a full disk: `> /dev/full`)
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"refspec: error: {err.strerror or err}{where}", file=sys.stderr)
+        _discard_stdout()
+        return 1
     raise err
+
+
+def _discard_stdout() -> None:
+    """Point standard output at /dev/null, so that the interpreter's last flush of what could not be written does
+    not fail again at exit with a second message."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # (no file descriptor behind it: nothing flushes at exit)
+        pass
 
 
 if __name__ == "__main__":

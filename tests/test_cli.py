@@ -235,3 +235,29 @@ def test_no_gpu_is_said_before_a_model_is_written_or_fetched(tmp_path, monkeypat
     line = one_line_error(refspec(*command, "--device", "gpu", check=False, timeout=60))
     assert "no GPU found" in line
     assert not list(tmp_path.rglob("*"))  # the cache stayed empty, and nothing was written
+
+
+def test_bench_cpu_on_a_tiny_model_and_json_out_paths(model, tmp_path):
+    """A tiny model's decoding step rounds to 0.000 s: its rate is still a number (it was a TypeError); a --json-out
+    whose directory is missing is refused before the run (it was a traceback after it)."""
+    out = tmp_path / "cpu.json"
+    refspec("bench", "cpu", "-m", model, "--prompt-tokens", "4", "--decode-tokens", "2", "--json-out", str(out))
+    assert json.loads(out.read_text())["decode_tokens_per_second"] > 0
+    for command in (("bench", "cpu", "-m", model), ("bench", "decode", "-m", model, "--device", "cpu", "--quick")):
+        line = one_line_error(refspec(*command, "--json-out", str(tmp_path / "no" / "x.json"), check=False))
+        assert "--json-out" in line and "its directory does not exist" in line
+
+
+def test_bench_decode_says_when_the_context_is_too_short_for_its_prompts(model):
+    line = one_line_error(refspec("bench", "decode", "-m", model, "--device", "cpu", "--quick", "--pass-position", "8",
+                                  check=False))
+    assert "the model's context holds 64" in line
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_output_to_a_full_disk_is_one_line(model):
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "refspec.cli", "generate", "-m", model, "-p", "hi", "-n", "4",
+                               "--device", "cpu"], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "refspec: error: No space left on device"

@@ -48,7 +48,7 @@ def run(args) -> int:
     if args.prompt_tokens < 1 or args.decode_tokens < 0 or (args.threads is not None and args.threads < 1):
         raise UsageError("--prompt-tokens and --threads must be at least 1, --decode-tokens at least 0")
     if args.json_out:
-        checks.output_file("--json-out", args.json_out)
+        checks.output_file(args.json_out, "--json-out")
     path = pathlib.Path(args.model) if args.model else preset_model_path(args.preset, note)
     result = measure(path, args.prompt_tokens, args.decode_tokens, args.threads)
     if result is None:

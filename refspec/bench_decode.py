@@ -115,7 +115,7 @@ def run(args) -> int:
         raise UsageError(f"--mma-min-weights must be at least 0, got {args.mma_min_weights}")
     pass_rows = parse_rows(args.pass_rows)
     if args.json_out:
-        checks.output_file("--json-out", args.json_out)
+        checks.output_file(args.json_out, "--json-out")
     if args.preset:
         check_preset(args.preset)
     backend = make_backend(args.device)  # before a preset's model is written: no GPU, no 8-34 GB file

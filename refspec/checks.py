@@ -72,13 +72,17 @@ def callback(name: str, value) -> None:
         raise UsageError(f"{name} must be callable or None, not {type(value).__name__}")
 
 
-def output_file(flag: str, path: str) -> None:
-    """A file a command writes when it ends (--json-out): its directory must exist and it must not be a directory,
-    checked before the command runs, so that minutes of work do not end in an error."""
+def output_file(path, flag: str | None = None, *, renamed: bool = False) -> None:
+    """A file refspec will write (`flag`: the option that named it), checked before the work that fills it, so that
+    minutes of work do not end in an error: not a directory, in a directory that exists, and, where it is written as
+    a finished temporary file `renamed` onto it, not an existing device or FIFO (the rename would replace it)."""
+    name = f"{flag} {path}" if flag else f"{path}"
     if os.path.isdir(path):
-        raise UsageError(f"{flag} {path}: a directory; give a file name")
+        raise UsageError(f"cannot write {name}: it is a directory; give a file name")
     if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-        raise UsageError(f"{flag} {path}: its directory does not exist")
+        raise UsageError(f"cannot write {name}: its directory does not exist")
+    if renamed and os.path.exists(path) and not os.path.isfile(path):
+        raise UsageError(f"cannot write {name}: it exists and is not a regular file")
 
 
 def _short(value) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refspec import golden
+from refspec import checks, golden
 from refspec.errors import GoldenFileError, UsageError
 from refspec.testing.bits import ulp_distance
 
@@ -295,17 +295,13 @@ def check_plot_path(path: str) -> None:
     """UsageError unless `path` names a file matplotlib writes as given: not a directory (matplotlib would write
     DIR.png beside it), in a directory that exists, with an extension of a format it knows (else: its exception, or
     .png appended). Checked before the comparison runs."""
-    fmt = os.path.splitext(path)[1].lower().lstrip(".")
-    if os.path.isdir(path):
-        raise UsageError(f"--plot {path}: a directory; give a file name such as nmse.png")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-        raise UsageError(f"cannot write {path}: its directory does not exist")
+    checks.output_file(path, "--plot")
     try:
         from matplotlib.figure import Figure
     except ImportError:
         raise UsageError("plots need matplotlib: pip install matplotlib") from None
     formats = sorted(Figure().canvas.get_supported_filetypes())
-    if fmt not in formats:
+    if os.path.splitext(path)[1].lower().lstrip(".") not in formats:
         raise UsageError(f"--plot {path}: the file name must end in one of " + ", ".join(f".{f}" for f in formats))
 
 

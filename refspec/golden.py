@@ -174,8 +174,7 @@ def save(golden: Golden, path) -> int:
     from safetensors.numpy import save_file
 
     path = os.fspath(path)
-    if os.path.exists(path) and not os.path.isfile(path):
-        raise UsageError(f"cannot write {path}: it exists and is not a regular file")
+    checks.output_file(path, renamed=True)
     tensors = {TOKEN_IDS: np.ascontiguousarray(golden.token_ids, np.int32)}
     tensors.update({name: np.ascontiguousarray(t, np.float32) for name, t in golden.tensors.items()})
     partial = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.partial")
@@ -263,10 +262,7 @@ def run(args) -> int:
     from refspec.cli import load_tokenizer, note
     from refspec.cli import load_model as load_cli_model
 
-    if not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
-        raise UsageError(f"cannot write {args.output}: its directory does not exist")
-    if os.path.exists(args.output) and not os.path.isfile(args.output):  # checked again by save(), after the run
-        raise UsageError(f"cannot write {args.output}: it exists and is not a regular file")
+    checks.output_file(args.output, renamed=True)  # (save() checks again, after the run)
     options = _engine_options(args)  # refspec's backend first: no GPU is said before a model is fetched or loaded
     model = load_cli_model(args.model)
     n_prompt = None

@@ -28,6 +28,7 @@ from gguf import (GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, L
 from gguf import quants as ggml_quants
 from gguf.gguf_writer import GGUFValue
 
+from refspec import checks
 from refspec.errors import OutputError, RefspecError, UsageError
 from refspec.model import ARCHITECTURES, QK8_0
 from refspec.tokenizer import byte_alphabet
@@ -328,12 +329,8 @@ def _check_rope_arguments(arch, n_ctx, rope_scaling, rope_factor, rope_orig_ctx,
 def _output_path(path) -> pathlib.Path:
     if not isinstance(path, (str, os.PathLike)) or not os.fspath(path) or "\0" in os.fspath(path):
         raise UsageError(f"output path {path!r} is not a usable file name")
-    out = pathlib.Path(path)
-    if out.is_dir():
-        raise UsageError(f"{out} is a directory; give the path of the GGUF file to write")
-    if out.exists() and not out.is_file():  # a device or a FIFO would be replaced by the rename
-        raise UsageError(f"{out} exists and is not a regular file")
-    return out
+    checks.output_file(path, renamed=True)
+    return pathlib.Path(path)
 
 
 def _check_room(out: pathlib.Path, nbytes: int) -> None:

@@ -11,7 +11,7 @@ import threading
 
 import numpy as np
 
-from refspec import cpu_attention, cpu_gemv, cpu_ops, spec
+from refspec import checks, cpu_attention, cpu_gemv, cpu_ops, spec
 from refspec.errors import DeviceError, UsageError
 from refspec.model import Q8_0_BLOCK, QK8_0, LayerWeights, ModelWeights, MtpWeights, Q8Matrix
 from refspec.progress import ByteProgress, larger_than_memory
@@ -140,6 +140,12 @@ class CpuBackend(FusedFromParts):
         """threads: for the streamed GEMV (default: every core; at most numba's NUMBA_NUM_THREADS);
         resident_bytes: the largest float32 copy of the quants to keep for BLAS (default RESIDENT_BYTES: none);
         log: where progress lines go (default stderr)."""
+        if threads is not None:
+            threads = checks.integer("threads", threads, 1)
+        if resident_bytes is not None:
+            resident_bytes = checks.integer("resident_bytes", resident_bytes, 0)
+        if log is not None:
+            checks.callback("log", log)
         self.threads = threads or os.cpu_count() or 1
         self.resident_bytes = self.RESIDENT_BYTES if resident_bytes is None else resident_bytes
         self._local = threading.local()
@@ -350,10 +356,13 @@ def _q8_matrices(weights: ModelWeights):
         yield from (v for v in vars(lw).values() if isinstance(v, Q8Matrix))
 
 
-def make_backend(device: str = "auto"):
-    """'cpu', 'gpu', or 'auto' (the GPU when CuPy sees one, else the CPU)."""
+def make_backend(device: str = "auto", *, threads: int | None = None):
+    """'cpu', 'gpu', or 'auto' (the GPU when CuPy sees one, else the CPU). threads: the CPU backend's threads
+    (default: every core); a GPU backend runs its passes on the GPU and has no use for them."""
+    if threads is not None:
+        threads = checks.integer("threads", threads, 1)
     if device == "cpu":
-        return CpuBackend()
+        return CpuBackend(threads=threads)
     if device not in ("gpu", "auto"):
         raise UsageError(f"unknown device {device!r}: choose auto, cpu or gpu")
     try:
@@ -361,9 +370,9 @@ def make_backend(device: str = "auto"):
     except ImportError as err:  # refspec.gpu itself imports CuPy lazily; this is a packaging problem
         if device == "gpu":
             raise DeviceError(f"the GPU backend cannot be imported: {err}") from err
-        return CpuBackend()
+        return CpuBackend(threads=threads)
     if gpu_available():
         return GpuBackend()
     if device == "gpu":
         raise DeviceError("no GPU found: install CuPy (pip install 'refspec[cuda]' or '[rocm]') or use --device cpu")
-    return CpuBackend()
+    return CpuBackend(threads=threads)

@@ -58,6 +58,44 @@ def draft_length(text: str) -> int:
     return value
 
 
+def thread_count(text: str) -> int | None:
+    """-t N: a positive count, or -1 (llama.cpp's 'every core'), which is None."""
+    value = _integer(text)
+    if value != -1 and value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: -t takes a positive number of threads, or -1 for every core")
+    return None if value == -1 else value
+
+
+def add_threads_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-t", "--threads", type=thread_count, default=None, metavar="N",
+                   help="CPU threads of a forward pass, prompt and decoding alike (default, or -1: every core); "
+                   "the bits do not depend on them; a GPU pass does not use them")
+
+
+def make_cli_backend(args):
+    """The backend --device picks, with -t's threads on the CPU; a note where -t cannot do what it says."""
+    from refspec.backends import CpuBackend, make_backend
+    from refspec.cpu_gemv import max_threads
+
+    backend = make_backend(args.device, threads=args.threads)
+    if args.threads is not None and not isinstance(backend, CpuBackend):
+        note(f"note: -t {args.threads} ignored: the forward pass runs on the {backend.name}, not on CPU threads")
+    elif args.threads is not None and args.threads > max_threads():
+        note(f"note: -t {args.threads}: numba runs at most {max_threads()} threads here (NUMBA_NUM_THREADS)")
+    return backend
+
+
+def device_words(backend) -> str:
+    """'gpu', or 'cpu, N threads' (the threads its parallel loops run)."""
+    from refspec.backends import CpuBackend
+    from refspec.cpu_gemv import max_threads
+
+    if not isinstance(backend, CpuBackend):
+        return backend.name
+    threads = min(backend.threads, max_threads())
+    return f"{backend.name}, {threads} thread{'s' if threads > 1 else ''}"
+
+
 def _integer(text: str) -> int:
     try:
         return int(text)
@@ -92,16 +130,15 @@ MAX_PROMPT_BYTES = 64 << 20  # a prompt file or stdin larger than this is refuse
 
 def cmd_generate(args) -> int:
     from refspec import llama_flags
-    from refspec.backends import make_backend
     from refspec.forward import Transformer
 
     llama_flags.answer(args, note)
     check_generate_args(args)
     text = prompt_text(args)  # read before the model loads: a missing file fails at once
-    backend = make_backend(args.device)  # and the device: no GPU, no fetching of the default model first
+    backend = make_cli_backend(args)  # and the device: no GPU, no fetching of the default model first
     model = load_model(args.model)
     tok = load_tokenizer(model)
-    note(f"model {model.config.arch}, {model.config.n_layer} layers, device {backend.name}")
+    note(f"model {model.config.arch}, {model.config.n_layer} layers, device {device_words(backend)}")
     tf = Transformer(model, backend, graphs=False if args.no_graphs else None)
     if args.chat and text is None:
         return chat_loop(tf, tok, args)
@@ -365,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-sys", "--system-prompt", dest="system", metavar="TEXT", help="a system message (with --chat)")
     g.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                    help="where to run (default auto: the GPU when CuPy sees one); the bits are the same")
+    add_threads_argument(g)
     g.add_argument("--draft", type=drafter_name, default="none", metavar="{none,ngram,layerskip,mtp}",
                    help="drafter for self-speculative decoding (default none: plain greedy); the number of "
                    "draft tokens is --draft-max")

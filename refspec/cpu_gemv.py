@@ -506,6 +506,11 @@ _PARALLEL = threading.Lock()  # one parallel launch at a time: numba's fallback 
 _THREAD_STATE = threading.local()  # numba's thread count and chunk size are per calling thread
 
 
+def max_threads() -> int:
+    """The most threads numba's parallel loops run here (NUMBA_NUM_THREADS: every core unless set)."""
+    return numba.config.NUMBA_NUM_THREADS
+
+
 class numba_threads:
     """The context of a launch of numba's parallel loops from this thread: one launch at a time, `threads`
     threads (None: as many as this thread asked for last, else all of numba's) and chunk size 1 (iterations

@@ -97,12 +97,12 @@ def dump(model, prompt_ids: list[int], n_predict: int = 0, *, layers: bool = Fal
     from refspec.spec import SPEC_VERSION
 
     checks.flag("layers", layers)
+    if checks.integer("n_predict", n_predict) < 0:
+        raise UsageError(f"-n must be 0 or more tokens, got {n_predict}")
     model = load_model(model)
     backend = backend if backend is not None else make_backend(device)
     tf = Transformer(model, backend)
     ids = check_ids(prompt_ids, model.config.n_vocab)
-    if n_predict < 0:
-        raise UsageError(f"-n must be 0 or more tokens, got {n_predict}")
     if n_predict:
         ids = ids + generate(tf, ids, n_predict).ids  # no end-of-generation stop: exactly n_predict tokens
     tensors = run_teacher_forced(tf, ids, layers)
@@ -235,7 +235,7 @@ def describe(golden: Golden) -> dict:
 
 # ---------------------------------------------------------------------------------------------- command
 def add_arguments(p) -> None:
-    from refspec.cli import add_model_argument
+    from refspec.cli import add_model_argument, add_threads_argument
 
     add_model_argument(p)
     src = p.add_mutually_exclusive_group(required=True)
@@ -253,6 +253,7 @@ def add_arguments(p) -> None:
                    "(pip install 'refspec[llamacpp]'), on the same model file and token ids")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                    help="where refspec runs (default auto); the bits are the same")
+    add_threads_argument(p)
     p.add_argument("--kv-cache", choices=("f16", "f32"), default="f16",
                    help="llama.cpp engine: its KV cache type (default f16, llama.cpp's default)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
@@ -292,7 +293,7 @@ def run(args) -> int:
 
 def _engine_options(args) -> dict:
     if args.engine == "refspec":
-        from refspec.backends import make_backend
+        from refspec.cli import make_cli_backend
 
-        return {"layers": args.layers, "backend": make_backend(args.device)}
-    return {"layers": args.layers, "kv_cache": args.kv_cache}
+        return {"layers": args.layers, "backend": make_cli_backend(args)}
+    return {"layers": args.layers, "kv_cache": args.kv_cache, "n_threads": args.threads}

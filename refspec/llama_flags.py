@@ -4,7 +4,7 @@ A llama.cpp user types `-ngl 99 --temp 0.7 -c 4096` out of habit. Rather than ar
 arguments", each such flag is parsed (its value checked like any other) and answered after parsing:
 
 * a **note** on stderr, and the run goes on, when the flag cannot change what refspec computes (`-ngl`, `-c`,
-  `--seed`, `-t`, sampling filters under greedy decoding, `--temp 0`, ...);
+  `--seed`, `-tb`, sampling filters under greedy decoding, `--temp 0`, ...);
 * an **error** (one line, exit status 1) when honouring it would change the output and refspec cannot
   (`--temp 0.8`, `--repeat-penalty 1.1`, `-md draft.gguf`, `--grammar`, `-hf`, ...).
 
@@ -55,16 +55,16 @@ FLAGS = (
                 "refspec runs the prompt in chunks of 64 rows; any chunking gives the same bits"),
     ForeignFlag(("-ub", "--ubatch-size"), "N", int, _always,
                 "refspec runs the prompt in chunks of 64 rows; any chunking gives the same bits"),
-    ForeignFlag(("-t", "--threads"), "N", int, _always,
-                "the CPU path's threads are NumPy's BLAS threads (OPENBLAS_NUM_THREADS); the bits do not "
-                "depend on them"),
     ForeignFlag(("-tb", "--threads-batch"), "N", int, _always,
-                "the CPU path's threads are NumPy's BLAS threads (OPENBLAS_NUM_THREADS); the bits do not "
-                "depend on them"),
+                "refspec runs the prompt with the threads of -t, as it decodes; the bits do not depend on them"),
     ForeignFlag(("-fa", "--flash-attn"), "on|off|auto", str, _always,
                 "refspec's attention has one fixed summation order on every device (refspec/SPEC.md)", True),
-    ForeignFlag(("--mlock",), None, None, _always, "refspec reads the weights into memory once at load"),
-    ForeignFlag(("--no-mmap",), None, None, _always, "refspec reads the weights into memory once at load"),
+    ForeignFlag(("--mlock",), None, None, _always,
+                "refspec maps the model file and reads each matrix where it lies (a GPU copies them to its "
+                "memory at load); the kernel keeps the pages while memory allows"),
+    ForeignFlag(("--no-mmap",), None, None, _always,
+                "refspec always maps the model file and reads each matrix where it lies (a GPU copies them to "
+                "its memory at load); the bits do not depend on how the weights are read"),
     ForeignFlag(("-s", "--seed"), "N", int, _always,
                 "greedy decoding draws no random numbers: every run gives the same bits"),
     ForeignFlag(("--temp", "--temperature"), "T", float, _equals(0.0),

@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 
+from refspec import checks
 from refspec.errors import ModelFileError, UsageError
 from refspec.golden import LOGITS, Golden, check_ids, forward_order, load_model, run_metadata, tensor_names
 
@@ -48,16 +49,20 @@ def dump(model, prompt_ids: list[int], n_predict: int = 0, *, layers: bool = Fal
          n_gpu_layers: int = 0, kv_cache: str = "f16") -> Golden:
     """llama.cpp's logits of every position of `prompt_ids` plus `n_predict` greedy tokens, as a Golden; with
     `layers`, also llama.cpp's graph nodes that carry refspec's tensor names (`LayerTap`)."""
+    if checks.integer("n_predict", n_predict) < 0:
+        raise UsageError(f"-n must be 0 or more tokens, got {n_predict}")
+    checks.flag("layers", layers)
+    if n_threads is not None:
+        checks.integer("n_threads", n_threads, 1)
+    checks.integer("n_gpu_layers", n_gpu_layers, -1)
+    if not isinstance(kv_cache, str) or kv_cache not in KV_TYPES:
+        raise UsageError(f"kv_cache must be one of {', '.join(KV_TYPES)}, got {kv_cache!r}")
     llama_cpp = _llama_cpp()
     model = load_model(model)
     ids = check_ids(prompt_ids, model.config.n_vocab)
-    if n_predict < 0:
-        raise UsageError(f"-n must be 0 or more tokens, got {n_predict}")
     n_total = len(ids) + n_predict
     if n_total > model.config.n_ctx:
         raise UsageError(f"{n_total} tokens exceed the model's context of {model.config.n_ctx}")
-    if kv_cache not in KV_TYPES:
-        raise UsageError(f"kv_cache must be one of {', '.join(KV_TYPES)}, got {kv_cache!r}")
     llm = open_model(model.path, n_total, n_threads=n_threads, n_gpu_layers=n_gpu_layers, kv_cache=kv_cache)
     if llm.n_vocab() != model.config.n_vocab:
         raise ModelFileError(f"llama.cpp reads a vocabulary of {llm.n_vocab()}, refspec {model.config.n_vocab}")

@@ -79,7 +79,7 @@ def test_binary_prompt_file_and_stdin_are_refused(model, tmp_path):
 
 
 # --- llama.cpp flags ------------------------------------------------------------------------------------
-HARMLESS = [["-ngl", "99"], ["-c", "4096"], ["-t", "8"], ["-b", "512"], ["-ub", "128"], ["-s", "42"],
+HARMLESS = [["-ngl", "99"], ["-c", "4096"], ["-tb", "8"], ["-b", "512"], ["-ub", "128"], ["-s", "42"],
             ["--temp", "0"], ["--top-k", "40"], ["--top-p", "0.9"], ["--min-p", "0.05"], ["--repeat-penalty", "1.0"],
             ["--mlock"], ["-no-cnv"], ["-fa"]]
 
@@ -93,6 +93,30 @@ def test_harmless_llama_flags_note_and_run(model):
     assert [note.split()[2] for note in notes] == [flag[0] for flag in HARMLESS] or \
         sorted(note.split()[2] for note in notes) == sorted(flag[0] for flag in HARMLESS)
     assert all(note.startswith("refspec: note: ") for note in notes)
+
+
+@pytest.mark.parametrize("threads", ["1", "-1", "2", "--threads=1"])
+def test_threads_are_honoured_on_the_cpu_with_the_same_ids(model, threads):
+    plain = generate_json(model, "-p", "hi")
+    flag = [threads] if threads.startswith("--") else ["-t", threads]
+    proc = refspec("generate", "-m", model, "-p", "hi", "-n", "6", "--json", "--device", "cpu", *flag)
+    assert json.loads(proc.stdout)["ids"] == plain["ids"]
+    assert "ignored" not in proc.stderr, proc.stderr
+    from refspec.cpu_gemv import max_threads
+
+    expected = max_threads() if threads == "-1" else min(int(threads[-1]), max_threads())
+    assert f"device cpu, {expected} thread" in proc.stderr, proc.stderr
+
+
+def test_threads_beyond_numba_are_noted_and_bad_counts_refused(model):
+    from refspec.cpu_gemv import max_threads
+
+    many = str(max_threads() + 1)
+    proc = refspec("generate", "-m", model, "-p", "hi", "-n", "2", "--device", "cpu", "-t", many)
+    assert f"refspec: note: -t {many}: numba runs at most {max_threads()} threads here" in proc.stderr
+    for bad in ("0", "-2", "x"):
+        proc = refspec("generate", "-m", model, "-p", "hi", "-t", bad, check=False)
+        assert proc.returncode != 0 and "-t" in proc.stderr.splitlines()[-1] and "Traceback" not in proc.stderr
 
 
 def test_long_spellings_and_values_are_named_in_the_note(model):

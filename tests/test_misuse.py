@@ -9,8 +9,8 @@ import pytest
 from gguf import GGUFValueType
 from gguf.gguf_writer import GGUFValue
 
-from refspec import compare, golden, synthetic
-from refspec.backends import make_backend
+from refspec import compare, golden, llamacpp, synthetic
+from refspec.backends import CpuBackend, make_backend
 from refspec.default_model import default_model_path
 from refspec.errors import UsageError
 from refspec.forward import Transformer
@@ -116,6 +116,22 @@ CALLS = {  # name: (call(tf, tok, cache), fragment of the UsageError)
     "layer-skip layers=[0.5]": (lambda tf, tok, c: LayerSkipDrafter(tf, layers=[0.5]), "not float"),
     "unknown drafter": (lambda tf, tok, c: make_drafter("psychic", tf), "unknown drafter"),
     "unknown device": (lambda tf, tok, c: make_backend("tpu"), "unknown device"),
+    "make_backend(threads=0)": (lambda tf, tok, c: make_backend("cpu", threads=0), "threads is 0, must be at least 1"),
+    "make_backend(threads='2')": (lambda tf, tok, c: make_backend("auto", threads="2"), "threads must be an integer"),
+    "CpuBackend(threads=-3)": (lambda tf, tok, c: CpuBackend(threads=-3), "threads is -3, must be at least 1"),
+    "CpuBackend(threads=2.5)": (lambda tf, tok, c: CpuBackend(threads=2.5), "threads must be an integer"),
+    "CpuBackend(resident_bytes='x')": (lambda tf, tok, c: CpuBackend(resident_bytes="x"),
+                                       "resident_bytes must be an integer"),
+    "CpuBackend(resident_bytes=-1)": (lambda tf, tok, c: CpuBackend(resident_bytes=-1), "resident_bytes is -1"),
+    "CpuBackend(log=5)": (lambda tf, tok, c: CpuBackend(log=5), "log must be callable"),
+    "golden.dump(n='3')": (lambda tf, tok, c: golden.dump(LOADED["model"], [1, 2], "3"),
+                           "n_predict must be an integer, not str"),
+    "llamacpp.dump(n_threads=0)": (lambda tf, tok, c: llamacpp.dump(LOADED["model"], [1, 2], 1, n_threads=0),
+                                   "n_threads is 0"),
+    "llamacpp.dump(n='3')": (lambda tf, tok, c: llamacpp.dump(LOADED["model"], [1, 2], "3"),
+                             "n_predict must be an integer"),
+    "llamacpp.dump(kv_cache=[])": (lambda tf, tok, c: llamacpp.dump(LOADED["model"], [1, 2], 1, kv_cache=[]),
+                                   "kv_cache must be one of"),
     "GpuBackend(mma_min_weights=-1)": (lambda tf, tok, c: GpuBackend(mma_min_weights=-1),
                                        "mma_min_weights is -1, must be at least 0"),
     "GpuBackend(mma_min_rows=0)": (lambda tf, tok, c: GpuBackend(mma_min_rows=0), "mma_min_rows is 0, must be in 1..16"),

@@ -285,14 +285,28 @@ def print_stats(result) -> None:
 
 # --------------------------------------------------------------------------------------------- tokenize
 def cmd_tokenize(args) -> int:
+    given = [name for name, value in (("TEXT", args.text), ("-p", args.prompt), ("-f", args.file),
+                                      ("--stdin", args.stdin or None)) if value is not None]
+    if len(given) != 1:
+        raise_usage("give the text once: TEXT, -p TEXT, -f FILE, or - / --stdin for standard input"
+                    + (f" (got {', '.join(given)})" if given else ""))
+    if args.stdin or args.text == "-":
+        args.prompt = "-"
+    elif args.text is not None:
+        args.prompt = args.text
+    text = prompt_text(args)  # read before the model loads: a missing file fails at once
     model = load_model(args.model)
     tok = load_tokenizer(model)
-    ids = tok.encode(args.text, add_bos=False)
+    ids = tok.encode(text, add_bos=None if args.add_bos else False, parse_special=args.parse_special)
     if args.json:
         print(json.dumps({"ids": ids}))
+    elif args.ids_only:
+        print(ids)
     else:
         for i in ids:
             print(f"{i:>8} -> {tok.token_text(i)!r}")
+    if args.show_count:
+        print(f"Total number of tokens: {len(ids)}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -425,9 +439,23 @@ def build_parser() -> argparse.ArgumentParser:
     llama_flags.add_arguments(g)
     g.set_defaults(run=cmd_generate)
 
-    t = sub.add_parser("tokenize", help="print the token ids of a text (no BOS added)")
+    t = sub.add_parser("tokenize", help="print the token ids of a text (no BOS added unless --add-bos)",
+                       usage="refspec tokenize [-m GGUF] (TEXT | -p TEXT | -f FILE | - | --stdin) [options]",
+                       description="Token ids of a text, each with its token's text. Special tokens written in the "
+                       "text (<|im_start|>) are recognised unless --no-parse-special; no BOS is added unless "
+                       "--add-bos.")
     add_model_argument(t)
-    t.add_argument("text", help="text to tokenize (special tokens are recognised)")
+    t.add_argument("text", nargs="?", help="text to tokenize; - reads standard input")
+    t.add_argument("-p", "--prompt", metavar="TEXT", help="text to tokenize (llama-tokenize's spelling)")
+    t.add_argument("-f", "--file", metavar="FILE", help="tokenize a UTF-8 text file, all of it")
+    t.add_argument("--stdin", action="store_true", help="tokenize standard input")
+    t.add_argument("--add-bos", action="store_true", help="put a BOS token first where the model's metadata asks "
+                   "for one (as llama-tokenize does unless --no-bos)")
+    t.add_argument("--no-bos", dest="add_bos", action="store_false", help="no BOS token (the default)")
+    t.add_argument("--no-parse-special", dest="parse_special", action="store_false",
+                   help="tokenize special tokens' text (<|im_start|>) as plain text")
+    t.add_argument("--ids", dest="ids_only", action="store_true", help="print only the ids, as a list [1, 2, 3]")
+    t.add_argument("--show-count", action="store_true", help="also print how many tokens the text has (on stderr with --json)")
     t.add_argument("--json", action="store_true", help='print {"ids": [...]} only')
     t.set_defaults(run=cmd_tokenize)
 

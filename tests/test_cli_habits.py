@@ -204,6 +204,45 @@ def test_tokenize_detokenize_round_trip_through_stdin(model):
     assert as_json == {"text": text}
 
 
+def test_tokenize_reads_text_as_llama_tokenize_does(model, tmp_path):
+    text = "<|im_start|>hello world\nagain"
+    expected = json.loads(refspec("tokenize", "-m", model, text, "--json").stdout)["ids"]
+    source = tmp_path / "text.txt"
+    source.write_text(text, encoding="utf-8")
+    for args, stdin in ((["-p", text], None), (["-f", str(source)], None), (["-"], text), (["--stdin"], text)):
+        out = refspec("tokenize", "-m", model, *args, "--ids", "--show-count", stdin=stdin).stdout.splitlines()
+        assert out == [str(expected), f"Total number of tokens: {len(expected)}"], args
+    plain = json.loads(refspec("tokenize", "-m", model, "-p", text, "--no-parse-special", "--json").stdout)["ids"]
+    assert expected[0] == 1 and 1 not in plain and len(plain) > len(expected)  # the control token's text as text
+    assert json.loads(refspec("tokenize", "-m", model, "-p", text, "--no-bos", "--json").stdout)["ids"] == expected
+
+
+def test_tokenize_adds_bos_only_when_asked_and_the_model_wants_it(model, tmp_path):
+    wants = tmp_path / "bos.gguf"
+    rewrite_gguf(model, wants, metadata={"tokenizer.ggml.add_bos_token": True, "tokenizer.ggml.bos_token_id": 5})
+    plain = json.loads(refspec("tokenize", "-m", str(wants), "hi", "--json").stdout)["ids"]
+    with_bos = json.loads(refspec("tokenize", "-m", str(wants), "hi", "--json", "--add-bos").stdout)["ids"]
+    assert with_bos == [5] + plain and 5 not in plain
+    assert json.loads(refspec("tokenize", "-m", model, "hi", "--json", "--add-bos").stdout)["ids"] == \
+        json.loads(refspec("tokenize", "-m", model, "hi", "--json").stdout)["ids"]  # the model adds none
+
+
+@pytest.mark.parametrize("args, stdin, fragment", [
+    ([], None, "give the text once"),
+    (["a", "-p", "b"], None, "(got TEXT, -p)"),
+    (["-f", "/nonexistent/t.txt"], None, "cannot read"),
+    (["-"], b"\xff", "not UTF-8"),
+])
+def test_bad_tokenize_input_gives_one_line_errors(model, args, stdin, fragment):
+    if isinstance(stdin, bytes):
+        proc = subprocess.run([sys.executable, "-m", "refspec.cli", "tokenize", "-m", model, *args], input=stdin,
+                              capture_output=True, timeout=300)
+        proc = subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+    else:
+        proc = refspec("tokenize", "-m", model, *args, stdin=stdin, check=False)
+    assert_one_line_error(proc, fragment)
+
+
 @pytest.mark.parametrize("args, stdin, fragment", [
     (["1", "x"], None, "'x' is not an integer"),
     (["-5"], None, "outside the vocabulary"),

@@ -279,8 +279,10 @@ def print_stats(result) -> None:
             f"{s.get('prompt_tokens_per_second')} tokens/s")
     note(line)
     if "n_drafted" in s:
+        histogram = s.get("accepted_histogram") or []
+        passes = {n: count for n, count in enumerate(histogram) if count}  # the drafts each pass accepted
         note(f"drafted {s['n_drafted']}, accepted {s['n_accepted']} ({s.get('acceptance_rate')}), "
-             f"{s.get('mean_tokens_per_pass')} tokens per pass, accepted lengths {s.get('accepted_histogram')}")
+             f"{s.get('mean_tokens_per_pass')} tokens per pass; verify passes by drafts accepted {passes}")
 
 
 # --------------------------------------------------------------------------------------------- tokenize

@@ -1,4 +1,5 @@
 """The `refspec` command line, run as a user would run it (a subprocess), on a tiny synthetic model."""
+import ast
 import json
 import os
 import resource
@@ -47,6 +48,15 @@ def test_speculative_generate_gives_greedy_ids(model, draft):
                               "--draft", draft, "--draft-max", "4").stdout)
     assert spec["ids"] == greedy["ids"] and spec["text"] == greedy["text"]
     assert {"n_drafted", "n_accepted", "n_passes", "tokens_per_second"} <= set(spec["stats"])
+
+
+def test_speculative_report_counts_passes_by_drafts_accepted(model):
+    args = ("generate", "-m", model, "-p", "abcabcabc", "-n", "12", "--draft", "layerskip", "--draft-max", "40")
+    stats = json.loads(refspec(*args, "--json").stdout)["stats"]
+    line = next(line for line in refspec(*args).stderr.splitlines() if "verify passes by drafts accepted" in line)
+    passes = ast.literal_eval(line.split("verify passes by drafts accepted ")[1])
+    assert passes == {n: c for n, c in enumerate(stats["accepted_histogram"]) if c} and all(passes.values())
+    assert sum(n * c for n, c in passes.items()) == stats["n_accepted"]
 
 
 def test_generate_streams_text_and_reports_on_stderr(model):

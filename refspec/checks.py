@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import operator
 import os
+import stat
 from collections.abc import Iterable
 
 from refspec.errors import UsageError
@@ -83,6 +84,38 @@ def output_file(path, flag: str | None = None, *, renamed: bool = False) -> None
         raise UsageError(f"cannot write {name}: its directory does not exist")
     if renamed and os.path.exists(path) and not os.path.isfile(path):
         raise UsageError(f"cannot write {name}: it exists and is not a regular file")
+
+
+def path_name(path, what: str) -> str:
+    """``path`` (`what`: "model path", ...) as a str, checked for what cannot name a file: UsageError rather
+    than TypeError or ValueError from the OS layer."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise UsageError(f"a {what} must be a str or os.PathLike, not {type(path).__name__}")
+    name = os.fspath(path)
+    if not isinstance(name, str):
+        raise UsageError(f"a {what} must be text, not {type(name).__name__}")
+    if not name:
+        raise UsageError(f"the {what} is empty")
+    if "\0" in name:
+        raise UsageError(f"the {what} {name!r} contains a NUL character")
+    return name
+
+
+def open_regular_file(name: str, kind: str, error: type[Exception]):
+    """Opens ``name`` for reading without ever blocking (O_NONBLOCK: opening a FIFO would wait for a writer,
+    inside a library that no signal interrupts) and refuses anything but a regular file: a directory, a FIFO or
+    a device is not a `kind` ("model file", "golden file"). `error`: the exception to raise, one line."""
+    try:
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except OSError as e:
+        raise error(f"{name}: cannot read the {kind} ({e.strerror or e})") from e
+    mode = stat.S_IFMT(os.fstat(fd).st_mode)
+    if mode != stat.S_IFREG:
+        os.close(fd)
+        what = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
+                stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}.get(mode, "not a regular file")
+        raise error(f"{name}: is {what}, not a {kind}")
+    return os.fdopen(fd, "rb")
 
 
 def _short(value) -> str:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import mmap
 import os
-import stat
 import struct
 import sys
 import warnings
@@ -227,32 +226,11 @@ def _check_convertible(name: str, tensor) -> None:
 def model_path(path) -> str:
     """``path`` as a str, checked for what cannot name a file (refspec's errors rather than TypeError or
     ValueError from the OS layer)."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise UsageError(f"a model path must be a str or os.PathLike, not {type(path).__name__}")
-    name = os.fspath(path)
-    if not isinstance(name, str):
-        raise UsageError(f"a model path must be text, not {type(name).__name__}")
-    if not name:
-        raise UsageError("the model path is empty")
-    if "\0" in name:
-        raise UsageError(f"the model path {name!r} contains a NUL character")
-    return name
+    return checks.path_name(path, "model path")
 
 
 def _open_regular_file(name: str):
-    """Opens ``name`` for reading without ever blocking (O_NONBLOCK: opening a FIFO would wait for a writer)
-    and refuses anything but a regular file: a directory, a FIFO or a device is not a model file."""
-    try:
-        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
-    except OSError as e:
-        raise ModelFileError(f"{name}: cannot read the model file ({e.strerror or e})") from e
-    kind = stat.S_IFMT(os.fstat(fd).st_mode)
-    if kind != stat.S_IFREG:
-        os.close(fd)
-        what = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
-                stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}.get(kind, "not a regular file")
-        raise ModelFileError(f"{name}: is {what}, not a model file")
-    return os.fdopen(fd, "rb")
+    return checks.open_regular_file(name, "model file", ModelFileError)
 
 
 # ---------------------------------------------------------------------------------------------------------

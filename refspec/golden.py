@@ -173,7 +173,9 @@ def save(golden: Golden, path) -> int:
     from safetensors import SafetensorError
     from safetensors.numpy import save_file
 
-    path = os.fspath(path)
+    if not isinstance(golden, Golden):
+        raise UsageError(f"save takes a Golden (golden.dump's or golden.load's), not {type(golden).__name__}")
+    path = checks.path_name(path, "golden file path")
     checks.output_file(path, renamed=True)
     tensors = {TOKEN_IDS: np.ascontiguousarray(golden.token_ids, np.int32)}
     tensors.update({name: np.ascontiguousarray(t, np.float32) for name, t in golden.tensors.items()})
@@ -193,8 +195,10 @@ def load(path) -> Golden:
     """Read a golden file, checking that it is one: GoldenFileError (one line) for anything else."""
     from safetensors import SafetensorError, safe_open
 
+    path = checks.path_name(path, "golden file path")
+    checks.open_regular_file(path, "golden file", GoldenFileError).close()  # a FIFO would hang safetensors
     try:
-        with safe_open(os.fspath(path), framework="np") as f:
+        with safe_open(path, framework="np") as f:
             metadata = dict(f.metadata() or {})
             names = list(f.keys())
             if metadata.get("format") != FORMAT:

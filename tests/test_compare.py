@@ -134,7 +134,7 @@ def _bad_inputs(d, tmp_path, ref):
     return [("f64.npy", "must be float32"), ("narrow.npy", "vocabulary has"), ("many.npy", "only 6 positions"),
             ("odd.bin", "whole number of rows"), ("text.npy", "not a readable .npy"),
             ("short.safetensors", "token ids differ"), ("narrow.safetensors", "tensor kqv_out-1: shapes differ"), ("missing.bin", "cannot read"),
-            ("missing.safetensors", "not a readable safetensors")]
+            ("missing.safetensors", "cannot read the golden file (No such file or directory)")]
 
 
 def test_cli_bad_input_is_one_line(files, tmp_path):

@@ -90,7 +90,7 @@ def test_cli_dump_ids_and_ids_from_give_the_same_bits(model_path, tmp_path):
     (["--ids", "3", "-n", "-2"], "-n must be"),
     (["--ids", "3", "-n", "500"], "context"),
     (["--ids", "3", "-o", "/nonexistent/dir/g.safetensors"], "cannot write"),
-    (["--ids-from", "/nonexistent.safetensors"], "not a readable safetensors"),
+    (["--ids-from", "/nonexistent.safetensors"], "cannot read the golden file (No such file or directory)"),
 ])
 def test_cli_dump_bad_input_is_one_line(model_path, tmp_path, args, message):
     if "-o" not in args:
@@ -171,3 +171,20 @@ def test_dump_refuses_a_path_that_is_not_a_regular_file_before_running(tmp_path,
     assert proc.returncode == 1 and proc.stderr.strip() == f"refspec: error: cannot write {fifo}: it exists and is " \
                                                            "not a regular file"
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_reading_a_fifo_or_device_as_a_golden_file_is_one_line_not_a_hang(tmp_path, model_path):
+    """safetensors opened a FIFO and waited for a writer inside Rust, where no SIGTERM reached it: `refspec
+    compare fifo fifo` could only be killed. Now anything but a regular file is refused before it is opened."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for args, what in ((["compare", str(fifo), str(fifo)], f"{fifo}: is a FIFO, not a golden file"),
+                       (["dump", "-m", str(model_path), "--ids-from", str(fifo), "-o", str(tmp_path / "g")],
+                        f"{fifo}: is a FIFO, not a golden file"),
+                       (["compare", "/dev/zero", str(fifo)], "/dev/zero: is a character device, not a golden file"),
+                       (["compare", str(tmp_path), str(fifo)], f"{tmp_path}: is a directory, not a golden file")):
+        proc = subprocess.run([sys.executable, "-m", "refspec.cli", *args], capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 1 and proc.stderr.strip() == f"refspec: error: {what}", proc.stderr
+    with pytest.raises(GoldenFileError, match="is a FIFO"):
+        golden.load(fifo)

@@ -107,7 +107,7 @@ def measure_here(path: str, prompt_tokens: int, decode_tokens: int, threads: int
         token = int(np.argmax(logits[-1]))
         steps.append(time.perf_counter() - start)
         step_cpu.append(time.process_time() - cpu)
-    size = os.path.getsize(path)
+    size = sum(os.path.getsize(f) for f in model.files)  # a split model's parts together
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
     step = statistics.median(steps) if steps else None  # (unrounded: a tiny model's step rounds to 0.000 s)
     return {

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import mmap
 import os
+import re
 import struct
 import sys
 import warnings
@@ -163,7 +164,7 @@ def load(path: str | os.PathLike, *, log: Callable[[str], None] = print_to_stder
     file = read_header(path)
     config = read_config(file)
     weights = _read_weights(file.name, config, file.tensors, log)
-    return Model(config=config, weights=weights, metadata=file.metadata, path=file.name)
+    return Model(config=config, weights=weights, metadata=file.metadata, path=file.name, files=file.files)
 
 
 class GGUFHeader(NamedTuple):
@@ -172,17 +173,75 @@ class GGUFHeader(NamedTuple):
     fields: dict  # gguf-py ReaderField by key
     metadata: dict  # general.* and tokenizer.* keys as plain Python values
     tensors: dict  # gguf-py ReaderTensor by name (data memory-mapped, not read)
+    files: tuple[str, ...] = ()  # every file of the model in order: (name,), or a split model's parts
 
 
 def read_header(path: str | os.PathLike) -> GGUFHeader:
-    """Steps 1 and 2: the layout check and gguf-py's reader; no tensor data is read. Raises ModelFileError."""
+    """Steps 1 and 2: the layout check and gguf-py's reader; no tensor data is read. Raises ModelFileError.
+    A split model (llama.cpp's gguf-split: NAME-00001-of-0000N.gguf, keys split.*) is read from its first
+    part, as llama.cpp reads it: the metadata from that part, the tensors from every part, each part's layout
+    checked as a file of its own."""
     name = model_path(path)
-    layout = _scan_layout(name)
-    reader = _open_reader(name, layout)
+    reader = _open_reader(name, _scan_layout(name))
     fields = reader.fields
     metadata = {key: _field_value(name, field) for key, field in fields.items()
                 if key.startswith(("general.", "tokenizer."))}
-    return GGUFHeader(name, fields, metadata, {t.name: t for t in reader.tensors})
+    tensors = {t.name: t for t in reader.tensors}
+    files = (name,)
+    count = _split_keys(name, fields, 0)[0]
+    if count > 1:
+        files, tensors = _split_parts(name, fields, count, tensors)
+    return GGUFHeader(name, fields, metadata, tensors, files)
+
+
+# llama.cpp's names of a split model's parts (llama_split_path): PREFIX-%05d-of-%05d.gguf, numbered from 1
+_SPLIT_NAME = re.compile(r"(?P<prefix>.+)-(?P<no>[0-9]{5})-of-(?P<count>[0-9]{5})\.gguf")
+MAX_SPLITS = 9999
+
+
+def _split_keys(name: str, fields: dict, part: int) -> tuple[int, int | None]:
+    """A file's split.count (1 when it has none) and split.tensors.count (None when absent), its split.no
+    checked to be ``part`` (0: the file named to load, which must be a model's first part)."""
+    keys = {key: _field_value(name, fields[key]) for key in ("split.count", "split.no", "split.tensors.count")
+            if key in fields}
+    md = MetadataReader(keys, where=f"{name}: ")
+    count = md.integer("split.count", 1, lo=1, hi=MAX_SPLITS)
+    number = md.integer("split.no", 0, lo=0, hi=count - 1)
+    total = md.integer("split.tensors.count", None, lo=0, hi=MAX_TENSOR_COUNT * MAX_SPLITS)
+    if number != part and part == 0:
+        raise ModelFileError(f"{name}: part {number + 1} of a model split in {count} files; load its first "
+                             f"part (llama.cpp's name: ...-00001-of-{count:05d}.gguf)")
+    if number != part:
+        raise ModelFileError(f"{name}: says it is part {number + 1} of its split model, its name part {part + 1}")
+    return count, total
+
+
+def _split_parts(name: str, fields: dict, count: int, tensors: dict) -> tuple[tuple[str, ...], dict]:
+    """The other parts of the split model whose first part is ``name``: their paths and every tensor."""
+    directory, base = os.path.split(name)
+    match = _SPLIT_NAME.fullmatch(base)
+    if match is None or int(match["no"]) != 1 or int(match["count"]) != count:
+        raise ModelFileError(f"{name}: the first part of a model split in {count} files, but not named as "
+                             f"llama.cpp names one (PREFIX-00001-of-{count:05d}.gguf), so its other parts "
+                             "cannot be found")
+    total = _split_keys(name, fields, 0)[1]
+    files = [name]
+    for part in range(1, count):
+        part_name = os.path.join(directory, f"{match['prefix']}-{part + 1:05d}-of-{count:05d}.gguf")
+        try:
+            reader = _open_reader(part_name, _scan_layout(part_name))
+        except ModelFileError as e:
+            raise ModelFileError(f"part {part + 1} of {count} of the split model {name}: {e}") from e
+        if _split_keys(part_name, reader.fields, part)[0] != count:
+            raise ModelFileError(f"{part_name}: its split.count differs from the first part's ({count})")
+        for tensor in reader.tensors:
+            if tensor.name in tensors:
+                raise ModelFileError(f"{part_name}: tensor {tensor.name} is in two parts of the split model")
+            tensors[tensor.name] = tensor
+        files.append(part_name)
+    if total is not None and total != len(tensors):
+        raise ModelFileError(f"{name}: split.tensors.count is {total}, the {count} parts hold {len(tensors)}")
+    return tuple(files), tensors
 
 
 def read_config(file: GGUFHeader) -> ModelConfig:

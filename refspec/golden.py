@@ -17,8 +17,8 @@ computed at every position. Tensors (T positions, E embedding, H*D attention wid
     result_norm      float32 [T, E]   the final RMSNorm
 
 The header's metadata (strings): format = "refspec-golden", format_version, engine ("refspec" or
-"llama.cpp"), engine_version, refspec_version, spec_version (refspec.spec.SPEC_VERSION), model_sha256,
-model_name, arch, n_prompt (how many of token_ids are the prompt), n_layer, device.
+"llama.cpp"), engine_version, refspec_version, spec_version (refspec.spec.SPEC_VERSION), model_sha256 (of
+the model file's bytes; a split model's parts one after the other), model_name, arch, n_prompt (how many of token_ids are the prompt), n_layer, device.
 """
 from __future__ import annotations
 
@@ -74,11 +74,13 @@ def forward_order(name: str) -> tuple:
     return (float("inf"), len(FINAL_TENSORS), name)
 
 
-def file_sha256(path) -> str:
+def file_sha256(*paths) -> str:
+    """SHA-256 of the files' bytes one after the other (a split model's parts in order)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
+    for path in paths:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -136,7 +138,8 @@ def load_model(model):
 def run_metadata(model, n_prompt: int, engine: dict) -> dict:
     """The header's metadata, all strings (safetensors allows nothing else)."""
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **engine,
-            "model_sha256": file_sha256(model.path), "model_name": str(model.metadata.get("general.name", "")),
+            "model_sha256": file_sha256(*(model.files or (model.path,))),
+            "model_name": str(model.metadata.get("general.name", "")),
             "arch": model.config.arch, "n_layer": model.config.n_layer, "n_prompt": n_prompt}
     if "refspec_version" not in meta:
         from refspec import __version__

@@ -247,4 +247,5 @@ class Model:
     config: ModelConfig
     weights: ModelWeights
     metadata: dict  # tokenizer.* and general.* GGUF keys, as Python values
-    path: str = ""
+    path: str = ""  # the file loaded (a split model's first part)
+    files: tuple[str, ...] = ()  # every file the weights come from, in order: (path,), or a split model's parts

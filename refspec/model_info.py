@@ -18,8 +18,11 @@ def describe(path: str | os.PathLike) -> dict:
     and ``refuse_reason``."""
     header = read_header(path)
     info = {"path": header.name, "name": header.metadata.get("general.name"),
-            "architecture": header.metadata.get("general.architecture"), "file_bytes": os.path.getsize(header.name),
-            "n_tensors": len(header.tensors), "tensor_types": tensor_types(header)}
+            "architecture": header.metadata.get("general.architecture"),
+            "file_bytes": sum(os.path.getsize(f) for f in header.files), "n_tensors": len(header.tensors),
+            "tensor_types": tensor_types(header)}
+    if len(header.files) > 1:
+        info["files"] = len(header.files)  # a split model: file_bytes and n_tensors are its parts' together
     refusal = None
     try:
         config = read_config(header)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import sys
 
@@ -33,6 +34,30 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise UsageError(f"{message} (see '{self.prog} --help')")
+
+    def parse_args(self, args=None, namespace=None):
+        """As argparse, except that an unknown single-dash word (llama.cpp's -nkvo, -ctk) is named as unknown:
+        argparse reads it as a known short option with its value glued on (-n 'kvo') and says the value is bad."""
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            return super().parse_args(argv, namespace)
+        except UsageError:
+            parser, unknown = self._unknown_word(argv)
+            if unknown is None:
+                raise
+            raise UsageError(f"unknown option {unknown} (see '{parser.prog} --help')") from None
+
+    def _unknown_word(self, argv: list[str]):
+        """The (sub)command's parser and the first of `argv` that looks like a single-dash option of two
+        letters or more and is none of its options; (parser, None) when there is none."""
+        parser = self
+        for word in argv:
+            sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+            if sub is not None and word in sub.choices:
+                parser = sub.choices[word]
+            elif re.fullmatch(r"-[A-Za-z][A-Za-z-]+", word) and word not in parser._option_string_actions:
+                return parser, word
+        return parser, None
 
 
 def n_tokens(text: str) -> int:
@@ -135,6 +160,9 @@ def cmd_generate(args) -> int:
     llama_flags.answer(args, note)
     check_generate_args(args)
     text = prompt_text(args)  # read before the model loads: a missing file fails at once
+    if args.escape:
+        text = None if text is None else process_escapes(text, "the prompt")
+        args.system = None if args.system is None else process_escapes(args.system, "-sys")
     backend = make_cli_backend(args)  # and the device: no GPU, no fetching of the default model first
     model = load_model(args.model)
     tok = load_tokenizer(model)
@@ -208,6 +236,40 @@ def parse_ids(text: str, n_vocab: int) -> list[int]:
     return ids
 
 
+_ESCAPES = {ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t", ord("'"): b"'", ord('"'): b'"', ord("\\"): b"\\"}
+_HEX = b"0123456789abcdefABCDEF"
+
+
+def process_escapes(text: str, what: str) -> str:
+    """-e: the escapes llama.cpp processes (string_process_escapes): \\n \\r \\t \\' \\" \\\\ and \\xNN (a byte);
+    a backslash before anything else stays as written. The bytes must still be UTF-8."""
+    raw, out, i = text.encode("utf-8"), bytearray(), 0
+    while i < len(raw):
+        if raw[i] == 0x5C and i + 1 < len(raw):
+            code = raw[i + 1]
+            if code in _ESCAPES:
+                out += _ESCAPES[code]
+                i += 2
+                continue
+            if code == ord("x") and i + 4 <= len(raw) and all(c in _HEX for c in raw[i + 2:i + 4]):
+                out.append(int(raw[i + 2:i + 4], 16))
+                i += 4
+                continue
+        out.append(raw[i])
+        i += 1
+    try:
+        return out.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise_usage(f"{what} with its escapes processed (-e) is not UTF-8 text (byte {e.start})")
+
+
+def print_prompt_tokens(tok, prompt_ids: list[int]) -> None:
+    """--verbose-prompt: the prompt's tokens on stderr, as llama.cpp lists them."""
+    note(f"prompt: {len(prompt_ids)} tokens")
+    for i in prompt_ids:
+        note(f"{i:>8} -> {tok.token_text(i)!r}")
+
+
 def system_messages(args) -> list[dict]:
     return [] if args.system is None else [{"role": "system", "content": args.system}]
 
@@ -217,6 +279,8 @@ def run_and_print(tf, tok, prompt_ids: list[int], args):
     returns the GenerationResult."""
     # generated ids continue the prompt: printed as llama.cpp prints them (a SentencePiece '▁' stays a space)
     stream = None if args.json else tok.stream(skip_special=not args.special, continuation=True)
+    if args.verbose_prompt:
+        print_prompt_tokens(tok, prompt_ids)
 
     def on_token(token: int) -> None:
         if stream is not None:
@@ -264,7 +328,8 @@ def chat_loop(tf, tok, args) -> int:
             return 0
         if not line.strip():
             continue
-        messages.append({"role": "user", "content": line.rstrip("\n")})
+        content = line.rstrip("\n")
+        messages.append({"role": "user", "content": process_escapes(content, "the message") if args.escape else content})
         prompt_ids = tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True))
         result = run_and_print(tf, tok, prompt_ids, args)
         reply = [i for i in result.ids if i not in tok.eog_ids]
@@ -419,6 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                    help="where to run (default auto: the GPU when CuPy sees one); the bits are the same")
     add_threads_argument(g)
+    g.add_argument("-e", "--escape", action="store_true",
+                   help="process escapes in the prompt and -sys as llama.cpp does: \\n \\r \\t \\' \\\" \\\\ \\xNN "
+                   "(llama.cpp by default; refspec takes them as written unless -e)")
+    g.add_argument("--verbose-prompt", action="store_true", help="list the prompt's tokens on stderr first")
     g.add_argument("--draft", type=drafter_name, default="none", metavar="{none,ngram,layerskip,mtp}",
                    help="drafter for self-speculative decoding (default none: plain greedy); the number of "
                    "draft tokens is --draft-max")

@@ -18,6 +18,7 @@ from typing import Any, Callable, NamedTuple
 from refspec.errors import UsageError
 
 GREEDY = "refspec decodes greedily by design (argmax, lowest id on ties): it has no sampler"
+ROPE = "refspec takes RoPE from the model file's metadata (refspec info shows it); write a changed copy instead"
 
 
 class ForeignFlag(NamedTuple):
@@ -95,6 +96,59 @@ FLAGS = (
                 "for a conversation use --chat without -p (one message per line on stdin)"),
     ForeignFlag(("-no-cnv", "--no-conversation"), None, None, _always,
                 "refspec continues the prompt as plain text unless --chat is given"),
+    ForeignFlag(("-st", "--single-turn"), None, None, _always,
+                "--chat with a prompt is one turn; without one, one turn per line of standard input"),
+    ForeignFlag(("--jinja",), None, None, _always,
+                "refspec always applies the model's own Jinja chat template (sandboxed)"),
+    ForeignFlag(("--chat-template", "--chat-template-file"), "T", str, _never,
+                "refspec applies the model's own chat template (refspec info --template shows it)"),
+    ForeignFlag(("--no-display-prompt",), None, None, _always, "refspec prints only the continuation, never the prompt"),
+    ForeignFlag(("--no-escape",), None, None, _always,
+                "refspec takes -p and -sys as written unless -e is given"),
+    ForeignFlag(("--log-disable",), None, None, _always,
+                "refspec's progress and statistics go to stderr: redirect it (2>/dev/null) to hide them"),
+    ForeignFlag(("-v", "--verbose", "--log-verbose"), None, None, _always,
+                "refspec says what it does on stderr; --json gives every statistic"),
+    ForeignFlag(("-co", "--color"), "on|off|auto", str, _always, "refspec prints plain text", True),
+    ForeignFlag(("--simple-io",), None, None, _always, "refspec prints plain text and reads plain lines"),
+    ForeignFlag(("--no-warmup",), None, None, _always, "refspec runs no warm-up pass; no output depends on one"),
+    ForeignFlag(("-dev",), "DEV", str, _always,
+                "refspec runs on the device --device picks (auto, cpu or gpu); the bits are the same on each"),
+    ForeignFlag(("-sm", "--split-mode"), "MODE", str, _always, "refspec runs a model on one device"),
+    ForeignFlag(("-mg", "--main-gpu"), "N", int, _always, "refspec runs on the first GPU CuPy sees"),
+    ForeignFlag(("-ts", "--tensor-split"), "SPLIT", str, _always, "refspec runs a model on one device"),
+    ForeignFlag(("-nkvo", "--no-kv-offload"), None, None, _always,
+                "refspec keeps the KV cache on the device that runs the model"),
+    ForeignFlag(("--numa",), "TYPE", str, _always, "refspec's CPU threads are numba's; the bits do not depend on them"),
+    ForeignFlag(("--prio",), "N", int, _always, "refspec runs at the priority it was started with"),
+    ForeignFlag(("--keep",), "N", int, _always,
+                "refspec never shifts the context: generation stops when the context is full (stop reason context)"),
+    ForeignFlag(("--no-context-shift",), None, None, _always,
+                "refspec never shifts the context: generation stops when the context is full (stop reason context)"),
+    ForeignFlag(("--context-shift",), None, None, _never,
+                "refspec never shifts the context: generation stops when the context is full (stop reason context)"),
+    ForeignFlag(("-ctk", "--cache-type-k"), "TYPE", str, _equals("f32"),
+                "refspec's KV cache holds binary32 values as the spec defines them (only f32 is accepted; llama.cpp's "
+                "default f16 rounds them)"),
+    ForeignFlag(("-ctv", "--cache-type-v"), "TYPE", str, _equals("f32"),
+                "refspec's KV cache holds binary32 values as the spec defines them (only f32 is accepted; llama.cpp's "
+                "default f16 rounds them)"),
+    ForeignFlag(("--rope-scaling",), "TYPE", str, _never, ROPE),
+    ForeignFlag(("--rope-freq-base",), "F", float, _never, ROPE),
+    ForeignFlag(("--rope-freq-scale",), "F", float, _never, ROPE),
+    ForeignFlag(("--rope-scale",), "F", float, _never, ROPE),
+    ForeignFlag(("--yarn-orig-ctx",), "N", int, _never, ROPE),
+    ForeignFlag(("--yarn-ext-factor",), "F", float, _never, ROPE),
+    ForeignFlag(("--yarn-attn-factor",), "F", float, _never, ROPE),
+    ForeignFlag(("--yarn-beta-fast",), "F", float, _never, ROPE),
+    ForeignFlag(("--yarn-beta-slow",), "F", float, _never, ROPE),
+    ForeignFlag(("--override-kv",), "KEY=TYPE:VALUE", str, _never,
+                "refspec runs the model file as it is: write a changed copy of the file instead"),
+    ForeignFlag(("-r", "--reverse-prompt"), "PROMPT", str, _never,
+                "refspec stops at the model's end-of-generation tokens, at -n tokens or at a full context; it has "
+                "no stop strings"),
+    ForeignFlag(("--in-prefix", "--in-suffix"), "TEXT", str, _never,
+                "with --chat, each line of standard input is one user message as it is"),
 )
 
 

@@ -81,7 +81,8 @@ def test_binary_prompt_file_and_stdin_are_refused(model, tmp_path):
 # --- llama.cpp flags ------------------------------------------------------------------------------------
 HARMLESS = [["-ngl", "99"], ["-c", "4096"], ["-tb", "8"], ["-b", "512"], ["-ub", "128"], ["-s", "42"],
             ["--temp", "0"], ["--top-k", "40"], ["--top-p", "0.9"], ["--min-p", "0.05"], ["--repeat-penalty", "1.0"],
-            ["--mlock"], ["-no-cnv"], ["-fa"]]
+            ["--mlock"], ["-no-cnv"], ["-fa"], ["-co"], ["-ctk", "f32"], ["--keep", "4"], ["-nkvo"], ["--jinja"],
+            ["-st"], ["--no-display-prompt"], ["-dev", "none"], ["-v"], ["--no-warmup"], ["--log-disable"]]
 
 
 def test_harmless_llama_flags_note_and_run(model):
@@ -137,10 +138,43 @@ def test_long_spellings_and_values_are_named_in_the_note(model):
     (["-hf", "org/model"], "-m FILE"),
     (["--lora", "a.gguf"], "no adapters"),
     (["-i"], "--chat"),
+    (["-ctk", "q8_0"], "binary32"),
+    (["--cache-type-v", "f16"], "binary32"),
+    (["--rope-freq-base", "1e6"], "RoPE from the model file"),
+    (["--yarn-orig-ctx", "4096"], "RoPE from the model file"),
+    (["-r", "User:"], "no stop strings"),
+    (["--chat-template", "chatml"], "own chat template"),
+    (["--context-shift"], "never shifts the context"),
+    (["--override-kv", "a=int:1"], "as it is"),
 ], ids=lambda x: " ".join(x) if isinstance(x, list) else "")
 def test_llama_flags_that_would_change_the_output_are_errors(model, flag, fragment):
     canonical = next(f.names[0] for f in llama_flags.FLAGS if flag[0] in f.names)  # the name messages use
     assert_one_line_error(refspec("generate", "-m", model, "-p", "hi", *flag, check=False), canonical, fragment)
+
+
+@pytest.mark.parametrize("word", ["-xyz", "-no-display-prompt", "-ctx", "-nkv"])
+def test_unknown_single_dash_words_are_named_not_read_as_glued_values(model, word):
+    """argparse reads -ctx as -c with the value 'tx' and said "-c: invalid int value: 'tx'"."""
+    assert_one_line_error(refspec("generate", "-m", model, "-p", "hi", word, check=False), f"unknown option {word}")
+
+
+def test_escapes_only_with_e_as_llama_cpp_processes_them(model):
+    literal = "a\\nb\\x41\\q\\"  # a, backslash, n, b, backslash, x41, backslash, q, backslash
+    as_written = generate_json(model, "-p", literal)["prompt_ids"]
+    escaped = generate_json(model, "-p", literal, "-e")["prompt_ids"]
+    assert escaped == generate_json(model, "-p", "a\nbA\\q\\")["prompt_ids"] != as_written
+    assert as_written == generate_json(model, "-p", literal, "--no-escape")["prompt_ids"]
+    with_system = generate_json(model, "--chat", "-p", "x", "-sys", "be\\tbrief", "-e")["prompt_ids"]
+    assert with_system == generate_json(model, "--chat", "-p", "x", "-sys", "be\tbrief")["prompt_ids"]
+    assert_one_line_error(refspec("generate", "-m", model, "-p", "a\\xff", "-e", check=False), "-e", "not UTF-8")
+
+
+def test_verbose_prompt_lists_the_prompt_tokens(model):
+    proc = refspec("generate", "-m", model, "-p", "hello world", "-n", "2", "--verbose-prompt", "--json")
+    ids = json.loads(proc.stdout)["prompt_ids"]
+    lines = [line for line in proc.stderr.splitlines() if " -> " in line]
+    assert f"refspec: prompt: {len(ids)} tokens" in proc.stderr
+    assert [int(line.split()[1]) for line in lines] == ids
 
 
 def test_numeric_draft_points_to_draft_max(model):

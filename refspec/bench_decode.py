@@ -343,7 +343,7 @@ def median_run(run, repeats: int):
 
 def copy_prompt_ids(tok, text: str) -> list[int]:
     """A copy prompt as the benchmark feeds it: one user message, chat-templated."""
-    return tok.encode(tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True))
+    return tok.apply_chat_template([{"role": "user", "content": text}], tokenize=True)
 
 
 def bench_copy_prompts(tf, tok, prompts: dict, n_predict: int, draft_max: int, note, repeats: int = 1) -> dict:

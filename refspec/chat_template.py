@@ -50,7 +50,8 @@ def render(template: str, context: dict) -> str:
     try:
         payload = json.dumps({"template": template, "context": context}, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise UsageError(f"chat messages must be JSON data (dicts, lists, strings, numbers): {exc}") from None
+        raise UsageError(f"chat messages and template variables must be JSON data (dicts, lists, strings, numbers): "
+                         f"{exc}") from None
     limit = OUTPUT_CHARS + len(payload)
     try:
         proc = subprocess.run([sys.executable, "-I", os.path.abspath(__file__), str(limit)],

@@ -83,6 +83,14 @@ def draft_length(text: str) -> int:
     return value
 
 
+def reasoning_budget(text: str) -> int:
+    value = _integer(text)
+    if value not in (-1, 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: only -1 (unrestricted) and 0 (no thinking) are supported, as in "
+                                         "llama.cpp")
+    return value
+
+
 def thread_count(text: str) -> int | None:
     """-t N: a positive count, or -1 (llama.cpp's 'every core'), which is None."""
     value = _integer(text)
@@ -172,7 +180,7 @@ def cmd_generate(args) -> int:
         return chat_loop(tf, tok, args)
     if args.chat:
         messages = system_messages(args) + [{"role": "user", "content": text}]
-        prompt_ids = tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True))
+        prompt_ids = tok.apply_chat_template(messages, tokenize=True, **template_kwargs(args))
     elif args.ids is not None:
         prompt_ids = parse_ids(args.ids, tok.n_vocab)
     else:
@@ -190,6 +198,10 @@ def check_generate_args(args) -> None:
         raise_usage("-sys/--system-prompt needs --chat (a system message only exists in a conversation)")
     if not args.chat and not has_prompt(args):
         raise_usage("give a prompt: -p TEXT, -p - (stdin), -f FILE or --ids IDS (or --chat for a conversation)")
+    if not args.chat and (args.chat_template_kwargs is not None or args.reasoning_budget != -1):
+        raise_usage("--chat-template-kwargs and --reasoning-budget need --chat (they are for the chat template)")
+    if args.chat:
+        template_kwargs(args)  # checked before the model loads
 
 
 def has_prompt(args) -> bool:
@@ -270,6 +282,26 @@ def print_prompt_tokens(tok, prompt_ids: list[int]) -> None:
         note(f"{i:>8} -> {tok.token_text(i)!r}")
 
 
+def template_kwargs(args) -> dict:
+    """--chat-template-kwargs JSON (a JSON object: more variables for the chat template) and --reasoning-budget 0
+    (enable_thinking = false, as llama.cpp sets it)."""
+    extra = {}
+    if args.chat_template_kwargs is not None:
+        try:
+            extra = json.loads(args.chat_template_kwargs)
+        except ValueError as e:
+            raise_usage(f"--chat-template-kwargs is not JSON: {e}")
+        if not isinstance(extra, dict):
+            raise_usage(f"--chat-template-kwargs must be a JSON object, like '{{\"enable_thinking\": false}}', not "
+                        f"{type(extra).__name__}")
+    taken = sorted(set(extra) & {"messages", "add_generation_prompt", "bos_token", "eos_token", "tokenize"})
+    if taken:
+        raise_usage(f"--chat-template-kwargs: {', '.join(taken)} is set by refspec, not a variable to pass")
+    if args.reasoning_budget == 0:
+        extra["enable_thinking"] = False
+    return extra
+
+
 def system_messages(args) -> list[dict]:
     return [] if args.system is None else [{"role": "system", "content": args.system}]
 
@@ -330,7 +362,7 @@ def chat_loop(tf, tok, args) -> int:
             continue
         content = line.rstrip("\n")
         messages.append({"role": "user", "content": process_escapes(content, "the message") if args.escape else content})
-        prompt_ids = tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True))
+        prompt_ids = tok.apply_chat_template(messages, tokenize=True, **template_kwargs(args))
         result = run_and_print(tf, tok, prompt_ids, args)
         reply = [i for i in result.ids if i not in tok.eog_ids]
         messages.append({"role": "assistant", "content": tok.decode(reply, skip_special=True)})
@@ -480,6 +512,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--chat", "-cnv", "--conversation", action="store_true",
                    help="apply the model's chat template: with a prompt, one user message; without one, a "
                    "conversation, one user message per line of standard input")
+    g.add_argument("--chat-template-kwargs", metavar="JSON", help="more variables for the chat template, as a JSON "
+                   "object (llama.cpp's flag), e.g. '{\"enable_thinking\": false}' for Qwen3's template")
+    g.add_argument("--reasoning-budget", type=reasoning_budget, default=-1, metavar="N",
+                   help="-1 (default): the template's own choice; 0: no thinking (enable_thinking = false), as "
+                   "llama.cpp")
     g.add_argument("-sys", "--system-prompt", dest="system", metavar="TEXT", help="a system message (with --chat)")
     g.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                    help="where to run (default auto: the GPU when CuPy sees one); the bits are the same")

@@ -788,18 +788,38 @@ class Tokenizer:
         return token_id
 
     # --- chat -------------------------------------------------------------------------------------------------
-    def apply_chat_template(self, messages: list[dict], *, add_generation_prompt: bool = True) -> str:
+    TEMPLATE_NAMES = ("messages", "add_generation_prompt", "bos_token", "eos_token")  # set by refspec
+
+    def apply_chat_template(self, messages: list[dict], *, add_generation_prompt: bool = True,
+                            tokenize: bool = False, **template_kwargs) -> str | list[int]:
         """Render the GGUF's ``tokenizer.chat_template`` with ``messages``, ``add_generation_prompt``,
         ``bos_token`` and ``eos_token``, in a sandboxed child process with bounded time, memory and output (the
         template is untrusted code: refspec/chat_template.py). A GGUF without a template gets ChatML
-        (``CHATML_TEMPLATE``), llama.cpp's fallback too. Any template failure is a TokenizerError."""
+        (``CHATML_TEMPLATE``), llama.cpp's fallback too. Any template failure is a TokenizerError.
+        As HF's method: ``template_kwargs`` are further variables of the template (``enable_thinking=False``
+        for Qwen3's, ``tools=[...]``; JSON data), and ``tokenize=True`` returns the prompt's ids instead, as
+        llama.cpp's chat path makes them: where the tokenizer adds BOS (EOS) itself, a BOS (EOS) text the
+        template wrote at the very start (end) is dropped first, so the prompt holds one, not two."""
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise UsageError("messages must be a list of dicts (each with 'role' and 'content')")
         checks.flag("add_generation_prompt", add_generation_prompt)
-        return chat_template.render(self.chat_template or CHATML_TEMPLATE, {
-            "messages": messages, "add_generation_prompt": add_generation_prompt,
+        checks.flag("tokenize", tokenize)
+        taken = sorted(set(template_kwargs) & set(self.TEMPLATE_NAMES))
+        if taken:
+            raise UsageError(f"{', '.join(taken)}: set by apply_chat_template itself, not a template variable "
+                             "to pass")
+        text = chat_template.render(self.chat_template or CHATML_TEMPLATE, {
+            **template_kwargs, "messages": messages, "add_generation_prompt": add_generation_prompt,
             "bos_token": "" if self.bos_id is None else self._tokens[self.bos_id],
             "eos_token": "" if self.eos_id is None else self._tokens[self.eos_id]})
+        if not tokenize:
+            return text
+        if self.add_bos and self.bos_id is not None and text.startswith(self._tokens[self.bos_id]):
+            text = text[len(self._tokens[self.bos_id]):]
+        if self.add_eos and self.eos_id is not None and self._tokens[self.eos_id] and \
+                text.endswith(self._tokens[self.eos_id]):
+            text = text[:-len(self._tokens[self.eos_id])]
+        return self.encode(text)
 
 
 class StreamDecoder:

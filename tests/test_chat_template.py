@@ -77,3 +77,78 @@ def test_well_behaved_templates_render_exactly():
     assert chat_template.render("{{ messages | tojson }}", context) == '[{"role": "user", "content": "Hi <é&>"}]'
     long_content = "y" * 3_000_000  # the output bound grows with the messages themselves
     assert len(chat_template.render(CHAT_TEMPLATE, {"messages": [{"role": "user", "content": long_content}]})) > 3e6
+
+
+# --- the template's variables and the prompt's ids (Tokenizer.apply_chat_template) -------------------------
+BOS_TEMPLATE = ("{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}{% endfor %}"
+                "{% if enable_thinking is defined and not enable_thinking %}[no-think]{% endif %}"
+                "{% if add_generation_prompt %}[assistant]{% endif %}{{ eos_token if close else '' }}")
+
+
+@pytest.fixture(scope="module")
+def spm_model(tmp_path_factory):
+    from refspec.synthetic import rewrite_gguf, write_model
+
+    directory = tmp_path_factory.mktemp("chat_bos")
+    path = write_model(directory / "spm.gguf", arch="llama", n_layer=1, vocab="spm")
+    return rewrite_gguf(path, directory / "bos.gguf", metadata={"tokenizer.chat_template": BOS_TEMPLATE})
+
+
+def tokenizer_of(path, **metadata):
+    from refspec.gguf_model import read_metadata
+    from refspec.tokenizer import Tokenizer
+
+    return Tokenizer.from_metadata({**read_metadata(path), **metadata})
+
+
+def test_the_prompt_holds_one_bos_where_the_template_writes_one_and_the_tokenizer_adds_one(spm_model):
+    tok = tokenizer_of(spm_model)
+    assert tok.add_bos and tok.bos_id is not None
+    text = tok.apply_chat_template(MESSAGES, close=False)
+    assert text.startswith(tok.token_text(tok.bos_id))
+    ids = tok.apply_chat_template(MESSAGES, tokenize=True, close=False)
+    assert ids.count(tok.bos_id) == 1 and ids[0] == tok.bos_id
+    assert tok.encode(text).count(tok.bos_id) == 2  # what encoding the text gives: the reason for tokenize=True
+    assert ids == tok.encode(text[len(tok.token_text(tok.bos_id)):])
+    quiet = tokenizer_of(spm_model, **{"tokenizer.ggml.add_bos_token": False})
+    assert quiet.apply_chat_template(MESSAGES, tokenize=True, close=False) == ids  # the template's own BOS
+
+
+def test_a_trailing_eos_is_dropped_where_the_tokenizer_adds_one(spm_model):
+    tok = tokenizer_of(spm_model, **{"tokenizer.ggml.add_eos_token": True})
+    ids = tok.apply_chat_template(MESSAGES, tokenize=True, close=True)
+    assert ids.count(tok.eos_id) == 1 and ids[-1] == tok.eos_id
+    assert tokenizer_of(spm_model).apply_chat_template(MESSAGES, tokenize=True, close=True)[-1] == tok.eos_id
+
+
+def test_template_variables_reach_the_template_and_refspecs_own_are_refused(spm_model):
+    tok = tokenizer_of(spm_model)
+    assert "[no-think]" in tok.apply_chat_template(MESSAGES, enable_thinking=False, close=False)
+    assert "[no-think]" not in tok.apply_chat_template(MESSAGES, enable_thinking=True, close=False)
+    with pytest.raises(UsageError, match="bos_token: set by apply_chat_template itself"):
+        tok.apply_chat_template(MESSAGES, bos_token="<x>")
+    with pytest.raises(UsageError, match="tokenize must be True or False"):
+        tok.apply_chat_template(MESSAGES, tokenize="yes")
+    with pytest.raises(UsageError, match="JSON"):
+        tok.apply_chat_template(MESSAGES, tools=object())
+
+
+def test_the_command_line_passes_template_variables_as_llama_cpp_does(spm_model):
+    import json
+    import subprocess
+    import sys
+
+    def prompt_ids(*args):
+        proc = subprocess.run([sys.executable, "-m", "refspec.cli", "generate", "-m", str(spm_model), "--chat", "-p",
+                               "hi", "-n", "1", "--json", "--device", "cpu", *args], capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)["prompt_ids"]
+
+    tok = tokenizer_of(spm_model)
+    messages = [{"role": "user", "content": "hi"}]
+    plain = prompt_ids()
+    assert plain == tok.apply_chat_template(messages, tokenize=True, close=False) and plain.count(tok.bos_id) == 1
+    no_think = tok.apply_chat_template(messages, tokenize=True, close=False, enable_thinking=False)
+    assert prompt_ids("--reasoning-budget", "0") == no_think != plain
+    assert prompt_ids("--chat-template-kwargs", '{"enable_thinking": false}') == no_think

@@ -289,7 +289,20 @@ def model_path(path) -> str:
 
 
 def _open_regular_file(name: str):
+    if os.path.isdir(name) and os.path.isfile(os.path.join(name, "config.json")):
+        raise ModelFileError(f"{name}: is a directory (a Hugging Face model?), not a model file; {_CONVERT}")
     return checks.open_regular_file(name, "model file", ModelFileError)
+
+
+_CONVERT = ("refspec reads GGUF files: llama.cpp's convert_hf_to_gguf.py --outtype q8_0 makes one from a Hugging "
+            "Face model")
+
+
+def _other_format_hint(name: str, head: bytes) -> str:
+    """What to do with a model file of another format (safetensors, PyTorch), for the 'not a GGUF file' error."""
+    if name.endswith((".safetensors", ".bin", ".pt", ".pth", ".ckpt")) or head[:2] == b"PK":  # PK: a PyTorch zip
+        return f"; {_CONVERT}"
+    return ""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -364,7 +377,8 @@ def _scan_layout(name: str) -> _FileLayout:
             size = os.fstat(f.fileno()).st_size
             magic = f.read(4)
             if magic != b"GGUF":
-                raise ModelFileError(f"{name}: not a GGUF file (starts with {magic!r}, expected b'GGUF')")
+                raise ModelFileError(f"{name}: not a GGUF file (starts with {magic!r}, expected b'GGUF')"
+                                     + _other_format_hint(name, magic + f.read(4)))
             if size < HEADER_BYTES:
                 raise ModelFileError(f"{name}: truncated: {size} bytes is too small for a GGUF header")
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:

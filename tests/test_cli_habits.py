@@ -329,6 +329,18 @@ def test_info_on_a_file_that_is_not_gguf(tmp_path):
     junk = tmp_path / "junk.txt"
     junk.write_text("hello")
     assert_one_line_error(refspec("info", "-m", str(junk), check=False), "not a GGUF file")
+    assert "convert_hf_to_gguf" not in refspec("info", "-m", str(junk), check=False).stderr
+
+
+def test_a_hugging_face_model_gets_told_how_to_convert_it(tmp_path):
+    hf = tmp_path / "Qwen2.5-0.5B"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    weights = hf / "model.safetensors"
+    weights.write_bytes((2).to_bytes(8, "little") + b"{}")
+    for path, what in ((hf, "is a directory (a Hugging Face model?)"), (weights, "not a GGUF file")):
+        assert_one_line_error(refspec("generate", "-m", str(path), "-p", "hi", "--device", "cpu", check=False),
+                              what, "convert_hf_to_gguf.py --outtype q8_0")
 
 
 # --- chat -----------------------------------------------------------------------------------------------

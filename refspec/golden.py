@@ -246,12 +246,16 @@ def add_arguments(p) -> None:
 
     add_model_argument(p)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("-p", "--prompt", help="prompt text (encoded with the model's tokenizer)")
+    src.add_argument("-p", "--prompt", help="prompt text (encoded with the model's tokenizer); - reads standard input")
+    src.add_argument("-f", "--file", metavar="FILE", help="the prompt text from a UTF-8 file")
     src.add_argument("--ids", help="token ids instead of text, e.g. '1,2,3'")
     src.add_argument("--ids-from", metavar="GOLDEN", help="the token ids of a golden file (all of them: prompt "
                      "and generated), to run another engine on exactly the same tokens")
     p.add_argument("-n", "--n-predict", type=int, default=0, metavar="N",
                    help="greedy tokens to generate after the prompt (default 0), all recorded")
+    p.add_argument("--chat", action="store_true", help="the prompt text as one user message through the model's "
+                   "chat template (the ids refspec generate --chat runs)")
+    p.add_argument("-sys", "--system-prompt", dest="system", metavar="TEXT", help="a system message (with --chat)")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="golden file to write (safetensors)")
     p.add_argument("--layers", action="store_true", help="also record every layer's tensors (llama.cpp: the graph "
                    "nodes with the same names, through its eval callback)")
@@ -267,10 +271,15 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from refspec.cli import load_tokenizer, note
+    from refspec.cli import load_tokenizer, note, prompt_text, raise_usage, system_messages
     from refspec.cli import load_model as load_cli_model
 
+    if args.chat and args.prompt is None and args.file is None:
+        raise_usage("--chat takes the prompt as text (-p or -f), not as ids")
+    if args.system is not None and not args.chat:
+        raise_usage("-sys/--system-prompt needs --chat (a system message only exists in a conversation)")
     checks.output_file(args.output, renamed=True)  # (save() checks again, after the run)
+    text = prompt_text(args)  # a missing prompt file fails before the model loads
     options = _engine_options(args)  # refspec's backend first: no GPU is said before a model is fetched or loaded
     model = load_cli_model(args.model)
     n_prompt = None
@@ -279,8 +288,11 @@ def run(args) -> int:
     elif args.ids_from is not None:
         source = load(args.ids_from)
         prompt_ids, n_prompt = source.token_ids.tolist(), source.n_prompt
+    elif args.chat:
+        messages = system_messages(args) + [{"role": "user", "content": text}]
+        prompt_ids = load_tokenizer(model).apply_chat_template(messages, tokenize=True)
     else:
-        prompt_ids = load_tokenizer(model).encode(args.prompt)
+        prompt_ids = load_tokenizer(model).encode(text)
     if args.engine == "llama.cpp":
         from refspec.llamacpp import dump as engine_dump
     else:

@@ -188,3 +188,29 @@ def test_reading_a_fifo_or_device_as_a_golden_file_is_one_line_not_a_hang(tmp_pa
         assert proc.returncode == 1 and proc.stderr.strip() == f"refspec: error: {what}", proc.stderr
     with pytest.raises(GoldenFileError, match="is a FIFO"):
         golden.load(fifo)
+
+
+def test_dump_takes_prompts_as_generate_does(tmp_path, model_path):
+    """-f FILE, -p - and --chat (with -sys) give the ids generate runs for the same arguments."""
+    def dumped(*args, stdin=None):
+        out = tmp_path / "g.safetensors"
+        proc = subprocess.run([sys.executable, "-m", "refspec.cli", "dump", "-m", str(model_path), *args, "-o",
+                               str(out), "--device", "cpu"], capture_output=True, text=True, timeout=300, input=stdin)
+        assert proc.returncode == 0, proc.stderr
+        return golden.load(out).token_ids.tolist()
+
+    def generated(*args):
+        proc = subprocess.run([sys.executable, "-m", "refspec.cli", "generate", "-m", str(model_path), *args, "-n", "1",
+                               "--json", "--device", "cpu"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)["prompt_ids"]
+
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("two words", encoding="utf-8")
+    assert dumped("-f", str(prompt)) == dumped("-p", "two words") == dumped("-p", "-", stdin="two words")
+    chat = dumped("--chat", "-p", "two words", "-sys", "be brief")
+    assert chat == generated("--chat", "-p", "two words", "-sys", "be brief") != dumped("-p", "two words")
+    for args, message in ((["--chat", "--ids", "1,2"], "--chat takes the prompt as text"),
+                          (["-p", "x", "-sys", "y"], "-sys/--system-prompt needs --chat")):
+        proc = refspec("dump", "-m", str(model_path), *args, "-o", str(tmp_path / "x.safetensors"))
+        assert proc.returncode == 1 and message in proc.stderr.strip().splitlines()[-1], proc.stderr

@@ -40,6 +40,7 @@ class KVCache:
     ssm: list = field(default_factory=list)
     state_pos: list = field(default_factory=list)  # per DeltaNet layer: the position each slot's state follows
     started: bool = False  # whether a pass from position 0 has run (forward refuses later positions before it)
+    maker: object = field(default=None, repr=False, compare=False)  # the Transformer's tag (forward checks it)
 
 
 @dataclass(eq=False)
@@ -72,6 +73,7 @@ class Transformer:
         self.weights = backend.upload_weights(model.weights)
         self.graphs = None
         self._cache_pool: list[_CacheSlot] = []
+        self._cache_tag = object()  # in every cache new_cache makes: forward refuses another Transformer's cache
         if available if graphs is None else graphs:
             from refspec.gpu_graphs import PassGraphs
 
@@ -109,7 +111,7 @@ class Transformer:
             slot = _CacheSlot(self._new_cache(size, n_states), lambda: None)
         c = slot.cache
         cache = KVCache(c.k, c.v, n_pos, c.rope_cos, c.rope_sin, c.graphs, c.n_states, c.conv, c.ssm,
-                        [None if held is None else [None] * n_states for held in c.state_pos])
+                        [None if held is None else [None] * n_states for held in c.state_pos], maker=self._cache_tag)
         slot.owner = weakref.ref(cache)
         self._cache_pool.append(slot)
         return cache
@@ -131,6 +133,7 @@ class Transformer:
             conv=[be.zeros(conv_shape) if cfg.is_recurrent(i) else None for i in blocks],
             ssm=[be.zeros(ssm_shape) if cfg.is_recurrent(i) else None for i in blocks],
             state_pos=[[None] * n_states if cfg.is_recurrent(i) else None for i in blocks],
+            maker=self._cache_tag,
         )
 
     def forward(self, cache: KVCache, ids, pos0: int, layers=None, taps=None, *, hidden: bool = False,
@@ -161,6 +164,9 @@ class Transformer:
         cfg = self.config
         if not isinstance(cache, KVCache):
             raise UsageError(f"cache must be a KVCache from new_cache(), not {type(cache).__name__}")
+        if cache.maker is not self._cache_tag:
+            raise UsageError("this cache was made by another Transformer's new_cache(): its shapes, device and "
+                             "captured passes belong to that one; make one with this Transformer's new_cache()")
         ids = checks.token_ids("ids", ids, cfg.n_vocab)  # integers (not floats or bools) in the vocabulary
         pos0 = checks.integer("pos0", pos0, 0)  # a negative position would index from the end
         layers = None if layers is None else checks.layer_subset(layers, cfg.n_layer)

@@ -346,6 +346,9 @@ def speculative_generate(
     prompt_ids = check_request(tf, prompt_ids, on_token, keep_logits)
     if not isinstance(drafter, Drafter):
         raise UsageError(f"drafter must be a refspec.speculative.Drafter, not {type(drafter).__name__}")
+    if isinstance(drafter, (LayerSkipDrafter, MtpDrafter)) and drafter.tf is not tf:
+        raise UsageError("the drafter was made for another Transformer: make_drafter(name, tf) with the one that "
+                         "verifies (it drafts on that one's cache)")
     draft_max = checks.integer("draft_max", draft_max, 0, MAX_DRAFT)
     if adaptive is not None:
         checks.flag("adaptive", adaptive)

@@ -112,6 +112,11 @@ CALLS = {  # name: (call(tf, tok, cache), fragment of the UsageError)
     "drafter proposes a bool": (lambda tf, tok, c: speculate_with(tf, lambda: [True]), "guesses[0] must be an integer"),
     "drafter proposes past the vocabulary": (lambda tf, tok, c: speculate_with(tf, lambda: [tf.config.n_vocab]),
                                              "its guesses[0] is"),
+    "another Transformer's cache": (lambda tf, tok, c: Transformer(LOADED["model"], make_backend("cpu")).forward(c, [5], 0),
+                                    "made by another Transformer's new_cache()"),
+    "another Transformer's drafter": (lambda tf, tok, c: speculative_generate(
+        tf, [1, 2], 2, drafter=LayerSkipDrafter(Transformer(LOADED["model"], make_backend("cpu")))),
+        "the drafter was made for another Transformer"),
     "layer-skip layers=[7]": (lambda tf, tok, c: LayerSkipDrafter(tf, layers=[7]), "layers[0] is 7"),
     "layer-skip layers=[0.5]": (lambda tf, tok, c: LayerSkipDrafter(tf, layers=[0.5]), "not float"),
     "unknown drafter": (lambda tf, tok, c: make_drafter("psychic", tf), "unknown drafter"),

@@ -22,53 +22,48 @@ from refspec.synthetic import write_model
 from bits import assert_bits_equal
 
 
-def write_split(src, directory, max_tensors: int, *, prefix: str = "m", part_keys=None) -> list:
-    """The GGUF `src` as gguf-py's writer splits it (at most `max_tensors` tensors a part), into `directory`;
-    part_keys {part: {key: (value, type)}} overrides keys of a part (0-based) after the writer's. Returns the
-    parts' paths in order."""
-    reader = GGUFReader(src)
-    arch = reader.fields["general.architecture"].contents()
-    writer = GGUFWriter(os.path.join(directory, f"{prefix}.gguf"), arch, split_max_tensors=max_tensors)
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF.") or key == "general.architecture":
-            continue
-        sub_type = field.types[-1] if field.types[0] == GGUFValueType.ARRAY else None
-        writer.add_key_value(key, field.contents(), field.types[0], sub_type)
-    for tensor in reader.tensors:
-        writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    parts = sorted(str(p) for p in directory.glob(f"{prefix}-*-of-*.gguf"))
-    for part, keys in (part_keys or {}).items():
-        rewrite_keys(parts[part], keys)
-    return parts
-
-
-def rewrite_keys(path, keys: dict) -> None:
-    """Sets keys of the GGUF at `path` in place ({key: (value, GGUFValueType)}), everything else as it was."""
-    reader = GGUFReader(path)
-    fields = {k: f for k, f in reader.fields.items() if not k.startswith("GGUF.")}
-    arch = fields.pop("general.architecture").contents() if "general.architecture" in fields else None
-    tmp = str(path) + ".tmp"
-    writer = GGUFWriter(tmp, arch or "llama")
-    if arch is None:  # a later part has no architecture key; the writer always adds one
+def write_gguf(path, arch, fields: dict, tensors, *, keys=None, **writer_options) -> None:
+    """A GGUF at `path` with gguf-py's writer: `fields` (gguf-py ReaderFields by key, copied as they are), then
+    `keys` ({key: (value, GGUFValueType)}, None to leave a key out), then `tensors` (ReaderTensors).
+    `arch` None: no general.architecture (a later part of a split model has none)."""
+    writer = GGUFWriter(str(path), arch or "llama", **writer_options)
+    if arch is None:
         writer.kv_data[0].pop("general.architecture", None)
+    keys = keys or {}
     for key, field in fields.items():
-        if key not in keys:
+        if not key.startswith("GGUF.") and key != "general.architecture" and key not in keys:
             sub_type = field.types[-1] if field.types[0] == GGUFValueType.ARRAY else None
             writer.add_key_value(key, field.contents(), field.types[0], sub_type)
     for key, (value, vtype) in keys.items():
         if value is not None:
             writer.add_key_value(key, value, vtype)
-    for tensor in reader.tensors:
-        writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
+    for tensor in tensors:
+        writer.add_tensor(tensor.name, np.array(tensor.data), raw_dtype=tensor.tensor_type)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    os.replace(tmp, path)
+
+
+def write_split(src, directory, max_tensors: int, *, prefix: str = "m", part_keys=None) -> list:
+    """The GGUF `src` as gguf-py's writer splits it (at most `max_tensors` tensors a part), into `directory`;
+    part_keys {part: {key: (value, type)}} overrides keys of a part (0-based) after the writer's. Returns the
+    parts' paths in order."""
+    reader = GGUFReader(src)
+    write_gguf(os.path.join(directory, f"{prefix}.gguf"), reader.fields["general.architecture"].contents(),
+               reader.fields, reader.tensors, split_max_tensors=max_tensors)
+    parts = sorted(str(p) for p in directory.glob(f"{prefix}-*-of-*.gguf"))
+    for part, keys in (part_keys or {}).items():
+        rewrite(parts[part], keys=keys)
+    return parts
+
+
+def rewrite(path, *, keys=None, more_tensors=()) -> None:
+    """The GGUF at `path` rewritten in place with `keys` set and `more_tensors` appended."""
+    reader = GGUFReader(path)
+    arch = reader.fields["general.architecture"].contents() if "general.architecture" in reader.fields else None
+    write_gguf(str(path) + ".tmp", arch, reader.fields, list(reader.tensors) + list(more_tensors), keys=keys)
+    os.replace(str(path) + ".tmp", path)
 
 
 @pytest.fixture(scope="module")
@@ -171,20 +166,7 @@ def test_parts_that_disagree_are_refused(whole, tmp_path, part_keys, fragment):
 
 def test_a_tensor_in_two_parts_is_refused(whole, tmp_path):
     parts = write_split(whole, tmp_path, 12)
-    reader = GGUFReader(parts[1])
-    name = reader.tensors[0].name
-    first = GGUFReader(parts[0])
-    writer = GGUFWriter(parts[0] + ".tmp", first.fields["general.architecture"].contents())
-    for key, field in first.fields.items():
-        if not key.startswith("GGUF.") and key != "general.architecture":
-            sub_type = field.types[-1] if field.types[0] == GGUFValueType.ARRAY else None
-            writer.add_key_value(key, field.contents(), field.types[0], sub_type)
-    for tensor in list(first.tensors) + [reader.tensors[0]]:
-        writer.add_tensor(tensor.name, np.array(tensor.data), raw_dtype=tensor.tensor_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    os.replace(parts[0] + ".tmp", parts[0])
-    with pytest.raises(ModelFileError, match=f"tensor {name} is in two parts of the split model"):
+    repeated = GGUFReader(parts[1]).tensors[0]
+    rewrite(parts[0], more_tensors=[repeated])
+    with pytest.raises(ModelFileError, match=f"tensor {repeated.name} is in two parts of the split model"):
         load(parts[0], log=lambda m: None)

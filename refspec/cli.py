@@ -252,6 +252,17 @@ _ESCAPES = {ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t", ord("'"): b"'", o
 _HEX = b"0123456789abcdefABCDEF"
 
 
+def _hex_escape(two: bytes) -> int | None:
+    """The byte of \\x`two` as llama.cpp reads it: C's strtol(two, 16) must take both characters (a space and
+    a sign before the digits included, as strtol allows them); None where it does not."""
+    rest = two[1:] if two[:1].isspace() else two  # (C's white space is bytes.isspace's)
+    sign = -1 if rest[:1] == b"-" else 1
+    digits = rest[1:] if rest[:1] in (b"-", b"+") else rest
+    if not digits or not all(c in _HEX for c in digits):
+        return None
+    return (sign * int(digits, 16)) & 0xFF
+
+
 def process_escapes(text: str, what: str) -> str:
     """-e: the escapes llama.cpp processes (string_process_escapes): \\n \\r \\t \\' \\" \\\\ and \\xNN (a byte);
     a backslash before anything else stays as written. The bytes must still be UTF-8."""
@@ -263,8 +274,9 @@ def process_escapes(text: str, what: str) -> str:
                 out += _ESCAPES[code]
                 i += 2
                 continue
-            if code == ord("x") and i + 4 <= len(raw) and all(c in _HEX for c in raw[i + 2:i + 4]):
-                out.append(int(raw[i + 2:i + 4], 16))
+            byte = _hex_escape(raw[i + 2:i + 4]) if code == ord("x") and i + 4 <= len(raw) else None
+            if byte is not None:
+                out.append(byte)
                 i += 4
                 continue
         out.append(raw[i])

@@ -354,3 +354,25 @@ def test_chat_conversation_one_json_object_per_turn(model):
     assert second["prompt_ids"][:len(first["prompt_ids"])] == first["prompt_ids"]
     one_turn = generate_json(model, "--chat", "-sys", "be brief", "-p", "hi", "-n", "3")
     assert one_turn["prompt_ids"] == first["prompt_ids"] and one_turn["ids"] == first["ids"]
+
+
+def test_hex_escapes_read_as_cs_strtol_reads_them():
+    """llama.cpp's \\xNN takes the two characters when strtol(them, 16) consumes both (white space and a sign
+    included); refspec's reading of them against the C library's own strtol, on every pair of characters that
+    matter."""
+    import ctypes
+    import itertools
+
+    from refspec.cli import _hex_escape
+
+    libc = ctypes.CDLL(None)
+    libc.strtol.restype = ctypes.c_long
+    libc.strtol.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p), ctypes.c_int]
+    alphabet = b"0123456789abcdefABCDEFgGxX+- \t\n\r\x0b\x0c\\"
+    for a, b in itertools.product(alphabet, repeat=2):
+        two = bytes([a, b])
+        buf = ctypes.create_string_buffer(two)
+        end = ctypes.c_char_p()
+        value = libc.strtol(buf, ctypes.byref(end), 16)
+        consumed = ctypes.cast(end, ctypes.c_void_p).value - ctypes.addressof(buf)
+        assert _hex_escape(two) == (value & 0xFF if consumed == 2 else None), two

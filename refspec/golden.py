@@ -271,7 +271,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from refspec.cli import load_tokenizer, note, prompt_text, raise_usage, system_messages
+    from refspec.cli import load_tokenizer, note, raise_usage, system_messages
+    from refspec.prompt_input import prompt_text
     from refspec.cli import load_model as load_cli_model
 
     if args.chat and args.prompt is None and args.file is None:

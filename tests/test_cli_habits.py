@@ -363,7 +363,7 @@ def test_hex_escapes_read_as_cs_strtol_reads_them():
     import ctypes
     import itertools
 
-    from refspec.cli import _hex_escape
+    from refspec.prompt_input import _hex_escape
 
     libc = ctypes.CDLL(None)
     libc.strtol.restype = ctypes.c_long

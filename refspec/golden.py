@@ -158,15 +158,6 @@ def check_ids(ids, n_vocab: int) -> list[int]:
     return ids
 
 
-def parse_ids(text: str) -> list[int]:
-    """'1,2,3' or '1 2 3' or '[1, 2, 3]' -> [1, 2, 3]."""
-    items = [t for t in re.split(r"[\s,\[\]]+", text) if t]
-    try:
-        return [int(t) for t in items]
-    except ValueError:
-        raise UsageError(f"--ids wants integers separated by commas or spaces, got {text[:60]!r}") from None
-
-
 # ------------------------------------------------------------------------------------------------- files
 def save(golden: Golden, path) -> int:
     """Write a golden file; returns its size in bytes. The file is written beside `path` and renamed to it once
@@ -272,7 +263,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from refspec.cli import load_tokenizer, note, raise_usage, system_messages
-    from refspec.prompt_input import prompt_text
+    from refspec.prompt_input import parse_ids, prompt_text
     from refspec.cli import load_model as load_cli_model
 
     if args.chat and args.prompt is None and args.file is None:
@@ -285,7 +276,7 @@ def run(args) -> int:
     model = load_cli_model(args.model)
     n_prompt = None
     if args.ids is not None:
-        prompt_ids = parse_ids(args.ids)
+        prompt_ids = parse_ids(args.ids, model.config.n_vocab)
     elif args.ids_from is not None:
         source = load(args.ids_from)
         prompt_ids, n_prompt = source.token_ids.tolist(), source.n_prompt

@@ -4,6 +4,7 @@ import hashlib
 import os
 import stat
 import json
+import re
 import subprocess
 import sys
 
@@ -84,9 +85,9 @@ def test_cli_dump_ids_and_ids_from_give_the_same_bits(model_path, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--ids", "3,x"], "--ids wants integers"),
-    (["--ids", "3,100000"], "token ids must be in"),
-    (["--ids", ","], "prompt is empty"),
+    (["--ids", "3,x"], "token id 'x' is not an integer"),
+    (["--ids", "3,100000"], "token id 100000 is outside the vocabulary"),
+    (["--ids", ","], "no token ids given"),
     (["--ids", "3", "-n", "-2"], "-n must be"),
     (["--ids", "3", "-n", "500"], "context"),
     (["--ids", "3", "-o", "/nonexistent/dir/g.safetensors"], "cannot write"),
@@ -135,9 +136,13 @@ def test_garbage_is_refused(tmp_path, content):
 
 
 def test_parse_ids_accepts_common_spellings():
-    assert golden.parse_ids("1,2, 3") == golden.parse_ids("[1, 2, 3]") == golden.parse_ids("1 2 3") == [1, 2, 3]
-    with pytest.raises(UsageError):
-        golden.parse_ids("1.5")
+    from refspec.prompt_input import parse_ids
+
+    assert parse_ids("1,2, 3", 4) == parse_ids("[1, 2, 3]", 4) == parse_ids("1 2 3", 4) == [1, 2, 3]
+    for bad, message in (("1.5", "'1.5' is not an integer"), ("1,4", "4 is outside the vocabulary (0..3)"),
+                         (" ,", "no token ids")):
+        with pytest.raises(UsageError, match=re.escape(message)):
+            parse_ids(bad, 4)
 
 
 def test_a_failed_save_leaves_no_partial_file_and_the_old_one_intact(tmp_path, full_dump, monkeypatch):

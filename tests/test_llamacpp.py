@@ -116,7 +116,7 @@ def test_llama_cpp_layers_line_up_with_refspec_names(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["-n", "100"], "exceed the model's context"),
-    (["--ids", "5,99999"], "token ids must be in"),
+    (["--ids", "5,99999"], "token id 99999 is outside the vocabulary"),
 ])
 def test_llama_cpp_engine_bad_input(tmp_path, args, message):
     model = write_model(tmp_path / "tiny.gguf", arch="llama", n_ctx=64, seed=2)

@@ -49,12 +49,13 @@ COPY_PROMPTS = {
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from refspec.cli import add_model_argument
+    from refspec.cli import add_model_argument, add_threads_argument
     from refspec.speculative import DRAFT_MAX
 
     add_model_argument(p)
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                    help="where to run (default auto: the GPU when CuPy sees one)")
+    add_threads_argument(p)
     p.add_argument("--repeats", type=int, default=3, metavar="N",
                    help="runs of every measurement; the median is reported (default 3)")
     p.add_argument("--n-predict", type=int, default=128, metavar="N",
@@ -99,8 +100,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from refspec import checks
-    from refspec.backends import make_backend
-    from refspec.cli import load_model, load_tokenizer, note
+    from refspec.cli import load_model, load_tokenizer, make_cli_backend, note
     from refspec.errors import ContextLengthError, UsageError
     from refspec.forward import Transformer
     from refspec.generate import generate
@@ -118,7 +118,7 @@ def run(args) -> int:
         checks.output_file(args.json_out, "--json-out")
     if args.preset:
         check_preset(args.preset)
-    backend = make_backend(args.device)  # before a preset's model is written: no GPU, no 8-34 GB file
+    backend = make_cli_backend(args)  # before a preset's model is written: no GPU, no 8-34 GB file
     model = load_model(preset_model_path(args.preset, note) if args.preset else args.model)
     tok = load_tokenizer(model)
     if args.mma_min_rows is not None and backend.name == "gpu":
@@ -415,6 +415,10 @@ def hardware(backend) -> dict:
             "python": platform.python_version(), "device": backend.name}
     if backend.name != "cpu":
         info["gpu"] = gpu_name(backend)
+    else:
+        from refspec.cpu_gemv import max_threads
+
+        info["threads"] = min(backend.threads, max_threads())
     return info
 
 
@@ -434,7 +438,7 @@ def gpu_name(backend) -> str | None:
 def print_tables(report: dict) -> None:
     hw, g = report["hardware"], report["greedy"]
     print(f"refspec bench decode, {report['date']}, {hw['cpu']} ({hw['cpu_cores']} cores), device {hw['device']}"
-          + (f" ({hw['gpu']})" if hw.get("gpu") else ""))
+          + (f" ({hw['gpu']})" if hw.get("gpu") else "") + (f", {hw['threads']} threads" if "threads" in hw else ""))
     print(f"model {report['model']['name'] or report['model']['path']}")
     print(f"\n(a) greedy, {g['prompt_tokens']}-token prompt, {g['new_tokens']} new tokens, "
           f"median of {g['repeats']}: "

@@ -452,8 +452,9 @@ def test_bench_decode_quick(tmp_path):
     assert report["conditional"] is False and report["conditional_node"] is None  # (no captured passes on the CPU)
     # the GPU comparison flags are accepted (and do nothing) on the CPU
     assert main(["bench", "decode", "-m", str(path), "--device", "cpu", "--quick", "--no-conditional",
-                 "--no-overlap", "--no-short-rows", "--no-even-blocks", "--json-out", str(out)]) == 0
-    assert json.loads(out.read_text())["speculative"]["mismatches"] == []
+                 "--no-overlap", "--no-short-rows", "--no-even-blocks", "--json-out", str(out), "-t", "1"]) == 0
+    again = json.loads(out.read_text())
+    assert again["speculative"]["mismatches"] == [] and again["hardware"]["threads"] == 1  # -t: the CPU's threads
 
 
 def test_bench_decode_quick_qwen35_reports_the_mtp_draft_step(tmp_path):

@@ -188,9 +188,9 @@ def read_header(path: str | os.PathLike) -> GGUFHeader:
                 if key.startswith(("general.", "tokenizer."))}
     tensors = {t.name: t for t in reader.tensors}
     files = (name,)
-    count = _split_keys(name, fields, 0)[0]
+    count, total = _split_keys(name, fields, 0)
     if count > 1:
-        files, tensors = _split_parts(name, fields, count, tensors)
+        files, tensors = _split_parts(name, count, total, tensors)
     return GGUFHeader(name, fields, metadata, tensors, files)
 
 
@@ -216,15 +216,15 @@ def _split_keys(name: str, fields: dict, part: int) -> tuple[int, int | None]:
     return count, total
 
 
-def _split_parts(name: str, fields: dict, count: int, tensors: dict) -> tuple[tuple[str, ...], dict]:
-    """The other parts of the split model whose first part is ``name``: their paths and every tensor."""
+def _split_parts(name: str, count: int, total: int | None, tensors: dict) -> tuple[tuple[str, ...], dict]:
+    """The other parts of the split model whose first part is ``name`` (``tensors``: its own; ``total``: its
+    split.tensors.count): every part's path and every tensor."""
     directory, base = os.path.split(name)
     match = _SPLIT_NAME.fullmatch(base)
     if match is None or int(match["no"]) != 1 or int(match["count"]) != count:
         raise ModelFileError(f"{name}: the first part of a model split in {count} files, but not named as "
                              f"llama.cpp names one (PREFIX-00001-of-{count:05d}.gguf), so its other parts "
                              "cannot be found")
-    total = _split_keys(name, fields, 0)[1]
     files = [name]
     for part in range(1, count):
         part_name = os.path.join(directory, f"{match['prefix']}-{part + 1:05d}-of-{count:05d}.gguf")

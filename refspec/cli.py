@@ -8,6 +8,7 @@ import json
 import re
 import signal
 import sys
+import time
 
 from refspec import __version__
 from refspec.errors import RefspecError, UsageError
@@ -208,6 +209,24 @@ def has_prompt(args) -> bool:
     return args.prompt is not None or args.file is not None or args.ids is not None
 
 
+class PromptProgress:
+    """on_prompt for a long prompt's pass: a line on stderr at most every SECONDS (the first after SECONDS),
+    with the tokens done and the rate (a 2000-token prompt of an 8B model takes minutes on a CPU)."""
+
+    SECONDS = 10.0
+
+    def __init__(self):
+        self.start = self.last = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last < self.SECONDS or done >= total:
+            return
+        self.last = now
+        note(f"prompt: {done} of {total} tokens ({100 * done // total} %), {done / (now - self.start):.1f} "
+             f"tokens/s")
+
+
 def print_prompt_tokens(tok, prompt_ids: list[int]) -> None:
     """--verbose-prompt: the prompt's tokens on stderr, as llama.cpp lists them."""
     note(f"prompt: {len(prompt_ids)} tokens")
@@ -253,17 +272,18 @@ def run_and_print(tf, tok, prompt_ids: list[int], args):
             sys.stdout.flush()
 
     eog_ids = frozenset() if args.ignore_eos else tok.eog_ids
+    progress = PromptProgress()
     if args.draft == "none":
         from refspec.generate import generate
 
-        result = generate(tf, prompt_ids, args.n_predict, eog_ids=eog_ids, on_token=on_token)
+        result = generate(tf, prompt_ids, args.n_predict, eog_ids=eog_ids, on_token=on_token, on_prompt=progress)
     else:
         from refspec.speculative import make_drafter, speculative_generate
 
         result = speculative_generate(
             tf, prompt_ids, args.n_predict, drafter=make_drafter(args.draft, tf), draft_max=args.draft_max,
             adaptive={"auto": None, "on": True, "off": False}[args.draft_adaptive], eog_ids=eog_ids,
-            on_token=on_token,
+            on_token=on_token, on_prompt=progress,
         )
     if args.json:
         out = {"prompt_ids": result.prompt_ids, "ids": result.ids,

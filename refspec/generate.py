@@ -49,10 +49,12 @@ def model_eog_ids(tf: Transformer) -> frozenset[int]:
     return end_of_generation_ids(tf.metadata)
 
 
-def prefill(tf: Transformer, cache: KVCache, prompt_ids: list[int], chunk: int = PROMPT_CHUNK, on_hidden=None):
+def prefill(tf: Transformer, cache: KVCache, prompt_ids: list[int], chunk: int = PROMPT_CHUNK, on_hidden=None,
+            on_prompt=None):
     """Run the prompt through the model in chunks; return the logits of its last position, [1, V], where
     the backend keeps them. on_hidden(pos0, hidden), if given, receives each chunk's final-normed hidden
-    rows (the MTP drafter reads them)."""
+    rows (the MTP drafter reads them); on_prompt(done, total) the prompt tokens run after each chunk (on a
+    GPU, queued: the passes run asynchronously)."""
     logits = None
     for start in range(0, len(prompt_ids), chunk):
         if on_hidden is None:
@@ -60,6 +62,8 @@ def prefill(tf: Transformer, cache: KVCache, prompt_ids: list[int], chunk: int =
         else:
             logits, hidden = tf.forward(cache, prompt_ids[start : start + chunk], start, hidden=True)
             on_hidden(start, hidden)
+        if on_prompt is not None:
+            on_prompt(min(start + chunk, len(prompt_ids)), len(prompt_ids))
     return logits[-1:]
 
 
@@ -71,21 +75,24 @@ def generate(
     eog_ids=None,
     on_token=None,
     keep_logits: bool = False,
+    on_prompt=None,
 ) -> GenerationResult:
     """Greedy decoding: each new token is the argmax (lowest index on ties) of the logits of the last one.
     Generation stops after an end-of-generation id (``eog_ids``; None, the default: the model's own, as its
     tokenizer metadata names them; ``()`` never stops early), after ``n_predict`` tokens (-1: none), or when
-    the context is full. `on_token(id)` is called as each token is chosen (for streaming)."""
-    prompt_ids = check_request(tf, prompt_ids, on_token, keep_logits)
+    the context is full. `on_token(id)` is called as each token is chosen (for streaming), `on_prompt(done,
+    total)` after each chunk of the prompt's pass (for progress on long prompts)."""
+    prompt_ids = check_request(tf, prompt_ids, on_token, keep_logits, on_prompt)
     with quiet_numerics():
-        return _generate(tf, prompt_ids, n_predict, eog_ids, on_token, keep_logits)
+        return _generate(tf, prompt_ids, n_predict, eog_ids, on_token, keep_logits, on_prompt)
 
 
-def check_request(tf: Transformer, prompt_ids, on_token, keep_logits) -> list[int]:
+def check_request(tf: Transformer, prompt_ids, on_token, keep_logits, on_prompt=None) -> list[int]:
     """The arguments both decoding loops share, checked; returns the prompt as a list of ints."""
     if not isinstance(tf, Transformer):
         raise UsageError(f"tf must be a refspec.forward.Transformer, not {type(tf).__name__}")
     checks.callback("on_token", on_token)
+    checks.callback("on_prompt", on_prompt)
     checks.flag("keep_logits", keep_logits)
     return checks.token_ids("prompt_ids", prompt_ids, tf.config.n_vocab, allow_empty=True)
 
@@ -101,13 +108,13 @@ def quiet_numerics():
     return np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore")
 
 
-def _generate(tf, prompt_ids, n_predict, eog_ids, on_token, keep_logits) -> GenerationResult:
+def _generate(tf, prompt_ids, n_predict, eog_ids, on_token, keep_logits, on_prompt) -> GenerationResult:
     eog_ids = model_eog_ids(tf) if eog_ids is None else checked_eog_ids(tf, eog_ids)
     n_alloc, budget = plan_context(tf, len(prompt_ids), n_predict)
     result = GenerationResult(prompt_ids=list(prompt_ids))
     cache = tf.new_cache(n_alloc, n_states=2)  # (qwen35) a step's state slot is not the one it reads: no copy
     t0 = time.perf_counter()
-    rows = prefill(tf, cache, result.prompt_ids)  # [1, V]
+    rows = prefill(tf, cache, result.prompt_ids, on_prompt=on_prompt)  # [1, V]
     tf.be.synchronize()  # the prompt's passes run asynchronously on a GPU: their time is the prompt's
     t1 = time.perf_counter()
     n_passes = 0

@@ -317,6 +317,7 @@ def speculative_generate(
     on_token=None,
     keep_logits: bool = False,
     chain: bool = True,
+    on_prompt=None,
 ) -> GenerationResult:
     """Greedy decoding, several tokens per forward pass: the result (ids, the logits row that chose each id,
     stop reason) is bitwise that of `generate(tf, prompt_ids, n_predict, eog_ids=...)`.
@@ -342,8 +343,10 @@ def speculative_generate(
     host queues passes back to back and reads each pass's tokens while the next ones run: no pass waits for
     Python. Every pass then has draft_max + 1 rows (rows after the guesses are verified and never accepted);
     tokens a last pass yields past the budget are not kept. Same tokens; chain=False runs the loop on the host.
+
+    on_token and on_prompt are generate's (streaming each token; progress through the prompt's pass).
     """
-    prompt_ids = check_request(tf, prompt_ids, on_token, keep_logits)
+    prompt_ids = check_request(tf, prompt_ids, on_token, keep_logits, on_prompt)
     if not isinstance(drafter, Drafter):
         raise UsageError(f"drafter must be a refspec.speculative.Drafter, not {type(drafter).__name__}")
     if isinstance(drafter, (LayerSkipDrafter, MtpDrafter)) and drafter.tf is not tf:
@@ -355,11 +358,11 @@ def speculative_generate(
     checks.flag("chain", chain)
     with quiet_numerics():
         return _speculative_generate(tf, prompt_ids, n_predict, drafter, draft_max, adaptive, eog_ids, on_token,
-                                     keep_logits, chain)
+                                     keep_logits, chain, on_prompt)
 
 
 def _speculative_generate(tf, prompt_ids, n_predict, drafter, draft_max, adaptive, eog_ids, on_token,
-                          keep_logits, chain) -> GenerationResult:
+                          keep_logits, chain, on_prompt) -> GenerationResult:
     eog_ids = model_eog_ids(tf) if eog_ids is None else checked_eog_ids(tf, eog_ids)  # as generate()
     if adaptive is None:
         adaptive = tf.be.name == "cpu" or not drafter.cheap
@@ -413,7 +416,7 @@ def _speculative_generate(tf, prompt_ids, n_predict, drafter, draft_max, adaptiv
             k = max(k_min, k - 1)
 
     t0 = time.perf_counter()
-    rows = prefill(tf, cache, result.prompt_ids, on_hidden=on_hidden)  # [1, V]: chooses the first token
+    rows = prefill(tf, cache, result.prompt_ids, on_hidden=on_hidden, on_prompt=on_prompt)  # [1, V]: the first token
     chosen = tf.be.argmax_rows(rows)
     drafts: list[int] = []  # the guesses `rows` verified: rows[j] saw drafts[:j]
     t1 = time.perf_counter()

@@ -56,3 +56,25 @@ def test_end_of_generation_ids_are_the_tokenizers(tmp_path, vocab, drop):
         path = rewrite_gguf(path, tmp_path / "dropped.gguf", drop=set(drop))
     metadata = read_header(path).metadata
     assert end_of_generation_ids(metadata) == refspec.Tokenizer.from_metadata(metadata).eog_ids
+
+
+def test_on_prompt_reports_the_prompts_pass_chunk_by_chunk(tf_and_first, capsys, monkeypatch):
+    tf, _ = tf_and_first
+    prompt = [(7 * i) % 200 + 3 for i in range(150)]  # three chunks of the prompt's pass: 64, 64, 22
+    seen = {"greedy": [], "ngram": []}
+    plain = refspec.generate(tf, prompt, 3, eog_ids=())
+    with_progress = refspec.generate(tf, prompt, 3, eog_ids=(), on_prompt=lambda *a: seen["greedy"].append(a))
+    fast = refspec.speculative_generate(tf, prompt, 3, drafter=refspec.make_drafter("ngram", tf), eog_ids=(),
+                                        on_prompt=lambda *a: seen["ngram"].append(a))
+    assert with_progress.ids == plain.ids == fast.ids
+    assert seen["greedy"] == seen["ngram"] == [(64, 150), (128, 150), (150, 150)]
+    with pytest.raises(refspec.UsageError, match="on_prompt must be callable"):
+        refspec.generate(tf, prompt, 3, on_prompt=5)
+    from refspec import cli
+
+    monkeypatch.setattr(cli.PromptProgress, "SECONDS", 0.0)  # every chunk but the last gets its line
+    progress = cli.PromptProgress()
+    for done in (64, 128, 150):
+        progress(done, 150)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" tokens (")[0] for line in lines] == ["refspec: prompt: 64 of 150", "refspec: prompt: 128 of 150"]

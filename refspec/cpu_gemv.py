@@ -14,9 +14,10 @@ float steps and the lane order are not free. Here:
   lanes are then added by halving (16, 8, 4, 2, 1 apart), as refspec.spec.lane_sum. A lane that receives no
   block holds +0.0, which changes no sum (SPEC.md, "Reductions").
 
-Two loop orders, the same bits. Few activation rows (a decoding step): eight columns at a time, each weight
-block read once and dotted with each row (`_columns_few_rows`: pmaddwd per column, the eight columns' partial
-sums reduced together into one vector of eight dots, so the scaling and the lane add run eight columns wide).
+Two loop orders, the same bits. Few activation rows (a decoding step, a short verify pass: up to FEW_ROWS):
+eight columns at a time, each weight block read once and dotted with the rows two at a time
+(`_columns_few_rows`: pmaddwd per column, the eight columns' partial sums reduced together into one vector of
+eight dots, so the scaling and the lane add run eight columns wide).
 More rows (a prompt or a verify pass): the activations are laid out once as int16 pairs [block, row group, pair,
 8 rows, 2] (`prepare_rows`); a tile of 16 columns goes block by block, its weight blocks widened to int16 once,
 and each row group's pair vectors stay in registers while four columns' weight pairs are broadcast from memory
@@ -43,7 +44,7 @@ from refspec.model import QK8_0
 
 BLOCK_BYTES = 34  # a GGUF Q8_0 block: fp16 scale, then 32 int8 quants
 ROW_GROUP = 8  # activation rows per vector of dots: 8 int32 lanes fill one 256-bit register
-FEW_ROWS = 2  # up to this many rows, the horizontal-sum loop order is the faster (measured: README, "CPU")
+FEW_ROWS = 5  # up to this many rows the few-rows loop order is the faster (tests/results/cpu_pass_rows_few_rows_*.json)
 TILE_COLUMNS = 16  # output columns whose lanes [32, 16, rows] stay in cache while the blocks go by
 COLUMNS_PER_CALL = 4  # columns one row-group routine call takes (4 dot vectors + 8 activation vectors in registers)
 COLUMN_GROUP = 8  # columns whose dots one call of the few-rows block routine reduces together (8 int32 lanes)
@@ -333,8 +334,9 @@ def _halving_sum(lanes):
 
 @njit(nogil=True, cache=CACHE)
 def _columns_few_rows(rows, xq, x16, xs, out, out_col, c0, c1, f16):
-    """out[r, out_col + c] for c in c0..c1-1 and every row r (1 or 2): eight columns at a time, each weight
-    block read once and dotted with each row; the columns left over one at a time."""
+    """out[r, out_col + c] for c in c0..c1-1 and every row r (up to FEW_ROWS): eight columns at a time, each
+    weight block read once and dotted with the rows two at a time (then the odd one); the columns left over
+    one at a time. Rows are independent sums, so the order of the pairs changes no bit."""
     n_rows, nb = xs.shape
     k = nb * QK8_0
     row_bytes = rows.shape[1]
@@ -343,14 +345,23 @@ def _columns_few_rows(rows, xq, x16, xs, out, out_col, c0, c1, f16):
     for t0 in range(c0, stop, COLUMN_GROUP):
         lanes[:] = 0
         w_at = t0 * row_bytes + 2
-        if n_rows == 1:  # (two loops: LLVM merges the two routines' loads badly inside one)
+        if n_rows == 1:  # (separate loops: LLVM merges the two routines' loads badly inside one)
             for b in range(nb):
                 _columns_block_1_row(rows, w_at + b * BLOCK_BYTES, row_bytes, x16, b * QK8_0, k, f16, xs, b, nb,
                                      lanes, (b & 31) * COLUMN_GROUP, 32 * COLUMN_GROUP)
         else:
+            pairs = n_rows // 2
             for b in range(nb):
-                _columns_block_2_rows(rows, w_at + b * BLOCK_BYTES, row_bytes, x16, b * QK8_0, k, f16, xs, b, nb,
-                                      lanes, (b & 31) * COLUMN_GROUP, 32 * COLUMN_GROUP)
+                for p in range(pairs):
+                    r = 2 * p
+                    _columns_block_2_rows(rows, w_at + b * BLOCK_BYTES, row_bytes, x16, r * k + b * QK8_0, k, f16,
+                                          xs, r * nb + b, nb, lanes, (r * 32 + (b & 31)) * COLUMN_GROUP,
+                                          32 * COLUMN_GROUP)
+                if n_rows & 1:
+                    r = n_rows - 1
+                    _columns_block_1_row(rows, w_at + b * BLOCK_BYTES, row_bytes, x16, r * k + b * QK8_0, k, f16,
+                                         xs, r * nb + b, nb, lanes, (r * 32 + (b & 31)) * COLUMN_GROUP,
+                                         32 * COLUMN_GROUP)
         width = 16  # the halving sum of the 32 lanes, eight columns at once
         while width >= 1:
             for i in range(width):

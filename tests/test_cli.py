@@ -109,6 +109,20 @@ def test_help_explains_every_command():
         assert option in gen
 
 
+def test_python_dash_m_refspec_is_the_command(model):
+    import subprocess
+    import sys
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "refspec", *args], capture_output=True, text=True, timeout=300)
+
+    assert run("--version").stdout.startswith("refspec ")
+    assert json.loads(run("tokenize", "-m", model, "ab", "--json").stdout) == \
+        json.loads(refspec("tokenize", "-m", model, "ab", "--json").stdout)
+    bad = run("generate", "-m", model, "-n", "0", "-p", "x")
+    assert bad.returncode == 1 and bad.stderr.startswith("refspec: error: ")
+
+
 def test_synthetic_writes_a_model_info_reads(tmp_path):
     path = tmp_path / "made.gguf"
     proc = refspec("synthetic", str(path), "--arch", "qwen3", "--n-layer", "3", "--n-embd", "96", "--n-head", "3",

@@ -85,6 +85,13 @@ def draft_length(text: str) -> int:
     return value
 
 
+def context_size(text: str) -> int:
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: -c takes a number of positions, or 0 for the model's context")
+    return value
+
+
 def reasoning_budget(text: str) -> int:
     value = _integer(text)
     if value not in (-1, 0):
@@ -273,18 +280,21 @@ def run_and_print(tf, tok, prompt_ids: list[int], args):
 
     eog_ids = frozenset() if args.ignore_eos else tok.eog_ids
     progress = PromptProgress()
+    n_predict, capped = context_budget(args, tf, len(prompt_ids))
     if args.draft == "none":
         from refspec.generate import generate
 
-        result = generate(tf, prompt_ids, args.n_predict, eog_ids=eog_ids, on_token=on_token, on_prompt=progress)
+        result = generate(tf, prompt_ids, n_predict, eog_ids=eog_ids, on_token=on_token, on_prompt=progress)
     else:
         from refspec.speculative import make_drafter, speculative_generate
 
         result = speculative_generate(
-            tf, prompt_ids, args.n_predict, drafter=make_drafter(args.draft, tf), draft_max=args.draft_max,
+            tf, prompt_ids, n_predict, drafter=make_drafter(args.draft, tf), draft_max=args.draft_max,
             adaptive={"auto": None, "on": True, "off": False}[args.draft_adaptive], eog_ids=eog_ids,
             on_token=on_token, on_prompt=progress,
         )
+    if capped and result.stop_reason == "max_tokens":
+        result.stop_reason = "context"  # the end of -c's context, not of -n
     if args.json:
         out = {"prompt_ids": result.prompt_ids, "ids": result.ids,
                "text": tok.decode(result.ids, skip_special=not args.special, continuation=True),
@@ -296,6 +306,25 @@ def run_and_print(tf, tok, prompt_ids: list[int], args):
         sys.stdout.flush()
         print_stats(result)
     return result
+
+
+def context_budget(args, tf, n_prompt: int) -> tuple[int, bool]:
+    """-n within -c's context: (n_predict to ask for, whether -c cut it). -c 0 or none: the model's context,
+    which generate() itself enforces; -c past it is noted and stops there too."""
+    n_ctx = args.ctx_size or 0
+    if n_ctx == 0:
+        return args.n_predict, False
+    if n_ctx > tf.config.n_ctx:
+        note(f"note: -c {n_ctx}: the model's context is {tf.config.n_ctx} positions; generation stops there")
+        return args.n_predict, False
+    if n_prompt >= n_ctx:
+        from refspec.errors import ContextLengthError
+
+        raise ContextLengthError(f"the prompt has {n_prompt} tokens; the context of -c {n_ctx} holds {n_ctx}")
+    room = n_ctx - n_prompt
+    if args.n_predict == -1 or args.n_predict > room:
+        return room, True
+    return args.n_predict, False
 
 
 def chat_loop(tf, tok, args) -> int:
@@ -474,6 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                    help="where to run (default auto: the GPU when CuPy sees one); the bits are the same")
     add_threads_argument(g)
+    g.add_argument("-c", "--ctx-size", type=context_size, default=None, metavar="N",
+                   help="the context of this run: generation stops when prompt and tokens fill N positions "
+                   "(stop reason context; default 0: the model's context, from the file)")
     g.add_argument("-e", "--escape", action="store_true",
                    help="process escapes in the prompt and -sys as llama.cpp does: \\n \\r \\t \\' \\\" \\\\ \\xNN "
                    "(llama.cpp by default; refspec takes them as written unless -e)")

@@ -3,7 +3,7 @@
 A llama.cpp user types `-ngl 99 --temp 0.7 -c 4096` out of habit. Rather than argparse's "unrecognized
 arguments", each such flag is parsed (its value checked like any other) and answered after parsing:
 
-* a **note** on stderr, and the run goes on, when the flag cannot change what refspec computes (`-ngl`, `-c`,
+* a **note** on stderr, and the run goes on, when the flag cannot change what refspec computes (`-ngl`,
   `--seed`, `-tb`, sampling filters under greedy decoding, `--temp 0`, ...);
 * an **error** (one line, exit status 1) when honouring it would change the output and refspec cannot
   (`--temp 0.8`, `--repeat-penalty 1.1`, `-md draft.gguf`, `--grammar`, `-hf`, ...).
@@ -50,8 +50,6 @@ FLAGS = (
     ForeignFlag(("-ngl", "--gpu-layers", "--n-gpu-layers"), "N", int, _always,
                 "refspec runs every layer on the device --device picks (auto: the GPU when CuPy sees one); "
                 "the bits are the same on every device"),
-    ForeignFlag(("-c", "--ctx-size"), "N", int, _always,
-                "refspec takes the context length from the model file and allocates only what the request needs"),
     ForeignFlag(("-b", "--batch-size"), "N", int, _always,
                 "refspec runs the prompt in chunks of 64 rows; any chunking gives the same bits"),
     ForeignFlag(("-ub", "--ubatch-size"), "N", int, _always,

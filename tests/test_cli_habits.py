@@ -79,7 +79,7 @@ def test_binary_prompt_file_and_stdin_are_refused(model, tmp_path):
 
 
 # --- llama.cpp flags ------------------------------------------------------------------------------------
-HARMLESS = [["-ngl", "99"], ["-c", "4096"], ["-tb", "8"], ["-b", "512"], ["-ub", "128"], ["-s", "42"],
+HARMLESS = [["-ngl", "99"], ["-tb", "8"], ["-b", "512"], ["-ub", "128"], ["-s", "42"],
             ["--temp", "0"], ["--top-k", "40"], ["--top-p", "0.9"], ["--min-p", "0.05"], ["--repeat-penalty", "1.0"],
             ["--mlock"], ["-no-cnv"], ["-fa"], ["-co"], ["-ctk", "f32"], ["--keep", "4"], ["-nkvo"], ["--jinja"],
             ["-st"], ["--no-display-prompt"], ["-dev", "none"], ["-v"], ["--no-warmup"], ["--log-disable"]]
@@ -156,6 +156,26 @@ def test_llama_flags_that_would_change_the_output_are_errors(model, flag, fragme
 def test_unknown_single_dash_words_are_named_not_read_as_glued_values(model, word):
     """argparse reads -ctx as -c with the value 'tx' and said "-c: invalid int value: 'tx'"."""
     assert_one_line_error(refspec("generate", "-m", model, "-p", "hi", word, check=False), f"unknown option {word}")
+
+
+def test_ctx_size_is_the_context_of_the_run(model):
+    """-c N: generation stops when prompt and tokens fill N positions (stop reason context), with the ids the
+    unbounded run makes up to there; 0 is the model's context (96 here); past it, a note and the model's."""
+    whole = generate_json(model, "-p", "hello world", "--ignore-eos")  # -n 6
+    n_prompt = len(whole["prompt_ids"])
+    cut = generate_json(model, "-p", "hello world", "--ignore-eos", "-c", str(n_prompt + 3))
+    assert cut["ids"] == whole["ids"][:3] and cut["stop_reason"] == "context"
+    until = json.loads(refspec("generate", "-m", model, "-p", "hello world", "-n", "-1", "--ignore-eos", "--json",
+                               "-c", str(n_prompt + 4)).stdout)
+    assert until["ids"] == whole["ids"][:4] and until["stop_reason"] == "context"
+    exact = generate_json(model, "-p", "hello world", "--ignore-eos", "-c", str(n_prompt + 6))  # room for -n 6
+    assert (exact["ids"], exact["stop_reason"]) == (whole["ids"], "max_tokens")
+    assert generate_json(model, "-p", "hello world", "--ignore-eos", "-c", "0")["ids"] == whole["ids"]
+    past = refspec("generate", "-m", model, "-p", "hello world", "-n", "2", "-c", "5000")
+    assert "-c 5000: the model's context is 96 positions" in past.stderr
+    assert_one_line_error(refspec("generate", "-m", model, "-p", "hello world", "-c", str(n_prompt), check=False),
+                          f"the prompt has {n_prompt} tokens; the context of -c {n_prompt} holds {n_prompt}")
+    assert_one_line_error(refspec("generate", "-m", model, "-p", "x", "-c", "-1", check=False), "-c takes")
 
 
 def test_escapes_only_with_e_as_llama_cpp_processes_them(model):

@@ -12,7 +12,7 @@ import time
 
 from refspec import __version__
 from refspec.errors import RefspecError, UsageError
-from refspec.prompt_input import MAX_PROMPT_BYTES, decode_prompt, parse_ids, process_escapes, prompt_text
+from refspec.prompt_input import MAX_PROMPT_BYTES, decode_prompt, parse_ids, process_escapes, prompt_text, read_text_file
 from refspec.speculative import DRAFT_MAX, MAX_DRAFT
 
 EPILOG = """examples:
@@ -43,11 +43,13 @@ class ArgumentParser(argparse.ArgumentParser):
         argv = list(sys.argv[1:] if args is None else args)
         try:
             return super().parse_args(argv, namespace)
-        except UsageError:
+        except UsageError as err:
             parser, unknown = self._unknown_word(argv)
-            if unknown is None:
-                raise
-            raise UsageError(f"unknown option {unknown} (see '{parser.prog} --help')") from None
+            if unknown is not None:
+                raise UsageError(f"unknown option {unknown} (see '{parser.prog} --help')") from None
+            if parser is not self and str(err).startswith("unrecognized arguments"):  # the top parser's words
+                raise UsageError(str(err).replace(f"'{self.prog} --help'", f"'{parser.prog} --help'")) from None
+            raise
 
     def _unknown_word(self, argv: list[str]):
         """The (sub)command's parser and the first of `argv` that looks like a single-dash option of two
@@ -176,6 +178,8 @@ def cmd_generate(args) -> int:
     llama_flags.answer(args, note)
     check_generate_args(args)
     text = prompt_text(args)  # read before the model loads: a missing file fails at once
+    if args.system_file is not None:
+        args.system = read_text_file(args.system_file, "the system prompt file")
     if args.escape:
         text = None if text is None else process_escapes(text, "the prompt")
         args.system = None if args.system is None else process_escapes(args.system, "-sys")
@@ -202,7 +206,7 @@ def check_generate_args(args) -> None:
         raise_usage("-n must be a positive number of tokens, or -1 for 'until end of generation'")
     if args.ids is not None and args.chat:
         raise_usage("--ids passes the prompt's token ids as they are; --chat needs a text prompt (-p or -f)")
-    if args.system is not None and not args.chat:
+    if (args.system is not None or args.system_file is not None) and not args.chat:
         raise_usage("-sys/--system-prompt needs --chat (a system message only exists in a conversation)")
     if not args.chat and not has_prompt(args):
         raise_usage("give a prompt: -p TEXT, -p - (stdin), -f FILE or --ids IDS (or --chat for a conversation)")
@@ -489,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("-f", "--file", metavar="FILE", help="read the prompt from a UTF-8 text file")
     source.add_argument("--ids", metavar="IDS", help="the prompt as token ids, used as they are (no BOS added): "
                         "'1,2,3' or '1 2 3'")
-    g.add_argument("-n", "--n-predict", type=n_tokens, default=128, metavar="N",
+    g.add_argument("-n", "--n-predict", "--predict", type=n_tokens, default=128, metavar="N",
                    help="tokens to generate (default 128; -1: until end of generation or the context is full)")
     g.add_argument("--chat", "-cnv", "--conversation", action="store_true",
                    help="apply the model's chat template: with a prompt, one user message; without one, a "
@@ -499,7 +503,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--reasoning-budget", type=reasoning_budget, default=-1, metavar="N",
                    help="-1 (default): the template's own choice; 0: no thinking (enable_thinking = false), as "
                    "llama.cpp")
-    g.add_argument("-sys", "--system-prompt", dest="system", metavar="TEXT", help="a system message (with --chat)")
+    system = g.add_mutually_exclusive_group()
+    system.add_argument("-sys", "--system-prompt", dest="system", metavar="TEXT",
+                        help="a system message (with --chat)")
+    system.add_argument("-sysf", "--system-prompt-file", dest="system_file", metavar="FILE",
+                        help="the system message from a UTF-8 text file (with --chat)")
     g.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                    help="where to run (default auto: the GPU when CuPy sees one); the bits are the same")
     add_threads_argument(g)
@@ -521,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-graphs", action="store_true",
                    help="GPU: run every pass launch by launch instead of replaying it as a captured CUDA graph "
                    "(no chained greedy steps or ngram passes either): for debugging and comparing; same tokens")
-    g.add_argument("--special", action="store_true",
+    g.add_argument("-sp", "--special", action="store_true",
                    help="print control tokens such as <|im_end|> (hidden by default, as llama.cpp does)")
     g.add_argument("--ignore-eos", action="store_true",
                    help="do not stop at end-of-generation tokens: generate -n tokens (or until the context is full)")

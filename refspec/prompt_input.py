@@ -12,15 +12,22 @@ MAX_PROMPT_BYTES = 64 << 20  # a prompt file or stdin larger than this is refuse
 def prompt_text(args) -> str | None:
     """The prompt from -p TEXT, -p - (standard input) or -f FILE, as text; None for --ids or no prompt."""
     if args.file is not None:
-        try:
-            with open(args.file, "rb") as f:
-                raw = f.read(MAX_PROMPT_BYTES + 1)
-        except OSError as e:
-            _usage(f"cannot read the prompt file {args.file}: {e.strerror or e}")
-        return decode_prompt(raw, f"the prompt file {args.file}")
+        return read_text_file(args.file, "the prompt file")
     if args.prompt == "-":
         return decode_prompt(sys.stdin.buffer.read(MAX_PROMPT_BYTES + 1), "the prompt on standard input")
     return args.prompt  # None without -p
+
+
+def read_text_file(path: str, what: str) -> str:
+    """A UTF-8 text file of at most MAX_PROMPT_BYTES (`what`: "the prompt file", ... for messages), without
+    its last newline, as llama.cpp reads -f and -sysf (an editor ends a file with one)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_PROMPT_BYTES + 1)
+    except OSError as e:
+        _usage(f"cannot read {what} {path}: {e.strerror or e}")
+    text = decode_prompt(raw, f"{what} {path}")
+    return text[:-1] if text.endswith("\n") else text
 
 
 def decode_prompt(raw: bytes, what: str) -> str:

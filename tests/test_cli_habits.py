@@ -40,11 +40,20 @@ def generate_json(model, *args, stdin=None):
 
 # --- prompts -------------------------------------------------------------------------------------------
 def test_prompt_from_file_stdin_and_argument_agree(model, tmp_path):
+    """-f FILE is the file's text without its last newline, as llama.cpp reads it (-sysf too); -p - is
+    standard input as it is."""
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("hello world\n", encoding="utf-8")
-    from_arg = generate_json(model, "-p", "hello world\n")
-    for other in (generate_json(model, "-f", str(prompt)), generate_json(model, "-p", "-", stdin="hello world\n")):
+    from_arg = generate_json(model, "-p", "hello world")
+    assert generate_json(model, "-p", "hello world\n")["prompt_ids"] != from_arg["prompt_ids"]
+    for other in (generate_json(model, "-f", str(prompt)), generate_json(model, "-p", "-", stdin="hello world")):
         assert (other["prompt_ids"], other["ids"]) == (from_arg["prompt_ids"], from_arg["ids"])
+    prompt.write_text("hello world\n\n", encoding="utf-8")  # one newline goes, not two
+    assert generate_json(model, "-f", str(prompt))["prompt_ids"] == generate_json(model, "-p", "hello world\n")["prompt_ids"]
+    system = tmp_path / "system.txt"
+    system.write_text("be brief\n", encoding="utf-8")
+    assert generate_json(model, "--chat", "-p", "x", "-sysf", str(system))["prompt_ids"] == \
+        generate_json(model, "--chat", "-p", "x", "-sys", "be brief")["prompt_ids"]
 
 
 def test_ids_are_the_prompt_as_given(model):
@@ -156,6 +165,14 @@ def test_llama_flags_that_would_change_the_output_are_errors(model, flag, fragme
 def test_unknown_single_dash_words_are_named_not_read_as_glued_values(model, word):
     """argparse reads -ctx as -c with the value 'tx' and said "-c: invalid int value: 'tx'"."""
     assert_one_line_error(refspec("generate", "-m", model, "-p", "hi", word, check=False), f"unknown option {word}")
+
+
+def test_llama_cpp_spellings_of_refspec_options(model):
+    assert len(generate_json(model, "-p", "hi", "--predict", "3", "--ignore-eos")["ids"]) == 3
+    special = refspec("generate", "-m", model, "-p", "hi", "-n", "4", "-sp").stdout
+    assert special == refspec("generate", "-m", model, "-p", "hi", "-n", "4", "--special").stdout
+    assert_one_line_error(refspec("generate", "-m", model, "-p", "hi", "--frobnicate", check=False),
+                          "unrecognized arguments: --frobnicate (see 'refspec generate --help')")
 
 
 def test_ctx_size_is_the_context_of_the_run(model):

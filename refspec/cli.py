@@ -379,7 +379,7 @@ def cmd_tokenize(args) -> int:
         args.prompt = "-"
     elif args.text is not None:
         args.prompt = args.text
-    text = prompt_text(args)  # read before the model loads: a missing file fails at once
+    text = prompt_text(args, whole_file=True)  # read before the model loads: a missing file fails at once
     model = load_model(args.model)
     tok = load_tokenizer(model)
     ids = tok.encode(text, add_bos=None if args.add_bos else False, parse_special=args.parse_special)

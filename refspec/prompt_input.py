@@ -9,25 +9,26 @@ from refspec.errors import UsageError
 MAX_PROMPT_BYTES = 64 << 20  # a prompt file or stdin larger than this is refused, not read
 
 
-def prompt_text(args) -> str | None:
-    """The prompt from -p TEXT, -p - (standard input) or -f FILE, as text; None for --ids or no prompt."""
+def prompt_text(args, *, whole_file: bool = False) -> str | None:
+    """The prompt from -p TEXT, -p - (standard input) or -f FILE, as text; None for --ids or no prompt. A file
+    loses its last newline, as llama-cli reads -f, unless whole_file (llama-tokenize reads it whole)."""
     if args.file is not None:
-        return read_text_file(args.file, "the prompt file")
+        return read_text_file(args.file, "the prompt file", whole=whole_file)
     if args.prompt == "-":
         return decode_prompt(sys.stdin.buffer.read(MAX_PROMPT_BYTES + 1), "the prompt on standard input")
     return args.prompt  # None without -p
 
 
-def read_text_file(path: str, what: str) -> str:
+def read_text_file(path: str, what: str, *, whole: bool = False) -> str:
     """A UTF-8 text file of at most MAX_PROMPT_BYTES (`what`: "the prompt file", ... for messages), without
-    its last newline, as llama.cpp reads -f and -sysf (an editor ends a file with one)."""
+    its last newline, as llama.cpp reads -f and -sysf (an editor ends a file with one), unless `whole`."""
     try:
         with open(path, "rb") as f:
             raw = f.read(MAX_PROMPT_BYTES + 1)
     except OSError as e:
         _usage(f"cannot read {what} {path}: {e.strerror or e}")
     text = decode_prompt(raw, f"{what} {path}")
-    return text[:-1] if text.endswith("\n") else text
+    return text[:-1] if text.endswith("\n") and not whole else text
 
 
 def decode_prompt(raw: bytes, what: str) -> str:

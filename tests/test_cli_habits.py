@@ -276,7 +276,7 @@ def test_tokenize_detokenize_round_trip_through_stdin(model):
 
 
 def test_tokenize_reads_text_as_llama_tokenize_does(model, tmp_path):
-    text = "<|im_start|>hello world\nagain"
+    text = "<|im_start|>hello world\nagain\n"  # (a file is tokenized whole, its last newline too)
     expected = json.loads(refspec("tokenize", "-m", model, text, "--json").stdout)["ids"]
     source = tmp_path / "text.txt"
     source.write_text(text, encoding="utf-8")

@@ -35,7 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"rows of the prompt pass (default {PROMPT_TOKENS})")
     p.add_argument("--decode-tokens", type=int, default=DECODE_TOKENS, metavar="N",
                    help=f"decoding steps after it (default {DECODE_TOKENS}; the median is reported)")
-    p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: every core)")
+    from refspec.cli import add_threads_argument
+
+    add_threads_argument(p)
     p.add_argument("--json-out", metavar="FILE", help="also write every number, the machine and the date as JSON")
 
 
@@ -45,8 +47,8 @@ def run(args) -> int:
     from refspec.cli import note
     from refspec.errors import UsageError
 
-    if args.prompt_tokens < 1 or args.decode_tokens < 0 or (args.threads is not None and args.threads < 1):
-        raise UsageError("--prompt-tokens and --threads must be at least 1, --decode-tokens at least 0")
+    if args.prompt_tokens < 1 or args.decode_tokens < 0:
+        raise UsageError("--prompt-tokens must be at least 1, --decode-tokens at least 0")
     if args.json_out:
         checks.output_file(args.json_out, "--json-out")
     path = pathlib.Path(args.model) if args.model else preset_model_path(args.preset, note)

@@ -115,11 +115,11 @@ def test_peak_memory_of_a_mapped_model_is_close_to_its_file_size(tmp_path):
 def test_bench_cpu_reports_load_memory_and_speed(model_files, tmp_path):
     out = tmp_path / "bench.json"
     run = subprocess.run([sys.executable, "-m", "refspec.cli", "bench", "cpu", "-m", str(model_files["qwen3"]),
-                          "--prompt-tokens", "5", "--decode-tokens", "2", "--json-out", str(out)],
+                          "--prompt-tokens", "5", "--decode-tokens", "2", "--json-out", str(out), "-t", "1"],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     report = json.loads(out.read_text())
-    assert report["prompt_tokens"] == 5 and len(report["decode_step_seconds"]) == 2
+    assert report["prompt_tokens"] == 5 and len(report["decode_step_seconds"]) == 2 and report["threads"] == 1
     assert report["peak_rss_bytes"] > report["file_bytes"] > 0 and report["load_seconds"] >= 0
     assert report["machine"]["cpu_cores"] >= 1 and "peak memory" in run.stdout
     bad = subprocess.run([sys.executable, "-m", "refspec.cli", "bench", "cpu", "-m", str(tmp_path / "missing.gguf")],

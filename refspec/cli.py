@@ -64,50 +64,25 @@ class ArgumentParser(argparse.ArgumentParser):
         return parser, None
 
 
-def n_tokens(text: str) -> int:
-    """-n: a positive number of tokens, or -1 for 'until end of generation'."""
-    value = _integer(text)
-    if value != -1 and value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: -n must be a positive number of tokens, or -1 for 'until "
-                                         "end of generation'")
-    return value
+def int_option(accepts, message: str, meaning=None):
+    """An argparse type: an integer that `accepts(value)`, else `message` (the text given first); `meaning`
+    maps the value to what the option holds (thread_count's -1 is None)."""
+    def parse(text: str):
+        value = _integer(text)
+        if not accepts(value):
+            raise argparse.ArgumentTypeError(f"{text!r}{message}")
+        return value if meaning is None else meaning(value)
+    return parse
 
 
-def positive_int(text: str) -> int:
-    value = _integer(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return value
-
-
-def draft_length(text: str) -> int:
-    value = _integer(text)
-    if not 1 <= value <= MAX_DRAFT:
-        raise argparse.ArgumentTypeError(f"{text!r} is not in 1..{MAX_DRAFT}")
-    return value
-
-
-def context_size(text: str) -> int:
-    value = _integer(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: -c takes a number of positions, or 0 for the model's context")
-    return value
-
-
-def reasoning_budget(text: str) -> int:
-    value = _integer(text)
-    if value not in (-1, 0):
-        raise argparse.ArgumentTypeError(f"{text!r}: only -1 (unrestricted) and 0 (no thinking) are supported, as in "
-                                         "llama.cpp")
-    return value
-
-
-def thread_count(text: str) -> int | None:
-    """-t N: a positive count, or -1 (llama.cpp's 'every core'), which is None."""
-    value = _integer(text)
-    if value != -1 and value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: -t takes a positive number of threads, or -1 for every core")
-    return None if value == -1 else value
+n_tokens = int_option(lambda v: v == -1 or v >= 1, ": -n must be a positive number of tokens, or -1 for 'until "
+                      "end of generation'")
+draft_length = int_option(lambda v: 1 <= v <= MAX_DRAFT, f" is not in 1..{MAX_DRAFT}")
+context_size = int_option(lambda v: v >= 0, ": -c takes a number of positions, or 0 for the model's context")
+reasoning_budget = int_option(lambda v: v in (-1, 0), ": only -1 (unrestricted) and 0 (no thinking) are "
+                              "supported, as in llama.cpp")
+thread_count = int_option(lambda v: v == -1 or v >= 1, ": -t takes a positive number of threads, or -1 for every "
+                          "core", lambda v: None if v == -1 else v)
 
 
 def add_threads_argument(p: argparse.ArgumentParser) -> None:

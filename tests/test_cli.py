@@ -77,7 +77,7 @@ def test_info_reads_metadata(model):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["-n", "0"], "argument -n/--n-predict: '0': -n must be a positive number of tokens"),
+    (["-n", "0"], "argument -n/--n-predict/--predict: '0': -n must be a positive number of tokens"),
     (["-n", "1000"], "context length"),
     (["--device", "gpu"], ""),  # no GPU on CI: a clear DeviceError (where one exists, generation succeeds)
 ])

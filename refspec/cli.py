@@ -197,11 +197,13 @@ def has_prompt(args) -> bool:
 
 class PromptProgress:
     """on_prompt for a long prompt's pass: a line on stderr at most every SECONDS (the first after SECONDS),
-    with the tokens done and the rate (a 2000-token prompt of an 8B model takes minutes on a CPU)."""
+    with the tokens done and the rate (a 2000-token prompt of an 8B model takes minutes on a CPU). `what`
+    names the work (dump's passes: "positions")."""
 
     SECONDS = 10.0
 
-    def __init__(self):
+    def __init__(self, what: str = "prompt"):
+        self.what = what
         self.start = self.last = time.monotonic()
 
     def __call__(self, done: int, total: int) -> None:
@@ -209,7 +211,7 @@ class PromptProgress:
         if now - self.last < self.SECONDS or done >= total:
             return
         self.last = now
-        note(f"prompt: {done} of {total} tokens ({100 * done // total} %), {done / (now - self.start):.1f} "
+        note(f"{self.what}: {done} of {total} tokens ({100 * done // total} %), {done / (now - self.start):.1f} "
              f"tokens/s")
 
 

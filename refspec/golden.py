@@ -86,12 +86,13 @@ def file_sha256(*paths) -> str:
 
 # ----------------------------------------------------------------------------------------------- running
 def dump(model, prompt_ids: list[int], n_predict: int = 0, *, layers: bool = False,
-         device: str = "auto", backend=None) -> Golden:
+         device: str = "auto", backend=None, on_progress=None) -> Golden:
     """Run refspec on `prompt_ids` plus `n_predict` greedy tokens; record every position's logits (and with
     `layers`, every per-layer tensor). `model` is a refspec Model (refspec.gguf_model.load) or a GGUF path;
     `backend`, if given, is used instead of make_backend(device) (any backend of refspec/protocol.py).
     The tokens are generated first, then the whole sequence is run once, teacher-forced, with taps: batch
-    invariance makes those logits the ones that chose each token."""
+    invariance makes those logits the ones that chose each token. on_progress(done, total), if given, follows
+    the positions of both passes (for a progress line on long sequences)."""
     from refspec import __version__
     from refspec.backends import make_backend
     from refspec.forward import Transformer
@@ -99,6 +100,7 @@ def dump(model, prompt_ids: list[int], n_predict: int = 0, *, layers: bool = Fal
     from refspec.spec import SPEC_VERSION
 
     checks.flag("layers", layers)
+    checks.callback("on_progress", on_progress)
     if checks.integer("n_predict", n_predict) < 0:
         raise UsageError(f"-n must be 0 or more tokens, got {n_predict}")
     model = load_model(model)
@@ -106,21 +108,24 @@ def dump(model, prompt_ids: list[int], n_predict: int = 0, *, layers: bool = Fal
     tf = Transformer(model, backend)
     ids = check_ids(prompt_ids, model.config.n_vocab)
     if n_predict:
-        ids = ids + generate(tf, ids, n_predict).ids  # no end-of-generation stop: exactly n_predict tokens
-    tensors = run_teacher_forced(tf, ids, layers)
+        ids = ids + generate(tf, ids, n_predict, on_prompt=on_progress).ids  # exactly n_predict: no eog stop
+    tensors = run_teacher_forced(tf, ids, layers, on_progress)
     meta = {"engine": "refspec", "engine_version": __version__, "refspec_version": __version__,
             "spec_version": SPEC_VERSION, "device": str(getattr(backend, "name", type(backend).__name__))}
     return Golden(np.asarray(ids, np.int32), tensors, run_metadata(model, len(prompt_ids), meta))
 
 
-def run_teacher_forced(tf, ids: list[int], layers: bool) -> dict:
-    """Logits of every position (and every tapped tensor when `layers`) for the sequence `ids`."""
+def run_teacher_forced(tf, ids: list[int], layers: bool, on_progress=None) -> dict:
+    """Logits of every position (and every tapped tensor when `layers`) for the sequence `ids`;
+    on_progress(done, total) after each chunk."""
     parts: dict[str, list] = {}
     taps = (lambda name, t: parts.setdefault(name, []).append(tf.be.to_host(t).astype(np.float32))) if layers else None
     cache = tf.new_cache(len(ids))
     logits = []
     for start in range(0, len(ids), DUMP_CHUNK):
         logits.append(tf.be.to_host(tf.forward(cache, ids[start : start + DUMP_CHUNK], start, taps=taps)))
+        if on_progress is not None:
+            on_progress(min(start + DUMP_CHUNK, len(ids)), len(ids))
     tensors = {name: np.concatenate(chunks) for name, chunks in parts.items()}
     tensors[LOGITS] = np.concatenate(logits).astype(np.float32)
     return {name: tensors[name] for name in sorted(tensors, key=forward_order)}
@@ -304,7 +309,7 @@ def run(args) -> int:
 
 def _engine_options(args) -> dict:
     if args.engine == "refspec":
-        from refspec.cli import make_cli_backend
+        from refspec.cli import PromptProgress, make_cli_backend
 
-        return {"layers": args.layers, "backend": make_cli_backend(args)}
+        return {"layers": args.layers, "backend": make_cli_backend(args), "on_progress": PromptProgress("positions")}
     return {"layers": args.layers, "kv_cache": args.kv_cache, "n_threads": args.threads}

@@ -219,3 +219,12 @@ def test_dump_takes_prompts_as_generate_does(tmp_path, model_path):
                           (["-p", "x", "-sys", "y"], "-sys/--system-prompt needs --chat")):
         proc = refspec("dump", "-m", str(model_path), *args, "-o", str(tmp_path / "x.safetensors"))
         assert proc.returncode == 1 and message in proc.stderr.strip().splitlines()[-1], proc.stderr
+
+
+def test_dump_reports_progress_through_both_passes(model_path):
+    seen = []
+    golden.dump(model_path, list(range(3, 60)), 4, device="cpu", on_progress=lambda *a: seen.append(a))
+    # the prompt's pass in generate's 64-row chunks, then the teacher-forced pass over all 61 positions
+    assert seen[0] == (57, 57) and seen[-1] == (61, 61) and all(done <= total for done, total in seen)
+    with pytest.raises(UsageError, match="on_progress must be callable"):
+        golden.dump(model_path, [1, 2], 0, device="cpu", on_progress="yes")

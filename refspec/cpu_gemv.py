@@ -362,13 +362,13 @@ def _columns_few_rows(rows, xq, x16, xs, out, out_col, c0, c1, f16):
                     _columns_block_1_row(rows, w_at + b * BLOCK_BYTES, row_bytes, x16, r * k + b * QK8_0, k, f16,
                                          xs, r * nb + b, nb, lanes, (r * 32 + (b & 31)) * COLUMN_GROUP,
                                          32 * COLUMN_GROUP)
-        width = 16  # the halving sum of the 32 lanes, eight columns at once
-        while width >= 1:
-            for i in range(width):
-                for r in range(n_rows):
+        for r in range(n_rows):  # the halving sum of each row's 32 lanes, eight columns at once
+            width = 16
+            while width >= 1:
+                for i in range(width):
                     for j in range(COLUMN_GROUP):
                         lanes[r, i, j] += lanes[r, i + width, j]
-            width //= 2
+                width //= 2
         for r in range(n_rows):
             for j in range(COLUMN_GROUP):
                 out[r, out_col + t0 + j] = lanes[r, 0, j]

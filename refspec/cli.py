@@ -467,7 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     source = g.add_mutually_exclusive_group()
     source.add_argument("-p", "--prompt", metavar="TEXT",
                         help="prompt text (special tokens such as <|im_start|> are recognised); - reads standard input")
-    source.add_argument("-f", "--file", metavar="FILE", help="read the prompt from a UTF-8 text file")
+    source.add_argument("-f", "--file", metavar="FILE",
+                        help="read the prompt from a UTF-8 text file (without its last newline, as llama.cpp reads it)")
     source.add_argument("--ids", metavar="IDS", help="the prompt as token ids, used as they are (no BOS added): "
                         "'1,2,3' or '1 2 3'")
     g.add_argument("-n", "--n-predict", "--predict", type=n_tokens, default=128, metavar="N",

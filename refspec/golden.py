@@ -243,7 +243,8 @@ def add_arguments(p) -> None:
     add_model_argument(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("-p", "--prompt", help="prompt text (encoded with the model's tokenizer); - reads standard input")
-    src.add_argument("-f", "--file", metavar="FILE", help="the prompt text from a UTF-8 file")
+    src.add_argument("-f", "--file", metavar="FILE",
+                     help="the prompt text from a UTF-8 file (without its last newline, as llama.cpp reads it)")
     src.add_argument("--ids", help="token ids instead of text, e.g. '1,2,3'")
     src.add_argument("--ids-from", metavar="GOLDEN", help="the token ids of a golden file (all of them: prompt "
                      "and generated), to run another engine on exactly the same tokens")

@@ -902,6 +902,11 @@ def _read_weights(name: str, config: ModelConfig, tensors, log) -> ModelWeights:
     wanted = _wanted_tensors(config)
     converted = check_weights(GGUFHeader(name, {}, {}, tensors), config)
     progress = _load_progress(name, tensors, log)
+    to_convert = {n for n, spec in wanted.items()
+                  if spec.kind == MATRIX and n in tensors and tensors[n].tensor_type != GGMLQuantizationType.Q8_0}
+    # converting an F16 8B model takes a minute or two: progress lines every 10 s of it (none when it is quick)
+    conversion = ByteProgress(sum(int(tensors[n].n_bytes) for n in to_convert), "converting to Q8_0", log) \
+        if to_convert and progress is None else None
 
     def take(tensor_name: str):
         spec, tensor = wanted[tensor_name], tensors[tensor_name]
@@ -914,6 +919,8 @@ def _read_weights(name: str, config: ModelConfig, tensors, log) -> ModelWeights:
             raise ModelFileError(f"{name}: tensor {tensor_name} cannot be loaded ({type(e).__name__}: {e})") from e
         if progress is not None:
             progress.advance(int(tensor.n_bytes))
+        elif conversion is not None and tensor_name in to_convert:
+            conversion.advance(int(tensor.n_bytes))
         return value
 
     def fields_of(prefix: str, table: dict) -> dict:

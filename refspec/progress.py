@@ -35,9 +35,9 @@ class ByteProgress:
         if now - self.last < self.seconds:
             return
         self.last = now
-        rounds, in_round = divmod(self.done, self.total)
-        where = f"{100 * in_round / self.total:.0f} % of {self.total / 1e9:.1f} GB"
-        if self.done > self.total:
+        rounds, in_round = divmod(self.done - 1, self.total)  # a round's last byte ends it: 100 %, not 0 %
+        where = f"{100 * (in_round + 1) / self.total:.0f} % of {self.total / 1e9:.1f} GB"
+        if rounds:
             where = f"round {rounds + 1}, {where}"
         self.log(f"refspec: {self.label}: {where}; {self.done / 1e9:.1f} GB in {now - self.start:.0f} s "
                  f"({self.done / 1e9 / (now - self.start):.2f} GB/s)")

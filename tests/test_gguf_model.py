@@ -267,3 +267,25 @@ def test_default_model_weights_match_ggml(default_model, default_model_path):
             assert_same_bits(loaded[name].d, d, name)
         else:
             assert_same_bits(loaded[name], np.array(t.data), name)
+
+
+def test_a_long_conversion_says_how_far_it_is(tmp_path, monkeypatch):
+    """Converting an F16 8B model takes a minute or more: progress lines while it runs (here every matrix, the
+    interval set to 0), none for a Q8_0 file, and the note at the end either way."""
+    import refspec.gguf_model as gguf_model
+    from refspec.progress import ByteProgress
+
+    class Eager(ByteProgress):
+        def __init__(self, total, label, log, seconds=10.0):
+            super().__init__(total, label, log, 0.0)
+
+    monkeypatch.setattr(gguf_model, "ByteProgress", Eager)
+    f16 = synthetic.write_model(tmp_path / "f16.gguf", arch="llama", n_layer=2, weight_type="F16")
+    q8 = synthetic.write_model(tmp_path / "q8.gguf", arch="llama", n_layer=2)
+    lines, quiet = [], []
+    load(f16, log=lines.append)
+    load(q8, log=quiet.append)
+    steps = [line for line in lines if line.startswith("refspec: converting to Q8_0: ")]
+    assert len(steps) >= 10 and "100 % of" not in steps[0] and lines[-1].startswith("refspec: note: converted")
+    assert "100 % of" in steps[-1] and "round" not in steps[-1]  # the last matrix ends the round at 100 %, not 0 %
+    assert quiet == []

@@ -221,7 +221,7 @@ def preset_model_path(name: str, note):
         note(f"writing the synthetic {name} model to {path} (once)")
         tmp = path.with_suffix(f".tmp{os.getpid()}.gguf")
         try:
-            write_model(tmp, **PRESETS[name])
+            write_model(tmp, **PRESETS[name], log=lambda line: note(line.removeprefix("refspec: ")))
             os.replace(tmp, path)
         finally:
             pathlib.Path(tmp).unlink(missing_ok=True)

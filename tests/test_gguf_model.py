@@ -289,3 +289,20 @@ def test_a_long_conversion_says_how_far_it_is(tmp_path, monkeypatch):
     assert len(steps) >= 10 and "100 % of" not in steps[0] and lines[-1].startswith("refspec: note: converted")
     assert "100 % of" in steps[-1] and "round" not in steps[-1]  # the last matrix ends the round at 100 %, not 0 %
     assert quiet == []
+
+
+def test_writing_a_synthetic_model_says_how_far_it_is(tmp_path, monkeypatch):
+    import refspec.synthetic as synthetic_module
+    from refspec.progress import ByteProgress
+
+    class Eager(ByteProgress):
+        def __init__(self, total, label, log, seconds=10.0):
+            super().__init__(total, label, log, 0.0)
+
+    monkeypatch.setattr(synthetic_module, "ByteProgress", Eager)
+    lines = []
+    path = synthetic.write_model(tmp_path / "w.gguf", arch="llama", n_layer=2, log=lines.append)
+    assert lines and all(line.startswith("refspec: writing w.gguf: ") for line in lines)
+    assert "100 % of" in lines[-1] and load(path, log=lambda m: None).config.n_layer == 2
+    with pytest.raises(UsageError, match="log must be callable"):
+        synthetic.write_model(tmp_path / "x.gguf", log="yes")

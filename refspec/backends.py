@@ -156,6 +156,11 @@ class CpuBackend(FusedFromParts):
         self._log = log or _print_to_stderr
         self._stream = None  # ByteProgress when the weights are larger than memory
 
+    @property
+    def running_threads(self) -> int:
+        """The threads its parallel loops run: `threads`, at most numba's (NUMBA_NUM_THREADS)."""
+        return min(self.threads, cpu_gemv.max_threads())
+
     # ---- memory
     def asarray(self, a):
         return np.asarray(a)

@@ -114,7 +114,7 @@ def measure_here(path: str, prompt_tokens: int, decode_tokens: int, threads: int
     step = statistics.median(steps) if steps else None  # (unrounded: a tiny model's step rounds to 0.000 s)
     return {
         "file_bytes": size, "arch": cfg.arch, "n_layer": cfg.n_layer, "n_embd": cfg.n_embd,
-        "n_vocab": cfg.n_vocab, "threads": tf.be.threads, "streamed": tf.weights.output.stack.wf is None,
+        "n_vocab": cfg.n_vocab, "threads": tf.be.running_threads, "streamed": tf.weights.output.stack.wf is None,
         "compile_seconds": round(t0 - t_compile, 3),
         "load_seconds": round(t1 - t0, 3), "upload_seconds": round(t2 - t1, 3),
         "prompt_tokens": prompt_tokens, "prompt_seconds": round(t4 - t3, 3),

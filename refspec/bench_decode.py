@@ -100,7 +100,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from refspec import checks
-    from refspec.cli import load_model, load_tokenizer, make_cli_backend, note
+    from refspec.cli import device_words, load_model, load_tokenizer, make_cli_backend, note
     from refspec.errors import ContextLengthError, UsageError
     from refspec.forward import Transformer
     from refspec.generate import generate
@@ -147,7 +147,7 @@ def run(args) -> int:
             if n >= tf.config.n_ctx:
                 raise ContextLengthError(f"the copy prompt {name!r} has {n} tokens; the model's context holds "
                                          f"{tf.config.n_ctx}, too few for it and an answer")
-    note(f"model {model.config.arch}, {model.config.n_layer} layers, device {backend.name}")
+    note(f"model {model.config.arch}, {model.config.n_layer} layers, device {device_words(backend)}")
 
     generate(tf, tok.encode(GREEDY_PROMPT)[:4], 2, eog_ids=())  # warm up: the first pass touches every weight page
     greedy = bench_greedy(tf, tok, repeats, n_greedy)
@@ -356,7 +356,7 @@ def bench_copy_prompts(tf, tok, prompts: dict, n_predict: int, draft_max: int, n
     rows, mismatches = [], []
     for name, text in prompts.items():
         ids = copy_prompt_ids(tok, text)
-        n_new = min(n_predict, tf.config.n_ctx - len(ids))  # a short context (a test model) cuts the answer (run checks)
+        n_new = min(n_predict, tf.config.n_ctx - len(ids))  # a short context (a test model) cuts the answer
         reference = median_run(lambda: generate(tf, ids, n_new, eog_ids=tok.eog_ids), repeats)
         rows.append(run_row(name, "greedy", reference, reference))
         for drafter in drafters:
@@ -416,9 +416,7 @@ def hardware(backend) -> dict:
     if backend.name != "cpu":
         info["gpu"] = gpu_name(backend)
     else:
-        from refspec.cpu_gemv import max_threads
-
-        info["threads"] = min(backend.threads, max_threads())
+        info["threads"] = backend.running_threads
     return info
 
 
@@ -438,7 +436,8 @@ def gpu_name(backend) -> str | None:
 def print_tables(report: dict) -> None:
     hw, g = report["hardware"], report["greedy"]
     print(f"refspec bench decode, {report['date']}, {hw['cpu']} ({hw['cpu_cores']} cores), device {hw['device']}"
-          + (f" ({hw['gpu']})" if hw.get("gpu") else "") + (f", {hw['threads']} threads" if "threads" in hw else ""))
+          + (f" ({hw['gpu']})" if hw.get("gpu") else "")
+          + (f", {hw['threads']} threads" if "threads" in hw else ""))
     print(f"model {report['model']['name'] or report['model']['path']}")
     print(f"\n(a) greedy, {g['prompt_tokens']}-token prompt, {g['new_tokens']} new tokens, "
           f"median of {g['repeats']}: "

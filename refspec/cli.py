@@ -12,7 +12,8 @@ import time
 
 from refspec import __version__
 from refspec.errors import RefspecError, UsageError
-from refspec.prompt_input import MAX_PROMPT_BYTES, decode_prompt, parse_ids, process_escapes, prompt_text, read_text_file
+from refspec.prompt_input import (MAX_PROMPT_BYTES, decode_prompt, parse_ids, process_escapes, prompt_text,
+                                  read_text_file)
 from refspec.speculative import DRAFT_MAX, MAX_DRAFT
 
 EPILOG = """examples:
@@ -94,24 +95,23 @@ def add_threads_argument(p: argparse.ArgumentParser) -> None:
 def make_cli_backend(args):
     """The backend --device picks, with -t's threads on the CPU; a note where -t cannot do what it says."""
     from refspec.backends import CpuBackend, make_backend
-    from refspec.cpu_gemv import max_threads
 
     backend = make_backend(args.device, threads=args.threads)
     if args.threads is not None and not isinstance(backend, CpuBackend):
         note(f"note: -t {args.threads} ignored: the forward pass runs on the {backend.name}, not on CPU threads")
-    elif args.threads is not None and args.threads > max_threads():
-        note(f"note: -t {args.threads}: numba runs at most {max_threads()} threads here (NUMBA_NUM_THREADS)")
+    elif args.threads is not None and args.threads > backend.running_threads:
+        note(f"note: -t {args.threads}: numba runs at most {backend.running_threads} threads here "
+             "(NUMBA_NUM_THREADS)")
     return backend
 
 
 def device_words(backend) -> str:
     """'gpu', or 'cpu, N threads' (the threads its parallel loops run)."""
     from refspec.backends import CpuBackend
-    from refspec.cpu_gemv import max_threads
 
     if not isinstance(backend, CpuBackend):
         return backend.name
-    threads = min(backend.threads, max_threads())
+    threads = backend.running_threads
     return f"{backend.name}, {threads} thread{'s' if threads > 1 else ''}"
 
 
@@ -162,6 +162,10 @@ def cmd_generate(args) -> int:
     model = load_model(args.model)
     tok = load_tokenizer(model)
     note(f"model {model.config.arch}, {model.config.n_layer} layers, device {device_words(backend)}")
+    if args.ctx_size and args.ctx_size > model.config.n_ctx:  # (noted once, not at every turn of a chat)
+        note(f"note: -c {args.ctx_size}: the model's context is {model.config.n_ctx} positions; generation stops "
+             "there")
+        args.ctx_size = 0
     tf = Transformer(model, backend, graphs=False if args.no_graphs else None)
     if args.chat and text is None:
         return chat_loop(tf, tok, args)
@@ -181,14 +185,19 @@ def check_generate_args(args) -> None:
         raise_usage("-n must be a positive number of tokens, or -1 for 'until end of generation'")
     if args.ids is not None and args.chat:
         raise_usage("--ids passes the prompt's token ids as they are; --chat needs a text prompt (-p or -f)")
-    if (args.system is not None or args.system_file is not None) and not args.chat:
-        raise_usage("-sys/--system-prompt needs --chat (a system message only exists in a conversation)")
+    check_system_options(args)
     if not args.chat and not has_prompt(args):
         raise_usage("give a prompt: -p TEXT, -p - (stdin), -f FILE or --ids IDS (or --chat for a conversation)")
     if not args.chat and (args.chat_template_kwargs is not None or args.reasoning_budget != -1):
         raise_usage("--chat-template-kwargs and --reasoning-budget need --chat (they are for the chat template)")
     if args.chat:
         template_kwargs(args)  # checked before the model loads
+
+
+def check_system_options(args) -> None:
+    """-sys (and generate's -sysf) need --chat: a system message only exists in a conversation."""
+    if not args.chat and (args.system is not None or getattr(args, "system_file", None) is not None):
+        raise_usage("-sys/--system-prompt needs --chat (a system message only exists in a conversation)")
 
 
 def has_prompt(args) -> bool:
@@ -234,7 +243,9 @@ def template_kwargs(args) -> dict:
         if not isinstance(extra, dict):
             raise_usage(f"--chat-template-kwargs must be a JSON object, like '{{\"enable_thinking\": false}}', not "
                         f"{type(extra).__name__}")
-    taken = sorted(set(extra) & {"messages", "add_generation_prompt", "bos_token", "eos_token", "tokenize"})
+    from refspec.tokenizer import Tokenizer
+
+    taken = sorted(set(extra) & {*Tokenizer.TEMPLATE_NAMES, "tokenize"})  # (tokenize: apply_chat_template's own)
     if taken:
         raise_usage(f"--chat-template-kwargs: {', '.join(taken)} is set by refspec, not a variable to pass")
     if args.reasoning_budget == 0:
@@ -291,12 +302,9 @@ def run_and_print(tf, tok, prompt_ids: list[int], args):
 
 def context_budget(args, tf, n_prompt: int) -> tuple[int, bool]:
     """-n within -c's context: (n_predict to ask for, whether -c cut it). -c 0 or none: the model's context,
-    which generate() itself enforces; -c past it is noted and stops there too."""
+    which generate() itself enforces (cmd_generate makes a -c past it 0)."""
     n_ctx = args.ctx_size or 0
     if n_ctx == 0:
-        return args.n_predict, False
-    if n_ctx > tf.config.n_ctx:
-        note(f"note: -c {n_ctx}: the model's context is {tf.config.n_ctx} positions; generation stops there")
         return args.n_predict, False
     if n_prompt >= n_ctx:
         from refspec.errors import ContextLengthError
@@ -324,7 +332,9 @@ def chat_loop(tf, tok, args) -> int:
         if not line.strip():
             continue
         content = line.rstrip("\n")
-        messages.append({"role": "user", "content": process_escapes(content, "the message") if args.escape else content})
+        if args.escape:
+            content = process_escapes(content, "the message")
+        messages.append({"role": "user", "content": content})
         prompt_ids = tok.apply_chat_template(messages, tokenize=True, **template_kwargs(args))
         result = run_and_print(tf, tok, prompt_ids, args)
         reply = [i for i in result.ids if i not in tok.eog_ids]
@@ -534,7 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-parse-special", dest="parse_special", action="store_false",
                    help="tokenize special tokens' text (<|im_start|>) as plain text")
     t.add_argument("--ids", dest="ids_only", action="store_true", help="print only the ids, as a list [1, 2, 3]")
-    t.add_argument("--show-count", action="store_true", help="also print how many tokens the text has (on stderr with --json)")
+    t.add_argument("--show-count", action="store_true",
+                   help="also print how many tokens the text has (on stderr with --json)")
     t.add_argument("--json", action="store_true", help='print {"ids": [...]} only')
     t.set_defaults(run=cmd_tokenize)
 

@@ -18,7 +18,8 @@ computed at every position. Tensors (T positions, E embedding, H*D attention wid
 
 The header's metadata (strings): format = "refspec-golden", format_version, engine ("refspec" or
 "llama.cpp"), engine_version, refspec_version, spec_version (refspec.spec.SPEC_VERSION), model_sha256 (of
-the model file's bytes; a split model's parts one after the other), model_name, arch, n_prompt (how many of token_ids are the prompt), n_layer, device.
+the model file's bytes; a split model's parts one after the other), model_name, arch, n_prompt (how many of
+token_ids are the prompt), n_layer, device.
 """
 from __future__ import annotations
 
@@ -268,14 +269,13 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from refspec.cli import load_tokenizer, note, raise_usage, system_messages
+    from refspec.cli import check_system_options, load_tokenizer, note, raise_usage, system_messages
     from refspec.prompt_input import parse_ids, prompt_text
     from refspec.cli import load_model as load_cli_model
 
     if args.chat and args.prompt is None and args.file is None:
         raise_usage("--chat takes the prompt as text (-p or -f), not as ids")
-    if args.system is not None and not args.chat:
-        raise_usage("-sys/--system-prompt needs --chat (a system message only exists in a conversation)")
+    check_system_options(args)
     checks.output_file(args.output, renamed=True)  # (save() checks again, after the run)
     text = prompt_text(args)  # a missing prompt file fails before the model loads
     options = _engine_options(args)  # refspec's backend first: no GPU is said before a model is fetched or loaded

@@ -808,17 +808,17 @@ class Tokenizer:
         if taken:
             raise UsageError(f"{', '.join(taken)}: set by apply_chat_template itself, not a template variable "
                              "to pass")
+        bos = "" if self.bos_id is None else self._tokens[self.bos_id]
+        eos = "" if self.eos_id is None else self._tokens[self.eos_id]
         text = chat_template.render(self.chat_template or CHATML_TEMPLATE, {
             **template_kwargs, "messages": messages, "add_generation_prompt": add_generation_prompt,
-            "bos_token": "" if self.bos_id is None else self._tokens[self.bos_id],
-            "eos_token": "" if self.eos_id is None else self._tokens[self.eos_id]})
+            "bos_token": bos, "eos_token": eos})
         if not tokenize:
             return text
-        if self.add_bos and self.bos_id is not None and text.startswith(self._tokens[self.bos_id]):
-            text = text[len(self._tokens[self.bos_id]):]
-        if self.add_eos and self.eos_id is not None and self._tokens[self.eos_id] and \
-                text.endswith(self._tokens[self.eos_id]):
-            text = text[:-len(self._tokens[self.eos_id])]
+        if self.add_bos and bos and text.startswith(bos):
+            text = text[len(bos):]
+        if self.add_eos and eos and text.endswith(eos):
+            text = text[:-len(eos)]
         return self.encode(text)
 
 

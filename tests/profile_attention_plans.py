@@ -20,7 +20,7 @@ from refspec.forward import Transformer
 from refspec.gguf_model import load
 from refspec import gpu
 from refspec.gpu import GpuBackend
-from refspec.gpu_mappings import ATTN_HEADS, ATTN_SPLIT_CACHE, AttnPlan
+from refspec.gpu_mappings import ATTN_HEADS, ATTN_HEADS_PER, ATTN_SPLIT_CACHE, AttnPlan
 
 preset = sys.argv[1]
 widths = [int(r) for r in sys.argv[2].split(",")] if len(sys.argv) > 2 else [1, 8, 12, 16]
@@ -66,8 +66,18 @@ def per_head_short(self, rows, heads, kv_heads, cache_len):
     return planned(self, rows, heads, kv_heads, cache_len)
 
 
+def fewest_blocks(self, rows, heads, kv_heads, cache_len):
+    """Passes of 2 rows or more over a short cache with grouped query heads: blocks of the most query heads
+    (ATTN_HEADS_PER's last), so that fewer multiprocessors run attention and more hold the output projection's
+    blocks, which load their first weights while it runs (they cannot sit beside a block of attention_heads' 512
+    threads); main's plan elsewhere."""
+    if rows > 1 and cache_len <= ATTN_SPLIT_CACHE and heads > kv_heads:
+        return AttnPlan("attention_heads", ATTN_HEADS_PER[-1])
+    return planned(self, rows, heads, kv_heads, cache_len)
+
+
 rules = {"per_head": per_head_rule, "main": planned, "heads_from_twice": heads_from_twice,
-         "one_head_spread": one_head_spread, "per_head_short": per_head_short}
+         "one_head_spread": one_head_spread, "per_head_short": per_head_short, "fewest_blocks": fewest_blocks}
 if os.environ.get("RULES"):  # e.g. RULES=main,per_head_short,main@256
     rules = {name: rules[name.split("@")[0]] for name in os.environ["RULES"].split(",")}
 heads_max_threads = gpu.attention_heads_max_threads

@@ -96,6 +96,11 @@ def measure_here(path: str, prompt_tokens: int, decode_tokens: int, threads: int
     tf = Transformer(model, CpuBackend(threads=threads))
     t2 = time.perf_counter()
     cfg = model.config
+    if prompt_tokens + decode_tokens > cfg.n_ctx:
+        from refspec.errors import UsageError
+
+        raise UsageError(f"--prompt-tokens {prompt_tokens} + --decode-tokens {decode_tokens} exceed the model's "
+                         f"context of {cfg.n_ctx} positions; give fewer")
     ids = [int(i) for i in np.random.default_rng(0).integers(0, cfg.n_vocab, prompt_tokens)]
     cache = tf.new_cache(prompt_tokens + decode_tokens)
     c3, t3 = time.process_time(), time.perf_counter()

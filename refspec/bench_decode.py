@@ -114,6 +114,8 @@ def run(args) -> int:
     if args.mma_min_weights is not None and args.mma_min_weights < 0:
         raise UsageError(f"--mma-min-weights must be at least 0, got {args.mma_min_weights}")
     pass_rows = parse_rows(args.pass_rows)
+    if args.pass_position < 1:  # (its upper bound, the model's context less the rows, is checked once it loads)
+        raise UsageError(f"--pass-position must be in 1.. (a position of the model's context), got {args.pass_position}")
     if args.json_out:
         checks.output_file(args.json_out, "--json-out")
     if args.preset:
@@ -136,9 +138,6 @@ def run(args) -> int:
     tf = Transformer(model, backend, graphs=False if args.no_graphs else None)
     if args.no_conditional and tf.graphs is not None:
         tf.graphs.conditional = None
-    if not 1 <= args.pass_position <= tf.config.n_ctx - max(pass_rows) - 8:
-        raise UsageError(f"--pass-position must be in 1..{tf.config.n_ctx - max(pass_rows) - 8} (the context length "
-                         f"{tf.config.n_ctx} less the rows), got {args.pass_position}")
     repeats, n_greedy, n_copy = (1, 8, 16) if args.quick else (args.repeats, GREEDY_NEW_TOKENS, args.n_predict)
     prompts = dict(list(COPY_PROMPTS.items())[:2]) if args.quick else COPY_PROMPTS
     if not args.preset:  # (presets run no copy prompts)
@@ -147,6 +146,9 @@ def run(args) -> int:
             if n >= tf.config.n_ctx:
                 raise ContextLengthError(f"the copy prompt {name!r} has {n} tokens; the model's context holds "
                                          f"{tf.config.n_ctx}, too few for it and an answer")
+    if backend.name == "gpu" and not 1 <= args.pass_position <= tf.config.n_ctx - max(pass_rows) - 8:
+        raise UsageError(f"--pass-position must be in 1..{tf.config.n_ctx - max(pass_rows) - 8} (the context length "
+                         f"{tf.config.n_ctx} less the rows), got {args.pass_position}")
     note(f"model {model.config.arch}, {model.config.n_layer} layers, device {device_words(backend)}")
 
     generate(tf, tok.encode(GREEDY_PROMPT)[:4], 2, eog_ids=())  # warm up: the first pass touches every weight page

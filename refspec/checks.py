@@ -80,8 +80,10 @@ def output_file(path, flag: str | None = None, *, renamed: bool = False) -> None
     name = f"{flag} {path}" if flag else f"{path}"
     if os.path.isdir(path):
         raise UsageError(f"cannot write {name}: it is a directory; give a file name")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-        raise UsageError(f"cannot write {name}: its directory does not exist")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UsageError(f"cannot write {name}: " + (f"{parent} is not a directory" if os.path.exists(parent)
+                                                     else "its directory does not exist"))
     if renamed and os.path.exists(path) and not os.path.isfile(path):
         raise UsageError(f"cannot write {name}: it exists and is not a regular file")
 

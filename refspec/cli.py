@@ -192,6 +192,12 @@ def check_generate_args(args) -> None:
         raise_usage("--chat-template-kwargs and --reasoning-budget need --chat (they are for the chat template)")
     if args.chat:
         template_kwargs(args)  # checked before the model loads
+    if args.draft == "none":
+        given = [f"{flag} {value}" for flag, value, default in (("--draft-max", args.draft_max, DRAFT_MAX),
+                                                               ("--draft-adaptive", args.draft_adaptive, "auto"))
+                 if value != default]
+        if given:
+            note(f"note: {', '.join(given)} ignored: no --draft given, so no tokens are drafted (plain greedy)")
 
 
 def check_system_options(args) -> None:
@@ -323,12 +329,16 @@ def chat_loop(tf, tok, args) -> int:
     interactive = sys.stdin.isatty()
     if interactive:
         note("chat: type a message and press Enter; end with Ctrl-D")
+    stdin = getattr(sys.stdin, "buffer", None)  # bytes, so that a line that is not UTF-8 is named as such
+    number = 0
     while True:
         if interactive:
             print("> ", end="", file=sys.stderr, flush=True)
-        line = sys.stdin.readline()
-        if not line:
+        raw = stdin.readline(MAX_PROMPT_BYTES + 1) if stdin is not None else sys.stdin.readline()
+        if not raw:
             return 0
+        number += 1
+        line = decode_prompt(raw, f"line {number} of standard input") if stdin is not None else raw
         if not line.strip():
             continue
         content = line.rstrip("\n")
@@ -400,8 +410,8 @@ def ids_from_json(text: str) -> str:
         ids = json.loads(text)["ids"]
     except (ValueError, KeyError, TypeError):
         raise_usage('standard input starts with "{" but is not a JSON object with "ids"')
-    if not isinstance(ids, list):
-        raise_usage('"ids" on standard input is not a list')
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise_usage('"ids" on standard input is not a list of integers')
     return " ".join(str(i) for i in ids)
 
 
@@ -538,9 +548,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-p", "--prompt", metavar="TEXT", help="text to tokenize (llama-tokenize's spelling)")
     t.add_argument("-f", "--file", metavar="FILE", help="tokenize a UTF-8 text file, all of it")
     t.add_argument("--stdin", action="store_true", help="tokenize standard input")
-    t.add_argument("--add-bos", action="store_true", help="put a BOS token first where the model's metadata asks "
-                   "for one (as llama-tokenize does unless --no-bos)")
-    t.add_argument("--no-bos", dest="add_bos", action="store_false", help="no BOS token (the default)")
+    bos = t.add_mutually_exclusive_group()
+    bos.add_argument("--add-bos", action="store_true", help="put a BOS token first where the model's metadata asks "
+                     "for one (as llama-tokenize does unless --no-bos)")
+    bos.add_argument("--no-bos", dest="add_bos", action="store_false", help="no BOS token (the default)")
     t.add_argument("--no-parse-special", dest="parse_special", action="store_false",
                    help="tokenize special tokens' text (<|im_start|>) as plain text")
     t.add_argument("--ids", dest="ids_only", action="store_true", help="print only the ids, as a list [1, 2, 3]")

@@ -66,8 +66,9 @@ FLAGS = (
                 "its memory at load); the bits do not depend on how the weights are read"),
     ForeignFlag(("-s", "--seed"), "N", int, _always,
                 "greedy decoding draws no random numbers: every run gives the same bits"),
-    ForeignFlag(("--temp", "--temperature"), "T", float, _equals(0.0),
-                f"{GREEDY}; greedy is --temp 0, the only value accepted"),
+    ForeignFlag(("--temp", "--temperature"), "T", float, lambda value: value <= 0.0,
+                f"{GREEDY}; greedy is --temp 0 (or below 0, which llama.cpp decodes greedily too), the only "
+                "values accepted"),
     ForeignFlag(("--top-k",), "N", int, _always, f"{GREEDY}; a top-k filter never removes the argmax"),
     ForeignFlag(("--top-p",), "P", float, _always, f"{GREEDY}; a top-p filter never removes the argmax"),
     ForeignFlag(("--min-p",), "P", float, _always, f"{GREEDY}; a min-p filter never removes the argmax"),

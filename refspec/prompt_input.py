@@ -2,6 +2,7 @@
 --ids, and -e's escapes as llama.cpp processes them. Each failure is a UsageError of one line."""
 from __future__ import annotations
 
+import re
 import sys
 
 from refspec.errors import UsageError
@@ -41,10 +42,17 @@ def decode_prompt(raw: bytes, what: str) -> str:
 
 
 def parse_ids(text: str, n_vocab: int) -> list[int]:
-    """Token ids written as '1,2,3', '1 2 3' or a JSON list; each must be in 0..n_vocab-1."""
-    parts = text.replace(",", " ").replace("[", " ").replace("]", " ").split()
-    if not parts:
+    """Token ids written as '1,2,3', '1 2 3' or a JSON list [1, 2, 3]; each must be in 0..n_vocab-1."""
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1].strip()  # one flat list: a bracket inside is refused below as not an integer
+    if not text:
         _usage("no token ids given")
+    parts = re.split(r"\s*,\s*|\s+", text)
+    if not any(parts):
+        _usage("no token ids given")
+    if "" in parts:
+        _usage("an empty token id between commas (write ids as 1,2,3 or 1 2 3)")
     ids = []
     for part in parts:
         try:

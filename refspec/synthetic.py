@@ -344,9 +344,12 @@ def _check_room(out: pathlib.Path, nbytes: int) -> None:
     """OutputError, before anything is written, where out's file system has less room than the tensors' nbytes
     (a request of terabytes would otherwise write until the disk is full)."""
     try:
-        free = shutil.disk_usage(out.parent).free
+        usage = shutil.disk_usage(out.parent)
     except OSError:
         return  # (a missing directory fails at the write, with its own message)
+    free = usage.free
+    if usage.total == 0:  # /proc, /sys: no room was ever there
+        raise OutputError(f"cannot write {out}: {out.parent.resolve()} is on a file system that holds no files")
     if nbytes > free:
         raise OutputError(f"cannot write {out}: the model takes {nbytes / 1e9:.1f} GB and its file system has "
                           f"{free / 1e9:.1f} GB free")

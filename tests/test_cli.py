@@ -3,6 +3,7 @@ import ast
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -153,6 +154,7 @@ def one_line_error(proc) -> str:
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["info", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     (["bench"], "required: BENCH"),
+    (["tokenize", "hi", "--add-bos", "--no-bos"], "argument --no-bos: not allowed with argument --add-bos"),
 ])
 def test_command_line_errors_are_one_line_and_status_1(args, fragment):
     line = one_line_error(refspec(*args, check=False))
@@ -273,9 +275,10 @@ def test_bench_cpu_on_a_tiny_model_and_json_out_paths(model, tmp_path):
 
 
 def test_bench_decode_says_when_the_context_is_too_short_for_its_prompts(model):
-    line = one_line_error(refspec("bench", "decode", "-m", model, "--device", "cpu", "--quick", "--pass-position", "8",
-                                  check=False))
-    assert "the model's context holds 64" in line
+    line = one_line_error(refspec("bench", "decode", "-m", model, "--device", "cpu", "--quick", check=False))
+    assert "the model's context holds 64" in line  # (not --pass-position, which the CPU does not use)
+    line = one_line_error(refspec("bench", "cpu", "-m", model, check=False))
+    assert "--prompt-tokens 64 + --decode-tokens" in line and "exceed the model's context of 64 positions" in line
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
@@ -285,3 +288,13 @@ def test_output_to_a_full_disk_is_one_line(model):
                                "--device", "cpu"], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == "refspec: error: No space left on device"
+
+
+def test_synthetic_names_an_unwritable_place_for_what_it_is(tmp_path):
+    afile = tmp_path / "x.gguf"
+    afile.write_bytes(b"")
+    line = one_line_error(refspec("synthetic", str(afile / "sub.gguf"), check=False))
+    assert line == f"refspec: error: cannot write {afile / 'sub.gguf'}: {afile} is not a directory"
+    if os.path.isdir("/proc") and shutil.disk_usage("/proc").total == 0:
+        line = one_line_error(refspec("synthetic", "/proc/x.gguf", check=False))
+        assert line == "refspec: error: cannot write /proc/x.gguf: /proc is on a file system that holds no files"

@@ -105,6 +105,13 @@ def test_harmless_llama_flags_note_and_run(model):
     assert all(note.startswith("refspec: note: ") for note in notes)
 
 
+def test_temperature_below_zero_is_greedy_as_in_llama_cpp(model):
+    plain = generate_json(model, "-p", "hi")
+    proc = refspec("generate", "-m", model, "-p", "hi", "-n", "6", "--json", "--device", "cpu", "--temperature", "-1")
+    assert json.loads(proc.stdout)["ids"] == plain["ids"]
+    assert "refspec: note: --temp -1.0 ignored" in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize("threads", ["1", "-1", "2", "--threads=1"])
 def test_threads_are_honoured_on_the_cpu_with_the_same_ids(model, threads):
     plain = generate_json(model, "-p", "hi")
@@ -138,6 +145,7 @@ def test_long_spellings_and_values_are_named_in_the_note(model):
 @pytest.mark.parametrize("flag, fragment", [
     (["--temp", "0.8"], "greedily by design"),
     (["--temperature", "1"], "greedily by design"),
+    (["--temp", "nan"], "greedily by design"),
     (["--repeat-penalty", "1.1"], "no repetition penalty"),
     (["--presence-penalty", "0.5"], "no presence penalty"),
     (["--mirostat", "2"], "greedily"),
@@ -391,6 +399,29 @@ def test_chat_conversation_one_json_object_per_turn(model):
     assert second["prompt_ids"][:len(first["prompt_ids"])] == first["prompt_ids"]
     one_turn = generate_json(model, "--chat", "-sys", "be brief", "-p", "hi", "-n", "3")
     assert one_turn["prompt_ids"] == first["prompt_ids"] and one_turn["ids"] == first["ids"]
+
+
+def test_draft_options_without_a_drafter_are_noted(model):
+    plain = generate_json(model, "-p", "hi")
+    proc = refspec("generate", "-m", model, "-p", "hi", "-n", "6", "--json", "--device", "cpu", "--draft-max", "4",
+                   "--draft-adaptive", "on")
+    assert json.loads(proc.stdout)["ids"] == plain["ids"]
+    assert ("refspec: note: --draft-max 4, --draft-adaptive on ignored: no --draft given, so no tokens are "
+            "drafted (plain greedy)") in proc.stderr.splitlines(), proc.stderr
+
+
+def test_detokenize_refuses_ids_that_are_not_a_flat_list_of_integers(model):
+    for ids in ("[[1]]", "[1, true]", '["1"]'):
+        proc = refspec("detokenize", "-m", model, "-", stdin='{"ids": %s}' % ids, check=False)
+        assert_one_line_error(proc, '"ids" on standard input is not a list of integers')
+
+
+def test_chat_line_that_is_not_utf8_is_named(model):
+    proc = subprocess.run([sys.executable, "-m", "refspec.cli", "generate", "-m", model, "--chat", "-n", "2",
+                           "--device", "cpu"], input=b"hi\n\xff\n", capture_output=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr.decode()
+    assert proc.stderr.decode().strip().splitlines()[-1] == \
+        "refspec: error: line 2 of standard input is not UTF-8 text (byte 0)"
 
 
 def test_hex_escapes_read_as_cs_strtol_reads_them():

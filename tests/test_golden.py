@@ -140,7 +140,9 @@ def test_parse_ids_accepts_common_spellings():
 
     assert parse_ids("1,2, 3", 4) == parse_ids("[1, 2, 3]", 4) == parse_ids("1 2 3", 4) == [1, 2, 3]
     for bad, message in (("1.5", "'1.5' is not an integer"), ("1,4", "4 is outside the vocabulary (0..3)"),
-                         (" ,", "no token ids")):
+                         (" ", "no token ids"), ("[]", "no token ids"), (" ,", "no token ids"), (",1", "an empty token id between commas"),
+                         ("1,,2", "an empty token id"), ("1,2,", "an empty token id"),
+                         ("[[1]]", "'[1]' is not an integer"), ("1 [2]", "'[2]' is not an integer")):
         with pytest.raises(UsageError, match=re.escape(message)):
             parse_ids(bad, 4)
 

@@ -5,7 +5,8 @@ float32 logits: `.npy` ([V] or [R, V]), or `.bin` as llama.cpp's `llama-debug --
 (float32 values, little-endian, V per row, no header; the token ids beside it in `<stem>-tokens.bin` as int32).
 
 Per tensor both files hold: elements bitwise equal, max and median ULP distance, NMSE = sum (a-b)^2 / sum a^2 (float64,
-A as reference, llama.cpp test-backend-ops' measure) and max absolute error. For the logits, per position: the
+A as reference, llama.cpp test-backend-ops' measure), max absolute error (nan or inf when either side holds a NaN or
+an infinity) and how many non-finite values each side holds. For the logits, per position: the
 top-1 token of each, how many of the top 5 they share, NMSE and max ULP. Then the first tensor, in forward
 order, whose bits differ and the first whose NMSE exceeds a threshold: where two runs part.
 """
@@ -62,6 +63,8 @@ def _read_npy(path: str) -> np.ndarray:
         raise GoldenFileError(f"{path}: not a readable .npy file ({golden._one_line(err)})") from err
     if a.dtype != np.float32 or a.ndim not in (1, 2):
         raise GoldenFileError(f"{path}: raw logits must be float32 [V] or [R, V], got {a.dtype} {list(a.shape)}")
+    if a.size == 0:  # [0], [0, V] or [R, 0]: nothing to compare (and no row length to reshape by)
+        raise GoldenFileError(f"{path}: no logits (shape {list(a.shape)})")
     return a.reshape(-1, a.shape[-1])
 
 
@@ -108,27 +111,33 @@ def _first_difference(a, b) -> str:
 
 # -------------------------------------------------------------------------------------------- statistics
 def nmse(a: np.ndarray, b: np.ndarray) -> float:
-    """sum (a-b)^2 / sum a^2 in float64 (a is the reference); 0 for equal arrays, inf when a is all zeros."""
+    """sum (a-b)^2 / sum a^2 in float64 (a is the reference); 0 for equal arrays, inf when a is all zeros,
+    nan or inf when either holds a NaN or an infinity."""
     a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    err = float(np.sum((a64 - b64) ** 2))
-    ref = float(np.sum(a64**2))
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf, inf**2: the nan or inf is the answer
+        err = float(np.sum((a64 - b64) ** 2))
+        ref = float(np.sum(a64**2))
     if err == 0:
         return 0.0
     return err / ref if ref else math.inf
 
 
 def tensor_stats(a: np.ndarray, b: np.ndarray) -> dict:
+    """Bitwise equal elements (both NaN counts as equal), ULP distances, NMSE, max absolute error (nan or inf
+    when either side holds a NaN or an infinity: never a 0 that hides them) and each side's non-finite count."""
     if a.shape != b.shape:
         raise GoldenFileError(f"shapes differ: {list(a.shape)} vs {list(b.shape)}")
     same = a.view(np.uint32) == b.view(np.uint32)
     both_nan = np.isnan(a) & np.isnan(b)
     with np.errstate(invalid="ignore", over="ignore"):
         abs_err = np.abs(a.astype(np.float64) - b.astype(np.float64))
+        max_abs_err = float(np.max(abs_err, initial=0.0))  # np.max, not nanmax: a NaN makes it nan
     ulps = ulp_distance(a, b)[~both_nan]
     return {"shape": list(a.shape), "n": int(a.size), "bitwise_equal": int(np.count_nonzero(same | both_nan)),
             "max_ulp": int(ulps.max(initial=0)), "median_ulp": float(np.median(ulps)) if ulps.size else 0.0,
-            "nmse": nmse(a, b),
-            "max_abs_err": float(np.nanmax(abs_err, initial=0.0))}
+            "nmse": nmse(a, b), "max_abs_err": max_abs_err,
+            "nonfinite_a": int(a.size - np.count_nonzero(np.isfinite(a))),
+            "nonfinite_b": int(b.size - np.count_nonzero(np.isfinite(b)))}
 
 
 def logits_stats(a: np.ndarray, b: np.ndarray, positions: np.ndarray) -> dict:
@@ -212,6 +221,10 @@ def format_report(report: dict) -> str:
     for name, s in report["tensors"].items():
         lines.append(f"{name:<16} {'x'.join(map(str, s['shape'])):>12} {s['bitwise_equal']:>8}/{s['n']:<8} "
                      f"{s['max_ulp']:>11} {s['median_ulp']:>10g} {s['nmse']:>10.3g} {s['max_abs_err']:>12.4g}")
+    for name, s in report["tensors"].items():
+        if s["nonfinite_a"] or s["nonfinite_b"]:
+            lines.append(f"{name}: non-finite values (NaN or inf): A {s['nonfinite_a']}, B {s['nonfinite_b']} "
+                         f"of {s['n']}")
     lg = report["logits"]
     first = lg["first_top1_difference"]
     lines.append(f"logits: top-1 agrees at {lg['top1_agree']}/{lg['positions']} positions"

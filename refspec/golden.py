@@ -182,6 +182,7 @@ def save(golden: Golden, path) -> int:
     partial = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.partial")
     try:
         save_file(tensors, partial, metadata={k: str(v) for k, v in golden.metadata.items()})
+        _set_created_file_mode(partial)
         os.replace(partial, path)
     except (OSError, SafetensorError) as err:
         raise UsageError(f"cannot write {path}: {_one_line(err)}") from err
@@ -191,8 +192,19 @@ def save(golden: Golden, path) -> int:
     return os.path.getsize(path)
 
 
+def _set_created_file_mode(path: str) -> None:
+    """Give `path` the mode open() gives a new file, 0o666 less the umask: safetensors writes through a temporary
+    file of mode 0600 whatever the umask. (The umask can only be read by setting it, so it is put back at once.)"""
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(path, 0o666 & ~umask)
+    except PermissionError:
+        pass  # a file system without Unix modes (vfat, some network mounts): the file is whole, keep its mode
+
+
 def load(path) -> Golden:
-    """Read a golden file, checking that it is one: GoldenFileError (one line) for anything else."""
+    """Read a golden file, checking that it is one of FORMAT_VERSION: GoldenFileError (one line) for anything else."""
     from safetensors import SafetensorError, safe_open
 
     path = checks.path_name(path, "golden file path")
@@ -204,6 +216,7 @@ def load(path) -> Golden:
             if metadata.get("format") != FORMAT:
                 raise GoldenFileError(f"{path}: a safetensors file, but not a golden file of refspec dump "
                                       f"(its metadata has no format = {FORMAT})")
+            _check_format_version(metadata.get("format_version"), path)
             if TOKEN_IDS not in names or LOGITS not in names:
                 raise GoldenFileError(f"{path}: a golden file needs the tensors {TOKEN_IDS} and {LOGITS}")
             tensors = {name: f.get_tensor(name) for name in sorted(names, key=forward_order) if name != TOKEN_IDS}
@@ -211,6 +224,14 @@ def load(path) -> Golden:
     except (SafetensorError, OSError, ValueError) as err:
         raise GoldenFileError(f"{path}: not a readable safetensors file ({_one_line(err)})") from err
     return _checked(Golden(token_ids, tensors, metadata), path)
+
+
+def _check_format_version(found: str | None, path) -> None:
+    """Every golden file refspec has written records format_version: a missing one is refused as a different one."""
+    if found != FORMAT_VERSION:
+        what = "without format_version" if found is None else f"of format_version {found!r}"
+        raise GoldenFileError(f"{path}: a golden file {what}; this refspec reads format_version "
+                              f"{FORMAT_VERSION!r} only")
 
 
 def _checked(golden: Golden, path) -> Golden:
@@ -221,6 +242,8 @@ def _checked(golden: Golden, path) -> Golden:
         if t.dtype != np.float32 or t.ndim != 2 or t.shape[0] != n:
             raise GoldenFileError(f"{path}: tensor {name} must be float32 [{n}, ...] (one row per token), "
                                   f"got {t.dtype} {list(t.shape)}")
+    if golden.logits.size == 0:
+        raise GoldenFileError(f"{path}: no logits (shape {list(golden.logits.shape)})")
     n_prompt = golden.metadata.get("n_prompt", str(n))
     if not (n_prompt.isdigit() and 1 <= int(n_prompt) <= n):
         raise GoldenFileError(f"{path}: n_prompt {golden.metadata.get('n_prompt')} is not in 1..{n}")

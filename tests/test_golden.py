@@ -107,7 +107,7 @@ def _write(path, tensors, metadata):
     return path
 
 
-GOOD_META = {"format": golden.FORMAT, "n_prompt": "2"}
+GOOD_META = {"format": golden.FORMAT, "format_version": golden.FORMAT_VERSION, "n_prompt": "2"}
 IDS = np.array([1, 2, 3], np.int32)
 LOGITS = np.zeros((3, 10), np.float32)
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import operator
 import os
+import shutil
 import stat
 from collections.abc import Iterable
 
-from refspec.errors import UsageError
+from refspec.errors import OutputError, UsageError
 
 
 def integer(name: str, value, lo: int | None = None, hi: int | None = None) -> int:
@@ -84,8 +85,40 @@ def output_file(path, flag: str | None = None, *, renamed: bool = False) -> None
     if not os.path.isdir(parent):
         raise UsageError(f"cannot write {name}: " + (f"{parent} is not a directory" if os.path.exists(parent)
                                                      else "its directory does not exist"))
-    if renamed and os.path.exists(path) and not os.path.isfile(path):
+    existing_special = os.path.exists(path) and not os.path.isfile(path)  # a device, a FIFO: /dev/stdout
+    if renamed and existing_special:
         raise UsageError(f"cannot write {name}: it exists and is not a regular file")
+    if not existing_special:
+        room(path, flag=flag)
+
+
+def room(path, nbytes: int = 0, what: str = "the file", *, flag: str | None = None) -> None:
+    """OutputError, before anything is written, where the file system of `path`'s directory holds no files at
+    all (/proc, /sys: a write there fails only at the end, with the writer's own words) or has less free room
+    than the `nbytes` that `what` takes (a request of terabytes would otherwise write until the disk is full)."""
+    name = f"{flag} {path}" if flag else f"{path}"
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        usage = shutil.disk_usage(parent)
+    except OSError:
+        return  # (a missing directory fails at the write, with its own message)
+    if usage.total == 0:
+        raise OutputError(f"cannot write {name}: {os.path.realpath(parent)} is on a file system that holds no "
+                          "files")
+    if nbytes > usage.free:
+        raise OutputError(f"cannot write {name}: {what} takes {nbytes / 1e9:.1f} GB and its file system has "
+                          f"{usage.free / 1e9:.1f} GB free")
+
+
+def same_file(a, b) -> bool:
+    """Whether the paths `a` and `b` name one file: the same path once links are resolved, or (where both exist)
+    the same file by device and inode (a hard link)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet), or cannot be looked at
+        return False
 
 
 def path_name(path, what: str) -> str:

@@ -426,7 +426,8 @@ def cmd_info(args) -> int:
         if template is None:
             from refspec.tokenizer import CHATML_TEMPLATE
 
-            note("note: the file has no chat template (tokenizer.chat_template); refspec uses ChatML, printed below")
+            note("note: the file has no chat template (tokenizer.chat_template absent or empty); refspec uses "
+                 "ChatML, printed below")
             template = CHATML_TEMPLATE
         print(template)
         return 0

@@ -283,11 +283,12 @@ def add_arguments(p) -> None:
     p.add_argument("--engine", choices=("refspec", "llama.cpp"), default="refspec",
                    help="who computes: refspec (the spec) or llama.cpp through llama-cpp-python "
                    "(pip install 'refspec[llamacpp]'), on the same model file and token ids")
-    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
-                   help="where refspec runs (default auto); the bits are the same")
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default=None,
+                   help="refspec engine: where it runs (default auto); the bits are the same")
     add_threads_argument(p)
-    p.add_argument("--kv-cache", choices=("f16", "f32"), default="f16",
-                   help="llama.cpp engine: its KV cache type (default f16, llama.cpp's default)")
+    p.add_argument("--kv-cache", choices=("f16", "f32"), default=None,
+                   help="llama.cpp engine: its KV cache type (default f16, llama.cpp's default); refspec's own "
+                   "engine keeps K and V in float32")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
 
@@ -300,9 +301,12 @@ def run(args) -> int:
         raise_usage("--chat takes the prompt as text (-p or -f), not as ids")
     check_system_options(args)
     checks.output_file(args.output, renamed=True)  # (save() checks again, after the run)
+    _check_output_is_no_input(args.output, model_files=[args.model] if args.model is not None else [],
+                              ids_from=args.ids_from)
     text = prompt_text(args)  # a missing prompt file fails before the model loads
-    options = _engine_options(args)  # refspec's backend first: no GPU is said before a model is fetched or loaded
+    options = _engine_options(args, note)  # refspec's backend first: no GPU is said before a model is loaded
     model = load_cli_model(args.model)
+    _check_output_is_no_input(args.output, model_files=model.files or (model.path,))  # split parts, the default
     n_prompt = None
     if args.ids is not None:
         prompt_ids = parse_ids(args.ids, model.config.n_vocab)
@@ -331,9 +335,26 @@ def run(args) -> int:
     return 0
 
 
-def _engine_options(args) -> dict:
+def _check_output_is_no_input(output: str, model_files, ids_from: str | None = None) -> None:
+    """UsageError where -o names a file the run reads: save() would replace the model (or --ids-from's golden
+    file) with the golden file it writes."""
+    if any(checks.same_file(output, f) for f in model_files):
+        raise UsageError(f"-o {output} is the model file itself; name another output file")
+    if ids_from is not None and checks.same_file(output, ids_from):
+        raise UsageError(f"-o {output} is the --ids-from file itself; name another output file")
+
+
+def _engine_options(args, note) -> dict:
+    """The engine's keyword arguments; `note` tells of an option given for the other engine."""
     if args.engine == "refspec":
         from refspec.cli import PromptProgress, make_cli_backend
 
+        args.device = args.device or "auto"
+        if args.kv_cache is not None:
+            note(f"note: --kv-cache {args.kv_cache} ignored: it sets the KV cache type of --engine llama.cpp; "
+                 "refspec's own engine keeps K and V in float32 (refspec/SPEC.md)")
         return {"layers": args.layers, "backend": make_cli_backend(args), "on_progress": PromptProgress("positions")}
-    return {"layers": args.layers, "kv_cache": args.kv_cache, "n_threads": args.threads}
+    if args.device is not None:
+        note(f"note: --device {args.device} ignored: --engine llama.cpp runs on the CPU (n_gpu_layers 0)")
+    kv_cache = {} if args.kv_cache is None else {"kv_cache": args.kv_cache}  # (else llamacpp.dump's default)
+    return {"layers": args.layers, "n_threads": args.threads, **kv_cache}

@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 from collections import Counter
 
+from gguf import Keys
+
 from refspec.errors import ModelFileError, TokenizerError
 from refspec.gguf_model import GGUFHeader, check_weights, read_config, read_header
-from refspec.tokenizer import Tokenizer
+from refspec.tokenizer import Tokenizer, chat_template_of
 
-SPECIAL_ID_KEYS = ("bos", "eos", "eot", "eom", "pad", "unknown")
+# each special id `refspec info` shows ("pad" -> pad_id) and the GGUF key that holds it (gguf-py's name)
+SPECIAL_ID_KEYS = {"bos": Keys.Tokenizer.BOS_ID, "eos": Keys.Tokenizer.EOS_ID, "eot": Keys.Tokenizer.EOT_ID,
+                   "eom": Keys.Tokenizer.EOM_ID, "pad": Keys.Tokenizer.PAD_ID, "unknown": Keys.Tokenizer.UNK_ID}
 
 
 def describe(path: str | os.PathLike) -> dict:
@@ -84,9 +88,12 @@ def tokenizer_summary(metadata: dict) -> dict:
     """The tokenizer's kind, pre-tokenizer, special ids (as the file names them) and end-of-generation ids
     (as refspec derives them; absent when the tokenizer cannot be built, with the reason)."""
     out = {"tokenizer": metadata.get("tokenizer.ggml.model"), "pre": metadata.get("tokenizer.ggml.pre")}
-    for key in SPECIAL_ID_KEYS:
-        out[f"{key}_id"] = metadata.get(f"tokenizer.ggml.{key}_token_id")
-    out["chat_template"] = isinstance(metadata.get("tokenizer.chat_template"), str)
+    for name, key in SPECIAL_ID_KEYS.items():
+        out[f"{name}_id"] = metadata.get(key)
+    try:
+        out["chat_template"] = chat_template_of(metadata) is not None  # False: ChatML
+    except TokenizerError:
+        out["chat_template"] = False  # (a value refspec refuses: tokenizer_error, below, says which)
     try:
         tok = Tokenizer.from_metadata(metadata)
     except TokenizerError as e:
@@ -101,9 +108,9 @@ def tokenizer_summary(metadata: dict) -> dict:
 
 
 def chat_template(path: str | os.PathLike) -> str | None:
-    """The file's chat template source, or None when it has none."""
-    template = read_header(path).metadata.get("tokenizer.chat_template")
-    return template if isinstance(template, str) else None
+    """The file's chat template source, or None when it has none (refspec uses ChatML then); TokenizerError where
+    refspec refuses the file's template, as `refspec generate` does (``chat_template_of`` decides for both)."""
+    return chat_template_of(read_header(path).metadata)
 
 
 def _without_path(message: str, name: str) -> str:

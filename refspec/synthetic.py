@@ -18,7 +18,6 @@ import argparse
 import math
 import os
 import pathlib
-import shutil
 import sys
 from typing import Any, Iterable, Mapping, NamedTuple
 
@@ -267,7 +266,7 @@ def write_model(path: str | os.PathLike, *, arch: str = "llama", n_layer: int = 
             writer.add_tensor_info(name, tensor.shape, tensor.dtype, tensor.nbytes)
 
     total = sum(tensor.nbytes for tensor in tensors.values())
-    _check_room(out, total)
+    checks.room(out, total, "the model")
     progress = None if log is None else ByteProgress(total, f"writing {out.name}", log)
 
     def write(temporary: str) -> None:
@@ -338,21 +337,6 @@ def _output_path(path) -> pathlib.Path:
         raise UsageError(f"output path {path!r} is not a usable file name")
     checks.output_file(path, renamed=True)
     return pathlib.Path(path)
-
-
-def _check_room(out: pathlib.Path, nbytes: int) -> None:
-    """OutputError, before anything is written, where out's file system has less room than the tensors' nbytes
-    (a request of terabytes would otherwise write until the disk is full)."""
-    try:
-        usage = shutil.disk_usage(out.parent)
-    except OSError:
-        return  # (a missing directory fails at the write, with its own message)
-    free = usage.free
-    if usage.total == 0:  # /proc, /sys: no room was ever there
-        raise OutputError(f"cannot write {out}: {out.parent.resolve()} is on a file system that holds no files")
-    if nbytes > free:
-        raise OutputError(f"cannot write {out}: the model takes {nbytes / 1e9:.1f} GB and its file system has "
-                          f"{free / 1e9:.1f} GB free")
 
 
 def _write_atomically(out: pathlib.Path, write, close) -> None:

@@ -397,6 +397,14 @@ def end_of_generation_ids(metadata: Mapping) -> frozenset[int]:
     return _special_tokens(vocab, types, ids)[1]
 
 
+def chat_template_of(metadata: Mapping) -> str | None:
+    """The chat template a GGUF's metadata gives (``tokenizer.chat_template``), or None where the file has none,
+    the key absent or its text empty: refspec then uses ChatML (``CHATML_TEMPLATE``), as llama.cpp does. A value
+    that is not a string is a TokenizerError. The one place this is decided: ``refspec generate --chat`` (through
+    ``Tokenizer``) and ``refspec info --template`` both ask here, so they cannot disagree."""
+    return MetadataReader(metadata, error=TokenizerError).string("tokenizer.chat_template", None) or None
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
@@ -661,7 +669,7 @@ class Tokenizer:
         return cls(tokens=tokens, token_types=types, engine=engine, model=model, pre=pre,
                    bos_id=ids["bos"], eos_id=ids["eos"], end_id=end_id, eog_ids=eog_ids, control_ids=control_ids,
                    add_bos=add_bos, add_eos=add_eos, add_space_prefix=add_space_prefix,
-                   chat_template=md.string("tokenizer.chat_template", None))
+                   chat_template=chat_template_of(metadata))
 
     # --- text -> ids ------------------------------------------------------------------------------------------
     def encode(self, text: str, *, add_bos: bool | None = None, add_eos: bool | None = None,

@@ -29,6 +29,8 @@ DRAFTERS = ("ngram", "layerskip")  # and "mtp" for models with an MTP block
 GREEDY_PROMPT = ("The history of the printing press begins in the fifteenth century, when Johannes Gutenberg "
                  "combined movable metal type with an oil-based ink")
 GREEDY_PROMPT_TOKENS, GREEDY_NEW_TOKENS = 16, 64
+REPEATS, COPY_NEW_TOKENS = 3, 128  # --repeats and --n-predict unless given
+QUICK_GREEDY_TOKENS, QUICK_COPY_TOKENS = 8, 16  # --quick's (every measurement run once)
 
 COPY_PROMPTS = {
     "edit-code": "Rename the function `compute_total` to `sum_prices` everywhere in this code and return the "
@@ -56,18 +58,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                    help="where to run (default auto: the GPU when CuPy sees one)")
     add_threads_argument(p)
-    p.add_argument("--repeats", type=int, default=3, metavar="N",
-                   help="runs of every measurement; the median is reported (default 3)")
-    p.add_argument("--n-predict", type=int, default=128, metavar="N",
-                   help="most new tokens per copy prompt (default 128; generation also stops at end of turn)")
-    p.add_argument("--draft-max", type=int, default=DRAFT_MAX, metavar="K",
+    p.add_argument("--repeats", type=int, default=None, metavar="N",  # (None: not given, see ignored_options)
+                   help=f"runs of every measurement; the median is reported (default {REPEATS})")
+    p.add_argument("--n-predict", type=int, default=None, metavar="N",
+                   help=f"most new tokens per copy prompt (default {COPY_NEW_TOKENS}; generation also stops at end "
+                        "of turn)")
+    p.add_argument("--draft-max", type=int, default=None, metavar="K",
                    help=f"most draft tokens per verify pass (default {DRAFT_MAX})")
     p.add_argument("--quick", action="store_true",
-                   help="a short run (1 greedy repeat of 8 tokens, 2 copy prompts of 16 tokens), for tests")
+                   help=f"a short run (1 greedy repeat of {QUICK_GREEDY_TOKENS} tokens, 2 copy prompts "
+                        f"of {QUICK_COPY_TOKENS} tokens), for tests; --repeats and --n-predict are then ignored")
     p.add_argument("--json-out", metavar="FILE", help="also write every number, the hardware and the date as JSON")
     p.add_argument("--preset", metavar="NAME",
                    help="time a synthetic model of a real model's shapes instead of -m (llama-8b, qwen2.5-32b, ...: "
-                        "written once to the cache)")
+                        "written once to the cache); greedy decoding only, so --n-predict and --draft-max are ignored")
     p.add_argument("--no-graphs", action="store_true",
                    help="GPU: run every pass launch by launch instead of replaying captured graphs (to compare)")
     p.add_argument("--no-overlap", action="store_true",
@@ -104,11 +108,18 @@ def run(args) -> int:
     from refspec.errors import ContextLengthError, UsageError
     from refspec.forward import Transformer
     from refspec.generate import generate
+    from refspec.speculative import DRAFT_MAX, MAX_DRAFT
 
-    for flag, value in (("--repeats", args.repeats), ("--n-predict", args.n_predict),
-                        ("--draft-max", args.draft_max)):
-        if value < 1:
+    if args.preset:
+        check_preset(args.preset)
+        if args.model is not None:  # (here, not in an argparse group as bench cpu's: a script's args too)
+            raise UsageError(f"-m {args.model} and --preset {args.preset} both name the model to time: give one")
+    for flag, value in (("--repeats", args.repeats), ("--n-predict", args.n_predict)):
+        if value is not None and value < 1:
             raise UsageError(f"{flag} must be at least 1, got {value}")
+    if args.draft_max is not None and not 1 <= args.draft_max <= MAX_DRAFT:  # (before minutes of greedy decoding)
+        raise UsageError(f"--draft-max must be in 1..{MAX_DRAFT} (the most guesses a verify pass takes), got "
+                         f"{args.draft_max}")
     if args.mma_min_rows is not None and not 1 <= args.mma_min_rows <= 16:
         raise UsageError(f"--mma-min-rows must be in 1..16 (rows of one GEMV launch), got {args.mma_min_rows}")
     if args.mma_min_weights is not None and args.mma_min_weights < 0:
@@ -118,8 +129,8 @@ def run(args) -> int:
         raise UsageError(f"--pass-position must be in 1.. (a position of the model's context), got {args.pass_position}")
     if args.json_out:
         checks.output_file(args.json_out, "--json-out")
-    if args.preset:
-        check_preset(args.preset)
+    for line in ignored_options(args):
+        note(line)
     backend = make_cli_backend(args)  # before a preset's model is written: no GPU, no 8-34 GB file
     model = load_model(preset_model_path(args.preset, note) if args.preset else args.model)
     tok = load_tokenizer(model)
@@ -138,7 +149,12 @@ def run(args) -> int:
     tf = Transformer(model, backend, graphs=False if args.no_graphs else None)
     if args.no_conditional and tf.graphs is not None:
         tf.graphs.conditional = None
-    repeats, n_greedy, n_copy = (1, 8, 16) if args.quick else (args.repeats, GREEDY_NEW_TOKENS, args.n_predict)
+    if args.quick:
+        repeats, n_greedy, n_copy = 1, QUICK_GREEDY_TOKENS, QUICK_COPY_TOKENS
+    else:
+        repeats = REPEATS if args.repeats is None else args.repeats
+        n_greedy, n_copy = GREEDY_NEW_TOKENS, COPY_NEW_TOKENS if args.n_predict is None else args.n_predict
+    draft_max = DRAFT_MAX if args.draft_max is None else args.draft_max
     prompts = dict(list(COPY_PROMPTS.items())[:2]) if args.quick else COPY_PROMPTS
     if not args.preset:  # (presets run no copy prompts)
         for name, text in prompts.items():
@@ -156,7 +172,7 @@ def run(args) -> int:
     note(f"greedy: {greedy['tokens_per_second_median']} tokens/s (median of {repeats})")
     copy = None
     if not args.preset:
-        copy = bench_copy_prompts(tf, tok, prompts, n_copy, args.draft_max, note, repeats)
+        copy = bench_copy_prompts(tf, tok, prompts, n_copy, draft_max, note, repeats)
     device = None
     if backend.name == "gpu":
         device = bench_device(tf, pass_rows, 5 if args.quick else 30, args.pass_position)
@@ -198,6 +214,24 @@ def run(args) -> int:
               f"{', '.join(copy['mismatches'])}", file=sys.stderr)
         return 1
     return 0
+
+
+def ignored_options(args) -> list[str]:
+    """Notes for options given that the run does not use: --preset runs no copy prompts (so no --n-predict, no
+    --draft-max), --quick sets its own repeats and token counts."""
+    def given(*names):
+        return [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in names
+                if getattr(args, name) is not None]
+
+    notes = []
+    if args.preset and given("n_predict", "draft_max"):
+        notes.append(f"note: {', '.join(given('n_predict', 'draft_max'))} ignored: --preset times greedy decoding "
+                     "only (its random weights copy nothing: no copy prompts run)")
+    quick = given("repeats") + ([] if args.preset else given("n_predict"))
+    if args.quick and quick:
+        notes.append(f"note: {', '.join(quick)} ignored: --quick runs every measurement once"
+                     + ("" if args.preset else f", with {QUICK_COPY_TOKENS} new tokens per copy prompt"))
+    return notes
 
 
 def check_preset(name: str) -> None:

@@ -3,11 +3,12 @@ TypeError or IndexError from deep inside NumPy, and never a value Python quietly
 truncated, a negative position indexing from the end, a bool taken for 1)."""
 from __future__ import annotations
 
+import numbers
 import operator
 import os
 import shutil
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Set
 
 from refspec.errors import OutputError, UsageError
 
@@ -26,10 +27,30 @@ def integer(name: str, value, lo: int | None = None, hi: int | None = None) -> i
     return value
 
 
-def token_ids(name: str, ids, n_vocab: int, *, allow_empty: bool = False) -> list[int]:
-    """A sequence of token ids, each an integer in 0..n_vocab-1."""
+def real(name: str, value) -> float:
+    """``value`` as a float: a Python or NumPy real number (an int or a float; not a bool, not a string)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise UsageError(f"{name} must be a real number, not {type(value).__name__} {_short(value)}")
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond the float range
+        raise UsageError(f"{name} is {_short(value)}, too large for a float") from None
+
+
+def token_ids(name: str, ids, n_vocab: int, *, allow_empty: bool = False, ordered: bool = False) -> list[int]:
+    """A sequence of token ids, each an integer in 0..n_vocab-1: a list, a tuple, a range, a 1-D NumPy array,
+    an iterator. `ordered`: the order means something (a prompt, a pass's ids), so a container without one (a
+    set, a frozenset, a dict, a dict's keys) is refused rather than read in whatever order it iterates; a set
+    of end-of-generation ids is checked without it."""
     if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
         raise UsageError(f"{name} must be a sequence of token ids, not {type(ids).__name__}")
+    if ordered and isinstance(ids, (Set, Mapping)):
+        why = "iterating it gives its keys" if isinstance(ids, Mapping) else "its order is arbitrary"
+        raise UsageError(f"{name} must be a sequence of token ids in order (a list, a tuple, a 1-D array), not a "
+                         f"{type(ids).__name__}: {why}")
+    if getattr(ids, "ndim", 1) != 1:  # a NumPy array (or a tensor) of another rank: not a sequence of ids
+        raise UsageError(f"{name} must be a 1-D sequence of token ids, not a {type(ids).__name__} of "
+                         f"{ids.ndim} dimensions (shape {tuple(getattr(ids, 'shape', ()))})")
     checked = []
     for i, token in enumerate(ids):
         if type(token) is int and 0 <= token < n_vocab:  # the common case, without a message built per token

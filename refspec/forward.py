@@ -89,11 +89,15 @@ class Transformer:
         a new cache per request records its graphs once. Storage sizes are rounded up to CACHE_ROUND
         positions so that requests of similar lengths share it (the cache still ends at n_pos: forward
         refuses positions past it). n_states: recurrent-state slots of each Gated DeltaNet layer, at least
-        the rows of any pass a decoder may resume inside of."""
+        the rows of any pass a decoder may resume inside of, and at most n_pos + 1 (n_pos slots hold the
+        state after every position already: more would be memory that holds nothing)."""
         n_pos = None if n_pos is None else checks.integer("n_pos", n_pos, 1)
-        n_states = checks.integer("n_states", n_states, 1)
         cfg = self.config
         n_pos = cfg.n_ctx if n_pos is None else min(n_pos, cfg.n_ctx)
+        n_states = checks.integer("n_states", n_states)
+        if not 1 <= n_states <= n_pos + 1:
+            raise UsageError(f"n_states is {n_states}, must be in 1..{n_pos + 1}: recurrent-state slots of a cache of "
+                             f"{n_pos} positions ({n_pos} hold the state after every position)")
         if self.graphs is None:
             return self._new_cache(n_pos, n_states)
         size = min(cfg.n_ctx, -(-n_pos // self.CACHE_ROUND) * self.CACHE_ROUND)  # positions of the storage
@@ -167,7 +171,7 @@ class Transformer:
         if cache.maker is not self._cache_tag:
             raise UsageError("this cache was made by another Transformer's new_cache(): its shapes, device and "
                              "captured passes belong to that one; make one with this Transformer's new_cache()")
-        ids = checks.token_ids("ids", ids, cfg.n_vocab)  # integers (not floats or bools) in the vocabulary
+        ids = checks.token_ids("ids", ids, cfg.n_vocab, ordered=True)  # integers (not floats, bools) in the vocabulary
         pos0 = checks.integer("pos0", pos0, 0)  # a negative position would index from the end
         layers = None if layers is None else checks.layer_subset(layers, cfg.n_layer)
         checks.callback("taps", taps)

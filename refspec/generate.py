@@ -94,7 +94,7 @@ def check_request(tf: Transformer, prompt_ids, on_token, keep_logits, on_prompt=
     checks.callback("on_token", on_token)
     checks.callback("on_prompt", on_prompt)
     checks.flag("keep_logits", keep_logits)
-    return checks.token_ids("prompt_ids", prompt_ids, tf.config.n_vocab, allow_empty=True)
+    return checks.token_ids("prompt_ids", prompt_ids, tf.config.n_vocab, allow_empty=True, ordered=True)
 
 
 def checked_eog_ids(tf: Transformer, eog_ids) -> frozenset[int]:

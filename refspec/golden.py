@@ -88,8 +88,10 @@ def file_sha256(*paths) -> str:
 # ----------------------------------------------------------------------------------------------- running
 def dump(model, prompt_ids: list[int], n_predict: int = 0, *, layers: bool = False,
          device: str = "auto", backend=None, on_progress=None) -> Golden:
-    """Run refspec on `prompt_ids` plus `n_predict` greedy tokens; record every position's logits (and with
-    `layers`, every per-layer tensor). `model` is a refspec Model (refspec.gguf_model.load) or a GGUF path;
+    """Run refspec on `prompt_ids` plus exactly `n_predict` greedy tokens (an end-of-generation token does not
+    end them); record every position's logits (and with `layers`, every per-layer tensor). `prompt_ids`: a
+    sequence in order (a generator too) of integers in the vocabulary. `model` is a refspec Model
+    (refspec.gguf_model.load) or a GGUF path;
     `backend`, if given, is used instead of make_backend(device) (any backend of refspec/protocol.py).
     The tokens are generated first, then the whole sequence is run once, teacher-forced, with taps: batch
     invariance makes those logits the ones that chose each token. on_progress(done, total), if given, follows
@@ -107,9 +109,10 @@ def dump(model, prompt_ids: list[int], n_predict: int = 0, *, layers: bool = Fal
     model = load_model(model)
     backend = backend if backend is not None else make_backend(device)
     tf = Transformer(model, backend)
-    ids = check_ids(prompt_ids, model.config.n_vocab)
-    if n_predict:
-        ids = ids + generate(tf, ids, n_predict, on_prompt=on_progress).ids  # exactly n_predict: no eog stop
+    prompt_ids = check_ids(prompt_ids, model.config.n_vocab)
+    ids = prompt_ids
+    if n_predict:  # exactly n_predict: an end-of-generation id does not stop it (nor llamacpp.dump's greedy)
+        ids = ids + generate(tf, ids, n_predict, eog_ids=(), on_prompt=on_progress).ids
     tensors = run_teacher_forced(tf, ids, layers, on_progress)
     meta = {"engine": "refspec", "engine_version": __version__, "refspec_version": __version__,
             "spec_version": SPEC_VERSION, "device": str(getattr(backend, "name", type(backend).__name__))}
@@ -155,12 +158,11 @@ def run_metadata(model, n_prompt: int, engine: dict) -> dict:
 
 
 def check_ids(ids, n_vocab: int) -> list[int]:
-    ids = [int(i) for i in ids]
+    """The prompt's ids as a list: a sequence in order (a generator too) of integers in 0..n_vocab-1 (floats,
+    bools, strings, None and sets refused, never converted), at least one."""
+    ids = checks.token_ids("prompt_ids", ids, n_vocab, allow_empty=True, ordered=True)
     if not ids:
         raise UsageError("the prompt is empty: give some text or at least one token id")
-    bad = [i for i in ids if not 0 <= i < n_vocab]
-    if bad:
-        raise UsageError(f"token ids must be in 0..{n_vocab - 1}; got {bad[:5]}")
     return ids
 
 

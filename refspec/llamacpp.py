@@ -60,6 +60,7 @@ def dump(model, prompt_ids: list[int], n_predict: int = 0, *, layers: bool = Fal
     llama_cpp = _llama_cpp()
     model = load_model(model)
     ids = check_ids(prompt_ids, model.config.n_vocab)
+    n_prompt = len(ids)
     n_total = len(ids) + n_predict
     if n_total > model.config.n_ctx:
         raise UsageError(f"{n_total} tokens exceed the model's context of {model.config.n_ctx}")
@@ -77,7 +78,7 @@ def dump(model, prompt_ids: list[int], n_predict: int = 0, *, layers: bool = Fal
             "device": "cpu" if not n_gpu_layers else f"gpu ({n_gpu_layers} layers)", "n_batch": min(len(ids), BATCH),
             "kv_cache": kv_cache}
     return Golden(np.asarray(ids, np.int32), {n: tensors[n] for n in sorted(tensors, key=forward_order)},
-                  run_metadata(model, len(prompt_ids), meta))
+                  run_metadata(model, n_prompt, meta))
 
 
 class LayerTap:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 
 import numpy as np
 
@@ -37,6 +37,9 @@ MAX_DRAFT = 64  # most guesses per verify pass: a pass of k+1 rows holds k+1 row
 # one tile of the tensor-core kernel (9 rows take two): on the H200 the default model's `ngram` ran 1.60x
 # greedy with 7 guesses against 1.52x with 8 (2026-12-01, commit aa68957; numbers of the kernels of then).
 DRAFT_MAX = 7
+# The longest n-gram NgramDrafter indexes: each new token indexes max_n n-grams, tuples of up to max_n ids, so
+# its index grows as max_n squared per token (the GPU's step, kernels_raw/ngram.hip, takes n-grams of up to 8).
+NGRAM_MAX_N = 64
 
 
 # ------------------------------------------------------------------------------------------------ drafters
@@ -104,7 +107,9 @@ class NgramDrafter(Drafter):
     name = "ngram"
 
     def __init__(self, max_n: int = 4, min_n: int = 1, unigram_max: int = 7):
-        if not 1 <= min_n <= max_n:
+        max_n = checks.integer("max_n", max_n, 1, NGRAM_MAX_N)
+        min_n = checks.integer("min_n", min_n, 1)
+        if min_n > max_n:
             raise UsageError(f"n-gram sizes must satisfy 1 <= min_n <= max_n, got {min_n}, {max_n}")
         self.max_n, self.min_n = max_n, min_n
         self.unigram_max = checks.integer("unigram_max", unigram_max, 0)
@@ -151,7 +156,7 @@ class NgramDrafter(Drafter):
         return ids
 
     def propose(self, context: list[int], k: int) -> list[int]:
-        k = checks.integer("k", k, 0)
+        k = checked_k(k)
         ids = self._index(context)
         for n in range(min(self.max_n, len(ids) - 1), self.min_n - 1, -1):
             proposal = self._best.get(tuple(ids[len(ids) - n :]))
@@ -194,6 +199,7 @@ class LayerSkipDrafter(Drafter):
     cheap = False  # each guess is a pass through most of the model
 
     def __init__(self, tf: Transformer, layers=None):
+        check_transformer(tf, self.name)
         n_layer = tf.config.n_layer
         self.tf = tf
         if layers is None:
@@ -206,6 +212,7 @@ class LayerSkipDrafter(Drafter):
         self.cache = cache
 
     def propose(self, context: list[int], k: int) -> list[int]:
+        k = checked_k(k)
         pos, token = len(context) - 1, context[-1]  # the last token is not yet in the cache
         drafts = []
         for i in range(k):
@@ -235,6 +242,7 @@ class MtpDrafter(Drafter):
     needs_hidden = True
 
     def __init__(self, tf: Transformer):
+        check_transformer(tf, self.name)
         if tf.config.n_nextn == 0 or tf.weights.mtp is None:
             raise UsageError(f"the {tf.config.arch} model has no MTP (nextn) block, which --draft mtp needs")
         self.tf = tf
@@ -248,6 +256,7 @@ class MtpDrafter(Drafter):
             self.hidden[pos0 + r] = hidden[r]
 
     def propose(self, context: list[int], k: int) -> list[int]:
+        k = checked_k(k)
         tf, pos = self.tf, len(context) - 1  # the newest token, at pos, is not yet in the cache
         zeros = tf.be.zeros((tf.config.n_embd,))
         rows = range(self.n_done, pos + 1)
@@ -266,6 +275,18 @@ class MtpDrafter(Drafter):
         return drafts
 
 
+def checked_k(k) -> int:
+    """A proposal's k: guesses of one verify pass, 0..MAX_DRAFT (never a list of a billion guesses)."""
+    return checks.integer("k", k, 0, MAX_DRAFT)
+
+
+def check_transformer(tf, drafter: str) -> None:
+    """UsageError unless `tf` is a Transformer: a drafter that runs the model's layers drafts on its cache."""
+    if not isinstance(tf, Transformer):
+        raise UsageError(f"the {drafter} drafter needs a Transformer (refspec.Transformer(model, backend)), got "
+                         f"{type(tf).__name__}")
+
+
 def make_drafter(name: str, tf: Transformer) -> Drafter:
     """'none', 'ngram', 'layerskip' or 'mtp' with their default settings."""
     if name == "none":
@@ -281,11 +302,13 @@ def make_drafter(name: str, tf: Transformer) -> Drafter:
 
 # ------------------------------------------------------------------------------------------- the loop
 def checked_guesses(drafter: Drafter, proposal, k: int, n_vocab: int) -> list[int]:
-    """The first k of a drafter's proposal, checked as prompt ids are: a sequence (a generator too: only k are
-    taken) of integers in 0..n_vocab-1, bools and floats refused. A drafter may propose fewer, or more."""
-    if isinstance(proposal, Iterable) and not isinstance(proposal, (str, bytes)):
+    """The first k of a drafter's proposal, checked as prompt ids are: a sequence in order (a generator too: only
+    k are taken; not a set) of integers in 0..n_vocab-1, bools and floats refused. A drafter may propose fewer,
+    or more."""
+    name = f"drafter {drafter.name!r}: its guesses"
+    if isinstance(proposal, Iterable) and not isinstance(proposal, (str, bytes, Set, Mapping)):
         proposal = list(itertools.islice(proposal, k))
-    return checks.token_ids(f"drafter {drafter.name!r}: its guesses", proposal, n_vocab, allow_empty=True)
+    return checks.token_ids(name, proposal, n_vocab, allow_empty=True, ordered=True)
 
 
 CHAIN_SLACK = 2  # cache positions a chained run needs past the budget, in passes (one is queued past the one read)
@@ -374,7 +397,9 @@ def _speculative_generate(tf, prompt_ids, n_predict, drafter, draft_max, adaptiv
     chained = chain and chained_ngram(tf, drafter, draft_max, adaptive, keep_logits, n_alloc)
     # a pass resumes inside the last one's k+1 rows; one slot more and no row's slot is the one a pass reads
     # (qwen35 on a GPU: the conv1d then reads its state in place, kernels_raw/deltanet.hip)
-    cache = tf.new_cache(n_alloc + CHAIN_SLACK * (draft_max + 1) if chained else n_alloc, n_states=draft_max + 2)
+    # (capped at new_cache's bound, n_pos + 1: a ring of n_pos slots holds the state after every position)
+    n_pos = n_alloc + CHAIN_SLACK * (draft_max + 1) if chained else n_alloc
+    cache = tf.new_cache(n_pos, n_states=min(draft_max + 2, n_pos + 1))
     drafter.begin(cache)
     on_hidden = drafter.target_pass if drafter.needs_hidden else None
     k_min = min(1, draft_max)

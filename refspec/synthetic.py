@@ -29,6 +29,8 @@ from gguf.gguf_writer import GGUFValue
 
 from refspec import checks
 from refspec.errors import OutputError, RefspecError, UsageError
+from refspec.gguf_model import (MAX_CONTEXT, MAX_NEXTN, ROPE_ATTN_FACTOR_RANGE, ROPE_BASE_RANGE, ROPE_FACTOR_RANGE,
+                                ROPE_FREQ_FACTOR_RANGE)
 from refspec.model import ARCHITECTURES, QK8_0
 from refspec.progress import ByteProgress
 from refspec.tokenizer import byte_alphabet
@@ -163,10 +165,10 @@ def write_model(path: str | os.PathLike, *, arch: str = "llama", n_layer: int = 
                 n_ff: int = 96, n_head: int = 4, n_head_kv: int = 2, head_dim: int | None = None,
                 n_rot: int | None = None, n_ctx: int = 256, n_vocab: int | None = None,
                 rope_base: float = 10000.0, eps: float = 1e-5, seed: int = 0, weight_type: str = "Q8_0",
-                tie_embeddings: bool = True, tokenizer: bool = True, vocab: str = "bpe", n_nextn: int = 0,
-                ssm_d_conv: int = 4, ssm_d_state: int = 16, ssm_n_k_heads: int = 2, ssm_n_v_heads: int = 4,
-                full_attention_interval: int | None = None, rope_scaling: str = "none",
-                rope_factor: float = 4.0, rope_orig_ctx: int | None = None,
+                tie_embeddings: bool = True, tokenizer: bool = True, vocab: str | None = None, n_nextn: int = 0,
+                ssm_d_conv: int | None = None, ssm_d_state: int | None = None, ssm_n_k_heads: int | None = None,
+                ssm_n_v_heads: int | None = None, full_attention_interval: int | None = None,
+                rope_scaling: str = "none", rope_factor: float | None = None, rope_orig_ctx: int | None = None,
                 rope_attn_factor: float | None = None, log=None) -> pathlib.Path:
     """Write a random-weight GGUF model and return its path. ``log``, if given, receives a progress line every
     10 s of the writing (a 34 GB preset takes minutes).
@@ -174,43 +176,51 @@ def write_model(path: str | os.PathLike, *, arch: str = "llama", n_layer: int = 
     ``head_dim`` and ``n_rot`` are written (as attention.key_length / rope.dimension_count) only when given;
     otherwise the loader's defaults (n_embd / n_head, head_dim) apply. ``n_vocab`` defaults to the tokenizer's
     size; a larger one pads the vocabulary with unused tokens. ``tokenizer=False`` leaves out every
-    ``tokenizer.*`` key (the model then has only token ids). ``vocab``: "bpe" (byte-level BPE, ChatML tokens)
-    or "spm" (SentencePiece, Llama-2's layout: ``spm_vocab``).
+    ``tokenizer.*`` key (the model then has only token ids). ``vocab``: "bpe" (byte-level BPE, ChatML tokens;
+    the default) or "spm" (SentencePiece, Llama-2's layout: ``spm_vocab``).
 
     qwen35 only: ``n_nextn`` MTP blocks (0 or 1) after the ``n_layer`` layers; the Gated DeltaNet sizes
-    ``ssm_*`` (value heads tiled over key heads); every ``full_attention_interval``-th layer (default
-    min(4, n_layer)) is full attention; ``n_rot`` defaults to a quarter of the head, as Qwen3.5's.
+    ``ssm_*`` (default HYBRID_DEFAULTS; value heads tiled over key heads); every ``full_attention_interval``-th
+    layer (default min(4, n_layer)) is full attention; ``n_rot`` defaults to a quarter of the head, as Qwen3.5's.
 
     ``rope_scaling`` (one of ROPE_SCALINGS) writes RoPE scaling as converters do: ``linear`` and ``yarn`` as
-    rope.scaling.* keys with ``rope_factor`` (and ``rope_orig_ctx``, default n_ctx / rope_factor, for YaRN);
-    ``llama3`` (llama only) as the tensor rope_freqs.weight, from ``rope_factor`` and ``rope_orig_ctx`` by
-    the rule of Llama 3.1's rope_scaling (low_freq_factor 1, high_freq_factor 4). ``rope_attn_factor`` writes
-    rope.scaling.attn_factor."""
-    _check_arguments(arch=arch, n_layer=n_layer, n_embd=n_embd, n_ff=n_ff, n_head=n_head, n_head_kv=n_head_kv,
-                     head_dim=head_dim, n_rot=n_rot, n_ctx=n_ctx, n_vocab=n_vocab, rope_base=rope_base, eps=eps,
-                     seed=seed, weight_type=weight_type)
-    _check_rope_arguments(arch, n_ctx, rope_scaling, rope_factor, rope_orig_ctx, rope_attn_factor)
-    if vocab not in VOCABS:
-        raise UsageError(f"vocab {vocab!r} is not one of {', '.join(VOCABS)}")
-    out = _output_path(path)
-    checks.callback("log", log)
-    tokens, token_types, merges_or_scores = (spm_vocab if vocab == "spm" else tokenizer_vocab)(n_vocab)
-    n_vocab = len(tokens)
+    rope.scaling.* keys with ``rope_factor`` (default 4; and ``rope_orig_ctx``, default n_ctx / rope_factor,
+    for YaRN); ``llama3`` (llama only) as the tensor rope_freqs.weight, from ``rope_factor`` and
+    ``rope_orig_ctx`` by the rule of Llama 3.1's rope_scaling (low_freq_factor 1, high_freq_factor 4).
+    ``rope_attn_factor`` writes rope.scaling.attn_factor.
+
+    Every argument is checked before anything is written (a UsageError): numbers must lie in the ranges the
+    loader accepts, as the binary32 values the file holds, and an option that cannot apply (an ``ssm_*`` size
+    on another arch, ``rope_factor`` without ``rope_scaling``, ``vocab`` without a tokenizer) is refused rather
+    than ignored."""
+    (n_layer, n_embd, n_ff, n_head, n_head_kv, head_dim, n_rot, n_ctx, n_vocab, seed, rope_base,
+     eps) = _check_arguments(arch=arch, n_layer=n_layer, n_embd=n_embd, n_ff=n_ff, n_head=n_head,
+                             n_head_kv=n_head_kv, head_dim=head_dim, n_rot=n_rot, n_ctx=n_ctx, n_vocab=n_vocab,
+                             rope_base=rope_base, eps=eps, seed=seed, weight_type=weight_type)
+    rope_factor, rope_orig_ctx, rope_attn_factor = _check_rope_arguments(
+        arch, n_ctx, rope_base, rope_scaling, rope_factor, rope_orig_ctx, rope_attn_factor)
+    vocab = _check_vocab(vocab, tokenizer)
     dim = head_dim if head_dim is not None else n_embd // n_head
-    orig_ctx = rope_orig_ctx if rope_orig_ctx is not None else max(1, int(n_ctx / rope_factor))
     n_q, n_kv = n_head * dim, n_head_kv * dim
     for what, k in (("n_embd", n_embd), ("n_head*head_dim", n_q), ("n_ff", n_ff)):
         if k <= 0 or (weight_type == "Q8_0" and k % QK8_0):
             raise UsageError(f"{what} = {k} must be positive, and a multiple of {QK8_0} for Q8_0 matrices")
-
+    n_nextn = checks.integer("n_nextn", n_nextn, 0, MAX_NEXTN)
+    hybrid_options = dict(n_nextn=n_nextn, ssm_d_conv=ssm_d_conv, ssm_d_state=ssm_d_state,
+                          ssm_n_k_heads=ssm_n_k_heads, ssm_n_v_heads=ssm_n_v_heads,
+                          full_attention_interval=full_attention_interval)
     hybrid = arch == "qwen35"
     if hybrid:
-        ssm = _hybrid_shape(n_layer, n_nextn, ssm_d_conv, ssm_d_state, ssm_n_k_heads, ssm_n_v_heads,
-                            full_attention_interval, weight_type)
+        ssm = _hybrid_shape(n_layer, weight_type, **hybrid_options)
         if n_rot is None:
             n_rot = max(2, dim // 8 * 2)
-    elif n_nextn:
-        raise UsageError("n_nextn (an MTP block) needs arch qwen35")
+    else:
+        _refuse_hybrid_options(**hybrid_options)
+    out = _output_path(path)
+    checks.callback("log", log)
+    tokens, token_types, merges_or_scores = (spm_vocab if vocab == "spm" else tokenizer_vocab)(n_vocab)
+    n_vocab = len(tokens)
+    orig_ctx = rope_orig_ctx if rope_orig_ctx is not None else max(1, int(n_ctx / rope_factor))
 
     writer = GGUFWriter(None, arch)
     writer.add_name(f"refspec synthetic {arch}")
@@ -285,26 +295,25 @@ def write_model(path: str | os.PathLike, *, arch: str = "llama", n_layer: int = 
 # Bounds on write_model's arguments: far above real models (presets), low enough that nothing absurd is
 # attempted (the vocabulary is built as a Python list; the loader refuses more than 2**20 strings).
 MAX_LAYERS, MAX_WIDTH, MAX_HEADS, MAX_VOCAB = 1024, 1 << 17, 1024, 1 << 19
+# Positive binary32 numbers: what the loader asks of attention.layer_norm_rms_epsilon.
+FLOAT32_POSITIVE = (float(np.finfo(np.float32).smallest_subnormal), float(np.finfo(np.float32).max))
 
 
 def _check_arguments(*, arch, n_layer, n_embd, n_ff, n_head, n_head_kv, head_dim, n_rot, n_ctx, n_vocab,
-                     rope_base, eps, seed, weight_type) -> None:
-    """Every argument of write_model, checked before anything is written."""
-    from refspec.gguf_model import MAX_CONTEXT
-
+                     rope_base, eps, seed, weight_type) -> tuple:
+    """write_model's shape arguments, checked before anything is written. Returns the integers as int and
+    the numbers as float (NumPy scalars are accepted), in the order of the arguments from n_layer on."""
     if arch not in ARCHITECTURES:
         raise UsageError(f"arch {arch!r} is not one of {', '.join(ARCHITECTURES)}")
     if weight_type not in WEIGHT_TYPES:
         raise UsageError(f"weight_type {weight_type!r} is not one of {', '.join(WEIGHT_TYPES)}")
-    for what, value, lo, hi in (("n_layer", n_layer, 1, MAX_LAYERS), ("n_embd", n_embd, 1, MAX_WIDTH),
-                                ("n_ff", n_ff, 1, MAX_WIDTH), ("n_head", n_head, 1, MAX_HEADS),
-                                ("n_head_kv", n_head_kv, 1, MAX_HEADS), ("head_dim", head_dim, 1, MAX_WIDTH),
-                                ("n_rot", n_rot, 2, MAX_WIDTH), ("n_ctx", n_ctx, 1, MAX_CONTEXT),
-                                ("n_vocab", n_vocab, 1, MAX_VOCAB), ("seed", seed, 0, 2**64 - 1)):
-        if value is None and what in ("head_dim", "n_rot", "n_vocab"):
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-            raise UsageError(f"{what} = {value!r} must be an integer in {lo}..{hi}")
+    n_layer, n_embd, n_ff, n_head, n_head_kv, head_dim, n_rot, n_ctx, n_vocab, seed = (
+        None if value is None and what in ("head_dim", "n_rot", "n_vocab") else checks.integer(what, value, lo, hi)
+        for what, value, lo, hi in (("n_layer", n_layer, 1, MAX_LAYERS), ("n_embd", n_embd, 1, MAX_WIDTH),
+                                    ("n_ff", n_ff, 1, MAX_WIDTH), ("n_head", n_head, 1, MAX_HEADS),
+                                    ("n_head_kv", n_head_kv, 1, MAX_HEADS), ("head_dim", head_dim, 1, MAX_WIDTH),
+                                    ("n_rot", n_rot, 2, MAX_WIDTH), ("n_ctx", n_ctx, 1, MAX_CONTEXT),
+                                    ("n_vocab", n_vocab, 1, MAX_VOCAB), ("seed", seed, 0, 2**64 - 1)))
     if n_head % n_head_kv:
         raise UsageError(f"n_head = {n_head} must be a multiple of n_head_kv = {n_head_kv}")
     if head_dim is None and n_embd % n_head:
@@ -312,29 +321,72 @@ def _check_arguments(*, arch, n_layer, n_embd, n_ff, n_head, n_head_kv, head_dim
     dim = head_dim if head_dim is not None else n_embd // n_head
     if n_rot is not None and (n_rot % 2 or n_rot > dim):
         raise UsageError(f"n_rot = {n_rot} must be even and at most head_dim = {dim}")
-    for what, value in (("rope_base", rope_base), ("eps", eps)):
-        if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
-                or not np.float32(value) > 0):
-            raise UsageError(f"{what} = {value!r} must be a finite positive number (in binary32)")
+    rope_base = _binary32_in("rope_base", rope_base, ROPE_BASE_RANGE, "rope.freq_base")
+    eps = _binary32_in("eps", eps, FLOAT32_POSITIVE, "attention.layer_norm_rms_epsilon")
+    return n_layer, n_embd, n_ff, n_head, n_head_kv, head_dim, n_rot, n_ctx, n_vocab, seed, rope_base, eps
 
 
-def _check_rope_arguments(arch, n_ctx, rope_scaling, rope_factor, rope_orig_ctx, rope_attn_factor) -> None:
+def _check_rope_arguments(arch, n_ctx, rope_base, rope_scaling, rope_factor, rope_orig_ctx,
+                          rope_attn_factor) -> tuple[float, int | None, float | None]:
+    """The rope_* arguments in the loader's ranges, and rope_factor and rope_orig_ctx only where the scaling
+    uses them. Returns (rope_factor, default 4; rope_orig_ctx; rope_attn_factor)."""
     if rope_scaling not in ROPE_SCALINGS:
         raise UsageError(f"rope_scaling {rope_scaling!r} is not one of {', '.join(ROPE_SCALINGS)}")
     if rope_scaling == "llama3" and arch != "llama":
         raise UsageError(f"rope_scaling 'llama3' (rope_freqs.weight) is for llama files, not {arch}")
-    if not (isinstance(rope_factor, (int, float)) and math.isfinite(rope_factor) and rope_factor >= 1):
-        raise UsageError(f"rope_factor must be a finite number >= 1, got {rope_factor!r}")
-    if rope_orig_ctx is not None and not (isinstance(rope_orig_ctx, int) and 1 <= rope_orig_ctx <= n_ctx):
-        raise UsageError(f"rope_orig_ctx must be an integer in 1..n_ctx ({n_ctx}), got {rope_orig_ctx!r}")
-    if rope_attn_factor is not None and not (isinstance(rope_attn_factor, (int, float))
-                                             and math.isfinite(rope_attn_factor) and rope_attn_factor > 0):
-        raise UsageError(f"rope_attn_factor must be a finite positive number, got {rope_attn_factor!r}")
+    if rope_factor is not None:
+        if rope_scaling == "llama3":  # the file holds frequency factors from 1 up to rope_factor
+            limits, key = (ROPE_FACTOR_RANGE[0], ROPE_FREQ_FACTOR_RANGE[1]), "rope_freqs.weight values"
+        else:
+            limits, key = ROPE_FACTOR_RANGE, "rope.scaling.factor"
+        rope_factor = _binary32_in("rope_factor", rope_factor, limits, key)
+        if rope_scaling == "none":
+            raise UsageError("rope_factor (a RoPE scaling factor) needs rope_scaling linear, yarn or llama3")
+    if rope_orig_ctx is not None:
+        rope_orig_ctx = checks.integer("rope_orig_ctx", rope_orig_ctx)
+        if not 1 <= rope_orig_ctx <= n_ctx:
+            raise UsageError(f"rope_orig_ctx must be an integer in 1..n_ctx ({n_ctx}), got {rope_orig_ctx}")
+        if rope_scaling not in ("yarn", "llama3"):
+            raise UsageError("rope_orig_ctx (the original context of RoPE scaling) needs rope_scaling yarn or "
+                             "llama3")
+    if rope_attn_factor is not None:
+        rope_attn_factor = _binary32_in("rope_attn_factor", rope_attn_factor, ROPE_ATTN_FACTOR_RANGE,
+                                        "rope.scaling.attn_factor")
+    if rope_scaling == "yarn" and not np.float32(rope_base) > 1:
+        raise UsageError(f"rope_base must exceed 1 for rope_scaling 'yarn' (the loader's rule), got {rope_base!r}")
+    return (4.0 if rope_factor is None else rope_factor), rope_orig_ctx, rope_attn_factor
+
+
+def _binary32_in(what: str, value, limits: tuple[float, float], key: str) -> float:
+    """``value``, a real number, as a float, where the binary32 number the file will hold (GGUF stores these
+    as float32) lies within ``limits``: the range refspec's loader accepts for ``key``."""
+    value = checks.real(what, value)
+    with np.errstate(over="ignore"):
+        stored = float(np.float32(value))
+    if not limits[0] <= stored <= limits[1]:
+        rounded = (stored == 0) != (value == 0) or math.isinf(stored) != math.isinf(value)  # under- or overflow
+        held = f" ({stored:g} in binary32)" if rounded else ""
+        raise UsageError(f"{what} must be a number in {limits[0]:g}..{limits[1]:g} (the loader's range for "
+                         f"{key}), got {value!r}{held}")
+    return value
+
+
+def _check_vocab(vocab, tokenizer) -> str:
+    if vocab is None:
+        return "bpe"
+    if vocab not in VOCABS:
+        raise UsageError(f"vocab {vocab!r} is not one of {', '.join(VOCABS)}")
+    if not tokenizer:
+        raise UsageError("vocab (the tokenizer's kind) needs tokenizer=True")
+    return vocab
 
 
 def _output_path(path) -> pathlib.Path:
     if not isinstance(path, (str, os.PathLike)) or not os.fspath(path) or "\0" in os.fspath(path):
         raise UsageError(f"output path {path!r} is not a usable file name")
+    if os.fspath(path) == "-":
+        raise UsageError("output path '-': a GGUF cannot be written to standard output; give a file name "
+                         "(./- for a file named '-')")
     checks.output_file(path, renamed=True)
     return pathlib.Path(path)
 
@@ -426,15 +478,32 @@ def _ffn_tensors(rng, arch, n_embd, n_ff, weight_type) -> dict:
     }
 
 
-def _hybrid_shape(n_layer, n_nextn, d_conv, d_state, n_k_heads, n_v_heads, interval, weight_type):
-    """qwen35's sizes, checked like write_model's other arguments."""
-    interval = min(4, n_layer) if interval is None else interval
-    for what, value, lo, hi in (("n_nextn", n_nextn, 0, 1), ("ssm_d_conv", d_conv, 1, 64),
-                                ("ssm_d_state", d_state, 1, MAX_WIDTH), ("ssm_n_k_heads", n_k_heads, 1, MAX_HEADS),
-                                ("ssm_n_v_heads", n_v_heads, 1, MAX_HEADS),
-                                ("full_attention_interval", interval, 1, n_layer + n_nextn)):
-        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-            raise UsageError(f"{what} = {value!r} must be an integer in {lo}..{hi}")
+# qwen35's Gated DeltaNet sizes where write_model is given none.
+HYBRID_DEFAULTS = dict(ssm_d_conv=4, ssm_d_state=16, ssm_n_k_heads=2, ssm_n_v_heads=4)
+# What each qwen35-only option of write_model is, for the error that refuses it on another arch.
+HYBRID_OPTIONS = {"n_nextn": "an MTP block", "ssm_d_conv": "a Gated DeltaNet size",
+                  "ssm_d_state": "a Gated DeltaNet size", "ssm_n_k_heads": "a Gated DeltaNet size",
+                  "ssm_n_v_heads": "a Gated DeltaNet size", "full_attention_interval": "a hybrid layer pattern"}
+
+
+def _refuse_hybrid_options(**given) -> None:
+    """qwen35's options on another arch: refused, not ignored (n_nextn = 0, no MTP block, applies anywhere)."""
+    for what, value in given.items():
+        if value is not None and not (what == "n_nextn" and value == 0):
+            raise UsageError(f"{what} ({HYBRID_OPTIONS[what]}) needs arch qwen35")
+
+
+def _hybrid_shape(n_layer, weight_type, *, n_nextn, ssm_d_conv, ssm_d_state, ssm_n_k_heads, ssm_n_v_heads,
+                  full_attention_interval):
+    """qwen35's sizes (HYBRID_DEFAULTS where not given), checked like write_model's other arguments."""
+    def size(what, value, hi):
+        return checks.integer(what, HYBRID_DEFAULTS[what] if value is None else value, 1, hi)
+
+    d_conv, d_state = size("ssm_d_conv", ssm_d_conv, 64), size("ssm_d_state", ssm_d_state, MAX_WIDTH)
+    n_k_heads = size("ssm_n_k_heads", ssm_n_k_heads, MAX_HEADS)
+    n_v_heads = size("ssm_n_v_heads", ssm_n_v_heads, MAX_HEADS)
+    interval = min(4, n_layer) if full_attention_interval is None else full_attention_interval
+    interval = checks.integer("full_attention_interval", interval, 1, n_layer + n_nextn)
     if n_v_heads % n_k_heads:
         raise UsageError(f"ssm_n_v_heads = {n_v_heads} must be a multiple of ssm_n_k_heads = {n_k_heads}")
     shape = _HybridShape(n_layer, n_nextn, d_conv, d_state, n_k_heads, n_v_heads, interval)
@@ -597,7 +666,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, dest=dest, type=type_, help=help_)
     parser.add_argument("--untied", action="store_true", help="write a separate output.weight")
     parser.add_argument("--no-tokenizer", action="store_true", help="leave out the tokenizer.* keys")
-    parser.add_argument("--vocab", choices=VOCABS, default="bpe",
+    parser.add_argument("--vocab", choices=VOCABS,
                         help="byte-level BPE with ChatML tokens (default) or a SentencePiece vocabulary")
 
 

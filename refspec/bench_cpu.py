@@ -59,9 +59,7 @@ def run(args) -> int:
               "machine": machine(), "preset": args.preset, "model": str(path), **result}
     print_report(report)
     if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
+        checks.write_json(args.json_out, report, "--json-out")
     return 0
 
 

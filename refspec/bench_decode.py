@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -206,9 +205,7 @@ def run(args) -> int:
     }
     print_tables(report)
     if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
+        checks.write_json(args.json_out, report, "--json-out")
     if copy and copy["mismatches"]:
         print(f"MISMATCH: {len(copy['mismatches'])} speculative outputs differ from greedy: "
               f"{', '.join(copy['mismatches'])}", file=sys.stderr)

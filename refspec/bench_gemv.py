@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
-import json
 import statistics
 
 import numpy as np
 
+from refspec import checks
 from refspec.errors import UsageError
 
 DEFAULT_SHAPES = "4096x4096,14336x4096,4096x14336,152064x3584"
@@ -152,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
     from refspec.gpu import GpuBackend, gpu_available
     from refspec.gpu_mappings import GEMV_CONFIGS, GEMV_MMA_VARIANTS, gemv_variants
 
+    checks.output_file(args.json_out, "--json-out")  # before minutes of timing, not after
     if not gpu_available():
         raise UsageError("refspec bench gemv needs a GPU (CuPy sees none)")
     be = GpuBackend(overlap=False if args.no_overlap else None)
@@ -235,8 +236,7 @@ def run(args: argparse.Namespace) -> int:
     report["summary"] = _summary(report)
     for line in report["summary"]["lines"]:
         print(line)
-    with open(args.json_out, "w") as f:
-        json.dump(report, f, indent=1)
+    checks.write_json(args.json_out, report, "--json-out", indent=1)
     print(f"wrote {args.json_out}")
     return 0
 

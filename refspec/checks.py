@@ -113,6 +113,20 @@ def output_file(path, flag: str | None = None, *, renamed: bool = False) -> None
         room(path, flag=flag)
 
 
+def write_json(path, value, flag: str | None = None, *, indent: int = 2) -> None:
+    """Write `value` as JSON (and a newline) to `path`; OutputError naming the file where the system refuses (a full
+    disk: `--json-out /dev/full`), not the system's words alone."""
+    import json
+
+    try:
+        with open(path, "w") as f:
+            json.dump(value, f, indent=indent)
+            f.write("\n")
+    except OSError as err:
+        name = f"{flag} {path}" if flag else f"{path}"
+        raise OutputError(f"cannot write {name}: {err.strerror or err}") from err
+
+
 def room(path, nbytes: int = 0, what: str = "the file", *, flag: str | None = None) -> None:
     """OutputError, before anything is written, where the file system of `path`'s directory holds no files at
     all (/proc, /sys: a write there fails only at the end, with the writer's own words) or has less free room

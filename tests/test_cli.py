@@ -274,6 +274,16 @@ def test_bench_cpu_on_a_tiny_model_and_json_out_paths(model, tmp_path):
         assert "--json-out" in line and "its directory does not exist" in line
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_bench_json_out_to_a_full_disk_names_the_file(model):
+    """The system's words alone ("No space left on device") would not say which output failed. (The report is on
+    stdout already: the JSON is written after it.)"""
+    proc = refspec("bench", "cpu", "-m", model, "--prompt-tokens", "4", "--decode-tokens", "2", "--json-out",
+                   "/dev/full", check=False)
+    assert proc.returncode == 1 and "decoding step" in proc.stdout
+    assert proc.stderr.splitlines() == ["refspec: error: cannot write --json-out /dev/full: No space left on device"]
+
+
 def test_bench_decode_says_when_the_context_is_too_short_for_its_prompts(model):
     line = one_line_error(refspec("bench", "decode", "-m", model, "--device", "cpu", "--quick", check=False))
     assert "the model's context holds 64" in line  # (not --pass-position, which the CPU does not use)

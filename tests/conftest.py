@@ -16,3 +16,12 @@ def default_model_path():
     from refspec.default_model import default_model_path as find
 
     return find(fetch=True)
+
+
+def one_line_error(proc) -> str:
+    """The run failed as every refspec error does: status 1, one line on stderr, nothing on stdout."""
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    assert proc.stdout == "" and "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("refspec: error: "), proc.stderr
+    return lines[0]

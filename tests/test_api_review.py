@@ -19,6 +19,7 @@ from refspec.gguf_model import load
 from refspec.speculative import (MAX_DRAFT, Drafter, LayerSkipDrafter, MtpDrafter, NgramDrafter, make_drafter,
                                  speculative_generate)
 from refspec.synthetic import write_model
+from conftest import one_line_error
 
 N_PREDICT = 20
 
@@ -26,14 +27,6 @@ N_PREDICT = 20
 def refspec(*args, env=None):
     return subprocess.run([sys.executable, "-m", "refspec.cli", *args], capture_output=True, text=True, timeout=300,
                           env=env)
-
-
-def one_line_error(proc) -> str:
-    assert proc.returncode == 1, (proc.returncode, proc.stderr)
-    assert proc.stdout == "" and "Traceback" not in proc.stderr
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("refspec: error: "), proc.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from refspec.synthetic import write_model
+from conftest import one_line_error
 
 
 def refspec(*args, check=True, timeout=300):
@@ -131,15 +132,6 @@ def test_synthetic_writes_a_model_info_reads(tmp_path):
     assert proc.stdout.strip() == str(path)
     info = json.loads(refspec("info", "-m", str(path), "--json").stdout)
     assert (info["architecture"], info["n_layer"], info["n_embd"], info["n_head"], info["n_head_kv"]) == ("qwen3", 3, 96, 3, 1)
-
-
-def one_line_error(proc) -> str:
-    """The run failed as every refspec error does: status 1, one line on stderr, nothing on stdout."""
-    assert proc.returncode == 1, (proc.returncode, proc.stderr)
-    assert proc.stdout == "" and "Traceback" not in proc.stderr
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("refspec: error: "), proc.stderr
-    return lines[0]
 
 
 @pytest.mark.parametrize("args, fragment", [

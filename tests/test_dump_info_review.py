@@ -16,18 +16,11 @@ from gguf.gguf_writer import GGUFValue
 from refspec.chat_template import CHATML_TEMPLATE
 from refspec.model_info import describe
 from refspec.synthetic import CHAT_TEMPLATE, rewrite_gguf, write_model
+from conftest import one_line_error
 
 
 def refspec(*args):
     return subprocess.run([sys.executable, "-m", "refspec.cli", *args], capture_output=True, text=True, timeout=300)
-
-
-def one_line_error(proc) -> str:
-    assert proc.returncode == 1, (proc.returncode, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("refspec: error: "), proc.stderr
-    return lines[0]
 
 
 def sha256(path) -> str:

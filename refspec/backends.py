@@ -151,7 +151,8 @@ class CpuBackend(FusedFromParts):
         self._local = threading.local()
         self._bounds = {}  # column ranges per GEMV shape
         for name, parts, compiled in self.COMPILED_FUSED:
-            if all(getattr(type(self), part) is getattr(CpuBackend, part) for part in parts):
+            own = getattr(type(self), name) is getattr(CpuBackend, name)  # a subclass's own fused kernel stays
+            if own and all(getattr(type(self), part) is getattr(CpuBackend, part) for part in parts):
                 setattr(self, name, compiled)
         self._log = log or _print_to_stderr
         self._stream = None  # ByteProgress when the weights are larger than memory

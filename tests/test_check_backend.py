@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import wrong_backends
@@ -97,3 +98,49 @@ def test_the_gpu_backend_passes_every_check():
     if not gpu_available():
         pytest.skip("no GPU")
     assert [c.line() for c in check_backend(GpuBackend) if not c.ok] == []
+
+
+# ------------------------------------------------------------------------ review of 2026-12-05: wrong verdicts
+class _NanToNumArgmax(CpuBackend):
+    """Hides NaN rows by writing into the logits it is given (and so flags none)."""
+
+    def argmax_rows(self, logits):
+        np.nan_to_num(logits, copy=False)
+        return np.argmax(logits, -1).astype(np.int32), np.ones(len(logits), bool)
+
+
+class _InPlaceAdd(CpuBackend):
+    """Right bits, computed into its first input."""
+
+    def add(self, x, y):
+        return np.add(x, y, out=x)
+
+
+class _AllNanNorm(CpuBackend):
+    def rmsnorm(self, x, w, eps):
+        return np.full(np.shape(x), np.nan, np.float32)
+
+
+class _OwnSiluMul(CpuBackend):
+    def silu_mul_q8(self, g, u):
+        raise RuntimeError("the subclass's own kernel ran")
+
+
+def test_a_backend_writing_into_its_inputs_gets_the_verdict_of_what_it_returns():
+    """The reference is computed before the backend runs, on inputs the backend never sees: a backend that
+    overwrites them can neither fake a pass (NaN rows hidden) nor be failed for right bits."""
+    assert "argmax_rows" in failed_ops(_NanToNumArgmax())
+    assert "add" not in failed_ops(_InPlaceAdd())
+
+
+def test_an_all_nan_output_is_not_reported_as_nmse_0_alone():
+    line = next(c.line() for c in check_ops(_AllNanNorm()) if c.name.startswith("rmsnorm(") and not c.ok)
+    assert "non-finite where the spec is finite" in line
+
+
+def test_a_subclass_keeps_its_own_fused_kernel():
+    """CpuBackend binds its compiled fused kernels where the parts are its own, but never over a subclass's own
+    version of the fused method (which would then never run, nor be checked)."""
+    be = _OwnSiluMul()
+    with pytest.raises(RuntimeError, match="own kernel ran"):
+        be.silu_mul_q8(np.zeros((1, 64), np.float32), np.zeros((1, 64), np.float32))

@@ -144,3 +144,17 @@ def test_a_subclass_keeps_its_own_fused_kernel():
     be = _OwnSiluMul()
     with pytest.raises(RuntimeError, match="own kernel ran"):
         be.silu_mul_q8(np.zeros((1, 64), np.float32), np.zeros((1, 64), np.float32))
+
+
+class _MeanNorm(CpuBackend):
+    """RMSNorm with the mean of squares as NumPy sums it (pairwise), not the spec's order: right in most rows."""
+
+    def rmsnorm(self, x, w, eps):
+        x = np.asarray(x, np.float32)
+        ms = np.mean(x * x, axis=-1, keepdims=True, dtype=np.float32)
+        return (x * (np.float32(1) / np.sqrt(ms + np.float32(eps)))) * w
+
+
+def test_a_pairwise_mean_in_rmsnorm_fails_at_rmsnorm():
+    """A mistake that shows in about one row in seven: the cases hold rows enough to show it."""
+    assert failed_ops(_MeanNorm()) == {"rmsnorm"}

@@ -633,7 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _Terminated(Exception):
+class _Terminated(BaseException):  # (not an Exception: a handler of errors must not swallow it)
     """SIGTERM, raised in the main thread as Ctrl-C raises KeyboardInterrupt, so that what a command was writing
     is cleaned up on the way out (a partial model file, a half-written cache entry)."""
 

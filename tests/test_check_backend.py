@@ -12,6 +12,7 @@ import pytest
 
 import wrong_backends
 from refspec.backends import CpuBackend
+from refspec.errors import BackendError
 from refspec.protocol import METHODS, missing_methods
 from refspec.testing import check_backend
 from refspec.testing.conformance import check_ops
@@ -158,3 +159,61 @@ class _MeanNorm(CpuBackend):
 def test_a_pairwise_mean_in_rmsnorm_fails_at_rmsnorm():
     """A mistake that shows in about one row in seven: the cases hold rows enough to show it."""
     assert failed_ops(_MeanNorm()) == {"rmsnorm"}
+
+
+FOREIGN = '''
+import sys, time
+from refspec.backends import CpuBackend
+from refspec.errors import BackendError
+
+class ExitsInAdd(CpuBackend):
+    def add(self, x, y):
+        sys.exit(0)
+
+class SleepsInAttention(CpuBackend):
+    def attention(self, *args, **kwargs):
+        time.sleep(120)
+'''
+
+
+def _foreign(tmp_path, *args, **kwargs):
+    (tmp_path / "foreign.py").write_text(FOREIGN)
+    return subprocess.Popen([sys.executable, "-m", "refspec.cli", "check-backend", *args], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_a_backend_calling_sys_exit_is_a_fail_line_not_the_end_of_the_run(tmp_path):
+    proc = _foreign(tmp_path, "foreign:ExitsInAdd", "--ops-only")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err
+    assert any(line.strip().startswith("add(") and "FAIL raised SystemExit" in line for line in out.splitlines())
+    assert out.splitlines()[-1].endswith("checks passed: FAIL")
+
+
+def test_lines_come_as_each_check_finishes_and_sigterm_ends_the_run(tmp_path):
+    """The op lines before attention are out while attention still runs (they came only once every op had run);
+    SIGTERM then stops the run (it was reported as attention's FAIL, and the model checks ran on)."""
+    import queue
+    import signal
+    import threading
+
+    proc = _foreign(tmp_path, "foreign:SleepsInAttention")
+    lines = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)
+    reader.start()
+    try:
+        while not lines.get(timeout=60).strip().startswith("kv_write("):  # (queue.Empty: no line in 60 s)
+            pass
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    reader.join(timeout=10)
+    rest = "".join(lines.queue)
+    assert proc.stderr.read().splitlines() == ["refspec: terminated"]
+    assert "attention(" not in rest and "llama" not in rest
+
+
+def test_an_instance_lacking_methods_is_told_what_it_lacks():
+    with pytest.raises(BackendError, match=r"^the backend lacks .*attention"):
+        check_backend(wrong_backends.NoAttention())

@@ -26,6 +26,9 @@ TINY_MODELS = {  # odd head counts, GQA, partial RoPE, an ffn of 3 blocks: as te
     "qwen2": dict(n_layer=2, n_embd=96, n_ff=160, n_head=3, n_head_kv=1, head_dim=32),
     "qwen3": dict(n_layer=2, n_embd=64, n_ff=64, n_head=2, n_head_kv=2, head_dim=32, n_rot=16),
 }
+# what foreign code may raise and a check reports: any error, and SystemExit (a backend module written as a script,
+# an op calling sys.exit), which would otherwise end refspec with the backend's status, 0 included
+FOREIGN_FAILURES = (Exception, SystemExit)
 PROMPT = [5, 71, 9, 33, 2, 71, 9, 33, 2, 71, 9, 40]  # repeats, so the ngram drafter's guesses get accepted
 
 
@@ -47,7 +50,7 @@ def load_factory(spec: str):
         raise BackendError(f"give the backend as MODULE:FACTORY (e.g. mypkg.backend:make), got {spec!r}")
     try:
         module = importlib.import_module(module_name)
-    except Exception as err:  # a foreign module may fail in any way while importing
+    except FOREIGN_FAILURES as err:  # a foreign module may fail in any way while importing
         raise BackendError(f"cannot import {module_name}: {type(err).__name__}: {err}") from err
     factory = getattr(module, attr, None)
     if not callable(factory):
@@ -55,12 +58,26 @@ def load_factory(spec: str):
     return factory
 
 
+def _backend(backend_or_factory):
+    """A class, or a callable with none of the protocol's methods, is a factory; anything else is a backend,
+    checked for what it lacks as a factory's result is (an instance is never called)."""
+    from refspec.protocol import METHODS, missing_methods
+
+    x = backend_or_factory
+    if isinstance(x, type) or (callable(x) and not any(hasattr(x, m) for m in METHODS)):
+        return make_backend(x)
+    missing = missing_methods(x)
+    if missing:
+        raise BackendError(f"the backend lacks {', '.join(missing)} (refspec/protocol.py lists the methods)")
+    return x
+
+
 def make_backend(factory):
     from refspec.protocol import missing_methods
 
     try:
         be = factory()
-    except Exception as err:
+    except FOREIGN_FAILURES as err:
         raise BackendError(f"the backend factory raised {type(err).__name__}: {err}") from err
     missing = missing_methods(be)
     if missing:
@@ -70,25 +87,32 @@ def make_backend(factory):
 
 # --------------------------------------------------------------------------------------------- op checks
 def check_ops(be, seed: int = op_cases.SEED) -> list[Check]:
+    return list(iter_ops(be, seed))
+
+
+def iter_ops(be, seed: int = op_cases.SEED):
+    """The op checks, each yielded as it finishes."""
     rng = np.random.default_rng(seed)
     weights = op_cases.weights(rng)
     try:
         uploaded = be.upload_weights(weights)
-    except Exception as err:
-        return [Check("upload_weights", False, f"raised {type(err).__name__}: {err}")]
-    results = []
+    except FOREIGN_FAILURES as err:
+        yield Check("upload_weights", False, f"raised {type(err).__name__}: {err}")
+        return
     for case in op_cases.make_cases(weights, seed):
-        name = f"{case.op}({case.label})"
-        with np.errstate(all="ignore"):  # the edge cases overflow on purpose
-            want = op_cases.reference_op(weights, case)  # first, and the backend gets copies: one that writes
-            inputs = {k: np.array(v, copy=True) if isinstance(v, np.ndarray) else v for k, v in case.inputs.items()}
-            try:  # into its inputs can neither change the reference nor the next case
-                got = op_cases.run_op(be, uploaded, replace(case, inputs=inputs))
-            except Exception as err:
-                results.append(Check(name, False, f"raised {type(err).__name__}: {_one_line(err)}"))
-                continue
-            results.append(Check(name, *_verdict(got, want)))
-    return results
+        yield _check_op(be, uploaded, weights, case)
+
+
+def _check_op(be, uploaded, weights, case) -> Check:
+    name = f"{case.op}({case.label})"
+    with np.errstate(all="ignore"):  # the edge cases overflow on purpose
+        want = op_cases.reference_op(weights, case)  # first, and the backend gets copies: one that writes
+        inputs = {k: np.array(v, copy=True) if isinstance(v, np.ndarray) else v for k, v in case.inputs.items()}
+        try:  # into its inputs can neither change the reference nor the next case
+            got = op_cases.run_op(be, uploaded, replace(case, inputs=inputs))
+        except FOREIGN_FAILURES as err:
+            return Check(name, False, f"raised {type(err).__name__}: {_one_line(err)}")
+        return Check(name, *_verdict(got, want))
 
 
 def _verdict(got: tuple, want: tuple) -> tuple[bool, str]:
@@ -123,12 +147,16 @@ def _one_line(err: Exception) -> str:
 
 # ------------------------------------------------------------------------------------------ model checks
 def check_models(be, archs=tuple(TINY_MODELS)) -> list[Check]:
+    return list(iter_models(be, archs))
+
+
+def iter_models(be, archs=tuple(TINY_MODELS)):
+    """The whole-model checks, each yielded as it finishes."""
     from refspec.backends import CpuBackend
     from refspec.forward import Transformer
     from refspec.gguf_model import load
     from refspec.synthetic import write_model
 
-    results = []
     with tempfile.TemporaryDirectory(prefix="refspec-check-") as tmp:
         for arch in archs:
             model = load(write_model(f"{tmp}/{arch}.gguf", arch=arch, n_ctx=64, seed=7, **TINY_MODELS[arch]),
@@ -136,18 +164,17 @@ def check_models(be, archs=tuple(TINY_MODELS)) -> list[Check]:
             label = f"{arch} ({model.config.n_layer} layers)"
             try:
                 tf = Transformer(model, be)
-            except Exception as err:
-                results.append(Check(f"{label}: load", False, f"raised {type(err).__name__}: {_one_line(err)}"))
+            except FOREIGN_FAILURES as err:
+                yield Check(f"{label}: load", False, f"raised {type(err).__name__}: {_one_line(err)}")
                 continue
             reference = Transformer(model, CpuBackend())
             for what, check in (("logits vs CPU", _logits_vs_cpu), ("batch invariance", _batch_invariance),
                                 ("speculative == greedy", _speculative_is_greedy)):
                 try:
                     problem = check(tf, reference)
-                except Exception as err:
+                except FOREIGN_FAILURES as err:
                     problem = f"raised {type(err).__name__}: {_one_line(err)}"
-                results.append(Check(f"{label}: {what}", problem is None, problem or ""))
-    return results
+                yield Check(f"{label}: {what}", problem is None, problem or "")
 
 
 def _host_logits(tf, ids, pos0, cache) -> np.ndarray:
@@ -189,10 +216,9 @@ def _speculative_is_greedy(tf, reference) -> str | None:
 # ------------------------------------------------------------------------------------------------ running
 def check_backend(backend_or_factory, *, ops: bool = True, models: bool = True, on_result=None) -> list[Check]:
     """Every check on a backend (or a factory making one); `on_result(check)` sees each as it finishes."""
-    is_backend = hasattr(backend_or_factory, "q8_gemv") and not isinstance(backend_or_factory, type)
-    be = backend_or_factory if is_backend else make_backend(backend_or_factory)
+    be = _backend(backend_or_factory)
     results = []
-    for group in ((check_ops,) if ops else ()) + ((check_models,) if models else ()):
+    for group in ((iter_ops,) if ops else ()) + ((iter_models,) if models else ()):
         for check in group(be):
             results.append(check)
             if on_result:

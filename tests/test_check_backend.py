@@ -217,3 +217,14 @@ def test_lines_come_as_each_check_finishes_and_sigterm_ends_the_run(tmp_path):
 def test_an_instance_lacking_methods_is_told_what_it_lacks():
     with pytest.raises(BackendError, match=r"^the backend lacks .*attention"):
         check_backend(wrong_backends.NoAttention())
+
+
+class _FloatIds(CpuBackend):
+    def argmax_rows(self, logits):
+        ids, finite = super().argmax_rows(logits)
+        return np.asarray(ids).astype(np.float32) + np.float32(0.5), finite
+
+
+def test_argmax_ids_of_a_float_type_fail():
+    line = next(c.line() for c in check_ops(_FloatIds()) if c.name.startswith("argmax_rows("))
+    assert "FAIL raised TypeError: argmax_rows returned ids of float32, expected an integer type" in line

@@ -172,6 +172,8 @@ def run_op(be, uploaded: ModelWeights, case: Case) -> tuple:
         ids, finite = _pair(be.argmax_rows(a(i["logits"])), case.op)
         ids, finite = np.asarray(host(ids)), np.asarray(host(finite))
         finite = finite.astype(bool)  # any integer and boolean types will do here
+        if not np.issubdtype(ids.dtype, np.integer):  # float ids would be truncated by the astype below
+            raise TypeError(f"argmax_rows returned ids of {ids.dtype}, expected an integer type")
         return np.where(finite, ids.astype(np.int64), -1), finite  # a non-finite row chooses no token
     raise ValueError(f"no case runner for {case.op}")
 

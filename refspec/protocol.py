@@ -54,6 +54,11 @@ METHODS = tuple(name for name in Backend.__annotations__) + tuple(
     name for name, value in vars(Backend).items() if callable(value) and not name.startswith("_"))
 
 
+# The fused operations forward.py calls on the dense architectures (llama, qwen2, qwen3): refspec.backends.
+# FusedFromParts composes them from the methods above; check-backend checks each against that composition.
+FUSED = ("pass_input", "q8_gemv_add", "q8_gemv_many_bias", "silu_mul_q8", "rope_kv", "attention_q8")
+
+
 def missing_methods(backend) -> list[str]:
     """The protocol's names `backend` lacks."""
     return [name for name in METHODS if not hasattr(backend, name)]

@@ -13,9 +13,10 @@ import pytest
 import wrong_backends
 from refspec.backends import CpuBackend
 from refspec.errors import BackendError
-from refspec.protocol import METHODS, missing_methods
+from refspec.protocol import FUSED, METHODS, missing_methods
 from refspec.testing import check_backend
-from refspec.testing.conformance import check_ops
+from refspec.testing.bits import first_difference
+from refspec.testing.conformance import check_models, check_ops
 
 TESTS = pathlib.Path(__file__).parent
 
@@ -33,29 +34,70 @@ def test_the_cpu_backend_passes_every_check():
     results = check_backend(CpuBackend)
     assert [c.line() for c in results if not c.ok] == []
     ops = {c.name.split("(")[0] for c in results if "(" in c.name and ":" not in c.name}
-    assert ops == set(METHODS) - {"name", "asarray", "to_host", "zeros", "synchronize", "upload_weights"}
+    assert ops == set(METHODS) - {"name", "asarray", "to_host", "zeros", "synchronize", "upload_weights"} | set(FUSED)
     assert sum("speculative == greedy" in c.name for c in results) == 3  # llama, qwen2, qwen3
 
 
 @pytest.mark.parametrize("backend, op", [
-    (wrong_backends.SequentialSum, {"q8_gemv", "q8_gemv_many"}),  # reduction order
-    (wrong_backends.Chunk512, {"attention"}),  # chunk size
-    (wrong_backends.ContractedRope, {"rope"}),  # a contracted multiply-add
-    (wrong_backends.LibmExp, {"silu_mul"}),  # libm's exp
+    # a wrong basic op fails there and in the fused ops FusedFromParts composes of it (its inputs permitting)
+    (wrong_backends.SequentialSum, {"q8_gemv", "q8_gemv_many", "q8_gemv_add", "q8_gemv_many_bias"}),  # order
+    (wrong_backends.Chunk512, {"attention"}),  # chunk size (its 1 ULP does not reach attention_q8's quants here)
+    (wrong_backends.ContractedRope, {"rope", "rope_kv"}),  # a contracted multiply-add
+    (wrong_backends.LibmExp, {"silu_mul"}),  # libm's exp (its 1-2 ULP do not reach silu_mul_q8's quants)
+    # a wrong fused kernel, its parts right: the fused op's case fails, and only it
+    (wrong_backends.EvenTiesSiluMulQ8, {"silu_mul_q8"}),  # ties rounded to even
+    (wrong_backends.FusedWindow512, {"attention_q8"}),  # a fixed-size buffer of positions
+    (wrong_backends.UnrotatedKeys, {"rope_kv"}),
+    (wrong_backends.LastBiasOnce, {"q8_gemv_many_bias"}),
 ])
 def test_each_deliberate_mistake_fails_at_its_op_and_nowhere_else(backend, op):
     assert failed_ops(backend()) == op
 
 
-@pytest.mark.parametrize("backend, op, reason", [
-    (wrong_backends.Raising, "add", "raised RuntimeError: add is not implemented"),
-    (wrong_backends.WrongDtype, "silu_mul", "returned float64 [2, 604], expected float32"),
-    (wrong_backends.WrongShape, "q8_gemv", "returned float32 [37, 3], expected float32 [3, 37]"),
+@pytest.mark.parametrize("backend, op", [(wrong_backends.EvenTiesSiluMulQ8, "silu_mul_q8"),
+                                        (wrong_backends.FusedWindow512, "attention_q8")])
+def test_fused_mistakes_the_tiny_models_hide_fail_op_by_op(backend, op):
+    """Why the fused cases exist: these wrong kernels give the tiny models' right taps and logits (no tie after
+    SiLU, no 512 positions), and were passed by check-backend before it checked the fused ops one by one."""
+    assert [c.line() for c in check_models(backend()) if not c.ok] == []
+    assert failed_ops(backend()) == {op}
+
+
+def test_a_fused_method_missing_is_a_fail_line_naming_the_composition():
+    bad = [c.line() for c in check_ops(wrong_backends.NoFused()) if not c.ok]
+    assert bad and all(line.startswith("q8_gemv_add(") and "FusedFromParts" in line for line in bad)
+
+
+@pytest.mark.parametrize("backend, tap", [
+    (wrong_backends.ContractedRope, "kqv_out-0"), (wrong_backends.SequentialSum, "ffn_out-0")])
+def test_model_checks_compare_every_tap_where_the_logits_hide_the_mistake(backend, tap):
+    """1-ULP mistakes: the llama model's logits stay bitwise right (so a logits-only check passed them), its
+    first wrong tap is named."""
+    from refspec.backends import CpuBackend
+    from refspec.forward import Transformer
+    from refspec.gguf_model import load
+    from refspec.synthetic import write_model
+    from refspec.testing.conformance import PROMPT, TINY_MODELS
+
+    line = next(c.line() for c in check_models(backend(), archs=("llama",)) if "vs CPU" in c.name)
+    assert f"FAIL {tap}: " in line and "(1 ULP)" in line
+    with __import__("tempfile").TemporaryDirectory() as tmp:
+        model = load(write_model(f"{tmp}/m.gguf", arch="llama", n_ctx=64, seed=7, **TINY_MODELS["llama"]),
+                     log=lambda m: None)
+        got, want = ((tf := Transformer(model, b)).forward(tf.new_cache(len(PROMPT)), PROMPT, 0)
+                     for b in (backend(), CpuBackend()))
+        assert first_difference(got, want) is None
+
+
+@pytest.mark.parametrize("backend, op, users, reason", [  # users: the fused ops composed of the broken op
+    (wrong_backends.Raising, "add", {"q8_gemv_add", "q8_gemv_many_bias"}, "raised RuntimeError: add is not implemented"),
+    (wrong_backends.WrongDtype, "silu_mul", set(), "returned float64 [2, 604], expected float32"),
+    (wrong_backends.WrongShape, "q8_gemv", {"q8_gemv_add"}, "returned float32 [37, 3], expected float32 [3, 37]"),
 ])
-def test_protocol_breaches_are_fail_lines_and_the_run_goes_on(backend, op, reason):
+def test_protocol_breaches_are_fail_lines_and_the_run_goes_on(backend, op, users, reason):
     results = check_ops(backend())
     bad = [c for c in results if not c.ok]
-    assert {c.name.split("(")[0] for c in bad} == {op} and reason in bad[0].detail
+    assert {c.name.split("(")[0] for c in bad} == {op} | users and reason in bad[0].detail
     assert len(results) - len(bad) >= 20  # every other op still ran
 
 
@@ -67,7 +109,7 @@ def test_cli_prints_one_line_per_case_and_fails():
     assert any(line.startswith("  q8_gemv(R=3, N=37, K=2240): OK bitwise 111/111") for line in lines)
     assert lines[-1].endswith("checks passed: FAIL")
     out = json.loads(refspec("check-backend", "wrong_backends:Chunk512", "--ops-only", "--json").stdout)
-    assert out["pass"] is False and out["failed"] == 2
+    assert out["pass"] is False and out["failed"] == 2  # the attention cases past 512 positions
     assert refspec("check-backend", "refspec.backends:CpuBackend", "--ops-only").returncode == 0
 
 

@@ -108,3 +108,55 @@ class NoAttention:
 
 def failing_factory():
     raise OSError("device not found")
+
+
+# ---- mistakes in a fused kernel only (its parts are right): check-backend's fused cases catch them
+class EvenTiesSiluMulQ8(CpuBackend):
+    """silu_mul_q8 whose quantizer rounds ties to even (rint), not away from zero as Q8_0 does."""
+
+    @staticmethod
+    def silu_mul_q8(gate, up):
+        y = spec.silu_mul(gate, up)
+        blocks = y.reshape(y.shape[0], -1, 32)
+        d = np.abs(blocks).max(axis=-1) / F32(127)
+        with np.errstate(divide="ignore"):
+            inv = np.where(d == 0, F32(0), F32(1) / d).astype(F32)
+        q = np.rint(blocks * inv[..., None]).astype(np.int8)
+        return q.reshape(y.shape), d.astype(np.float16)
+
+
+class FusedWindow512(CpuBackend):
+    """attention_q8 reads at most 512 cache positions (a fixed-size buffer), the unfused attention all of them."""
+
+    def attention_q8(self, q, k_cache, v_cache, pos0):
+        k, v = np.array(k_cache), np.array(v_cache)
+        k[:, 512:], v[:, 512:] = 0, 0
+        a = spec.attention(q, k, v, pos0)
+        return spec.quantize_q8_0(a.reshape(a.shape[0], -1))
+
+
+class UnrotatedKeys(CpuBackend):
+    """rope_kv stores the keys before rotating them."""
+
+    def rope_kv(self, q, k, v, k_cache, v_cache, pos0, cos, sin, neox):
+        self.kv_write(k_cache, v_cache, k, v, pos0)
+        return self.rope(q, pos0, cos, sin, neox)
+
+
+class LastBiasOnce(CpuBackend):
+    """q8_gemv_many_bias adds the last bias to the first row only."""
+
+    def q8_gemv_many_bias(self, ws, biases, xq, xd):
+        ys = [self.add(y, b) for y, b in zip(self.q8_gemv_many(ws, xq, xd)[:-1], biases)]
+        last = np.array(self.q8_gemv(ws[-1], xq, xd))
+        last[0] += biases[-1]
+        return ys + [last]
+
+
+class NoFused(CpuBackend):
+    """Has the protocol's methods but not FusedFromParts' q8_gemv_add."""
+
+    def __getattribute__(self, name):
+        if name == "q8_gemv_add":
+            raise AttributeError(name)
+        return super().__getattribute__(name)

@@ -79,7 +79,11 @@ def weights(rng: np.random.Generator) -> ModelWeights:
         wv=q8_matrix(rng, 8, k_wide), wo=q8_matrix(rng, 37, k_wide), ffn_norm=np.ones(k_ffn, F32),
         w_gate=q8_matrix(rng, 24, k_ffn), w_up=q8_matrix(rng, 24, k_ffn), w_down=q8_matrix(rng, 21, k_down))
     embd = q8_matrix(rng, 50, k_ffn)
-    return ModelWeights(tok_embd=embd, layers=[layer], output_norm=np.ones(k_ffn, F32), output=q8_matrix(rng, 23, k_ffn))
+    output = q8_matrix(rng, 23, k_ffn)
+    # qwen2's Q/K/V biases (drawn last: the matrices stay as they were), uploaded with the weights as forward.py's
+    # are, so that a backend's fused bias epilogue (the GPU's) is what q8_gemv_many_bias's case runs
+    layer.bq, layer.bk, layer.bv = (edge_activations(rng, (m.shape[0],)) for m in (layer.wq, layer.wk, layer.wv))
+    return ModelWeights(tok_embd=embd, layers=[layer], output_norm=np.ones(k_ffn, F32), output=output)
 
 
 # ------------------------------------------------------------------------------------------------ cases
@@ -135,6 +139,46 @@ def make_cases(w: ModelWeights, seed: int = SEED) -> list[Case]:
     logits[2, 7] = np.nan
     logits[3, 0] = -np.inf
     cases.append(Case("argmax_rows", "4x33, a tie, NaN, -inf", {"logits": logits}))
+    return cases + fused_cases(w, seed)
+
+
+def fused_cases(w: ModelWeights, seed: int = SEED) -> list[Case]:
+    """The fused operations forward.py calls on the dense architectures (protocol.FUSED), each against the
+    composition refspec.backends.FusedFromParts defines, on the spec's functions. Positions go through the
+    backend's own pass_input, as in forward.py. Their own generator: the other cases' inputs stay as they were."""
+    rng = np.random.default_rng(seed + 2)
+    lw = w.layers[0]
+    cases = [Case("pass_input", "ids=6 at 11, then embed", {"ids": [3, 0, 49, 3, 17, 1], "pos0": 11})]
+    for name, rows in (("wo", 3), ("w_down", 1)):
+        m = getattr(lw, name)
+        xq, xd = spec.quantize_q8_0(edge_activations(rng, (rows, m.shape[1])))
+        cases.append(Case("q8_gemv_add", f"R={rows}, N={m.shape[0]}, K={m.shape[1]}", {
+            "x": edge_activations(rng, (rows, m.shape[0])), "w": name, "xq": xq, "xd": xd}))
+    names = ("wq", "wk", "wv")
+    xq, xd = spec.quantize_q8_0(edge_activations(rng, (4, lw.wq.shape[1])))
+    cases.append(Case("q8_gemv_many_bias", f"{'+'.join(names)}, R=4, K={lw.wq.shape[1]}", {
+        "ws": names, "biases": ("bq", "bk", "bv"), "xq": xq, "xd": xd}))
+    # silu(32) is exactly 32 (exp(-32) vanishes next to 1), so gate 32 and up = tie / 32 put every product of
+    # the first block on a rounding tie of the quantizer (as quantize_edge_rows): rounding half to even fails
+    ties = quantize_edge_rows()[0, :QK8_0]
+    gate = np.concatenate([np.full(QK8_0, F32(32)), np.linspace(-30, 30, 4 * QK8_0, dtype=F32)])
+    up = np.concatenate([ties / F32(32), edge_activations(rng, (4 * QK8_0,))])
+    cases.append(Case("silu_mul_q8", f"2x{len(gate)}, ties", {
+        "gate": np.stack([gate, gate[::-1]]), "up": np.stack([up, edge_activations(rng, (len(up),))])}))
+    for rows, heads, dim, n_rot, neox in ((3, (4, 2), 32, 32, False), (2, (3, 1), 64, 32, True)):
+        h, g = heads
+        cos, sin = spec.rope_table(16, n_rot, 10000.0)
+        cases.append(Case("rope_kv", f"R={rows}, H={h}, G={g}, D={dim}, n_rot={n_rot}, {'neox' if neox else 'pairs'}"
+                          f" at 9 into T=16", {
+            "q": edge_activations(rng, (rows, h, dim), 2.0), "k": edge_activations(rng, (rows, g, dim), 2.0),
+            "v": edge_activations(rng, (rows, g, dim)), "pos0": 9, "n_pos": 16, "cos": cos, "sin": sin,
+            "neox": neox}))
+    for rows, n_pos, heads, dim in ((3, 300, (4, 2), 32), (2, 700, (3, 1), 64), (1, 40, (2, 2), 16)):
+        h, g = heads
+        cases.append(Case("attention_q8", f"R={rows}, H={h}, G={g}, D={dim}, T={n_pos}", {
+            "q": (rng.standard_normal((rows, h, dim)) * 3).astype(F32),
+            "k": rng.standard_normal((g, n_pos, dim)).astype(F32),
+            "v": edge_activations(rng, (g, n_pos, dim)), "pos0": n_pos - rows}))
     return cases
 
 
@@ -175,6 +219,26 @@ def run_op(be, uploaded: ModelWeights, case: Case) -> tuple:
         if not np.issubdtype(ids.dtype, np.integer):  # float ids would be truncated by the astype below
             raise TypeError(f"argmax_rows returned ids of {ids.dtype}, expected an integer type")
         return np.where(finite, ids.astype(np.int64), -1), finite  # a non-finite row chooses no token
+    if case.op == "pass_input":
+        ids, _ = be.pass_input(list(i["ids"]), i["pos0"])
+        return (host(be.embed(uploaded.tok_embd, ids)),)
+    if case.op == "q8_gemv_add":
+        return (host(be.q8_gemv_add(a(i["x"]), getattr(lw, i["w"]), a(i["xq"]), a(i["xd"]))),)
+    if case.op == "q8_gemv_many_bias":
+        ys = be.q8_gemv_many_bias([getattr(lw, n) for n in i["ws"]], [getattr(lw, b) for b in i["biases"]],
+                                  a(i["xq"]), a(i["xd"]))
+        return tuple(host(y) for y in ys)
+    if case.op == "silu_mul_q8":
+        return tuple(host(t) for t in _pair(be.silu_mul_q8(a(i["gate"]), a(i["up"])), case.op))
+    if case.op == "rope_kv":
+        _, pos = be.pass_input([0] * len(i["q"]), i["pos0"])
+        shape = (i["k"].shape[1], i["n_pos"], i["k"].shape[2])
+        kc, vc = be.zeros(shape), be.zeros(shape)
+        q = be.rope_kv(a(i["q"]), a(i["k"]), a(i["v"]), kc, vc, pos, a(i["cos"]), a(i["sin"]), i["neox"])
+        return host(q), host(kc), host(vc)
+    if case.op == "attention_q8":
+        _, pos = be.pass_input([0] * len(i["q"]), i["pos0"])
+        return tuple(host(t) for t in _pair(be.attention_q8(a(i["q"]), a(i["k"]), a(i["v"]), pos), case.op))
     raise ValueError(f"no case runner for {case.op}")
 
 
@@ -211,6 +275,23 @@ def reference_op(w: ModelWeights, case: Case) -> tuple:
         ids, finite = spec.argmax_rows(i["logits"])
         # A row with NaN or infinity chooses no token (spec.checked_ids raises): its index is not compared.
         return np.where(finite, ids.astype(np.int64), -1), finite.astype(bool)
+    # the fused operations: FusedFromParts' compositions, of the spec's functions
+    if case.op == "pass_input":
+        return (spec.embed(w.tok_embd, np.asarray(i["ids"])),)
+    if case.op == "q8_gemv_add":
+        return (spec.add(i["x"], spec.q8_gemv(getattr(lw, i["w"]), i["xq"], i["xd"])),)
+    if case.op == "q8_gemv_many_bias":
+        return tuple(spec.add(spec.q8_gemv(getattr(lw, n), i["xq"], i["xd"]), getattr(lw, b))
+                     for n, b in zip(i["ws"], i["biases"]))
+    if case.op == "silu_mul_q8":
+        return spec.quantize_q8_0(spec.silu_mul(i["gate"], i["up"]))
+    if case.op == "rope_kv":
+        k = spec.rope(i["k"], i["pos0"], i["cos"], i["sin"], i["neox"])
+        kc, vc = reference_op(w, Case("kv_write", "", {"k": k, "v": i["v"], "pos0": i["pos0"], "n_pos": i["n_pos"]}))
+        return spec.rope(i["q"], i["pos0"], i["cos"], i["sin"], i["neox"]), kc, vc
+    if case.op == "attention_q8":
+        out = spec.attention(i["q"], i["k"], i["v"], i["pos0"])
+        return spec.quantize_q8_0(out.reshape(out.shape[0], -1))
     raise ValueError(f"no reference for {case.op}")
 
 

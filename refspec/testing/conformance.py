@@ -3,10 +3,12 @@
 1. Every operation of the backend protocol (refspec/protocol.py) on the fixed inputs of
    refspec.testing.cases, compared with the spec bit for bit: one line per case, as llama.cpp's
    test-backend-ops prints them, `op(shape): OK` or `FAIL bitwise a/n | maxULP u | NMSE x`. An op that
-   raises, or returns the wrong shape or dtype, is a FAIL with the reason; the run goes on.
-2. Tiny random models of every architecture (refspec/synthetic.py) through refspec/forward.py on the
-   backend: logits against refspec's CPU backend, batch invariance (R rows in one pass == R single-row
-   passes), and speculative decoding == greedy decoding (ids and logits).
+   raises, or returns the wrong shape or dtype, is a FAIL with the reason; the run goes on. Then the fused
+   operations forward.py calls (protocol.FUSED), each against FusedFromParts' composition of the spec's ops.
+2. Tiny random models of the dense architectures (refspec/synthetic.py) through refspec/forward.py on the
+   backend: every tap (llama.cpp's tensor names, in pass order) and the logits against refspec's CPU backend,
+   batch invariance (R rows in one pass == R single-row passes), and speculative decoding == greedy decoding
+   (ids and logits).
 """
 from __future__ import annotations
 
@@ -105,6 +107,9 @@ def iter_ops(be, seed: int = op_cases.SEED):
 
 def _check_op(be, uploaded, weights, case) -> Check:
     name = f"{case.op}({case.label})"
+    if not hasattr(be, case.op):  # a fused operation (the protocol's own methods were checked up front)
+        return Check(name, False, "missing: forward.py calls it; inherit refspec.backends.FusedFromParts for the "
+                                  "composition of the basic operations")
     with np.errstate(all="ignore"):  # the edge cases overflow on purpose
         want = op_cases.reference_op(weights, case)  # first, and the backend gets copies: one that writes
         inputs = {k: np.array(v, copy=True) if isinstance(v, np.ndarray) else v for k, v in case.inputs.items()}
@@ -168,7 +173,7 @@ def iter_models(be, archs=tuple(TINY_MODELS)):
                 yield Check(f"{label}: load", False, f"raised {type(err).__name__}: {_one_line(err)}")
                 continue
             reference = Transformer(model, CpuBackend())
-            for what, check in (("logits vs CPU", _logits_vs_cpu), ("batch invariance", _batch_invariance),
+            for what, check in (("taps and logits vs CPU", _taps_vs_cpu), ("batch invariance", _batch_invariance),
                                 ("speculative == greedy", _speculative_is_greedy)):
                 try:
                     problem = check(tf, reference)
@@ -177,14 +182,25 @@ def iter_models(be, archs=tuple(TINY_MODELS)):
                 yield Check(f"{label}: {what}", problem is None, problem or "")
 
 
-def _host_logits(tf, ids, pos0, cache) -> np.ndarray:
-    return np.asarray(tf.be.to_host(tf.forward(cache, ids, pos0)))
+def _host_logits(tf, ids, pos0, cache, taps=None) -> np.ndarray:
+    return np.asarray(tf.be.to_host(tf.forward(cache, ids, pos0, taps=taps)))
 
 
-def _logits_vs_cpu(tf, reference) -> str | None:
-    got = _host_logits(tf, PROMPT, 0, tf.new_cache(len(PROMPT)))
-    want = reference.forward(reference.new_cache(len(PROMPT)), PROMPT, 0)
-    return first_difference(got, want, "logits")
+def _taps_vs_cpu(tf, reference) -> str | None:
+    """The first tap, in pass order, whose bits differ from the CPU's (a mistake the logits may hide), else the
+    logits' first difference."""
+    got, want = {}, {}
+    got["logits"] = _host_logits(tf, PROMPT, 0, tf.new_cache(len(PROMPT)),
+                                 taps=lambda name, t: got.setdefault(name, np.array(tf.be.to_host(t), copy=True)))
+    want["logits"] = reference.forward(reference.new_cache(len(PROMPT)), PROMPT, 0,
+                                       taps=lambda name, t: want.setdefault(name, np.array(t, copy=True)))
+    for name in want:  # in the order the CPU's pass handed them over, the logits last
+        if name not in got:
+            return f"no tap {name} came from the backend's pass"
+        problem = first_difference(got[name], want[name], name)
+        if problem:
+            return problem
+    return None
 
 
 def _batch_invariance(tf, reference) -> str | None:

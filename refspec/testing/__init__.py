@@ -3,8 +3,9 @@
 - `assert_bits_equal`, `first_difference`, `ulp_distance` (refspec.testing.bits): exact comparison that says
   where and by how much two arrays differ.
 - `check_backend(factory)` (refspec.testing.conformance): every op of the backend protocol
-  (refspec/protocol.py) on edge-case inputs, then tiny models of every architecture through
-  refspec/forward.py; `refspec check-backend MODULE:FACTORY` on the command line.
+  (refspec/protocol.py) on edge-case inputs, the fused ops forward.py calls (protocol.FUSED) against
+  FusedFromParts' compositions, then tiny models of the dense architectures through refspec/forward.py (every
+  tap and the logits); `refspec check-backend MODULE:FACTORY` on the command line.
 - `REFERENCE_OPS`: the spec's function for each op, the definition a backend reproduces.
 - refspec.testing.strategies: hypothesis strategies for the ops' inputs (needs hypothesis).
 - refspec.testing.pytest_plugin: a `refspec_check_backend` fixture for another project's tests.

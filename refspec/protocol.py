@@ -3,10 +3,9 @@ refspec/speculative.py) call on a backend, and nothing else. refspec's CpuBacken
 GpuBackend (refspec/gpu.py) implement it; a foreign backend that implements it runs refspec's forward pass and
 can be checked op by op against the spec with `refspec check-backend MODULE:FACTORY` (refspec/testing).
 
-forward.py also calls fused operations (pass_input, rope_kv, attention_q8, silu_mul_q8, q8_gemv_add,
-q8_gemv_many_bias; for qwen35 conv1d_silu, gated_delta_rule, sigmoid_gate_q8, gated_rmsnorm_q8);
-a backend gets them by inheriting refspec.backends.FusedFromParts, which composes them from the methods below
-(a backend with its own fused kernels must give the bits of that composition).
+forward.py also calls fused operations (FUSED below; for qwen35 QWEN35_FUSED); a backend gets them by inheriting
+refspec.backends.FusedFromParts, which composes them from the methods below (a backend with its own fused kernels
+must give the bits of that composition). qwen35 models need the methods of QWEN35 too.
 
 Arrays are the backend's own type (NumPy, CuPy, torch, ...); `asarray` brings host arrays in and `to_host`
 takes results out as NumPy. Every operation must give the bits of its refspec.spec twin (refspec/SPEC.md).
@@ -57,8 +56,14 @@ METHODS = tuple(name for name in Backend.__annotations__) + tuple(
 # The fused operations forward.py calls on the dense architectures (llama, qwen2, qwen3): refspec.backends.
 # FusedFromParts composes them from the methods above; check-backend checks each against that composition.
 FUSED = ("pass_input", "q8_gemv_add", "q8_gemv_many_bias", "silu_mul_q8", "rope_kv", "attention_q8")
+# What qwen35 models (gated attention, Gated DeltaNet, the MTP block) call besides: the basic operations (their
+# refspec.spec twins; conv1d_causal and delta_rule keep their states in rings of slots, spec.ring_slots), then the
+# fused ones FusedFromParts composes of them. A backend with all of them is checked on qwen35 too.
+QWEN35 = ("split_query_gate", "sigmoid_gate", "silu", "l2norm", "gated_rmsnorm", "deltanet_gates", "conv1d_causal",
+          "delta_rule", "concat", "stack")
+QWEN35_FUSED = ("conv1d_silu", "gated_delta_rule", "sigmoid_gate_q8", "gated_rmsnorm_q8")
 
 
-def missing_methods(backend) -> list[str]:
-    """The protocol's names `backend` lacks."""
-    return [name for name in METHODS if not hasattr(backend, name)]
+def missing_methods(backend, names=METHODS) -> list[str]:
+    """The protocol's names (or `names`) `backend` lacks."""
+    return [name for name in names if not hasattr(backend, name)]

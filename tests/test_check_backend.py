@@ -13,7 +13,7 @@ import pytest
 import wrong_backends
 from refspec.backends import CpuBackend
 from refspec.errors import BackendError
-from refspec.protocol import FUSED, METHODS, missing_methods
+from refspec.protocol import FUSED, METHODS, QWEN35, QWEN35_FUSED, missing_methods
 from refspec.testing import check_backend
 from refspec.testing.bits import first_difference
 from refspec.testing.conformance import check_models, check_ops
@@ -34,8 +34,9 @@ def test_the_cpu_backend_passes_every_check():
     results = check_backend(CpuBackend)
     assert [c.line() for c in results if not c.ok] == []
     ops = {c.name.split("(")[0] for c in results if "(" in c.name and ":" not in c.name}
-    assert ops == set(METHODS) - {"name", "asarray", "to_host", "zeros", "synchronize", "upload_weights"} | set(FUSED)
-    assert sum("speculative == greedy" in c.name for c in results) == 3  # llama, qwen2, qwen3
+    assert ops == (set(METHODS) - {"name", "asarray", "to_host", "zeros", "synchronize", "upload_weights"}
+                   | set(FUSED) | set(QWEN35) | set(QWEN35_FUSED))
+    assert sum("speculative == greedy" in c.name for c in results) == 4  # llama, qwen2, qwen3, qwen35 (MTP)
 
 
 @pytest.mark.parametrize("backend, op", [
@@ -49,13 +50,18 @@ def test_the_cpu_backend_passes_every_check():
     (wrong_backends.FusedWindow512, {"attention_q8"}),  # a fixed-size buffer of positions
     (wrong_backends.UnrotatedKeys, {"rope_kv"}),
     (wrong_backends.LastBiasOnce, {"q8_gemv_many_bias"}),
+    # qwen35's operations (the basic ones fail in their fused users too)
+    (wrong_backends.PairwiseDeltaRule, {"delta_rule", "gated_delta_rule"}),  # sum order
+    (wrong_backends.RingSlotAhead, {"conv1d_causal", "conv1d_silu"}),  # the state read from the wrong slot
+    (wrong_backends.EvenTiesSigmoidGateQ8, {"sigmoid_gate_q8"}),
 ])
 def test_each_deliberate_mistake_fails_at_its_op_and_nowhere_else(backend, op):
     assert failed_ops(backend()) == op
 
 
 @pytest.mark.parametrize("backend, op", [(wrong_backends.EvenTiesSiluMulQ8, "silu_mul_q8"),
-                                        (wrong_backends.FusedWindow512, "attention_q8")])
+                                        (wrong_backends.FusedWindow512, "attention_q8"),
+                                        (wrong_backends.EvenTiesSigmoidGateQ8, "sigmoid_gate_q8")])
 def test_fused_mistakes_the_tiny_models_hide_fail_op_by_op(backend, op):
     """Why the fused cases exist: these wrong kernels give the tiny models' right taps and logits (no tie after
     SiLU, no 512 positions), and were passed by check-backend before it checked the fused ops one by one."""
@@ -270,3 +276,25 @@ class _FloatIds(CpuBackend):
 def test_argmax_ids_of_a_float_type_fail():
     line = next(c.line() for c in check_ops(_FloatIds()) if c.name.startswith("argmax_rows("))
     assert "FAIL raised TypeError: argmax_rows returned ids of float32, expected an integer type" in line
+
+
+def test_a_backend_without_qwen35_methods_is_checked_on_the_dense_models_and_told_so():
+    """A backend for the dense architectures only: no qwen35 case nor model runs (they would all fail for what it
+    never claimed), and the report says qwen35 was not checked, and why."""
+    results = check_backend(wrong_backends.DenseOnly)
+    assert [c.line() for c in results if not c.ok] == []
+    assert not any(c.name.split("(")[0] in QWEN35 + QWEN35_FUSED or c.name.startswith("qwen35") for c in results)
+    proc = refspec("check-backend", "wrong_backends:DenseOnly", "--ops-only")
+    assert proc.returncode == 0, proc.stderr
+    assert "  qwen35: not checked: the backend lacks delta_rule (refspec/protocol.py QWEN35)" in proc.stdout.splitlines()
+    out = json.loads(refspec("check-backend", "wrong_backends:DenseOnly", "--ops-only", "--json").stdout)
+    assert out["pass"] is True and out["qwen35_checked"] is False
+    assert json.loads(refspec("check-backend", "refspec.backends:CpuBackend", "--ops-only", "--json").stdout
+                      )["qwen35_checked"] is True
+
+
+def test_a_ring_slot_mistake_one_slot_hides_fails_op_by_op():
+    """Reading the state from the row's own slot instead of the one before: a cache of one slot (single-row passes)
+    cannot show it; the conv1d cases past position 0 do."""
+    bad = [c.line() for c in check_ops(wrong_backends.RingSlotAhead()) if not c.ok]
+    assert bad and all(" at 6," in line for line in bad)

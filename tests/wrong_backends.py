@@ -116,13 +116,7 @@ class EvenTiesSiluMulQ8(CpuBackend):
 
     @staticmethod
     def silu_mul_q8(gate, up):
-        y = spec.silu_mul(gate, up)
-        blocks = y.reshape(y.shape[0], -1, 32)
-        d = np.abs(blocks).max(axis=-1) / F32(127)
-        with np.errstate(divide="ignore"):
-            inv = np.where(d == 0, F32(0), F32(1) / d).astype(F32)
-        q = np.rint(blocks * inv[..., None]).astype(np.int8)
-        return q.reshape(y.shape), d.astype(np.float16)
+        return _even_ties_q8(spec.silu_mul(gate, up))
 
 
 class FusedWindow512(CpuBackend):
@@ -158,5 +152,64 @@ class NoFused(CpuBackend):
 
     def __getattribute__(self, name):
         if name == "q8_gemv_add":
+            raise AttributeError(name)
+        return super().__getattribute__(name)
+
+
+# ---- qwen35's operations
+class PairwiseDeltaRule(CpuBackend):
+    """The delta rule's dot products summed as NumPy sums (pairwise), not over the spec's 32 lanes."""
+
+    @staticmethod
+    def delta_rule(q, k, v, decay, beta, ring, pos0):
+        read, writes = spec.ring_slots(int(pos0), v.shape[0], ring.shape[0])
+        s = ring[read] if read is not None else np.zeros(ring.shape[1:], F32)
+        out = np.empty(v.shape, F32)
+        tile = np.arange(v.shape[1]) % k.shape[1]
+        for r, slot in enumerate(writes):
+            kh, qh = k[r][tile][:, None, :], (q[r] * (F32(1) / np.sqrt(F32(k.shape[2]))))[tile][:, None, :]
+            s = s * decay[r][:, None, None]
+            d = (v[r] - np.sum(s * kh, axis=-1, dtype=F32)) * beta[r][:, None]
+            s = s + kh * d[:, :, None]
+            out[r] = np.sum(s * qh, axis=-1, dtype=F32)
+            ring[slot] = s
+        return out
+
+
+class RingSlotAhead(CpuBackend):
+    """conv1d_causal reads the state from slot pos0 % n (its own row's) instead of (pos0 - 1) % n."""
+
+    @staticmethod
+    def conv1d_causal(x, w, ring, pos0):
+        n, pos0 = ring.shape[0], int(pos0)
+        state = ring[pos0 % n] if pos0 else np.zeros(ring.shape[1:], F32)
+        y, windows = spec.conv1d_causal(x, state, w)
+        for r in range(len(x)):
+            ring[(pos0 + r) % n] = windows[r]
+        return y
+
+
+class EvenTiesSigmoidGateQ8(CpuBackend):
+    """sigmoid_gate_q8 whose quantizer rounds ties to even (its sigmoid_gate is right)."""
+
+    @staticmethod
+    def sigmoid_gate_q8(a, gate):
+        y = spec.sigmoid_gate(a, gate)
+        return _even_ties_q8(y.reshape(len(y), -1))
+
+
+def _even_ties_q8(y):
+    blocks = y.reshape(y.shape[0], -1, 32)
+    d = np.abs(blocks).max(axis=-1) / F32(127)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d == 0, F32(0), F32(1) / d).astype(F32)
+    return np.rint(blocks * inv[..., None]).astype(np.int8).reshape(y.shape), d.astype(np.float16)
+
+
+class DenseOnly(CpuBackend):
+    """Has no delta_rule: a backend for the dense architectures only."""
+
+    def __getattribute__(self, name):
+        if name == "delta_rule":
             raise AttributeError(name)
         return super().__getattribute__(name)

@@ -182,6 +182,60 @@ def fused_cases(w: ModelWeights, seed: int = SEED) -> list[Case]:
     return cases
 
 
+def qwen35_cases(seed: int = SEED) -> list[Case]:
+    """qwen35's operations (protocol.QWEN35, then QWEN35_FUSED), on their own generator. The recurrent ones
+    (conv1d_causal, delta_rule) read the state before their rows from a ring of slots and write each row's state
+    into its slot (spec.ring_slots): at position 0 (zeros, no slot read) and past it with rows wrapping the ring,
+    more rows than slots among them (a slot written before it is read)."""
+    rng = np.random.default_rng(seed + 3)
+    cases = [Case("split_query_gate", "R=3, H=4, D=32", {"qg": edge_activations(rng, (3, 4 * 2 * 32)), "n_head": 4,
+                                                          "head_dim": 32})]
+    wide = np.concatenate([np.linspace(-30, 30, 1200, dtype=F32),
+                           F32([-100, 100, 0, -0.0, 88.5, -87.5, 1e-40, 17, -17, 20, -104, 89])])  # exp's edges
+    cases.append(Case("silu", f"2x{len(wide) // 2}", {"x": wide.reshape(2, -1)}))
+    gate = np.resize(wide, (3, 4, 32))
+    cases.append(Case("sigmoid_gate", "3x4x32", {"a": edge_activations(rng, (3, 4, 32), 3.0), "gate": gate}))
+    many = np.random.default_rng(seed + 4)  # many rows: a reordered sum of squares fails in a few of them
+    cases.append(Case("l2norm", "64x4x32 rows", {"x": edge_activations(many, (64, 4, 32)), "eps": 1e-6}))
+    cases.append(Case("gated_rmsnorm", "64x4x32 rows", {
+        "x": edge_activations(many, (64, 4, 32)), "w": many.uniform(0.5, 1.5, 32).astype(F32),
+        "z": edge_activations(many, (64, 4, 32), 3.0), "eps": 1e-6}))
+    heads = 6
+    alpha = np.concatenate([edge_activations(rng, (4, heads), 4.0), F32([[25, -25, 19.9, 20.1, 0, -0.0]])])
+    cases.append(Case("deltanet_gates", f"R=5, Hv={heads}", {
+        "alpha": alpha, "b": edge_activations(rng, (5, heads), 4.0), "dt_bias": rng.uniform(-1, 1, heads).astype(F32),
+        "a": -rng.uniform(0.05, 8, heads).astype(F32)}))
+    for op in ("conv1d_causal", "conv1d_silu"):
+        for rows, pos0 in ((3, 0), (5, 6)):
+            cases.append(Case(op, f"R={rows} at {pos0}, C=96, K=4, ring of 4", {
+                "x": edge_activations(rng, (rows, 96), 2.0), "w": rng.standard_normal((96, 4)).astype(F32),
+                "ring": rng.standard_normal((4, 96, 3)).astype(F32), "pos0": pos0}))
+    for op in ("delta_rule", "gated_delta_rule"):
+        for rows, pos0 in ((1, 0), (4, 5)):
+            q, k = (spec.l2norm(rng.standard_normal((rows, 2, 32)).astype(F32), 1e-6) for _ in range(2))
+            alpha, b = (rng.standard_normal((rows, 4)).astype(F32) * 2 for _ in range(2))
+            dt_bias, a = rng.uniform(-1, 1, 4).astype(F32), -rng.uniform(0.05, 8, 4).astype(F32)
+            inputs = {"q": q, "k": k, "v": edge_activations(rng, (rows, 4, 32)), "pos0": pos0,
+                      "ring": (rng.standard_normal((3, 4, 32, 32)) * 0.1).astype(F32)}
+            if op == "delta_rule":
+                inputs["decay"], inputs["beta"] = spec.deltanet_gates(alpha, b, dt_bias, a)
+            else:
+                inputs.update(alpha=alpha, b=b, dt_bias=dt_bias, a=a)
+            cases.append(Case(op, f"R={rows} at {pos0}, Hk=2, Hv=4, D=32, ring of 3", inputs))
+    cases.append(Case("concat", "3x40 | 3x24", {"a": edge_activations(rng, (3, 40)), "b": edge_activations(rng, (3, 24))}))
+    cases.append(Case("stack", "3 rows of 40", {"rows": [edge_activations(rng, (40,)) for _ in range(3)]}))
+    # sigmoid(32) is exactly 1 (exp(-32) vanishes next to 1): gate 32 puts the first block on the quantizer's ties
+    ties = np.resize(quantize_edge_rows()[0, :QK8_0], (3, 4, 32))
+    gate = np.resize(wide, (3, 4, 32)).copy()
+    gate[0, 0] = 32
+    cases.append(Case("sigmoid_gate_q8", "3x4x32, ties", {"a": ties * np.where(gate == 32, F32(1), F32(0.37)),
+                                                          "gate": gate}))
+    cases.append(Case("gated_rmsnorm_q8", "5x4x32", {
+        "x": edge_activations(rng, (5, 4, 32)), "w": rng.uniform(0.5, 1.5, 32).astype(F32),
+        "z": edge_activations(rng, (5, 4, 32), 3.0), "eps": 1e-6}))
+    return cases
+
+
 # ---------------------------------------------------------------------------------------------- running
 def run_op(be, uploaded: ModelWeights, case: Case) -> tuple:
     """The case on backend `be` (weights already uploaded) -> host arrays."""
@@ -239,6 +293,37 @@ def run_op(be, uploaded: ModelWeights, case: Case) -> tuple:
     if case.op == "attention_q8":
         _, pos = be.pass_input([0] * len(i["q"]), i["pos0"])
         return tuple(host(t) for t in _pair(be.attention_q8(a(i["q"]), a(i["k"]), a(i["v"]), pos), case.op))
+    if case.op == "split_query_gate":
+        return tuple(host(t) for t in _pair(be.split_query_gate(a(i["qg"]), i["n_head"], i["head_dim"]), case.op))
+    if case.op == "silu":
+        return (host(be.silu(a(i["x"]))),)
+    if case.op in ("sigmoid_gate", "sigmoid_gate_q8"):
+        out = getattr(be, case.op)(a(i["a"]), a(i["gate"]))
+        return (host(out),) if case.op == "sigmoid_gate" else tuple(host(t) for t in _pair(out, case.op))
+    if case.op == "l2norm":
+        return (host(be.l2norm(a(i["x"]), i["eps"])),)
+    if case.op in ("gated_rmsnorm", "gated_rmsnorm_q8"):
+        out = getattr(be, case.op)(a(i["x"]), a(i["w"]), a(i["z"]), i["eps"])
+        return (host(out),) if case.op == "gated_rmsnorm" else tuple(host(t) for t in _pair(out, case.op))
+    if case.op == "deltanet_gates":
+        return tuple(host(t) for t in _pair(be.deltanet_gates(a(i["alpha"]), a(i["b"]), a(i["dt_bias"]), a(i["a"])),
+                                            case.op))
+    if case.op in ("conv1d_causal", "conv1d_silu", "delta_rule", "gated_delta_rule"):
+        rows = len(i["x"] if "x" in i else i["v"])
+        _, pos = be.pass_input([0] * rows, i["pos0"])
+        ring = a(i["ring"])
+        if case.op.startswith("conv1d"):
+            y = getattr(be, case.op)(a(i["x"]), a(i["w"]), ring, pos)
+        elif case.op == "delta_rule":
+            y = be.delta_rule(a(i["q"]), a(i["k"]), a(i["v"]), a(i["decay"]), a(i["beta"]), ring, pos)
+        else:
+            y = be.gated_delta_rule(a(i["q"]), a(i["k"]), a(i["v"]), a(i["alpha"]), a(i["b"]), a(i["dt_bias"]),
+                                    a(i["a"]), ring, pos)
+        return host(y), host(ring)  # the output and every slot of the ring after it
+    if case.op == "concat":
+        return (host(be.concat(a(i["a"]), a(i["b"]))),)
+    if case.op == "stack":
+        return (host(be.stack([a(r) for r in i["rows"]])),)
     raise ValueError(f"no case runner for {case.op}")
 
 
@@ -292,6 +377,47 @@ def reference_op(w: ModelWeights, case: Case) -> tuple:
     if case.op == "attention_q8":
         out = spec.attention(i["q"], i["k"], i["v"], i["pos0"])
         return spec.quantize_q8_0(out.reshape(out.shape[0], -1))
+    return _reference_qwen35(case)
+
+
+def _reference_qwen35(case: Case) -> tuple:
+    """qwen35's operations: their spec twins (the recurrent ones through CpuBackend's ring bookkeeping, the spec's
+    steps with spec.ring_slots) and FusedFromParts' compositions of them."""
+    from refspec.backends import CpuBackend
+
+    i = case.inputs
+    if case.op == "split_query_gate":
+        qg = i["qg"].reshape(len(i["qg"]), i["n_head"], 2, i["head_dim"])
+        return np.ascontiguousarray(qg[:, :, 0]), np.ascontiguousarray(qg[:, :, 1])
+    if case.op == "silu":
+        return (spec.silu(i["x"]),)
+    if case.op == "sigmoid_gate":
+        return (spec.sigmoid_gate(i["a"], i["gate"]),)
+    if case.op == "sigmoid_gate_q8":
+        y = spec.sigmoid_gate(i["a"], i["gate"])
+        return spec.quantize_q8_0(y.reshape(len(y), -1))
+    if case.op == "l2norm":
+        return (spec.l2norm(i["x"], i["eps"]),)
+    if case.op == "gated_rmsnorm":
+        return (spec.gated_rmsnorm(i["x"], i["w"], i["z"], i["eps"]),)
+    if case.op == "gated_rmsnorm_q8":
+        y = spec.gated_rmsnorm(i["x"], i["w"], i["z"], i["eps"])
+        return spec.quantize_q8_0(y.reshape(len(y), -1))
+    if case.op == "deltanet_gates":
+        return spec.deltanet_gates(i["alpha"], i["b"], i["dt_bias"], i["a"])
+    if case.op in ("conv1d_causal", "conv1d_silu"):
+        ring = i["ring"].copy()
+        y = CpuBackend.conv1d_causal(i["x"], i["w"], ring, i["pos0"])
+        return (spec.silu(y) if case.op == "conv1d_silu" else y), ring
+    if case.op in ("delta_rule", "gated_delta_rule"):
+        ring = i["ring"].copy()
+        gates = (i["decay"], i["beta"]) if case.op == "delta_rule" else spec.deltanet_gates(
+            i["alpha"], i["b"], i["dt_bias"], i["a"])
+        return CpuBackend.delta_rule(i["q"], i["k"], i["v"], *gates, ring, i["pos0"]), ring
+    if case.op == "concat":
+        return (np.concatenate([i["a"], i["b"]], axis=-1),)
+    if case.op == "stack":
+        return (np.stack(i["rows"]),)
     raise ValueError(f"no reference for {case.op}")
 
 

@@ -5,8 +5,8 @@
    test-backend-ops prints them, `op(shape): OK` or `FAIL bitwise a/n | maxULP u | NMSE x`. An op that
    raises, or returns the wrong shape or dtype, is a FAIL with the reason; the run goes on. Then the fused
    operations forward.py calls (protocol.FUSED), each against FusedFromParts' composition of the spec's ops.
-2. Tiny random models of the dense architectures (refspec/synthetic.py) through refspec/forward.py on the
-   backend: every tap (llama.cpp's tensor names, in pass order) and the logits against refspec's CPU backend,
+2. Tiny random models of the dense architectures, and of qwen35 where the backend has its methods
+   (protocol.QWEN35: then its ops are checked in 1. too), through refspec/forward.py on the backend: every tap (llama.cpp's tensor names, in pass order) and the logits against refspec's CPU backend,
    batch invariance (R rows in one pass == R single-row passes), and speculative decoding == greedy decoding
    (ids and logits).
 """
@@ -27,7 +27,11 @@ TINY_MODELS = {  # odd head counts, GQA, partial RoPE, an ffn of 3 blocks: as te
     "llama": dict(n_layer=2, n_embd=64, n_ff=96, n_head=4, n_head_kv=2),
     "qwen2": dict(n_layer=2, n_embd=96, n_ff=160, n_head=3, n_head_kv=1, head_dim=32),
     "qwen3": dict(n_layer=2, n_embd=64, n_ff=64, n_head=2, n_head_kv=2, head_dim=32, n_rot=16),
+    # DeltaNet, gated attention, DeltaNet; 6 value heads over 2 key heads; an MTP block (its drafter is checked)
+    "qwen35": dict(n_layer=3, n_embd=64, n_ff=96, n_head=2, n_head_kv=1, head_dim=32, ssm_n_v_heads=6,
+                   full_attention_interval=2, n_nextn=1),
 }
+DENSE = ("llama", "qwen2", "qwen3")
 # what foreign code may raise and a check reports: any error, and SystemExit (a backend module written as a script,
 # an op calling sys.exit), which would otherwise end refspec with the backend's status, 0 included
 FOREIGN_FAILURES = (Exception, SystemExit)
@@ -101,8 +105,17 @@ def iter_ops(be, seed: int = op_cases.SEED):
     except FOREIGN_FAILURES as err:
         yield Check("upload_weights", False, f"raised {type(err).__name__}: {err}")
         return
-    for case in op_cases.make_cases(weights, seed):
+    cases = op_cases.make_cases(weights, seed) + (op_cases.qwen35_cases(seed) if not qwen35_missing(be) else [])
+    for case in cases:
         yield _check_op(be, uploaded, weights, case)
+
+
+def qwen35_missing(be) -> list[str]:
+    """The methods qwen35 models need (protocol.QWEN35, QWEN35_FUSED) that `be` lacks: where any, its qwen35 ops
+    and model are not checked."""
+    from refspec.protocol import QWEN35, QWEN35_FUSED, missing_methods
+
+    return missing_methods(be, QWEN35 + QWEN35_FUSED)
 
 
 def _check_op(be, uploaded, weights, case) -> Check:
@@ -151,17 +164,20 @@ def _one_line(err: Exception) -> str:
 
 
 # ------------------------------------------------------------------------------------------ model checks
-def check_models(be, archs=tuple(TINY_MODELS)) -> list[Check]:
+def check_models(be, archs=None) -> list[Check]:
     return list(iter_models(be, archs))
 
 
-def iter_models(be, archs=tuple(TINY_MODELS)):
-    """The whole-model checks, each yielded as it finishes."""
+def iter_models(be, archs=None):
+    """The whole-model checks, each yielded as it finishes; archs: default every tiny model the backend can run
+    (qwen35 where it has qwen35's methods)."""
     from refspec.backends import CpuBackend
     from refspec.forward import Transformer
     from refspec.gguf_model import load
     from refspec.synthetic import write_model
 
+    if archs is None:
+        archs = DENSE + (("qwen35",) if not qwen35_missing(be) else ())
     with tempfile.TemporaryDirectory(prefix="refspec-check-") as tmp:
         for arch in archs:
             model = load(write_model(f"{tmp}/{arch}.gguf", arch=arch, n_ctx=64, seed=7, **TINY_MODELS[arch]),
@@ -218,7 +234,8 @@ def _speculative_is_greedy(tf, reference) -> str | None:
     from refspec.speculative import make_drafter, speculative_generate
 
     greedy = generate(tf, PROMPT, 16, keep_logits=True)
-    spec = speculative_generate(tf, PROMPT, 16, drafter=make_drafter("ngram", tf), draft_max=4, keep_logits=True)
+    drafter = "mtp" if tf.weights.mtp is not None else "ngram"  # (qwen35's MTP block: concat, stack, its pass)
+    spec = speculative_generate(tf, PROMPT, 16, drafter=make_drafter(drafter, tf), draft_max=4, keep_logits=True)
     if spec.ids != greedy.ids:
         first = next(i for i, (a, b) in enumerate(zip(spec.ids, greedy.ids + [None] * 99)) if a != b)
         return f"ids differ from token {first}: {spec.ids[first]} vs greedy's {greedy.ids[first]}"
@@ -256,10 +273,15 @@ def run(args) -> int:
         sys.path.insert(0, "")  # MODULE may live in the current directory, as with `python -m`
     factory = load_factory(args.backend)
     printer = None if args.json else (lambda check: print(f"  {check.line()}", flush=True))
-    results = check_backend(factory, models=not args.ops_only, on_result=printer)
+    be = _backend(factory)
+    results = check_backend(be, models=not args.ops_only, on_result=printer)
     failed = [c for c in results if not c.ok]
+    lacking = qwen35_missing(be)
     if args.json:
-        print(json.dumps({"checks": [vars(c) for c in results], "failed": len(failed), "pass": not failed}))
+        print(json.dumps({"checks": [vars(c) for c in results], "failed": len(failed), "pass": not failed,
+                          "qwen35_checked": not lacking}))
     else:
+        if lacking:
+            print(f"  qwen35: not checked: the backend lacks {', '.join(lacking)} (refspec/protocol.py QWEN35)")
         print(f"{len(results) - len(failed)}/{len(results)} checks passed" + (": OK" if not failed else ": FAIL"))
     return 1 if failed else 0

@@ -610,9 +610,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("check-backend", help="check a backend against the spec, op by op, then whole tiny models",
                        description="Run every operation of the backend protocol (refspec/protocol.py) on edge-case "
-                       "inputs against the spec, one line per case (OK, or FAIL with bitwise/maxULP/NMSE), then "
-                       "tiny models of every architecture: logits vs the CPU, batch invariance, speculative == "
-                       "greedy. Exit status 1 when any check fails.")
+                       "inputs against the spec, one line per case (OK, or FAIL with bitwise/maxULP/NMSE), then the "
+                       "fused operations forward.py calls against their compositions (FusedFromParts), and qwen35's "
+                       "operations where the backend has them (protocol.QWEN35; else a line says qwen35 was not "
+                       "checked); then tiny models of llama, qwen2, qwen3 (and qwen35): every tap and the logits vs "
+                       "the CPU, batch invariance, speculative == greedy. Exit status 1 when any check fails.")
     conformance.add_arguments(k)
     k.set_defaults(run=conformance.run)
 

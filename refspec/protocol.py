@@ -65,5 +65,14 @@ QWEN35_FUSED = ("conv1d_silu", "gated_delta_rule", "sigmoid_gate_q8", "gated_rms
 
 
 def missing_methods(backend, names=METHODS) -> list[str]:
-    """The protocol's names (or `names`) `backend` lacks."""
-    return [name for name in names if not hasattr(backend, name)]
+    """The protocol's names (or `names`) `backend` lacks. A foreign backend's attribute whose lookup raises (a
+    property) is lacking too, with what it raised: `attention (raised RuntimeError: ...)`."""
+    missing = []
+    for name in names:
+        try:
+            getattr(backend, name)
+        except AttributeError:
+            missing.append(name)
+        except (Exception, SystemExit) as err:  # foreign code: any error, or a sys.exit, is its own
+            missing.append(f"{name} (raised {type(err).__name__}: {' '.join(str(err).split())[:120]})")
+    return missing

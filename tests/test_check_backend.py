@@ -298,3 +298,37 @@ def test_a_ring_slot_mistake_one_slot_hides_fails_op_by_op():
     cannot show it; the conv1d cases past position 0 do."""
     bad = [c.line() for c in check_ops(wrong_backends.RingSlotAhead()) if not c.ok]
     assert bad and all(" at 6," in line for line in bad)
+
+
+HOSTILE = '''
+from refspec.backends import CpuBackend
+
+class RaisingProperty(CpuBackend):
+    @property
+    def delta_rule(self):
+        raise RuntimeError("no delta rule on this device")
+
+class RaisingCore(CpuBackend):
+    @property
+    def attention(self):
+        raise RuntimeError("driver crashed")
+'''
+
+
+def test_a_method_whose_lookup_raises_is_lacking_not_a_traceback(tmp_path):
+    """A foreign backend's property that raises when looked up: a core method is one error line naming it and
+    what it raised; a qwen35 method leaves qwen35 unchecked, said so (both were tracebacks)."""
+    (tmp_path / "hostile.py").write_text(HOSTILE)
+
+    def run(name):
+        return subprocess.run([sys.executable, "-m", "refspec.cli", "check-backend", f"hostile:{name}", "--ops-only"],
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+    core = run("RaisingCore")
+    assert core.returncode == 1 and core.stderr.splitlines() == [
+        "refspec: error: the backend lacks attention (raised RuntimeError: driver crashed) (refspec/protocol.py "
+        "lists the methods)"]
+    q35 = run("RaisingProperty")
+    assert q35.returncode == 0 and "Traceback" not in q35.stderr, q35.stderr
+    assert ("  qwen35: not checked: the backend lacks delta_rule (raised RuntimeError: no delta rule on this device)"
+            " (refspec/protocol.py QWEN35)") in q35.stdout.splitlines()

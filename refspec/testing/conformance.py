@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from refspec.errors import BackendError
+from refspec.protocol import METHODS, missing_methods
 from refspec.testing import cases as op_cases
 from refspec.testing.bits import bits_equal_mask, first_difference, ulp_distance
 
@@ -67,10 +68,8 @@ def load_factory(spec: str):
 def _backend(backend_or_factory):
     """A class, or a callable with none of the protocol's methods, is a factory; anything else is a backend,
     checked for what it lacks as a factory's result is (an instance is never called)."""
-    from refspec.protocol import METHODS, missing_methods
-
     x = backend_or_factory
-    if isinstance(x, type) or (callable(x) and not any(hasattr(x, m) for m in METHODS)):
+    if isinstance(x, type) or (callable(x) and len(missing_methods(x)) == len(METHODS)):
         return make_backend(x)
     missing = missing_methods(x)
     if missing:
@@ -79,8 +78,6 @@ def _backend(backend_or_factory):
 
 
 def make_backend(factory):
-    from refspec.protocol import missing_methods
-
     try:
         be = factory()
     except FOREIGN_FAILURES as err:
@@ -113,16 +110,16 @@ def iter_ops(be, seed: int = op_cases.SEED):
 def qwen35_missing(be) -> list[str]:
     """The methods qwen35 models need (protocol.QWEN35, QWEN35_FUSED) that `be` lacks: where any, its qwen35 ops
     and model are not checked."""
-    from refspec.protocol import QWEN35, QWEN35_FUSED, missing_methods
+    from refspec.protocol import QWEN35, QWEN35_FUSED
 
     return missing_methods(be, QWEN35 + QWEN35_FUSED)
 
 
 def _check_op(be, uploaded, weights, case) -> Check:
     name = f"{case.op}({case.label})"
-    if not hasattr(be, case.op):  # a fused operation (the protocol's own methods were checked up front)
-        return Check(name, False, "missing: forward.py calls it; inherit refspec.backends.FusedFromParts for the "
-                                  "composition of the basic operations")
+    if missing_methods(be, (case.op,)):  # a fused operation (the protocol's own methods were checked up front)
+        return Check(name, False, f"missing: {missing_methods(be, (case.op,))[0]}; forward.py calls it; inherit "
+                                  "refspec.backends.FusedFromParts for the composition of the basic operations")
     with np.errstate(all="ignore"):  # the edge cases overflow on purpose
         want = op_cases.reference_op(weights, case)  # first, and the backend gets copies: one that writes
         inputs = {k: np.array(v, copy=True) if isinstance(v, np.ndarray) else v for k, v in case.inputs.items()}

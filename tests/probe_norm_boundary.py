@@ -9,11 +9,14 @@ whose production mapping is GEMV_MMA_TWO_STREAMS given another mapping, variants
 variant's logits have production's bits:
 
     python3 tests/probe_norm_boundary.py PRESET ROWS,... REPEATS ROUNDS JSON_OUT
+
+With VARIANTS=16, the GEMVs production runs as GEMV_MMA_TWO_STREAMS_16 (9-16 rows) get the others instead.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 from dataclasses import replace
@@ -24,7 +27,8 @@ from refspec.bench_decode import preset_model_path
 from refspec.forward import Transformer
 from refspec.gguf_model import load
 from refspec.gpu import GpuBackend
-from refspec.gpu_mappings import GEMV_MMA_RESIDENT, GEMV_MMA_TWO_STREAMS
+from refspec.gpu_mappings import (GEMV_MMA, GEMV_MMA_RESIDENT, GEMV_MMA_TALL, GEMV_MMA_TWO_STREAMS,
+                                  GEMV_MMA_TWO_STREAMS_16)
 
 from graph_timing import pass_seconds
 
@@ -38,15 +42,23 @@ vocab, ffn2 = tf.config.n_vocab, 2 * tf.config.n_ff
 production = be._choose_mma_config
 
 
-def variant(config, which=lambda n: True):
-    """GEMVs production runs as GEMV_MMA_TWO_STREAMS over matrices of n rows that `which` takes run `config`."""
+def variant(config, which=lambda n: True, instead_of=GEMV_MMA_TWO_STREAMS):
+    """GEMVs production runs as `instead_of` over matrices of n rows that `which` takes run `config`."""
     def choose(rows, n, k):
         chosen = production(rows, n, k)
-        return config if chosen == GEMV_MMA_TWO_STREAMS and which(n) else chosen
+        return config if chosen == instead_of and which(n) and be.gemv_fits(config, rows, k) else chosen
     return choose
 
 
-VARIANTS = {
+SIXTEEN = {  # the 16-row mapping of Q/K/V, gate/up and the head (GEMV_MMA_TWO_STREAMS_16), with VARIANTS=16
+    "main": production,
+    "two_streams_16_3_rounds": variant(replace(GEMV_MMA_TWO_STREAMS_16, occ=3), instead_of=GEMV_MMA_TWO_STREAMS_16),
+    "tall": variant(GEMV_MMA_TALL, instead_of=GEMV_MMA_TWO_STREAMS_16),
+    "mma": variant(GEMV_MMA, instead_of=GEMV_MMA_TWO_STREAMS_16),
+    "qkv_tall": variant(GEMV_MMA_TALL, lambda n: n not in (vocab, ffn2), instead_of=GEMV_MMA_TWO_STREAMS_16),
+    "qkv_mma": variant(GEMV_MMA, lambda n: n not in (vocab, ffn2), instead_of=GEMV_MMA_TWO_STREAMS_16),
+}
+VARIANTS = SIXTEEN if os.environ.get("VARIANTS") == "16" else {
     "main": production,
     "two_streams_3_rounds": variant(replace(GEMV_MMA_TWO_STREAMS, occ=3)),
     "two_streams_2_rounds": variant(replace(GEMV_MMA_TWO_STREAMS, occ=2)),

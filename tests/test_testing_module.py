@@ -94,3 +94,20 @@ def test_pytest_plugin_fixture_in_another_project(tmp_path):
                           cwd=tmp_path, timeout=300, env=env)
     assert "1 failed, 1 passed" in proc.stdout, proc.stdout[-2000:]
     assert "silu_mul(2x604): FAIL bitwise" in proc.stdout
+
+
+def test_reference_ops_name_qwen35s_spec_twins():
+    """REFERENCE_OPS holds qwen35's ops too, and each is the spec function check-backend's cases compare with."""
+    import numpy as np
+
+    from refspec import spec
+    from refspec.testing import cases
+
+    for name in ("silu", "sigmoid_gate", "l2norm", "gated_rmsnorm", "deltanet_gates", "conv1d_causal", "delta_rule"):
+        assert REFERENCE_OPS[name] is getattr(spec, name)
+    w = cases.weights(np.random.default_rng(1))
+    case = next(c for c in cases.qwen35_cases() if c.op == "l2norm")
+    assert_bits_equal(REFERENCE_OPS["l2norm"](case.inputs["x"], case.inputs["eps"]),
+                      cases.reference_op(w, case)[0], "l2norm")
+    x = np.linspace(-3, 3, 64, dtype=np.float32).reshape(2, 32)
+    assert_bits_equal(REFERENCE_OPS["silu"](x), cases.reference_op(w, cases.Case("silu", "", {"x": x}))[0], "silu")

@@ -18,6 +18,9 @@ REFERENCE_OPS = {
     "embed": spec.embed, "rmsnorm": spec.rmsnorm, "quantize_q8": spec.quantize_q8_0, "q8_gemv": spec.q8_gemv,
     "add": spec.add, "silu_mul": spec.silu_mul, "rope": spec.rope, "attention": spec.attention,
     "argmax_rows": spec.argmax_rows, "lane_sum": spec.lane_sum, "chunked_sum": spec.chunked_sum, "exp": spec.exp,
+    # qwen35 (the recurrent ones on one state, spec.ring_slots says where a backend's ring keeps it)
+    "silu": spec.silu, "sigmoid_gate": spec.sigmoid_gate, "l2norm": spec.l2norm, "gated_rmsnorm": spec.gated_rmsnorm,
+    "deltanet_gates": spec.deltanet_gates, "conv1d_causal": spec.conv1d_causal, "delta_rule": spec.delta_rule,
 }
 
 __all__ = ["assert_bits_equal", "first_difference", "ulp_distance", "check_backend", "Check", "REFERENCE_OPS"]

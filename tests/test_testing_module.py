@@ -7,7 +7,8 @@ import sys
 import textwrap
 
 import numpy as np
-from hypothesis import given
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from refspec import spec
 from refspec.backends import CpuBackend
@@ -111,3 +112,36 @@ def test_reference_ops_name_qwen35s_spec_twins():
                       cases.reference_op(w, case)[0], "l2norm")
     x = np.linspace(-3, 3, 64, dtype=np.float32).reshape(2, 32)
     assert_bits_equal(REFERENCE_OPS["silu"](x), cases.reference_op(w, cases.Case("silu", "", {"x": x}))[0], "silu")
+
+
+@settings(max_examples=60, deadline=None)
+@given(rst.delta_rule_inputs(), st.integers(1, 7), st.integers(0, 40))
+def test_the_cpu_backends_delta_rule_rings_equal_the_spec(case, n_states, pos0):
+    """CpuBackend.delta_rule (the reference check-backend compares with) on a ring of n_states slots: from the
+    state in slot (pos0-1) % n_states (zeros at 0), its output and every row's state in slot (pos0+r) % n_states,
+    a later row's winning a slot, are spec.delta_rule's."""
+    q, k, v, decay, beta, state = case
+    ring = np.full((n_states,) + state.shape, np.float32(7.0))
+    start = state if pos0 else np.zeros_like(state)
+    if pos0:
+        ring[(pos0 - 1) % n_states] = state
+    want, states = spec.delta_rule(q, k, v, decay, beta, start)
+    assert_bits_equal(CpuBackend.delta_rule(q, k, v, decay, beta, ring, pos0), want, "output")
+    last = {(pos0 + r) % n_states: r for r in range(len(v))}  # the row whose state each slot keeps
+    for slot, r in last.items():
+        assert_bits_equal(ring[slot], states[r], f"state of row {r}")
+
+
+@settings(max_examples=60, deadline=None)
+@given(rst.conv1d_inputs(), st.integers(1, 7), st.integers(1, 40))
+def test_the_cpu_backends_conv1d_rings_equal_the_spec(case, n_states, pos0):
+    """The same for conv1d_causal: its windows are the states."""
+    x, state, w = case
+    ring = np.full((n_states,) + state.shape, np.float32(-3.0))
+    ring[(pos0 - 1) % n_states] = state
+    with np.errstate(all="ignore"):
+        want, windows = spec.conv1d_causal(x, state, w)
+        assert_bits_equal(CpuBackend.conv1d_causal(x, w, ring, pos0), want, "conv1d output")
+    last = {(pos0 + r) % n_states: r for r in range(len(x))}  # the row whose state each slot keeps
+    for slot, r in last.items():
+        assert_bits_equal(ring[slot], windows[r], f"window of row {r}")

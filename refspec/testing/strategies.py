@@ -104,3 +104,31 @@ def tiny_model_kwargs(draw, archs=ARCHITECTURES):
     if arch == "qwen3" and draw(st.booleans()):
         kwargs["n_rot"] = head_dim // 2
     return kwargs
+
+
+@st.composite
+def conv1d_inputs(draw, rows=st.integers(1, 9)):
+    """(x [R, C], state [C, K-1], w [C, K]) for spec.conv1d_causal: channel counts off 32, 2-5 taps, inputs and
+    states with the special values."""
+    r, c, taps = draw(rows), draw(st.integers(1, 100)), draw(st.integers(2, 5))
+    x = draw(activations(rows=st.just(r), cols=st.just(c), max_abs=1e6))
+    state = draw(activations(rows=st.just(c), cols=st.just(taps - 1), max_abs=1e6))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    return x, state, rng.standard_normal((c, taps)).astype(F32)
+
+
+@st.composite
+def delta_rule_inputs(draw, rows=st.integers(1, 6)):
+    """(q, k [R, Hk, D], v [R, Hv, D], decay, beta [R, Hv], state [Hv, D, D]) for spec.delta_rule: q and k
+    L2-normalised as qwen35's are, value heads tiled over key heads (Hv a multiple of Hk), head sizes off 32,
+    decays from exactly 0 to exactly 1, and a state of any size."""
+    r, n_k = draw(rows), draw(st.integers(1, 3))
+    n_v, dim = n_k * draw(st.integers(1, 3)), draw(st.sampled_from([8, 16, 24, 48, 64]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    q, k = (spec.l2norm(rng.standard_normal((r, n_k, dim)).astype(F32), 1e-6) for _ in range(2))
+    v = (rng.standard_normal((r, n_v, dim)) * draw(st.sampled_from([0.01, 1.0, 100.0]))).astype(F32)
+    decay = rng.uniform(0, 1, (r, n_v)).astype(F32)
+    decay.flat[rng.integers(0, decay.size)] = draw(st.sampled_from([0.0, 1.0]))
+    beta = rng.uniform(0, 1, (r, n_v)).astype(F32)
+    state = (rng.standard_normal((n_v, dim, dim)) * draw(st.sampled_from([0.0, 0.1, 10.0]))).astype(F32)
+    return q, k, v, decay, beta, state

@@ -117,8 +117,9 @@ def qwen35_missing(be) -> list[str]:
 
 def _check_op(be, uploaded, weights, case) -> Check:
     name = f"{case.op}({case.label})"
-    if missing_methods(be, (case.op,)):  # a fused operation (the protocol's own methods were checked up front)
-        return Check(name, False, f"missing: {missing_methods(be, (case.op,))[0]}; forward.py calls it; inherit "
+    missing = missing_methods(be, (case.op,))  # a fused operation (the protocol's methods were checked up front)
+    if missing:
+        return Check(name, False, f"missing: {missing[0]}; forward.py calls it; inherit "
                                   "refspec.backends.FusedFromParts for the composition of the basic operations")
     with np.errstate(all="ignore"):  # the edge cases overflow on purpose
         want = op_cases.reference_op(weights, case)  # first, and the backend gets copies: one that writes

@@ -87,14 +87,24 @@ def test_pytest_plugin_fixture_in_another_project(tmp_path):
 
         def test_wrong(refspec_check_backend):
             refspec_check_backend(wrong_backends.LibmExp, models=False)
+
+        def test_dense_only(refspec_check_backend):
+            refspec_check_backend(wrong_backends.DenseOnly, models=False)
+
+        def test_dense_only_asked_for_qwen35(refspec_check_backend):
+            refspec_check_backend(wrong_backends.DenseOnly, models=False, qwen35=True)
+
+        def test_qwen35(refspec_check_backend):
+            refspec_check_backend(CpuBackend(), models=False, qwen35=True)
     """))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(pathlib.Path(__file__).parent),
                                                         os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "refspec.testing.pytest_plugin",
                            "-p", "no:cacheprovider", str(tmp_path / "test_other.py")], capture_output=True, text=True,
                           cwd=tmp_path, timeout=300, env=env)
-    assert "1 failed, 1 passed" in proc.stdout, proc.stdout[-2000:]
+    assert "2 failed, 3 passed" in proc.stdout, proc.stdout[-2000:]
     assert "silu_mul(2x604): FAIL bitwise" in proc.stdout
+    assert "qwen35 is not checked: the backend lacks delta_rule" in proc.stdout
 
 
 def test_reference_ops_name_qwen35s_spec_twins():

@@ -111,6 +111,15 @@ def failing_factory():
 
 
 # ---- mistakes in a fused kernel only (its parts are right): check-backend's fused cases catch them
+def _even_ties_q8(y):
+    """Q8_0 quantization with ties rounded to even (np.rint), not away from zero."""
+    blocks = y.reshape(y.shape[0], -1, 32)
+    d = np.abs(blocks).max(axis=-1) / F32(127)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d == 0, F32(0), F32(1) / d).astype(F32)
+    return np.rint(blocks * inv[..., None]).astype(np.int8).reshape(y.shape), d.astype(np.float16)
+
+
 class EvenTiesSiluMulQ8(CpuBackend):
     """silu_mul_q8 whose quantizer rounds ties to even (rint), not away from zero as Q8_0 does."""
 
@@ -196,14 +205,6 @@ class EvenTiesSigmoidGateQ8(CpuBackend):
     def sigmoid_gate_q8(a, gate):
         y = spec.sigmoid_gate(a, gate)
         return _even_ties_q8(y.reshape(len(y), -1))
-
-
-def _even_ties_q8(y):
-    blocks = y.reshape(y.shape[0], -1, 32)
-    d = np.abs(blocks).max(axis=-1) / F32(127)
-    with np.errstate(divide="ignore"):
-        inv = np.where(d == 0, F32(0), F32(1) / d).astype(F32)
-    return np.rint(blocks * inv[..., None]).astype(np.int8).reshape(y.shape), d.astype(np.float16)
 
 
 class DenseOnly(CpuBackend):

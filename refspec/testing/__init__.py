@@ -4,8 +4,9 @@
   where and by how much two arrays differ.
 - `check_backend(factory)` (refspec.testing.conformance): every op of the backend protocol
   (refspec/protocol.py) on edge-case inputs, the fused ops forward.py calls (protocol.FUSED) against
-  FusedFromParts' compositions, then tiny models of the dense architectures through refspec/forward.py (every
-  tap and the logits); `refspec check-backend MODULE:FACTORY` on the command line.
+  FusedFromParts' compositions, qwen35's ops where the backend has them (protocol.QWEN35), then tiny models of
+  llama, qwen2, qwen3 (and qwen35) through refspec/forward.py (every tap and the logits); `refspec check-backend
+  MODULE:FACTORY` on the command line.
 - `REFERENCE_OPS`: the spec's function for each op, the definition a backend reproduces.
 - refspec.testing.strategies: hypothesis strategies for the ops' inputs (needs hypothesis).
 - refspec.testing.pytest_plugin: a `refspec_check_backend` fixture for another project's tests.

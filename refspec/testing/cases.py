@@ -285,13 +285,13 @@ def run_op(be, uploaded: ModelWeights, case: Case) -> tuple:
     if case.op == "silu_mul_q8":
         return tuple(host(t) for t in _pair(be.silu_mul_q8(a(i["gate"]), a(i["up"])), case.op))
     if case.op == "rope_kv":
-        _, pos = be.pass_input([0] * len(i["q"]), i["pos0"])
+        pos = _position(be, len(i["q"]), i["pos0"])
         shape = (i["k"].shape[1], i["n_pos"], i["k"].shape[2])
         kc, vc = be.zeros(shape), be.zeros(shape)
         q = be.rope_kv(a(i["q"]), a(i["k"]), a(i["v"]), kc, vc, pos, a(i["cos"]), a(i["sin"]), i["neox"])
         return host(q), host(kc), host(vc)
     if case.op == "attention_q8":
-        _, pos = be.pass_input([0] * len(i["q"]), i["pos0"])
+        pos = _position(be, len(i["q"]), i["pos0"])
         return tuple(host(t) for t in _pair(be.attention_q8(a(i["q"]), a(i["k"]), a(i["v"]), pos), case.op))
     if case.op == "split_query_gate":
         return tuple(host(t) for t in _pair(be.split_query_gate(a(i["qg"]), i["n_head"], i["head_dim"]), case.op))
@@ -309,8 +309,7 @@ def run_op(be, uploaded: ModelWeights, case: Case) -> tuple:
         return tuple(host(t) for t in _pair(be.deltanet_gates(a(i["alpha"]), a(i["b"]), a(i["dt_bias"]), a(i["a"])),
                                             case.op))
     if case.op in ("conv1d_causal", "conv1d_silu", "delta_rule", "gated_delta_rule"):
-        rows = len(i["x"] if "x" in i else i["v"])
-        _, pos = be.pass_input([0] * rows, i["pos0"])
+        pos = _position(be, len(i["x"] if "x" in i else i["v"]), i["pos0"])
         ring = a(i["ring"])
         if case.op.startswith("conv1d"):
             y = getattr(be, case.op)(a(i["x"]), a(i["w"]), ring, pos)
@@ -419,6 +418,11 @@ def _reference_qwen35(case: Case) -> tuple:
     if case.op == "stack":
         return (np.stack(i["rows"]),)
     raise ValueError(f"no reference for {case.op}")
+
+
+def _position(be, rows: int, pos0: int):
+    """The first position of `rows` rows as the backend's operations take it in forward.py: from its pass_input."""
+    return be.pass_input([0] * rows, pos0)[1]
 
 
 def _pair(out, op: str) -> tuple:

@@ -65,7 +65,7 @@ def load_factory(spec: str):
     return factory
 
 
-def _backend(backend_or_factory):
+def as_backend(backend_or_factory):
     """A class, or a callable with none of the protocol's methods, is a factory; anything else is a backend,
     checked for what it lacks as a factory's result is (an instance is never called)."""
     x = backend_or_factory
@@ -247,7 +247,7 @@ def _speculative_is_greedy(tf, reference) -> str | None:
 # ------------------------------------------------------------------------------------------------ running
 def check_backend(backend_or_factory, *, ops: bool = True, models: bool = True, on_result=None) -> list[Check]:
     """Every check on a backend (or a factory making one); `on_result(check)` sees each as it finishes."""
-    be = _backend(backend_or_factory)
+    be = as_backend(backend_or_factory)
     results = []
     for group in ((iter_ops,) if ops else ()) + ((iter_models,) if models else ()):
         for check in group(be):
@@ -271,7 +271,7 @@ def run(args) -> int:
         sys.path.insert(0, "")  # MODULE may live in the current directory, as with `python -m`
     factory = load_factory(args.backend)
     printer = None if args.json else (lambda check: print(f"  {check.line()}", flush=True))
-    be = _backend(factory)
+    be = as_backend(factory)
     results = check_backend(be, models=not args.ops_only, on_result=printer)
     failed = [c for c in results if not c.ok]
     lacking = qwen35_missing(be)

@@ -10,7 +10,7 @@ root conftest.py, then:
 """
 import pytest
 
-from refspec.testing.conformance import _backend, check_backend, qwen35_missing
+from refspec.testing.conformance import as_backend, check_backend, qwen35_missing
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def refspec_check_backend():
     line; with qwen35=True also fail where the backend lacks qwen35's methods (so qwen35 would go unchecked)."""
 
     def check(backend, *, models: bool = True, qwen35: bool = False):
-        backend = _backend(backend)
+        backend = as_backend(backend)
         lacking = qwen35_missing(backend)
         assert not (qwen35 and lacking), f"qwen35 is not checked: the backend lacks {', '.join(lacking)}"
         results = check_backend(backend, models=models)

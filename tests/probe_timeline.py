@@ -19,7 +19,9 @@ PRESET: a `refspec bench decode --preset` name (its synthetic model, written onc
 position $POSITION (default 64), as tests/pass_times.py runs it, replayed as its graph REPLAYS times (default 20);
 per kernel the median over the replays. The kernels' names come from the same pass run eagerly (the graph is that
 pass captured); the probe says so where the counts differ. Also the pass's time in the production build and in
-this one with the notes off and on (back-to-back replays), which says how much the notes themselves cost. Output: a table per
+this one with the notes off and on (back-to-back replays), which says how much the notes themselves cost. With
+MARKS=1, rmsnorm_q8's block 0 also notes three points inside it (its row staged, inv known, its stores issued): a
+kernel's "marks_us", us after its release. Output: a table per
 width on stdout, and one JSON object appended to JSON_OUT (default timeline.jsonl).
 """
 from __future__ import annotations
@@ -32,7 +34,9 @@ _HELPERS = """
 // ---- tests/probe_timeline.py: block 0 of every kernel notes its start and the release of its wait
 extern "C" {
 __device__ unsigned long long* rs_timeline;  // [0] notes taken, [1] capacity, then (start, release) pairs
+__device__ unsigned long long* rs_timeline_marks;  // [capacity][4]: rs_timeline_mark(j)'s times, by note
 }
+__shared__ unsigned long long rs_timeline_slot;  // block 0's note (thread 0 writes and reads it)
 struct RsTimelineNote {
   unsigned long long slot, start, capacity;
   bool on;
@@ -49,8 +53,16 @@ RS_DEVICE RsTimelineNote rs_timeline_open() {
     n.start = rs_timeline_now();
     n.capacity = rs_timeline[1];
     n.slot = atomicAdd(rs_timeline, 1ULL);
+    rs_timeline_slot = n.slot;
   }
   return n;
+}
+// Thread 0 of block 0 notes the time it reaches mark j of its kernel (MARKS=1: inside rmsnorm_q8, see MARKS).
+RS_DEVICE void rs_timeline_mark(int j) {
+  if (rs_timeline != nullptr && rs_timeline_marks != nullptr &&
+      (blockIdx.x | blockIdx.y | blockIdx.z | threadIdx.x | threadIdx.y | threadIdx.z) == 0 &&
+      rs_timeline_slot < rs_timeline[1])
+    rs_timeline_marks[4 * rs_timeline_slot + j] = rs_timeline_now();
 }
 RS_DEVICE void rs_timeline_close(const RsTimelineNote& n) {
   if (n.on && n.slot < n.capacity) {
@@ -72,7 +84,28 @@ def instrument(source: str) -> str:
     first = _BEGIN.search(source).start()
     body = _BEGIN.sub(r"\1  const RsTimelineNote rs_note = rs_timeline_open();\n\2  rs_timeline_close(rs_note);\n\3",
                       source[first:])
-    return source[:first] + _HELPERS + body
+    return source[:first] + _HELPERS + _marked(body)
+
+
+# MARKS=1: rmsnorm_q8's block 0 also notes when its row is staged (mark 0), when inv is known (1) and when thread 0
+# has issued its quantized blocks' stores (2), so that its span divides into its own steps and the boundary after.
+_MARKS = (("  __syncthreads();\n  rs_rmsnorm_q8_part((const float*)rs_row4",
+           "  __syncthreads();\n  rs_timeline_mark(0);\n  rs_rmsnorm_q8_part((const float*)rs_row4"),
+          ("  const float inv = inv_shared;\n", "  const float inv = inv_shared;\n  rs_timeline_mark(1);\n"),
+          ("  rs_quantize_blocks_lanes<RS_RMSNORM_Q8_PER_GROUP>(v, q, d, here);\n}",
+           "  rs_quantize_blocks_lanes<RS_RMSNORM_Q8_PER_GROUP>(v, q, d, here);\n  rs_timeline_mark(2);\n}"))
+
+
+def _marked(body: str) -> str:
+    import os
+
+    if os.environ.get("MARKS") != "1" or "rmsnorm_q8(" not in body:
+        return body
+    for old, new in _MARKS:
+        if body.count(old) != 1:
+            raise ValueError(f"MARKS: expected one {old!r} in quantize_q8_0.hip")
+        body = body.replace(old, new)
+    return body
 
 
 def _kind(name: str) -> str:
@@ -82,7 +115,8 @@ def _kind(name: str) -> str:
 def in_place(notes, names):
     """Per kernel, the medians over replays of its start and release (us from the first kernel's release) and of its
     span (the next kernel's release - its own; None for the last), and the spans summed by kind (the name up to its
-    template arguments). `notes`: one int64 array [kernels, 2] of (start, release) ns a replay, in any order; `names`:
+    template arguments). `notes`: one int64 array [kernels, 2 + marks] of (start, release, marks...) ns a replay (a mark 0
+    where not taken), in any order; `names`:
     the eager pass's launches (name, grid, block), used where their count is the notes'."""
     import statistics
 
@@ -99,6 +133,10 @@ def in_place(notes, names):
         name, grid, block = names[i] if len(names) == count else ("?", [], [])
         kernels.append({"name": name, "grid": grid, "block": block, "start_us": round(start / 1e3, 3),
                         "release_us": round(release / 1e3, 3), "span_us": None if span is None else round(span / 1e3, 3)})
+        marks = [statistics.median(float(n[i, j] - n[i, 1]) for n in notes) for j in range(2, notes[0].shape[1])
+                 if all(n[i, j] > 0 for n in notes)]
+        if marks:  # (MARKS=1) us after its release
+            kernels[-1]["marks_us"] = [round(m / 1e3, 3) for m in marks]
     by_kind: dict[str, dict] = {}
     for k in kernels:
         if k["span_us"] is not None:
@@ -168,18 +206,20 @@ def main(argv: list[str]) -> None:
 
     buf = cp.zeros(2 + 2 * CAPACITY, dtype=cp.uint64)
     buf[1] = CAPACITY
+    marks = cp.zeros(4 * CAPACITY, dtype=cp.uint64)
     get_global = _driver_function("cuModuleGetGlobal_v2", "the timeline probe")
     get_global.argtypes = [ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_size_t), ctypes.c_void_p,
                            ctypes.c_char_p]
     copy_in = _driver_function("cuMemcpyHtoD_v2", "the timeline probe")
     copy_in.argtypes = [ctypes.c_uint64, ctypes.c_void_p, ctypes.c_size_t]
-    address = ctypes.c_uint64(buf.data.ptr)
+    address, marks_address = ctypes.c_uint64(buf.data.ptr), ctypes.c_uint64(marks.data.ptr)
 
     def notes_on():  # every loaded module's rs_timeline -> buf (modules load lazily: again before each width)
         for module, _ in be._modules.values():
-            where, size = ctypes.c_uint64(0), ctypes.c_size_t(0)
-            if get_global(ctypes.byref(where), ctypes.byref(size), ctypes.c_void_p(module.ptr), b"rs_timeline") == 0:
-                copy_in(where.value, ctypes.byref(address), 8)
+            for symbol, value in ((b"rs_timeline", address), (b"rs_timeline_marks", marks_address)):
+                where, size = ctypes.c_uint64(0), ctypes.c_size_t(0)
+                if get_global(ctypes.byref(where), ctypes.byref(size), ctypes.c_void_p(module.ptr), symbol) == 0:
+                    copy_in(where.value, ctypes.byref(value), 8)
 
     notes_on()
     timeline_ms = pass_ms(tf)  # with the notes (past the capacity they still take their atomic add, not the stores)
@@ -206,12 +246,14 @@ def main(argv: list[str]) -> None:
         for _ in range(replays):
             device.synchronize()  # (the reset runs on CuPy's stream, the replay on the graph's: the whole device)
             buf[0] = 0
+            marks.fill(0)
             device.synchronize()
             tf.forward(cache, ids_of(rows), position)
             device.synchronize()
             host = cp.asnumpy(buf)
             taken = int(min(host[0], CAPACITY))
-            notes.append(host[2 : 2 + 2 * taken].reshape(taken, 2).astype(np.int64))
+            notes.append(np.concatenate([host[2 : 2 + 2 * taken].reshape(taken, 2),
+                                         cp.asnumpy(marks)[: 4 * taken].reshape(taken, 4)], axis=1).astype(np.int64))
         counts = sorted({len(n) for n in notes})
         kernels, by_kind = in_place(notes, names)
         record["widths"][rows] = {

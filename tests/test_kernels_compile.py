@@ -195,6 +195,26 @@ def test_timeline_probe_instruments_every_kernel(tmp_path):
     run([tool("nvcc"), "-arch=sm_90", *options, "-x", "cu", str(src), "-cubin", "-o", str(tmp_path / "q.cubin")])
 
 
+def test_timeline_probe_marks_inside_rmsnorm(tmp_path, monkeypatch):
+    """With MARKS=1 the probe also marks three points of rmsnorm_q8 (its row staged, inv known, its stores issued),
+    each once, and the source still compiles for sm_90; a source that no longer has the marked lines is a ValueError,
+    not a probe that silently marks nothing. Without MARKS nothing is marked."""
+    from probe_timeline import instrument
+
+    source = kernel_source("quantize_q8_0")
+    assert "rs_timeline_mark(" not in instrument(source).split("RS_DEVICE void rs_timeline_mark(int j)")[1]
+    monkeypatch.setenv("MARKS", "1")
+    marked = instrument(source)
+    assert [marked.count(f"rs_timeline_mark({j});") for j in range(3)] == [1, 1, 1]
+    assert "rs_timeline_mark(0);" not in instrument(kernel_source("rope"))  # nothing to mark there
+    with pytest.raises(ValueError):
+        instrument(source.replace("  const float inv = inv_shared;\n", "  const float inv = inv_shared;  \n"))
+    src = tmp_path / "quantize_q8_0_marks.cu"
+    src.write_text(marked)
+    options = [o.replace("--std=", "-std=") for o in COMPILE_OPTIONS["cuda"]]
+    run([tool("nvcc"), "-arch=sm_90", *options, "-x", "cu", str(src), "-cubin", "-o", str(tmp_path / "q.cubin")])
+
+
 def test_which_row_lengths_each_gemv_takes():
     """The dp4a kernels take any K that is a multiple of 32; the tensor-core one only K/32 even (the backend
     and `bench gemv` send it nothing else)."""

@@ -29,3 +29,21 @@ def test_names_are_left_out_where_the_counts_differ():
     kernels, by_kind = in_place(notes, NAMES[:2])
     assert [k["name"] for k in kernels] == ["?"] * 3
     assert by_kind == {"?": {"count": 2, "total_us": 0.02}}
+
+
+def test_marks_follow_their_note_and_count_from_its_release():
+    """MARKS=1 columns ride with their note through the sort; a mark is reported (us after the kernel's release,
+    median over replays) only where every replay took it (0: not taken)."""
+    def with_marks(notes, marks):
+        return np.concatenate([notes, np.array(marks, dtype=np.int64)], axis=1)
+
+    first = replay(0, [0, 500, 2_000], [1_000, 3_000, 9_000], [0, 1, 2])
+    second = replay(100_000, [0, 500, 2_000], [1_000, 3_400, 9_000], [2, 1, 0])
+    notes = [with_marks(first, [[1_500, 2_000, 2_600, 0], [0] * 4, [0] * 4]),
+             with_marks(second, [[0] * 4, [0] * 4, [101_700, 102_200, 102_800, 0]])]  # the rmsnorm's row is last here
+    kernels, _ = in_place(notes, NAMES)
+    assert kernels[0]["marks_us"] == [0.6, 1.1, 1.7]  # medians of 0.5 / 0.7, 1.0 / 1.2, 1.6 / 1.8
+    assert "marks_us" not in kernels[1] and "marks_us" not in kernels[2]
+    notes[1][2, 3] = 0  # one replay without mark 1
+    kernels, _ = in_place(notes, NAMES)
+    assert kernels[0]["marks_us"] == [0.6, 1.7]

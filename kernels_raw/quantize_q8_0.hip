@@ -28,24 +28,30 @@ quantize_q8_0(const float* __restrict__ x, int rows, int k, signed char* __restr
 // in shared memory (all threads, the loads in flight together), then the row's 32 lanes (group 0) compute
 // inv = 1 / sqrt(lane_sum(x*x) / n + eps) as spec.rmsnorm does, every part the same, and each group takes
 // whole blocks, one value per lane, y = (x * inv) * w, and quantizes them together (rs_quantize_blocks_lanes).
-// The weights a group needs are loaded before the sum, to be there when it ends. rmsnorm_q8 needs k * 4 bytes of
+// The norm's weights a group needs are loaded before the kernel's wait (rs_rmsnorm_q8_weights: weights are no
+// kernel's output), so that they are in registers when the row arrives. rmsnorm_q8 needs k * 4 bytes of
 // dynamic shared memory (the wrapper passes them; rows too long for that use rmsnorm_q8_wide, the same
 // arithmetic reading global memory). parts * groups * RS_RMSNORM_Q8_PER_GROUP >= k / 32 (groups: of 32 threads
 // a block). Grid: rows * parts blocks of a multiple of 32 threads, up to RS_RMSNORM_Q8_MAX_THREADS.
 // `live`: only the first live[0] rows, or all where null (rs_live_rows).
 #define RS_RMSNORM_Q8_PER_GROUP 4  // Q8_0 blocks per group and part
 
-RS_DEVICE void rs_rmsnorm_q8_part(const float* __restrict__ xrow, const float* __restrict__ w, float eps, int k,
-                                  int row, int part, int parts, signed char* __restrict__ xq,
-                                  unsigned short* __restrict__ xd) {
-  __shared__ float inv_shared;
-  const int nb = k / RS_QK, lane = rs_lane();
-  float wv[RS_RMSNORM_Q8_PER_GROUP];  // this lane's weight in each of its group's blocks
+// This lane's weight in each of its group's blocks of the part.
+RS_DEVICE void rs_rmsnorm_q8_weights(const float* __restrict__ w, int k, int part, int parts,
+                                     float (&wv)[RS_RMSNORM_Q8_PER_GROUP]) {
+  const int nb = k / RS_QK;
 #pragma unroll
   for (int j = 0; j < RS_RMSNORM_Q8_PER_GROUP; ++j) {
     const int b = part + parts * (rs_group() + rs_groups() * j);
-    wv[j] = b < nb ? w[b * RS_QK + lane] : 0.0f;
+    wv[j] = b < nb ? w[b * RS_QK + rs_lane()] : 0.0f;
   }
+}
+
+RS_DEVICE void rs_rmsnorm_q8_part(const float* __restrict__ xrow, const float (&wv)[RS_RMSNORM_Q8_PER_GROUP],
+                                  float eps, int k, int row, int part, int parts, signed char* __restrict__ xq,
+                                  unsigned short* __restrict__ xd) {
+  __shared__ float inv_shared;
+  const int nb = k / RS_QK, lane = rs_lane();
   if (rs_group() == 0) {
     float acc = 0.0f;  // lane value: +0.0, then x[l]^2, x[l+32]^2, ... in order
     int i = lane;
@@ -95,6 +101,8 @@ rmsnorm_q8(const float* __restrict__ x, const float* __restrict__ w, float eps, 
   extern __shared__ float4 rs_row4[];  // the row, k floats
   const int row = blockIdx.x / parts, part = blockIdx.x % parts;
   if (row >= rs_live_rows(live, gridDim.x / parts)) return;  // the whole block
+  float wv[RS_RMSNORM_Q8_PER_GROUP];
+  rs_rmsnorm_q8_weights(w, k, part, parts, wv);
   rs_kernel_begin();
   const float4* xrow4 = (const float4*)(x + (long long)row * k);
   const int n4 = k / 4;
@@ -112,7 +120,7 @@ rmsnorm_q8(const float* __restrict__ x, const float* __restrict__ w, float eps, 
     }
   }
   __syncthreads();
-  rs_rmsnorm_q8_part((const float*)rs_row4, w, eps, k, row, part, parts, xq, xd);
+  rs_rmsnorm_q8_part((const float*)rs_row4, wv, eps, k, row, part, parts, xq, xd);
 }
 
 extern "C" __global__ void __launch_bounds__(RS_RMSNORM_Q8_MAX_THREADS)
@@ -120,8 +128,10 @@ rmsnorm_q8_wide(const float* __restrict__ x, const float* __restrict__ w, float 
                 signed char* __restrict__ xq, unsigned short* __restrict__ xd, const int* __restrict__ live) {
   const int row = blockIdx.x / parts, part = blockIdx.x % parts;
   if (row >= rs_live_rows(live, gridDim.x / parts)) return;  // the whole block
+  float wv[RS_RMSNORM_Q8_PER_GROUP];
+  rs_rmsnorm_q8_weights(w, k, part, parts, wv);
   rs_kernel_begin();
-  rs_rmsnorm_q8_part(x + (long long)row * k, w, eps, k, row, part, parts, xq, xd);
+  rs_rmsnorm_q8_part(x + (long long)row * k, wv, eps, k, row, part, parts, xq, xd);
 }
 
 // SiLU(gate) * up, then quantization: lane i of a group of 32 computes value i of one block as spec.silu_mul

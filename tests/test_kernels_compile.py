@@ -281,8 +281,8 @@ def test_hip_sqrt_rounding_is_exact():
 
 # ------------------------------------------------------------------ overlapped launches (gpu_launch.py)
 # What a kernel may do before rs_kernel_begin() (portable.h): declare locals computed from its arguments and
-# thread indices, place its GEMV group, load its first weight blocks, and (attention) point at its kv head's
-# cache and prefetch its old positions into L2 (a hint that reads no value). Anything else there (a load of
+# thread indices, place its GEMV group, load its first weight blocks (rmsnorm_q8: the norm's weights), and
+# (attention) point at its kv head's cache and prefetch its old positions into L2 (a hint that reads no value). Anything else there (a load of
 # something an earlier kernel writes, any store) could race with the kernel before it.
 BEFORE_BEGIN = (
     r"(extern )?__shared__ [^=]+",
@@ -298,6 +298,8 @@ BEFORE_BEGIN = (
     r"RsMmaCopier<LPW, MT, RP, RES> copier\(wq, wd, xq, xd, [^\[\]]*\)",  # addresses only
     r"const unsigned (pipe|x_slots)_address = \(unsigned\)__cvta_generic_to_shared\((pipe|x_slots)\)",
     r"copier\.template first_weights<STAGES>\(pipe_address, total, wq, wd, [^\[\]]*\)",  # weights only
+    r"float wv\[RS_RMSNORM_Q8_PER_GROUP\]",
+    r"rs_rmsnorm_q8_weights\(w, k, part, parts, wv\)",  # the norm's weights only
     r"const float\* (kc|vc) = (k|v)_cache \+ \(long long\)kv_head \* cache_len \* dim",
     r"rs_attention_prefetch\(kc, vc, pos, [^\[\]]*\)",
     r"const RsAttnUnit u\(unit, heads, kv_heads, per\)",

@@ -123,3 +123,35 @@ def one_row_reference(cp, be, rng, ws, xq, xd):
     config = be.gemv_config(1, k, n)
     be.launch_gemv(config, ws[0], xq, xd, y, base=base)
     return config, y, base, cp.asnumpy(y).view(np.uint32)
+
+
+def variant_probe(argv):
+    """The set-up the whole-pass variant probes share (tests/probe_norm_boundary.py, probe_carveout.py,
+    probe_sync_domain.py): arguments PRESET ROWS,... REPEATS ROUNDS JSON_OUT, the preset's model on a new GpuBackend.
+    Returns (preset, widths, repeats, rounds, out_path, backend, transformer)."""
+    from refspec.bench_decode import preset_model_path
+    from refspec.forward import Transformer
+    from refspec.gguf_model import load
+    from refspec.gpu import GpuBackend
+
+    preset, widths, repeats, rounds, out_path = (argv[1], [int(r) for r in argv[2].split(",")], int(argv[3]),
+                                                 int(argv[4]), argv[5])
+    model = load(preset_model_path(preset, print), log=lambda m: None)
+    be = GpuBackend()
+    return preset, widths, repeats, rounds, out_path, be, Transformer(model, be)
+
+
+def time_widths(tf, cache, widths, position: int, repeats: int, digests: dict, run: dict) -> None:
+    """For each width: run["ms"][rows], the pass's ms (pass_seconds), and run["same_bits_<rows>"], whether its
+    logits have the bits of the first run's at that width (digests: width -> sha256, filled by the first run)."""
+    import hashlib
+
+    import numpy as np
+
+    vocab = tf.config.n_vocab
+    for rows in widths:
+        ids = [(7 * i + 3) % vocab for i in range(rows)]
+        run["ms"][rows] = round(1e3 * pass_seconds(tf, cache, ids, position, repeats), 4)
+        logits = tf.be.to_host(tf.forward(cache, ids, position))
+        digest = hashlib.sha256(np.ascontiguousarray(logits).view(np.uint8)).hexdigest()
+        run["same_bits_%d" % rows] = digests.setdefault(rows, digest) == digest

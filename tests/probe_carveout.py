@@ -15,29 +15,17 @@ rmsnorm_0 (rmsnorm_q8 asks 0 %: the most L1).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
 
-import numpy as np
-
-from refspec.bench_decode import preset_model_path
-from refspec.forward import Transformer
-from refspec.gguf_model import load
-from refspec.gpu import GpuBackend
 from refspec.gpu_launch import CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT
 
-from graph_timing import pass_seconds
+from graph_timing import time_widths, variant_probe
 
-preset, widths, repeats, rounds, out_path = (sys.argv[1], [int(r) for r in sys.argv[2].split(",")], int(sys.argv[3]),
-                                             int(sys.argv[4]), sys.argv[5])
+preset, widths, repeats, rounds, out_path, be, tf = variant_probe(sys.argv)
 POSITION = 64
 DEFAULT = -1  # cudaSharedmemCarveoutDefault: no preference
-model = load(preset_model_path(preset, print), log=lambda m: None)
-be = GpuBackend()
-tf = Transformer(model, be)
-vocab = tf.config.n_vocab
 cache = tf.new_cache(POSITION + max(widths) + 8)
 for rows in widths:  # every kernel of every width loaded once, so that the variants can set their attributes
     tf.forward(cache, [1] * POSITION, 0)
@@ -85,12 +73,7 @@ for r in range(rounds):
         run = {"variant": name, "round": r, "ms": {}}
         if r == 0:
             run["carveouts"] = chosen
-        for rows in widths:
-            ids = [(7 * i + 3) % vocab for i in range(rows)]
-            run["ms"][rows] = round(1e3 * pass_seconds(tf, cache, ids, POSITION, repeats), 4)
-            logits = be.to_host(tf.forward(cache, ids, POSITION))
-            digest = hashlib.sha256(np.ascontiguousarray(logits).view(np.uint8)).hexdigest()
-            run["same_bits_%d" % rows] = digests.setdefault(rows, digest) == digest
+        time_widths(tf, cache, widths, POSITION, repeats, digests, run)
         report["runs"].append(run)
         print(f"round {r} {name:14s} " + "  ".join(f"{rows} rows {ms:.4f} ms" for rows, ms in run["ms"].items())
               + ("" if all(v for key, v in run.items() if key.startswith("same_bits")) else "  BITS DIFFER"), flush=True)

@@ -14,30 +14,19 @@ With VARIANTS=16, the GEMVs production runs as GEMV_MMA_TWO_STREAMS_16 (9-16 row
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
 import time
 from dataclasses import replace
 
-import numpy as np
-
-from refspec.bench_decode import preset_model_path
-from refspec.forward import Transformer
-from refspec.gguf_model import load
-from refspec.gpu import GpuBackend
 from refspec.gpu_mappings import (GEMV_MMA, GEMV_MMA_RESIDENT, GEMV_MMA_TALL, GEMV_MMA_TWO_STREAMS,
                                   GEMV_MMA_TWO_STREAMS_16)
 
-from graph_timing import pass_seconds
+from graph_timing import time_widths, variant_probe
 
-preset, widths, repeats, rounds, out_path = (sys.argv[1], [int(r) for r in sys.argv[2].split(",")], int(sys.argv[3]),
-                                             int(sys.argv[4]), sys.argv[5])
+preset, widths, repeats, rounds, out_path, be, tf = variant_probe(sys.argv)
 POSITION = 64
-model = load(preset_model_path(preset, print), log=lambda m: None)
-be = GpuBackend()
-tf = Transformer(model, be)
 vocab, ffn2 = tf.config.n_vocab, 2 * tf.config.n_ff
 production = be._choose_mma_config
 
@@ -77,12 +66,8 @@ for r in range(rounds):
         cache.graphs.clear()
         tf.forward(cache, [1] * POSITION, 0)
         run = {"variant": name, "round": r, "ms": {}, "configs": {}}
+        time_widths(tf, cache, widths, POSITION, repeats, digests, run)
         for rows in widths:
-            ids = [(7 * i + 3) % vocab for i in range(rows)]
-            run["ms"][rows] = round(1e3 * pass_seconds(tf, cache, ids, POSITION, repeats), 4)
-            logits = be.to_host(tf.forward(cache, ids, POSITION))
-            digest = hashlib.sha256(np.ascontiguousarray(logits).view(np.uint8)).hexdigest()
-            run["same_bits_%d" % rows] = digests.setdefault(rows, digest) == digest
             run["configs"][rows] = sorted({f"{n}x{k}: {c.name(rw)}" for (rw, n, k, _), c in be._mma_configs.items()
                                            if rw == rows})
         report["runs"].append(run)

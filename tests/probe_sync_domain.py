@@ -24,24 +24,16 @@ import time
 
 import numpy as np
 
-from refspec.bench_decode import preset_model_path
-from refspec.forward import Transformer
-from refspec.gguf_model import load
-from refspec.gpu import GpuBackend
 from refspec.gpu_launch import (CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, DependentLaunch, _dims,
                                 _LaunchAttribute, _LaunchConfig, error_name)
 
-from graph_timing import pass_seconds
+from graph_timing import pass_seconds, variant_probe
 
 CU_LAUNCH_ATTRIBUTE_MEM_SYNC_DOMAIN = 10  # cuda.h, CUlaunchAttributeID
 CU_DEVICE_ATTRIBUTE_MEM_SYNC_DOMAIN_COUNT = 126  # cuda.h, CUdevice_attribute
 
-preset, widths, repeats, rounds, out_path = (sys.argv[1], [int(r) for r in sys.argv[2].split(",")], int(sys.argv[3]),
-                                             int(sys.argv[4]), sys.argv[5])
+preset, widths, repeats, rounds, out_path, be, tf = variant_probe(sys.argv)
 POSITION = 64
-model = load(preset_model_path(preset, print), log=lambda m: None)
-be = GpuBackend()
-tf = Transformer(model, be)
 vocab = tf.config.n_vocab
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from refspec.gpu_launch import (CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, DependentLaunch, _dims,
                                 _LaunchAttribute, _LaunchConfig, error_name)
 
-from graph_timing import pass_seconds, variant_probe
+from graph_timing import time_widths, variant_probe
 
 CU_LAUNCH_ATTRIBUTE_MEM_SYNC_DOMAIN = 10  # cuda.h, CUlaunchAttributeID
 CU_DEVICE_ATTRIBUTE_MEM_SYNC_DOMAIN_COUNT = 126  # cuda.h, CUdevice_attribute
@@ -82,7 +82,7 @@ CHECK_IDS = {rows: [(11 * i + 5) % vocab for i in range(rows)] for rows in width
 report = {"date": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()), "preset": preset, "position": POSITION,
           "repeats": repeats, "gpu": be.cp.cuda.runtime.getDeviceProperties(0)["name"].decode(),
           "domains": count, "runs": []}
-digests = {}
+digests, other_digests = {}, {}
 
 
 def digest(logits) -> str:
@@ -96,13 +96,10 @@ for r in range(rounds):
         cache.graphs.clear()
         tf.forward(cache, [1] * POSITION, 0)
         run = {"variant": name, "round": r, "ms": {}}
+        time_widths(tf, cache, widths, POSITION, repeats, digests, run)  # the timed ids' bits
         for rows in widths:
-            ids = [(7 * i + 3) % vocab for i in range(rows)]
-            run["ms"][rows] = round(1e3 * pass_seconds(tf, cache, ids, POSITION, repeats), 4)
-            same = digests.setdefault(("timed", rows), digest(tf.forward(cache, ids, POSITION))) == digest(
-                tf.forward(cache, ids, POSITION))
-            other = digests.setdefault(("other", rows), digest(tf.forward(cache, CHECK_IDS[rows], POSITION)))
-            run["same_bits_%d" % rows] = same and other == digest(tf.forward(cache, CHECK_IDS[rows], POSITION))
+            other = digest(tf.forward(cache, CHECK_IDS[rows], POSITION))
+            run["same_bits_other_%d" % rows] = other_digests.setdefault(rows, other) == other
         report["runs"].append(run)
         print(f"round {r} {name:13s} " + "  ".join(f"{rows} rows {ms:.4f} ms" for rows, ms in run["ms"].items())
               + ("" if all(v for key, v in run.items() if key.startswith("same_bits")) else "  BITS DIFFER"), flush=True)

@@ -21,8 +21,8 @@ per kernel the median over the replays. The kernels' names come from the same pa
 pass captured); the probe says so where the counts differ. Also the pass's time in the production build and in
 this one with the notes off and on (back-to-back replays), which says how much the notes themselves cost. With
 MARKS=1, rmsnorm_q8's block 0 also notes three points inside it (its row staged, inv known, its stores issued): a
-kernel's "marks_us", us after its release. Output: a table per
-width on stdout, and one JSON object appended to JSON_OUT (default timeline.jsonl).
+kernel's "marks_us", us after its release. Output: a table per width on stdout, and one JSON object appended to
+JSON_OUT (default timeline.jsonl).
 """
 from __future__ import annotations
 
@@ -115,9 +115,9 @@ def _kind(name: str) -> str:
 def in_place(notes, names):
     """Per kernel, the medians over replays of its start and release (us from the first kernel's release) and of its
     span (the next kernel's release - its own; None for the last), and the spans summed by kind (the name up to its
-    template arguments). `notes`: one int64 array [kernels, 2 + marks] of (start, release, marks...) ns a replay (a mark 0
-    where not taken), in any order; `names`:
-    the eager pass's launches (name, grid, block), used where their count is the notes'."""
+    template arguments); with marks, each kernel's medians of them (us after its release) where every replay took them.
+    `notes`: one int64 array [kernels, 2 + marks] of (start, release, marks...) ns a replay (a mark 0 where not
+    taken), in any order; `names`: the eager pass's launches (name, grid, block), used where their count is the notes'."""
     import statistics
 
     import numpy as np

@@ -282,8 +282,8 @@ def test_hip_sqrt_rounding_is_exact():
 # ------------------------------------------------------------------ overlapped launches (gpu_launch.py)
 # What a kernel may do before rs_kernel_begin() (portable.h): declare locals computed from its arguments and
 # thread indices, place its GEMV group, load its first weight blocks (rmsnorm_q8: the norm's weights), and
-# (attention) point at its kv head's cache and prefetch its old positions into L2 (a hint that reads no value). Anything else there (a load of
-# something an earlier kernel writes, any store) could race with the kernel before it.
+# (attention) point at its kv head's cache and prefetch its old positions into L2 (a hint that reads no value).
+# Anything else there (a load of something an earlier kernel writes, any store) could race with the kernel before it.
 BEFORE_BEGIN = (
     r"(extern )?__shared__ [^=]+",
     r"const (int|long long|bool) \w+ = [^\[\]]+",

@@ -21,7 +21,8 @@ per kernel the median over the replays. The kernels' names come from the same pa
 pass captured); the probe says so where the counts differ. Also the pass's time in the production build and in
 this one with the notes off and on (back-to-back replays), which says how much the notes themselves cost. With
 MARKS=1, rmsnorm_q8's block 0 also notes three points inside it (its row staged, inv known, its stores issued): a
-kernel's "marks_us", us after its release. Output: a table per width on stdout, and one JSON object appended to
+kernel's "marks_us", us after its release. With BLOCKS=1, thread 0 of every block notes its start, release, %smid and
+%gridid too (block_starts: each kernel's "each_block"; a summary by kernel pair). Output: a table per width on stdout, and one JSON object appended to
 JSON_OUT (default timeline.jsonl).
 """
 from __future__ import annotations
@@ -29,17 +30,19 @@ from __future__ import annotations
 import re
 
 CAPACITY = 1 << 14  # kernels noted per replay, at most (a llama-8b pass: ~230)
+BLOCK_CAPACITY = 1 << 18  # blocks noted per replay with BLOCKS=1, at most (a llama-8b pass of 16 rows: ~50000)
 
 _HELPERS = """
 // ---- tests/probe_timeline.py: block 0 of every kernel notes its start and the release of its wait
 extern "C" {
 __device__ unsigned long long* rs_timeline;  // [0] notes taken, [1] capacity, then (start, release) pairs
 __device__ unsigned long long* rs_timeline_marks;  // [capacity][4]: rs_timeline_mark(j)'s times, by note
+__device__ unsigned long long* rs_timeline_blocks;  // BLOCKS=1: [0] taken, [1] capacity, then 4 words a block
 }
 __shared__ unsigned long long rs_timeline_slot;  // block 0's note (thread 0 writes and reads it)
 struct RsTimelineNote {
   unsigned long long slot, start, capacity;
-  bool on;
+  bool on, block_on;  // block 0's note; this block's (thread 0 of every block, BLOCKS=1)
 };
 RS_DEVICE unsigned long long rs_timeline_now() {
   unsigned long long t;
@@ -47,10 +50,11 @@ RS_DEVICE unsigned long long rs_timeline_now() {
   return t;
 }
 RS_DEVICE RsTimelineNote rs_timeline_open() {
-  RsTimelineNote n{0, 0, 0, rs_timeline != nullptr &&
-                                (blockIdx.x | blockIdx.y | blockIdx.z | threadIdx.x | threadIdx.y | threadIdx.z) == 0};
+  const bool thread0 = (threadIdx.x | threadIdx.y | threadIdx.z) == 0;
+  RsTimelineNote n{0, 0, 0, rs_timeline != nullptr && thread0 && (blockIdx.x | blockIdx.y | blockIdx.z) == 0,
+                   thread0 && rs_timeline_blocks != nullptr};
+  if (n.on || n.block_on) n.start = rs_timeline_now();
   if (n.on) {
-    n.start = rs_timeline_now();
     n.capacity = rs_timeline[1];
     n.slot = atomicAdd(rs_timeline, 1ULL);
     rs_timeline_slot = n.slot;
@@ -64,10 +68,27 @@ RS_DEVICE void rs_timeline_mark(int j) {
       rs_timeline_slot < rs_timeline[1])
     rs_timeline_marks[4 * rs_timeline_slot + j] = rs_timeline_now();
 }
+// Every block's note (BLOCKS=1): the launch's %gridid, (%smid << 32) | linear block index, start, release.
 RS_DEVICE void rs_timeline_close(const RsTimelineNote& n) {
+  const unsigned long long now = rs_timeline_now();
   if (n.on && n.slot < n.capacity) {
     rs_timeline[2 + 2 * n.slot] = n.start;
-    rs_timeline[3 + 2 * n.slot] = rs_timeline_now();
+    rs_timeline[3 + 2 * n.slot] = now;
+  }
+  if (n.block_on) {
+    const unsigned long long slot = atomicAdd(rs_timeline_blocks, 1ULL);
+    if (slot < rs_timeline_blocks[1]) {
+      unsigned long long grid;
+      unsigned sm;
+      asm volatile("mov.u64 %0, %%gridid;" : "=l"(grid));
+      asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+      const unsigned long long block = blockIdx.x + (unsigned long long)gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+      unsigned long long* e = rs_timeline_blocks + 2 + 4 * slot;
+      e[0] = grid;
+      e[1] = ((unsigned long long)sm << 32) | block;
+      e[2] = n.start;
+      e[3] = now;
+    }
   }
 }
 """
@@ -146,6 +167,40 @@ def in_place(notes, names):
     return kernels, by_kind
 
 
+def block_starts(blocks, count: int):
+    """BLOCKS=1: per kernel (launch order, `count` of them), the medians over replays of its blocks' starts (first,
+    median, last; us after the release of the kernel before it), of its blocks' release spread (last - first, us),
+    and its blocks and multiprocessors. `blocks`: one int64 array [notes, 4] a replay of (gridid, smid << 32 | block,
+    start, release) ns. A launch is placed by its block 0's release (launch order); the first kernel has no
+    kernel before it and gets None."""
+    import statistics
+
+    import numpy as np
+
+    per_replay = []
+    for b in blocks:
+        grids = {}
+        for g in np.unique(b[:, 0]):
+            rows = b[b[:, 0] == g]
+            zero = rows[(rows[:, 1] & 0xFFFFFFFF) == 0]
+            if len(zero):
+                grids[int(zero[0, 3])] = rows
+        per_replay.append([grids[r] for r in sorted(grids)])
+    count = min(count, *(len(r) for r in per_replay))
+    out = [None]
+    for i in range(1, count):
+        stats = []
+        for launches in per_replay:
+            prev = launches[i - 1][(launches[i - 1][:, 1] & 0xFFFFFFFF) == 0][0, 3]
+            rows = launches[i]
+            starts = np.sort(rows[:, 2] - prev) / 1e3
+            stats.append((float(starts[0]), float(np.median(starts)), float(starts[-1]), (rows[:, 3].max() - rows[:, 3].min()) / 1e3,
+                          len(rows), len(np.unique(rows[:, 1] >> 32))))
+        med = [round(statistics.median(s[j] for s in stats), 3) for j in range(4)]
+        out.append({"start_us": med[:3], "release_spread_us": med[3], "blocks": stats[0][4], "sms": stats[0][5]})
+    return out
+
+
 def main(argv: list[str]) -> None:
     import ctypes
     import gc
@@ -207,16 +262,22 @@ def main(argv: list[str]) -> None:
     buf = cp.zeros(2 + 2 * CAPACITY, dtype=cp.uint64)
     buf[1] = CAPACITY
     marks = cp.zeros(4 * CAPACITY, dtype=cp.uint64)
+    each_block = os.environ.get("BLOCKS") == "1"
+    blocks_buf = cp.zeros(2 + 4 * BLOCK_CAPACITY if each_block else 1, dtype=cp.uint64)
+    if each_block:
+        blocks_buf[1] = BLOCK_CAPACITY
     get_global = _driver_function("cuModuleGetGlobal_v2", "the timeline probe")
     get_global.argtypes = [ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_size_t), ctypes.c_void_p,
                            ctypes.c_char_p]
     copy_in = _driver_function("cuMemcpyHtoD_v2", "the timeline probe")
     copy_in.argtypes = [ctypes.c_uint64, ctypes.c_void_p, ctypes.c_size_t]
     address, marks_address = ctypes.c_uint64(buf.data.ptr), ctypes.c_uint64(marks.data.ptr)
+    blocks_address = ctypes.c_uint64(blocks_buf.data.ptr if each_block else 0)
 
     def notes_on():  # every loaded module's rs_timeline -> buf (modules load lazily: again before each width)
         for module, _ in be._modules.values():
-            for symbol, value in ((b"rs_timeline", address), (b"rs_timeline_marks", marks_address)):
+            for symbol, value in ((b"rs_timeline", address), (b"rs_timeline_marks", marks_address),
+                                  (b"rs_timeline_blocks", blocks_address)):
                 where, size = ctypes.c_uint64(0), ctypes.c_size_t(0)
                 if get_global(ctypes.byref(where), ctypes.byref(size), ctypes.c_void_p(module.ptr), symbol) == 0:
                     copy_in(where.value, ctypes.byref(value), 8)
@@ -242,10 +303,11 @@ def main(argv: list[str]) -> None:
         for _ in range(3):
             tf.forward(cache, ids_of(rows), position)  # captured, then replayed
         notes_on()
-        notes = []
+        notes, blocks = [], []
         for _ in range(replays):
             device.synchronize()  # (the reset runs on CuPy's stream, the replay on the graph's: the whole device)
             buf[0] = 0
+            blocks_buf[0] = 0
             marks.fill(0)
             device.synchronize()
             tf.forward(cache, ids_of(rows), position)
@@ -254,8 +316,15 @@ def main(argv: list[str]) -> None:
             taken = int(min(host[0], CAPACITY))
             notes.append(np.concatenate([host[2 : 2 + 2 * taken].reshape(taken, 2),
                                          cp.asnumpy(marks)[: 4 * taken].reshape(taken, 4)], axis=1).astype(np.int64))
+            if each_block:
+                host = cp.asnumpy(blocks_buf)
+                taken = int(min(host[0], BLOCK_CAPACITY))
+                blocks.append(host[2 : 2 + 4 * taken].reshape(taken, 4).astype(np.int64))
         counts = sorted({len(n) for n in notes})
         kernels, by_kind = in_place(notes, names)
+        if each_block:
+            for k, b in zip(kernels, block_starts(blocks, len(kernels))):
+                k["each_block"] = b
         record["widths"][rows] = {
             "notes_per_replay": counts, "eager_launches": len(names), "names_matched": len(names) == len(kernels),
             "kernels": kernels, "by_kind_us": by_kind,
@@ -267,6 +336,19 @@ def main(argv: list[str]) -> None:
         for kind, entry in sorted(by_kind.items(), key=lambda kv: -kv[1]["total_us"]):
             n, total = entry["count"], entry["total_us"]
             print(f"  {kind:24s} {n:5d} x {total / n:8.3f} us = {total / 1e3:7.4f} ms")
+        if each_block:  # (BLOCKS=1) by the kernel before and the kernel, with its grid: the means of the medians
+            pairs: dict[str, list] = {}
+            for before, k in zip(kernels, kernels[1:]):
+                if k.get("each_block"):
+                    key = f"{_kind(before['name'])} -> {k['name']} {k['grid']}x{k['block']}"
+                    pairs.setdefault(key, []).append(k["each_block"])
+            print("  blocks' starts, us after the release of the kernel before (first / median / last), spread of "
+                  "their releases, blocks on multiprocessors:")
+            for key, bs in sorted(pairs.items()):
+                mean = [round(sum(b["start_us"][j] for b in bs) / len(bs), 2) for j in range(3)]
+                spread = round(sum(b["release_spread_us"] for b in bs) / len(bs), 2)
+                print(f"    {key} (x{len(bs)}): {mean[0]} / {mean[1]} / {mean[2]}, {spread}; "
+                      f"{bs[0]['blocks']} on {bs[0]['sms']}")
     with open(out_path, "a") as f:
         f.write(json.dumps(record) + "\n")
 

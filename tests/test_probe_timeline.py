@@ -2,7 +2,7 @@
 launch order, each costing the next kernel's release minus its own, medians over replays, summed by kind."""
 import numpy as np
 
-from probe_timeline import in_place
+from probe_timeline import block_starts, in_place
 
 NAMES = [("rmsnorm_q8", [4], [256]), ("q8_gemv<1, 2, 1, 1, 1>", [768], [128]), ("q8_gemv<1, 2, 1, 1, 3>", [512], [128])]
 
@@ -47,3 +47,24 @@ def test_marks_follow_their_note_and_count_from_its_release():
     notes[1][2, 3] = 0  # one replay without mark 1
     kernels, _ = in_place(notes, NAMES)
     assert kernels[0]["marks_us"] == [0.6, 1.7]
+
+
+def blocks_of(grid, sm_block_start_release):
+    return [[grid, (sm << 32) | block, start, release] for sm, block, start, release in sm_block_start_release]
+
+
+def test_block_starts_count_from_the_kernel_before_and_follow_block_zero():
+    """BLOCKS=1 notes (in any order; %gridid values say nothing of it) become kernels in the order of their block 0's release;
+    each kernel's blocks' first / median / last start count from the release of the kernel before (its block 0's),
+    with the spread of its releases and its blocks and multiprocessors; medians over replays."""
+    first = np.array(blocks_of(70, [(3, 0, 1_500, 3_000), (4, 1, 2_500, 3_000)])  # the third kernel
+                     + blocks_of(20, [(1, 1, 600, 1_000), (0, 0, 500, 1_000), (1, 2, 700, 1_100)])
+                     + blocks_of(90, [(5, 0, 100, 200), (5, 1, 150, 200)]), dtype=np.int64)
+    second = first.copy()
+    second[:, 2:] += 50_000
+    second[1, 2] += 200  # the third kernel's block 1 starts later in this replay
+    out = block_starts([first, second[::-1]], 3)
+    assert out[0] is None  # no kernel before the first
+    assert out[1] == {"start_us": [0.3, 0.4, 0.5], "release_spread_us": 0.1, "blocks": 3, "sms": 2}
+    assert out[2] == {"start_us": [0.5, 1.05, 1.6], "release_spread_us": 0.0, "blocks": 2, "sms": 2}
+    assert len(block_starts([first, second], 2)) == 2

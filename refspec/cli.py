@@ -685,12 +685,41 @@ def _exit_status(err: BaseException) -> int:
         return 130
     if isinstance(err, BrokenPipeError):
         return 0
+    missing = _missing_dependency(err)
+    if missing:
+        print(f"refspec: error: the package {missing!r} that refspec needs is not installed (pip install {missing}, "
+              "or install refspec again: its dependencies come with it)", file=sys.stderr)
+        return 1
     if isinstance(err, OSError):  # the system refused what a command asked (output to a full disk: `> /dev/full`)
         where = f" ({err.filename})" if err.filename else ""
         print(f"refspec: error: {err.strerror or err}{where}", file=sys.stderr)
         _discard_stdout()
         return 1
     raise err
+
+
+def _missing_dependency(err: BaseException) -> str | None:
+    """The distribution name of the required dependency (pyproject's `dependencies`, from refspec's installed
+    metadata) whose import raised `err`, or None: an optional package's absence is its command's to explain, and any
+    other ModuleNotFoundError is a bug that keeps its traceback. (numpy and mpmath are imported with the package
+    itself, before main() runs: Python's own error reports their absence.)"""
+    import importlib.metadata
+    import re
+
+    if not isinstance(err, ModuleNotFoundError) or not err.name:
+        return None
+    try:
+        requires = importlib.metadata.requires("refspec") or []
+    except importlib.metadata.PackageNotFoundError:  # (run from a source tree that was never installed)
+        return None
+    top = err.name.split(".")[0].lower()
+    for requirement in requires:
+        if ";" in requirement:  # an extra's (test, cuda, rocm, llamacpp), or one for other platforms
+            continue
+        name = re.match(r"[A-Za-z0-9._-]+", requirement).group(0)
+        if name.lower().replace("-", "_") == top:
+            return name
+    return None
 
 
 def _discard_stdout() -> None:

@@ -300,3 +300,25 @@ def test_synthetic_names_an_unwritable_place_for_what_it_is(tmp_path):
     if os.path.isdir("/proc") and shutil.disk_usage("/proc").total == 0:
         line = one_line_error(refspec("synthetic", "/proc/x.gguf", check=False))
         assert line == "refspec: error: cannot write /proc/x.gguf: /proc is on a file system that holds no files"
+
+
+@pytest.mark.parametrize("package", ["gguf", "tokenizers"])
+def test_a_missing_required_package_is_one_line(package):
+    """A broken installation (a package that pyproject's dependencies list, absent) gets one line naming it and exit 1,
+    whichever command runs (every one builds the parser, which imports the model writer)."""
+    code = (f"import sys; sys.modules[{package!r}] = None\n"  # (its import then raises ModuleNotFoundError)
+            "from refspec.cli import main\nsys.exit(main(['generate', '--help']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    line = one_line_error(proc)
+    assert line.startswith(f"refspec: error: the package '{package}' that refspec needs is not installed"), line
+
+
+def test_other_missing_modules_keep_their_traceback():
+    """A ModuleNotFoundError of no required package (an optional one's absence is its command's to explain; any
+    other is a bug) is raised again, not turned into a line that hides where it came from."""
+    from refspec.cli import _exit_status
+
+    for name in ("refspec_no_such_module", "cupy", "pytest"):
+        err = ModuleNotFoundError(f"No module named {name!r}", name=name)
+        with pytest.raises(ModuleNotFoundError):
+            _exit_status(err)

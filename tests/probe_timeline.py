@@ -22,8 +22,8 @@ pass captured); the probe says so where the counts differ. Also the pass's time 
 this one with the notes off and on (back-to-back replays), which says how much the notes themselves cost. With
 MARKS=1, rmsnorm_q8's block 0 also notes three points inside it (its row staged, inv known, its stores issued): a
 kernel's "marks_us", us after its release. With BLOCKS=1, thread 0 of every block notes its start, release, %smid and
-%gridid too (block_starts: each kernel's "each_block"; a summary by kernel pair). Output: a table per width on stdout, and one JSON object appended to
-JSON_OUT (default timeline.jsonl).
+%gridid too (block_starts: each kernel's "each_block"; a summary by kernel pair). Output: a table per width on
+stdout, and one JSON object appended to JSON_OUT (default timeline.jsonl).
 """
 from __future__ import annotations
 
@@ -82,7 +82,8 @@ RS_DEVICE void rs_timeline_close(const RsTimelineNote& n) {
       unsigned sm;
       asm volatile("mov.u64 %0, %%gridid;" : "=l"(grid));
       asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
-      const unsigned long long block = blockIdx.x + (unsigned long long)gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+      const unsigned long long block =
+          blockIdx.x + (unsigned long long)gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
       unsigned long long* e = rs_timeline_blocks + 2 + 4 * slot;
       e[0] = grid;
       e[1] = ((unsigned long long)sm << 32) | block;
@@ -194,8 +195,9 @@ def block_starts(blocks, count: int):
             prev = launches[i - 1][(launches[i - 1][:, 1] & 0xFFFFFFFF) == 0][0, 3]
             rows = launches[i]
             starts = np.sort(rows[:, 2] - prev) / 1e3
-            stats.append((float(starts[0]), float(np.median(starts)), float(starts[-1]), (rows[:, 3].max() - rows[:, 3].min()) / 1e3,
-                          len(rows), len(np.unique(rows[:, 1] >> 32))))
+            spread = (rows[:, 3].max() - rows[:, 3].min()) / 1e3
+            stats.append((float(starts[0]), float(np.median(starts)), float(starts[-1]), float(spread), len(rows),
+                          len(np.unique(rows[:, 1] >> 32))))
         med = [round(statistics.median(s[j] for s in stats), 3) for j in range(4)]
         out.append({"start_us": med[:3], "release_spread_us": med[3], "blocks": stats[0][4], "sms": stats[0][5]})
     return out

@@ -54,9 +54,9 @@ def blocks_of(grid, sm_block_start_release):
 
 
 def test_block_starts_count_from_the_kernel_before_and_follow_block_zero():
-    """BLOCKS=1 notes (in any order; %gridid values say nothing of it) become kernels in the order of their block 0's release;
-    each kernel's blocks' first / median / last start count from the release of the kernel before (its block 0's),
-    with the spread of its releases and its blocks and multiprocessors; medians over replays."""
+    """BLOCKS=1 notes (in any order; %gridid values say nothing of it) become kernels in the order of their block
+    0's release; each kernel's blocks' first / median / last start count from the release of the kernel before (its
+    block 0's), with the spread of its releases and its blocks and multiprocessors; medians over replays."""
     first = np.array(blocks_of(70, [(3, 0, 1_500, 3_000), (4, 1, 2_500, 3_000)])  # the third kernel
                      + blocks_of(20, [(1, 1, 600, 1_000), (0, 0, 500, 1_000), (1, 2, 700, 1_100)])
                      + blocks_of(90, [(5, 0, 100, 200), (5, 1, 150, 200)]), dtype=np.int64)

@@ -265,7 +265,7 @@ def main(argv: list[str]) -> None:
     buf[1] = CAPACITY
     marks = cp.zeros(4 * CAPACITY, dtype=cp.uint64)
     each_block = os.environ.get("BLOCKS") == "1"
-    blocks_buf = cp.zeros(2 + 4 * BLOCK_CAPACITY if each_block else 1, dtype=cp.uint64)
+    blocks_buf = cp.zeros(2 + 4 * BLOCK_CAPACITY, dtype=cp.uint64) if each_block else None  # (None: no block notes)
     if each_block:
         blocks_buf[1] = BLOCK_CAPACITY
     get_global = _driver_function("cuModuleGetGlobal_v2", "the timeline probe")
@@ -309,7 +309,8 @@ def main(argv: list[str]) -> None:
         for _ in range(replays):
             device.synchronize()  # (the reset runs on CuPy's stream, the replay on the graph's: the whole device)
             buf[0] = 0
-            blocks_buf[0] = 0
+            if each_block:
+                blocks_buf[0] = 0
             marks.fill(0)
             device.synchronize()
             tf.forward(cache, ids_of(rows), position)

@@ -263,7 +263,8 @@ def main(argv: list[str]) -> None:
 
     buf = cp.zeros(2 + 2 * CAPACITY, dtype=cp.uint64)
     buf[1] = CAPACITY
-    marks = cp.zeros(4 * CAPACITY, dtype=cp.uint64)
+    marking = os.environ.get("MARKS") == "1"
+    marks = cp.zeros(4 * CAPACITY, dtype=cp.uint64) if marking else None  # (None: no marks, as for the blocks)
     each_block = os.environ.get("BLOCKS") == "1"
     blocks_buf = cp.zeros(2 + 4 * BLOCK_CAPACITY, dtype=cp.uint64) if each_block else None  # (None: no block notes)
     if each_block:
@@ -273,7 +274,7 @@ def main(argv: list[str]) -> None:
                            ctypes.c_char_p]
     copy_in = _driver_function("cuMemcpyHtoD_v2", "the timeline probe")
     copy_in.argtypes = [ctypes.c_uint64, ctypes.c_void_p, ctypes.c_size_t]
-    address, marks_address = ctypes.c_uint64(buf.data.ptr), ctypes.c_uint64(marks.data.ptr)
+    address, marks_address = ctypes.c_uint64(buf.data.ptr), ctypes.c_uint64(marks.data.ptr if marking else 0)
     blocks_address = ctypes.c_uint64(blocks_buf.data.ptr if each_block else 0)
 
     def notes_on():  # every loaded module's rs_timeline -> buf (modules load lazily: again before each width)
@@ -311,14 +312,17 @@ def main(argv: list[str]) -> None:
             buf[0] = 0
             if each_block:
                 blocks_buf[0] = 0
-            marks.fill(0)
+            if marking:
+                marks.fill(0)
             device.synchronize()
             tf.forward(cache, ids_of(rows), position)
             device.synchronize()
             host = cp.asnumpy(buf)
             taken = int(min(host[0], CAPACITY))
-            notes.append(np.concatenate([host[2 : 2 + 2 * taken].reshape(taken, 2),
-                                         cp.asnumpy(marks)[: 4 * taken].reshape(taken, 4)], axis=1).astype(np.int64))
+            note = host[2 : 2 + 2 * taken].reshape(taken, 2)
+            if marking:
+                note = np.concatenate([note, cp.asnumpy(marks)[: 4 * taken].reshape(taken, 4)], axis=1)
+            notes.append(note.astype(np.int64))
             if each_block:
                 host = cp.asnumpy(blocks_buf)
                 taken = int(min(host[0], BLOCK_CAPACITY))

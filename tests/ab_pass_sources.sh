@@ -41,10 +41,7 @@ for v in $VARIANTS; do
     use "$v"
     python3 -m pytest -q -rfE -m gpu -p no:cacheprovider --continue-on-collection-errors tests -k "$TESTS" \
       > "$OUT/tests_$v.log" 2>&1
-    # a failed or erring test fails the A/B; a module that does not import here (the notebooks' module needs nbformat,
-    # absent on the device machine) holds no GPU test and does not
-    grep -qE '^(FAILED|ERROR) tests/[^ ]*::' "$OUT/tests_$v.log" && status=1
-    grep -qE ' passed' "$OUT/tests_$v.log" || status=1
+    [ "$(pytest_log_verdict "$OUT/tests_$v.log")" = passed ] || status=1
     echo "tests of $v (-k '$TESTS'): $(tail -1 "$OUT/tests_$v.log")"
   fi
 done

@@ -63,11 +63,8 @@ tests_status=skipped
 if [[ " $STEPS " == *" tests "* ]]; then
   python3 -m pytest -m "$marker" -q -rsfE -p no:cacheprovider --continue-on-collection-errors \
     --junitxml="$OUT/pytest_gpu.xml" ${PYTEST_ARGS:-} tests 2>&1 | tee "$OUT/pytest_gpu.log"
-  # A test module that cannot be imported here (a package this machine lacks, e.g. nbformat) holds no GPU
-  # test: it is noted, not counted. Failed or erroring tests are.
-  tests_status=passed
-  grep -qE '^(FAILED|ERROR) tests/[^ ]*::' "$OUT/pytest_gpu.log" && tests_status=FAILED
-  grep -qE ' (passed|failed)' "$OUT/pytest_gpu.log" || tests_status="FAILED (nothing ran)"
+  # (a module this machine cannot import is noted below, not counted)
+  tests_status=$(pytest_log_verdict "$OUT/pytest_gpu.log")
   uncollected=$(grep -oE '^ERROR tests/[^ :]+\.py' "$OUT/pytest_gpu.log" | sed 's/^ERROR //' | tr '\n' ' ')
 fi
 

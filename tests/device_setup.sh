@@ -36,3 +36,13 @@ device_tool_setup() {
   device_kernels
   NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
 }
+
+# The verdict of a pytest log of GPU tests: "passed", "FAILED" (a test failed or erred) or "FAILED (nothing ran)".
+# A module that cannot be imported here (a package the machine lacks, e.g. nbformat) holds no GPU test: its
+# collection error is not a test's and is not counted.
+pytest_log_verdict() {
+  if grep -qE '^(FAILED|ERROR) tests/[^ ]*::' "$1"; then echo FAILED
+  elif ! grep -qE ' (passed|failed)' "$1"; then echo "FAILED (nothing ran)"
+  else echo passed
+  fi
+}

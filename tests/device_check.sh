@@ -9,7 +9,8 @@
 #   4. refspec bench gemv (BENCH_ARGS, default --variants), its table and JSON;
 #   5. a short summary table last.
 # Logs and JSON go to $OUT (default /tmp/refspec-device-check). STEPS="tests bench" picks steps;
-# PYTEST_ARGS adds pytest arguments (e.g. "-k default_model").
+# PYTEST_ARGS adds pytest arguments (e.g. "-k default_model"); MARKER replaces the marker expression (default gpu),
+# e.g. MARKER="gpu and slow" for the default model's test alone in a second call, once half b has come.
 # Compiling the kernels takes a good part of a fresh machine's run. The compiled kernels come back as
 # $OUT/kernels.tar.gz (refspec's disk cache, keyed by source, options, toolchain and GPU); carried back as
 # .cache-kernels/kernels.tar.gz, they fill the cache first, and only changed sources compile again.
@@ -44,9 +45,9 @@ ok = path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == dm.GGUF
 print("yes" if ok else "no")
 EOF
 )
-marker="gpu"
+marker=${MARKER:-gpu}
 if [ "$model_ok" != yes ]; then
-  marker="gpu and not slow"
+  marker="($marker) and not slow"
   model_note="default model: NOT available (its test is left out)"
 fi
 
